@@ -1,0 +1,61 @@
+"""The `chatnode` command: serve a node, check a config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import trio
+
+from .app import VERSION, serve_node
+from .config import Config, ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatnode", description="A self-hostable chat server.")
+    parser.add_argument("--version", action="version", version=f"chatnode {VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run a node")
+    serve.add_argument("--config", "-c", default=None, help="path to config.toml (default: built-in defaults)")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", "-c", default="config.toml")
+    return parser
+
+
+async def _serve(config: Config) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run_node(task_status: trio.TaskStatus) -> None:
+                await serve_node(config, task_status=task_status)
+                nursery.cancel_scope.cancel()  # drained and closed: stop watching signals
+
+            node = await nursery.start(run_node)
+            print(f"chatnode {config.node.name}: open {node.http_url}/ (chat socket {node.ws_url})", flush=True)
+            async for _ in signals:
+                if node.shutdown_requested.is_set():
+                    nursery.cancel_scope.cancel()  # a second signal: stop without draining
+                    return
+                node.request_shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"chatnode: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config}: ok")
+        return 0
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    try:
+        trio.run(_serve, config)
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,269 @@
+"""A small async client for chatnode (trio): REST via httpx, chat via trio-websocket.
+
+Used by the tests, the benchmarks and bot authors::
+
+    import trio
+    from node.client import ChatClient
+
+    async def main():
+        async with ChatClient("http://127.0.0.1:8080") as alice:
+            await alice.login("alice", "correct horse")
+            chat = await alice.open_direct(username="bob")
+            async with alice.connect() as conn:
+                ack = await conn.send_text(chat["id"], "hello bob")
+                print("stored as", ack["id"], "seq", ack["seq"])
+                async for event in conn.events():
+                    if event["type"] == "message":
+                        print(event["from"], event["text"])
+
+    trio.run(main)
+
+The connection keeps a cursor per chat (the highest seq it has seen with no gap below),
+acknowledges receipt cumulatively after every frame, and sends the cursors again when it
+reconnects, so the server replays exactly what was missed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+
+class ClientError(Exception):
+    """An error answer from the server (`code` is one of docs/protocol.md's codes)."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class ChatClient:
+    """One user's client: REST calls plus `connect()` for the chat socket."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.user: dict[str, Any] | None = None
+        self.cursors: dict[str, int] = {}  # chat id -> highest contiguous seq received
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._ws_url: str | None = None
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- REST ------------------------------------------------------------------------
+
+    async def request(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        response = await self._http.request(
+            method, path, content=orjson.dumps(json) if json is not None else None, headers=headers,
+            params={k: v for k, v in params.items() if v is not None},
+        )
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except Exception:
+                error = {"code": "http_error", "message": response.text[:200]}
+            raise ClientError(error["code"], error["message"], response.status_code)
+        return response.json() if response.content else None
+
+    async def info(self) -> dict[str, Any]:
+        return await self.request("GET", "/api/info")
+
+    async def register(self, username: str, password: str, display_name: str | None = None) -> dict[str, Any]:
+        body = {"username": username, "password": password}
+        if display_name:
+            body["display_name"] = display_name
+        return (await self.request("POST", "/api/register", body))["user"]
+
+    async def login(self, username: str, password: str, device: str = "python") -> dict[str, Any]:
+        result = await self.request("POST", "/api/login", {"username": username, "password": password, "device": device})
+        self.token = result["token"]
+        self.user = result["user"]
+        return result
+
+    async def logout(self) -> None:
+        await self.request("POST", "/api/logout")
+        self.token = None
+
+    async def me(self) -> dict[str, Any]:
+        return await self.request("GET", "/api/me")
+
+    async def search_users(self, prefix: str, limit: int = 20) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/users", prefix=prefix, limit=limit))["users"]
+
+    async def open_direct(self, *, username: str | None = None, user_id: str | None = None) -> dict[str, Any]:
+        body = {"username": username} if username else {"user_id": user_id}
+        return (await self.request("POST", "/api/chats/direct", body))["chat"]
+
+    async def chats(self, *, hidden: bool = False) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/chats", hidden="1" if hidden else None))["chats"]
+
+    async def chat(self, chat_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/api/chats/{chat_id}"))["chat"]
+
+    async def history(self, chat_id: str, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return (await self.request("GET", f"/api/chats/{chat_id}/messages", before=before, limit=limit))["messages"]
+
+    async def hide(self, chat_id: str) -> None:
+        await self.request("POST", f"/api/chats/{chat_id}/hide")
+
+    # -- chat socket -----------------------------------------------------------------
+
+    async def ws_url(self) -> str:
+        if self._ws_url is None:
+            self._ws_url = (await self.info())["ws_url"]
+        return self._ws_url
+
+    @asynccontextmanager
+    async def connect(self, *, auto_ack: bool = True, resume: bool = True, buffer: int = 100_000) -> AsyncIterator[Connection]:
+        """Open the chat socket, authenticate, and yield a `Connection` (closed on exit)."""
+        url = await self.ws_url()
+        async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as ws:
+            conn = Connection(self, ws, auto_ack=auto_ack, buffer=buffer)
+            async with trio.open_nursery() as nursery:
+                await conn._hello(self.cursors if resume else {})
+                nursery.start_soon(conn._read_loop)
+                try:
+                    yield conn
+                finally:
+                    nursery.cancel_scope.cancel()
+
+
+class Connection:
+    """An authenticated chat socket. Events arrive in `events()`; acks resolve sends."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, client: ChatClient, ws: WebSocketConnection, *, auto_ack: bool, buffer: int) -> None:
+        self.client = client
+        self.ws = ws
+        self.auto_ack = auto_ack
+        self.welcome: dict[str, Any] | None = None
+        self.closed: ConnectionClosed | None = None
+        self.synced = trio.Event()
+        self._events_send, self._events_recv = trio.open_memory_channel[dict[str, Any]](buffer if buffer else math.inf)
+        self._pending: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
+        self._prefix = secrets.token_hex(4)
+
+    @property
+    def cursors(self) -> dict[str, int]:
+        return self.client.cursors
+
+    async def _hello(self, cursors: dict[str, int]) -> None:
+        await self.ws.send_message(orjson.dumps({"type": "hello", "token": self.client.token, "cursors": cursors}).decode())
+        data = orjson.loads(await self.ws.get_message())
+        events = data if isinstance(data, list) else [data]
+        if events[0].get("type") == "error":
+            raise ClientError(events[0]["code"], events[0]["message"])
+        self.welcome = events[0]
+        await self._acknowledge(self._process(events[1:]))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = orjson.loads(await self.ws.get_message())
+                await self._acknowledge(self._process(data if isinstance(data, list) else [data]))
+        except ConnectionClosed as exc:
+            self.closed = exc
+        finally:
+            for event, _ in self._pending.values():
+                event.set()
+            self._events_send.close()
+
+    def _process(self, events: list[dict[str, Any]]) -> dict[str, int]:
+        """Track cursors, resolve pending sends, queue events; returns advanced cursors."""
+        advanced: dict[str, int] = {}
+        for event in events:
+            kind = event.get("type")
+            if kind in ("message", "ack"):
+                chat, seq = event["chat"], event["seq"]
+                if chat not in self.cursors or seq > self.cursors[chat]:
+                    self.cursors[chat] = seq
+                    advanced[chat] = seq
+            elif kind == "synced":
+                self.synced.set()
+            ref = event.get("client_msg_id") if kind == "ack" else event.get("ref") if kind == "error" else None
+            waiter = self._pending.pop(ref, None) if ref else None
+            if waiter is not None:
+                waiter[1].append(event)
+                waiter[0].set()
+            self._events_send.send_nowait(event)
+        return advanced
+
+    async def _acknowledge(self, advanced: dict[str, int]) -> None:
+        if self.auto_ack and advanced:
+            await self.send_events([{"type": "received", "chat": c, "seq": s} for c, s in advanced.items()])
+
+    async def send_events(self, events: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Send one frame with one event, or several."""
+        await self.ws.send_message(orjson.dumps(events).decode())
+
+    def new_client_msg_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    async def send_text(self, chat_id: str, text: str, *, client_msg_id: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Send one message and wait for its ack (raises ClientError on an error answer)."""
+        return (await self.send_many([dict(chat=chat_id, text=text, client_msg_id=client_msg_id, **extra)]))[0]
+
+    async def send_many(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send several messages in one frame; returns their acks in order."""
+        frame = []
+        waiters = []
+        for m in messages:
+            cmid = m.get("client_msg_id") or self.new_client_msg_id()
+            event = {"type": "send", "kind": "text", **{k: v for k, v in m.items() if v is not None}, "client_msg_id": cmid}
+            frame.append(event)
+            waiter = self._pending.setdefault(cmid, (trio.Event(), []))
+            waiters.append(waiter)
+        await self.send_events(frame if len(frame) > 1 else frame[0])
+        results = []
+        for done, result in waiters:
+            await done.wait()
+            if not result:
+                raise ClientError("closed", "connection closed before the ack")
+            if result[0]["type"] == "error":
+                raise ClientError(result[0]["code"], result[0]["message"])
+            results.append(result[0])
+        return results
+
+    async def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            return await self._events_recv.receive()
+
+    async def wait_for(self, type_: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        """The next event of a type (and matching fields); earlier others are discarded."""
+        with trio.fail_after(timeout):
+            async for event in self._events_recv:
+                if event.get("type") == type_ and all(event.get(k) == v for k, v in match.items()):
+                    return event
+        raise ClientError("closed", "connection closed while waiting")
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        async for event in self._events_recv:
+            yield event
+
+    def events_nowait(self) -> list[dict[str, Any]]:
+        out = []
+        while True:
+            try:
+                out.append(self._events_recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return out

@@ -1,0 +1,1 @@
+"""Cluster membership by gossip (SWIM with Lifeguard)."""

@@ -1,0 +1,225 @@
+"""Node configuration: `config.toml` read with tomllib into frozen attrs sections via cattrs.
+
+Every section is an ``@attrs.frozen`` class with defaults, so an empty file is a valid
+config. Unknown keys, wrong types and out-of-range values stop start-up with one line
+that names the key (``ConfigError``); nothing is ignored silently.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.errors import ForbiddenExtraKeysError
+
+from .cluster.config import ClusterConfig
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+def _in_range(lo: float | None = None, hi: float | None = None):
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            if hi is None:
+                bound = f">= {lo}"
+            elif lo is None:
+                bound = f"<= {hi}"
+            else:
+                bound = f"between {lo} and {hi}"
+            raise ValueError(f"{attribute.name}: must be {bound}, got {value!r}")
+
+    return check
+
+
+def _one_of(*choices: str):
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name}: must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def _int(default: int, lo: int | None = None, hi: int | None = None) -> Any:
+    return attrs.field(default=default, validator=_in_range(lo, hi))
+
+
+def _float(default: float, lo: float | None = None, hi: float | None = None) -> Any:
+    return attrs.field(default=default, validator=_in_range(lo, hi))
+
+
+@attrs.frozen
+class NodeSection:
+    """Identity of this node and where it keeps its data."""
+
+    id: int = _int(0, 0, 1023)  # the 10-bit node id inside every Snowflake this node mints
+    name: str = "chatnode"
+    data_dir: str = "./data"  # relative paths are resolved against the config file's folder
+
+
+@attrs.frozen
+class HttpSection:
+    """The HTTP listener: REST API, web client and media (hypercorn + quart-trio)."""
+
+    host: str = "127.0.0.1"
+    port: int = _int(8080, 0, 65535)  # 0 picks a free port
+    public_url: str = ""  # what clients are told, e.g. behind a reverse proxy
+    graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds to drain on shutdown
+
+
+@attrs.frozen
+class WebSocketSection:
+    """The chat WebSocket listener (bare trio-websocket: the hot path)."""
+
+    host: str = "127.0.0.1"
+    port: int = _int(8081, 0, 65535)
+    path: str = "/ws"
+    public_url: str = ""  # announced by GET /api/info; default ws://host:port/ws
+    tcp_user_timeout: float = _float(10.0, 1.0, 600.0)  # seconds before a stalled peer is cut
+
+
+@attrs.frozen
+class LimitsSection:
+    """Per-connection and per-message limits; violations get documented errors."""
+
+    max_message_bytes: int = _int(16_384, 64, 1_048_576)  # UTF-8 bytes of one message's text
+    max_frame_bytes: int = _int(262_144, 1024, 16_777_216)  # one WebSocket frame; larger closes 1009
+    max_events_per_frame: int = _int(256, 1, 4096)  # events a client may put in one frame
+    frames_per_second: float = _float(50.0, 1.0, 100_000.0)  # sustained inbound frames per connection
+    frame_burst: int = _int(200, 1, 1_000_000)  # inbound frames allowed in a burst
+    max_connections_per_user: int = _int(10, 1, 10_000)
+    outgoing_queue: int = _int(1024, 16, 1_000_000)  # queued events per connection before it is cut
+    hello_timeout: float = _float(10.0, 0.1, 600.0)  # seconds to authenticate after connecting
+    history_page: int = _int(200, 1, 10_000)  # most messages per history or sync page
+    max_group_members: int = _int(500, 2, 100_000)
+
+
+@attrs.frozen
+class AccountsSection:
+    """Registration, passwords, tokens and login rate limits."""
+
+    registration_open: bool = True
+    min_password_length: int = _int(8, 1, 1024)
+    argon2_time_cost: int = _int(3, 1, 100)
+    argon2_memory_kib: int = _int(65_536, 8, 4_194_304)
+    argon2_parallelism: int = _int(1, 1, 64)
+    login_failures_per_user: int = _int(5, 1, 1_000_000)  # failed logins per user per window
+    login_failures_per_address: int = _int(20, 1, 1_000_000)  # failed logins per address per window
+    login_window: float = _float(60.0, 1.0, 86_400.0)  # seconds
+
+
+@attrs.frozen
+class StorageSection:
+    """The LMDB environment under data_dir/db."""
+
+    map_size_mb: int = _int(1024, 1, 1 << 24)  # initial map size; grows on demand
+    max_map_size_mb: int = _int(1 << 20, 1, 1 << 24)  # growth stops here with a clear error
+    max_batch: int = _int(2048, 1, 100_000)  # write requests folded into one transaction
+    sync: bool = True  # fsync each commit; never turn off where acks must survive power loss
+
+
+@attrs.frozen
+class PluginsSection:
+    """Which plugins run and their own sections (``[plugins.<name>]``)."""
+
+    disabled: list[str] = attrs.Factory(list)
+    settings: dict[str, dict[str, Any]] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class Config:
+    node: NodeSection = attrs.Factory(NodeSection)
+    http: HttpSection = attrs.Factory(HttpSection)
+    websocket: WebSocketSection = attrs.Factory(WebSocketSection)
+    limits: LimitsSection = attrs.Factory(LimitsSection)
+    accounts: AccountsSection = attrs.Factory(AccountsSection)
+    storage: StorageSection = attrs.Factory(StorageSection)
+    cluster: ClusterConfig = attrs.Factory(ClusterConfig)
+    plugins: PluginsSection = attrs.Factory(PluginsSection)
+    base_dir: str = "."  # folder relative paths resolve against; set by load_config
+
+    @property
+    def data_dir(self) -> Path:
+        return (Path(self.base_dir) / self.node.data_dir).resolve()
+
+
+def _strict(kind: type, name: str):
+    def structure(value: Any, _type: Any) -> Any:
+        # bool is an int subclass in Python; a TOML `true` must never pass for a number
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {name}, got a boolean")
+        if kind is float and isinstance(value, int):
+            return float(value)
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {name}, got {type(value).__name__} {value!r}")
+        return value
+
+    return structure
+
+
+def make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(float, _strict((int, float), "a number"))  # type: ignore[arg-type]
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(bool, _strict(bool, "true or false"))
+    return conv
+
+
+def _path_of(exc: BaseException, prefix: str) -> str:
+    for note in getattr(exc, "__notes__", []):
+        name = getattr(note, "name", None)
+        if name is not None:
+            return f"{prefix}.{name}" if prefix else str(name)
+    return prefix
+
+
+def _first_problem(exc: BaseException, prefix: str = "") -> str:
+    """Walk cattrs' exception tree down to the first leaf and name its key."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        keys = ", ".join(sorted(exc.extra_fields))
+        where = f"[{prefix}]" if prefix else "the top level"
+        return f"unknown key(s) in {where}: {keys}"
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            return _first_problem(sub, _path_of(sub, prefix))
+    if isinstance(exc, ValueError) and ":" in str(exc):
+        # our range validators say "field: must be ..."; attrs reports them on the class
+        field, _, rest = str(exc).partition(":")
+        key = f"{prefix}.{field}" if prefix and not prefix.endswith(field) else (prefix or field)
+        return f"{key}:{rest}"
+    return f"{prefix or 'config'}: {exc}"
+
+
+def structure_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
+    """Turn a parsed TOML mapping into a Config, or raise ConfigError naming the key."""
+    data = dict(data)
+    plugins = dict(data.get("plugins", {}))
+    # [plugins.<name>] tables are plugin sections; they are validated by each plugin at start-up
+    settings = {k: plugins.pop(k) for k in list(plugins) if isinstance(plugins[k], dict)}
+    if plugins or settings:
+        data["plugins"] = {**plugins, "settings": settings}
+    data["base_dir"] = str(base_dir)
+    try:
+        return make_converter().structure(data, Config)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        raise ConfigError(_first_problem(exc)) from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a config file; ``None`` means all defaults (data in ./data)."""
+    if path is None:
+        return structure_config({}, Path.cwd())
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return structure_config(data, path.resolve().parent)

@@ -1,0 +1,1 @@
+"""The chat core: ids, accounts, chats, sessions and the wire protocol."""

@@ -1,0 +1,424 @@
+"""One authenticated WebSocket connection: reader, writer and resync tasks.
+
+Outgoing events go through one bounded queue that a single writer task drains, packing
+whatever is waiting into one frame (a JSON array when there are several). Nothing else
+ever awaits the socket, so fan-out just offers an event and moves on; a device whose
+queue overflows is closed with 4008 and catches up from the log when it reconnects.
+
+Exactly-once per device: for every chat the session remembers the highest seq it has
+queued (`_sent`). A live event is queued only if it is the next one; one that would
+leave a gap is dropped and the chat is caught up from the log instead, so the replay
+after a reconnect and the live stream meet with no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from . import errors
+from .accounts import Device, public_user
+from .chats import MarkDelivered, SendMessage, message_event, now_ms
+from .errors import ChatError
+from .messages import content_from_send
+from .protocol import check_fields, get_client_msg_id, get_cursors, get_id, get_int, parse_frame
+from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from ..app import Node
+
+log = logging.getLogger(__name__)
+
+FrameHandler = Callable[["Session", dict[str, Any]], Awaitable[None]]
+
+HELLO_FIELDS = frozenset({"type", "token", "cursors", "device"})
+RECEIVED_FIELDS = frozenset({"type", "chat", "seq"})
+SYNCED = orjson.dumps({"type": "synced"})
+PONG = orjson.dumps({"type": "pong"})
+
+
+class Session:
+    def __init__(self, node: Node, ws: WebSocketConnection, remote: str) -> None:
+        self.node = node
+        self.ws = ws
+        self.remote = remote
+        limits = node.config.limits
+        self._limits = limits
+        self._capacity = limits.outgoing_queue
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.outgoing_queue)
+        self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst)
+        self._inflight = trio.Semaphore(max(1, limits.outgoing_queue // 2))
+        self._inflight_max = max(1, limits.outgoing_queue // 2)
+        self._sent: dict[int, int] = {}  # chat -> highest seq queued to this device
+        self._own: dict[int, set[int]] = {}  # chat -> own acked seqs not yet contiguous
+        self._catchup: dict[int, None] = {}  # chats to replay from the log (ordered set)
+        self._catchup_wakeup = trio.Event()
+        self._room = trio.Event()
+        self._close_requested = trio.Event()
+        self._close: tuple[int, str] | None = None
+        self._graceful = False
+        self._peer_closed = False
+        self._writer_done = trio.Event()
+        self.device: Device | None = None
+        self.user_id = 0
+        self.synced = False
+        self.frames_in = 0
+        self.frames_out = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Handshake, then serve until either side closes. Never raises (but Cancelled)."""
+        try:
+            cursors = await self._handshake()
+        except ChatError as exc:
+            await self._send_and_close(exc, self._handshake_close_code(exc))
+            return
+        except ConnectionClosed:
+            return
+        try:
+            self.node.hub.attach(self)
+        except ChatError as exc:
+            await self._send_and_close(exc, errors.CLOSE_TOO_MANY_CONNECTIONS)
+            return
+        try:
+            self._start_sync(cursors)
+            await self._serve()
+        finally:
+            self.node.hub.detach(self)
+        if self._close is not None and not self._peer_closed:
+            with trio.move_on_after(self.node.config.websocket.tcp_user_timeout):
+                await self.ws.aclose(*self._close)
+
+    def close(self, code: int, reason: str, *, graceful: bool = False) -> None:
+        """Ask the session to close with `code`. Graceful: finish in-flight sends and
+        flush queued events first (used on shutdown)."""
+        if self._close is None and not self._close_requested.is_set():
+            self._close = (code, reason)
+            self._graceful = graceful
+        self._close_requested.set()
+
+    def _peer_gone(self) -> None:
+        """The connection is already closed by the peer: stop without a close frame."""
+        self._peer_closed = True
+        self._close_requested.set()
+
+    async def _handshake(self) -> dict[int, int]:
+        with trio.move_on_after(self._limits.hello_timeout) as timeout:
+            text = await self.ws.get_message()
+        if timeout.cancelled_caught:
+            raise ChatError("not_hello", "no hello received in time")
+        events = parse_frame(text, 1) if isinstance(text, str) else []
+        if len(events) != 1 or events[0]["type"] != "hello":
+            raise ChatError("not_hello")
+        hello = events[0]
+        check_fields(hello, HELLO_FIELDS)
+        device = self.node.accounts.authenticate(hello.get("token"))
+        if device is None:
+            raise ChatError("unauthorized")
+        cursors = get_cursors(hello)
+        self.device = device
+        self.user_id = device.user_id
+        user = self.node.accounts.get_user(device.user_id)
+        self.send_event(
+            orjson.dumps(
+                {
+                    "type": "welcome",
+                    "user": public_user(user) if user else None,
+                    "device_id": str(device.device_id),
+                    "server_time": now_ms(),
+                    "limits": {
+                        "max_message_bytes": self._limits.max_message_bytes,
+                        "max_frame_bytes": self._limits.max_frame_bytes,
+                        "max_events_per_frame": self._limits.max_events_per_frame,
+                        "frames_per_second": self._limits.frames_per_second,
+                    },
+                }
+            )
+        )
+        return cursors
+
+    def _handshake_close_code(self, exc: ChatError) -> int:
+        if exc.code == "unauthorized":
+            return errors.CLOSE_UNAUTHORIZED
+        if exc.message == "no hello received in time":
+            return errors.CLOSE_HELLO_TIMEOUT
+        return errors.CLOSE_PROTOCOL
+
+    async def _send_and_close(self, exc: ChatError, code: int) -> None:
+        with trio.move_on_after(2):
+            try:
+                await self.ws.send_message(orjson.dumps({"type": "error", **exc.to_json()}).decode())
+                await self.ws.aclose(code, exc.message[:120])
+            except ConnectionClosed:
+                pass
+
+    async def _serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            reader_scope = trio.CancelScope()
+            syncer_scope = trio.CancelScope()
+            nursery.start_soon(self._run_in, reader_scope, self._reader)
+            nursery.start_soon(self._run_in, syncer_scope, self._syncer)
+            nursery.start_soon(self._writer)
+            await self._close_requested.wait()
+            reader_scope.cancel()
+            syncer_scope.cancel()
+            deadline = trio.current_time() + self.node.config.http.graceful_timeout
+            if self._graceful:
+                with trio.move_on_at(deadline):  # let the sequencer ack what this device sent
+                    for _ in range(self._inflight_max):
+                        await self._inflight.acquire()
+            self._out_send.close()  # the writer stops after its current frame (or the queue)
+            # A slow but live peer still gets its close code: the kernel cuts a dead one
+            # after tcp_user_timeout anyway.
+            patience = self.node.config.websocket.tcp_user_timeout
+            with trio.move_on_at(deadline if self._graceful else trio.current_time() + patience):
+                await self._writer_done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _run_in(self, scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
+        with scope:
+            await fn()
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        handlers = self.node.frame_handlers
+        try:
+            while True:
+                text = await self.ws.get_message()
+                self.frames_in += 1
+                try:
+                    if not self._bucket.take():
+                        raise ChatError("rate_limited", "too many frames; this one was dropped")
+                    if not isinstance(text, str):
+                        raise ChatError("bad_request", "binary frames are not supported; send JSON text")
+                    events = parse_frame(text, self._limits.max_events_per_frame)
+                except ChatError as exc:
+                    self.send_error(exc)
+                    continue
+                for event in events:
+                    handler = handlers.get(event["type"])
+                    try:
+                        if handler is None:
+                            raise ChatError("unknown_type", f"unknown event type {event['type'][:40]!r}")
+                        await handler(self, event)
+                    except ChatError as exc:
+                        ref = event.get("client_msg_id")
+                        self.send_error(exc, ref=ref if isinstance(ref, str) else None)
+        except ConnectionClosed:
+            self._peer_gone()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _enqueue(self, payload: bytes) -> bool:
+        try:
+            self._out_send.send_nowait(payload)
+            return True
+        except trio.WouldBlock:
+            log.info("user %s device %s too slow: closing", self.user_id, self.device and self.device.device_id)
+            self._drop_queue()
+            self.close(errors.CLOSE_TOO_SLOW, errors.CLOSE_CODES[errors.CLOSE_TOO_SLOW])
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+
+    def _drop_queue(self) -> None:
+        self._out_send.close()
+        while True:
+            try:
+                self._out_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    async def _writer(self) -> None:
+        max_events = self._limits.max_events_per_frame
+        budget = self._limits.max_frame_bytes // 2
+        try:
+            async for first in self._out_recv:
+                items = [first]
+                size = len(first)
+                while len(items) < max_events and size < budget:
+                    try:
+                        item = self._out_recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    items.append(item)
+                    size += len(item)
+                self._room.set()
+                frame = first if len(items) == 1 else b"[" + b",".join(items) + b"]"
+                await self.ws.send_message(frame.decode())
+                self.frames_out += 1
+        except ConnectionClosed:
+            self._peer_gone()
+        except trio.ClosedResourceError:
+            pass
+        finally:
+            self._writer_done.set()
+
+    async def _wait_for_room(self, needed: int) -> None:
+        while self._out_send.statistics().current_buffer_used + needed > self._capacity // 2:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    async def start_send(self) -> None:
+        """Take one of this device's in-flight send slots (waits while all are taken)."""
+        await self._inflight.acquire()
+
+    def finish_send(self) -> None:
+        self._inflight.release()
+
+    def send_event(self, payload: bytes) -> None:
+        """Queue a non-log event (ack, error, receipt, presence ...)."""
+        self._enqueue(payload)
+
+    def send_error(self, exc: ChatError, *, ref: str | None = None) -> None:
+        event: dict[str, Any] = {"type": "error", **exc.to_json()}
+        if ref is not None:
+            event["ref"] = ref
+        self._enqueue(orjson.dumps(event))
+
+    # -- chat log events -----------------------------------------------------------------
+
+    def deliver(self, chat_id: int, seq: int, event: bytes, floor: int) -> None:
+        """Offer log entry `seq` of a chat; queued only if it is the next one owed.
+
+        `floor` is the seq just before the first one this user may see (for a chat the
+        session did not know yet, e.g. a group the user was just added to).
+        """
+        last = self._sent.get(chat_id)
+        if last is None:
+            last = self._sent[chat_id] = floor
+        if seq <= last:
+            return
+        if seq > last + 1:
+            self._request_catchup(chat_id)
+            return
+        if self._enqueue(event):
+            self._sent[chat_id] = seq
+
+    def send_ack(self, client_msg_id: str, record: dict[str, Any], *, pending: bool = False, duplicate: bool = False) -> None:
+        """Acknowledge a durable send; the device now holds that log entry."""
+        ack = {
+            "type": "ack",
+            "client_msg_id": client_msg_id,
+            "chat": record["chat"],
+            "id": record["id"],
+            "seq": record["seq"],
+            "ts": record["ts"],
+            "status": "pending" if pending else "sent",
+        }
+        if duplicate:
+            ack["duplicate"] = True
+        if not self._enqueue(orjson.dumps(ack)):
+            return
+        chat_id, seq = int(record["chat"]), record["seq"]
+        last = self._sent.get(chat_id)
+        if last is not None and seq == last + 1:
+            self._sent[chat_id] = seq
+        elif last is not None and seq > last + 1:
+            self._own.setdefault(chat_id, set()).add(seq)
+            self._request_catchup(chat_id)
+
+    def _request_catchup(self, chat_id: int) -> None:
+        self._catchup[chat_id] = None
+        self._catchup_wakeup.set()
+
+    def _start_sync(self, cursors: dict[int, int]) -> None:
+        chats = self.node.chats
+        for chat_id in chats.chat_ids_of(self.user_id):
+            chat = chats.get(chat_id)
+            visible = chat.visible_range(self.user_id) if chat else None
+            if visible is None:
+                continue
+            first, last = visible
+            cursor = min(max(cursors.get(chat_id, first - 1), first - 1), last)
+            self._sent[chat_id] = cursor
+            if cursor < last:
+                self._catchup[chat_id] = None
+
+    async def _syncer(self) -> None:
+        while True:
+            while self._catchup:
+                chat_id = next(iter(self._catchup))
+                del self._catchup[chat_id]
+                await self._catch_up(chat_id)
+            if not self.synced:
+                self.synced = True
+                self._enqueue(SYNCED)
+            self._catchup_wakeup = trio.Event()
+            if not self._catchup:
+                await self._catchup_wakeup.wait()
+
+    async def _catch_up(self, chat_id: int) -> None:
+        """Queue the log entries of one chat that this device has not had yet."""
+        chats = self.node.chats
+        page = max(1, min(self._limits.history_page, self._capacity // 4))
+        while True:
+            chat = chats.get(chat_id)
+            visible = chat.visible_range(self.user_id) if chat else None
+            if visible is None:
+                return
+            first, last = visible
+            sent = max(self._sent.get(chat_id, first - 1), first - 1)
+            self._sent[chat_id] = sent
+            if sent >= last:
+                return
+            rows = await chats.read_range(chat_id, sent + 1, last, page)
+            await self._wait_for_room(len(rows))
+            now = now_ms()
+            own = self._own.get(chat_id)
+            for seq, raw in rows:
+                if seq <= self._sent[chat_id]:
+                    continue
+                self._sent[chat_id] = seq  # the log is the truth: a missing seq was purged
+                if own and seq in own:
+                    own.discard(seq)
+                    continue
+                if b'"expires_at"' in raw and (orjson.loads(raw).get("expires_at") or now + 1) <= now:
+                    continue
+                if not self._enqueue(message_event(raw)):
+                    return
+            if len(rows) < page:
+                # Everything up to `last` was committed before the read began, so the log
+                # up to there has been seen in full (entries may have been purged).
+                self._sent[chat_id] = max(self._sent[chat_id], last)
+                return
+
+
+# -- core frame handlers -----------------------------------------------------------------
+
+
+async def on_send(session: Session, event: dict[str, Any]) -> None:
+    client_msg_id = get_client_msg_id(event)
+    chat_id = get_id(event, "chat")
+    content = content_from_send(event, session.node.config.limits)
+    await session.start_send()
+    try:
+        await session.node.chats.submit(SendMessage(session, chat_id, client_msg_id, content))
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        session.finish_send()
+        raise ChatError("unavailable", "the node is shutting down") from None
+
+
+async def on_received(session: Session, event: dict[str, Any]) -> None:
+    check_fields(event, RECEIVED_FIELDS)
+    chat_id = get_id(event, "chat")
+    seq = get_int(event, "seq")
+    await session.node.chats.submit(MarkDelivered(session.user_id, chat_id, seq))
+
+
+async def on_ping(session: Session, event: dict[str, Any]) -> None:
+    session.send_event(PONG)
+
+
+CORE_FRAME_HANDLERS: dict[str, FrameHandler] = {
+    "send": on_send,
+    "received": on_received,
+    "ping": on_ping,
+}

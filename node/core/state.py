@@ -1,0 +1,74 @@
+"""In-memory chat state, loaded lazily from LMDB and owned by the chat sequencer.
+
+Only the sequencer task (`node.core.chats.Chats`) mutates these objects; everyone else
+reads them on the event loop. Records are plain dicts in the same JSON shape as stored.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import attrs
+import orjson
+
+from ..storage import Storage
+from ..storage.keys import from_pair, pair, prefix_end, u64
+
+RECENT_SENDERS = 1024  # per chat: (seq, sender) of the last messages, for receipts
+
+
+@attrs.define(eq=False)
+class ChatState:
+    id: int
+    record: dict[str, Any]
+    members: dict[int, dict[str, Any]]  # every member record, former members included
+    last_seq: int
+    last_message: dict[str, Any] | None  # the newest entry of the log, for chat lists
+    recent: deque[tuple[int, int]] = attrs.Factory(lambda: deque(maxlen=RECENT_SENDERS))
+
+    @property
+    def kind(self) -> str:
+        return self.record["kind"]
+
+    def member(self, user_id: int) -> dict[str, Any] | None:
+        """The member record of a *current* member, else None."""
+        record = self.members.get(user_id)
+        if record is None or record.get("until_seq") is not None:
+            return None
+        return record
+
+    def active_ids(self) -> list[int]:
+        return [uid for uid, m in self.members.items() if m.get("until_seq") is None]
+
+    def visible_range(self, user_id: int) -> tuple[int, int] | None:
+        """First and last seq `user_id` may see (current or former member), else None."""
+        record = self.members.get(user_id)
+        if record is None:
+            return None
+        until = record.get("until_seq")
+        return record["from_seq"], self.last_seq if until is None else min(until, self.last_seq)
+
+
+def load_chat(storage: Storage, chat_id: int) -> ChatState | None:
+    """Read one chat, its members and the tail of its log (point reads and a short scan)."""
+    with storage.read() as txn:
+        raw = txn.get(u64(chat_id), db=storage.handles["chats"])
+        if raw is None:
+            return None
+        members: dict[int, dict[str, Any]] = {}
+        prefix = u64(chat_id)
+        for key, value in storage.scan(txn, "members", prefix, prefix_end(prefix)):
+            members[from_pair(key)[1]] = orjson.loads(value)
+        last_seq = 0
+        last_message = None
+        recent: deque[tuple[int, int]] = deque(maxlen=RECENT_SENDERS)
+        tail = list(storage.scan(txn, "log", pair(chat_id, 0), pair(chat_id + 1, 0), reverse=True, limit=64))
+        if tail:
+            last_seq = from_pair(tail[0][0])[1]
+            last_message = orjson.loads(tail[0][1])
+            for key, value in reversed(tail):
+                sender = orjson.loads(value).get("from")
+                if sender:
+                    recent.append((from_pair(key)[1], int(sender)))
+    return ChatState(chat_id, orjson.loads(raw), members, last_seq, last_message, recent)

@@ -1,0 +1,58 @@
+"""How chats look to a user: the summaries in the chat list and chat endpoints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .accounts import public_user
+from .state import ChatState
+
+if TYPE_CHECKING:
+    from ..app import Node
+
+
+def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
+    member = chat.members.get(user_id, {})
+    summary: dict[str, Any] = {
+        "id": str(chat.id),
+        "kind": chat.kind,
+        "created": chat.record["created"],
+        "last_seq": chat.last_seq,
+        "from_seq": member.get("from_seq", 1),
+        "read_seq": member.get("read", 0),
+        "delivered_seq": member.get("delivered", 0),
+        "hidden": bool(member.get("hidden")),
+        "unread": unread,
+        "last_message": chat.last_message,
+        "updated": chat.last_message["ts"] if chat.last_message else chat.record["created"],
+    }
+    if member.get("until_seq") is not None:
+        summary["left_seq"] = member["until_seq"]
+    if chat.kind == "direct":
+        peer_id = next((uid for uid in chat.members if uid != user_id), None)
+        peer = node.accounts.get_user(peer_id) if peer_id else None
+        summary["peer"] = public_user(peer) if peer else None
+        summary["title"] = summary["peer"]["display_name"] if peer else "unknown"
+        peer_member = chat.members.get(peer_id, {}) if peer_id else {}
+        summary["peer_read_seq"] = peer_member.get("read", 0)
+        summary["peer_delivered_seq"] = peer_member.get("delivered", 0)
+    else:
+        summary["title"] = chat.record.get("title", "")
+    return summary
+
+
+async def chat_list(node: Node, user_id: int, *, include_hidden: bool = False) -> list[dict[str, Any]]:
+    """The user's chats, most recently active first, with unread counts."""
+    chats = node.chats
+    states = []
+    for chat_id in list(chats.chat_ids_of(user_id)):
+        chat = chats.get(chat_id)
+        if chat is None or chat.visible_range(user_id) is None:
+            continue
+        if chat.members[user_id].get("hidden") and not include_hidden:
+            continue
+        states.append(chat)
+    unread = await chats.unread_counts(user_id, states)
+    summaries = [chat_summary(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
+    summaries.sort(key=lambda s: s["updated"], reverse=True)
+    return summaries

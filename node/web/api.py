@@ -1,0 +1,225 @@
+"""The REST API (quart-trio): accounts, users, chats and history. See docs/protocol.md."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from ..core.accounts import Device, public_user
+from ..core.chats import OpenDirect, SetHidden
+from ..core.errors import ChatError, bad_request
+from ..core.snowflake import parse_id
+from ..core.views import chat_list, chat_summary
+
+if TYPE_CHECKING:
+    from ..app import Node
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 64 * 1024
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status, mimetype="application/json")
+
+
+def error_response(exc: ChatError) -> Response:
+    response = json_response({"error": exc.to_json()}, exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def json_body() -> dict[str, Any]:
+    raw = await request.get_data(cache=False)
+    if len(raw) > MAX_JSON_BODY:
+        raise ChatError("too_large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ChatError("invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+def path_id(value: str) -> int:
+    try:
+        return parse_id(value)
+    except ValueError:
+        raise ChatError("not_found") from None
+
+
+def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise bad_request(f"'{name}' must be an integer between {lo} and {hi}")
+    return int(raw)
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def create_app(node: Node) -> QuartTrio:
+    app = QuartTrio("chatnode", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded per route
+    accounts, chats = node.accounts, node.chats
+    limits = node.config.limits
+
+    def current_device() -> Device:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        device = accounts.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        if device is None:
+            raise ChatError("unauthorized")
+        return device
+
+    @app.errorhandler(ChatError)
+    async def on_chat_error(exc: ChatError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "bad_request", 413: "too_large"}.get(exc.code or 500, "bad_request")
+        return error_response(ChatError(code, exc.description, status=exc.code))
+
+    @app.errorhandler(Exception)
+    async def on_crash(exc: Exception) -> Response:
+        log.exception("request %s %s failed", request.method, request.path)
+        return error_response(ChatError("internal"))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"ok": True, "node": node.config.node.name, **node.hub.statistics()})
+
+    @app.get("/api/info")
+    async def info() -> Response:
+        return json_response(
+            {
+                "name": node.config.node.name,
+                "node_id": node.config.node.id,
+                "version": node.version,
+                "ws_url": node.ws_url_for(request.host, request.scheme),
+                "registration_open": node.config.accounts.registration_open,
+                "min_password_length": node.config.accounts.min_password_length,
+                "limits": {
+                    "max_message_bytes": limits.max_message_bytes,
+                    "max_frame_bytes": limits.max_frame_bytes,
+                    "max_events_per_frame": limits.max_events_per_frame,
+                    "max_group_members": limits.max_group_members,
+                },
+            }
+        )
+
+    # -- accounts ------------------------------------------------------------------
+
+    @app.post("/api/register")
+    async def register() -> Response:
+        body = await json_body()
+        user = await accounts.register(body.get("username"), body.get("password"), body.get("display_name"))
+        return json_response({"user": user}, 201)
+
+    @app.post("/api/login")
+    async def login() -> Response:
+        body = await json_body()
+        result = await accounts.login(body.get("username"), body.get("password"), client_address(), body.get("device"))
+        return json_response(result)
+
+    @app.post("/api/logout")
+    async def logout() -> Response:
+        await accounts.logout(current_device())
+        return Response(status=204)
+
+    @app.get("/api/me")
+    async def me() -> Response:
+        device = current_device()
+        user = accounts.get_user(device.user_id)
+        if user is None:
+            raise ChatError("unauthorized")
+        return json_response({"user": public_user(user), "device_id": str(device.device_id), "settings": user.get("settings", {})})
+
+    # -- users ---------------------------------------------------------------------
+
+    @app.get("/api/users")
+    async def search_users() -> Response:
+        device = current_device()
+        prefix = request.args.get("prefix", "")
+        if len(prefix) > 32:
+            raise bad_request("'prefix' is at most 32 characters")
+        limit = query_int("limit", 20, 1, 100)
+        return json_response({"users": accounts.search(prefix, limit, exclude=device.user_id)})
+
+    @app.get("/api/users/<user_id>")
+    async def get_user(user_id: str) -> Response:
+        current_device()
+        user = accounts.get_user(path_id(user_id))
+        if user is None:
+            raise ChatError("not_found")
+        return json_response({"user": public_user(user)})
+
+    # -- chats ---------------------------------------------------------------------
+
+    @app.post("/api/chats/direct")
+    async def open_direct() -> Response:
+        device = current_device()
+        body = await json_body()
+        if "user_id" in body:
+            try:
+                peer = accounts.get_user(parse_id(body["user_id"]))
+            except ValueError:
+                raise bad_request("'user_id' must be a user id") from None
+        elif isinstance(body.get("username"), str):
+            peer = accounts.user_by_name(body["username"])
+        else:
+            raise bad_request("give 'user_id' or 'username'")
+        if peer is None:
+            raise ChatError("not_found", "no such user")
+        chat = await chats.run(OpenDirect(user_id=device.user_id, peer_id=int(peer["id"])))
+        return json_response({"chat": chat_summary(node, device.user_id, chat)})
+
+    @app.get("/api/chats")
+    async def list_chats() -> Response:
+        device = current_device()
+        include_hidden = request.args.get("hidden") == "1"
+        return json_response({"chats": await chat_list(node, device.user_id, include_hidden=include_hidden)})
+
+    @app.get("/api/chats/<chat_id>")
+    async def get_chat(chat_id: str) -> Response:
+        device = current_device()
+        chat = chats.get(path_id(chat_id))
+        if chat is None or chat.visible_range(device.user_id) is None:
+            raise ChatError("not_member")
+        unread = await chats.unread_counts(device.user_id, [chat])
+        return json_response({"chat": chat_summary(node, device.user_id, chat, unread.get(chat.id, 0))})
+
+    @app.get("/api/chats/<chat_id>/messages")
+    async def history(chat_id: str) -> Response:
+        device = current_device()
+        before = query_int("before", None, 1, (1 << 63) - 1)
+        limit = query_int("limit", 50, 1, limits.history_page)
+        messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
+        return json_response({"messages": messages, "has_more": len(messages) == limit})
+
+    @app.post("/api/chats/<chat_id>/hide")
+    async def hide(chat_id: str) -> Response:
+        device = current_device()
+        await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=True))
+        return Response(status=204)
+
+    @app.post("/api/chats/<chat_id>/unhide")
+    async def unhide(chat_id: str) -> Response:
+        device = current_device()
+        await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=False))
+        return Response(status=204)
+
+    return app
