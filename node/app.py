@@ -84,6 +84,14 @@ class Node:
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
 
+    def statistics(self) -> dict[str, object]:
+        """Counters for the admin endpoint and metrics."""
+        return {
+            "hub": self.hub.statistics(),
+            "storage": {"commits": self.storage.writer.commits, "committed_ops": self.storage.writer.committed_ops},
+            "chats": {"operations_applied": self.chats.applied},
+        }
+
 
 def _url_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
@@ -154,6 +162,8 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[Node] = tri
 
         async with trio.open_nursery() as core:
             await core.start(chats.serve)
+            # -- cluster (node/cluster owns what is inside this block) -----------------
+            # -- end cluster --
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
                     ws_scope = trio.CancelScope()

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", "-c", default="config.toml")
+    # -- cluster (node/cluster owns what is inside this block) ------------------------
+    # -- end cluster --
     return parser
 
 

@@ -123,6 +123,13 @@ class StorageSection:
 
 
 @attrs.frozen
+class AdminSection:
+    """Admin HTTP endpoints (/api/admin/...)."""
+
+    token: str = ""  # required as "Authorization: Bearer <token>"; empty = loopback clients only
+
+
+@attrs.frozen
 class PluginsSection:
     """Which plugins run and their own sections (``[plugins.<name>]``)."""
 
@@ -138,6 +145,7 @@ class Config:
     limits: LimitsSection = attrs.Factory(LimitsSection)
     accounts: AccountsSection = attrs.Factory(AccountsSection)
     storage: StorageSection = attrs.Factory(StorageSection)
+    admin: AdminSection = attrs.Factory(AdminSection)
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
     plugins: PluginsSection = attrs.Factory(PluginsSection)
     base_dir: str = "."  # folder relative paths resolve against; set by load_config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +85,16 @@ def create_app(node: Node) -> QuartTrio:
         if device is None:
             raise ChatError("unauthorized")
         return device
+
+    def require_admin() -> None:
+        """Admin endpoints: the configured admin token, or (with none set) loopback only."""
+        token = node.config.admin.token
+        if token:
+            header = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+                raise ChatError("unauthorized")
+        elif not _is_loopback(client_address()):
+            raise ChatError("forbidden", "admin endpoints are for loopback clients unless admin.token is set")
 
     @app.errorhandler(ChatError)
     async def on_chat_error(exc: ChatError) -> Response:
@@ -222,4 +234,21 @@ def create_app(node: Node) -> QuartTrio:
         await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=False))
         return Response(status=204)
 
+    # -- admin ---------------------------------------------------------------------
+
+    @app.get("/api/admin/stats")
+    async def admin_stats() -> Response:
+        require_admin()
+        return json_response(node.statistics())
+
+    # -- cluster (node/cluster owns what is inside this block) ----------------------
+    # -- end cluster --
+
     return app
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
