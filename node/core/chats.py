@@ -136,7 +136,7 @@ class MarkDelivered(Operation):
         member = chat.member(self.user_id) if chat else None
         if chat is None or member is None:
             return None  # not an error worth a frame: acks race with leaving chats
-        seq = min(self.seq, chat.last_seq)
+        seq = min(self.seq, chat.committed_seq)
         old = member["delivered"]
         if seq <= old:
             return None
@@ -212,6 +212,7 @@ class Chats:
         self._user_chats: dict[int, set[int]] = {}
         self._dirty: set[tuple[int, int]] = set()
         self._pending_dedupe: dict[bytes, tuple[int, int]] = {}
+        self._appended: list[tuple[ChatState, dict[str, Any]]] = []  # log entries of this batch
         self.pending_direct: dict[tuple[int, int], int] = {}
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
@@ -273,6 +274,10 @@ class Chats:
             return
         finally:
             self._pending_dedupe.clear()
+            appended, self._appended = self._appended, []
+        for chat, record in appended:  # durable now: readers and resync may see them
+            chat.committed_seq = record["seq"]
+            chat.last_message = record
         if stale:
             self._forget_all()
         self.applied += len(applied)
@@ -325,7 +330,7 @@ class Chats:
         batch.put("log", pair(chat.id, seq), raw)
         batch.put("msgids", u64(message_id), pair(chat.id, seq))
         chat.last_seq = seq
-        chat.last_message = record
+        self._appended.append((chat, record))
         if sender:
             chat.recent.append((seq, sender))
             member = chat.members.get(sender)

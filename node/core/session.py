@@ -202,17 +202,22 @@ class Session:
                 except ChatError as exc:
                     self.send_error(exc)
                     continue
-                for event in events:
-                    handler = handlers.get(event["type"])
-                    try:
-                        if handler is None:
-                            raise ChatError("unknown_type", f"unknown event type {event['type'][:40]!r}")
-                        await handler(self, event)
-                    except ChatError as exc:
-                        ref = event.get("client_msg_id")
-                        self.send_error(exc, ref=ref if isinstance(ref, str) else None)
+                # A frame is handled whole: shutdown does not cut it between two events.
+                with trio.CancelScope(shield=True), trio.move_on_after(self._limits.hello_timeout):
+                    for event in events:
+                        await self._dispatch(handlers, event)
         except ConnectionClosed:
             self._peer_gone()
+
+    async def _dispatch(self, handlers: dict[str, FrameHandler], event: dict[str, Any]) -> None:
+        handler = handlers.get(event["type"])
+        try:
+            if handler is None:
+                raise ChatError("unknown_type", f"unknown event type {event['type'][:40]!r}")
+            await handler(self, event)
+        except ChatError as exc:
+            ref = event.get("client_msg_id")
+            self.send_error(exc, ref=ref if isinstance(ref, str) else None)
 
     # -- writing -----------------------------------------------------------------------
 

@@ -23,9 +23,14 @@ class ChatState:
     id: int
     record: dict[str, Any]
     members: dict[int, dict[str, Any]]  # every member record, former members included
-    last_seq: int
-    last_message: dict[str, Any] | None  # the newest entry of the log, for chat lists
+    committed_seq: int  # the newest seq durably in the log: what readers may see
+    last_message: dict[str, Any] | None  # the newest committed entry, for chat lists
     recent: deque[tuple[int, int]] = attrs.Factory(lambda: deque(maxlen=RECENT_SENDERS))
+    last_seq: int = -1  # the newest seq assigned by the sequencer, committed or not
+
+    def __attrs_post_init__(self) -> None:
+        if self.last_seq < 0:
+            self.last_seq = self.committed_seq
 
     @property
     def kind(self) -> str:
@@ -47,7 +52,7 @@ class ChatState:
         if record is None:
             return None
         until = record.get("until_seq")
-        return record["from_seq"], self.last_seq if until is None else min(until, self.last_seq)
+        return record["from_seq"], self.committed_seq if until is None else min(until, self.committed_seq)
 
 
 def load_chat(storage: Storage, chat_id: int) -> ChatState | None:

@@ -17,7 +17,7 @@ def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> 
         "id": str(chat.id),
         "kind": chat.kind,
         "created": chat.record["created"],
-        "last_seq": chat.last_seq,
+        "last_seq": chat.committed_seq,
         "from_seq": member.get("from_seq", 1),
         "read_seq": member.get("read", 0),
         "delivered_seq": member.get("delivered", 0),

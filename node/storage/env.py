@@ -82,7 +82,11 @@ class Storage:
         self._readers_idle = trio.Event()
         self._readers_idle.set()
         self._growing: trio.Event | None = None
-        self._check_schema()
+        try:
+            self._check_schema()
+        except BaseException:
+            self.env.close()
+            raise
 
     # -- reads ---------------------------------------------------------------------
 

@@ -150,7 +150,7 @@ def create_app(node: Node) -> QuartTrio:
     @app.post("/api/logout")
     async def logout() -> Response:
         await accounts.logout(current_device())
-        return Response(status=204)
+        return Response(b"", status=204)
 
     @app.get("/api/me")
     async def me() -> Response:
@@ -226,13 +226,13 @@ def create_app(node: Node) -> QuartTrio:
     async def hide(chat_id: str) -> Response:
         device = current_device()
         await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=True))
-        return Response(status=204)
+        return Response(b"", status=204)
 
     @app.post("/api/chats/<chat_id>/unhide")
     async def unhide(chat_id: str) -> Response:
         device = current_device()
         await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=False))
-        return Response(status=204)
+        return Response(b"", status=204)
 
     # -- admin ---------------------------------------------------------------------
 

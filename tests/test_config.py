@@ -1,0 +1,61 @@
+"""config.toml: defaults, and one clear line naming the key for every kind of mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.config import ConfigError, load_config, structure_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_config_is_the_defaults():
+    shipped = load_config(ROOT / "config.toml")
+    defaults = structure_config({}, ROOT)
+    assert shipped == defaults
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[node]\nid = 2000\n", "node.id: must be between 0 and 1023, got 2000"),
+        ("[node]\nidd = 1\n", "unknown key(s) in [node]: idd"),
+        ("[nodes]\nid = 1\n", "unknown key(s) in the top level: nodes"),
+        ('[http]\nport = "80"\n', "http.port: expected an integer"),
+        ("[limits]\nframes_per_second = true\n", "limits.frames_per_second: expected a number, got a boolean"),
+        ('[accounts]\nregistration_open = "yes"\n', "accounts.registration_open: expected true or false"),
+        ("[storage]\nmax_batch = 0\n", "storage.max_batch: must be between 1 and 100000, got 0"),
+        ("[node\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_stops_startup_with_one_line_naming_the_key(tmp_path, toml, message):
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "serve", "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_relative_data_dir_is_resolved_against_the_config_file(tmp_path):
+    path = tmp_path / "sub" / "config.toml"
+    path.parent.mkdir()
+    path.write_text('[node]\ndata_dir = "here"\n')
+    assert load_config(path).data_dir == (tmp_path / "sub" / "here").resolve()
+
+
+def test_check_config_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "check-config", "--config", str(ROOT / "config.toml")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0 and "ok" in result.stdout

@@ -1,0 +1,233 @@
+"""Every bad input in docs/protocol.md gets its documented error and changes nothing."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from conftest import make_config, running_node
+
+
+async def raw_socket(client, *, hello: bool = True):
+    """A bare WebSocket (no client library), optionally authenticated."""
+    ws_cm = open_websocket_url(await client.ws_url())
+    ws = await ws_cm.__aenter__()
+    if hello:
+        await ws.send_message(orjson.dumps({"type": "hello", "token": client.token}).decode())
+        await expect(ws, "welcome")
+    return ws_cm, ws
+
+
+async def expect(ws, type_: str, **fields) -> dict:
+    """Read events until one of `type_` arrives; fail on anything unexpected but synced."""
+    with trio.fail_after(5):
+        while True:
+            data = orjson.loads(await ws.get_message())
+            for event in data if isinstance(data, list) else [data]:
+                if event["type"] == type_:
+                    for key, value in fields.items():
+                        assert event.get(key) == value, event
+                    return event
+                assert event["type"] in ("synced", "welcome"), event
+
+
+async def expect_close(ws) -> int:
+    with trio.fail_after(5):
+        try:
+            while True:
+                await ws.get_message()
+        except ConnectionClosed as exc:
+            return exc.reason.code
+
+
+@pytest.fixture
+async def pair(node, users):
+    alice, bob = await users("alice"), await users("bob")
+    chat = await alice.open_direct(username="bob")
+    return alice, bob, chat
+
+
+async def assert_nothing_stored(client, chat):
+    assert await client.history(chat["id"]) == []
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        ("{not json", "invalid_json"),
+        ('"just a string"', "bad_request"),
+        ('{"no": "type"}', "bad_request"),
+        ('{"type": "teleport"}', "unknown_type"),
+        ('{"type": "send", "chat": "1", "text": "x"}', "bad_request"),  # no client_msg_id
+        ('{"type": "send", "client_msg_id": "a", "chat": "abc", "text": "x"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": ""}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": 5}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": "x", "colour": "red"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "hologram", "text": "x"}', "bad_request"),
+        ('{"type": "received", "chat": "12", "seq": -1}', "bad_request"),
+        ('{"type": "hello", "token": "again"}', "unknown_type"),
+    ],
+)
+async def test_malformed_frames_get_errors_and_the_connection_stays_up(pair, frame, code):
+    alice, bob, chat = pair
+    ws_cm, ws = await raw_socket(alice)
+    try:
+        await ws.send_message(frame)
+        await expect(ws, "error", code=code)
+        await ws.send_message('{"type": "ping"}')  # still usable
+        await expect(ws, "pong")
+    finally:
+        await ws_cm.__aexit__(None, None, None)
+    await assert_nothing_stored(alice, chat)
+
+
+async def test_writing_to_a_chat_you_are_not_in(node, users, pair):
+    alice, bob, chat = pair
+    mallory = await users("mallory")
+    async with mallory.connect() as m:
+        with pytest.raises(Exception) as info:
+            await m.send_text(chat["id"], "let me in")
+        assert getattr(info.value, "code", None) == "not_member"
+        with pytest.raises(Exception) as info:
+            await m.send_text("123456789", "no such chat")
+        assert getattr(info.value, "code", None) == "not_member"
+    await assert_nothing_stored(alice, chat)
+    with pytest.raises(Exception) as info:
+        await mallory.history(chat["id"])
+    assert getattr(info.value, "status", None) == 403
+
+
+async def test_oversized_message_is_refused_but_the_connection_stays(pair, node):
+    alice, bob, chat = pair
+    limit = node.config.limits.max_message_bytes
+    async with alice.connect() as a:
+        with pytest.raises(Exception) as info:
+            await a.send_text(chat["id"], "é" * (limit // 2 + 1))  # over the limit in UTF-8 bytes
+        assert info.value.code == "too_large"
+        ack = await a.send_text(chat["id"], "x" * limit)  # exactly at the limit is fine
+        assert ack["seq"] == 1
+
+
+async def test_oversized_frame_closes_with_1009(pair, node):
+    alice, bob, chat = pair
+    ws_cm, ws = await raw_socket(alice)
+    try:
+        await ws.send_message("x" * (node.config.limits.max_frame_bytes + 1))
+        assert await expect_close(ws) == 1009
+    finally:
+        await ws_cm.__aexit__(None, None, None)
+    await assert_nothing_stored(alice, chat)
+
+
+async def test_too_many_events_in_one_frame(pair, node):
+    alice, bob, chat = pair
+    n = node.config.limits.max_events_per_frame + 1
+    ws_cm, ws = await raw_socket(alice)
+    try:
+        frame = [{"type": "send", "client_msg_id": f"c{i}", "chat": chat["id"], "text": "x"} for i in range(n)]
+        await ws.send_message(orjson.dumps(frame).decode())
+        await expect(ws, "error", code="too_many_events")
+    finally:
+        await ws_cm.__aexit__(None, None, None)
+    await assert_nothing_stored(alice, chat)
+
+
+async def test_binary_frame_is_refused(pair):
+    alice, bob, chat = pair
+    ws_cm, ws = await raw_socket(alice)
+    try:
+        await ws.send_message(b'{"type":"ping"}')
+        await expect(ws, "error", code="bad_request")
+    finally:
+        await ws_cm.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize("token", ["cn_not-a-real-token", "", None, 42])
+async def test_bad_token_is_refused_with_4001(pair, token):
+    alice, bob, chat = pair
+    async with open_websocket_url(await alice.ws_url()) as ws:
+        await ws.send_message(orjson.dumps({"type": "hello", "token": token}).decode())
+        await expect(ws, "error", code="unauthorized")
+        assert await expect_close(ws) == 4001
+
+
+async def test_first_frame_must_be_hello(pair):
+    alice, bob, chat = pair
+    async with open_websocket_url(await alice.ws_url()) as ws:
+        await ws.send_message(orjson.dumps({"type": "send", "client_msg_id": "x", "chat": chat["id"], "text": "hi"}).decode())
+        await expect(ws, "error", code="not_hello")
+        assert await expect_close(ws) == 4000
+    await assert_nothing_stored(alice, chat)
+
+
+async def test_hello_timeout_closes_with_4002(tmp_path):
+    async with running_node(make_config(tmp_path, limits={"hello_timeout": 0.3})) as node:
+        info_url = node.ws_url
+        async with open_websocket_url(info_url) as ws:
+            await expect(ws, "error", code="not_hello")
+            assert await expect_close(ws) == 4002
+
+
+async def test_wrong_path_is_rejected(node):
+    from trio_websocket import ConnectionRejected
+
+    with pytest.raises(ConnectionRejected) as info:
+        async with open_websocket_url(node.ws_url.replace("/ws", "/nope")):
+            pass
+    assert info.value.status_code == 404
+
+
+async def test_frame_rate_limit_drops_frames_with_an_error(tmp_path):
+    from conftest import new_user
+
+    config = make_config(tmp_path, limits={"frames_per_second": 1.0, "frame_burst": 3})
+    async with running_node(config) as node:
+        alice = await new_user(node, "alice")
+        ws_cm, ws = await raw_socket(alice)
+        try:
+            for _ in range(6):
+                await ws.send_message('{"type": "ping"}')
+            codes = []
+            with trio.move_on_after(1):
+                while len(codes) < 6:
+                    data = orjson.loads(await ws.get_message())
+                    for e in data if isinstance(data, list) else [data]:
+                        if e["type"] in ("pong", "error"):
+                            codes.append(e.get("code", "pong"))
+            assert codes.count("pong") == 3 and codes.count("rate_limited") == 3
+        finally:
+            await ws_cm.__aexit__(None, None, None)
+        await alice.aclose()
+
+
+async def test_connections_per_user_are_limited(tmp_path):
+    from conftest import new_user
+
+    async with running_node(make_config(tmp_path, limits={"max_connections_per_user": 2})) as node:
+        alice = await new_user(node, "alice")
+        async with alice.connect(), alice.connect():
+            async with open_websocket_url(node.ws_url) as ws:
+                await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token}).decode())
+                await expect(ws, "error", code="too_many_connections")
+                assert await expect_close(ws) == 4009
+        async with alice.connect():  # slots are free again
+            pass
+        await alice.aclose()
+
+
+async def test_logout_revokes_the_token_and_closes_its_connections(pair):
+    alice, bob, chat = pair
+    async with alice.connect() as a:
+        await a.synced.wait()
+        token = alice.token
+        await alice.logout()
+        with trio.fail_after(5):
+            while a.closed is None:
+                await trio.sleep(0.01)
+        assert a.closed.reason.code == 4003
+    alice.token = token
+    with pytest.raises(Exception) as info:
+        await alice.me()
+    assert info.value.status == 401
