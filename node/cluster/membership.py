@@ -399,6 +399,8 @@ class Membership:
     def _after(self, change: Change, key: int, msg: Message) -> None:
         if change.refute:
             self._refute(msg.incarnation)  # type: ignore[union-attr]
+        elif change.reannounce:
+            self._queue(self.node_id, self.table.local.alive_message())
         if change.conflict is not None:
             self.stats["conflicts"] += 1
             log.error(
@@ -430,8 +432,18 @@ class Membership:
         self._after(change, msg.node, msg)
         if change.kind == SUSPECTED and change.member is not None and self._nursery is not None:
             self._nursery.start_soon(self._suspicion_timer, change.member)
+            # Probe it next: the ping tells it that it is suspected (the buddy system) and the
+            # ack brings back its refutation if gossip has not, well before the timer runs out.
+            self._probe_order.insert(self._probe_index, change.member.node)
 
     def _apply_dead(self, msg: Dead) -> None:
+        if msg.source not in (msg.node, self.node_id) and msg.node != self.node_id:
+            # Only our own suspicion timer marks another member failed here. Another node's
+            # verdict opens or confirms a suspicion instead, so stale news (say, from the far
+            # side of a healed partition) leaves the member time to refute, while a real
+            # failure is confirmed by every such verdict and times out at the minimum.
+            self._apply_suspect(Suspect(msg.node, msg.incarnation, msg.source))
+            return
         self._after(self.table.apply_dead(msg, self.clock.now()), msg.node, msg)
 
     def _refute(self, seen: int) -> None:

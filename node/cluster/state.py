@@ -112,6 +112,7 @@ class Change:
     member: Member | None = None
     rebroadcast: bool = False  # pass the message on
     refute: bool = False  # it was about us: announce a higher incarnation
+    reannounce: bool = False  # stale doubt about us: repeat our current announcement
     conflict: Member | None = None  # an Alive claimed this live member's node id from elsewhere
 
 
@@ -185,10 +186,11 @@ class MemberTable:
 
     def apply_suspect(self, msg: Suspect, now: float, bounds: tuple[float, float], k: int) -> Change:
         m = self._members.get(msg.node)
-        if m is None or msg.incarnation < m.incarnation or m.state in (DEAD, LEFT):
+        if m is self.local and m.state == ALIVE:
+            # our refutation may not have reached the doubter yet: say it again
+            return Change(refute=True) if msg.incarnation >= m.incarnation else Change(reannounce=True)
+        if m is None or m is self.local or msg.incarnation < m.incarnation or m.state in (DEAD, LEFT):
             return NOTHING
-        if m is self.local:
-            return Change(refute=True)
         if m.state == SUSPECT and m.suspicion is not None:
             if msg.incarnation == m.incarnation and m.suspicion.confirm(msg.source):
                 return Change(None, m, rebroadcast=True)  # the deadline moved: pass the confirmation on
@@ -201,10 +203,10 @@ class MemberTable:
 
     def apply_dead(self, msg: Dead, now: float) -> Change:
         m = self._members.get(msg.node)
-        if m is None or msg.incarnation < m.incarnation or m.state in (DEAD, LEFT):
+        if m is self.local and m.state == ALIVE:
+            return Change(refute=True) if msg.incarnation >= m.incarnation else Change(reannounce=True)
+        if m is None or m is self.local or msg.incarnation < m.incarnation or m.state in (DEAD, LEFT):
             return NOTHING
-        if m is self.local:
-            return NOTHING if self.local.state == LEFT else Change(refute=True)
         m.incarnation = msg.incarnation
         m.suspicion = None
         if msg.source == msg.node:
