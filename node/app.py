@@ -60,6 +60,7 @@ class Node:
     http_port: int = 0
     ws_port: int = 0
     version: str = VERSION
+    cluster: object | None = None  # node.cluster.service.ClusterService when [cluster] enabled
 
     @property
     def http_url(self) -> str:
@@ -163,6 +164,10 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[Node] = tri
         async with trio.open_nursery() as core:
             await core.start(chats.serve)
             # -- cluster (node/cluster owns what is inside this block) -----------------
+            if config.cluster.enabled:
+                from .cluster.service import serve_cluster
+
+                node.cluster = await core.start(serve_cluster, node)  # leaves when shutdown is requested
             # -- end cluster --
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:

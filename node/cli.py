@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", "-c", default="config.toml")
     # -- cluster (node/cluster owns what is inside this block) ------------------------
+    from .cluster.cli import add_cluster_commands
+
+    add_cluster_commands(commands)
     # -- end cluster --
     return parser
 
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok")
         return 0
+    if args.command == "cluster":
+        from .cluster.cli import run_cluster_command
+
+        return run_cluster_command(args, config)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:

@@ -242,6 +242,13 @@ def create_app(node: Node) -> QuartTrio:
         return json_response(node.statistics())
 
     # -- cluster (node/cluster owns what is inside this block) ----------------------
+    @app.get("/api/admin/cluster/members")
+    async def admin_cluster_members() -> Response:
+        require_admin()
+        if node.cluster is None:
+            return json_response({"enabled": False, "members": [], "statistics": {}})
+        return json_response(node.cluster.describe())  # type: ignore[attr-defined]
+
     # -- end cluster --
 
     return app

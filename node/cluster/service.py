@@ -1,0 +1,178 @@
+"""Wiring membership into a running node: sockets, keys, join, leave, admin view.
+
+``serve_cluster`` is started by ``serve_node`` in its core nursery when
+``[cluster] enabled = true``. It binds UDP and TCP, joins the seeds, reports a
+``ClusterService`` (stored as ``node.cluster``) and then runs until the node's
+shutdown is requested, when it leaves gracefully so the others record *left*
+rather than *failed*.
+
+Start-up fails with ``ClusterStartError`` and one clear message when the node id is
+already used by a live member, or the bind is not allowed (no key off loopback).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .config import ClusterConfig, is_loopback
+from .keyring import Keyring
+from .membership import EventListener, JoinRefused, Membership
+from .transport import TrioClock, UdpTcpTransport
+
+if TYPE_CHECKING:
+    from ..app import Node
+
+log = logging.getLogger(__name__)
+
+URL_POLL_INTERVAL = 0.05  # seconds, while waiting for the HTTP listener to report its port
+
+
+class ClusterStartError(Exception):
+    """The cluster cannot start; the message tells the operator what to change."""
+
+
+class ClusterService:
+    """The running membership of this node, as the rest of chatnode sees it."""
+
+    def __init__(self, membership: Membership, transport: UdpTcpTransport) -> None:
+        self.membership = membership
+        self.transport = transport
+
+    @property
+    def address(self) -> str:
+        return self.membership.address
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener(MemberEvent)`` on every membership change; it must not block."""
+        self.membership.add_listener(listener)
+
+    def statistics(self) -> dict[str, object]:
+        return {**self.membership.statistics(), "send_errors": self.transport.send_errors}
+
+    def describe(self) -> dict[str, Any]:
+        """The admin view: this node, every member with its age in its state, and counters."""
+        now = self.membership.clock.now()
+        members = [
+            {
+                "node_id": m.node,
+                "name": m.name,
+                "state": m.state,
+                "incarnation": m.incarnation,
+                "address": m.address,
+                "http_url": m.http_url,
+                "protocol": m.protocol,
+                "age_seconds": round(max(0.0, now - m.since), 3),
+                "self": m.node == self.membership.node_id,
+            }
+            for m in self.membership.members()
+        ]
+        return {
+            "enabled": True,
+            "node_id": self.membership.node_id,
+            "address": self.address,
+            "encrypted": self.membership.keyring.encrypted,
+            "members": members,
+            "statistics": self.statistics(),
+        }
+
+
+def _check_bind(cfg: ClusterConfig, keyring: Keyring) -> None:
+    if not keyring.encrypted and not is_loopback(cfg.bind_host):
+        raise ClusterStartError(f"refusing to bind the cluster to {cfg.bind_host} without [cluster] keys")
+    try:
+        unspecified = ipaddress.ip_address(cfg.bind_host).is_unspecified
+    except ValueError:
+        unspecified = False
+    if unspecified and not cfg.advertise_host:
+        raise ClusterStartError(f"bind_host {cfg.bind_host} needs [cluster] advertise_host: the address others reach")
+
+
+def _configured_http_url(node: Node) -> str:
+    http = node.config.http
+    if http.public_url:
+        return http.public_url.rstrip("/")
+    return node.http_url if http.port else ""  # port 0: announced once the listener has one
+
+
+async def _announce_http_url(node: Node, membership: Membership) -> None:
+    """The HTTP listener starts after the cluster; publish its URL once it is known."""
+    while not node.http_port:
+        await trio.sleep(URL_POLL_INTERVAL)
+    membership.update_http_url(_configured_http_url(node) or node.http_url)
+
+
+async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterService] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run this node's cluster membership until the node shuts down, then leave.
+
+    Raises:
+        ClusterStartError: before reporting started, when this node must not join.
+
+    Cancellation: cancelling stops at once without the goodbye; the others will then
+    detect a failure instead of a departure.
+    """
+    cfg = node.config.cluster
+    keyring = Keyring(cfg.raw_keys)
+    _check_bind(cfg, keyring)
+    if not keyring.encrypted:
+        log.warning("cluster: no [cluster] keys set: packets are not authenticated, so the cluster stays on loopback")
+    try:
+        transport = await UdpTcpTransport.open(
+            cfg.bind_host, cfg.bind_port, cfg.advertise_host, cfg.advertise_port, cfg.max_packet_bytes
+        )
+    except OSError as exc:
+        raise ClusterStartError(f"cannot bind the cluster to {cfg.bind_host}:{cfg.bind_port}: {exc}") from None
+    refused: JoinRefused | None = None
+    try:
+        membership = Membership(
+            cfg,
+            node_id=node.config.node.id,
+            name=node.config.node.name,
+            http_url=_configured_http_url(node),
+            transport=transport,
+            clock=TrioClock(),
+            keyring=keyring,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(membership.run)
+            seeds = [s for s in cfg.seeds if s not in (transport.address, transport.bound)]
+            try:
+                answered = await membership.join(seeds) if seeds else 0
+            except JoinRefused as exc:
+                refused = exc
+                nursery.cancel_scope.cancel()
+            else:
+                if seeds and not answered:
+                    log.warning(
+                        "cluster: no seed answered (%s); retrying every %.0f s", ", ".join(seeds), cfg.join_retry_interval
+                    )
+                    nursery.start_soon(_keep_joining, membership, seeds)
+                nursery.start_soon(_announce_http_url, node, membership)
+                task_status.started(ClusterService(membership, transport))
+                log.info(
+                    "cluster: node %d on %s (%s), %d live member(s)",
+                    membership.node_id, transport.address, "encrypted" if keyring.encrypted else "unencrypted",
+                    len(membership.live_members()),
+                )  # fmt: skip
+                await node.shutdown_requested.wait()
+                with trio.move_on_after(cfg.leave_timeout + 1):
+                    await membership.leave()
+                log.info("cluster: left the cluster")
+                nursery.cancel_scope.cancel()
+    finally:
+        transport.close()
+    if refused is not None:
+        log.critical("cluster: %s", refused)
+        raise ClusterStartError(str(refused))
+
+
+async def _keep_joining(membership: Membership, seeds: list[str]) -> None:
+    try:
+        await membership.join_until_joined(seeds)
+    except JoinRefused as exc:
+        # Two nodes must never mint the same Snowflake ids: stop this node.
+        log.critical("cluster: %s", exc)
+        raise ClusterStartError(str(exc)) from None
