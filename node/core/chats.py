@@ -220,8 +220,15 @@ class Chats:
     # -- the sequencer ---------------------------------------------------------------
 
     async def submit(self, op: Operation) -> None:
-        """Queue an operation. Backpressure: waits while the sequencer's queue is full."""
-        await self._send.send(op)
+        """Queue an operation. Backpressure: waits while the sequencer's queue is full.
+
+        Does not yield when there is room, so all the events of one frame land in the
+        same batch (one commit, one ack frame) instead of trickling in one by one.
+        """
+        try:
+            self._send.send_nowait(op)
+        except trio.WouldBlock:
+            await self._send.send(op)
 
     async def run(self, op: Awaitable) -> Any:
         """Queue an operation and wait for its result (raises its ChatError)."""
@@ -425,11 +432,17 @@ class Chats:
         """Tell the authors of messages in (old, new] that `user_id` has delivered/read them.
 
         In a 1-1 chat that is the other member; in a group, the senders of the recent
-        messages in the range. The reader's own other devices learn it too.
+        messages in the range. For reads, the reader's own other devices learn it too.
         """
-        authors = {sender for seq, sender in chat.recent if old < seq <= new and sender != user_id}
         if chat.kind == "direct":
-            authors.update(uid for uid in chat.active_ids() if uid != user_id)
+            authors = {uid for uid in chat.members if uid != user_id}
+        else:
+            authors = set()
+            for seq, sender in reversed(chat.recent):  # newest first; stop below the range
+                if seq <= old:
+                    break
+                if seq <= new and sender != user_id:
+                    authors.add(sender)
         if kind == "read":
             authors.add(user_id)
         if not authors:

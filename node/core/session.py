@@ -273,7 +273,10 @@ class Session:
 
     async def start_send(self) -> None:
         """Take one of this device's in-flight send slots (waits while all are taken)."""
-        await self._inflight.acquire()
+        try:
+            self._inflight.acquire_nowait()
+        except trio.WouldBlock:
+            await self._inflight.acquire()
 
     def finish_send(self) -> None:
         self._inflight.release()

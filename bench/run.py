@@ -1,0 +1,389 @@
+"""`make bench`: 1-1 throughput, latency at half that rate, memory per idle connection.
+
+The node runs as a subprocess pinned to CPU 0; the load generator (bench/rawws.py, one
+selector loop, pre-built frames) is pinned to CPU 1, so the node has one core to itself,
+as the peers in ../shared/ANCHORS.md were measured. Every figure is the median of
+repeated runs: small VMs are noisy.
+
+    python -m bench.run [--runs 3] [--pairs 100] [--latency-pairs 500] [--idle 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import orjson
+import trio
+
+from bench.rawws import Conn, Loop
+from node.client import ChatClient
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PASSWORD = "bench password 1"
+PAD = b"x" * 80  # message text is "<send stamp> " + 80 bytes, about 100 bytes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def pin(cpu: int) -> None:
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
+@contextmanager
+def node_process(tmp: Path, extra_config: str = ""):
+    http_port, ws_port = free_port(), free_port()
+    config = tmp / "config.toml"
+    config.write_text(
+        f"""
+[node]
+data_dir = "data"
+[http]
+port = {http_port}
+[websocket]
+port = {ws_port}
+[accounts]
+argon2_time_cost = 1
+argon2_memory_kib = 64
+login_failures_per_address = 1000000
+[limits]
+frames_per_second = 100000.0
+frame_burst = 100000
+max_connections_per_user = 10000
+{extra_config}
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "serve", "--config", str(config), "--log-level", "WARNING"],
+        cwd=tmp, preexec_fn=lambda: pin(0), stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("node did not start") from None
+                time.sleep(0.05)
+        yield proc, url, f"ws://127.0.0.1:{ws_port}/ws"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _make_pairs(url: str, pairs: int, prefix: str) -> list[tuple[str, str, str]]:
+    out: list = [None] * pairs
+    limiter = trio.CapacityLimiter(16)
+
+    async def one(i: int) -> None:
+        async with limiter, ChatClient(url) as a, ChatClient(url) as b:
+            for c, name in ((a, f"{prefix}a{i}"), (b, f"{prefix}b{i}")):
+                await c.register(name, PASSWORD)
+                await c.login(name, PASSWORD)
+            chat = await a.open_direct(username=f"{prefix}b{i}")
+            out[i] = (a.token, b.token, chat["id"])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(pairs):
+            nursery.start_soon(one, i)
+    return out
+
+
+def make_pairs(url: str, pairs: int, prefix: str) -> list[tuple[str, str, str]]:
+    """Register 2*pairs users; (sender token, receiver token, chat id) per pair."""
+    return trio.run(_make_pairs, url, pairs, prefix)
+
+
+def events_of(payload: bytes) -> list[dict]:
+    data = orjson.loads(payload)
+    return data if isinstance(data, list) else [data]
+
+
+class Receivers:
+    """Count messages, acknowledge per frame, optionally record latency."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.latencies: list[float] = []
+        self.record = False
+
+    def on_text(self, conn: Conn, payload: bytes) -> None:
+        now = time.perf_counter()
+        acks: dict[str, int] = {}
+        for event in events_of(payload):
+            if event.get("type") == "message":
+                self.count += 1
+                acks[event["chat"]] = event["seq"]
+                if self.record:
+                    self.latencies.append(now - float(event["text"].split(" ", 1)[0]))
+        if acks:
+            conn.send_text(orjson.dumps([{"type": "received", "chat": c, "seq": s} for c, s in acks.items()]))
+
+
+class Senders:
+    """Closed loop: keep `window` messages in flight per connection, `batch` per frame."""
+
+    def __init__(self, window: int, batch: int) -> None:
+        self.window = window
+        self.batch = batch
+        self.acked = 0
+        self.errors = 0
+        self.running = False
+        self._n = 0
+
+    def frame(self, chat: str, n: int) -> bytes:
+        events = []
+        for _ in range(n):
+            self._n += 1
+            events.append(b'{"type":"send","client_msg_id":"%d","chat":"%s","text":"%.6f %s"}'
+                          % (self._n, chat.encode(), time.perf_counter(), PAD))
+        return events[0] if n == 1 else b"[" + b",".join(events) + b"]"
+
+    def refill(self, conn: Conn) -> None:
+        state = conn.state
+        while self.running and state["inflight"] + self.batch <= self.window:
+            conn.send_text(self.frame(state["chat"], self.batch))
+            state["inflight"] += self.batch
+
+    def on_text(self, conn: Conn, payload: bytes) -> None:
+        for event in events_of(payload):
+            kind = event.get("type")
+            if kind == "ack":
+                self.acked += 1
+                conn.state["inflight"] -= 1
+            elif kind == "error":
+                self.errors += 1
+                conn.state["inflight"] -= 1
+        self.refill(conn)
+
+
+def hello(token: str) -> bytes:
+    return orjson.dumps({"type": "hello", "token": token})
+
+
+def _profile(pid: int, seconds: float, path: str | None) -> subprocess.Popen | None:
+    """Sample the node with py-spy (if asked) while the measurement runs."""
+    if not path:
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+                             "--format", "raw", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL)
+
+
+def throughput(proc, ws_url: str, pairs, *, window: int, batch: int, seconds: float, profile: str | None = None) -> dict:
+    loop = Loop()
+    receivers = Receivers()
+    senders = Senders(window, batch)
+    for _, token, _ in pairs:
+        loop.connect(ws_url, receivers.on_text).send_text(hello(token))
+    sender_conns = []
+    for token, _, chat in pairs:
+        conn = loop.connect(ws_url, senders.on_text)
+        conn.state = {"chat": chat, "inflight": 0}
+        conn.send_text(hello(token))
+        sender_conns.append(conn)
+    loop.run(time.perf_counter() + 1.0)
+    senders.running = True
+    for conn in sender_conns:
+        senders.refill(conn)
+    loop.run(time.perf_counter() + 2.0)  # warm-up
+    spy = _profile(proc.pid, seconds, profile)
+    c0, n0, a0, t0 = cpu_seconds(proc.pid), receivers.count, senders.acked, time.perf_counter()
+    loop.run(t0 + seconds)
+    c1, n1, a1, t1 = cpu_seconds(proc.pid), receivers.count, senders.acked, time.perf_counter()
+    senders.running = False
+    loop.run(time.perf_counter() + 1.0)
+    loop.close_all()
+    if spy is not None:
+        spy.wait(30)
+    return {
+        "delivered_per_s": (n1 - n0) / (t1 - t0),
+        "acked_per_s": (a1 - a0) / (t1 - t0),
+        "server_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
+        "server_cpu_us_per_msg": 1e6 * (c1 - c0) / max(1, n1 - n0),
+        "errors": senders.errors,
+    }
+
+
+def latency(proc, ws_url: str, pairs, *, rate: float, seconds: float) -> dict:
+    """Open loop: one message every 1/rate s, round-robin over the senders."""
+    loop = Loop()
+    receivers = Receivers()
+    senders = Senders(1 << 30, 1)
+    for _, token, _ in pairs:
+        loop.connect(ws_url, receivers.on_text).send_text(hello(token))
+    conns = []
+    for token, _, chat in pairs:
+        conn = loop.connect(ws_url, senders.on_text)
+        conn.state = {"chat": chat, "inflight": 0}
+        conn.send_text(hello(token))
+        conns.append(conn)
+    loop.run(time.perf_counter() + 1.0)
+    receivers.record = True
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    schedule = {"next": start, "i": 0}
+
+    def tick(now: float) -> float:
+        while schedule["next"] <= now:
+            conn = conns[schedule["i"] % len(conns)]
+            conn.send_text(senders.frame(conn.state["chat"], 1))
+            schedule["i"] += 1
+            schedule["next"] += interval
+        return schedule["next"]
+
+    c0 = cpu_seconds(proc.pid)
+    loop.run(start + seconds, tick)
+    c1 = cpu_seconds(proc.pid)
+    loop.run(time.perf_counter() + 1.0)
+    loop.close_all()
+    samples = sorted(receivers.latencies)
+    if not samples:
+        return {"offered_per_s": rate, "samples": 0}
+    return {
+        "offered_per_s": rate,
+        "sent": schedule["i"],
+        "samples": len(samples),
+        "server_cpu_pct": 100 * (c1 - c0) / seconds,
+        "p50_ms": 1000 * samples[len(samples) // 2],
+        "p99_ms": 1000 * samples[int(len(samples) * 0.99)],
+        "max_ms": 1000 * samples[-1],
+    }
+
+
+def idle_memory(proc, url: str, ws_url: str, connections: int) -> dict:
+    """RSS growth of the node per authenticated, idle connection."""
+
+    async def tokens() -> list[str]:
+        async with ChatClient(url) as c:
+            await c.register("idle", PASSWORD)
+            out = []
+            for _ in range(max(1, connections // 100)):
+                await c.login("idle", PASSWORD)
+                out.append(c.token)
+            return out
+
+    tokens_ = trio.run(tokens)
+    loop = Loop()
+    welcomed = {"n": 0}
+
+    def on_text(conn: Conn, payload: bytes) -> None:
+        if any(e.get("type") == "welcome" for e in events_of(payload)):
+            welcomed["n"] += 1
+
+    for i in range(20):  # warm the node's allocator up
+        loop.connect(ws_url, on_text).send_text(hello(tokens_[0]))
+    loop.run(time.perf_counter() + 1.0)
+    time.sleep(1.0)
+    before = rss_kib(proc.pid)
+    for i in range(connections):
+        loop.connect(ws_url, on_text).send_text(hello(tokens_[i // 100]))
+        if i % 200 == 199:
+            loop.run(time.perf_counter() + 0.05)
+    loop.run(time.perf_counter() + 3.0)
+    after = rss_kib(proc.pid)
+    opened = welcomed["n"] - 20
+    loop.close_all()
+    return {"connections": opened, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
+            "kib_per_connection": (after - before) / max(1, opened)}
+
+
+def median(runs: list[dict], key: str) -> float:
+    values = [r[key] for r in runs if key in r]
+    return statistics.median(values) if values else float("nan")
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    results: dict[str, list[dict]] = {"throughput": [], "latency": [], "idle": []}
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp:
+            with node_process(Path(tmp)) as (proc, url, ws_url):
+                if args.idle:
+                    idle = idle_memory(proc, url, ws_url, args.idle)
+                    results["idle"].append(idle)
+                    print(f"run {run + 1}: idle {idle}", flush=True)
+                pairs = make_pairs(url, max(args.pairs, args.latency_pairs), f"r{run}")
+                t = throughput(proc, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
+                               seconds=args.seconds, profile=args.profile)
+                results["throughput"].append(t)
+                print(f"run {run + 1}: throughput {t}", flush=True)
+                rate = args.latency_rate or t["delivered_per_s"] / 2
+                lat = latency(proc, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds)
+                results["latency"].append(lat)
+                print(f"run {run + 1}: latency {lat}", flush=True)
+    summary = {
+        "delivered_per_s": median(results["throughput"], "delivered_per_s"),
+        "acked_per_s": median(results["throughput"], "acked_per_s"),
+        "server_cpu_us_per_msg": median(results["throughput"], "server_cpu_us_per_msg"),
+        "latency_offered_per_s": median(results["latency"], "offered_per_s"),
+        "latency_p50_ms": median(results["latency"], "p50_ms"),
+        "latency_p99_ms": median(results["latency"], "p99_ms"),
+        "idle_kib_per_connection": median(results["idle"], "kib_per_connection"),
+    }
+    return {"summary": summary, "runs": results, "args": vars(args), "cpus": os.cpu_count(),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=100, help="sender/receiver pairs for throughput")
+    parser.add_argument("--window", type=int, default=10, help="messages in flight per sender")
+    parser.add_argument("--batch", type=int, default=10, help="messages per frame")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--latency-pairs", type=int, default=500)
+    parser.add_argument("--latency-rate", type=float, default=0.0, help="default: half the measured throughput")
+    parser.add_argument("--idle", type=int, default=2000, help="idle connections for the memory figure")
+    parser.add_argument("--profile", default=None, help="run the node under py-spy, writing collapsed stacks here")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    pin(1)
+    report = run_all(args)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    s = report["summary"]
+    print(
+        f"\n| figure | median of {args.runs} runs |\n| --- | --- |\n"
+        f"| 1-1 messages delivered per second ({args.pairs} pairs, {args.window} in flight, {args.batch} per frame) | {s['delivered_per_s']:,.0f} |\n"
+        f"| server CPU per delivered message | {s['server_cpu_us_per_msg']:.0f} µs |\n"
+        f"| send-to-receive latency at {s['latency_offered_per_s']:,.0f} msg/s offered ({args.latency_pairs} pairs): p50 / p99 | {s['latency_p50_ms']:.1f} / {s['latency_p99_ms']:.1f} ms |\n"
+        f"| memory per idle authenticated connection | {s['idle_kib_per_connection']:.1f} KiB |"
+    )
+
+
+if __name__ == "__main__":
+    main()
