@@ -67,4 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(_serve, config)
     except KeyboardInterrupt:
         return 130
+    except ExceptionGroup as group:  # cluster: a refused start-up is one line, not a traceback
+        from .cluster.cli import start_error_message
+
+        if (message := start_error_message(group)) is None:
+            raise
+        print(f"chatnode: {message}", file=sys.stderr)
+        return 2
     return 0

@@ -70,6 +70,18 @@ def format_members(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def start_error_message(group: BaseExceptionGroup) -> str | None:
+    """The message of a ClusterStartError inside ``group`` (as trio nests it), if there is one."""
+    from .service import ClusterStartError
+
+    found, _rest = group.split(ClusterStartError)
+    if found is None:
+        return None
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return f"cluster: {found}"
+
+
 def run_cluster_command(args: argparse.Namespace, config: Config) -> int:
     if args.cluster_command == "keygen":
         print(base64.b64encode(os.urandom(32)).decode())

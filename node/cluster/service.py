@@ -92,10 +92,14 @@ def _check_bind(cfg: ClusterConfig, keyring: Keyring) -> None:
 
 
 def _configured_http_url(node: Node) -> str:
+    """The URL known before the listener starts: "" when the port is 0 (announced later)."""
     http = node.config.http
     if http.public_url:
         return http.public_url.rstrip("/")
-    return node.http_url if http.port else ""  # port 0: announced once the listener has one
+    if not http.port:
+        return ""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(http.host, http.host)
+    return f"http://[{host}]:{http.port}" if ":" in host else f"http://{host}:{http.port}"
 
 
 async def _announce_http_url(node: Node, membership: Membership) -> None:
@@ -165,7 +169,6 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
     finally:
         transport.close()
     if refused is not None:
-        log.critical("cluster: %s", refused)
         raise ClusterStartError(str(refused))
 
 
@@ -174,5 +177,4 @@ async def _keep_joining(membership: Membership, seeds: list[str]) -> None:
         await membership.join_until_joined(seeds)
     except JoinRefused as exc:
         # Two nodes must never mint the same Snowflake ids: stop this node.
-        log.critical("cluster: %s", exc)
         raise ClusterStartError(str(exc)) from None
