@@ -52,18 +52,22 @@ class Session:
         self._capacity = limits.outgoing_queue
         self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.outgoing_queue)
         self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst)
-        self._inflight = trio.Semaphore(max(1, limits.outgoing_queue // 2))
+        self._inflight = 0  # sends waiting for their ack
         self._inflight_max = max(1, limits.outgoing_queue // 2)
+        self._inflight_changed: trio.Event | None = None  # exists only while someone waits
         self._sent: dict[int, int] = {}  # chat -> highest seq queued to this device
         self._own: dict[int, set[int]] = {}  # chat -> own acked seqs not yet contiguous
         self._catchup: dict[int, None] = {}  # chats to replay from the log (ordered set)
-        self._catchup_wakeup = trio.Event()
-        self._room = trio.Event()
-        self._close_requested = trio.Event()
+        self._syncing = False  # a syncer task is running
+        self._nursery: trio.Nursery | None = None
+        self._room: trio.Event | None = None  # exists only while the syncer waits for room
+        self._reader_scope = trio.CancelScope()
+        self._closing = False
         self._close: tuple[int, str] | None = None
         self._graceful = False
         self._peer_closed = False
-        self._writer_done = trio.Event()
+        self._writer_exited = False
+        self._writer_done: trio.Event | None = None
         self.device: Device | None = None
         self.user_id = 0
         self.synced = False
@@ -98,15 +102,17 @@ class Session:
     def close(self, code: int, reason: str, *, graceful: bool = False) -> None:
         """Ask the session to close with `code`. Graceful: finish in-flight sends and
         flush queued events first (used on shutdown)."""
-        if self._close is None and not self._close_requested.is_set():
+        if not self._closing:
+            self._closing = True
             self._close = (code, reason)
             self._graceful = graceful
-        self._close_requested.set()
+        self._reader_scope.cancel()
 
     def _peer_gone(self) -> None:
         """The connection is already closed by the peer: stop without a close frame."""
+        self._closing = True
         self._peer_closed = True
-        self._close_requested.set()
+        self._reader_scope.cancel()
 
     async def _handshake(self) -> dict[int, int]:
         with trio.move_on_after(self._limits.hello_timeout) as timeout:
@@ -159,31 +165,30 @@ class Session:
                 pass
 
     async def _serve(self) -> None:
+        # The handler task itself is the reader; the writer (and, while replaying, the
+        # syncer) are its children. Few tasks per connection keep idle sockets cheap.
         async with trio.open_nursery() as nursery:
-            reader_scope = trio.CancelScope()
-            syncer_scope = trio.CancelScope()
-            nursery.start_soon(self._run_in, reader_scope, self._reader)
-            nursery.start_soon(self._run_in, syncer_scope, self._syncer)
+            self._nursery = nursery
             nursery.start_soon(self._writer)
-            await self._close_requested.wait()
-            reader_scope.cancel()
-            syncer_scope.cancel()
+            self._syncing = True
+            nursery.start_soon(self._syncer)  # the replay after hello; ends with `synced`
+            with self._reader_scope:
+                await self._reader()
+            self._closing = True
             deadline = trio.current_time() + self.node.config.http.graceful_timeout
             if self._graceful:
                 with trio.move_on_at(deadline):  # let the sequencer ack what this device sent
-                    for _ in range(self._inflight_max):
-                        await self._inflight.acquire()
+                    while self._inflight > 0:
+                        await self._wait_inflight_change()
             self._out_send.close()  # the writer stops after its current frame (or the queue)
-            # A slow but live peer still gets its close code: the kernel cuts a dead one
-            # after tcp_user_timeout anyway.
-            patience = self.node.config.websocket.tcp_user_timeout
-            with trio.move_on_at(deadline if self._graceful else trio.current_time() + patience):
-                await self._writer_done.wait()
+            if not self._writer_exited:
+                # A slow but live peer still gets its close code: the kernel cuts a dead
+                # one after tcp_user_timeout anyway.
+                patience = self.node.config.websocket.tcp_user_timeout
+                self._writer_done = trio.Event()
+                with trio.move_on_at(deadline if self._graceful else trio.current_time() + patience):
+                    await self._writer_done.wait()
             nursery.cancel_scope.cancel()
-
-    async def _run_in(self, scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
-        with scope:
-            await fn()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -255,31 +260,45 @@ class Session:
                         break
                     items.append(item)
                     size += len(item)
-                self._room.set()
+                if self._room is not None:
+                    self._room.set()
+                    self._room = None
                 frame = first if len(items) == 1 else b"[" + b",".join(items) + b"]"
+                del first, items
                 await self.ws.send_message(frame.decode())
+                del frame  # hold nothing while idle
                 self.frames_out += 1
         except ConnectionClosed:
             self._peer_gone()
         except trio.ClosedResourceError:
             pass
         finally:
-            self._writer_done.set()
+            self._writer_exited = True
+            if self._writer_done is not None:
+                self._writer_done.set()
 
     async def _wait_for_room(self, needed: int) -> None:
         while self._out_send.statistics().current_buffer_used + needed > self._capacity // 2:
-            self._room = trio.Event()
+            if self._room is None:
+                self._room = trio.Event()
             await self._room.wait()
 
     async def start_send(self) -> None:
         """Take one of this device's in-flight send slots (waits while all are taken)."""
-        try:
-            self._inflight.acquire_nowait()
-        except trio.WouldBlock:
-            await self._inflight.acquire()
+        while self._inflight >= self._inflight_max:
+            await self._wait_inflight_change()
+        self._inflight += 1
 
     def finish_send(self) -> None:
-        self._inflight.release()
+        self._inflight -= 1
+        if self._inflight_changed is not None:
+            self._inflight_changed.set()
+            self._inflight_changed = None
+
+    async def _wait_inflight_change(self) -> None:
+        if self._inflight_changed is None:
+            self._inflight_changed = trio.Event()
+        await self._inflight_changed.wait()
 
     def send_event(self, payload: bytes) -> None:
         """Queue a non-log event (ack, error, receipt, presence ...)."""
@@ -335,7 +354,9 @@ class Session:
 
     def _request_catchup(self, chat_id: int) -> None:
         self._catchup[chat_id] = None
-        self._catchup_wakeup.set()
+        if not self._syncing and self._nursery is not None:
+            self._syncing = True
+            self._nursery.start_soon(self._syncer)
 
     def _start_sync(self, cursors: dict[int, int]) -> None:
         chats = self.node.chats
@@ -351,17 +372,18 @@ class Session:
                 self._catchup[chat_id] = None
 
     async def _syncer(self) -> None:
-        while True:
-            while self._catchup:
+        """Replay chats from the log while any need it, then exit (idle sessions hold no
+        syncer task: started again by `_request_catchup`)."""
+        try:
+            while self._catchup and not self._closing:
                 chat_id = next(iter(self._catchup))
                 del self._catchup[chat_id]
                 await self._catch_up(chat_id)
             if not self.synced:
                 self.synced = True
                 self._enqueue(SYNCED)
-            self._catchup_wakeup = trio.Event()
-            if not self._catchup:
-                await self._catchup_wakeup.wait()
+        finally:
+            self._syncing = False
 
     async def _catch_up(self, chat_id: int) -> None:
         """Queue the log entries of one chat that this device has not had yet."""
