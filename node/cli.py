@@ -47,6 +47,18 @@ async def _serve(config: Config) -> None:
                 node.request_shutdown()
 
 
+def _raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the system lets us."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -61,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster.cli import run_cluster_command
 
         return run_cluster_command(args, config)
+    _raise_open_files_limit()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
