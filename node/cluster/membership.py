@@ -155,6 +155,8 @@ class Membership:
         self.rng = rng or random.Random()
         local = Member(node_id, name, transport.address, http_url, PROTOCOL_VERSION, 0, ALIVE, clock.now())
         self.table = MemberTable(local)
+        if not self._fits(local.alive_message()):
+            raise ValueError("the node name, cluster address and HTTP URL are too long for one cluster packet")
         self.awareness = Awareness(config.awareness_max_multiplier)
         self.broadcasts = BroadcastQueue(config.retransmit_mult, self.table.live_count)
         self._listeners: list[EventListener] = [on_event] if on_event else []
@@ -224,6 +226,9 @@ class Membership:
         local = self.table.local
         if local.http_url == http_url:
             return
+        if not self._fits(attrs.evolve(local.alive_message(), http_url=http_url)):
+            log.error("cluster: HTTP URL %r is too long to announce; members keep the old one", http_url)
+            return
         local.http_url = http_url
         local.incarnation += 1
         self._queue(local.node, local.alive_message())
@@ -285,6 +290,11 @@ class Membership:
             await self.clock.sleep_until(min(deadline, self.clock.now() + self.config.gossip_interval))
 
     # -- sending ---------------------------------------------------------------------
+
+    def _fits(self, msg: Message) -> bool:
+        """An announcement must leave room in a datagram for a ping and some gossip."""
+        room = self.config.max_packet_bytes - self.keyring.overhead - PACKET_HEADER_RESERVE
+        return len(encode_one(msg)) <= room // 2
 
     def _queue(self, key: int, msg: Message) -> None:
         self.broadcasts.queue(key, encode_one(msg))

@@ -13,7 +13,9 @@ without netem or root live here instead:
 * stalls: a node whose event loop is stuck (a starved CPU, a long GC pause). While
   stalled, none of its timers fire and none of its packets are handled; they wait in
   its bounded inbox and everything that fell due runs when the stall ends, in
-  whatever order the scheduler picks, exactly as after a real stall.
+  whatever order the scheduler picks, exactly as after a real stall;
+* lag: a node that is persistently behind (an overloaded CPU) and handles each
+  datagram only ``lag`` seconds after it arrived, so answers reach it late.
 
 Nothing here touches a socket.
 """
@@ -31,11 +33,15 @@ import trio.testing
 
 
 class Stall:
-    """When a node's event loop is stuck; every wait of that node ends no earlier than this."""
+    """When a node's event loop is stuck; every wait of that node ends no earlier than this.
+
+    ``lag`` is how late the node handles each datagram (0: on arrival).
+    """
 
     def __init__(self) -> None:
         self.until = -1.0
         self.stalls = 0
+        self.lag = 0.0
 
     def stall_for(self, seconds: float) -> None:
         now = trio.current_time()
@@ -157,7 +163,7 @@ class MemoryNetwork:
                 self.stats.to_crashed += 1
                 continue
             try:
-                node._inbox_send.send_nowait((src, data))
+                node._inbox_send.send_nowait((src, data, trio.current_time()))
                 self.stats.delivered += 1
             except trio.WouldBlock:  # a full socket buffer drops, it does not block the sender
                 self.stats.inbox_full += 1
@@ -206,7 +212,7 @@ class MemoryTransport:
         self.network = network
         self.address = address
         self.stall = stall
-        self._inbox_send, self._inbox_receive = trio.open_memory_channel[tuple[str, bytes]](network.inbox_size)
+        self._inbox_send, self._inbox_receive = trio.open_memory_channel[tuple[str, bytes, float]](network.inbox_size)
         self._handler: Callable[[trio.abc.Stream], Awaitable[None]] | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -214,9 +220,11 @@ class MemoryTransport:
         self.network.send(self.address, address, data)
 
     async def receive_packet(self) -> tuple[str, bytes]:
-        item = await self._inbox_receive.receive()
+        source, data, arrived = await self._inbox_receive.receive()
+        if self.stall.lag:
+            await trio.sleep_until(arrived + self.stall.lag)
         await self.stall.wait_unstalled()
-        return item
+        return source, data
 
     async def connect(self, address: str) -> trio.abc.Stream:
         return await self.network.connect(self.address, address)

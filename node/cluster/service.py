@@ -131,15 +131,7 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
         raise ClusterStartError(f"cannot bind the cluster to {cfg.bind_host}:{cfg.bind_port}: {exc}") from None
     refused: JoinRefused | None = None
     try:
-        membership = Membership(
-            cfg,
-            node_id=node.config.node.id,
-            name=node.config.node.name,
-            http_url=_configured_http_url(node),
-            transport=transport,
-            clock=TrioClock(),
-            keyring=keyring,
-        )
+        membership = _membership(node, cfg, transport, keyring)
         async with trio.open_nursery() as nursery:
             await nursery.start(membership.run)
             seeds = [s for s in cfg.seeds if s not in (transport.address, transport.bound)]
@@ -170,6 +162,21 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
         transport.close()
     if refused is not None:
         raise ClusterStartError(str(refused))
+
+
+def _membership(node: Node, cfg: ClusterConfig, transport: UdpTcpTransport, keyring: Keyring) -> Membership:
+    try:
+        return Membership(
+            cfg,
+            node_id=node.config.node.id,
+            name=node.config.node.name,
+            http_url=_configured_http_url(node),
+            transport=transport,
+            clock=TrioClock(),
+            keyring=keyring,
+        )
+    except ValueError as exc:
+        raise ClusterStartError(str(exc)) from None
 
 
 async def _keep_joining(membership: Membership, seeds: list[str]) -> None:

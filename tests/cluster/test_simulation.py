@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 
+import attrs
 import pytest
 import trio
 
@@ -77,8 +78,10 @@ async def test_no_live_member_is_failed_at_10_percent_loss_over_ten_minutes(auto
 async def test_stalled_event_loop_causes_no_false_failures(autojump_clock):
     """One member's event loop stalls for 0.5-3 s at random, at 10% loss, for ten minutes.
 
-    Lifeguard's local health keeps the stalled member from accusing healthy ones and
-    the long suspicion of a lone accuser gives everyone time to refute.
+    While stalled it answers nobody and its timers run late; it is suspected by the
+    others and accuses some of them after each stall. Every suspicion must be refuted
+    in time: the stalled member's missed nacks and refutations raise its health score
+    (slowing its probes), and a lone accuser's suspicion starts at its longest.
     """
     rng = random.Random(5)
     async with open_simulation(DEFAULTS, seed=13, loss=0.10) as sim:
@@ -98,6 +101,28 @@ async def test_stalled_event_loop_causes_no_false_failures(autojump_clock):
         # the stalled member noticed its own trouble (missed nacks, refutations)
         assert slow.membership.awareness.peak > 0
         assert slow.membership.statistics()["refutations"] > 0
+
+
+async def _lagging_member_run(config: ClusterConfig) -> tuple[int, int, int]:
+    async with open_simulation(config, seed=41) as sim:
+        nodes = await sim.add_cluster(8)
+        slow = nodes[1]
+        slow.stall.lag = 1.2  # handles every datagram 1.2 s late: each ack misses its probe
+        await trio.sleep(180)
+        stats = slow.membership.statistics()
+        return stats["probe_failures"], stats["probes"], len(sim.false_failures())
+
+
+async def test_local_health_stops_a_lagging_member_from_accusing_healthy_ones(autojump_clock):
+    """A CPU-starved member sees every ack too late. Without local health it suspects the
+    member it probes nearly every second; with it, the missed nacks raise its score until
+    its timeouts are long enough, and it stops accusing."""
+    without_health = attrs.evolve(DEFAULTS, awareness_max_multiplier=1)
+    accused_without, probes_without, _ = await _lagging_member_run(without_health)
+    accused_with, probes_with, false_failures = await _lagging_member_run(DEFAULTS)
+    assert accused_without > 0.9 * probes_without  # the problem is real
+    assert accused_with <= 0.05 * accused_without
+    assert false_failures == 0
 
 
 async def test_partition_heals_by_push_pull_after_it_ends(autojump_clock):
