@@ -17,25 +17,32 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Iterable
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import attrs
+import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from .config import Config
-from .core.accounts import Accounts
-from .core.chats import Chats
-from .core.errors import CLOSE_GOING_AWAY
+from .config import Config, ConfigError
+from .core.accounts import Accounts, Device
+from .core.blocks import Blocks
+from .core.chats import Chats, now_ms
+from .core.errors import CLOSE_GOING_AWAY, ChatError
+from .core.operations import MarkRead, PostMessage, PurgeExpired
+from .core.views import reads_shared
+from .plugin_manager import Plugins
 from .core.hub import Hub
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
 from .storage import Storage, WriteBatch, open_storage
-from .storage.keys import from_u64, u64
-from .web.api import create_app
+from .storage.keys import from_pair, from_u64, u64
+from .web.api import create_app, current_device, json_response
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +62,11 @@ class Node:
     hub: Hub
     accounts: Accounts
     chats: Chats
+    blocks: Blocks
+    plugins: Plugins
     frame_handlers: dict[str, FrameHandler]
     shutdown_requested: trio.Event = attrs.Factory(trio.Event)
+    stash: dict[str, Any] = attrs.Factory(dict)  # per-plugin state, keyed by plugin name
     http_port: int = 0
     ws_port: int = 0
     version: str = VERSION
@@ -91,7 +101,51 @@ class Node:
             "hub": self.hub.statistics(),
             "storage": {"commits": self.storage.writer.commits, "committed_ops": self.storage.writer.committed_ops},
             "chats": {"operations_applied": self.chats.applied},
+            "plugins": self.plugins.statistics(),
         }
+
+    # -- the API plugins use (see docs/plugins.md) ------------------------------------
+
+    async def post_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]:
+        """Store a message from `user_id` (a member) and deliver it; returns the record.
+
+        For bots and integrations; it does not pass through ``prepare_message``.
+        """
+        return await self.chats.run(PostMessage(user_id=user_id, chat_id=chat_id, content=content))
+
+    async def mark_read(self, user_id: int, chat_id: int, seq: int) -> int:
+        """Advance the user's read cursor in a chat; returns the cursor."""
+        return await self.chats.run(MarkRead(user_id=user_id, chat_id=chat_id, seq=seq))
+
+    def send_to_user(self, user_id: int, event: dict[str, Any] | bytes) -> None:
+        """An ephemeral event to every connected device of a user (never waits)."""
+        payload = event if isinstance(event, bytes) else orjson.dumps(event)
+        for session in self.hub.sessions_of(user_id):
+            session.send_event(payload)
+
+    def contacts_of(self, user_id: int) -> set[int]:
+        """Everyone who currently shares a chat with `user_id`."""
+        return self.chats.contacts_of(user_id)
+
+    def shares_chat(self, a: int, b: int) -> bool:
+        return self.chats.shares_chat(a, b)
+
+    def is_online(self, user_id: int) -> bool:
+        return self.hub.is_online(user_id)
+
+    def reads_shared(self, user_id: int) -> bool:
+        """Whether a user shares read receipts (their `read_receipts` setting)."""
+        return reads_shared(self, user_id)
+
+    def user_setting(self, user_id: int, key: str, default: Any = None) -> Any:
+        user = self.accounts.get_user(user_id)
+        return (user or {}).get("settings", {}).get(key, default)
+
+    json_response = staticmethod(json_response)
+
+    def current_device(self) -> Device:
+        """In an HTTP handler: the device of the request's bearer token, or `unauthorized`."""
+        return current_device(self)
 
 
 def _url_host(host: str) -> str:
@@ -136,12 +190,24 @@ class _Started:
         self._task_status.started(self._port)
 
 
-async def serve_node(config: Config, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run one chat node until `request_shutdown()`; reports the Node once it is serving."""
+async def serve_node(
+    config: Config,
+    *,
+    plugins: Iterable[Any] = (),
+    load_entrypoints: bool = True,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one chat node until `request_shutdown()`; reports the Node once it is serving.
+
+    `plugins` are registered in addition to the built-in and installed ones (tests use
+    it); `load_entrypoints=False` skips plugins installed under the ``chatnode`` group.
+    """
+    manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints)
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with open_storage(
         data_dir / "db",
+        extra_databases=[name for names in manager.collect("register_databases") for name in names],
         map_size=config.storage.map_size_mb * 1024 * 1024,
         max_map_size=config.storage.max_map_size_mb * 1024 * 1024,
         max_batch=config.storage.max_batch,
@@ -157,36 +223,85 @@ async def serve_node(config: Config, *, task_status: trio.TaskStatus[Node] = tri
         storage.writer.add_commit_hook(id_high_water)
         hub = Hub(config.limits.max_connections_per_user)
         accounts = Accounts(storage, ids, config.accounts, on_revoke=hub.revoke)
-        chats = Chats(storage, ids, hub, max_batch=config.storage.max_batch)
-        node = Node(config, storage, ids, hub, accounts, chats, dict(CORE_FRAME_HANDLERS))
-        app = create_app(node)
+        blocks = Blocks(storage)
+        chats = Chats(
+            storage, ids, hub, manager, accounts, blocks,
+            max_batch=config.storage.max_batch,
+            max_group_members=config.limits.max_group_members,
+            edit_window=config.limits.edit_window,
+        )
+        node = Node(config, storage, ids, hub, accounts, chats, blocks, manager, dict(CORE_FRAME_HANDLERS))
+        manager.bind(node)
+        for handlers in manager.collect("register_frame_types", node=node):
+            for name, handler in handlers.items():
+                if name in node.frame_handlers:
+                    raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
+                node.frame_handlers[name] = handler
+        app = create_app(node, manager.collect("register_routes", node=node))
+        hub.on_user_online.append(lambda uid: manager.notify("on_user_online", user_id=uid))
+        hub.on_user_offline.append(lambda uid: manager.notify("on_user_offline", user_id=uid))
 
         async with trio.open_nursery() as core:
             await core.start(chats.serve)
+            await core.start(manager.serve_pumps, config.plugins.event_queue)
+            core.start_soon(sweep_expired, node)
             # -- cluster (node/cluster owns what is inside this block) -----------------
             if config.cluster.enabled:
                 from .cluster.service import serve_cluster
 
                 node.cluster = await core.start(serve_cluster, node)  # leaves when shutdown is requested
             # -- end cluster --
-            async with trio.open_nursery() as sessions:
-                async with trio.open_nursery() as listeners:
-                    ws_scope = trio.CancelScope()
+            if node.cluster is not None:
+                node.cluster.add_listener(lambda event: manager.notify("on_cluster_event", event=event))
+            async with trio.open_nursery() as plugin_tasks:
+                await manager.startup(node, plugin_tasks)
+                async with trio.open_nursery() as sessions:
+                    async with trio.open_nursery() as listeners:
+                        ws_scope = trio.CancelScope()
 
-                    async def accept_chat(task_status: trio.TaskStatus[int]) -> None:
-                        with ws_scope:
-                            await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status)
+                        async def accept_chat(task_status: trio.TaskStatus[int]) -> None:
+                            with ws_scope:
+                                await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status)
 
-                    node.ws_port = await listeners.start(accept_chat)
-                    node.http_port = await listeners.start(partial(serve_http, node, app))
-                    log.info("node %s (id %d) serving %s, chat socket %s", config.node.name, config.node.id,
-                             node.http_url, node.ws_url)
-                    task_status.started(node)
-                    await node.shutdown_requested.wait()
-                    log.info("shutting down")
-                    ws_scope.cancel()
-                    for session in hub.all_sessions():
-                        session.close(CLOSE_GOING_AWAY, "server shutting down", graceful=True)
-                    sessions.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + 1
+                        node.ws_port = await listeners.start(accept_chat)
+                        node.http_port = await listeners.start(partial(serve_http, node, app))
+                        log.info("node %s (id %d) serving %s, chat socket %s", config.node.name, config.node.id,
+                                 node.http_url, node.ws_url)
+                        task_status.started(node)
+                        await node.shutdown_requested.wait()
+                        log.info("shutting down")
+                        ws_scope.cancel()
+                        for session in hub.all_sessions():
+                            session.close(CLOSE_GOING_AWAY, "server shutting down", graceful=True)
+                        sessions.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + 1
+                await manager.shutdown(node)
+                plugin_tasks.cancel_scope.cancel()
             await chats.close()
+            manager.close_pumps()
+            core.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout  # the sweeper
     log.info("stopped")
+
+
+async def sweep_expired(node: Node, interval: float = 0.0) -> None:
+    """Purge disappearing messages whose time is up, in batches, until cancelled."""
+    interval = interval or node.config.storage.sweep_interval
+    storage = node.storage
+    while not node.shutdown_requested.is_set():
+        now = now_ms()
+        due = await storage.read_in_thread(_due_expiries, storage, now, 1000)
+        if due:
+            try:
+                await node.chats.run(PurgeExpired(entries=due))
+            except ChatError:
+                pass  # shutting down, or storage trouble the writer already logged
+        if len(due) < 1000:
+            with trio.move_on_after(interval):
+                await node.shutdown_requested.wait()
+
+
+def _due_expiries(txn, storage: Storage, now: int, limit: int) -> list[tuple[bytes, int, int]]:
+    out = []
+    for key, _ in storage.scan(txn, "expiry", u64(0), u64(now + 1), limit=limit):
+        chat_id, seq = from_pair(key[8:24])
+        out.append((bytes(key), chat_id, seq))
+    return out

@@ -96,6 +96,7 @@ class LimitsSection:
     hello_timeout: float = _float(10.0, 0.1, 600.0)  # seconds to authenticate after connecting
     history_page: int = _int(200, 1, 10_000)  # most messages per history or sync page
     max_group_members: int = _int(500, 2, 100_000)
+    edit_window: float = _float(900.0, 0.0, 31_536_000.0)  # seconds a sender may edit a message
 
 
 @attrs.frozen
@@ -120,6 +121,7 @@ class StorageSection:
     max_map_size_mb: int = _int(1 << 20, 1, 1 << 24)  # growth stops here with a clear error
     max_batch: int = _int(2048, 1, 100_000)  # write requests folded into one transaction
     sync: bool = True  # fsync each commit; never turn off where acks must survive power loss
+    sweep_interval: float = _float(30.0, 0.05, 86_400.0)  # seconds between purges of expired messages
 
 
 @attrs.frozen
@@ -133,8 +135,9 @@ class AdminSection:
 class PluginsSection:
     """Which plugins run and their own sections (``[plugins.<name>]``)."""
 
-    disabled: list[str] = attrs.Factory(list)
-    settings: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    disabled: list[str] = attrs.Factory(list)  # plugin names not to load
+    event_queue: int = _int(1024, 1, 1_000_000)  # notifications queued per plugin before dropping
+    settings: dict[str, dict[str, Any]] = attrs.Factory(dict)  # the [plugins.<name>] tables
 
 
 @attrs.frozen

@@ -236,12 +236,16 @@ class Accounts:
 
     async def update_settings(self, user_id: int, changes: dict) -> dict:
         """Merge `changes` into the user's settings (used by plugins such as receipts)."""
-        user = dict(self.get_user(user_id) or {})
-        if not user:
+        old = self.get_user(user_id)
+        if not old:
             raise ChatError("not_found")
-        user["settings"] = {**user.get("settings", {}), **changes}
+        user = {**old, "settings": {**old.get("settings", {}), **changes}}
+        self._users[user_id] = user  # before the await, so concurrent updates merge
         batch = WriteBatch()
         batch.put("users", u64(user_id), orjson.dumps(user))
-        await self._storage.write(batch)
-        self._users[user_id] = user
+        try:
+            await self._storage.write(batch)
+        except BaseException:
+            self._users.pop(user_id, None)  # reload what is stored
+            raise
         return user["settings"]

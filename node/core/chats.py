@@ -1,13 +1,13 @@
 """Chats: the sequencer that owns every chat's log, members and delivery state.
 
-All changes to chats go through one task, the sequencer, as *operations* (send a
-message, open a direct chat, mark delivered, hide ...). It drains the operations that
-are waiting, applies each to the in-memory state (validating first, so a rejected
-operation changes nothing), writes the results as one batch through the storage writer
-(group commit), and only after that commit runs each operation's effects in order:
-acks to senders, fan-out to connected devices, notifications. One transaction and one
-thread hop per batch, never per message; seq numbers are assigned by a single owner, so
-every device sees the same gap-free order per chat.
+All changes to chats go through one task, the sequencer, as *operations*
+(node/core/operations.py, node/core/groups.py). It drains the operations that are
+waiting, applies each to the in-memory state (validating first, so a refused operation
+changes nothing), writes the results as one batch through the storage writer (group
+commit), and only after that commit runs each operation's effects in order: acks to
+senders, fan-out to connected devices, plugin notifications. One transaction and one
+thread hop per batch, never per message; seq numbers have a single owner, so every
+device sees the same gap-free order per chat.
 """
 
 from __future__ import annotations
@@ -25,15 +25,21 @@ from ..storage import Storage, StorageError, WriteBatch
 from ..storage.keys import from_pair, from_u64, pair, prefix_end, u64
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
-from .state import ChatState, load_chat
+from .state import PREVIEW_KINDS, ChatState, load_chat
 
 if TYPE_CHECKING:
+    from ..plugin_manager import Plugins
+    from .accounts import Accounts
+    from .blocks import Blocks
     from .hub import Hub
     from .session import Session
 
 log = logging.getLogger(__name__)
 
 Effect = Callable[[], None]
+
+#: Message kinds that count as content (unread counts, push, chat-list previews).
+CONTENT_KINDS = frozenset({"text", "image", "audio", "video", "file"})
 
 
 def now_ms() -> int:
@@ -43,6 +49,11 @@ def now_ms() -> int:
 def message_event(raw: bytes) -> bytes:
     """The wire event for a stored log record, without decoding it."""
     return b'{"type":"message",' + raw[1:]
+
+
+def is_expired(record: dict[str, Any], now: int) -> bool:
+    expires = record.get("expires_at")
+    return bool(expires) and expires <= now
 
 
 class Operation:
@@ -63,7 +74,7 @@ class Operation:
 
 @attrs.define(eq=False)
 class Awaitable(Operation):
-    """An operation whose requester awaits its result (REST handlers)."""
+    """An operation whose requester awaits its result (REST handlers, plugins)."""
 
     _done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _result: Any = attrs.field(default=None, init=False)
@@ -84,135 +95,39 @@ class Awaitable(Operation):
         return self._result
 
 
-# -- operations ---------------------------------------------------------------------
-
-
-@attrs.define(eq=False)
-class SendMessage(Operation):
-    """A content message from a connected device (WebSocket `send`)."""
-
-    session: Session
-    chat_id: int
-    client_msg_id: str
-    content: dict[str, Any]  # kind, text, ... already validated by the protocol layer
-
-    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
-        sender = self.session.user_id
-        dedupe_key = u64(sender) + self.client_msg_id.encode()
-        previous = chats.find_duplicate(dedupe_key)
-        if previous is not None:
-
-            def ack_again() -> None:
-                self.session.finish_send()
-                self.session.send_ack(self.client_msg_id, previous, duplicate=True)
-
-            return ack_again
-        chat = chats.require_member(self.chat_id, sender)
-        record, raw = chats.append(chat, batch, now, sender, self.content, client_msg_id=self.client_msg_id)
-        chats.remember_dedupe(batch, dedupe_key, chat.id, record["seq"])
-
-        def effect() -> None:
-            self.session.finish_send()
-            pending = chats.fan_out(chat, record["seq"], raw, exclude_session=self.session)
-            self.session.send_ack(self.client_msg_id, record, pending=pending)
-
-        return effect
-
-    def reject(self, error: ChatError) -> None:
-        self.session.finish_send()
-        self.session.send_error(error, ref=self.client_msg_id)
-
-
-@attrs.define(eq=False)
-class MarkDelivered(Operation):
-    """A device acknowledged receipt of everything up to `seq` in a chat (cumulative)."""
-
-    user_id: int
-    chat_id: int
-    seq: int
-
-    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
-        chat = chats.get(self.chat_id)
-        member = chat.member(self.user_id) if chat else None
-        if chat is None or member is None:
-            return None  # not an error worth a frame: acks race with leaving chats
-        seq = min(self.seq, chat.committed_seq)
-        old = member["delivered"]
-        if seq <= old:
-            return None
-        member["delivered"] = seq
-        chats.mark_dirty(chat.id, self.user_id)
-        return lambda: chats.announce_cursor(chat, self.user_id, "delivered", old, seq)
-
-    def reject(self, error: ChatError) -> None:
-        pass
-
-
-@attrs.define(eq=False)
-class OpenDirect(Awaitable):
-    """Get or create the 1-1 chat between two users."""
-
-    user_id: int = 0
-    peer_id: int = 0
-
-    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
-        if self.user_id == self.peer_id:
-            raise ChatError("bad_request", "you cannot open a chat with yourself")
-        low, high = sorted((self.user_id, self.peer_id))
-        existing = chats.direct_chat_id(low, high)
-        if existing is not None:
-            chat = chats.get(existing)
-            member = chat.members[self.user_id]
-            if member.get("hidden"):
-                member["hidden"] = False
-                chats.mark_dirty(chat.id, self.user_id)
-            return lambda: self.resolve(chat)
-        chat = chats.create_chat(batch, now, kind="direct", creator=self.user_id, members=[low, high])
-        batch.put("direct", pair(low, high), u64(chat.id))
-        chats.pending_direct[(low, high)] = chat.id
-
-        def effect() -> None:
-            chats.pending_direct.pop((low, high), None)
-            self.resolve(chat)
-
-        return effect
-
-
-@attrs.define(eq=False)
-class SetHidden(Awaitable):
-    """Hide a chat from (or show it again in) the user's chat list."""
-
-    user_id: int = 0
-    chat_id: int = 0
-    hidden: bool = True
-
-    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
-        chat = chats.get(self.chat_id)
-        record = chat.members.get(self.user_id) if chat else None
-        if chat is None or record is None:
-            raise ChatError("not_member")
-        if bool(record.get("hidden")) != self.hidden:
-            record["hidden"] = self.hidden
-            chats.mark_dirty(chat.id, self.user_id)
-        return lambda: self.resolve(None)
-
-
-# -- the service --------------------------------------------------------------------
-
-
 class Chats:
     def __init__(
-        self, storage: Storage, ids: SnowflakeGenerator, hub: Hub, *, max_batch: int, queue_size: int = 4096
+        self,
+        storage: Storage,
+        ids: SnowflakeGenerator,
+        hub: Hub,
+        plugins: Plugins,
+        users: Accounts,
+        blocks: Blocks,
+        *,
+        max_batch: int,
+        max_group_members: int,
+        edit_window: float,
+        queue_size: int = 4096,
     ) -> None:
         self.storage = storage
         self.ids = ids
         self.hub = hub
+        self.plugins = plugins
+        self.users = users
+        self.blocks = blocks
+        self.max_group_members = max_group_members
+        self.edit_window_ms = int(edit_window * 1000)
         self._max_batch = max_batch
         self._chats: dict[int, ChatState] = {}
         self._user_chats: dict[int, set[int]] = {}
         self._dirty: set[tuple[int, int]] = set()
-        self._pending_dedupe: dict[bytes, tuple[int, int]] = {}
-        self._appended: list[tuple[ChatState, dict[str, Any]]] = []  # log entries of this batch
+        self._dirty_chats: set[int] = set()
+        # Writes of the batch being applied, visible to later operations of the same batch.
+        self._pending_dedupe: dict[bytes, bytes] = {}
+        self._pending_log: dict[tuple[int, int], bytes] = {}
+        self._pending_ids: dict[int, tuple[int, int]] = {}
+        self._appended: list[tuple[ChatState, dict[str, Any]]] = []
         self.pending_direct: dict[tuple[int, int], int] = {}
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
@@ -232,7 +147,10 @@ class Chats:
 
     async def run(self, op: Awaitable) -> Any:
         """Queue an operation and wait for its result (raises its ChatError)."""
-        await self._send.send(op)
+        try:
+            await self.submit(op)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ChatError("unavailable", "the node is shutting down") from None
         return await op.wait()
 
     async def close(self) -> None:
@@ -272,6 +190,7 @@ class Chats:
                 continue
             applied.append((op, effect))
         self._flush_dirty(batch)
+        appended, self._appended = self._appended, []
         try:
             await self.storage.write(batch)
         except StorageError as exc:
@@ -281,10 +200,12 @@ class Chats:
             return
         finally:
             self._pending_dedupe.clear()
-            appended, self._appended = self._appended, []
+            self._pending_log.clear()
+            self._pending_ids.clear()
         for chat, record in appended:  # durable now: readers and resync may see them
             chat.committed_seq = record["seq"]
-            chat.last_message = record
+            if record["kind"] in PREVIEW_KINDS:
+                chat.last_message = record
         if stale:
             self._forget_all()
         self.applied += len(applied)
@@ -294,21 +215,27 @@ class Chats:
                     effect()
                 except Exception:
                     log.exception("effect of %r failed", op)
+        for chat, record in appended:
+            self.plugins.notify("on_message_stored", chat_id=chat.id, message=record)
 
     def _forget_all(self) -> None:
         """Drop cached state so it is reloaded from what is durably stored."""
         self._chats.clear()
         self._user_chats.clear()
         self._dirty.clear()
+        self._dirty_chats.clear()
+        self._appended.clear()
         self.pending_direct.clear()
 
     # -- helpers used by operations (sequencer only) ---------------------------------
 
-    def require_member(self, chat_id: int, user_id: int) -> ChatState:
+    def require_chat(self, chat_id: int, user_id: int) -> tuple[ChatState, dict[str, Any]]:
+        """The chat and the user's member record; `not_member` unless a current member."""
         chat = self.get(chat_id)
-        if chat is None or chat.member(user_id) is None:
+        member = chat.member(user_id) if chat else None
+        if chat is None or member is None:
             raise ChatError("not_member")
-        return chat
+        return chat, member
 
     def append(
         self,
@@ -320,7 +247,10 @@ class Chats:
         *,
         client_msg_id: str | None = None,
     ) -> tuple[dict[str, Any], bytes]:
-        """Add one entry to a chat's log; returns the record and its encoding."""
+        """Add one entry to a chat's log; returns the record and its encoding.
+
+        `sender` 0 means the node itself (system messages).
+        """
         seq = chat.last_seq + 1
         message_id = self.ids.next_id()
         record: dict[str, Any] = {
@@ -336,7 +266,13 @@ class Chats:
         raw = orjson.dumps(record)
         batch.put("log", pair(chat.id, seq), raw)
         batch.put("msgids", u64(message_id), pair(chat.id, seq))
+        expires = record.get("expires_at")
+        if expires:
+            batch.put("expiry", u64(expires) + pair(chat.id, seq), u64(message_id))
+        self._pending_log[(chat.id, seq)] = raw
+        self._pending_ids[message_id] = (chat.id, seq)
         chat.last_seq = seq
+        self._dirty_chats.add(chat.id)
         self._appended.append((chat, record))
         if sender:
             chat.recent.append((seq, sender))
@@ -344,25 +280,47 @@ class Chats:
             if member is not None:  # your own message counts as delivered and read
                 member["delivered"] = member["read"] = seq
                 self.mark_dirty(chat.id, sender)
-        for uid in chat.active_ids():
-            if chat.members[uid].get("hidden"):
-                chat.members[uid]["hidden"] = False  # a new message brings a hidden chat back
-                self.mark_dirty(chat.id, uid)
+        if record["kind"] in CONTENT_KINDS:
+            for uid in chat.active_ids():
+                if chat.members[uid].get("hidden"):
+                    chat.members[uid]["hidden"] = False  # a new message brings a hidden chat back
+                    self.mark_dirty(chat.id, uid)
         return record, raw
 
-    def create_chat(
-        self, batch: WriteBatch, now: int, *, kind: str, creator: int, members: list[int], **fields: Any
-    ) -> ChatState:
+    def rewrite(self, chat: ChatState, batch: WriteBatch, record: dict[str, Any]) -> None:
+        """Replace a stored log entry (edits, deletions, purges keep the seq)."""
+        raw = orjson.dumps(record)
+        batch.put("log", pair(chat.id, record["seq"]), raw)
+        self._pending_log[(chat.id, record["seq"])] = raw
+        if chat.last_message and chat.last_message["seq"] == record["seq"]:
+            chat.last_message = record
+
+    def find_message(self, chat: ChatState, message_id: int) -> dict[str, Any] | None:
+        """A message of this chat by id (including this batch's uncommitted ones)."""
+        where = self._pending_ids.get(message_id)
+        if where is None:
+            raw = self.storage.get("msgids", u64(message_id))
+            if raw is None:
+                return None
+            where = from_pair(raw)
+        if where[0] != chat.id:
+            return None
+        raw = self._pending_log.get(where) or self.storage.get("log", pair(*where))
+        return orjson.loads(raw) if raw is not None else None
+
+    def create_chat(self, batch: WriteBatch, now: int, *, kind: str, creator: int, **fields: Any) -> ChatState:
         chat_id = self.ids.next_id()
         record = {"id": str(chat_id), "kind": kind, "created": now, "created_by": str(creator), **fields}
         batch.put("chats", u64(chat_id), orjson.dumps(record))
         chat = ChatState(chat_id, record, {}, 0, None)
         self._chats[chat_id] = chat
-        for uid in members:
-            self.add_member(chat, batch, uid, now, role="member")
         return chat
 
-    def add_member(self, chat: ChatState, batch: WriteBatch, user_id: int, now: int, *, role: str) -> dict:
+    def save_chat_record(self, chat: ChatState, batch: WriteBatch) -> None:
+        batch.put("chats", u64(chat.id), orjson.dumps(chat.record))
+
+    def add_member(self, chat: ChatState, user_id: int, now: int, *, role: str, batch: WriteBatch) -> dict:
+        """Make `user_id` a member from the next seq on (they see the entry that adds them)."""
         record = {"role": role, "from_seq": chat.last_seq + 1, "delivered": chat.last_seq,
                   "read": chat.last_seq, "joined": now}
         chat.members[user_id] = record
@@ -381,25 +339,26 @@ class Chats:
             chat = self._chats.get(chat_id)
             if chat is not None and user_id in chat.members:
                 batch.put("members", pair(chat_id, user_id), orjson.dumps(chat.members[user_id]))
+        for chat_id in self._dirty_chats:  # a chat's last seq survives purges of its newest entries
+            chat = self._chats.get(chat_id)
+            if chat is not None:
+                batch.put("chat_seq", u64(chat_id), u64(chat.last_seq))
         self._dirty.clear()
+        self._dirty_chats.clear()
 
     def find_duplicate(self, dedupe_key: bytes) -> dict[str, Any] | None:
-        """The stored record a client_msg_id already produced, if any."""
-        where = self._pending_dedupe.get(dedupe_key)
-        if where is None:
-            raw = self.storage.get("dedupe", dedupe_key)
-            if raw is None:
-                return None
-            where = from_pair(raw)
-        chat = self.get(where[0])
-        if chat is not None and chat.last_message and chat.last_message["seq"] == where[1]:
-            return chat.last_message
-        raw = self.storage.get("log", pair(*where))
-        return orjson.loads(raw) if raw is not None else None
+        """What an earlier send with this client_msg_id produced: chat, seq, id, ts."""
+        raw = self._pending_dedupe.get(dedupe_key) or self.storage.get("dedupe", dedupe_key)
+        if raw is None:
+            return None
+        chat_id, seq = from_pair(raw[:16])
+        message_id, ts = from_pair(raw[16:32])
+        return {"chat": str(chat_id), "seq": seq, "id": str(message_id), "ts": ts}
 
-    def remember_dedupe(self, batch: WriteBatch, dedupe_key: bytes, chat_id: int, seq: int) -> None:
-        batch.put("dedupe", dedupe_key, pair(chat_id, seq))
-        self._pending_dedupe[dedupe_key] = (chat_id, seq)  # until this batch is committed
+    def remember_dedupe(self, batch: WriteBatch, dedupe_key: bytes, record: dict[str, Any]) -> None:
+        value = pair(int(record["chat"]), record["seq"]) + pair(int(record["id"]), record["ts"])
+        batch.put("dedupe", dedupe_key, value)
+        self._pending_dedupe[dedupe_key] = value
 
     def direct_chat_id(self, low: int, high: int) -> int | None:
         pending = self.pending_direct.get((low, high))
@@ -410,47 +369,57 @@ class Chats:
 
     # -- effects (after commit) ------------------------------------------------------
 
-    def fan_out(self, chat: ChatState, seq: int, raw: bytes, *, exclude_session: Session | None = None) -> bool:
-        """Offer a new log entry to every connected device of every current member.
+    def fan_out(self, chat: ChatState, record: dict[str, Any], raw: bytes, *, exclude: Session | None = None) -> list[int]:
+        """Offer a new log entry to every connected device of every member who may see it.
 
         Never waits: a device whose queue is full is disconnected and resyncs later.
-        Returns True if some other member had no device online (the message is pending).
+        Returns the members (other than the sender) who had no device online.
         """
         event = message_event(raw)
-        pending = False
-        for uid in chat.active_ids():
-            floor = chat.members[uid]["from_seq"] - 1
+        seq = record["seq"]
+        offline = []
+        for uid, member in chat.members.items():
+            until = member.get("until_seq")
+            if seq < member["from_seq"] or (until is not None and seq > until):
+                continue
             sessions = self.hub.sessions_of(uid)
-            if not sessions and exclude_session is not None and uid != exclude_session.user_id:
-                pending = True
+            if not sessions and str(uid) != record["from"]:
+                offline.append(uid)
+            floor = member["from_seq"] - 1
             for session in sessions:
-                if session is not exclude_session:
+                if session is not exclude:
                     session.deliver(chat.id, seq, event, floor)
-        return pending
+        if offline and record["kind"] in CONTENT_KINDS:
+            self.plugins.notify("on_recipients_offline", chat_id=chat.id, message=record, user_ids=offline)
+        return offline
 
-    def announce_cursor(self, chat: ChatState, user_id: int, kind: str, old: int, new: int) -> None:
-        """Tell the authors of messages in (old, new] that `user_id` has delivered/read them.
-
-        In a 1-1 chat that is the other member; in a group, the senders of the recent
-        messages in the range. For reads, the reader's own other devices learn it too.
-        """
-        if chat.kind == "direct":
-            authors = {uid for uid in chat.members if uid != user_id}
-        else:
-            authors = set()
-            for seq, sender in reversed(chat.recent):  # newest first; stop below the range
-                if seq <= old:
-                    break
-                if seq <= new and sender != user_id:
-                    authors.add(sender)
-        if kind == "read":
-            authors.add(user_id)
-        if not authors:
-            return
-        event = orjson.dumps({"type": kind, "chat": str(chat.id), "user": str(user_id), "seq": new})
-        for uid in authors:
+    def send_to_members(self, chat: ChatState, event: bytes, user_ids: set[int] | None = None) -> None:
+        """An ephemeral event (not in the log) to the devices of current members."""
+        for uid in chat.active_ids() if user_ids is None else user_ids:
             for session in self.hub.sessions_of(uid):
                 session.send_event(event)
+
+    def announce_delivered(self, chat: ChatState, user_id: int, old: int, new: int) -> None:
+        """Tell the authors of messages in (old, new] that `user_id` has them.
+
+        In a 1-1 chat that is the other member; in a group, the senders of the recent
+        messages in the range.
+        """
+        authors = self.authors_between(chat, user_id, old, new)
+        if authors:
+            event = orjson.dumps({"type": "delivered", "chat": str(chat.id), "user": str(user_id), "seq": new})
+            self.send_to_members(chat, event, authors)
+
+    def authors_between(self, chat: ChatState, user_id: int, old: int, new: int) -> set[int]:
+        if chat.kind == "direct":
+            return {uid for uid in chat.members if uid != user_id}
+        authors = set()
+        for seq, sender in reversed(chat.recent):  # newest first; stop below the range
+            if seq <= old:
+                break
+            if seq <= new and sender != user_id:
+                authors.add(sender)
+        return authors
 
     # -- reads (event loop) ----------------------------------------------------------
 
@@ -474,6 +443,25 @@ class Chats:
             self._user_chats[user_id] = known
         return known
 
+    def shares_chat(self, a: int, b: int) -> bool:
+        """Whether two users are both current members of some chat."""
+        ids_a, ids_b = self.chat_ids_of(a), self.chat_ids_of(b)
+        for chat_id in ids_a & ids_b:
+            chat = self.get(chat_id)
+            if chat and chat.member(a) is not None and chat.member(b) is not None:
+                return True
+        return False
+
+    def contacts_of(self, user_id: int) -> set[int]:
+        """Everyone who currently shares a chat with `user_id`."""
+        out: set[int] = set()
+        for chat_id in self.chat_ids_of(user_id):
+            chat = self.get(chat_id)
+            if chat and chat.member(user_id) is not None:
+                out.update(chat.active_ids())
+        out.discard(user_id)
+        return out
+
     async def history(self, user_id: int, chat_id: int, before: int | None, limit: int) -> list[dict]:
         """Up to `limit` visible messages with seq < before, oldest first."""
         chat = self.get(chat_id)
@@ -485,15 +473,8 @@ class Chats:
         if end <= first:
             return []
         rows = await self.storage.read_in_thread(_read_log, self.storage, chat_id, first, end, limit, True)
-        messages = [orjson.loads(raw) for _, raw in reversed(rows)]
         now = now_ms()
-        messages = [m for m in messages if not (m.get("expires_at") and m["expires_at"] <= now)]
-        if chat.kind == "direct":
-            peers = [m for uid, m in chat.members.items() if uid != user_id]
-            for m in messages:
-                if m.get("from") == str(user_id) and peers:
-                    m["status"] = _status(m["seq"], peers[0])
-        return messages
+        return [m for m in (orjson.loads(raw) for _, raw in reversed(rows)) if not is_expired(m, now)]
 
     async def read_range(self, chat_id: int, first: int, last: int, limit: int) -> list[tuple[int, bytes]]:
         """Raw log records with first <= seq <= last, oldest first (a worker-thread scan)."""
@@ -501,7 +482,7 @@ class Chats:
         return [(from_pair(key)[1], raw) for key, raw in rows]
 
     async def unread_counts(self, user_id: int, chats: list[ChatState], cap: int = 999) -> dict[int, int]:
-        """Messages from others after the user's read cursor, per chat (capped)."""
+        """Content messages from others after the user's read cursor, per chat (capped)."""
         ranges = []
         for chat in chats:
             visible = chat.visible_range(user_id)
@@ -515,19 +496,8 @@ class Chats:
         return await self.storage.read_in_thread(_count_unread, self.storage, ranges, str(user_id), cap, now_ms())
 
 
-def _status(seq: int, peer: dict) -> str:
-    if peer.get("read", 0) >= seq:
-        return "read"
-    if peer.get("delivered", 0) >= seq:
-        return "delivered"
-    return "sent"
-
-
 def _read_log(txn, storage: Storage, chat_id: int, first: int, end: int, limit: int, reverse: bool):
     return list(storage.scan(txn, "log", pair(chat_id, first), pair(chat_id, end), reverse=reverse, limit=limit))
-
-
-COUNTED_KINDS = frozenset({"text", "image", "audio", "video", "file"})
 
 
 def _count_unread(txn, storage: Storage, ranges, user: str, cap: int, now: int) -> dict[int, int]:
@@ -536,10 +506,9 @@ def _count_unread(txn, storage: Storage, ranges, user: str, cap: int, now: int) 
         n = 0
         for _, raw in storage.scan(txn, "log", pair(chat_id, first), pair(chat_id, last + 1)):
             m = orjson.loads(raw)
-            if m.get("from") != user and m.get("kind") in COUNTED_KINDS and not m.get("deleted"):
-                if not (m.get("expires_at") and m["expires_at"] <= now):
-                    n += 1
-                    if n >= cap:
-                        break
+            if m.get("from") != user and m.get("kind") in CONTENT_KINDS and not is_expired(m, now):
+                n += 1
+                if n >= cap:
+                    break
         counts[chat_id] = n
     return counts

@@ -6,17 +6,49 @@ from typing import Any
 
 from ..config import LimitsSection
 from .errors import bad_request
-from .protocol import check_fields, get_str
+from .groups import check_ttl
+from .protocol import check_fields, get_id, get_str
 
-SEND_FIELDS = frozenset({"type", "client_msg_id", "chat", "kind", "text"})
-CONTENT_KINDS = frozenset({"text"})
+SEND_FIELDS = frozenset({"type", "client_msg_id", "chat", "kind", "text", "reply_to", "ttl", "target", "media"})
+MEDIA_KINDS = frozenset({"image", "audio", "video", "file"})
+SEND_KINDS = frozenset({"text", "edit", "delete"} | MEDIA_KINDS)
 
 
 def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str, Any]:
-    """The stored content of a message from a client's `send` event, validated."""
+    """The content of a message from a client's `send` event, validated.
+
+    - ``text``: ``text``; optional ``reply_to`` (a message id) and ``ttl`` (seconds).
+    - ``image`` / ``audio`` / ``video`` / ``file``: ``media`` (an uploaded media id),
+      optional ``text`` (a caption), ``reply_to``, ``ttl``.
+    - ``edit``: ``target`` (a message id) and the new ``text``.
+    - ``delete``: ``target``.
+    """
     check_fields(event, SEND_FIELDS)
     kind = event.get("kind", "text")
-    if kind not in CONTENT_KINDS:
-        raise bad_request(f"'kind' must be one of: {', '.join(sorted(CONTENT_KINDS))}")
-    text = get_str(event, "text", max_bytes=limits.max_message_bytes)
-    return {"kind": kind, "text": text}
+    if kind not in SEND_KINDS:
+        raise bad_request(f"'kind' must be one of: {', '.join(sorted(SEND_KINDS))}")
+    content: dict[str, Any] = {"kind": kind}
+    if kind in ("edit", "delete"):
+        content["target"] = str(get_id(event, "target"))
+        extra = {"reply_to", "ttl", "media"} & event.keys()
+        if extra:
+            raise bad_request(f"{kind} does not take {', '.join(sorted(extra))}")
+        if kind == "edit":
+            content["text"] = get_str(event, "text", max_bytes=limits.max_message_bytes)
+        elif "text" in event:
+            raise bad_request("delete does not take text")
+        return content
+    if kind in MEDIA_KINDS:
+        content["media"] = str(get_id(event, "media"))
+        caption = get_str(event, "text", max_bytes=limits.max_message_bytes, required=False)
+        if caption:
+            content["text"] = caption
+    else:
+        if "media" in event:
+            raise bad_request("text messages do not take media")
+        content["text"] = get_str(event, "text", max_bytes=limits.max_message_bytes)
+    if event.get("reply_to") is not None:
+        content["reply_to"] = str(get_id(event, "reply_to"))
+    if event.get("ttl") is not None:
+        content["ttl"] = check_ttl(event["ttl"])
+    return content

@@ -23,9 +23,10 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import errors
 from .accounts import Device, public_user
-from .chats import MarkDelivered, SendMessage, message_event, now_ms
+from .chats import message_event, now_ms
+from .operations import MarkDelivered, SendMessage
 from .errors import ChatError
-from .messages import content_from_send
+from .messages import MEDIA_KINDS, content_from_send
 from .protocol import check_fields, get_client_msg_id, get_cursors, get_id, get_int, parse_frame
 from .ratelimit import TokenBucket
 
@@ -428,6 +429,12 @@ async def on_send(session: Session, event: dict[str, Any]) -> None:
     client_msg_id = get_client_msg_id(event)
     chat_id = get_id(event, "chat")
     content = content_from_send(event, session.node.config.limits)
+    if content["kind"] not in ("edit", "delete"):
+        content = await session.node.plugins.prepare_message(
+            user_id=session.user_id, chat_id=chat_id, content=content, node=session.node
+        )
+    if content["kind"] in MEDIA_KINDS and not isinstance(content.get("media"), dict):
+        raise ChatError("bad_request", "media messages need the media plugin, which is not enabled")
     await session.start_send()
     try:
         await session.node.chats.submit(SendMessage(session, chat_id, client_msg_id, content))

@@ -13,8 +13,9 @@ import attrs
 import orjson
 
 from ..storage import Storage
-from ..storage.keys import from_pair, pair, prefix_end, u64
+from ..storage.keys import from_pair, from_u64, pair, prefix_end, u64
 
+PREVIEW_KINDS = frozenset({"text", "image", "audio", "video", "file", "system", "deleted"})
 RECENT_SENDERS = 1024  # per chat: (seq, sender) of the last messages, for receipts
 
 
@@ -65,15 +66,16 @@ def load_chat(storage: Storage, chat_id: int) -> ChatState | None:
         prefix = u64(chat_id)
         for key, value in storage.scan(txn, "members", prefix, prefix_end(prefix)):
             members[from_pair(key)[1]] = orjson.loads(value)
-        last_seq = 0
+        stored_seq = txn.get(u64(chat_id), db=storage.handles["chat_seq"])
+        last_seq = from_u64(stored_seq) if stored_seq else 0
         last_message = None
         recent: deque[tuple[int, int]] = deque(maxlen=RECENT_SENDERS)
         tail = list(storage.scan(txn, "log", pair(chat_id, 0), pair(chat_id + 1, 0), reverse=True, limit=64))
-        if tail:
-            last_seq = from_pair(tail[0][0])[1]
-            last_message = orjson.loads(tail[0][1])
-            for key, value in reversed(tail):
-                sender = orjson.loads(value).get("from")
-                if sender:
-                    recent.append((from_pair(key)[1], int(sender)))
+        for key, value in reversed(tail):
+            record = orjson.loads(value)
+            last_seq = max(last_seq, record["seq"])
+            if record["kind"] in PREVIEW_KINDS:
+                last_message = record
+            if record.get("from"):
+                recent.append((record["seq"], int(record["from"])))
     return ChatState(chat_id, orjson.loads(raw), members, last_seq, last_message, recent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .accounts import public_user
+from .chats import is_expired, now_ms
 from .state import ChatState
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> 
         "delivered_seq": member.get("delivered", 0),
         "hidden": bool(member.get("hidden")),
         "unread": unread,
-        "last_message": chat.last_message,
+        "last_message": chat.last_message if chat.last_message and not is_expired(chat.last_message, now_ms()) else None,
         "updated": chat.last_message["ts"] if chat.last_message else chat.record["created"],
     }
     if member.get("until_seq") is not None:
@@ -38,6 +39,9 @@ def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> 
         summary["peer_delivered_seq"] = peer_member.get("delivered", 0)
     else:
         summary["title"] = chat.record.get("title", "")
+        summary["role"] = member.get("role")
+        summary["members"] = len(chat.active_ids())
+    summary["ttl"] = chat.record.get("ttl", 0)
     return summary
 
 
@@ -56,3 +60,25 @@ async def chat_list(node: Node, user_id: int, *, include_hidden: bool = False) -
     summaries = [chat_summary(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
     summaries.sort(key=lambda s: s["updated"], reverse=True)
     return summaries
+
+
+def reads_shared(node: Node, user_id: int) -> bool:
+    """Whether a user shares read receipts (a user setting; off also hides others' reads)."""
+    user = node.accounts.get_user(user_id)
+    return bool(user is None or user.get("settings", {}).get("read_receipts", True))
+
+
+def add_status(node: Node, user_id: int, chat: ChatState, messages: list[dict[str, Any]]) -> None:
+    """Give the user's own messages a `status`: sent, delivered (every other member has it)
+    or read (every other member read it; only when both sides share read receipts)."""
+    others = [(uid, m) for uid, m in chat.members.items() if uid != user_id and m.get("until_seq") is None]
+    if not others:
+        return
+    delivered = min(m["delivered"] for _, m in others)
+    share = reads_shared(node, user_id)
+    read = min(m["read"] if share and reads_shared(node, uid) else 0 for uid, m in others)
+    me = str(user_id)
+    for message in messages:
+        if message.get("from") == me:
+            seq = message["seq"]
+            message["status"] = "read" if read >= seq else "delivered" if delivered >= seq else "sent"

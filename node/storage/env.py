@@ -36,7 +36,10 @@ CORE_DATABASES = (
     "direct",  # low user_id|high user_id -> chat_id
     "log",  # chat_id|seq -> message record (the chat log)
     "msgids",  # message id -> chat_id|seq
-    "dedupe",  # user_id|client_msg_id -> chat_id|seq (idempotent sends)
+    "dedupe",  # user_id|client_msg_id -> chat_id|seq|message_id|ts (idempotent sends)
+    "chat_seq",  # chat_id -> last seq assigned (survives purges of the newest entries)
+    "expiry",  # expires_at|chat_id|seq -> message_id (disappearing messages to purge)
+    "blocks",  # blocker user_id|blocked user_id -> b""
 )
 
 MB = 1024 * 1024

@@ -13,10 +13,11 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..core.accounts import Device, public_user
-from ..core.chats import OpenDirect, SetHidden
+from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
+from ..core.operations import OpenDirect, SetHidden
 from ..core.errors import ChatError, bad_request
 from ..core.snowflake import parse_id
-from ..core.views import chat_list, chat_summary
+from ..core.views import add_status, chat_list, chat_summary
 
 if TYPE_CHECKING:
     from ..app import Node
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 64 * 1024
+
+#: User settings and what each accepts (the receipts and last-seen plugins read them).
+USER_SETTINGS = {
+    "read_receipts": lambda v: isinstance(v, bool),
+    "last_seen": lambda v: v in ("everyone", "contacts", "nobody"),
+}
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -72,19 +79,44 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def create_app(node: Node) -> QuartTrio:
+def current_device(node: Node) -> Device:
+    """The device of the request's bearer token, or ChatError `unauthorized`."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    device = node.accounts.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    if device is None:
+        raise ChatError("unauthorized")
+    return device
+
+
+def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") -> list[int]:
+    """A list of users given by id (`users`) or by name (`usernames`)."""
+    ids: list[int] = []
+    raw_ids = body.get(field, [])
+    names = body.get("usernames", [])
+    if not isinstance(raw_ids, list) or not isinstance(names, list) or len(raw_ids) + len(names) > 10_000:
+        raise bad_request(f"'{field}' and 'usernames' must be lists")
+    for value in raw_ids:
+        try:
+            ids.append(parse_id(value))
+        except ValueError:
+            raise bad_request(f"{value!r} is not a user id") from None
+    for name in names:
+        user = node.accounts.user_by_name(name) if isinstance(name, str) else None
+        if user is None:
+            raise ChatError("not_found", f"no user named {name!r}")
+        ids.append(int(user["id"]))
+    return ids
+
+
+def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ()) -> QuartTrio:
     app = QuartTrio("chatnode", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded per route
     accounts, chats = node.accounts, node.chats
     limits = node.config.limits
 
     def current_device() -> Device:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        device = accounts.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-        if device is None:
-            raise ChatError("unauthorized")
-        return device
+        return _current_device(node)
 
     def require_admin() -> None:
         """Admin endpoints: the configured admin token, or (with none set) loopback only."""
@@ -160,6 +192,20 @@ def create_app(node: Node) -> QuartTrio:
             raise ChatError("unauthorized")
         return json_response({"user": public_user(user), "device_id": str(device.device_id), "settings": user.get("settings", {})})
 
+    @app.patch("/api/me/settings")
+    async def update_settings() -> Response:
+        device = current_device()
+        body = await json_body()
+        changes = {}
+        for key, value in body.items():
+            check = USER_SETTINGS.get(key)
+            if check is None:
+                raise bad_request(f"unknown setting {key!r}; settings are {', '.join(sorted(USER_SETTINGS))}")
+            if not check(value):
+                raise bad_request(f"invalid value for {key!r}")
+            changes[key] = value
+        return json_response({"settings": await accounts.update_settings(device.user_id, changes)})
+
     # -- users ---------------------------------------------------------------------
 
     @app.get("/api/users")
@@ -220,6 +266,7 @@ def create_app(node: Node) -> QuartTrio:
         before = query_int("before", None, 1, (1 << 63) - 1)
         limit = query_int("limit", 50, 1, limits.history_page)
         messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
+        add_status(node, device.user_id, chats.get(path_id(chat_id)), messages)
         return json_response({"messages": messages, "has_more": len(messages) == limit})
 
     @app.post("/api/chats/<chat_id>/hide")
@@ -233,6 +280,110 @@ def create_app(node: Node) -> QuartTrio:
         device = current_device()
         await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=False))
         return Response(b"", status=204)
+
+    # -- groups --------------------------------------------------------------------
+
+    @app.post("/api/groups")
+    async def create_group() -> Response:
+        device = current_device()
+        body = await json_body()
+        title = check_title(body.get("title"))
+        members = user_ids_from(node, body, "members")
+        chat = await chats.run(CreateGroup(user_id=device.user_id, title=title, members=members))
+        return json_response({"chat": chat_summary(node, device.user_id, chat)}, 201)
+
+    @app.patch("/api/chats/<chat_id>")
+    async def update_chat(chat_id: str) -> Response:
+        device = current_device()
+        body = await json_body()
+        unknown = body.keys() - {"title", "ttl"}
+        if unknown or not body:
+            raise bad_request("give 'title' and/or 'ttl' (seconds, 0 = off)")
+        title = check_title(body["title"]) if "title" in body else None
+        ttl = check_ttl(body["ttl"]) if "ttl" in body else None
+        chat = await chats.run(UpdateChat(user_id=device.user_id, chat_id=path_id(chat_id), title=title, ttl=ttl))
+        return json_response({"chat": chat_summary(node, device.user_id, chat)})
+
+    @app.get("/api/chats/<chat_id>/members")
+    async def members(chat_id: str) -> Response:
+        device = current_device()
+        chat = chats.get(path_id(chat_id))
+        if chat is None or chat.member(device.user_id) is None:
+            raise ChatError("not_member")
+        out = []
+        for uid in chat.active_ids():
+            user = accounts.get_user(uid)
+            record = chat.members[uid]
+            out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": record["role"],
+                        "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": record["read"]})
+        out.sort(key=lambda m: (m["role"] != "admin", m["joined"]))
+        return json_response({"members": out})
+
+    @app.post("/api/chats/<chat_id>/members")
+    async def add_members(chat_id: str) -> Response:
+        device = current_device()
+        users = user_ids_from(node, await json_body())
+        if not users:
+            raise bad_request("give 'users' (ids) or 'usernames'")
+        chat = await chats.run(AddMembers(user_id=device.user_id, chat_id=path_id(chat_id), users=users))
+        return json_response({"chat": chat_summary(node, device.user_id, chat)})
+
+    @app.delete("/api/chats/<chat_id>/members/<user_id>")
+    async def remove_member(chat_id: str, user_id: str) -> Response:
+        device = current_device()
+        target = path_id(user_id)
+        if target == device.user_id:
+            await chats.run(Leave(user_id=device.user_id, chat_id=path_id(chat_id)))
+        else:
+            await chats.run(RemoveMember(user_id=device.user_id, chat_id=path_id(chat_id), target=target))
+        return Response(b"", status=204)
+
+    @app.post("/api/chats/<chat_id>/leave")
+    async def leave(chat_id: str) -> Response:
+        device = current_device()
+        await chats.run(Leave(user_id=device.user_id, chat_id=path_id(chat_id)))
+        return Response(b"", status=204)
+
+    @app.put("/api/chats/<chat_id>/admins/<user_id>")
+    async def promote(chat_id: str, user_id: str) -> Response:
+        device = current_device()
+        await chats.run(SetRole(user_id=device.user_id, chat_id=path_id(chat_id), target=path_id(user_id), role="admin"))
+        return Response(b"", status=204)
+
+    @app.delete("/api/chats/<chat_id>/admins/<user_id>")
+    async def demote(chat_id: str, user_id: str) -> Response:
+        device = current_device()
+        await chats.run(SetRole(user_id=device.user_id, chat_id=path_id(chat_id), target=path_id(user_id), role="member"))
+        return Response(b"", status=204)
+
+    # -- blocking --------------------------------------------------------------------
+
+    @app.get("/api/blocks")
+    async def list_blocks() -> Response:
+        device = current_device()
+        users = [accounts.get_user(uid) for uid in sorted(node.blocks.blocked_by(device.user_id))]
+        return json_response({"users": [public_user(u) for u in users if u]})
+
+    @app.put("/api/blocks/<user_id>")
+    async def block(user_id: str) -> Response:
+        device = current_device()
+        target = path_id(user_id)
+        if target == device.user_id or accounts.get_user(target) is None:
+            raise ChatError("not_found", "no such user")
+        await node.blocks.set(device.user_id, target, True)
+        return Response(b"", status=204)
+
+    @app.delete("/api/blocks/<user_id>")
+    async def unblock(user_id: str) -> Response:
+        device = current_device()
+        await node.blocks.set(device.user_id, path_id(user_id), False)
+        return Response(b"", status=204)
+
+    # -- plugins ---------------------------------------------------------------------
+
+    for routes in plugin_routes:
+        for method, path, handler in routes:
+            app.add_url_rule(path, f"plugin:{method}:{path}", handler, methods=[method.upper()])
 
     # -- admin ---------------------------------------------------------------------
 
@@ -252,6 +403,9 @@ def create_app(node: Node) -> QuartTrio:
     # -- end cluster --
 
     return app
+
+
+_current_device = current_device
 
 
 def _is_loopback(address: str) -> bool:

@@ -1,0 +1,285 @@
+"""Operations on messages and cursors, applied by the sequencer (see chats.py).
+
+Messages: send (text and media), edit, delete for everyone, replies, disappearing
+messages; cursors: delivered and read; 1-1 chats: open, hide; the expiry purge.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import orjson
+
+from ..storage import WriteBatch
+from ..storage.keys import pair, u64
+from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation
+from .errors import ChatError
+from .state import ChatState
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+def store_message(
+    chats: Chats, batch: WriteBatch, now: int, sender: int, chat_id: int, content: dict[str, Any],
+    client_msg_id: str | None,
+) -> tuple[ChatState, dict[str, Any], bytes]:
+    """Validate and append one message of any client kind. Raises ChatError first."""
+    chat, member = chats.require_chat(chat_id, sender)
+    if chat.kind == "direct":
+        peer = next((uid for uid in chat.members if uid != sender), 0)
+        if chats.blocks.either(sender, peer):
+            raise ChatError("blocked")
+    content = dict(content)
+    kind = content["kind"]
+    if kind == "edit":
+        content = _edit(chats, batch, chat, sender, content, now)
+    elif kind == "delete":
+        content = _delete(chats, batch, chat, sender, member, content)
+    else:
+        reply_to = content.get("reply_to")
+        if reply_to is not None:
+            target = chats.find_message(chat, int(reply_to))
+            if target is None or target["seq"] < member["from_seq"] or target["kind"] not in CONTENT_KINDS:
+                raise ChatError("not_found", "the message replied to is not in this chat")
+            content["reply_to_seq"] = target["seq"]
+        ttl = content.pop("ttl", None)
+        ttl = chat.record.get("ttl", 0) if ttl is None else ttl
+        if ttl:
+            content["expires_at"] = now + ttl * 1000
+    record, raw = chats.append(chat, batch, now, sender, content, client_msg_id=client_msg_id)
+    return chat, record, raw
+
+
+def _target(chats: Chats, chat: ChatState, content: dict[str, Any]) -> dict[str, Any]:
+    target = chats.find_message(chat, int(content["target"]))
+    if target is None or target["kind"] not in CONTENT_KINDS:
+        raise ChatError("not_found", "no such message in this chat")
+    return target
+
+
+def _edit(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, content: dict, now: int) -> dict:
+    target = _target(chats, chat, content)
+    if target["from"] != str(sender):
+        raise ChatError("forbidden", "only the sender may edit a message")
+    if target["kind"] != "text" and "text" not in target:
+        raise ChatError("bad_request", "only text and captions can be edited")
+    if now - target["ts"] > chats.edit_window_ms:
+        raise ChatError("edit_window_passed")
+    target = {**target, "text": content["text"], "edited": now}
+    chats.rewrite(chat, batch, target)
+    edit = {"kind": "edit", "target": target["id"], "target_seq": target["seq"], "text": content["text"]}
+    if target.get("expires_at"):
+        edit["expires_at"] = target["expires_at"]  # the new text disappears with the message
+    return edit
+
+
+def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, member: dict, content: dict) -> dict:
+    target = _target(chats, chat, content)
+    if target["from"] != str(sender) and not (chat.kind == "group" and member["role"] == "admin"):
+        raise ChatError("forbidden", "only the sender or a group admin may delete a message")
+    # The content is gone from storage; what remains says only that there was a message.
+    tombstone = {k: target[k] for k in ("id", "chat", "seq", "from", "ts")}
+    tombstone.update(kind="deleted", deleted_by=str(sender))
+    if target.get("media"):
+        tombstone["deleted_media"] = target["media"].get("id")  # lets the media plugin release it
+    chats.rewrite(chat, batch, tombstone)
+    return {"kind": "delete", "target": target["id"], "target_seq": target["seq"]}
+
+
+def _read_advance(chats: Chats, chat: ChatState, user_id: int, old_read: int, record: dict) -> None:
+    """Sending reads what came before: tell plugins when that passed others' messages."""
+    if old_read < record["seq"] - 1:
+        chats.plugins.notify("on_read", chat_id=chat.id, user_id=user_id, seq=record["seq"], previous=old_read)
+
+
+@attrs.define(eq=False)
+class SendMessage(Operation):
+    """A message from a connected device (`send` event): content, edit or delete."""
+
+    session: Session
+    chat_id: int
+    client_msg_id: str
+    content: dict[str, Any]  # validated by the protocol layer and the plugins' gate
+
+    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
+        sender = self.session.user_id
+        dedupe_key = u64(sender) + self.client_msg_id.encode()
+        previous = chats.find_duplicate(dedupe_key)
+        if previous is not None:
+
+            def ack_again() -> None:
+                self.session.finish_send()
+                self.session.send_ack(self.client_msg_id, previous, duplicate=True)
+
+            return ack_again
+        chat = chats.get(self.chat_id)
+        old_read = chat.members.get(sender, {}).get("read", 0) if chat else 0
+        chat, record, raw = store_message(chats, batch, now, sender, self.chat_id, self.content, self.client_msg_id)
+        chats.remember_dedupe(batch, dedupe_key, record)
+
+        def effect() -> None:
+            self.session.finish_send()
+            offline = chats.fan_out(chat, record, raw, exclude=self.session)
+            self.session.send_ack(self.client_msg_id, record, pending=bool(offline))
+            _read_advance(chats, chat, sender, old_read, record)
+
+        return effect
+
+    def reject(self, error: ChatError) -> None:
+        self.session.finish_send()
+        self.session.send_error(error, ref=self.client_msg_id)
+
+
+@attrs.define(eq=False)
+class PostMessage(Awaitable):
+    """A message posted by a plugin or bot on behalf of a user; resolves to the record."""
+
+    user_id: int = 0
+    chat_id: int = 0
+    content: dict[str, Any] = attrs.Factory(dict)
+
+    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
+        chat, record, raw = store_message(chats, batch, now, self.user_id, self.chat_id, self.content, None)
+
+        def effect() -> None:
+            chats.fan_out(chat, record, raw)
+            self.resolve(record)
+
+        return effect
+
+
+@attrs.define(eq=False)
+class MarkDelivered(Operation):
+    """A device acknowledged receipt of everything up to `seq` in a chat (cumulative)."""
+
+    user_id: int
+    chat_id: int
+    seq: int
+
+    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
+        chat = chats.get(self.chat_id)
+        member = chat.member(self.user_id) if chat else None
+        if chat is None or member is None:
+            return None  # not worth an error: acks race with leaving chats
+        seq = min(self.seq, chat.committed_seq)
+        old = member["delivered"]
+        if seq <= old:
+            return None
+        member["delivered"] = seq
+        chats.mark_dirty(chat.id, self.user_id)
+
+        def effect() -> None:
+            chats.announce_delivered(chat, self.user_id, old, seq)
+            chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq, previous=old)
+
+        return effect
+
+    def reject(self, error: ChatError) -> None:
+        pass
+
+
+@attrs.define(eq=False)
+class MarkRead(Awaitable):
+    """The user has read everything up to `seq` in a chat (cumulative, implies delivered)."""
+
+    user_id: int = 0
+    chat_id: int = 0
+    seq: int = 0
+
+    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
+        chat, member = chats.require_chat(self.chat_id, self.user_id)
+        seq = min(self.seq, chat.committed_seq)
+        old_read, old_delivered = member["read"], member["delivered"]
+        if seq <= old_read:
+            return lambda: self.resolve(old_read)
+        member["read"] = seq
+        member["delivered"] = max(old_delivered, seq)
+        chats.mark_dirty(chat.id, self.user_id)
+
+        def effect() -> None:
+            if seq > old_delivered:
+                chats.announce_delivered(chat, self.user_id, old_delivered, seq)
+                chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq,
+                                     previous=old_delivered)
+            chats.plugins.notify("on_read", chat_id=chat.id, user_id=self.user_id, seq=seq, previous=old_read)
+            self.resolve(seq)
+
+        return effect
+
+
+@attrs.define(eq=False)
+class OpenDirect(Awaitable):
+    """Get or create the 1-1 chat between two users."""
+
+    user_id: int = 0
+    peer_id: int = 0
+
+    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
+        if self.user_id == self.peer_id:
+            raise ChatError("bad_request", "you cannot open a chat with yourself")
+        low, high = sorted((self.user_id, self.peer_id))
+        existing = chats.direct_chat_id(low, high)
+        if existing is not None:
+            chat = chats.get(existing)
+            member = chat.members[self.user_id]
+            if member.get("hidden"):
+                member["hidden"] = False
+                chats.mark_dirty(chat.id, self.user_id)
+            return lambda: self.resolve(chat)
+        if chats.blocks.blocked(self.peer_id, self.user_id):
+            raise ChatError("blocked")
+        chat = chats.create_chat(batch, now, kind="direct", creator=self.user_id)
+        for uid in (low, high):
+            chats.add_member(chat, uid, now, role="member", batch=batch)
+        batch.put("direct", pair(low, high), u64(chat.id))
+        chats.pending_direct[(low, high)] = chat.id
+
+        def effect() -> None:
+            chats.pending_direct.pop((low, high), None)
+            self.resolve(chat)
+
+        return effect
+
+
+@attrs.define(eq=False)
+class SetHidden(Awaitable):
+    """Hide a chat from (or show it again in) the user's chat list."""
+
+    user_id: int = 0
+    chat_id: int = 0
+    hidden: bool = True
+
+    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
+        chat = chats.get(self.chat_id)
+        record = chat.members.get(self.user_id) if chat else None
+        if chat is None or record is None:
+            raise ChatError("not_member")
+        if bool(record.get("hidden")) != self.hidden:
+            record["hidden"] = self.hidden
+            chats.mark_dirty(chat.id, self.user_id)
+        return lambda: self.resolve(None)
+
+
+@attrs.define(eq=False)
+class PurgeExpired(Awaitable):
+    """Remove disappearing messages whose time is up: (expiry key, chat, seq) each."""
+
+    entries: list[tuple[bytes, int, int]] = attrs.Factory(list)
+
+    def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
+        purged = 0
+        for key, chat_id, seq in self.entries:
+            batch.delete("expiry", key)
+            chat = chats.get(chat_id)
+            raw = chats.storage.get("log", pair(chat_id, seq))
+            if chat is None or raw is None:
+                continue
+            record = orjson.loads(raw)
+            batch.delete("log", pair(chat_id, seq))
+            batch.delete("msgids", u64(int(record["id"])))
+            if chat.last_message and chat.last_message["seq"] == seq:
+                chat.last_message = None
+            purged += 1
+        return lambda: self.resolve(purged)

@@ -1,0 +1,177 @@
+"""Last seen and presence: online/offline for people who share a chat, a persisted "last
+seen" time, and typing indicators.
+
+Presence changes are coalesced: a user must stay online (or offline) for `grace`
+seconds before contacts are told, so a flapping connection sends nothing. Who may see a
+user's presence follows their `last_seen` setting (everyone / contacts / nobody), and it
+is reciprocal as in WhatsApp: whoever hides theirs sees no one's. Blocked users never see
+it. Typing indicators are ephemeral: never stored, forwarded at most once per
+`typing_interval` per user and chat, and they expire on the client after `typing_ttl`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import orjson
+import trio
+
+from ... import ChatError, check_fields, get_id, hookimpl, parse_id
+from ...storage import WriteBatch
+from ...storage.keys import from_u64, u64
+
+TYPING_FIELDS = frozenset({"type", "chat", "typing"})
+VISIBILITY = ("everyone", "contacts", "nobody")
+
+
+@attrs.frozen
+class LastSeenSettings:
+    grace: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))  # seconds a change must hold
+    typing_ttl: float = attrs.field(default=6.0, validator=attrs.validators.gt(0.0))  # seconds a typing hint lasts
+    typing_interval: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))  # least seconds between forwards
+    default_visibility: str = attrs.field(default="contacts", validator=attrs.validators.in_(VISIBILITY))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class LastSeenPlugin:
+    name = "lastseen"
+
+    def __init__(self) -> None:
+        self.node: Any = None
+        self.settings = LastSeenSettings()
+        self._announced: dict[int, bool] = {}  # what contacts were last told: online?
+        self._changed: dict[int, float] = {}  # user -> monotonic time of an unannounced change
+        self._wakeup = trio.Event()
+        self._typing_sent: dict[tuple[int, int], float] = {}
+
+    @hookimpl
+    def register_settings(self):
+        return ("lastseen", LastSeenSettings)
+
+    @hookimpl
+    def register_databases(self):
+        return ["lastseen"]
+
+    @hookimpl
+    async def startup(self, node, nursery) -> None:
+        self.node = node
+        self.settings = node.plugins.settings("lastseen")
+        nursery.start_soon(self._announcer)
+
+    # -- presence ------------------------------------------------------------------
+
+    @hookimpl
+    def on_user_online(self, node, user_id: int) -> None:
+        self._change(user_id)
+        node.plugins.notify("on_analytics_event", event={"event": "online", "ts": now_ms(), "user": str(user_id)})
+
+    @hookimpl
+    async def on_user_offline(self, node, user_id: int) -> None:
+        batch = WriteBatch()
+        batch.put("lastseen", u64(user_id), u64(now_ms()))
+        await node.storage.write(batch)
+        self._change(user_id)
+        node.plugins.notify("on_analytics_event", event={"event": "offline", "ts": now_ms(), "user": str(user_id)})
+
+    def _change(self, user_id: int) -> None:
+        self._changed.setdefault(user_id, trio.current_time())
+        self._wakeup.set()
+
+    async def _announcer(self) -> None:
+        """Tell contacts about presence changes that held for `grace` seconds."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._changed:
+                due = min(self._changed.values()) + self.settings.grace
+                await trio.sleep_until(due)
+                now = trio.current_time()
+                for user_id, since in list(self._changed.items()):
+                    if since + self.settings.grace <= now:
+                        del self._changed[user_id]
+                        self._announce(user_id)
+
+    def _announce(self, user_id: int) -> None:
+        online = self.node.is_online(user_id)
+        if self._announced.get(user_id, False) == online:
+            return  # it flapped back: nothing to tell
+        self._announced[user_id] = online
+        event = orjson.dumps(self.presence(user_id, None) | {"type": "presence"})
+        for contact in self.node.contacts_of(user_id):
+            if self.may_see(contact, user_id):
+                self.node.send_to_user(contact, event)
+
+    def visibility(self, user_id: int) -> str:
+        return self.node.user_setting(user_id, "last_seen", self.settings.default_visibility)
+
+    def may_see(self, viewer: int, user_id: int) -> bool:
+        if viewer == user_id:
+            return True
+        if self.node.blocks.either(viewer, user_id):
+            return False
+        if self.visibility(viewer) == "nobody":  # reciprocal: hide yours, see no one's
+            return False
+        mine = self.visibility(user_id)
+        return mine == "everyone" or (mine == "contacts" and self.node.shares_chat(viewer, user_id))
+
+    def presence(self, user_id: int, viewer: int | None) -> dict[str, Any]:
+        """What `viewer` may know of `user_id` (None: already checked)."""
+        if viewer is not None and not self.may_see(viewer, user_id):
+            return {"user": str(user_id), "online": None, "last_seen": None, "hidden": True}
+        raw = self.node.storage.get("lastseen", u64(user_id))
+        online = self._announced.get(user_id, False) if viewer != user_id else self.node.is_online(user_id)
+        return {"user": str(user_id), "online": online, "last_seen": from_u64(raw) if raw else None}
+
+    @hookimpl
+    def register_routes(self, node):
+        async def presence(user_id: str):
+            device = node.current_device()
+            try:
+                target = parse_id(user_id)
+            except ValueError:
+                raise ChatError("not_found") from None
+            if node.accounts.get_user(target) is None:
+                raise ChatError("not_found")
+            return node.json_response(self.presence(target, device.user_id))
+
+        return [("GET", "/api/users/<user_id>/presence", presence)]
+
+    # -- typing --------------------------------------------------------------------
+
+    @hookimpl
+    def register_frame_types(self, node):
+        async def typing(session, event: dict[str, Any]) -> None:
+            check_fields(event, TYPING_FIELDS)
+            chat_id = get_id(event, "chat")
+            active = event.get("typing", True)
+            if not isinstance(active, bool):
+                raise ChatError("bad_request", "'typing' must be true or false")
+            chat = node.chats.get(chat_id)
+            if chat is None or chat.member(session.user_id) is None:
+                raise ChatError("not_member")
+            key = (session.user_id, chat_id)
+            now = trio.current_time()
+            if active and now - self._typing_sent.get(key, -1e9) < self.settings.typing_interval:
+                return  # coalesced: the members were told moments ago
+            if active:
+                self._typing_sent[key] = now
+            else:
+                self._typing_sent.pop(key, None)
+            forward = orjson.dumps({
+                "type": "typing", "chat": str(chat_id), "user": str(session.user_id), "typing": active,
+                "expires_in": int(self.settings.typing_ttl * 1000) if active else 0,
+            })
+            for uid in chat.active_ids():
+                if uid != session.user_id and not node.blocks.either(uid, session.user_id):
+                    node.send_to_user(uid, forward)
+            if len(self._typing_sent) > 100_000:
+                self._typing_sent.clear()
+            node.plugins.notify("on_analytics_event", event={
+                "event": "typing", "ts": now_ms(), "user": str(session.user_id), "chat": str(chat_id)})
+
+        return {"typing": typing}

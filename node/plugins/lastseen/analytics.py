@@ -1,0 +1,82 @@
+"""The default `on_analytics_event` sink: JSON lines appended to a file in the data dir,
+ready to ship to Kafka or a log pipeline. Off unless `[plugins.analytics] enabled = true`.
+
+Events are buffered and written once per `flush_interval` (or `max_buffer` events) through
+trio's async file API, so writing never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import orjson
+import trio
+
+from ... import hookimpl
+
+
+@attrs.frozen
+class AnalyticsSettings:
+    enabled: bool = False
+    file: str = "analytics.jsonl"  # relative to the data dir
+    flush_interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
+    max_buffer: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+
+
+class AnalyticsPlugin:
+    name = "analytics"
+
+    def __init__(self) -> None:
+        self.settings = AnalyticsSettings()
+        self._buffer: list[bytes] = []
+        self._full = trio.Event()
+        self._file: Any = None
+        self.dropped = 0
+
+    @hookimpl
+    def register_settings(self):
+        return ("analytics", AnalyticsSettings)
+
+    @hookimpl
+    async def startup(self, node, nursery) -> None:
+        self.settings = node.plugins.settings("analytics")
+        if self.settings.enabled:
+            self._file = await trio.open_file(node.config.data_dir / self.settings.file, "ab")
+            nursery.start_soon(self._flusher)
+
+    @hookimpl
+    def on_analytics_event(self, node, event: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        if len(self._buffer) >= self.settings.max_buffer:
+            self.dropped += 1
+            return
+        self._buffer.append(orjson.dumps(event) + b"\n")
+        if len(self._buffer) >= self.settings.max_buffer:
+            self._full.set()
+
+    @hookimpl
+    def on_message_stored(self, node, chat_id: int, message: dict[str, Any]) -> None:
+        """Message activity, without content."""
+        if self._file is not None and message.get("from"):
+            self.on_analytics_event(node, {"event": "message", "ts": message["ts"], "user": message["from"],
+                                           "chat": message["chat"], "kind": message["kind"]})
+
+    async def _flusher(self) -> None:
+        try:
+            while True:
+                with trio.move_on_after(self.settings.flush_interval):
+                    await self._full.wait()
+                self._full = trio.Event()
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush()
+                await self._file.aclose()
+
+    async def flush(self) -> None:
+        if self._buffer:
+            chunk, self._buffer = b"".join(self._buffer), []
+            await self._file.write(chunk)
+            await self._file.flush()
