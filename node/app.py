@@ -40,7 +40,7 @@ from .core.hub import Hub
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
-from .storage import Storage, WriteBatch, open_storage
+from .storage import Storage, StorageError, WriteBatch, open_storage
 from .storage.keys import from_pair, from_u64, u64
 from .web.api import create_app, current_device, json_response
 
@@ -201,7 +201,30 @@ async def serve_node(
 
     `plugins` are registered in addition to the built-in and installed ones (tests use
     it); `load_entrypoints=False` skips plugins installed under the ``chatnode`` group.
+    A configuration problem found during start-up raises `ConfigError` itself, not
+    wrapped in nursery exception groups.
     """
+    try:
+        await _run_node(config, plugins, load_entrypoints, task_status)
+    except BaseExceptionGroup as group:
+        problem = _first_leaf(group, (ConfigError, StorageError))
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _first_leaf(group: BaseExceptionGroup, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_leaf(exc, types)
+            if found is not None:
+                return found
+        elif isinstance(exc, types):
+            return exc
+    return None
+
+
+async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bool, task_status) -> None:
     manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints)
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)

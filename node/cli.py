@@ -9,8 +9,9 @@ import sys
 
 import trio
 
-from .app import VERSION, serve_node
+from .app import VERSION, _first_leaf, serve_node
 from .config import Config, ConfigError, load_config
+from .storage import StorageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,10 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(_serve, config)
     except KeyboardInterrupt:
         return 130
-    except ExceptionGroup as group:  # cluster: a refused start-up is one line, not a traceback
+    except (ConfigError, StorageError) as exc:  # found while starting: one line, no traceback
+        print(f"chatnode: {exc}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:  # a refused start-up is one line, not a traceback
         from .cluster.cli import start_error_message
 
-        if (message := start_error_message(group)) is None:
+        problem = _first_leaf(group, (ConfigError, StorageError))
+        message = str(problem) if problem is not None else start_error_message(group)
+        if message is None:
             raise
         print(f"chatnode: {message}", file=sys.stderr)
         return 2

@@ -125,6 +125,47 @@ class ChatClient:
     async def hide(self, chat_id: str) -> None:
         await self.request("POST", f"/api/chats/{chat_id}/hide")
 
+    async def mark_read(self, chat_id: str, seq: int) -> int:
+        return (await self.request("POST", f"/api/chats/{chat_id}/read", {"seq": seq}))["read_seq"]
+
+    async def receipts(self, chat_id: str, seq: int) -> dict[str, list[str]]:
+        return await self.request("GET", f"/api/chats/{chat_id}/messages/{seq}/receipts")
+
+    # groups
+
+    async def create_group(self, title: str, members: list[str] = (), usernames: list[str] = ()) -> dict[str, Any]:
+        body = {"title": title, "members": list(members), "usernames": list(usernames)}
+        return (await self.request("POST", "/api/groups", body))["chat"]
+
+    async def update_chat(self, chat_id: str, **changes: Any) -> dict[str, Any]:
+        return (await self.request("PATCH", f"/api/chats/{chat_id}", changes))["chat"]
+
+    async def members(self, chat_id: str) -> list[dict[str, Any]]:
+        return (await self.request("GET", f"/api/chats/{chat_id}/members"))["members"]
+
+    async def add_members(self, chat_id: str, users: list[str]) -> dict[str, Any]:
+        return (await self.request("POST", f"/api/chats/{chat_id}/members", {"users": users}))["chat"]
+
+    async def remove_member(self, chat_id: str, user_id: str) -> None:
+        await self.request("DELETE", f"/api/chats/{chat_id}/members/{user_id}")
+
+    async def leave(self, chat_id: str) -> None:
+        await self.request("POST", f"/api/chats/{chat_id}/leave")
+
+    async def set_admin(self, chat_id: str, user_id: str, admin: bool = True) -> None:
+        await self.request("PUT" if admin else "DELETE", f"/api/chats/{chat_id}/admins/{user_id}")
+
+    # privacy
+
+    async def block(self, user_id: str, blocked: bool = True) -> None:
+        await self.request("PUT" if blocked else "DELETE", f"/api/blocks/{user_id}")
+
+    async def settings(self, **changes: Any) -> dict[str, Any]:
+        return (await self.request("PATCH", "/api/me/settings", changes))["settings"]
+
+    async def presence(self, user_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/api/users/{user_id}/presence")
+
     # -- chat socket -----------------------------------------------------------------
 
     async def ws_url(self) -> str:
@@ -230,6 +271,8 @@ class Connection:
         for m in messages:
             cmid = m.get("client_msg_id") or self.new_client_msg_id()
             event = {"type": "send", "kind": "text", **{k: v for k, v in m.items() if v is not None}, "client_msg_id": cmid}
+            if event["kind"] == "delete":
+                event.pop("text", None)
             frame.append(event)
             waiter = self._pending.setdefault(cmid, (trio.Event(), []))
             waiters.append(waiter)
@@ -243,6 +286,18 @@ class Connection:
                 raise ClientError(result[0]["code"], result[0]["message"])
             results.append(result[0])
         return results
+
+    async def edit(self, chat_id: str, target_id: str, text: str) -> dict[str, Any]:
+        return await self.send_text(chat_id, text, kind="edit", target=target_id)
+
+    async def delete(self, chat_id: str, target_id: str) -> dict[str, Any]:
+        return (await self.send_many([{"chat": chat_id, "kind": "delete", "target": target_id, "text": None}]))[0]
+
+    async def read(self, chat_id: str, seq: int) -> None:
+        await self.send_events({"type": "read", "chat": chat_id, "seq": seq})
+
+    async def typing(self, chat_id: str, active: bool = True) -> None:
+        await self.send_events({"type": "typing", "chat": chat_id, "typing": active})
 
     async def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
         with trio.fail_after(timeout):

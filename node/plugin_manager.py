@@ -131,7 +131,7 @@ class Plugins:
         return self._settings[name]
 
     def names(self) -> list[str]:
-        return [name for name, _ in self.pm.list_name_plugin()]
+        return [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
 
     # -- calling hooks --------------------------------------------------------------
 

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 PACKET_HEADER_RESERVE = 3  # a msgpack array header of up to 65535 messages
 MAX_RELAYS = 64  # ping-req relays in flight; more are dropped (a flood must not grow tasks)
 NACK_FRACTION = 0.8  # a relay nacks after this share of the probe timeout, to beat the prober's deadline
+MAX_LOGGED_CONFLICTS = 1024
 PUSH_PULL_SCALE_THRESHOLD = 32  # above this many members, push-pull slows down with log2(n)
 
 
@@ -167,6 +168,7 @@ class Membership:
         self._probe_index = 0
         self._wakeups: dict[int, trio.Event] = {}  # suspicion timers, woken when a confirmation arrives
         self._nursery: trio.Nursery | None = None
+        self._conflicts_logged: set[tuple[int, str]] = set()  # each claim is logged once
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "probes", "probe_failures", "indirect_probes", "acks_received", "nacks_received",
@@ -411,13 +413,8 @@ class Membership:
             self._refute(msg.incarnation)  # type: ignore[union-attr]
         elif change.reannounce:
             self._queue(self.node_id, self.table.local.alive_message())
-        if change.conflict is not None:
-            self.stats["conflicts"] += 1
-            log.error(
-                "cluster: node id %d is claimed by %s at %s, but %s is a live member at %s; ignoring the newcomer",
-                key, getattr(msg, "name", "?"), getattr(msg, "address", "?"), change.conflict.name,
-                change.conflict.address,
-            )  # fmt: skip
+        if change.conflict is not None and isinstance(msg, Alive):
+            self._report_conflict(msg, change.conflict)
         if change.rebroadcast:
             self._queue(key, msg)
         if change.member is not None and change.member.node in self._wakeups:
@@ -426,6 +423,20 @@ class Membership:
             if change.kind == JOINED:
                 self._add_probe_target(change.member.node)
             self._emit(change.kind, change.member)
+
+    def _report_conflict(self, claim: Alive, holder: Member) -> None:
+        """Two live processes claim one node id: keep the first, tell the operator (once per claim)."""
+        self.stats["conflicts"] += 1
+        key = (claim.node, claim.address)
+        if key in self._conflicts_logged:
+            return
+        if len(self._conflicts_logged) >= MAX_LOGGED_CONFLICTS:
+            self._conflicts_logged.clear()
+        self._conflicts_logged.add(key)
+        log.error(
+            "cluster: node id %d is claimed by %r at %s, but %r is a live member at %s; ignoring the newcomer",
+            claim.node, claim.name, claim.address, holder.name, holder.address,
+        )  # fmt: skip
 
     def _apply_alive(self, msg: Alive) -> None:
         self._after(self.table.apply_alive(msg, self.clock.now()), msg.node, msg)

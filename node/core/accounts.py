@@ -28,6 +28,7 @@ from .snowflake import SnowflakeGenerator
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.]{2,31}$")
 MAX_PASSWORD_BYTES = 1024
 MAX_DISPLAY_NAME = 64
+NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it
 
 
 @attrs.frozen
@@ -115,6 +116,30 @@ class Accounts:
         self._users[user_id] = record
         return public_user(record)
 
+    async def create_service_user(self, username: str, display_name: str | None = None) -> dict:
+        """Get or create an account for a bot or integration: it has no password, so no
+        one can log in as it; plugins act for it (e.g. `node.post_message`). Works even
+        when registration is closed."""
+        name = self._check_username(username)
+        existing = self.user_by_name(name)
+        if existing is not None:
+            return public_user(existing)
+        if name in self._reserved:
+            raise ChatError("username_taken")
+        user_id = self._ids.next_id()
+        record = {"id": str(user_id), "username": name, "display_name": display_name or name,
+                  "created": int(time.time() * 1000), "password": NO_PASSWORD, "settings": {}, "service": True}
+        batch = WriteBatch()
+        batch.put("users", u64(user_id), orjson.dumps(record))
+        batch.put("usernames", name.encode(), u64(user_id))
+        self._reserved.add(name)
+        try:
+            await self._storage.write(batch)
+        finally:
+            self._reserved.discard(name)
+        self._users[user_id] = record
+        return public_user(record)
+
     def _check_username(self, username: object) -> str:
         if not isinstance(username, str) or not USERNAME_RE.match(username.lower()):
             raise ChatError("invalid_username")
@@ -141,14 +166,14 @@ class Accounts:
         if wait > 0:
             raise ChatError("rate_limited", f"too many failed logins; retry in {int(wait) + 1} s")
         user = self.user_by_name(name)
-        stored_hash = user["password"] if user else self._dummy_hash
+        stored_hash = user["password"] if user and user["password"] != NO_PASSWORD else self._dummy_hash
         ok = False
         async with self._hash_limiter:
             try:
                 ok = await trio.to_thread.run_sync(self._hasher.verify, stored_hash, password)
             except argon2.exceptions.VerificationError:
                 ok = False
-        if not ok or user is None:
+        if not ok or user is None or user["password"] == NO_PASSWORD:
             self.user_failures.fail(name)
             self.address_failures.fail(address)
             raise ChatError("unauthorized", "wrong username or password")

@@ -1,0 +1,135 @@
+"""Last-seen plugin: coalesced presence, persisted last seen, privacy, typing, analytics."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+
+from conftest import make_config, new_user, running_node
+
+FAST = {"plugins": {"lastseen": {"grace": 0.2, "typing_interval": 1.0}}}
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_config(tmp_path, **FAST)
+
+
+async def presence_events(conn, user_id):
+    return [e for e in conn.events_nowait() if e["type"] == "presence" and e["user"] == user_id]
+
+
+async def test_presence_goes_to_contacts_and_last_seen_is_kept(node, users):
+    alice, bob, carol = await users("alice"), await users("bob"), await users("carol")
+    await alice.open_direct(username="bob")
+    async with alice.connect() as a, carol.connect() as c:
+        async with bob.connect():
+            online = await a.wait_for("presence", user=bob.user["id"])
+            assert online["online"] is True
+        offline = await a.wait_for("presence", user=bob.user["id"])
+        assert offline["online"] is False and offline["last_seen"] > 0
+        assert await presence_events(c, bob.user["id"]) == []  # carol shares no chat with bob
+    seen = await alice.presence(bob.user["id"])
+    assert seen["online"] is False and seen["last_seen"] == offline["last_seen"]
+
+
+async def test_flapping_is_coalesced(node, users):
+    alice, bob = await users("alice"), await users("bob")
+    await alice.open_direct(username="bob")
+    async with alice.connect() as a:
+        await trio.sleep(0.3)
+        for _ in range(5):
+            async with bob.connect():
+                await trio.sleep(0.02)
+        await trio.sleep(0.5)
+        assert await presence_events(a, bob.user["id"]) == []  # never online for a whole grace period
+
+
+async def test_last_seen_survives_a_restart(tmp_path):
+    config = make_config(tmp_path, **FAST)
+    async with running_node(config) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        await alice.open_direct(username="bob")
+        async with bob.connect():
+            pass
+        await trio.sleep(0.1)
+        before = await alice.presence(bob.user["id"])
+        await alice.aclose(), await bob.aclose()
+    async with running_node(config) as node:
+        from node.client import ChatClient
+        from conftest import PASSWORD
+
+        async with ChatClient(node.http_url) as alice:
+            await alice.login("alice", PASSWORD)
+            assert (await alice.presence(before["user"]))["last_seen"] == before["last_seen"] > 0
+
+
+@pytest.mark.parametrize(
+    "setting, viewer_setting, shares, visible",
+    [
+        ("everyone", "contacts", False, True),
+        ("contacts", "contacts", True, True),
+        ("contacts", "contacts", False, False),
+        ("nobody", "contacts", True, False),
+        ("everyone", "nobody", True, False),  # reciprocal: hide yours, see no one's
+    ],
+)
+async def test_last_seen_privacy(node, users, setting, viewer_setting, shares, visible):
+    viewer, subject = await users("viewer"), await users("subject")
+    await subject.settings(last_seen=setting)
+    await viewer.settings(last_seen=viewer_setting)
+    if shares:
+        await viewer.open_direct(username="subject")
+    async with subject.connect():
+        pass
+    await trio.sleep(0.2)  # the last-seen time is written by the plugin's pump, just after
+    seen = await viewer.presence(subject.user["id"])
+    assert (seen["last_seen"] is not None) == visible
+    assert seen.get("hidden", False) == (not visible)
+
+
+async def test_blocked_users_do_not_see_presence(node, users):
+    alice, bob = await users("alice"), await users("bob")
+    await alice.open_direct(username="bob")
+    await alice.settings(last_seen="everyone")
+    await alice.block(bob.user["id"])
+    async with bob.connect() as b:
+        async with alice.connect():
+            await trio.sleep(0.4)
+        await trio.sleep(0.3)
+        assert await presence_events(b, alice.user["id"]) == []
+    assert (await bob.presence(alice.user["id"]))["hidden"] is True
+
+
+async def test_typing_is_forwarded_coalesced_and_never_stored(node, users):
+    alice, bob = await users("alice"), await users("bob")
+    chat = await alice.open_direct(username="bob")
+    async with alice.connect() as a, bob.connect() as b:
+        await b.synced.wait()
+        for _ in range(5):
+            await a.typing(chat["id"])
+        hint = await b.wait_for("typing")
+        assert hint["user"] == alice.user["id"] and hint["typing"] is True and hint["expires_in"] > 0
+        await a.typing(chat["id"], False)
+        stop = await b.wait_for("typing")
+        assert stop["typing"] is False
+        await trio.sleep(0.2)
+        assert [e for e in b.events_nowait() if e["type"] == "typing"] == []  # the other four were coalesced
+    assert await bob.history(chat["id"]) == []
+
+
+async def test_analytics_events_are_appended_as_json_lines(tmp_path):
+    config = make_config(tmp_path, plugins={"analytics": {"enabled": True, "flush_interval": 0.1}, **FAST["plugins"]})
+    async with running_node(config) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a:
+            await a.send_text(chat["id"], "secret text")
+            await a.typing(chat["id"])
+        await trio.sleep(0.3)
+        await alice.aclose(), await bob.aclose()
+    lines = [orjson.loads(line) for line in (tmp_path / "data" / "analytics.jsonl").read_bytes().splitlines()]
+    assert {e["event"] for e in lines} >= {"online", "offline", "message", "typing"}
+    assert all(e["user"] == alice.user["id"] for e in lines)
+    assert b"secret text" not in (tmp_path / "data" / "analytics.jsonl").read_bytes()

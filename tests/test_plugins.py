@@ -1,0 +1,254 @@
+"""The plugin system: discovery, settings, the gate, isolation of failures, and the
+example third-party plugin (examples/echo-bot) end to end."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from conftest import make_config, new_user, running_node
+from node import ChatError, Reject, hookimpl
+from node.app import serve_node
+from node.client import ClientError
+from node.config import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "echo-bot"
+
+
+@pytest.fixture
+def installed_echo_bot(tmp_path, monkeypatch):
+    """Install the example plugin the way pip would expose it: a module plus a dist-info
+    with its entry point, on sys.path, so discovery goes through importlib.metadata."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "echo_bot.py").write_text((EXAMPLE / "echo_bot.py").read_text())
+    dist = site / "chatnode_echo_bot-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: chatnode-echo-bot\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[chatnode]\necho_bot = echo_bot:EchoBot\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield
+    sys.modules.pop("echo_bot", None)
+
+
+async def test_the_example_plugin_is_discovered_by_entry_point_and_answers(tmp_path, installed_echo_bot):
+    async with running_node(make_config(tmp_path)) as node:
+        assert "echo_bot" in node.plugins.names()
+        alice = await new_user(node, "alice")
+        chat = await alice.open_direct(username="echobot")
+        async with alice.connect() as a:
+            sent = await a.send_text(chat["id"], "/echo hello there")
+            answer = await a.wait_for("message", text="hello there")
+            assert answer["reply_to"] == sent["id"]
+            await a.send_text(chat["id"], "no command here")
+            await trio.sleep(0.2)
+        assert [m["text"] for m in await alice.history(chat["id"])] == ["/echo hello there", "hello there", "no command here"]
+        await alice.aclose()
+
+
+async def test_plugin_settings_are_validated(tmp_path, installed_echo_bot):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[plugins.echo_bot\]: colour"):
+        await serve_node(make_config(tmp_path, plugins={"echo_bot": {"colour": "red"}}))
+    with pytest.raises(ConfigError, match="plugins.lastseen.grace"):
+        await serve_node(make_config(tmp_path, plugins={"lastseen": {"grace": "soon"}}))
+    with pytest.raises(ConfigError, match=r"\[plugins.nonesuch\]: no plugin"):
+        await serve_node(make_config(tmp_path, plugins={"nonesuch": {"x": 1}}))
+    async with running_node(make_config(tmp_path, plugins={"echo_bot": {"username": "parrot"}})) as node:
+        alice = await new_user(node, "alice")
+        chat = await alice.open_direct(username="parrot")
+        async with alice.connect() as a:
+            await a.send_text(chat["id"], "/echo polly")
+            await a.wait_for("message", text="polly")
+        await alice.aclose()
+
+
+class WordFilter:
+    """Replaces a word, and refuses messages that shout."""
+
+    name = "word_filter"
+
+    @hookimpl
+    def prepare_message(self, content):
+        if content.get("text", "").isupper():
+            raise Reject("no shouting")
+        if "darn" in content.get("text", ""):
+            return {**content, "text": content["text"].replace("darn", "d**n")}
+
+
+async def test_prepare_message_transforms_or_rejects(tmp_path):
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            make_config(tmp_path), plugins=[WordFilter()], load_entrypoints=False, task_status=task_status))
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a:
+            await a.send_text(chat["id"], "darn it")
+            with pytest.raises(ClientError) as info:
+                await a.send_text(chat["id"], "HELLO")
+            assert (info.value.code, info.value.message) == ("rejected", "no shouting")
+        assert [m["text"] for m in await bob.history(chat["id"])] == ["d**n it"]
+        await alice.aclose(), await bob.aclose()
+        node.request_shutdown()
+
+
+class Broken:
+    """Fails in every hook it implements."""
+
+    name = "broken"
+
+    def __init__(self, fail_gate: bool = False) -> None:
+        self.fail_gate = fail_gate
+        self.calls = 0
+
+    @hookimpl
+    def on_message_stored(self, message):
+        self.calls += 1
+        raise RuntimeError("boom")
+
+    @hookimpl
+    def prepare_message(self, content):
+        if self.fail_gate:
+            raise RuntimeError("gate boom")
+
+
+async def test_a_failing_notification_is_logged_with_the_plugin_name_and_changes_nothing(tmp_path, caplog):
+    broken = Broken()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            make_config(tmp_path), plugins=[broken], load_entrypoints=False, task_status=task_status))
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        with caplog.at_level(logging.ERROR):
+            async with alice.connect() as a, bob.connect() as b:
+                for i in range(3):
+                    await a.send_text(chat["id"], f"m{i}")
+                    await b.wait_for("message", text=f"m{i}")
+                await trio.sleep(0.1)
+        assert broken.calls == 3
+        assert node.plugins.failures["broken"] == 3
+        assert any("plugin broken failed in on_message_stored" in r.getMessage() for r in caplog.records)
+        await alice.aclose(), await bob.aclose()
+        node.request_shutdown()
+
+
+async def test_a_failing_gate_fails_closed(tmp_path):
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            make_config(tmp_path), plugins=[Broken(fail_gate=True)], load_entrypoints=False, task_status=task_status))
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a:
+            with pytest.raises(ClientError) as info:
+                await a.send_text(chat["id"], "hello")
+            assert info.value.code == "internal"
+        assert await bob.history(chat["id"]) == []
+        await alice.aclose(), await bob.aclose()
+        node.request_shutdown()
+
+
+async def test_disabled_plugins_do_not_run(tmp_path):
+    async with running_node(make_config(tmp_path, plugins={"disabled": ["receipts", "lastseen"]})) as node:
+        assert "receipts" not in node.plugins.names() and "lastseen" not in node.plugins.names()
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a:
+            await a.send_events({"type": "read", "chat": chat["id"], "seq": 0})
+            assert (await a.wait_for("error"))["code"] == "unknown_type"
+        with pytest.raises(ClientError) as info:
+            await alice.presence(bob.user["id"])
+        assert info.value.status == 404
+        await alice.aclose(), await bob.aclose()
+
+
+async def test_a_misspelled_hook_stops_startup(tmp_path):
+    class Typo:
+        @hookimpl
+        def on_mesage_stored(self, message):
+            pass
+
+    with pytest.raises(ConfigError, match="on_mesage_stored"):
+        await serve_node(make_config(tmp_path), plugins=[Typo()], load_entrypoints=False)
+
+
+async def test_a_failing_startup_stops_the_node(tmp_path):
+    class Faulty:
+        name = "faulty"
+
+        @hookimpl
+        def startup(self, node, nursery):
+            raise RuntimeError("cannot reach the moon")
+
+    with pytest.raises(BaseException) as info:
+        await serve_node(make_config(tmp_path), plugins=[Faulty()], load_entrypoints=False)
+    assert "faulty" in repr(info.value) and "moon" in repr(info.value)
+
+
+async def test_plugin_frame_type_collision_stops_startup(tmp_path):
+    class Clash:
+        @hookimpl
+        def register_frame_types(self, node):
+            async def handler(session, event):
+                pass
+
+            return {"send": handler}
+
+    with pytest.raises(ConfigError, match="'send'"):
+        await serve_node(make_config(tmp_path), plugins=[Clash()], load_entrypoints=False)
+
+
+async def test_hooks_fire_with_their_arguments(tmp_path):
+    class Recorder:
+        name = "recorder"
+
+        def __init__(self):
+            self.events = []
+
+        @hookimpl
+        def on_user_online(self, user_id):
+            self.events.append(("online", user_id))
+
+        @hookimpl
+        def on_user_offline(self, user_id):
+            self.events.append(("offline", user_id))
+
+        @hookimpl
+        def on_delivered(self, chat_id, user_id, seq):
+            self.events.append(("delivered", user_id, seq))
+
+        @hookimpl
+        def on_recipients_offline(self, message, user_ids):
+            self.events.append(("offline_recipients", message["text"], user_ids))
+
+        @hookimpl
+        def on_membership_changed(self, change):
+            self.events.append(("membership", change["event"]))
+
+    recorder = Recorder()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            make_config(tmp_path), plugins=[recorder], load_entrypoints=False, task_status=task_status))
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a:
+            await a.send_text(chat["id"], "while bob is away")
+            async with bob.connect() as b:
+                await b.synced.wait()
+                await a.wait_for("delivered")
+        await alice.create_group("g", members=[bob.user["id"]])
+        await trio.sleep(0.1)
+        a_id, b_id = int(alice.user["id"]), int(bob.user["id"])
+        assert recorder.events == [
+            ("online", a_id),
+            ("offline_recipients", "while bob is away", [b_id]),
+            ("online", b_id),
+            ("delivered", b_id, 1),
+            ("offline", b_id),
+            ("offline", a_id),
+            ("membership", "created"),
+        ]
+        await alice.aclose(), await bob.aclose()
+        node.request_shutdown()

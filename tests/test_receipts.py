@@ -1,0 +1,84 @@
+"""Receipts plugin: read up to here, who has read, the read-receipts setting."""
+
+from __future__ import annotations
+
+import trio
+
+from node.client import ChatClient
+from conftest import PASSWORD
+
+
+async def test_read_marks_earlier_messages_and_tells_sender_and_own_devices(node, users):
+    alice, bob = await users("alice"), await users("bob")
+    chat = await alice.open_direct(username="bob")
+    async with ChatClient(node.http_url) as bob_phone:
+        await bob_phone.login("bob", PASSWORD, device="phone")
+        async with alice.connect() as a, bob.connect() as b, bob_phone.connect() as phone:
+            await b.synced.wait()
+            acks = [await a.send_text(chat["id"], f"m{i}") for i in range(3)]
+            assert (await bob.chats())[0]["unread"] == 3
+            await b.read(chat["id"], acks[1]["seq"])  # read up to the second one
+            read = await a.wait_for("read")
+            assert read == {"type": "read", "chat": chat["id"], "user": bob.user["id"], "seq": acks[1]["seq"]}
+            assert (await phone.wait_for("read"))["seq"] == acks[1]["seq"]  # bob's other device
+            assert (await bob.chats())[0]["unread"] == 1
+            statuses = [m["status"] for m in await alice.history(chat["id"])]
+            assert statuses == ["read", "read", "delivered"]
+
+
+async def test_read_receipts_off_hides_reads_both_ways(node, users):
+    alice, bob = await users("alice"), await users("bob")
+    chat = await alice.open_direct(username="bob")
+    await bob.settings(read_receipts=False)
+    async with alice.connect() as a, bob.connect() as b:
+        to_bob = await a.send_text(chat["id"], "did you read this?")
+        await b.read(chat["id"], to_bob["seq"])
+        to_alice = await b.send_text(chat["id"], "maybe")
+        await a.read(chat["id"], to_alice["seq"])
+        await trio.sleep(0.3)
+        assert not [e for e in a.events_nowait() if e["type"] == "read" and e["user"] == bob.user["id"]]  # not sent
+        assert not [e for e in b.events_nowait() if e["type"] == "read" and e["user"] != bob.user["id"]]
+    assert [m["status"] for m in await alice.history(chat["id"]) if m["from"] == alice.user["id"]] == ["delivered"]
+    assert (await bob.chats())[0]["unread"] == 0  # bob's own unread count still follows his reads
+
+
+async def test_group_who_has_read(node, users):
+    alice, bob, carol, dave = [await users(n) for n in ("alice", "bob", "carol", "dave")]
+    group = await alice.create_group("g", members=[bob.user["id"], carol.user["id"], dave.user["id"]])
+    async with alice.connect() as a, bob.connect() as b, carol.connect() as c:
+        await b.synced.wait()
+        await c.synced.wait()
+        msg = await a.send_text(group["id"], "read me")
+        await b.wait_for("message", text="read me")
+        await c.wait_for("message", text="read me")
+        await bob.mark_read(group["id"], msg["seq"])
+        await a.wait_for("read", user=bob.user["id"])
+        await trio.sleep(0.1)
+        receipts = await alice.receipts(group["id"], msg["seq"])
+        assert receipts == {"read": [bob.user["id"]], "delivered": [carol.user["id"]], "pending": [dave.user["id"]]}
+        from node.client import ClientError
+
+        try:
+            await bob.receipts(group["id"], msg["seq"])
+        except ClientError as exc:
+            assert exc.code == "forbidden"
+        else:
+            raise AssertionError("only the sender may ask")
+        assert [m.get("status") for m in await alice.history(group["id"])][-1] == "sent"  # dave has not got it
+
+
+async def test_read_errors(node, users):
+    alice, bob, mallory = await users("alice"), await users("bob"), await users("mallory")
+    chat = await alice.open_direct(username="bob")
+    from node.client import ClientError
+
+    for seq in (-1, "3", True):
+        try:
+            await bob.request("POST", f"/api/chats/{chat['id']}/read", {"seq": seq})
+        except ClientError as exc:
+            assert exc.code == "bad_request"
+    try:
+        await mallory.mark_read(chat["id"], 1)
+    except ClientError as exc:
+        assert exc.code == "not_member"
+    assert await bob.mark_read(chat["id"], 99) == 0  # clamped to what exists
