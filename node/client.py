@@ -166,6 +166,9 @@ class ChatClient:
     async def presence(self, user_id: str) -> dict[str, Any]:
         return await self.request("GET", f"/api/users/{user_id}/presence")
 
+    # -- media and push (node/plugins/media and node/plugins/push own this block) -------
+    # -- end media and push --
+
     # -- chat socket -----------------------------------------------------------------
 
     async def ws_url(self) -> str:

@@ -379,6 +379,9 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
         await node.blocks.set(device.user_id, path_id(user_id), False)
         return Response(b"", status=204)
 
+    # -- web client (node/web/client.py owns what is inside this block) --------------
+    # -- end web client --
+
     # -- plugins ---------------------------------------------------------------------
 
     for routes in plugin_routes:
