@@ -14,9 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_shipped_config_is_the_defaults():
+    import attrs
+
+    from node.plugin_manager import Plugins
+
     shipped = load_config(ROOT / "config.toml")
     defaults = structure_config({}, ROOT)
-    assert shipped == defaults
+    assert attrs.evolve(shipped, plugins=attrs.evolve(shipped.plugins, settings={})) == defaults
+    plugins = Plugins(shipped.plugins, load_entrypoints=False)  # every plugin section, at its defaults
+    for name in shipped.plugins.settings:
+        assert plugins.settings(name) == type(plugins.settings(name))(), name
 
 
 @pytest.mark.parametrize(
