@@ -57,7 +57,9 @@ async def detection_trial(n: int, seed: int) -> tuple[list[float], float]:
         victim = nodes[random.Random(seed).randrange(1, n)].node_id
         crashed_at = trio.current_time()
         sim.crash(victim)
-        await sim.wait_until(lambda: sim.all_see(victim, ("failed",)), timeout=failure_detection_bound(DEFAULTS, n) + 30)
+        await sim.wait_until(
+            lambda: sim.all_see(victim, ("failed",)), timeout=failure_detection_bound(DEFAULTS, n) + 30
+        )
         seen = sim.first_event_times(victim, "failed", crashed_at)
         per_observer = [t - crashed_at for t in seen.values()]
         return per_observer, max(per_observer)
@@ -162,7 +164,10 @@ def main() -> None:
     results["false_failures"] = false_failures
 
     lagging = {}
-    for label, config in (("lifeguard", DEFAULTS), ("no_local_health", attrs.evolve(DEFAULTS, awareness_max_multiplier=1))):
+    for label, config in (
+        ("lifeguard", DEFAULTS),
+        ("no_local_health", attrs.evolve(DEFAULTS, awareness_max_multiplier=1)),
+    ):
         lagging[label] = run(lagging_trial, config, 4000)
         print(f"lagging member, {label}: {lagging[label]}", flush=True)
     results["lagging_member"] = lagging

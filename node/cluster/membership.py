@@ -29,6 +29,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import attrs
 import trio
@@ -45,8 +46,8 @@ from .messages import (
     SUSPECT,
     Ack,
     Alive,
-    DecodeError,
     Dead,
+    DecodeError,
     IndirectPing,
     MemberState,
     Message,
@@ -330,7 +331,7 @@ class Membership:
 
     async def _receive_loop(self) -> None:
         while True:
-            source, data = await self.transport.receive_packet()
+            _source, data = await self.transport.receive_packet()
             self.stats["packets_in"] += 1
             self.stats["bytes_in"] += len(data)
             if len(data) > self.config.max_packet_bytes:
@@ -494,7 +495,9 @@ class Membership:
     def _next_probe_target(self) -> Member | None:
         for _ in range(len(self._probe_order) + 1):
             if self._probe_index >= len(self._probe_order):
-                self._probe_order = [m.node for m in self.table if m is not self.table.local and m.state in (ALIVE, SUSPECT)]
+                self._probe_order = [
+                    m.node for m in self.table if m is not self.table.local and m.state in (ALIVE, SUSPECT)
+                ]
                 self.rng.shuffle(self._probe_order)
                 self._probe_index = 0
                 if not self._probe_order:
@@ -548,7 +551,7 @@ class Membership:
 
     # -- gossip ----------------------------------------------------------------------
 
-    def _gossip_target(self, m: Member, now: float) -> bool:
+    def _gossip_target(self, m: Member, *, now: float) -> bool:
         if m.state in (ALIVE, SUSPECT):
             return True
         return m.state == DEAD and now - m.since < self.config.gossip_to_the_dead
@@ -559,7 +562,7 @@ class Membership:
         while True:
             start = self.clock.now()
             if len(self.broadcasts):
-                peers = self._random_members(self.config.gossip_nodes, lambda m: self._gossip_target(m, start))
+                peers = self._random_members(self.config.gossip_nodes, partial(self._gossip_target, now=start))
                 for peer in peers:
                     if not len(self.broadcasts):
                         break

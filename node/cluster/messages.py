@@ -163,7 +163,9 @@ _CHECKS: dict[type, tuple[Any, ...]] = {
     Dead: (_node_id, _u63, _node_id),
     Refuse: (_text, _text),
 }
-_BY_TAG: dict[int, type] = {cls.TAG: cls for cls in (Ping, IndirectPing, Ack, Nack, Alive, Suspect, Dead, PushPull, Refuse)}
+_BY_TAG: dict[int, type] = {
+    cls.TAG: cls for cls in (Ping, IndirectPing, Ack, Nack, Alive, Suspect, Dead, PushPull, Refuse)
+}
 _MEMBER_CHECKS = (_node_id, _u63, _u16, _text, _text, _text, _u16)
 
 
@@ -238,7 +240,7 @@ def decode(body: bytes) -> list[Message]:
             max_map_len=0,
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many unrelated types on bad input
         raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
     if type(items) is not list or not items:
         raise DecodeError("a packet must be a non-empty array of messages")

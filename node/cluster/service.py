@@ -143,7 +143,9 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
             else:
                 if seeds and not answered:
                     log.warning(
-                        "cluster: no seed answered (%s); retrying every %.0f s", ", ".join(seeds), cfg.join_retry_interval
+                        "cluster: no seed answered (%s); retrying every %.0f s",
+                        ", ".join(seeds),
+                        cfg.join_retry_interval,
                     )
                     nursery.start_soon(_keep_joining, membership, seeds)
                 nursery.start_soon(_announce_http_url, node, membership)

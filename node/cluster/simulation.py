@@ -69,7 +69,9 @@ class Simulation:
 
     # -- building the cluster -------------------------------------------------------
 
-    async def add_node(self, node_id: int, *, seeds: list[int] | None = None, keyring: Keyring | None = None) -> SimNode:
+    async def add_node(
+        self, node_id: int, *, seeds: list[int] | None = None, keyring: Keyring | None = None
+    ) -> SimNode:
         """Start a member (address ``sim-<id>:7946``) and join it through ``seeds`` (node ids)."""
         address = f"sim-{node_id}:7946"
         stall = Stall()
@@ -143,8 +145,7 @@ class Simulation:
         """Every running member sees every running member in ``ids`` as alive."""
         ids = ids if ids is not None else [n.node_id for n in self.running()]
         return all(
-            all(observer.state_of(i) == ALIVE for i in ids if not self.nodes[i].down)
-            for observer in self.running()
+            all(observer.state_of(i) == ALIVE for i in ids if not self.nodes[i].down) for observer in self.running()
         )
 
     def all_see(self, node_id: int, states: tuple[str, ...]) -> bool:

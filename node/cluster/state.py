@@ -44,7 +44,9 @@ class Member:
         return Alive(self.node, self.incarnation, self.name, self.address, self.http_url, self.protocol)
 
     def row(self) -> MemberState:
-        return MemberState(self.node, self.incarnation, self.state, self.name, self.address, self.http_url, self.protocol)
+        return MemberState(
+            self.node, self.incarnation, self.state, self.name, self.address, self.http_url, self.protocol
+        )
 
 
 @attrs.frozen(slots=True)
@@ -156,8 +158,12 @@ class MemberTable:
                 return NOTHING  # our own announcement coming back
             if msg.address != local.address and msg.incarnation >= local.incarnation:
                 # someone else claims our id; refuting keeps our claim, membership reports the conflict
-                return Change(refute=True, conflict=Member(msg.node, msg.name, msg.address, msg.http_url,
-                                                           msg.protocol, msg.incarnation, ALIVE, now))
+                return Change(
+                    refute=True,
+                    conflict=Member(
+                        msg.node, msg.name, msg.address, msg.http_url, msg.protocol, msg.incarnation, ALIVE, now
+                    ),
+                )
             return Change(refute=True)  # a former life of ours at a higher incarnation
         if m is None:
             m = Member(msg.node, msg.name, msg.address, msg.http_url, msg.protocol, msg.incarnation, ALIVE, now)
@@ -170,7 +176,12 @@ class MemberTable:
         elif msg.incarnation <= m.incarnation:
             return NOTHING
         was = m.state
-        meta_changed = (msg.name, msg.address, msg.http_url, msg.protocol) != (m.name, m.address, m.http_url, m.protocol)
+        meta_changed = (msg.name, msg.address, msg.http_url, msg.protocol) != (
+            m.name,
+            m.address,
+            m.http_url,
+            m.protocol,
+        )
         m.name, m.address, m.http_url, m.protocol = msg.name, msg.address, msg.http_url, msg.protocol
         m.incarnation = msg.incarnation
         m.suspicion = None

@@ -91,12 +91,15 @@ keys = ["{KEY}"]
             [sys.executable, "-m", "node", "serve", "--config", str(self.config), "--log-level", "WARNING"],
             cwd=self.dir,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "stderr.log", "ab"),  # noqa: SIM115 - the child owns it
+            stderr=self._log_file(),
         )
         with trio.fail_after(30):
             while await self.view() is None:
                 assert self.proc.poll() is None, f"node {self.node_id} exited: {self.stderr()[-2000:]}"
                 await trio.sleep(0.1)
+
+    def _log_file(self):
+        return open(self.dir / "stderr.log", "ab")
 
     def stderr(self) -> str:
         return (self.dir / "stderr.log").read_text(errors="replace")
@@ -233,10 +236,11 @@ async def test_a_process_whose_node_id_is_taken_fails_start_up_with_one_clear_me
             )  # fmt: skip
         assert result.returncode != 0
         err = result.stderr.decode()
-        assert err.strip().splitlines() == [
+        expected = (
             f"chatnode: cluster: node id 1 is already used by live member 'n1' at {seed.cluster_address}; "
             "give this node a different [node] id"
-        ]
+        )
+        assert err.strip().splitlines() == [expected]
         assert (await seed.states())[1] == ("alive", 0)  # the seed never had to refute anything
     finally:
         with trio.CancelScope(shield=True):

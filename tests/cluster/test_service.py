@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
-
 from conftest import make_config, running_node
+
 from node.app import serve_node
 from node.cluster.cli import format_members
 from node.cluster.keyring import PURPOSE_DATAGRAM, Keyring

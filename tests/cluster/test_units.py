@@ -14,8 +14,8 @@ from node.cluster.keyring import PURPOSE_DATAGRAM, PURPOSE_STREAM, Keyring, Open
 from node.cluster.messages import (
     Ack,
     Alive,
-    DecodeError,
     Dead,
+    DecodeError,
     IndirectPing,
     MemberState,
     Nack,
@@ -37,7 +37,11 @@ ALL_MESSAGES = [
     Alive(5, 3, "n5", "127.0.0.1:7950", "http://127.0.0.1:8085", 1),
     Suspect(5, 3, 1),
     Dead(5, 3, 5),
-    PushPull(True, 4, (MemberState(4, 0, "alive", "n4", "127.0.0.1:1", "", 1), MemberState(9, 2, "left", "n9", "h:2", "u", 1))),
+    PushPull(
+        True,
+        4,
+        (MemberState(4, 0, "alive", "n4", "127.0.0.1:1", "", 1), MemberState(9, 2, "left", "n9", "h:2", "u", 1)),
+    ),
     Refuse("node_id_taken", "node id 4 is already used"),
 ]
 
@@ -181,7 +185,10 @@ def test_config_defaults_are_memberlist_lan():
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"bind_host": "10.0.0.1"}, "cluster.bind_host: binding a cluster to a non-loopback address needs [cluster] keys"),
+        (
+            {"bind_host": "10.0.0.1"},
+            "cluster.bind_host: binding a cluster to a non-loopback address needs [cluster] keys",
+        ),
         ({"keys": ["not base64!"]}, "cluster.keys: each key must be base64"),
         ({"keys": [base64.b64encode(b"short").decode()]}, "cluster.keys: a key must decode to 16, 24 or 32 bytes"),
         ({"seeds": ["localhost"]}, "cluster.seeds: 'localhost' is not host:port"),
