@@ -108,7 +108,7 @@ class ClusterConfig:
     gossip_to_the_dead: float = _float(30.0, 0.0, 86_400.0)  # keep gossiping to a failed member this long
     retransmit_mult: int = _int(4, 1, 100)  # each update is sent mult * ceil(log10(n + 1)) times
     push_pull_interval: float = _float(30.0, 0.0, 86_400.0)  # full state exchange; 0 turns it off
-    reconnect_interval: float = _float(30.0, 0.0, 86_400.0)  # state exchange with a failed member; 0: never
+    reconnect_interval: float = _float(30.0, 0.0, 86_400.0)  # exchange with a failed member or absent seed; 0: never
     dead_member_timeout: float = _float(3600.0, 1.0, 30 * 86_400.0)  # failed/left members listed this long
     stream_timeout: float = _float(10.0, 0.1, 600.0)  # one state exchange over TCP
     join_retry_interval: float = _float(5.0, 0.1, 3600.0)  # retry seeds while no member is reachable

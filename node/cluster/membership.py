@@ -170,6 +170,7 @@ class Membership:
         self._wakeups: dict[int, trio.Event] = {}  # suspicion timers, woken when a confirmation arrives
         self._nursery: trio.Nursery | None = None
         self._conflicts_logged: set[tuple[int, str]] = set()  # each claim is logged once
+        self._seeds: list[str] = []  # every address join() was given, retried by the reconnect loop
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "probes", "probe_failures", "indirect_probes", "acks_received", "nacks_received",
@@ -266,6 +267,8 @@ class Membership:
         """
         answered = 0
         for seed in seeds:
+            if seed not in self._seeds:
+                self._seeds.append(seed)
             if seed != self.address and await self.push_pull(seed, join=True):
                 answered += 1
         return answered
@@ -682,15 +685,18 @@ class Membership:
             await self.clock.sleep_until(start + push_pull_interval(base, self.table.live_count()))
 
     async def _reconnect_loop(self) -> None:
-        """Try one failed member per interval: if it is back (a partition ended), the
-        exchange makes both sides refute and the halves merge again."""
+        """Once per interval, exchange state with a failed member or a seed that is not a
+        live member: if it is back (a partition ended, a seed came up late), both sides
+        refute each other's stale verdicts and the halves merge again."""
         interval = self.config.reconnect_interval
         await self.clock.sleep_until(self.clock.now() + self.rng.random() * interval)
         while True:
             start = self.clock.now()
-            peers = self._random_members(1, lambda m: m.state == DEAD)
-            if peers:
-                await self.push_pull(peers[0].address)
+            live = {m.address for m in self.table if m.state in (ALIVE, SUSPECT)}
+            candidates = [m.address for m in self.table if m.state == DEAD]
+            candidates += [s for s in self._seeds if s not in live]
+            if candidates:
+                await self.push_pull(self.rng.choice(candidates))
             await self.clock.sleep_until(start + interval)
 
     async def _reap_loop(self) -> None:

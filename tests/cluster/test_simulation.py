@@ -148,6 +148,16 @@ async def test_partition_heals_by_push_pull_after_it_ends(autojump_clock):
         assert not [e for e in sim.events if e.kind == "failed" and e.at > healed_at]
 
 
+async def test_a_seed_that_starts_late_is_joined_by_reconnect(autojump_clock):
+    async with open_simulation(DEFAULTS, seed=43) as sim:
+        early = await sim.add_node(2)
+        assert await early.membership.join(["sim-1:7946"]) == 0  # nobody there yet
+        await trio.sleep(5)
+        await sim.add_node(1)  # the seed comes up, knowing nobody
+        elapsed = await sim.wait_until(lambda: sim.converged([1, 2]), timeout=DEFAULTS.reconnect_interval + 5)
+        assert elapsed <= DEFAULTS.reconnect_interval + 5
+
+
 async def test_graceful_leave_is_not_reported_as_failure(autojump_clock):
     async with open_simulation(DEFAULTS, seed=19, loss=0.05) as sim:
         nodes = await sim.add_cluster(12)
