@@ -71,6 +71,7 @@ class Plugins:
         load_entrypoints: bool = True,
     ) -> None:
         self.pm = pluggy.PluginManager("chatnode")
+        self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
         self.pm.add_hookspecs(hookspecs)
         self._config = config
         for name in config.disabled:
@@ -136,8 +137,13 @@ class Plugins:
     # -- calling hooks --------------------------------------------------------------
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
-        # reversed(): pluggy's own call order (LIFO, tryfirst first, trylast last)
-        return [i for i in reversed(getattr(self.pm.hook, hook).get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
+        # reversed(): pluggy's own call order (LIFO, tryfirst first, trylast last). Plugins
+        # are fixed once the node starts, so the list is computed once per hook.
+        impls = self._impl_cache.get(hook)
+        if impls is None:
+            impls = [i for i in reversed(getattr(self.pm.hook, hook).get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
+            self._impl_cache[hook] = impls
+        return impls
 
     @staticmethod
     def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:

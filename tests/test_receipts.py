@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from node.client import ChatClient
+from node.client import ChatClient, ClientError
 from conftest import PASSWORD
 
 
@@ -42,7 +42,7 @@ async def test_read_receipts_off_hides_reads_both_ways(node, users):
     assert (await bob.chats())[0]["unread"] == 0  # bob's own unread count still follows his reads
 
 
-async def test_group_who_has_read(node, users):
+async def test_group_receipts_are_per_member_on_request_and_aggregated_live(node, users):
     alice, bob, carol, dave = [await users(n) for n in ("alice", "bob", "carol", "dave")]
     group = await alice.create_group("g", members=[bob.user["id"], carol.user["id"], dave.user["id"]])
     async with alice.connect() as a, bob.connect() as b, carol.connect() as c:
@@ -52,12 +52,9 @@ async def test_group_who_has_read(node, users):
         await b.wait_for("message", text="read me")
         await c.wait_for("message", text="read me")
         await bob.mark_read(group["id"], msg["seq"])
-        await a.wait_for("read", user=bob.user["id"])
-        await trio.sleep(0.1)
+        await trio.sleep(0.2)
         receipts = await alice.receipts(group["id"], msg["seq"])
         assert receipts == {"read": [bob.user["id"]], "delivered": [carol.user["id"]], "pending": [dave.user["id"]]}
-        from node.client import ClientError
-
         try:
             await bob.receipts(group["id"], msg["seq"])
         except ClientError as exc:
@@ -65,6 +62,17 @@ async def test_group_who_has_read(node, users):
         else:
             raise AssertionError("only the sender may ask")
         assert [m.get("status") for m in await alice.history(group["id"])][-1] == "sent"  # dave has not got it
+        # one aggregated event per rise of the group's watermark, not one per member
+        assert not [e for e in a.events_nowait() if e["type"] in ("read", "delivered") and e.get("user") == bob.user["id"]]
+        async with dave.connect() as d:
+            await d.wait_for("message", text="read me")
+            delivered = await a.wait_for("delivered")
+            assert delivered == {"type": "delivered", "chat": group["id"], "all": True, "seq": msg["seq"]}
+        await carol.mark_read(group["id"], msg["seq"])
+        await dave.mark_read(group["id"], msg["seq"])
+        read = await a.wait_for("read", all=True)
+        assert read["seq"] == msg["seq"]
+        assert [m.get("status") for m in await alice.history(group["id"])][-1] == "read"
 
 
 async def test_read_errors(node, users):

@@ -276,10 +276,9 @@ class Chats:
         self._appended.append((chat, record))
         if sender:
             chat.recent.append((seq, sender))
-            member = chat.members.get(sender)
-            if member is not None:  # your own message counts as delivered and read
-                member["delivered"] = member["read"] = seq
-                self.mark_dirty(chat.id, sender)
+            if sender in chat.members:  # your own message counts as delivered and read
+                self.advance_cursor(chat, sender, "delivered", seq)
+                self.advance_cursor(chat, sender, "read", seq)
         if record["kind"] in CONTENT_KINDS:
             for uid in chat.active_ids():
                 if chat.members[uid].get("hidden"):
@@ -324,6 +323,7 @@ class Chats:
         record = {"role": role, "from_seq": chat.last_seq + 1, "delivered": chat.last_seq,
                   "read": chat.last_seq, "joined": now}
         chat.members[user_id] = record
+        chat.members_changed()
         batch.put("user_chats", pair(user_id, chat.id), b"")
         self.mark_dirty(chat.id, user_id)
         known = self._user_chats.get(user_id)
@@ -399,16 +399,40 @@ class Chats:
             for session in self.hub.sessions_of(uid):
                 session.send_event(event)
 
-    def announce_delivered(self, chat: ChatState, user_id: int, old: int, new: int) -> None:
-        """Tell the authors of messages in (old, new] that `user_id` has them.
+    def advance_cursor(self, chat: ChatState, user_id: int, field: str, seq: int) -> tuple[int, int] | None:
+        """Move a member's `delivered`/`read` cursor up to `seq` (sequencer only).
 
-        In a 1-1 chat that is the other member; in a group, the senders of the recent
-        messages in the range.
+        Returns (old, new), or None if it did not move. Keeps the group watermark current.
         """
-        authors = self.authors_between(chat, user_id, old, new)
+        member = chat.members[user_id]
+        old = member[field]
+        if seq <= old:
+            return None
+        member[field] = seq
+        self.mark_dirty(chat.id, user_id)
+        if chat.kind == "group" and member.get("until_seq") is None:
+            chat.watermark(field).move(old, seq)
+        return old, seq
+
+    def announce_delivered(self, chat: ChatState, user_id: int, old: int, new: int, floor_before: int) -> None:
+        """Tell senders that their messages were delivered.
+
+        1-1: the other member learns that `user_id` has everything up to `new`. Groups:
+        one event per rise of the group's watermark, `"all": true`, to the senders of the
+        messages every member now has (per-member detail: the receipts endpoint), not
+        one event per member and message.
+        """
+        if chat.kind == "direct":
+            authors = self.authors_between(chat, user_id, old, new)
+            event = {"type": "delivered", "chat": str(chat.id), "user": str(user_id), "seq": new}
+        else:
+            floor = chat.watermark("delivered").floor
+            if floor <= floor_before:
+                return
+            authors = self.authors_between(chat, 0, floor_before, floor)
+            event = {"type": "delivered", "chat": str(chat.id), "all": True, "seq": floor}
         if authors:
-            event = orjson.dumps({"type": "delivered", "chat": str(chat.id), "user": str(user_id), "seq": new})
-            self.send_to_members(chat, event, authors)
+            self.send_to_members(chat, orjson.dumps(event), authors)
 
     def authors_between(self, chat: ChatState, user_id: int, old: int, new: int) -> set[int]:
         if chat.kind == "direct":

@@ -113,6 +113,7 @@ class AddMembers(Awaitable):
 
 def _end_membership(chats: Chats, chat: ChatState, user_id: int, seq: int) -> None:
     chat.members[user_id]["until_seq"] = seq
+    chat.members_changed()
     chats.mark_dirty(chat.id, user_id)
 
 

@@ -160,18 +160,16 @@ class MarkDelivered(Operation):
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat = chats.get(self.chat_id)
-        member = chat.member(self.user_id) if chat else None
-        if chat is None or member is None:
+        if chat is None or chat.member(self.user_id) is None:
             return None  # not worth an error: acks race with leaving chats
-        seq = min(self.seq, chat.committed_seq)
-        old = member["delivered"]
-        if seq <= old:
+        floor = chat.watermark("delivered").floor if chat.kind == "group" else 0
+        moved = chats.advance_cursor(chat, self.user_id, "delivered", min(self.seq, chat.committed_seq))
+        if moved is None:
             return None
-        member["delivered"] = seq
-        chats.mark_dirty(chat.id, self.user_id)
+        old, seq = moved
 
         def effect() -> None:
-            chats.announce_delivered(chat, self.user_id, old, seq)
+            chats.announce_delivered(chat, self.user_id, old, seq, floor)
             chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq, previous=old)
 
         return effect
@@ -191,19 +189,18 @@ class MarkRead(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = chats.require_chat(self.chat_id, self.user_id)
         seq = min(self.seq, chat.committed_seq)
-        old_read, old_delivered = member["read"], member["delivered"]
-        if seq <= old_read:
-            return lambda: self.resolve(old_read)
-        member["read"] = seq
-        member["delivered"] = max(old_delivered, seq)
-        chats.mark_dirty(chat.id, self.user_id)
+        floor = chat.watermark("delivered").floor if chat.kind == "group" else 0
+        read = chats.advance_cursor(chat, self.user_id, "read", seq)
+        if read is None:
+            return lambda: self.resolve(member["read"])
+        delivered = chats.advance_cursor(chat, self.user_id, "delivered", seq)
 
         def effect() -> None:
-            if seq > old_delivered:
-                chats.announce_delivered(chat, self.user_id, old_delivered, seq)
+            if delivered is not None:
+                chats.announce_delivered(chat, self.user_id, delivered[0], seq, floor)
                 chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq,
-                                     previous=old_delivered)
-            chats.plugins.notify("on_read", chat_id=chat.id, user_id=self.user_id, seq=seq, previous=old_read)
+                                     previous=delivered[0])
+            chats.plugins.notify("on_read", chat_id=chat.id, user_id=self.user_id, seq=seq, previous=read[0])
             self.resolve(seq)
 
         return effect

@@ -19,6 +19,32 @@ PREVIEW_KINDS = frozenset({"text", "image", "audio", "video", "file", "system", 
 RECENT_SENDERS = 1024  # per chat: (seq, sender) of the last messages, for receipts
 
 
+class Watermark:
+    """The minimum of many cursors that only move up, kept current cheaply: members sit
+    at a few distinct values, so a count per value finds the new minimum in few steps."""
+
+    __slots__ = ("counts", "floor")
+
+    def __init__(self, values: list[int]) -> None:
+        self.counts: dict[int, int] = {}
+        for value in values:
+            self.counts[value] = self.counts.get(value, 0) + 1
+        self.floor = min(self.counts) if self.counts else 0
+
+    def move(self, old: int, new: int) -> int:
+        """One cursor went from `old` to `new`; returns the (possibly raised) minimum."""
+        counts = self.counts
+        left = counts.get(old, 0) - 1
+        if left > 0:
+            counts[old] = left
+        else:
+            counts.pop(old, None)
+        counts[new] = counts.get(new, 0) + 1
+        if old == self.floor and left <= 0:
+            self.floor = min(counts)
+        return self.floor
+
+
 @attrs.define(eq=False)
 class ChatState:
     id: int
@@ -28,6 +54,7 @@ class ChatState:
     last_message: dict[str, Any] | None  # the newest committed entry, for chat lists
     recent: deque[tuple[int, int]] = attrs.Factory(lambda: deque(maxlen=RECENT_SENDERS))
     last_seq: int = -1  # the newest seq assigned by the sequencer, committed or not
+    _watermarks: dict[str, Watermark] = attrs.Factory(dict)  # built on demand, dropped on member changes
 
     def __attrs_post_init__(self) -> None:
         if self.last_seq < 0:
@@ -46,6 +73,16 @@ class ChatState:
 
     def active_ids(self) -> list[int]:
         return [uid for uid, m in self.members.items() if m.get("until_seq") is None]
+
+    def watermark(self, field: str) -> Watermark:
+        """The lowest `delivered` or `read` cursor among current members."""
+        mark = self._watermarks.get(field)
+        if mark is None:
+            mark = self._watermarks[field] = Watermark([self.members[u][field] for u in self.active_ids()])
+        return mark
+
+    def members_changed(self) -> None:
+        self._watermarks.clear()
 
     def visible_range(self, user_id: int) -> tuple[int, int] | None:
         """First and last seq `user_id` may see (current or former member), else None."""

@@ -75,8 +75,11 @@ def add_status(node: Node, user_id: int, chat: ChatState, messages: list[dict[st
     if not others:
         return
     delivered = min(m["delivered"] for _, m in others)
-    share = reads_shared(node, user_id)
-    read = min(m["read"] if share and reads_shared(node, uid) else 0 for uid, m in others)
+    if chat.kind == "group":  # group reads are always shared, as in WhatsApp
+        read = min(m["read"] for _, m in others)
+    else:
+        share = reads_shared(node, user_id)
+        read = min(m["read"] if share and reads_shared(node, uid) else 0 for uid, m in others)
     me = str(user_id)
     for message in messages:
         if message.get("from") == me:

@@ -32,6 +32,10 @@ class LastSeenSettings:
     typing_ttl: float = attrs.field(default=6.0, validator=attrs.validators.gt(0.0))  # seconds a typing hint lasts
     typing_interval: float = attrs.field(default=2.0, validator=attrs.validators.ge(0.0))  # least seconds between forwards
     default_visibility: str = attrs.field(default="contacts", validator=attrs.validators.in_(VISIBILITY))
+    # Live presence events go through 1-1 chats and groups up to this size; in bigger groups
+    # (as in WhatsApp) members ask when they look (GET /api/users/<id>/presence), so a
+    # 500-member group coming online is not 250,000 events.
+    live_group_limit: int = attrs.field(default=32, validator=attrs.validators.ge(0))
 
 
 def now_ms() -> int:
@@ -101,10 +105,27 @@ class LastSeenPlugin:
         if self._announced.get(user_id, False) == online:
             return  # it flapped back: nothing to tell
         self._announced[user_id] = online
+        if self.visibility(user_id) == "nobody":
+            return
         event = orjson.dumps(self.presence(user_id, None) | {"type": "presence"})
-        for contact in self.node.contacts_of(user_id):
-            if self.may_see(contact, user_id):
+        for contact in self._live_contacts(user_id):
+            # they share a chat, so only the reciprocal rule and blocks remain to check
+            if self.node.is_online(contact) and self.visibility(contact) != "nobody" \
+                    and not self.node.blocks.either(contact, user_id):
                 self.node.send_to_user(contact, event)
+
+    def _live_contacts(self, user_id: int) -> set[int]:
+        out: set[int] = set()
+        chats = self.node.chats
+        for chat_id in chats.chat_ids_of(user_id):
+            chat = chats.get(chat_id)
+            if chat is None or chat.member(user_id) is None:
+                continue
+            members = chat.active_ids()
+            if chat.kind == "direct" or len(members) <= self.settings.live_group_limit:
+                out.update(members)
+        out.discard(user_id)
+        return out
 
     def visibility(self, user_id: int) -> str:
         return self.node.user_setting(user_id, "last_seen", self.settings.default_visibility)

@@ -56,6 +56,9 @@ class ReceiptsPlugin:
             ("GET", "/api/chats/<chat_id>/messages/<seq>/receipts", receipts),
         ]
 
+    def __init__(self) -> None:
+        self._group_read: dict[int, int] = {}  # group -> the all-read watermark last announced
+
     @hookimpl
     def on_read(self, node, chat_id: int, user_id: int, seq: int, previous: int) -> None:
         chat = node.chats.get(chat_id)
@@ -63,22 +66,39 @@ class ReceiptsPlugin:
             return
         event = {"type": "read", "chat": str(chat_id), "user": str(user_id), "seq": seq}
         node.send_to_user(user_id, event)  # the reader's other devices clear their unread count
+        if chat.kind == "group":
+            self._announce_group(node, chat)
+            return
         if not node.reads_shared(user_id):
             return
         for author in node.chats.authors_between(chat, user_id, previous, seq):
             if chat.member(author) is not None and node.reads_shared(author):
                 node.send_to_user(author, event)
 
+    def _announce_group(self, node, chat) -> None:
+        """Groups: one `read` event with `"all": true` each time every member has read
+        further (as in WhatsApp, group reads ignore the per-user setting); per-member
+        detail is in the receipts endpoint."""
+        floor = chat.watermark("read").floor
+        before = self._group_read.get(chat.id, chat.members[next(iter(chat.members))]["from_seq"] - 1)
+        if floor <= before:
+            return
+        self._group_read[chat.id] = floor
+        event = {"type": "read", "chat": str(chat.id), "all": True, "seq": floor}
+        for author in node.chats.authors_between(chat, 0, before, floor):
+            if chat.member(author) is not None:
+                node.send_to_user(author, event)
+
 
 def who_has(node, chat, viewer: int, seq: int) -> dict[str, list[str]]:
     """Per member: read, delivered (not read), or still pending, for one message."""
-    share = node.reads_shared(viewer)
+    share = chat.kind == "group" or node.reads_shared(viewer)
     out: dict[str, list[str]] = {"read": [], "delivered": [], "pending": []}
     for uid in chat.active_ids():
         if uid == viewer:
             continue
         member = chat.members[uid]
-        if share and member["read"] >= seq and node.reads_shared(uid):
+        if share and member["read"] >= seq and (chat.kind == "group" or node.reads_shared(uid)):
             out["read"].append(str(uid))
         elif member["delivered"] >= seq:
             out["delivered"].append(str(uid))
