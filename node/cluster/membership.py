@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 PACKET_HEADER_RESERVE = 3  # a msgpack array header of up to 65535 messages
 MAX_RELAYS = 64  # ping-req relays in flight; more are dropped (a flood must not grow tasks)
+MAX_STREAMS = 32  # state exchanges served at once; more are closed unread
 NACK_FRACTION = 0.8  # a relay nacks after this share of the probe timeout, to beat the prober's deadline
 MAX_LOGGED_CONFLICTS = 1024
 PUSH_PULL_SCALE_THRESHOLD = 32  # above this many members, push-pull slows down with log2(n)
@@ -165,6 +166,7 @@ class Membership:
         self._seq = self.rng.randrange(1 << 32)
         self._acks: dict[int, _AckWaiter] = {}
         self._relays = 0
+        self._streams = 0
         self._probe_order: list[int] = []
         self._probe_index = 0
         self._wakeups: dict[int, trio.Event] = {}  # suspicion timers, woken when a confirmation arrives
@@ -642,6 +644,11 @@ class Membership:
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         """Answer one push-pull. The remote state is merged before we reply, so the reply
         already carries our refutations: that is what lets a healed partition converge."""
+        if self._streams >= MAX_STREAMS:  # each may buffer up to max_stream_bytes before it authenticates
+            self.stats["streams_dropped"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        self._streams += 1
         self.stats["streams_served"] += 1
         try:
             with trio.move_on_after(self.config.stream_timeout):
@@ -672,6 +679,7 @@ class Membership:
                 self._drop("malformed")
             log.debug("cluster: dropped a stream: %s", exc)
         finally:
+            self._streams -= 1
             await trio.aclose_forcefully(stream)
 
     async def _push_pull_loop(self) -> None:
