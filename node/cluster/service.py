@@ -20,7 +20,7 @@ import trio
 
 from .config import ClusterConfig, is_loopback
 from .keyring import Keyring
-from .membership import EventListener, JoinRefused, Membership
+from .membership import EventListener, JoinRefused, MemberEvent, Membership
 from .transport import TrioClock, UdpTcpTransport
 
 if TYPE_CHECKING:
@@ -46,8 +46,18 @@ class ClusterService:
     def address(self) -> str:
         return self.membership.address
 
-    def add_listener(self, listener: EventListener) -> None:
-        """Call ``listener(MemberEvent)`` on every membership change; it must not block."""
+    def add_listener(self, listener: EventListener, *, replay: bool = False) -> None:
+        """Call ``listener(MemberEvent)`` on every membership change; it must not block.
+
+        The initial join happens before the service is handed out, so its ``joined``
+        events have already fired; with ``replay=True`` the listener first gets one
+        ``joined`` event for every member that is live now.
+        """
+        if replay:
+            now = self.membership.clock.now()
+            for member in self.membership.live_members():
+                if member.node != self.membership.node_id:
+                    listener(MemberEvent("joined", member, now))
         self.membership.add_listener(listener)
 
     def statistics(self) -> dict[str, object]:

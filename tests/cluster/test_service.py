@@ -72,6 +72,9 @@ async def test_three_nodes_join_and_the_admin_endpoint_lists_them(tmp_path):
                     assert {i: r["state"] for i, r in rows.items()} == {1: "alive", 2: "alive", 3: "alive"}
                     assert rows[1]["self"] and rows[2]["address"] == b.cluster.address
                     assert view["statistics"]["probes"] > 0
+                    replayed = []
+                    a.cluster.add_listener(replayed.append, replay=True)
+                    assert sorted((e.kind, e.member.node) for e in replayed) == [("joined", 2), ("joined", 3)]
                     table = format_members(view)
                     assert "alive" in table and b.cluster.address in table
                 # c shut down gracefully: it left, it did not fail
