@@ -120,7 +120,7 @@ async def test_local_health_stops_a_lagging_member_from_accusing_healthy_ones(au
     without_health = attrs.evolve(DEFAULTS, awareness_max_multiplier=1)
     accused_without, probes_without, _ = await _lagging_member_run(without_health)
     accused_with, _, false_failures = await _lagging_member_run(DEFAULTS)
-    assert accused_without > 0.9 * probes_without  # the problem is real
+    assert accused_without > 0.5 * probes_without  # the problem is real: most probes end in accusations
     assert accused_with <= 0.05 * accused_without
     assert false_failures == 0
 
