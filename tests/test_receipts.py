@@ -90,3 +90,15 @@ async def test_read_errors(node, users):
     except ClientError as exc:
         assert exc.code == "not_member"
     assert await bob.mark_read(chat["id"], 99) == 0  # clamped to what exists
+
+
+async def test_group_read_watermark_counts_the_move_that_builds_it_once(node, users):
+    alice, bob, carol = [await users(n) for n in ("alice", "bob", "carol")]
+    group = await alice.create_group("g", members=[bob.user["id"], carol.user["id"]])
+    async with alice.connect() as a:
+        msg = await a.send_text(group["id"], "hi")  # the first cursor move builds the watermark
+        await bob.mark_read(group["id"], msg["seq"])
+        await trio.sleep(0.2)
+        assert not [e for e in a.events_nowait() if e["type"] == "read" and e.get("all")]  # carol has not read it
+        await carol.mark_read(group["id"], msg["seq"])
+        assert (await a.wait_for("read", all=True))["seq"] == msg["seq"]

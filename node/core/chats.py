@@ -408,10 +408,12 @@ class Chats:
         old = member[field]
         if seq <= old:
             return None
+        # Built (on first use) before the cursor moves, so the move is counted once.
+        mark = chat.watermark(field) if chat.kind == "group" and member.get("until_seq") is None else None
         member[field] = seq
         self.mark_dirty(chat.id, user_id)
-        if chat.kind == "group" and member.get("until_seq") is None:
-            chat.watermark(field).move(old, seq)
+        if mark is not None:
+            mark.move(old, seq)
         return old, seq
 
     def announce_delivered(self, chat: ChatState, user_id: int, old: int, new: int, floor_before: int) -> None:
