@@ -21,7 +21,7 @@ import orjson
 import trio
 
 from bench.rawws import Conn, Loop
-from bench.run import PASSWORD, RESULTS, cpu_seconds, events_of, hello, node_process, pin
+from bench.run import PASSWORD, RESULTS, _profile, cpu_seconds, events_of, hello, node_process, pin
 from node.client import ChatClient
 
 
@@ -46,9 +46,13 @@ async def _setup(url: str, members: int) -> tuple[list[str], str]:
 
 
 class Fanout:
-    """Receivers record when each message number reached them; they ack per frame."""
+    """Receivers record when each message number reached them; they acknowledge each
+    frame, or (with `ack_delay`) at most once per `ack_delay` seconds, as a client that
+    batches its acknowledgements would."""
 
-    def __init__(self, members: int) -> None:
+    def __init__(self, members: int, ack_delay: float = 0.0) -> None:
+        self.ack_delay = ack_delay
+        self.unacked: dict[Conn, tuple[str, int]] = {}
         self.expected = members - 1
         self.sent_at: dict[int, float] = {}
         self.seen: dict[int, int] = {}
@@ -68,15 +72,24 @@ class Fanout:
                     self.last_at[number] = now
                 top, chat = event["seq"], event["chat"]
         if chat is not None:
+            if self.ack_delay:
+                self.unacked[conn] = (chat, top)
+            else:
+                conn.send_text(orjson.dumps({"type": "received", "chat": chat, "seq": top}))
+
+    def flush_acks(self) -> None:
+        for conn, (chat, top) in self.unacked.items():
             conn.send_text(orjson.dumps({"type": "received", "chat": chat, "seq": top}))
+        self.unacked.clear()
 
 
-def run_once(members: int, rate: float, seconds: float, window: int) -> dict:
+def run_once(members: int, rate: float, seconds: float, window: int, profile: str | None = None,
+             ack_delay: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp:
         with node_process(Path(tmp), "outgoing_queue = 4096\n") as (proc, url, ws_url):
             tokens, chat = trio.run(_setup, url, members)
             loop = Loop()
-            fan = Fanout(members)
+            fan = Fanout(members, ack_delay)
             for token in tokens[1:]:
                 loop.connect(ws_url, fan.on_receiver).send_text(hello(token))
             state = {"inflight": 0, "n": 0}
@@ -102,14 +115,22 @@ def run_once(members: int, rate: float, seconds: float, window: int) -> dict:
             interval = 1.0 / rate
             schedule = {"next": time.perf_counter()}
 
+            acks = {"next": time.perf_counter() + ack_delay}
+
             def tick(now: float) -> float:
                 while schedule["next"] <= now:
                     send_one()
                     schedule["next"] += interval
-                return schedule["next"]
+                if ack_delay and now >= acks["next"]:
+                    fan.flush_acks()
+                    acks["next"] = now + ack_delay
+                return min(schedule["next"], acks["next"]) if ack_delay else schedule["next"]
 
             first = state["n"] + 1
+            spy = _profile(proc.pid, seconds, profile)
             loop.run(time.perf_counter() + seconds, tick)
+            if spy is not None:
+                spy.wait(30)
             loop.run(time.perf_counter() + 2.0)
             steady = [fan.last_at[n] - fan.sent_at[n] for n in range(first, state["n"] + 1) if n in fan.last_at]
             missing = state["n"] - first + 1 - len(steady)
@@ -121,6 +142,9 @@ def run_once(members: int, rate: float, seconds: float, window: int) -> dict:
             def keep_full(now: float) -> float:
                 while state["inflight"] < window:
                     send_one()
+                if ack_delay and now >= acks["next"]:
+                    fan.flush_acks()
+                    acks["next"] = now + ack_delay
                 return now + 0.001
 
             loop.run(t0 + seconds, keep_full)
@@ -149,13 +173,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="group messages per second for the latency figure")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--window", type=int, default=10, help="messages in flight in the throughput phase")
+    parser.add_argument("--ack-delay", type=float, default=0.0, help="receivers batch acknowledgements (s)")
+    parser.add_argument("--profile", default=None, help="sample the node with py-spy during the latency phase")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pin(1)
     runs = []
     for i in range(args.runs):
-        result = run_once(args.members, args.rate, args.seconds, args.window)
+        result = run_once(args.members, args.rate, args.seconds, args.window, args.profile, args.ack_delay)
         print(f"run {i + 1}: {result}", flush=True)
         runs.append(result)
 

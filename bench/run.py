@@ -82,7 +82,7 @@ max_connections_per_user = 10000
 """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "serve", "--config", str(config), "--log-level", "WARNING"],
+        [sys.executable, *os.environ.get("BENCH_NODE_WRAPPER", "-m node").split(), "serve", "--config", str(config), "--log-level", "WARNING"],
         cwd=tmp, preexec_fn=lambda: pin(0), stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{http_port}"
@@ -238,7 +238,7 @@ def throughput(proc, ws_url: str, pairs, *, window: int, batch: int, seconds: fl
     }
 
 
-def latency(proc, ws_url: str, pairs, *, rate: float, seconds: float) -> dict:
+def latency(proc, ws_url: str, pairs, *, rate: float, seconds: float, profile: str | None = None) -> dict:
     """Open loop: one message every 1/rate s, round-robin over the senders."""
     loop = Loop()
     receivers = Receivers()
@@ -252,10 +252,8 @@ def latency(proc, ws_url: str, pairs, *, rate: float, seconds: float) -> dict:
         conn.send_text(hello(token))
         conns.append(conn)
     loop.run(time.perf_counter() + 1.0)
-    receivers.record = True
     interval = 1.0 / rate
-    start = time.perf_counter()
-    schedule = {"next": start, "i": 0}
+    schedule = {"next": time.perf_counter(), "i": 0}
 
     def tick(now: float) -> float:
         while schedule["next"] <= now:
@@ -265,9 +263,16 @@ def latency(proc, ws_url: str, pairs, *, rate: float, seconds: float) -> dict:
             schedule["next"] += interval
         return schedule["next"]
 
+    loop.run(time.perf_counter() + 2.0, tick)  # warm-up at the same rate, not recorded
+    receivers.record = True
+    start = time.perf_counter()
+    sent_before = schedule["i"]
+    spy = _profile(proc.pid, seconds, profile)
     c0 = cpu_seconds(proc.pid)
     loop.run(start + seconds, tick)
     c1 = cpu_seconds(proc.pid)
+    if spy is not None:
+        spy.wait(30)
     loop.run(time.perf_counter() + 1.0)
     loop.close_all()
     samples = sorted(receivers.latencies)
@@ -275,7 +280,7 @@ def latency(proc, ws_url: str, pairs, *, rate: float, seconds: float) -> dict:
         return {"offered_per_s": rate, "samples": 0}
     return {
         "offered_per_s": rate,
-        "sent": schedule["i"],
+        "sent": schedule["i"] - sent_before,
         "samples": len(samples),
         "server_cpu_pct": 100 * (c1 - c0) / seconds,
         "p50_ms": 1000 * samples[len(samples) // 2],
@@ -337,11 +342,12 @@ def run_all(args: argparse.Namespace) -> dict:
                     print(f"run {run + 1}: idle {idle}", flush=True)
                 pairs = make_pairs(url, max(args.pairs, args.latency_pairs), f"r{run}")
                 t = throughput(proc, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
-                               seconds=args.seconds, profile=args.profile)
+                               seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
                 results["throughput"].append(t)
                 print(f"run {run + 1}: throughput {t}", flush=True)
                 rate = args.latency_rate or t["delivered_per_s"] / 2
-                lat = latency(proc, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds)
+                lat = latency(proc, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
+                              profile=args.profile and args.profile + ".latency")
                 results["latency"].append(lat)
                 print(f"run {run + 1}: latency {lat}", flush=True)
     summary = {

@@ -102,6 +102,7 @@ class Node:
             "storage": {"commits": self.storage.writer.commits, "committed_ops": self.storage.writer.committed_ops},
             "chats": {"operations_applied": self.chats.applied},
             "plugins": self.plugins.statistics(),
+            **({"cluster": self.cluster.statistics()} if self.cluster is not None else {}),
         }
 
     # -- the API plugins use (see docs/plugins.md) ------------------------------------
@@ -275,7 +276,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 node.cluster = await core.start(serve_cluster, node)  # leaves when shutdown is requested
             # -- end cluster --
             if node.cluster is not None:
-                node.cluster.add_listener(lambda event: manager.notify("on_cluster_event", event=event))
+                node.cluster.add_listener(lambda event: manager.notify("on_cluster_event", event=event), replay=True)
             async with trio.open_nursery() as plugin_tasks:
                 await manager.startup(node, plugin_tasks)
                 async with trio.open_nursery() as sessions:

