@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -167,6 +167,71 @@ class ChatClient:
         return await self.request("GET", f"/api/users/{user_id}/presence")
 
     # -- media and push (node/plugins/media and node/plugins/push own this block) -------
+
+    def _bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except Exception:
+                error = {"code": "http_error", "message": response.text[:200]}
+            raise ClientError(error["code"], error["message"], response.status_code)
+
+    async def upload(self, data: bytes | AsyncIterable[bytes], name: str | None = None) -> dict[str, Any]:
+        """Upload media: raw bytes, or an async iterable of chunks (streamed, never held
+        whole). Returns its metadata; send it with
+        ``conn.send_text(chat, caption, kind="image", media=media["id"])``."""
+        response = await self._http.post("/api/media", content=data, headers=self._bearer(),
+                                          params={"name": name} if name else None)
+        self._raise_for(response)
+        return response.json()["media"]
+
+    async def media_info(self, media_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/api/media/{media_id}/info"))["media"]
+
+    async def fetch_media(
+        self, media_id: str, *, thumbnail: bool = False, headers: dict[str, str] | None = None, auth: bool = True
+    ) -> httpx.Response:
+        """GET a media item's bytes (or thumbnail) as a raw response: status and headers
+        as the server sent them (206, 304, 416, ...), nothing raised."""
+        path = f"/api/media/{media_id}/thumbnail" if thumbnail else f"/api/media/{media_id}"
+        return await self._http.get(path, headers={**(self._bearer() if auth else {}), **(headers or {})})
+
+    async def download(self, media_id: str, *, range: tuple[int, int] | None = None, thumbnail: bool = False) -> bytes:
+        """The bytes of a media item, or of `range` (first, last), inclusive."""
+        headers = {"Range": f"bytes={range[0]}-{range[1]}"} if range else None
+        response = await self.fetch_media(media_id, thumbnail=thumbnail, headers=headers)
+        self._raise_for(response)
+        return response.content
+
+    async def signed_urls(self, media_id: str) -> dict[str, Any]:
+        """``{"url", "thumbnail_url", "expires"}``: URLs (relative to the node) that work
+        without a token until ``expires`` (Unix ms)."""
+        return await self.request("GET", f"/api/media/{media_id}/signed")
+
+    async def register_push_target(
+        self, kind: str, endpoint: str, keys: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Register a push target: ``kind`` "webpush" (with the subscription's ``keys``,
+        ``{"p256dh", "auth"}``) or "webhook". Returns ``{"id", "kind", "endpoint", "created"}``."""
+        body: dict[str, Any] = {"kind": kind, "endpoint": endpoint}
+        if keys is not None:
+            body["keys"] = keys
+        return (await self.request("POST", "/api/push/targets", body))["target"]
+
+    async def push_targets(self) -> list[dict[str, Any]]:
+        return (await self.request("GET", "/api/push/targets"))["targets"]
+
+    async def delete_push_target(self, target_id: str) -> None:
+        await self.request("DELETE", f"/api/push/targets/{target_id}")
+
+    async def vapid_public_key(self) -> str:
+        """The node's VAPID key, for ``pushManager.subscribe({applicationServerKey})``."""
+        return (await self.request("GET", "/api/push/vapid"))["public_key"]
+
     # -- end media and push --
 
     # -- chat socket -----------------------------------------------------------------

@@ -9,8 +9,9 @@ synchronous. There are four kinds, and each has one failure policy:
 - **lifecycle** (``startup``, ``shutdown``): awaited in turn. A failing ``startup`` stops
   start-up; a failing ``shutdown`` is logged and the others still run.
 - **gate** (``prepare_message``): awaited in the sender's task before the message is
-  stored; it may transform the message or veto it by raising ``node.Reject``. Any other
-  exception is logged and rejects the message (fails closed).
+  stored; it may transform the message or veto it by raising ``node.Reject`` (or a
+  ``node.ChatError``, whose code the sender gets). Any other exception is logged and
+  rejects the message (fails closed).
 - **notifications** (``on_*``): fire-and-forget. Each plugin has its own event pump (a
   bounded queue and one task), so a slow plugin never delays delivery or other plugins;
   when its queue is full, further events for it are dropped and counted. An exception is
@@ -89,6 +90,21 @@ def register_frame_types(node: Node) -> dict[str, FrameHandler] | None:
     """
 
 
+@hookspec
+def register_push_providers(node: Node) -> dict[str, Any] | None:
+    """Add push providers: ``{"kind": provider}``, used by the push plugin.
+
+    A device registers a target with ``{"kind": "<kind>", "endpoint": ..., ...}``; the
+    provider of that kind validates it (``provider.check_target(body) -> dict``) and
+    delivers notifications to it (``await provider.send(target, notification)``; raise
+    ``PushGone`` from ``node.plugins.push.providers`` when the endpoint no longer exists).
+    The push plugin itself provides ``webpush`` and ``webhook``. A kind offered twice
+    stops start-up.
+
+    Synchronous. Fires: once, in the push plugin's ``startup``.
+    """
+
+
 # -- lifecycle -------------------------------------------------------------------------
 
 
@@ -122,7 +138,8 @@ def prepare_message(node: Node, user_id: int, chat_id: int, content: dict[str, A
     :param content: the message content (``kind``, ``text``, ...), already validated.
     :return: ``None`` to keep it, or a new content dict (the next plugin sees that one).
         Raise ``node.Reject("why")`` to refuse it: the sender gets a ``rejected`` error
-        and nothing is stored.
+        and nothing is stored. Raise ``node.ChatError(code, "why")`` to refuse it with
+        that documented code instead (e.g. ``not_found``).
 
     Awaited in the sender's reader task, in plugin order (LIFO, ``tryfirst``/``trylast``).
     Failure: any other exception rejects the message with ``internal`` (fails closed).

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: Built-in plugins: (name, "module:factory"). Each factory returns a fresh plugin object,
 #: so several nodes can run in one process without sharing state.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("media", "node.plugins.media:MediaPlugin"),
+    ("push", "node.plugins.push:PushPlugin"),
     ("receipts", "node.plugins.receipts:ReceiptsPlugin"),
     ("lastseen", "node.plugins.lastseen:LastSeenPlugin"),
     ("analytics", "node.plugins.lastseen.analytics:AnalyticsPlugin"),
@@ -184,6 +186,8 @@ class Plugins:
                 result = await await_maybe(self._call(impl, kwargs))
             except Reject as exc:
                 raise ChatError("rejected", exc.message) from None
+            except ChatError:
+                raise  # a documented answer (not_found, forbidden, ...): the sender gets its code
             except Exception:
                 log.exception("plugin %s failed in prepare_message: message rejected", impl.plugin_name)
                 self.failures[impl.plugin_name] = self.failures.get(impl.plugin_name, 0) + 1

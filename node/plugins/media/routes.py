@@ -1,0 +1,261 @@
+"""The media HTTP API: upload, download (ranges, ETags), metadata, thumbnails, signed URLs.
+
+    POST /api/media?name=<file name>   raw body -> 201 {"media": {...}}
+    GET  /api/media/{id}               the bytes (Range, If-None-Match, If-Range)
+    GET  /api/media/{id}/thumbnail     a JPEG thumbnail (images only)
+    GET  /api/media/{id}/info          {"media": {...}}
+    GET  /api/media/{id}/signed        {"url", "thumbnail_url", "expires"}
+
+Uploads stream to disk as they arrive; downloads stream from disk; neither is ever held
+in memory whole. See docs/media.md.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import trio
+from quart import Response, request
+
+from ... import ChatError
+from . import records
+from .ranges import Unsatisfiable, etag_matches, if_range_allows, parse_range
+from .service import MediaService, now_ms
+from .signing import Signer
+from .sniff import SNIFF_BYTES, detect
+from .store import UploadSink, remove_quietly, stream_file
+
+MAX_NAME_CHARS = 255
+IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+class _Body:
+    """The request body, chunk by chunk, with an idle timeout between chunks."""
+
+    def __init__(self, body: Any, idle_timeout: float) -> None:
+        self._body = body
+        self._idle = idle_timeout
+
+    async def next(self) -> bytes | None:
+        with trio.move_on_after(self._idle):
+            try:
+                return await self._body.__anext__()
+            except StopAsyncIteration:
+                return None
+        raise ChatError("bad_request", f"no data for {self._idle:g} seconds: upload abandoned", status=408)
+
+    async def drain(self) -> None:
+        """Read the rest of the body and throw it away.
+
+        hypercorn (0.18) stalls a connection whose app answered before reading the whole
+        body: the unread chunks fill the app's queue and nothing empties it. So a refused
+        upload is read to its end (or until it stalls) before the answer goes out. It
+        costs bandwidth, never memory or disk.
+        """
+        try:
+            while await self.next() is not None:
+                pass
+        except ChatError:
+            pass
+
+    async def head(self, size: int) -> bytes:
+        """At least `size` bytes from the start (fewer only if the body is shorter)."""
+        head = bytearray()
+        while len(head) < size:
+            chunk = await self.next()
+            if chunk is None:
+                break
+            head += chunk
+        return bytes(head)
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A file name to show and to offer on download: no path, no control characters."""
+    if not raw:
+        return None
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
+    if not name or name in (".", ".."):
+        return None
+    if len(name) > MAX_NAME_CHARS:
+        raise ChatError("bad_request", f"'name' is at most {MAX_NAME_CHARS} characters")
+    return name
+
+
+def media_routes(node: Any, plugin: Any) -> list[tuple[str, str, Any]]:
+    """The routes of `plugin` (a MediaPlugin): they are collected before the plugin's
+    `startup` made its service and signer, so each request looks them up."""
+    settings = node.plugins.settings("media")
+
+    def parts() -> tuple[MediaService, Signer | None]:
+        if plugin.service is None:
+            raise ChatError("unavailable", "media is starting")
+        return plugin.service, plugin.signer
+
+    def item_or_404(media_id: str) -> dict[str, Any]:
+        service, _ = parts()
+        item = service.get(int(media_id)) if media_id.isdigit() and len(media_id) <= 20 else None
+        if item is None:
+            raise ChatError("not_found", "no such media")
+        return item
+
+    async def authorize(item: dict[str, Any], variant: str) -> str:
+        """Check the signature or the bearer token; returns the Cache-Control to send."""
+        service, signer = parts()
+        exp, sig = request.args.get("exp"), request.args.get("sig")
+        if signer is not None and sig is not None:
+            now = now_ms()
+            if signer.verify(int(item["id"]), variant, exp, sig, now):
+                return f"private, max-age={max(0, (int(exp) - now) // 1000)}, immutable"
+            if "Authorization" not in request.headers:
+                raise ChatError("forbidden", "the signed URL is invalid or has expired")
+        device = node.current_device()
+        if not await service.may_read(device.user_id, item):
+            raise ChatError("forbidden", "this media was not shared with you")
+        return IMMUTABLE
+
+    async def upload() -> Response:
+        body = _Body(request.body, settings.upload_idle_timeout)
+        try:
+            return await receive(body)
+        except ChatError:
+            await body.drain()
+            raise
+
+    async def receive(body: _Body) -> Response:
+        device = node.current_device()
+        service, _ = parts()
+        name = clean_name(request.args.get("name"))
+        declared = request.content_length
+        if declared is not None and declared > settings.max_upload_bytes:
+            raise ChatError("too_large", f"uploads are limited to {settings.max_upload_bytes} bytes")
+        head = await body.head(SNIFF_BYTES)
+        if not head:
+            raise ChatError("bad_request", "the upload is empty")
+        mime = detect(head)
+        category = settings.category_of(mime)
+        if category is None:
+            raise ChatError("unsupported_media_type", f"{mime} uploads are not accepted here")
+        limit = settings.limit_of(category)
+        if (declared or len(head)) > limit:
+            raise ChatError("too_large", f"{category} uploads are limited to {limit} bytes")
+        tmp = service.store.temp_path()
+        sink = UploadSink(tmp)
+        try:
+            await sink.open()
+            await sink.write(head)
+            while (chunk := await body.next()) is not None:
+                if sink.size + len(chunk) > limit:
+                    raise ChatError("too_large", f"{category} uploads are limited to {limit} bytes")
+                await sink.write(chunk)
+            sha = await sink.finish()
+            item = await service.store_upload(device.user_id, tmp, sha, sink.size, mime, category, name)
+        finally:
+            await sink.aclose()
+            await remove_quietly(tmp)
+        return node.json_response({"media": records.public(item)}, 201)
+
+    async def download(media_id: str) -> Response:
+        item = item_or_404(media_id)
+        cache = await authorize(item, "content")
+        attachment = item["category"] == "file"
+        return await _serve(plugin.service.store.content_path(item["sha256"]), item["mime"], item["sha256"], cache,
+                            _disposition(item.get("name"), attachment))
+
+    async def thumbnail(media_id: str) -> Response:
+        item = item_or_404(media_id)
+        if not item.get("thumbnail"):
+            raise ChatError("not_found", "this media has no thumbnail")
+        cache = await authorize(item, "thumbnail")
+        path = plugin.service.store.thumb_path(item["sha256"])
+        return await _serve(path, "image/jpeg", f"{item['sha256']}-t", cache, "inline")
+
+    async def info(media_id: str) -> Response:
+        item = item_or_404(media_id)
+        device = node.current_device()
+        if not await plugin.service.may_read(device.user_id, item):
+            raise ChatError("forbidden", "this media was not shared with you")
+        extra = {"owner": item["owner"], "created": item["created"]}
+        return node.json_response({"media": {**records.public(item), **extra}})
+
+    async def signed(media_id: str) -> Response:
+        service, signer = parts()
+        if signer is None:
+            raise ChatError("not_found", "signed URLs are switched off on this node")
+        item = item_or_404(media_id)
+        device = node.current_device()
+        if not await service.may_read(device.user_id, item):
+            raise ChatError("forbidden", "this media was not shared with you")
+        exp = signer.expiry(now_ms())
+        mid = int(item["id"])
+
+        def url(variant: str, path: str) -> str:
+            return f"/api/media/{mid}{path}?exp={exp}&sig={signer.sign(mid, variant, exp)}"
+
+        return node.json_response({
+            "url": url("content", ""),
+            "thumbnail_url": url("thumbnail", "/thumbnail") if item.get("thumbnail") else None,
+            "expires": exp,
+        })
+
+    return [
+        ("POST", "/api/media", upload),
+        ("GET", "/api/media/<media_id>", download),
+        ("GET", "/api/media/<media_id>/thumbnail", thumbnail),
+        ("GET", "/api/media/<media_id>/info", info),
+        ("GET", "/api/media/<media_id>/signed", signed),
+    ]
+
+
+def _disposition(name: str | None, attachment: bool) -> str:
+    kind = "attachment" if attachment else "inline"
+    if not name:
+        return kind
+    fallback = name.encode("ascii", "replace").decode().replace('"', "'").replace("?", "_")
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def _serve(path: Path, mime: str, tag: str, cache: str, disposition: str) -> Response:
+    """The file at `path`, whole or the one range asked for, streamed in chunks."""
+    try:
+        size = (await trio.Path(path).stat()).st_size
+    except FileNotFoundError:
+        raise ChatError("not_found", "no such media") from None
+    etag = f'"{tag}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": cache,
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    if etag_matches(request.headers.get("If-None-Match"), etag):
+        return Response(b"", status=304, headers=headers)
+    try:
+        wanted = parse_range(request.headers.get("Range"), size) if if_range_allows(
+            request.headers.get("If-Range"), etag) else None
+    except Unsatisfiable:
+        error = ChatError("bad_request", f"the range asked for is outside the content ({size} bytes)", status=416)
+        response = Response(orjson.dumps({"error": error.to_json()}), status=416, mimetype="application/json")
+        response.headers["Content-Range"] = f"bytes */{size}"
+        return response
+    first, last = wanted if wanted is not None else (0, size - 1)
+    headers["Content-Disposition"] = disposition
+    headers["Content-Length"] = str(last - first + 1)
+    status = 200
+    if wanted is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    body = stream_file(path, first, last) if request.method != "HEAD" and size else _empty()
+    response = Response(body, status=status, headers=headers, content_type=mime)
+    response.timeout = None  # a large file to a slow client may take longer than RESPONSE_TIMEOUT
+    return response
+
+
+async def _empty():
+    return
+    yield b""

@@ -1,0 +1,388 @@
+"""Media items: storing uploads, who may read them, and garbage collection.
+
+Who may read an item: its uploader, and every user who may see a stored message that
+carries it (a member of the chat whose visible range holds the message's seq; see
+`ChatState.visible_range`). A deleted, expired or purged message grants nothing.
+
+Shares are recorded in two steps, because `on_message_stored` is a notification: it runs
+after the message was delivered (a recipient may ask for the media first), and under
+load it can be dropped. So the gate, `prepare_message`, durably records a *pending*
+share (media, chat, the chat's seq at that moment) before the message is submitted.
+A reader who is not covered by a recorded share but is in a chat with a pending share
+gets the chat log searched from that seq on; what is found there is recorded as a
+share. `on_message_stored` records shares early, so that search is rare. The log is the
+truth throughout: a share counts only while its log entry still carries the item.
+
+Garbage collection looks at an item when it is due in `media_gc`: `gc_grace` after its
+upload, when a message carrying it is deleted, and when such a message expires. An item
+goes when no message carries it any longer and no send of it is in flight (a pending
+share younger than `pending_timeout`); one that was never sent waits out `gc_grace`.
+Its file goes when no other item has the same content. One lock serialises every change
+to media records and files, so a send can never pass the gate for an item that the
+collector is deleting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from ... import ChatError
+from ...storage import WriteBatch
+from ...storage.keys import u64
+from . import records
+from .images import ImageRejected, process_image
+from .probe import probe
+from .records import CONTENT, GC, ITEMS, PENDING, SHARES
+from .settings import MediaSettings
+from .sniff import kind_accepts
+from .store import ContentStore, remove_quietly, write_temp
+
+log = logging.getLogger(__name__)
+
+MEDIA_KINDS = frozenset({"image", "audio", "video", "file"})
+LOG_PAGE = 512  # log entries per page when searching a chat for a pending share
+LOG_SCAN_LIMIT = 20_000  # entries searched at most per pending share
+GC_BATCH = 500  # due items handled per round of a collection
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MediaService:
+    def __init__(self, node: Any, settings: MediaSettings, store: ContentStore) -> None:
+        self.node = node
+        self.storage = node.storage
+        self.settings = settings
+        self.store = store
+        self._lock = trio.Lock()
+        self._images = trio.CapacityLimiter(settings.processing_threads)
+        self.collections = 0
+
+    # -- uploads ----------------------------------------------------------------------
+
+    async def store_upload(
+        self, owner: int, tmp: Path, sha: str, size: int, mime: str, category: str, name: str | None
+    ) -> dict[str, Any]:
+        """Turn a complete, fsynced temp file into an item (the temp file is consumed)."""
+        meta: dict[str, Any] = {}
+        thumb: bytes | None = None
+        clean_tmp: Path | None = None
+        try:
+            if category == "image":
+                async with self._images:
+                    try:
+                        clean, thumb, meta = await trio.to_thread.run_sync(
+                            lambda: process_image(
+                                tmp, mime, max_pixels=self.settings.max_image_pixels,
+                                thumbnail_size=self.settings.thumbnail_size, quality=self.settings.jpeg_quality,
+                            )
+                        )
+                    except ImageRejected as exc:
+                        raise ChatError("too_large" if exc.too_large else "bad_request", str(exc)) from None
+                clean_tmp = self.store.temp_path()
+                sha = await trio.to_thread.run_sync(write_temp, clean_tmp, clean)
+                size = len(clean)
+                del clean
+                source = clean_tmp
+            else:
+                meta = await trio.to_thread.run_sync(probe, tmp, mime)
+                source = tmp
+            item = {"id": "", "owner": str(owner), "sha256": sha, "size": size, "mime": mime, "category": category,
+                    "thumbnail": thumb is not None, "created": 0, **meta}
+            if name:
+                item["name"] = name
+            with trio.CancelScope(shield=True):  # a file moved into place gets its record
+                return await self._commit_upload(item, source, thumb)
+        finally:
+            await remove_quietly(*(p for p in (tmp, clean_tmp) if p is not None))
+
+    async def _commit_upload(self, item: dict[str, Any], source: Path, thumb: bytes | None) -> dict[str, Any]:
+        sha = item["sha256"]
+        async with self._lock:
+            content = records.get_content(self.storage, sha)
+            installed = False
+            if content is None:
+                await trio.to_thread.run_sync(self.store.install, sha, source, thumb)
+                installed = True
+                content = {"items": 0, "size": item["size"], "mime": item["mime"]}
+            media_id = self.node.ids.next_id()
+            now = now_ms()
+            item.update(id=str(media_id), created=now)
+            batch = WriteBatch()
+            batch.put(ITEMS, u64(media_id), orjson.dumps(item))
+            batch.put(CONTENT, bytes.fromhex(sha), orjson.dumps({**content, "items": content["items"] + 1}))
+            batch.put(GC, records.gc_key(now + self._grace_ms, media_id), b"")
+            try:
+                await self.storage.write(batch)
+            except BaseException:
+                if installed:
+                    await trio.to_thread.run_sync(self.store.remove, sha)
+                raise
+        return item
+
+    @property
+    def _grace_ms(self) -> int:
+        return int(self.settings.gc_grace * 1000)
+
+    # -- reading -------------------------------------------------------------------
+
+    def get(self, media_id: int) -> dict[str, Any] | None:
+        return records.get_item(self.storage, media_id)
+
+    async def may_read(self, user_id: int, item: dict[str, Any]) -> bool:
+        """Whether `user_id` may download the item (see the module docstring)."""
+        if int(item["owner"]) == user_id:
+            return True
+        media_id = int(item["id"])
+        now = now_ms()
+        for _key, chat_id, seq, expires in records.shares_of(self.storage, media_id):
+            if expires and expires <= now:
+                continue
+            if self._visible(user_id, chat_id, seq) and await self._log_carries(chat_id, seq, media_id, now):
+                return True
+        for _key, chat_id, _started, floor in records.pending_of(self.storage, media_id):
+            chat = self.node.chats.get(chat_id)
+            if chat is None or chat.visible_range(user_id) is None:
+                continue
+            found = await self._search_log(chat_id, floor, media_id, now)
+            if found:
+                await self._record_shares(media_id, chat_id, found)
+            if any(self._visible(user_id, chat_id, seq) for seq, _ in found):
+                return True
+        return False
+
+    def _visible(self, user_id: int, chat_id: int, seq: int) -> bool:
+        chat = self.node.chats.get(chat_id)
+        visible = chat.visible_range(user_id) if chat is not None else None
+        return visible is not None and visible[0] <= seq <= visible[1]
+
+    async def _log_carries(self, chat_id: int, seq: int, media_id: int, now: int) -> bool:
+        rows = await self.node.chats.read_range(chat_id, seq, seq, 1)
+        return bool(rows) and _carries(orjson.loads(rows[0][1]), media_id, now)
+
+    async def _search_log(self, chat_id: int, floor: int, media_id: int, now: int) -> list[tuple[int, int]]:
+        """(seq, expires_at) of the live messages after `floor` in a chat that carry the item."""
+        chat = self.node.chats.get(chat_id)
+        if chat is None:
+            return []
+        needle = f'"{media_id}"'.encode()
+        found = []
+        first, last = floor + 1, chat.committed_seq
+        scanned = 0
+        while first <= last and scanned < LOG_SCAN_LIMIT:
+            rows = await self.node.chats.read_range(chat_id, first, last, LOG_PAGE)
+            if not rows:
+                break
+            for seq, raw in rows:
+                if needle in raw:
+                    record = orjson.loads(raw)
+                    if _carries(record, media_id, now):
+                        found.append((seq, record.get("expires_at") or 0))
+            scanned += len(rows)
+            first = rows[-1][0] + 1
+        return found
+
+    # -- sending (the gate) ------------------------------------------------------------
+
+    async def prepare(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any] | None:
+        """`prepare_message`: resolve `media` to its metadata and record a pending share."""
+        kind = content.get("kind")
+        if kind not in MEDIA_KINDS:
+            return None
+        ref = content.get("media")
+        if not isinstance(ref, str) or not ref.isdigit():
+            raise ChatError("bad_request", "'media' must be the id of an upload")
+        media_id = int(ref)
+        item = self.get(media_id)
+        if item is None:
+            raise ChatError("not_found", "no such media")
+        if int(item["owner"]) != user_id:
+            raise ChatError("forbidden", "you can only send media you uploaded")
+        if not kind_accepts(kind, item["category"], item["mime"]):
+            raise ChatError("bad_request", f"a {kind} message cannot carry {item['mime']} media")
+        chat = self.node.chats.get(chat_id)
+        if chat is not None and chat.member(user_id) is not None:  # else the core refuses it
+            async with self._lock:
+                if self.get(media_id) is None:
+                    raise ChatError("not_found", "no such media")
+                batch = WriteBatch()
+                batch.put(PENDING, records.pending_key(media_id, chat_id, now_ms()), u64(chat.last_seq))
+                await self.storage.write(batch)
+        return {**content, "media": records.public(item)}
+
+    # -- shares (from on_message_stored) ----------------------------------------------
+
+    async def message_stored(self, chat_id: int, message: dict[str, Any]) -> None:
+        kind = message.get("kind")
+        media = message.get("media")
+        if kind in MEDIA_KINDS and isinstance(media, dict) and str(media.get("id", "")).isdigit():
+            await self._record_shares(int(media["id"]), chat_id, [(message["seq"], message.get("expires_at") or 0)])
+        elif kind == "delete" and isinstance(message.get("target_seq"), int):
+            rows = await self.node.chats.read_range(chat_id, message["target_seq"], message["target_seq"], 1)
+            tombstone = orjson.loads(rows[0][1]) if rows else {}
+            released = tombstone.get("deleted_media")
+            if released and str(released).isdigit():
+                await self._release(int(released), chat_id, message["target_seq"])
+
+    async def _record_shares(self, media_id: int, chat_id: int, found: list[tuple[int, int]]) -> None:
+        async with self._lock:
+            item = self.get(media_id)
+            if item is None:
+                return
+            batch = WriteBatch()
+            for seq, expires in found:
+                batch.put(SHARES, records.share_key(media_id, chat_id, seq), u64(expires))
+                if expires:
+                    batch.put(GC, records.gc_key(expires, media_id), b"")
+            if not item.get("used"):
+                batch.put(ITEMS, u64(media_id), orjson.dumps({**item, "used": True}))
+            await self.storage.write(batch)
+
+    async def _release(self, media_id: int, chat_id: int, seq: int) -> None:
+        async with self._lock:
+            batch = WriteBatch()
+            batch.delete(SHARES, records.share_key(media_id, chat_id, seq))
+            batch.put(GC, records.gc_key(now_ms(), media_id), b"")
+            await self.storage.write(batch)
+
+    # -- garbage collection --------------------------------------------------------------
+
+    async def collect_garbage(self, now: int | None = None) -> dict[str, int]:
+        """One collection: settle old pending shares, then every item that is due.
+
+        `now` (Unix ms) defaults to the clock; tests pass a later time instead of waiting.
+        Returns counts: items deleted, content files deleted, pending shares settled.
+        """
+        now = now_ms() if now is None else now
+        stats = {"items": 0, "files": 0, "pending": await self._settle_pending(now)}
+        while True:
+            due = await self.storage.read_in_thread(records.due_for_gc, self.storage, now, GC_BATCH)
+            for key, media_id in due:
+                items, files = await self._collect_one(key, media_id, now)
+                stats["items"] += items
+                stats["files"] += files
+            if len(due) < GC_BATCH:
+                break
+        self.collections += 1
+        return stats
+
+    async def _settle_pending(self, now: int) -> int:
+        """Pending shares older than pending_timeout: record what reached the log, drop them."""
+        cutoff = now - int(self.settings.pending_timeout * 1000)
+        old = await self.storage.read_in_thread(records.old_pending, self.storage, cutoff)
+        for key, media_id, chat_id, floor in old:
+            found = await self._search_log(chat_id, floor, media_id, now)
+            if found:
+                await self._record_shares(media_id, chat_id, found)
+            async with self._lock:
+                batch = WriteBatch()
+                batch.delete(PENDING, key)
+                await self.storage.write(batch)
+        return len(old)
+
+    async def _collect_one(self, key: bytes, media_id: int, now: int) -> tuple[int, int]:
+        async with self._lock:
+            batch = WriteBatch()
+            batch.delete(GC, key)
+            item = self.get(media_id)
+            if item is None:
+                await self.storage.write(batch)
+                return 0, 0
+            live, wait_until = await self._liveness(item, now, batch)
+            if live:
+                await self.storage.write(batch)
+                return 0, 0
+            if wait_until is not None:
+                batch.put(GC, records.gc_key(wait_until, media_id), b"")
+                await self.storage.write(batch)
+                return 0, 0
+            sha = item["sha256"]
+            batch.delete(ITEMS, u64(media_id))
+            for share_key, *_ in records.shares_of(self.storage, media_id):
+                batch.delete(SHARES, share_key)
+            for pending_key, *_ in records.pending_of(self.storage, media_id):
+                batch.delete(PENDING, pending_key)
+            content = records.get_content(self.storage, sha)
+            last = content is None or content["items"] <= 1
+            if last:
+                batch.delete(CONTENT, bytes.fromhex(sha))
+            else:
+                batch.put(CONTENT, bytes.fromhex(sha), orjson.dumps({**content, "items": content["items"] - 1}))
+            await self.storage.write(batch)
+            if last:
+                await trio.to_thread.run_sync(self.store.remove, sha)
+            log.debug("media %d collected%s", media_id, " with its file" if last else "")
+            return 1, int(last)
+
+    async def _liveness(self, item: dict[str, Any], now: int, batch: WriteBatch) -> tuple[bool, int | None]:
+        """(live, wait until): live if a message still carries it; otherwise a time to look
+        again if a send may be in flight or its grace has not passed. Stale shares are
+        dropped into `batch`."""
+        media_id = int(item["id"])
+        live = False
+        for key, chat_id, seq, expires in records.shares_of(self.storage, media_id):
+            if (not expires or expires > now) and await self._log_carries(chat_id, seq, media_id, now):
+                live = True
+            else:
+                batch.delete(SHARES, key)
+        if live:
+            return True, None
+        timeout = int(self.settings.pending_timeout * 1000)
+        in_flight = [started + timeout for _, _, started, _ in records.pending_of(self.storage, media_id)
+                     if started + timeout > now]
+        if in_flight:
+            return False, max(in_flight)
+        grace_end = item["created"] + self._grace_ms
+        if not item.get("used") and grace_end > now:
+            return False, grace_end
+        return False, None
+
+    async def sweep_orphans(self) -> int:
+        """Remove content files that no record names (left by a crash between moving a
+        file into place and committing its record). Runs once at start-up."""
+        known = await self.storage.read_in_thread(records.all_content, self.storage)
+        orphans = await trio.to_thread.run_sync(self.store.orphans, known)
+        removed = 0
+        for sha in orphans:
+            async with self._lock:
+                if records.get_content(self.storage, sha) is None:
+                    await trio.to_thread.run_sync(self.store.remove, sha)
+                    removed += 1
+        if removed:
+            log.info("removed %d orphaned media files", removed)
+        return removed
+
+    async def serve_gc(self) -> None:
+        """Collect every `gc_interval` seconds until cancelled; a failure is logged."""
+        try:
+            await self.sweep_orphans()
+        except Exception:
+            log.exception("media orphan sweep failed")
+        while True:
+            await trio.sleep(self.settings.gc_interval)
+            try:
+                stats = await self.collect_garbage()
+                if stats["items"]:
+                    log.info("media collected: %(items)d items, %(files)d files", stats)
+            except Exception:
+                log.exception("media garbage collection failed")
+
+    def statistics(self) -> dict[str, Any]:
+        with self.storage.read() as txn:
+            return {**records.counts(txn, self.storage), "collections": self.collections}
+
+
+def _carries(record: dict[str, Any], media_id: int, now: int) -> bool:
+    """Whether a log record is a live message carrying the item."""
+    media = record.get("media")
+    if record.get("kind") not in MEDIA_KINDS or not isinstance(media, dict) or media.get("id") != str(media_id):
+        return False
+    expires = record.get("expires_at")
+    return not expires or expires > now

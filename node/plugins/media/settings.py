@@ -1,0 +1,80 @@
+"""`[plugins.media]`: where media lives, what may be uploaded, how big, and when it goes."""
+
+from __future__ import annotations
+
+import attrs
+
+MIB = 1024 * 1024
+
+#: The four categories of media, in the order a detected type is looked up in them.
+CATEGORIES = ("image", "audio", "video", "file")
+
+
+def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name}: must be > 0, got {value!r}")
+
+
+def _not_negative(_instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name}: must be >= 0, got {value!r}")
+
+
+def _mime_list(_instance: object, attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    for mime in value:
+        if not isinstance(mime, str) or mime.count("/") != 1:
+            raise ValueError(f"{attribute.name}: {mime!r} is not a MIME type")
+
+
+@attrs.frozen
+class MediaSettings:
+    """The media plugin's settings; every field has a default (docs/media.md)."""
+
+    dir: str = "media"  # content store, relative to node.data_dir unless absolute
+    image_types: tuple[str, ...] = attrs.field(
+        default=("image/jpeg", "image/png", "image/gif", "image/webp"), validator=_mime_list)
+    audio_types: tuple[str, ...] = attrs.field(
+        default=("audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/wav", "audio/flac"), validator=_mime_list)
+    video_types: tuple[str, ...] = attrs.field(
+        default=("video/mp4", "video/webm", "video/quicktime"), validator=_mime_list)
+    file_types: tuple[str, ...] = attrs.field(
+        default=(
+            "application/pdf", "text/plain", "application/zip", "application/gzip", "application/x-7z-compressed",
+            "application/x-tar", "application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            "application/vnd.oasis.opendocument.text", "application/vnd.oasis.opendocument.spreadsheet",
+            "application/vnd.oasis.opendocument.presentation", "application/epub+zip", "application/rtf",
+        ),
+        validator=_mime_list,
+    )
+    max_image_bytes: int = attrs.field(default=20 * MIB, validator=_positive)
+    max_audio_bytes: int = attrs.field(default=50 * MIB, validator=_positive)
+    max_video_bytes: int = attrs.field(default=200 * MIB, validator=_positive)
+    max_file_bytes: int = attrs.field(default=100 * MIB, validator=_positive)
+    max_image_pixels: int = attrs.field(default=50_000_000, validator=_positive)  # width x height
+    thumbnail_size: int = attrs.field(default=320, validator=_positive)  # longest side, pixels
+    jpeg_quality: int = attrs.field(default=90, validator=attrs.validators.and_(attrs.validators.ge(1),
+                                                                                attrs.validators.le(95)))
+    processing_threads: int = attrs.field(default=2, validator=_positive)  # images decoded at once
+    upload_idle_timeout: float = attrs.field(default=60.0, validator=_positive)  # seconds without data
+    gc_grace: float = attrs.field(default=86400.0, validator=_not_negative)  # seconds an upload waits for a message
+    gc_interval: float = attrs.field(default=600.0, validator=_positive)  # seconds between collections
+    pending_timeout: float = attrs.field(default=600.0, validator=_positive)  # seconds a send in flight protects
+    signed_urls: bool = True  # GET /api/media/{id}/signed and ?exp=&sig= downloads
+    signed_url_ttl: float = attrs.field(default=3600.0, validator=_positive)  # seconds; URLs live ttl/2 to ttl
+
+    def category_of(self, mime: str) -> str | None:
+        """The first category whose allow-list has `mime`, or None (refused)."""
+        for category in CATEGORIES:
+            if mime in getattr(self, f"{category}_types"):
+                return category
+        return None
+
+    def limit_of(self, category: str) -> int:
+        return getattr(self, f"max_{category}_bytes")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return max(self.limit_of(category) for category in CATEGORIES)

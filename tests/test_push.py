@@ -1,0 +1,452 @@
+"""The push plugin end to end: a real node notifies a real HTTP receiver on loopback.
+
+For Web Push the test plays the browser: it makes the subscription's P-256 key pair and
+auth secret, decrypts what arrives with its own RFC 8291 code (cryptography's ECDH, HKDF
+and AES-GCM; not the library the node encrypts with) and checks the VAPID JWT's ES256
+signature and claims against the node's public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import orjson
+import pytest
+import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from conftest import make_config, new_user, running_node
+from node import hookimpl
+from node.app import serve_node
+from node.client import ChatClient, ClientError
+from node.plugins.push.webpush import encrypt
+
+X962 = serialization.Encoding.X962
+UNCOMPRESSED = serialization.PublicFormat.UncompressedPoint
+
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64u(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# -- a push service on loopback -----------------------------------------------------------
+
+
+class Receiver:
+    """A tiny HTTP server (raw ASGI on hypercorn) that records every request and answers
+    with the next status from `statuses` (then 201), or from `by_path[path]` if given."""
+
+    def __init__(self, statuses: list[int] | None = None, by_path: dict[str, list[int]] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.by_path = {path: list(codes) for path, codes in (by_path or {}).items()}
+        self._send, self.requests = trio.open_memory_channel[dict[str, Any]](1000)
+        self.url = ""
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        queue = self.by_path.get(scope["path"], self.statuses)
+        status = queue.pop(0) if queue else 201
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        self._send.send_nowait({"path": scope["path"], "headers": headers, "body": body, "status": status})
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def next(self, timeout: float = 10.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            return await self.requests.receive()
+
+    def received_nowait(self) -> list[dict[str, Any]]:
+        out = []
+        while True:
+            try:
+                out.append(self.requests.receive_nowait())
+            except trio.WouldBlock:
+                return out
+
+
+@asynccontextmanager
+async def receiver(statuses: list[int] | None = None, by_path: dict[str, list[int]] | None = None):
+    r = Receiver(statuses, by_path)
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, r.app, config, shutdown_trigger=stop.wait))
+        r.url = binds[0]
+        try:
+            yield r
+        finally:
+            stop.set()
+
+
+def push_config(tmp_path, **push):
+    settings = {"allow_private_endpoints": True, "retry_base": 0.05, "collapse_window": 0.0, **push}
+    return make_config(tmp_path, plugins={"push": settings})
+
+
+class Browser:
+    """What a browser's PushSubscription holds: a P-256 key pair and an auth secret."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.auth = os.urandom(16)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {"p256dh": b64u(self.key.public_key().public_bytes(X962, UNCOMPRESSED)), "auth": b64u(self.auth)}
+
+    def decrypt(self, body: bytes) -> bytes:
+        return rfc8291_decrypt(body, self.key, self.auth)
+
+
+def rfc8291_decrypt(body: bytes, ua_private: ec.EllipticCurvePrivateKey, auth_secret: bytes) -> bytes:
+    """RFC 8291 section 3 + RFC 8188, the receiving side, from the primitives up."""
+    salt, rs, idlen = body[:16], int.from_bytes(body[16:20], "big"), body[20]
+    as_public, ciphertext = body[21:21 + idlen], body[21 + idlen:]
+    assert idlen == 65 and len(ciphertext) <= rs, "one record, keyid = the sender's public key"
+    ua_public = ua_private.public_key().public_bytes(X962, UNCOMPRESSED)
+    shared = ua_private.exchange(ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), as_public))
+    ikm = HKDF(hashes.SHA256(), 32, salt=auth_secret, info=b"WebPush: info\x00" + ua_public + as_public).derive(shared)
+    cek = HKDF(hashes.SHA256(), 16, salt=salt, info=b"Content-Encoding: aes128gcm\x00").derive(ikm)
+    nonce = HKDF(hashes.SHA256(), 12, salt=salt, info=b"Content-Encoding: nonce\x00").derive(ikm)
+    padded = AESGCM(cek).decrypt(nonce, ciphertext, None).rstrip(b"\x00")
+    assert padded.endswith(b"\x02"), "the last record ends with the 0x02 delimiter"
+    return padded[:-1]
+
+
+def check_vapid(authorization: str, public_key: str, endpoint_origin: str) -> dict[str, Any]:
+    """RFC 8292: `vapid t=<JWT>, k=<key>`; the JWT is ES256 over aud/exp/sub."""
+    scheme, _, params = authorization.partition(" ")
+    assert scheme == "vapid"
+    fields = dict(part.strip().split("=", 1) for part in params.split(","))
+    assert fields["k"] == public_key
+    header_b64, claims_b64, signature_b64 = fields["t"].split(".")
+    assert orjson.loads(unb64u(header_b64)) == {"typ": "JWT", "alg": "ES256"}
+    claims = orjson.loads(unb64u(claims_b64))
+    signature = unb64u(signature_b64)
+    assert len(signature) == 64
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), unb64u(public_key))
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    key.verify(der, f"{header_b64}.{claims_b64}".encode(), ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):
+        key.verify(der, f"{header_b64}.{claims_b64}x".encode(), ec.ECDSA(hashes.SHA256()))
+    assert claims["aud"] == endpoint_origin
+    assert time.time() < claims["exp"] <= time.time() + 24 * 3600
+    assert claims["sub"].startswith(("mailto:", "https:"))
+    return claims
+
+
+# -- Web Push -------------------------------------------------------------------------------
+
+
+async def test_web_push_is_encrypted_for_the_subscription_and_signed_with_vapid(tmp_path):
+    config = push_config(tmp_path, vapid_subject="mailto:ops@example.org")
+    async with receiver() as service, running_node(config) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        browser = Browser()
+        with trio.fail_after(20):
+            public_key = await bob.vapid_public_key()
+            assert len(unb64u(public_key)) == 65 and unb64u(public_key)[0] == 4
+            target = await bob.register_push_target("webpush", f"{service.url}/push/bob-1", browser.keys)
+            assert target["kind"] == "webpush" and "keys" not in target
+            assert await bob.push_targets() == [target]
+            async with alice.connect() as a:
+                ack = await a.send_text(chat["id"], "the secret plan")
+            assert ack["status"] == "pending"  # bob has no device online
+            request = await service.next()
+        headers = request["headers"]
+        assert request["path"] == "/push/bob-1"
+        assert headers["content-encoding"] == "aes128gcm" and int(headers["ttl"]) > 0
+        assert b"secret plan" not in request["body"]
+        claims = check_vapid(headers["authorization"], public_key, service.url)
+        assert claims["sub"] == "mailto:ops@example.org"
+        notification = orjson.loads(browser.decrypt(request["body"]))
+        assert notification == {
+            "type": "message", "node": node.config.node.name, "chat": chat["id"], "from": alice.user["id"],
+            "message": ack["id"], "seq": ack["seq"], "ts": ack["ts"], "count": 1,
+        }
+        await alice.aclose()
+        await bob.aclose()
+
+
+def test_encryption_reproduces_the_rfc_8291_example():
+    """RFC 8291 section 5: fixed keys and salt give exactly the published message."""
+    sender = ec.derive_private_key(int.from_bytes(unb64u("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"), "big"),
+                                   ec.SECP256R1())
+    receiver_public = unb64u("BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4")
+    auth = unb64u("BTBZMqHH6r4Tts7J_aSIgg")
+    expected = ("DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEq"
+                "KK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN")
+    body = encrypt(b"When I grow up, I want to be a watermelon", receiver_public, auth,
+                   salt=unb64u("DGv6ra1nlYgDCS1FRnbzlw"), sender=sender)
+    assert b64u(body) == expected
+    ua_private = ec.derive_private_key(int.from_bytes(unb64u("q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94"), "big"),
+                                       ec.SECP256R1())
+    assert rfc8291_decrypt(body, ua_private, auth) == b"When I grow up, I want to be a watermelon"
+
+
+async def test_the_vapid_key_is_made_once_and_kept(tmp_path):
+    config = push_config(tmp_path)
+    async with running_node(config) as node:
+        alice = await new_user(node, "alice")
+        first = await alice.vapid_public_key()
+        await alice.aclose()
+    key_file = config.data_dir / "push" / "vapid_private.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    async with running_node(config) as node:
+        alice = ChatClient(node.http_url)
+        assert await alice.vapid_public_key() == first
+        await alice.aclose()
+
+
+# -- webhooks, previews, online users ---------------------------------------------------------
+
+
+async def test_webhook_with_previews_and_none_for_online_users(tmp_path):
+    async with receiver() as hook, running_node(push_config(tmp_path, previews=True)) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        with trio.fail_after(20):
+            await bob.register_push_target("webhook", f"{hook.url}/up/bob")
+            async with alice.connect() as a:
+                async with bob.connect() as b:  # bob is online: no push for these
+                    for text in ("one", "two"):
+                        await a.send_text(chat["id"], text)
+                        await b.wait_for("message", text=text)
+                ack = await a.send_text(chat["id"], "while you were away " + "x" * 300)
+            request = await hook.next()
+        assert request["headers"]["content-type"] == "application/json"
+        notification = orjson.loads(request["body"])
+        # the first notification is about the message sent while bob was offline
+        assert notification["message"] == ack["id"] and notification["count"] == 1
+        assert notification["kind"] == "text" and notification["sender_name"] == "alice"
+        assert notification["text"].startswith("while you were away") and len(notification["text"]) == 200
+        assert hook.received_nowait() == []
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_no_previews_by_default(tmp_path):
+    async with receiver() as hook, running_node(push_config(tmp_path)) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        group = await alice.create_group("g", usernames=["bob"])
+        media = await alice.upload(b"plain words\n" * 10)
+        with trio.fail_after(20):
+            await bob.register_push_target("webhook", f"{hook.url}/hook")
+            async with alice.connect() as a:
+                await a.send_text(group["id"], "caption text", kind="file", media=media["id"])
+            notification = orjson.loads((await hook.next())["body"])
+        assert set(notification) == {"type", "node", "chat", "from", "message", "seq", "ts", "count"}
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_a_burst_is_collapsed_per_target(tmp_path):
+    async with receiver() as hook, running_node(push_config(tmp_path, collapse_window=0.5)) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        with trio.fail_after(20):
+            await bob.register_push_target("webhook", f"{hook.url}/a")
+            await bob.register_push_target("webhook", f"{hook.url}/b")
+            async with alice.connect() as a:
+                acks = await a.send_many([{"chat": chat["id"], "text": f"m{i}"} for i in range(10)])
+            per_target: dict[str, list[dict[str, Any]]] = {"/a": [], "/b": []}
+            while sum(n["count"] for n in per_target["/a"]) < 10 or sum(n["count"] for n in per_target["/b"]) < 10:
+                request = await hook.next()
+                per_target[request["path"]].append(orjson.loads(request["body"]))
+        for notifications in per_target.values():
+            assert 1 <= len(notifications) <= 2  # the first at once, the rest when the window ends
+            assert notifications[-1]["message"] == acks[-1]["id"]
+        await alice.aclose()
+        await bob.aclose()
+
+
+# -- failures -------------------------------------------------------------------------------------
+
+
+async def test_failures_are_retried_with_backoff(tmp_path):
+    async with receiver(statuses=[500, 503]) as hook, running_node(push_config(tmp_path)) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        with trio.fail_after(20):
+            await bob.register_push_target("webhook", f"{hook.url}/flaky")
+            async with alice.connect() as a:
+                await a.send_text(chat["id"], "hello")
+            attempts = [await hook.next() for _ in range(3)]
+            push = node.plugins.pm.get_plugin("push")
+            while push.statistics()["sent"] == 0:  # the node has yet to read the answer
+                await trio.sleep(0.01)
+        assert [r["status"] for r in attempts] == [500, 503, 201]
+        assert len({r["body"] for r in attempts}) == 1  # the same notification, again
+        assert push.statistics()["retried"] == 2 and push.statistics()["failed"] == 0
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_attempts_are_bounded(tmp_path):
+    async with receiver(statuses=[500] * 3) as hook, running_node(push_config(tmp_path, max_attempts=3)) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        push = node.plugins.pm.get_plugin("push")
+        with trio.fail_after(20):
+            await bob.register_push_target("webhook", f"{hook.url}/down")
+            async with alice.connect() as a:
+                await a.send_text(chat["id"], "hello")
+                assert [(await hook.next())["status"] for _ in range(3)] == [500, 500, 500]
+                while push.statistics()["failed"] == 0:
+                    await trio.sleep(0.01)
+                await a.send_text(chat["id"], "later")  # the next message is tried afresh
+                later = await hook.next()
+        assert later["status"] == 201 and orjson.loads(later["body"])["count"] == 1
+        assert len(await bob.push_targets()) == 1
+        await alice.aclose()
+        await bob.aclose()
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_a_gone_endpoint_is_removed(tmp_path, status):
+    async with receiver(by_path={"/gone": [status]}) as hook, running_node(push_config(tmp_path)) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        with trio.fail_after(20):
+            await bob.register_push_target("webhook", f"{hook.url}/gone")
+            keep = await bob.register_push_target("webhook", f"{hook.url}/kept")
+            async with alice.connect() as a:
+                await a.send_text(chat["id"], "hello")
+            paths = sorted([(await hook.next())["path"], (await hook.next())["path"]])
+            assert paths == ["/gone", "/kept"]
+            while len(await bob.push_targets()) != 1:
+                await trio.sleep(0.01)
+        assert await bob.push_targets() == [keep]
+        await alice.aclose()
+        await bob.aclose()
+
+
+# -- registration ------------------------------------------------------------------------------------
+
+
+async def test_target_registration_is_validated(tmp_path):
+    async with running_node(make_config(tmp_path)) as node:  # default: public https endpoints only
+        bob = await new_user(node, "bob")
+        browser = Browser()
+        bad = [
+            ("sms", "https://push.example.org/x", None),
+            ("webhook", "ftp://push.example.org/x", None),
+            ("webhook", "http://push.example.org/x", None),  # https only
+            ("webhook", "https://127.0.0.1:9/x", None),  # not on the node's own network
+            ("webhook", "https://[::1]/x", None),
+            ("webhook", "https://10.1.2.3/x", None),
+            ("webhook", "https://localhost/x", None),
+            ("webpush", "https://push.example.org/x", None),
+            ("webpush", "https://push.example.org/x", {"p256dh": "AAAA", "auth": browser.keys["auth"]}),
+            ("webpush", "https://push.example.org/x", {"p256dh": browser.keys["p256dh"], "auth": "AAAA"}),
+            ("webpush", "https://push.example.org/x", {"p256dh": b64u(b"\x04" + bytes(64)),
+                                                       "auth": browser.keys["auth"]}),  # not on the curve
+        ]
+        for kind, endpoint, keys in bad:
+            with pytest.raises(ClientError) as refused:
+                await bob.register_push_target(kind, endpoint, keys)
+            assert refused.value.code == "bad_request", (kind, endpoint)
+        target = await bob.register_push_target("webpush", "https://push.example.org/sub/1", browser.keys)
+        again = await bob.register_push_target("webpush", "https://push.example.org/sub/1", Browser().keys)
+        assert again["id"] == target["id"]  # the same subscription, renewed
+        hook = await bob.register_push_target("webhook", "https://ntfy.example.org/up123")
+        assert {t["id"] for t in await bob.push_targets()} == {target["id"], hook["id"]}
+        alice = await new_user(node, "alice")
+        assert await alice.push_targets() == []
+        with pytest.raises(ClientError) as not_hers:
+            await alice.delete_push_target(target["id"])
+        assert not_hers.value.code == "not_found"
+        await bob.delete_push_target(target["id"])
+        assert await bob.push_targets() == [hook]
+        unauthenticated = ChatClient(node.http_url)
+        with pytest.raises(ClientError) as anonymous:
+            await unauthenticated.push_targets()
+        assert anonymous.value.code == "unauthorized"
+        await unauthenticated.aclose()
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_the_oldest_targets_make_way(tmp_path):
+    async with running_node(push_config(tmp_path, max_targets_per_user=2)) as node:
+        bob = await new_user(node, "bob")
+        first = await bob.register_push_target("webhook", "http://127.0.0.1:9/1")
+        await trio.sleep(0.002)
+        second = await bob.register_push_target("webhook", "http://127.0.0.1:9/2")
+        await trio.sleep(0.002)
+        third = await bob.register_push_target("webhook", "http://127.0.0.1:9/3")
+        assert {t["id"] for t in await bob.push_targets()} == {second["id"], third["id"]}
+        assert first["id"] not in {t["id"] for t in await bob.push_targets()}
+        await bob.aclose()
+
+
+# -- a provider from another plugin ----------------------------------------------------------------
+
+
+class CarrierPigeon:
+    """A third-party provider: `register_push_providers` adds the kind "pigeon"."""
+
+    name = "pigeon"
+
+    def __init__(self) -> None:
+        self.sent, self._inbox = trio.open_memory_channel(10)
+
+    @hookimpl
+    def register_push_providers(self, node):
+        return {"pigeon": self}
+
+    def check_target(self, body):
+        return {"endpoint": str(body.get("endpoint"))}
+
+    async def send(self, target, notification):
+        self.sent.send_nowait((target["endpoint"], notification))
+
+
+async def test_providers_are_pluggable(tmp_path):
+    pigeon = CarrierPigeon()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(partial(serve_node, push_config(tmp_path), plugins=[pigeon],
+                                           load_entrypoints=False))
+        try:
+            alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+            chat = await alice.open_direct(username="bob")
+            with trio.fail_after(10):
+                await bob.register_push_target("pigeon", "loft 7")
+                async with alice.connect() as a:
+                    ack = await a.send_text(chat["id"], "coo")
+                endpoint, notification = await pigeon._inbox.receive()
+            assert endpoint == "loft 7" and notification["message"] == ack["id"]
+            await alice.aclose()
+            await bob.aclose()
+        finally:
+            node.request_shutdown()
