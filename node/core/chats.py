@@ -388,7 +388,10 @@ class Chats:
             floor = member["from_seq"] - 1
             for session in sessions:
                 if session is not exclude:
-                    session.deliver(chat.id, seq, event, floor)
+                    try:
+                        session.deliver(chat.id, seq, event, floor)
+                    except Exception:  # one broken session must not cost the others their copy
+                        log.exception("delivery to a session failed")
         if offline and record["kind"] in CONTENT_KINDS:
             self.plugins.notify("on_recipients_offline", chat_id=chat.id, message=record, user_ids=offline)
         return offline

@@ -358,9 +358,13 @@ class Session:
 
     def _request_catchup(self, chat_id: int) -> None:
         self._catchup[chat_id] = None
-        if not self._syncing and self._nursery is not None:
-            self._syncing = True
+        if self._syncing or self._nursery is None or self._closing:
+            return  # a closing device catches up when it reconnects
+        try:
             self._nursery.start_soon(self._syncer)
+        except RuntimeError:  # the session's nursery is already closing
+            return
+        self._syncing = True
 
     def _start_sync(self, cursors: dict[int, int]) -> None:
         chats = self.node.chats
