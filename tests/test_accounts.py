@@ -101,3 +101,22 @@ async def test_api_requires_a_token(node):
             assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
         response = await c._http.get("/api/nowhere")
         assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+async def test_admin_endpoints_and_metrics(node, users):
+    alice = await users("alice")
+    async with alice.connect():
+        stats = await alice.request("GET", "/api/admin/stats")  # loopback, no admin token configured
+        assert stats["hub"]["connections"] == 1
+        response = await alice._http.get("/metrics")
+        assert response.status_code == 200
+        assert "chatnode_hub_connections 1.0" in response.text
+        assert "chatnode_storage_commits" in response.text
+
+
+async def test_admin_token_is_required_when_configured(tmp_path):
+    async with running_node(make_config(tmp_path, admin={"token": "s3cret"})) as node, ChatClient(node.http_url) as c:
+        assert (await c._http.get("/metrics")).status_code == 401
+        assert (await c._http.get("/api/admin/stats", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        ok = await c._http.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and "chatnode_hub_connections" in ok.text

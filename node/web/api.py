@@ -380,6 +380,9 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
         return Response(b"", status=204)
 
     # -- web client (node/web/client.py owns what is inside this block) --------------
+    from .client import add_web_client
+
+    add_web_client(app, node)
     # -- end web client --
 
     # -- plugins ---------------------------------------------------------------------
@@ -394,6 +397,13 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
     async def admin_stats() -> Response:
         require_admin()
         return json_response(node.statistics())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        require_admin()
+        from .metrics import CONTENT_TYPE, render
+
+        return Response(render(node), status=200, content_type=CONTENT_TYPE)
 
     # -- cluster (node/cluster owns what is inside this block) ----------------------
     @app.get("/api/admin/cluster/members")
