@@ -297,6 +297,7 @@ async def test_only_the_uploader_and_those_who_can_see_the_message_may_download(
         assert info.value.code == "forbidden"
         assert (await carol.fetch_media(before["id"], thumbnail=True)).status_code == 403
         assert (await bob.fetch_media(before["id"], auth=False)).status_code == 401
+        assert (await bob.fetch_media("123456789", auth=False)).status_code == 401  # nothing told to strangers
         assert (await bob.fetch_media("123456789")).status_code == 404
         assert (await alice.fetch_media(unsent["id"])).status_code == 200
         # bob leaves: he keeps what he saw, but nothing shared later
@@ -666,3 +667,18 @@ def test_unit_probe_reads_mp4_boxes():
     assert info["width"] == 64 and info["height"] == 48 and 0.9 < info["duration"] < 1.3
     assert probe(DATA / "tiny.webm", "video/webm") == {}
     assert orjson.dumps(info)
+
+
+def test_unit_animations_keep_their_frames_and_lose_their_comments(tmp_path):
+    from node.plugins.media.images import process_image
+
+    frames = [Image.new("RGB", (30, 20), color) for color in ("red", "green", "blue")]
+    for fmt, mime in (("GIF", "image/gif"), ("WEBP", "image/webp"), ("PNG", "image/png")):
+        path = tmp_path / f"a.{fmt.lower()}"
+        extra = {"comment": b"secret comment"} if fmt == "GIF" else {}
+        frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=[50, 60, 70], loop=0, **extra)
+        clean, thumb, meta = process_image(path, mime, max_pixels=10**6, thumbnail_size=16, quality=90)
+        image = Image.open(io.BytesIO(clean))
+        assert image.format == fmt and getattr(image, "n_frames", 1) == 3, fmt
+        assert b"secret" not in clean and meta == {"width": 30, "height": 20}
+        assert max(Image.open(io.BytesIO(thumb)).size) <= 16

@@ -103,20 +103,22 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[str, str, Any]]:
             raise ChatError("not_found", "no such media")
         return item
 
-    async def authorize(item: dict[str, Any], variant: str) -> str:
-        """Check the signature or the bearer token; returns the Cache-Control to send."""
+    async def authorized_item(media_id: str, variant: str) -> tuple[dict[str, Any], str]:
+        """The item, if the signature or the bearer token allows it, and the Cache-Control
+        to send. Who is asking is settled first, so strangers learn nothing of what exists."""
         service, signer = parts()
         exp, sig = request.args.get("exp"), request.args.get("sig")
-        if signer is not None and sig is not None:
+        if signer is not None and sig is not None and media_id.isdigit() and len(media_id) <= 20:
             now = now_ms()
-            if signer.verify(int(item["id"]), variant, exp, sig, now):
-                return f"private, max-age={max(0, (int(exp) - now) // 1000)}, immutable"
+            if signer.verify(int(media_id), variant, exp, sig, now):
+                return item_or_404(media_id), f"private, max-age={max(0, (int(exp) - now) // 1000)}, immutable"
             if "Authorization" not in request.headers:
                 raise ChatError("forbidden", "the signed URL is invalid or has expired")
         device = node.current_device()
+        item = item_or_404(media_id)
         if not await service.may_read(device.user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
-        return IMMUTABLE
+        return item, IMMUTABLE
 
     async def upload() -> Response:
         body = _Body(request.body, settings.upload_idle_timeout)
@@ -160,23 +162,21 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[str, str, Any]]:
         return node.json_response({"media": records.public(item)}, 201)
 
     async def download(media_id: str) -> Response:
-        item = item_or_404(media_id)
-        cache = await authorize(item, "content")
+        item, cache = await authorized_item(media_id, "content")
         attachment = item["category"] == "file"
         return await _serve(plugin.service.store.content_path(item["sha256"]), item["mime"], item["sha256"], cache,
                             _disposition(item.get("name"), attachment))
 
     async def thumbnail(media_id: str) -> Response:
-        item = item_or_404(media_id)
+        item, cache = await authorized_item(media_id, "thumbnail")
         if not item.get("thumbnail"):
             raise ChatError("not_found", "this media has no thumbnail")
-        cache = await authorize(item, "thumbnail")
         path = plugin.service.store.thumb_path(item["sha256"])
         return await _serve(path, "image/jpeg", f"{item['sha256']}-t", cache, "inline")
 
     async def info(media_id: str) -> Response:
-        item = item_or_404(media_id)
         device = node.current_device()
+        item = item_or_404(media_id)
         if not await plugin.service.may_read(device.user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         extra = {"owner": item["owner"], "created": item["created"]}
@@ -186,8 +186,8 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[str, str, Any]]:
         service, signer = parts()
         if signer is None:
             raise ChatError("not_found", "signed URLs are switched off on this node")
-        item = item_or_404(media_id)
         device = node.current_device()
+        item = item_or_404(media_id)
         if not await service.may_read(device.user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         exp = signer.expiry(now_ms())
