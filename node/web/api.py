@@ -380,6 +380,9 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
         return Response(b"", status=204)
 
     # -- web client (node/web/client.py owns what is inside this block) --------------
+    from .client import add_web_client
+
+    add_web_client(app, node)
     # -- end web client --
 
     # -- plugins ---------------------------------------------------------------------

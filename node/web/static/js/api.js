@@ -1,0 +1,122 @@
+// The HTTP API (docs/protocol.md): JSON requests with the session's bearer token, and
+// media uploads through XMLHttpRequest for their progress events.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code);
+    this.status = status; // 0: the request never reached the node
+    this.code = code;
+  }
+
+  get offline() {
+    return this.status === 0;
+  }
+}
+
+export class Api {
+  constructor(base = '') {
+    this.base = base;
+    this.token = null;
+    this.wsUrlCache = null;
+  }
+
+  async request(method, path, body, query) {
+    const url = new URL(this.base + path, location.href);
+    for (const [key, value] of Object.entries(query || {})) {
+      if (value !== undefined && value !== null) url.searchParams.set(key, value);
+    }
+    const headers = {};
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let response;
+    try {
+      response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    } catch (err) {
+      throw new ApiError(0, 'network', 'The node cannot be reached.');
+    }
+    if (response.status === 204) return null;
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (err) {
+      if (response.ok) throw new ApiError(response.status, 'invalid_json', 'The node sent an unreadable answer.');
+    }
+    if (!response.ok) {
+      const error = (data && data.error) || {};
+      throw new ApiError(response.status, error.code || 'http_error', error.message || response.statusText);
+    }
+    return data;
+  }
+
+  // node and accounts
+  info() { return this.request('GET', '/api/info'); }
+  register(username, password, displayName) {
+    const body = { username, password };
+    if (displayName) body.display_name = displayName;
+    return this.request('POST', '/api/register', body);
+  }
+  login(username, password) { return this.request('POST', '/api/login', { username, password, device: deviceName() }); }
+  logout() { return this.request('POST', '/api/logout'); }
+  me() { return this.request('GET', '/api/me'); }
+
+  async wsUrl() {
+    if (!this.wsUrlCache) this.wsUrlCache = (await this.info()).ws_url;
+    return this.wsUrlCache;
+  }
+
+  // users
+  async searchUsers(prefix, limit = 20) { return (await this.request('GET', '/api/users', undefined, { prefix, limit })).users; }
+  async user(id) { return (await this.request('GET', `/api/users/${id}`)).user; }
+  presence(id) { return this.request('GET', `/api/users/${id}/presence`); }
+
+  // chats
+  async chats() { return (await this.request('GET', '/api/chats')).chats; }
+  async chat(id) { return (await this.request('GET', `/api/chats/${id}`)).chat; }
+  async openDirect(userId) { return (await this.request('POST', '/api/chats/direct', { user_id: userId })).chat; }
+  history(chatId, before, limit = 50) { return this.request('GET', `/api/chats/${chatId}/messages`, undefined, { before, limit }); }
+  async updateChat(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}`, changes)).chat; }
+  receipts(chatId, seq) { return this.request('GET', `/api/chats/${chatId}/messages/${seq}/receipts`); }
+
+  // groups
+  async createGroup(title, members) { return (await this.request('POST', '/api/groups', { title, members })).chat; }
+  async members(chatId) { return (await this.request('GET', `/api/chats/${chatId}/members`)).members; }
+  async addMembers(chatId, users) { return (await this.request('POST', `/api/chats/${chatId}/members`, { users })).chat; }
+  removeMember(chatId, userId) { return this.request('DELETE', `/api/chats/${chatId}/members/${userId}`); }
+  leave(chatId) { return this.request('POST', `/api/chats/${chatId}/leave`); }
+  setAdmin(chatId, userId, admin) { return this.request(admin ? 'PUT' : 'DELETE', `/api/chats/${chatId}/admins/${userId}`); }
+
+  // media
+  signedMedia(id) { return this.request('GET', `/api/media/${id}/signed`); }
+
+  /** Upload a file as the raw request body. Returns {promise, abort}; the promise gives the media object. */
+  upload(file, onProgress) {
+    const xhr = new XMLHttpRequest();
+    const promise = new Promise((resolve, reject) => {
+      const url = new URL(`${this.base}/api/media`, location.href);
+      url.searchParams.set('name', file.name || 'file');
+      xhr.open('POST', url);
+      if (this.token) xhr.setRequestHeader('Authorization', `Bearer ${this.token}`);
+      xhr.setRequestHeader('Content-Type', file.type || 'application/octet-stream');
+      xhr.responseType = 'json';
+      xhr.upload.onprogress = (e) => { if (e.lengthComputable && onProgress) onProgress(e.loaded, e.total); };
+      xhr.onload = () => {
+        const data = xhr.response;
+        if (xhr.status >= 200 && xhr.status < 300 && data && data.media) resolve(data.media);
+        else {
+          const error = (data && data.error) || {};
+          reject(new ApiError(xhr.status, error.code || 'http_error', error.message || 'The upload failed.'));
+        }
+      };
+      xhr.onerror = () => reject(new ApiError(0, 'network', 'The upload was interrupted.'));
+      xhr.onabort = () => reject(new ApiError(0, 'aborted', 'The upload was cancelled.'));
+      xhr.send(file);
+    });
+    return { promise, abort: () => xhr.abort() };
+  }
+}
+
+function deviceName() {
+  const ua = navigator.userAgent;
+  const browser = /Firefox\//.test(ua) ? 'Firefox' : /Edg\//.test(ua) ? 'Edge' : /Chrom/.test(ua) ? 'Chromium' : /Safari\//.test(ua) ? 'Safari' : 'Browser';
+  return `${browser} (web)`;
+}

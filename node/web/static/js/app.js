@@ -1,0 +1,217 @@
+// Start-up and wiring: the saved session or the login screen, the views, the banners,
+// and the address bar (#chat=<id> opens a chat, so reloads and the back button work).
+
+import { $ } from './dom.js';
+import { Api } from './api.js';
+import { Store } from './store.js';
+import { Session } from './session.js';
+import { dismissOffer, notify, requestPermission, shouldOffer } from './notify.js';
+import { LoginView } from './views/login.js';
+import { ChatListView } from './views/chatlist.js';
+import { ConversationView } from './views/conversation.js';
+import { Dialogs } from './views/dialogs.js';
+import { chatTitle, entryText } from './views/text.js';
+
+const SAVED = 'chatnode.session';
+
+const api = new Api();
+const store = new Store();
+let session = null;
+let info = null;
+let views = null;
+let toastTimer = null;
+
+function toast(text) {
+  const el = $('#toast');
+  el.textContent = text;
+  el.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { el.hidden = true; }, 4000);
+}
+
+function saved() {
+  try {
+    const value = JSON.parse(localStorage.getItem(SAVED) || 'null');
+    return value && value.token && value.user ? value : null;
+  } catch (err) {
+    return null;
+  }
+}
+
+async function boot() {
+  try {
+    info = await api.info();
+    api.wsUrlCache = info.ws_url;
+  } catch (err) {
+    info = null; // offline: a saved session still starts, and reconnects when it can
+  }
+  $('#boot').hidden = true;
+  const auth = saved();
+  if (auth) startSession(auth);
+  else showLogin();
+}
+
+function showLogin() {
+  $('#main-view').hidden = true;
+  document.title = 'chatnode';
+  if (!views || !views.login) {
+    views = { ...views, login: new LoginView(api, (result) => {
+      const auth = { token: result.token, device_id: result.device_id, user: result.user };
+      localStorage.setItem(SAVED, JSON.stringify(auth));
+      views.login.hide();
+      startSession(auth);
+    }) };
+  }
+  views.login.show(info);
+}
+
+async function startSession(auth) {
+  api.token = auth.token;
+  store.reset();
+  store.me = auth.user;
+  session = new Session(api, store, auth);
+  session.addEventListener('unauthorized', () => endSession('Your session ended. Log in again.'));
+  session.addEventListener('incoming', (e) => onIncoming(e.detail));
+  session.socket.addEventListener('failed', (e) => {
+    const { item, error } = e.detail;
+    if (item.kind === 'edit' || item.kind === 'delete') {
+      session.discard(item.client_msg_id);
+      toast(`Could not ${item.kind} the message: ${error.message || error.code}`);
+    }
+  });
+  if (!views || !views.chatList) {
+    const dialogs = new Dialogs(store, session, { onOpenChat: openChat, toast });
+    views = {
+      ...views,
+      dialogs,
+      chatList: new ChatListView(store, session, { onOpen: openChat, onStartDirect: startDirect }),
+      conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast }),
+    };
+    wireChrome();
+  } else {
+    for (const view of [views.dialogs, views.chatList, views.conversation]) view.session = session;
+  }
+  $('#main-view').hidden = false;
+  views.chatList.render();
+  showNotifyOffer();
+  try {
+    await session.start();
+  } catch (err) {
+    if (err.status === 401) {
+      endSession('Your session ended. Log in again.');
+      return;
+    }
+    toast(err.message);
+  }
+  route();
+}
+
+function endSession(message) {
+  if (session) session.stop();
+  session = null;
+  localStorage.removeItem(SAVED);
+  api.token = null;
+  store.reset();
+  if (views && views.conversation) views.conversation.close();
+  history.replaceState(null, '', location.pathname);
+  showLogin();
+  if (message) $('#auth-error').textContent = message;
+}
+
+function wireChrome() {
+  $('#logout').addEventListener('click', async () => {
+    if (!(await views.dialogs.confirm('Log out of chatnode on this browser?', 'Log out'))) return;
+    await session.logout();
+    endSession(null);
+  });
+  $('#new-group').addEventListener('click', () => views.dialogs.newGroup());
+  $('#conn-retry').addEventListener('click', () => session && session.socket.retryNow());
+  $('#notify-on').addEventListener('click', async () => {
+    $('#notify-banner').hidden = true;
+    const result = await requestPermission();
+    if (result !== 'granted') toast('Notifications stay off. You can allow them in the browser settings.');
+  });
+  $('#notify-later').addEventListener('click', () => {
+    dismissOffer();
+    $('#notify-banner').hidden = true;
+  });
+  window.addEventListener('hashchange', route);
+  window.addEventListener('popstate', route);
+  store.addEventListener('change', (e) => {
+    if (e.detail.what === 'connection') renderConnection();
+  });
+  setInterval(renderConnection, 1000);
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && !document.querySelector('dialog[open]') && store.activeChatId
+      && document.activeElement === document.body) openChat(null);
+  });
+}
+
+function renderConnection() {
+  const banner = $('#conn-banner');
+  const { state, retryAt } = store.connection;
+  const retry = $('#conn-retry');
+  let text = '';
+  if (state === 'offline') {
+    const seconds = Math.max(0, Math.ceil(((retryAt || Date.now()) - Date.now()) / 1000));
+    text = navigator.onLine === false ? 'You are offline. Messages you send will go out when you are back.'
+      : `Not connected. Reconnecting${seconds ? ` in ${seconds} s` : '…'}`;
+  } else if (state === 'connecting') {
+    text = 'Connecting…';
+  }
+  const waiting = session ? session.outbox.waiting().length : 0;
+  if (text && waiting) text += ` (${waiting} waiting to send)`;
+  banner.hidden = !text;
+  banner.dataset.state = state;
+  if ($('#conn-text').textContent !== text) $('#conn-text').textContent = text;
+  retry.hidden = state !== 'offline' || navigator.onLine === false;
+}
+
+function showNotifyOffer() {
+  $('#notify-banner').hidden = !shouldOffer();
+}
+
+function onIncoming(entry) {
+  const chat = store.chats.get(entry.chat);
+  if (!chat) return;
+  const title = chat.kind === 'group' ? `${store.nameOf(entry.from)} in ${chatTitle(chat)}` : chatTitle(chat);
+  notify({ title, body: entryText(store, entry), tag: entry.chat, onClick: () => openChat(entry.chat) });
+}
+
+// -- which chat is open: the address bar is the truth -------------------------------------
+
+function openChat(chatId) {
+  const hash = chatId ? `#chat=${chatId}` : '';
+  if (location.hash !== hash) {
+    if (chatId) location.hash = hash;
+    else history.pushState(null, '', location.pathname);
+  }
+  route();
+}
+
+async function startDirect(userId) {
+  try {
+    openChat(await session.startDirect(userId));
+  } catch (err) {
+    toast(err.message);
+  }
+}
+
+function route() {
+  if (!session) return;
+  const match = /^#chat=(\d+)$/.exec(location.hash);
+  const chatId = match ? match[1] : null;
+  if (chatId && chatId === store.activeChatId) return;
+  if (chatId) {
+    views.conversation.open(chatId);
+    session.openChat(chatId).then(() => {
+      if (!store.chats.has(chatId)) openChat(null);
+    });
+  } else if (store.activeChatId || !$('#chat-view').hidden) {
+    session.closeChat();
+    views.conversation.close();
+  }
+  views.chatList.schedule();
+}
+
+boot();

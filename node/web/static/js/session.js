@@ -1,0 +1,395 @@
+// A logged-in session: loads chats and history, feeds socket events into the store,
+// and carries out what the user does (send, edit, delete, read, groups, timers).
+
+import { ChatSocket } from './socket.js';
+import { Outbox } from './outbox.js';
+import { CONTENT_KINDS } from './store.js';
+
+const TYPING_EVERY = 2500; // ms between typing hints while someone types
+const TYPING_IDLE = 4000; // ms without a keystroke before "stopped typing"
+const MEMBERSHIP_EVENTS = new Set(['created', 'added', 'removed', 'left', 'promoted', 'demoted']);
+
+export class Session extends EventTarget {
+  constructor(api, store, auth) {
+    super();
+    this.api = api;
+    this.store = store;
+    this.auth = auth; // {token, user, device_id}
+    this.outbox = new Outbox(`chatnode.outbox.${auth.user.id}`);
+    this.socket = new ChatSocket(api, this.outbox);
+    this.counter = 0;
+    this.typingChat = null;
+    this.typingSentAt = 0;
+    this.typingTimer = null;
+    this.userRequests = new Map();
+    this.synced = false;
+    this.reconnected = false;
+    this.chatsLoaded = false;
+  }
+
+  // -- start and stop -----------------------------------------------------------------
+
+  async start() {
+    const { store, socket } = this;
+    store.me = this.auth.user;
+    store.rememberUser(this.auth.user);
+    socket.userId = this.auth.user.id;
+    socket.addEventListener('status', (e) => {
+      store.connection = e.detail;
+      if (e.detail.state !== 'online') this.synced = false;
+      store.changed('connection');
+    });
+    socket.addEventListener('event', (e) => this.onEvent(e.detail));
+    socket.addEventListener('sent', (e) => this.onSent(e.detail));
+    socket.addEventListener('failed', () => store.changed('outbox'));
+    socket.addEventListener('unauthorized', () => this.dispatchEvent(new Event('unauthorized')));
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible' && store.activeChatId) this.markRead(store.activeChatId);
+    });
+    try {
+      const me = await this.api.me();
+      store.me = me.user;
+      store.settings = me.settings || {};
+      store.rememberUser(me.user);
+    } catch (err) {
+      if (!err.offline) throw err;
+    }
+    await this.loadChats();
+    socket.start(this.auth.token);
+  }
+
+  stop() {
+    this.socket.stop();
+  }
+
+  async loadChats() {
+    try {
+      const chats = await this.api.chats();
+      this.store.setChats(chats);
+      for (const chat of chats) this.socket.seed(chat.id, chat.last_seq);
+      this.chatsLoaded = true;
+    } catch (err) {
+      if (!err.offline) throw err; // offline: the socket retries, and its resync fills in
+    }
+  }
+
+  // -- events from the socket ---------------------------------------------------------
+
+  onEvent(event) {
+    const { store } = this;
+    switch (event.type) {
+      case 'welcome':
+        store.me = { ...store.me, ...event.user };
+        break;
+      case 'synced':
+        this.onSynced();
+        break;
+      case 'message':
+        this.onMessage(event);
+        break;
+      case 'delivered':
+        store.onDelivered(event);
+        break;
+      case 'read':
+        store.onRead(event);
+        if (event.user === store.me.id) this.refreshChat(event.chat);
+        break;
+      case 'presence':
+        store.setPresence(event);
+        break;
+      case 'typing':
+        if (event.user !== store.me.id) store.onTyping(event);
+        break;
+      default:
+        break;
+    }
+  }
+
+  onSynced() {
+    const first = !this.reconnected;
+    this.reconnected = true;
+    this.synced = true;
+    const active = this.store.activeChatId;
+    if (!first || !this.chatsLoaded) {
+      // Receipts and presence changes are not replayed: ask again for what is on screen.
+      this.loadChats();
+      if (active) this.loadChatDetails(active);
+    }
+    if (active) this.markRead(active);
+    this.store.changed('connection');
+  }
+
+  onMessage(event) {
+    const { store } = this;
+    const { type, ...entry } = event;
+    const known = store.chats.has(entry.chat);
+    if (!store.applyEntry(entry.chat, entry, true)) return;
+    if (entry.from) store.stopTyping(entry.chat, entry.from);
+    if (entry.from && !store.users.has(entry.from)) this.ensureUser(entry.from);
+    if (!known) this.refreshChat(entry.chat);
+    if (entry.kind === 'system') this.onSystem(entry);
+    if (entry.from !== store.me.id && CONTENT_KINDS.has(entry.kind)) {
+      if (store.activeChatId === entry.chat && document.visibilityState === 'visible') this.markRead(entry.chat);
+      else if (this.synced) this.dispatchEvent(new CustomEvent('incoming', { detail: entry }));
+    }
+  }
+
+  onSystem(entry) {
+    const { store } = this;
+    for (const id of entry.users || []) if (!store.users.has(id)) this.ensureUser(id);
+    if (entry.by && !store.users.has(entry.by)) this.ensureUser(entry.by);
+    if (MEMBERSHIP_EVENTS.has(entry.event) || entry.event === 'renamed' || entry.event === 'ttl_changed') {
+      this.refreshChat(entry.chat);
+      if (store.members.has(entry.chat)) this.loadMembers(entry.chat);
+    }
+  }
+
+  /** Our own send was stored: hold it as an entry of its chat. */
+  onSent({ ack, item }) {
+    const { store } = this;
+    if (ack.type === 'message') {
+      this.onMessage(ack); // it came back whole (a replay after a lost ack)
+      return;
+    }
+    const log = store.log(item.chat);
+    const entry = { id: ack.id, chat: item.chat, seq: ack.seq, from: store.me.id, ts: ack.ts, kind: item.kind, client_msg_id: item.client_msg_id };
+    if (item.text) entry.text = item.text;
+    if (item.kind === 'edit' || item.kind === 'delete') {
+      entry.target = item.target;
+      const target = log.byId.get(item.target);
+      if (target) entry.target_seq = target.seq;
+    } else {
+      entry.status = ack.status === 'read' || ack.status === 'delivered' ? ack.status : 'sent';
+      if (item.media_info) entry.media = item.media_info;
+      if (item.reply_to) {
+        entry.reply_to = item.reply_to;
+        const target = log.byId.get(item.reply_to);
+        if (target) entry.reply_to_seq = target.seq;
+      }
+      const chat = store.chats.get(item.chat);
+      if (chat && chat.ttl) entry.expires_at = ack.ts + chat.ttl * 1000;
+    }
+    store.applyEntry(item.chat, entry, true);
+    store.changed('outbox', item.chat);
+  }
+
+  // -- loading ------------------------------------------------------------------------
+
+  async refreshChat(chatId) {
+    try {
+      this.store.mergeChat(await this.api.chat(chatId));
+    } catch (err) {
+      if (err.code === 'not_member') this.store.removeChat(chatId);
+    }
+  }
+
+  ensureUser(userId) {
+    if (this.userRequests.has(userId)) return;
+    const request = this.api.user(userId).then((user) => {
+      this.store.rememberUser(user);
+      this.store.changed('users');
+    }).catch(() => this.userRequests.delete(userId));
+    this.userRequests.set(userId, request);
+  }
+
+  async openChat(chatId) {
+    const { store } = this;
+    store.activeChatId = chatId;
+    store.changed('active', chatId);
+    if (!store.chats.has(chatId)) await this.refreshChat(chatId);
+    if (!store.chats.has(chatId)) {
+      store.activeChatId = null;
+      store.changed('active', null);
+      return;
+    }
+    if (!store.log(chatId).loaded) await this.loadHistory(chatId, true);
+    this.loadChatDetails(chatId);
+    this.markRead(chatId);
+  }
+
+  closeChat() {
+    this.stopTyping();
+    this.store.activeChatId = null;
+    this.store.changed('active', null);
+  }
+
+  loadChatDetails(chatId) {
+    const chat = this.store.chats.get(chatId);
+    if (!chat) return;
+    if (chat.kind === 'group') this.loadMembers(chatId);
+    else if (chat.peer) this.loadPresence(chat.peer.id);
+  }
+
+  async loadHistory(chatId, newest = false) {
+    const log = this.store.log(chatId);
+    if (!newest && (!log.hasMore || this.loadingHistory)) return;
+    this.loadingHistory = true;
+    try {
+      const before = newest || log.oldest === Infinity ? undefined : log.oldest;
+      const page = await this.api.history(chatId, before, 50);
+      for (const entry of page.messages) if (entry.from && !this.store.users.has(entry.from)) this.ensureUser(entry.from);
+      this.store.mergeHistory(chatId, page.messages, page.has_more, newest);
+    } catch (err) {
+      if (!err.offline) console.warn('history', err);
+    } finally {
+      this.loadingHistory = false;
+    }
+  }
+
+  async loadMembers(chatId) {
+    try {
+      this.store.setMembers(chatId, await this.api.members(chatId));
+    } catch (err) {
+      if (err.code === 'not_member') this.refreshChat(chatId);
+    }
+  }
+
+  async loadPresence(userId) {
+    try {
+      this.store.setPresence(await this.api.presence(userId));
+    } catch (err) { /* presence is a nicety */ }
+  }
+
+  // -- sending ------------------------------------------------------------------------
+
+  newClientMsgId() {
+    this.counter += 1;
+    const device = (this.auth.device_id || 'web').slice(-8);
+    return `w${device}-${Date.now().toString(36)}-${this.counter}`;
+  }
+
+  queue(item) {
+    const full = { client_msg_id: this.newClientMsgId(), created: Date.now(), ...item };
+    this.socket.send(full);
+    this.store.changed('outbox', item.chat);
+    return full;
+  }
+
+  sendText(chatId, text, replyTo) {
+    this.stopTyping();
+    return this.queue({ chat: chatId, kind: 'text', text, reply_to: replyTo || undefined });
+  }
+
+  sendMedia(chatId, media, caption, replyTo, kind) {
+    return this.queue({
+      chat: chatId, kind: kind || mediaKind(media.mime), media: media.id, media_info: media,
+      text: caption || undefined, reply_to: replyTo || undefined,
+    });
+  }
+
+  editMessage(chatId, entry, text) {
+    return this.queue({ chat: chatId, kind: 'edit', target: entry.id, text });
+  }
+
+  deleteMessage(chatId, entry) {
+    return this.queue({ chat: chatId, kind: 'delete', target: entry.id });
+  }
+
+  retry(clientMsgId) {
+    this.socket.retry(clientMsgId);
+    this.store.changed('outbox');
+  }
+
+  discard(clientMsgId) {
+    const item = this.outbox.remove(clientMsgId);
+    this.store.changed('outbox', item && item.chat);
+  }
+
+  pending(chatId) {
+    return this.outbox.forChat(chatId).filter((item) => item.kind !== 'edit' && item.kind !== 'delete');
+  }
+
+  markRead(chatId) {
+    const chat = this.store.chats.get(chatId);
+    if (!chat || document.visibilityState !== 'visible' || this.store.activeChatId !== chatId) return;
+    const seq = chat.last_seq || 0;
+    if (seq <= (chat.read_seq || 0) && !chat.unread) return;
+    if (this.socket.read(chatId, seq)) {
+      chat.read_seq = seq;
+      chat.unread = 0;
+      this.store.changed('chats', chatId);
+    }
+  }
+
+  /** The composer changed: tell the chat we are typing (throttled), or that we stopped. */
+  typing(chatId, hasText) {
+    clearTimeout(this.typingTimer);
+    if (!hasText) {
+      this.stopTyping();
+      return;
+    }
+    const now = Date.now();
+    if (this.typingChat !== chatId || now - this.typingSentAt > TYPING_EVERY) {
+      if (this.typingChat && this.typingChat !== chatId) this.stopTyping();
+      if (this.socket.typing(chatId, true)) {
+        this.typingChat = chatId;
+        this.typingSentAt = now;
+      }
+    }
+    this.typingTimer = setTimeout(() => this.stopTyping(), TYPING_IDLE);
+  }
+
+  stopTyping() {
+    clearTimeout(this.typingTimer);
+    if (this.typingChat) this.socket.typing(this.typingChat, false);
+    this.typingChat = null;
+    this.typingSentAt = 0;
+  }
+
+  // -- chats and groups ---------------------------------------------------------------
+
+  async startDirect(userId) {
+    const chat = this.store.mergeChat(await this.api.openDirect(userId));
+    return chat.id;
+  }
+
+  async createGroup(title, memberIds) {
+    const chat = this.store.mergeChat(await this.api.createGroup(title, memberIds));
+    return chat.id;
+  }
+
+  async setTtl(chatId, seconds) {
+    this.store.mergeChat(await this.api.updateChat(chatId, { ttl: seconds }));
+  }
+
+  async rename(chatId, title) {
+    this.store.mergeChat(await this.api.updateChat(chatId, { title }));
+  }
+
+  async addMembers(chatId, userIds) {
+    this.store.mergeChat(await this.api.addMembers(chatId, userIds));
+    await this.loadMembers(chatId);
+  }
+
+  async removeMember(chatId, userId) {
+    await this.api.removeMember(chatId, userId);
+    await this.loadMembers(chatId);
+  }
+
+  async setAdmin(chatId, userId, admin) {
+    await this.api.setAdmin(chatId, userId, admin);
+    await this.loadMembers(chatId);
+  }
+
+  async leave(chatId) {
+    await this.api.leave(chatId);
+    await this.refreshChat(chatId);
+  }
+
+  async logout() {
+    this.stopTyping();
+    this.socket.stop();
+    try {
+      await this.api.logout();
+    } catch (err) { /* the token is forgotten here either way */ }
+    this.outbox.clear();
+  }
+}
+
+export function mediaKind(mime) {
+  if (!mime) return 'file';
+  if (mime.startsWith('image/')) return 'image';
+  if (mime.startsWith('audio/')) return 'audio';
+  if (mime.startsWith('video/')) return 'video';
+  return 'file';
+}

@@ -1,0 +1,290 @@
+// The chat socket (docs/protocol.md, "The chat socket"): hello with cursors, replay,
+// cumulative `received` acknowledgements, the outbox, and reconnecting with backoff.
+//
+// Cursors: per chat, the highest seq this page holds with no gap below it. The node sends
+// each chat's entries in order and without gaps, so the highest seq seen on the socket (or
+// seeded from the chat list, whose messages are fetched by history) is that cursor. On
+// every reconnect the hello carries them and the node replays exactly what is missing.
+//
+// Events: `status` (detail: {state, retryAt}), `event` (detail: a server event), `sent`
+// (detail: {ack, item}), `failed` (detail: {item, error}), `unauthorized`.
+
+const RETRYABLE = new Set(['rate_limited', 'unavailable', 'internal', 'too_many_connections']);
+const WELCOME_TIMEOUT = 10_000;
+const PING_AFTER = 20_000; // idle time before a ping
+const DEAD_AFTER = 45_000; // no frame at all for this long: the connection is gone
+const MAX_BACKOFF = 15_000;
+
+export class ChatSocket extends EventTarget {
+  constructor(api, outbox) {
+    super();
+    this.api = api;
+    this.outbox = outbox;
+    this.cursors = new Map();
+    this.state = 'idle'; // idle | connecting | online | offline | closed
+    this.ws = null;
+    this.ready = false; // welcome received on the current socket
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.maxEvents = 256;
+    this.serverOffset = 0; // server clock minus ours, from the welcome
+    this.lastFrame = 0;
+    this.stopped = true;
+    this.heartbeat = null;
+    this.onOnline = () => this.retryNow();
+    this.onOffline = () => this.drop();
+  }
+
+  start(token) {
+    this.token = token;
+    this.stopped = false;
+    window.addEventListener('online', this.onOnline);
+    window.addEventListener('offline', this.onOffline);
+    this.heartbeat = setInterval(() => this.checkAlive(), 5000);
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    window.removeEventListener('online', this.onOnline);
+    window.removeEventListener('offline', this.onOffline);
+    clearInterval(this.heartbeat);
+    clearTimeout(this.retryTimer);
+    if (this.ws) {
+      const ws = this.ws;
+      this.detach();
+      ws.close(1000);
+    }
+    this.setState('closed');
+  }
+
+  /** The page holds a chat's entries up to `seq` (from the chat list and history). */
+  seed(chatId, seq) {
+    if (!(this.cursors.get(chatId) >= seq)) this.cursors.set(chatId, seq);
+  }
+
+  setState(state, extra = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('status', { detail: { state, ...extra } }));
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  async connect() {
+    clearTimeout(this.retryTimer);
+    if (this.stopped || this.ws) return;
+    this.setState('connecting');
+    let url;
+    try {
+      url = await this.api.wsUrl();
+    } catch (err) {
+      this.scheduleRetry();
+      return;
+    }
+    if (this.stopped || this.ws) return;
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (err) {
+      this.scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    this.ready = false;
+    this.lastFrame = Date.now();
+    ws.onopen = () => {
+      ws.send(JSON.stringify({ type: 'hello', token: this.token, cursors: Object.fromEntries(this.cursors) }));
+    };
+    ws.onmessage = (e) => this.onFrame(ws, e.data);
+    ws.onclose = (e) => this.onClose(ws, e.code);
+    ws.onerror = () => {}; // a close event follows
+  }
+
+  detach() {
+    const ws = this.ws;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    this.ws = null;
+    this.ready = false;
+    for (const item of this.outbox.items) if (item.state === 'sending') item.state = 'queued';
+    this.outbox.save();
+  }
+
+  /** Give up on the current socket now (offline, or silent for too long) and reconnect. */
+  drop() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.detach();
+    try {
+      ws.close(1000);
+    } catch (err) { /* already closing */ }
+    if (!this.stopped) this.scheduleRetry();
+  }
+
+  onClose(ws, code) {
+    if (ws !== this.ws) return;
+    this.detach();
+    if (code === 4001 || code === 4003) {
+      this.setState('closed');
+      this.emit('unauthorized', { code });
+      return;
+    }
+    if (!this.stopped) this.scheduleRetry();
+  }
+
+  scheduleRetry() {
+    clearTimeout(this.retryTimer);
+    const base = Math.min(MAX_BACKOFF, 500 * 2 ** this.attempt);
+    const delay = Math.round(base * (0.5 + Math.random() / 2));
+    this.attempt += 1;
+    this.setState('offline', { retryAt: Date.now() + delay });
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  retryNow() {
+    if (this.stopped || this.ws) return;
+    this.attempt = 0;
+    this.connect();
+  }
+
+  checkAlive() {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      if (this.ws && Date.now() - this.lastFrame > WELCOME_TIMEOUT) this.drop();
+      return;
+    }
+    const idle = Date.now() - this.lastFrame;
+    if (idle > DEAD_AFTER || (!this.ready && idle > WELCOME_TIMEOUT)) this.drop();
+    else if (idle > PING_AFTER) this.sendFrame([{ type: 'ping' }]);
+  }
+
+  sendFrame(events) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN || !this.ready || !events.length) return false;
+    for (let i = 0; i < events.length; i += this.maxEvents) {
+      const chunk = events.slice(i, i + this.maxEvents);
+      this.ws.send(JSON.stringify(chunk.length === 1 ? chunk[0] : chunk));
+    }
+    return true;
+  }
+
+  onFrame(ws, data) {
+    if (ws !== this.ws) return;
+    this.lastFrame = Date.now();
+    let parsed;
+    try {
+      parsed = JSON.parse(data);
+    } catch (err) {
+      return;
+    }
+    const events = Array.isArray(parsed) ? parsed : [parsed];
+    const advanced = new Map();
+    for (const event of events) {
+      switch (event.type) {
+        case 'welcome':
+          this.onWelcome(event);
+          break;
+        case 'message':
+          if (this.advance(event.chat, event.seq)) advanced.set(event.chat, event.seq);
+          this.settle(event.from === this.userId ? event.client_msg_id : null, event);
+          break;
+        case 'ack':
+          this.advance(event.chat, event.seq);
+          this.settle(event.client_msg_id, event);
+          break;
+        case 'error':
+          if (event.ref) this.onSendError(event);
+          else console.warn('chat socket error', event.code, event.message);
+          break;
+        default:
+          break;
+      }
+      this.emit('event', event);
+    }
+    if (advanced.size) {
+      this.sendFrame([...advanced].map(([chat, seq]) => ({ type: 'received', chat, seq })));
+    }
+  }
+
+  advance(chatId, seq) {
+    if (this.cursors.get(chatId) >= seq) return false;
+    this.cursors.set(chatId, seq);
+    return true;
+  }
+
+  onWelcome(event) {
+    this.ready = true;
+    this.attempt = 0;
+    this.userId = event.user && event.user.id;
+    if (event.limits && event.limits.max_events_per_frame) this.maxEvents = event.limits.max_events_per_frame;
+    if (event.server_time) this.serverOffset = event.server_time - Date.now();
+    this.setState('online');
+    // What the chat list and history gave us counts as received, too.
+    this.sendFrame([...this.cursors].map(([chat, seq]) => ({ type: 'received', chat, seq })));
+    this.flush();
+  }
+
+  /** An ack, or our own message coming back (replay after a lost ack): the send is done. */
+  settle(clientMsgId, event) {
+    if (!clientMsgId) return;
+    const item = this.outbox.remove(clientMsgId);
+    if (item) this.emit('sent', { ack: event, item });
+  }
+
+  onSendError(event) {
+    const item = this.outbox.get(event.ref);
+    if (!item) return;
+    if (RETRYABLE.has(event.code)) {
+      this.outbox.update(item.client_msg_id, { state: 'queued' });
+      clearTimeout(this.flushTimer);
+      this.flushTimer = setTimeout(() => this.flush(), 2000);
+    } else {
+      this.outbox.update(item.client_msg_id, { state: 'failed', error: event.message || event.code });
+      this.emit('failed', { item, error: event });
+    }
+  }
+
+  /** Queue a message (kind text, edit, delete, or media); it goes out now or once connected. */
+  send(item) {
+    this.outbox.add({ ...item, state: 'queued' });
+    this.flush();
+  }
+
+  retry(clientMsgId) {
+    this.outbox.update(clientMsgId, { state: 'queued', error: null });
+    this.flush();
+  }
+
+  flush() {
+    if (!this.ready) return;
+    const items = this.outbox.items.filter((item) => item.state === 'queued');
+    if (!items.length) return;
+    const frame = items.map((item) => sendEvent(item));
+    if (this.sendFrame(frame)) {
+      for (const item of items) item.state = 'sending';
+      this.outbox.save();
+    }
+  }
+
+  typing(chatId, active) {
+    return this.sendFrame([{ type: 'typing', chat: chatId, typing: active }]);
+  }
+
+  read(chatId, seq) {
+    return this.sendFrame([{ type: 'read', chat: chatId, seq }]);
+  }
+
+  /** Now by the node's clock (for disappearing messages). */
+  now() {
+    return Date.now() + this.serverOffset;
+  }
+}
+
+function sendEvent(item) {
+  const event = { type: 'send', client_msg_id: item.client_msg_id, chat: item.chat, kind: item.kind };
+  for (const key of ['text', 'media', 'reply_to', 'target']) {
+    if (item[key] !== undefined && item[key] !== null && item[key] !== '') event[key] = item[key];
+  }
+  if (event.kind === 'delete') delete event.text;
+  return event;
+}

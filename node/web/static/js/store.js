@@ -1,0 +1,307 @@
+// The client's state: chats, the log entries held per chat, members, users, presence,
+// typing. It applies server events and says what changed with a `change` event
+// (detail: {what, chat}); views read from it and re-render.
+
+export const CONTENT_KINDS = new Set(['text', 'image', 'audio', 'video', 'file']);
+const CHANGE_KINDS = new Set(['edit', 'delete']); // applied to their target, never shown
+const PREVIEW_KINDS = new Set([...CONTENT_KINDS, 'system', 'deleted']);
+const STATUS_RANK = { sent: 1, delivered: 2, read: 3 };
+
+/** The entries of one chat this page holds, by seq (each entry once) and by id. */
+class ChatLog {
+  constructor() {
+    this.bySeq = new Map();
+    this.byId = new Map();
+    this.oldest = Infinity; // lowest seq held
+    this.hasMore = true; // older entries may exist on the node
+    this.loaded = false; // the newest history page was fetched
+  }
+
+  put(entry) {
+    this.bySeq.set(entry.seq, entry);
+    if (entry.id) this.byId.set(entry.id, entry);
+    if (entry.seq < this.oldest) this.oldest = entry.seq;
+  }
+
+  target(change) {
+    return (change.target_seq && this.bySeq.get(change.target_seq)) || this.byId.get(change.target) || null;
+  }
+
+  sorted() {
+    return [...this.bySeq.values()].sort((a, b) => a.seq - b.seq);
+  }
+}
+
+export class Store extends EventTarget {
+  constructor() {
+    super();
+    this.reset();
+  }
+
+  reset() {
+    this.me = null;
+    this.settings = {};
+    this.chats = new Map();
+    this.logs = new Map();
+    this.members = new Map(); // chat id -> Map(user id -> member)
+    this.users = new Map();
+    this.presence = new Map();
+    this.typing = new Map(); // chat id -> Map(user id -> expiry, ms)
+    this.connection = { state: 'idle' };
+    this.activeChatId = null;
+  }
+
+  changed(what, chat = null) {
+    this.dispatchEvent(new CustomEvent('change', { detail: { what, chat } }));
+  }
+
+  // -- users --------------------------------------------------------------------------
+
+  rememberUser(user) {
+    if (user && user.id) this.users.set(user.id, { ...this.users.get(user.id), ...user });
+  }
+
+  nameOf(userId) {
+    if (this.me && userId === this.me.id) return 'You';
+    const user = this.users.get(userId);
+    return user ? user.display_name || user.username : 'Someone';
+  }
+
+  // -- chats --------------------------------------------------------------------------
+
+  setChats(list) {
+    for (const summary of list) this.mergeChat(summary, false);
+    this.changed('chats');
+  }
+
+  /** A chat summary from the API, merged with what live events already told us. */
+  mergeChat(summary, notify = true) {
+    if (summary.peer) this.rememberUser(summary.peer);
+    const old = this.chats.get(summary.id);
+    const merged = { ...old, ...summary };
+    if (old) {
+      if ((old.last_seq || 0) > (summary.last_seq || 0)) {
+        for (const key of ['last_seq', 'last_message', 'updated', 'unread']) merged[key] = old[key];
+      }
+      for (const key of ['read_seq', 'delivered_seq', 'peer_read_seq', 'peer_delivered_seq']) {
+        merged[key] = Math.max(old[key] || 0, summary[key] || 0);
+      }
+    }
+    this.chats.set(summary.id, merged);
+    if (notify) this.changed('chats', summary.id);
+    return merged;
+  }
+
+  sortedChats() {
+    return [...this.chats.values()].sort((a, b) => (b.updated || 0) - (a.updated || 0));
+  }
+
+  removeChat(chatId) {
+    this.chats.delete(chatId);
+    this.logs.delete(chatId);
+    this.changed('chats', chatId);
+  }
+
+  log(chatId) {
+    let log = this.logs.get(chatId);
+    if (!log) {
+      log = new ChatLog();
+      this.logs.set(chatId, log);
+    }
+    return log;
+  }
+
+  // -- log entries --------------------------------------------------------------------
+
+  /** A log entry from the socket (`live`) or a history page; false if already held. */
+  applyEntry(chatId, entry, live) {
+    const log = this.log(chatId);
+    if (log.bySeq.has(entry.seq)) return false;
+    log.put(entry);
+    if (CHANGE_KINDS.has(entry.kind)) this.applyChange(chatId, log, entry);
+    const chat = this.chats.get(chatId);
+    if (chat && entry.kind === 'system' && live) { // the summary catches up later; the header now
+      if (entry.event === 'ttl_changed') chat.ttl = entry.ttl;
+      if (entry.event === 'renamed') chat.title = entry.title;
+    }
+    if (chat) {
+      const mine = this.me && entry.from === this.me.id;
+      if (entry.seq > (chat.last_seq || 0)) {
+        chat.last_seq = entry.seq;
+        if (PREVIEW_KINDS.has(entry.kind)) {
+          chat.last_message = entry;
+          chat.updated = entry.ts;
+        }
+        if (live && !mine && CONTENT_KINDS.has(entry.kind) && entry.seq > (chat.read_seq || 0)) {
+          chat.unread = (chat.unread || 0) + 1;
+        }
+      }
+      if (mine) {
+        chat.read_seq = Math.max(chat.read_seq || 0, entry.seq - 1); // sending reads what came before
+        chat.delivered_seq = Math.max(chat.delivered_seq || 0, entry.seq);
+      }
+      if (live) chat.hidden = false;
+    }
+    this.changed('messages', chatId);
+    if (chat) this.changed('chats', chatId);
+    return true;
+  }
+
+  /** An edit or a delete: rewrite its target (never with an older edit). */
+  applyChange(chatId, log, change) {
+    const target = log.target(change);
+    if (!target || target.kind === 'deleted') return;
+    let updated;
+    if (change.kind === 'edit') {
+      if ((target.edited || 0) > change.ts) return;
+      updated = { ...target, text: change.text, edited: change.ts };
+    } else {
+      updated = { id: target.id, chat: target.chat, seq: target.seq, from: target.from, ts: target.ts, kind: 'deleted', deleted_by: change.from };
+    }
+    log.put(updated);
+    const chat = this.chats.get(chatId);
+    if (chat && chat.last_message && chat.last_message.seq === updated.seq) chat.last_message = updated;
+  }
+
+  /** One history page (oldest first); `hasMore` says whether older entries exist. */
+  mergeHistory(chatId, messages, hasMore, newest) {
+    const log = this.log(chatId);
+    const before = log.oldest;
+    for (const entry of messages) {
+      if (!log.bySeq.has(entry.seq)) log.put(entry);
+      else if (entry.status) {
+        const held = log.bySeq.get(entry.seq);
+        if ((STATUS_RANK[entry.status] || 0) > (STATUS_RANK[held.status] || 0)) held.status = entry.status;
+      }
+    }
+    // Edits and deletes held from the socket whose targets just arrived.
+    for (const entry of log.sorted()) {
+      if (CHANGE_KINDS.has(entry.kind)) this.applyChange(chatId, log, entry);
+    }
+    if (newest) log.loaded = true;
+    if (!messages.length || messages[0].seq <= before || newest) log.hasMore = hasMore;
+    this.changed('messages', chatId);
+  }
+
+  /** What a conversation shows: content, system notes and tombstones, not yet expired. */
+  visibleEntries(chatId, now) {
+    const log = this.logs.get(chatId);
+    if (!log) return [];
+    return log.sorted().filter((entry) => !CHANGE_KINDS.has(entry.kind) && !(entry.expires_at && entry.expires_at <= now));
+  }
+
+  /** The next moment an entry of this chat disappears (or null). */
+  nextExpiry(chatId, now) {
+    const log = this.logs.get(chatId);
+    let next = null;
+    for (const entry of log ? log.bySeq.values() : []) {
+      if (entry.expires_at && entry.expires_at > now && (next === null || entry.expires_at < next)) next = entry.expires_at;
+    }
+    return next;
+  }
+
+  // -- receipts -----------------------------------------------------------------------
+
+  onDelivered(event) {
+    const chat = this.chats.get(event.chat);
+    if (!chat) return;
+    if (event.all) { // a group: every member has everything up to seq
+      chat.group_delivered_seq = Math.max(chat.group_delivered_seq || 0, event.seq);
+    } else if (chat.kind === 'direct' && event.user !== this.me.id) {
+      chat.peer_delivered_seq = Math.max(chat.peer_delivered_seq || 0, event.seq);
+    }
+    const member = this.members.get(event.chat)?.get(event.user);
+    if (member) member.delivered_seq = Math.max(member.delivered_seq || 0, event.seq);
+    this.changed('receipts', event.chat);
+  }
+
+  onRead(event) {
+    const chat = this.chats.get(event.chat);
+    if (!chat) return;
+    if (event.all) { // a group: every member has read everything up to seq
+      chat.group_read_seq = Math.max(chat.group_read_seq || 0, event.seq);
+      chat.group_delivered_seq = Math.max(chat.group_delivered_seq || 0, event.seq);
+      this.changed('receipts', event.chat);
+      return;
+    }
+    if (event.user === this.me.id) {
+      chat.read_seq = Math.max(chat.read_seq || 0, event.seq);
+      if (chat.read_seq >= (chat.last_seq || 0)) chat.unread = 0;
+      this.changed('chats', event.chat);
+      return;
+    }
+    if (chat.kind === 'direct') {
+      chat.peer_read_seq = Math.max(chat.peer_read_seq || 0, event.seq);
+      chat.peer_delivered_seq = Math.max(chat.peer_delivered_seq || 0, event.seq);
+    }
+    const member = this.members.get(event.chat)?.get(event.user);
+    if (member) {
+      member.read_seq = Math.max(member.read_seq || 0, event.seq);
+      member.delivered_seq = Math.max(member.delivered_seq || 0, event.seq);
+    }
+    this.changed('receipts', event.chat);
+  }
+
+  /** sent, delivered or read, for one of our own messages. */
+  statusOf(chat, entry) {
+    const seq = entry.seq;
+    let status = 'sent';
+    const shareReads = this.settings.read_receipts !== false;
+    if (chat.kind === 'direct') {
+      if (shareReads && (chat.peer_read_seq || 0) >= seq) status = 'read';
+      else if ((chat.peer_delivered_seq || 0) >= seq) status = 'delivered';
+    } else {
+      // Groups: the watermarks from `delivered`/`read` events with "all", or the members' cursors.
+      const members = this.members.get(chat.id);
+      const others = members ? [...members.values()].filter((m) => m.user.id !== this.me.id) : [];
+      const all = (field) => others.length > 0 && others.every((m) => (m[field] || 0) >= seq);
+      if ((chat.group_read_seq || 0) >= seq || all('read_seq')) status = 'read';
+      else if ((chat.group_delivered_seq || 0) >= seq || all('delivered_seq')) status = 'delivered';
+    }
+    const known = entry.status === 'pending' ? 'sent' : entry.status;
+    return (STATUS_RANK[known] || 0) > STATUS_RANK[status] ? known : status;
+  }
+
+  setMembers(chatId, list) {
+    const members = new Map();
+    for (const member of list) {
+      this.rememberUser(member.user);
+      members.set(member.user.id, { ...member });
+    }
+    this.members.set(chatId, members);
+    this.changed('members', chatId);
+  }
+
+  // -- presence and typing ------------------------------------------------------------
+
+  setPresence(presence) {
+    this.presence.set(presence.user, presence);
+    this.changed('presence', null);
+  }
+
+  onTyping(event) {
+    let typers = this.typing.get(event.chat);
+    if (!typers) this.typing.set(event.chat, (typers = new Map()));
+    if (event.typing) typers.set(event.user, Date.now() + (event.expires_in || 6000));
+    else typers.delete(event.user);
+    this.changed('typing', event.chat);
+    if (event.typing) setTimeout(() => this.changed('typing', event.chat), (event.expires_in || 6000) + 50);
+  }
+
+  stopTyping(chatId, userId) {
+    const typers = this.typing.get(chatId);
+    if (typers && typers.delete(userId)) this.changed('typing', chatId);
+  }
+
+  typers(chatId) {
+    const typers = this.typing.get(chatId);
+    const now = Date.now();
+    return typers ? [...typers].filter(([, until]) => until > now).map(([user]) => user) : [];
+  }
+
+  totalUnread() {
+    let total = 0;
+    for (const chat of this.chats.values()) total += chat.unread || 0;
+    return total;
+  }
+}

@@ -1,0 +1,145 @@
+// The sidebar: who I am, the chat list (newest first, live), and search for chats and people.
+
+import { $, h, icon } from '../dom.js';
+import { listTime } from '../format.js';
+import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+
+export class ChatListView {
+  constructor(store, session, { onOpen, onStartDirect }) {
+    this.store = store;
+    this.session = session;
+    this.onOpen = onOpen;
+    this.onStartDirect = onStartDirect;
+    this.list = $('#chat-list');
+    this.search = $('#search');
+    this.query = '';
+    this.people = [];
+    this.searchTimer = null;
+    this.searchSeq = 0;
+    this.search.addEventListener('input', () => this.onSearch());
+    this.search.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && this.search.value) {
+        e.preventDefault();
+        this.search.value = '';
+        this.onSearch();
+      }
+    });
+    store.addEventListener('change', (e) => {
+      const { what } = e.detail;
+      if (['chats', 'active', 'typing', 'users', 'outbox', 'receipts', 'messages'].includes(what)) this.schedule();
+    });
+  }
+
+  schedule() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      this.render();
+    });
+  }
+
+  renderMe() {
+    const me = this.store.me;
+    $('#me-name').textContent = me.display_name || me.username;
+    avatar(me.display_name || me.username, me.id, $('#me-avatar'));
+  }
+
+  onSearch() {
+    this.query = this.search.value.trim().toLowerCase();
+    clearTimeout(this.searchTimer);
+    this.render();
+    if (!this.query) {
+      this.people = [];
+      this.renderPeople();
+      return;
+    }
+    const seq = ++this.searchSeq;
+    this.searchTimer = setTimeout(async () => {
+      try {
+        const users = await this.session.api.searchUsers(this.query.replace(/^@/, ''));
+        if (seq === this.searchSeq) {
+          this.people = users;
+          this.renderPeople();
+        }
+      } catch (err) {
+        if (seq === this.searchSeq) {
+          this.people = [];
+          this.renderPeople();
+        }
+      }
+    }, 200);
+  }
+
+  renderPeople() {
+    const section = $('#people');
+    const list = $('#people-list');
+    list.replaceChildren(...this.people.map((user) => h('li', null,
+      h('button', { type: 'button', class: 'chat-item', onclick: () => this.startDirect(user) },
+        avatar(user.display_name || user.username, user.id),
+        h('span', { class: 'chat-main' },
+          h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, user.display_name || user.username)),
+          h('span', { class: 'chat-line' }, h('span', { class: 'preview' }, `@${user.username}`)))))));
+    section.hidden = !this.query || !this.people.length;
+  }
+
+  async startDirect(user) {
+    this.search.value = '';
+    this.onSearch();
+    await this.onStartDirect(user.id);
+  }
+
+  render() {
+    if (!this.store.me) return;
+    this.renderMe();
+    const chats = this.store.sortedChats().filter((chat) => !chat.hidden || this.store.activeChatId === chat.id)
+      .filter((chat) => !this.query || chatTitle(chat).toLowerCase().includes(this.query)
+        || (chat.peer && chat.peer.username.includes(this.query)));
+    this.list.replaceChildren(...chats.map((chat) => this.item(chat)));
+    $('#chat-list-empty').hidden = chats.length > 0 || !!this.query;
+    const total = this.store.totalUnread();
+    document.title = total ? `(${total}) chatnode` : 'chatnode';
+  }
+
+  item(chat) {
+    const store = this.store;
+    const title = chatTitle(chat);
+    const last = chat.last_message;
+    const typers = store.typers(chat.id);
+    let preview;
+    if (typers.length) {
+      preview = h('span', { class: 'preview typing' }, chat.kind === 'group' ? `${store.nameOf(typers[0])} is typing…` : 'typing…');
+    } else if (last && !(last.expires_at && last.expires_at <= this.session.socket.now())) {
+      const own = last.from === store.me.id && last.kind !== 'system' && last.kind !== 'deleted';
+      const sender = chat.kind === 'group' && !own && last.from && last.kind !== 'system' && last.kind !== 'deleted'
+        ? `${store.nameOf(last.from)}: ` : '';
+      preview = h('span', { class: 'preview' },
+        own ? tick(store.statusOf(chat, last)) : null,
+        sender + entryText(store, last));
+    } else {
+      preview = h('span', { class: 'preview muted' }, chat.kind === 'group' ? `${chat.members || ''} members` : '');
+    }
+    const unread = chat.unread || 0;
+    const active = store.activeChatId === chat.id;
+    return h('li', null,
+      h('button', {
+        type: 'button', class: `chat-item${active ? ' active' : ''}${unread ? ' has-unread' : ''}`,
+        'aria-current': active ? 'true' : null, dataset: { chat: chat.id },
+        onclick: () => this.onOpen(chat.id),
+      },
+      avatar(title, chatAvatarId(chat)),
+      h('span', { class: 'chat-main' },
+        h('span', { class: 'chat-line' },
+          h('span', { class: 'chat-name' }, title),
+          h('time', { class: 'chat-time' }, chat.updated ? listTime(chat.updated) : '')),
+        h('span', { class: 'chat-line' },
+          preview,
+          unread ? h('span', { class: 'unread', 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread)) : null))));
+  }
+}
+
+export function tick(status) {
+  const label = { pending: 'Waiting to send', sent: 'Sent', delivered: 'Delivered', read: 'Read', failed: 'Not sent' }[status] || status;
+  const name = { pending: 'clock', sent: 'check', delivered: 'check2', read: 'check2', failed: 'alert' }[status] || 'check';
+  return h('span', { class: `tick tick-${status}`, role: 'img', 'aria-label': label, title: label, dataset: { status } }, icon(name));
+}

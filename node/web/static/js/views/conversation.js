@@ -1,0 +1,458 @@
+// The open chat: header (title, presence, typing), the messages with day separators, and
+// the composer (text, replies, edits, attachments by picker or drag-and-drop).
+
+import { $, h, reconcile } from '../dom.js';
+import { dayKey, dayLabel, lastSeen, ttlLabel } from '../format.js';
+import { mediaKind } from '../session.js';
+import { tick } from './chatlist.js';
+import { messageNode } from './message.js';
+import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+
+const NEAR_BOTTOM = 80; // px: closer than this to the end counts as "reading the newest"
+
+export class ConversationView {
+  constructor(store, session, dialogs, { onBack, toast }) {
+    this.store = store;
+    this.session = session;
+    this.dialogs = dialogs;
+    this.onBack = onBack;
+    this.toast = toast;
+    this.chatId = null;
+    this.rows = new Map(); // row key -> {sig, node}
+    this.drafts = new Map(); // chat id -> unsent text
+    this.context = null; // {type: 'reply' | 'edit', entry}
+    this.uploads = [];
+    this.stickToBottom = true;
+    this.expiryTimer = null;
+
+    this.scroller = $('#messages');
+    this.list = $('#message-list');
+    this.text = $('#compose-text');
+    this.form = $('#compose-form');
+
+    this.form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      this.submit();
+    });
+    this.text.addEventListener('keydown', (e) => this.onComposerKey(e));
+    this.text.addEventListener('input', () => {
+      this.autosize();
+      if (this.chatId && !this.context) this.session.typing(this.chatId, this.text.value.trim() !== '');
+    });
+    $('#compose-context-cancel').addEventListener('click', () => this.setContext(null));
+    $('#back').addEventListener('click', () => this.onBack());
+    $('#chat-info').addEventListener('click', () => this.dialogs.chatInfo(this.chatId));
+    $('#chat-title-button').addEventListener('click', () => this.dialogs.chatInfo(this.chatId));
+    $('#attach').addEventListener('click', () => $('#file-input').click());
+    $('#file-input').addEventListener('change', (e) => {
+      const files = [...e.target.files];
+      e.target.value = '';
+      if (files.length) this.pickFiles(files);
+    });
+    this.scroller.addEventListener('scroll', () => this.onScroll());
+    this.scroller.addEventListener('keydown', (e) => this.onListKey(e));
+    this.setupDrop();
+
+    store.addEventListener('change', (e) => this.onChange(e.detail));
+  }
+
+  onChange({ what, chat }) {
+    if (!this.chatId) return;
+    if (what === 'active') return;
+    if (chat && chat !== this.chatId && what !== 'presence' && what !== 'users') return;
+    this.schedule();
+  }
+
+  schedule() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      this.render();
+    });
+  }
+
+  // -- opening and closing ------------------------------------------------------------
+
+  open(chatId) {
+    if (this.chatId && this.chatId !== chatId) this.drafts.set(this.chatId, this.text.value);
+    const switched = this.chatId !== chatId;
+    this.chatId = chatId;
+    $('#no-chat').hidden = true;
+    $('#chat-view').hidden = false;
+    document.body.classList.add('chat-open');
+    if (switched) {
+      this.rows.clear();
+      this.list.replaceChildren();
+      this.context = null;
+      this.text.value = this.drafts.get(chatId) || '';
+      this.autosize();
+      this.stickToBottom = true;
+    }
+    this.render();
+    this.text.focus({ preventScroll: true });
+  }
+
+  close() {
+    if (this.chatId) this.drafts.set(this.chatId, this.text.value);
+    this.chatId = null;
+    clearTimeout(this.expiryTimer);
+    this.rows.clear();
+    this.list.replaceChildren();
+    $('#chat-view').hidden = true;
+    $('#no-chat').hidden = false;
+    document.body.classList.remove('chat-open');
+  }
+
+  // -- rendering ----------------------------------------------------------------------
+
+  render() {
+    const chat = this.store.chats.get(this.chatId);
+    if (!chat) return;
+    this.renderHeader(chat);
+    this.renderMessages(chat);
+    this.renderComposer(chat);
+    this.renderUploads();
+  }
+
+  renderHeader(chat) {
+    const title = chatTitle(chat);
+    $('#chat-title').textContent = title;
+    avatar(title, chatAvatarId(chat), $('#chat-avatar'));
+    const subtitle = $('#chat-subtitle');
+    const typers = this.store.typers(chat.id);
+    let text = '';
+    let cls = 'subtitle';
+    if (typers.length) {
+      cls += ' typing';
+      if (chat.kind === 'direct') text = 'typing…';
+      else if (typers.length === 1) text = `${this.store.nameOf(typers[0])} is typing…`;
+      else text = `${typers.map((id) => this.store.nameOf(id)).join(', ')} are typing…`;
+    } else if (this.store.connection.state !== 'online') {
+      text = ''; // what we knew of others may be out of date
+    } else if (chat.kind === 'direct' && chat.peer) {
+      const presence = this.store.presence.get(chat.peer.id);
+      if (presence && presence.online) {
+        text = 'online';
+        cls += ' online';
+      } else if (presence && presence.last_seen) {
+        text = lastSeen(presence.last_seen);
+      }
+    } else if (chat.kind === 'group') {
+      const members = this.store.members.get(chat.id);
+      text = members
+        ? [...members.values()].map((m) => this.store.nameOf(m.user.id)).sort((a, b) => (a === 'You') - (b === 'You')).join(', ')
+        : `${chat.members || ''} members`;
+    }
+    subtitle.textContent = text;
+    subtitle.className = cls;
+    const ttl = $('#chat-ttl');
+    ttl.hidden = !chat.ttl;
+    ttl.textContent = chat.ttl ? ttlLabel(chat.ttl) : '';
+    ttl.title = chat.ttl ? `Disappearing messages: ${ttlLabel(chat.ttl)}` : '';
+  }
+
+  renderMessages(chat) {
+    const store = this.store;
+    const now = this.session.socket.now();
+    const log = store.log(chat.id);
+    const entries = store.visibleEntries(chat.id, now);
+    const views = [];
+    let previous = null;
+    for (const entry of entries) {
+      const status = entry.from === store.me.id && entry.kind !== 'system' ? store.statusOf(chat, entry) : null;
+      const showSender = !previous || previous.from !== entry.from || previous.kind === 'system' || dayKey(previous.ts) !== dayKey(entry.ts);
+      views.push({ key: `e${entry.seq}`, entry, status, showSender });
+      previous = entry;
+    }
+    for (const item of this.session.pending(chat.id)) {
+      const entry = {
+        from: store.me.id, ts: item.created, kind: item.kind, text: item.text, reply_to: item.reply_to, media: item.media_info,
+      };
+      views.push({ key: `p${item.client_msg_id}`, entry, status: item.state === 'failed' ? 'failed' : 'pending', pending: item, showSender: false });
+    }
+
+    const ctx = { store, api: this.session.api, chat, readOnly: chat.left_seq !== undefined, actions: this.actions() };
+    const nodes = [];
+    let day = null;
+    for (const view of views) {
+      const key = dayKey(view.entry.ts);
+      if (key !== day) {
+        day = key;
+        nodes.push(this.row(`d${key}`, dayLabel(view.entry.ts), () => h('div', { class: 'row day' },
+          h('span', { class: 'day-label' }, dayLabel(view.entry.ts)))));
+      }
+      const sig = JSON.stringify([view.entry.kind, view.entry.text, view.entry.edited, view.showSender,
+        view.pending && view.pending.state, view.entry.media && view.entry.media.id, chat.role, ctx.readOnly,
+        view.entry.reply_to && this.replySig(chat.id, view.entry), view.entry.from && store.nameOf(view.entry.from),
+        view.entry.kind === 'system' && entryText(store, view.entry)]);
+      const node = this.row(view.key, sig, () => messageNode(ctx, view));
+      if (view.status) updateTick(node, view.status);
+      nodes.push(node);
+    }
+    const keep = new Set(nodes);
+    for (const [key, row] of this.rows) if (!keep.has(row.node)) this.rows.delete(key);
+
+    const scroller = this.scroller;
+    const oldHeight = scroller.scrollHeight;
+    const oldTop = scroller.scrollTop;
+    const firstBefore = this.list.firstElementChild;
+    reconcile(this.list, nodes);
+    if (this.stickToBottom) {
+      scroller.scrollTop = scroller.scrollHeight;
+    } else if (firstBefore && this.list.firstElementChild !== firstBefore && firstBefore.isConnected) {
+      scroller.scrollTop = oldTop + (scroller.scrollHeight - oldHeight); // older entries came in above
+    }
+    const status = $('#history-status');
+    status.textContent = !log.loaded ? 'Loading messages…' : log.hasMore ? '' : (entries.length ? 'This is the start of the chat.' : 'No messages yet. Say hello!');
+
+    clearTimeout(this.expiryTimer);
+    const next = store.nextExpiry(chat.id, now);
+    if (next) this.expiryTimer = setTimeout(() => this.schedule(), Math.min(next - now + 50, 2 ** 31 - 1));
+  }
+
+  row(key, sig, build) {
+    const held = this.rows.get(key);
+    if (held && held.sig === sig) return held.node;
+    const node = build();
+    if (held && held.node.contains(document.activeElement)) {
+      queueMicrotask(() => node.querySelector('.bubble')?.focus());
+    }
+    if (held) held.node.replaceWith(node);
+    this.rows.set(key, { sig, node });
+    return node;
+  }
+
+  replySig(chatId, entry) {
+    const log = this.store.log(chatId);
+    const target = (entry.reply_to_seq && log.bySeq.get(entry.reply_to_seq)) || log.byId.get(entry.reply_to);
+    return target ? `${target.kind}:${target.text || ''}` : '';
+  }
+
+  renderComposer(chat) {
+    const left = chat.left_seq !== undefined;
+    $('#compose-form').hidden = left;
+    $('#compose-disabled').hidden = !left;
+    const box = $('#compose-context');
+    if (!this.context || left) {
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    const { type, entry } = this.context;
+    $('#compose-context-title').textContent = type === 'edit' ? 'Edit message' : `Reply to ${this.store.nameOf(entry.from)}`;
+    $('#compose-context-text').textContent = entryText(this.store, entry);
+  }
+
+  // -- composing ----------------------------------------------------------------------
+
+  autosize() {
+    this.text.style.height = 'auto';
+    this.text.style.height = `${Math.min(this.text.scrollHeight, 160)}px`;
+  }
+
+  onComposerKey(e) {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      this.submit();
+    } else if (e.key === 'Escape' && this.context) {
+      e.preventDefault();
+      this.setContext(null);
+    } else if (e.key === 'ArrowUp' && !this.text.value && !this.context) {
+      const last = this.lastOwnText();
+      if (last) {
+        e.preventDefault();
+        this.setContext({ type: 'edit', entry: last });
+      }
+    }
+  }
+
+  lastOwnText() {
+    if (this.session.pending(this.chatId).length) return null; // the newest is not stored yet
+    const entries = this.store.visibleEntries(this.chatId, this.session.socket.now());
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const entry = entries[i];
+      if (entry.from === this.store.me.id && entry.kind === 'text') return entry;
+    }
+    return null;
+  }
+
+  setContext(context) {
+    const wasEdit = this.context && this.context.type === 'edit';
+    this.context = context;
+    if (context && context.type === 'edit') this.text.value = context.entry.text || '';
+    else if (wasEdit) this.text.value = '';
+    this.autosize();
+    this.schedule();
+    this.text.focus();
+  }
+
+  submit() {
+    const text = this.text.value.trim();
+    if (!this.chatId || !text) return;
+    const chatId = this.chatId;
+    if (this.context && this.context.type === 'edit') {
+      if (text !== this.context.entry.text) this.session.editMessage(chatId, this.context.entry, text);
+    } else {
+      const reply = this.context && this.context.type === 'reply' ? this.context.entry.id : null;
+      this.session.sendText(chatId, text, reply);
+    }
+    this.text.value = '';
+    this.drafts.delete(chatId);
+    this.context = null;
+    this.stickToBottom = true;
+    this.autosize();
+    this.schedule();
+  }
+
+  actions() {
+    return {
+      reply: (entry) => this.setContext({ type: 'reply', entry }),
+      edit: (entry) => this.setContext({ type: 'edit', entry }),
+      remove: async (entry) => {
+        if (await this.dialogs.confirm('Delete this message for everyone?', 'Delete')) this.session.deleteMessage(this.chatId, entry);
+      },
+      info: (entry) => this.dialogs.receipts(this.chatId, entry),
+      openImage: (url) => this.dialogs.viewImage(url),
+      jumpTo: (seq) => this.jumpTo(seq),
+      retry: (item) => this.session.retry(item.client_msg_id),
+      discard: (item) => this.session.discard(item.client_msg_id),
+    };
+  }
+
+  jumpTo(seq) {
+    const row = seq && this.list.querySelector(`[data-seq="${seq}"]`);
+    if (!row) {
+      this.toast('That message is not loaded. Scroll up to find it.');
+      return;
+    }
+    row.scrollIntoView({ block: 'center', behavior: 'smooth' });
+    row.classList.add('flash');
+    setTimeout(() => row.classList.remove('flash'), 1500);
+    row.querySelector('.bubble').focus({ preventScroll: true });
+  }
+
+  // -- scrolling and keyboard in the list ---------------------------------------------
+
+  onScroll() {
+    const s = this.scroller;
+    this.stickToBottom = s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM;
+    if (s.scrollTop < 200 && this.chatId) {
+      const log = this.store.log(this.chatId);
+      if (log.loaded && log.hasMore) this.session.loadHistory(this.chatId);
+    }
+  }
+
+  onListKey(e) {
+    const bubbles = [...this.list.querySelectorAll('.bubble')];
+    if (!bubbles.length) return;
+    const current = bubbles.indexOf(document.activeElement.closest && document.activeElement.closest('.bubble'));
+    if (e.key === 'ArrowUp' || e.key === 'ArrowDown') {
+      e.preventDefault();
+      const next = current === -1 ? bubbles.length - 1 : Math.max(0, Math.min(bubbles.length - 1, current + (e.key === 'ArrowUp' ? -1 : 1)));
+      bubbles[next].focus();
+    } else if (e.key === 'Escape') {
+      this.text.focus();
+    }
+  }
+
+  // -- attachments --------------------------------------------------------------------
+
+  setupDrop() {
+    const area = $('#conversation');
+    const zone = $('#drop-zone');
+    let depth = 0;
+    const hasFiles = (e) => e.dataTransfer && [...e.dataTransfer.types].includes('Files');
+    area.addEventListener('dragenter', (e) => {
+      if (!this.chatId || !hasFiles(e)) return;
+      e.preventDefault();
+      depth += 1;
+      zone.hidden = false;
+    });
+    area.addEventListener('dragover', (e) => {
+      if (!this.chatId || !hasFiles(e)) return;
+      e.preventDefault();
+      e.dataTransfer.dropEffect = 'copy';
+    });
+    area.addEventListener('dragleave', () => {
+      depth = Math.max(0, depth - 1);
+      if (!depth) zone.hidden = true;
+    });
+    area.addEventListener('drop', (e) => {
+      depth = 0;
+      zone.hidden = true;
+      if (!this.chatId || !hasFiles(e)) return;
+      e.preventDefault();
+      const files = [...e.dataTransfer.files];
+      if (files.length) this.pickFiles(files);
+    });
+  }
+
+  async pickFiles(files) {
+    const chatId = this.chatId;
+    const caption = await this.dialogs.attach(files);
+    if (caption === null) return;
+    const reply = this.context && this.context.type === 'reply' ? this.context.entry.id : null;
+    if (reply) this.setContext(null);
+    files.forEach((file, i) => this.upload(chatId, file, i === 0 ? caption : '', i === 0 ? reply : null));
+  }
+
+  upload(chatId, file, caption, replyTo) {
+    const item = { key: `${Date.now()}-${Math.random()}`, chatId, file, caption, replyTo, loaded: 0, total: file.size, state: 'uploading', error: null };
+    const { promise, abort } = this.session.api.upload(file, (loaded, total) => {
+      item.loaded = loaded;
+      item.total = total;
+      this.renderUploads();
+    });
+    item.abort = abort;
+    this.uploads.push(item);
+    this.renderUploads();
+    promise.then((media) => {
+      this.uploads = this.uploads.filter((other) => other !== item);
+      const info = { ...media, name: media.name || file.name, mime: media.mime || file.type };
+      const kind = (file.type || '').startsWith('audio/') ? 'audio' : mediaKind(info.mime);
+      this.session.sendMedia(chatId, info, caption, replyTo, kind);
+      this.stickToBottom = true;
+      this.schedule();
+    }, (err) => {
+      if (err.code === 'aborted') this.uploads = this.uploads.filter((other) => other !== item);
+      else Object.assign(item, { state: 'failed', error: err.message });
+      this.renderUploads();
+    });
+  }
+
+  renderUploads() {
+    const list = $('#uploads');
+    const mine = this.uploads.filter((item) => item.chatId === this.chatId);
+    list.replaceChildren(...mine.map((item) => {
+      const percent = item.total ? Math.floor((100 * item.loaded) / item.total) : 0;
+      const label = `${item.file.name || mediaKind(item.file.type)}`;
+      return h('li', { class: `upload ${item.state}` },
+        h('span', { class: 'upload-name' }, label),
+        item.state === 'failed'
+          ? [h('span', { class: 'error small' }, item.error),
+            h('button', { type: 'button', class: 'link', onclick: () => this.retryUpload(item) }, 'Retry'),
+            h('button', { type: 'button', class: 'link', onclick: () => this.dropUpload(item) }, 'Dismiss')]
+          : [h('progress', { max: '100', value: String(percent), 'aria-label': `Uploading ${label}` }),
+            h('span', { class: 'upload-percent' }, `${percent}%`),
+            h('button', { type: 'button', class: 'link', onclick: () => item.abort() }, 'Cancel')]);
+    }));
+    list.hidden = !mine.length;
+  }
+
+  retryUpload(item) {
+    this.dropUpload(item);
+    this.upload(item.chatId, item.file, item.caption, item.replyTo);
+  }
+
+  dropUpload(item) {
+    this.uploads = this.uploads.filter((other) => other !== item);
+    this.renderUploads();
+  }
+}
+
+/** Ticks change often (delivered, read): swap only them, so a playing video keeps playing. */
+function updateTick(node, status) {
+  const old = node.querySelector('.meta .tick');
+  if (old && old.dataset.status !== status) old.replaceWith(tick(status));
+}

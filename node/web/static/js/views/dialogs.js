@@ -1,0 +1,343 @@
+// Dialogs: new group, chat info (members, roles, disappearing messages), message info
+// (who has read), confirmations, sending attachments, and the photo viewer. Each is a
+// <dialog>: focus stays inside, Escape closes it.
+
+import { $, h, icon } from '../dom.js';
+import { fileSize, lastSeen, TTL_CHOICES, ttlLabel } from '../format.js';
+import { avatar, chatAvatarId, chatTitle } from './text.js';
+
+export class Dialogs {
+  constructor(store, session, { onOpenChat, toast }) {
+    this.store = store;
+    this.session = session;
+    this.onOpenChat = onOpenChat;
+    this.toast = toast;
+    this.infoChatId = null;
+    for (const dialog of document.querySelectorAll('dialog')) {
+      dialog.addEventListener('click', (e) => {
+        if (e.target.closest('[data-close]')) dialog.close('cancel');
+        else if (e.target === dialog) dialog.close('cancel'); // a click on the backdrop
+      });
+    }
+    this.setupGroupDialog();
+    $('#info-dialog').addEventListener('close', () => { this.infoChatId = null; });
+    store.addEventListener('change', (e) => {
+      const { what, chat } = e.detail;
+      if (this.infoChatId && (chat === this.infoChatId || what === 'presence' || what === 'users')
+        && ['members', 'chats', 'presence', 'users'].includes(what)) this.renderInfo();
+    });
+  }
+
+  // -- small ones ---------------------------------------------------------------------
+
+  confirm(text, okLabel = 'OK') {
+    const dialog = $('#confirm-dialog');
+    $('#confirm-text').textContent = text;
+    $('#confirm-ok').textContent = okLabel;
+    dialog.returnValue = '';
+    dialog.showModal();
+    $('#confirm-ok').focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+    });
+  }
+
+  viewImage(url) {
+    const dialog = $('#viewer-dialog');
+    $('#viewer-image').src = url;
+    $('#viewer-image').alt = 'Photo';
+    dialog.showModal();
+  }
+
+  /** Preview files about to be sent; resolves to the caption, or null if cancelled. */
+  attach(files) {
+    const dialog = $('#attach-dialog');
+    const preview = $('#attach-preview');
+    const urls = [];
+    preview.replaceChildren(...files.map((file) => {
+      const type = file.type || '';
+      if (type.startsWith('image/') || type.startsWith('video/') || type.startsWith('audio/')) {
+        const url = URL.createObjectURL(file);
+        urls.push(url);
+        if (type.startsWith('image/')) return h('img', { src: url, alt: `Preview of ${file.name}` });
+        if (type.startsWith('video/')) return h('video', { src: url, controls: true, muted: true, 'aria-label': `Preview of ${file.name}` });
+        return h('div', { class: 'attach-audio' }, h('span', null, file.name), h('audio', { src: url, controls: true }));
+      }
+      return h('div', { class: 'attach-file' }, icon('file'), h('span', null, file.name), h('span', { class: 'muted' }, fileSize(file.size)));
+    }));
+    $('#attach-title').textContent = files.length > 1 ? `Send ${files.length} files` : `Send ${files[0].name}`;
+    $('#attach-caption').value = '';
+    dialog.returnValue = '';
+    dialog.showModal();
+    $('#attach-caption').focus();
+    return new Promise((resolve) => {
+      const form = $('#attach-form');
+      const onSubmit = (e) => {
+        e.preventDefault();
+        dialog.close('send');
+      };
+      form.addEventListener('submit', onSubmit);
+      dialog.addEventListener('close', () => {
+        form.removeEventListener('submit', onSubmit);
+        for (const url of urls) URL.revokeObjectURL(url);
+        preview.replaceChildren();
+        resolve(dialog.returnValue === 'send' ? $('#attach-caption').value.trim() : null);
+      }, { once: true });
+    });
+  }
+
+  // -- new group ----------------------------------------------------------------------
+
+  setupGroupDialog() {
+    this.chosen = new Map();
+    const search = $('#group-search');
+    let timer = null;
+    let seq = 0;
+    search.addEventListener('input', () => {
+      clearTimeout(timer);
+      const prefix = search.value.trim().toLowerCase().replace(/^@/, '');
+      const mine = ++seq;
+      if (!prefix) {
+        $('#group-results').replaceChildren();
+        return;
+      }
+      timer = setTimeout(async () => {
+        try {
+          const users = await this.session.api.searchUsers(prefix, 8);
+          if (mine === seq) this.renderGroupResults(users);
+        } catch (err) { /* ignore */ }
+      }, 200);
+    });
+    search.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter') {
+        e.preventDefault(); // Enter picks the first result instead of submitting
+        const first = $('#group-results button');
+        if (first) first.click();
+      }
+    });
+    $('#group-form').addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const title = $('#group-title').value.trim();
+      const error = $('#group-error');
+      if (!title) {
+        error.textContent = 'Give the group a name.';
+        $('#group-title').focus();
+        return;
+      }
+      $('#group-create').disabled = true;
+      try {
+        const chatId = await this.session.createGroup(title, [...this.chosen.keys()]);
+        $('#group-dialog').close();
+        this.onOpenChat(chatId);
+      } catch (err) {
+        error.textContent = err.message;
+      } finally {
+        $('#group-create').disabled = false;
+      }
+    });
+  }
+
+  newGroup() {
+    this.chosen.clear();
+    $('#group-title').value = '';
+    $('#group-search').value = '';
+    $('#group-error').textContent = '';
+    $('#group-results').replaceChildren();
+    this.renderChosen();
+    $('#group-dialog').showModal();
+    $('#group-title').focus();
+  }
+
+  renderGroupResults(users) {
+    $('#group-results').replaceChildren(...users.filter((u) => !this.chosen.has(u.id)).map((user) => h('li', null,
+      h('button', {
+        type: 'button', class: 'pick',
+        onclick: () => {
+          this.chosen.set(user.id, user);
+          $('#group-search').value = '';
+          $('#group-results').replaceChildren();
+          this.renderChosen();
+          $('#group-search').focus();
+        },
+      }, avatar(user.display_name || user.username, user.id), ` ${user.display_name || user.username} `, h('span', { class: 'muted' }, `@${user.username}`)))));
+  }
+
+  renderChosen() {
+    $('#group-chosen').replaceChildren(...[...this.chosen.values()].map((user) => h('li', { class: 'chip' },
+      user.display_name || user.username,
+      h('button', {
+        type: 'button', class: 'icon-button small', 'aria-label': `Remove ${user.username}`,
+        onclick: () => {
+          this.chosen.delete(user.id);
+          this.renderChosen();
+        },
+      }, icon('close')))));
+  }
+
+  // -- chat info ----------------------------------------------------------------------
+
+  chatInfo(chatId) {
+    if (!chatId) return;
+    this.infoChatId = chatId;
+    $('#info-error').textContent = '';
+    const chat = this.store.chats.get(chatId);
+    if (chat && chat.kind === 'group') this.session.loadMembers(chatId);
+    this.renderInfo();
+    const dialog = $('#info-dialog');
+    if (!dialog.open) dialog.showModal();
+  }
+
+  async run(action) {
+    $('#info-error').textContent = '';
+    try {
+      await action();
+    } catch (err) {
+      $('#info-error').textContent = err.message;
+    }
+  }
+
+  renderInfo() {
+    const chat = this.store.chats.get(this.infoChatId);
+    const body = $('#info-body');
+    if (!chat) {
+      body.replaceChildren(h('p', null, 'This chat is gone.'));
+      return;
+    }
+    const focused = document.activeElement && document.activeElement.id;
+    const title = chatTitle(chat);
+    $('#info-title').textContent = chat.kind === 'group' ? 'Group info' : 'Contact info';
+    const parts = [h('div', { class: 'info-head' }, avatar(title, chatAvatarId(chat)), h('div', null, h('p', { class: 'info-name' }, title),
+      chat.kind === 'direct' && chat.peer ? h('p', { class: 'muted' }, `@${chat.peer.username}`, this.presenceText(chat.peer.id)) : null))];
+    if (chat.kind === 'group') parts.push(...this.groupInfo(chat));
+    parts.push(this.ttlControl(chat));
+    if (chat.kind === 'group' && chat.left_seq === undefined) {
+      parts.push(h('button', {
+        type: 'button', class: 'danger wide',
+        onclick: async () => {
+          if (await this.confirm(`Leave “${title}”?`, 'Leave')) this.run(() => this.session.leave(chat.id));
+        },
+      }, 'Leave group'));
+    }
+    body.replaceChildren(...parts);
+    if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
+  }
+
+  presenceText(userId) {
+    const presence = this.store.presence.get(userId);
+    if (!presence || presence.hidden) return '';
+    return presence.online ? ' · online' : presence.last_seen ? ` · ${lastSeen(presence.last_seen)}` : '';
+  }
+
+  groupInfo(chat) {
+    const admin = chat.role === 'admin';
+    const active = chat.left_seq === undefined;
+    const parts = [];
+    if (active) {
+      const rename = h('form', { class: 'inline-form' },
+        h('label', { for: 'info-rename' }, 'Group name'),
+        h('div', { class: 'inline-row' },
+          h('input', { id: 'info-rename', value: chat.title || '', maxlength: '100' }),
+          h('button', { type: 'submit', class: 'secondary' }, 'Rename')));
+      rename.addEventListener('submit', (e) => {
+        e.preventDefault();
+        const value = $('#info-rename').value.trim();
+        if (value && value !== chat.title) this.run(() => this.session.rename(chat.id, value));
+      });
+      parts.push(rename);
+    }
+    const members = this.store.members.get(chat.id);
+    const list = members ? [...members.values()] : [];
+    parts.push(h('h3', { class: 'section-title' }, members ? `${list.length} members` : 'Members'));
+    parts.push(h('ul', { class: 'member-list', 'aria-label': 'Members' }, list.map((member) => {
+      const user = member.user;
+      const me = user.id === this.store.me.id;
+      const name = me ? 'You' : user.display_name || user.username;
+      const controls = admin && !me && active ? [
+        h('button', {
+          type: 'button', class: 'link small',
+          onclick: () => this.run(() => this.session.setAdmin(chat.id, user.id, member.role !== 'admin')),
+        }, member.role === 'admin' ? 'Dismiss as admin' : 'Make admin'),
+        h('button', {
+          type: 'button', class: 'link small danger-text', 'aria-label': `Remove ${name}`,
+          onclick: async () => {
+            if (await this.confirm(`Remove ${name} from the group?`, 'Remove')) this.run(() => this.session.removeMember(chat.id, user.id));
+          },
+        }, 'Remove'),
+      ] : [];
+      return h('li', { class: 'member', dataset: { user: user.id } },
+        avatar(user.display_name || user.username, user.id),
+        h('span', { class: 'member-name' }, name, me ? null : h('span', { class: 'muted small' }, ` @${user.username}`)),
+        member.role === 'admin' ? h('span', { class: 'role-badge' }, 'Admin') : null,
+        h('span', { class: 'member-controls' }, controls));
+    })));
+    if (admin && active) parts.push(this.addMemberControl(chat));
+    return parts;
+  }
+
+  addMemberControl(chat) {
+    const input = h('input', { id: 'info-add', type: 'search', placeholder: 'Search by username', autocomplete: 'off', spellcheck: 'false' });
+    const results = h('ul', { class: 'pick-list', 'aria-label': 'People to add' });
+    let timer = null;
+    input.addEventListener('input', () => {
+      clearTimeout(timer);
+      const prefix = input.value.trim().toLowerCase().replace(/^@/, '');
+      if (!prefix) {
+        results.replaceChildren();
+        return;
+      }
+      timer = setTimeout(async () => {
+        const members = this.store.members.get(chat.id) || new Map();
+        let users = [];
+        try {
+          users = await this.session.api.searchUsers(prefix, 8);
+        } catch (err) { /* ignore */ }
+        results.replaceChildren(...users.filter((u) => !members.has(u.id)).map((user) => h('li', null,
+          h('button', {
+            type: 'button', class: 'pick',
+            onclick: () => this.run(() => this.session.addMembers(chat.id, [user.id])),
+          }, avatar(user.display_name || user.username, user.id), ` Add ${user.display_name || user.username} `,
+          h('span', { class: 'muted' }, `@${user.username}`)))));
+      }, 200);
+    });
+    return h('div', { class: 'add-member' }, h('label', { for: 'info-add' }, 'Add people'), input, results);
+  }
+
+  ttlControl(chat) {
+    const select = h('select', { id: 'info-ttl' }, TTL_CHOICES.map(([value, label]) => h('option', { value: String(value) }, label)));
+    if (!TTL_CHOICES.some(([value]) => value === (chat.ttl || 0))) {
+      select.append(h('option', { value: String(chat.ttl) }, ttlLabel(chat.ttl)));
+    }
+    select.value = String(chat.ttl || 0);
+    select.disabled = chat.left_seq !== undefined;
+    select.addEventListener('change', () => this.run(() => this.session.setTtl(chat.id, Number(select.value))));
+    return h('div', { class: 'ttl-control' },
+      h('label', { for: 'info-ttl' }, icon('timer'), ' Disappearing messages'),
+      select,
+      h('p', { class: 'muted small' }, 'New messages in this chat disappear for everyone after this time.'));
+  }
+
+  // -- message info -------------------------------------------------------------------
+
+  async receipts(chatId, entry) {
+    const dialog = $('#receipts-dialog');
+    const body = $('#receipts-body');
+    body.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+    dialog.showModal();
+    try {
+      const who = await this.session.api.receipts(chatId, entry.seq);
+      for (const id of [...who.read, ...who.delivered, ...who.pending]) if (!this.store.users.has(id)) this.session.ensureUser(id);
+      const section = (title, ids, cls) => h('section', { class: `receipt-group ${cls}` },
+        h('h3', { class: 'section-title' }, `${title} (${ids.length})`),
+        ids.length ? h('ul', { class: 'member-list' }, ids.map((id) => h('li', { class: 'member' },
+          avatar(this.store.nameOf(id), id), h('span', { class: 'member-name' }, this.store.nameOf(id)))))
+          : h('p', { class: 'muted small' }, 'No one yet'));
+      body.replaceChildren(
+        h('blockquote', { class: 'receipt-quote' }, entry.text || 'Attachment'),
+        section('Read by', who.read, 'read'),
+        section('Delivered to', who.delivered, 'delivered'),
+        section('Waiting', who.pending, 'pending'));
+    } catch (err) {
+      body.replaceChildren(h('p', { class: 'error' }, err.message));
+    }
+  }
+}

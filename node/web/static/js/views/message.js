@@ -1,0 +1,130 @@
+// One entry of a conversation as a bubble: sender, reply quote, media, text, time, ticks,
+// and the actions that apply to it.
+
+import { h, icon, linkify } from '../dom.js';
+import { fileSize, time } from '../format.js';
+import { describeMedia, signedUrls } from '../media.js';
+import { tick } from './chatlist.js';
+import { entryText, systemText } from './text.js';
+
+/**
+ * ctx: {store, api, chat, actions: {reply, edit, remove, info, openImage, jumpTo, retry, discard}}
+ * view: {entry, status, showSender, pending (outbox item or null)}
+ */
+export function messageNode(ctx, view) {
+  const { store, chat } = ctx;
+  const { entry } = view;
+  if (entry.kind === 'system') {
+    return h('div', { class: 'row system', dataset: { seq: entry.seq } }, h('p', { class: 'system-note' }, systemText(store, entry)));
+  }
+  const own = entry.from === store.me.id;
+  const deleted = entry.kind === 'deleted';
+  const sender = !own && chat.kind === 'group' && view.showSender
+    ? h('span', { class: 'sender' }, store.nameOf(entry.from)) : null;
+  const body = [];
+  if (deleted) {
+    body.push(h('p', { class: 'text deleted' }, icon('ban'), own ? ' You deleted this message' : ' This message was deleted'));
+  } else {
+    if (entry.reply_to) body.push(quote(ctx, entry));
+    if (entry.media || entry.kind !== 'text') body.push(mediaNode(ctx, entry));
+    if (entry.text) body.push(h('p', { class: 'text' }, linkify(entry.text)));
+  }
+  const meta = h('span', { class: 'meta' },
+    entry.edited && !deleted ? h('span', { class: 'edited' }, 'edited') : null,
+    entry.expires_at ? h('span', { class: 'expiring', title: 'Disappearing message', 'aria-label': 'Disappearing message' }, icon('timer')) : null,
+    h('time', { datetime: new Date(entry.ts).toISOString() }, time(entry.ts)),
+    own && !deleted ? tick(view.status) : null);
+  const bubble = h('div', {
+    class: 'bubble', tabindex: '-1',
+    'aria-label': `${own ? 'You' : store.nameOf(entry.from)}, ${time(entry.ts)}: ${entryText(store, entry)}`,
+  }, sender, body, meta);
+  const row = h('div', {
+    class: `row msg ${own ? 'own' : 'theirs'}${deleted ? ' is-deleted' : ''}${view.pending ? ' is-pending' : ''}`,
+    dataset: view.pending ? { cmid: view.pending.client_msg_id } : { seq: entry.seq, id: entry.id },
+  }, bubble);
+  const actions = view.pending ? pendingActions(ctx, view.pending) : entryActions(ctx, entry, own, deleted);
+  if (actions) row.append(actions);
+  return row;
+}
+
+function entryActions(ctx, entry, own, deleted) {
+  if (deleted || ctx.readOnly) return null;
+  const { actions, chat } = ctx;
+  const admin = chat.kind === 'group' && chat.role === 'admin';
+  const buttons = [
+    actionButton('reply', 'Reply', () => actions.reply(entry)),
+    own && (entry.kind === 'text' || entry.text) ? actionButton('edit', 'Edit', () => actions.edit(entry)) : null,
+    own || admin ? actionButton('trash', 'Delete for everyone', () => actions.remove(entry)) : null,
+    own && chat.kind === 'group' ? actionButton('info', 'Message info', () => actions.info(entry)) : null,
+  ];
+  return h('div', { class: 'actions', role: 'group', 'aria-label': 'Message actions' }, buttons);
+}
+
+function pendingActions(ctx, item) {
+  if (item.state !== 'failed') return null;
+  return h('div', { class: 'actions failed-actions', role: 'group', 'aria-label': 'Not sent' },
+    h('span', { class: 'failed-reason' }, item.error || 'Not sent'),
+    h('button', { type: 'button', class: 'link', onclick: () => ctx.actions.retry(item) }, 'Retry'),
+    h('button', { type: 'button', class: 'link', onclick: () => ctx.actions.discard(item) }, 'Discard'));
+}
+
+function actionButton(name, label, onclick) {
+  return h('button', { type: 'button', class: 'icon-button small', 'aria-label': label, title: label, onclick }, icon(name));
+}
+
+function quote(ctx, entry) {
+  const log = ctx.store.log(ctx.chat.id);
+  const target = (entry.reply_to_seq && log.bySeq.get(entry.reply_to_seq)) || log.byId.get(entry.reply_to);
+  const who = target ? ctx.store.nameOf(target.from) : '';
+  const text = target ? entryText(ctx.store, target) : 'Original message';
+  return h('button', {
+    type: 'button', class: 'quote', 'aria-label': `Reply to ${who}: ${text}. Show it.`,
+    onclick: () => ctx.actions.jumpTo(target ? target.seq : entry.reply_to_seq),
+  }, h('span', { class: 'quote-who' }, who), h('span', { class: 'quote-text' }, text));
+}
+
+/** Inline media: thumbnails for images (a click opens the photo), players for audio and video. */
+function mediaNode(ctx, entry) {
+  const media = entry.media || {};
+  const kind = entry.kind;
+  const label = kind === 'file' ? media.name || 'File' : describeMedia(kind);
+  const box = h('div', { class: `media media-${kind}` });
+  if (!media.id) {
+    box.append(h('span', { class: 'media-missing muted' }, `${label} unavailable`));
+    return box;
+  }
+  if (kind === 'image') {
+    const img = h('img', { alt: entry.text ? `Photo: ${entry.text}` : 'Photo', loading: 'lazy', decoding: 'async' });
+    if (media.width && media.height) {
+      img.width = Math.min(media.width, 320);
+      img.height = Math.round(img.width * media.height / media.width);
+    }
+    const button = h('button', { type: 'button', class: 'media-open', 'aria-label': 'Open photo', onclick: () => openFull(ctx, media) }, img);
+    box.append(button);
+    signedUrls(ctx.api, media.id).then((signed) => { img.src = signed.thumbnail_url || signed.url; })
+      .catch(() => box.classList.add('broken'));
+  } else if (kind === 'video') {
+    const video = h('video', { controls: true, preload: 'metadata', playsinline: true, 'aria-label': 'Video' });
+    box.append(video);
+    signedUrls(ctx.api, media.id).then((signed) => {
+      if (signed.thumbnail_url) video.poster = signed.thumbnail_url;
+      video.src = signed.url;
+    }).catch(() => box.classList.add('broken'));
+  } else if (kind === 'audio') {
+    const audio = h('audio', { controls: true, preload: 'metadata', 'aria-label': media.name ? `Audio: ${media.name}` : 'Audio' });
+    box.append(audio);
+    signedUrls(ctx.api, media.id).then((signed) => { audio.src = signed.url; }).catch(() => box.classList.add('broken'));
+  } else {
+    const link = h('a', { class: 'file-link', download: media.name || 'file', rel: 'noopener' },
+      h('span', { class: 'file-icon' }, (label.split('.').pop() || 'file').slice(0, 4).toUpperCase()),
+      h('span', { class: 'file-name' }, label),
+      media.size ? h('span', { class: 'file-size muted' }, fileSize(media.size)) : null);
+    box.append(link);
+    signedUrls(ctx.api, media.id).then((signed) => { link.href = signed.url; }).catch(() => box.classList.add('broken'));
+  }
+  return box;
+}
+
+function openFull(ctx, media) {
+  signedUrls(ctx.api, media.id).then((signed) => ctx.actions.openImage(signed.url)).catch(() => {});
+}

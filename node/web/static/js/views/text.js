@@ -1,0 +1,66 @@
+// How entries read as text: previews, notifications, system notes, avatars.
+
+import { h } from '../dom.js';
+import { ttlLabel } from '../format.js';
+import { describeMedia } from '../media.js';
+
+export function systemText(store, entry) {
+  const by = entry.by ? store.nameOf(entry.by) : null;
+  const names = (entry.users || []).map((id) => store.nameOf(id)).join(', ');
+  switch (entry.event) {
+    case 'created': return `${by} created the group “${entry.title}”`;
+    case 'added': return `${by} added ${names}`;
+    case 'removed': return `${by} removed ${names}`;
+    case 'left': return `${names} left`;
+    case 'promoted': return by ? `${by} made ${names} an admin` : `${names} is now an admin`;
+    case 'demoted': return `${by} made ${names} a member`;
+    case 'renamed': return `${by} renamed the group to “${entry.title}”`;
+    case 'ttl_changed':
+      return entry.ttl ? `${by} turned on disappearing messages: ${ttlLabel(entry.ttl)}` : `${by} turned off disappearing messages`;
+    default: return entry.event || 'The chat changed';
+  }
+}
+
+/** One line of text for an entry (chat list preview, notification, reply quote). */
+export function entryText(store, entry) {
+  if (!entry) return '';
+  switch (entry.kind) {
+    case 'text': return entry.text || '';
+    case 'image': case 'video': case 'audio': case 'file': {
+      const label = entry.kind === 'file' && entry.media && entry.media.name ? entry.media.name : describeMedia(entry.kind);
+      return entry.text ? `${label}: ${entry.text}` : label;
+    }
+    case 'deleted': return entry.from === store.me.id ? 'You deleted this message' : 'This message was deleted';
+    case 'system': return systemText(store, entry);
+    default: return '';
+  }
+}
+
+function hue(id) {
+  let n = 0;
+  for (const ch of String(id)) n = (n * 31 + ch.charCodeAt(0)) % 997;
+  return n % 8;
+}
+
+export function initials(name) {
+  const words = String(name || '?').trim().split(/[\s._-]+/).filter(Boolean);
+  return (words.length > 1 ? words[0][0] + words[1][0] : (words[0] || '?')[0]).toUpperCase();
+}
+
+/** Fill an avatar element (or make one) for a title and id. */
+export function avatar(name, id, el = null) {
+  const node = el || h('span', { class: 'avatar', 'aria-hidden': 'true' });
+  node.className = `avatar hue-${hue(id)}`;
+  node.textContent = initials(name);
+  return node;
+}
+
+/** The id an avatar's colour follows: the person for a 1-1 chat, else the chat. */
+export function chatAvatarId(chat) {
+  return chat.kind === 'direct' && chat.peer ? chat.peer.id : chat.id;
+}
+
+export function chatTitle(chat) {
+  if (chat.kind === 'direct') return chat.peer ? chat.peer.display_name || chat.peer.username : chat.title || 'Unknown';
+  return chat.title || 'Group';
+}

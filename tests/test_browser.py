@@ -1,0 +1,677 @@
+"""The web client in a real browser: Playwright drives Debian's Chromium (headless)
+against a node started as a subprocess, with several users in separate browser contexts.
+
+Playwright's sync API runs its own event loop, so these are plain (sync) tests, which
+pytest-trio leaves alone; the node runs in its own process. Screenshots of the main
+screens go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.browser
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+expect = playwright_api.expect
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+DATA = Path(__file__).resolve().parent / "data"
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+]
+PASSWORD = "correct horse battery"
+DESKTOP = {"width": 1100, "height": 720}
+PHONE = {"width": 390, "height": 780}
+
+
+# -- the node, as a process ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NodeProcess:
+    """`python -m node serve` on free loopback ports, restartable on the same data."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.http_port, self.ws_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.config = folder / "config.toml"
+        self.config.write_text(f"""
+[node]
+data_dir = "data"
+[http]
+host = "127.0.0.1"
+port = {self.http_port}
+graceful_timeout = 1.0
+[websocket]
+host = "127.0.0.1"
+port = {self.ws_port}
+[accounts]
+argon2_time_cost = 1
+argon2_memory_kib = 64
+login_failures_per_address = 1000
+[limits]
+frames_per_second = 10000.0
+frame_burst = 10000
+[plugins.lastseen]
+grace = 0.2
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(self.config), "--log-level", "WARNING"],
+            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=open(self.folder / "node.log", "ab"),
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"the node exited: {(self.folder / 'node.log').read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the node did not start within 20 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def register(self, username: str, display_name: str | None = None) -> None:
+        body = {"username": username, "password": PASSWORD, "display_name": display_name or username.title()}
+        response = httpx.post(f"{self.url}/api/register", json=body)
+        assert response.status_code == 201, response.text
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory) -> Iterator[NodeProcess]:
+    proc = NodeProcess(tmp_path_factory.mktemp("browser-node"))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+# -- the browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make test installs Debian's chromium)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Pages:
+    """Opens browser contexts (one per user) and checks that none broke a CSP rule or threw."""
+
+    def __init__(self, browser, node: NodeProcess) -> None:
+        self.browser = browser
+        self.node = node
+        self.contexts = []
+        self.problems: list[str] = []
+
+    def new(self, viewport=DESKTOP, **options):
+        context = self.browser.new_context(viewport=viewport, base_url=self.node.url, **options)
+        context.set_default_timeout(10_000)
+        self.contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
+        page.on("console", self._console)
+        page.goto("/")
+        return page
+
+    def _console(self, message) -> None:
+        # Failed requests (a wrong password, the node or the network away) are expected;
+        # a policy violation or an uncaught error is not.
+        if "Content Security Policy" in message.text or "Uncaught" in message.text:
+            self.problems.append(f"console {message.type}: {message.text}")
+
+    def login(self, username: str, viewport=DESKTOP, notifications_banner: bool = False, **options):
+        page = self.new(viewport, **options)
+        page.fill("#auth-username", username)
+        page.fill("#auth-password", PASSWORD)
+        page.click("#auth-submit")
+        expect(page.locator("#main-view")).to_be_visible()
+        expect(page.locator("#me-name")).not_to_be_empty()
+        if not notifications_banner:
+            page.click("#notify-later")
+        return page
+
+    def close(self) -> None:
+        for context in self.contexts:
+            try:
+                context.close()
+            except playwright_api.Error:
+                pass  # closed by the test
+
+
+@pytest.fixture
+def pages(browser, node) -> Iterator[Pages]:
+    made = Pages(browser, node)
+    try:
+        yield made
+    finally:
+        made.close()
+    assert not made.problems, made.problems
+
+
+_names = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def names(node):
+    """Fresh registered usernames: `alice, bob = names("alice", "bob")` -> alice7, bob8."""
+
+    def make(*bases: str) -> list[str]:
+        out = []
+        for base in bases:
+            name = f"{base}{next(_names)}"
+            node.register(name, base.title())
+            out.append(name)
+        return out
+
+    return make
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def open_direct(page, username: str) -> None:
+    page.fill("#search", username)
+    page.click(f"#people-list button:has-text('@{username}')")
+    expect(page.locator("#chat-view")).to_be_visible()
+    expect(page.locator("#chat-title")).not_to_be_empty()
+
+
+def open_chat(page, title: str) -> None:
+    page.click(f"#chat-list .chat-item:has(.chat-name:text-is('{title}'))")
+    expect(page.locator("#chat-title")).to_have_text(title)
+
+
+def send(page, text: str) -> None:
+    page.fill("#compose-text", text)
+    page.press("#compose-text", "Enter")
+
+
+def texts(page) -> list[str]:
+    return page.locator("#message-list .msg .text:not(.deleted)").all_inner_texts()
+
+
+def seqs(page) -> list[int]:
+    return [int(s) for s in page.locator("#message-list .msg[data-seq]").evaluate_all("rows => rows.map(r => r.dataset.seq)")]
+
+
+def message_action(page, text: str, action: str) -> None:
+    """Point at a stored message (its actions show on hover) and pick one."""
+    row = page.locator(f"#message-list .msg[data-seq]:has(.text:text-is('{text}'))")
+    row.locator(".bubble").hover()
+    row.locator(f"[aria-label='{action}']").click()
+
+
+def own_status(page, text: str):
+    return page.locator(f"#message-list .msg.own:has(.text:text-is('{text}')) .tick")
+
+
+# -- scenarios -----------------------------------------------------------------------------
+
+
+def test_register_log_in_reload_and_log_out(pages):
+    page = pages.new()
+    expect(page.locator("#login-view")).to_be_visible()
+    shot(page, "01-login")
+    page.click("#auth-switch")
+    expect(page.locator("#auth-title")).to_have_text("Create an account")
+    page.fill("#auth-username", "Dora")
+    page.fill("#auth-display", "Dora Explorer")
+    page.fill("#auth-password", "short")
+    page.click("#auth-submit")
+    expect(page.locator("#auth-error")).to_contain_text("at least")
+    page.fill("#auth-password", PASSWORD)
+    page.press("#auth-password", "Enter")
+    expect(page.locator("#me-name")).to_have_text("Dora Explorer")
+    expect(page.locator("#chat-list-empty")).to_be_visible()
+
+    page.reload()  # the session is kept in localStorage
+    expect(page.locator("#me-name")).to_have_text("Dora Explorer")
+    expect(page.locator("#login-view")).to_be_hidden()
+
+    page.click("#logout")
+    page.click("#confirm-ok")
+    expect(page.locator("#login-view")).to_be_visible()
+    page.reload()
+    expect(page.locator("#login-view")).to_be_visible()  # logged out for good
+    page.fill("#auth-username", "dora")
+    page.fill("#auth-password", "wrong password")
+    page.click("#auth-submit")
+    expect(page.locator("#auth-error")).to_have_text("Wrong username or password.")
+
+
+def test_two_users_chat_both_ways_with_ticks_typing_and_presence(pages, names):
+    alice, bob = names("alice", "bob")
+    a = pages.login(alice)
+    open_direct(a, bob)
+    send(a, "Hi Bob! Are you there?")
+    expect(own_status(a, "Hi Bob! Are you there?")).to_have_attribute("data-status", "sent")  # bob has no device on
+
+    b = pages.login(bob)  # bob's device takes the message: delivered
+    expect(own_status(a, "Hi Bob! Are you there?")).to_have_attribute("data-status", "delivered")
+    item = b.locator("#chat-list .chat-item").first
+    expect(item.locator(".chat-name")).to_have_text("Alice")
+    expect(item.locator(".preview")).to_have_text("Hi Bob! Are you there?")
+    expect(item.locator(".unread")).to_have_text("1")
+    shot(b, "02-chat-list")
+
+    open_chat(b, "Alice")  # bob reads it
+    expect(own_status(a, "Hi Bob! Are you there?")).to_have_attribute("data-status", "read")
+    expect(item.locator(".unread")).to_have_count(0)
+    expect(a.locator("#chat-subtitle")).to_have_text("online")
+
+    b.locator("#compose-text").press_sequentially("Yes", delay=20)  # typing...
+    expect(a.locator("#chat-subtitle")).to_have_text("typing…")
+    b.press("#compose-text", "Enter")
+    expect(a.locator("#message-list .msg.theirs .text")).to_have_text(["Yes"])
+    expect(a.locator("#chat-subtitle")).to_have_text("online")
+
+    # a reply, an edit, and a delete, seen on both sides
+    message_action(a, "Yes", "Reply")
+    expect(a.locator("#compose-context-title")).to_have_text("Reply to Bob")
+    send(a, "Great, lunch at noon?")
+    expect(b.locator("#message-list .msg.theirs .quote")).to_contain_text("Yes")
+    send(a, "tpyo")
+    expect(own_status(a, "tpyo")).not_to_have_attribute("data-status", "pending")
+    a.press("#compose-text", "ArrowUp")  # edits the last message
+    expect(a.locator("#compose-context-title")).to_have_text("Edit message")
+    a.fill("#compose-text", "typo fixed")
+    a.press("#compose-text", "Enter")
+    expect(b.locator("#message-list .msg.theirs .text").last).to_have_text("typo fixed")
+    expect(b.locator("#message-list .msg.theirs .edited")).to_have_count(1)
+    send(b, "oops, wrong chat")
+    message_action(b, "oops, wrong chat", "Delete for everyone")
+    b.click("#confirm-ok")
+    expect(a.locator("#message-list .text.deleted")).to_have_text(["This message was deleted"])
+    expect(b.locator("#message-list .text.deleted")).to_have_text(["You deleted this message"])
+    send(b, "See you at noon")
+    expect(own_status(b, "See you at noon")).to_have_attribute("data-status", "read")
+    expect(a.locator("#message-list .day-label")).to_have_text(["Today"])
+    shot(a, "03-conversation")
+
+    b.context.close()  # bob leaves: alice sees when he was last online
+    expect(a.locator("#chat-subtitle")).to_contain_text("last seen today at", timeout=10_000)
+    assert texts(a) == ["Hi Bob! Are you there?", "Yes", "Great, lunch at noon?", "typo fixed", "See you at noon"]
+
+
+def test_group_of_three_each_sends_and_members_are_managed(pages, names):
+    alice, bob, carol, dave = names("alice", "bob", "carol", "dave")
+    a, b, c = pages.login(alice), pages.login(bob), pages.login(carol)
+    a.click("#new-group")
+    a.fill("#group-title", "Hiking trip")
+    for user in (bob, carol):
+        a.fill("#group-search", user)
+        a.click(f"#group-results button:has-text('@{user}')")
+    expect(a.locator("#group-chosen .chip")).to_have_count(2)
+    a.click("#group-create")
+    expect(a.locator("#chat-title")).to_have_text("Hiking trip")
+    send(a, "Saturday at 8?")
+    open_chat(b, "Hiking trip")
+    send(b, "I'm in")
+    open_chat(c, "Hiking trip")
+    expect(c.locator("#message-list .text")).to_have_count(2)
+    send(c, "Me too, I'll bring snacks")
+    expected = ["Saturday at 8?", "I'm in", "Me too, I'll bring snacks"]
+    for page in (a, b, c):
+        expect(page.locator("#message-list .msg .text")).to_have_text(expected)
+    assert seqs(a) == seqs(b) == seqs(c)  # the same order everywhere
+    expect(b.locator("#message-list .msg.theirs .sender")).to_have_text(["Alice", "Carol"])
+    expect(own_status(a, "Saturday at 8?")).to_have_attribute("data-status", "read")  # everyone read it
+
+    # who has read, for the sender
+    message_action(a, "Saturday at 8?", "Message info")
+    expect(a.locator("#receipts-body .read .member-name")).to_have_count(2)
+    a.keyboard.press("Escape")
+    expect(a.locator("#receipts-dialog")).to_be_hidden()
+
+    # members and roles; add dave, remove carol
+    a.click("#chat-info")
+    members = a.locator("#info-body .member")
+    expect(members).to_have_count(3)
+    expect(a.locator("#info-body .member:has-text('You') .role-badge")).to_have_text("Admin")
+    a.fill("#info-add", dave)
+    a.click(f"#info-body .pick:has-text('@{dave}')")
+    expect(members).to_have_count(4)
+    a.click(f"#info-body .member:has-text('@{carol}') button:has-text('Remove')")
+    a.click("#confirm-ok")
+    expect(members).to_have_count(3)
+    a.click(f"#info-body .member:has-text('@{bob}') button:has-text('Make admin')")
+    expect(a.locator(f"#info-body .member:has-text('@{bob}') .role-badge")).to_have_text("Admin")
+    shot(a, "05-group-info")
+    a.keyboard.press("Escape")
+    expect(a.locator("#info-dialog")).to_be_hidden()
+    expect(a.locator("#message-list .system-note")).to_have_text([
+        "You created the group “Hiking trip”", "You added Dave", "You removed Carol", "You made Bob an admin"])
+    expect(c.locator("#compose-disabled")).to_be_visible()  # carol keeps what she had, sends nothing more
+    expect(b.locator("#chat-subtitle")).to_contain_text("Dave")
+    shot(b, "04-group")
+
+
+def test_photo_audio_and_video_are_sent_shown_and_playable(pages, names, node, tmp_path):
+    if httpx.post(f"{node.url}/api/media").status_code == 404:
+        pytest.skip("this node has no media plugin")
+    alice, bob, carol = names("alice", "bob", "carol")
+    group = {"title": "Book club", "usernames": [bob, carol]}
+    assert httpx.post(f"{node.url}/api/groups", json=group, headers=auth(node, alice)).status_code == 201
+    a, b = pages.login(alice), pages.login(bob)
+    open_direct(a, bob)
+    send(a, "Photos from the weekend")
+    open_chat(b, "Alice")
+
+    # a photo, from the file picker, with a caption
+    photo = tmp_path / "lake.jpg"
+    photo.write_bytes(lake_photo())
+    a.set_input_files("#file-input", str(photo))
+    expect(a.locator("#attach-dialog")).to_be_visible()
+    expect(a.locator("#attach-preview img")).to_be_visible()
+    a.fill("#attach-caption", "The lake at sunrise")
+    a.click("#attach-send")
+    image = b.locator("#message-list .media-image img")
+    expect(image).to_have_count(1)
+    wait_until(lambda: image.evaluate("img => img.complete && img.naturalWidth") > 0, "the photo to load")
+    assert "/thumbnail?" in image.get_attribute("src")  # the thumbnail, by a signed URL
+    expect(b.locator("#message-list .msg.theirs .text").last).to_have_text("The lake at sunrise")
+    b.click("#message-list .media-open")  # the whole photo
+    viewer = b.locator("#viewer-image")
+    wait_until(lambda: viewer.evaluate("img => img.complete && img.naturalWidth") >= 640, "the full photo")
+    b.keyboard.press("Escape")
+    message_action(b, "The lake at sunrise", "Reply")
+    send(b, "Beautiful! Where is this?")
+    expect(a.locator("#message-list .msg.theirs .quote")).to_contain_text("Photo: The lake at sunrise")
+    send(a, "Lake Bled, just before 6 am")
+    expect(own_status(a, "Lake Bled, just before 6 am")).to_have_attribute("data-status", "read")
+    a.mouse.move(0, 0)
+    shot(a, "09-overview")
+
+    # a voice note, dropped onto the conversation, on a slow uplink to see the progress
+    cdp = a.context.new_cdp_session(a)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 120_000})
+    drop_file(a, "#conversation", "voice-note.wav", "audio/wav", tone(seconds=10.0))
+    expect(a.locator("#attach-dialog")).to_be_visible()
+    a.click("#attach-send")
+    progress = a.locator("#uploads progress")
+    expect(progress).to_be_visible()
+    wait_until(lambda: 0 < int(progress.get_attribute("value") or 0) or not progress.count(), "upload progress")
+    expect(a.locator("#uploads .upload")).to_have_count(0, timeout=20_000)
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    audio = b.locator("#message-list .media-audio audio")
+    expect(audio).to_have_count(1)
+    wait_until(lambda: audio.evaluate("a => a.readyState >= 1 && a.duration") > 3.5, "the audio's metadata")
+    assert audio.evaluate(SEEK, 2.5) == pytest.approx(2.5, abs=0.2)  # seeking: Range requests
+
+    # a video
+    if not (DATA / "tiny.webm").exists():
+        pytest.skip("tests/data/tiny.webm is missing (see tests/data/README.md)")
+    a.set_input_files("#file-input", str(DATA / "tiny.webm"))
+    a.fill("#attach-caption", "Clip")
+    a.click("#attach-send")
+    video = b.locator("#message-list .media-video video")
+    expect(video).to_have_count(1)
+    wait_until(lambda: video.evaluate("v => v.readyState >= 1 && v.duration") > 0.5, "the video's metadata")
+    assert video.evaluate(SEEK, 0.5) == pytest.approx(0.5, abs=0.2)
+    expect(b.locator("#chat-list .chat-item").first.locator(".preview")).to_have_text("Video: Clip")
+    b.locator("#messages").evaluate("el => { el.scrollTop = el.scrollHeight - el.clientHeight - 150; }")
+    shot(b, "06-media")
+
+
+def test_offline_and_back_keeps_every_message_exactly_once(pages, names, node):
+    alice, bob = names("alice", "bob")
+    a, b = pages.login(alice), pages.login(bob)
+    open_direct(a, bob)
+    send(a, "one")
+    open_chat(b, "Alice")
+    expect(b.locator("#message-list .text")).to_have_text(["one"])
+
+    b.context.set_offline(True)  # bob's network goes away
+    expect(b.locator("#conn-banner")).to_contain_text("offline")
+    send(b, "typed while offline")
+    expect(own_status(b, "typed while offline")).to_have_attribute("data-status", "pending")
+    for text in ("two", "three"):
+        send(a, text)
+    expect(own_status(a, "three")).to_have_attribute("data-status", "sent")
+    shot(b, "07-offline")
+    b.context.set_offline(False)
+    expected = ["one", "two", "three", "typed while offline"]
+    expect(b.locator("#message-list .msg .text")).to_have_text(expected, timeout=15_000)
+    expect(a.locator("#message-list .msg .text")).to_have_text(expected)
+    expect(b.locator("#conn-banner")).to_be_hidden()
+    expect(own_status(b, "typed while offline")).to_have_attribute("data-status", "read")
+
+    # the node itself goes away and comes back: queued messages go out once, nothing is lost
+    node.stop()
+    expect(a.locator("#conn-banner")).to_contain_text("Not connected", timeout=10_000)
+    send(a, "four, while the node is down")
+    expect(own_status(a, "four, while the node is down")).to_have_attribute("data-status", "pending")
+    context, url = a.context, a.url
+    a.close()  # the tab closes before it could send: the message waits in its outbox
+    node.start()
+    a = context.new_page()
+    a.goto(url)
+    expected.append("four, while the node is down")
+    for page in (a, b):
+        expect(page.locator("#message-list .msg .text")).to_have_text(expected, timeout=20_000)
+        expect(page.locator("#conn-banner")).to_be_hidden()
+    send(b, "five")
+    expected.append("five")
+    for page in (a, b):
+        expect(page.locator("#message-list .msg .text")).to_have_text(expected)
+        assert seqs(page) == sorted(set(seqs(page)))  # each entry once, in order
+    assert seqs(a) == seqs(b)
+    stored = httpx.get(f"{node.url}/api/chats", headers=auth(node, alice)).json()["chats"][0]
+    history = httpx.get(f"{node.url}/api/chats/{stored['id']}/messages", headers=auth(node, alice)).json()["messages"]
+    assert [m["text"] for m in history] == expected
+
+
+def test_disappearing_messages(pages, names, node):
+    alice, bob = names("alice", "bob")
+    a, b = pages.login(alice), pages.login(bob)
+    open_direct(a, bob)
+    send(a, "this one stays")
+    open_chat(b, "Alice")
+    a.click("#chat-info")
+    a.select_option("#info-ttl", "30")
+    expect(a.locator("#chat-ttl")).to_have_text("30 seconds")
+    a.keyboard.press("Escape")
+    expect(b.locator("#message-list .system-note").last).to_have_text("Alice turned on disappearing messages: 30 seconds")
+    chat_id = a.evaluate("() => location.hash.split('=')[1]")
+    response = httpx.patch(f"{node.url}/api/chats/{chat_id}", json={"ttl": 1}, headers=auth(node, alice))
+    assert response.status_code == 200, response.text
+    expect(b.locator("#chat-ttl")).to_have_text("1 second")
+    send(b, "gone in a second")
+    expect(a.locator("#message-list .msg .text")).to_have_text(["this one stays", "gone in a second"])
+    expect(a.locator("#message-list .msg.theirs .expiring")).to_have_count(1)
+    for page in (a, b):
+        expect(page.locator("#message-list .msg .text")).to_have_text(["this one stays"], timeout=5_000)
+
+
+def test_notification_when_the_tab_is_hidden(pages, names):
+    alice, bob = names("alice", "bob")
+    a = pages.login(alice, notifications_banner=True)
+    b = pages.login(bob)
+    open_direct(b, alice)
+    expect(a.locator("#notify-banner")).to_be_visible()  # offered, not asked for on load
+    assert a.evaluate("() => Notification.permission") == "default"
+    a.add_init_script(HIDDEN_TAB_WITH_NOTIFICATION_SPY)  # a hidden tab, and a browser that says yes
+    a.reload()
+    expect(a.locator("#notify-banner")).to_be_visible()
+    assert a.evaluate("() => window.asked") == 0
+    a.click("#notify-on")
+    assert a.evaluate("() => window.asked") == 1
+    expect(a.locator("#notify-banner")).to_be_hidden()
+    send(b, "Psst, are you there?")
+    wait_until(lambda: a.evaluate("() => window.shown.length") > 0, "a notification")
+    assert a.evaluate("() => window.shown[0]") == {"title": "Bob", "body": "Psst, are you there?", "tag": a.evaluate(
+        "() => document.querySelector('#chat-list .chat-item').dataset.chat")}
+
+
+def test_phone_layout_and_keyboard(pages, names):
+    alice, bob = names("alice", "bob")
+    b = pages.login(bob)
+    a = pages.login(alice, viewport=PHONE, is_mobile=True, has_touch=True)
+    expect(a.locator("#conversation")).to_be_hidden()  # one pane at a time
+    open_direct(a, bob)
+    expect(a.locator("#sidebar")).to_be_hidden()
+    expect(a.locator("#back")).to_be_visible()
+    send(a, "Sent from my phone")
+    open_chat(b, "Alice")
+    send(b, "Looks good on a small screen?")
+    expect(a.locator("#message-list .msg.theirs .text")).to_have_text(["Looks good on a small screen?"])
+    shot(a, "08-phone")
+    a.click("#back")
+    expect(a.locator("#sidebar")).to_be_visible()
+    expect(a.locator("#conversation")).to_be_hidden()
+    a.go_back()  # the browser's back button too
+    expect(a.locator("#conversation")).to_be_visible()
+
+    # the keyboard: every control has a name, Enter sends, Escape closes dialogs
+    d = pages.login(alice)
+    d.keyboard.press("Tab")
+    focused = d.evaluate("() => document.activeElement.getAttribute('aria-label') || document.activeElement.textContent")
+    assert focused
+    d.focus("#new-group")
+    d.keyboard.press("Enter")
+    expect(d.locator("#group-dialog")).to_be_visible()
+    expect(d.locator("#group-title")).to_be_focused()
+    d.keyboard.press("Escape")
+    expect(d.locator("#group-dialog")).to_be_hidden()
+    unnamed = d.evaluate("""() => [...document.querySelectorAll('button, input, textarea, select')]
+        .filter((el) => el.checkVisibility() && el.type !== 'file')
+        .filter((el) => !(el.getAttribute('aria-label') || el.labels?.length || el.textContent.trim()))
+        .map((el) => el.outerHTML.slice(0, 80))""")
+    assert unnamed == []
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+SEEK = """(media, to) => new Promise((resolve, reject) => {
+    media.addEventListener('seeked', () => resolve(media.currentTime), { once: true });
+    media.addEventListener('error', () => reject(new Error('media error')), { once: true });
+    media.currentTime = to;
+})"""
+
+HIDDEN_TAB_WITH_NOTIFICATION_SPY = """
+Object.defineProperty(document, 'visibilityState', { get: () => 'hidden' });
+Object.defineProperty(document, 'hidden', { get: () => true });
+window.shown = [];
+window.asked = 0;
+let permission = 'default';
+class Spy {
+  constructor(title, options) { window.shown.push({ title, body: options.body, tag: options.tag }); }
+  close() {}
+  static get permission() { return permission; }
+  static requestPermission() { window.asked += 1; permission = 'granted'; return Promise.resolve(permission); }
+}
+window.Notification = Spy;
+"""
+
+
+def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except playwright_api.Error:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def auth(node: NodeProcess, username: str) -> dict[str, str]:
+    token = httpx.post(f"{node.url}/api/login", json={"username": username, "password": PASSWORD}).json()["token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def drop_file(page, target: str, name: str, mime: str, data: bytes) -> None:
+    """Drag a file from outside the browser and drop it on `target`."""
+    handle = page.evaluate_handle(
+        """([name, mime, bytes]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
+            return dt;
+        }""",
+        [name, mime, list(data)],
+    )
+    for event in ("dragenter", "dragover", "drop"):
+        page.dispatch_event(target, event, {"dataTransfer": handle})
+
+
+def tone(seconds: float, rate: int = 8000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                               for i in range(int(seconds * rate))))
+    return out.getvalue()
+
+
+def lake_photo() -> bytes:
+    """A 960x640 picture: sky, sun, hills and water (Pillow ships with the media plugin)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (960, 640))
+    draw = ImageDraw.Draw(image)
+    for y in range(400):  # sky, dawn to day
+        t = y / 400
+        draw.line([(0, y), (960, y)], fill=(int(250 - 120 * t), int(170 + 40 * t), int(120 + 120 * t)))
+    draw.ellipse((600, 230, 720, 350), fill=(255, 214, 120))
+    draw.polygon([(0, 400), (180, 250), (360, 400)], fill=(60, 90, 80))
+    draw.polygon([(250, 400), (480, 210), (760, 400)], fill=(45, 75, 70))
+    for y in range(400, 640):  # water
+        t = (y - 400) / 240
+        draw.line([(0, y), (960, y)], fill=(int(70 - 40 * t), int(120 - 50 * t), int(160 - 40 * t)))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
