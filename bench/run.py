@@ -54,7 +54,8 @@ def rss_kib(pid: int) -> int:
 
 
 def pin(cpu: int) -> None:
-    if len(os.sched_getaffinity(0)) > 1:
+    """Put this process on one CPU (when the machine has more than one)."""
+    if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {cpu})
 
 
