@@ -30,6 +30,8 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+	$(PY) -m bench.groups
+	$(PY) -m bench.media
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
