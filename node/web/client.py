@@ -65,7 +65,7 @@ def content_security_policy(node: Node, host: str, scheme: str) -> str:
         "default-src 'self'",
         "script-src 'self'",
         "style-src 'self'",
-        f"img-src {' '.join(media)} data:",
+        f"img-src {' '.join(media)}",
         f"media-src {' '.join(media)}",
         f"connect-src {' '.join(sources)}",
         "font-src 'self'",

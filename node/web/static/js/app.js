@@ -112,7 +112,7 @@ function endSession(message) {
   localStorage.removeItem(SAVED);
   api.token = null;
   store.reset();
-  if (views && views.conversation) views.conversation.close();
+  if (views && views.conversation) views.conversation.reset();
   history.replaceState(null, '', location.pathname);
   showLogin();
   if (message) $('#auth-error').textContent = message;

@@ -43,9 +43,10 @@ export class Session extends EventTarget {
     socket.addEventListener('sent', (e) => this.onSent(e.detail));
     socket.addEventListener('failed', () => store.changed('outbox'));
     socket.addEventListener('unauthorized', () => this.dispatchEvent(new Event('unauthorized')));
-    document.addEventListener('visibilitychange', () => {
+    this.onVisible = () => {
       if (document.visibilityState === 'visible' && store.activeChatId) this.markRead(store.activeChatId);
-    });
+    };
+    document.addEventListener('visibilitychange', this.onVisible);
     try {
       const me = await this.api.me();
       store.me = me.user;
@@ -59,6 +60,8 @@ export class Session extends EventTarget {
   }
 
   stop() {
+    clearTimeout(this.typingTimer);
+    document.removeEventListener('visibilitychange', this.onVisible);
     this.socket.stop();
   }
 
@@ -66,7 +69,11 @@ export class Session extends EventTarget {
     try {
       const chats = await this.api.chats();
       this.store.setChats(chats);
-      for (const chat of chats) this.socket.seed(chat.id, chat.last_seq);
+      if (!this.chatsLoaded) {
+        // Before the first hello: what the list covers is fetched by history, not replayed.
+        // Later the socket's own cursors are the truth (the list may be ahead of the stream).
+        for (const chat of chats) this.socket.seed(chat.id, chat.last_seq);
+      }
       this.chatsLoaded = true;
     } catch (err) {
       if (!err.offline) throw err; // offline: the socket retries, and its resync fills in
@@ -222,8 +229,8 @@ export class Session extends EventTarget {
 
   async loadHistory(chatId, newest = false) {
     const log = this.store.log(chatId);
-    if (!newest && (!log.hasMore || this.loadingHistory)) return;
-    this.loadingHistory = true;
+    if (!newest && (!log.hasMore || log.loading)) return;
+    log.loading = true;
     try {
       const before = newest || log.oldest === Infinity ? undefined : log.oldest;
       const page = await this.api.history(chatId, before, 50);
@@ -232,7 +239,8 @@ export class Session extends EventTarget {
     } catch (err) {
       if (!err.offline) console.warn('history', err);
     } finally {
-      this.loadingHistory = false;
+      log.loading = false;
+      this.store.changed('messages', chatId);
     }
   }
 
@@ -252,10 +260,12 @@ export class Session extends EventTarget {
 
   // -- sending ------------------------------------------------------------------------
 
+  /** Unique per user: this device, the time, a counter, and a random part (for other tabs). */
   newClientMsgId() {
     this.counter += 1;
     const device = (this.auth.device_id || 'web').slice(-8);
-    return `w${device}-${Date.now().toString(36)}-${this.counter}`;
+    const random = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
+    return `w${device}-${Date.now().toString(36)}-${this.counter}-${random}`;
   }
 
   queue(item) {
@@ -378,7 +388,7 @@ export class Session extends EventTarget {
 
   async logout() {
     this.stopTyping();
-    this.socket.stop();
+    this.stop();
     try {
       await this.api.logout();
     } catch (err) { /* the token is forgotten here either way */ }

@@ -104,6 +104,16 @@ export class ConversationView {
     document.body.classList.remove('chat-open');
   }
 
+  /** Forget everything of the session that ended (drafts, uploads). */
+  reset() {
+    this.close();
+    this.drafts.clear();
+    for (const item of this.uploads) if (item.abort) item.abort();
+    this.uploads = [];
+    this.context = null;
+    this.text.value = '';
+  }
+
   // -- rendering ----------------------------------------------------------------------
 
   render() {
@@ -193,18 +203,17 @@ export class ConversationView {
     const keep = new Set(nodes);
     for (const [key, row] of this.rows) if (!keep.has(row.node)) this.rows.delete(key);
 
+    // Keep what the reader looks at in place when older entries come in above it.
     const scroller = this.scroller;
-    const oldHeight = scroller.scrollHeight;
-    const oldTop = scroller.scrollTop;
-    const firstBefore = this.list.firstElementChild;
+    const anchor = this.stickToBottom ? null : this.list.querySelector('.msg[data-seq], .system');
+    const anchorTop = anchor ? anchor.offsetTop : 0;
     reconcile(this.list, nodes);
-    if (this.stickToBottom) {
-      scroller.scrollTop = scroller.scrollHeight;
-    } else if (firstBefore && this.list.firstElementChild !== firstBefore && firstBefore.isConnected) {
-      scroller.scrollTop = oldTop + (scroller.scrollHeight - oldHeight); // older entries came in above
-    }
+    if (this.stickToBottom) scroller.scrollTop = scroller.scrollHeight;
+    else if (anchor && anchor.isConnected) scroller.scrollTop += anchor.offsetTop - anchorTop;
     const status = $('#history-status');
-    status.textContent = !log.loaded ? 'Loading messages…' : log.hasMore ? '' : (entries.length ? 'This is the start of the chat.' : 'No messages yet. Say hello!');
+    status.textContent = !log.loaded || log.loading ? 'Loading messages…'
+      : log.hasMore ? '' : (entries.length ? 'This is the start of the chat.' : 'No messages yet. Say hello!');
+    if (log.loaded && log.hasMore && !log.loading && scroller.scrollTop < 200) this.session.loadHistory(chat.id);
 
     clearTimeout(this.expiryTimer);
     const next = store.nextExpiry(chat.id, now);

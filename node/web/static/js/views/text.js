@@ -6,14 +6,18 @@ import { describeMedia } from '../media.js';
 
 export function systemText(store, entry) {
   const by = entry.by ? store.nameOf(entry.by) : null;
-  const names = (entry.users || []).map((id) => store.nameOf(id)).join(', ');
+  const users = entry.users || [];
+  const names = users.map((id) => store.nameOf(id)).join(', '); // as the subject: "You left"
+  const mine = (id) => store.me && id === store.me.id;
+  const objects = users.map((id) => (mine(id) ? 'you' : store.nameOf(id))).join(', '); // "Alice added you"
+  const me = users.length === 1 && mine(users[0]);
   switch (entry.event) {
     case 'created': return `${by} created the group “${entry.title}”`;
-    case 'added': return `${by} added ${names}`;
-    case 'removed': return `${by} removed ${names}`;
+    case 'added': return `${by} added ${objects}`;
+    case 'removed': return `${by} removed ${objects}`;
     case 'left': return `${names} left`;
-    case 'promoted': return by ? `${by} made ${names} an admin` : `${names} is now an admin`;
-    case 'demoted': return `${by} made ${names} a member`;
+    case 'promoted': return by ? `${by} made ${objects} an admin` : `${names} ${me ? 'are' : 'is'} now an admin`;
+    case 'demoted': return `${by} made ${objects} a member`;
     case 'renamed': return `${by} renamed the group to “${entry.title}”`;
     case 'ttl_changed':
       return entry.ttl ? `${by} turned on disappearing messages: ${ttlLabel(entry.ttl)}` : `${by} turned off disappearing messages`;
