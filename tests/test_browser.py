@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
+
+from node.client import ChatClient
 
 pytestmark = pytest.mark.browser
 
@@ -426,6 +430,7 @@ def test_photo_audio_and_video_are_sent_shown_and_playable(pages, names, node, t
     expect(a.locator("#message-list .msg.theirs .quote")).to_contain_text("Photo: The lake at sunrise")
     send(a, "Lake Bled, just before 6 am")
     expect(own_status(a, "Lake Bled, just before 6 am")).to_have_attribute("data-status", "read")
+    expect(a.locator("#chat-list .chat-name")).to_have_text(["Bob", "Book club"])  # newest first
     a.mouse.move(0, 0)
     shot(a, "09-overview")
 
@@ -461,6 +466,36 @@ def test_photo_audio_and_video_are_sent_shown_and_playable(pages, names, node, t
     expect(b.locator("#chat-list .chat-item").first.locator(".preview")).to_have_text("Video: Clip")
     b.locator("#messages").evaluate("el => { el.scrollTop = el.scrollHeight - el.clientHeight - 150; }")
     shot(b, "06-media")
+
+
+def test_history_pages_load_as_you_scroll_up(pages, names, node):
+    alice, bob = names("alice", "bob")
+
+    async def bob_writes() -> None:
+        async with ChatClient(node.url) as client:
+            await client.login(bob, PASSWORD)
+            chat = await client.open_direct(username=alice)
+            async with client.connect() as conn:
+                for start in range(0, 120, 40):
+                    await conn.send_many([{"chat": chat["id"], "text": f"message {i}"} for i in range(start, start + 40)])
+
+    writer = threading.Thread(target=trio.run, args=(bob_writes,))  # trio in its own thread
+    writer.start()
+    writer.join(30)
+    a = pages.login(alice)
+    expect(a.locator("#chat-list .unread")).to_have_text("99+")
+    open_chat(a, "Bob")
+    rows = a.locator("#message-list .msg")
+    expect(rows).to_have_count(50)
+    expect(rows.last).to_contain_text("message 119")
+    assert a.locator("#messages").evaluate("el => el.scrollHeight - el.scrollTop - el.clientHeight") < 5  # at the end
+    for count in (100, 120):
+        a.locator("#messages").evaluate("el => { el.scrollTop = 0; }")
+        expect(rows).to_have_count(count)
+        assert a.locator("#messages").evaluate("el => el.scrollTop") > 200  # still looking at the same messages
+    expect(a.locator("#history-status")).to_have_text("This is the start of the chat.")
+    assert texts(a) == [f"message {i}" for i in range(120)]
+    assert seqs(a) == list(range(seqs(a)[0], seqs(a)[0] + 120))
 
 
 def test_offline_and_back_keeps_every_message_exactly_once(pages, names, node):

@@ -99,7 +99,7 @@ export class Session extends EventTarget {
         break;
       case 'read':
         store.onRead(event);
-        if (event.user === store.me.id) this.refreshChat(event.chat);
+        if (event.user === store.me.id && store.chats.get(event.chat)?.unread) this.refreshChat(event.chat); // read elsewhere, partly
         break;
       case 'presence':
         store.setPresence(event);
@@ -314,11 +314,10 @@ export class Session extends EventTarget {
     if (!chat || document.visibilityState !== 'visible' || this.store.activeChatId !== chatId) return;
     const seq = chat.last_seq || 0;
     if (seq <= (chat.read_seq || 0) && !chat.unread) return;
-    if (this.socket.read(chatId, seq)) {
-      chat.read_seq = seq;
-      chat.unread = 0;
-      this.store.changed('chats', chatId);
-    }
+    this.socket.read(chatId, seq);
+    chat.read_seq = seq;
+    chat.unread = 0;
+    this.store.changed('chats', chatId);
   }
 
   /** The composer changed: tell the chat we are typing (throttled), or that we stopped. */

@@ -14,6 +14,7 @@ const WELCOME_TIMEOUT = 10_000;
 const PING_AFTER = 20_000; // idle time before a ping
 const DEAD_AFTER = 45_000; // no frame at all for this long: the connection is gone
 const MAX_BACKOFF = 15_000;
+const CONTROL_DELAY = 50; // ms to gather `received` and `read` into one frame (the node limits frames per second)
 
 export class ChatSocket extends EventTarget {
   constructor(api, outbox) {
@@ -31,6 +32,8 @@ export class ChatSocket extends EventTarget {
     this.lastFrame = 0;
     this.stopped = true;
     this.heartbeat = null;
+    this.control = new Map(); // "received|read:<chat>" -> the event to send, highest seq only
+    this.controlTimer = null;
     this.onOnline = () => this.retryNow();
     this.onOffline = () => this.drop();
   }
@@ -50,6 +53,7 @@ export class ChatSocket extends EventTarget {
     window.removeEventListener('offline', this.onOffline);
     clearInterval(this.heartbeat);
     clearTimeout(this.retryTimer);
+    clearTimeout(this.controlTimer);
     if (this.ws) {
       const ws = this.ws;
       this.detach();
@@ -201,9 +205,21 @@ export class ChatSocket extends EventTarget {
       }
       this.emit('event', event);
     }
-    if (advanced.size) {
-      this.sendFrame([...advanced].map(([chat, seq]) => ({ type: 'received', chat, seq })));
-    }
+    for (const [chat, seq] of advanced) this.queueControl({ type: 'received', chat, seq });
+  }
+
+  /** `received` and `read` are cumulative: gather them, keep the highest per chat, send together. */
+  queueControl(event) {
+    const key = `${event.type}:${event.chat}`;
+    const held = this.control.get(key);
+    if (!held || held.seq < event.seq) this.control.set(key, event);
+    if (!this.controlTimer) this.controlTimer = setTimeout(() => this.flushControl(), CONTROL_DELAY);
+  }
+
+  flushControl() {
+    this.controlTimer = null;
+    if (this.control.size && this.sendFrame([...this.control.values()])) this.control.clear();
+    // else they wait for the next welcome
   }
 
   advance(chatId, seq) {
@@ -220,7 +236,8 @@ export class ChatSocket extends EventTarget {
     if (event.server_time) this.serverOffset = event.server_time - Date.now();
     this.setState('online');
     // What the chat list and history gave us counts as received, too.
-    this.sendFrame([...this.cursors].map(([chat, seq]) => ({ type: 'received', chat, seq })));
+    for (const [chat, seq] of this.cursors) this.queueControl({ type: 'received', chat, seq });
+    this.flushControl();
     this.flush();
   }
 
@@ -270,8 +287,9 @@ export class ChatSocket extends EventTarget {
     return this.sendFrame([{ type: 'typing', chat: chatId, typing: active }]);
   }
 
+  /** Everything up to `seq` in a chat was read here (sent now or after the next welcome). */
   read(chatId, seq) {
-    return this.sendFrame([{ type: 'read', chat: chatId, seq }]);
+    this.queueControl({ type: 'read', chat: chatId, seq });
   }
 
   /** Now by the node's clock (for disappearing messages). */

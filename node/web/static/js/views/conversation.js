@@ -37,7 +37,7 @@ export class ConversationView {
     this.text.addEventListener('keydown', (e) => this.onComposerKey(e));
     this.text.addEventListener('input', () => {
       this.autosize();
-      if (this.chatId && !this.context) this.session.typing(this.chatId, this.text.value.trim() !== '');
+      if (this.chatId && !(this.context && this.context.type === 'edit')) this.session.typing(this.chatId, this.text.value.trim() !== '');
     });
     $('#compose-context-cancel').addEventListener('click', () => this.setContext(null));
     $('#back').addEventListener('click', () => this.onBack());
