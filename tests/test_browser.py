@@ -33,6 +33,7 @@ pytestmark = pytest.mark.browser
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 expect = playwright_api.expect
+expect.set_options(timeout=10_000)  # generous for a busy CI machine; passing runs do not wait
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -87,10 +88,11 @@ grace = 0.2
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "serve", "--config", str(self.config), "--log-level", "WARNING"],
-            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=open(self.folder / "node.log", "ab"),
-        )
+        with open(self.folder / "node.log", "ab") as log:  # the child keeps its own copy of the file
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "node", "serve", "--config", str(self.config), "--log-level", "WARNING"],
+                cwd=self.folder, stdout=subprocess.DEVNULL, stderr=log,
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"the node exited: {(self.folder / 'node.log').read_text()[-2000:]}"
