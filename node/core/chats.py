@@ -419,7 +419,7 @@ class Chats:
             mark.move(old, seq)
         return old, seq
 
-    def announce_delivered(self, chat: ChatState, user_id: int, old: int, new: int, floor_before: int) -> None:
+    def announce_delivered(self, chat: ChatState, user_id: int, old: int, new: int) -> None:
         """Tell senders that their messages were delivered.
 
         1-1: the other member learns that `user_id` has everything up to `new`. Groups:
@@ -432,9 +432,11 @@ class Chats:
             event = {"type": "delivered", "chat": str(chat.id), "user": str(user_id), "seq": new}
         else:
             floor = chat.watermark("delivered").floor
-            if floor <= floor_before:
-                return
-            authors = self.authors_between(chat, 0, floor_before, floor)
+            before = chat.announced_delivered
+            if floor <= before:
+                return  # already told (several acks of one batch raise it only once)
+            chat.announced_delivered = floor
+            authors = self.authors_between(chat, 0, before, floor)
             event = {"type": "delivered", "chat": str(chat.id), "all": True, "seq": floor}
         if authors:
             self.send_to_members(chat, orjson.dumps(event), authors)

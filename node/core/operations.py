@@ -162,14 +162,13 @@ class MarkDelivered(Operation):
         chat = chats.get(self.chat_id)
         if chat is None or chat.member(self.user_id) is None:
             return None  # not worth an error: acks race with leaving chats
-        floor = chat.watermark("delivered").floor if chat.kind == "group" else 0
         moved = chats.advance_cursor(chat, self.user_id, "delivered", min(self.seq, chat.committed_seq))
         if moved is None:
             return None
         old, seq = moved
 
         def effect() -> None:
-            chats.announce_delivered(chat, self.user_id, old, seq, floor)
+            chats.announce_delivered(chat, self.user_id, old, seq)
             chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq, previous=old)
 
         return effect
@@ -189,7 +188,6 @@ class MarkRead(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = chats.require_chat(self.chat_id, self.user_id)
         seq = min(self.seq, chat.committed_seq)
-        floor = chat.watermark("delivered").floor if chat.kind == "group" else 0
         read = chats.advance_cursor(chat, self.user_id, "read", seq)
         if read is None:
             return lambda: self.resolve(member["read"])
@@ -197,7 +195,7 @@ class MarkRead(Awaitable):
 
         def effect() -> None:
             if delivered is not None:
-                chats.announce_delivered(chat, self.user_id, delivered[0], seq, floor)
+                chats.announce_delivered(chat, self.user_id, delivered[0], seq)
                 chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq,
                                      previous=delivered[0])
             chats.plugins.notify("on_read", chat_id=chat.id, user_id=self.user_id, seq=seq, previous=read[0])

@@ -55,6 +55,7 @@ class ChatState:
     recent: deque[tuple[int, int]] = attrs.Factory(lambda: deque(maxlen=RECENT_SENDERS))
     last_seq: int = -1  # the newest seq assigned by the sequencer, committed or not
     _watermarks: dict[str, Watermark] = attrs.Factory(dict)  # built on demand, dropped on member changes
+    announced_delivered: int = 0  # the group watermark senders were last told of
 
     def __attrs_post_init__(self) -> None:
         if self.last_seq < 0:
@@ -115,4 +116,7 @@ def load_chat(storage: Storage, chat_id: int) -> ChatState | None:
                 last_message = record
             if record.get("from"):
                 recent.append((record["seq"], int(record["from"])))
-    return ChatState(chat_id, orjson.loads(raw), members, last_seq, last_message, recent)
+    chat = ChatState(chat_id, orjson.loads(raw), members, last_seq, last_message, recent)
+    if chat.kind == "group":
+        chat.announced_delivered = chat.watermark("delivered").floor  # senders already knew this much
+    return chat
