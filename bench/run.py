@@ -346,18 +346,23 @@ def run_all(args: argparse.Namespace) -> dict:
                                seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
                 results["throughput"].append(t)
                 print(f"run {run + 1}: throughput {t}", flush=True)
-                rate = args.latency_rate or t["delivered_per_s"] / 2
-                lat = latency(proc, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
-                              profile=args.profile and args.profile + ".latency")
-                results["latency"].append(lat)
-                print(f"run {run + 1}: latency {lat}", flush=True)
+                for name in args.latency_rates.split(","):
+                    rate = t["delivered_per_s"] / 2 if name == "half" else float(name)
+                    lat = latency(proc, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
+                                  profile=args.profile and args.profile + ".latency")
+                    lat["rate_name"] = name
+                    results["latency"].append(lat)
+                    print(f"run {run + 1}: latency {lat}", flush=True)
+                    time.sleep(3.0)  # let the node drain before the next phase
     summary = {
         "delivered_per_s": median(results["throughput"], "delivered_per_s"),
         "acked_per_s": median(results["throughput"], "acked_per_s"),
         "server_cpu_us_per_msg": median(results["throughput"], "server_cpu_us_per_msg"),
-        "latency_offered_per_s": median(results["latency"], "offered_per_s"),
-        "latency_p50_ms": median(results["latency"], "p50_ms"),
-        "latency_p99_ms": median(results["latency"], "p99_ms"),
+        "latency": {
+            name: {key: median([r for r in results["latency"] if r["rate_name"] == name], key)
+                   for key in ("offered_per_s", "p50_ms", "p99_ms", "server_cpu_pct")}
+            for name in args.latency_rates.split(",")
+        },
         "idle_kib_per_connection": median(results["idle"], "kib_per_connection"),
     }
     return {"summary": summary, "runs": results, "args": vars(args), "cpus": os.cpu_count(),
@@ -372,7 +377,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="messages per frame")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--latency-pairs", type=int, default=500)
-    parser.add_argument("--latency-rate", type=float, default=0.0, help="default: half the measured throughput")
+    parser.add_argument("--latency-rates", default="1000,2000,half",
+                        help="offered rates for the latency figure; 'half' = half the measured throughput")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections for the memory figure")
     parser.add_argument("--profile", default=None, help="run the node under py-spy, writing collapsed stacks here")
     args = parser.parse_args()
@@ -387,8 +393,13 @@ def main() -> None:
         f"\n| figure | median of {args.runs} runs |\n| --- | --- |\n"
         f"| 1-1 messages delivered per second ({args.pairs} pairs, {args.window} in flight, {args.batch} per frame) | {s['delivered_per_s']:,.0f} |\n"
         f"| server CPU per delivered message | {s['server_cpu_us_per_msg']:.0f} µs |\n"
-        f"| send-to-receive latency at {s['latency_offered_per_s']:,.0f} msg/s offered ({args.latency_pairs} pairs): p50 / p99 | {s['latency_p50_ms']:.1f} / {s['latency_p99_ms']:.1f} ms |\n"
-        f"| memory per idle authenticated connection | {s['idle_kib_per_connection']:.1f} KiB |"
+        + "".join(  # noqa: ISC003
+            f"| send-to-receive latency at {v['offered_per_s']:,.0f} msg/s offered, one message per frame "
+            f"({args.latency_pairs} pairs): p50 / p99 (server CPU) | {v['p50_ms']:.1f} / {v['p99_ms']:.1f} ms "
+            f"({v['server_cpu_pct']:.0f} %) |\n"
+            for v in s["latency"].values()
+        )
+        + f"| memory per idle authenticated connection | {s['idle_kib_per_connection']:.1f} KiB |"
     )
 
 
