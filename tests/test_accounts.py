@@ -120,3 +120,12 @@ async def test_admin_token_is_required_when_configured(tmp_path):
         assert (await c._http.get("/api/admin/stats", headers={"Authorization": "Bearer wrong"})).status_code == 401
         ok = await c._http.get("/metrics", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and "chatnode_hub_connections" in ok.text
+
+
+@pytest.mark.parametrize("size", [200_000, 3_000_000])
+async def test_an_early_error_on_a_big_body_is_still_answered(node, size):
+    """A route that refuses a request before reading its body (401 here) still answers."""
+    async with ChatClient(node.http_url, timeout=10) as c:
+        response = await c._http.post("/api/logout", content=b"x" * size)
+        assert response.status_code == 401
+        assert (await c._http.get("/healthz")).status_code == 200

@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 64 * 1024
+DRAIN_LIMIT = 1024 * 1024  # unread request bodies up to this size are read and dropped
 
 #: User settings and what each accepts (the receipts and last-seen plugins read them).
 USER_SETTINGS = {
@@ -127,6 +129,24 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
                 raise ChatError("unauthorized")
         elif not _is_loopback(client_address()):
             raise ChatError("forbidden", "admin endpoints are for loopback clients unless admin.token is set")
+
+    @app.after_request
+    async def finish_request_body(response: Response) -> Response:
+        """Read what is left of a request body the route did not need (say, a 401 before a
+        big POST was read). Left unread, the server stops reading the socket, the client
+        never finishes sending, and neither side sees the answer. Bodies larger than
+        DRAIN_LIMIT are not read: the connection is closed after the answer instead."""
+        done = getattr(request.body, "_complete", None)  # quart keeps no public flag for this
+        if done is not None and done.is_set():
+            return response
+        length = request.content_length or 0
+        if length > DRAIN_LIMIT or (length == 0 and request.headers.get("Transfer-Encoding")):
+            response.headers["Connection"] = "close"
+        elif length:
+            with trio.move_on_after(10):
+                async for _ in request.body:
+                    pass
+        return response
 
     @app.errorhandler(ChatError)
     async def on_chat_error(exc: ChatError) -> Response:
