@@ -447,7 +447,7 @@ class Membership:
     def _apply_alive(self, msg: Alive) -> None:
         self._after(self.table.apply_alive(msg, self.clock.now()), msg.node, msg)
 
-    def _apply_suspect(self, msg: Suspect) -> None:
+    def _apply_suspect(self, msg: Suspect, *, hearsay: bool = False) -> None:
         n = self.table.live_count()
         bounds = suspicion_bounds(
             self.config.suspicion_mult, self.config.suspicion_max_timeout_mult, n, self.config.probe_interval
@@ -455,7 +455,7 @@ class Membership:
         k = self.config.suspicion_mult - 2
         if n - 2 < k:
             k = 0
-        change = self.table.apply_suspect(msg, self.clock.now(), bounds, k)
+        change = self.table.apply_suspect(msg, self.clock.now(), bounds, k, hearsay=hearsay)
         self._after(change, msg.node, msg)
         if change.kind == SUSPECTED and change.member is not None and self._nursery is not None:
             self._nursery.start_soon(self._suspicion_timer, change.member)
@@ -589,14 +589,21 @@ class Membership:
         return messages[0]
 
     def _merge(self, rows: Iterable[MemberState], sender: int) -> None:
-        """Merge a remote view; a remote 'failed' only makes us suspect, never kills outright."""
+        """Merge a remote view; a remote 'failed' only makes us suspect, never kills outright.
+
+        A remote 'suspect' or 'failed' row is hearsay: the sender may only have heard it,
+        and the row does not say who accused. It opens a suspicion here (and the member is
+        probed next, so it hears of it), but it is not passed on and confirms nothing;
+        otherwise every state exchange during a lone suspicion would count as one more
+        independent accuser and cut the suspect's time to refute to the minimum.
+        """
         for row in rows:
             if row.state == ALIVE:
                 self._apply_alive(Alive(row.node, row.incarnation, row.name, row.address, row.http_url, row.protocol))
             elif row.state == LEFT:
                 self._apply_dead(Dead(row.node, row.incarnation, row.node))
             else:
-                self._apply_suspect(Suspect(row.node, row.incarnation, sender))
+                self._apply_suspect(Suspect(row.node, row.incarnation, sender), hearsay=True)
 
     def _claim_conflict(self, claimant: MemberState) -> Member | None:
         """The live member whose node id ``claimant`` would take, if any."""

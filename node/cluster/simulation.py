@@ -3,9 +3,14 @@
 Used by the cluster tests and ``bench/cluster_sim.py``. Each simulated node is the
 real ``Membership`` with a real keyring; only its transport and clock are the
 in-memory ones. Run it under ``trio.testing.MockClock(autojump_threshold=0)`` and
-minutes of protocol time take seconds. Randomness (loss, delay, target choice) comes
-from seeded generators; trio's scheduler may still order simultaneous wake-ups
-differently between runs, so assertions are about bounds, not exact timings.
+minutes of protocol time take seconds.
+
+A seed replays a run exactly. Loss, delay and every member's choices come from
+generators seeded by it, and so does the order in which trio runs tasks that wake
+at the same moment: trio normally randomises that order (differently in every run),
+and many things wake together in a simulation (all timers of a member whose stall
+ends, say). ``open_simulation`` switches trio to the seeded order it provides for
+exactly this purpose (the one Hypothesis uses), for the duration of the simulation.
 
 Every membership event of every node is recorded with the time it happened, which is
 how tests measure dissemination and detection and count false failures (a member
@@ -15,11 +20,12 @@ marked failed while it was in fact running).
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import attrs
 import trio
+from trio._core import _run as _trio_run  # the scheduler's seeding hook, see seeded_scheduling
 
 from .config import ClusterConfig
 from .keyring import Keyring
@@ -66,6 +72,7 @@ class Simulation:
         self.keyring = Keyring([SIM_KEY])
         self.nodes: dict[int, SimNode] = {}
         self.events: list[Observation] = []
+        self.replayable = False  # whether trio's scheduling is seeded too (see open_simulation)
 
     # -- building the cluster -------------------------------------------------------
 
@@ -172,6 +179,31 @@ class Simulation:
         return trio.current_time() - start
 
 
+@contextmanager
+def seeded_scheduling(seed: int) -> Iterator[bool]:
+    """Make trio run tasks that are ready at the same moment in an order fixed by ``seed``.
+
+    Yields whether it could (False if this trio no longer has the hook; runs then
+    work as before but do not replay). trio keeps the switch and the generator in
+    ``trio._core._run``: when the switch is on, each batch of ready tasks is sorted by
+    creation and shuffled with that generator. Both are restored on exit. The
+    setting is global to the thread, so run one simulation at a time.
+    """
+    run = _trio_run
+    shuffler = getattr(run, "_r", None)
+    if not isinstance(shuffler, random.Random) or not hasattr(run, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        yield False
+        return
+    saved_switch, saved_state = run._ALLOW_DETERMINISTIC_SCHEDULING, shuffler.getstate()
+    run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    shuffler.seed(seed)
+    try:
+        yield True
+    finally:
+        run._ALLOW_DETERMINISTIC_SCHEDULING = saved_switch  # type: ignore[misc]
+        shuffler.setstate(saved_state)
+
+
 @asynccontextmanager
 async def open_simulation(
     config: ClusterConfig,
@@ -181,15 +213,21 @@ async def open_simulation(
     delay: float = 0.001,
     jitter: float = 0.002,
 ) -> AsyncIterator[Simulation]:
-    """A running in-memory network; every member is stopped on exit."""
-    network = MemoryNetwork(seed=seed, loss=loss, delay=delay, jitter=jitter)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(network.serve)
-        sim = Simulation(nursery, network, config, seed)
-        try:
-            yield sim
-        finally:
-            nursery.cancel_scope.cancel()
+    """A running in-memory network; every member is stopped on exit.
+
+    The same ``seed`` (and the same calls) replay the same run; ``sim.replayable``
+    says whether trio's scheduling could be seeded (see ``seeded_scheduling``).
+    """
+    with seeded_scheduling(seed) as replayable:
+        network = MemoryNetwork(seed=seed, loss=loss, delay=delay, jitter=jitter)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(network.serve)
+            sim = Simulation(nursery, network, config, seed)
+            sim.replayable = replayable
+            try:
+                yield sim
+            finally:
+                nursery.cancel_scope.cancel()
 
 
-__all__ = ["ALIVE", "DEAD", "LEFT", "Observation", "SimNode", "Simulation", "open_simulation"]
+__all__ = ["ALIVE", "DEAD", "LEFT", "Observation", "SimNode", "Simulation", "open_simulation", "seeded_scheduling"]

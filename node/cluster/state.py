@@ -10,7 +10,9 @@ SWIM can be read and tested in one place:
   it refutes with a higher one. A graceful leave is a ``Dead`` sent by the member
   about itself and is recorded as *left*, never as *failed*.
 * Suspicion (Lifeguard): the timeout starts long and shrinks towards its minimum as
-  independent members confirm it, so one confused node cannot kill a healthy one.
+  independent members confirm it, so one confused node cannot kill a healthy one. A
+  suspicion read in another member's table (a state exchange) names no accuser: it may
+  open a suspicion here, but it never counts as a confirmation.
 * Node ids are unique: an ``Alive`` that claims a live member's id from another
   address is a conflict and is ignored (the joiner is refused, see membership).
 """
@@ -79,19 +81,27 @@ class Suspicion:
 
     With ``k`` expected confirmations, after ``c`` of them the timeout is
     ``max - (max - min) * log(c + 1) / log(k + 1)``, never below ``min``.
+
+    ``source`` is the accuser, or None when the suspicion was read in another member's
+    table: then the first accuser heard of later is its origin, not a confirmation.
     """
 
-    def __init__(self, source: int, k: int, low: float, high: float, started: float) -> None:
+    def __init__(self, source: int | None, k: int, low: float, high: float, started: float) -> None:
         self.k = k
         self.low = low
         self.high = high if k >= 1 else low
         self.started = started
-        self.sources = {source}
+        self.sources: set[int] = set() if source is None else {source}
         self.confirmations = 0
 
     def confirm(self, source: int) -> bool:
-        """Count ``source`` once; True if it was new (and the deadline moved)."""
-        if self.confirmations >= self.k or source in self.sources:
+        """Count ``source`` once; True if it was new (worth passing on)."""
+        if source in self.sources:
+            return False
+        if not self.sources:  # opened second-hand: this is the accuser, the deadline stays
+            self.sources.add(source)
+            return True
+        if self.confirmations >= self.k:
             return False
         self.sources.add(source)
         self.confirmations += 1
@@ -195,22 +205,26 @@ class MemberTable:
             kind = UPDATED if meta_changed else None
         return Change(kind, m, rebroadcast=True)
 
-    def apply_suspect(self, msg: Suspect, now: float, bounds: tuple[float, float], k: int) -> Change:
+    def apply_suspect(
+        self, msg: Suspect, now: float, bounds: tuple[float, float], k: int, *, hearsay: bool = False
+    ) -> Change:
+        """Apply a suspicion. ``hearsay``: it was read in another member's table, so
+        ``msg.source`` is only who passed it on; it opens a suspicion (not passed on)
+        but never confirms one."""
         m = self._members.get(msg.node)
         if m is self.local and m.state == ALIVE:
             # our refutation may not have reached the doubter yet: say it again
             return Change(refute=True) if msg.incarnation >= m.incarnation else Change(reannounce=True)
         if m is None or m is self.local or msg.incarnation < m.incarnation or m.state in (DEAD, LEFT):
             return NOTHING
-        if m.state == SUSPECT and m.suspicion is not None:
-            if msg.incarnation == m.incarnation and m.suspicion.confirm(msg.source):
-                return Change(None, m, rebroadcast=True)  # the deadline moved: pass the confirmation on
-            if msg.incarnation == m.incarnation:
-                return NOTHING
+        if m.state == SUSPECT and m.suspicion is not None and msg.incarnation == m.incarnation:
+            if not hearsay and m.suspicion.confirm(msg.source):
+                return Change(None, m, rebroadcast=True)  # a new accuser: pass it on
+            return NOTHING
         m.incarnation = msg.incarnation
         m.state, m.since = SUSPECT, now
-        m.suspicion = Suspicion(msg.source, k, bounds[0], bounds[1], now)
-        return Change(SUSPECTED, m, rebroadcast=True)
+        m.suspicion = Suspicion(None if hearsay else msg.source, k, bounds[0], bounds[1], now)
+        return Change(SUSPECTED, m, rebroadcast=not hearsay)
 
     def apply_dead(self, msg: Dead, now: float) -> Change:
         m = self._members.get(msg.node)

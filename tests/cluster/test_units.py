@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import random
 
+import attrs
 import pytest
 
 from node.cluster.awareness import Awareness
@@ -163,6 +164,58 @@ def test_suspicion_timeout_shrinks_with_confirmations():
     assert deadlines == sorted(deadlines, reverse=True) and deadlines[-1] == 104.0
     assert not s.confirm(2) and not s.confirm(5)  # repeats and extras do not count
     assert Suspicion(1, 0, 4.0, 24.0, 0.0).deadline == 4.0  # nobody to confirm: the minimum
+
+
+def test_a_suspicion_read_in_a_state_exchange_never_counts_as_an_accuser():
+    """Rows of a state exchange do not say who accused; the sender may only have heard
+    it. Counting them would turn one lone accusation into a confirmed one."""
+    bounds = (4.0, 24.0)
+    t = _table()
+    t.apply_alive(Alive(2, 0, "n2", "h:2", "", 1), 0.0)
+    assert t.apply_suspect(Suspect(2, 0, 3), 10.0, bounds, 2).kind == SUSPECTED
+    for sender in (4, 5, 6):  # three members pass the same suspicion on in state exchanges
+        change = t.apply_suspect(Suspect(2, 0, sender), 11.0, bounds, 2, hearsay=True)
+        assert change.kind is None and not change.rebroadcast
+    assert t.get(2).suspicion.confirmations == 0 and t.get(2).suspicion.deadline == 34.0
+    assert t.apply_suspect(Suspect(2, 0, 4), 12.0, bounds, 2).rebroadcast  # member 4 itself accuses: it counts
+    assert t.get(2).suspicion.confirmations == 1
+
+    # first heard of second-hand: a suspicion without an accuser, not passed on
+    t = _table()
+    t.apply_alive(Alive(2, 0, "n2", "h:2", "", 1), 0.0)
+    change = t.apply_suspect(Suspect(2, 0, 4), 10.0, bounds, 2, hearsay=True)
+    assert change.kind == SUSPECTED and not change.rebroadcast
+    assert t.get(2).suspicion.deadline == 34.0
+    assert t.apply_suspect(Suspect(2, 0, 3), 11.0, bounds, 2).rebroadcast  # the accuser: passed on ...
+    assert t.get(2).suspicion.confirmations == 0  # ... but it is the first, not a confirmation
+    assert t.apply_suspect(Suspect(2, 0, 5), 12.0, bounds, 2).rebroadcast
+    assert t.get(2).suspicion.confirmations == 1
+
+
+async def test_merged_state_opens_a_suspicion_but_confirms_none():
+    from node.cluster.membership import Membership
+    from node.cluster.memnet import MemoryNetwork, StallableClock
+
+    network = MemoryNetwork()
+    transport = network.attach("sim-1:7946")
+    m = Membership(
+        ClusterConfig(enabled=True), node_id=1, name="n1", http_url="", transport=transport,
+        clock=StallableClock(transport.stall), keyring=Keyring([]),
+    )  # fmt: skip
+    for node in range(2, 8):
+        m._apply_alive(Alive(node, 0, f"n{node}", f"sim-{node}:7946", "", 1))
+    m._apply_suspect(Suspect(2, 0, 3))  # member 3 accuses member 2
+    suspicion = m.table.get(2).suspicion
+    deadline = suspicion.deadline
+    queued = m.broadcasts.enqueued
+    row = MemberState(2, 0, "suspect", "n2", "sim-2:7946", "", 1)
+    m._merge([row], sender=4)
+    m._merge([attrs.evolve(row, state="dead")], sender=5)
+    assert suspicion.confirmations == 0 and suspicion.deadline == deadline
+    assert m.broadcasts.enqueued == queued  # nothing passed on in the senders' names
+    m._merge([attrs.evolve(row, node=6, name="n6", address="sim-6:7946")], sender=4)
+    assert m.member(6).state == "suspect"  # news to us: a suspicion (it is probed next) ...
+    assert m.broadcasts.enqueued == queued  # ... still not passed on
 
 
 def test_awareness_scales_and_saturates():
