@@ -5,6 +5,7 @@ Task tree (every task has an owner):
     serve_node
     ├── storage writer (group commit)           open_storage
     ├── chat sequencer                          core nursery
+    ├── sweepers: expired messages, old dedupe  core nursery
     ├── sessions nursery: one task per chat WebSocket
     └── listeners nursery: trio-websocket accept loop, hypercorn (REST + web client)
 
@@ -32,6 +33,7 @@ from .config import Config, ConfigError
 from .core.accounts import Accounts, Device
 from .core.blocks import Blocks
 from .core.chats import Chats, now_ms
+from .core.dedupe import sweep_dedupe
 from .core.errors import CLOSE_GOING_AWAY, ChatError
 from .core.operations import MarkRead, PostMessage, PurgeExpired
 from .core.views import reads_shared
@@ -100,7 +102,7 @@ class Node:
         return {
             "hub": self.hub.statistics(),
             "storage": {"commits": self.storage.writer.commits, "committed_ops": self.storage.writer.committed_ops},
-            "chats": {"operations_applied": self.chats.applied},
+            "chats": {"operations_applied": self.chats.applied, "dedupe_purged": self.chats.dedupe_purged},
             "plugins": self.plugins.statistics(),
             **({"cluster": self.cluster.statistics()} if self.cluster is not None else {}),
         }
@@ -269,6 +271,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
             await core.start(chats.serve)
             await core.start(manager.serve_pumps, config.plugins.event_queue)
             core.start_soon(sweep_expired, node)
+            core.start_soon(sweep_dedupe, node)
             # -- cluster (node/cluster owns what is inside this block) -----------------
             if config.cluster.enabled:
                 from .cluster.service import serve_cluster
@@ -302,7 +305,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 plugin_tasks.cancel_scope.cancel()
             await chats.close()
             manager.close_pumps()
-            core.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout  # the sweeper
+            core.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout  # the sweepers
     log.info("stopped")
 
 

@@ -121,7 +121,8 @@ class StorageSection:
     max_map_size_mb: int = _int(1 << 20, 1, 1 << 24)  # growth stops here with a clear error
     max_batch: int = _int(2048, 1, 100_000)  # write requests folded into one transaction
     sync: bool = True  # fsync each commit; never turn off where acks must survive power loss
-    sweep_interval: float = _float(30.0, 0.05, 86_400.0)  # seconds between purges of expired messages
+    sweep_interval: float = _float(30.0, 0.05, 86_400.0)  # seconds between purges (expired messages, old dedupe)
+    dedupe_retention: float = _float(604_800.0, 1.0, 315_360_000.0)  # seconds a client_msg_id is remembered
 
 
 @attrs.frozen

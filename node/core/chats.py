@@ -131,6 +131,7 @@ class Chats:
         self.pending_direct: dict[tuple[int, int], int] = {}
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
+        self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
 
     # -- the sequencer ---------------------------------------------------------------
 
@@ -348,17 +349,31 @@ class Chats:
 
     def find_duplicate(self, dedupe_key: bytes) -> dict[str, Any] | None:
         """What an earlier send with this client_msg_id produced: chat, seq, id, ts."""
-        raw = self._pending_dedupe.get(dedupe_key) or self.storage.get("dedupe", dedupe_key)
+        raw = self.dedupe_value(dedupe_key)
         if raw is None:
             return None
         chat_id, seq = from_pair(raw[:16])
         message_id, ts = from_pair(raw[16:32])
         return {"chat": str(chat_id), "seq": seq, "id": str(message_id), "ts": ts}
 
+    def dedupe_value(self, dedupe_key: bytes) -> bytes | None:
+        """The stored dedupe value as this batch leaves it (b"" in pending = purged in this batch)."""
+        if dedupe_key in self._pending_dedupe:
+            return self._pending_dedupe[dedupe_key] or None
+        return self.storage.get("dedupe", dedupe_key)
+
     def remember_dedupe(self, batch: WriteBatch, dedupe_key: bytes, record: dict[str, Any]) -> None:
+        """Record a send's ack, indexed by time so the purge finds it without a scan."""
         value = pair(int(record["chat"]), record["seq"]) + pair(int(record["id"]), record["ts"])
         batch.put("dedupe", dedupe_key, value)
+        batch.put("dedupe_by_time", u64(record["ts"]) + dedupe_key, b"")
         self._pending_dedupe[dedupe_key] = value
+
+    def forget_dedupe(self, batch: WriteBatch, dedupe_key: bytes, ts: int) -> None:
+        """Drop a dedupe record and its index entry; later sends of this batch see it gone."""
+        batch.delete("dedupe", dedupe_key)
+        batch.delete("dedupe_by_time", u64(ts) + dedupe_key)
+        self._pending_dedupe[dedupe_key] = b""
 
     def direct_chat_id(self, low: int, high: int) -> int | None:
         pending = self.pending_direct.get((low, high))

@@ -22,11 +22,11 @@ from .writer import WriteBatch, Writer
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Core named databases. Keys are documented in docs/architecture.md.
 CORE_DATABASES = (
-    "meta",  # b"schema_version", b"id_high_water" -> values
+    "meta",  # b"schema_version", b"id_high_water", b"dedupe_backfill" -> values
     "users",  # user_id -> user record
     "usernames",  # lower-case username -> user_id
     "tokens",  # sha256(token) -> token record
@@ -37,6 +37,7 @@ CORE_DATABASES = (
     "log",  # chat_id|seq -> message record (the chat log)
     "msgids",  # message id -> chat_id|seq
     "dedupe",  # user_id|client_msg_id -> chat_id|seq|message_id|ts (idempotent sends)
+    "dedupe_by_time",  # ts|user_id|client_msg_id -> b"" (which dedupe records are due for purging)
     "chat_seq",  # chat_id -> last seq assigned (survives purges of the newest entries)
     "expiry",  # expires_at|chat_id|seq -> message_id (disappearing messages to purge)
     "blocks",  # blocker user_id|blocked user_id -> b""
@@ -198,8 +199,21 @@ class Storage:
         self.env.close()
 
 
+#: Where the one-off indexing of version-1 dedupe records has got to (the next key to visit).
+DEDUPE_BACKFILL = b"dedupe_backfill"
+
+
+def _start_dedupe_backfill(txn: lmdb.Transaction, handles: dict[str, Any]) -> None:
+    """Version 2 adds `dedupe_by_time`. Existing records are indexed later, in chunks, by the
+    dedupe sweeper (node/core/dedupe.py), so opening a big data dir never waits on a full scan."""
+    if txn.cursor(db=handles["dedupe"]).first():
+        txn.put(DEDUPE_BACKFILL, b"\x00", db=handles["meta"])
+
+
 #: Schema migrations: version -> function(txn, handles) run inside one write transaction.
-MIGRATIONS: dict[int, Callable[[lmdb.Transaction, dict[str, Any]], None]] = {}
+MIGRATIONS: dict[int, Callable[[lmdb.Transaction, dict[str, Any]], None]] = {
+    2: _start_dedupe_backfill,
+}
 
 
 @contextlib.asynccontextmanager
