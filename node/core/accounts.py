@@ -1,8 +1,12 @@
-"""Accounts: registration, password login, device tokens, logout, user lookup.
+"""Accounts: registration, password login, device tokens, logout, user lookup, and
+account management (display name, password change, listing and revoking devices).
 
 Passwords are hashed with argon2id in worker threads (never on the event loop). A login
 returns an opaque random token; only its SHA-256 is stored, so a copy of the database
 does not let anyone log in. Each token is one device; a user may hold several.
+
+A device's last use is kept in memory, noted at most once a minute, and rides along with
+the next commit of anything else (a writer commit hook): it never costs a write of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.]{2,31}$")
 MAX_PASSWORD_BYTES = 1024
 MAX_DISPLAY_NAME = 64
 NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it
+LAST_USED_EVERY_MS = 60_000  # a device's last use is noted at most this often
 
 
 @attrs.frozen
@@ -39,10 +44,43 @@ class Device:
     device_id: int
     token_hash: bytes
     name: str
+    created: int = 0
 
 
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def token_record(device: Device, last_used: int | None = None) -> dict:
+    """What the `tokens` database holds for a device (`user` first: see `_scan_tokens`)."""
+    record = {"user": str(device.user_id), "device": str(device.device_id), "name": device.name,
+              "created": device.created}
+    if last_used:
+        record["last_used"] = last_used
+    return record
+
+
+def check_display_name(value: object) -> str:
+    """One rule for registration and renames, so a name accepted once is accepted again.
+    Returns the stripped name; empty means "use the username"."""
+    if not isinstance(value, str) or len(value) > MAX_DISPLAY_NAME:
+        raise ChatError("bad_request", f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters")
+    return value.strip()
+
+
+def _scan_tokens(txn, handle, user_id: int) -> list[tuple[bytes, dict]]:
+    """Every token record of one user (runs in a worker thread). Tokens are keyed by hash,
+    so this reads them all; the byte test skips parsing other users' records."""
+    needle = b'"user":"%d"' % user_id
+    found = []
+    for key, value in txn.cursor(db=handle):
+        if needle in value and (record := orjson.loads(value))["user"] == str(user_id):
+            found.append((bytes(key), record))
+    return found
 
 
 def public_user(record: dict) -> dict:
@@ -80,6 +118,11 @@ class Accounts:
         self._reserved: set[str] = set()
         self._devices: dict[bytes, Device] = {}
         self._users: dict[int, dict] = {}
+        self._last_used: dict[bytes, int] = {}  # token hash -> Unix ms, noted by authenticate
+        self._touched: set[bytes] = set()  # last_used changed since the last commit
+        self._revoking: set[bytes] = set()  # deletes in flight: never write these back
+        self._password_changes: dict[int, int] = {}  # user id -> changes since start (see login)
+        storage.writer.add_commit_hook(self._flush_last_used)
         self.user_failures = FailureWindow(config.login_failures_per_user, config.login_window)
         self.address_failures = FailureWindow(config.login_failures_per_address, config.login_window)
 
@@ -90,8 +133,7 @@ class Accounts:
             raise ChatError("registration_closed")
         name = self._check_username(username)
         self._check_password(password)
-        if display_name is not None and (not isinstance(display_name, str) or len(display_name) > MAX_DISPLAY_NAME):
-            raise ChatError("bad_request", f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters")
+        display_name = "" if display_name is None else check_display_name(display_name)
         if name in self._reserved or self._storage.get("usernames", name.encode()) is not None:
             raise ChatError("username_taken")
         self._reserved.add(name)
@@ -102,7 +144,7 @@ class Accounts:
             record = {
                 "id": str(user_id),
                 "username": name,
-                "display_name": (display_name or "").strip() or name,
+                "display_name": display_name or name,
                 "created": int(time.time() * 1000),
                 "password": password_hash,
                 "settings": {},
@@ -162,53 +204,93 @@ class Accounts:
         if len(password.encode()) > MAX_PASSWORD_BYTES:
             raise ChatError("unauthorized")
         name = username.lower()
-        wait = max(self.user_failures.blocked_for(name), self.address_failures.blocked_for(address))
-        if wait > 0:
-            raise ChatError("rate_limited", f"too many failed logins; retry in {int(wait) + 1} s")
+        self._check_failures(name, address)
         user = self.user_by_name(name)
+        changes = self._password_changes.get(int(user["id"]), 0) if user else 0
         stored_hash = user["password"] if user and user["password"] != NO_PASSWORD else self._dummy_hash
-        ok = False
-        async with self._hash_limiter:
-            try:
-                ok = await trio.to_thread.run_sync(self._hasher.verify, stored_hash, password)
-            except argon2.exceptions.VerificationError:
-                ok = False
+        ok = await self._verify(stored_hash, password)
         if not ok or user is None or user["password"] == NO_PASSWORD:
-            self.user_failures.fail(name)
-            self.address_failures.fail(address)
+            self._note_failure(name, address)
             raise ChatError("unauthorized", "wrong username or password")
         self.user_failures.reset(name)
+        user_id = int(user["id"])
         batch = WriteBatch()
+        new_hash = stored_hash
         if self._hasher.check_needs_rehash(stored_hash):
-            async with self._hash_limiter:
-                user = {**user, "password": await trio.to_thread.run_sync(self._hasher.hash, password)}
-            batch.put("users", u64(int(user["id"])), orjson.dumps(user))
+            new_hash = await self._hash(password)
+        self._check_password_unchanged(user_id, changes)
+        if new_hash != stored_hash:
+            user = self._users[user_id] = {**self.get_user(user_id), "password": new_hash}
+            batch.put("users", u64(user_id), orjson.dumps(user))
         token = "cn_" + secrets.token_urlsafe(32)
         device = Device(
-            user_id=int(user["id"]),
+            user_id=user_id,
             device_id=self._ids.next_id(),
             token_hash=hash_token(token),
             name=device_name[:64] if isinstance(device_name, str) else "",
+            created=now_ms(),
         )
-        record = {
-            "user": str(device.user_id),
-            "device": str(device.device_id),
-            "name": device.name,
-            "created": int(time.time() * 1000),
-        }
-        batch.put("tokens", device.token_hash, orjson.dumps(record))
+        batch.put("tokens", device.token_hash, orjson.dumps(token_record(device)))
         await self._storage.write(batch)
-        self._users[device.user_id] = user
+        if self._password_changes.get(user_id, 0) != changes:
+            # The password changed while this token was on its way to disk, and the change's
+            # scan may have missed it: a token minted with the old password must not survive.
+            await self._revoke([device.token_hash])
+            raise ChatError("unauthorized", "the password was changed; log in again")
         self._devices[device.token_hash] = device
-        return {"token": token, "device_id": str(device.device_id), "user": public_user(user)}
+        return {"token": token, "device_id": str(device.device_id), "user": public_user(self.get_user(user_id))}
 
     async def logout(self, device: Device) -> None:
         """Revoke the device's token; its open connections are closed."""
-        batch = WriteBatch()
-        batch.delete("tokens", device.token_hash)
-        await self._storage.write(batch)
-        self._devices.pop(device.token_hash, None)
-        self._on_revoke(device.token_hash)
+        await self._revoke([device.token_hash])
+
+    def _check_failures(self, username: str, address: str) -> None:
+        """Refuse password checks for a username or address over its failure limit."""
+        wait = max(self.user_failures.blocked_for(username), self.address_failures.blocked_for(address))
+        if wait > 0:
+            raise ChatError("rate_limited", f"too many failed password attempts; retry in {int(wait) + 1} s")
+
+    def _note_failure(self, username: str, address: str) -> None:
+        self.user_failures.fail(username)
+        self.address_failures.fail(address)
+
+    async def _verify(self, stored_hash: str, password: str) -> bool:
+        """argon2 verification in a worker thread (it takes tens of milliseconds)."""
+        async with self._hash_limiter:
+            try:
+                return await trio.to_thread.run_sync(self._hasher.verify, stored_hash, password)
+            except argon2.exceptions.VerificationError:
+                return False
+
+    async def _hash(self, password: str) -> str:
+        async with self._hash_limiter:
+            return await trio.to_thread.run_sync(self._hasher.hash, password)
+
+    def _check_password_unchanged(self, user_id: int, changes: int) -> None:
+        """A password checked before a password change (that landed meanwhile) is stale."""
+        if self._password_changes.get(user_id, 0) != changes:
+            raise ChatError("unauthorized", "the password was changed; log in again")
+
+    async def _revoke(self, hashes: list[bytes], batch: WriteBatch | None = None) -> None:
+        """Delete tokens (with whatever else `batch` holds) and close their connections.
+
+        Shielded: the writer commits a queued request even if its caller is cancelled, so
+        the caller waits for the outcome and the sockets are closed either way."""
+        batch = batch or WriteBatch()
+        for token_hash in hashes:
+            batch.delete("tokens", token_hash)
+            self._revoking.add(token_hash)
+            self._touched.discard(token_hash)
+        try:
+            with trio.CancelScope(shield=True):
+                await self._storage.write(batch)
+        finally:
+            for token_hash in hashes:
+                self._devices.pop(token_hash, None)  # always safe: a miss re-reads storage
+                self._last_used.pop(token_hash, None)
+            self._revoking.difference_update(hashes)
+        for token_hash in hashes:
+            self._on_revoke(token_hash)
 
     def authenticate(self, token: object) -> Device | None:
         """The device a token belongs to, or None. A point read, cached."""
@@ -216,17 +298,112 @@ class Accounts:
             return None
         token_hash = hash_token(token)
         device = self._devices.get(token_hash)
-        if device is not None:
-            return device
-        raw = self._storage.get("tokens", token_hash)
-        if raw is None:
-            return None
-        record = orjson.loads(raw)
-        device = Device(int(record["user"]), int(record["device"]), token_hash, record.get("name", ""))
-        if len(self._devices) > 100_000:
-            self._devices.clear()
-        self._devices[token_hash] = device
+        if device is None:
+            raw = self._storage.get("tokens", token_hash)
+            if raw is None:
+                return None
+            record = orjson.loads(raw)
+            device = Device(int(record["user"]), int(record["device"]), token_hash, record.get("name", ""),
+                            record.get("created", 0))
+            if len(self._devices) > 100_000:
+                self._devices.clear()
+                self._last_used.clear()
+            self._devices[token_hash] = device
+            self._last_used[token_hash] = record.get("last_used", 0)
+        self._note_use(token_hash)
         return device
+
+    def _note_use(self, token_hash: bytes) -> None:
+        """Remember that a device was used, at most once a minute (see `_flush_last_used`)."""
+        now = now_ms()
+        if now - self._last_used.get(token_hash, 0) >= LAST_USED_EVERY_MS and token_hash not in self._revoking:
+            self._last_used[token_hash] = now
+            self._touched.add(token_hash)
+
+    def _flush_last_used(self) -> WriteBatch:
+        """Writer commit hook: noted last uses join whatever commits next, so keeping them
+        costs no write of its own. Revoked or revoking devices are never written back."""
+        batch = WriteBatch()
+        for token_hash in self._touched:
+            device = self._devices.get(token_hash)
+            if device is not None and token_hash not in self._revoking:
+                batch.put("tokens", token_hash, orjson.dumps(token_record(device, self._last_used.get(token_hash))))
+        self._touched.clear()
+        return batch
+
+    # -- account management ----------------------------------------------------------
+
+    async def rename(self, user_id: int, display_name: object) -> dict:
+        """Change the display name (registration's rule; empty means the username)."""
+        name = check_display_name(display_name)
+        user = self.get_user(user_id)
+        if user is None:
+            raise ChatError("not_found")
+        return public_user(await self._update_user(user_id, display_name=name or user["username"]))
+
+    async def change_password(self, device: Device, current: object, new: object, address: str) -> int:
+        """Replace the password after checking the current one, and log out every other
+        device of the user. Wrong guesses count toward the login limits, so a stolen token
+        is no way around them. Returns how many devices were logged out."""
+        if not isinstance(current, str) or not isinstance(new, str):
+            raise ChatError("bad_request", "current_password and new_password must be strings")
+        self._check_password(new)
+        user = self.get_user(device.user_id)
+        if user is None:
+            raise ChatError("unauthorized")
+        self._check_failures(user["username"], address)
+        changes = self._password_changes.get(device.user_id, 0)
+        stored = user["password"]
+        if stored == NO_PASSWORD or len(current.encode()) > MAX_PASSWORD_BYTES or not await self._verify(stored, current):
+            self._note_failure(user["username"], address)
+            raise ChatError("wrong_password")
+        self.user_failures.reset(user["username"])
+        new_hash = await self._hash(new)
+        if self._password_changes.get(device.user_id, 0) != changes:
+            raise ChatError("conflict", "the password was changed meanwhile")
+        return await self._replace_password(device, new_hash)
+
+    async def _replace_password(self, device: Device, new_hash: str) -> int:
+        """Store the new hash and delete the other tokens in one commit. The change is
+        counted before the scan, so a login racing this either sees the count move and
+        fails, or committed its token before the scan and is found by it (see `login`)."""
+        user_id = device.user_id
+        self._password_changes[user_id] = self._password_changes.get(user_id, 0) + 1
+        user = self._users[user_id] = {**self.get_user(user_id), "password": new_hash}
+        try:
+            others = [h for h, _ in await self._tokens_of(user_id) if h != device.token_hash]
+            batch = WriteBatch()
+            batch.put("users", u64(user_id), orjson.dumps(user))
+            await self._revoke(others, batch)
+        except BaseException:
+            self._users.pop(user_id, None)  # reload what is stored
+            raise
+        return len(others)
+
+    async def devices(self, device: Device) -> list[dict]:
+        """The user's logged-in devices: the caller's first, then the most recently used."""
+        out = []
+        for token_hash, record in await self._tokens_of(device.user_id):
+            last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0)) or None
+            out.append({"device_id": record["device"], "name": record.get("name", ""),
+                        "created": record.get("created"), "last_used": last_used,
+                        "current": token_hash == device.token_hash})
+        out.sort(key=lambda d: (d["current"], d["last_used"] or d["created"] or 0), reverse=True)
+        return out
+
+    async def revoke_device(self, device: Device, device_id: int) -> None:
+        """Log out one of the user's devices (the caller's own: a logout). Another user's
+        device, or an unknown id, is `not_found`."""
+        for token_hash, record in await self._tokens_of(device.user_id):
+            if record["device"] == str(device_id):
+                await self._revoke([token_hash])
+                return
+        raise ChatError("not_found", "no such device")
+
+    async def _tokens_of(self, user_id: int) -> list[tuple[bytes, dict]]:
+        """(token hash, record) of every device of a user; a scan, so in a worker thread.
+        Only account management asks (rarely), so tokens carry no per-user index."""
+        return await self._storage.read_in_thread(_scan_tokens, self._storage.handles["tokens"], user_id)
 
     # -- users ---------------------------------------------------------------------
 
@@ -264,8 +441,16 @@ class Accounts:
         old = self.get_user(user_id)
         if not old:
             raise ChatError("not_found")
-        user = {**old, "settings": {**old.get("settings", {}), **changes}}
-        self._users[user_id] = user  # before the await, so concurrent updates merge
+        user = await self._update_user(user_id, settings={**old.get("settings", {}), **changes})
+        return user["settings"]
+
+    async def _update_user(self, user_id: int, **fields: object) -> dict:
+        """Write changed fields of a user record. The cache is updated before the await,
+        so concurrent updates of different fields merge instead of overwriting each other."""
+        old = self.get_user(user_id)
+        if not old:
+            raise ChatError("not_found")
+        user = self._users[user_id] = {**old, **fields}
         batch = WriteBatch()
         batch.put("users", u64(user_id), orjson.dumps(user))
         try:
@@ -273,4 +458,4 @@ class Accounts:
         except BaseException:
             self._users.pop(user_id, None)  # reload what is stored
             raise
-        return user["settings"]
+        return user

@@ -226,6 +226,32 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
             changes[key] = value
         return json_response({"settings": await accounts.update_settings(device.user_id, changes)})
 
+    @app.patch("/api/me")
+    async def update_me() -> Response:
+        device = current_device()
+        body = await json_body()
+        if set(body) != {"display_name"}:
+            raise bad_request("give 'display_name' (and nothing else)")
+        return json_response({"user": await accounts.rename(device.user_id, body["display_name"])})
+
+    @app.post("/api/me/password")
+    async def change_password() -> Response:
+        device = current_device()
+        body = await json_body()
+        revoked = await accounts.change_password(
+            device, body.get("current_password"), body.get("new_password"), client_address()
+        )
+        return json_response({"revoked": revoked})
+
+    @app.get("/api/me/devices")
+    async def list_devices() -> Response:
+        return json_response({"devices": await accounts.devices(current_device())})
+
+    @app.delete("/api/me/devices/<device_id>")
+    async def revoke_device(device_id: str) -> Response:
+        await accounts.revoke_device(current_device(), path_id(device_id))
+        return Response(b"", status=204)
+
     # -- users ---------------------------------------------------------------------
 
     @app.get("/api/users")
