@@ -217,9 +217,9 @@ def names(node):
     return make
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, **options) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), **options)
 
 
 def open_direct(page, username: str) -> None:
@@ -625,6 +625,72 @@ def test_phone_layout_and_keyboard(pages, names):
         .filter((el) => !(el.getAttribute('aria-label') || el.labels?.length || el.textContent.trim()))
         .map((el) => el.outerHTML.slice(0, 80))""")
     assert unnamed == []
+
+
+def test_settings_name_privacy_devices_and_blocks(pages, names, node):
+    alice, bob, carol = names("alice", "bob", "carol")
+    headers = auth(node, alice)  # a second device of alice's, to be logged out from Settings
+    carol_id = httpx.get(f"{node.url}/api/users", params={"prefix": carol}, headers=headers).json()["users"][0]["id"]
+    assert httpx.put(f"{node.url}/api/blocks/{carol_id}", headers=headers).status_code == 204
+    b = pages.login(bob)
+    open_direct(b, alice)
+    send(b, "Hello Alice")
+    a = pages.login(alice)
+
+    a.focus("#open-settings")  # reachable by keyboard from the chat list header
+    a.keyboard.press("Enter")
+    expect(a.locator("#settings-view")).to_be_visible()
+    expect(a.locator("#chat-list")).to_be_hidden()
+    expect(a.locator("#settings-title")).to_be_focused()
+    expect(a.locator("#settings-display-name")).to_have_value("Alice")
+    expect(a.locator("#settings-read-receipts")).to_be_checked()
+    expect(a.locator("#device-list .device")).to_have_count(2)
+    expect(a.locator("#device-list .device .role-badge")).to_have_text(["This device"])
+    expect(a.locator("#blocked-list .member")).to_have_count(1)
+
+    a.fill("#settings-display-name", "Alice Wonder")
+    a.press("#settings-display-name", "Enter")
+    expect(a.locator("#settings-name")).to_have_text("Alice Wonder")
+    a.click("#settings-read-receipts")
+    a.select_option("#settings-last-seen", "nobody")
+    expect(a.locator("#settings-read-receipts")).not_to_be_checked()
+    expect(a.locator("#settings-read-receipts")).to_be_enabled()  # saved
+    expect(a.locator("#settings-last-seen")).to_be_enabled()
+    shot(a, "10-settings", animations="disabled")
+
+    a.reload()  # what the node keeps (GET /api/me), not what the page remembered
+    expect(a.locator("#settings-view")).to_be_visible()
+    expect(a.locator("#settings-display-name")).to_have_value("Alice Wonder")
+    expect(a.locator("#settings-read-receipts")).not_to_be_checked()
+    expect(a.locator("#settings-last-seen")).to_have_value("nobody")
+    me = httpx.get(f"{node.url}/api/me", headers=headers).json()
+    assert me["user"]["display_name"] == "Alice Wonder"
+    assert me["settings"] == {"read_receipts": False, "last_seen": "nobody"}
+
+    a.locator("#device-list .device button", has_text="Log out").click()
+    a.click("#confirm-ok")
+    expect(a.locator("#device-list .device")).to_have_count(1)
+    assert httpx.get(f"{node.url}/api/me", headers=headers).status_code == 401
+    a.click(f"#blocked-list [aria-label='Unblock Carol']")
+    expect(a.locator("#blocked-empty")).to_be_visible()
+
+    a.keyboard.press("Escape")  # back to the chats, focus where it was
+    expect(a.locator("#chat-list")).to_be_visible()
+    expect(a.locator("#open-settings")).to_be_focused()
+    b.reload()  # bob sees the new name
+    expect(b.locator("#chat-list .chat-name")).to_have_text(["Alice Wonder"])
+    open_chat(a, "Bob")
+    send(a, "Hi Bob")  # sending reads what came before; with receipts off bob is not told
+    expect(b.locator("#message-list .msg.theirs .text")).to_have_text(["Hi Bob"])
+    expect(own_status(b, "Hello Alice")).to_have_attribute("data-status", "delivered")
+
+    p = pages.login(bob, viewport=PHONE, is_mobile=True, has_touch=True)
+    p.click("#open-settings")
+    expect(p.locator("#settings-view")).to_be_visible()
+    assert p.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    shot(p, "11-settings-phone")
+    p.click("#settings-back")
+    expect(p.locator("#chat-list")).to_be_visible()
 
 
 # -- helpers -------------------------------------------------------------------------------

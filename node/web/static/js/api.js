@@ -59,6 +59,17 @@ export class Api {
   logout() { return this.request('POST', '/api/logout'); }
   me() { return this.request('GET', '/api/me'); }
 
+  // my account (the Settings screen)
+  async updateMe(displayName) { return (await this.request('PATCH', '/api/me', { display_name: displayName })).user; }
+  async updateSettings(changes) { return (await this.request('PATCH', '/api/me/settings', changes)).settings; }
+  changePassword(current, next) {
+    return this.request('POST', '/api/me/password', { current_password: current, new_password: next });
+  }
+  async devices() { return (await this.request('GET', '/api/me/devices')).devices; }
+  revokeDevice(deviceId) { return this.request('DELETE', `/api/me/devices/${deviceId}`); }
+  async blocks() { return (await this.request('GET', '/api/blocks')).users; }
+  unblock(userId) { return this.request('DELETE', `/api/blocks/${userId}`); }
+
   async wsUrl() {
     if (!this.wsUrlCache) this.wsUrlCache = (await this.info()).ws_url;
     return this.wsUrlCache;

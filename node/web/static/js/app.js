@@ -1,15 +1,17 @@
 // Start-up and wiring: the saved session or the login screen, the views, the banners,
-// and the address bar (#chat=<id> opens a chat, so reloads and the back button work).
+// and the address bar (#chat=<id> opens a chat, #settings the settings, so reloads and
+// the back button work).
 
 import { $ } from './dom.js';
 import { Api } from './api.js';
 import { Store } from './store.js';
 import { Session } from './session.js';
-import { dismissOffer, notify, requestPermission, shouldOffer } from './notify.js';
+import { dismissOffer, notify, setNotifications, shouldOffer } from './notify.js';
 import { LoginView } from './views/login.js';
 import { ChatListView } from './views/chatlist.js';
 import { ConversationView } from './views/conversation.js';
 import { Dialogs } from './views/dialogs.js';
+import { SettingsView } from './views/settings.js';
 import { chatTitle, entryText } from './views/text.js';
 
 const SAVED = 'chatnode.session';
@@ -86,10 +88,14 @@ async function startSession(auth) {
       dialogs,
       chatList: new ChatListView(store, session, { onOpen: openChat, onStartDirect: startDirect }),
       conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast }),
+      settings: new SettingsView(store, session, {
+        dialogs, toast, onClose: () => openChat(null), onUser: rememberUser,
+        minPassword: () => (info && info.min_password_length) || 8,
+      }),
     };
     wireChrome();
   } else {
-    for (const view of [views.dialogs, views.chatList, views.conversation]) view.session = session;
+    for (const view of [views.dialogs, views.chatList, views.conversation, views.settings]) view.session = session;
   }
   $('#main-view').hidden = false;
   views.chatList.render();
@@ -113,6 +119,7 @@ function endSession(message) {
   api.token = null;
   store.reset();
   if (views && views.conversation) views.conversation.reset();
+  if (views && views.settings) views.settings.close();
   history.replaceState(null, '', location.pathname);
   showLogin();
   if (message) $('#auth-error').textContent = message;
@@ -125,11 +132,11 @@ function wireChrome() {
     endSession(null);
   });
   $('#new-group').addEventListener('click', () => views.dialogs.newGroup());
+  $('#open-settings').addEventListener('click', openSettings);
   $('#conn-retry').addEventListener('click', () => session && session.socket.retryNow());
   $('#notify-on').addEventListener('click', async () => {
     $('#notify-banner').hidden = true;
-    const result = await requestPermission();
-    if (result !== 'granted') toast('Notifications stay off. You can allow them in the browser settings.');
+    if (!(await setNotifications(true))) toast('Notifications stay off. You can allow them in the browser settings.');
   });
   $('#notify-later').addEventListener('click', () => {
     dismissOffer();
@@ -197,8 +204,24 @@ async function startDirect(userId) {
   }
 }
 
+function openSettings() {
+  if (location.hash !== '#settings') location.hash = '#settings';
+  route();
+}
+
+/** The saved session keeps the user as the node last described it (a new display name). */
+function rememberUser(user) {
+  const auth = saved();
+  if (!auth) return;
+  auth.user = { ...auth.user, ...user };
+  localStorage.setItem(SAVED, JSON.stringify(auth));
+}
+
 function route() {
   if (!session) return;
+  const wantSettings = location.hash === '#settings';
+  if (wantSettings && !views.settings.isOpen) views.settings.open();
+  else if (!wantSettings) views.settings.close();
   const match = /^#chat=(\d+)$/.exec(location.hash);
   const chatId = match ? match[1] : null;
   if (chatId && chatId === store.activeChatId) return;

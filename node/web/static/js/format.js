@@ -42,12 +42,16 @@ export function listTime(ts) {
   return shortDateFormat.format(ts);
 }
 
-export function lastSeen(ts) {
-  if (!ts) return 'offline';
+/** A moment in the recent past: today at 14:05, yesterday at 09:12, 03/03/26 at 18:40. */
+export function when(ts) {
   const ago = daysAgo(ts);
-  if (ago === 0) return `last seen today at ${time(ts)}`;
-  if (ago === 1) return `last seen yesterday at ${time(ts)}`;
-  return `last seen ${shortDateFormat.format(ts)} at ${time(ts)}`;
+  if (ago === 0) return `today at ${time(ts)}`;
+  if (ago === 1) return `yesterday at ${time(ts)}`;
+  return `${shortDateFormat.format(ts)} at ${time(ts)}`;
+}
+
+export function lastSeen(ts) {
+  return ts ? `last seen ${when(ts)}` : 'offline';
 }
 
 export function fileSize(bytes) {

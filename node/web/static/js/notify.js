@@ -1,7 +1,9 @@
 // Browser notifications for messages that arrive while the tab is hidden. Permission is
-// asked only from a click on the banner's button, never on load.
+// asked only from a click (the banner's button or the switch in Settings), never on load.
+// A page cannot give a permission back, so "off" in Settings is a flag kept here.
 
 const DISMISSED = 'chatnode.notifications.dismissed';
+const OFF = 'chatnode.notifications.off';
 
 export function notificationsSupported() {
   return 'Notification' in window;
@@ -16,6 +18,23 @@ export function dismissOffer() {
   localStorage.setItem(DISMISSED, '1');
 }
 
+/** Whether notifications will be shown: allowed by the browser and not turned off here. */
+export function notificationsOn() {
+  return notificationsSupported() && Notification.permission === 'granted' && !localStorage.getItem(OFF);
+}
+
+/** Turn notifications on (asking the browser if it has not been asked) or off; resolves to the new state. */
+export async function setNotifications(on) {
+  if (!on) {
+    localStorage.setItem(OFF, '1');
+    dismissOffer(); // a choice was made: the banner need not ask again
+    return false;
+  }
+  localStorage.removeItem(OFF);
+  if (notificationsSupported() && Notification.permission === 'default') await requestPermission();
+  return notificationsOn();
+}
+
 export async function requestPermission() {
   if (!notificationsSupported()) return 'denied';
   try {
@@ -27,7 +46,7 @@ export async function requestPermission() {
 
 /** Show a notification if the tab is hidden and we may; clicking it opens the chat. */
 export function notify({ title, body, tag, onClick }) {
-  if (!notificationsSupported() || Notification.permission !== 'granted' || document.visibilityState === 'visible') return null;
+  if (!notificationsOn() || document.visibilityState === 'visible') return null;
   try {
     const notification = new Notification(title, { body, tag, renotify: true });
     notification.onclick = () => {
