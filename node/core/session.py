@@ -4,6 +4,9 @@ Outgoing events go through one bounded queue that a single writer task drains, p
 whatever is waiting into one frame (a JSON array when there are several). Nothing else
 ever awaits the socket, so fan-out just offers an event and moves on; a device whose
 queue overflows is closed with 4008 and catches up from the log when it reconnects.
+The writer exists only while there is traffic: it is started by the first queued event
+and ends after `WRITER_LINGER` seconds with nothing to send, so an idle connection holds
+just its reader (the handler task).
 
 Exactly-once per device: for every chat the session remembers the highest seq it has
 queued (`_sent`). A live event is queued only if it is the next one; one that would
@@ -41,9 +44,19 @@ HELLO_FIELDS = frozenset({"type", "token", "cursors", "device"})
 RECEIVED_FIELDS = frozenset({"type", "chat", "seq"})
 SYNCED = orjson.dumps({"type": "synced"})
 PONG = orjson.dumps({"type": "pong"})
+WRITER_LINGER = 2.0  # seconds an idle writer waits for more before it ends
 
 
 class Session:
+    # Slots: one of these per connection, and a dict per instance would cost ~1 KiB.
+    __slots__ = (
+        "node", "ws", "remote", "_limits", "_capacity", "_queue", "_queue_closed", "_writing",
+        "_more", "_bucket", "_inflight", "_inflight_max", "_inflight_changed", "_sent", "_own",
+        "_catchup", "_syncing", "_nursery", "_room", "_reader_scope", "_closing", "_close",
+        "_graceful", "_peer_closed", "_writer_done", "device", "user_id", "synced", "frames_in",
+        "frames_out",
+    )  # fmt: skip
+
     def __init__(self, node: Node, ws: WebSocketConnection, remote: str) -> None:
         self.node = node
         self.ws = ws
@@ -51,7 +64,10 @@ class Session:
         limits = node.config.limits
         self._limits = limits
         self._capacity = limits.outgoing_queue
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](limits.outgoing_queue)
+        self._queue: list[bytes] = []  # outgoing events, at most `_capacity` (a list: small when empty)
+        self._queue_closed = False  # no more events: the writer flushes what is queued and ends
+        self._writing = False  # a writer task is running
+        self._more: trio.Event | None = None  # exists only while the lingering writer waits
         self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst)
         self._inflight = 0  # sends waiting for their ack
         self._inflight_max = max(1, limits.outgoing_queue // 2)
@@ -67,7 +83,6 @@ class Session:
         self._close: tuple[int, str] | None = None
         self._graceful = False
         self._peer_closed = False
-        self._writer_exited = False
         self._writer_done: trio.Event | None = None
         self.device: Device | None = None
         self.user_id = 0
@@ -170,7 +185,7 @@ class Session:
         # syncer) are its children. Few tasks per connection keep idle sockets cheap.
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._writer)
+            self._start_writer()  # the welcome is already queued
             self._syncing = True
             nursery.start_soon(self._syncer)  # the replay after hello; ends with `synced`
             with self._reader_scope:
@@ -181,8 +196,8 @@ class Session:
                 with trio.move_on_at(deadline):  # let the sequencer ack what this device sent
                     while self._inflight > 0:
                         await self._wait_inflight_change()
-            self._out_send.close()  # the writer stops after its current frame (or the queue)
-            if not self._writer_exited:
+            self._close_queue()  # the writer flushes the queue, then ends
+            if self._writing:
                 # A slow but live peer still gets its close code: the kernel cuts a dead
                 # one after tcp_user_timeout anyway.
                 patience = self.node.config.websocket.tcp_user_timeout
@@ -231,39 +246,58 @@ class Session:
     # -- writing -----------------------------------------------------------------------
 
     def _enqueue(self, payload: bytes) -> bool:
-        try:
-            self._out_send.send_nowait(payload)
-            return True
-        except trio.WouldBlock:
+        if self._queue_closed:
+            return False
+        if len(self._queue) >= self._capacity:
             log.info("user %s device %s too slow: closing", self.user_id, self.device and self.device.device_id)
             self._drop_queue()
             self.close(errors.CLOSE_TOO_SLOW, errors.CLOSE_CODES[errors.CLOSE_TOO_SLOW])
             return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
+        self._queue.append(payload)
+        if self._more is not None:
+            self._more.set()
+            self._more = None
+        elif not self._writing:
+            self._start_writer()
+        return True
+
+    def _start_writer(self) -> None:
+        if self._writing or self._nursery is None or not self._queue:
+            return  # before `_serve` the queue just waits for it
+        try:
+            self._nursery.start_soon(self._writer)
+        except RuntimeError:  # the session's nursery is already closing
+            return
+        self._writing = True
+
+    def _close_queue(self) -> None:
+        self._queue_closed = True
+        if self._more is not None:
+            self._more.set()
+            self._more = None
 
     def _drop_queue(self) -> None:
-        self._out_send.close()
-        while True:
-            try:
-                self._out_recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
+        self._close_queue()
+        self._queue.clear()
 
     async def _writer(self) -> None:
+        """Send what is queued, several events per frame; end once idle for a while."""
         max_events = self._limits.max_events_per_frame
         budget = self._limits.max_frame_bytes // 2
+        queue = self._queue
         try:
-            async for first in self._out_recv:
-                items = [first]
-                size = len(first)
-                while len(items) < max_events and size < budget:
-                    try:
-                        item = self._out_recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    items.append(item)
-                    size += len(item)
+            while True:
+                if not queue:
+                    if self._queue_closed or not await self._more_within(WRITER_LINGER):
+                        return
+                    continue
+                count, size = 1, len(queue[0])
+                while count < len(queue) and count < max_events and size < budget:
+                    size += len(queue[count])
+                    count += 1
+                items = queue[:count]
+                del queue[:count]
+                first = items[0]
                 if self._room is not None:
                     self._room.set()
                     self._room = None
@@ -274,15 +308,22 @@ class Session:
                 self.frames_out += 1
         except ConnectionClosed:
             self._peer_gone()
-        except trio.ClosedResourceError:
-            pass
         finally:
-            self._writer_exited = True
+            self._writing = False
             if self._writer_done is not None:
                 self._writer_done.set()
 
+    async def _more_within(self, seconds: float) -> bool:
+        """Wait for the next queued event (or the queue closing); False on time-out."""
+        self._more = more = trio.Event()
+        with trio.move_on_after(seconds):
+            await more.wait()
+        if self._more is more:
+            self._more = None
+        return more.is_set()
+
     async def _wait_for_room(self, needed: int) -> None:
-        while self._out_send.statistics().current_buffer_used + needed > self._capacity // 2:
+        while len(self._queue) + needed > self._capacity // 2:
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()
