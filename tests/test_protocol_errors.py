@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import struct
+
 import orjson
 import pytest
 import trio
@@ -231,3 +235,33 @@ async def test_logout_revokes_the_token_and_closes_its_connections(pair):
     with pytest.raises(Exception) as info:
         await alice.me()
     assert info.value.status == 401
+
+
+async def test_clients_that_hang_up_during_the_upgrade_do_no_harm(node, pair, caplog):
+    """Peers that reset the connection right after asking for the upgrade are just gone:
+    nothing is logged as a crash and everyone else carries on."""
+    alice, bob, chat = pair
+    host, port = node.ws_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    request = (
+        f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+    async def hang_up(reset: bool) -> None:
+        sock = trio.socket.socket()
+        await sock.connect((host, int(port)))
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await sock.send(request)
+        sock.close()  # the node's 101 answer then meets a closed socket: reset
+
+    for reset in (False, True) * 10:
+        await hang_up(reset)
+    await trio.sleep(0.5)
+    async with alice.connect() as a, bob.connect() as b:
+        await b.synced.wait()
+        await a.send_text(chat["id"], "still here")
+        with trio.fail_after(5):
+            while (await b.next_event())["type"] != "message":
+                pass
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -31,6 +31,14 @@ def tune_listen_socket(sock: socket.socket | trio.socket.SocketType, user_timeou
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
+def peer_address(request: WebSocketRequest) -> str:
+    """The client's address, or "" if it has already hung up (getpeername fails then)."""
+    try:
+        return str(request.remote.address)
+    except OSError:
+        return ""
+
+
 def family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -63,11 +71,12 @@ async def serve_chat_socket(
             if node.shutdown_requested.is_set():
                 await request.reject(503, body=b"shutting down")
                 return
+            remote = peer_address(request)
             ws = await request.accept()
         except ConnectionClosed:
             return
         try:
-            await Session(node, ws, str(request.remote.address)).run()
+            await Session(node, ws, remote).run()
         except ConnectionClosed:
             pass
         except Exception:
