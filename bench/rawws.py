@@ -32,8 +32,17 @@ def text_frame(payload: bytes) -> bytes:
     return header + ZERO_MASK + payload
 
 
+def upgrade_request(url: str) -> bytes:
+    parts = urlsplit(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
 class Conn:
-    __slots__ = ("sock", "rbuf", "wbuf", "on_text", "closed", "loop", "state")
+    __slots__ = ("sock", "rbuf", "wbuf", "on_text", "closed", "loop", "state", "on_open", "on_close")
 
     def __init__(self, loop: Loop, sock: socket.socket, on_text: Callable[[Conn, bytes], None]) -> None:
         self.loop = loop
@@ -43,6 +52,8 @@ class Conn:
         self.on_text = on_text
         self.closed = False
         self.state: object = None
+        self.on_open: Callable[[Conn], None] | None = None  # set while the upgrade is pending
+        self.on_close: Callable[[Conn], None] | None = None
 
     def send_text(self, payload: bytes) -> None:
         self.send_raw(text_frame(payload))
@@ -88,6 +99,8 @@ class Conn:
             self.close()
             return
         self.rbuf += data
+        if self.on_open is not None and not self._upgraded():
+            return
         buf = self.rbuf
         pos = 0
         end = len(buf)
@@ -119,6 +132,20 @@ class Conn:
                 return
         del buf[:pos]
 
+    def _upgraded(self) -> bool:
+        """Consume the 101 response of a non-blocking connect; True once it is done."""
+        end = self.rbuf.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        ok = self.rbuf.startswith(b"HTTP/1.1 101")
+        del self.rbuf[: end + 4]
+        on_open, self.on_open = self.on_open, None
+        if not ok:
+            self.close()
+            return False
+        on_open(self)
+        return not self.closed
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -127,6 +154,8 @@ class Conn:
             except (KeyError, ValueError):
                 pass
             self.sock.close()
+            if self.on_close is not None:
+                self.on_close(self)
 
 
 class Loop:
@@ -139,13 +168,7 @@ class Loop:
         parts = urlsplit(url)
         sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            (
-                f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        sock.sendall(upgrade_request(url))
         response = b""
         while b"\r\n\r\n" not in response:
             chunk = sock.recv(4096)
@@ -161,6 +184,24 @@ class Loop:
         self.conns.append(conn)
         if rest:
             conn.rbuf += rest
+        return conn
+
+    def open(self, url: str, on_open: Callable[[Conn], None], on_text: Callable[[Conn, bytes], None]) -> Conn:
+        """Open a WebSocket without blocking: `on_open(conn)` runs once the upgrade is
+        answered (a failed upgrade just closes the connection)."""
+        parts = urlsplit(url)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Conn(self, sock, on_text)
+        conn.on_open = on_open
+        try:
+            sock.connect((parts.hostname, parts.port or 80))
+        except BlockingIOError:
+            pass
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self.conns.append(conn)
+        conn.send_raw(upgrade_request(url))  # queued until the connect completes
         return conn
 
     def run(self, until: float, tick: Callable[[float], float | None] | None = None) -> None:

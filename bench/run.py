@@ -29,6 +29,7 @@ import trio
 
 from bench.rawws import Conn, Loop
 from node.client import ChatClient
+from node.core.session import WRITER_LINGER
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PASSWORD = "bench password 1"
@@ -319,12 +320,53 @@ def idle_memory(proc, url: str, ws_url: str, connections: int) -> dict:
         loop.connect(ws_url, on_text).send_text(hello(tokens_[i // 100]))
         if i % 200 == 199:
             loop.run(time.perf_counter() + 0.05)
-    loop.run(time.perf_counter() + 3.0)
+    loop.run(time.perf_counter() + WRITER_LINGER + 3.0)  # idle: past the writers' linger
     after = rss_kib(proc.pid)
     opened = welcomed["n"] - 20
     loop.close_all()
     return {"connections": opened, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
             "kib_per_connection": (after - before) / max(1, opened)}
+
+
+CLOSE_NORMAL = b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8"  # masked close frame, code 1000
+
+
+def reconnects(proc, ws_url: str, tokens: list[str], *, concurrency: int, seconds: float) -> dict:
+    """Token logins per second: `concurrency` clients each connect, say hello with their
+    token, wait for `synced`, close, and start again."""
+    loop = Loop()
+    done = {"n": 0, "failed": 0}
+    next_token = iter(range(1 << 62))
+
+    def on_text(conn: Conn, payload: bytes) -> None:
+        if any(e.get("type") == "synced" for e in events_of(payload)):
+            done["n"] += 1
+            conn.on_close = None
+            conn.send_raw(CLOSE_NORMAL)
+            conn.close()
+            start()
+
+    def on_close(conn: Conn) -> None:  # closed before `synced`: count it and go on
+        done["failed"] += 1
+        start()
+
+    def start() -> None:
+        token = tokens[next(next_token) % len(tokens)]
+        conn = loop.open(ws_url, lambda c: c.send_text(hello(token)), on_text)
+        conn.on_close = on_close
+
+    for _ in range(concurrency):
+        start()
+    loop.run(time.perf_counter() + 1.0)  # warm-up
+    n0, failed0, cpu0, t0 = done["n"], done["failed"], cpu_seconds(proc.pid), time.perf_counter()
+    loop.run(t0 + seconds)
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+    count = done["n"] - n0
+    for conn in loop.conns:
+        conn.on_close = None
+    loop.close_all()
+    return {"reconnects_per_s": count / elapsed, "failed": done["failed"] - failed0,
+            "server_cpu_us_per_reconnect": cpu / max(1, count) * 1e6, "concurrency": concurrency}
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -333,7 +375,7 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def run_all(args: argparse.Namespace) -> dict:
-    results: dict[str, list[dict]] = {"throughput": [], "latency": [], "idle": []}
+    results: dict[str, list[dict]] = {"throughput": [], "latency": [], "idle": [], "reconnects": []}
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp:
             with node_process(Path(tmp)) as (proc, url, ws_url):
@@ -342,6 +384,12 @@ def run_all(args: argparse.Namespace) -> dict:
                     results["idle"].append(idle)
                     print(f"run {run + 1}: idle {idle}", flush=True)
                 pairs = make_pairs(url, max(args.pairs, args.latency_pairs), f"r{run}")
+                if args.reconnects:
+                    tokens = [token for pair in pairs for token in pair[:2]]
+                    r = reconnects(proc, ws_url, tokens, concurrency=args.reconnects, seconds=args.seconds)
+                    results["reconnects"].append(r)
+                    print(f"run {run + 1}: reconnects {r}", flush=True)
+                    time.sleep(3.0)
                 t = throughput(proc, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
                                seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
                 results["throughput"].append(t)
@@ -364,6 +412,8 @@ def run_all(args: argparse.Namespace) -> dict:
             for name in args.latency_rates.split(",")
         },
         "idle_kib_per_connection": median(results["idle"], "kib_per_connection"),
+        "reconnects_per_s": median(results["reconnects"], "reconnects_per_s"),
+        "server_cpu_us_per_reconnect": median(results["reconnects"], "server_cpu_us_per_reconnect"),
     }
     return {"summary": summary, "runs": results, "args": vars(args), "cpus": os.cpu_count(),
             "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -380,6 +430,8 @@ def main() -> None:
     parser.add_argument("--latency-rates", default="1000,2000,half",
                         help="offered rates for the latency figure; 'half' = half the measured throughput")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections for the memory figure")
+    parser.add_argument("--reconnects", type=int, default=100,
+                        help="concurrent clients for the token-login (reconnect) rate; 0 skips it")
     parser.add_argument("--profile", default=None, help="run the node under py-spy, writing collapsed stacks here")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -399,7 +451,9 @@ def main() -> None:
             f"({v['server_cpu_pct']:.0f} %) |\n"
             for v in s["latency"].values()
         )
-        + f"| memory per idle authenticated connection | {s['idle_kib_per_connection']:.1f} KiB |"
+        + f"| memory per idle authenticated connection | {s['idle_kib_per_connection']:.1f} KiB |\n"
+        + f"| token logins (reconnect: hello, welcome, synced, close) per second | {s['reconnects_per_s']:,.0f} "
+        f"({s['server_cpu_us_per_reconnect']:.0f} µs server CPU each) |"
     )
 
 
