@@ -248,7 +248,14 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
 
         storage.writer.add_commit_hook(id_high_water)
         hub = Hub(config.limits.max_connections_per_user)
-        accounts = Accounts(storage, ids, config.accounts, on_revoke=hub.revoke)
+
+        def device_revoked(device: Device) -> None:
+            """A token's deletion committed: close its sockets, then let plugins drop what
+            they keep for that device (push targets)."""
+            hub.revoke(device.token_hash)
+            manager.notify("on_device_revoked", user_id=device.user_id, device_id=device.device_id)
+
+        accounts = Accounts(storage, ids, config.accounts, on_revoke=device_revoked)
         blocks = Blocks(storage)
         chats = Chats(
             storage, ids, hub, manager, accounts, blocks,

@@ -204,6 +204,19 @@ def on_user_offline(node: Node, user_id: int) -> None:
 
 
 @hookspec
+def on_device_revoked(node: Node, user_id: int, device_id: int) -> None:
+    """A device of ``user_id`` was logged out: its token is deleted, by ``POST /api/logout``,
+    ``DELETE /api/me/devices/{id}`` or a password change (once for each other device).
+
+    Drop whatever the plugin keeps for that device: a logged-out device must get nothing
+    more for the account (the push plugin deletes the push targets it registered).
+
+    Notification (once per device, after the deletion is committed and its sockets are
+    closed; an exception is logged and the pump carries on).
+    """
+
+
+@hookspec
 def on_membership_changed(node: Node, chat_id: int, change: dict[str, Any]) -> None:
     """Group membership or settings changed.
 

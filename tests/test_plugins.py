@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import make_config, new_user, running_node
+from conftest import PASSWORD, make_config, new_user, running_node
 from node import ChatError, Reject, hookimpl
 from node.app import serve_node
-from node.client import ClientError
+from node.client import ChatClient, ClientError
 from node.config import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "echo-bot"
@@ -251,4 +251,46 @@ async def test_hooks_fire_with_their_arguments(tmp_path):
             ("membership", "created"),
         ]
         await alice.aclose(), await bob.aclose()
+        node.request_shutdown()
+
+
+async def test_device_revoked_fires_once_per_logged_out_device(tmp_path):
+    """Logout, DELETE /api/me/devices/{id} and a password change each tell plugins which
+    device of which user is gone, so they can drop what they keep for it."""
+
+    class Revocations:
+        name = "revocations"
+
+        def __init__(self):
+            self.seen = []
+
+        @hookimpl
+        def on_device_revoked(self, user_id, device_id):
+            self.seen.append((user_id, device_id))
+
+    recorder = Revocations()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            make_config(tmp_path), plugins=[recorder], load_entrypoints=False, task_status=task_status))
+        dana, other = ChatClient(node.http_url), await new_user(node, "erin")
+        await dana.register("dana", PASSWORD)
+        devices = [int((await dana.login("dana", PASSWORD, device=f"d{i}"))["device_id"]) for i in range(5)]
+        uid = int(dana.user["id"])
+
+        async def seen_after(action) -> list[tuple[int, int]]:
+            recorder.seen.clear()
+            await action
+            await trio.sleep(0.1)  # the plugin's pump runs the notification
+            return sorted(recorder.seen)
+
+        assert await seen_after(dana.logout()) == [(uid, devices[4])]
+        current = (await dana.login("dana", PASSWORD, device="d5"))["device_id"]
+        assert await seen_after(dana.request("DELETE", f"/api/me/devices/{devices[0]}")) == [(uid, devices[0])]
+        change = {"current_password": PASSWORD, "new_password": "another passphrase"}
+        assert await seen_after(dana.request("POST", "/api/me/password", change)) == [(uid, d) for d in sorted(devices[1:4])]
+        with pytest.raises(ClientError):  # not hers: not_found, and no notification
+            await seen_after(other.request("DELETE", f"/api/me/devices/{current}"))
+        await trio.sleep(0.1)
+        assert recorder.seen == []
+        await dana.aclose(), await other.aclose()
         node.request_shutdown()

@@ -64,6 +64,12 @@ def token_record(device: Device, last_used: int | None = None) -> dict:
     return record
 
 
+def device_from_record(token_hash: bytes, record: dict) -> Device:
+    """The device a `tokens` record stands for."""
+    return Device(int(record["user"]), int(record["device"]), token_hash, record.get("name", ""),
+                  record.get("created", 0))
+
+
 def check_display_name(value: object) -> str:
     """One rule for registration and renames, so a name accepted once is accepted again.
     Returns the stripped name; empty means "use the username"."""
@@ -100,7 +106,7 @@ class Accounts:
         ids: SnowflakeGenerator,
         config: AccountsSection,
         *,
-        on_revoke: Callable[[bytes], None] = lambda _hash: None,
+        on_revoke: Callable[[Device], None] = lambda _device: None,
     ) -> None:
         self._storage = storage
         self._ids = ids
@@ -235,14 +241,14 @@ class Accounts:
         if self._password_changes.get(user_id, 0) != changes:
             # The password changed while this token was on its way to disk, and the change's
             # scan may have missed it: a token minted with the old password must not survive.
-            await self._revoke([device.token_hash])
+            await self._revoke([device])
             raise ChatError("unauthorized", "the password was changed; log in again")
         self._devices[device.token_hash] = device
         return {"token": token, "device_id": str(device.device_id), "user": public_user(self.get_user(user_id))}
 
     async def logout(self, device: Device) -> None:
         """Revoke the device's token; its open connections are closed."""
-        await self._revoke([device.token_hash])
+        await self._revoke([device])
 
     def _check_failures(self, username: str, address: str) -> None:
         """Refuse password checks for a username or address over its failure limit."""
@@ -271,11 +277,14 @@ class Accounts:
         if self._password_changes.get(user_id, 0) != changes:
             raise ChatError("unauthorized", "the password was changed; log in again")
 
-    async def _revoke(self, hashes: list[bytes], batch: WriteBatch | None = None) -> None:
-        """Delete tokens (with whatever else `batch` holds) and close their connections.
+    async def _revoke(self, devices: list[Device], batch: WriteBatch | None = None) -> None:
+        """Delete the devices' tokens (with whatever else `batch` holds), then report each
+        device to `on_revoke` (which closes its connections and tells the plugins).
 
         Shielded: the writer commits a queued request even if its caller is cancelled, so
-        the caller waits for the outcome and the sockets are closed either way."""
+        the caller waits for the outcome and the sockets are closed either way. Nothing is
+        reported unless the commit succeeded."""
+        hashes = [device.token_hash for device in devices]
         batch = batch or WriteBatch()
         for token_hash in hashes:
             batch.delete("tokens", token_hash)
@@ -289,8 +298,8 @@ class Accounts:
                 self._devices.pop(token_hash, None)  # always safe: a miss re-reads storage
                 self._last_used.pop(token_hash, None)
             self._revoking.difference_update(hashes)
-        for token_hash in hashes:
-            self._on_revoke(token_hash)
+        for device in devices:
+            self._on_revoke(device)
 
     def authenticate(self, token: object) -> Device | None:
         """The device a token belongs to, or None. A point read, cached."""
@@ -303,8 +312,7 @@ class Accounts:
             if raw is None:
                 return None
             record = orjson.loads(raw)
-            device = Device(int(record["user"]), int(record["device"]), token_hash, record.get("name", ""),
-                            record.get("created", 0))
+            device = device_from_record(token_hash, record)
             if len(self._devices) > 100_000:
                 self._devices.clear()
                 self._last_used.clear()
@@ -371,7 +379,7 @@ class Accounts:
         self._password_changes[user_id] = self._password_changes.get(user_id, 0) + 1
         user = self._users[user_id] = {**self.get_user(user_id), "password": new_hash}
         try:
-            others = [h for h, _ in await self._tokens_of(user_id) if h != device.token_hash]
+            others = [device_from_record(h, r) for h, r in await self._tokens_of(user_id) if h != device.token_hash]
             batch = WriteBatch()
             batch.put("users", u64(user_id), orjson.dumps(user))
             await self._revoke(others, batch)
@@ -396,7 +404,7 @@ class Accounts:
         device, or an unknown id, is `not_found`."""
         for token_hash, record in await self._tokens_of(device.user_id):
             if record["device"] == str(device_id):
-                await self._revoke([token_hash])
+                await self._revoke([device_from_record(token_hash, record)])
                 return
         raise ChatError("not_found", "no such device")
 
