@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from conftest import make_config, new_user, running_node
+from conftest import PASSWORD, make_config, new_user, running_node
 from node import hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError
@@ -349,6 +349,89 @@ async def test_a_gone_endpoint_is_removed(tmp_path, status):
         assert await bob.push_targets() == [keep]
         await alice.aclose()
         await bob.aclose()
+
+
+# -- logged-out devices ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def bob_on_two_devices(node):
+    """Bob logged in on a laptop and a phone (`phone.device_id` is the phone's device id)."""
+    async with ChatClient(node.http_url) as laptop, ChatClient(node.http_url) as phone:
+        await laptop.register("bob", PASSWORD)
+        await laptop.login("bob", PASSWORD, device="laptop")
+        phone.device_id = (await phone.login("bob", PASSWORD, device="phone"))["device_id"]
+        yield laptop, phone
+
+
+def revoke_phone(how: str, laptop: ChatClient, phone: ChatClient):
+    """Log the phone out: itself, from the laptop's device list, or by a password change."""
+    if how == "logout":
+        return phone.logout()
+    if how == "device_list":
+        return laptop.request("DELETE", f"/api/me/devices/{phone.device_id}")
+    change = {"current_password": PASSWORD, "new_password": "a new passphrase"}
+    return laptop.request("POST", "/api/me/password", change)
+
+
+def stored_targets(node, user: dict[str, Any]) -> list[str]:
+    """The endpoints the push plugin has in LMDB for a user."""
+    return sorted(t["endpoint"] for t in node.plugins.pm.get_plugin("push").targets.of_user(int(user["id"])))
+
+
+@pytest.mark.parametrize("how", ["logout", "device_list", "password_change"])
+async def test_a_logged_out_device_gets_no_more_pushes(tmp_path, how):
+    async with (receiver() as hook, running_node(push_config(tmp_path)) as node,
+                bob_on_two_devices(node) as (laptop, phone)):
+        alice = await new_user(node, "alice")
+        chat = await alice.open_direct(username="bob")
+        with trio.fail_after(20):
+            kept = await laptop.register_push_target("webhook", f"{hook.url}/laptop")
+            await phone.register_push_target("webhook", f"{hook.url}/phone")
+            await revoke_phone(how, laptop, phone)
+            async with alice.connect() as a:
+                ack = await a.send_text(chat["id"], "are you there?")
+            request = await hook.next()
+            await trio.sleep(0.3)  # time for a second request, if one were coming
+        assert request["path"] == "/laptop" and orjson.loads(request["body"])["message"] == ack["id"]
+        assert hook.received_nowait() == []
+        assert await laptop.push_targets() == [kept]
+        assert stored_targets(node, laptop.user) == [f"{hook.url}/laptop"]
+        await alice.aclose()
+
+
+async def test_a_failed_push_is_not_retried_after_its_device_logs_out(tmp_path):
+    config = push_config(tmp_path, retry_base=1.0)
+    async with (receiver(by_path={"/phone": [500]}) as hook, running_node(config) as node,
+                bob_on_two_devices(node) as (laptop, phone)):
+        alice = await new_user(node, "alice")
+        chat = await alice.open_direct(username="bob")
+        push = node.plugins.pm.get_plugin("push")
+        with trio.fail_after(20):
+            await laptop.register_push_target("webhook", f"{hook.url}/laptop")
+            await phone.register_push_target("webhook", f"{hook.url}/phone")
+            async with alice.connect() as a:
+                await a.send_text(chat["id"], "hello")
+            paths = sorted([(await hook.next())["path"], (await hook.next())["path"]])
+            while push.statistics()["retried"] == 0:  # the phone's 500 is read: a retry is due in 1 s
+                await trio.sleep(0.01)
+            await phone.logout()
+            await trio.sleep(2.0)  # well past the retry
+        assert paths == ["/laptop", "/phone"]
+        assert hook.received_nowait() == []
+        assert push.statistics()["targets_waiting"] == 0  # nothing left queued for the phone
+        await alice.aclose()
+
+
+async def test_a_renewed_target_belongs_to_the_device_that_renewed_it(tmp_path):
+    async with (receiver() as hook, running_node(push_config(tmp_path)) as node,
+                bob_on_two_devices(node) as (laptop, phone)):
+        first = await phone.register_push_target("webhook", f"{hook.url}/shared")
+        renewed = await laptop.register_push_target("webhook", f"{hook.url}/shared")
+        assert renewed["id"] == first["id"]
+        await phone.logout()
+        await trio.sleep(0.1)  # the push plugin's pump handles the logout
+        assert await laptop.push_targets() == [renewed]
 
 
 # -- registration ------------------------------------------------------------------------------------

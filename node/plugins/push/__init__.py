@@ -83,6 +83,20 @@ class PushPlugin:
         if self.dispatcher is not None:
             self.dispatcher.offer(chat_id, message, user_ids)
 
+    @hookimpl
+    async def on_device_revoked(self, user_id: int, device_id: int) -> None:
+        """A logged-out device must not be notified for the account any more: delete the
+        targets it registered and drop what waits for them. This runs in the plugin's pump,
+        so no new message can queue for them meanwhile; a send already on the wire
+        finishes, but is never retried (its target is gone)."""
+        if self.dispatcher is None or self.targets is None:
+            return
+        gone = [int(target["id"]) for target in self.targets.of_device(user_id, device_id)]
+        for target_id in gone:
+            self.dispatcher.forget(target_id)
+        if gone:
+            await self.targets.delete(user_id, *gone)
+
     # -- HTTP ---------------------------------------------------------------------------
 
     @hookimpl
@@ -107,7 +121,7 @@ class PushPlugin:
             existing = targets.of_user(device.user_id)
             for target in existing:  # a browser that subscribes again gets the same target
                 if target["kind"] == kind and target["endpoint"] == fields["endpoint"]:
-                    target.update(fields)
+                    target.update(fields, device=str(device.device_id))  # it follows the device that renewed it
                     await targets.put(device.user_id, target)
                     return node.json_response({"target": public(target)}, 201)
             target = {"id": str(node.ids.next_id()), "kind": kind, **fields, "device": str(device.device_id),

@@ -37,9 +37,14 @@ class Targets:
         batch.put(TARGETS, pair(user_id, int(target["id"])), orjson.dumps(target))
         await self._storage.write(batch)
 
-    async def delete(self, user_id: int, target_id: int) -> None:
+    def of_device(self, user_id: int, device_id: int) -> list[dict[str, Any]]:
+        """The targets a device registered (what its logout removes)."""
+        return [t for t in self.of_user(user_id) if t.get("device") == str(device_id)]
+
+    async def delete(self, user_id: int, *target_ids: int) -> None:
         batch = WriteBatch()
-        batch.delete(TARGETS, pair(user_id, target_id))
+        for target_id in target_ids:
+            batch.delete(TARGETS, pair(user_id, target_id))
         await self._storage.write(batch)
 
 
