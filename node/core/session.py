@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import errors
 from .accounts import Device, public_user
@@ -32,6 +31,7 @@ from .errors import ChatError
 from .messages import MEDIA_KINDS, content_from_send
 from .protocol import check_fields, get_client_msg_id, get_cursors, get_id, get_int, parse_frame
 from .ratelimit import TokenBucket
+from .websocket import ConnectionClosed, WebSocket
 
 if TYPE_CHECKING:
     from ..app import Node
@@ -57,7 +57,7 @@ class Session:
         "frames_out",
     )  # fmt: skip
 
-    def __init__(self, node: Node, ws: WebSocketConnection, remote: str) -> None:
+    def __init__(self, node: Node, ws: WebSocket, remote: str) -> None:
         self.node = node
         self.ws = ws
         self.remote = remote

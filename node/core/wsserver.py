@@ -1,16 +1,17 @@
-"""The chat WebSocket listener: bare trio-websocket, one `Session` per connection."""
+"""The chat WebSocket listener: one `Session` per connection, over `websocket.py`."""
 
 from __future__ import annotations
 
 import logging
 import socket
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from .errors import CLOSE_INTERNAL
 from .session import Session
+from .websocket import ConnectionClosed, read_upgrade
 
 if TYPE_CHECKING:
     from ..app import Node
@@ -29,14 +30,6 @@ def tune_listen_socket(sock: socket.socket | trio.socket.SocketType, user_timeou
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-
-
-def peer_address(request: WebSocketRequest) -> str:
-    """The client's address, or "" if it has already hung up (getpeername fails then)."""
-    try:
-        return str(request.remote.address)
-    except OSError:
-        return ""
 
 
 def family_of(host: str) -> socket.AddressFamily:
@@ -62,38 +55,32 @@ async def serve_chat_socket(
     sock.listen(4096)
     port = sock.getsockname()[1]
 
-    async def handler(request: WebSocketRequest) -> None:
-        # An exception escaping a trio-websocket handler would crash the whole server.
-        try:
-            if request.path.split("?", 1)[0] != cfg.path:
-                await request.reject(404, body=b"not found")
+    async def handler(stream: trio.SocketStream) -> None:
+        # An exception escaping a connection handler would take the whole listener down.
+        async with stream:
+            upgrade = await read_upgrade(stream, timeout=limits.hello_timeout)
+            if upgrade is None:
+                return
+            if upgrade.path.split("?", 1)[0] != cfg.path:
+                await upgrade.reject(404, b"not found")
                 return
             if node.shutdown_requested.is_set():
-                await request.reject(503, body=b"shutting down")
+                await upgrade.reject(503, b"shutting down")
                 return
-            remote = peer_address(request)
-            ws = await request.accept()
-        except ConnectionClosed:
-            return
-        try:
-            await Session(node, ws, remote).run()
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("chat session crashed")
-            with trio.move_on_after(1):
-                await ws.aclose(CLOSE_INTERNAL, "internal error")
+            try:
+                ws = await upgrade.accept(max_message_size=limits.max_frame_bytes)
+            except ConnectionClosed:
+                return
+            del upgrade  # the handshake's HTTP parser: not needed for the life of the session
+            try:
+                await Session(node, ws, ws.remote_address).run()
+            except ConnectionClosed:
+                pass
+            except Exception:
+                log.exception("chat session crashed")
+                with trio.move_on_after(1):
+                    await ws.aclose(CLOSE_INTERNAL, "internal error")
 
-    server = WebSocketServer(
-        handler,
-        [trio.SocketListener(sock)],
-        handler_nursery=handler_nursery,
-        message_queue_size=4,
-        max_message_size=limits.max_frame_bytes,
-        receive_buffer_size=65_536,
-        connect_timeout=limits.hello_timeout,
-        disconnect_timeout=2,
-    )
     async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
+        await nursery.start(partial(trio.serve_listeners, handler, [trio.SocketListener(sock)], handler_nursery=handler_nursery))
         task_status.started(port)

@@ -1,0 +1,176 @@
+"""The chat socket's WebSocket layer (node/core/websocket.py) against real clients:
+fragmented messages, pings, the close handshake, and peers that break the protocol."""
+
+from __future__ import annotations
+
+import struct
+
+import orjson
+import trio
+from trio_websocket import open_websocket_url
+
+from conftest import make_config, running_node
+
+KEY = b"\x01\x02\x03\x04"
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A masked client frame, as RFC 6455 requires of clients."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    masked = bytes(b ^ KEY[i % 4] for i, b in enumerate(payload))
+    return head + KEY + masked
+
+
+class RawClient:
+    """A WebSocket client that writes frames by hand and reads the server's frames."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    @classmethod
+    async def connect(cls, ws_url: str) -> RawClient:
+        host, port = ws_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(
+            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        client = cls(stream)
+        head = await client._read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return client
+
+    async def _fill(self) -> None:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise EOFError
+        self.buffer += data
+
+    async def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            await self._fill()
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next server frame (servers never mask)."""
+        while len(self.buffer) < 2:
+            await self._fill()
+        opcode, n = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+        start = 2
+        if n == 126:
+            while len(self.buffer) < 4:
+                await self._fill()
+            n, start = struct.unpack("!H", self.buffer[2:4])[0], 4
+        elif n == 127:
+            while len(self.buffer) < 10:
+                await self._fill()
+            n, start = struct.unpack("!Q", self.buffer[2:10])[0], 10
+        while len(self.buffer) < start + n:
+            await self._fill()
+        payload, self.buffer = self.buffer[start : start + n], self.buffer[start + n :]
+        return opcode, payload
+
+    async def read_until_opcode(self, wanted: int) -> bytes:
+        with trio.fail_after(5):
+            while True:
+                opcode, payload = await self.read_frame()
+                if opcode == wanted:
+                    return payload
+
+
+def close_code(payload: bytes) -> int:
+    return struct.unpack("!H", payload[:2])[0]
+
+
+async def test_a_message_in_fragments_is_put_back_together(node, users):
+    alice = await users("alice")
+    client = await RawClient.connect(node.ws_url)
+    hello = orjson.dumps({"type": "hello", "token": alice.token})
+    third = len(hello) // 3
+    await client.stream.send_all(
+        client_frame(0x1, hello[:third], fin=False)
+        + client_frame(0x9, b"in between")  # control frames may come between fragments
+        + client_frame(0x0, hello[third : 2 * third], fin=False)
+        + client_frame(0x0, hello[2 * third :])
+    )
+    assert await client.read_until_opcode(0xA) == b"in between"  # the pong
+    frame = orjson.loads(await client.read_until_opcode(0x1))
+    welcome = frame[0] if isinstance(frame, list) else frame  # may share a frame with `synced`
+    assert welcome["type"] == "welcome" and welcome["user"]["username"] == "alice"
+    await client.stream.aclose()
+
+
+async def test_a_message_too_big_in_fragments_closes_with_1009(tmp_path):
+    async with running_node(make_config(tmp_path, limits={"max_frame_bytes": 4096})) as node:
+        client = await RawClient.connect(node.ws_url)
+        chunk = b"x" * 1500  # no fragment is too big, the message is
+        await client.stream.send_all(
+            client_frame(0x1, chunk, fin=False) + client_frame(0x0, chunk, fin=False) + client_frame(0x0, chunk)
+        )
+        assert close_code(await client.read_until_opcode(0x8)) == 1009
+        await client.stream.aclose()
+
+
+async def test_invalid_utf8_closes_with_1007(node):
+    client = await RawClient.connect(node.ws_url)
+    await client.stream.send_all(client_frame(0x1, b'{"type": "hello", "token": "\xff\xfe"}'))
+    assert close_code(await client.read_until_opcode(0x8)) == 1007
+    await client.stream.aclose()
+
+
+async def test_an_unmasked_client_frame_closes_with_1002(node):
+    client = await RawClient.connect(node.ws_url)
+    await client.stream.send_all(b"\x81\x05hello")  # clients must mask
+    assert close_code(await client.read_until_opcode(0x8)) == 1002
+    await client.stream.aclose()
+
+
+async def test_ping_is_answered_and_a_client_close_is_answered_in_kind(node, users):
+    alice = await users("alice")
+    async with open_websocket_url(node.ws_url) as ws:
+        await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token}).decode())
+        with trio.fail_after(5):
+            await ws.ping(b"are you there")  # returns when the pong arrives
+            await ws.aclose(4321, "bye")  # returns when the node answers the close frame
+        assert ws.closed.code == 4321
+
+
+async def test_plain_http_on_the_chat_port_gets_an_http_error(node):
+    host, port = node.ws_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(f"GET /ws HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    response = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in response:
+            data = await stream.receive_some(4096)
+            if not data:
+                break
+            response += data
+    status = int(response.split(b" ", 2)[1])
+    assert 400 <= status < 500
+    await stream.aclose()
+
+
+async def test_a_peer_that_vanishes_mid_message_does_not_disturb_others(node, users):
+    alice, bob = await users("alice"), await users("bob")
+    chat = await alice.open_direct(username="bob")
+    client = await RawClient.connect(node.ws_url)
+    await client.stream.send_all(client_frame(0x1, orjson.dumps({"type": "hello", "token": bob.token})))
+    await client.read_until_opcode(0x1)
+    await client.stream.send_all(client_frame(0x1, b'{"type": "send", ', fin=False))
+    await client.stream.aclose()  # gone with half a message
+    async with alice.connect() as a, bob.connect() as b:
+        await b.synced.wait()
+        await a.send_text(chat["id"], "hi")
+        with trio.fail_after(5):
+            while (await b.next_event())["type"] != "message":
+                pass
