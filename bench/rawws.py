@@ -42,7 +42,7 @@ def upgrade_request(url: str) -> bytes:
 
 
 class Conn:
-    __slots__ = ("sock", "rbuf", "wbuf", "on_text", "closed", "loop", "state", "on_open", "on_close")
+    __slots__ = ("closed", "loop", "on_close", "on_open", "on_text", "rbuf", "sock", "state", "wbuf")
 
     def __init__(self, loop: Loop, sock: socket.socket, on_text: Callable[[Conn, bytes], None]) -> None:
         self.loop = loop

@@ -166,13 +166,16 @@ class Senders:
         self.errors = 0
         self.running = False
         self._n = 0
+        # client_msg_ids must differ between phases that reuse the same senders: a repeated
+        # id is an idempotent retry, answered with the first ack and never delivered again.
+        self._prefix = os.urandom(4).hex().encode()
 
     def frame(self, chat: str, n: int) -> bytes:
         events = []
         for _ in range(n):
             self._n += 1
-            events.append(b'{"type":"send","client_msg_id":"%d","chat":"%s","text":"%.6f %s"}'
-                          % (self._n, chat.encode(), time.perf_counter(), PAD))
+            events.append(b'{"type":"send","client_msg_id":"%s-%d","chat":"%s","text":"%.6f %s"}'
+                          % (self._prefix, self._n, chat.encode(), time.perf_counter(), PAD))
         return events[0] if n == 1 else b"[" + b",".join(events) + b"]"
 
     def refill(self, conn: Conn) -> None:
@@ -193,8 +196,26 @@ class Senders:
         self.refill(conn)
 
 
-def hello(token: str) -> bytes:
-    return orjson.dumps({"type": "hello", "token": token})
+def hello(token: str, cursors: dict[str, int] | None = None) -> bytes:
+    event: dict = {"type": "hello", "token": token}
+    if cursors:
+        event["cursors"] = cursors
+    return orjson.dumps(event)
+
+
+def chat_positions(url: str, pairs) -> dict[str, int]:
+    """Each pair's chat's last seq, so that a phase's clients resume where the log ends
+    (as reconnecting devices do) instead of replaying what earlier phases sent."""
+
+    async def fetch() -> dict[str, int]:
+        out: dict[str, int] = {}
+        async with ChatClient(url) as client:
+            for token, _, chat in pairs:
+                client.token = token
+                out[chat] = (await client.request("GET", f"/api/chats/{chat}"))["chat"]["last_seq"]
+        return out
+
+    return trio.run(fetch)
 
 
 def _profile(pid: int, seconds: float, path: str | None) -> subprocess.Popen | None:
@@ -240,18 +261,19 @@ def throughput(proc, ws_url: str, pairs, *, window: int, batch: int, seconds: fl
     }
 
 
-def latency(proc, ws_url: str, pairs, *, rate: float, seconds: float, profile: str | None = None) -> dict:
+def latency(proc, url: str, ws_url: str, pairs, *, rate: float, seconds: float, profile: str | None = None) -> dict:
     """Open loop: one message every 1/rate s, round-robin over the senders."""
     loop = Loop()
     receivers = Receivers()
     senders = Senders(1 << 30, 1)
-    for _, token, _ in pairs:
-        loop.connect(ws_url, receivers.on_text).send_text(hello(token))
+    positions = chat_positions(url, pairs)
+    for _, token, chat in pairs:
+        loop.connect(ws_url, receivers.on_text).send_text(hello(token, {chat: positions[chat]}))
     conns = []
     for token, _, chat in pairs:
         conn = loop.connect(ws_url, senders.on_text)
         conn.state = {"chat": chat, "inflight": 0}
-        conn.send_text(hello(token))
+        conn.send_text(hello(token, {chat: positions[chat]}))
         conns.append(conn)
     loop.run(time.perf_counter() + 1.0)
     interval = 1.0 / rate
@@ -396,7 +418,7 @@ def run_all(args: argparse.Namespace) -> dict:
                 print(f"run {run + 1}: throughput {t}", flush=True)
                 for name in args.latency_rates.split(","):
                     rate = t["delivered_per_s"] / 2 if name == "half" else float(name)
-                    lat = latency(proc, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
+                    lat = latency(proc, url, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
                                   profile=args.profile and args.profile + ".latency")
                     lat["rate_name"] = name
                     results["latency"].append(lat)
@@ -445,7 +467,7 @@ def main() -> None:
         f"\n| figure | median of {args.runs} runs |\n| --- | --- |\n"
         f"| 1-1 messages delivered per second ({args.pairs} pairs, {args.window} in flight, {args.batch} per frame) | {s['delivered_per_s']:,.0f} |\n"
         f"| server CPU per delivered message | {s['server_cpu_us_per_msg']:.0f} µs |\n"
-        + "".join(  # noqa: ISC003
+        + "".join(
             f"| send-to-receive latency at {v['offered_per_s']:,.0f} msg/s offered, one message per frame "
             f"({args.latency_pairs} pairs): p50 / p99 (server CPU) | {v['p50_ms']:.1f} / {v['p99_ms']:.1f} ms "
             f"({v['server_cpu_pct']:.0f} %) |\n"

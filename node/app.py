@@ -35,13 +35,13 @@ from .core.blocks import Blocks
 from .core.chats import Chats, now_ms
 from .core.dedupe import sweep_dedupe
 from .core.errors import CLOSE_GOING_AWAY, ChatError
-from .core.operations import MarkRead, PostMessage, PurgeExpired
-from .core.views import reads_shared
-from .plugin_manager import Plugins
 from .core.hub import Hub
+from .core.operations import MarkRead, PostMessage, PurgeExpired
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
+from .core.views import reads_shared
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
+from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .storage.keys import from_pair, from_u64, u64
 from .web.api import create_app, current_device, json_response
@@ -289,25 +289,24 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 node.cluster.add_listener(lambda event: manager.notify("on_cluster_event", event=event), replay=True)
             async with trio.open_nursery() as plugin_tasks:
                 await manager.startup(node, plugin_tasks)
-                async with trio.open_nursery() as sessions:
-                    async with trio.open_nursery() as listeners:
-                        ws_scope = trio.CancelScope()
+                async with trio.open_nursery() as sessions, trio.open_nursery() as listeners:
+                    ws_scope = trio.CancelScope()
 
-                        async def accept_chat(task_status: trio.TaskStatus[int]) -> None:
-                            with ws_scope:
-                                await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status)
+                    async def accept_chat(task_status: trio.TaskStatus[int]) -> None:
+                        with ws_scope:
+                            await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status)
 
-                        node.ws_port = await listeners.start(accept_chat)
-                        node.http_port = await listeners.start(partial(serve_http, node, app))
-                        log.info("node %s (id %d) serving %s, chat socket %s", config.node.name, config.node.id,
-                                 node.http_url, node.ws_url)
-                        task_status.started(node)
-                        await node.shutdown_requested.wait()
-                        log.info("shutting down")
-                        ws_scope.cancel()
-                        for session in hub.all_sessions():
-                            session.close(CLOSE_GOING_AWAY, "server shutting down", graceful=True)
-                        sessions.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + 1
+                    node.ws_port = await listeners.start(accept_chat)
+                    node.http_port = await listeners.start(partial(serve_http, node, app))
+                    log.info("node %s (id %d) serving %s, chat socket %s", config.node.name, config.node.id,
+                             node.http_url, node.ws_url)
+                    task_status.started(node)
+                    await node.shutdown_requested.wait()
+                    log.info("shutting down")
+                    ws_scope.cancel()
+                    for session in hub.all_sessions():
+                        session.close(CLOSE_GOING_AWAY, "server shutting down", graceful=True)
+                    sessions.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + 1
                 await manager.shutdown(node)
                 plugin_tasks.cancel_scope.cancel()
             await chats.close()

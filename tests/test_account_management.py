@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 import trio
-
 from conftest import PASSWORD, make_config, running_node
+
 from node.client import ChatClient, ClientError
 from node.core.accounts import hash_token
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import PASSWORD, make_config, running_node
+
 from node.client import ChatClient, ClientError
 
 

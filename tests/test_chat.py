@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import trio
-
 from node.client import ChatClient
 
 
@@ -74,7 +72,6 @@ async def test_retry_inside_one_frame_is_deduplicated(node, users):
 async def test_senders_other_devices_receive_the_message(node, users):
     alice, bob = await users("alice"), await users("bob")
     chat = await alice.open_direct(username="bob")
-    from node.client import ChatClient
 
     async with ChatClient(node.http_url) as alice_phone:
         await alice_phone.login("alice", "correct horse battery", device="phone")

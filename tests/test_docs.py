@@ -19,7 +19,7 @@ def test_every_error_code_is_in_the_protocol_doc():
 def test_every_close_code_is_in_the_protocol_doc():
     text = (DOCS / "protocol.md").read_text()
     for code in CLOSE_CODES:
-        assert re.search(rf"^\| {code} \|", text, re.M), f"close code {code} missing from docs/protocol.md"
+        assert re.search(rf"^\| {code} \|", text, re.MULTILINE), f"close code {code} missing from docs/protocol.md"
 
 
 def test_every_hook_has_a_section_headed_by_its_signature():

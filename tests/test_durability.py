@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
-from trio_websocket import ConnectionClosed
-
 from conftest import PASSWORD, make_config, new_user, running_node
+
 from node.client import ChatClient
 
 
@@ -26,16 +22,15 @@ async def test_restart_keeps_accounts_chats_and_history(tmp_path):
         async with alice.connect() as a:
             acks = [await a.send_text(chat["id"], f"m{i}") for i in range(3)]
         await alice.aclose(), await bob.aclose()
-    async with running_node(config) as node:
-        async with ChatClient(node.http_url) as alice:
-            await alice.login("alice", PASSWORD)
-            chats = await alice.chats()
-            assert [c["id"] for c in chats] == [chat["id"]] and chats[0]["last_seq"] == 3
-            history = await alice.history(chat["id"])
-            assert [(m["id"], m["seq"]) for m in history] == [(a["id"], a["seq"]) for a in acks]
-            async with alice.connect() as a:  # ids and seqs continue above the old ones
-                ack = await a.send_text(chat["id"], "after restart")
-                assert ack["seq"] == 4 and int(ack["id"]) > int(acks[-1]["id"])
+    async with running_node(config) as node, ChatClient(node.http_url) as alice:
+        await alice.login("alice", PASSWORD)
+        chats = await alice.chats()
+        assert [c["id"] for c in chats] == [chat["id"]] and chats[0]["last_seq"] == 3
+        history = await alice.history(chat["id"])
+        assert [(m["id"], m["seq"]) for m in history] == [(a["id"], a["seq"]) for a in acks]
+        async with alice.connect() as a:  # ids and seqs continue above the old ones
+            ack = await a.send_text(chat["id"], "after restart")
+            assert ack["seq"] == 4 and int(ack["id"]) > int(acks[-1]["id"])
 
 
 def free_port() -> int:
@@ -143,9 +138,8 @@ async def test_graceful_shutdown_closes_sockets_with_1001_after_pending_acks(tmp
             acks = [first] + [e for e in a.events_nowait() if e["type"] == "ack"]
         await alice.aclose(), await bob.aclose()
     # every send that was acked before the close is stored
-    async with running_node(make_config(tmp_path)) as node:
-        async with ChatClient(node.http_url) as bob2:
-            await bob2.login("bob", PASSWORD)
-            stored = await bob2.history(chat["id"], limit=200)
-            assert len(acks) == 100  # in-flight sends were finished and acked before the close
-            assert sorted(m["id"] for m in stored) == sorted(a["id"] for a in acks)
+    async with running_node(make_config(tmp_path)) as node, ChatClient(node.http_url) as bob2:
+        await bob2.login("bob", PASSWORD)
+        stored = await bob2.history(chat["id"], limit=200)
+        assert len(acks) == 100  # in-flight sends were finished and acked before the close
+        assert sorted(m["id"] for m in stored) == sorted(a["id"] for a in acks)

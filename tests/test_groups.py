@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import trio
-
 from conftest import make_config, new_user, running_node
+
 from node.client import ClientError
 
 
@@ -155,8 +155,8 @@ async def test_blocking(node, users):
 
 async def test_group_fan_out_is_not_held_up_by_a_stalled_member(tmp_path):
     """One member's device stops reading; the others still get every message at once."""
-    from trio_websocket import open_websocket_url
     import orjson
+    from trio_websocket import open_websocket_url
 
     async with running_node(make_config(tmp_path, limits={"outgoing_queue": 32})) as node:
         people = [await new_user(node, f"member{i}") for i in range(4)]

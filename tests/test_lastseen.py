@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 import trio
-
 from conftest import make_config, new_user, running_node
 
 FAST = {"plugins": {"lastseen": {"grace": 0.2, "typing_interval": 1.0}}}
@@ -57,8 +56,9 @@ async def test_last_seen_survives_a_restart(tmp_path):
         before = await alice.presence(bob.user["id"])
         await alice.aclose(), await bob.aclose()
     async with running_node(config) as node:
-        from node.client import ChatClient
         from conftest import PASSWORD
+
+        from node.client import ChatClient
 
         async with ChatClient(node.http_url) as alice:
             await alice.login("alice", PASSWORD)

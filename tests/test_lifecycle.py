@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 import trio
-
 from conftest import make_config, new_user, running_node
+
 from node.client import ClientError
 from node.storage.keys import pair
 

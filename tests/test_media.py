@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 import pytest
 import trio
+from conftest import make_config, new_user, running_node
 from PIL import Image
 
-from conftest import make_config, new_user, running_node
 from node import ChatError, hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import PASSWORD, make_config, new_user, running_node
-from node import ChatError, Reject, hookimpl
+
+from node import Reject, hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.config import ConfigError

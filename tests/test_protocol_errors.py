@@ -9,9 +9,8 @@ import struct
 import orjson
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
-
 from conftest import make_config, running_node
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 
 async def raw_socket(client, *, hello: bool = True):
@@ -211,11 +210,10 @@ async def test_connections_per_user_are_limited(tmp_path):
 
     async with running_node(make_config(tmp_path, limits={"max_connections_per_user": 2})) as node:
         alice = await new_user(node, "alice")
-        async with alice.connect(), alice.connect():
-            async with open_websocket_url(node.ws_url) as ws:
-                await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token}).decode())
-                await expect(ws, "error", code="too_many_connections")
-                assert await expect_close(ws) == 4009
+        async with alice.connect(), alice.connect(), open_websocket_url(node.ws_url) as ws:
+            await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token}).decode())
+            await expect(ws, "error", code="too_many_connections")
+            assert await expect_close(ws) == 4009
         async with alice.connect():  # slots are free again
             pass
         await alice.aclose()

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+from conftest import PASSWORD, make_config, new_user, running_node
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,7 +28,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from conftest import PASSWORD, make_config, new_user, running_node
 from node import hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError

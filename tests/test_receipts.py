@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import trio
+from conftest import PASSWORD
 
 from node.client import ChatClient, ClientError
-from conftest import PASSWORD
 
 
 async def test_read_marks_earlier_messages_and_tells_sender_and_own_devices(node, users):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 import trio
+from conftest import PASSWORD, make_config, new_user, running_node
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from conftest import PASSWORD, make_config, new_user, running_node
 from node.client import ChatClient
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lmdb
 import pytest
 import trio
 

@@ -66,7 +66,7 @@ def test_every_import_and_reference_of_the_client_resolves():
     ids = set(re.findall(r'\bid="([^"]+)"', index)) | set(re.findall(r"\bid: '([\w-]+)'", scripts))  # or made by a view
     for path in STATIC_DIR.rglob("*.js"):
         source = path.read_text()
-        for ref in re.findall(r"""^import .* from '(\.[^']+)';$""", source, re.M):
+        for ref in re.findall(r"""^import .* from '(\.[^']+)';$""", source, re.MULTILINE):
             target = (path.parent / ref).resolve().relative_to(STATIC_DIR).as_posix()
             assert target in files, f"{path.name} imports {ref}"
         for ref in re.findall(r"""\$\('#([\w-]+)'\)""", source):  # elements the views look up

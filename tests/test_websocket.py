@@ -7,9 +7,8 @@ import struct
 
 import orjson
 import trio
-from trio_websocket import open_websocket_url
-
 from conftest import make_config, running_node
+from trio_websocket import open_websocket_url
 
 KEY = b"\x01\x02\x03\x04"
 

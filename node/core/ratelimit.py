@@ -9,7 +9,7 @@ from collections import OrderedDict, deque
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up. One per connection."""
 
-    __slots__ = ("rate", "burst", "_tokens", "_stamp", "_clock")
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: int, clock=time.monotonic) -> None:
         self.rate = rate

@@ -26,9 +26,9 @@ import trio
 from . import errors
 from .accounts import Device, public_user
 from .chats import message_event, now_ms
-from .operations import MarkDelivered, SendMessage
 from .errors import ChatError
 from .messages import MEDIA_KINDS, content_from_send
+from .operations import MarkDelivered, SendMessage
 from .protocol import check_fields, get_client_msg_id, get_cursors, get_id, get_int, parse_frame
 from .ratelimit import TokenBucket
 from .websocket import ConnectionClosed, WebSocket
@@ -50,11 +50,36 @@ WRITER_LINGER = 2.0  # seconds an idle writer waits for more before it ends
 class Session:
     # Slots: one of these per connection, and a dict per instance would cost ~1 KiB.
     __slots__ = (
-        "node", "ws", "remote", "_limits", "_capacity", "_queue", "_queue_closed", "_writing",
-        "_more", "_bucket", "_inflight", "_inflight_max", "_inflight_changed", "_sent", "_own",
-        "_catchup", "_syncing", "_nursery", "_room", "_reader_scope", "_closing", "_close",
-        "_graceful", "_peer_closed", "_writer_done", "device", "user_id", "synced", "frames_in",
+        "_bucket",
+        "_capacity",
+        "_catchup",
+        "_close",
+        "_closing",
+        "_graceful",
+        "_inflight",
+        "_inflight_changed",
+        "_inflight_max",
+        "_limits",
+        "_more",
+        "_nursery",
+        "_own",
+        "_peer_closed",
+        "_queue",
+        "_queue_closed",
+        "_reader_scope",
+        "_room",
+        "_sent",
+        "_syncing",
+        "_writer_done",
+        "_writing",
+        "device",
+        "frames_in",
         "frames_out",
+        "node",
+        "remote",
+        "synced",
+        "user_id",
+        "ws",
     )  # fmt: skip
 
     def __init__(self, node: Node, ws: WebSocket, remote: str) -> None:

@@ -48,7 +48,7 @@ class ConnectionClosed(Exception):
 class Upgrade:
     """An HTTP upgrade request read from a new connection, to accept or reject."""
 
-    __slots__ = ("stream", "protocol", "path")
+    __slots__ = ("path", "protocol", "stream")
 
     def __init__(self, stream: trio.SocketStream, protocol: WSConnection, path: str) -> None:
         self.stream = stream
@@ -103,7 +103,7 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
 class WebSocket:
     """One open WebSocket: one task may read while another sends."""
 
-    __slots__ = ("_stream", "_protocol", "_max_size", "_parts", "_size", "_send_lock", "_broken")
+    __slots__ = ("_broken", "_max_size", "_parts", "_protocol", "_send_lock", "_size", "_stream")
 
     def __init__(self, stream: trio.SocketStream, protocol: Connection, max_message_size: int) -> None:
         self._stream = stream

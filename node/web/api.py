@@ -14,9 +14,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..core.accounts import Device, public_user
+from ..core.errors import ChatError, bad_request
 from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
 from ..core.operations import OpenDirect, SetHidden
-from ..core.errors import ChatError, bad_request
 from ..core.snowflake import parse_id
 from ..core.views import add_status, chat_list, chat_summary
 
