@@ -126,6 +126,13 @@ class Node:
         for session in self.hub.sessions_of(user_id):
             session.send_event(payload)
 
+    def announce_user(self, user_id: int, user: dict[str, Any]) -> None:
+        """A changed profile, live to its owner's devices and to everyone who shares a chat
+        with them (others see it when they next look the user up)."""
+        payload = orjson.dumps({"type": "user", "user": user})
+        for uid in (user_id, *self.contacts_of(user_id)):
+            self.send_to_user(uid, payload)
+
     def contacts_of(self, user_id: int) -> set[int]:
         """Everyone who currently shares a chat with `user_id`."""
         return self.chats.contacts_of(user_id)

@@ -69,6 +69,26 @@ async def test_a_new_display_name_is_what_others_see(users):
     assert reset["display_name"] == alice.user["username"]
 
 
+async def test_a_new_display_name_reaches_contacts_and_own_devices_live(node, users):
+    alice, bob, stranger = await users("alice"), await users("bob"), await users("stranger")
+    await alice.open_direct(username="bob")
+    async with ChatClient(node.http_url) as alice_phone:
+        await alice_phone.login("alice", PASSWORD, device="phone")
+        async with bob.connect() as b, alice_phone.connect() as phone, stranger.connect() as s:
+            for conn in (b, phone, s):
+                await conn.synced.wait()
+            await alice.request("PATCH", "/api/me", {"display_name": "Alice Liddell"})
+            for conn in (b, phone):
+                event = await conn.wait_for("user", timeout=5)
+                assert event["user"]["id"] == alice.user["id"]
+                assert event["user"]["display_name"] == "Alice Liddell"
+            await s.send_events({"type": "ping"})  # the stranger shares no chat: no `user` before the pong
+            seen = []
+            while not seen or seen[-1] != "pong":
+                seen.append((await s.next_event(timeout=5))["type"])
+            assert "user" not in seen
+
+
 @pytest.mark.parametrize(
     "body",
     [{"display_name": "x" * 65}, {"display_name": 7}, {"display_name": None}, {},

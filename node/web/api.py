@@ -232,7 +232,9 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
         body = await json_body()
         if set(body) != {"display_name"}:
             raise bad_request("give 'display_name' (and nothing else)")
-        return json_response({"user": await accounts.rename(device.user_id, body["display_name"])})
+        user = await accounts.rename(device.user_id, body["display_name"])
+        node.announce_user(device.user_id, user)
+        return json_response({"user": user})
 
     @app.post("/api/me/password")
     async def change_password() -> Response:

@@ -107,6 +107,9 @@ export class Session extends EventTarget {
       case 'typing':
         if (event.user !== store.me.id) store.onTyping(event);
         break;
+      case 'user':
+        store.onUser(event.user);
+        break;
       default:
         break;
     }

@@ -61,6 +61,21 @@ export class Store extends EventTarget {
     if (user && user.id) this.users.set(user.id, { ...this.users.get(user.id), ...user });
   }
 
+  /** A profile changed (a `user` event): every place that shows the user follows. */
+  onUser(user) {
+    if (!user || !user.id) return;
+    this.rememberUser(user);
+    if (this.me && this.me.id === user.id) this.me = { ...this.me, ...user };
+    for (const chat of this.chats.values()) {
+      if (chat.peer && chat.peer.id === user.id) chat.peer = { ...chat.peer, ...user };
+    }
+    for (const members of this.members.values()) {
+      const member = members.get(user.id);
+      if (member && member.user) member.user = { ...member.user, ...user };
+    }
+    this.changed('users');
+  }
+
   nameOf(userId) {
     if (this.me && userId === this.me.id) return 'You';
     const user = this.users.get(userId);
