@@ -210,9 +210,13 @@ class Session:
         # syncer) are its children. Few tasks per connection keep idle sockets cheap.
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._start_writer()  # the welcome is already queued
-            self._syncing = True
-            nursery.start_soon(self._syncer)  # the replay after hello; ends with `synced`
+            if self._catchup:
+                self._syncing = True
+                nursery.start_soon(self._syncer)  # the replay after hello; ends with `synced`
+            else:  # nothing missed: no syncer task at all
+                self.synced = True
+                self._enqueue(SYNCED)
+            self._start_writer()  # the welcome (and maybe `synced`) is already queued
             with self._reader_scope:
                 await self._reader()
             self._closing = True
