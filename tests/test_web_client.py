@@ -29,6 +29,7 @@ async def test_the_page_has_a_strict_csp_naming_the_chat_socket_for_the_host_use
         assert csp["connect-src"] == f"'self' ws://{host.split(':')[0]}:{node.ws_port}"
         assert "blob:" in csp["media-src"] and "blob:" in csp["img-src"]
         assert csp["frame-ancestors"] == "'none'" and csp["object-src"] == "'none'"
+        assert csp["worker-src"] == "'self'"  # the service worker, /sw.js
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["x-frame-options"] == "DENY"
@@ -46,6 +47,25 @@ async def test_files_are_served_with_types_and_revalidated_by_etag(node):
     assert again.status_code == 304 and again.content == b""
     css = await get(node, "/static/css/app.css")
     assert css.headers["content-type"] == "text/css; charset=utf-8"
+
+
+async def test_the_service_worker_is_served_at_the_root_with_its_own_csp(node):
+    response = await get(node, "/sw.js")
+    assert response.status_code == 200
+    assert response.content == (STATIC_DIR / "sw.js").read_bytes()
+    assert response.headers["content-type"] == "text/javascript; charset=utf-8"  # browsers refuse other types
+    assert response.headers["cache-control"] == "no-cache"  # a new version is found at the next check
+    assert response.headers["x-content-type-options"] == "nosniff"
+    # The worker's own policy: it shows notifications and fetches nothing.
+    assert response.headers["content-security-policy"] == "default-src 'none'"
+    # At the root its scope is the whole client: no Service-Worker-Allowed needed.
+    assert "service-worker-allowed" not in response.headers
+    again = await get(node, "/sw.js", **{"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304
+    source = response.text
+    for event in ("push", "notificationclick"):
+        assert f"addEventListener('{event}'" in source
+    assert "importScripts" not in source and "fetch(" not in source  # as its CSP requires
 
 
 async def test_unknown_and_outside_paths_are_json_404s(node):

@@ -68,12 +68,17 @@ def content_security_policy(node: Node, host: str, scheme: str) -> str:
         f"img-src {' '.join(media)}",
         f"media-src {' '.join(media)}",
         f"connect-src {' '.join(sources)}",
+        "worker-src 'self'",
         "font-src 'self'",
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
         "frame-ancestors 'none'",
     ])
+
+
+#: The CSP of the service worker (sw.js), which fetches nothing: it only shows notifications.
+SERVICE_WORKER_CSP = "default-src 'none'"
 
 
 class StaticFiles:
@@ -124,7 +129,8 @@ def file_response(files: StaticFiles, relative: str, cache_control: str) -> Resp
 
 
 def add_web_client(app: QuartTrio, node: Node, root: Path = STATIC_DIR) -> None:
-    """Serve the client: `/` (the page), `/static/<path>` (its files), security headers."""
+    """Serve the client: `/` (the page), `/sw.js` (its service worker), `/static/<path>` (its
+    files), security headers."""
     files = StaticFiles(root)
 
     @app.get("/")
@@ -134,6 +140,14 @@ def add_web_client(app: QuartTrio, node: Node, root: Path = STATIC_DIR) -> None:
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
         response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        return response
+
+    @app.get("/sw.js")
+    async def web_client_service_worker() -> Response:
+        # At the root, so that its scope is the whole client (a worker at /static/sw.js
+        # would only control /static/).
+        response = file_response(files, "sw.js", "no-cache")
+        response.headers["Content-Security-Policy"] = SERVICE_WORKER_CSP
         return response
 
     @app.get("/static/<path:path>")
