@@ -8,7 +8,9 @@ screens go to test-artifacts/.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import math
 import os
 import shutil
@@ -590,6 +592,131 @@ def test_notification_when_the_tab_is_hidden(pages, names):
         "() => document.querySelector('#chat-list .chat-item').dataset.chat")}
 
 
+def test_background_notifications_fall_back_quietly_and_the_service_worker_shows_pushes(pages, names, node):
+    alice, bob = names("alice", "bob")
+    a = pages.login(alice, notifications_banner=True)
+    b = pages.login(bob)
+    open_direct(b, alice)
+    send(b, "Hello Alice")
+    expect(a.locator("#chat-list .chat-item")).to_have_count(1)
+    chat_id = a.locator("#chat-list .chat-item").get_attribute("data-chat")
+    assert a.evaluate(REGISTRATION) is None  # nothing is registered before notifications are on
+
+    a.context.grant_permissions(["notifications"])  # what the browser answers when asked
+    a.click("#notify-on")
+    wait_until(lambda: (a.evaluate(REGISTRATION) or {}).get("state") == "activated", "an active service worker")
+    assert a.evaluate(REGISTRATION) == {"scope": f"{node.url}/", "script": f"{node.url}/sw.js", "state": "activated"}
+
+    # Playwright's contexts are off the record, where Chromium has no Push API (and this
+    # machine no push service): subscribing fails, and only Settings says so.
+    a.click("#open-settings")
+    expect(a.locator("#settings-notify")).to_be_checked()
+    wait_until(lambda: a.evaluate("() => localStorage.getItem('chatnode.push.state')"), "the subscription's outcome")
+    if a.evaluate("() => localStorage.getItem('chatnode.push.state')") == "on":  # a browser with a push service
+        targets = httpx.get(f"{node.url}/api/push/targets", headers=auth(node, alice)).json()["targets"]
+        assert [t["kind"] for t in targets] == ["webpush"]
+    else:
+        expect(a.locator("#settings-push-unavailable")).to_be_visible()
+        expect(a.locator("#settings-push-unavailable")).to_contain_text(
+            "Background notifications are unavailable in this browser or network")
+        expect(a.locator("#settings-notify-hint")).to_have_text(
+            "On this browser, for messages that arrive while the tab is in the background.")
+    assert a.locator("dialog[open]").count() == 0
+    expect(a.locator("#toast")).to_be_hidden()
+    a.click("#settings-back")
+
+    # The worker's push handler, fed by DevTools as the push service would.
+    push = PushDevTools(a, node.url)
+    a.evaluate("() => { window.fromWorker = []; navigator.serviceWorker.addEventListener('message', (e) => window.fromWorker.push(e.data)); }")
+    push.deliver({"type": "message", "node": "chatnode", "chat": chat_id, "from": "1", "count": 1})
+    wait_until(lambda: a.evaluate("() => window.fromWorker.length") > 0, "the worker telling the visible tab")
+    assert a.evaluate("() => window.fromWorker") == [{"type": "push", "chat": chat_id}]
+    assert a.evaluate(NOTIFICATIONS) == []  # the tab is visible: no notification repeats what it shows
+
+    a.goto("about:blank")  # no tab of the client left
+    [worker] = [w for w in a.context.service_workers if w.url == f"{node.url}/sw.js"]
+    push.deliver({"type": "message", "node": "chatnode", "chat": chat_id, "from": "1", "count": 1})
+    push.deliver({"type": "message", "node": "chatnode", "chat": chat_id, "from": "1", "count": 2})
+    push.deliver({"type": "message", "node": "chatnode", "chat": "77", "count": 1, "kind": "image",
+                  "sender_name": "Bob", "text": "the lake at dawn"})  # with the node's previews on
+    expected = [
+        {"title": "chatnode", "body": "3 new messages", "tag": chat_id, "data": {"chat": chat_id, "count": 3}},
+        {"title": "Bob", "body": "Photo: the lake at dawn", "tag": "77", "data": {"chat": "77", "count": 1}},
+    ]
+    wait_until(lambda: sorted(worker.evaluate(NOTIFICATIONS_IN_WORKER), key=lambda n: n["tag"]) == expected,
+               "the notifications")
+    a.goto("/")
+    expect(a.locator("#chat-list .chat-item")).to_have_count(1)
+    assert sorted(a.evaluate(NOTIFICATIONS), key=lambda n: n["tag"]) == expected  # what the page sees too
+
+    # A click on a notification (dispatched in the worker: DevTools cannot click one) opens
+    # its chat in the open tab.
+    worker.evaluate("""async (tag) => {
+        const [notification] = await self.registration.getNotifications({ tag });
+        self.dispatchEvent(new NotificationEvent('notificationclick', { notification }));
+    }""", chat_id)
+    expect(a.locator("#chat-title")).to_have_text("Bob")
+    assert a.evaluate("() => location.hash") == f"#chat={chat_id}"
+    wait_until(lambda: [n["tag"] for n in a.evaluate(NOTIFICATIONS)] == ["77"], "the chat's notification closed")
+
+    # Without background notifications, the tab's own notifications work as before.
+    a.add_init_script(HIDDEN_TAB_WITH_NOTIFICATION_RECORDER)
+    a.goto("/")
+    expect(a.locator("#chat-list .chat-item")).to_have_count(1)
+    send(b, "Psst, are you there?")
+    wait_until(lambda: a.evaluate("() => window.shown.length") > 0, "a notification from the tab")
+    assert a.evaluate("() => window.shown[0]") == {"title": "Bob", "body": "Psst, are you there?", "tag": chat_id}
+
+
+def test_background_notifications_register_a_push_target_and_unsubscribe(pages, names, node):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    [alice] = names("alice")
+    headers = auth(node, alice)  # another device of alice's, to look at her push targets
+
+    def targets() -> list[dict]:
+        response = httpx.get(f"{node.url}/api/push/targets", headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()["targets"]
+
+    a = pages.login(alice)
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    keys = {"p256dh": b64url(point), "auth": b64url(os.urandom(16))}
+    # A push service that says yes: this machine has none, and Playwright's contexts no Push API.
+    a.add_init_script(f"window.SUBSCRIPTION_KEYS = {json.dumps(keys)};\n{FAKE_PUSH_SERVICE}")
+    a.context.grant_permissions(["notifications"])
+    a.reload()  # allowed before: notifications are on, and the browser is subscribed at start
+    wait_until(lambda: len(targets()) == 1, "a push target")
+    [target] = targets()
+    assert target["kind"] == "webpush" and target["endpoint"] == a.evaluate("() => window.endpoints[0]")
+    vapid = httpx.get(f"{node.url}/api/push/vapid").json()["public_key"]
+    assert a.evaluate("() => window.subscribedWith") == [{"userVisibleOnly": True, "key": vapid}]
+    a.click("#open-settings")
+    expect(a.locator("#settings-notify")).to_be_checked()
+    expect(a.locator("#settings-notify-hint")).to_have_text(
+        "On this browser, for messages that arrive while the tab is in the background or closed.")
+    expect(a.locator("#settings-push-unavailable")).to_be_hidden()
+
+    a.click("#settings-notify")  # off: unsubscribed, and the target deleted
+    expect(a.locator("#settings-notify")).not_to_be_checked()
+    wait_until(lambda: targets() == [], "the target deleted")
+    wait_until(lambda: a.evaluate("() => window.pushCalls") == ["subscribe", "unsubscribe"], "unsubscribing")
+
+    a.click("#settings-notify")  # on again
+    expect(a.locator("#settings-notify")).to_be_checked()
+    wait_until(lambda: [t["endpoint"] for t in targets()] == [a.evaluate("() => window.endpoints[1]")], "a new target")
+
+    a.click("#settings-back")
+    a.click("#logout")  # the node deletes the device's targets, the browser unsubscribes
+    a.click("#confirm-ok")
+    expect(a.locator("#login-view")).to_be_visible()
+    wait_until(lambda: a.evaluate("() => window.pushCalls") == ["subscribe", "unsubscribe", "subscribe", "unsubscribe"],
+               "unsubscribing at logout")
+    assert targets() == []
+    assert a.evaluate("() => localStorage.getItem('chatnode.push.target')") is None
+
+
 def test_phone_layout_and_keyboard(pages, names):
     alice, bob = names("alice", "bob")
     b = pages.login(bob)
@@ -716,6 +843,92 @@ class Spy {
 }
 window.Notification = Spy;
 """
+
+
+HIDDEN_TAB_WITH_NOTIFICATION_RECORDER = """
+Object.defineProperty(document, 'visibilityState', { get: () => 'hidden' });
+Object.defineProperty(document, 'hidden', { get: () => true });
+window.shown = [];
+const RealNotification = window.Notification;
+window.Notification = class extends RealNotification {
+  constructor(title, options) {
+    super(title, options);
+    window.shown.push({ title, body: options.body, tag: options.tag });
+  }
+};
+"""
+
+# The client's service worker registration as the page sees it.
+REGISTRATION = """async () => {
+    const r = await navigator.serviceWorker.getRegistration();
+    return r ? { scope: r.scope, script: r.active && r.active.scriptURL, state: r.active && r.active.state } : null;
+}"""
+
+NOTIFICATIONS = """async () => {
+    const r = await navigator.serviceWorker.getRegistration();
+    return (await r.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag, data: n.data }));
+}"""
+
+NOTIFICATIONS_IN_WORKER = """async () => (await self.registration.getNotifications())
+    .map((n) => ({ title: n.title, body: n.body, tag: n.tag, data: n.data }))"""
+
+# PushManager as in a browser whose push service answers: subscriptions with the keys the
+# test made, recorded calls.
+FAKE_PUSH_SERVICE = """
+window.pushCalls = [];
+window.endpoints = [];
+window.subscribedWith = [];
+let current = null;
+const b64url = (buffer) => btoa(String.fromCharCode(...new Uint8Array(buffer)))
+  .replace(/[+]/g, '-').replace(/[/]/g, '_').replace(/=+$/, '');
+PushManager.prototype.subscribe = async function (options) {
+  window.pushCalls.push('subscribe');
+  window.subscribedWith.push({ userVisibleOnly: options.userVisibleOnly, key: b64url(options.applicationServerKey) });
+  const endpoint = `https://push.example.net/send/${crypto.randomUUID()}`;
+  window.endpoints.push(endpoint);
+  const keys = window.SUBSCRIPTION_KEYS;
+  current = {
+    endpoint,
+    options: { userVisibleOnly: true, applicationServerKey: new Uint8Array(options.applicationServerKey).buffer },
+    toJSON: () => ({ endpoint, expirationTime: null, keys }),
+    unsubscribe: async () => { window.pushCalls.push('unsubscribe'); current = null; return true; },
+  };
+  return current;
+};
+PushManager.prototype.getSubscription = async function () { return current; };
+"""
+
+
+class PushDevTools:
+    """Delivers push messages to the client's service worker through the Chrome DevTools
+    Protocol (ServiceWorker.deliverPushMessage), as its push service would."""
+
+    def __init__(self, page, origin: str) -> None:
+        self.page = page
+        self.origin = origin
+        self.registrations: dict[str, str] = {}
+        self.cdp = page.context.new_cdp_session(page)
+        self.cdp.on("ServiceWorker.workerRegistrationUpdated", self._updated)
+        self.cdp.send("ServiceWorker.enable")
+        deadline = time.monotonic() + 10
+        while f"{origin}/" not in self.registrations:
+            assert time.monotonic() < deadline, f"no service worker registration for {origin}: {self.registrations}"
+            page.wait_for_timeout(50)  # events arrive while Playwright runs
+
+    def _updated(self, event) -> None:
+        for registration in event["registrations"]:
+            if not registration["isDeleted"]:
+                self.registrations[registration["scopeURL"]] = registration["registrationId"]
+
+    def deliver(self, payload: dict) -> None:
+        self.cdp.send("ServiceWorker.deliverPushMessage", {
+            "origin": self.origin, "registrationId": self.registrations[f"{self.origin}/"],
+            "data": json.dumps(payload),
+        })
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def wait_until(predicate, what: str, timeout: float = 10.0) -> None:

@@ -14,7 +14,14 @@ const KIND_LABELS = { image: 'Photo', video: 'Video', audio: 'Audio', file: 'Fil
 self.addEventListener('install', () => self.skipWaiting()); // a new version takes over at once
 self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
 
-self.addEventListener('push', (event) => event.waitUntil(onPush(event)));
+// One push at a time: each reads the notification the one before it left (a browser back
+// online gets what its push service kept all at once).
+let pushes = Promise.resolve();
+self.addEventListener('push', (event) => {
+  const handled = pushes.then(() => onPush(event));
+  pushes = handled.catch(() => {});
+  event.waitUntil(handled);
+});
 self.addEventListener('notificationclick', (event) => event.waitUntil(onClick(event)));
 
 /** The tabs of the client, controlled by this worker or not (a tab opened before it was). */

@@ -96,6 +96,11 @@ export class Api {
   leave(chatId) { return this.request('POST', `/api/chats/${chatId}/leave`); }
   setAdmin(chatId, userId, admin) { return this.request(admin ? 'PUT' : 'DELETE', `/api/chats/${chatId}/admins/${userId}`); }
 
+  // push targets (docs/push.md)
+  vapidKey() { return this.request('GET', '/api/push/vapid'); }
+  async addPushTarget(target) { return (await this.request('POST', '/api/push/targets', target)).target; }
+  deletePushTarget(id) { return this.request('DELETE', `/api/push/targets/${id}`); }
+
   // media
   signedMedia(id) { return this.request('GET', `/api/media/${id}/signed`); }
 

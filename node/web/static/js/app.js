@@ -6,7 +6,8 @@ import { $ } from './dom.js';
 import { Api } from './api.js';
 import { Store } from './store.js';
 import { Session } from './session.js';
-import { dismissOffer, notify, setNotifications, shouldOffer } from './notify.js';
+import { closeNotifications, dismissOffer, notificationsOn, notify, setNotifications, shouldOffer } from './notify.js';
+import { hasPushTarget, startPush, stopPush, workerSupported } from './push.js';
 import { LoginView } from './views/login.js';
 import { ChatListView } from './views/chatlist.js';
 import { ConversationView } from './views/conversation.js';
@@ -100,6 +101,8 @@ async function startSession(auth) {
   $('#main-view').hidden = false;
   views.chatList.render();
   showNotifyOffer();
+  if (notificationsOn()) startPush(api); // renews this browser's push target, or subscribes it
+  else if (hasPushTarget()) stopPush(api); // the browser's permission was taken back
   try {
     await session.start();
   } catch (err) {
@@ -113,7 +116,10 @@ async function startSession(auth) {
 }
 
 function endSession(message) {
-  if (session) session.stop();
+  if (session) {
+    stopPush(null); // the browser unsubscribes; the node deletes a logged-out device's targets itself
+    session.stop();
+  }
   session = null;
   localStorage.removeItem(SAVED);
   api.token = null;
@@ -136,7 +142,7 @@ function wireChrome() {
   $('#conn-retry').addEventListener('click', () => session && session.socket.retryNow());
   $('#notify-on').addEventListener('click', async () => {
     $('#notify-banner').hidden = true;
-    if (!(await setNotifications(true))) toast('Notifications stay off. You can allow them in the browser settings.');
+    if (!(await setNotifications(true, api))) toast('Notifications stay off. You can allow them in the browser settings.');
   });
   $('#notify-later').addEventListener('click', () => {
     dismissOffer();
@@ -144,6 +150,19 @@ function wireChrome() {
   });
   window.addEventListener('hashchange', route);
   window.addEventListener('popstate', route);
+  if (workerSupported()) {
+    navigator.serviceWorker.addEventListener('message', (e) => { // from sw.js
+      if (!e.data || !session) return;
+      if (e.data.type === 'open-chat') openChat(e.data.chat); // a click on a notification
+      // A push came while this tab is visible: the node saw no device of ours online, so
+      // this tab's connection is probably down. Reconnect without waiting for the backoff.
+      if (e.data.type === 'push') session.socket.retryNow();
+    });
+    navigator.serviceWorker.startMessages();
+  }
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && store.activeChatId) closeNotifications(store.activeChatId);
+  });
   store.addEventListener('change', (e) => {
     if (e.detail.what === 'connection') renderConnection();
   });
@@ -227,6 +246,7 @@ function route() {
   if (chatId && chatId === store.activeChatId) return;
   if (chatId) {
     views.conversation.open(chatId);
+    if (document.visibilityState === 'visible') closeNotifications(chatId);
     session.openChat(chatId).then(() => {
       if (!store.chats.has(chatId)) openChat(null);
     });

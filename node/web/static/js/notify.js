@@ -1,6 +1,10 @@
 // Browser notifications for messages that arrive while the tab is hidden. Permission is
 // asked only from a click (the banner's button or the switch in Settings), never on load.
-// A page cannot give a permission back, so "off" in Settings is a flag kept here.
+// A page cannot give a permission back, so "off" in Settings is a flag kept here. Turning
+// them on also subscribes this browser to Web Push (push.js), for messages that arrive
+// while no tab is open; off unsubscribes.
+
+import { startPush, stopPush, workerRegistration } from './push.js';
 
 const DISMISSED = 'chatnode.notifications.dismissed';
 const OFF = 'chatnode.notifications.off';
@@ -23,16 +27,23 @@ export function notificationsOn() {
   return notificationsSupported() && Notification.permission === 'granted' && !localStorage.getItem(OFF);
 }
 
-/** Turn notifications on (asking the browser if it has not been asked) or off; resolves to the new state. */
-export async function setNotifications(on) {
+/**
+ * Turn notifications on (asking the browser if it has not been asked) or off; resolves to
+ * the new state. Background (Web Push) notifications follow through `api` without being
+ * waited for: their outcome is pushState() of push.js.
+ */
+export async function setNotifications(on, api) {
   if (!on) {
     localStorage.setItem(OFF, '1');
     dismissOffer(); // a choice was made: the banner need not ask again
+    stopPush(api);
     return false;
   }
   localStorage.removeItem(OFF);
   if (notificationsSupported() && Notification.permission === 'default') await requestPermission();
-  return notificationsOn();
+  const allowed = notificationsOn();
+  if (allowed) startPush(api);
+  return allowed;
 }
 
 export async function requestPermission() {
@@ -56,6 +67,20 @@ export function notify({ title, body, tag, onClick }) {
     };
     return notification;
   } catch (err) {
-    return null; // some browsers allow notifications only from a service worker
+    // Some browsers (Chrome on Android) show notifications only from a service worker;
+    // a click on one goes to sw.js, which asks this tab to open the chat.
+    workerRegistration().then((registration) => {
+      if (registration) registration.showNotification(title, { body, tag, renotify: true, data: { chat: tag } });
+    }).catch(() => {});
+    return null;
   }
+}
+
+/** Close the notifications of a chat (the user is reading it), those of sw.js included. */
+export async function closeNotifications(chatId) {
+  const registration = await workerRegistration();
+  if (!registration || !chatId) return;
+  try {
+    for (const notification of await registration.getNotifications({ tag: String(chatId) })) notification.close();
+  } catch (err) { /* nothing to close */ }
 }

@@ -6,6 +6,7 @@
 import { $, h } from '../dom.js';
 import { when } from '../format.js';
 import { notificationsOn, notificationsSupported, setNotifications } from '../notify.js';
+import { pushEvents, pushState } from '../push.js';
 import { avatar } from './text.js';
 
 const MESSAGES = {
@@ -46,6 +47,9 @@ export class SettingsView {
     const lastSeen = $('#settings-last-seen');
     lastSeen.addEventListener('change', () => this.saveSetting({ last_seen: lastSeen.value }, lastSeen));
     $('#settings-notify').addEventListener('change', () => this.toggleNotifications());
+    pushEvents.addEventListener('change', () => {
+      if (this.isOpen) this.renderNotifications();
+    });
     $('#password-form').addEventListener('submit', (e) => {
       e.preventDefault();
       this.changePassword();
@@ -141,17 +145,25 @@ export class SettingsView {
     const hint = $('#settings-notify-hint');
     const supported = notificationsSupported();
     const denied = supported && Notification.permission === 'denied';
-    box.checked = notificationsOn();
+    const on = notificationsOn();
+    box.checked = on;
     box.disabled = !supported || denied;
+    const push = on ? pushState() : '';
     hint.textContent = !supported ? 'This browser cannot show notifications.'
       : denied ? 'Blocked for this site in the browser’s settings.'
-        : 'On this browser, for messages that arrive while the tab is in the background.';
+        : push === 'on' ? 'On this browser, for messages that arrive while the tab is in the background or closed.'
+          : 'On this browser, for messages that arrive while the tab is in the background.';
+    // Said here only, never in a dialog: the page's own notifications work all the same.
+    const unavailable = $('#settings-push-unavailable');
+    unavailable.hidden = push !== 'unavailable';
+    unavailable.textContent = push === 'unavailable'
+      ? 'Background notifications are unavailable in this browser or network: they show while a chatnode tab is open.' : '';
   }
 
   async toggleNotifications() {
     const box = $('#settings-notify');
     box.disabled = true;
-    await setNotifications(box.checked);
+    await setNotifications(box.checked, this.session.api);
     $('#notify-banner').hidden = true;
     this.renderNotifications();
   }
