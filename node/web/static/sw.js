@@ -54,8 +54,8 @@ async function onPush(event) {
     for (const tab of tabs) tab.postMessage({ type: 'push', chat });
     return;
   }
-  // A chat has one notification (the page's own ones use the same tag), replaced by each
-  // push and counting the messages it stands for until it is closed.
+  // A chat has one notification, replaced by each push and counting the messages it stands
+  // for until it is closed (opening the chat in a tab closes it).
   const tag = chat || 'chatnode';
   const earlier = await self.registration.getNotifications({ tag });
   const count = Math.max(1, Number(data.count) || 1)
