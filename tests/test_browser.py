@@ -778,6 +778,8 @@ def test_settings_name_privacy_devices_and_blocks(pages, names, node):
     a.fill("#settings-display-name", "Alice Wonder")
     a.press("#settings-display-name", "Enter")
     expect(a.locator("#settings-name")).to_have_text("Alice Wonder")
+    expect(b.locator("#chat-list .chat-name")).to_have_text(["Alice Wonder"])  # live: no reload
+    expect(b.locator("#chat-title")).to_have_text("Alice Wonder")
     a.click("#settings-read-receipts")
     a.select_option("#settings-last-seen", "nobody")
     expect(a.locator("#settings-read-receipts")).not_to_be_checked()
