@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import orjson
 import pytest
 import trio
@@ -133,3 +135,40 @@ async def test_analytics_events_are_appended_as_json_lines(tmp_path):
     assert {e["event"] for e in lines} >= {"online", "offline", "message", "typing"}
     assert all(e["user"] == alice.user["id"] for e in lines)
     assert b"secret text" not in (tmp_path / "data" / "analytics.jsonl").read_bytes()
+
+
+async def test_a_reconnect_storm_loses_no_presence_change(tmp_path):
+    """Many devices dropping at once: last-seen times are batched into commits instead of
+    one commit each, so the plugin's notification queue never overflows."""
+    config = make_config(tmp_path, plugins={"event_queue": 16, "lastseen": {"grace": 0.2, "default_visibility": "everyone"}})
+    async with running_node(config) as node:
+        people = [await new_user(node, f"user{i}") for i in range(8)]
+        for _ in range(5):
+            async with trio.open_nursery() as nursery:
+                for person in people:
+                    nursery.start_soon(connect_and_leave, person)
+        await trio.sleep(0.3)
+        assert node.plugins.dropped.get("lastseen", 0) == 0
+        seen = [(await people[0].presence(p.user["id"]))["last_seen"] for p in people]
+        assert all(seen), seen
+        for person in people:
+            await person.aclose()
+    async with running_node(config) as node:  # and the times were written
+        async with new_client(node, "user0") as client:
+            assert [(await client.presence(p.user["id"]))["last_seen"] for p in people] == seen
+
+
+async def connect_and_leave(client) -> None:
+    async with client.connect() as conn:
+        await conn.synced.wait()
+
+
+@asynccontextmanager
+async def new_client(node, username):
+    from conftest import PASSWORD
+
+    from node.client import ChatClient
+
+    async with ChatClient(node.http_url) as client:
+        await client.login(username, PASSWORD)
+        yield client

@@ -2,7 +2,10 @@
 seen" time, and typing indicators.
 
 Presence changes are coalesced: a user must stay online (or offline) for `grace`
-seconds before contacts are told, so a flapping connection sends nothing. Who may see a
+seconds before contacts are told, so a flapping connection sends nothing. Last-seen times
+are kept in memory and written with the next commit of anything (at the latest after
+`flush_interval`): a reconnect storm costs no commit per disconnect, and the plugin's
+notification queue never backs up behind the disk. Who may see a
 user's presence follows their `last_seen` setting (everyone / contacts / nobody), and it
 is reciprocal as in WhatsApp: whoever hides theirs sees no one's. Blocked users never see
 it. Typing indicators are ephemeral: never stored, forwarded at most once per
@@ -36,6 +39,8 @@ class LastSeenSettings:
     # (as in WhatsApp) members ask when they look (GET /api/users/<id>/presence), so a
     # 500-member group coming online is not 250,000 events.
     live_group_limit: int = attrs.field(default=32, validator=attrs.validators.ge(0))
+    # At most this long (seconds) before a last-seen time is on disk when nothing else commits.
+    flush_interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
 
 
 def now_ms() -> int:
@@ -52,6 +57,8 @@ class LastSeenPlugin:
         self._changed: dict[int, float] = {}  # user -> monotonic time of an unannounced change
         self._wakeup = trio.Event()
         self._typing_sent: dict[tuple[int, int], float] = {}
+        self._unwritten: dict[int, int] = {}  # user -> last seen (ms), not yet in LMDB
+        self._unwritten_added = trio.Event()
 
     @hookimpl
     def register_settings(self):
@@ -65,7 +72,14 @@ class LastSeenPlugin:
     async def startup(self, node, nursery) -> None:
         self.node = node
         self.settings = node.plugins.settings("lastseen")
+        node.storage.writer.add_commit_hook(self._take_unwritten)
         nursery.start_soon(self._announcer)
+        nursery.start_soon(self._flusher)
+
+    @hookimpl
+    async def shutdown(self, node) -> None:
+        if self._unwritten:
+            await node.storage.write(self._take_unwritten())
 
     # -- presence ------------------------------------------------------------------
 
@@ -75,12 +89,31 @@ class LastSeenPlugin:
         node.plugins.notify("on_analytics_event", event={"event": "online", "ts": now_ms(), "user": str(user_id)})
 
     @hookimpl
-    async def on_user_offline(self, node, user_id: int) -> None:
-        batch = WriteBatch()
-        batch.put("lastseen", u64(user_id), u64(now_ms()))
-        await node.storage.write(batch)
+    def on_user_offline(self, node, user_id: int) -> None:
+        seen = now_ms()
+        self._unwritten[user_id] = seen
+        self._unwritten_added.set()
         self._change(user_id)
-        node.plugins.notify("on_analytics_event", event={"event": "offline", "ts": now_ms(), "user": str(user_id)})
+        node.plugins.notify("on_analytics_event", event={"event": "offline", "ts": seen, "user": str(user_id)})
+
+    def _take_unwritten(self) -> WriteBatch:
+        """The last-seen times not yet stored, as writes (a commit hook: they join the
+        next transaction, whoever commits it)."""
+        batch = WriteBatch()
+        for user_id, seen in self._unwritten.items():
+            batch.put("lastseen", u64(user_id), u64(seen))
+        self._unwritten.clear()
+        return batch
+
+    async def _flusher(self) -> None:
+        """Make sure last-seen times reach the disk within `flush_interval` even when
+        nothing else is committed."""
+        while True:
+            await self._unwritten_added.wait()
+            self._unwritten_added = trio.Event()
+            await trio.sleep(self.settings.flush_interval)
+            if self._unwritten:
+                await self.node.storage.write(self._take_unwritten())
 
     def _change(self, user_id: int) -> None:
         self._changed.setdefault(user_id, trio.current_time())
@@ -144,9 +177,12 @@ class LastSeenPlugin:
         """What `viewer` may know of `user_id` (None: already checked)."""
         if viewer is not None and not self.may_see(viewer, user_id):
             return {"user": str(user_id), "online": None, "last_seen": None, "hidden": True}
-        raw = self.node.storage.get("lastseen", u64(user_id))
+        seen = self._unwritten.get(user_id)
+        if seen is None:
+            raw = self.node.storage.get("lastseen", u64(user_id))
+            seen = from_u64(raw) if raw else None
         online = self._announced.get(user_id, False) if viewer != user_id else self.node.is_online(user_id)
-        return {"user": str(user_id), "online": online, "last_seen": from_u64(raw) if raw else None}
+        return {"user": str(user_id), "online": online, "last_seen": seen}
 
     @hookimpl
     def register_routes(self, node):
