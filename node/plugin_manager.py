@@ -40,6 +40,8 @@ ENTRY_POINT_GROUP = "chatnode"
 SHUTDOWN_TIMEOUT = 5.0
 
 
+PUMP_SLICE = 64  # notifications a pump handles between checkpoints
+
 class Reject(Exception):
     """Raised by a ``prepare_message`` implementation to refuse a message."""
 
@@ -237,13 +239,30 @@ class Plugins:
             send.close()
 
     async def _pump(self, name: str, recv: trio.MemoryReceiveChannel) -> None:
+        """Run one plugin's notifications in order. What is already queued is taken without
+        a trip through the scheduler per item (an `async for` over the channel yields on
+        every item, and under load the pump then falls behind and drops), with a checkpoint
+        every `PUMP_SLICE` items so that a long queue does not starve other tasks."""
         async with recv:
-            async for impl, kwargs in recv:
+            handled = 0
+            while True:
+                try:
+                    impl, kwargs = recv.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        impl, kwargs = await recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
                 try:
                     await await_maybe(self._call(impl, kwargs))
                 except Exception:
                     self.failures[name] = self.failures.get(name, 0) + 1
                     log.exception("plugin %s failed in %s", name, impl.function.__name__)
+                handled += 1
+                if handled % PUMP_SLICE == 0:
+                    await trio.lowlevel.checkpoint()
 
     def statistics(self) -> dict[str, Any]:
         return {

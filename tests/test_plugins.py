@@ -295,3 +295,44 @@ async def test_device_revoked_fires_once_per_logged_out_device(tmp_path):
         assert recorder.seen == []
         await dana.aclose(), await other.aclose()
         node.request_shutdown()
+
+
+class Counter:
+    """Counts the analytics events it is notified of."""
+
+    name = "counter"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    @hookimpl
+    def on_analytics_event(self, event):
+        self.seen += 1
+
+
+async def test_a_busy_node_does_not_make_a_plugin_drop_notifications(tmp_path):
+    """Notifications arriving a few per scheduler round, while many other tasks are runnable,
+    are all handled: a pump takes what is queued in one go instead of one per round."""
+    counter = Counter()
+    config = make_config(tmp_path, plugins={"event_queue": 32})
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            config, plugins=[counter], load_entrypoints=False, task_status=task_status))
+
+        async def busy(rounds: int) -> None:
+            for _ in range(rounds):
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as load:
+            for _ in range(200):
+                load.start_soon(busy, 120)
+            for _ in range(100):  # 8 notifications per round: 800 in all, 25 times the queue
+                for _ in range(8):
+                    node.plugins.notify("on_analytics_event", event={"event": "test"})
+                await trio.lowlevel.checkpoint()
+        with trio.move_on_after(5):
+            while counter.seen + node.plugins.dropped.get("counter", 0) < 800:
+                await trio.sleep(0.01)
+        assert node.plugins.dropped.get("counter", 0) == 0
+        assert counter.seen == 800
+        node.request_shutdown()
