@@ -137,7 +137,7 @@ class PluginsSection:
     """Which plugins run and their own sections (``[plugins.<name>]``)."""
 
     disabled: list[str] = attrs.Factory(list)  # plugin names not to load
-    event_queue: int = _int(1024, 1, 1_000_000)  # notifications queued per plugin before dropping
+    event_queue: int = _int(8192, 1, 1_000_000)  # notifications queued per plugin before dropping (> one sequencer batch)
     settings: dict[str, dict[str, Any]] = attrs.Factory(dict)  # the [plugins.<name>] tables
 
 
