@@ -76,12 +76,7 @@ class ChatClient:
             method, path, content=orjson.dumps(json) if json is not None else None, headers=headers,
             params={k: v for k, v in params.items() if v is not None},
         )
-        if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-            except Exception:
-                error = {"code": "http_error", "message": response.text[:200]}
-            raise ClientError(error["code"], error["message"], response.status_code)
+        self._raise_for(response)
         return response.json() if response.content else None
 
     async def info(self) -> dict[str, Any]:
@@ -176,7 +171,7 @@ class ChatClient:
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
-            except Exception:
+            except (ValueError, KeyError, TypeError):  # not one of the node's error bodies
                 error = {"code": "http_error", "message": response.text[:200]}
             raise ClientError(error["code"], error["message"], response.status_code)
 

@@ -128,7 +128,7 @@ class Plugins:
         blocked = set(self._config.disabled)
         unknown = set(self._config.settings) - set(declared) - blocked
         if unknown:
-            raise ConfigError(f"[plugins.{sorted(unknown)[0]}]: no plugin with that name is loaded")
+            raise ConfigError(f"[plugins.{min(unknown)}]: no plugin with that name is loaded")
         return settings
 
     def settings(self, name: str) -> Any:

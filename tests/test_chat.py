@@ -70,7 +70,7 @@ async def test_retry_inside_one_frame_is_deduplicated(node, users):
 
 
 async def test_senders_other_devices_receive_the_message(node, users):
-    alice, bob = await users("alice"), await users("bob")
+    alice, _bob = await users("alice"), await users("bob")
     chat = await alice.open_direct(username="bob")
 
     async with ChatClient(node.http_url) as alice_phone:

@@ -87,7 +87,7 @@ async def test_group_admin_may_delete_others_messages(node, users):
 
 
 async def test_replies_reference_a_message_of_the_same_chat(node, users):
-    alice, bob, carol = await users("alice"), await users("bob"), await users("carol")
+    alice, bob, _carol = await users("alice"), await users("bob"), await users("carol")
     chat = await alice.open_direct(username="bob")
     other = await alice.open_direct(username="carol")
     async with alice.connect() as a, bob.connect() as b:
@@ -131,7 +131,7 @@ async def test_disappearing_messages_expire_and_are_purged(tmp_path):
 
 
 async def test_bad_ttl_values(node, users):
-    alice, bob = await users("alice"), await users("bob")
+    alice, _bob = await users("alice"), await users("bob")
     chat = await alice.open_direct(username="bob")
     for bad in (-1, "1", 1.5, 400 * 24 * 3600):
         with pytest.raises(ClientError) as info:

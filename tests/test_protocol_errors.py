@@ -74,7 +74,7 @@ async def assert_nothing_stored(client, chat):
     ],
 )
 async def test_malformed_frames_get_errors_and_the_connection_stays_up(pair, frame, code):
-    alice, bob, chat = pair
+    alice, _bob, chat = pair
     ws_cm, ws = await raw_socket(alice)
     try:
         await ws.send_message(frame)
@@ -87,7 +87,7 @@ async def test_malformed_frames_get_errors_and_the_connection_stays_up(pair, fra
 
 
 async def test_writing_to_a_chat_you_are_not_in(node, users, pair):
-    alice, bob, chat = pair
+    alice, _bob, chat = pair
     mallory = await users("mallory")
     async with mallory.connect() as m:
         with pytest.raises(Exception) as info:
@@ -103,7 +103,7 @@ async def test_writing_to_a_chat_you_are_not_in(node, users, pair):
 
 
 async def test_oversized_message_is_refused_but_the_connection_stays(pair, node):
-    alice, bob, chat = pair
+    alice, _bob, chat = pair
     limit = node.config.limits.max_message_bytes
     async with alice.connect() as a:
         with pytest.raises(Exception) as info:
@@ -114,7 +114,7 @@ async def test_oversized_message_is_refused_but_the_connection_stays(pair, node)
 
 
 async def test_oversized_frame_closes_with_1009(pair, node):
-    alice, bob, chat = pair
+    alice, _bob, chat = pair
     ws_cm, ws = await raw_socket(alice)
     try:
         await ws.send_message("x" * (node.config.limits.max_frame_bytes + 1))
@@ -125,7 +125,7 @@ async def test_oversized_frame_closes_with_1009(pair, node):
 
 
 async def test_too_many_events_in_one_frame(pair, node):
-    alice, bob, chat = pair
+    alice, _bob, chat = pair
     n = node.config.limits.max_events_per_frame + 1
     ws_cm, ws = await raw_socket(alice)
     try:
@@ -138,7 +138,7 @@ async def test_too_many_events_in_one_frame(pair, node):
 
 
 async def test_binary_frame_is_refused(pair):
-    alice, bob, chat = pair
+    alice, _bob, _chat = pair
     ws_cm, ws = await raw_socket(alice)
     try:
         await ws.send_message(b'{"type":"ping"}')
@@ -149,7 +149,7 @@ async def test_binary_frame_is_refused(pair):
 
 @pytest.mark.parametrize("token", ["cn_not-a-real-token", "", None, 42])
 async def test_bad_token_is_refused_with_4001(pair, token):
-    alice, bob, chat = pair
+    alice, _bob, _chat = pair
     async with open_websocket_url(await alice.ws_url()) as ws:
         await ws.send_message(orjson.dumps({"type": "hello", "token": token}).decode())
         await expect(ws, "error", code="unauthorized")
@@ -157,7 +157,7 @@ async def test_bad_token_is_refused_with_4001(pair, token):
 
 
 async def test_first_frame_must_be_hello(pair):
-    alice, bob, chat = pair
+    alice, _bob, chat = pair
     async with open_websocket_url(await alice.ws_url()) as ws:
         await ws.send_message(orjson.dumps({"type": "send", "client_msg_id": "x", "chat": chat["id"], "text": "hi"}).decode())
         await expect(ws, "error", code="not_hello")
@@ -220,7 +220,7 @@ async def test_connections_per_user_are_limited(tmp_path):
 
 
 async def test_logout_revokes_the_token_and_closes_its_connections(pair):
-    alice, bob, chat = pair
+    alice, _bob, _chat = pair
     async with alice.connect() as a:
         await a.synced.wait()
         token = alice.token

@@ -19,7 +19,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _walk(prefix: str, value: Any) -> Iterator[tuple[str, dict[str, str], float]]:
-    if isinstance(value, bool) or isinstance(value, (int, float)):
+    if isinstance(value, (bool, int, float)):
         yield prefix, {}, float(value)
     elif isinstance(value, dict):
         if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()) \
