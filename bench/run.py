@@ -317,13 +317,15 @@ def idle_memory(proc, url: str, ws_url: str, connections: int) -> dict:
     """RSS growth of the node per authenticated, idle connection."""
 
     async def tokens() -> list[str]:
+        """One device per 100 connections, one user per 5,000 (under the per-user limit)."""
+        out = []
         async with ChatClient(url) as c:
-            await c.register("idle", PASSWORD)
-            out = []
-            for _ in range(max(1, connections // 100)):
-                await c.login("idle", PASSWORD)
+            for i in range(max(1, connections // 100)):
+                if i % 50 == 0:
+                    await c.register(f"idle{i // 50}", PASSWORD)
+                await c.login(f"idle{i // 50}", PASSWORD)
                 out.append(c.token)
-            return out
+        return out
 
     tokens_ = trio.run(tokens)
     loop = Loop()
