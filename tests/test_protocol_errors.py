@@ -259,7 +259,5 @@ async def test_clients_that_hang_up_during_the_upgrade_do_no_harm(node, pair, ca
     async with alice.connect() as a, bob.connect() as b:
         await b.synced.wait()
         await a.send_text(chat["id"], "still here")
-        with trio.fail_after(5):
-            while (await b.next_event())["type"] != "message":
-                pass
+        await b.wait_for("message", timeout=5)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

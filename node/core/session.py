@@ -76,16 +76,14 @@ class Session:
         "frames_in",
         "frames_out",
         "node",
-        "remote",
         "synced",
         "user_id",
         "ws",
     )  # fmt: skip
 
-    def __init__(self, node: Node, ws: WebSocket, remote: str) -> None:
+    def __init__(self, node: Node, ws: WebSocket) -> None:
         self.node = node
         self.ws = ws
-        self.remote = remote
         limits = node.config.limits
         self._limits = limits
         self._capacity = limits.outgoing_queue
@@ -283,11 +281,16 @@ class Session:
             self.close(errors.CLOSE_TOO_SLOW, errors.CLOSE_CODES[errors.CLOSE_TOO_SLOW])
             return False
         self._queue.append(payload)
-        if self._more is not None:
-            self._more.set()
-            self._more = None
-        elif not self._writing:
+        if not self._wake_writer() and not self._writing:
             self._start_writer()
+        return True
+
+    def _wake_writer(self) -> bool:
+        """Wake the writer if it lingers idle; False if it was not waiting."""
+        if self._more is None:
+            return False
+        self._more.set()
+        self._more = None
         return True
 
     def _start_writer(self) -> None:
@@ -301,9 +304,7 @@ class Session:
 
     def _close_queue(self) -> None:
         self._queue_closed = True
-        if self._more is not None:
-            self._more.set()
-            self._more = None
+        self._wake_writer()
 
     def _drop_queue(self) -> None:
         self._close_queue()

@@ -52,14 +52,16 @@ class Upgrade:
 
     def __init__(self, stream: trio.SocketStream, protocol: WSConnection, path: str) -> None:
         self.stream = stream
-        self.protocol = protocol
+        self.protocol: WSConnection | None = protocol
         self.path = path
 
     async def accept(self, *, max_message_size: int) -> WebSocket:
-        answer = self.protocol.send(AcceptConnection())
-        # From here on only the WebSocket layer is needed: keeping it alone lets the
-        # HTTP parser of the handshake go (about 1.5 KiB per connection).
-        connection = self.protocol.connection
+        """Open the WebSocket. The upgrade is spent afterwards: it lets go of the
+        handshake's HTTP parser (about 1.5 KiB per connection) and keeps only the
+        WebSocket layer, even while the caller still holds this object."""
+        protocol, self.protocol = self.protocol, None
+        answer = protocol.send(AcceptConnection())
+        connection = protocol.connection
         assert connection is not None
         ws = WebSocket(self.stream, connection, max_message_size)
         await ws._send_bytes(answer)
@@ -67,8 +69,10 @@ class Upgrade:
 
     async def reject(self, status: int, body: bytes) -> None:
         """Answer with a plain HTTP error; the caller closes the stream."""
+        protocol = self.protocol
+        assert protocol is not None, "already accepted"
         response = RejectConnection(status_code=status, headers=[(b"content-type", b"text/plain")], has_body=True)
-        data = self.protocol.send(response) + self.protocol.send(RejectData(data=body))
+        data = protocol.send(response) + protocol.send(RejectData(data=body))
         try:
             await self.stream.send_all(data)
         except _TRANSPORT_ERRORS:
@@ -113,14 +117,6 @@ class WebSocket:
         self._size = 0
         self._send_lock = trio.StrictFIFOLock()
         self._broken = False  # a send was cut off mid-frame: only closing the TCP is safe now
-
-    @property
-    def remote_address(self) -> str:
-        """The peer's IP address, or "" once it is gone (getpeername fails then)."""
-        try:
-            return str(self._stream.socket.getpeername()[0])
-        except OSError:
-            return ""
 
     # -- receiving -------------------------------------------------------------------------
 

@@ -71,9 +71,8 @@ async def serve_chat_socket(
                 ws = await upgrade.accept(max_message_size=limits.max_frame_bytes)
             except ConnectionClosed:
                 return
-            del upgrade  # the handshake's HTTP parser: not needed for the life of the session
             try:
-                await Session(node, ws, ws.remote_address).run()
+                await Session(node, ws).run()
             except ConnectionClosed:
                 pass
             except Exception:

@@ -104,7 +104,9 @@ class Writer:
         from .env import StorageError
 
         for hook in self._commit_hooks:
-            requests.append(_Request(hook()))
+            batch = hook()
+            if batch.ops:
+                requests.append(_Request(batch))
         try:
             await self._commit_growing(requests)
         except StorageError as exc:
