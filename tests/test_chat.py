@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from node.client import ChatClient
 
 
@@ -119,3 +121,25 @@ async def test_user_search_by_prefix(node, users):
     assert [u["username"] for u in found] == ["bo.b", "bob", "bobby"]
     assert await alice.search_users("alice") == []  # never yourself
     assert "password" not in found[0]
+
+
+async def test_an_idle_connections_writer_ends_and_comes_back_for_the_next_message(node, users, monkeypatch):
+    """The writer task lives only while there is traffic; a message after a quiet spell
+    starts it again and arrives as usual."""
+    from node.core import session as session_module
+
+    monkeypatch.setattr(session_module, "WRITER_LINGER", 0.05)
+    alice, bob = await users("alice"), await users("bob")
+    chat = await alice.open_direct(username="bob")
+    async with alice.connect() as a, bob.connect() as b:
+        await b.synced.wait()
+        (bob_session,) = node.hub.sessions_of(int(bob.user["id"]))
+        with trio.fail_after(5):
+            while bob_session._writing:  # welcome and synced sent, then quiet
+                await trio.sleep(0.02)
+        for text in ("after a pause", "and again"):
+            await a.send_text(chat["id"], text)
+            assert (await b.wait_for("message", timeout=5))["text"] == text
+            with trio.fail_after(5):
+                while bob_session._writing:
+                    await trio.sleep(0.02)
