@@ -48,7 +48,6 @@ async def serve_node_layer(port: int) -> None:
             if upgrade is None:
                 return
             ws = await upgrade.accept(max_message_size=1 << 20)
-            del upgrade
             try:
                 while True:
                     await ws.send_message(await ws.get_message())
