@@ -185,6 +185,9 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = cfg.graceful_timeout
+    # No hc.read_timeout: hypercorn applies it to every read, so it would also cut a long
+    # download to a client that has nothing to send. Bodies have deadlines of their own
+    # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
     await hypercorn_serve(app, hc, shutdown_trigger=node.shutdown_requested.wait, task_status=_Started(task_status, port))
 

@@ -434,7 +434,7 @@ async def test_size_limits_per_category_leave_nothing(tmp_path):
             with pytest.raises(ClientError) as declared_too_big:
                 await alice.upload(b"%PDF-1.4\n" + bytes(2_100_000))
             assert declared_too_big.value.code == "too_large"
-            assert "uploads are limited to 2000000 bytes" in declared_too_big.value.message
+            assert "limited to 2000000 bytes" in declared_too_big.value.message
         assert temp_files(node) == []
         assert item_count(node) == 1 and len(stored_files(node)) == 1
         await alice.aclose()

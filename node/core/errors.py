@@ -27,6 +27,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "conflict": (409, "the request conflicts with the current state"),
     "group_full": (409, "the group already has limits.max_group_members members"),
     "edit_window_passed": (409, "the message is older than the edit window"),
+    "timeout": (408, "the request body did not arrive in time"),
     "rate_limited": (429, "too many requests or frames; slow down and retry later"),
     "too_many_connections": (429, "the user already has limits.max_connections_per_user connections"),
     "not_hello": (400, "the first frame of a connection must be a hello"),

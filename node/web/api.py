@@ -5,13 +5,15 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from quart_trio.wrappers.request import TrioRequest
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..core.accounts import Device, public_user
 from ..core.errors import ChatError, bad_request
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BODY = 64 * 1024
+MAX_JSON_BODY = 64 * 1024  # every route's body limit unless it declares a larger one
 DRAIN_LIMIT = 1024 * 1024  # unread request bodies up to this size are read and dropped
 
 #: User settings and what each accepts (the receipts and last-seen plugins read them).
@@ -47,9 +49,24 @@ def error_response(exc: ChatError) -> Response:
 
 
 async def json_body() -> dict[str, Any]:
-    raw = await request.get_data(cache=False)
-    if len(raw) > MAX_JSON_BODY:
-        raise ChatError("too_large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+    """The request's JSON object, read with a cap and a deadline: the size is checked
+    against Content-Length before anything is read and against what arrived after every
+    chunk, so a huge or endless body costs at most MAX_JSON_BODY bytes of memory, and a
+    body that trickles in is cut off after `http.body_timeout` seconds (408)."""
+    too_large = ChatError("too_large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+    if (request.content_length or 0) > MAX_JSON_BODY:
+        raise too_large
+    raw = bytearray()
+    with trio.move_on_after(request.body_timeout or 10.0) as deadline:
+        try:
+            async for chunk in request.body:
+                raw += chunk
+                if len(raw) > MAX_JSON_BODY:
+                    raise too_large
+        except RequestEntityTooLarge:
+            raise too_large from None
+    if deadline.cancelled_caught:
+        raise ChatError("timeout", "the request body did not arrive in time")
     if not raw:
         return {}
     try:
@@ -111,9 +128,39 @@ def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") -> lis
     return ids
 
 
-def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ()) -> QuartTrio:
+def _rule_pattern(method: str, rule: str) -> re.Pattern[str]:
+    """A route rule such as ``/api/media/<media_id>`` as a regex over ``METHOD path``."""
+    parts = re.split(r"<[^>]+>", rule)
+    return re.compile(re.escape(method.upper() + " ") + "[^/]+".join(map(re.escape, parts)) + "$")
+
+
+def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRequest]:
+    """quart's request class with a body limit chosen per route *before* any of the body is
+    buffered: quart fixes a request's limit when it creates it (from Content-Length, and
+    again as data arrives), so the limit must be known from the method and path alone.
+    Routes that declare no larger limit get MAX_CONTENT_LENGTH."""
+
+    class NodeRequest(TrioRequest):
+        def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
+            target = f"{method.upper()} {path}"
+            for pattern, limit in body_limits:
+                if pattern.match(target):
+                    kwargs["max_content_length"] = limit
+                    break
+            super().__init__(method, scheme, path, *args, **kwargs)
+
+    return NodeRequest
+
+
+def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> QuartTrio:
     app = QuartTrio("chatnode", static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = None  # bodies are bounded per route
+    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY  # routes that take more declare it
+    app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
+    body_limits = [
+        (_rule_pattern(route[0], route[1]), int(route[3]))
+        for routes in plugin_routes for route in routes if len(route) > 3 and route[3]
+    ]
+    app.request_class = request_class(body_limits)
     accounts, chats = node.accounts, node.chats
     limits = node.config.limits
 
@@ -137,6 +184,9 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
         never finishes sending, and neither side sees the answer. Bodies larger than
         DRAIN_LIMIT are not read: the connection is closed after the answer instead."""
         done = getattr(request.body, "_complete", None)  # quart keeps no public flag for this
+        if response.status_code in (408, 413) or getattr(request.body, "_must_raise", None) is not None:
+            response.headers["Connection"] = "close"  # too slow or too big: never wait for the rest
+            return response
         if done is not None and done.is_set():
             return response
         length = request.content_length or 0
@@ -144,8 +194,11 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
             response.headers["Connection"] = "close"
         elif length:
             with trio.move_on_after(10):
-                async for _ in request.body:
-                    pass
+                try:
+                    async for _ in request.body:
+                        pass
+                except RequestEntityTooLarge:
+                    response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(ChatError)
@@ -155,7 +208,11 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "bad_request", 413: "too_large"}.get(exc.code or 500, "bad_request")
-        return error_response(ChatError(code, exc.description, status=exc.code))
+        message = exc.description
+        if exc.code == 413:
+            limit = getattr(request.body, "_max_content_length", None)
+            message = f"request bodies on this route are limited to {limit} bytes"
+        return error_response(ChatError(code, message, status=exc.code))
 
     @app.errorhandler(Exception)
     async def on_crash(exc: Exception) -> Response:
@@ -436,7 +493,7 @@ def create_app(node: Node, plugin_routes: list[list[tuple[str, str, Any]]] = ())
     # -- plugins ---------------------------------------------------------------------
 
     for routes in plugin_routes:
-        for method, path, handler in routes:
+        for method, path, handler, *_ in routes:
             app.add_url_rule(path, f"plugin:{method}:{path}", handler, methods=[method.upper()])
 
     # -- admin ---------------------------------------------------------------------

@@ -86,7 +86,7 @@ def clean_name(raw: str | None) -> str | None:
     return name
 
 
-def media_routes(node: Any, plugin: Any) -> list[tuple[str, str, Any]]:
+def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
     """The routes of `plugin` (a MediaPlugin): they are collected before the plugin's
     `startup` made its service and signer, so each request looks them up."""
     settings = node.plugins.settings("media")
@@ -203,7 +203,7 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[str, str, Any]]:
         })
 
     return [
-        ("POST", "/api/media", upload),
+        ("POST", "/api/media", upload, settings.max_upload_bytes),  # the one route with big bodies
         ("GET", "/api/media/<media_id>", download),
         ("GET", "/api/media/<media_id>/thumbnail", thumbnail),
         ("GET", "/api/media/<media_id>/info", info),
