@@ -116,8 +116,12 @@ class AccountsSection:
 
 @attrs.frozen
 class StorageSection:
-    """The LMDB environment under data_dir/db."""
+    """Where durable state lives: LMDB under data_dir/db (one node) or PostgreSQL (a cluster)."""
 
+    engine: str = attrs.field(default="lmdb", validator=_one_of("lmdb", "postgresql"))
+    dsn: str = ""  # postgresql: a libpq connection string or URI (required with that engine)
+    pool_size: int = _int(8, 1, 1000)  # postgresql: connections (one writer, the rest for reads)
+    commit_timeout: float = _float(10.0, 0.1, 600.0)  # postgresql: a commit slower than this counts as failed (outcome unknown)
     map_size_mb: int = _int(1024, 1, 1 << 24)  # initial map size; grows on demand
     max_map_size_mb: int = _int(1 << 20, 1, 1 << 24)  # growth stops here with a clear error
     max_batch: int = _int(2048, 1, 100_000)  # write requests folded into one transaction

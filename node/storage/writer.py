@@ -1,82 +1,64 @@
-"""The single LMDB writer: group commit.
+"""The single writer: group commit, the same for every engine.
 
 Every write in the node goes through `Writer.write`. Concurrent requests queue in one
-bounded channel; the writer task drains what is waiting and commits it as one
-transaction inside one worker-thread call (LMDB write transactions must begin and end
-on the same thread). A caller is answered only after that commit is durable, so the
-cost of an fsync is shared by everything that arrived while the previous one ran.
+bounded channel; the writer task drains what is waiting and hands it to the engine as
+one transaction (one worker-thread call). A caller is answered only after that commit is
+durable, so the cost of an fsync (or a PostgreSQL round trip) is shared by everything
+that arrived while the previous one ran.
+
+When a combined transaction is refused for a conflict, the requests are committed again
+one by one, so that only the request that broke an invariant fails: a send racing a
+second owner of its chat must not take an unrelated registration down with it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import attrs
-import lmdb
 import trio
 
-if TYPE_CHECKING:
-    from .env import Storage
+from .api import StorageConflict, StorageError
+from .batch import Op, WriteBatch
 
 log = logging.getLogger(__name__)
 
-
-@attrs.define
-class WriteBatch:
-    """Puts and deletes to apply atomically, in order. `None` as value deletes the key."""
-
-    ops: list[tuple[str, bytes, bytes | None]] = attrs.Factory(list)
-
-    def put(self, db: str, key: bytes, value: bytes) -> None:
-        self.ops.append((db, key, value))
-
-    def delete(self, db: str, key: bytes) -> None:
-        self.ops.append((db, key, None))
-
-    def extend(self, other: WriteBatch) -> None:
-        self.ops.extend(other.ops)
-
-    def __len__(self) -> int:
-        return len(self.ops)
+#: The engine's commit: apply each request's ops, in order, in ONE transaction.
+Commit = Callable[[list[list[Op]]], Awaitable[None]]
 
 
 @attrs.define(eq=False)
 class _Request:
-    batch: WriteBatch
+    ops: list[Op]
     done: trio.Event = attrs.Factory(trio.Event)
     error: BaseException | None = None
 
 
 class Writer:
-    """Owns the only write path into the environment. Run `serve` in a nursery."""
+    """Owns the only write path into an engine. Run `serve` in a nursery."""
 
-    def __init__(self, storage: Storage, *, max_batch: int, queue_size: int = 4096) -> None:
-        self._storage = storage
+    def __init__(self, commit: Commit, *, max_batch: int, queue_size: int = 4096) -> None:
+        self._commit = commit
         self._max_batch = max_batch
         self._send, self._recv = trio.open_memory_channel[_Request](queue_size)
         self.commits = 0
         self.committed_ops = 0
+        self.conflicts = 0
         self._commit_hooks: list[Callable[[], WriteBatch]] = []
 
     def add_commit_hook(self, hook: Callable[[], WriteBatch]) -> None:
-        """`hook()` runs just before each commit; its writes join that transaction."""
         self._commit_hooks.append(hook)
 
     async def write(self, batch: WriteBatch) -> None:
-        """Commit `batch` durably, together with whatever else is waiting.
-
-        Returns once the data is on disk. Raises `StorageError` if the commit failed, in
-        which case nothing of the batch was written.
-
-        Cancellation: a request already queued is still committed; the caller just does
-        not learn the outcome.
-        """
+        """Commit `batch` durably, together with whatever else is waiting (see Storage.write)."""
         if not batch.ops:
             return
-        request = _Request(batch)
-        await self._send.send(request)
+        request = _Request(batch.ops)
+        try:
+            await self._send.send(request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StorageError("storage is closed: the node is shutting down") from None
         await request.done.wait()
         if request.error is not None:
             raise request.error
@@ -90,57 +72,40 @@ class Writer:
         async with self._recv:
             async for first in self._recv:
                 requests = [first]
-                size = len(first.batch.ops)
+                size = len(first.ops)
                 while size < self._max_batch:
                     try:
                         nxt = self._recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     requests.append(nxt)
-                    size += len(nxt.batch.ops)
+                    size += len(nxt.ops)
+                for hook in self._commit_hooks:
+                    extra = hook()
+                    if extra.ops:
+                        requests.append(_Request(extra.ops))
                 await self._commit_requests(requests)
 
     async def _commit_requests(self, requests: list[_Request]) -> None:
-        from .env import StorageError
-
-        for hook in self._commit_hooks:
-            batch = hook()
-            if batch.ops:
-                requests.append(_Request(batch))
         try:
-            await self._commit_growing(requests)
+            await self._commit([r.ops for r in requests])
+        except StorageConflict as exc:
+            self.conflicts += 1
+            if len(requests) == 1:
+                requests[0].error = exc
+            else:  # find the culprit: each request alone, in order
+                for request in requests:
+                    await self._commit_requests([request])
+                return
         except StorageError as exc:
             for r in requests:
                 r.error = exc
-        except Exception as exc:  # an LMDB failure must reach the callers, not kill the node
+        except Exception as exc:  # an engine failure must reach the callers, not kill the node
             log.exception("commit of %d write requests failed", len(requests))
             for r in requests:
                 r.error = StorageError(f"storage write failed: {exc}")
         else:
             self.commits += 1
-            self.committed_ops += sum(len(r.batch.ops) for r in requests)
+            self.committed_ops += sum(len(r.ops) for r in requests)
         for r in requests:
             r.done.set()
-
-    async def _commit_growing(self, requests: list[_Request]) -> None:
-        while True:
-            try:
-                await trio.to_thread.run_sync(_commit, self._storage.env, self._storage.handles, requests)
-                return
-            except lmdb.MapFullError:
-                await self._storage.grow_map()
-
-
-def _commit(
-    env: lmdb.Environment, handles: dict[str, lmdb._Database], requests: list[_Request]
-) -> None:
-    """Runs in a worker thread: the whole transaction, begin to commit, on this thread."""
-    with env.begin(write=True) as txn:
-        for request in requests:
-            for db, key, value in request.batch.ops:
-                handle = handles[db]
-                if value is None:
-                    txn.delete(key, db=handle)
-                else:
-                    txn.put(key, value, db=handle)
-
