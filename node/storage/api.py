@@ -52,7 +52,8 @@ class StorageUnavailable(StorageError):
 
 class LoadedChat(NamedTuple):
     """A chat as stored: its record, every member record (former members included), the
-    last seq assigned, and the newest log entries (oldest first) for previews and receipts."""
+    last seq assigned exactly as stored (what `set_chat_seq` compares against), and the
+    newest log entries (oldest first) for previews and receipts."""
 
     record: dict[str, Any]
     members: dict[int, dict[str, Any]]
@@ -176,7 +177,8 @@ class Storage:
         the soonest first."""
         raise NotImplementedError
 
-    async def blocks_of(self, blocker: int) -> set[int]:
+    async def blocks_of(self, blockers: Iterable[int]) -> dict[int, set[int]]:
+        """Whom each of `blockers` blocks (every blocker asked for is in the answer)."""
         raise NotImplementedError
 
     # -- node state and plugin data ------------------------------------------------
