@@ -15,6 +15,12 @@ from .core.protocol import get_str as get_str
 from .core.snowflake import parse_id as parse_id
 from .hookspecs import hookimpl as hookimpl
 from .plugin_manager import Reject as Reject
+from .plugin_store import PluginStore as PluginStore
+from .plugin_store import StoreBatch as StoreBatch
+from .plugin_store import Table as Table
 from .web.api import json_body as json_body
 
-__all__ = ["ChatError", "Reject", "check_fields", "get_id", "get_int", "get_str", "hookimpl", "json_body", "parse_id"]
+__all__ = [
+    "ChatError", "PluginStore", "Reject", "StoreBatch", "Table", "check_fields", "get_id", "get_int", "get_str",
+    "hookimpl", "json_body", "parse_id",
+]

@@ -42,8 +42,8 @@ from .core.snowflake import SnowflakeGenerator
 from .core.views import reads_shared
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
 from .plugin_manager import Plugins
+from .plugin_store import PluginStore
 from .storage import Storage, StorageError, WriteBatch, open_storage
-from .storage.keys import from_pair, from_u64, u64
 from .web.api import create_app, current_device, json_response
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,14 @@ class Node:
             host = host.split("]:")[0] + "]"
         return f"{'wss' if scheme == 'https' else 'ws'}://{host}:{self.ws_port}{cfg.path}"
 
+    def store(self, plugin: str) -> PluginStore:
+        """The durable tables of a plugin, namespaced to it (see node/plugin_store.py)."""
+        key = f"store:{plugin}"
+        store = self.stash.get(key)
+        if store is None:
+            store = self.stash[key] = PluginStore(self.storage, plugin)
+        return store
+
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
 
@@ -101,7 +109,7 @@ class Node:
         """Counters for the admin endpoint and metrics."""
         return {
             "hub": self.hub.statistics(),
-            "storage": {"commits": self.storage.writer.commits, "committed_ops": self.storage.writer.committed_ops},
+            "storage": self.storage.statistics(),
             "chats": {"operations_applied": self.chats.applied, "dedupe_purged": self.chats.dedupe_purged},
             "plugins": self.plugins.statistics(),
             **({"cluster": self.cluster.statistics()} if self.cluster is not None else {}),
@@ -126,36 +134,36 @@ class Node:
         for session in self.hub.sessions_of(user_id):
             session.send_event(payload)
 
-    def announce_user(self, user_id: int, user: dict[str, Any]) -> None:
+    async def announce_user(self, user_id: int, user: dict[str, Any]) -> None:
         """A changed profile, live to its owner's devices and to everyone who shares a chat
         with them (others see it when they next look the user up)."""
         payload = orjson.dumps({"type": "user", "user": user})
-        for uid in (user_id, *self.contacts_of(user_id)):
+        for uid in (user_id, *await self.contacts_of(user_id)):
             self.send_to_user(uid, payload)
 
-    def contacts_of(self, user_id: int) -> set[int]:
+    async def contacts_of(self, user_id: int) -> set[int]:
         """Everyone who currently shares a chat with `user_id`."""
-        return self.chats.contacts_of(user_id)
+        return await self.chats.contacts_of(user_id)
 
-    def shares_chat(self, a: int, b: int) -> bool:
-        return self.chats.shares_chat(a, b)
+    async def shares_chat(self, a: int, b: int) -> bool:
+        return await self.chats.shares_chat(a, b)
 
     def is_online(self, user_id: int) -> bool:
         return self.hub.is_online(user_id)
 
-    def reads_shared(self, user_id: int) -> bool:
+    async def reads_shared(self, user_id: int) -> bool:
         """Whether a user shares read receipts (their `read_receipts` setting)."""
-        return reads_shared(self, user_id)
+        return await reads_shared(self, user_id)
 
-    def user_setting(self, user_id: int, key: str, default: Any = None) -> Any:
-        user = self.accounts.get_user(user_id)
+    async def user_setting(self, user_id: int, key: str, default: Any = None) -> Any:
+        user = await self.accounts.user(user_id)
         return (user or {}).get("settings", {}).get(key, default)
 
     json_response = staticmethod(json_response)
 
-    def current_device(self) -> Device:
+    async def current_device(self) -> Device:
         """In an HTTP handler: the device of the request's bearer token, or `unauthorized`."""
-        return current_device(self)
+        return await current_device(self)
 
 
 def _url_host(host: str) -> str:
@@ -166,9 +174,9 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _read_id_high_water(storage: Storage) -> int:
-    raw = storage.get("meta", b"id_high_water")
-    return from_u64(raw) if raw else 0
+async def _read_id_high_water(storage: Storage) -> int:
+    raw = await storage.get_meta("id_high_water")
+    return int.from_bytes(raw, "big") if raw else 0
 
 
 async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -241,22 +249,15 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
     manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints)
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    async with open_storage(
-        data_dir / "db",
-        extra_databases=[name for names in manager.collect("register_databases") for name in names],
-        map_size=config.storage.map_size_mb * 1024 * 1024,
-        max_map_size=config.storage.max_map_size_mb * 1024 * 1024,
-        max_batch=config.storage.max_batch,
-        sync=config.storage.sync,
-    ) as storage:
-        ids = SnowflakeGenerator(config.node.id, after=_read_id_high_water(storage))
+    async with open_storage(config.storage, data_dir, now=now_ms) as storage:
+        ids = SnowflakeGenerator(config.node.id, after=await _read_id_high_water(storage))
 
         def id_high_water() -> WriteBatch:
             batch = WriteBatch()
-            batch.put("meta", b"id_high_water", u64(ids.last_id))
+            batch.put_meta("id_high_water", ids.last_id.to_bytes(8, "big"))
             return batch
 
-        storage.writer.add_commit_hook(id_high_water)
+        storage.add_commit_hook(id_high_water)
         hub = Hub(config.limits.max_connections_per_user)
 
         def device_revoked(device: Device) -> None:
@@ -326,25 +327,16 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
 
 
 async def sweep_expired(node: Node, interval: float = 0.0) -> None:
-    """Purge disappearing messages whose time is up, in batches, until cancelled."""
+    """Purge disappearing messages whose time is up, in chunks, until shutdown."""
     interval = interval or node.config.storage.sweep_interval
-    storage = node.storage
     while not node.shutdown_requested.is_set():
-        now = now_ms()
-        due = await storage.read_in_thread(_due_expiries, storage, now, 1000)
-        if due:
-            try:
+        due: list[tuple[int, int, int, int]] = []
+        try:
+            due = await node.storage.due_expiry(now_ms(), 1000)
+            if due:
                 await node.chats.run(PurgeExpired(entries=due))
-            except ChatError:
-                pass  # shutting down, or storage trouble the writer already logged
+        except (ChatError, StorageError):
+            due = []  # shutting down, or storage trouble the writer already logged
         if len(due) < 1000:
             with trio.move_on_after(interval):
                 await node.shutdown_requested.wait()
-
-
-def _due_expiries(txn, storage: Storage, now: int, limit: int) -> list[tuple[bytes, int, int]]:
-    out = []
-    for key, _ in storage.scan(txn, "expiry", u64(0), u64(now + 1), limit=limit):
-        chat_id, seq = from_pair(key[8:24])
-        out.append((bytes(key), chat_id, seq))
-    return out

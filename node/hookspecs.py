@@ -56,17 +56,6 @@ def register_settings() -> tuple[str, type] | None:
 
 
 @hookspec
-def register_databases() -> list[str] | None:
-    """Name the LMDB databases this plugin needs (prefix them with the plugin's name).
-
-    All databases are opened before the node serves; write to them with
-    ``node.storage.write(batch)`` and read with ``node.storage.read()``.
-
-    Synchronous. Fires: once, before storage opens.
-    """
-
-
-@hookspec
 def register_routes(node: Node) -> list[tuple[str, str, Any]] | None:
     """Add HTTP routes: a list of ``(method, path, handler)``.
 

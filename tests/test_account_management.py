@@ -195,7 +195,7 @@ async def test_last_use_is_kept_across_a_restart_and_a_revoked_device_stays_revo
         await laptop.settings(read_receipts=False)  # another commit
         laptop_token, phone_token = laptop.token, phone.token
     async with running_node(config) as node, ChatClient(node.http_url, token=laptop_token) as laptop:
-        stored = orjson.loads(node.storage.get("tokens", hash_token(laptop_token)))  # before any use
+        stored = await node.storage.get_token(hash_token(laptop_token))  # before any use
         assert isinstance(stored["last_used"], int)
         devices = (await laptop.request("GET", "/api/me/devices"))["devices"]
         assert len(devices) == 1 and devices[0]["last_used"] >= stored["last_used"]

@@ -12,30 +12,26 @@ from node.client import ChatClient
 from node.config import ConfigError, structure_config
 from node.core import dedupe
 from node.core.chats import Awaitable, now_ms
-from node.storage import DEDUPE_BACKFILL, SCHEMA_VERSION, open_storage
-from node.storage.keys import from_u64, pair, u64
+from node.storage import lmdb_engine
+from node.storage.keys import u64
+from node.storage.lmdb_engine import DEDUPE_BACKFILL, SCHEMA_VERSION, open_lmdb
 
 DAY_MS = 86_400_000
 
 
-def rows(storage, db: str) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of a named database, through the storage API."""
-    with storage.read() as txn:
-        return [(bytes(k), bytes(v)) for k, v in storage.scan(txn, db, b"\x00", b"\xff")]
+async def dedupe_rows(storage) -> list[tuple[int, str, int]]:
+    """(user id, client_msg_id, ts) of every stored dedupe record."""
+    return [(user, cid, ack.ts) async for page in storage.export("dedupe") for user, cid, ack in page]
 
 
-def dedupe_key(user: dict, client_msg_id: str) -> bytes:
-    return u64(int(user["id"])) + client_msg_id.encode()
-
-
-def indexed_keys(storage) -> list[bytes]:
-    """The dedupe keys named by `dedupe_by_time` (its keys are ts | dedupe key)."""
-    return [key[8:] for key, _ in rows(storage, "dedupe_by_time")]
+async def due_rows(storage) -> list[tuple[int, str, int]]:
+    """What the engine's time order offers the sweeper, everything due or not."""
+    return await storage.due_dedupe(now_ms() + 365 * DAY_MS, 1000)
 
 
 async def wait_until(predicate, timeout: float = 15.0) -> None:
     with trio.fail_after(timeout):
-        while not predicate():
+        while not await predicate():
             await trio.sleep(0.05)
 
 
@@ -46,16 +42,17 @@ async def test_retry_within_the_window_returns_the_original_ack_and_stores_nothi
         chat = await alice.open_direct(username="bob")
         async with alice.connect() as a:
             first = await a.send_text(chat["id"], "once", client_msg_id="keep-1")
-            stored = rows(node.storage, "dedupe"), rows(node.storage, "dedupe_by_time")
-            assert [k for k, _ in stored[0]] == [dedupe_key(alice.user, "keep-1")]
-            assert [k for k, _ in stored[1]] == [u64(first["ts"]) + dedupe_key(alice.user, "keep-1")]
-            await trio.sleep(0.5)  # several sweeps: none may touch a record inside the window
+            stored = await dedupe_rows(node.storage)
+            assert stored == [(int(alice.user["id"]), "keep-1", first["ts"])]
+            assert await due_rows(node.storage) == stored
+            retention_ms = int(node.config.storage.dedupe_retention * 1000)
+            for _ in range(3):  # sweeps: none may touch a record inside the window
+                assert await dedupe.sweep_dedupe_once(node, retention_ms) is False
             again = await a.send_text(chat["id"], "once", client_msg_id="keep-1")
         assert again["duplicate"] is True
         assert (again["id"], again["seq"], again["ts"]) == (first["id"], first["seq"], first["ts"])
-        assert (rows(node.storage, "dedupe"), rows(node.storage, "dedupe_by_time")) == stored
+        assert await dedupe_rows(node.storage) == stored
         assert [m["text"] for m in await bob.history(chat["id"])] == ["once"]
-        assert node.storage.get("meta", DEDUPE_BACKFILL) is None  # a new data dir has nothing to backfill
         assert node.chats.dedupe_purged == 0
         await alice.aclose(), await bob.aclose()
 
@@ -67,11 +64,15 @@ async def test_records_past_the_window_are_purged_and_the_message_stays(tmp_path
         chat = await alice.open_direct(username="bob")
         async with alice.connect() as a:
             first = await a.send_text(chat["id"], "old enough", client_msg_id="gone-1")
-            log_before = node.storage.get("log", pair(int(chat["id"]), first["seq"]))
-            assert indexed_keys(node.storage) == [dedupe_key(alice.user, "gone-1")]
-            await wait_until(lambda: not rows(node.storage, "dedupe"))
-            assert rows(node.storage, "dedupe_by_time") == []
-            assert node.storage.get("log", pair(int(chat["id"]), first["seq"])) == log_before
+            log_before = await node.storage.read_messages(int(chat["id"]), first["seq"], first["seq"] + 1, 1)
+            assert [cid for _, cid, _ in await due_rows(node.storage)] == ["gone-1"]
+
+            async def purged() -> bool:
+                return not await dedupe_rows(node.storage)
+
+            await wait_until(purged)
+            assert await due_rows(node.storage) == []
+            assert await node.storage.read_messages(int(chat["id"]), first["seq"], first["seq"] + 1, 1) == log_before
             history = await bob.history(chat["id"])
             assert [(m["id"], m["text"]) for m in history] == [(first["id"], "old enough")]
             stats = await alice.request("GET", "/api/admin/stats")
@@ -88,10 +89,14 @@ async def test_records_past_the_window_are_purged_and_the_message_stays(tmp_path
 class _Probe(Awaitable):
     """Reports what a send applied at this point of the batch would find for `key`."""
 
-    key: bytes = b""
+    user_id: int = 0
+    client_msg_id: str = ""
+
+    def reads(self, reads):
+        reads.dedupe.add((self.user_id, self.client_msg_id))
 
     def apply(self, chats, batch, now):
-        found = chats.find_duplicate(self.key)
+        found = chats.find_duplicate(self.user_id, self.client_msg_id)
         return lambda: self.resolve(found)
 
 
@@ -102,14 +107,14 @@ async def test_a_send_in_the_same_batch_as_the_purge_sees_the_record_gone(tmp_pa
         chat = await alice.open_direct(username="bob")
         async with alice.connect() as a:
             sent = await a.send_text(chat["id"], "hi", client_msg_id="same-batch")
-        key = dedupe_key(alice.user, "same-batch")
-        before, purge, after = _Probe(key=key), dedupe.PurgeDedupe(entries=[(sent["ts"], key)]), _Probe(key=key)
+        key = (int(alice.user["id"]), "same-batch")
+        before, purge, after = _Probe(*key), dedupe.PurgeDedupe(entries=[(*key, sent["ts"])]), _Probe(*key)
         for op in (before, purge, after):  # submit does not yield while there is room: one batch
             await node.chats.submit(op)
         assert (await before.wait())["seq"] == sent["seq"]
         assert await purge.wait() == 1
         assert await after.wait() is None
-        assert rows(node.storage, "dedupe") == [] and rows(node.storage, "dedupe_by_time") == []
+        assert await dedupe_rows(node.storage) == [] and await due_rows(node.storage) == []
         await alice.aclose(), await bob.aclose()
 
 
@@ -129,8 +134,9 @@ async def _make_version_1_data_dir(tmp_path, config) -> dict:
         txn.drop(env.open_db(b"dedupe_by_time", txn=txn), delete=True)  # version 1 had no index
         txn.put(b"schema_version", b"1", db=meta)
         for cid in ["old-1", "old-2", "old-3"]:  # sent two days ago
-            value = txn.get(dedupe_key(user, cid), db=records)
-            txn.put(dedupe_key(user, cid), value[:24] + u64(now_ms() - 2 * DAY_MS), db=records)
+            key = u64(int(user["id"])) + cid.encode()
+            value = txn.get(key, db=records)
+            txn.put(key, value[:24] + u64(now_ms() - 2 * DAY_MS), db=records)
     env.close()
     return {"user": user, "chat": chat, "acks": acks}
 
@@ -138,22 +144,25 @@ async def _make_version_1_data_dir(tmp_path, config) -> dict:
 async def test_a_version_1_data_dir_opens_and_its_records_are_indexed_or_purged(tmp_path, monkeypatch):
     config = make_config(tmp_path, storage={"sweep_interval": 0.1, "dedupe_retention": 86_400.0})
     made = await _make_version_1_data_dir(tmp_path, config)
-    user, chat, acks = made["user"], made["chat"], made["acks"]
+    chat, acks = made["chat"], made["acks"]
 
-    async with open_storage(config.data_dir / "db") as storage:  # the migration itself: a marker only
-        assert storage.get("meta", b"schema_version") == str(SCHEMA_VERSION).encode()
-        assert storage.get("meta", DEDUPE_BACKFILL) == b"\x00"
-        assert rows(storage, "dedupe_by_time") == [] and len(rows(storage, "dedupe")) == 5
+    async with open_lmdb(config.data_dir / "db") as storage:  # the migration itself: a marker only
+        assert storage.info.schema_version == SCHEMA_VERSION
+        assert await storage.get_meta(DEDUPE_BACKFILL) == b"\x00"
+        assert await due_rows(storage) == [] and len(await dedupe_rows(storage)) == 5
 
-    monkeypatch.setattr(dedupe, "CHUNK", 2)  # five records: three chunks, resumed from the marker
+    monkeypatch.setattr(lmdb_engine, "BACKFILL_CHUNK", 2)  # five records: three chunks, resumed from the marker
     async with running_node(config) as node:
-        await wait_until(lambda: node.storage.get("meta", DEDUPE_BACKFILL) is None)
-        fresh = sorted(dedupe_key(user, cid) for cid in ["fresh-1", "fresh-2"])
-        assert sorted(k for k, _ in rows(node.storage, "dedupe")) == fresh
-        assert sorted(indexed_keys(node.storage)) == fresh
-        assert sorted(from_u64(k[:8]) for k, _ in rows(node.storage, "dedupe_by_time")) == sorted(
-            acks[cid]["ts"] for cid in ["fresh-1", "fresh-2"])
-        assert node.chats.dedupe_purged == 3
+
+        async def backfilled() -> bool:
+            return await node.storage.get_meta(DEDUPE_BACKFILL) is None
+
+        await wait_until(backfilled)
+        fresh = sorted(["fresh-1", "fresh-2"])
+        assert sorted(cid for _, cid, _ in await dedupe_rows(node.storage)) == fresh
+        assert sorted((cid, ts) for _, cid, ts in await due_rows(node.storage)) == sorted(
+            (cid, acks[cid]["ts"]) for cid in fresh)
+        assert node.storage.backfill_purged == 3
         alice = await new_user_login(node, "alice")
         async with alice.connect() as a:
             again = await a.send_text(chat["id"], "fresh-1", client_msg_id="fresh-1")

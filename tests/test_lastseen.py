@@ -175,16 +175,15 @@ async def new_client(node, username):
 
 
 async def test_last_seen_reaches_the_disk_within_the_flush_interval(tmp_path):
-    from node.storage.keys import from_u64, u64
-
     config = make_config(tmp_path, plugins={"lastseen": {"grace": 0.2, "flush_interval": 0.1}})
     async with running_node(config) as node:
         bob = await new_user(node, "bob")
         async with bob.connect() as b:
             await b.synced.wait()
-        key = u64(int(bob.user["id"]))
+        times = node.store("lastseen").table("times")
+        key = int(bob.user["id"]).to_bytes(8, "big")
         with trio.fail_after(5):  # nothing else commits: the plugin's own flush writes it
-            while node.storage.get("lastseen", key) is None:
+            while await times.get(key) is None:
                 await trio.sleep(0.02)
-        assert from_u64(node.storage.get("lastseen", key)) > 0
+        assert int.from_bytes(await times.get(key), "big") > 0
         await bob.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import inspect
 import os
 import struct
 import wave
@@ -23,7 +24,6 @@ from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.plugins.media import records
 from node.plugins.media.service import now_ms
-from node.storage import WriteBatch
 
 DATA = Path(__file__).resolve().parent / "data"
 GPS_IFD = 0x8825
@@ -88,19 +88,36 @@ def temp_files(node) -> list[Path]:
     return sorted((media_root(node) / "tmp").iterdir())
 
 
-def item_count(node) -> int:
-    with node.storage.read() as txn:
-        return txn.stat(node.storage.handles[records.ITEMS])["entries"]
+def media_records(node) -> records.Records:
+    return node.plugins.pm.get_plugin("media").service.records
 
 
-def assert_nothing_left(node, items_before: int = 0) -> None:
+async def item_count(node) -> int:
+    return await media_records(node).items.count()
+
+
+async def shares_of(node, media_id: int):
+    return await media_records(node).shares_of(media_id)
+
+
+async def no_shares(node, media_id: int) -> bool:
+    return not await shares_of(node, media_id)
+
+
+async def assert_nothing_left(node, items_before: int = 0) -> None:
     assert temp_files(node) == []
-    assert item_count(node) == items_before
+    assert await item_count(node) == items_before
 
 
 async def wait_until(predicate, timeout: float = 10.0) -> None:
+    """Poll `predicate` (sync or async) until it holds."""
     with trio.fail_after(timeout):
-        while not predicate():
+        while True:
+            result = predicate()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
             await trio.sleep(0.01)
 
 
@@ -406,7 +423,7 @@ async def test_unsupported_types_are_refused_and_leave_nothing(node, trio_users)
         with pytest.raises(ClientError) as broken:  # a PNG signature and then garbage
             await alice.upload(b"\x89PNG\r\n\x1a\n" + os.urandom(5000))
         assert broken.value.code == "bad_request"
-    assert_nothing_left(node)
+    await assert_nothing_left(node)
     assert stored_files(node) == []
 
 
@@ -436,7 +453,7 @@ async def test_size_limits_per_category_leave_nothing(tmp_path):
             assert declared_too_big.value.code == "too_large"
             assert "limited to 2000000 bytes" in declared_too_big.value.message
         assert temp_files(node) == []
-        assert item_count(node) == 1 and len(stored_files(node)) == 1
+        assert await item_count(node) == 1 and len(stored_files(node)) == 1
         await alice.aclose()
 
 
@@ -446,7 +463,7 @@ async def test_too_many_pixels_are_refused(tmp_path):
         with trio.fail_after(10), pytest.raises(ClientError) as refused:
             await alice.upload(png(200, 100))
         assert refused.value.code == "too_large"
-        assert_nothing_left(node)
+        await assert_nothing_left(node)
         await alice.aclose()
 
 
@@ -461,7 +478,7 @@ async def test_a_client_that_disconnects_mid_upload_leaves_nothing(node, trio_us
         await wait_until(lambda: bool(temp_files(node)))  # the node is writing the upload to disk
         await stream.aclose()  # ... and the client goes away
         await wait_until(lambda: not temp_files(node))
-    assert_nothing_left(node)
+    await assert_nothing_left(node)
     assert stored_files(node) == []
     assert (await alice.upload(png()))["mime"] == "image/png"  # the node carries on
 
@@ -476,22 +493,22 @@ async def test_download_right_after_delivery_does_not_wait_for_the_notification(
     still download, through the pending share written by the gate and the chat log."""
     alice, bob = await trio_users("alice"), await trio_users("bob")
     chat = await alice.open_direct(username="bob")
-    storage = node.storage
+    rec = media_records(node)
     with trio.fail_after(20):
         media = await alice.upload(png())
         mid = int(media["id"])
-        assert records.pending_of(storage, mid) == []
+        assert await rec.pending_of(mid) == []
         async with alice.connect() as a:
             ack = await send_media(a, chat["id"], media["id"], "image")
-        assert [row[1] for row in records.pending_of(storage, mid)] == [int(chat["id"])]
-        await wait_until(lambda: records.shares_of(storage, mid))  # the notification ran
-        batch = WriteBatch()
-        for key, *_ in records.shares_of(storage, mid):
+        assert [row[1] for row in await rec.pending_of(mid)] == [int(chat["id"])]
+        await wait_until(lambda: rec.shares_of(mid))  # the notification ran
+        batch = rec.store.batch()
+        for key, *_ in await rec.shares_of(mid):
             batch.delete(records.SHARES, key)
-        await storage.write(batch)
+        await rec.store.write(batch)
 
         assert (await bob.fetch_media(media["id"])).status_code == 200
-        assert [(c, s) for _, c, s, _ in records.shares_of(storage, mid)] == [(int(chat["id"]), ack["seq"])]
+        assert [(c, s) for _, c, s, _ in await rec.shares_of(mid)] == [(int(chat["id"]), ack["seq"])]
         carol = await trio_users("carol")
         assert (await carol.fetch_media(media["id"])).status_code == 403
 
@@ -516,7 +533,7 @@ async def test_a_burst_of_media_messages_with_dropped_notifications(tmp_path):
             assert stats["items"] == 0
             for m in uploads:
                 assert (await bob.fetch_media(m["id"])).status_code == 200
-                assert records.shares_of(node.storage, int(m["id"]))
+                assert await shares_of(node, int(m["id"]))
         await alice.aclose()
         await bob.aclose()
 
@@ -528,14 +545,13 @@ async def test_garbage_collection(node, trio_users):
     alice, bob = await trio_users("alice"), await trio_users("bob")
     chat = await alice.open_direct(username="bob")
     gc = plugin(node).collect_garbage
-    storage = node.storage
     shared_bytes = png(color=(50, 60, 70))
     with trio.fail_after(30):
         unsent = await alice.upload(png(color=(1, 1, 1)))
         sent = await alice.upload(shared_bytes)
         async with alice.connect() as a:
             ack = await send_media(a, chat["id"], sent["id"], "image")
-        await wait_until(lambda: records.shares_of(storage, int(sent["id"])))
+        await wait_until(lambda: shares_of(node, int(sent["id"])))
         same_bytes = await bob.upload(shared_bytes)  # the same content, stored once
         assert len(stored_files(node)) == 2
 
@@ -548,15 +564,15 @@ async def test_garbage_collection(node, trio_users):
 
         async with alice.connect() as a:
             await a.delete(chat["id"], ack["id"])
-        await wait_until(lambda: not records.shares_of(storage, int(sent["id"])))
+        await wait_until(lambda: no_shares(node, int(sent["id"])))
         assert (await bob.fetch_media(sent["id"])).status_code == 403  # the message is gone
         # the send that stored it is long settled by then
         stats = await gc(now=now_ms() + 3600 * 1000)
         assert stats["items"] == 1 and stats["files"] == 1
-        assert stored_files(node) == [] and item_count(node) == 0
+        assert stored_files(node) == [] and await item_count(node) == 0
         assert (await alice.fetch_media(sent["id"])).status_code == 404
-        with storage.read() as txn:
-            assert all(v == 0 for v in records.counts(txn, storage).values()), records.counts(txn, storage)
+        counts = await media_records(node).counts()
+        assert all(v == 0 for v in counts.values()), counts
 
 
 async def test_content_shared_by_two_uploads_lives_while_either_is_sent(node, trio_users):
@@ -570,14 +586,14 @@ async def test_content_shared_by_two_uploads_lives_while_either_is_sent(node, tr
         async with alice.connect() as a, bob.connect() as b:
             ack_a = await send_media(a, chat["id"], first["id"], "audio")
             ack_b = await send_media(b, chat["id"], second["id"], "audio")
-            await wait_until(lambda: records.shares_of(node.storage, int(second["id"])))
+            await wait_until(lambda: shares_of(node, int(second["id"])))
             await a.delete(chat["id"], ack_a["id"])
-            await wait_until(lambda: not records.shares_of(node.storage, int(first["id"])))
+            await wait_until(lambda: no_shares(node, int(first["id"])))
             later = now_ms() + 3600 * 1000
             assert await gc(now=later) == {"items": 1, "files": 0, "pending": 2}
             assert await alice.download(second["id"]) == data
             await b.delete(chat["id"], ack_b["id"])
-            await wait_until(lambda: not records.shares_of(node.storage, int(second["id"])))
+            await wait_until(lambda: no_shares(node, int(second["id"])))
         assert (await gc(now=later))["files"] == 1
         assert stored_files(node) == []
 
@@ -589,7 +605,7 @@ async def test_disappearing_messages_release_their_media(node, trio_users):
         media = await alice.upload(png())
         async with alice.connect() as a:
             await send_media(a, chat["id"], media["id"], "image", ttl=60)
-        await wait_until(lambda: records.shares_of(node.storage, int(media["id"])))
+        await wait_until(lambda: shares_of(node, int(media["id"])))
         assert (await plugin(node).collect_garbage())["items"] == 0
         assert (await bob.fetch_media(media["id"])).status_code == 200
         stats = await plugin(node).collect_garbage(now=now_ms() + 3600 * 1000)  # after it expired
@@ -614,8 +630,10 @@ async def test_the_collector_runs_in_the_background(tmp_path):
         with trio.fail_after(10):
             await alice.upload(png())
             # the pass that removed it counts itself when it ends: wait for both
-            await wait_until(lambda: item_count(node) == 0 and not stored_files(node)
-                             and plugin(node).service.collections > 0)
+            async def collected() -> bool:
+                return await item_count(node) == 0 and not stored_files(node) and plugin(node).service.collections > 0
+
+            await wait_until(collected)
         await alice.aclose()
 
 

@@ -374,9 +374,9 @@ def revoke_phone(how: str, laptop: ChatClient, phone: ChatClient):
     return laptop.request("POST", "/api/me/password", change)
 
 
-def stored_targets(node, user: dict[str, Any]) -> list[str]:
-    """The endpoints the push plugin has in LMDB for a user."""
-    return sorted(t["endpoint"] for t in node.plugins.pm.get_plugin("push").targets.of_user(int(user["id"])))
+async def stored_targets(node, user: dict[str, Any]) -> list[str]:
+    """The endpoints the push plugin has stored for a user."""
+    return sorted(t["endpoint"] for t in await node.plugins.pm.get_plugin("push").targets.of_user(int(user["id"])))
 
 
 @pytest.mark.parametrize("how", ["logout", "device_list", "password_change"])
@@ -396,7 +396,7 @@ async def test_a_logged_out_device_gets_no_more_pushes(tmp_path, how):
         assert request["path"] == "/laptop" and orjson.loads(request["body"])["message"] == ack["id"]
         assert hook.received_nowait() == []
         assert await laptop.push_targets() == [kept]
-        assert stored_targets(node, laptop.user) == [f"{hook.url}/laptop"]
+        assert await stored_targets(node, laptop.user) == [f"{hook.url}/laptop"]
         await alice.aclose()
 
 

@@ -15,16 +15,14 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import argon2
 import attrs
-import orjson
 import trio
 
 from ..config import AccountsSection
-from ..storage import Storage, WriteBatch
-from ..storage.keys import from_u64, u64
+from ..storage import Storage, StorageConflict, WriteBatch
 from .errors import ChatError
 from .ratelimit import FailureWindow
 from .snowflake import SnowflakeGenerator
@@ -78,17 +76,6 @@ def check_display_name(value: object) -> str:
     return value.strip()
 
 
-def _scan_tokens(txn, handle, user_id: int) -> list[tuple[bytes, dict]]:
-    """Every token record of one user (runs in a worker thread). Tokens are keyed by hash,
-    so this reads them all; the byte test skips parsing other users' records."""
-    needle = b'"user":"%d"' % user_id
-    found = []
-    for key, value in txn.cursor(db=handle):
-        if needle in value and (record := orjson.loads(value))["user"] == str(user_id):
-            found.append((bytes(key), record))
-    return found
-
-
 def public_user(record: dict) -> dict:
     """The fields of a user anyone may see."""
     return {
@@ -127,6 +114,7 @@ class Accounts:
         self._last_used: dict[bytes, int] = {}  # token hash -> Unix ms, noted by authenticate
         self._touched: set[bytes] = set()  # last_used changed since the last commit
         self._revoking: set[bytes] = set()  # deletes in flight: never write these back
+        self._revocations = 0  # revocations finished so far (see authenticate)
         self._password_changes: dict[int, int] = {}  # user id -> changes since start (see login)
         storage.writer.add_commit_hook(self._flush_last_used)
         self.user_failures = FailureWindow(config.login_failures_per_user, config.login_window)
@@ -140,7 +128,7 @@ class Accounts:
         name = self._check_username(username)
         self._check_password(password)
         display_name = "" if display_name is None else check_display_name(display_name)
-        if name in self._reserved or self._storage.get("usernames", name.encode()) is not None:
+        if name in self._reserved or await self._storage.user_id_by_name(name) is not None:
             raise ChatError("username_taken")
         self._reserved.add(name)
         try:
@@ -155,21 +143,27 @@ class Accounts:
                 "password": password_hash,
                 "settings": {},
             }
-            batch = WriteBatch()
-            batch.put("users", u64(user_id), orjson.dumps(record))
-            batch.put("usernames", name.encode(), u64(user_id))
-            await self._storage.write(batch)
+            await self._store_new_user(user_id, record)
         finally:
             self._reserved.discard(name)
         self._users[user_id] = record
         return public_user(record)
+
+    async def _store_new_user(self, user_id: int, record: dict) -> None:
+        batch = WriteBatch()
+        batch.put_user(user_id, record)
+        batch.add_username(record["username"], user_id)
+        try:
+            await self._storage.write(batch)
+        except StorageConflict:  # taken meanwhile (another node, in a cluster)
+            raise ChatError("username_taken") from None
 
     async def create_service_user(self, username: str, display_name: str | None = None) -> dict:
         """Get or create an account for a bot or integration: it has no password, so no
         one can log in as it; plugins act for it (e.g. `node.post_message`). Works even
         when registration is closed."""
         name = self._check_username(username)
-        existing = self.user_by_name(name)
+        existing = await self.user_by_name(name)
         if existing is not None:
             return public_user(existing)
         if name in self._reserved:
@@ -177,12 +171,9 @@ class Accounts:
         user_id = self._ids.next_id()
         record = {"id": str(user_id), "username": name, "display_name": display_name or name,
                   "created": int(time.time() * 1000), "password": NO_PASSWORD, "settings": {}, "service": True}
-        batch = WriteBatch()
-        batch.put("users", u64(user_id), orjson.dumps(record))
-        batch.put("usernames", name.encode(), u64(user_id))
         self._reserved.add(name)
         try:
-            await self._storage.write(batch)
+            await self._store_new_user(user_id, record)
         finally:
             self._reserved.discard(name)
         self._users[user_id] = record
@@ -211,7 +202,7 @@ class Accounts:
             raise ChatError("unauthorized")
         name = username.lower()
         self._check_failures(name, address)
-        user = self.user_by_name(name)
+        user = await self.user_by_name(name)
         changes = self._password_changes.get(int(user["id"]), 0) if user else 0
         stored_hash = user["password"] if user and user["password"] != NO_PASSWORD else self._dummy_hash
         ok = await self._verify(stored_hash, password)
@@ -226,8 +217,8 @@ class Accounts:
             new_hash = await self._hash(password)
         self._check_password_unchanged(user_id, changes)
         if new_hash != stored_hash:
-            user = self._users[user_id] = {**self.get_user(user_id), "password": new_hash}
-            batch.put("users", u64(user_id), orjson.dumps(user))
+            user = self._users[user_id] = {**await self.user(user_id), "password": new_hash}
+            batch.put_user(user_id, user)
         token = "cn_" + secrets.token_urlsafe(32)
         device = Device(
             user_id=user_id,
@@ -236,7 +227,7 @@ class Accounts:
             name=device_name[:64] if isinstance(device_name, str) else "",
             created=now_ms(),
         )
-        batch.put("tokens", device.token_hash, orjson.dumps(token_record(device)))
+        batch.put_token(device.token_hash, token_record(device))
         await self._storage.write(batch)
         if self._password_changes.get(user_id, 0) != changes:
             # The password changed while this token was on its way to disk, and the change's
@@ -244,7 +235,7 @@ class Accounts:
             await self._revoke([device])
             raise ChatError("unauthorized", "the password was changed; log in again")
         self._devices[device.token_hash] = device
-        return {"token": token, "device_id": str(device.device_id), "user": public_user(self.get_user(user_id))}
+        return {"token": token, "device_id": str(device.device_id), "user": public_user(await self.user(user_id))}
 
     async def logout(self, device: Device) -> None:
         """Revoke the device's token; its open connections are closed."""
@@ -287,7 +278,7 @@ class Accounts:
         hashes = [device.token_hash for device in devices]
         batch = batch or WriteBatch()
         for token_hash in hashes:
-            batch.delete("tokens", token_hash)
+            batch.delete_token(token_hash)
             self._revoking.add(token_hash)
             self._touched.discard(token_hash)
         try:
@@ -298,20 +289,24 @@ class Accounts:
                 self._devices.pop(token_hash, None)  # always safe: a miss re-reads storage
                 self._last_used.pop(token_hash, None)
             self._revoking.difference_update(hashes)
+            self._revocations += 1
         for device in devices:
             self._on_revoke(device)
 
-    def authenticate(self, token: object) -> Device | None:
+    async def authenticate(self, token: object) -> Device | None:
         """The device a token belongs to, or None. A point read, cached."""
         if not isinstance(token, str) or not token.startswith("cn_") or len(token) > 128:
             return None
         token_hash = hash_token(token)
         device = self._devices.get(token_hash)
         if device is None:
-            raw = self._storage.get("tokens", token_hash)
-            if raw is None:
+            while True:  # a revocation that finished during the read makes the read stale
+                epoch = self._revocations
+                record = await self._storage.get_token(token_hash)
+                if epoch == self._revocations:
+                    break
+            if record is None or token_hash in self._revoking:
                 return None
-            record = orjson.loads(raw)
             device = device_from_record(token_hash, record)
             if len(self._devices) > 100_000:
                 self._devices.clear()
@@ -335,7 +330,7 @@ class Accounts:
         for token_hash in self._touched:
             device = self._devices.get(token_hash)
             if device is not None and token_hash not in self._revoking:
-                batch.put("tokens", token_hash, orjson.dumps(token_record(device, self._last_used.get(token_hash))))
+                batch.put_token(token_hash, token_record(device, self._last_used.get(token_hash)))
         self._touched.clear()
         return batch
 
@@ -344,7 +339,7 @@ class Accounts:
     async def rename(self, user_id: int, display_name: object) -> dict:
         """Change the display name (registration's rule; empty means the username)."""
         name = check_display_name(display_name)
-        user = self.get_user(user_id)
+        user = await self.user(user_id)
         if user is None:
             raise ChatError("not_found")
         return public_user(await self._update_user(user_id, display_name=name or user["username"]))
@@ -356,7 +351,7 @@ class Accounts:
         if not isinstance(current, str) or not isinstance(new, str):
             raise ChatError("bad_request", "current_password and new_password must be strings")
         self._check_password(new)
-        user = self.get_user(device.user_id)
+        user = await self.user(device.user_id)
         if user is None:
             raise ChatError("unauthorized")
         self._check_failures(user["username"], address)
@@ -377,11 +372,11 @@ class Accounts:
         fails, or committed its token before the scan and is found by it (see `login`)."""
         user_id = device.user_id
         self._password_changes[user_id] = self._password_changes.get(user_id, 0) + 1
-        user = self._users[user_id] = {**self.get_user(user_id), "password": new_hash}
+        user = self._users[user_id] = {**await self.user(user_id), "password": new_hash}
         try:
             others = [device_from_record(h, r) for h, r in await self._tokens_of(user_id) if h != device.token_hash]
             batch = WriteBatch()
-            batch.put("users", u64(user_id), orjson.dumps(user))
+            batch.put_user(user_id, user)
             await self._revoke(others, batch)
         except BaseException:
             self._users.pop(user_id, None)  # reload what is stored
@@ -409,44 +404,51 @@ class Accounts:
         raise ChatError("not_found", "no such device")
 
     async def _tokens_of(self, user_id: int) -> list[tuple[bytes, dict]]:
-        """(token hash, record) of every device of a user; a scan, so in a worker thread.
-        Only account management asks (rarely), so tokens carry no per-user index."""
-        return await self._storage.read_in_thread(_scan_tokens, self._storage.handles["tokens"], user_id)
+        """(token hash, record) of every device of a user."""
+        return await self._storage.tokens_of(user_id)
 
     # -- users ---------------------------------------------------------------------
 
-    def get_user(self, user_id: int) -> dict | None:
+    def peek_user(self, user_id: int) -> dict | None:
+        """A user's record if it is cached (after `user` or `load_users`), else None."""
+        return self._users.get(user_id)
+
+    async def user(self, user_id: int) -> dict | None:
+        """A user's record (cached after the first read), or None if there is no such user."""
         user = self._users.get(user_id)
         if user is None:
-            raw = self._storage.get("users", u64(user_id))
-            if raw is None:
-                return None
-            user = self._users[user_id] = orjson.loads(raw)
+            await self.load_users((user_id,))
+            user = self._users.get(user_id)
         return user
 
-    def user_by_name(self, username: str) -> dict | None:
-        raw = self._storage.get("usernames", username.lower().encode())
-        return None if raw is None else self.get_user(from_u64(raw))
+    async def load_users(self, user_ids: Iterable[int]) -> dict[int, dict]:
+        """The records of those users that exist (one engine call for what is not cached)."""
+        out = {}
+        missing = []
+        for user_id in user_ids:
+            user = self._users.get(user_id)
+            if user is None:
+                missing.append(user_id)
+            else:
+                out[user_id] = user
+        if missing:
+            for user_id, record in (await self._storage.get_users(missing)).items():
+                out[user_id] = self._users.setdefault(user_id, record)
+        return out
 
-    def search(self, prefix: str, limit: int, exclude: int | None = None) -> list[dict]:
+    async def user_by_name(self, username: str) -> dict | None:
+        user_id = await self._storage.user_id_by_name(username.lower())
+        return None if user_id is None else await self.user(user_id)
+
+    async def search(self, prefix: str, limit: int, exclude: int | None = None) -> list[dict]:
         """Users whose username starts with `prefix`, in name order."""
-        prefix = prefix.lower()
-        found: list[dict] = []
-        start = prefix.encode()
-        with self._storage.read() as txn:
-            cursor = txn.cursor(db=self._storage.handles["usernames"])
-            if cursor.set_range(start):
-                for key, value in cursor:
-                    if not key.startswith(start) or len(found) >= limit:
-                        break
-                    user_id = from_u64(value)
-                    if user_id != exclude and (user := self.get_user(user_id)) is not None:
-                        found.append(public_user(user))
-        return found
+        found = await self._storage.search_usernames(prefix.lower(), limit + 1)
+        users = await self.load_users([uid for _, uid in found if uid != exclude])
+        return [public_user(users[uid]) for _, uid in found if uid in users][:limit]
 
     async def update_settings(self, user_id: int, changes: dict) -> dict:
         """Merge `changes` into the user's settings (used by plugins such as receipts)."""
-        old = self.get_user(user_id)
+        old = await self.user(user_id)
         if not old:
             raise ChatError("not_found")
         user = await self._update_user(user_id, settings={**old.get("settings", {}), **changes})
@@ -455,12 +457,12 @@ class Accounts:
     async def _update_user(self, user_id: int, **fields: object) -> dict:
         """Write changed fields of a user record. The cache is updated before the await,
         so concurrent updates of different fields merge instead of overwriting each other."""
-        old = self.get_user(user_id)
+        old = await self.user(user_id)
         if not old:
             raise ChatError("not_found")
         user = self._users[user_id] = {**old, **fields}
         batch = WriteBatch()
-        batch.put("users", u64(user_id), orjson.dumps(user))
+        batch.put_user(user_id, user)
         try:
             await self._storage.write(batch)
         except BaseException:

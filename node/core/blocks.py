@@ -2,41 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..storage import Storage, WriteBatch
-from ..storage.keys import from_pair, pair, prefix_end, u64
 
 
 class Blocks:
+    """Who blocks whom, cached per blocker once loaded (`load`); the sync checks answer
+    from the cache, so callers load the users they ask about first."""
+
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._by_blocker: dict[int, set[int]] = {}
 
-    def blocked_by(self, blocker: int) -> set[int]:
-        """Everyone `blocker` has blocked (cached after the first read)."""
-        known = self._by_blocker.get(blocker)
-        if known is None:
-            known = set()
-            prefix = u64(blocker)
-            with self._storage.read() as txn:
-                for key, _ in self._storage.scan(txn, "blocks", prefix, prefix_end(prefix)):
-                    known.add(from_pair(key)[1])
-            self._by_blocker[blocker] = known
-        return known
+    async def load(self, blockers: Iterable[int]) -> None:
+        missing = [b for b in blockers if b not in self._by_blocker]
+        if missing:
+            for blocker, found in (await self._storage.blocks_of(missing)).items():
+                self._by_blocker.setdefault(blocker, found)
+
+    async def blocked_by(self, blocker: int) -> set[int]:
+        """Everyone `blocker` has blocked."""
+        await self.load((blocker,))
+        return self._by_blocker[blocker]
 
     def blocked(self, blocker: int, other: int) -> bool:
-        return other in self.blocked_by(blocker)
+        """Whether `blocker` blocks `other`. `blocker` must be loaded: guessing "no" could
+        let a blocked user through."""
+        known = self._by_blocker.get(blocker)
+        if known is None:
+            raise RuntimeError(f"the blocks of user {blocker} are not loaded")
+        return other in known
 
     def either(self, a: int, b: int) -> bool:
         return self.blocked(a, b) or self.blocked(b, a)
 
+    async def either_loaded(self, a: int, b: int) -> bool:
+        await self.load((a, b))
+        return self.either(a, b)
+
     async def set(self, blocker: int, other: int, blocked: bool) -> None:
         batch = WriteBatch()
         if blocked:
-            batch.put("blocks", pair(blocker, other), b"")
+            batch.put_block(blocker, other)
         else:
-            batch.delete("blocks", pair(blocker, other))
+            batch.delete_block(blocker, other)
         await self._storage.write(batch)
+        known = await self.blocked_by(blocker)
         if blocked:
-            self.blocked_by(blocker).add(other)
+            known.add(other)
         else:
-            self.blocked_by(blocker).discard(other)
+            known.discard(other)

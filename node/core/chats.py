@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 import trio
 
-from ..storage import Storage, StorageError, WriteBatch
-from ..storage.keys import from_pair, from_u64, pair, prefix_end, u64
+from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
-from .state import PREVIEW_KINDS, ChatState, load_chat
+from .state import PREVIEW_KINDS, ChatState, chat_from_loaded
 
 if TYPE_CHECKING:
     from ..plugin_manager import Plugins
@@ -56,14 +55,31 @@ def is_expired(record: dict[str, Any], now: int) -> bool:
     return bool(expires) and expires <= now
 
 
+@attrs.define(eq=False)
+class Reads:
+    """What a batch of operations needs loaded before it is applied: the sequencer loads
+    it all at once (one call per kind, whatever the engine), then applies the operations
+    synchronously against its caches."""
+
+    chats: set[int] = attrs.Factory(set)
+    messages: set[int] = attrs.Factory(set)  # message ids (edits, deletions, replies)
+    dedupe: set[tuple[int, str]] = attrs.Factory(set)  # (user id, client_msg_id)
+    users: set[int] = attrs.Factory(set)  # user records and whom they block
+    directs: set[tuple[int, int]] = attrs.Factory(set)  # (low, high) user ids
+
+
 class Operation:
     """A change to chat state, applied by the sequencer.
 
-    `apply` validates, then mutates in-memory state and appends writes to the batch; it
-    raises ChatError *before* changing anything when the operation is refused. It
-    returns the effect to run once the batch is durable (or None). `reject` tells the
-    requester that the operation failed.
+    `reads` names what the operation will look at (loaded before `apply`). `apply`
+    validates, then mutates in-memory state and appends writes to the batch; it raises
+    ChatError *before* changing anything when the operation is refused. It returns the
+    effect to run once the batch is durable (or None). `reject` tells the requester that
+    the operation failed.
     """
+
+    def reads(self, reads: Reads) -> None:
+        pass
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         raise NotImplementedError
@@ -121,14 +137,15 @@ class Chats:
         self._max_batch = max_batch
         self._chats: dict[int, ChatState] = {}
         self._user_chats: dict[int, set[int]] = {}
+        self._directs: dict[tuple[int, int], int] = {}
         self._dirty: set[tuple[int, int]] = set()
         self._dirty_chats: set[int] = set()
-        # Writes of the batch being applied, visible to later operations of the same batch.
-        self._pending_dedupe: dict[bytes, bytes] = {}
-        self._pending_log: dict[tuple[int, int], bytes] = {}
-        self._pending_ids: dict[int, tuple[int, int]] = {}
+        # What the batch being applied read, and its writes so far (later operations of
+        # the same batch see them): dedupe records (None: absent or purged), log entries.
+        self._dedupe: dict[tuple[int, str], DedupeAck | None] = {}
+        self._messages: dict[int, tuple[int, int]] = {}  # message id -> (chat, seq)
+        self._log: dict[tuple[int, int], bytes] = {}
         self._appended: list[tuple[ChatState, dict[str, Any]]] = []
-        self.pending_direct: dict[tuple[int, int], int] = {}
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
@@ -171,22 +188,32 @@ class Chats:
                 await self._process(ops)
 
     async def _process(self, ops: list[Operation]) -> None:
+        reads = Reads()
+        for op in ops:
+            op.reads(reads)
+        try:
+            await self._load(reads)
+        except StorageError as exc:
+            for op in ops:
+                op.reject(_storage_error(exc))
+            self._clear_batch()
+            return
         batch = WriteBatch()
         applied: list[tuple[Operation, Effect | None]] = []
         stale = False
         now = now_ms()
         for op in ops:
-            mark = len(batch.ops)
+            mark = batch.mark()
             try:
                 effect = op.apply(self, batch, now)
             except ChatError as exc:
-                del batch.ops[mark:]
+                batch.rollback(mark)
                 op.reject(exc)
                 continue
             except Exception:
                 log.exception("operation %r failed", op)
-                del batch.ops[mark:]
-                stale = True  # memory may be half-changed: reload from LMDB after this batch
+                batch.rollback(mark)
+                stale = True  # memory may be half-changed: reload from storage after this batch
                 op.reject(ChatError("internal"))
                 continue
             applied.append((op, effect))
@@ -195,14 +222,14 @@ class Chats:
         try:
             await self.storage.write(batch)
         except StorageError as exc:
+            # Nothing of the batch is known to be stored (a conflict: another node took a
+            # seq; an unknown outcome: maybe it was): reload whatever is asked next.
             self._forget_all()
             for op, _ in applied:
-                op.reject(ChatError("unavailable", str(exc)))
+                op.reject(_storage_error(exc))
             return
         finally:
-            self._pending_dedupe.clear()
-            self._pending_log.clear()
-            self._pending_ids.clear()
+            self._clear_batch()
         for chat, record in appended:  # durable now: readers and resync may see them
             chat.committed_seq = record["seq"]
             if record["kind"] in PREVIEW_KINDS:
@@ -219,14 +246,47 @@ class Chats:
         for chat, record in appended:
             self.plugins.notify("on_message_stored", chat_id=chat.id, message=record)
 
+    async def _load(self, reads: Reads) -> None:
+        """Load what a batch reads and is not cached (one engine call per kind). A 1-1
+        chat comes with who its members block; a direct pair with its chat."""
+        pairs = [p for p in reads.directs if p not in self._directs]
+        if pairs:
+            self._directs.update(await self.storage.direct_chats(pairs))
+        chat_ids = reads.chats | {self._directs[p] for p in reads.directs if p in self._directs}
+        missing = [c for c in chat_ids if c not in self._chats]
+        if missing:
+            await self.load_many(missing)
+        users = set(reads.users)
+        for chat_id in chat_ids:
+            chat = self._chats.get(chat_id)
+            if chat is not None and chat.kind == "direct":
+                users.update(chat.members)
+        if users:
+            await self.blocks.load(users)
+        if reads.users:
+            await self.users.load_users(reads.users)
+        if reads.messages:
+            for message_id, found in (await self.storage.find_messages(reads.messages)).items():
+                self._messages[message_id] = (found.chat_id, found.seq)
+                self._log[(found.chat_id, found.seq)] = found.raw
+        if reads.dedupe:
+            stored = await self.storage.get_dedupe(reads.dedupe)
+            for key in reads.dedupe:
+                self._dedupe[key] = stored.get(key)
+
+    def _clear_batch(self) -> None:
+        self._dedupe.clear()
+        self._messages.clear()
+        self._log.clear()
+
     def _forget_all(self) -> None:
         """Drop cached state so it is reloaded from what is durably stored."""
         self._chats.clear()
         self._user_chats.clear()
+        self._directs.clear()
         self._dirty.clear()
         self._dirty_chats.clear()
         self._appended.clear()
-        self.pending_direct.clear()
 
     # -- helpers used by operations (sequencer only) ---------------------------------
 
@@ -265,13 +325,10 @@ class Chats:
         if client_msg_id is not None:
             record["client_msg_id"] = client_msg_id
         raw = orjson.dumps(record)
-        batch.put("log", pair(chat.id, seq), raw)
-        batch.put("msgids", u64(message_id), pair(chat.id, seq))
-        expires = record.get("expires_at")
-        if expires:
-            batch.put("expiry", u64(expires) + pair(chat.id, seq), u64(message_id))
-        self._pending_log[(chat.id, seq)] = raw
-        self._pending_ids[message_id] = (chat.id, seq)
+        expires = record.get("expires_at") or 0
+        batch.append_message(chat.id, seq, message_id, raw, MessageMeta(sender, record["kind"], now, expires))
+        self._log[(chat.id, seq)] = raw
+        self._messages[message_id] = (chat.id, seq)
         chat.last_seq = seq
         self._dirty_chats.add(chat.id)
         self._appended.append((chat, record))
@@ -290,34 +347,31 @@ class Chats:
     def rewrite(self, chat: ChatState, batch: WriteBatch, record: dict[str, Any]) -> None:
         """Replace a stored log entry (edits, deletions, purges keep the seq)."""
         raw = orjson.dumps(record)
-        batch.put("log", pair(chat.id, record["seq"]), raw)
-        self._pending_log[(chat.id, record["seq"])] = raw
+        meta = MessageMeta(int(record.get("from") or 0), record["kind"], record["ts"], record.get("expires_at") or 0)
+        batch.rewrite_message(chat.id, record["seq"], raw, meta)
+        self._log[(chat.id, record["seq"])] = raw
         if chat.last_message and chat.last_message["seq"] == record["seq"]:
             chat.last_message = record
 
     def find_message(self, chat: ChatState, message_id: int) -> dict[str, Any] | None:
-        """A message of this chat by id (including this batch's uncommitted ones)."""
-        where = self._pending_ids.get(message_id)
-        if where is None:
-            raw = self.storage.get("msgids", u64(message_id))
-            if raw is None:
-                return None
-            where = from_pair(raw)
-        if where[0] != chat.id:
+        """A message of this chat by id (loaded for this batch by `Reads.messages`, or
+        appended earlier in it)."""
+        where = self._messages.get(message_id)
+        if where is None or where[0] != chat.id:
             return None
-        raw = self._pending_log.get(where) or self.storage.get("log", pair(*where))
+        raw = self._log.get(where)
         return orjson.loads(raw) if raw is not None else None
 
     def create_chat(self, batch: WriteBatch, now: int, *, kind: str, creator: int, **fields: Any) -> ChatState:
         chat_id = self.ids.next_id()
         record = {"id": str(chat_id), "kind": kind, "created": now, "created_by": str(creator), **fields}
-        batch.put("chats", u64(chat_id), orjson.dumps(record))
+        batch.put_chat(chat_id, record)
         chat = ChatState(chat_id, record, {}, 0, None)
         self._chats[chat_id] = chat
         return chat
 
     def save_chat_record(self, chat: ChatState, batch: WriteBatch) -> None:
-        batch.put("chats", u64(chat.id), orjson.dumps(chat.record))
+        batch.put_chat(chat.id, chat.record)
 
     def add_member(self, chat: ChatState, user_id: int, now: int, *, role: str, batch: WriteBatch) -> dict:
         """Make `user_id` a member from the next seq on (they see the entry that adds them)."""
@@ -325,7 +379,6 @@ class Chats:
                   "read": chat.last_seq, "joined": now}
         chat.members[user_id] = record
         chat.members_changed()
-        batch.put("user_chats", pair(user_id, chat.id), b"")
         self.mark_dirty(chat.id, user_id)
         known = self._user_chats.get(user_id)
         if known is not None:
@@ -339,48 +392,42 @@ class Chats:
         for chat_id, user_id in self._dirty:
             chat = self._chats.get(chat_id)
             if chat is not None and user_id in chat.members:
-                batch.put("members", pair(chat_id, user_id), orjson.dumps(chat.members[user_id]))
-        for chat_id in self._dirty_chats:  # a chat's last seq survives purges of its newest entries
+                batch.put_member(chat_id, user_id, chat.members[user_id])
+        for chat_id in self._dirty_chats:
+            # The chat's last seq survives purges of its newest entries, and moving it is
+            # compare-and-set: a second node that believes it owns this chat fails here.
             chat = self._chats.get(chat_id)
-            if chat is not None:
-                batch.put("chat_seq", u64(chat_id), u64(chat.last_seq))
+            if chat is not None and chat.last_seq != chat.stored_seq:
+                batch.set_chat_seq(chat_id, chat.last_seq, chat.stored_seq)
+                chat.stored_seq = chat.last_seq
         self._dirty.clear()
         self._dirty_chats.clear()
 
-    def find_duplicate(self, dedupe_key: bytes) -> dict[str, Any] | None:
-        """What an earlier send with this client_msg_id produced: chat, seq, id, ts."""
-        raw = self.dedupe_value(dedupe_key)
-        if raw is None:
+    def find_duplicate(self, user_id: int, client_msg_id: str) -> dict[str, Any] | None:
+        """What an earlier send with this client_msg_id produced: chat, seq, id, ts
+        (loaded for this batch by `Reads.dedupe`)."""
+        ack = self._dedupe.get((user_id, client_msg_id))
+        if ack is None:
             return None
-        chat_id, seq = from_pair(raw[:16])
-        message_id, ts = from_pair(raw[16:32])
-        return {"chat": str(chat_id), "seq": seq, "id": str(message_id), "ts": ts}
+        return {"chat": str(ack.chat_id), "seq": ack.seq, "id": str(ack.message_id), "ts": ack.ts}
 
-    def dedupe_value(self, dedupe_key: bytes) -> bytes | None:
-        """The stored dedupe value as this batch leaves it (b"" in pending = purged in this batch)."""
-        if dedupe_key in self._pending_dedupe:
-            return self._pending_dedupe[dedupe_key] or None
-        return self.storage.get("dedupe", dedupe_key)
+    def remember_dedupe(self, batch: WriteBatch, user_id: int, client_msg_id: str, record: dict[str, Any]) -> None:
+        """Record a send's ack so a retry gets it again."""
+        ack = DedupeAck(int(record["chat"]), record["seq"], int(record["id"]), record["ts"])
+        batch.add_dedupe(user_id, client_msg_id, ack)
+        self._dedupe[(user_id, client_msg_id)] = ack
 
-    def remember_dedupe(self, batch: WriteBatch, dedupe_key: bytes, record: dict[str, Any]) -> None:
-        """Record a send's ack, indexed by time so the purge finds it without a scan."""
-        value = pair(int(record["chat"]), record["seq"]) + pair(int(record["id"]), record["ts"])
-        batch.put("dedupe", dedupe_key, value)
-        batch.put("dedupe_by_time", u64(record["ts"]) + dedupe_key, b"")
-        self._pending_dedupe[dedupe_key] = value
-
-    def forget_dedupe(self, batch: WriteBatch, dedupe_key: bytes, ts: int) -> None:
-        """Drop a dedupe record and its index entry; later sends of this batch see it gone."""
-        batch.delete("dedupe", dedupe_key)
-        batch.delete("dedupe_by_time", u64(ts) + dedupe_key)
-        self._pending_dedupe[dedupe_key] = b""
+    def forget_dedupe(self, batch: WriteBatch, user_id: int, client_msg_id: str, ts: int) -> None:
+        """Drop a dedupe record; later sends of this batch see it gone."""
+        batch.delete_dedupe(user_id, client_msg_id, ts)
+        self._dedupe[(user_id, client_msg_id)] = None
 
     def direct_chat_id(self, low: int, high: int) -> int | None:
-        pending = self.pending_direct.get((low, high))
-        if pending is not None:
-            return pending
-        raw = self.storage.get("direct", pair(low, high))
-        return None if raw is None else from_u64(raw)
+        """The 1-1 chat of two users (loaded for this batch by `Reads.directs`)."""
+        return self._directs.get((low, high))
+
+    def note_direct(self, low: int, high: int, chat_id: int) -> None:
+        self._directs[(low, high)] = chat_id
 
     # -- effects (after commit) ------------------------------------------------------
 
@@ -470,47 +517,73 @@ class Chats:
     # -- reads (event loop) ----------------------------------------------------------
 
     def get(self, chat_id: int) -> ChatState | None:
+        """A chat if it is loaded (every chat a batch reads is; others: `load`)."""
+        return self._chats.get(chat_id)
+
+    async def load(self, chat_id: int) -> ChatState | None:
         chat = self._chats.get(chat_id)
         if chat is None:
-            chat = load_chat(self.storage, chat_id)
-            if chat is not None:
-                self._chats[chat_id] = chat
+            chat = (await self.load_many([chat_id])).get(chat_id)
         return chat
 
-    def chat_ids_of(self, user_id: int) -> set[int]:
+    async def load_many(self, chat_ids: Iterable[int]) -> dict[int, ChatState]:
+        """The chats that exist, from the cache or the engine (one call for the misses)."""
+        out: dict[int, ChatState] = {}
+        missing = []
+        for chat_id in chat_ids:
+            chat = self._chats.get(chat_id)
+            if chat is None:
+                missing.append(chat_id)
+            else:
+                out[chat_id] = chat
+        if missing:
+            loaded = await self.storage.load_chats(missing)
+            for chat_id, stored in loaded.items():
+                chat = self._chats.get(chat_id)  # loaded meanwhile (we awaited): keep that one
+                if chat is None:
+                    chat = self._chats[chat_id] = chat_from_loaded(chat_id, stored)
+                out[chat_id] = chat
+        return out
+
+    async def chat_ids_of(self, user_id: int) -> set[int]:
         """Ids of every chat the user is or was a member of."""
         known = self._user_chats.get(user_id)
         if known is None:
-            known = set()
-            prefix = u64(user_id)
-            with self.storage.read() as txn:
-                for key, _ in self.storage.scan(txn, "user_chats", prefix, prefix_end(prefix)):
-                    known.add(from_pair(key)[1])
-            self._user_chats[user_id] = known
+            found = await self.storage.chat_ids_of(user_id)
+            known = self._user_chats.get(user_id)  # filled meanwhile: it is the fresher one
+            if known is None:
+                known = self._user_chats[user_id] = found
         return known
 
-    def shares_chat(self, a: int, b: int) -> bool:
+    async def chats_of(self, user_id: int) -> list[ChatState]:
+        """Every chat the user is or was a member of, loaded."""
+        ids = await self.chat_ids_of(user_id)
+        return list((await self.load_many(ids)).values())
+
+    async def shares_chat(self, a: int, b: int) -> bool:
         """Whether two users are both current members of some chat."""
-        ids_a, ids_b = self.chat_ids_of(a), self.chat_ids_of(b)
-        for chat_id in ids_a & ids_b:
-            chat = self.get(chat_id)
-            if chat and chat.member(a) is not None and chat.member(b) is not None:
+        common = (await self.chat_ids_of(a)) & (await self.chat_ids_of(b))
+        for chat in (await self.load_many(common)).values():
+            if chat.member(a) is not None and chat.member(b) is not None:
                 return True
         return False
 
-    def contacts_of(self, user_id: int) -> set[int]:
-        """Everyone who currently shares a chat with `user_id`."""
+    async def contacts_of(self, user_id: int, max_group: int | None = None) -> set[int]:
+        """Everyone who currently shares a chat with `user_id` (only through 1-1 chats and
+        groups of at most `max_group` members, if given)."""
         out: set[int] = set()
-        for chat_id in self.chat_ids_of(user_id):
-            chat = self.get(chat_id)
-            if chat and chat.member(user_id) is not None:
-                out.update(chat.active_ids())
+        for chat in await self.chats_of(user_id):
+            if chat.member(user_id) is None:
+                continue
+            members = chat.active_ids()
+            if max_group is None or chat.kind == "direct" or len(members) <= max_group:
+                out.update(members)
         out.discard(user_id)
         return out
 
     async def history(self, user_id: int, chat_id: int, before: int | None, limit: int) -> list[dict]:
         """Up to `limit` visible messages with seq < before, oldest first."""
-        chat = self.get(chat_id)
+        chat = await self.load(chat_id)
         visible = chat.visible_range(user_id) if chat else None
         if chat is None or visible is None:
             raise ChatError("not_member")
@@ -518,14 +591,13 @@ class Chats:
         end = last + 1 if before is None else min(before, last + 1)
         if end <= first:
             return []
-        rows = await self.storage.read_in_thread(_read_log, self.storage, chat_id, first, end, limit, True)
+        rows = await self.storage.read_messages(chat_id, first, end, limit, reverse=True)
         now = now_ms()
         return [m for m in (orjson.loads(raw) for _, raw in reversed(rows)) if not is_expired(m, now)]
 
     async def read_range(self, chat_id: int, first: int, last: int, limit: int) -> list[tuple[int, bytes]]:
-        """Raw log records with first <= seq <= last, oldest first (a worker-thread scan)."""
-        rows = await self.storage.read_in_thread(_read_log, self.storage, chat_id, first, last + 1, limit, False)
-        return [(from_pair(key)[1], raw) for key, raw in rows]
+        """Raw log records with first <= seq <= last, oldest first."""
+        return await self.storage.read_messages(chat_id, first, last + 1, limit)
 
     async def unread_counts(self, user_id: int, chats: list[ChatState], cap: int = 999) -> dict[int, int]:
         """Content messages from others after the user's read cursor, per chat (capped)."""
@@ -537,24 +609,13 @@ class Chats:
             start = max(visible[0], chat.members[user_id]["read"] + 1)
             if start <= visible[1]:
                 ranges.append((chat.id, start, visible[1]))
-        if not ranges:
-            return {}
-        return await self.storage.read_in_thread(_count_unread, self.storage, ranges, str(user_id), cap, now_ms())
+        return await self.storage.count_unread(ranges, user_id, CONTENT_KINDS, cap, now_ms())
 
 
-def _read_log(txn, storage: Storage, chat_id: int, first: int, end: int, limit: int, reverse: bool):
-    return list(storage.scan(txn, "log", pair(chat_id, first), pair(chat_id, end), reverse=reverse, limit=limit))
-
-
-def _count_unread(txn, storage: Storage, ranges, user: str, cap: int, now: int) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for chat_id, first, last in ranges:
-        n = 0
-        for _, raw in storage.scan(txn, "log", pair(chat_id, first), pair(chat_id, last + 1)):
-            m = orjson.loads(raw)
-            if m.get("from") != user and m.get("kind") in CONTENT_KINDS and not is_expired(m, now):
-                n += 1
-                if n >= cap:
-                    break
-        counts[chat_id] = n
-    return counts
+def _storage_error(exc: StorageError) -> ChatError:
+    """What a requester is told when storage failed: retry (nothing was acknowledged)."""
+    if isinstance(exc, StorageConflict):
+        return ChatError("unavailable", "the chat moved to another node; retry")
+    if isinstance(exc, StorageUnavailable):
+        return ChatError("unavailable", "storage is unavailable; retry")
+    return ChatError("unavailable", str(exc))

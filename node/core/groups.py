@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from ..storage import WriteBatch
-from .chats import Awaitable, Chats, Effect
+from .chats import Awaitable, Chats, Effect, Reads
 from .errors import ChatError, bad_request
 from .state import ChatState
 
@@ -55,8 +55,9 @@ def _require_group(chats: Chats, chat_id: int, user_id: int, *, admin: bool = Fa
 
 
 def _check_can_add(chats: Chats, chat: ChatState, adder: int, users: list[int]) -> None:
+    """Users must exist and neither block the adder nor be blocked (loaded by `Reads.users`)."""
     for uid in users:
-        if chats.users.get_user(uid) is None:
+        if chats.users.peek_user(uid) is None:
             raise ChatError("not_found", f"no user {uid}")
         if chats.blocks.either(uid, adder):
             raise ChatError("blocked", f"user {uid} cannot be added by you")
@@ -69,6 +70,9 @@ class CreateGroup(Awaitable):
     user_id: int = 0
     title: str = ""
     members: list[int] = attrs.Factory(list)
+
+    def reads(self, reads: Reads) -> None:
+        reads.users.update(self.members, (self.user_id,))
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         others = [uid for uid in dict.fromkeys(self.members) if uid != self.user_id]
@@ -93,6 +97,10 @@ class AddMembers(Awaitable):
     user_id: int = 0
     chat_id: int = 0
     users: list[int] = attrs.Factory(list)
+
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
+        reads.users.update(self.users, (self.user_id,))
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, _ = _require_group(chats, self.chat_id, self.user_id, admin=True)
@@ -123,6 +131,9 @@ class RemoveMember(Awaitable):
     chat_id: int = 0
     target: int = 0
 
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
+
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, _ = _require_group(chats, self.chat_id, self.user_id, admin=True)
         if self.target == self.user_id:
@@ -143,6 +154,9 @@ class RemoveMember(Awaitable):
 class Leave(Awaitable):
     user_id: int = 0
     chat_id: int = 0
+
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = _require_group(chats, self.chat_id, self.user_id)
@@ -169,6 +183,9 @@ class SetRole(Awaitable):
     chat_id: int = 0
     target: int = 0
     role: str = "member"
+
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, _ = _require_group(chats, self.chat_id, self.user_id, admin=True)
@@ -199,6 +216,9 @@ class UpdateChat(Awaitable):
     chat_id: int = 0
     title: str | None = None
     ttl: int | None = None
+
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, _ = chats.require_chat(self.chat_id, self.user_id)

@@ -9,16 +9,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import orjson
 
 from ..storage import WriteBatch
-from ..storage.keys import pair, u64
-from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation
+from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation, Reads
 from .errors import ChatError
 from .state import ChatState
 
 if TYPE_CHECKING:
     from .session import Session
+
+
+def message_reads(reads: Reads, chat_id: int, content: dict[str, Any]) -> None:
+    """What storing a message of this content reads: its chat (and, for a 1-1 chat, who
+    blocks whom: loaded with the chat's members) and the message it targets or replies to."""
+    reads.chats.add(chat_id)
+    for field in ("target", "reply_to"):
+        if content.get(field) is not None:
+            reads.messages.add(int(content[field]))
 
 
 def store_message(
@@ -29,7 +36,7 @@ def store_message(
     chat, member = chats.require_chat(chat_id, sender)
     if chat.kind == "direct":
         peer = next((uid for uid in chat.members if uid != sender), 0)
-        if chats.blocks.either(sender, peer):
+        if chats.blocks.either(sender, peer):  # both members' blocks come with the chat
             raise ChatError("blocked")
     content = dict(content)
     kind = content["kind"]
@@ -103,10 +110,13 @@ class SendMessage(Operation):
     client_msg_id: str
     content: dict[str, Any]  # validated by the protocol layer and the plugins' gate
 
+    def reads(self, reads: Reads) -> None:
+        reads.dedupe.add((self.session.user_id, self.client_msg_id))
+        message_reads(reads, self.chat_id, self.content)
+
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         sender = self.session.user_id
-        dedupe_key = u64(sender) + self.client_msg_id.encode()
-        previous = chats.find_duplicate(dedupe_key)
+        previous = chats.find_duplicate(sender, self.client_msg_id)
         if previous is not None:
 
             def ack_again() -> None:
@@ -117,7 +127,7 @@ class SendMessage(Operation):
         chat = chats.get(self.chat_id)
         old_read = chat.members.get(sender, {}).get("read", 0) if chat else 0
         chat, record, raw = store_message(chats, batch, now, sender, self.chat_id, self.content, self.client_msg_id)
-        chats.remember_dedupe(batch, dedupe_key, record)
+        chats.remember_dedupe(batch, sender, self.client_msg_id, record)
 
         def effect() -> None:
             self.session.finish_send()
@@ -140,6 +150,9 @@ class PostMessage(Awaitable):
     chat_id: int = 0
     content: dict[str, Any] = attrs.Factory(dict)
 
+    def reads(self, reads: Reads) -> None:
+        message_reads(reads, self.chat_id, self.content)
+
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, record, raw = store_message(chats, batch, now, self.user_id, self.chat_id, self.content, None)
 
@@ -157,6 +170,9 @@ class MarkDelivered(Operation):
     user_id: int
     chat_id: int
     seq: int
+
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat = chats.get(self.chat_id)
@@ -185,6 +201,9 @@ class MarkRead(Awaitable):
     chat_id: int = 0
     seq: int = 0
 
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
+
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = chats.require_chat(self.chat_id, self.user_id)
         seq = min(self.seq, chat.committed_seq)
@@ -211,6 +230,11 @@ class OpenDirect(Awaitable):
     user_id: int = 0
     peer_id: int = 0
 
+    def reads(self, reads: Reads) -> None:
+        low, high = sorted((self.user_id, self.peer_id))
+        reads.directs.add((low, high))
+        reads.users.add(self.peer_id)
+
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         if self.user_id == self.peer_id:
             raise ChatError("bad_request", "you cannot open a chat with yourself")
@@ -218,6 +242,7 @@ class OpenDirect(Awaitable):
         existing = chats.direct_chat_id(low, high)
         if existing is not None:
             chat = chats.get(existing)
+            assert chat is not None  # loaded with the pair (Chats._load)
             member = chat.members[self.user_id]
             if member.get("hidden"):
                 member["hidden"] = False
@@ -228,14 +253,9 @@ class OpenDirect(Awaitable):
         chat = chats.create_chat(batch, now, kind="direct", creator=self.user_id)
         for uid in (low, high):
             chats.add_member(chat, uid, now, role="member", batch=batch)
-        batch.put("direct", pair(low, high), u64(chat.id))
-        chats.pending_direct[(low, high)] = chat.id
-
-        def effect() -> None:
-            chats.pending_direct.pop((low, high), None)
-            self.resolve(chat)
-
-        return effect
+        batch.add_direct(low, high, chat.id)
+        chats.note_direct(low, high, chat.id)
+        return lambda: self.resolve(chat)
 
 
 @attrs.define(eq=False)
@@ -245,6 +265,9 @@ class SetHidden(Awaitable):
     user_id: int = 0
     chat_id: int = 0
     hidden: bool = True
+
+    def reads(self, reads: Reads) -> None:
+        reads.chats.add(self.chat_id)
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat = chats.get(self.chat_id)
@@ -259,22 +282,16 @@ class SetHidden(Awaitable):
 
 @attrs.define(eq=False)
 class PurgeExpired(Awaitable):
-    """Remove disappearing messages whose time is up: (expiry key, chat, seq) each."""
+    """Remove disappearing messages whose time is up: (chat, seq, message id, expires_at)
+    each, as `Storage.due_expiry` found them."""
 
-    entries: list[tuple[bytes, int, int]] = attrs.Factory(list)
+    entries: list[tuple[int, int, int, int]] = attrs.Factory(list)
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
-        purged = 0
-        for key, chat_id, seq in self.entries:
-            batch.delete("expiry", key)
+        for chat_id, seq, message_id, expires_at in self.entries:
+            batch.delete_message(chat_id, seq, message_id, expires_at)
             chat = chats.get(chat_id)
-            raw = chats.storage.get("log", pair(chat_id, seq))
-            if chat is None or raw is None:
-                continue
-            record = orjson.loads(raw)
-            batch.delete("log", pair(chat_id, seq))
-            batch.delete("msgids", u64(int(record["id"])))
-            if chat.last_message and chat.last_message["seq"] == seq:
+            if chat is not None and chat.last_message and chat.last_message["seq"] == seq:
                 chat.last_message = None
-            purged += 1
+        purged = len(self.entries)
         return lambda: self.resolve(purged)

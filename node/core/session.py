@@ -26,6 +26,8 @@ import trio
 from . import errors
 from .accounts import Device, public_user
 from .chats import message_event, now_ms
+from ..storage import StorageError
+from .state import ChatState
 from .errors import ChatError
 from .messages import MEDIA_KINDS, content_from_send
 from .operations import MarkDelivered, SendMessage
@@ -119,8 +121,15 @@ class Session:
         """Handshake, then serve until either side closes. Never raises (but Cancelled)."""
         try:
             cursors = await self._handshake()
+            # Loaded before attaching: from `attach` on, live events may arrive, and the
+            # cursors must be in place before the first one (no await in between).
+            chats = await self.node.chats.chats_of(self.user_id)
         except ChatError as exc:
             await self._send_and_close(exc, self._handshake_close_code(exc))
+            return
+        except StorageError:
+            await self._send_and_close(ChatError("unavailable", "storage is unavailable; reconnect"),
+                                       errors.CLOSE_INTERNAL)
             return
         except ConnectionClosed:
             return
@@ -130,7 +139,7 @@ class Session:
             await self._send_and_close(exc, errors.CLOSE_TOO_MANY_CONNECTIONS)
             return
         try:
-            self._start_sync(cursors)
+            self._start_sync(chats, cursors)
             await self._serve()
         finally:
             self.node.hub.detach(self)
@@ -163,13 +172,13 @@ class Session:
             raise ChatError("not_hello")
         hello = events[0]
         check_fields(hello, HELLO_FIELDS)
-        device = self.node.accounts.authenticate(hello.get("token"))
+        device = await self.node.accounts.authenticate(hello.get("token"))
         if device is None:
             raise ChatError("unauthorized")
         cursors = get_cursors(hello)
         self.device = device
         self.user_id = device.user_id
-        user = self.node.accounts.get_user(device.user_id)
+        user = await self.node.accounts.user(device.user_id)
         self.send_event(
             orjson.dumps(
                 {
@@ -437,18 +446,16 @@ class Session:
             return
         self._syncing = True
 
-    def _start_sync(self, cursors: dict[int, int]) -> None:
-        chats = self.node.chats
-        for chat_id in chats.chat_ids_of(self.user_id):
-            chat = chats.get(chat_id)
-            visible = chat.visible_range(self.user_id) if chat else None
+    def _start_sync(self, chats: list[ChatState], cursors: dict[int, int]) -> None:
+        for chat in chats:
+            visible = chat.visible_range(self.user_id)
             if visible is None:
                 continue
             first, last = visible
-            cursor = min(max(cursors.get(chat_id, first - 1), first - 1), last)
-            self._sent[chat_id] = cursor
+            cursor = min(max(cursors.get(chat.id, first - 1), first - 1), last)
+            self._sent[chat.id] = cursor
             if cursor < last:
-                self._catchup[chat_id] = None
+                self._catchup[chat.id] = None
 
     async def _syncer(self) -> None:
         """Replay chats from the log while any need it, then exit (idle sessions hold no
@@ -469,7 +476,7 @@ class Session:
         chats = self.node.chats
         page = max(1, min(self._limits.history_page, self._capacity // 4))
         while True:
-            chat = chats.get(chat_id)
+            chat = await chats.load(chat_id)
             visible = chat.visible_range(self.user_id) if chat else None
             if visible is None:
                 return

@@ -1,4 +1,4 @@
-"""In-memory chat state, loaded lazily from LMDB and owned by the chat sequencer.
+"""In-memory chat state, loaded from storage on demand and owned by the chat sequencer.
 
 Only the sequencer task (`node.core.chats.Chats`) mutates these objects; everyone else
 reads them on the event loop. Records are plain dicts in the same JSON shape as stored.
@@ -12,8 +12,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ..storage import Storage
-from ..storage.keys import from_pair, from_u64, pair, prefix_end, u64
+from ..storage import LoadedChat
 
 PREVIEW_KINDS = frozenset({"text", "image", "audio", "video", "file", "system", "deleted"})
 RECENT_SENDERS = 1024  # per chat: (seq, sender) of the last messages, for receipts
@@ -56,10 +55,13 @@ class ChatState:
     last_seq: int = -1  # the newest seq assigned by the sequencer, committed or not
     _watermarks: dict[str, Watermark] = attrs.Factory(dict)  # built on demand, dropped on member changes
     announced_delivered: int = 0  # the group watermark senders were last told of
+    stored_seq: int = -1  # the last seq as stored (the expected value of the next set_chat_seq)
 
     def __attrs_post_init__(self) -> None:
         if self.last_seq < 0:
             self.last_seq = self.committed_seq
+        if self.stored_seq < 0:
+            self.stored_seq = self.committed_seq
 
     @property
     def kind(self) -> str:
@@ -94,29 +96,20 @@ class ChatState:
         return record["from_seq"], self.committed_seq if until is None else min(until, self.committed_seq)
 
 
-def load_chat(storage: Storage, chat_id: int) -> ChatState | None:
-    """Read one chat, its members and the tail of its log (point reads and a short scan)."""
-    with storage.read() as txn:
-        raw = txn.get(u64(chat_id), db=storage.handles["chats"])
-        if raw is None:
-            return None
-        members: dict[int, dict[str, Any]] = {}
-        prefix = u64(chat_id)
-        for key, value in storage.scan(txn, "members", prefix, prefix_end(prefix)):
-            members[from_pair(key)[1]] = orjson.loads(value)
-        stored_seq = txn.get(u64(chat_id), db=storage.handles["chat_seq"])
-        last_seq = from_u64(stored_seq) if stored_seq else 0
-        last_message = None
-        recent: deque[tuple[int, int]] = deque(maxlen=RECENT_SENDERS)
-        tail = list(storage.scan(txn, "log", pair(chat_id, 0), pair(chat_id + 1, 0), reverse=True, limit=64))
-        for key, value in reversed(tail):
-            record = orjson.loads(value)
-            last_seq = max(last_seq, record["seq"])
-            if record["kind"] in PREVIEW_KINDS:
-                last_message = record
-            if record.get("from"):
-                recent.append((record["seq"], int(record["from"])))
-    chat = ChatState(chat_id, orjson.loads(raw), members, last_seq, last_message, recent)
+def chat_from_loaded(chat_id: int, stored: LoadedChat) -> ChatState:
+    """The in-memory state of a chat as the engine returned it."""
+    last_message = None
+    recent: deque[tuple[int, int]] = deque(maxlen=RECENT_SENDERS)
+    last_seq = stored.last_seq
+    for seq, raw in stored.tail:
+        record = orjson.loads(raw)
+        last_seq = max(last_seq, seq)
+        if record["kind"] in PREVIEW_KINDS:
+            last_message = record
+        if record.get("from"):
+            recent.append((seq, int(record["from"])))
+    chat = ChatState(chat_id, stored.record, stored.members, last_seq, last_message, recent,
+                     stored_seq=stored.last_seq)
     if chat.kind == "group":
         chat.announced_delivered = chat.watermark("delivered").floor  # senders already knew this much
     return chat

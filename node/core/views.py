@@ -12,7 +12,16 @@ if TYPE_CHECKING:
     from ..app import Node
 
 
-def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
+async def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
+    """How a chat looks to `user_id` (loads the 1-1 peer's record if needed)."""
+    peer_id = next((uid for uid in chat.members if uid != user_id), None) if chat.kind == "direct" else None
+    if peer_id is not None:
+        await node.accounts.load_users((peer_id,))
+    return summary_of(node, user_id, chat, unread)
+
+
+def summary_of(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
+    """`chat_summary` for a chat whose 1-1 peer is already loaded (lists load them at once)."""
     member = chat.members.get(user_id, {})
     summary: dict[str, Any] = {
         "id": str(chat.id),
@@ -31,7 +40,7 @@ def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> 
         summary["left_seq"] = member["until_seq"]
     if chat.kind == "direct":
         peer_id = next((uid for uid in chat.members if uid != user_id), None)
-        peer = node.accounts.get_user(peer_id) if peer_id else None
+        peer = node.accounts.peek_user(peer_id) if peer_id else None
         summary["peer"] = public_user(peer) if peer else None
         summary["title"] = summary["peer"]["display_name"] if peer else "unknown"
         peer_member = chat.members.get(peer_id, {}) if peer_id else {}
@@ -47,28 +56,28 @@ def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> 
 
 async def chat_list(node: Node, user_id: int, *, include_hidden: bool = False) -> list[dict[str, Any]]:
     """The user's chats, most recently active first, with unread counts."""
-    chats = node.chats
     states = []
-    for chat_id in list(chats.chat_ids_of(user_id)):
-        chat = chats.get(chat_id)
-        if chat is None or chat.visible_range(user_id) is None:
+    for chat in await node.chats.chats_of(user_id):
+        if chat.visible_range(user_id) is None:
             continue
         if chat.members[user_id].get("hidden") and not include_hidden:
             continue
         states.append(chat)
-    unread = await chats.unread_counts(user_id, states)
-    summaries = [chat_summary(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
+    peers = {uid for chat in states if chat.kind == "direct" for uid in chat.members if uid != user_id}
+    await node.accounts.load_users(peers)
+    unread = await node.chats.unread_counts(user_id, states)
+    summaries = [summary_of(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
     summaries.sort(key=lambda s: s["updated"], reverse=True)
     return summaries
 
 
-def reads_shared(node: Node, user_id: int) -> bool:
+async def reads_shared(node: Node, user_id: int) -> bool:
     """Whether a user shares read receipts (a user setting; off also hides others' reads)."""
-    user = node.accounts.get_user(user_id)
+    user = await node.accounts.user(user_id)
     return bool(user is None or user.get("settings", {}).get("read_receipts", True))
 
 
-def add_status(node: Node, user_id: int, chat: ChatState, messages: list[dict[str, Any]]) -> None:
+async def add_status(node: Node, user_id: int, chat: ChatState, messages: list[dict[str, Any]]) -> None:
     """Give the user's own messages a `status`: sent, delivered (every other member has it)
     or read (every other member read it; only when both sides share read receipts)."""
     others = [(uid, m) for uid, m in chat.members.items() if uid != user_id and m.get("until_seq") is None]
@@ -78,8 +87,8 @@ def add_status(node: Node, user_id: int, chat: ChatState, messages: list[dict[st
     if chat.kind == "group":  # group reads are always shared, as in WhatsApp
         read = min(m["read"] for _, m in others)
     else:
-        share = reads_shared(node, user_id)
-        read = min(m["read"] if share and reads_shared(node, uid) else 0 for uid, m in others)
+        share = await reads_shared(node, user_id)
+        read = min([m["read"] if share and await reads_shared(node, uid) else 0 for uid, m in others])
     me = str(user_id)
     for message in messages:
         if message.get("from") == me:

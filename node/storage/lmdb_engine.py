@@ -304,8 +304,6 @@ class LmdbStorage(Storage):
                 for key, value in self.scan(txn, "log", pair(chat_id, 0), pair(chat_id + 1, 0), reverse=True,
                                             limit=TAIL)]
         tail.reverse()
-        if tail:
-            last_seq = max(last_seq, tail[-1][0])
         return LoadedChat(orjson.loads(raw), members, last_seq, tail)
 
     async def chat_ids_of(self, user_id: int) -> set[int]:
@@ -399,10 +397,13 @@ class LmdbStorage(Storage):
             out.append((chat_id, seq, from_u64(value), from_u64(key[:8])))
         return out
 
-    async def blocks_of(self, blocker: int) -> set[int]:
-        prefix = u64(blocker)
+    async def blocks_of(self, blockers: Iterable[int]) -> dict[int, set[int]]:
+        out = {}
         with self._read() as txn:
-            return {from_pair(key)[1] for key, _ in self.scan(txn, "blocks", prefix, prefix_end(prefix))}
+            for blocker in blockers:
+                prefix = u64(blocker)
+                out[blocker] = {from_pair(key)[1] for key, _ in self.scan(txn, "blocks", prefix, prefix_end(prefix))}
+        return out
 
     # -- node state and plugin data ------------------------------------------------------
 

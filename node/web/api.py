@@ -98,17 +98,17 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def current_device(node: Node) -> Device:
+async def current_device(node: Node) -> Device:
     """The device of the request's bearer token, or ChatError `unauthorized`."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    device = node.accounts.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    device = await node.accounts.authenticate(token.strip()) if scheme.lower() == "bearer" else None
     if device is None:
         raise ChatError("unauthorized")
     return device
 
 
-def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") -> list[int]:
+async def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") -> list[int]:
     """A list of users given by id (`users`) or by name (`usernames`)."""
     ids: list[int] = []
     raw_ids = body.get(field, [])
@@ -121,7 +121,7 @@ def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") -> lis
         except ValueError:
             raise bad_request(f"{value!r} is not a user id") from None
     for name in names:
-        user = node.accounts.user_by_name(name) if isinstance(name, str) else None
+        user = await node.accounts.user_by_name(name) if isinstance(name, str) else None
         if user is None:
             raise ChatError("not_found", f"no user named {name!r}")
         ids.append(int(user["id"]))
@@ -164,8 +164,8 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
     accounts, chats = node.accounts, node.chats
     limits = node.config.limits
 
-    def current_device() -> Device:
-        return _current_device(node)
+    async def current_device() -> Device:
+        return await _current_device(node)
 
     def require_admin() -> None:
         """Admin endpoints: the configured admin token, or (with none set) loopback only."""
@@ -258,20 +258,20 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.post("/api/logout")
     async def logout() -> Response:
-        await accounts.logout(current_device())
+        await accounts.logout(await current_device())
         return Response(b"", status=204)
 
     @app.get("/api/me")
     async def me() -> Response:
-        device = current_device()
-        user = accounts.get_user(device.user_id)
+        device = await current_device()
+        user = await accounts.user(device.user_id)
         if user is None:
             raise ChatError("unauthorized")
         return json_response({"user": public_user(user), "device_id": str(device.device_id), "settings": user.get("settings", {})})
 
     @app.patch("/api/me/settings")
     async def update_settings() -> Response:
-        device = current_device()
+        device = await current_device()
         body = await json_body()
         changes = {}
         for key, value in body.items():
@@ -285,17 +285,17 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.patch("/api/me")
     async def update_me() -> Response:
-        device = current_device()
+        device = await current_device()
         body = await json_body()
         if set(body) != {"display_name"}:
             raise bad_request("give 'display_name' (and nothing else)")
         user = await accounts.rename(device.user_id, body["display_name"])
-        node.announce_user(device.user_id, user)
+        await node.announce_user(device.user_id, user)
         return json_response({"user": user})
 
     @app.post("/api/me/password")
     async def change_password() -> Response:
-        device = current_device()
+        device = await current_device()
         body = await json_body()
         revoked = await accounts.change_password(
             device, body.get("current_password"), body.get("new_password"), client_address()
@@ -304,28 +304,28 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.get("/api/me/devices")
     async def list_devices() -> Response:
-        return json_response({"devices": await accounts.devices(current_device())})
+        return json_response({"devices": await accounts.devices(await current_device())})
 
     @app.delete("/api/me/devices/<device_id>")
     async def revoke_device(device_id: str) -> Response:
-        await accounts.revoke_device(current_device(), path_id(device_id))
+        await accounts.revoke_device(await current_device(), path_id(device_id))
         return Response(b"", status=204)
 
     # -- users ---------------------------------------------------------------------
 
     @app.get("/api/users")
     async def search_users() -> Response:
-        device = current_device()
+        device = await current_device()
         prefix = request.args.get("prefix", "")
         if len(prefix) > 32:
             raise bad_request("'prefix' is at most 32 characters")
         limit = query_int("limit", 20, 1, 100)
-        return json_response({"users": accounts.search(prefix, limit, exclude=device.user_id)})
+        return json_response({"users": await accounts.search(prefix, limit, exclude=device.user_id)})
 
     @app.get("/api/users/<user_id>")
     async def get_user(user_id: str) -> Response:
-        current_device()
-        user = accounts.get_user(path_id(user_id))
+        await current_device()
+        user = await accounts.user(path_id(user_id))
         if user is None:
             raise ChatError("not_found")
         return json_response({"user": public_user(user)})
@@ -334,55 +334,57 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.post("/api/chats/direct")
     async def open_direct() -> Response:
-        device = current_device()
+        device = await current_device()
         body = await json_body()
         if "user_id" in body:
             try:
-                peer = accounts.get_user(parse_id(body["user_id"]))
+                peer = await accounts.user(parse_id(body["user_id"]))
             except ValueError:
                 raise bad_request("'user_id' must be a user id") from None
         elif isinstance(body.get("username"), str):
-            peer = accounts.user_by_name(body["username"])
+            peer = await accounts.user_by_name(body["username"])
         else:
             raise bad_request("give 'user_id' or 'username'")
         if peer is None:
             raise ChatError("not_found", "no such user")
         chat = await chats.run(OpenDirect(user_id=device.user_id, peer_id=int(peer["id"])))
-        return json_response({"chat": chat_summary(node, device.user_id, chat)})
+        return json_response({"chat": await chat_summary(node, device.user_id, chat)})
 
     @app.get("/api/chats")
     async def list_chats() -> Response:
-        device = current_device()
+        device = await current_device()
         include_hidden = request.args.get("hidden") == "1"
         return json_response({"chats": await chat_list(node, device.user_id, include_hidden=include_hidden)})
 
     @app.get("/api/chats/<chat_id>")
     async def get_chat(chat_id: str) -> Response:
-        device = current_device()
-        chat = chats.get(path_id(chat_id))
+        device = await current_device()
+        chat = await chats.load(path_id(chat_id))
         if chat is None or chat.visible_range(device.user_id) is None:
             raise ChatError("not_member")
         unread = await chats.unread_counts(device.user_id, [chat])
-        return json_response({"chat": chat_summary(node, device.user_id, chat, unread.get(chat.id, 0))})
+        return json_response({"chat": await chat_summary(node, device.user_id, chat, unread.get(chat.id, 0))})
 
     @app.get("/api/chats/<chat_id>/messages")
     async def history(chat_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         before = query_int("before", None, 1, (1 << 63) - 1)
         limit = query_int("limit", 50, 1, limits.history_page)
         messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
-        add_status(node, device.user_id, chats.get(path_id(chat_id)), messages)
+        chat = await chats.load(path_id(chat_id))
+        if chat is not None:
+            await add_status(node, device.user_id, chat, messages)
         return json_response({"messages": messages, "has_more": len(messages) == limit})
 
     @app.post("/api/chats/<chat_id>/hide")
     async def hide(chat_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=True))
         return Response(b"", status=204)
 
     @app.post("/api/chats/<chat_id>/unhide")
     async def unhide(chat_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         await chats.run(SetHidden(user_id=device.user_id, chat_id=path_id(chat_id), hidden=False))
         return Response(b"", status=204)
 
@@ -390,16 +392,16 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.post("/api/groups")
     async def create_group() -> Response:
-        device = current_device()
+        device = await current_device()
         body = await json_body()
         title = check_title(body.get("title"))
-        members = user_ids_from(node, body, "members")
+        members = await user_ids_from(node, body, "members")
         chat = await chats.run(CreateGroup(user_id=device.user_id, title=title, members=members))
-        return json_response({"chat": chat_summary(node, device.user_id, chat)}, 201)
+        return json_response({"chat": await chat_summary(node, device.user_id, chat)}, 201)
 
     @app.patch("/api/chats/<chat_id>")
     async def update_chat(chat_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         body = await json_body()
         unknown = body.keys() - {"title", "ttl"}
         if unknown or not body:
@@ -407,17 +409,18 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
         title = check_title(body["title"]) if "title" in body else None
         ttl = check_ttl(body["ttl"]) if "ttl" in body else None
         chat = await chats.run(UpdateChat(user_id=device.user_id, chat_id=path_id(chat_id), title=title, ttl=ttl))
-        return json_response({"chat": chat_summary(node, device.user_id, chat)})
+        return json_response({"chat": await chat_summary(node, device.user_id, chat)})
 
     @app.get("/api/chats/<chat_id>/members")
     async def members(chat_id: str) -> Response:
-        device = current_device()
-        chat = chats.get(path_id(chat_id))
+        device = await current_device()
+        chat = await chats.load(path_id(chat_id))
         if chat is None or chat.member(device.user_id) is None:
             raise ChatError("not_member")
         out = []
+        users = await accounts.load_users(chat.active_ids())
         for uid in chat.active_ids():
-            user = accounts.get_user(uid)
+            user = users.get(uid)
             record = chat.members[uid]
             out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": record["role"],
                         "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": record["read"]})
@@ -426,16 +429,16 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.post("/api/chats/<chat_id>/members")
     async def add_members(chat_id: str) -> Response:
-        device = current_device()
-        users = user_ids_from(node, await json_body())
+        device = await current_device()
+        users = await user_ids_from(node, await json_body())
         if not users:
             raise bad_request("give 'users' (ids) or 'usernames'")
         chat = await chats.run(AddMembers(user_id=device.user_id, chat_id=path_id(chat_id), users=users))
-        return json_response({"chat": chat_summary(node, device.user_id, chat)})
+        return json_response({"chat": await chat_summary(node, device.user_id, chat)})
 
     @app.delete("/api/chats/<chat_id>/members/<user_id>")
     async def remove_member(chat_id: str, user_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         target = path_id(user_id)
         if target == device.user_id:
             await chats.run(Leave(user_id=device.user_id, chat_id=path_id(chat_id)))
@@ -445,19 +448,19 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.post("/api/chats/<chat_id>/leave")
     async def leave(chat_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         await chats.run(Leave(user_id=device.user_id, chat_id=path_id(chat_id)))
         return Response(b"", status=204)
 
     @app.put("/api/chats/<chat_id>/admins/<user_id>")
     async def promote(chat_id: str, user_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         await chats.run(SetRole(user_id=device.user_id, chat_id=path_id(chat_id), target=path_id(user_id), role="admin"))
         return Response(b"", status=204)
 
     @app.delete("/api/chats/<chat_id>/admins/<user_id>")
     async def demote(chat_id: str, user_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         await chats.run(SetRole(user_id=device.user_id, chat_id=path_id(chat_id), target=path_id(user_id), role="member"))
         return Response(b"", status=204)
 
@@ -465,22 +468,23 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.get("/api/blocks")
     async def list_blocks() -> Response:
-        device = current_device()
-        users = [accounts.get_user(uid) for uid in sorted(node.blocks.blocked_by(device.user_id))]
-        return json_response({"users": [public_user(u) for u in users if u]})
+        device = await current_device()
+        blocked = sorted(await node.blocks.blocked_by(device.user_id))
+        users = await accounts.load_users(blocked)
+        return json_response({"users": [public_user(users[uid]) for uid in blocked if uid in users]})
 
     @app.put("/api/blocks/<user_id>")
     async def block(user_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         target = path_id(user_id)
-        if target == device.user_id or accounts.get_user(target) is None:
+        if target == device.user_id or await accounts.user(target) is None:
             raise ChatError("not_found", "no such user")
         await node.blocks.set(device.user_id, target, True)
         return Response(b"", status=204)
 
     @app.delete("/api/blocks/<user_id>")
     async def unblock(user_id: str) -> Response:
-        device = current_device()
+        device = await current_device()
         await node.blocks.set(device.user_id, path_id(user_id), False)
         return Response(b"", status=204)
 

@@ -22,8 +22,7 @@ import orjson
 import trio
 
 from ... import ChatError, check_fields, get_id, hookimpl, parse_id
-from ...storage import WriteBatch
-from ...storage.keys import from_u64, u64
+from ...plugin_store import StoreBatch
 
 TYPING_FIELDS = frozenset({"type", "chat", "typing"})
 VISIBILITY = ("everyone", "contacts", "nobody")
@@ -65,21 +64,19 @@ class LastSeenPlugin:
         return ("lastseen", LastSeenSettings)
 
     @hookimpl
-    def register_databases(self):
-        return ["lastseen"]
-
-    @hookimpl
     async def startup(self, node, nursery) -> None:
         self.node = node
         self.settings = node.plugins.settings("lastseen")
-        node.storage.writer.add_commit_hook(self._take_unwritten)
+        self.store = node.store("lastseen")
+        self.times = self.store.table("times")
+        self.store.on_commit(self._take_unwritten)
         nursery.start_soon(self._announcer)
         nursery.start_soon(self._flusher)
 
     @hookimpl
     async def shutdown(self, node) -> None:
         if self._unwritten:
-            await node.storage.write(self._take_unwritten())
+            await self._write_unwritten()
 
     # -- presence ------------------------------------------------------------------
 
@@ -96,14 +93,17 @@ class LastSeenPlugin:
         self._change(user_id)
         node.plugins.notify("on_analytics_event", event={"event": "offline", "ts": seen, "user": str(user_id)})
 
-    def _take_unwritten(self) -> WriteBatch:
+    def _take_unwritten(self, batch: StoreBatch) -> None:
         """The last-seen times not yet stored, as writes (a commit hook: they join the
         next transaction, whoever commits it)."""
-        batch = WriteBatch()
         for user_id, seen in self._unwritten.items():
-            batch.put("lastseen", u64(user_id), u64(seen))
+            batch.put("times", user_id.to_bytes(8, "big"), seen.to_bytes(8, "big"))
         self._unwritten.clear()
-        return batch
+
+    async def _write_unwritten(self) -> None:
+        batch = self.store.batch()
+        self._take_unwritten(batch)
+        await self.store.write(batch)
 
     async def _flusher(self) -> None:
         """Make sure last-seen times reach the disk within `flush_interval` even when
@@ -113,7 +113,7 @@ class LastSeenPlugin:
             self._unwritten_added = trio.Event()
             await trio.sleep(self.settings.flush_interval)
             if self._unwritten:
-                await self.node.storage.write(self._take_unwritten())
+                await self._write_unwritten()
 
     def _change(self, user_id: int) -> None:
         self._changed.setdefault(user_id, trio.current_time())
@@ -131,70 +131,58 @@ class LastSeenPlugin:
                 for user_id, since in list(self._changed.items()):
                     if since + self.settings.grace <= now:
                         del self._changed[user_id]
-                        self._announce(user_id)
+                        await self._announce(user_id)
 
-    def _announce(self, user_id: int) -> None:
+    async def _announce(self, user_id: int) -> None:
         online = self.node.is_online(user_id)
         if self._announced.get(user_id, False) == online:
             return  # it flapped back: nothing to tell
         self._announced[user_id] = online
-        if self.visibility(user_id) == "nobody":
+        if await self.visibility(user_id) == "nobody":
             return
-        event = orjson.dumps(self.presence(user_id, None) | {"type": "presence"})
-        for contact in self._live_contacts(user_id):
+        event = orjson.dumps(await self.presence(user_id, None) | {"type": "presence"})
+        contacts = await self.node.chats.contacts_of(user_id, self.settings.live_group_limit)
+        for contact in contacts:
             # they share a chat, so only the reciprocal rule and blocks remain to check
-            if self.node.is_online(contact) and self.visibility(contact) != "nobody" \
-                    and not self.node.blocks.either(contact, user_id):
+            if self.node.is_online(contact) and await self.visibility(contact) != "nobody" \
+                    and not await self.node.blocks.either_loaded(contact, user_id):
                 self.node.send_to_user(contact, event)
 
-    def _live_contacts(self, user_id: int) -> set[int]:
-        out: set[int] = set()
-        chats = self.node.chats
-        for chat_id in chats.chat_ids_of(user_id):
-            chat = chats.get(chat_id)
-            if chat is None or chat.member(user_id) is None:
-                continue
-            members = chat.active_ids()
-            if chat.kind == "direct" or len(members) <= self.settings.live_group_limit:
-                out.update(members)
-        out.discard(user_id)
-        return out
+    async def visibility(self, user_id: int) -> str:
+        return await self.node.user_setting(user_id, "last_seen", self.settings.default_visibility)
 
-    def visibility(self, user_id: int) -> str:
-        return self.node.user_setting(user_id, "last_seen", self.settings.default_visibility)
-
-    def may_see(self, viewer: int, user_id: int) -> bool:
+    async def may_see(self, viewer: int, user_id: int) -> bool:
         if viewer == user_id:
             return True
-        if self.node.blocks.either(viewer, user_id):
+        if await self.node.blocks.either_loaded(viewer, user_id):
             return False
-        if self.visibility(viewer) == "nobody":  # reciprocal: hide yours, see no one's
+        if await self.visibility(viewer) == "nobody":  # reciprocal: hide yours, see no one's
             return False
-        mine = self.visibility(user_id)
-        return mine == "everyone" or (mine == "contacts" and self.node.shares_chat(viewer, user_id))
+        mine = await self.visibility(user_id)
+        return mine == "everyone" or (mine == "contacts" and await self.node.shares_chat(viewer, user_id))
 
-    def presence(self, user_id: int, viewer: int | None) -> dict[str, Any]:
+    async def presence(self, user_id: int, viewer: int | None) -> dict[str, Any]:
         """What `viewer` may know of `user_id` (None: already checked)."""
-        if viewer is not None and not self.may_see(viewer, user_id):
+        if viewer is not None and not await self.may_see(viewer, user_id):
             return {"user": str(user_id), "online": None, "last_seen": None, "hidden": True}
         seen = self._unwritten.get(user_id)
         if seen is None:
-            raw = self.node.storage.get("lastseen", u64(user_id))
-            seen = from_u64(raw) if raw else None
+            raw = await self.times.get(user_id.to_bytes(8, "big"))
+            seen = int.from_bytes(raw, "big") if raw else None
         online = self._announced.get(user_id, False) if viewer != user_id else self.node.is_online(user_id)
         return {"user": str(user_id), "online": online, "last_seen": seen}
 
     @hookimpl
     def register_routes(self, node):
         async def presence(user_id: str):
-            device = node.current_device()
+            device = await node.current_device()
             try:
                 target = parse_id(user_id)
             except ValueError:
                 raise ChatError("not_found") from None
-            if node.accounts.get_user(target) is None:
+            if await node.accounts.user(target) is None:
                 raise ChatError("not_found")
-            return node.json_response(self.presence(target, device.user_id))
+            return node.json_response(await self.presence(target, device.user_id))
 
         return [("GET", "/api/users/<user_id>/presence", presence)]
 
@@ -208,7 +196,7 @@ class LastSeenPlugin:
             active = event.get("typing", True)
             if not isinstance(active, bool):
                 raise ChatError("bad_request", "'typing' must be true or false")
-            chat = node.chats.get(chat_id)
+            chat = await node.chats.load(chat_id)
             if chat is None or chat.member(session.user_id) is None:
                 raise ChatError("not_member")
             key = (session.user_id, chat_id)
@@ -223,6 +211,7 @@ class LastSeenPlugin:
                 "type": "typing", "chat": str(chat_id), "user": str(session.user_id), "typing": active,
                 "expires_in": int(self.settings.typing_ttl * 1000) if active else 0,
             })
+            await node.blocks.load(chat.active_ids())
             for uid in chat.active_ids():
                 if uid != session.user_id and not node.blocks.either(uid, session.user_id):
                     node.send_to_user(uid, forward)

@@ -41,10 +41,6 @@ class MediaPlugin:
         return ("media", MediaSettings)
 
     @hookimpl
-    def register_databases(self):
-        return list(records.DATABASES)
-
-    @hookimpl
     def register_routes(self, node):
         return media_routes(node, self)
 

@@ -96,9 +96,9 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
             raise ChatError("unavailable", "media is starting")
         return plugin.service, plugin.signer
 
-    def item_or_404(media_id: str) -> dict[str, Any]:
+    async def item_or_404(media_id: str) -> dict[str, Any]:
         service, _ = parts()
-        item = service.get(int(media_id)) if media_id.isdigit() and len(media_id) <= 20 else None
+        item = await service.get(int(media_id)) if media_id.isdigit() and len(media_id) <= 20 else None
         if item is None:
             raise ChatError("not_found", "no such media")
         return item
@@ -111,11 +111,11 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
         if signer is not None and sig is not None and media_id.isdigit() and len(media_id) <= 20:
             now = now_ms()
             if signer.verify(int(media_id), variant, exp, sig, now):
-                return item_or_404(media_id), f"private, max-age={max(0, (int(exp) - now) // 1000)}, immutable"
+                return await item_or_404(media_id), f"private, max-age={max(0, (int(exp) - now) // 1000)}, immutable"
             if "Authorization" not in request.headers:
                 raise ChatError("forbidden", "the signed URL is invalid or has expired")
-        device = node.current_device()
-        item = item_or_404(media_id)
+        device = await node.current_device()
+        item = await item_or_404(media_id)
         if not await service.may_read(device.user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         return item, IMMUTABLE
@@ -129,7 +129,7 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
             raise
 
     async def receive(body: _Body) -> Response:
-        device = node.current_device()
+        device = await node.current_device()
         service, _ = parts()
         name = clean_name(request.args.get("name"))
         declared = request.content_length
@@ -175,8 +175,8 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
         return await _serve(path, "image/jpeg", f"{item['sha256']}-t", cache, "inline")
 
     async def info(media_id: str) -> Response:
-        device = node.current_device()
-        item = item_or_404(media_id)
+        device = await node.current_device()
+        item = await item_or_404(media_id)
         if not await plugin.service.may_read(device.user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         extra = {"owner": item["owner"], "created": item["created"]}
@@ -186,8 +186,8 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
         service, signer = parts()
         if signer is None:
             raise ChatError("not_found", "signed URLs are switched off on this node")
-        device = node.current_device()
-        item = item_or_404(media_id)
+        device = await node.current_device()
+        item = await item_or_404(media_id)
         if not await service.may_read(device.user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         exp = signer.expiry(now_ms())

@@ -33,12 +33,10 @@ import orjson
 import trio
 
 from ... import ChatError
-from ...storage import WriteBatch
-from ...storage.keys import u64
 from . import records
 from .images import ImageRejected, process_image
 from .probe import probe
-from .records import CONTENT, GC, ITEMS, PENDING, SHARES
+from .records import CONTENT, GC, ITEMS, PENDING, SHARES, Records, u64
 from .settings import MediaSettings
 from .sniff import kind_accepts
 from .store import ContentStore, remove_quietly, write_temp
@@ -58,7 +56,7 @@ def now_ms() -> int:
 class MediaService:
     def __init__(self, node: Any, settings: MediaSettings, store: ContentStore) -> None:
         self.node = node
-        self.storage = node.storage
+        self.records = Records(node.store("media"))
         self.settings = settings
         self.store = store
         self._lock = trio.Lock()
@@ -106,7 +104,7 @@ class MediaService:
     async def _commit_upload(self, item: dict[str, Any], source: Path, thumb: bytes | None) -> dict[str, Any]:
         sha = item["sha256"]
         async with self._lock:
-            content = records.get_content(self.storage, sha)
+            content = await self.records.get_content(sha)
             installed = False
             if content is None:
                 await trio.to_thread.run_sync(self.store.install, sha, source, thumb)
@@ -115,12 +113,12 @@ class MediaService:
             media_id = self.node.ids.next_id()
             now = now_ms()
             item.update(id=str(media_id), created=now)
-            batch = WriteBatch()
+            batch = self.records.store.batch()
             batch.put(ITEMS, u64(media_id), orjson.dumps(item))
             batch.put(CONTENT, bytes.fromhex(sha), orjson.dumps({**content, "items": content["items"] + 1}))
             batch.put(GC, records.gc_key(now + self._grace_ms, media_id), b"")
             try:
-                await self.storage.write(batch)
+                await self.records.store.write(batch)
             except BaseException:
                 if installed:
                     await trio.to_thread.run_sync(self.store.remove, sha)
@@ -133,8 +131,8 @@ class MediaService:
 
     # -- reading -------------------------------------------------------------------
 
-    def get(self, media_id: int) -> dict[str, Any] | None:
-        return records.get_item(self.storage, media_id)
+    async def get(self, media_id: int) -> dict[str, Any] | None:
+        return await self.records.get_item(media_id)
 
     async def may_read(self, user_id: int, item: dict[str, Any]) -> bool:
         """Whether `user_id` may download the item (see the module docstring)."""
@@ -142,24 +140,25 @@ class MediaService:
             return True
         media_id = int(item["id"])
         now = now_ms()
-        for _key, chat_id, seq, expires in records.shares_of(self.storage, media_id):
+        for _key, chat_id, seq, expires in await self.records.shares_of(media_id):
             if expires and expires <= now:
                 continue
-            if self._visible(user_id, chat_id, seq) and await self._log_carries(chat_id, seq, media_id, now):
+            if await self._visible(user_id, chat_id, seq) and await self._log_carries(chat_id, seq, media_id, now):
                 return True
-        for _key, chat_id, _started, floor in records.pending_of(self.storage, media_id):
-            chat = self.node.chats.get(chat_id)
+        for _key, chat_id, _started, floor in await self.records.pending_of(media_id):
+            chat = await self.node.chats.load(chat_id)
             if chat is None or chat.visible_range(user_id) is None:
                 continue
             found = await self._search_log(chat_id, floor, media_id, now)
             if found:
                 await self._record_shares(media_id, chat_id, found)
-            if any(self._visible(user_id, chat_id, seq) for seq, _ in found):
-                return True
+            for seq, _ in found:
+                if await self._visible(user_id, chat_id, seq):
+                    return True
         return False
 
-    def _visible(self, user_id: int, chat_id: int, seq: int) -> bool:
-        chat = self.node.chats.get(chat_id)
+    async def _visible(self, user_id: int, chat_id: int, seq: int) -> bool:
+        chat = await self.node.chats.load(chat_id)
         visible = chat.visible_range(user_id) if chat is not None else None
         return visible is not None and visible[0] <= seq <= visible[1]
 
@@ -169,7 +168,7 @@ class MediaService:
 
     async def _search_log(self, chat_id: int, floor: int, media_id: int, now: int) -> list[tuple[int, int]]:
         """(seq, expires_at) of the live messages after `floor` in a chat that carry the item."""
-        chat = self.node.chats.get(chat_id)
+        chat = await self.node.chats.load(chat_id)
         if chat is None:
             return []
         needle = f'"{media_id}"'.encode()
@@ -200,21 +199,21 @@ class MediaService:
         if not isinstance(ref, str) or not ref.isdigit():
             raise ChatError("bad_request", "'media' must be the id of an upload")
         media_id = int(ref)
-        item = self.get(media_id)
+        item = await self.get(media_id)
         if item is None:
             raise ChatError("not_found", "no such media")
         if int(item["owner"]) != user_id:
             raise ChatError("forbidden", "you can only send media you uploaded")
         if not kind_accepts(kind, item["category"], item["mime"]):
             raise ChatError("bad_request", f"a {kind} message cannot carry {item['mime']} media")
-        chat = self.node.chats.get(chat_id)
+        chat = await self.node.chats.load(chat_id)
         if chat is not None and chat.member(user_id) is not None:  # else the core refuses it
             async with self._lock:
-                if self.get(media_id) is None:
+                if await self.get(media_id) is None:
                     raise ChatError("not_found", "no such media")
-                batch = WriteBatch()
+                batch = self.records.store.batch()
                 batch.put(PENDING, records.pending_key(media_id, chat_id, now_ms()), u64(chat.last_seq))
-                await self.storage.write(batch)
+                await self.records.store.write(batch)
         return {**content, "media": records.public(item)}
 
     # -- shares (from on_message_stored) ----------------------------------------------
@@ -233,24 +232,24 @@ class MediaService:
 
     async def _record_shares(self, media_id: int, chat_id: int, found: list[tuple[int, int]]) -> None:
         async with self._lock:
-            item = self.get(media_id)
+            item = await self.get(media_id)
             if item is None:
                 return
-            batch = WriteBatch()
+            batch = self.records.store.batch()
             for seq, expires in found:
                 batch.put(SHARES, records.share_key(media_id, chat_id, seq), u64(expires))
                 if expires:
                     batch.put(GC, records.gc_key(expires, media_id), b"")
             if not item.get("used"):
                 batch.put(ITEMS, u64(media_id), orjson.dumps({**item, "used": True}))
-            await self.storage.write(batch)
+            await self.records.store.write(batch)
 
     async def _release(self, media_id: int, chat_id: int, seq: int) -> None:
         async with self._lock:
-            batch = WriteBatch()
+            batch = self.records.store.batch()
             batch.delete(SHARES, records.share_key(media_id, chat_id, seq))
             batch.put(GC, records.gc_key(now_ms(), media_id), b"")
-            await self.storage.write(batch)
+            await self.records.store.write(batch)
 
     # -- garbage collection --------------------------------------------------------------
 
@@ -263,7 +262,7 @@ class MediaService:
         now = now_ms() if now is None else now
         stats = {"items": 0, "files": 0, "pending": await self._settle_pending(now)}
         while True:
-            due = await self.storage.read_in_thread(records.due_for_gc, self.storage, now, GC_BATCH)
+            due = await self.records.due_for_gc(now, GC_BATCH)
             for key, media_id in due:
                 items, files = await self._collect_one(key, media_id, now)
                 stats["items"] += items
@@ -276,58 +275,59 @@ class MediaService:
     async def _settle_pending(self, now: int) -> int:
         """Pending shares older than pending_timeout: record what reached the log, drop them."""
         cutoff = now - int(self.settings.pending_timeout * 1000)
-        old = await self.storage.read_in_thread(records.old_pending, self.storage, cutoff)
+        old = await self.records.old_pending(cutoff)
         for key, media_id, chat_id, floor in old:
             found = await self._search_log(chat_id, floor, media_id, now)
             if found:
                 await self._record_shares(media_id, chat_id, found)
             async with self._lock:
-                batch = WriteBatch()
+                batch = self.records.store.batch()
                 batch.delete(PENDING, key)
-                await self.storage.write(batch)
+                await self.records.store.write(batch)
         return len(old)
 
     async def _collect_one(self, key: bytes, media_id: int, now: int) -> tuple[int, int]:
+        store = self.records.store
         async with self._lock:
-            batch = WriteBatch()
+            batch = store.batch()
             batch.delete(GC, key)
-            item = self.get(media_id)
+            item = await self.get(media_id)
             if item is None:
-                await self.storage.write(batch)
+                await store.write(batch)
                 return 0, 0
             live, wait_until = await self._liveness(item, now, batch)
             if live:
-                await self.storage.write(batch)
+                await store.write(batch)
                 return 0, 0
             if wait_until is not None:
                 batch.put(GC, records.gc_key(wait_until, media_id), b"")
-                await self.storage.write(batch)
+                await store.write(batch)
                 return 0, 0
             sha = item["sha256"]
             batch.delete(ITEMS, u64(media_id))
-            for share_key, *_ in records.shares_of(self.storage, media_id):
+            for share_key, *_ in await self.records.shares_of(media_id):
                 batch.delete(SHARES, share_key)
-            for pending_key, *_ in records.pending_of(self.storage, media_id):
+            for pending_key, *_ in await self.records.pending_of(media_id):
                 batch.delete(PENDING, pending_key)
-            content = records.get_content(self.storage, sha)
+            content = await self.records.get_content(sha)
             last = content is None or content["items"] <= 1
             if last:
                 batch.delete(CONTENT, bytes.fromhex(sha))
             else:
                 batch.put(CONTENT, bytes.fromhex(sha), orjson.dumps({**content, "items": content["items"] - 1}))
-            await self.storage.write(batch)
+            await store.write(batch)
             if last:
                 await trio.to_thread.run_sync(self.store.remove, sha)
             log.debug("media %d collected%s", media_id, " with its file" if last else "")
             return 1, int(last)
 
-    async def _liveness(self, item: dict[str, Any], now: int, batch: WriteBatch) -> tuple[bool, int | None]:
+    async def _liveness(self, item: dict[str, Any], now: int, batch: records.StoreBatch) -> tuple[bool, int | None]:
         """(live, wait until): live if a message still carries it; otherwise a time to look
         again if a send may be in flight or its grace has not passed. Stale shares are
         dropped into `batch`."""
         media_id = int(item["id"])
         live = False
-        for key, chat_id, seq, expires in records.shares_of(self.storage, media_id):
+        for key, chat_id, seq, expires in await self.records.shares_of(media_id):
             if (not expires or expires > now) and await self._log_carries(chat_id, seq, media_id, now):
                 live = True
             else:
@@ -335,7 +335,7 @@ class MediaService:
         if live:
             return True, None
         timeout = int(self.settings.pending_timeout * 1000)
-        in_flight = [started + timeout for _, _, started, _ in records.pending_of(self.storage, media_id)
+        in_flight = [started + timeout for _, _, started, _ in await self.records.pending_of(media_id)
                      if started + timeout > now]
         if in_flight:
             return False, max(in_flight)
@@ -347,12 +347,12 @@ class MediaService:
     async def sweep_orphans(self) -> int:
         """Remove content files that no record names (left by a crash between moving a
         file into place and committing its record). Runs once at start-up."""
-        known = await self.storage.read_in_thread(records.all_content, self.storage)
+        known = await self.records.all_content()
         orphans = await trio.to_thread.run_sync(self.store.orphans, known)
         removed = 0
         for sha in orphans:
             async with self._lock:
-                if records.get_content(self.storage, sha) is None:
+                if await self.records.get_content(sha) is None:
                     await trio.to_thread.run_sync(self.store.remove, sha)
                     removed += 1
         if removed:
@@ -375,8 +375,7 @@ class MediaService:
                 log.exception("media garbage collection failed")
 
     def statistics(self) -> dict[str, Any]:
-        with self.storage.read() as txn:
-            return {**records.counts(txn, self.storage), "collections": self.collections}
+        return {"collections": self.collections}
 
 
 def _carries(record: dict[str, Any], media_id: int, now: int) -> bool:

@@ -23,7 +23,7 @@ import trio
 from ... import ChatError, hookimpl, json_body, parse_id
 from .dispatch import Dispatcher
 from .settings import PushSettings
-from .targets import DATABASES, Targets, public
+from .targets import Targets, public
 from .vapid import Vapid, load_or_create_key
 from .webhook import WebhookProvider
 from .webpush import WebPushProvider
@@ -43,17 +43,13 @@ class PushPlugin:
         return ("push", PushSettings)
 
     @hookimpl
-    def register_databases(self):
-        return list(DATABASES)
-
-    @hookimpl
     async def startup(self, node, nursery: trio.Nursery) -> None:
         settings: PushSettings = node.plugins.settings("push")
         key = await trio.to_thread.run_sync(load_or_create_key, node.config.data_dir / "push" / "vapid_private.pem")
         subject = settings.vapid_subject or node.config.http.public_url or "mailto:postmaster@localhost"
         self.vapid = Vapid(key, subject)
         self.http = httpx.AsyncClient(timeout=settings.timeout, follow_redirects=False)
-        self.targets = Targets(node.storage)
+        self.targets = Targets(node.store("push"))
         providers: dict[str, Any] = {}
         for offered in node.plugins.collect("register_push_providers", node=node):
             for kind, provider in offered.items():
@@ -79,9 +75,9 @@ class PushPlugin:
         }
 
     @hookimpl
-    def on_recipients_offline(self, chat_id: int, message: dict[str, Any], user_ids: list[int]) -> None:
+    async def on_recipients_offline(self, chat_id: int, message: dict[str, Any], user_ids: list[int]) -> None:
         if self.dispatcher is not None:
-            self.dispatcher.offer(chat_id, message, user_ids)
+            await self.dispatcher.offer(chat_id, message, user_ids)
 
     @hookimpl
     async def on_device_revoked(self, user_id: int, device_id: int) -> None:
@@ -91,7 +87,7 @@ class PushPlugin:
         finishes, but is never retried (its target is gone)."""
         if self.dispatcher is None or self.targets is None:
             return
-        gone = [int(target["id"]) for target in self.targets.of_device(user_id, device_id)]
+        gone = [int(target["id"]) for target in await self.targets.of_device(user_id, device_id)]
         for target_id in gone:
             self.dispatcher.forget(target_id)
         if gone:
@@ -109,7 +105,7 @@ class PushPlugin:
             return self.dispatcher, self.targets
 
         async def add_target():
-            device = node.current_device()
+            device = await node.current_device()
             dispatcher, targets = ready()
             body = await json_body()
             kind = body.get("kind")
@@ -118,7 +114,7 @@ class PushPlugin:
                 kinds = ", ".join(sorted(dispatcher.providers))
                 raise ChatError("bad_request", f"'kind' must be one of: {kinds}")
             fields = provider.check_target(body)
-            existing = targets.of_user(device.user_id)
+            existing = await targets.of_user(device.user_id)
             for target in existing:  # a browser that subscribes again gets the same target
                 if target["kind"] == kind and target["endpoint"] == fields["endpoint"]:
                     target.update(fields, device=str(device.device_id))  # it follows the device that renewed it
@@ -134,18 +130,18 @@ class PushPlugin:
             return node.json_response({"target": public(target)}, 201)
 
         async def list_targets():
-            device = node.current_device()
+            device = await node.current_device()
             _, targets = ready()
-            return node.json_response({"targets": [public(t) for t in targets.of_user(device.user_id)]})
+            return node.json_response({"targets": [public(t) for t in await targets.of_user(device.user_id)]})
 
         async def delete_target(target_id: str):
-            device = node.current_device()
+            device = await node.current_device()
             dispatcher, targets = ready()
             try:
                 tid = parse_id(target_id)
             except ValueError:
                 raise ChatError("not_found", "no such push target") from None
-            if targets.get(device.user_id, tid) is None:
+            if await targets.get(device.user_id, tid) is None:
                 raise ChatError("not_found", "no such push target")
             dispatcher.forget(tid)
             await targets.delete(device.user_id, tid)

@@ -78,9 +78,9 @@ class Dispatcher:
 
     # -- intake (event pump; never waits) -------------------------------------------------
 
-    def offer(self, chat_id: int, message: dict[str, Any], user_ids: list[int]) -> None:
+    async def offer(self, chat_id: int, message: dict[str, Any], user_ids: list[int]) -> None:
         for user_id in user_ids:
-            for target in self.targets.of_user(user_id):
+            for target in await self.targets.of_user(user_id):
                 target_id = int(target["id"])
                 state = self._states.get(target_id)
                 if state is None:
@@ -153,7 +153,7 @@ class Dispatcher:
         batch, state.pending = state.pending, None
         if batch is None:
             return
-        target = self.targets.get(state.user_id, state.target_id)
+        target = await self.targets.get(state.user_id, state.target_id)
         provider = self.providers.get(target["kind"]) if target is not None else None
         if target is None or provider is None:
             self._states.pop(state.target_id, None)
@@ -164,7 +164,7 @@ class Dispatcher:
         now = trio.current_time()
         try:
             with trio.fail_after(self.settings.timeout):
-                await provider.send(target, self.notification(batch))
+                await provider.send(target, await self.notification(batch))
         except PushGone as exc:
             log.info("push target %d of user %d removed: %s", state.target_id, state.user_id, exc)
             self.stats["removed"] += 1
@@ -196,7 +196,7 @@ class Dispatcher:
 
     # -- what a notification says -------------------------------------------------------
 
-    def notification(self, pending: Pending) -> dict[str, Any]:
+    async def notification(self, pending: Pending) -> dict[str, Any]:
         """The payload: ids and a count; with `previews`, also who wrote what."""
         message = pending.message
         out = {
@@ -211,7 +211,7 @@ class Dispatcher:
         }
         if self.settings.previews:
             out["kind"] = message["kind"]
-            sender = self.node.accounts.get_user(int(message["from"])) if message.get("from") else None
+            sender = await self.node.accounts.user(int(message["from"])) if message.get("from") else None
             if sender is not None:
                 out["sender_name"] = sender.get("display_name") or sender.get("username")
             text = message.get("text")

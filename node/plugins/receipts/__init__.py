@@ -32,7 +32,7 @@ class ReceiptsPlugin:
     @hookimpl
     def register_routes(self, node):
         async def mark_read(chat_id: str):
-            device = node.current_device()
+            device = await node.current_device()
             body = await json_body()
             seq = body.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
@@ -40,8 +40,8 @@ class ReceiptsPlugin:
             return node.json_response({"read_seq": await node.mark_read(device.user_id, _id(chat_id), seq)})
 
         async def receipts(chat_id: str, seq: str):
-            device = node.current_device()
-            chat = node.chats.get(_id(chat_id))
+            device = await node.current_device()
+            chat = await node.chats.load(_id(chat_id))
             if chat is None or chat.member(device.user_id) is None:
                 raise ChatError("not_member")
             if not seq.isdigit():
@@ -49,7 +49,7 @@ class ReceiptsPlugin:
             message = await _message(node, chat.id, int(seq))
             if message is None or message.get("from") != str(device.user_id):
                 raise ChatError("forbidden", "only the sender may see who has read a message")
-            return node.json_response(who_has(node, chat, device.user_id, int(seq)))
+            return node.json_response(await who_has(node, chat, device.user_id, int(seq)))
 
         return [
             ("POST", "/api/chats/<chat_id>/read", mark_read),
@@ -60,8 +60,8 @@ class ReceiptsPlugin:
         self._group_read: dict[int, int] = {}  # group -> the all-read watermark last announced
 
     @hookimpl
-    def on_read(self, node, chat_id: int, user_id: int, seq: int, previous: int) -> None:
-        chat = node.chats.get(chat_id)
+    async def on_read(self, node, chat_id: int, user_id: int, seq: int, previous: int) -> None:
+        chat = await node.chats.load(chat_id)
         if chat is None:
             return
         event = {"type": "read", "chat": str(chat_id), "user": str(user_id), "seq": seq}
@@ -69,10 +69,10 @@ class ReceiptsPlugin:
         if chat.kind == "group":
             self._announce_group(node, chat)
             return
-        if not node.reads_shared(user_id):
+        if not await node.reads_shared(user_id):
             return
         for author in node.chats.authors_between(chat, user_id, previous, seq):
-            if chat.member(author) is not None and node.reads_shared(author):
+            if chat.member(author) is not None and await node.reads_shared(author):
                 node.send_to_user(author, event)
 
     def _announce_group(self, node, chat) -> None:
@@ -90,15 +90,15 @@ class ReceiptsPlugin:
                 node.send_to_user(author, event)
 
 
-def who_has(node, chat, viewer: int, seq: int) -> dict[str, list[str]]:
+async def who_has(node, chat, viewer: int, seq: int) -> dict[str, list[str]]:
     """Per member: read, delivered (not read), or still pending, for one message."""
-    share = chat.kind == "group" or node.reads_shared(viewer)
+    share = chat.kind == "group" or await node.reads_shared(viewer)
     out: dict[str, list[str]] = {"read": [], "delivered": [], "pending": []}
     for uid in chat.active_ids():
         if uid == viewer:
             continue
         member = chat.members[uid]
-        if share and member["read"] >= seq and (chat.kind == "group" or node.reads_shared(uid)):
+        if share and member["read"] >= seq and (chat.kind == "group" or await node.reads_shared(uid)):
             out["read"].append(str(uid))
         elif member["delivered"] >= seq:
             out["delivered"].append(str(uid))

@@ -1,0 +1,106 @@
+"""A plugin's own durable data: tables of byte keys and values, namespaced to the plugin.
+
+Every plugin gets a `PluginStore` on whichever engine the node runs (LMDB or
+PostgreSQL). Its tables live in the plugin's namespace (``<plugin>/<table>``), so two
+plugins, or a plugin and the core, can never write each other's data. Writes go through
+the node's group commit like everything else: build a `StoreBatch`, then `write` it (or
+let `on_commit` add writes to whatever commits next, for state that may lag).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from .storage import Storage, WriteBatch
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _check_name(what: str, name: str) -> str:
+    if not NAME.match(name):
+        raise ValueError(f"{what} {name!r}: use 1-64 of a-z, 0-9 and '_', starting with a letter")
+    return name
+
+
+class StoreBatch:
+    """Writes to a plugin's tables, applied atomically by `PluginStore.write`."""
+
+    __slots__ = ("_batch", "_namespace")
+
+    def __init__(self, namespace: str, batch: WriteBatch | None = None) -> None:
+        self._namespace = namespace
+        self._batch = batch if batch is not None else WriteBatch()
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self._batch.kv_put(f"{self._namespace}/{table}", key, value)
+
+    def delete(self, table: str, key: bytes) -> None:
+        self._batch.kv_delete(f"{self._namespace}/{table}", key)
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+
+class Table:
+    """Reads of one table (keys sort bytewise; use big-endian integers for numeric order)."""
+
+    __slots__ = ("_namespace", "_storage", "name")
+
+    def __init__(self, storage: Storage, namespace: str, name: str) -> None:
+        self._storage = storage
+        self._namespace = f"{namespace}/{name}"
+        self.name = name
+
+    async def get(self, key: bytes) -> bytes | None:
+        return (await self._storage.kv_get(self._namespace, (key,))).get(key)
+
+    async def get_many(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        return await self._storage.kv_get(self._namespace, keys)
+
+    async def scan(
+        self, start: bytes = b"", end: bytes | None = None, *, limit: int = 1000, reverse: bool = False
+    ) -> list[tuple[bytes, bytes]]:
+        """(key, value) with start <= key < end (None: no upper bound), at most `limit`."""
+        return await self._storage.kv_scan(self._namespace, start, end, limit, reverse=reverse)
+
+    async def scan_prefix(self, prefix: bytes, *, limit: int = 1000) -> list[tuple[bytes, bytes]]:
+        """(key, value) of the keys that start with `prefix`."""
+        end = (int.from_bytes(prefix, "big") + 1).to_bytes(len(prefix), "big") if prefix.strip(b"\xff") else None
+        return await self.scan(prefix, end, limit=limit)
+
+    async def count(self) -> int:
+        return await self._storage.kv_count(self._namespace)
+
+
+class PluginStore:
+    """The tables of one plugin."""
+
+    def __init__(self, storage: Storage, plugin: str) -> None:
+        self._storage = storage
+        self.namespace = _check_name("plugin name", plugin)
+        self._tables: dict[str, Table] = {}
+
+    def table(self, name: str) -> Table:
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = Table(self._storage, self.namespace, _check_name("table name", name))
+        return table
+
+    def batch(self) -> StoreBatch:
+        return StoreBatch(self.namespace)
+
+    async def write(self, batch: StoreBatch) -> None:
+        """Commit durably (group commit with the rest of the node); raises on failure."""
+        await self._storage.write(batch._batch)
+
+    def on_commit(self, hook: Callable[[StoreBatch], None]) -> None:
+        """`hook(batch)` runs just before each commit of the node and may add writes to
+        it: state that may lag (last-seen times) rides along without a commit of its own."""
+
+        def run() -> WriteBatch:
+            batch = StoreBatch(self.namespace)
+            hook(batch)
+            return batch._batch
+
+        self._storage.add_commit_hook(run)
