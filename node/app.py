@@ -41,8 +41,9 @@ from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
 from .core.views import reads_shared
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
+from .core.state import ChatState
+from .plugin_api import Chat
 from .plugin_manager import Plugins
-from .plugin_store import PluginStore
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.api import create_app, current_device, json_response
 
@@ -94,14 +95,6 @@ class Node:
             host = host.split("]:")[0] + "]"
         return f"{'wss' if scheme == 'https' else 'ws'}://{host}:{self.ws_port}{cfg.path}"
 
-    def store(self, plugin: str) -> PluginStore:
-        """The durable tables of a plugin, namespaced to it (see node/plugin_store.py)."""
-        key = f"store:{plugin}"
-        store = self.stash.get(key)
-        if store is None:
-            store = self.stash[key] = PluginStore(self.storage, plugin)
-        return store
-
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
 
@@ -115,14 +108,20 @@ class Node:
             **({"cluster": self.cluster.statistics()} if self.cluster is not None else {}),
         }
 
-    # -- the API plugins use (see docs/plugins.md) ------------------------------------
+    # -- what the plugin API builds on (node/plugin_api.py) -----------------------------
 
     async def post_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]:
         """Store a message from `user_id` (a member) and deliver it; returns the record.
-
-        For bots and integrations; it does not pass through ``prepare_message``.
-        """
+        It passes the same gates as a client's send."""
+        content = await self.gate_message(user_id, chat_id, content)
         return await self.chats.run(PostMessage(user_id=user_id, chat_id=chat_id, content=content))
+
+    async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]:
+        """`check_message` for every kind, then `prepare_message` for new messages."""
+        await self.plugins.gate("check_message", user_id=user_id, chat_id=chat_id, content=content)
+        if content["kind"] in ("edit", "delete"):
+            return content
+        return await self.plugins.prepare_message(user_id=user_id, chat_id=chat_id, content=content)
 
     async def mark_read(self, user_id: int, chat_id: int, seq: int) -> int:
         """Advance the user's read cursor in a chat; returns the cursor."""
@@ -138,15 +137,8 @@ class Node:
         """A changed profile, live to its owner's devices and to everyone who shares a chat
         with them (others see it when they next look the user up)."""
         payload = orjson.dumps({"type": "user", "user": user})
-        for uid in (user_id, *await self.contacts_of(user_id)):
+        for uid in (user_id, *await self.chats.contacts_of(user_id)):
             self.send_to_user(uid, payload)
-
-    async def contacts_of(self, user_id: int) -> set[int]:
-        """Everyone who currently shares a chat with `user_id`."""
-        return await self.chats.contacts_of(user_id)
-
-    async def shares_chat(self, a: int, b: int) -> bool:
-        return await self.chats.shares_chat(a, b)
 
     def is_online(self, user_id: int) -> bool:
         return self.hub.is_online(user_id)
@@ -155,15 +147,16 @@ class Node:
         """Whether a user shares read receipts (their `read_receipts` setting)."""
         return await reads_shared(self, user_id)
 
-    async def user_setting(self, user_id: int, key: str, default: Any = None) -> Any:
-        user = await self.accounts.user(user_id)
-        return (user or {}).get("settings", {}).get(key, default)
-
-    json_response = staticmethod(json_response)
-
-    async def current_device(self) -> Device:
-        """In an HTTP handler: the device of the request's bearer token, or `unauthorized`."""
-        return await current_device(self)
+    def chat_snapshot(self, chat: ChatState) -> Chat:
+        record = chat.record
+        members = frozenset(chat.active_ids())
+        group = chat.kind == "group"
+        return Chat(
+            chat.id, chat.kind, record.get("title", "") if group else "", record["created"],
+            int(record.get("created_by") or 0), record.get("ttl", 0), chat.committed_seq, members,
+            chat.watermark("delivered").floor if group else min((chat.members[u]["delivered"] for u in members), default=0),
+            chat.watermark("read").floor if group else min((chat.members[u]["read"] for u in members), default=0),
+        )
 
 
 def _url_host(host: str) -> str:
@@ -246,7 +239,9 @@ def _first_leaf(group: BaseExceptionGroup, types: tuple[type[BaseException], ...
 
 
 async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bool, task_status) -> None:
-    manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints)
+    manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints, node_version=VERSION)
+    for plugin in manager.describe():
+        log.info("plugin %s %s%s", plugin["name"], plugin["version"], " (built in)" if plugin["builtin"] else "")
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with open_storage(config.storage, data_dir, now=now_ms) as storage:
@@ -276,12 +271,12 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
         )
         node = Node(config, storage, ids, hub, accounts, chats, blocks, manager, dict(CORE_FRAME_HANDLERS))
         manager.bind(node)
-        for handlers in manager.collect("register_frame_types", node=node):
+        for handlers in manager.collect("register_frame_types"):
             for name, handler in handlers.items():
                 if name in node.frame_handlers:
                     raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
                 node.frame_handlers[name] = handler
-        app = create_app(node, manager.collect("register_routes", node=node))
+        app = create_app(node, [route for routes in manager.collect("register_routes") for route in routes])
         hub.on_user_online.append(lambda uid: manager.notify("on_user_online", user_id=uid))
         hub.on_user_offline.append(lambda uid: manager.notify("on_user_offline", user_id=uid))
 
@@ -299,7 +294,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
             if node.cluster is not None:
                 node.cluster.add_listener(lambda event: manager.notify("on_cluster_event", event=event), replay=True)
             async with trio.open_nursery() as plugin_tasks:
-                await manager.startup(node, plugin_tasks)
+                await manager.startup(plugin_tasks)
                 async with trio.open_nursery() as sessions, trio.open_nursery() as listeners:
                     ws_scope = trio.CancelScope()
 
@@ -318,7 +313,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                     for session in hub.all_sessions():
                         session.close(CLOSE_GOING_AWAY, "server shutting down", graceful=True)
                     sessions.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + 1
-                await manager.shutdown(node)
+                await manager.shutdown()
                 plugin_tasks.cancel_scope.cancel()
             await chats.close()
             manager.close_pumps()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -11,6 +12,7 @@ import trio
 
 from .app import VERSION, _first_leaf, serve_node
 from .config import Config, ConfigError, load_config
+from .plugin_manager import Plugins
 from .storage import StorageError
 
 
@@ -21,8 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a node")
     serve.add_argument("--config", "-c", default=None, help="path to config.toml (default: built-in defaults)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check = commands.add_parser("check-config", help="validate a config file (plugin sections too) and exit")
     check.add_argument("--config", "-c", default="config.toml")
+    plugins = commands.add_parser("plugins", help="list the plugins a node on this config would load")
+    plugins.add_argument("--config", "-c", default="config.toml")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
     # -- cluster (node/cluster owns what is inside this block) ------------------------
     from .cluster.cli import add_cluster_commands
 
@@ -78,6 +83,16 @@ def _raise_open_files_limit() -> None:
         pass
 
 
+def _print_plugins(plugins: list[dict], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(plugins, indent=2))
+        return
+    width = max(len(p["name"]) for p in plugins) if plugins else 4
+    for p in plugins:
+        origin = "built in" if p["builtin"] else "installed"
+        print(f"{p['name']:<{width}}  {p['version']:<10}  {origin:<9}  {', '.join(p['hooks'])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -85,8 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chatnode: config error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "check-config":
-        print(f"{args.config}: ok")
+    if args.command in ("check-config", "plugins"):
+        try:
+            plugins = Plugins(config.plugins, node_version=VERSION)  # loads them and checks their sections
+        except ConfigError as exc:
+            print(f"chatnode: config error: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "plugins":
+            _print_plugins(plugins.describe(), as_json=args.json)
+        else:
+            print(f"{args.config}: ok")
         return 0
     if args.command == "cluster":
         from .cluster.cli import run_cluster_command

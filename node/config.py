@@ -7,6 +7,7 @@ that names the key (``ConfigError``); nothing is ignored silently.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,16 @@ def _first_problem(exc: BaseException, prefix: str = "") -> str:
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
             return _first_problem(sub, _path_of(sub, prefix))
+    if isinstance(exc, ValueError) and len(exc.args) == 4 and isinstance(exc.args[1], attrs.Attribute):
+        # attrs.validators.in_: (message, attribute, options, value)
+        _, attribute, options, value = exc.args
+        key = f"{prefix}.{attribute.name}" if prefix else attribute.name
+        return f"{key}: must be one of {', '.join(map(str, options))}; got {value!r}"
+    quoted = re.match(r"'(\w+)' must be (.*)", str(exc)) if isinstance(exc, ValueError) else None
+    if quoted:  # attrs' own validators: "'name' must be > 0.0: -1.0"
+        name, rest = quoted.groups()
+        key = f"{prefix}.{name}" if prefix else name
+        return f"{key}: must be {rest.replace(': ', ', got ', 1)}"
     if isinstance(exc, ValueError) and ":" in str(exc):
         # our range validators say "field: must be ..."; attrs reports them on the class
         field, _, rest = str(exc).partition(":")

@@ -1,163 +1,231 @@
 """The hooks a chatnode plugin may implement (pluggy project name ``chatnode``).
 
-Every hook is called by keyword; an implementation may accept any subset of the
-arguments. Implementations may be ``def`` or ``async def`` unless the hook says it is
-synchronous. There are four kinds, and each has one failure policy:
+Every hook is called by keyword, and an implementation may accept any subset of the
+arguments (so a hook can gain arguments without breaking plugins). ``ctx`` is the
+plugin's own `node.PluginContext`. Each hook has one **kind**, declared here with its
+decorator, and each kind one calling convention and failure policy:
 
-- **collectors** (``register_*``): synchronous, called once at start-up; what they return
-  is gathered from every plugin. An exception stops start-up with the plugin's name.
+- **collector** (``register_*``): synchronous, called once at start-up; what every plugin
+  returns is gathered. An exception stops start-up, naming the plugin.
 - **lifecycle** (``startup``, ``shutdown``): awaited in turn. A failing ``startup`` stops
   start-up; a failing ``shutdown`` is logged and the others still run.
-- **gate** (``prepare_message``): awaited in the sender's task before the message is
-  stored; it may transform the message or veto it by raising ``node.Reject`` (or a
-  ``node.ChatError``, whose code the sender gets). Any other exception is logged and
-  rejects the message (fails closed).
-- **notifications** (``on_*``): fire-and-forget. Each plugin has its own event pump (a
-  bounded queue and one task), so a slow plugin never delays delivery or other plugins;
-  when its queue is full, further events for it are dropped and counted. An exception is
-  logged with the plugin's name and the pump carries on. Events reach one plugin in the
-  order they happened.
+- **gate** (``check_*``, ``prepare_message``): awaited by the requester before anything
+  is stored. Raise ``node.Reject("why")`` to refuse (the client gets ``rejected``) or a
+  ``node.PluginError(code, ...)`` to refuse with a code of your own; any other exception
+  is logged and refuses too (gates fail closed).
+- **notification** (``on_*``): fire-and-forget, after the fact. Each plugin has its own
+  event pump (a bounded queue and one task), so a slow plugin never delays delivery or
+  other plugins; when its queue is full, further events for it are dropped and counted.
+  An exception is logged with the plugin's name and the pump carries on. Events reach
+  one plugin in the order they happened.
 
-Async work: a plugin that needs background tasks starts them in ``startup`` on the
-nursery it is given; they are cancelled after ``shutdown``. Notification hooks that await
-(network calls, for instance) only hold up that plugin's own pump.
+Only the core fires these hooks. pluggy's hook wrappers (``wrapper=True``,
+``hookwrapper=True``) are refused at start-up: the node calls implementations one at a
+time to isolate plugins from each other. Order follows pluggy (last registered first,
+``tryfirst``/``trylast``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
 if TYPE_CHECKING:
     import trio
 
-    from .app import Node
     from .cluster.membership import MemberEvent
-    from .core.session import FrameHandler
+    from .plugin_api import FrameHandler, Message, PluginContext, Route
 
 hookspec = pluggy.HookspecMarker("chatnode")
 hookimpl = pluggy.HookimplMarker("chatnode")
+
+F = TypeVar("F", bound=Callable[..., Any])
+KINDS = ("collector", "lifecycle", "gate", "notification")
+
+
+def _kind(kind: str, *, firstresult: bool = False) -> Callable[[F], F]:
+    def mark(fn: F) -> F:
+        fn.chatnode_kind = kind  # type: ignore[attr-defined]
+        return hookspec(firstresult=firstresult)(fn)
+
+    return mark
+
+
+def collector(fn: F | None = None, *, firstresult: bool = False) -> Any:
+    """Mark a collector hookspec (plugins may declare their own: ``register_hookspecs``).
+    With ``firstresult``, the first non-None result (in call order) is the answer."""
+    return _kind("collector", firstresult=firstresult) if fn is None else _kind("collector")(fn)
+
+
+lifecycle = _kind("lifecycle")
+gate = _kind("gate")
+notification = _kind("notification")
 
 
 # -- collectors: called once at start-up -----------------------------------------------
 
 
-@hookspec
+@collector
 def register_settings() -> tuple[str, type] | None:
-    """Declare this plugin's config section, ``[plugins.<name>]``.
+    """Declare the plugin's config section, ``[plugins.<name>]``.
 
     :return: ``(name, cls)`` where ``cls`` is a frozen attrs class with defaults. The
-        section is structured with unknown keys forbidden, so a typo stops start-up; the
-        result is available as ``node.plugins.settings(name)``.
+        section is structured with unknown keys forbidden, so a typo stops start-up (and
+        ``chatnode check-config`` finds it); the result is ``ctx.settings``.
 
-    Synchronous. Fires: once, before storage opens.
+    Collector. Fires: once, before anything starts.
     """
 
 
-@hookspec
-def register_routes(node: Node) -> list[tuple[str, str, Any]] | None:
-    """Add HTTP routes: a list of ``(method, path, handler)``.
+@collector
+def register_error_codes() -> dict[str, tuple[int, str]] | None:
+    """Declare error codes of the plugin's own: ``{"code": (http_status, meaning)}``.
 
-    ``handler`` is an async function taking the path parameters as keyword arguments and
-    returning a quart response value (use ``node.json_response``). Inside it,
-    ``node.current_device()`` authenticates the request or raises ``unauthorized``.
+    A ``PluginError("code", "why")`` raised in a route, a frame handler or a gate then
+    reaches the client as ``code``. A code the core or another plugin declares stops
+    start-up.
 
-    Synchronous. Fires: once, before the HTTP listener starts.
+    Collector. Fires: once, before anything starts.
     """
 
 
-@hookspec
-def register_frame_types(node: Node) -> dict[str, FrameHandler] | None:
-    """Add WebSocket event types: ``{"type": handler}``.
+@collector
+def register_hookspecs() -> Any:
+    """Declare hooks of the plugin's own: a module or class whose functions carry
+    ``node.collector`` or ``node.notification``. Other plugins implement them; only the
+    declaring plugin fires them (``ctx.collect``, ``ctx.notify``). Implement them with
+    ``@hookimpl(optionalhook=True)`` when the declaring plugin may be disabled.
 
-    ``handler(session, event)`` is awaited in the sending connection's reader task; it may
-    raise ``node.ChatError`` to answer with an ``error`` event. A type already taken
-    (by the core or another plugin) stops start-up.
-
-    Synchronous. Fires: once, before the chat listener starts.
+    Collector. Fires: once, before anything starts.
     """
 
 
-@hookspec
-def register_push_providers(node: Node) -> dict[str, Any] | None:
-    """Add push providers: ``{"kind": provider}``, used by the push plugin.
+@collector
+def register_routes(ctx: PluginContext) -> list[Route] | None:
+    """Add HTTP routes: a list of ``node.Route(method, path, handler, admin=..., max_body=...)``.
 
-    A device registers a target with ``{"kind": "<kind>", "endpoint": ..., ...}``; the
-    provider of that kind validates it (``provider.check_target(body) -> dict``) and
-    delivers notifications to it (``await provider.send(target, notification)``; raise
-    ``PushGone`` from ``node.plugins.push.providers`` when the endpoint no longer exists).
-    The push plugin itself provides ``webpush`` and ``webhook``. A kind offered twice
-    stops start-up.
+    ``handler(request, **path_params)`` gets a ``node.Request`` and returns a
+    ``node.Response`` or a JSON-able dict. ``await request.user_id()`` authenticates the
+    bearer token (or raises ``unauthorized``); admin routes need the admin token.
 
-    Synchronous. Fires: once, in the push plugin's ``startup``.
+    Collector. Fires: once, before the node listens.
+    """
+
+
+@collector
+def register_frame_types(ctx: PluginContext) -> dict[str, FrameHandler] | None:
+    """Add client event types to the chat socket: ``{"type": handler}``.
+
+    ``await handler(client, event)`` runs in the connection's reader task; ``client`` is
+    a ``node.Client`` (``user_id``, ``device_id``, ``send(event)``). Validate with
+    ``node.check_fields``/``get_id``/``get_int``/``get_str``; raise ``PluginError`` (or a
+    documented code) to answer with an ``error`` event. A type the core or another plugin
+    handles stops start-up.
+
+    Collector. Fires: once, before the node listens.
     """
 
 
 # -- lifecycle -------------------------------------------------------------------------
 
 
-@hookspec
-def startup(node: Node, nursery: trio.Nursery) -> None:
+@lifecycle
+def startup(ctx: PluginContext, nursery: trio.Nursery) -> None:
     """The node is up (storage open, sequencer running) and about to listen.
 
     :param nursery: where the plugin starts its background tasks; cancelled after
         ``shutdown``.
 
-    Awaited. Failure: start-up fails with the plugin's name.
+    Lifecycle, awaited. Failure: start-up fails with the plugin's name.
     """
 
 
-@hookspec
-def shutdown(node: Node) -> None:
+@lifecycle
+def shutdown(ctx: PluginContext) -> None:
     """The node stopped listening and is about to close storage; flush what you hold.
 
-    Awaited with a time limit, shielded from cancellation. Failure: logged; the other
-    plugins' ``shutdown`` still run.
+    Lifecycle, awaited with a time limit, shielded from cancellation. Failure: logged; the
+    other plugins' ``shutdown`` still run.
     """
 
 
-# -- gate --------------------------------------------------------------------------------
+# -- gates: every way content enters ----------------------------------------------------
 
 
-@hookspec
-def prepare_message(node: Node, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any] | None:
-    """A message is about to be stored: inspect, transform or veto it.
+@gate
+def check_message(ctx: PluginContext, user_id: int, chat_id: int, content: dict[str, Any]) -> None:
+    """A message is about to be stored: a client's ``send`` of any kind (text, media,
+    ``edit`` with its new text, ``delete``) or a plugin's ``post_message``.
 
-    :param content: the message content (``kind``, ``text``, ...), already validated.
+    :param content: the validated content (``kind``, ``text``, ``target``, ...); read only.
+
+    Gate, awaited in the requester's task before the message reaches the sequencer.
+    Raise ``Reject``/``PluginError`` to refuse it; nothing is stored.
+    """
+
+
+@gate
+def prepare_message(ctx: PluginContext, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any] | None:
+    """Transform a new message (not an edit or deletion) after ``check_message`` passed.
+
     :return: ``None`` to keep it, or a new content dict (the next plugin sees that one).
-        Raise ``node.Reject("why")`` to refuse it: the sender gets a ``rejected`` error
-        and nothing is stored. Raise ``node.ChatError(code, "why")`` to refuse it with
-        that documented code instead (e.g. ``not_found``).
+        The media plugin swaps an upload's id for its metadata here.
 
-    Awaited in the sender's reader task, in plugin order (LIFO, ``tryfirst``/``trylast``).
-    Failure: any other exception rejects the message with ``internal`` (fails closed).
+    Gate, awaited in the requester's task. Raise to refuse, as in ``check_message``.
     """
 
 
-# -- notifications -------------------------------------------------------------------------
+@gate
+def check_registration(ctx: PluginContext, username: str, display_name: str, address: str) -> None:
+    """An account is about to be created (``POST /api/register``).
 
+    :param address: the client's address.
 
-@hookspec
-def on_message_stored(node: Node, chat_id: int, message: dict[str, Any]) -> None:
-    """A log entry was durably stored (any kind, system messages, edits and deletes too).
-
-    :param message: the stored record, as clients receive it.
-
-    Notification (after the commit, after fan-out).
+    Gate, awaited before the password is hashed. Raise to refuse; nothing is stored.
     """
 
 
-@hookspec
-def on_recipients_offline(node: Node, chat_id: int, message: dict[str, Any], user_ids: list[int]) -> None:
-    """A content message was stored for members who have no device online.
+@gate
+def check_join(ctx: PluginContext, chat_id: int, user_ids: list[int], by: int) -> None:
+    """Users are about to become members of a group: its creation (``chat_id`` 0) or
+    members added by ``by``.
+
+    Gate, awaited before the change reaches the sequencer. Raise to refuse; nothing changes.
+    """
+
+
+@gate
+def check_upload(ctx: PluginContext, user_id: int, mime: str, size: int, name: str | None) -> None:
+    """An upload is about to be stored (its type judged from the content, its size known).
+
+    Gate, run by a plugin that takes uploads (``ctx.check_upload``) before it stores
+    anything. Raise to refuse.
+    """
+
+
+# -- notifications ----------------------------------------------------------------------
+
+
+@notification
+def on_message_stored(ctx: PluginContext, message: Message) -> None:
+    """A log entry was durably stored (any kind: system entries, edits, deletions too).
+
+    Notification (after the commit and after fan-out to connected devices).
+    """
+
+
+@notification
+def on_recipients_offline(ctx: PluginContext, message: Message, user_ids: list[int]) -> None:
+    """A content message was stored for members who have no device connected to this node.
 
     Notification. Used by push.
     """
 
 
-@hookspec
-def on_delivered(node: Node, chat_id: int, user_id: int, seq: int, previous: int) -> None:
+@notification
+def on_delivered(ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: int) -> None:
     """A device of ``user_id`` acknowledged everything up to ``seq`` in the chat.
 
     :param previous: the user's delivered cursor before this advance.
@@ -166,8 +234,8 @@ def on_delivered(node: Node, chat_id: int, user_id: int, seq: int, previous: int
     """
 
 
-@hookspec
-def on_read(node: Node, chat_id: int, user_id: int, seq: int, previous: int) -> None:
+@notification
+def on_read(ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: int) -> None:
     """``user_id`` has read everything up to ``seq`` in the chat.
 
     :param previous: the user's read cursor before this advance.
@@ -176,24 +244,24 @@ def on_read(node: Node, chat_id: int, user_id: int, seq: int, previous: int) -> 
     """
 
 
-@hookspec
-def on_user_online(node: Node, user_id: int) -> None:
+@notification
+def on_user_online(ctx: PluginContext, user_id: int) -> None:
     """The first device of a user connected to this node.
 
     Notification.
     """
 
 
-@hookspec
-def on_user_offline(node: Node, user_id: int) -> None:
+@notification
+def on_user_offline(ctx: PluginContext, user_id: int) -> None:
     """The last device of a user disconnected from this node.
 
     Notification.
     """
 
 
-@hookspec
-def on_device_revoked(node: Node, user_id: int, device_id: int) -> None:
+@notification
+def on_device_revoked(ctx: PluginContext, user_id: int, device_id: int) -> None:
     """A device of ``user_id`` was logged out: its token is deleted, by ``POST /api/logout``,
     ``DELETE /api/me/devices/{id}`` or a password change (once for each other device).
 
@@ -201,36 +269,25 @@ def on_device_revoked(node: Node, user_id: int, device_id: int) -> None:
     more for the account (the push plugin deletes the push targets it registered).
 
     Notification (once per device, after the deletion is committed and its sockets are
-    closed; an exception is logged and the pump carries on).
+    closed).
     """
 
 
-@hookspec
-def on_membership_changed(node: Node, chat_id: int, change: dict[str, Any]) -> None:
+@notification
+def on_membership_changed(ctx: PluginContext, chat_id: int, change: dict[str, Any]) -> None:
     """Group membership or settings changed.
 
     :param change: ``{"event": "created" | "added" | "removed" | "left" | "promoted" |
         "demoted" | "renamed" | "ttl_changed", "by": user id, "users": [user ids], ...}``
-        (the same content as the system message in the chat).
+        (the same content as the system entry in the chat).
 
     Notification.
     """
 
 
-@hookspec
-def on_cluster_event(node: Node, event: MemberEvent) -> None:
+@notification
+def on_cluster_event(ctx: PluginContext, event: MemberEvent) -> None:
     """A cluster member joined, was updated, became suspect, failed or left.
-
-    Notification.
-    """
-
-
-@hookspec
-def on_analytics_event(node: Node, event: dict[str, Any]) -> None:
-    """An activity event for analytics (presence changes, typing, messages sent).
-
-    :param event: ``{"event": name, "ts": ms, "user": id, ...}``. The built-in analytics
-        plugin appends these to ``data_dir/analytics.jsonl`` when enabled.
 
     Notification.
     """

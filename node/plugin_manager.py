@@ -1,8 +1,11 @@
 """Loading plugins and calling their hooks with the policies of node/hookspecs.py.
 
 pluggy calls implementations synchronously and stops at the first exception; chatnode
-needs async implementations and per-plugin isolation, so hooks are called here, one
-implementation at a time, through the public ``HookCaller.get_hookimpls()``.
+needs async implementations, per-plugin isolation and a per-plugin ``ctx``, so hooks are
+called here, one implementation at a time, through the public
+``HookCaller.get_hookimpls()``. A hook's kind comes from its spec (the decorator in
+node/hookspecs.py), never from the call site, and each helper checks it is asked to call
+a hook of its kind.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterable
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import TYPE_CHECKING, Any
 
 import cattrs
@@ -19,7 +22,8 @@ import trio
 
 from . import hookspecs
 from .config import ConfigError, PluginsSection, _first_problem, make_converter
-from .core.errors import ChatError
+from .core.errors import ERROR_CODES, ChatError
+from .plugin_api import PluginContext, PluginError, Reject
 
 if TYPE_CHECKING:
     from .app import Node
@@ -38,16 +42,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 
 ENTRY_POINT_GROUP = "chatnode"
 SHUTDOWN_TIMEOUT = 5.0
-
-
 PUMP_SLICE = 512  # notifications a pump handles between checkpoints (about a millisecond)
-
-class Reject(Exception):
-    """Raised by a ``prepare_message`` implementation to refuse a message."""
-
-    def __init__(self, message: str = "a plugin rejected the message") -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def _load(target: str) -> Any:
@@ -64,6 +59,17 @@ async def await_maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def _version_of(plugin: Any, default: str) -> str:
+    declared = getattr(plugin, "version", None) or getattr(inspect.getmodule(plugin), "__version__", None)
+    if isinstance(declared, str):
+        return declared
+    top = (inspect.getmodule(type(plugin)) or inspect.getmodule(plugin)).__name__.split(".")[0]  # type: ignore[union-attr]
+    try:
+        return version(top)
+    except (PackageNotFoundError, ValueError):
+        return default
+
+
 class Plugins:
     """The plugin manager of one node, plus one event pump per plugin."""
 
@@ -73,56 +79,109 @@ class Plugins:
         *,
         extra: Iterable[Any] = (),
         load_entrypoints: bool = True,
+        node_version: str = "0.0.0",
     ) -> None:
         self.pm = pluggy.PluginManager("chatnode")
-        self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
         self.pm.add_hookspecs(hookspecs)
         self._config = config
+        self.contexts: dict[str, PluginContext] = {}  # filled by `bind`
+        self._unhandled = 0  # notifications queued and not yet handled (see `pending`)
+        self.versions: dict[str, str] = {}
+        self.builtin: set[str] = set()
         for name in config.disabled:
             self.pm.set_blocked(name)
         for name, target in DEFAULT_PLUGINS:
             if not self.pm.is_blocked(name):
-                self.pm.register(_instantiate(_load(target)), name=name)
+                plugin = _instantiate(_load(target))
+                self.pm.register(plugin, name=name)
+                self.versions[name] = node_version
+                self.builtin.add(name)
         if load_entrypoints:
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
                     continue
                 try:
-                    self.pm.register(_instantiate(ep.load()), name=ep.name)
+                    plugin = _instantiate(ep.load())
+                    self.pm.register(plugin, name=ep.name)
                 except Exception as exc:
                     raise ConfigError(f"plugin {ep.name!r} failed to load: {exc}") from exc
+                self.versions[ep.name] = ep.dist.version if ep.dist is not None else _version_of(plugin, "unknown")
         for plugin in extra:
             name = getattr(plugin, "name", None)
             if name is None or not self.pm.is_blocked(name):
-                self.pm.register(plugin, name=name)
+                registered = self.pm.register(plugin, name=name)
+                self.versions[registered or repr(plugin)] = _version_of(plugin, "unknown")
+        self._kinds: dict[str, str] = {}  # hook -> kind
+        self._owners: dict[str, str] = {}  # plugin-declared hook -> the plugin that declared it
+        self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
+        self._add_plugin_hookspecs()
         try:
             self.pm.check_pending()  # a misspelled hook name fails here, not silently
         except pluggy.PluginValidationError as exc:
             raise ConfigError(str(exc)) from None
+        self._check_impls()
         self._settings = self._structure_settings()
+        self.error_codes = self._collect_error_codes()
         self._pumps: dict[str, trio.MemorySendChannel] = {}
-        self._receivers: dict[str, trio.MemoryReceiveChannel] = {}
         self.node: Node | None = None
         self.dropped: dict[str, int] = {}
         self.failures: dict[str, int] = {}
 
-    # -- config --------------------------------------------------------------------
+    # -- validation at start-up -------------------------------------------------------
+
+    def _add_plugin_hookspecs(self) -> None:
+        for name, spec in self._collect_raw("register_hookspecs", {}, validate=False):
+            if spec is None:
+                continue
+            declared = [n for n, fn in inspect.getmembers(spec) if getattr(fn, "chatnode_kind", None)]
+            for hook in declared:
+                if hasattr(hookspecs, hook) or hook in self._owners:
+                    raise ConfigError(f"plugin {name!r} declares the hook {hook!r}, which already exists")
+                self._owners[hook] = name
+            try:
+                self.pm.add_hookspecs(spec)
+            except pluggy.PluginValidationError as exc:
+                raise ConfigError(f"plugin {exc.plugin_name!r}: {exc}") from None
+
+    def _check_impls(self) -> None:
+        """Refuse at start-up what would otherwise be silently ignored or misused."""
+        for hook in self.pm.hook.__dict__.values():
+            if not isinstance(hook, pluggy.HookCaller) or hook.spec is None:
+                continue
+            kind = getattr(hook.spec.function, "chatnode_kind", None)
+            if kind not in hookspecs.KINDS:
+                raise ConfigError(f"the hook {hook.name!r} does not declare its kind "
+                                  f"(mark it with node.collector, node.notification, ...)")
+            self._kinds[hook.name] = kind
+            if hook.spec.opts.get("firstresult") and kind != "collector":
+                raise ConfigError(f"the hook {hook.name!r}: firstresult is supported on collector hooks only")
+            if hook.spec.opts.get("historic"):
+                raise ConfigError(f"the hook {hook.name!r}: historic hooks are not supported")
+            for impl in hook.get_hookimpls():
+                if impl.hookwrapper or impl.wrapper:
+                    raise ConfigError(
+                        f"plugin {impl.plugin_name!r}: {hook.name} is implemented as a hook wrapper, which chatnode "
+                        f"does not support (each implementation is called on its own); drop wrapper=True")
+                if kind == "collector" and inspect.iscoroutinefunction(impl.function):
+                    raise ConfigError(f"plugin {impl.plugin_name!r}: {hook.name} is a collector, called "
+                                      f"synchronously at start-up; it must not be async")
 
     def _structure_settings(self) -> dict[str, Any]:
         declared: dict[str, type] = {}
-        for plugin_name, result in self._collect_raw("register_settings"):
+        owner: dict[str, str] = {}
+        for plugin_name, result in self._collect_raw("register_settings", {}, validate=False):
             if result is None:
                 continue
             name, cls = result
             if name in declared:
-                raise ConfigError(f"plugins {plugin_name!r} and another both declare [plugins.{name}]")
-            declared[name] = cls
+                raise ConfigError(f"plugins {plugin_name!r} and {owner[name]!r} both declare [plugins.{name}]")
+            declared[name], owner[name] = cls, plugin_name
         converter = make_converter()
         settings: dict[str, Any] = {}
         for name, cls in declared.items():
             raw = self._config.settings.get(name, {})
             try:
-                settings[name] = converter.structure(raw, cls)
+                settings[owner[name]] = settings[name] = converter.structure(raw, cls)
             except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
                 raise ConfigError(_first_problem(exc, f"plugins.{name}")) from None
         blocked = set(self._config.disabled)
@@ -131,6 +190,23 @@ class Plugins:
             raise ConfigError(f"[plugins.{min(unknown)}]: no plugin with that name is loaded")
         return settings
 
+    def _collect_error_codes(self) -> dict[str, tuple[int, str]]:
+        codes: dict[str, tuple[int, str]] = {}
+        owner: dict[str, str] = {}
+        for plugin_name, result in self._collect_raw("register_error_codes", {}, validate=False):
+            for code, value in (result or {}).items():
+                if code in ERROR_CODES:
+                    raise ConfigError(f"plugin {plugin_name!r} declares the error code {code!r}, a core code")
+                if code in codes:
+                    raise ConfigError(f"plugins {plugin_name!r} and {owner[code]!r} both declare the error code "
+                                      f"{code!r}")
+                status, meaning = value
+                if not (isinstance(status, int) and 400 <= status <= 599 and isinstance(meaning, str)):
+                    raise ConfigError(f"plugin {plugin_name!r}: error code {code!r} needs (HTTP status 4xx/5xx, "
+                                      f"meaning)")
+                codes[code], owner[code] = (status, meaning), plugin_name
+        return codes
+
     def settings(self, name: str) -> Any:
         """The structured ``[plugins.<name>]`` section of a plugin."""
         return self._settings[name]
@@ -138,22 +214,58 @@ class Plugins:
     def names(self) -> list[str]:
         return [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Every loaded plugin: name, version, built in or installed, the hooks it implements."""
+        out = []
+        for name in self.names():
+            plugin = self.pm.get_plugin(name)
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            out.append({"name": name, "version": self.versions.get(name, "unknown"),
+                        "builtin": name in self.builtin, "hooks": hooks})
+        return out
+
+    def known_error_code(self, code: str) -> bool:
+        return code in ERROR_CODES or code in self.error_codes
+
+    def client_error(self, exc: ChatError) -> ChatError:
+        """What a client is told for an error raised in a route, frame handler or gate: a
+        plugin's declared code as itself, an undeclared one as ``internal``."""
+        if isinstance(exc, PluginError):
+            if not self.known_error_code(exc.code):
+                log.error("a plugin raised the undeclared error code %r: %s", exc.code, exc.message)
+                return ChatError("internal")
+            return exc.declared(self.error_codes)
+        return exc
+
     # -- calling hooks --------------------------------------------------------------
+
+    def bind(self, node: Node) -> None:
+        """Create every plugin's context (handed to its hooks as ``ctx``)."""
+        self.node = node
+        for name in self.names():
+            self.contexts[name] = PluginContext(node, name, self._settings.get(name))
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
         # reversed(): pluggy's own call order (LIFO, tryfirst first, trylast last). Plugins
         # are fixed once the node starts, so the list is computed once per hook.
         impls = self._impl_cache.get(hook)
         if impls is None:
-            impls = [i for i in reversed(getattr(self.pm.hook, hook).get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
+            impls = list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
             self._impl_cache[hook] = impls
         return impls
 
-    @staticmethod
-    def _call(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
-        return impl.function(*[kwargs[name] for name in impl.argnames])
+    def _call(self, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        ctx = self.contexts.get(impl.plugin_name)
+        return impl.function(*[ctx if name == "ctx" else kwargs[name] for name in impl.argnames])
 
-    def _collect_raw(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    def _expect(self, hook: str, kind: str) -> None:
+        actual = self._kinds.get(hook)
+        if actual != kind:
+            raise TypeError(f"{hook} is a {actual} hook, not a {kind} hook")
+
+    def _collect_raw(self, hook: str, kwargs: dict[str, Any], *, validate: bool = True) -> list[tuple[str, Any]]:
+        if validate:
+            self._expect(hook, "collector")
         out = []
         for impl in self._impls(hook):
             try:
@@ -163,37 +275,52 @@ class Plugins:
         return out
 
     def collect(self, hook: str, **kwargs: Any) -> list[Any]:
-        """A collector hook: every plugin's non-None result, in call order."""
-        return [result for _, result in self._collect_raw(hook, **kwargs) if result is not None]
+        """A core collector hook: every plugin's non-None result, in call order."""
+        return [result for _, result in self._collect_raw(hook, kwargs) if result is not None]
 
-    async def startup(self, node: Node, nursery: trio.Nursery) -> None:
+    def collect_own(self, plugin: str, hook: str, kwargs: dict[str, Any]) -> list[Any]:
+        """A collector a plugin declared, fired by that plugin (``ctx.collect``)."""
+        self._check_owner(plugin, hook)
+        results = self.collect(hook, **kwargs)
+        spec = getattr(self.pm.hook, hook).spec
+        if spec is not None and spec.opts.get("firstresult"):
+            return results[:1]
+        return results
+
+    def _check_owner(self, plugin: str, hook: str) -> None:
+        if self._owners.get(hook) != plugin:
+            raise PermissionError(f"plugin {plugin!r} may fire only the hooks it declares, not {hook!r}")
+
+    async def startup(self, nursery: trio.Nursery) -> None:
+        self._expect("startup", "lifecycle")
         for impl in self._impls("startup"):
             try:
-                await await_maybe(self._call(impl, {"node": node, "nursery": nursery}))
+                await await_maybe(self._call(impl, {"nursery": nursery}))
             except Exception as exc:
                 raise ConfigError(f"plugin {impl.plugin_name!r} failed to start: {exc}") from exc
 
-    async def shutdown(self, node: Node) -> None:
+    async def shutdown(self) -> None:
+        self._expect("shutdown", "lifecycle")
         for impl in self._impls("shutdown"):
             with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_TIMEOUT):
                 try:
-                    await await_maybe(self._call(impl, {"node": node}))
+                    await await_maybe(self._call(impl, {}))
                 except Exception:
                     log.exception("plugin %s failed in shutdown", impl.plugin_name)
 
+    def has_impls(self, hook: str) -> bool:
+        return bool(self._impls(hook))
+
+    async def gate(self, hook: str, **kwargs: Any) -> None:
+        """Run a gate: every plugin in turn; the first refusal raises (fails closed)."""
+        self._expect(hook, "gate")
+        for impl in self._impls(hook):
+            await self._run_gate(impl, hook, kwargs)
+
     async def prepare_message(self, **kwargs: Any) -> dict[str, Any]:
-        """Run the gate; returns the (possibly transformed) content or raises ChatError."""
+        """The ``prepare_message`` gate; returns the (possibly transformed) content."""
         for impl in self._impls("prepare_message"):
-            try:
-                result = await await_maybe(self._call(impl, kwargs))
-            except Reject as exc:
-                raise ChatError("rejected", exc.message) from None
-            except ChatError:
-                raise  # a documented answer (not_found, forbidden, ...): the sender gets its code
-            except Exception:
-                log.exception("plugin %s failed in prepare_message: message rejected", impl.plugin_name)
-                self.failures[impl.plugin_name] = self.failures.get(impl.plugin_name, 0) + 1
-                raise ChatError("internal", "a plugin failed while checking this message") from None
+            result = await self._run_gate(impl, "prepare_message", kwargs)
             if result is not None:
                 if not isinstance(result, dict) or "kind" not in result:
                     log.error("plugin %s returned an invalid message from prepare_message", impl.plugin_name)
@@ -201,28 +328,42 @@ class Plugins:
                 kwargs["content"] = result
         return kwargs["content"]
 
-    def has_impls(self, hook: str) -> bool:
-        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+    async def _run_gate(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
+        try:
+            return await await_maybe(self._call(impl, kwargs))
+        except Reject as exc:
+            raise ChatError("rejected", exc.message) from None
+        except ChatError as exc:
+            if self.known_error_code(exc.code):
+                raise  # a documented answer: the client gets its code
+            log.error("plugin %s raised the undeclared error code %r in %s", impl.plugin_name, exc.code, hook)
+            raise ChatError("internal", "a plugin failed while checking this request") from None
+        except Exception:
+            log.exception("plugin %s failed in %s: refused", impl.plugin_name, hook)
+            self.failures[impl.plugin_name] = self.failures.get(impl.plugin_name, 0) + 1
+            raise ChatError("internal", "a plugin failed while checking this request") from None
 
     # -- notifications ----------------------------------------------------------------
 
-    def bind(self, node: Node) -> None:
-        """The node passed as `node` to every notification."""
-        self.node = node
-
     def notify(self, hook: str, **kwargs: Any) -> None:
-        """Queue a notification for every plugin implementing `hook`; never waits."""
-        kwargs["node"] = self.node
+        """Queue a core notification for every plugin implementing it; never waits."""
         for impl in self._impls(hook):
             pump = self._pumps.get(impl.plugin_name)
             if pump is None:
                 continue
             try:
                 pump.send_nowait((impl, kwargs))
+                self._unhandled += 1
             except trio.WouldBlock:
                 self.dropped[impl.plugin_name] = self.dropped.get(impl.plugin_name, 0) + 1
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
+
+    def notify_own(self, plugin: str, hook: str, kwargs: dict[str, Any]) -> None:
+        """A notification a plugin declared, fired by that plugin (``ctx.notify``)."""
+        self._check_owner(plugin, hook)
+        self._expect(hook, "notification")
+        self.notify(hook, **kwargs)
 
     async def serve_pumps(self, queue_size: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """One task per plugin runs its notifications in order. Returns after `close_pumps`
@@ -237,6 +378,10 @@ class Plugins:
     def close_pumps(self) -> None:
         for send in self._pumps.values():
             send.close()
+
+    def pending(self) -> int:
+        """Notifications queued and not yet handled, over every plugin."""
+        return self._unhandled
 
     async def _pump(self, name: str, recv: trio.MemoryReceiveChannel) -> None:
         """Run one plugin's notifications in order. What is already queued is taken without
@@ -260,6 +405,8 @@ class Plugins:
                 except Exception:
                     self.failures[name] = self.failures.get(name, 0) + 1
                     log.exception("plugin %s failed in %s", name, impl.function.__name__)
+                finally:
+                    self._unhandled -= 1
                 handled += 1
                 if handled % PUMP_SLICE == 0:
                     await trio.lowlevel.checkpoint()
@@ -269,6 +416,7 @@ class Plugins:
             "loaded": self.names(),
             "dropped_notifications": dict(self.dropped),
             "failures": dict(self.failures),
+            **{name: ctx.statistics() for name, ctx in self.contexts.items() if ctx.statistics()},
         }
 
 

@@ -34,12 +34,24 @@ def test_every_hook_has_a_section_headed_by_its_signature():
             assert f"### {name}({args})" in text, f"docs/plugins.md lacks '### {name}({args})'"
 
 
-def test_every_hook_has_a_contract_in_its_docstring():
+def test_every_hook_declares_its_kind_and_says_it_in_its_docstring():
     import inspect
 
     from node import hookspecs
+    from node.plugins.lastseen import hooks as lastseen_hooks
+    from node.plugins.push import hooks as push_hooks
 
-    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
-        if hasattr(fn, "chatnode_spec"):
-            doc = inspect.getdoc(fn) or ""
-            assert any(word in doc for word in ("Notification", "Synchronous", "Awaited")), name
+    for module in (hookspecs, lastseen_hooks, push_hooks):
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if hasattr(fn, "chatnode_spec"):
+                kind = getattr(fn, "chatnode_kind", None)
+                assert kind in hookspecs.KINDS, name
+                assert kind.capitalize() in (inspect.getdoc(fn) or ""), name
+
+
+def test_the_plugin_docs_name_every_public_api_name():
+    import node
+
+    text = (DOCS / "plugins.md").read_text()
+    for name in node.__all__:
+        assert f"`{name}" in text, f"docs/plugins.md does not mention {name}"

@@ -180,7 +180,7 @@ async def test_last_seen_reaches_the_disk_within_the_flush_interval(tmp_path):
         bob = await new_user(node, "bob")
         async with bob.connect() as b:
             await b.synced.wait()
-        times = node.store("lastseen").table("times")
+        times = node.plugins.contexts["lastseen"].store.table("times")
         key = int(bob.user["id"]).to_bytes(8, "big")
         with trio.fail_after(5):  # nothing else commits: the plugin's own flush writes it
             while await times.get(key) is None:

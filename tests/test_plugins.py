@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node
+from conftest import PASSWORD, make_config, new_user, running_node, wait_for_notifications
 
 from node import Reject, hookimpl
 from node.app import serve_node
@@ -45,7 +45,7 @@ async def test_the_example_plugin_is_discovered_by_entry_point_and_answers(tmp_p
             answer = await a.wait_for("message", text="hello there")
             assert answer["reply_to"] == sent["id"]
             await a.send_text(chat["id"], "no command here")
-            await trio.sleep(0.2)
+            await wait_for_notifications(node)
         assert [m["text"] for m in await alice.history(chat["id"])] == ["/echo hello there", "hello there", "no command here"]
         await alice.aclose()
 
@@ -127,7 +127,7 @@ async def test_a_failing_notification_is_logged_with_the_plugin_name_and_changes
                 for i in range(3):
                     await a.send_text(chat["id"], f"m{i}")
                     await b.wait_for("message", text=f"m{i}")
-                await trio.sleep(0.1)
+                await wait_for_notifications(node)
         assert broken.calls == 3
         assert node.plugins.failures["broken"] == 3
         assert any("plugin broken failed in on_message_stored" in r.getMessage() for r in caplog.records)
@@ -179,7 +179,7 @@ async def test_a_failing_startup_stops_the_node(tmp_path):
         name = "faulty"
 
         @hookimpl
-        def startup(self, node, nursery):
+        def startup(self, ctx, nursery):
             raise RuntimeError("cannot reach the moon")
 
     with pytest.raises(BaseException) as info:
@@ -190,8 +190,8 @@ async def test_a_failing_startup_stops_the_node(tmp_path):
 async def test_plugin_frame_type_collision_stops_startup(tmp_path):
     class Clash:
         @hookimpl
-        def register_frame_types(self, node):
-            async def handler(session, event):
+        def register_frame_types(self, ctx):
+            async def handler(client, event):
                 pass
 
             return {"send": handler}
@@ -221,7 +221,7 @@ async def test_hooks_fire_with_their_arguments(tmp_path):
 
         @hookimpl
         def on_recipients_offline(self, message, user_ids):
-            self.events.append(("offline_recipients", message["text"], user_ids))
+            self.events.append(("offline_recipients", message.text, user_ids))
 
         @hookimpl
         def on_membership_changed(self, change):
@@ -239,7 +239,7 @@ async def test_hooks_fire_with_their_arguments(tmp_path):
                 await b.synced.wait()
                 await a.wait_for("delivered")
         await alice.create_group("g", members=[bob.user["id"]])
-        await trio.sleep(0.1)
+        await wait_for_notifications(node)
         a_id, b_id = int(alice.user["id"]), int(bob.user["id"])
         assert recorder.events == [
             ("online", a_id),
@@ -280,7 +280,7 @@ async def test_device_revoked_fires_once_per_logged_out_device(tmp_path):
         async def seen_after(action) -> list[tuple[int, int]]:
             recorder.seen.clear()
             await action
-            await trio.sleep(0.1)  # the plugin's pump runs the notification
+            await wait_for_notifications(node)
             return sorted(recorder.seen)
 
         assert await seen_after(dana.logout()) == [(uid, devices[4])]
@@ -291,14 +291,14 @@ async def test_device_revoked_fires_once_per_logged_out_device(tmp_path):
         assert await seen_after(dana.request("POST", "/api/me/password", change)) == others
         with pytest.raises(ClientError):  # not hers: not_found, and no notification
             await seen_after(other.request("DELETE", f"/api/me/devices/{current}"))
-        await trio.sleep(0.1)
+        await wait_for_notifications(node)
         assert recorder.seen == []
         await dana.aclose(), await other.aclose()
         node.request_shutdown()
 
 
 class Counter:
-    """Counts the analytics events it is notified of."""
+    """Counts the membership changes it is notified of."""
 
     name = "counter"
 
@@ -306,7 +306,7 @@ class Counter:
         self.seen = 0
 
     @hookimpl
-    def on_analytics_event(self, event):
+    def on_membership_changed(self, chat_id, change):
         self.seen += 1
 
 
@@ -328,7 +328,7 @@ async def test_a_busy_node_does_not_make_a_plugin_drop_notifications(tmp_path):
                 load.start_soon(busy, 120)
             for _ in range(100):  # 8 notifications per round: 800 in all, 25 times the queue
                 for _ in range(8):
-                    node.plugins.notify("on_analytics_event", event={"event": "test"})
+                    node.plugins.notify("on_membership_changed", chat_id=1, change={"event": "test"})
                 await trio.lowlevel.checkpoint()
         with trio.move_on_after(5):
             while counter.seen + node.plugins.dropped.get("counter", 0) < 800:

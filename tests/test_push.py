@@ -303,11 +303,11 @@ async def test_failures_are_retried_with_backoff(tmp_path):
                 await a.send_text(chat["id"], "hello")
             attempts = [await hook.next() for _ in range(3)]
             push = node.plugins.pm.get_plugin("push")
-            while push.statistics()["sent"] == 0:  # the node has yet to read the answer
+            while push.dispatcher.statistics()["sent"] == 0:  # the node has yet to read the answer
                 await trio.sleep(0.01)
         assert [r["status"] for r in attempts] == [500, 503, 201]
         assert len({r["body"] for r in attempts}) == 1  # the same notification, again
-        assert push.statistics()["retried"] == 2 and push.statistics()["failed"] == 0
+        assert push.dispatcher.statistics()["retried"] == 2 and push.dispatcher.statistics()["failed"] == 0
         await alice.aclose()
         await bob.aclose()
 
@@ -322,7 +322,7 @@ async def test_attempts_are_bounded(tmp_path):
             async with alice.connect() as a:
                 await a.send_text(chat["id"], "hello")
                 assert [(await hook.next())["status"] for _ in range(3)] == [500, 500, 500]
-                while push.statistics()["failed"] == 0:
+                while push.dispatcher.statistics()["failed"] == 0:
                     await trio.sleep(0.01)
                 await a.send_text(chat["id"], "later")  # the next message is tried afresh
                 later = await hook.next()
@@ -413,13 +413,13 @@ async def test_a_failed_push_is_not_retried_after_its_device_logs_out(tmp_path):
             async with alice.connect() as a:
                 await a.send_text(chat["id"], "hello")
             paths = sorted([(await hook.next())["path"], (await hook.next())["path"]])
-            while push.statistics()["retried"] == 0:  # the phone's 500 is read: a retry is due in 1 s
+            while push.dispatcher.statistics()["retried"] == 0:  # the phone's 500 is read: a retry is due in 1 s
                 await trio.sleep(0.01)
             await phone.logout()
             await trio.sleep(2.0)  # well past the retry
         assert paths == ["/laptop", "/phone"]
         assert hook.received_nowait() == []
-        assert push.statistics()["targets_waiting"] == 0  # nothing left queued for the phone
+        assert push.dispatcher.statistics()["targets_waiting"] == 0  # nothing left queued for the phone
         await alice.aclose()
 
 
@@ -505,7 +505,7 @@ class CarrierPigeon:
         self.sent, self._inbox = trio.open_memory_channel(10)
 
     @hookimpl
-    def register_push_providers(self, node):
+    def register_push_providers(self, ctx):
         return {"pigeon": self}
 
     def check_target(self, body):

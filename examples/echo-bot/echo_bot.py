@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import attrs
 
-from node import hookimpl
+from node import Message, PluginContext, hookimpl
 
 
 @attrs.frozen
@@ -31,19 +31,20 @@ class EchoBot:
         return ("echo_bot", EchoSettings)
 
     @hookimpl
-    async def startup(self, node, nursery):
-        self.settings = node.plugins.settings("echo_bot")
-        bot = await node.accounts.create_service_user(self.settings.username, display_name="Echo Bot")
-        self.bot_id = int(bot["id"])
+    async def startup(self, ctx: PluginContext, nursery):
+        self.settings = ctx.settings
+        bot = await ctx.create_service_user(self.settings.username, display_name="Echo Bot")
+        self.bot_id = bot.id
 
     @hookimpl
-    async def on_message_stored(self, node, chat_id, message):
-        text = message.get("text") or ""
-        if message["kind"] != "text" or message["from"] == str(self.bot_id) or not text.startswith(self.settings.prefix):
+    async def on_message_stored(self, ctx: PluginContext, message: Message):
+        text = message.text or ""
+        if message.kind != "text" or message.sender == self.bot_id or not text.startswith(self.settings.prefix):
             return
-        chat = node.chats.get(chat_id)
-        if chat is None or chat.member(self.bot_id) is None:
+        chat = await ctx.chat(message.chat_id)
+        if chat is None or self.bot_id not in chat.member_ids:
             return  # not in this chat
-        await node.post_message(self.bot_id, chat_id, {"kind": "text", "text": text[len(self.settings.prefix):],
-                                                       "reply_to": message["id"]})
+        await ctx.post_message(self.bot_id, message.chat_id, {"kind": "text", "text": text[len(self.settings.prefix):],
+                                                               "reply_to": str(message.id)})
+        ctx.count("answered")
         self.answered += 1

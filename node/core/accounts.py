@@ -15,7 +15,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import argon2
 import attrs
@@ -122,7 +122,12 @@ class Accounts:
 
     # -- registration --------------------------------------------------------------
 
-    async def register(self, username: object, password: object, display_name: object = None) -> dict:
+    async def register(
+        self, username: object, password: object, display_name: object = None,
+        *, gate: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> dict:
+        """Create an account. `gate(username, display_name)` runs once the input is valid
+        and before anything is hashed or stored (plugins' ``check_registration``)."""
         if not self._config.registration_open:
             raise ChatError("registration_closed")
         name = self._check_username(username)
@@ -130,6 +135,10 @@ class Accounts:
         display_name = "" if display_name is None else check_display_name(display_name)
         if name in self._reserved or await self._storage.user_id_by_name(name) is not None:
             raise ChatError("username_taken")
+        if gate is not None:
+            await gate(name, display_name or name)
+            if name in self._reserved:
+                raise ChatError("username_taken")
         self._reserved.add(name)
         try:
             async with self._hash_limiter:

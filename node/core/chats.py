@@ -22,12 +22,13 @@ import orjson
 import trio
 
 from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
+from ..plugin_api import Message
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
 from .state import PREVIEW_KINDS, ChatState, chat_from_loaded
 
 if TYPE_CHECKING:
-    from ..plugin_manager import Plugins
+    from .services import PluginHooks
     from .accounts import Accounts
     from .blocks import Blocks
     from .hub import Hub
@@ -117,7 +118,7 @@ class Chats:
         storage: Storage,
         ids: SnowflakeGenerator,
         hub: Hub,
-        plugins: Plugins,
+        plugins: PluginHooks,
         users: Accounts,
         blocks: Blocks,
         *,
@@ -243,8 +244,9 @@ class Chats:
                     effect()
                 except Exception:
                     log.exception("effect of %r failed", op)
-        for chat, record in appended:
-            self.plugins.notify("on_message_stored", chat_id=chat.id, message=record)
+        if self.plugins.has_impls("on_message_stored"):
+            for _chat, record in appended:
+                self.plugins.notify("on_message_stored", message=Message.from_record(record))
 
     async def _load(self, reads: Reads) -> None:
         """Load what a batch reads and is not cached (one engine call per kind). A 1-1
@@ -455,7 +457,7 @@ class Chats:
                     except Exception:  # one broken session must not cost the others their copy
                         log.exception("delivery to a session failed")
         if offline and record["kind"] in CONTENT_KINDS:
-            self.plugins.notify("on_recipients_offline", chat_id=chat.id, message=record, user_ids=offline)
+            self.plugins.notify("on_recipients_offline", message=Message.from_record(record), user_ids=offline)
         return offline
 
     def send_to_members(self, chat: ChatState, event: bytes, user_ids: set[int] | None = None) -> None:

@@ -19,7 +19,7 @@ from .chats import Awaitable, Chats, Effect, now_ms
 from .errors import ChatError
 
 if TYPE_CHECKING:
-    from ..app import Node
+    from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class PurgeDedupe(Awaitable):
         return effect
 
 
-async def sweep_dedupe(node: Node, interval: float = 0.0) -> None:
+async def sweep_dedupe(node: Services, interval: float = 0.0) -> None:
     """Purge dedupe records older than the retention window, in chunks, until shutdown."""
     interval = interval or node.config.storage.sweep_interval
     retention_ms = int(node.config.storage.dedupe_retention * 1000)
@@ -60,7 +60,7 @@ async def sweep_dedupe(node: Node, interval: float = 0.0) -> None:
                 await node.shutdown_requested.wait()
 
 
-async def sweep_dedupe_once(node: Node, retention_ms: int) -> bool:
+async def sweep_dedupe_once(node: Services, retention_ms: int) -> bool:
     """One chunk of due records. Returns whether a full chunk was handled (maybe more)."""
     due = await node.storage.due_dedupe(now_ms() - retention_ms, CHUNK)
     if due:

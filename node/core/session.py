@@ -36,7 +36,7 @@ from .ratelimit import TokenBucket
 from .websocket import ConnectionClosed, WebSocket
 
 if TYPE_CHECKING:
-    from ..app import Node
+    from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Session:
         "ws",
     )  # fmt: skip
 
-    def __init__(self, node: Node, ws: WebSocket) -> None:
+    def __init__(self, node: Services, ws: WebSocket) -> None:
         self.node = node
         self.ws = ws
         limits = node.config.limits
@@ -277,7 +277,7 @@ class Session:
             await handler(self, event)
         except ChatError as exc:
             ref = event.get("client_msg_id")
-            self.send_error(exc, ref=ref if isinstance(ref, str) else None)
+            self.send_error(self.node.plugins.client_error(exc), ref=ref if isinstance(ref, str) else None)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -387,6 +387,14 @@ class Session:
     def send_event(self, payload: bytes) -> None:
         """Queue a non-log event (ack, error, receipt, presence ...)."""
         self._enqueue(payload)
+
+    def send(self, event: dict[str, Any]) -> None:
+        """`node.Client.send`: queue an event for this device (never waits)."""
+        self._enqueue(orjson.dumps(event))
+
+    @property
+    def device_id(self) -> int:
+        return self.device.device_id if self.device is not None else 0
 
     def send_error(self, exc: ChatError, *, ref: str | None = None) -> None:
         event: dict[str, Any] = {"type": "error", **exc.to_json()}
@@ -514,10 +522,7 @@ async def on_send(session: Session, event: dict[str, Any]) -> None:
     client_msg_id = get_client_msg_id(event)
     chat_id = get_id(event, "chat")
     content = content_from_send(event, session.node.config.limits)
-    if content["kind"] not in ("edit", "delete"):
-        content = await session.node.plugins.prepare_message(
-            user_id=session.user_id, chat_id=chat_id, content=content, node=session.node
-        )
+    content = await session.node.gate_message(session.user_id, chat_id, content)
     if content["kind"] in MEDIA_KINDS and not isinstance(content.get("media"), dict):
         raise ChatError("bad_request", "media messages need the media plugin, which is not enabled")
     await session.start_send()

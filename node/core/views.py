@@ -9,10 +9,10 @@ from .chats import is_expired, now_ms
 from .state import ChatState
 
 if TYPE_CHECKING:
-    from ..app import Node
+    from .services import Services
 
 
-async def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
+async def chat_summary(node: Services, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
     """How a chat looks to `user_id` (loads the 1-1 peer's record if needed)."""
     peer_id = next((uid for uid in chat.members if uid != user_id), None) if chat.kind == "direct" else None
     if peer_id is not None:
@@ -20,7 +20,7 @@ async def chat_summary(node: Node, user_id: int, chat: ChatState, unread: int = 
     return summary_of(node, user_id, chat, unread)
 
 
-def summary_of(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
+def summary_of(node: Services, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
     """`chat_summary` for a chat whose 1-1 peer is already loaded (lists load them at once)."""
     member = chat.members.get(user_id, {})
     summary: dict[str, Any] = {
@@ -54,7 +54,7 @@ def summary_of(node: Node, user_id: int, chat: ChatState, unread: int = 0) -> di
     return summary
 
 
-async def chat_list(node: Node, user_id: int, *, include_hidden: bool = False) -> list[dict[str, Any]]:
+async def chat_list(node: Services, user_id: int, *, include_hidden: bool = False) -> list[dict[str, Any]]:
     """The user's chats, most recently active first, with unread counts."""
     states = []
     for chat in await node.chats.chats_of(user_id):
@@ -71,13 +71,13 @@ async def chat_list(node: Node, user_id: int, *, include_hidden: bool = False) -
     return summaries
 
 
-async def reads_shared(node: Node, user_id: int) -> bool:
+async def reads_shared(node: Services, user_id: int) -> bool:
     """Whether a user shares read receipts (a user setting; off also hides others' reads)."""
     user = await node.accounts.user(user_id)
     return bool(user is None or user.get("settings", {}).get("read_receipts", True))
 
 
-async def add_status(node: Node, user_id: int, chat: ChatState, messages: list[dict[str, Any]]) -> None:
+async def add_status(node: Services, user_id: int, chat: ChatState, messages: list[dict[str, Any]]) -> None:
     """Give the user's own messages a `status`: sent, delivered (every other member has it)
     or read (every other member read it; only when both sides share read receipts)."""
     others = [(uid, m) for uid, m in chat.members.items() if uid != user_id and m.get("until_seq") is None]

@@ -14,7 +14,7 @@ from .session import Session
 from .websocket import ConnectionClosed, read_upgrade
 
 if TYPE_CHECKING:
-    from ..app import Node
+    from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def family_of(host: str) -> socket.AddressFamily:
 
 
 async def serve_chat_socket(
-    node: Node,
+    node: Services,
     *,
     handler_nursery: trio.Nursery,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .api import (
     EXPORT_TABLES,
@@ -29,15 +29,26 @@ from .api import (
 )
 from .batch import DedupeAck, MessageMeta, WriteBatch
 
-if TYPE_CHECKING:
-    from ..config import StorageSection
-
 MB = 1024 * 1024
+
+
+class StorageSettings(Protocol):
+    """The ``[storage]`` settings an engine is opened with (node.config.StorageSection)."""
+
+    engine: str
+    dsn: str
+    pool_size: int
+    commit_timeout: float
+    map_size_mb: int
+    max_map_size_mb: int
+    max_batch: int
+    sync: bool
+    dedupe_retention: float
 
 
 @contextlib.asynccontextmanager
 async def open_storage(
-    section: StorageSection, data_dir: Path, *, now: Callable[[], int] | None = None
+    section: StorageSettings, data_dir: Path, *, now: Callable[[], int] | None = None
 ) -> AsyncIterator[Storage]:
     """Open the configured engine, run its writer, and close it (committing what is
     queued) on exit. Raises `StorageError` with a one-line reason if it cannot open."""

@@ -21,6 +21,8 @@ from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole,
 from ..core.operations import OpenDirect, SetHidden
 from ..core.snowflake import parse_id
 from ..core.views import add_status, chat_list, chat_summary
+from ..plugin_api import Route
+from .plugin_routes import mount
 
 if TYPE_CHECKING:
     from ..app import Node
@@ -152,14 +154,11 @@ def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRe
     return NodeRequest
 
 
-def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> QuartTrio:
+def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     app = QuartTrio("chatnode", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY  # routes that take more declare it
     app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
-    body_limits = [
-        (_rule_pattern(route[0], route[1]), int(route[3]))
-        for routes in plugin_routes for route in routes if len(route) > 3 and route[3]
-    ]
+    body_limits = [(_rule_pattern(r.method, r.path), r.max_body) for r in plugin_routes if r.max_body]
     app.request_class = request_class(body_limits)
     accounts, chats = node.accounts, node.chats
     limits = node.config.limits
@@ -203,7 +202,7 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     @app.errorhandler(ChatError)
     async def on_chat_error(exc: ChatError) -> Response:
-        return error_response(exc)
+        return error_response(node.plugins.client_error(exc))
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
@@ -247,7 +246,13 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
     @app.post("/api/register")
     async def register() -> Response:
         body = await json_body()
-        user = await accounts.register(body.get("username"), body.get("password"), body.get("display_name"))
+
+        async def gate(username: str, display_name: str) -> None:
+            await node.plugins.gate("check_registration", username=username, display_name=display_name,
+                                    address=client_address())
+
+        user = await accounts.register(body.get("username"), body.get("password"), body.get("display_name"),
+                                       gate=gate)
         return json_response({"user": user}, 201)
 
     @app.post("/api/login")
@@ -396,6 +401,7 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
         body = await json_body()
         title = check_title(body.get("title"))
         members = await user_ids_from(node, body, "members")
+        await node.plugins.gate("check_join", chat_id=0, user_ids=[device.user_id, *members], by=device.user_id)
         chat = await chats.run(CreateGroup(user_id=device.user_id, title=title, members=members))
         return json_response({"chat": await chat_summary(node, device.user_id, chat)}, 201)
 
@@ -433,6 +439,7 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
         users = await user_ids_from(node, await json_body())
         if not users:
             raise bad_request("give 'users' (ids) or 'usernames'")
+        await node.plugins.gate("check_join", chat_id=path_id(chat_id), user_ids=users, by=device.user_id)
         chat = await chats.run(AddMembers(user_id=device.user_id, chat_id=path_id(chat_id), users=users))
         return json_response({"chat": await chat_summary(node, device.user_id, chat)})
 
@@ -496,9 +503,8 @@ def create_app(node: Node, plugin_routes: list[list[tuple[Any, ...]]] = ()) -> Q
 
     # -- plugins ---------------------------------------------------------------------
 
-    for routes in plugin_routes:
-        for method, path, handler, *_ in routes:
-            app.add_url_rule(path, f"plugin:{method}:{path}", handler, methods=[method.upper()])
+    mount(app, node, list(plugin_routes), json_body=json_body, current_device=_current_device,
+          client_address=client_address, require_admin=require_admin)
 
     # -- admin ---------------------------------------------------------------------
 

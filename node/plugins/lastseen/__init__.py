@@ -21,8 +21,8 @@ import attrs
 import orjson
 import trio
 
-from ... import ChatError, check_fields, get_id, hookimpl, parse_id
-from ...plugin_store import StoreBatch
+from ... import ChatError, Client, PluginContext, Request, Route, StoreBatch, check_fields, get_id, hookimpl, parse_id
+from . import hooks
 
 TYPING_FIELDS = frozenset({"type", "chat", "typing"})
 VISIBILITY = ("everyone", "contacts", "nobody")
@@ -50,13 +50,13 @@ class LastSeenPlugin:
     name = "lastseen"
 
     def __init__(self) -> None:
-        self.node: Any = None
+        self.ctx: Any = None
         self.settings = LastSeenSettings()
         self._announced: dict[int, bool] = {}  # what contacts were last told: online?
         self._changed: dict[int, float] = {}  # user -> monotonic time of an unannounced change
         self._wakeup = trio.Event()
         self._typing_sent: dict[tuple[int, int], float] = {}
-        self._unwritten: dict[int, int] = {}  # user -> last seen (ms), not yet in LMDB
+        self._unwritten: dict[int, int] = {}  # user -> last seen (ms), not yet stored
         self._unwritten_added = trio.Event()
 
     @hookimpl
@@ -64,34 +64,34 @@ class LastSeenPlugin:
         return ("lastseen", LastSeenSettings)
 
     @hookimpl
-    async def startup(self, node, nursery) -> None:
-        self.node = node
-        self.settings = node.plugins.settings("lastseen")
-        self.store = node.store("lastseen")
-        self.times = self.store.table("times")
-        self.store.on_commit(self._take_unwritten)
+    def register_hookspecs(self):
+        return hooks
+
+    @hookimpl
+    async def startup(self, ctx: PluginContext, nursery) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.times = ctx.store.table("times")
+        ctx.store.on_commit(self._take_unwritten)
         nursery.start_soon(self._announcer)
         nursery.start_soon(self._flusher)
 
     @hookimpl
-    async def shutdown(self, node) -> None:
+    async def shutdown(self, ctx: PluginContext) -> None:
         if self._unwritten:
             await self._write_unwritten()
 
     # -- presence ------------------------------------------------------------------
 
     @hookimpl
-    def on_user_online(self, node, user_id: int) -> None:
+    def on_user_online(self, user_id: int) -> None:
         self._change(user_id)
-        node.plugins.notify("on_analytics_event", event={"event": "online", "ts": now_ms(), "user": str(user_id)})
 
     @hookimpl
-    def on_user_offline(self, node, user_id: int) -> None:
-        seen = now_ms()
-        self._unwritten[user_id] = seen
+    def on_user_offline(self, user_id: int) -> None:
+        self._unwritten[user_id] = now_ms()
         self._unwritten_added.set()
         self._change(user_id)
-        node.plugins.notify("on_analytics_event", event={"event": "offline", "ts": seen, "user": str(user_id)})
 
     def _take_unwritten(self, batch: StoreBatch) -> None:
         """The last-seen times not yet stored, as writes (a commit hook: they join the
@@ -101,9 +101,9 @@ class LastSeenPlugin:
         self._unwritten.clear()
 
     async def _write_unwritten(self) -> None:
-        batch = self.store.batch()
+        batch = self.ctx.store.batch()
         self._take_unwritten(batch)
-        await self.store.write(batch)
+        await self.ctx.store.write(batch)
 
     async def _flusher(self) -> None:
         """Make sure last-seen times reach the disk within `flush_interval` even when
@@ -134,32 +134,35 @@ class LastSeenPlugin:
                         await self._announce(user_id)
 
     async def _announce(self, user_id: int) -> None:
-        online = self.node.is_online(user_id)
+        ctx = self.ctx
+        online = ctx.is_online(user_id)
         if self._announced.get(user_id, False) == online:
             return  # it flapped back: nothing to tell
         self._announced[user_id] = online
         if await self.visibility(user_id) == "nobody":
             return
-        event = orjson.dumps(await self.presence(user_id, None) | {"type": "presence"})
-        contacts = await self.node.chats.contacts_of(user_id, self.settings.live_group_limit)
-        for contact in contacts:
+        event = await self.presence(user_id, None) | {"type": "presence"}
+        told = []
+        for contact in await ctx.contacts_of(user_id, max_group=self.settings.live_group_limit):
             # they share a chat, so only the reciprocal rule and blocks remain to check
-            if self.node.is_online(contact) and await self.visibility(contact) != "nobody" \
-                    and not await self.node.blocks.either_loaded(contact, user_id):
-                self.node.send_to_user(contact, event)
+            if ctx.is_online(contact) and await self.visibility(contact) != "nobody" \
+                    and not await ctx.blocked(contact, user_id):
+                told.append(contact)
+        ctx.send_to_users(told, event)
 
     async def visibility(self, user_id: int) -> str:
-        return await self.node.user_setting(user_id, "last_seen", self.settings.default_visibility)
+        user = await self.ctx.user(user_id)
+        return user.settings.get("last_seen", self.settings.default_visibility) if user else "nobody"
 
     async def may_see(self, viewer: int, user_id: int) -> bool:
         if viewer == user_id:
             return True
-        if await self.node.blocks.either_loaded(viewer, user_id):
+        if await self.ctx.blocked(viewer, user_id):
             return False
         if await self.visibility(viewer) == "nobody":  # reciprocal: hide yours, see no one's
             return False
         mine = await self.visibility(user_id)
-        return mine == "everyone" or (mine == "contacts" and await self.node.shares_chat(viewer, user_id))
+        return mine == "everyone" or (mine == "contacts" and await self.ctx.shares_chat(viewer, user_id))
 
     async def presence(self, user_id: int, viewer: int | None) -> dict[str, Any]:
         """What `viewer` may know of `user_id` (None: already checked)."""
@@ -169,37 +172,37 @@ class LastSeenPlugin:
         if seen is None:
             raw = await self.times.get(user_id.to_bytes(8, "big"))
             seen = int.from_bytes(raw, "big") if raw else None
-        online = self._announced.get(user_id, False) if viewer != user_id else self.node.is_online(user_id)
+        online = self._announced.get(user_id, False) if viewer != user_id else self.ctx.is_online(user_id)
         return {"user": str(user_id), "online": online, "last_seen": seen}
 
     @hookimpl
-    def register_routes(self, node):
-        async def presence(user_id: str):
-            device = await node.current_device()
+    def register_routes(self, ctx: PluginContext):
+        async def presence(request: Request, user_id: str):
+            viewer = await request.user_id()
             try:
                 target = parse_id(user_id)
             except ValueError:
                 raise ChatError("not_found") from None
-            if await node.accounts.user(target) is None:
+            if await ctx.user(target) is None:
                 raise ChatError("not_found")
-            return node.json_response(await self.presence(target, device.user_id))
+            return await self.presence(target, viewer)
 
-        return [("GET", "/api/users/<user_id>/presence", presence)]
+        return [Route("GET", "/api/users/<user_id>/presence", presence)]
 
     # -- typing --------------------------------------------------------------------
 
     @hookimpl
-    def register_frame_types(self, node):
-        async def typing(session, event: dict[str, Any]) -> None:
+    def register_frame_types(self, ctx: PluginContext):
+        async def typing(client: Client, event: dict[str, Any]) -> None:
             check_fields(event, TYPING_FIELDS)
             chat_id = get_id(event, "chat")
             active = event.get("typing", True)
             if not isinstance(active, bool):
                 raise ChatError("bad_request", "'typing' must be true or false")
-            chat = await node.chats.load(chat_id)
-            if chat is None or chat.member(session.user_id) is None:
+            chat = await ctx.chat(chat_id)
+            if chat is None or client.user_id not in chat.member_ids:
                 raise ChatError("not_member")
-            key = (session.user_id, chat_id)
+            key = (client.user_id, chat_id)
             now = trio.current_time()
             if active and now - self._typing_sent.get(key, -1e9) < self.settings.typing_interval:
                 return  # coalesced: the members were told moments ago
@@ -207,17 +210,15 @@ class LastSeenPlugin:
                 self._typing_sent[key] = now
             else:
                 self._typing_sent.pop(key, None)
-            forward = orjson.dumps({
-                "type": "typing", "chat": str(chat_id), "user": str(session.user_id), "typing": active,
+            forward = {
+                "type": "typing", "chat": str(chat_id), "user": str(client.user_id), "typing": active,
                 "expires_in": int(self.settings.typing_ttl * 1000) if active else 0,
-            })
-            await node.blocks.load(chat.active_ids())
-            for uid in chat.active_ids():
-                if uid != session.user_id and not node.blocks.either(uid, session.user_id):
-                    node.send_to_user(uid, forward)
+            }
+            to = [uid for uid in chat.member_ids
+                  if uid != client.user_id and not await ctx.blocked(uid, client.user_id)]
+            ctx.send_to_users(to, forward)
             if len(self._typing_sent) > 100_000:
                 self._typing_sent.clear()
-            node.plugins.notify("on_analytics_event", event={
-                "event": "typing", "ts": now_ms(), "user": str(session.user_id), "chat": str(chat_id)})
+            ctx.notify("on_typing", chat_id=chat_id, user_id=client.user_id, typing=active)
 
         return {"typing": typing}

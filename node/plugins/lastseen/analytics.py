@@ -1,5 +1,6 @@
-"""The default `on_analytics_event` sink: JSON lines appended to a file in the data dir,
-ready to ship to Kafka or a log pipeline. Off unless `[plugins.analytics] enabled = true`.
+"""Activity events as JSON lines appended to a file in the data dir, ready to ship to
+Kafka or a log pipeline: presence changes, typing, messages sent (never their content).
+Off unless `[plugins.analytics] enabled = true`.
 
 Events are buffered and written once per `flush_interval` (or `max_buffer` events) through
 trio's async file API, so writing never blocks the event loop.
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import time
+
 import attrs
 import orjson
 import trio
 
-from ... import hookimpl
+from ... import Message, PluginContext, hookimpl
 
 
 @attrs.frozen
@@ -22,6 +25,10 @@ class AnalyticsSettings:
     file: str = "analytics.jsonl"  # relative to the data dir
     flush_interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
     max_buffer: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 class AnalyticsPlugin:
@@ -39,14 +46,26 @@ class AnalyticsPlugin:
         return ("analytics", AnalyticsSettings)
 
     @hookimpl
-    async def startup(self, node, nursery) -> None:
-        self.settings = node.plugins.settings("analytics")
+    async def startup(self, ctx: PluginContext, nursery) -> None:
+        self.settings = ctx.settings
         if self.settings.enabled:
-            self._file = await trio.open_file(node.config.data_dir / self.settings.file, "ab")
+            self._file = await trio.open_file(ctx.data_dir / self.settings.file, "ab")
             nursery.start_soon(self._flusher)
 
     @hookimpl
-    def on_analytics_event(self, node, event: dict[str, Any]) -> None:
+    def on_user_online(self, user_id: int) -> None:
+        self.record({"event": "online", "ts": now_ms(), "user": str(user_id)})
+
+    @hookimpl
+    def on_user_offline(self, user_id: int) -> None:
+        self.record({"event": "offline", "ts": now_ms(), "user": str(user_id)})
+
+    @hookimpl(optionalhook=True)  # declared by the lastseen plugin, which may be disabled
+    def on_typing(self, chat_id: int, user_id: int, typing: bool) -> None:
+        if typing:
+            self.record({"event": "typing", "ts": now_ms(), "user": str(user_id), "chat": str(chat_id)})
+
+    def record(self, event: dict[str, Any]) -> None:
         if self._file is None:
             return
         if len(self._buffer) >= self.settings.max_buffer:
@@ -57,11 +76,11 @@ class AnalyticsPlugin:
             self._full.set()
 
     @hookimpl
-    def on_message_stored(self, node, chat_id: int, message: dict[str, Any]) -> None:
+    def on_message_stored(self, message: Message) -> None:
         """Message activity, without content."""
-        if self._file is not None and message.get("from"):
-            self.on_analytics_event(node, {"event": "message", "ts": message["ts"], "user": message["from"],
-                                           "chat": message["chat"], "kind": message["kind"]})
+        if self._file is not None and message.sender:
+            self.record({"event": "message", "ts": message.ts, "user": str(message.sender),
+                         "chat": str(message.chat_id), "kind": message.kind})
 
     async def _flusher(self) -> None:
         try:

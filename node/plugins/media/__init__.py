@@ -10,7 +10,7 @@ upload, with Range requests, ETags and optional signed URLs. Uploads no message 
 are collected after a grace period.
 
 Modules: settings (config), sniff (type detection), images (re-encode, thumbnails),
-probe (duration, size), store (files), records (LMDB layout), service (the rules),
+probe (duration, size), store (files), records (its tables), service (the rules),
 routes (HTTP), ranges (Range headers), signing (signed URLs).
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ... import hookimpl
+from ... import Message, PluginContext, hookimpl
 from . import records
 from .routes import media_routes
 from .service import MediaService
@@ -41,18 +41,19 @@ class MediaPlugin:
         return ("media", MediaSettings)
 
     @hookimpl
-    def register_routes(self, node):
-        return media_routes(node, self)
+    def register_routes(self, ctx: PluginContext):
+        return media_routes(ctx, self)
 
     @hookimpl
-    async def startup(self, node, nursery: trio.Nursery) -> None:
-        settings: MediaSettings = node.plugins.settings("media")
-        store = ContentStore(node.config.data_dir / settings.dir)
+    async def startup(self, ctx: PluginContext, nursery: trio.Nursery) -> None:
+        settings: MediaSettings = ctx.settings
+        store = ContentStore(ctx.data_dir / settings.dir)
         await trio.to_thread.run_sync(store.prepare)
         if settings.signed_urls:
             key = await trio.to_thread.run_sync(load_or_create_key, store.root / "signing.key")
             self.signer = Signer(key, settings.signed_url_ttl)
-        self.service = MediaService(node, settings, store)
+        self.service = MediaService(ctx, settings, store)
+        ctx.add_statistics(self.service.statistics)
         nursery.start_soon(self.service.serve_gc)
 
     @hookimpl
@@ -62,12 +63,11 @@ class MediaPlugin:
         return await self.service.prepare(user_id, chat_id, content)
 
     @hookimpl
-    async def on_message_stored(self, chat_id: int, message: dict[str, Any]) -> None:
+    async def on_message_stored(self, message: Message) -> None:
         if self.service is not None:
-            await self.service.message_stored(chat_id, message)
+            await self.service.message_stored(message)
 
     async def collect_garbage(self, now: int | None = None) -> dict[str, int]:
         """Run one garbage collection now (tests, the admin); see MediaService."""
         assert self.service is not None, "the media plugin has not started"
         return await self.service.collect_garbage(now)
-

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import trio
-from quart import Response, request
 
-from ... import ChatError
+from ... import ChatError, PluginContext, Request, Response, Route, json_response
 from . import records
 from .ranges import Unsatisfiable, etag_matches, if_range_allows, parse_range
 from .service import MediaService, now_ms
@@ -86,10 +84,10 @@ def clean_name(raw: str | None) -> str | None:
     return name
 
 
-def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
+def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
     """The routes of `plugin` (a MediaPlugin): they are collected before the plugin's
     `startup` made its service and signer, so each request looks them up."""
-    settings = node.plugins.settings("media")
+    settings = ctx.settings
 
     def parts() -> tuple[MediaService, Signer | None]:
         if plugin.service is None:
@@ -103,7 +101,7 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
             raise ChatError("not_found", "no such media")
         return item
 
-    async def authorized_item(media_id: str, variant: str) -> tuple[dict[str, Any], str]:
+    async def authorized_item(request: Request, media_id: str, variant: str) -> tuple[dict[str, Any], str]:
         """The item, if the signature or the bearer token allows it, and the Cache-Control
         to send. Who is asking is settled first, so strangers learn nothing of what exists."""
         service, signer = parts()
@@ -114,22 +112,22 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
                 return await item_or_404(media_id), f"private, max-age={max(0, (int(exp) - now) // 1000)}, immutable"
             if "Authorization" not in request.headers:
                 raise ChatError("forbidden", "the signed URL is invalid or has expired")
-        device = await node.current_device()
+        user_id = await request.user_id()
         item = await item_or_404(media_id)
-        if not await service.may_read(device.user_id, item):
+        if not await service.may_read(user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         return item, IMMUTABLE
 
-    async def upload() -> Response:
-        body = _Body(request.body, settings.upload_idle_timeout)
+    async def upload(request: Request) -> Response:
+        body = _Body(request.body(), settings.upload_idle_timeout)
         try:
-            return await receive(body)
+            return await receive(request, body)
         except ChatError:
             await body.drain()
             raise
 
-    async def receive(body: _Body) -> Response:
-        device = await node.current_device()
+    async def receive(request: Request, body: _Body) -> Response:
+        user_id = await request.user_id()
         service, _ = parts()
         name = clean_name(request.args.get("name"))
         declared = request.content_length
@@ -155,40 +153,41 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
                     raise ChatError("too_large", f"{category} uploads are limited to {limit} bytes")
                 await sink.write(chunk)
             sha = await sink.finish()
-            item = await service.store_upload(device.user_id, tmp, sha, sink.size, mime, category, name)
+            await ctx.check_upload(user_id, mime, sink.size, name)
+            item = await service.store_upload(user_id, tmp, sha, sink.size, mime, category, name)
         finally:
             await sink.aclose()
             await remove_quietly(tmp)
-        return node.json_response({"media": records.public(item)}, 201)
+        return json_response({"media": records.public(item)}, 201)
 
-    async def download(media_id: str) -> Response:
-        item, cache = await authorized_item(media_id, "content")
+    async def download(request: Request, media_id: str) -> Response:
+        item, cache = await authorized_item(request, media_id, "content")
         attachment = item["category"] == "file"
-        return await _serve(plugin.service.store.content_path(item["sha256"]), item["mime"], item["sha256"], cache,
-                            _disposition(item.get("name"), attachment))
+        return await _serve(request, plugin.service.store.content_path(item["sha256"]), item["mime"], item["sha256"],
+                            cache, _disposition(item.get("name"), attachment))
 
-    async def thumbnail(media_id: str) -> Response:
-        item, cache = await authorized_item(media_id, "thumbnail")
+    async def thumbnail(request: Request, media_id: str) -> Response:
+        item, cache = await authorized_item(request, media_id, "thumbnail")
         if not item.get("thumbnail"):
             raise ChatError("not_found", "this media has no thumbnail")
         path = plugin.service.store.thumb_path(item["sha256"])
-        return await _serve(path, "image/jpeg", f"{item['sha256']}-t", cache, "inline")
+        return await _serve(request, path, "image/jpeg", f"{item['sha256']}-t", cache, "inline")
 
-    async def info(media_id: str) -> Response:
-        device = await node.current_device()
+    async def info(request: Request, media_id: str) -> Response:
+        user_id = await request.user_id()
         item = await item_or_404(media_id)
-        if not await plugin.service.may_read(device.user_id, item):
+        if not await plugin.service.may_read(user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         extra = {"owner": item["owner"], "created": item["created"]}
-        return node.json_response({"media": {**records.public(item), **extra}})
+        return json_response({"media": {**records.public(item), **extra}})
 
-    async def signed(media_id: str) -> Response:
+    async def signed(request: Request, media_id: str) -> Response:
         service, signer = parts()
         if signer is None:
             raise ChatError("not_found", "signed URLs are switched off on this node")
-        device = await node.current_device()
+        user_id = await request.user_id()
         item = await item_or_404(media_id)
-        if not await service.may_read(device.user_id, item):
+        if not await service.may_read(user_id, item):
             raise ChatError("forbidden", "this media was not shared with you")
         exp = signer.expiry(now_ms())
         mid = int(item["id"])
@@ -196,18 +195,18 @@ def media_routes(node: Any, plugin: Any) -> list[tuple[Any, ...]]:
         def url(variant: str, path: str) -> str:
             return f"/api/media/{mid}{path}?exp={exp}&sig={signer.sign(mid, variant, exp)}"
 
-        return node.json_response({
+        return json_response({
             "url": url("content", ""),
             "thumbnail_url": url("thumbnail", "/thumbnail") if item.get("thumbnail") else None,
             "expires": exp,
         })
 
     return [
-        ("POST", "/api/media", upload, settings.max_upload_bytes),  # the one route with big bodies
-        ("GET", "/api/media/<media_id>", download),
-        ("GET", "/api/media/<media_id>/thumbnail", thumbnail),
-        ("GET", "/api/media/<media_id>/info", info),
-        ("GET", "/api/media/<media_id>/signed", signed),
+        Route("POST", "/api/media", upload, max_body=settings.max_upload_bytes),  # the one route with big bodies
+        Route("GET", "/api/media/<media_id>", download),
+        Route("GET", "/api/media/<media_id>/thumbnail", thumbnail),
+        Route("GET", "/api/media/<media_id>/info", info),
+        Route("GET", "/api/media/<media_id>/signed", signed),
     ]
 
 
@@ -219,7 +218,7 @@ def _disposition(name: str | None, attachment: bool) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-async def _serve(path: Path, mime: str, tag: str, cache: str, disposition: str) -> Response:
+async def _serve(request: Request, path: Path, mime: str, tag: str, cache: str, disposition: str) -> Response:
     """The file at `path`, whole or the one range asked for, streamed in chunks."""
     try:
         size = (await trio.Path(path).stat()).st_size
@@ -234,13 +233,13 @@ async def _serve(path: Path, mime: str, tag: str, cache: str, disposition: str) 
         "Content-Security-Policy": "default-src 'none'; sandbox",
     }
     if etag_matches(request.headers.get("If-None-Match"), etag):
-        return Response(b"", status=304, headers=headers)
+        return Response(b"", status=304, headers=headers, content_type=mime)
     try:
         wanted = parse_range(request.headers.get("Range"), size) if if_range_allows(
             request.headers.get("If-Range"), etag) else None
     except Unsatisfiable:
         error = ChatError("bad_request", f"the range asked for is outside the content ({size} bytes)", status=416)
-        response = Response(orjson.dumps({"error": error.to_json()}), status=416, mimetype="application/json")
+        response = json_response({"error": error.to_json()}, 416)
         response.headers["Content-Range"] = f"bytes */{size}"
         return response
     first, last = wanted if wanted is not None else (0, size - 1)
@@ -251,9 +250,7 @@ async def _serve(path: Path, mime: str, tag: str, cache: str, disposition: str) 
         status = 206
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     body = stream_file(path, first, last) if request.method != "HEAD" and size else _empty()
-    response = Response(body, status=status, headers=headers, content_type=mime)
-    response.timeout = None  # a large file to a slow client may take longer than RESPONSE_TIMEOUT
-    return response
+    return Response(body, status=status, headers=headers, content_type=mime)
 
 
 async def _empty():

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import trio
 
-from ... import ChatError
+from ... import ChatError, Message, PluginContext
 from . import records
 from .images import ImageRejected, process_image
 from .probe import probe
@@ -54,9 +54,9 @@ def now_ms() -> int:
 
 
 class MediaService:
-    def __init__(self, node: Any, settings: MediaSettings, store: ContentStore) -> None:
-        self.node = node
-        self.records = Records(node.store("media"))
+    def __init__(self, ctx: PluginContext, settings: MediaSettings, store: ContentStore) -> None:
+        self.ctx = ctx
+        self.records = Records(ctx.store)
         self.settings = settings
         self.store = store
         self._lock = trio.Lock()
@@ -110,7 +110,7 @@ class MediaService:
                 await trio.to_thread.run_sync(self.store.install, sha, source, thumb)
                 installed = True
                 content = {"items": 0, "size": item["size"], "mime": item["mime"]}
-            media_id = self.node.ids.next_id()
+            media_id = self.ctx.next_id()
             now = now_ms()
             item.update(id=str(media_id), created=now)
             batch = self.records.store.batch()
@@ -146,8 +146,7 @@ class MediaService:
             if await self._visible(user_id, chat_id, seq) and await self._log_carries(chat_id, seq, media_id, now):
                 return True
         for _key, chat_id, _started, floor in await self.records.pending_of(media_id):
-            chat = await self.node.chats.load(chat_id)
-            if chat is None or chat.visible_range(user_id) is None:
+            if await self._visible_range(user_id, chat_id) is None:
                 continue
             found = await self._search_log(chat_id, floor, media_id, now)
             if found:
@@ -157,35 +156,40 @@ class MediaService:
                     return True
         return False
 
+    async def _visible_range(self, user_id: int, chat_id: int) -> tuple[int, int] | None:
+        """First and last seq of a chat the user may see (current or former member)."""
+        chat = await self.ctx.chat(chat_id)
+        member = await self.ctx.member(chat_id, user_id) if chat is not None else None
+        if chat is None or member is None:
+            return None
+        last = chat.last_seq if member.until_seq is None else min(member.until_seq, chat.last_seq)
+        return member.from_seq, last
+
     async def _visible(self, user_id: int, chat_id: int, seq: int) -> bool:
-        chat = await self.node.chats.load(chat_id)
-        visible = chat.visible_range(user_id) if chat is not None else None
+        visible = await self._visible_range(user_id, chat_id)
         return visible is not None and visible[0] <= seq <= visible[1]
 
     async def _log_carries(self, chat_id: int, seq: int, media_id: int, now: int) -> bool:
-        rows = await self.node.chats.read_range(chat_id, seq, seq, 1)
-        return bool(rows) and _carries(orjson.loads(rows[0][1]), media_id, now)
+        found = await self.ctx.messages(chat_id, seq, seq, 1)
+        return bool(found) and _carries(found[0], media_id, now)
 
     async def _search_log(self, chat_id: int, floor: int, media_id: int, now: int) -> list[tuple[int, int]]:
         """(seq, expires_at) of the live messages after `floor` in a chat that carry the item."""
-        chat = await self.node.chats.load(chat_id)
+        chat = await self.ctx.chat(chat_id)
         if chat is None:
             return []
-        needle = f'"{media_id}"'.encode()
         found = []
-        first, last = floor + 1, chat.committed_seq
+        first, last = floor + 1, chat.last_seq
         scanned = 0
         while first <= last and scanned < LOG_SCAN_LIMIT:
-            rows = await self.node.chats.read_range(chat_id, first, last, LOG_PAGE)
-            if not rows:
+            page = await self.ctx.messages(chat_id, first, last, LOG_PAGE)
+            if not page:
                 break
-            for seq, raw in rows:
-                if needle in raw:
-                    record = orjson.loads(raw)
-                    if _carries(record, media_id, now):
-                        found.append((seq, record.get("expires_at") or 0))
-            scanned += len(rows)
-            first = rows[-1][0] + 1
+            for message in page:
+                if _carries(message, media_id, now):
+                    found.append((message.seq, message.expires_at or 0))
+            scanned += len(page)
+            first = page[-1].seq + 1
         return found
 
     # -- sending (the gate) ------------------------------------------------------------
@@ -206,8 +210,8 @@ class MediaService:
             raise ChatError("forbidden", "you can only send media you uploaded")
         if not kind_accepts(kind, item["category"], item["mime"]):
             raise ChatError("bad_request", f"a {kind} message cannot carry {item['mime']} media")
-        chat = await self.node.chats.load(chat_id)
-        if chat is not None and chat.member(user_id) is not None:  # else the core refuses it
+        chat = await self.ctx.chat(chat_id)
+        if chat is not None and user_id in chat.member_ids:  # else the core refuses it
             async with self._lock:
                 if await self.get(media_id) is None:
                     raise ChatError("not_found", "no such media")
@@ -218,17 +222,17 @@ class MediaService:
 
     # -- shares (from on_message_stored) ----------------------------------------------
 
-    async def message_stored(self, chat_id: int, message: dict[str, Any]) -> None:
-        kind = message.get("kind")
-        media = message.get("media")
-        if kind in MEDIA_KINDS and isinstance(media, dict) and str(media.get("id", "")).isdigit():
-            await self._record_shares(int(media["id"]), chat_id, [(message["seq"], message.get("expires_at") or 0)])
-        elif kind == "delete" and isinstance(message.get("target_seq"), int):
-            rows = await self.node.chats.read_range(chat_id, message["target_seq"], message["target_seq"], 1)
-            tombstone = orjson.loads(rows[0][1]) if rows else {}
+    async def message_stored(self, message: Message) -> None:
+        media = message.media
+        if message.kind in MEDIA_KINDS and media is not None and str(media.get("id", "")).isdigit():
+            await self._record_shares(int(media["id"]), message.chat_id, [(message.seq, message.expires_at or 0)])
+        elif message.kind == "delete" and isinstance(message.record.get("target_seq"), int):
+            chat_id, target_seq = message.chat_id, message.record["target_seq"]
+            found = await self.ctx.messages(chat_id, target_seq, target_seq, 1)
+            tombstone = found[0].record if found else {}
             released = tombstone.get("deleted_media")
             if released and str(released).isdigit():
-                await self._release(int(released), chat_id, message["target_seq"])
+                await self._release(int(released), chat_id, target_seq)
 
     async def _record_shares(self, media_id: int, chat_id: int, found: list[tuple[int, int]]) -> None:
         async with self._lock:
@@ -378,10 +382,9 @@ class MediaService:
         return {"collections": self.collections}
 
 
-def _carries(record: dict[str, Any], media_id: int, now: int) -> bool:
-    """Whether a log record is a live message carrying the item."""
-    media = record.get("media")
-    if record.get("kind") not in MEDIA_KINDS or not isinstance(media, dict) or media.get("id") != str(media_id):
+def _carries(message: Message, media_id: int, now: int) -> bool:
+    """Whether a log entry is a live message carrying the item."""
+    media = message.media
+    if message.kind not in MEDIA_KINDS or media is None or media.get("id") != str(media_id):
         return False
-    expires = record.get("expires_at")
-    return not expires or expires > now
+    return not message.expires_at or message.expires_at > now

@@ -7,7 +7,7 @@ provider for its kind. Two providers are built in (`webpush`, `webhook`); plugin
 more with the `register_push_providers` hook. By default a notification carries only
 ids and a count, never message text (`previews = true` adds the text).
 
-Modules: settings (config), targets (LMDB), providers (the provider contract and the
+Modules: settings (config), targets (its table), providers (the provider contract and the
 endpoint rules), vapid (the node's VAPID keys and JWTs), webpush and webhook (the
 built-in providers), dispatch (collapsing, retries, workers).
 """
@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import trio
 
-from ... import ChatError, hookimpl, json_body, parse_id
+from ... import ChatError, Message, PluginContext, Request, Response, Route, hookimpl, json_response, parse_id
+from . import hooks
 from .dispatch import Dispatcher
 from .settings import PushSettings
 from .targets import Targets, public
@@ -43,20 +44,25 @@ class PushPlugin:
         return ("push", PushSettings)
 
     @hookimpl
-    async def startup(self, node, nursery: trio.Nursery) -> None:
-        settings: PushSettings = node.plugins.settings("push")
-        key = await trio.to_thread.run_sync(load_or_create_key, node.config.data_dir / "push" / "vapid_private.pem")
-        subject = settings.vapid_subject or node.config.http.public_url or "mailto:postmaster@localhost"
+    def register_hookspecs(self):
+        return hooks
+
+    @hookimpl
+    async def startup(self, ctx: PluginContext, nursery: trio.Nursery) -> None:
+        settings: PushSettings = ctx.settings
+        key = await trio.to_thread.run_sync(load_or_create_key, ctx.data_dir / "push" / "vapid_private.pem")
+        subject = settings.vapid_subject or ctx.public_url or "mailto:postmaster@localhost"
         self.vapid = Vapid(key, subject)
         self.http = httpx.AsyncClient(timeout=settings.timeout, follow_redirects=False)
-        self.targets = Targets(node.store("push"))
+        self.targets = Targets(ctx.store)
         providers: dict[str, Any] = {}
-        for offered in node.plugins.collect("register_push_providers", node=node):
+        for offered in ctx.collect("register_push_providers"):
             for kind, provider in offered.items():
                 if kind in providers:
                     raise ValueError(f"two push providers for the kind {kind!r}")
                 providers[kind] = provider
-        self.dispatcher = Dispatcher(node, settings, providers, self.targets)
+        self.dispatcher = Dispatcher(ctx, settings, providers, self.targets)
+        ctx.add_statistics(self.dispatcher.statistics)
         await nursery.start(self.dispatcher.serve)
 
     @hookimpl
@@ -65,8 +71,8 @@ class PushPlugin:
             await self.http.aclose()
 
     @hookimpl
-    def register_push_providers(self, node):
-        settings: PushSettings = node.plugins.settings("push")
+    def register_push_providers(self, ctx: PluginContext):
+        settings: PushSettings = ctx.settings
         assert self.http is not None and self.vapid is not None
         return {
             "webpush": WebPushProvider(self.http, self.vapid, ttl=settings.ttl,
@@ -75,9 +81,9 @@ class PushPlugin:
         }
 
     @hookimpl
-    async def on_recipients_offline(self, chat_id: int, message: dict[str, Any], user_ids: list[int]) -> None:
+    async def on_recipients_offline(self, message: Message, user_ids: list[int]) -> None:
         if self.dispatcher is not None:
-            await self.dispatcher.offer(chat_id, message, user_ids)
+            await self.dispatcher.offer(message, user_ids)
 
     @hookimpl
     async def on_device_revoked(self, user_id: int, device_id: int) -> None:
@@ -96,68 +102,65 @@ class PushPlugin:
     # -- HTTP ---------------------------------------------------------------------------
 
     @hookimpl
-    def register_routes(self, node):
-        settings: PushSettings = node.plugins.settings("push")
+    def register_routes(self, ctx: PluginContext):
+        settings: PushSettings = ctx.settings
 
         def ready() -> tuple[Dispatcher, Targets]:
             if self.dispatcher is None or self.targets is None:
                 raise ChatError("unavailable", "push is starting")
             return self.dispatcher, self.targets
 
-        async def add_target():
-            device = await node.current_device()
+        async def add_target(request: Request):
+            user_id, device_id = await request.user_id(), await request.device_id()
             dispatcher, targets = ready()
-            body = await json_body()
+            body = await request.json()
             kind = body.get("kind")
             provider = dispatcher.providers.get(kind) if isinstance(kind, str) else None
             if provider is None:
                 kinds = ", ".join(sorted(dispatcher.providers))
                 raise ChatError("bad_request", f"'kind' must be one of: {kinds}")
             fields = provider.check_target(body)
-            existing = await targets.of_user(device.user_id)
+            existing = await targets.of_user(user_id)
             for target in existing:  # a browser that subscribes again gets the same target
                 if target["kind"] == kind and target["endpoint"] == fields["endpoint"]:
-                    target.update(fields, device=str(device.device_id))  # it follows the device that renewed it
-                    await targets.put(device.user_id, target)
-                    return node.json_response({"target": public(target)}, 201)
-            target = {"id": str(node.ids.next_id()), "kind": kind, **fields, "device": str(device.device_id),
+                    target.update(fields, device=str(device_id))  # it follows the device that renewed it
+                    await targets.put(user_id, target)
+                    return json_response({"target": public(target)}, 201)
+            target = {"id": str(ctx.next_id()), "kind": kind, **fields, "device": str(device_id),
                       "created": time.time_ns() // 1_000_000}
             excess = max(0, len(existing) + 1 - settings.max_targets_per_user)
             evict = sorted(existing, key=lambda t: t["created"])[:excess]
             for old in evict:
                 dispatcher.forget(int(old["id"]))
-            await targets.put(device.user_id, target, evict)
-            return node.json_response({"target": public(target)}, 201)
+            await targets.put(user_id, target, evict)
+            return json_response({"target": public(target)}, 201)
 
-        async def list_targets():
-            device = await node.current_device()
+        async def list_targets(request: Request):
+            user_id = await request.user_id()
             _, targets = ready()
-            return node.json_response({"targets": [public(t) for t in await targets.of_user(device.user_id)]})
+            return {"targets": [public(t) for t in await targets.of_user(user_id)]}
 
-        async def delete_target(target_id: str):
-            device = await node.current_device()
+        async def delete_target(request: Request, target_id: str):
+            user_id = await request.user_id()
             dispatcher, targets = ready()
             try:
                 tid = parse_id(target_id)
             except ValueError:
                 raise ChatError("not_found", "no such push target") from None
-            if await targets.get(device.user_id, tid) is None:
+            if await targets.get(user_id, tid) is None:
                 raise ChatError("not_found", "no such push target")
             dispatcher.forget(tid)
-            await targets.delete(device.user_id, tid)
-            return "", 204
+            await targets.delete(user_id, tid)
+            return Response(b"", 204)
 
-        async def vapid_key():
+        async def vapid_key(request: Request):
             if self.vapid is None:
                 raise ChatError("unavailable", "push is starting")
-            return node.json_response({"public_key": self.vapid.public_key})
+            return {"public_key": self.vapid.public_key}
 
         return [
-            ("POST", "/api/push/targets", add_target),
-            ("GET", "/api/push/targets", list_targets),
-            ("DELETE", "/api/push/targets/<target_id>", delete_target),
-            ("GET", "/api/push/vapid", vapid_key),
+            Route("POST", "/api/push/targets", add_target),
+            Route("GET", "/api/push/targets", list_targets),
+            Route("DELETE", "/api/push/targets/<target_id>", delete_target),
+            Route("GET", "/api/push/vapid", vapid_key),
         ]
-
-    def statistics(self) -> dict[str, Any]:
-        return self.dispatcher.statistics() if self.dispatcher is not None else {}

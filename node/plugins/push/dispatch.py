@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import trio
 
+from ... import Message, PluginContext
 from .providers import PushFailed, PushGone
 from .settings import PushSettings
 from .targets import Targets
@@ -64,8 +65,8 @@ class TargetState:
 
 
 class Dispatcher:
-    def __init__(self, node: Any, settings: PushSettings, providers: dict[str, Any], targets: Targets) -> None:
-        self.node = node
+    def __init__(self, ctx: PluginContext, settings: PushSettings, providers: dict[str, Any], targets: Targets) -> None:
+        self.ctx = ctx
         self.settings = settings
         self.providers = providers
         self.targets = targets
@@ -78,14 +79,14 @@ class Dispatcher:
 
     # -- intake (event pump; never waits) -------------------------------------------------
 
-    async def offer(self, chat_id: int, message: dict[str, Any], user_ids: list[int]) -> None:
+    async def offer(self, message: Message, user_ids: list[int]) -> None:
         for user_id in user_ids:
             for target in await self.targets.of_user(user_id):
                 target_id = int(target["id"])
                 state = self._states.get(target_id)
                 if state is None:
                     state = self._states[target_id] = TargetState(target_id, user_id)
-                arrived = Pending(1, message)
+                arrived = Pending(1, dict(message.record))
                 state.pending = arrived if state.pending is None else state.pending.merge(arrived)
                 if not state.busy and not state.scheduled:
                     self._schedule(state, max(trio.current_time(), state.not_before))
@@ -158,7 +159,7 @@ class Dispatcher:
         if target is None or provider is None:
             self._states.pop(state.target_id, None)
             return
-        if self.node.is_online(state.user_id):
+        if self.ctx.is_online(state.user_id):
             self.stats["skipped_online"] += 1
             return
         now = trio.current_time()
@@ -201,7 +202,7 @@ class Dispatcher:
         message = pending.message
         out = {
             "type": "message",
-            "node": self.node.config.node.name,
+            "node": self.ctx.node_name,
             "chat": message["chat"],
             "from": message.get("from"),
             "message": message["id"],
@@ -211,9 +212,9 @@ class Dispatcher:
         }
         if self.settings.previews:
             out["kind"] = message["kind"]
-            sender = await self.node.accounts.user(int(message["from"])) if message.get("from") else None
+            sender = await self.ctx.user(int(message["from"])) if message.get("from") else None
             if sender is not None:
-                out["sender_name"] = sender.get("display_name") or sender.get("username")
+                out["sender_name"] = sender.display_name
             text = message.get("text")
             if text:
                 out["text"] = _cut(text, self.settings.preview_chars)

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ...plugin_store import PluginStore
+from ... import PluginStore
 
 TABLE = "targets"
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from ... import ChatError, check_fields, get_id, get_int, hookimpl, json_body, parse_id
+from ... import Chat, ChatError, Client, PluginContext, Request, Route, check_fields, get_id, get_int, hookimpl, parse_id
 
 READ_FIELDS = frozenset({"type", "chat", "seq"})
 
@@ -21,89 +19,92 @@ READ_FIELDS = frozenset({"type", "chat", "seq"})
 class ReceiptsPlugin:
     name = "receipts"
 
-    @hookimpl
-    def register_frame_types(self, node):
-        async def on_read(session, event: dict[str, Any]) -> None:
-            check_fields(event, READ_FIELDS)
-            await node.mark_read(session.user_id, get_id(event, "chat"), get_int(event, "seq"))
-
-        return {"read": on_read}
-
-    @hookimpl
-    def register_routes(self, node):
-        async def mark_read(chat_id: str):
-            device = await node.current_device()
-            body = await json_body()
-            seq = body.get("seq")
-            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-                raise ChatError("bad_request", "'seq' must be an integer >= 0")
-            return node.json_response({"read_seq": await node.mark_read(device.user_id, _id(chat_id), seq)})
-
-        async def receipts(chat_id: str, seq: str):
-            device = await node.current_device()
-            chat = await node.chats.load(_id(chat_id))
-            if chat is None or chat.member(device.user_id) is None:
-                raise ChatError("not_member")
-            if not seq.isdigit():
-                raise ChatError("not_found")
-            message = await _message(node, chat.id, int(seq))
-            if message is None or message.get("from") != str(device.user_id):
-                raise ChatError("forbidden", "only the sender may see who has read a message")
-            return node.json_response(await who_has(node, chat, device.user_id, int(seq)))
-
-        return [
-            ("POST", "/api/chats/<chat_id>/read", mark_read),
-            ("GET", "/api/chats/<chat_id>/messages/<seq>/receipts", receipts),
-        ]
-
     def __init__(self) -> None:
         self._group_read: dict[int, int] = {}  # group -> the all-read watermark last announced
 
     @hookimpl
-    async def on_read(self, node, chat_id: int, user_id: int, seq: int, previous: int) -> None:
-        chat = await node.chats.load(chat_id)
+    def register_frame_types(self, ctx: PluginContext):
+        async def on_read(client: Client, event: dict[str, Any]) -> None:
+            check_fields(event, READ_FIELDS)
+            await ctx.mark_read(client.user_id, get_id(event, "chat"), get_int(event, "seq"))
+
+        return {"read": on_read}
+
+    @hookimpl
+    def register_routes(self, ctx: PluginContext):
+        async def mark_read(request: Request, chat_id: str):
+            user_id = await request.user_id()
+            body = await request.json()
+            seq = body.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+                raise ChatError("bad_request", "'seq' must be an integer >= 0")
+            return {"read_seq": await ctx.mark_read(user_id, _id(chat_id), seq)}
+
+        async def receipts(request: Request, chat_id: str, seq: str):
+            user_id = await request.user_id()
+            chat = await ctx.chat(_id(chat_id))
+            if chat is None or user_id not in chat.member_ids:
+                raise ChatError("not_member")
+            if not seq.isdigit():
+                raise ChatError("not_found")
+            found = await ctx.messages(chat.id, int(seq), int(seq), 1)
+            if not found or found[0].sender != user_id:
+                raise ChatError("forbidden", "only the sender may see who has read a message")
+            return await who_has(ctx, chat, user_id, int(seq))
+
+        return [
+            Route("POST", "/api/chats/<chat_id>/read", mark_read),
+            Route("GET", "/api/chats/<chat_id>/messages/<seq>/receipts", receipts),
+        ]
+
+    @hookimpl
+    async def on_read(self, ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: int) -> None:
+        chat = await ctx.chat(chat_id)
         if chat is None:
             return
         event = {"type": "read", "chat": str(chat_id), "user": str(user_id), "seq": seq}
-        node.send_to_user(user_id, event)  # the reader's other devices clear their unread count
+        ctx.send_to_user(user_id, event)  # the reader's other devices clear their unread count
         if chat.kind == "group":
-            self._announce_group(node, chat)
+            await self._announce_group(ctx, chat)
             return
-        if not await node.reads_shared(user_id):
+        if not await ctx.reads_shared(user_id):
             return
-        for author in node.chats.authors_between(chat, user_id, previous, seq):
-            if chat.member(author) is not None and await node.reads_shared(author):
-                node.send_to_user(author, event)
+        for author in await ctx.authors_between(chat_id, previous, seq, exclude=user_id):
+            if author in chat.member_ids and await ctx.reads_shared(author):
+                ctx.send_to_user(author, event)
 
-    def _announce_group(self, node, chat) -> None:
+    async def _announce_group(self, ctx: PluginContext, chat: Chat) -> None:
         """Groups: one `read` event with `"all": true` each time every member has read
         further (as in WhatsApp, group reads ignore the per-user setting); per-member
         detail is in the receipts endpoint."""
-        floor = chat.watermark("read").floor
-        before = self._group_read.get(chat.id, chat.members[next(iter(chat.members))]["from_seq"] - 1)
+        floor = chat.read_floor
+        before = self._group_read.get(chat.id)
+        if before is None:
+            members = await ctx.members(chat.id, former=True)
+            before = min(m.from_seq for m in members) - 1 if members else 0
         if floor <= before:
             return
         self._group_read[chat.id] = floor
         event = {"type": "read", "chat": str(chat.id), "all": True, "seq": floor}
-        for author in node.chats.authors_between(chat, 0, before, floor):
-            if chat.member(author) is not None:
-                node.send_to_user(author, event)
+        for author in await ctx.authors_between(chat.id, before, floor):
+            if author in chat.member_ids:
+                ctx.send_to_user(author, event)
 
 
-async def who_has(node, chat, viewer: int, seq: int) -> dict[str, list[str]]:
+async def who_has(ctx: PluginContext, chat: Chat, viewer: int, seq: int) -> dict[str, list[str]]:
     """Per member: read, delivered (not read), or still pending, for one message."""
-    share = chat.kind == "group" or await node.reads_shared(viewer)
+    share = chat.kind == "group" or await ctx.reads_shared(viewer)
     out: dict[str, list[str]] = {"read": [], "delivered": [], "pending": []}
-    for uid in chat.active_ids():
-        if uid == viewer:
+    for member in await ctx.members(chat.id):
+        if member.user_id == viewer:
             continue
-        member = chat.members[uid]
-        if share and member["read"] >= seq and (chat.kind == "group" or await node.reads_shared(uid)):
-            out["read"].append(str(uid))
-        elif member["delivered"] >= seq:
-            out["delivered"].append(str(uid))
+        uid = str(member.user_id)
+        if share and member.read >= seq and (chat.kind == "group" or await ctx.reads_shared(member.user_id)):
+            out["read"].append(uid)
+        elif member.delivered >= seq:
+            out["delivered"].append(uid)
         else:
-            out["pending"].append(str(uid))
+            out["pending"].append(uid)
     return out
 
 
@@ -112,8 +113,3 @@ def _id(value: str) -> int:
         return parse_id(value)
     except ValueError:
         raise ChatError("not_found") from None
-
-
-async def _message(node, chat_id: int, seq: int) -> dict[str, Any] | None:
-    rows = await node.chats.read_range(chat_id, seq, seq, 1)
-    return orjson.loads(rows[0][1]) if rows else None
