@@ -34,6 +34,8 @@ async def test_the_page_has_a_strict_csp_naming_the_chat_socket_for_the_host_use
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["cache-control"] == "no-cache"
+        # voice messages: the microphone for the page itself only; no camera, no location
+        assert response.headers["permissions-policy"] == "camera=(), microphone=(self), geolocation=()"
 
 
 async def test_files_are_served_with_types_and_revalidated_by_etag(node):
