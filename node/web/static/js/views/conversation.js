@@ -619,6 +619,7 @@ export class ConversationView {
   }
 
   upload(chatId, file, caption, replyTo) {
+    if (chatId === this.chatId) this.unread = null; // answering: what came before is read
     const item = { key: `${Date.now()}-${Math.random()}`, chatId, file, caption, replyTo, loaded: 0, total: file.size, state: 'uploading', error: null };
     const { promise, abort } = this.session.api.upload(file, (loaded, total) => {
       item.loaded = loaded;
