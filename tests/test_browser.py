@@ -966,7 +966,9 @@ def drop_files(page, target: str, files: list[tuple[str, str, bytes]]) -> None:
     handle = page.evaluate_handle(
         """(files) => {
             const dt = new DataTransfer();
-            for (const [name, mime, bytes] of files) dt.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
+            for (const [name, mime, bytes] of files) {
+                dt.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
+            }
             return dt;
         }""",
         [[name, mime, list(data)] for name, mime, data in files],

@@ -48,14 +48,16 @@ def test_refused_uploads_say_why_in_words_and_offer_no_retry(pages, names, node)
         a.click("#attach-send")
 
     drop_and_send("setup.exe", "application/x-msdownload", b"\x7fELF\x02\x01\x01" + os.urandom(20_000))
-    expect(failed.locator(".upload-error")).to_have_text("“setup.exe” can’t be sent: this server doesn’t accept programs.")
+    expect(failed.locator(".upload-error")).to_have_text(
+        "“setup.exe” can’t be sent: this server doesn’t accept programs.")
     expect(failed.get_by_role("button")).to_have_text(["Dismiss"])  # trying again would be refused again
     failed.get_by_role("button", name="Dismiss").click()
     expect(failed).to_have_count(0)
 
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(3000)
     drop_and_send("IMG_0042.HEIC", "image/heic", heic)  # named by its detected type, in words
-    expect(failed.locator(".upload-error")).to_have_text("“IMG_0042.HEIC” can’t be sent: this server doesn’t accept HEIC photos.")
+    expect(failed.locator(".upload-error")).to_have_text(
+        "“IMG_0042.HEIC” can’t be sent: this server doesn’t accept HEIC photos.")
     expect(failed.get_by_role("button")).to_have_text(["Dismiss"])
     failed.get_by_role("button", name="Dismiss").click()
 
@@ -74,14 +76,16 @@ def test_refused_uploads_say_why_in_words_and_offer_no_retry(pages, names, node)
     # the network goes away mid-send: that one can work later, so it may be retried
     a.context.set_offline(True)
     drop_and_send("dot.png", "image/png", small_png())
-    expect(failed.locator(".upload-error")).to_have_text("The upload of “dot.png” was interrupted. Check your connection.")
+    expect(failed.locator(".upload-error")).to_have_text(
+        "The upload of “dot.png” was interrupted. Check your connection.")
     expect(failed.get_by_role("button")).to_have_text(["Retry", "Dismiss"])
     a.context.set_offline(False)
     failed.get_by_role("button", name="Retry").click()
     expect(b.locator("#message-list .media-image img")).to_have_count(1)
     expect(a.locator("#uploads .upload")).to_have_count(0)
     expect(b.locator("#message-list .media-image img")).to_have_count(1)  # the refused ones never arrived
-    assert httpx.get(f"{node.url}/api/chats", headers=auth(node, bob)).json()["chats"][0]["last_message"]["kind"] == "image"
+    [chat] = httpx.get(f"{node.url}/api/chats", headers=auth(node, bob)).json()["chats"]
+    assert chat["last_message"]["kind"] == "image"
 
 
 def test_a_message_to_someone_blocked_says_who_and_offers_unblock_only_when_it_helps(pages, names, node):

@@ -139,7 +139,8 @@ def test_unread_divider_jump_to_latest_and_the_day_band(pages, names, node):
             await client.login(bob, PASSWORD)
             chat = await client.open_direct(username=alice)
             async with client.connect() as conn:
-                await conn.send_many([{"chat": chat["id"], "text": f"{prefix} {i}: {words}"} for i in range(start, start + count)])
+                batch = [{"chat": chat["id"], "text": f"{prefix} {i}: {words}"} for i in range(start, start + count)]
+                await conn.send_many(batch)
 
     def write(start: int, count: int, prefix: str) -> None:
         writer = threading.Thread(target=trio.run, args=(bob_writes, start, count, prefix))  # trio in its own thread

@@ -62,6 +62,7 @@ export class VoiceRecorder {
         this.render();
       }
     });
+    button.addEventListener('contextmenu', (e) => e.preventDefault()); // a long press on a phone
     button.addEventListener('pointercancel', () => {
       if (this.press) this.cancel();
       this.press = null;

@@ -51,24 +51,37 @@ function inlineCode(text) {
 
 /** *bold*, _italic_ and ~strike~ in a piece of text without code. */
 function styled(text) {
-  const links = [...text.matchAll(URL_PATTERN)].map((m) => [m.index, m.index + m[0].length]);
-  const inLink = (i) => links.some(([start, end]) => i >= start && i < end);
-  return spans(text, 0, text.length, inLink);
+  // Whether a marker can close does not depend on where it opened: find those places once,
+  // so that a long line with many would-be markers costs a search each, not a scan each.
+  const linked = new Uint8Array(text.length);
+  for (const m of text.matchAll(URL_PATTERN)) linked.fill(1, m.index, m.index + m[0].length);
+  const closers = { '*': [], _: [], '~': [] };
+  const lineEnd = new Int32Array(text.length + 1);
+  let next = text.length;
+  for (let i = text.length - 1; i >= 0; i--) {
+    if (text[i] === '\n') next = i;
+    lineEnd[i] = next;
+  }
+  for (let i = 0; i < text.length; i++) {
+    if (closers[text[i]] && !linked[i] && closesAt(text, i)) closers[text[i]].push(i);
+  }
+  return spans({ text, linked, closers, lineEnd }, 0, text.length);
 }
 
-function spans(text, start, end, inLink) {
+function spans(ctx, start, end) {
+  const { text } = ctx;
   const out = [];
   let plain = start;
   let i = start;
   while (i < end) {
     const marker = text[i];
-    const close = TAGS[marker] && !inLink(i) && opensAt(text, i) ? closing(text, i, end, inLink) : -1;
+    const close = TAGS[marker] && !ctx.linked[i] && opensAt(text, i) ? closing(ctx, i, end) : -1;
     if (close === -1) {
       i += 1;
       continue;
     }
     if (i > plain) out.push(...links(text.slice(plain, i)));
-    out.push(h(TAGS[marker], null, spans(text, i + 1, close, inLink)));
+    out.push(h(TAGS[marker], null, spans(ctx, i + 1, close)));
     i = close + 1;
     plain = i;
   }
@@ -76,14 +89,18 @@ function spans(text, start, end, inLink) {
   return out;
 }
 
-/** Where the marker opened at `open` closes (before `end`), or -1. */
-function closing(text, open, end, inLink) {
-  const marker = text[open];
-  for (let j = open + 2; j < end; j++) {
-    if (text[j] === '\n') return -1;
-    if (text[j] === marker && !inLink(j) && closesAt(text, j)) return j;
+/** Where the marker opened at `open` closes: the first closer after it, on its line, before `end`; or -1. */
+function closing(ctx, open, end) {
+  const list = ctx.closers[ctx.text[open]];
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) { // the first closer at open + 2 or later
+    const mid = (lo + hi) >> 1;
+    if (list[mid] < open + 2) lo = mid + 1;
+    else hi = mid;
   }
-  return -1;
+  const j = lo < list.length ? list[lo] : -1;
+  return j !== -1 && j < end && j < ctx.lineEnd[open] ? j : -1;
 }
 
 function opensAt(text, i) {
