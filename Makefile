@@ -18,12 +18,13 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/chatnode serve --config config.toml
 
-# The web client's tests drive Debian's Chromium (never a browser Playwright downloads).
+# The web client's tests drive Debian's Chromium (never a browser Playwright downloads); an
+# emoji font makes the emoji picker's screenshots readable (the tests do not need it).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'color emoji'; } || { \
 	  if ! command -v apt-get >/dev/null 2>&1; then echo "no chromium and no apt-get: the browser tests will be skipped"; exit 0; fi; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium fonts-noto-color-emoji; }
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

@@ -44,6 +44,8 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    # a microphone that plays a beep, allowed without asking: voice messages are recorded for real
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
 ]
 PASSWORD = "correct horse battery"
 DESKTOP = {"width": 1100, "height": 720}
@@ -60,9 +62,10 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    """`python -m node serve` on free loopback ports, restartable on the same data."""
+    """`python -m node serve` on free loopback ports, restartable on the same data.
+    `limits` and `media` are extra lines for those sections of its config."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, limits: str = "", media: str = "") -> None:
         self.folder = folder
         self.http_port, self.ws_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -84,8 +87,11 @@ login_failures_per_address = 1000
 [limits]
 frames_per_second = 10000.0
 frame_burst = 10000
+{limits}
 [plugins.lastseen]
 grace = 0.2
+[plugins.media]
+{media}
 """)
         self.proc: subprocess.Popen | None = None
 
@@ -952,13 +958,20 @@ def auth(node: NodeProcess, username: str) -> dict[str, str]:
 
 def drop_file(page, target: str, name: str, mime: str, data: bytes) -> None:
     """Drag a file from outside the browser and drop it on `target`."""
+    drop_files(page, target, [(name, mime, data)])
+
+
+def drop_files(page, target: str, files: list[tuple[str, str, bytes]]) -> None:
+    """Drag several files (name, type, bytes) at once and drop them on `target`."""
     handle = page.evaluate_handle(
-        """([name, mime, bytes]) => {
+        """(files) => {
             const dt = new DataTransfer();
-            dt.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
+            for (const [name, mime, bytes] of files) {
+                dt.items.add(new File([new Uint8Array(bytes)], name, { type: mime }));
+            }
             return dt;
         }""",
-        [name, mime, list(data)],
+        [[name, mime, list(data)] for name, mime, data in files],
     )
     for event in ("dragenter", "dragover", "drop"):
         page.dispatch_event(target, event, {"dataTransfer": handle})

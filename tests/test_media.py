@@ -1,5 +1,6 @@
 """The media plugin end to end: a real node, real HTTP, real files made here (Pillow, wave)
-or kept in tests/data (tiny.mp4, tiny.webm; see tests/data/README.md)."""
+or kept in tests/data (tiny.mp4, tiny.webm, voice-chromium.webm, voice.ogg; see
+tests/data/README.md)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from node.plugins.media import records
 from node.plugins.media.service import now_ms
 
 DATA = Path(__file__).resolve().parent / "data"
+SNIFF = 8192
 GPS_IFD = 0x8825
 ORIENTATION = 0x0112
 
@@ -244,6 +246,52 @@ async def test_video_upload_send_and_seek(node, trio_users):
         # what a <video> element does when seeking
         part = await bob.fetch_media(media["id"], headers={"Range": "bytes=1000-"})
         assert part.status_code == 206 and part.content == video[1000:]
+
+
+async def test_voice_notes_recorded_by_browsers_are_audio(node, trio_users):
+    """Chromium records Opus in WebM (no duration in its header, clusters of unknown size),
+    Firefox Opus in Ogg: both are audio, with a duration, and play as audio."""
+    alice, bob = await trio_users("alice"), await trio_users("bob")
+    chat = await alice.open_direct(username="bob")
+    with trio.fail_after(20):
+        webm = await alice.upload((DATA / "voice-chromium.webm").read_bytes(), name="voice-note.webm")
+        assert webm["mime"] == "audio/webm" and webm["duration"] == pytest.approx(1.5, abs=0.1)
+        ogg = await alice.upload((DATA / "voice.ogg").read_bytes(), name="voice-note.ogg")
+        assert ogg["mime"] == "audio/ogg" and ogg["duration"] == pytest.approx(1.0, abs=0.1)
+        video = await alice.upload((DATA / "tiny.webm").read_bytes())  # a picture track: still video
+        assert video["mime"] == "video/webm" and video["duration"] == pytest.approx(1.0, abs=0.1)
+        async with alice.connect() as a, bob.connect() as b:
+            for media in (webm, ogg):
+                ack = await send_media(a, chat["id"], media["id"], "audio")
+                assert (await b.wait_for("message", seq=ack["seq"]))["media"] == media
+            with pytest.raises(ClientError) as wrong:
+                await send_media(a, chat["id"], webm["id"], "video")
+            assert wrong.value.code == "bad_request"
+        response = await bob.fetch_media(webm["id"])
+        assert response.headers["content-type"] == "audio/webm"
+        assert response.headers["content-disposition"].startswith("inline")
+        assert response.content == (DATA / "voice-chromium.webm").read_bytes()
+
+
+async def test_a_config_that_does_not_list_audio_webm_takes_it_as_its_container(tmp_path):
+    old_lists = {"audio_types": ["audio/mpeg", "audio/ogg"], "video_types": ["video/webm"]}
+    async with running_node(media_config(tmp_path, **old_lists)) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        with trio.fail_after(20):
+            media = await alice.upload((DATA / "voice-chromium.webm").read_bytes())
+            assert media["mime"] == "audio/webm"
+            async with alice.connect() as a:
+                await send_media(a, chat["id"], media["id"], "audio")  # as before: a WebM voice note
+        await alice.aclose()
+        await bob.aclose()
+    strict = {"audio_types": ["audio/ogg"], "video_types": ["video/mp4"]}
+    async with running_node(media_config(tmp_path / "strict", **strict)) as node:
+        alice = await new_user(node, "alice")
+        with trio.fail_after(20), pytest.raises(ClientError) as refused:
+            await alice.upload((DATA / "voice-chromium.webm").read_bytes())
+        assert refused.value.code == "unsupported_media_type"
+        await alice.aclose()
 
 
 async def test_files_are_attachments_and_text_is_detected(node, trio_users):
@@ -684,8 +732,44 @@ def test_unit_probe_reads_mp4_boxes():
 
     info = probe(DATA / "tiny.mp4", "video/mp4")
     assert info["width"] == 64 and info["height"] == 48 and 0.9 < info["duration"] < 1.3
-    assert probe(DATA / "tiny.webm", "video/webm") == {}
     assert orjson.dumps(info)
+
+
+def test_unit_webm_tracks_and_durations(tmp_path):
+    from node.plugins.media.probe import probe
+    from node.plugins.media.sniff import detect
+
+    def element(ident: bytes, payload: bytes, size: bytes | None = None) -> bytes:
+        return ident + (size if size is not None else bytes([0x80 | len(payload)])) + payload
+
+    def webm_head(*track_types: int, tracks_first: bool = True) -> bytes:
+        header = element(b"\x1a\x45\xdf\xa3", element(b"\x42\x82", b"webm"))
+        entries = b"".join(element(b"\xae", element(b"\xd7", bytes([n + 1])) + element(b"\x83", bytes([kind])))
+                           for n, kind in enumerate(track_types))
+        tracks = element(b"\x16\x54\xae\x6b", entries)
+        cluster = element(b"\x1f\x43\xb6\x75", element(b"\xe7", b"\x00"), b"\x01\xff\xff\xff\xff\xff\xff\xff")
+        body = tracks + cluster if tracks_first else cluster + tracks
+        return header + element(b"\x18\x53\x80\x67", body, b"\x01\xff\xff\xff\xff\xff\xff\xff")
+
+    assert detect(webm_head(2)) == "audio/webm"
+    assert detect(webm_head(2, 2)) == "audio/webm"
+    assert detect(webm_head(1, 2)) == "video/webm"  # a video with sound
+    assert detect(webm_head(1)) == "video/webm"
+    assert detect(webm_head(2, tracks_first=False)) == "video/webm"  # tracks not seen: as filetype says
+    assert detect(webm_head(2)[:30]) == "video/webm"  # cut inside the Tracks element
+    assert detect((DATA / "voice-chromium.webm").read_bytes()[:SNIFF]) == "audio/webm"
+    assert detect((DATA / "voice.ogg").read_bytes()[:SNIFF]) == "audio/ogg"
+
+    # MediaRecorder's WebM has no Duration: the last block's time (plus one frame) is the length
+    assert probe(DATA / "voice-chromium.webm", "audio/webm") == {"duration": pytest.approx(1.5, abs=0.07)}
+    assert probe(DATA / "tiny.webm", "video/webm") == {"duration": pytest.approx(1.0, abs=0.01)}  # Info's Duration
+    assert probe(DATA / "voice-chromium.webm", "video/webm") == {}  # large videos are not walked
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes((DATA / "voice-chromium.webm").read_bytes()[:1000])  # an upload cut short: what is there counts
+    assert 0 < probe(cut, "audio/webm")["duration"] < 1.5
+    garbage = tmp_path / "garbage.webm"
+    garbage.write_bytes(b"\x1a\x45\xdf\xa3" + os.urandom(3000))
+    assert probe(garbage, "audio/webm") == {}
 
 
 def test_unit_animations_keep_their_frames_and_lose_their_comments(tmp_path):

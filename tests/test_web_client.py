@@ -34,6 +34,8 @@ async def test_the_page_has_a_strict_csp_naming_the_chat_socket_for_the_host_use
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["cache-control"] == "no-cache"
+        # voice messages: the microphone for the page itself only; no camera, no location
+        assert response.headers["permissions-policy"] == "camera=(), microphone=(self), geolocation=()"
 
 
 async def test_files_are_served_with_types_and_revalidated_by_etag(node):
@@ -101,3 +103,27 @@ def test_the_client_is_package_data():
     root = Path(__file__).resolve().parents[1]
     assert '"web/static/**/*"' in (root / "pyproject.toml").read_text()
     assert (STATIC_DIR / "index.html").is_file()
+
+
+def test_every_error_code_has_a_sentence_in_the_client_and_in_its_doc():
+    """One table (js/errors.js) says every error in words; docs/web-client.md lists it; no view
+    shows the node's own message, which is written for developers."""
+    from node.core.errors import ERROR_CODES
+
+    source = (STATIC_DIR / "js/errors.js").read_text()
+    table = source[source.index("export const MESSAGES = {"):]
+    table = table[: table.index("\n};")]
+    sentences = dict(re.findall(r"^  (\w+): '(.+)',$", table, re.MULTILINE))
+    doc = (Path(__file__).resolve().parents[1] / "docs/web-client.md").read_text()
+    section = doc[doc.index("## Errors"):]
+    section = section[: section.index("\n## ")]
+    for code in ERROR_CODES:
+        assert code in sentences, f"js/errors.js has no sentence for {code}"
+        row = re.search(rf"^\| `{code}` \| (.+) \|$", section, re.MULTILINE)
+        assert row, f"docs/web-client.md's Errors table lacks {code}"
+        assert row.group(1).startswith(sentences[code].replace("\\'", "'").split(":")[0].rstrip(".")), code
+    for path in STATIC_DIR.rglob("*.js"):
+        if path.name not in ("errors.js", "api.js"):
+            shown = re.search(r"\b(err|error)\.message\b", path.read_text())
+            assert not shown, f"{path.name} shows a raw error message"
+

@@ -139,7 +139,8 @@ def add_web_client(app: QuartTrio, node: Node, root: Path = STATIC_DIR) -> None:
         response.headers["Content-Security-Policy"] = content_security_policy(node, request.host, request.scheme)
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        # the page itself may record voice messages; nothing it embeds may, and no camera or location
+        response.headers["Permissions-Policy"] = "camera=(), microphone=(self), geolocation=()"
         return response
 
     @app.get("/sw.js")

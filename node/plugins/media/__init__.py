@@ -10,8 +10,8 @@ upload, with Range requests, ETags and optional signed URLs. Uploads no message 
 are collected after a grace period.
 
 Modules: settings (config), sniff (type detection), images (re-encode, thumbnails),
-probe (duration, size), store (files), records (its tables), service (the rules),
-routes (HTTP), ranges (Range headers), signing (signed URLs).
+probe (duration, size), webm (WebM tracks and duration), store (files), records (its
+tables), service (the rules), routes (HTTP), ranges (Range headers), signing (signed URLs).
 """
 
 from __future__ import annotations

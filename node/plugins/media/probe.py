@@ -3,8 +3,9 @@
 Cheap means: from headers, without decoding a frame. Audio durations come from mutagen
 (MP3, MP4/M4A, Ogg, FLAC, WAV). For MP4 and QuickTime video the `moov` box gives the
 duration (`mvhd`) and the picture size (`tkhd` of the first video track); the box walk
-seeks over `mdat`, so a large file costs a few small reads. WebM has neither here.
-Nothing here raises: an unreadable header just means no metadata.
+seeks over `mdat`, so a large file costs a few small reads. WebM durations come from the
+Info element, or for audio-only WebM without one (what MediaRecorder writes) from the last
+block (webm.py); WebM picture sizes are not read. Nothing here raises: an unreadable header just means no metadata.
 
 Runs in a worker thread; every function here is sync.
 """
@@ -16,10 +17,13 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import webm
+
 log = logging.getLogger(__name__)
 
 MAX_MOOV_BYTES = 16 * 1024 * 1024  # a moov box larger than this is not read
 ISO_BMFF = frozenset({"video/mp4", "video/quicktime", "audio/mp4"})
+WEBM = frozenset({"video/webm", "audio/webm"})
 
 
 def probe(path: Path, mime: str) -> dict[str, Any]:
@@ -29,6 +33,8 @@ def probe(path: Path, mime: str) -> dict[str, Any]:
             found = _iso_bmff(path)
             if found:
                 return found
+        if mime in WEBM:
+            return _webm(path, walk_clusters=mime == "audio/webm")
         if mime.startswith("audio/"):
             return _mutagen(path)
     except Exception:  # a malformed header is the uploader's problem, not the node's
@@ -42,6 +48,12 @@ def _mutagen(path: Path) -> dict[str, Any]:
     parsed = mutagen.File(path)
     length = getattr(getattr(parsed, "info", None), "length", None)
     return {"duration": round(float(length), 3)} if length else {}
+
+
+def _webm(path: Path, walk_clusters: bool) -> dict[str, Any]:
+    with open(path, "rb", buffering=64 * 1024) as f:
+        seconds = webm.duration(f, path.stat().st_size, walk_clusters=walk_clusters)
+    return {"duration": round(seconds, 3)} if seconds else {}
 
 
 def _boxes(f: BinaryIO, end: int):

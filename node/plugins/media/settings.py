@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from .sniff import CONTAINER_OF
+
 MIB = 1024 * 1024
 
 #: The four categories of media, in the order a detected type is looked up in them.
@@ -34,7 +36,8 @@ class MediaSettings:
     image_types: tuple[str, ...] = attrs.field(
         default=("image/jpeg", "image/png", "image/gif", "image/webp"), validator=_mime_list)
     audio_types: tuple[str, ...] = attrs.field(
-        default=("audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/wav", "audio/flac"), validator=_mime_list)
+        default=("audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/webm", "audio/wav", "audio/flac"),
+        validator=_mime_list)
     video_types: tuple[str, ...] = attrs.field(
         default=("video/mp4", "video/webm", "video/quicktime"), validator=_mime_list)
     file_types: tuple[str, ...] = attrs.field(
@@ -66,11 +69,13 @@ class MediaSettings:
     signed_url_ttl: float = attrs.field(default=3600.0, validator=_positive)  # seconds; URLs live ttl/2 to ttl
 
     def category_of(self, mime: str) -> str | None:
-        """The first category whose allow-list has `mime`, or None (refused)."""
+        """The first category whose allow-list has `mime`, else that of its container's
+        type (audio/webm: video/webm), or None (refused)."""
         for category in CATEGORIES:
             if mime in getattr(self, f"{category}_types"):
                 return category
-        return None
+        container = CONTAINER_OF.get(mime)
+        return self.category_of(container) if container else None
 
     def limit_of(self, category: str) -> int:
         return getattr(self, f"max_{category}_bytes")

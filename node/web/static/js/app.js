@@ -4,9 +4,12 @@
 
 import { $ } from './dom.js';
 import { Api } from './api.js';
+import { closeText, errorText, sessionEndText, setLimits } from './errors.js';
 import { Store } from './store.js';
 import { Session } from './session.js';
-import { closeNotifications, dismissOffer, notificationsOn, notify, setNotifications, shouldOffer } from './notify.js';
+import {
+  closeNotifications, dismissOffer, noteOffered, notificationsOn, notify, OFFER_SECONDS, setNotifications, shouldOffer,
+} from './notify.js';
 import { hasPushTarget, startPush, stopPush, workerSupported } from './push.js';
 import { LoginView } from './views/login.js';
 import { ChatListView } from './views/chatlist.js';
@@ -23,6 +26,7 @@ let session = null;
 let info = null;
 let views = null;
 let toastTimer = null;
+let offerTimer = null;
 
 function toast(text) {
   const el = $('#toast');
@@ -45,6 +49,7 @@ async function boot() {
   try {
     info = await api.info();
     api.wsUrlCache = info.ws_url;
+    setLimits(info.limits);
   } catch (err) {
     info = null; // offline: a saved session still starts, and reconnects when it can
   }
@@ -72,14 +77,15 @@ async function startSession(auth) {
   api.token = auth.token;
   store.reset();
   store.me = auth.user;
+  store.limits = { ...(info && info.limits) };
   session = new Session(api, store, auth);
-  session.addEventListener('unauthorized', () => endSession('Your session ended. Log in again.'));
+  session.addEventListener('unauthorized', (e) => endSession(sessionEndText(e.detail && e.detail.code)));
   session.addEventListener('incoming', (e) => onIncoming(e.detail));
   session.socket.addEventListener('failed', (e) => {
     const { item, error } = e.detail;
     if (item.kind === 'edit' || item.kind === 'delete') {
       session.discard(item.client_msg_id);
-      toast(`Could not ${item.kind} the message: ${error.message || error.code}`);
+      toast(errorText(error, item.kind));
     }
   });
   if (!views || !views.chatList) {
@@ -107,10 +113,10 @@ async function startSession(auth) {
     await session.start();
   } catch (err) {
     if (err.status === 401) {
-      endSession('Your session ended. Log in again.');
+      endSession(sessionEndText(null));
       return;
     }
-    toast(err.message);
+    toast(errorText(err));
   }
   route();
 }
@@ -175,13 +181,14 @@ function wireChrome() {
 
 function renderConnection() {
   const banner = $('#conn-banner');
-  const { state, retryAt } = store.connection;
+  const { state, retryAt, code } = store.connection;
   const retry = $('#conn-retry');
   let text = '';
   if (state === 'offline') {
     const seconds = Math.max(0, Math.ceil(((retryAt || Date.now()) - Date.now()) / 1000));
+    const why = closeText(code);
     text = navigator.onLine === false ? 'You are offline. Messages you send will go out when you are back.'
-      : `Not connected. Reconnecting${seconds ? ` in ${seconds} s` : '…'}`;
+      : `${why ? `${why} ` : ''}Not connected. Reconnecting${seconds ? ` in ${seconds} s` : '…'}`;
   } else if (state === 'connecting') {
     text = 'Connecting…';
   }
@@ -193,8 +200,21 @@ function renderConnection() {
   retry.hidden = state !== 'offline' || navigator.onLine === false;
 }
 
+/** The notification offer: a one-line banner that goes away by itself after a while (and for
+ * good after a few page loads without an answer), unless the keyboard focus is in it. */
 function showNotifyOffer() {
-  $('#notify-banner').hidden = !shouldOffer();
+  const banner = $('#notify-banner');
+  clearTimeout(offerTimer);
+  banner.hidden = !shouldOffer();
+  if (banner.hidden) return;
+  noteOffered();
+  const hideLater = () => {
+    offerTimer = setTimeout(() => {
+      if (banner.contains(document.activeElement)) hideLater();
+      else banner.hidden = true;
+    }, OFFER_SECONDS * 1000);
+  };
+  hideLater();
 }
 
 function onIncoming(entry) {
@@ -219,7 +239,7 @@ async function startDirect(userId) {
   try {
     openChat(await session.startDirect(userId));
   } catch (err) {
-    toast(err.message);
+    toast(errorText(err, 'chat'));
   }
 }
 

@@ -8,6 +8,11 @@ import { startPush, stopPush, workerRegistration } from './push.js';
 
 const DISMISSED = 'chatnode.notifications.dismissed';
 const OFF = 'chatnode.notifications.off';
+const OFFERED = 'chatnode.notifications.offered';
+const MAX_OFFERS = 3; // page loads the banner shows on without an answer; then only Settings offers
+
+/** Seconds the banner stays before it goes away by itself (it comes back at a later load). */
+export const OFFER_SECONDS = 15;
 
 export function notificationsSupported() {
   return 'Notification' in window;
@@ -15,7 +20,13 @@ export function notificationsSupported() {
 
 /** Whether to show the banner offering notifications. */
 export function shouldOffer() {
-  return notificationsSupported() && Notification.permission === 'default' && !localStorage.getItem(DISMISSED);
+  return notificationsSupported() && Notification.permission === 'default' && !localStorage.getItem(DISMISSED)
+    && Number(localStorage.getItem(OFFERED) || 0) < MAX_OFFERS;
+}
+
+/** The banner was shown once more without an answer. */
+export function noteOffered() {
+  localStorage.setItem(OFFERED, String(Number(localStorage.getItem(OFFERED) || 0) + 1));
 }
 
 export function dismissOffer() {

@@ -4,6 +4,7 @@
 import { ChatSocket } from './socket.js';
 import { Outbox } from './outbox.js';
 import { CONTENT_KINDS } from './store.js';
+import { setLimits } from './errors.js';
 
 const TYPING_EVERY = 2500; // ms between typing hints while someone types
 const TYPING_IDLE = 4000; // ms without a keystroke before "stopped typing"
@@ -42,7 +43,7 @@ export class Session extends EventTarget {
     socket.addEventListener('event', (e) => this.onEvent(e.detail));
     socket.addEventListener('sent', (e) => this.onSent(e.detail));
     socket.addEventListener('failed', () => store.changed('outbox'));
-    socket.addEventListener('unauthorized', () => this.dispatchEvent(new Event('unauthorized')));
+    socket.addEventListener('unauthorized', (e) => this.dispatchEvent(new CustomEvent('unauthorized', { detail: e.detail })));
     this.onVisible = () => {
       if (document.visibilityState === 'visible' && store.activeChatId) this.markRead(store.activeChatId);
     };
@@ -87,6 +88,8 @@ export class Session extends EventTarget {
     switch (event.type) {
       case 'welcome':
         store.me = { ...store.me, ...event.user };
+        store.limits = { ...store.limits, ...event.limits };
+        setLimits(event.limits);
         break;
       case 'synced':
         this.onSynced();

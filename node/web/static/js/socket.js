@@ -135,15 +135,16 @@ export class ChatSocket extends EventTarget {
       this.emit('unauthorized', { code });
       return;
     }
-    if (!this.stopped) this.scheduleRetry();
+    if (!this.stopped) this.scheduleRetry(code);
   }
 
-  scheduleRetry() {
+  /** Try again after a backoff; `code` is the close code that ended the last socket, if any. */
+  scheduleRetry(code = null) {
     clearTimeout(this.retryTimer);
     const base = Math.min(MAX_BACKOFF, 500 * 2 ** this.attempt);
     const delay = Math.round(base * (0.5 + Math.random() / 2));
     this.attempt += 1;
-    this.setState('offline', { retryAt: Date.now() + delay });
+    this.setState('offline', { retryAt: Date.now() + delay, code });
     this.retryTimer = setTimeout(() => this.connect(), delay);
   }
 
@@ -256,7 +257,7 @@ export class ChatSocket extends EventTarget {
       clearTimeout(this.flushTimer);
       this.flushTimer = setTimeout(() => this.flush(), 2000);
     } else {
-      this.outbox.update(item.client_msg_id, { state: 'failed', error: event.message || event.code });
+      this.outbox.update(item.client_msg_id, { state: 'failed', error: event.message || event.code, code: event.code });
       this.emit('failed', { item, error: event });
     }
   }
@@ -268,7 +269,7 @@ export class ChatSocket extends EventTarget {
   }
 
   retry(clientMsgId) {
-    this.outbox.update(clientMsgId, { state: 'queued', error: null });
+    this.outbox.update(clientMsgId, { state: 'queued', error: null, code: null });
     this.flush();
   }
 

@@ -41,6 +41,7 @@ export class Store extends EventTarget {
   reset() {
     this.me = null;
     this.settings = {};
+    this.limits = {}; // the node's (GET /api/info, then the welcome): max_message_bytes, ...
     this.chats = new Map();
     this.logs = new Map();
     this.members = new Map(); // chat id -> Map(user id -> member)

@@ -14,6 +14,8 @@ export class ChatListView {
     this.search = $('#search');
     this.query = '';
     this.people = [];
+    this.peopleFor = null; // the query the people list answers
+    this.peopleFailed = false;
     this.searchTimer = null;
     this.searchSeq = 0;
     this.search.addEventListener('input', () => this.onSearch());
@@ -51,6 +53,7 @@ export class ChatListView {
     this.render();
     if (!this.query) {
       this.people = [];
+      this.peopleFor = null;
       this.renderPeople();
       return;
     }
@@ -60,11 +63,15 @@ export class ChatListView {
         const users = await this.session.api.searchUsers(this.query.replace(/^@/, ''));
         if (seq === this.searchSeq) {
           this.people = users;
+          this.peopleFor = this.query;
+          this.peopleFailed = false;
           this.renderPeople();
         }
       } catch (err) {
         if (seq === this.searchSeq) {
           this.people = [];
+          this.peopleFor = this.query;
+          this.peopleFailed = true;
           this.renderPeople();
         }
       }
@@ -81,6 +88,18 @@ export class ChatListView {
           h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, user.display_name || user.username)),
           h('span', { class: 'chat-line' }, h('span', { class: 'preview' }, `@${user.username}`)))))));
     section.hidden = !this.query || !this.people.length;
+    this.renderNoMatch();
+  }
+
+  /** Searching found nothing (chats, and people once the node answered): say so. */
+  renderNoMatch() {
+    const empty = $('#search-empty');
+    const chats = this.list.childElementCount;
+    const answered = this.query && this.peopleFor === this.query;
+    empty.hidden = !answered || chats > 0 || this.people.length > 0;
+    empty.textContent = this.peopleFailed
+      ? `No chats match “${this.search.value.trim()}”, and people can’t be searched right now.`
+      : `No chats or people match “${this.search.value.trim()}”.`;
   }
 
   async startDirect(user) {
@@ -97,6 +116,7 @@ export class ChatListView {
         || (chat.peer && chat.peer.username.includes(this.query)));
     this.list.replaceChildren(...chats.map((chat) => this.item(chat)));
     $('#chat-list-empty').hidden = chats.length > 0 || !!this.query;
+    this.renderNoMatch();
     const total = this.store.totalUnread();
     document.title = total ? `(${total}) chatnode` : 'chatnode';
   }

@@ -1,14 +1,41 @@
-// The open chat: header (title, presence, typing), the messages with day separators, and
-// the composer (text, replies, edits, attachments by picker or drag-and-drop).
+// The open chat: header (title, presence, typing), the messages with day separators, an
+// unread divider and a "jump to the latest" button, and the composer (text with a length
+// counter near the limit, emoji, replies, edits, voice messages, attachments by picker,
+// drag-and-drop or paste).
 
 import { $, h, reconcile } from '../dom.js';
+import { errorText, uploadFailure, uploadProblem } from '../errors.js';
 import { dayKey, dayLabel, lastSeen, ttlLabel } from '../format.js';
 import { mediaKind } from '../session.js';
+import { CONTENT_KINDS } from '../store.js';
 import { tick } from './chatlist.js';
+import { EmojiPicker } from './emoji.js';
 import { messageNode } from './message.js';
+import { VoiceRecorder } from './recorder.js';
 import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+import { PhotoViewer } from './viewer.js';
 
 const NEAR_BOTTOM = 80; // px: closer than this to the end counts as "reading the newest"
+const JUMP_AFTER = 300; // px from the end beyond which "jump to the latest" shows
+const DEFAULT_MAX_BYTES = 16384; // limits.max_message_bytes until the node says
+const encoder = new TextEncoder();
+
+/** UTF-8 bytes of a text (the node's limit is in bytes). */
+export function byteLength(text) {
+  return encoder.encode(text).length;
+}
+
+/** How many characters must go from the end of `text` for it to fit in `limit` bytes. */
+function charactersOver(text, limit) {
+  let bytes = byteLength(text);
+  const chars = [...text];
+  let count = 0;
+  while (bytes > limit && count < chars.length) {
+    count += 1;
+    bytes -= byteLength(chars[chars.length - count]);
+  }
+  return count;
+}
 
 export class ConversationView {
   constructor(store, session, dialogs, { onBack, toast }) {
@@ -24,6 +51,10 @@ export class ConversationView {
     this.uploads = [];
     this.stickToBottom = true;
     this.expiryTimer = null;
+    this.unread = null; // {after, upTo: read and last seq when the chat was opened, placed: scrolled to it yet}
+    this.seenUpTo = 0; // newest seq shown while at the bottom (newer ones count on the jump button)
+    this.blocked = null; // ids this user blocked, asked for when a send fails with `blocked`
+    this.blockedFor = null;
 
     this.scroller = $('#messages');
     this.list = $('#message-list');
@@ -35,10 +66,15 @@ export class ConversationView {
       this.submit();
     });
     this.text.addEventListener('keydown', (e) => this.onComposerKey(e));
-    this.text.addEventListener('input', () => {
-      this.autosize();
-      if (this.chatId && !(this.context && this.context.type === 'edit')) this.session.typing(this.chatId, this.text.value.trim() !== '');
+    this.text.addEventListener('input', () => this.onInput());
+    this.text.addEventListener('paste', (e) => this.onPaste(e));
+    this.emoji = new EmojiPicker(this.text, () => this.onInput());
+    this.recorder = new VoiceRecorder({
+      onRecorded: (file) => this.sendVoice(file),
+      onError: (text) => this.showComposeError(text),
     });
+    this.viewer = new PhotoViewer(store, session.api);
+    $('#jump-latest').addEventListener('click', () => this.jumpToLatest());
     $('#compose-context-cancel').addEventListener('click', () => this.setContext(null));
     $('#back').addEventListener('click', () => this.onBack());
     $('#chat-info').addEventListener('click', () => this.dialogs.chatInfo(this.chatId));
@@ -88,6 +124,13 @@ export class ConversationView {
       this.text.value = this.drafts.get(chatId) || '';
       this.autosize();
       this.stickToBottom = true;
+      this.seenUpTo = 0;
+      this.emoji.close(false);
+      if (this.recorder.active) this.recorder.cancel();
+      this.showComposeError('');
+      const chat = this.store.chats.get(chatId);
+      this.unread = chat && chat.unread ? { after: chat.read_seq || 0, upTo: chat.last_seq || 0, placed: false } : null;
+      this.updateComposer();
     }
     this.render();
     this.text.focus({ preventScroll: true });
@@ -95,6 +138,9 @@ export class ConversationView {
 
   close() {
     if (this.chatId) this.drafts.set(this.chatId, this.text.value);
+    if (this.recorder.active) this.recorder.cancel();
+    this.emoji.close(false);
+    if (this.viewer.dialog.open) this.viewer.dialog.close();
     this.chatId = null;
     clearTimeout(this.expiryTimer);
     this.rows.clear();
@@ -182,9 +228,11 @@ export class ConversationView {
       views.push({ key: `p${item.client_msg_id}`, entry, status: item.state === 'failed' ? 'failed' : 'pending', pending: item, showSender: false });
     }
 
-    const ctx = { store, api: this.session.api, chat, readOnly: chat.left_seq !== undefined, actions: this.actions() };
+    const youBlocked = this.youBlocked(chat);
+    const ctx = { store, api: this.session.api, chat, readOnly: chat.left_seq !== undefined, youBlocked, actions: this.actions() };
     const nodes = [];
     let day = null;
+    const unread = this.unreadStart(chat, log, entries);
     for (const view of views) {
       const key = dayKey(view.entry.ts);
       if (key !== day) {
@@ -192,8 +240,14 @@ export class ConversationView {
         nodes.push(this.row(`d${key}`, dayLabel(view.entry.ts), () => h('div', { class: 'row day' },
           h('span', { class: 'day-label' }, dayLabel(view.entry.ts)))));
       }
+      if (unread && view.entry === unread.entry) {
+        const label = `${unread.count} unread message${unread.count === 1 ? '' : 's'}`;
+        nodes.push(this.row('unread', label, () => h('div', { class: 'row unread-divider', role: 'separator', 'aria-label': label },
+          h('span', null, label))));
+      }
       const sig = JSON.stringify([view.entry.kind, view.entry.text, view.entry.edited, view.showSender,
-        view.pending && view.pending.state, view.entry.media && view.entry.media.id, chat.role, ctx.readOnly,
+        view.pending && view.pending.state, view.pending && view.pending.code, view.pending && youBlocked,
+        view.entry.media && view.entry.media.id, chat.role, ctx.readOnly,
         view.entry.reply_to && this.replySig(chat.id, view.entry), view.entry.from && store.nameOf(view.entry.from),
         view.entry.kind === 'system' && entryText(store, view.entry)]);
       const node = this.row(view.key, sig, () => messageNode(ctx, view));
@@ -210,6 +264,12 @@ export class ConversationView {
     reconcile(this.list, nodes);
     if (this.stickToBottom) scroller.scrollTop = scroller.scrollHeight;
     else if (anchor && anchor.isConnected) scroller.scrollTop += anchor.offsetTop - anchorTop;
+    if (this.unread && !this.unread.placed && log.loaded) { // once, as the chat opens
+      this.unread.placed = true;
+      if (unread) this.placeUnread();
+    }
+    if (this.stickToBottom && entries.length) this.seenUpTo = Math.max(this.seenUpTo, entries[entries.length - 1].seq);
+    this.renderJump(entries);
     const status = $('#history-status');
     status.textContent = !log.loaded || log.loading ? 'Loading messages…'
       : log.hasMore ? '' : (entries.length ? 'This is the start of the chat.' : 'No messages yet. Say hello!');
@@ -238,6 +298,64 @@ export class ConversationView {
     return target ? `${target.kind}:${target.text || ''}` : '';
   }
 
+  /** Where the unread divider goes: before the first message from others the user had not
+   * read when opening the chat, if it is loaded (with what came just before it). */
+  unreadStart(chat, log, entries) {
+    if (!this.unread) return null;
+    const after = this.unread.after;
+    if (log.hasMore && !(log.oldest <= after)) return null; // the first unread may not be loaded
+    const { upTo } = this.unread; // what came while the chat is open is not counted
+    const fresh = entries.filter((e) => e.seq > after && e.seq <= upTo && e.from !== this.store.me.id && CONTENT_KINDS.has(e.kind));
+    return fresh.length ? { entry: fresh[0], count: fresh.length } : null;
+  }
+
+  /** Scroll the unread divider to the top (below the date), unless all unread fit below it. */
+  placeUnread() {
+    const divider = this.list.querySelector('.unread-divider');
+    if (!divider) return;
+    const scroller = this.scroller;
+    const band = this.list.querySelector('.row.day');
+    const top = divider.offsetTop - (band ? band.offsetHeight : 0) - 8;
+    if (scroller.scrollHeight - top > scroller.clientHeight) {
+      scroller.scrollTop = top;
+      this.stickToBottom = false;
+    }
+  }
+
+  renderJump(entries) {
+    const s = this.scroller;
+    const away = s.scrollHeight - s.scrollTop - s.clientHeight > JUMP_AFTER;
+    const button = $('#jump-latest');
+    button.hidden = !away;
+    const fresh = entries.filter((e) => e.seq > this.seenUpTo && e.from !== this.store.me.id && CONTENT_KINDS.has(e.kind)).length;
+    const count = $('#jump-count');
+    count.hidden = !away || !fresh || !this.seenUpTo;
+    count.textContent = String(fresh);
+    button.setAttribute('aria-label', !count.hidden ? `Jump to the latest message (${fresh} new)` : 'Jump to the latest message');
+  }
+
+  jumpToLatest() {
+    this.stickToBottom = true;
+    const reduce = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+    this.scroller.scrollTo({ top: this.scroller.scrollHeight, behavior: reduce ? 'auto' : 'smooth' });
+    this.text.focus({ preventScroll: true });
+  }
+
+  /** Whether the user blocked the other person of a 1-1 chat (asked once a send fails with `blocked`). */
+  youBlocked(chat) {
+    if (chat.kind !== 'direct' || !chat.peer) return false;
+    const failed = this.session.pending(chat.id).some((item) => item.state === 'failed' && item.code === 'blocked');
+    if (!failed) return false;
+    if (this.blockedFor !== chat.id) {
+      this.blockedFor = chat.id;
+      this.session.api.blocks().then((users) => {
+        this.blocked = new Set(users.map((user) => user.id));
+        this.schedule();
+      }).catch(() => {});
+    }
+    return Boolean(this.blocked && this.blocked.has(chat.peer.id));
+  }
+
   renderComposer(chat) {
     const left = chat.left_seq !== undefined;
     $('#compose-form').hidden = left;
@@ -258,6 +376,46 @@ export class ConversationView {
   autosize() {
     this.text.style.height = 'auto';
     this.text.style.height = `${Math.min(this.text.scrollHeight, 160)}px`;
+  }
+
+  onInput() {
+    this.autosize();
+    this.updateComposer();
+    if (this.composeError && this.composeError !== 'length') this.showComposeError('');
+    if (this.chatId && !(this.context && this.context.type === 'edit')) this.session.typing(this.chatId, this.text.value.trim() !== '');
+  }
+
+  limit() {
+    return this.store.limits.max_message_bytes || DEFAULT_MAX_BYTES;
+  }
+
+  /** The counter near the length limit, the sentence past it, and send or record. */
+  updateComposer() {
+    const text = this.text.value.trim();
+    const limit = this.limit();
+    const bytes = byteLength(text);
+    const left = limit - bytes;
+    const counter = $('#compose-counter');
+    counter.hidden = left > Math.max(100, Math.floor(limit * 0.06));
+    counter.classList.toggle('over', left < 0);
+    if (left < 0) {
+      const over = charactersOver(text, limit);
+      counter.textContent = `${over} too many`;
+      this.showComposeError(`This message is too long to send. Remove ${over} character${over === 1 ? '' : 's'}, or send it in parts.`, 'length');
+    } else {
+      counter.textContent = `${left} left`;
+      if (this.composeError === 'length') this.showComposeError('');
+    }
+    $('#send').setAttribute('aria-disabled', String(left < 0));
+    this.form.classList.toggle('has-text', text !== '' || Boolean(this.context && this.context.type === 'edit'));
+  }
+
+  /** A sentence above the composer ('' hides it); `kind` 'length' stays until the text fits. */
+  showComposeError(text, kind = 'other') {
+    const el = $('#compose-error');
+    el.hidden = !text;
+    el.textContent = text;
+    this.composeError = text ? kind : null;
   }
 
   onComposerKey(e) {
@@ -292,6 +450,7 @@ export class ConversationView {
     if (context && context.type === 'edit') this.text.value = context.entry.text || '';
     else if (wasEdit) this.text.value = '';
     this.autosize();
+    this.updateComposer();
     this.schedule();
     this.text.focus();
   }
@@ -299,6 +458,10 @@ export class ConversationView {
   submit() {
     const text = this.text.value.trim();
     if (!this.chatId || !text) return;
+    if (byteLength(text) > this.limit()) {
+      this.updateComposer(); // says how much is too much; nothing goes out
+      return;
+    }
     const chatId = this.chatId;
     if (this.context && this.context.type === 'edit') {
       if (text !== this.context.entry.text) this.session.editMessage(chatId, this.context.entry, text);
@@ -309,8 +472,10 @@ export class ConversationView {
     this.text.value = '';
     this.drafts.delete(chatId);
     this.context = null;
+    this.unread = null; // answering: what came before is read
     this.stickToBottom = true;
     this.autosize();
+    this.updateComposer();
     this.schedule();
   }
 
@@ -322,10 +487,29 @@ export class ConversationView {
         if (await this.dialogs.confirm('Delete this message for everyone?', 'Delete')) this.session.deleteMessage(this.chatId, entry);
       },
       info: (entry) => this.dialogs.receipts(this.chatId, entry),
-      openImage: (url) => this.dialogs.viewImage(url),
+      openImage: (entry) => this.viewer.open(this.chatId, entry),
       jumpTo: (seq) => this.jumpTo(seq),
       retry: (item) => this.session.retry(item.client_msg_id),
       discard: (item) => this.session.discard(item.client_msg_id),
+      editFailed: (item) => {
+        this.session.discard(item.client_msg_id);
+        this.setContext(null);
+        this.text.value = item.text || '';
+        this.onInput();
+      },
+      unblockAndRetry: async (item) => {
+        const chat = this.store.chats.get(item.chat);
+        try {
+          await this.session.api.unblock(chat.peer.id);
+        } catch (err) {
+          this.toast(errorText(err));
+          return;
+        }
+        if (this.blocked) this.blocked.delete(chat.peer.id);
+        for (const other of this.session.pending(item.chat)) {
+          if (other.state === 'failed' && other.code === 'blocked') this.session.retry(other.client_msg_id);
+        }
+      },
     };
   }
 
@@ -346,6 +530,11 @@ export class ConversationView {
   onScroll() {
     const s = this.scroller;
     this.stickToBottom = s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM;
+    if (this.chatId) {
+      const entries = this.store.visibleEntries(this.chatId, this.session.socket.now());
+      if (this.stickToBottom && entries.length) this.seenUpTo = Math.max(this.seenUpTo, entries[entries.length - 1].seq);
+      this.renderJump(entries);
+    }
     if (s.scrollTop < 200 && this.chatId) {
       const log = this.store.log(this.chatId);
       if (log.loaded && log.hasMore) this.session.loadHistory(this.chatId);
@@ -397,8 +586,31 @@ export class ConversationView {
     });
   }
 
-  async pickFiles(files) {
+  /** Files pasted into the composer (a screenshot, an image copied from a page) are attached. */
+  onPaste(e) {
+    const files = [...(e.clipboardData ? e.clipboardData.files : [])];
+    if (!files.length || !this.chatId) return; // text pastes as text
+    e.preventDefault();
+    const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-');
+    this.pickFiles(files.map((file) => (/^image\.\w+$/.test(file.name) || !file.name
+      ? new File([file], `pasted-${stamp}.${(file.type.split('/')[1] || 'png').replace('jpeg', 'jpg')}`, { type: file.type })
+      : file)));
+  }
+
+  sendVoice(file) {
+    if (!this.chatId) return;
+    const reply = this.context && this.context.type === 'reply' ? this.context.entry.id : null;
+    if (reply) this.setContext(null);
+    this.stickToBottom = true;
+    this.upload(this.chatId, file, '', reply);
+  }
+
+  async pickFiles(picked) {
     const chatId = this.chatId;
+    const problems = picked.map(uploadProblem).filter(Boolean);
+    const files = picked.filter((file) => !uploadProblem(file));
+    this.showComposeError(problems.join(' '));
+    if (!files.length) return;
     const caption = await this.dialogs.attach(files);
     if (caption === null) return;
     const reply = this.context && this.context.type === 'reply' ? this.context.entry.id : null;
@@ -407,6 +619,7 @@ export class ConversationView {
   }
 
   upload(chatId, file, caption, replyTo) {
+    if (chatId === this.chatId) this.unread = null; // answering: what came before is read
     const item = { key: `${Date.now()}-${Math.random()}`, chatId, file, caption, replyTo, loaded: 0, total: file.size, state: 'uploading', error: null };
     const { promise, abort } = this.session.api.upload(file, (loaded, total) => {
       item.loaded = loaded;
@@ -425,7 +638,7 @@ export class ConversationView {
       this.schedule();
     }, (err) => {
       if (err.code === 'aborted') this.uploads = this.uploads.filter((other) => other !== item);
-      else Object.assign(item, { state: 'failed', error: err.message });
+      else Object.assign(item, { state: 'failed', failure: uploadFailure(err, file) });
       this.renderUploads();
     });
   }
@@ -436,15 +649,17 @@ export class ConversationView {
     list.replaceChildren(...mine.map((item) => {
       const percent = item.total ? Math.floor((100 * item.loaded) / item.total) : 0;
       const label = `${item.file.name || mediaKind(item.file.type)}`;
+      if (item.state === 'failed') {
+        return h('li', { class: 'upload failed' },
+          h('span', { class: 'upload-error', role: 'alert' }, item.failure.text),
+          item.failure.retry ? h('button', { type: 'button', class: 'link', onclick: () => this.retryUpload(item) }, 'Retry') : null,
+          h('button', { type: 'button', class: 'link', onclick: () => this.dropUpload(item) }, 'Dismiss'));
+      }
       return h('li', { class: `upload ${item.state}` },
         h('span', { class: 'upload-name' }, label),
-        item.state === 'failed'
-          ? [h('span', { class: 'error small' }, item.error),
-            h('button', { type: 'button', class: 'link', onclick: () => this.retryUpload(item) }, 'Retry'),
-            h('button', { type: 'button', class: 'link', onclick: () => this.dropUpload(item) }, 'Dismiss')]
-          : [h('progress', { max: '100', value: String(percent), 'aria-label': `Uploading ${label}` }),
-            h('span', { class: 'upload-percent' }, `${percent}%`),
-            h('button', { type: 'button', class: 'link', onclick: () => item.abort() }, 'Cancel')]);
+        h('progress', { max: '100', value: String(percent), 'aria-label': `Uploading ${label}` }),
+        h('span', { class: 'upload-percent' }, `${percent}%`),
+        h('button', { type: 'button', class: 'link', onclick: () => item.abort() }, 'Cancel'));
     }));
     list.hidden = !mine.length;
   }

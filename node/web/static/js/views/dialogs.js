@@ -3,6 +3,7 @@
 // <dialog>: focus stays inside, Escape closes it.
 
 import { $, h, icon } from '../dom.js';
+import { errorText } from '../errors.js';
 import { fileSize, lastSeen, TTL_CHOICES, ttlLabel } from '../format.js';
 import { avatar, chatAvatarId, chatTitle } from './text.js';
 
@@ -42,13 +43,6 @@ export class Dialogs {
     });
   }
 
-  viewImage(url) {
-    const dialog = $('#viewer-dialog');
-    $('#viewer-image').src = url;
-    $('#viewer-image').alt = 'Photo';
-    dialog.showModal();
-  }
-
   /** Preview files about to be sent; resolves to the caption, or null if cancelled. */
   attach(files) {
     const dialog = $('#attach-dialog');
@@ -67,6 +61,7 @@ export class Dialogs {
     }));
     $('#attach-title').textContent = files.length > 1 ? `Send ${files.length} files` : `Send ${files[0].name}`;
     $('#attach-caption').value = '';
+    $('#attach-error').textContent = '';
     dialog.returnValue = '';
     dialog.showModal();
     $('#attach-caption').focus();
@@ -74,6 +69,12 @@ export class Dialogs {
       const form = $('#attach-form');
       const onSubmit = (e) => {
         e.preventDefault();
+        const limit = this.store.limits.max_message_bytes || 16384;
+        const bytes = new TextEncoder().encode($('#attach-caption').value.trim()).length;
+        if (bytes > limit) {
+          $('#attach-error').textContent = 'This caption is too long. Shorten it, or send the rest as a message.';
+          return;
+        }
         dialog.close('send');
       };
       form.addEventListener('submit', onSubmit);
@@ -130,7 +131,7 @@ export class Dialogs {
         $('#group-dialog').close();
         this.onOpenChat(chatId);
       } catch (err) {
-        error.textContent = err.message;
+        error.textContent = errorText(err, 'group');
       } finally {
         $('#group-create').disabled = false;
       }
@@ -192,7 +193,7 @@ export class Dialogs {
     try {
       await action();
     } catch (err) {
-      $('#info-error').textContent = err.message;
+      $('#info-error').textContent = errorText(err, 'group');
     }
   }
 
@@ -337,7 +338,7 @@ export class Dialogs {
         section('Delivered to', who.delivered, 'delivered'),
         section('Waiting', who.pending, 'pending'));
     } catch (err) {
-      body.replaceChildren(h('p', { class: 'error' }, err.message));
+      body.replaceChildren(h('p', { class: 'error' }, errorText(err)));
     }
   }
 }

@@ -1,15 +1,7 @@
 // The login / create-account screen.
 
 import { $ } from '../dom.js';
-
-const MESSAGES = {
-  unauthorized: 'Wrong username or password.',
-  username_taken: 'That username is taken.',
-  invalid_username: 'Usernames are 3-32 characters: a-z, 0-9, "_" and ".", starting with a letter or digit.',
-  registration_closed: 'This node does not accept new accounts.',
-  rate_limited: 'Too many attempts. Wait a minute and try again.',
-  network: 'The node cannot be reached. Check your connection.',
-};
+import { errorText } from '../errors.js';
 
 export class LoginView {
   constructor(api, onLoggedIn) {
@@ -77,7 +69,7 @@ export class LoginView {
       const result = await this.api.login(username, password);
       this.onLoggedIn(result);
     } catch (err) {
-      error.textContent = MESSAGES[err.code] || err.message;
+      error.textContent = errorText(err, 'login');
     } finally {
       button.disabled = false;
     }

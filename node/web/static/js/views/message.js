@@ -1,14 +1,18 @@
 // One entry of a conversation as a bubble: sender, reply quote, media, text, time, ticks,
 // and the actions that apply to it.
 
-import { h, icon, linkify } from '../dom.js';
+import { h, icon } from '../dom.js';
+import { sendFailure } from '../errors.js';
 import { fileSize, time } from '../format.js';
 import { describeMedia, signedUrls } from '../media.js';
 import { tick } from './chatlist.js';
+import { audioPlayer } from './player.js';
+import { richText } from './richtext.js';
 import { entryText, systemText } from './text.js';
 
 /**
- * ctx: {store, api, chat, actions: {reply, edit, remove, info, openImage, jumpTo, retry, discard}}
+ * ctx: {store, api, chat, youBlocked, actions: {reply, edit, remove, info, openImage, jumpTo, retry, discard,
+ *       editFailed, unblockAndRetry}}
  * view: {entry, status, showSender, pending (outbox item or null)}
  */
 export function messageNode(ctx, view) {
@@ -27,7 +31,7 @@ export function messageNode(ctx, view) {
   } else {
     if (entry.reply_to) body.push(quote(ctx, entry));
     if (entry.media || entry.kind !== 'text') body.push(mediaNode(ctx, entry));
-    if (entry.text) body.push(h('p', { class: 'text' }, linkify(entry.text)));
+    if (entry.text) body.push(h('div', { class: 'text' }, richText(entry.text)));
   }
   const meta = h('span', { class: 'meta' },
     entry.edited && !deleted ? h('span', { class: 'edited' }, 'edited') : null,
@@ -62,10 +66,18 @@ function entryActions(ctx, entry, own, deleted) {
 
 function pendingActions(ctx, item) {
   if (item.state !== 'failed') return null;
+  const { chat, store, actions } = ctx;
+  const peer = chat.kind === 'direct' && chat.peer ? store.nameOf(chat.peer.id) : null;
+  const failure = sendFailure(item, { peer, youBlocked: ctx.youBlocked });
+  const buttons = {
+    edit: () => h('button', { type: 'button', class: 'link', onclick: () => actions.editFailed(item) }, 'Edit'),
+    unblock: () => h('button', { type: 'button', class: 'link', onclick: () => actions.unblockAndRetry(item) }, `Unblock ${peer || ''}`.trim()),
+    retry: () => h('button', { type: 'button', class: 'link', onclick: () => actions.retry(item) }, 'Retry'),
+    discard: () => h('button', { type: 'button', class: 'link', onclick: () => actions.discard(item) }, 'Discard'),
+  };
   return h('div', { class: 'actions failed-actions', role: 'group', 'aria-label': 'Not sent' },
-    h('span', { class: 'failed-reason' }, item.error || 'Not sent'),
-    h('button', { type: 'button', class: 'link', onclick: () => ctx.actions.retry(item) }, 'Retry'),
-    h('button', { type: 'button', class: 'link', onclick: () => ctx.actions.discard(item) }, 'Discard'));
+    h('span', { class: 'failed-reason', role: 'alert' }, failure.text),
+    failure.actions.map((name) => buttons[name]()));
 }
 
 function actionButton(name, label, onclick) {
@@ -99,7 +111,7 @@ function mediaNode(ctx, entry) {
       img.width = Math.min(media.width, 320);
       img.height = Math.round(img.width * media.height / media.width);
     }
-    const button = h('button', { type: 'button', class: 'media-open', 'aria-label': 'Open photo', onclick: () => openFull(ctx, media) }, img);
+    const button = h('button', { type: 'button', class: 'media-open', 'aria-label': 'Open photo', onclick: () => ctx.actions.openImage(entry) }, img);
     box.append(button);
     signedUrls(ctx.api, media.id).then((signed) => { img.src = signed.thumbnail_url || signed.url; })
       .catch(() => box.classList.add('broken'));
@@ -111,9 +123,9 @@ function mediaNode(ctx, entry) {
       video.src = signed.url;
     }).catch(() => box.classList.add('broken'));
   } else if (kind === 'audio') {
-    const audio = h('audio', { controls: true, preload: 'metadata', 'aria-label': media.name ? `Audio: ${media.name}` : 'Audio' });
-    box.append(audio);
-    signedUrls(ctx.api, media.id).then((signed) => { audio.src = signed.url; }).catch(() => box.classList.add('broken'));
+    const voice = /^voice-note/.test(media.name || '');
+    const label = voice ? 'voice message' : `audio${media.name ? ` ${media.name}` : ''}`;
+    box.append(audioPlayer(media, label, signedUrls(ctx.api, media.id).then((signed) => signed.url)));
   } else {
     const link = h('a', { class: 'file-link', download: media.name || 'file', rel: 'noopener' },
       h('span', { class: 'file-icon' }, (label.split('.').pop() || 'file').slice(0, 4).toUpperCase()),
@@ -123,8 +135,4 @@ function mediaNode(ctx, entry) {
     signedUrls(ctx.api, media.id).then((signed) => { link.href = signed.url; }).catch(() => box.classList.add('broken'));
   }
   return box;
-}
-
-function openFull(ctx, media) {
-  signedUrls(ctx.api, media.id).then((signed) => ctx.actions.openImage(signed.url)).catch(() => {});
 }

@@ -4,16 +4,11 @@
 // belongs to this browser (notify.js).
 
 import { $, h } from '../dom.js';
+import { errorText } from '../errors.js';
 import { when } from '../format.js';
 import { notificationsOn, notificationsSupported, setNotifications } from '../notify.js';
 import { pushEvents, pushState } from '../push.js';
 import { avatar } from './text.js';
-
-const MESSAGES = {
-  wrong_password: 'The current password is wrong.',
-  rate_limited: 'Too many wrong passwords. Wait a minute and try again.',
-  network: 'The node cannot be reached. Check your connection.',
-};
 
 export class SettingsView {
   constructor(store, session, { dialogs, toast, onClose, onUser, minPassword }) {
@@ -116,7 +111,7 @@ export class SettingsView {
       input.value = user.display_name;
       this.toast('Display name saved.');
     } catch (err) {
-      error.textContent = MESSAGES[err.code] || err.message;
+      error.textContent = errorText(err);
     } finally {
       $('#name-save').disabled = false;
     }
@@ -131,7 +126,7 @@ export class SettingsView {
       this.store.settings = await this.session.api.updateSettings(changes);
       this.store.changed('receipts'); // ticks depend on read_receipts
     } catch (err) {
-      error.textContent = MESSAGES[err.code] || err.message;
+      error.textContent = errorText(err);
     } finally {
       control.disabled = false;
       this.renderPrivacy();
@@ -174,7 +169,7 @@ export class SettingsView {
     try {
       this.renderBlocks(await this.session.api.blocks());
     } catch (err) {
-      this.toast(MESSAGES[err.code] || err.message);
+      this.toast(errorText(err));
     }
   }
 
@@ -195,7 +190,7 @@ export class SettingsView {
       await this.session.api.unblock(user.id);
       this.toast(`${user.display_name || user.username} is unblocked.`);
     } catch (err) {
-      this.toast(MESSAGES[err.code] || err.message);
+      this.toast(errorText(err));
     }
     await this.loadBlocks();
     keepFocus('#blocked-title');
@@ -207,7 +202,7 @@ export class SettingsView {
     try {
       this.renderDevices(await this.session.api.devices());
     } catch (err) {
-      $('#devices-error').textContent = MESSAGES[err.code] || err.message;
+      $('#devices-error').textContent = errorText(err);
     }
   }
 
@@ -232,7 +227,7 @@ export class SettingsView {
       await this.session.api.revokeDevice(device.device_id);
       this.toast(`${name} is logged out.`);
     } catch (err) {
-      $('#devices-error').textContent = MESSAGES[err.code] || err.message;
+      $('#devices-error').textContent = errorText(err);
     }
     await this.loadDevices();
     keepFocus('#devices-title');
@@ -263,7 +258,7 @@ export class SettingsView {
         : 'Password changed.');
       this.loadDevices();
     } catch (err) {
-      error.textContent = MESSAGES[err.code] || err.message;
+      error.textContent = errorText(err, 'password');
       if (err.code === 'wrong_password') current.select();
     } finally {
       $('#password-save').disabled = false;

@@ -3,6 +3,7 @@
 import { h } from '../dom.js';
 import { ttlLabel } from '../format.js';
 import { describeMedia } from '../media.js';
+import { plainText } from './richtext.js';
 
 export function systemText(store, entry) {
   const by = entry.by ? store.nameOf(entry.by) : null;
@@ -29,10 +30,12 @@ export function systemText(store, entry) {
 export function entryText(store, entry) {
   if (!entry) return '';
   switch (entry.kind) {
-    case 'text': return entry.text || '';
+    case 'text': return plainText(entry.text || '');
     case 'image': case 'video': case 'audio': case 'file': {
-      const label = entry.kind === 'file' && entry.media && entry.media.name ? entry.media.name : describeMedia(entry.kind);
-      return entry.text ? `${label}: ${entry.text}` : label;
+      const voice = entry.kind === 'audio' && entry.media && /^voice-note/.test(entry.media.name || '');
+      const label = entry.kind === 'file' && entry.media && entry.media.name ? entry.media.name
+        : voice ? 'Voice message' : describeMedia(entry.kind);
+      return entry.text ? `${label}: ${plainText(entry.text)}` : label;
     }
     case 'deleted': return entry.from === store.me.id ? 'You deleted this message' : 'This message was deleted';
     case 'system': return systemText(store, entry);
