@@ -76,11 +76,28 @@ class PgServer:
             uid = pwd.getpwnam("postgres").pw_uid
             os.chown(self.root, uid, -1)
         self.root.chmod(0o755)
-        self._run(BIN / "initdb", "-D", self.data, "-A", "trust", "-U", USER, "-E", "UTF8", "--locale=C.UTF-8",
-                  "--no-sync")
+        if not (self.data / "PG_VERSION").exists():  # (a replica's data dir is a base backup)
+            self._run(BIN / "initdb", "-D", self.data, "-A", "trust", "-U", USER, "-E", "UTF8", "--locale=C.UTF-8",
+                      "--no-sync")
         atexit.register(self.stop)
         self.resume()
         return self
+
+    def replica(self, name: str = "standby1") -> PgServer:
+        """A streaming standby of this running server, named `name` (what
+        synchronous_standby_names refers to); `start()` it (or use it with `with`)."""
+        standby = PgServer(settings=self.settings)
+        if self._as_postgres:
+            os.chown(standby.root, pwd.getpwnam("postgres").pw_uid, -1)
+        self._run(BIN / "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-D", standby.data,
+                  "-R", "-X", "stream", "-c", "fast", "--no-sync")
+        with open(standby.data / "postgresql.auto.conf", "a") as conf:  # the last setting wins
+            conf.write(f"primary_conninfo = 'host=127.0.0.1 port={self.port} user={USER} application_name={name}'\n")
+        return standby
+
+    def promote(self) -> None:
+        """Make a standby the primary; returns once it accepts writes."""
+        self._run(BIN / "pg_ctl", "-D", self.data, "-w", "-t", "60", "promote")
 
     def resume(self) -> None:
         """Start the server on its data dir (again, after `stop` or `crash`), same port."""

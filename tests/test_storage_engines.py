@@ -702,7 +702,7 @@ async def test_postgres_commit_stuck_on_a_missing_standby_is_never_acknowledged(
         dsn = server.create_database()
         async with open_postgres(dsn, pool_size=2, commit_timeout=1.0) as storage:
             await write(storage, lambda b: b.put_meta("before", b"1"))
-            await trio.to_thread.run_sync(_set_standbys, server, dsn, "ghost")
+            await trio.to_thread.run_sync(_set_standbys, server, "ghost")
 
             started = time.monotonic()
             with pytest.raises(StorageUnavailable) as failed, trio.fail_after(30):
@@ -729,7 +729,7 @@ async def test_postgres_commit_stuck_on_a_missing_standby_is_never_acknowledged(
                         await wait_until(lambda: _pg_execute(dsn, _KILL_SYNCREP_WAITERS)[0][0] == 1)
                 assert len(outcome) == 1 and isinstance(outcome[0], StorageUnavailable) and outcome[0].unknown
 
-            await trio.to_thread.run_sync(_set_standbys, server, dsn, "")
+            await trio.to_thread.run_sync(_set_standbys, server, "")
             # the unacknowledged commit is durable locally (visible once its wait was
             # cancelled): that is why its outcome is "unknown", not "failed"
             await wait_until(lambda: _pg_execute(dsn, "SELECT count(*) FROM messages")[0][0] == 1)
@@ -744,7 +744,7 @@ _KILL_SYNCREP_WAITERS = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_a
                          "WHERE application_name = 'chatnode' AND wait_event = 'SyncRep'")
 
 
-def _set_standbys(server: PgServer, dsn: str, names: str) -> None:
+def _set_standbys(server: PgServer, names: str) -> None:
     server.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
     server.execute("SELECT pg_reload_conf()")
     deadline = time.monotonic() + 20
@@ -752,3 +752,27 @@ def _set_standbys(server: PgServer, dsn: str, names: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the server did not reload its configuration")
         time.sleep(0.02)
+
+
+async def test_postgres_fails_over_to_a_promoted_standby() -> None:
+    """A primary with a synchronous standby, a multi-host DSN: after the primary dies and
+    the standby is promoted, the engine finds the new primary by itself and every
+    acknowledged write is there."""
+    with PgServer() as primary:
+        dbname = primary.create_database().rsplit("dbname=", 1)[1]
+        with primary.replica("standby1") as standby:
+            await trio.to_thread.run_sync(_set_standbys, primary, "standby1")
+            await wait_until(lambda: primary.execute(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'") == [("sync",)])
+            dsn = (f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} user=chat dbname={dbname} "
+                   "target_session_attrs=read-write")
+            async with open_postgres(dsn, pool_size=3, commit_timeout=5.0) as storage:
+                for seq in range(1, 51):
+                    await write(storage, lambda b, s=seq: (append(b, 1, s, 100 + s), b.set_chat_seq(1, s, s - 1)))
+                await trio.to_thread.run_sync(primary.crash)
+                await trio.to_thread.run_sync(standby.promote)
+                # nothing was in flight: the next write reconnects to the new primary and succeeds
+                await write(storage, lambda b: (append(b, 1, 51, 151), b.set_chat_seq(1, 51, 50)))
+                assert [seq for seq, _ in await storage.read_messages(1, 1, 100, 100)] == list(range(1, 52))
+                assert f"port={standby.port}" in await trio.to_thread.run_sync(
+                    lambda: _pg_execute(dsn, "SELECT 'port=' || current_setting('port')")[0][0])
