@@ -20,6 +20,7 @@ import pytest
 import trio
 from pgserver import PgServer
 
+from node.config import StorageSection
 from node.storage import (
     EXPORT_TABLES,
     TAIL,
@@ -31,6 +32,7 @@ from node.storage import (
     StorageUnavailable,
     StoredMessage,
     WriteBatch,
+    open_storage,
 )
 from node.storage.lmdb_engine import open_lmdb
 from node.storage.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
@@ -292,10 +294,10 @@ async def test_blocks_meta_and_plugin_data(store: Storage) -> None:
         b.kv_put("media", b"\x05\x05", b"shorter namespace")
 
     await write(store, build)
-    assert await store.blocks_of(1) == {2, 3}
-    assert await store.blocks_of(3) == set()
+    assert await store.blocks_of([1, 2, 3]) == {1: {2, 3}, 2: {1}, 3: set()}
+    assert await store.blocks_of([]) == {}
     await write(store, lambda b: (b.delete_block(1, 2), b.delete_block(5, 5)))
-    assert await store.blocks_of(1) == {3}
+    assert await store.blocks_of([1]) == {1: {3}}
 
     assert await store.get_meta("node_id") == b"\x00\x01"
     assert await store.get_meta("missing") is None
@@ -585,6 +587,14 @@ async def test_postgres_open_errors_are_one_line() -> None:
         async with open_postgres("host=127.0.0.1 port=1 user=chat dbname=chat", commit_timeout=1.0):
             pass
     assert "\n" not in str(refused.value)
+
+
+async def test_the_configured_engine_opens(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    dsn = request.getfixturevalue("pg_dsn") if engine == "postgresql" else ""
+    section = StorageSection(engine=engine, dsn=dsn, pool_size=2, commit_timeout=5.0)
+    async with open_storage(section, tmp_path) as storage:
+        await write(storage, lambda b: b.put_meta("k", b"v"))
+        assert storage.info.name == engine and await storage.get_meta("k") == b"v"
 
 
 async def test_postgres_info_hides_the_password(pg_dsn: str) -> None:

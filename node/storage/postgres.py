@@ -71,6 +71,11 @@ T = TypeVar("T")
 
 MAX_BIGINT = (1 << 63) - 1
 CANCEL_TIMEOUT = 5.0  # seconds a server-side cancel of a timed-out commit may take
+#: psycopg_pool retries a failed connect in the background with exponential backoff (1, 2,
+#: 4, ... s until reconnect_timeout): after a long outage the next try could be a minute
+#: away while the server is long back. Giving up after ~1 s instead makes the next read
+#: start a fresh, immediate attempt.
+POOL_RECONNECT_WINDOW = 1.0
 
 # -- adaptation: records as jsonb through orjson, log entries as their exact bytes --------
 
@@ -330,7 +335,7 @@ class PostgresStorage(Storage):
         self._pool = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=self.read_slots, open=False, name="chatnode",
             kwargs={"autocommit": True, "context": ADAPTERS, **self._kwargs},
-            configure=self._configure_reader, timeout=commit_timeout,
+            configure=self._configure_reader, timeout=commit_timeout, reconnect_timeout=POOL_RECONNECT_WINDOW,
         )
         self._read_limiter = trio.CapacityLimiter(self.read_slots)
         self.writer = Writer(self._commit, max_batch=max_batch)
@@ -625,9 +630,13 @@ class PostgresStorage(Storage):
             "ORDER BY expires_at, chat_id, seq LIMIT %s", min(now, MAX_BIGINT), limit or None)
         return [(chat_id, seq, message_id, expires_at) for chat_id, seq, message_id, expires_at in rows]
 
-    async def blocks_of(self, blocker: int) -> set[int]:
-        rows = await self._rows("SELECT blocked FROM blocks WHERE blocker = %s", blocker)
-        return {blocked for (blocked,) in rows}
+    async def blocks_of(self, blockers: Iterable[int]) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {blocker: set() for blocker in blockers}
+        if out:
+            rows = await self._rows("SELECT blocker, blocked FROM blocks WHERE blocker = ANY(%s::bigint[])", list(out))
+            for blocker, blocked in rows:
+                out[blocker].add(blocked)
+        return out
 
     # -- node state and plugin data ----------------------------------------------------------
 
