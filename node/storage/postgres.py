@@ -317,7 +317,6 @@ def _conflict(exc: psycopg.Error) -> StorageConflict:
 @attrs.define(eq=False)
 class _Attempt:
     conn: psycopg.Connection[Any] | None
-    commit_sent: bool = False
     committed: bool = False
     finished: bool = False  # the thread is done with `conn`
     abandoned: bool = False  # the writer gave up waiting: the thread closes `conn`
@@ -476,10 +475,10 @@ class PostgresStorage(Storage):
                 if cur.rowcount != expected:
                     raise StorageConflict(what)
         except StorageConflict:
-            conn.rollback()
+            _rollback(conn)
             raise
         except (pgerrors.UniqueViolation, pgerrors.SerializationFailure, pgerrors.DeadlockDetected) as exc:
-            conn.rollback()
+            _rollback(conn)
             raise _conflict(exc) from None
         except pgerrors.ReadOnlySqlTransaction:  # a standby: find the primary next time
             raise StorageUnavailable("PostgreSQL is read-only here (a standby?)") from None
@@ -488,11 +487,9 @@ class PostgresStorage(Storage):
                 raise _Stale() from None
             raise StorageUnavailable(f"PostgreSQL refused the write: {_one_line(exc)}") from None
         except psycopg.Error as exc:
-            with contextlib.suppress(psycopg.Error):
-                conn.rollback()
+            _rollback(conn)
             raise StorageError(f"PostgreSQL refused the write: {_one_line(exc)}") from None
-        attempt.commit_sent = True
-        try:
+        try:  # from here on, a failure leaves the outcome unknown
             conn.commit()
         except psycopg.Error as exc:
             raise StorageUnavailable(f"the commit failed, its outcome is unknown: {_one_line(exc)}",
@@ -684,6 +681,13 @@ class PostgresStorage(Storage):
         batch = WriteBatch()
         batch.ops.extend((f"_pg_import_{table}", *row) for row in rows)
         await self.writer.write(batch)
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    """Roll back a refused transaction; if the connection is lost meanwhile, the server
+    rolls it back itself and the next commit replaces the connection."""
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()
 
 
 def _cancel_on_server(attempt: _Attempt) -> None:
