@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench setup clean browser
+.PHONY: run test bench setup clean browser postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,17 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium fonts-noto-color-emoji; }
 
-test: $(STAMP) browser
+# The PostgreSQL engine's tests start private servers (tests/pgserver.py) from Debian's
+# postgresql-15 binaries, as the postgres user when run as root; the packaged cluster
+# itself is never used.
+PG_BIN := /usr/lib/postgresql/15/bin
+postgres:
+	@test -x $(PG_BIN)/initdb || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then echo "no $(PG_BIN)/initdb and no apt-get: install PostgreSQL 15"; exit 1; fi; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends postgresql-15; }
+
+test: $(STAMP) browser postgres
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -51,3 +51,9 @@ async def users(node: Node) -> AsyncIterator[Any]:
     yield make
     for client in made:
         await client.aclose()
+
+
+# -- PostgreSQL: one private server per run, started only when a test asks for it
+#    (`pg_server`), and a fresh database per test (`pg_dsn`); see tests/pgserver.py.
+from pgserver import pg_dsn, pg_server  # noqa: E402,F401
+# -- end PostgreSQL

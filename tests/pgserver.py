@@ -1,0 +1,183 @@
+"""A private PostgreSQL server for tests: initdb in a temp dir, a free loopback port.
+
+PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the
+`postgres` system user (created by Debian's package) in a directory it owns, through
+`runuser`; the client side stays root. The server is always stopped by its own data
+dir (`pg_ctl stop`), never by a process name, and `atexit` stops it if a test run
+ends without its fixture's finaliser.
+
+    with PgServer() as server:           # or server = PgServer(); server.start() ... server.stop()
+        dsn = server.create_database()
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import pytest
+
+BIN = Path(os.environ.get("CHATNODE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+USER = "chat"  # the superuser initdb creates (trust authentication, loopback only)
+
+#: Settings that make a throwaway server fast without changing what the engine sees:
+#: sessions still ask for synchronous_commit = on; without fsync a commit is not durable
+#: against an OS crash, which no test simulates (a killed server loses nothing the OS has).
+FAST = {"fsync": "off", "full_page_writes": "off", "shared_buffers": "64MB", "max_wal_size": "1GB"}
+
+
+def available() -> bool:
+    return (BIN / "initdb").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PgServer:
+    """One private cluster. `fsync=True` keeps PostgreSQL's durable defaults (for
+    durability tests and measurements); `settings` adds `-c name=value` options."""
+
+    def __init__(self, *, fsync: bool = False, settings: dict[str, Any] | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="chatnode-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "log"
+        self.port = 0
+        self.settings: dict[str, Any] = {} if fsync else dict(FAST)
+        self.settings.update({"max_connections": 300, **(settings or {})})
+        self._as_postgres = os.geteuid() == 0
+        self._names = itertools.count(1)
+        self.running = False
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(a) for a in args]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> Self:
+        if not available():
+            raise RuntimeError(f"PostgreSQL is not installed ({BIN}/initdb is missing): run `make postgres`")
+        if self._as_postgres:
+            uid = pwd.getpwnam("postgres").pw_uid
+            os.chown(self.root, uid, -1)
+        self.root.chmod(0o755)
+        if not (self.data / "PG_VERSION").exists():  # (a replica's data dir is a base backup)
+            self._run(BIN / "initdb", "-D", self.data, "-A", "trust", "-U", USER, "-E", "UTF8", "--locale=C.UTF-8",
+                      "--no-sync")
+        atexit.register(self.stop)
+        self.resume()
+        return self
+
+    def replica(self, name: str = "standby1") -> PgServer:
+        """A streaming standby of this running server, named `name` (what
+        synchronous_standby_names refers to); `start()` it (or use it with `with`)."""
+        standby = PgServer(settings=self.settings)
+        if self._as_postgres:
+            os.chown(standby.root, pwd.getpwnam("postgres").pw_uid, -1)
+        self._run(BIN / "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-D", standby.data,
+                  "-R", "-X", "stream", "-c", "fast", "--no-sync")
+        with open(standby.data / "postgresql.auto.conf", "a") as conf:  # the last setting wins
+            conf.write(f"primary_conninfo = 'host=127.0.0.1 port={self.port} user={USER} application_name={name}'\n")
+        return standby
+
+    def promote(self) -> None:
+        """Make a standby the primary; returns once it accepts writes."""
+        self._run(BIN / "pg_ctl", "-D", self.data, "-w", "-t", "60", "promote")
+
+    def resume(self) -> None:
+        """Start the server on its data dir (again, after `stop` or `crash`), same port."""
+        self.port = self.port or _free_port()
+        options = [f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1"]
+        options += [f"-c {name}={value}" for name, value in self.settings.items()]
+        result = self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60",
+                           "-o", " ".join(options), "start", check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start: {result.stdout}{result.stderr}\n{self.tail_log()}")
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server of this data dir; `mode="immediate"` is a crash (no checkpoint,
+        recovery at the next start). A no-op when it is not running."""
+        if self.running and (self.data / "postmaster.pid").exists():
+            self._run(BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop", check=False)
+        self.running = False
+
+    def crash(self) -> None:
+        self.stop("immediate")
+
+    def destroy(self) -> None:
+        self.stop()
+        atexit.unregister(self.stop)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def tail_log(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    # -- databases -----------------------------------------------------------------
+
+    def dsn(self, dbname: str = "postgres", **extra: Any) -> str:
+        parts = {"host": "127.0.0.1", "port": self.port, "user": USER, "dbname": dbname, **extra}
+        return " ".join(f"{k}={v}" for k, v in parts.items())
+
+    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """Run one statement as the superuser (autocommit); the rows it returns, if any."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
+            cur = conn.execute(sql)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def create_database(self) -> str:
+        """A new empty database; its DSN."""
+        name = f"t{os.getpid()}_{next(self._names)}"
+        self.execute(f"CREATE DATABASE {name}")
+        return self.dsn(name)
+
+    def drop_database(self, dsn: str) -> None:
+        name = dict(part.split("=", 1) for part in dsn.split())["dbname"]
+        self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- pytest fixtures (registered in tests/conftest.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private server for the whole run, started the first time a test needs it."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database for one test (dropped afterwards, connections and all)."""
+    dsn = pg_server.create_database()
+    yield dsn
+    pg_server.drop_database(dsn)
