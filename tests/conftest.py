@@ -7,7 +7,7 @@ same ones plugin authors use.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +57,48 @@ async def users(node: Node) -> AsyncIterator[Any]:
 #    (`pg_server`), and a fresh database per test (`pg_dsn`); see tests/pgserver.py.
 from pgserver import pg_dsn, pg_server  # noqa: E402,F401
 # -- end PostgreSQL
+
+
+# -- both engines: every test runs on LMDB and on PostgreSQL, unless it is marked
+#    `@pytest.mark.engine("lmdb")` because it tests one engine's own behaviour.
+ENGINES = ("lmdb", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "storage_engine" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("engine")
+        metafunc.parametrize("storage_engine", marker.args if marker else ENGINES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def storage_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The engine this test's nodes use; with PostgreSQL, one fresh database per node data
+    dir (created when a node's config is made, dropped after the test)."""
+    from node import testing
+
+    name = getattr(request, "param", "lmdb")
+    databases: dict[str, str] = {}
+    server = request.getfixturevalue("pg_server") if name == "postgresql" else None
+
+    def dsn_for(data_dir: Path) -> str:
+        key = str(data_dir)
+        if key not in databases:
+            databases[key] = server.create_database()
+        return databases[key]
+
+    testing.use_storage_engine(name, dsn_for if server is not None else None)
+    try:
+        yield name
+    finally:
+        testing.use_storage_engine("lmdb")
+        for dsn in databases.values():
+            server.drop_database(dsn)
+
+
+def storage_toml(data_dir: Path) -> str:
+    """The [storage] section of the engine in use, for tests that write a config.toml."""
+    from node.testing import storage_section
+
+    section = storage_section(data_dir)
+    return "[storage]\n" + "".join(f'{key} = "{value}"\n' for key, value in section.items())
+# -- end both engines

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import storage_toml
 import trio
 
 from node.client import ChatClient
@@ -92,6 +93,7 @@ frame_burst = 10000
 grace = 0.2
 [plugins.media]
 {media}
+{storage_toml(folder / "data")}
 """)
         self.proc: subprocess.Popen | None = None
 

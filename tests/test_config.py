@@ -10,6 +10,8 @@ import pytest
 
 from node.config import ConfigError, load_config, structure_config
 
+pytestmark = pytest.mark.engine("lmdb")  # configuration parsing: no storage
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
