@@ -29,7 +29,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
 from .core.blocks import Blocks
 from .core.chats import Chats, now_ms
@@ -177,7 +177,11 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     cfg = node.config.http
     sock = socket.socket(family_of(cfg.host), socket.SOCK_STREAM)
     tune_listen_socket(sock, node.config.websocket.tcp_user_timeout)
-    sock.bind((cfg.host, cfg.port))
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as exc:
+        sock.close()
+        raise listen_error("http", cfg.host, cfg.port, exc) from None
     sock.listen(1024)
     sock.setblocking(False)
     port = sock.getsockname()[1]

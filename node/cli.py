@@ -10,6 +10,7 @@ import sys
 
 import trio
 
+from . import preflight
 from .app import VERSION, _first_leaf, serve_node
 from .config import Config, ConfigError, load_config
 from .plugin_manager import Plugins
@@ -45,12 +46,18 @@ async def _serve(config: Config) -> None:
                 nursery.cancel_scope.cancel()  # drained and closed: stop watching signals
 
             node = await nursery.start(run_node)
-            print(f"chatnode {config.node.name}: open {node.http_url}/ (chat socket {node.ws_url})", flush=True)
+            print(f"{_who(config)} is running: open {node.http_url}/ (chat socket {node.ws_url})", flush=True)
             async for _ in signals:
                 if node.shutdown_requested.is_set():
                     nursery.cancel_scope.cancel()  # a second signal: stop without draining
                     return
                 node.request_shutdown()
+
+
+def _who(config: Config) -> str:
+    """ "chatnode", or "chatnode 'n1'" for a node given a name of its own."""
+    name = config.node.name
+    return "chatnode" if name == "chatnode" else f"chatnode {name!r}"
 
 
 def _tune_gc() -> None:
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command in ("check-config", "plugins"):
         try:
+            if args.command == "check-config":
+                preflight.check_data_dir(config)
             plugins = Plugins(config.plugins, node_version=VERSION)  # loads them and checks their sections
         except ConfigError as exc:
             print(f"chatnode: config error: {exc}", file=sys.stderr)
@@ -115,13 +124,19 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster.cli import run_cluster_command
 
         return run_cluster_command(args, config)
+    try:
+        lock = preflight.prepare_data_dir(config)  # held until the process exits
+    except ConfigError as exc:
+        print(f"chatnode: config error: {exc}", file=sys.stderr)
+        return 2
     _raise_open_files_limit()
     _tune_gc()
     _tune_gil()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
-        trio.run(_serve, config)
+        with lock:
+            trio.run(_serve, config)
     except KeyboardInterrupt:
         return 130
     except (ConfigError, StorageError) as exc:  # found while starting: one line, no traceback
