@@ -27,7 +27,6 @@ import attrs
 import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
@@ -46,6 +45,7 @@ from .plugin_api import Chat
 from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.api import create_app, current_device, json_response
+from .web.server import serve as serve_app
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,6 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     sock.setblocking(False)
     port = sock.getsockname()[1]
     hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) the socket from here
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = cfg.graceful_timeout
@@ -194,17 +193,18 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     # download to a client that has nothing to send. Bodies have deadlines of their own
     # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
-    await hypercorn_serve(app, hc, shutdown_trigger=node.shutdown_requested.wait, task_status=_Started(task_status, port))
+    # idle keep-alive connections close at once on shutdown (node/web/server.py)
+    await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, task_status=_Started(task_status, port))
 
 
 class _Started:
-    """Adapts hypercorn's task_status (it reports bind strings) to report our port."""
+    """Adapts the server's task_status (it reports nothing) to report our port."""
 
     def __init__(self, task_status: trio.TaskStatus[int], port: int) -> None:
         self._task_status = task_status
         self._port = port
 
-    def started(self, _binds: object = None) -> None:
+    def started(self, _value: object = None) -> None:
         self._task_status.started(self._port)
 
 
