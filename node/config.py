@@ -71,7 +71,7 @@ class HttpSection:
     host: str = "127.0.0.1"
     port: int = _int(8080, 0, 65535)  # 0 picks a free port
     public_url: str = ""  # what clients are told, e.g. behind a reverse proxy
-    graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds requests in progress get on shutdown
+    graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds to drain on shutdown (idle connections close at once)
     body_timeout: float = _float(10.0, 0.1, 3600.0)  # seconds a JSON request body may take to arrive
 
 
