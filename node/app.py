@@ -44,6 +44,7 @@ from .core.state import ChatState
 from .plugin_api import Chat
 from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
+from .web.access import RequestLog
 from .web.api import create_app, current_device, json_response
 from .web.server import serve as serve_app
 
@@ -194,7 +195,9 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
     # idle keep-alive connections close at once on shutdown (node/web/server.py)
-    await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, task_status=_Started(task_status, port))
+    app = RequestLog(app, access=node.config.log.access)  # X-Request-Id and the access log
+    started = _Started(task_status, port)
+    await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, task_status=started)
 
 
 class _Started:

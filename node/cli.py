@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 
 import trio
 
-from . import preflight
+from . import logs, preflight
 from .app import VERSION, _first_leaf, serve_node
 from .config import Config, ConfigError, load_config
+from .logs import LEVELS
 from .plugin_manager import Plugins
 from .storage import StorageError
 
@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a node")
     serve.add_argument("--config", "-c", default=None, help="path to config.toml (default: built-in defaults)")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-level", default=None, choices=LEVELS, help="overrides [log] level")
     check = commands.add_parser("check-config", help="validate a config file (plugin sections too) and exit")
     check.add_argument("--config", "-c", default="config.toml")
     plugins = commands.add_parser("plugins", help="list the plugins a node on this config would load")
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_open_files_limit()
     _tune_gc()
     _tune_gil()
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    logs.configure(args.log_level or config.log.level, config.log.format)
     try:
         with lock:
             trio.run(_serve, config)

@@ -150,6 +150,15 @@ class PluginsSection:
 
 
 @attrs.frozen
+class LogSection:
+    """What the node logs to stderr, and how (docs/operations.md, "Logs")."""
+
+    level: str = attrs.field(default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = attrs.field(default="text", validator=_one_of("text", "json"))  # json: one object per line
+    access: bool = True  # one line per HTTP request (method, path, status, duration, request id)
+
+
+@attrs.frozen
 class Config:
     node: NodeSection = attrs.Factory(NodeSection)
     http: HttpSection = attrs.Factory(HttpSection)
@@ -158,6 +167,7 @@ class Config:
     accounts: AccountsSection = attrs.Factory(AccountsSection)
     storage: StorageSection = attrs.Factory(StorageSection)
     admin: AdminSection = attrs.Factory(AdminSection)
+    log: LogSection = attrs.Factory(LogSection)
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
     plugins: PluginsSection = attrs.Factory(PluginsSection)
     base_dir: str = "."  # folder relative paths resolve against; set by load_config

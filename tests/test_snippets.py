@@ -54,6 +54,7 @@ MAX_COMPILED = 4
 
 FENCE = re.compile(r"^```(\S*)\s*$")
 MARKER = re.compile(r"^<!--\s*snippet:\s*(.*?)\s*-->$")
+OPTIONS = ("continues", "given", "twice", "pytest", "config")
 
 
 @dataclass
@@ -115,8 +116,9 @@ def extract(path: Path) -> list[Snippet]:
         before = next((line.strip() for line in reversed(lines[:start]) if line.strip()), "")
         marker = MARKER.match(before)
         text = marker.group(1) if marker else ""
-        options = {word for word in ("continues", "given", "twice", "pytest", "config") if re.search(rf"\b{word}\b", text)}
-        out.append(Snippet(path.relative_to(ROOT).as_posix(), start + 1, fence.group(1), "\n".join(body) + "\n", text, options))
+        options = {word for word in OPTIONS if re.search(rf"\b{word}\b", text)}
+        code = "\n".join(body) + "\n"
+        out.append(Snippet(path.relative_to(ROOT).as_posix(), start + 1, fence.group(1), code, text, options))
     return out
 
 
@@ -257,7 +259,8 @@ class Runner:
                                             capture_stdout=True, capture_stderr=True)
         assert not limit.cancelled_caught, f"{snippet.where}: still running after {RUN_LIMIT} s:\n{snippet.code}"
         out, err = result.stdout.decode(), result.stderr.decode()
-        report = f"{snippet.where} failed (exit {result.returncode}):\n{snippet.code}\n--- stdout\n{out}\n--- stderr\n{err}"
+        report = (f"{snippet.where} failed (exit {result.returncode}):\n{snippet.code}\n"
+                  f"--- stdout\n{out}\n--- stderr\n{err}")
         assert result.returncode == 0, report
         assert "Traceback" not in err, report
         if snippet.lang in SHELL:
@@ -309,7 +312,7 @@ def photo() -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("document", [d for d in DOCUMENTS if runnable(d)], ids=lambda d: d.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("document", [d for d in DOCUMENTS if runnable(d)], ids=lambda d: str(d.relative_to(ROOT)))
 async def test_the_snippets_of_a_document_run(document, tmp_path):
     folder = tmp_path / "work"
     folder.mkdir()

@@ -76,7 +76,8 @@ async def serve(
             handler = partial(_TCPServer, wrapped, config, context, ConnectionState(state.copy()))
             try:
                 async with trio.open_nursery() as accepting:
-                    await accepting.start(partial(trio.serve_listeners, handler, [listener], handler_nursery=connections))
+                    serving = partial(trio.serve_listeners, handler, [listener], handler_nursery=connections)
+                    await accepting.start(serving)
                     task_status.started()
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
