@@ -39,7 +39,7 @@ def scrub(text: str) -> str:
     return _SECRETS.sub("[redacted]", text)
 
 
-class _Context(logging.Filter):
+class RequestContext(logging.Filter):
     """Adds the current request id to every record (None outside HTTP requests)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -100,7 +100,7 @@ def configure(level: str = "INFO", format: str = "text", stream: IO[str] | None 
     """Send every log record, one line each, to `stream` (stderr) at `level` and above."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
-    handler.addFilter(_Context())
+    handler.addFilter(RequestContext())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

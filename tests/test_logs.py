@@ -22,9 +22,12 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+from conftest import make_config
+from node import hookimpl
+from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.core.operations import PostMessage, SendMessage
-from node.logs import JsonFormatter, TextFormatter
+from node.logs import JsonFormatter, RequestContext, TextFormatter
 
 FIELDS = {"ts", "level", "logger", "msg"}
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -193,3 +196,32 @@ def test_message_operations_leave_their_content_out_of_their_repr():
     content = {"kind": "text", "text": "something private"}
     assert "something private" not in repr(SendMessage(session=None, chat_id=1, client_msg_id="c1", content=content))
     assert "something private" not in repr(PostMessage(user_id=1, chat_id=1, content=content))
+
+
+async def test_log_lines_a_request_causes_carry_its_id(tmp_path):
+    """The id reaches the handler's task (quart-trio runs it in tasks of its own), so the
+    log filter can put it on every line the request causes."""
+    seen = []
+
+    class Tracer:
+        name = "tracer"
+
+        @hookimpl
+        def register_routes(self, node):
+            async def trace():
+                record = logging.LogRecord("node.test", logging.INFO, __file__, 1, "inside", (), None)
+                RequestContext().filter(record)
+                seen.append(record.request_id)
+                return node.json_response({})
+
+            return [("GET", "/trace", trace)]
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(make_config(tmp_path), plugins=[Tracer()],
+                                                                   load_entrypoints=False, task_status=task_status))
+        async with httpx.AsyncClient(base_url=node.http_url) as client:
+            given = await client.get("/trace", headers={"X-Request-Id": "from-the-proxy"})
+            made = await client.get("/trace")
+        node.request_shutdown()
+    assert given.headers["x-request-id"] == "from-the-proxy"
+    assert seen == ["from-the-proxy", made.headers["x-request-id"]]
