@@ -46,6 +46,7 @@ from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.access import RequestLog
 from .web.api import create_app, current_device, json_response
+from .web.proxy import ForwardedFor
 from .web.server import serve as serve_app
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
     # idle keep-alive connections close at once on shutdown (node/web/server.py)
     app = RequestLog(app, access=node.config.log.access)  # X-Request-Id and the access log
+    app = ForwardedFor(app, cfg.trusted_proxies)  # the client's address behind a reverse proxy
     started = _Started(task_status, port)
     await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, task_status=started)
 

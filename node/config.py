@@ -64,6 +64,16 @@ class NodeSection:
     data_dir: str = "./data"  # relative paths are resolved against the config file's folder
 
 
+def _addresses(_instance: Any, attribute: attrs.Attribute, value: list[str]) -> None:
+    import ipaddress
+
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{attribute.name}: {entry!r} is not an IP address or network") from None
+
+
 @attrs.frozen
 class HttpSection:
     """The HTTP listener: REST API, web client and media (hypercorn + quart-trio)."""
@@ -73,6 +83,8 @@ class HttpSection:
     public_url: str = ""  # what clients are told, e.g. behind a reverse proxy
     graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds to drain on shutdown (idle connections close at once)
     body_timeout: float = _float(10.0, 0.1, 3600.0)  # seconds a JSON request body may take to arrive
+    # reverse proxies whose X-Forwarded-For/-Proto are believed (addresses or networks)
+    trusted_proxies: list[str] = attrs.field(factory=list, validator=_addresses)
 
 
 @attrs.frozen
@@ -197,7 +209,15 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict((int, float), "a number"))  # type: ignore[arg-type]
     conv.register_structure_hook(str, _strict(str, "a string"))
     conv.register_structure_hook(bool, _strict(bool, "true or false"))
+    conv.register_structure_hook_func(lambda t: t == list[str], _string_list)
     return conv
+
+
+def _string_list(value: Any, _type: Any) -> list[str]:
+    # without this, cattrs would turn "127.0.0.1" into ["1", "2", "7", ...]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return list(value)
 
 
 def _path_of(exc: BaseException, prefix: str) -> str:
