@@ -23,7 +23,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from conftest import make_config
-from node import hookimpl
+from node import Route, hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.core.operations import PostMessage, SendMessage
@@ -207,14 +207,14 @@ async def test_log_lines_a_request_causes_carry_its_id(tmp_path):
         name = "tracer"
 
         @hookimpl
-        def register_routes(self, node):
-            async def trace():
+        def register_routes(self, ctx):
+            async def trace(request):
                 record = logging.LogRecord("node.test", logging.INFO, __file__, 1, "inside", (), None)
                 RequestContext().filter(record)
                 seen.append(record.request_id)
-                return node.json_response({})
+                return {}
 
-            return [("GET", "/trace", trace)]
+            return [Route("GET", "/trace", trace)]
 
     async with trio.open_nursery() as nursery:
         node = await nursery.start(lambda task_status: serve_node(make_config(tmp_path), plugins=[Tracer()],

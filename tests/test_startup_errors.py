@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -47,8 +48,13 @@ def chatnode(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "node", *args], capture_output=True, text=True, timeout=timeout)
 
 
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z (DEBUG|INFO) [\w.]+: ")
+
+
 def assert_one_line(result: subprocess.CompletedProcess, *parts: str) -> None:
-    lines = result.stderr.strip().splitlines()
+    """The failure is one line; before it there may be only the node's ordinary log lines
+    (what it loaded), no warning, no error and no traceback."""
+    lines = [line for line in result.stderr.strip().splitlines() if not LOG_LINE.match(line)]
     assert result.returncode != 0, result
     assert len(lines) == 1, result.stderr
     for part in parts:
