@@ -444,7 +444,7 @@ def test_photo_audio_and_video_are_sent_shown_and_playable(pages, names, node, t
     expect(own_status(a, "Lake Bled, just before 6 am")).to_have_attribute("data-status", "read")
     expect(a.locator("#chat-list .chat-name")).to_have_text(["Bob", "Book club"])  # newest first
     a.mouse.move(0, 0)
-    shot(a, "09-overview")
+    shot(a, "09-overview")  # also the README's screenshot: `make screenshot` copies it to docs/
 
     # a voice note, dropped onto the conversation, on a slow uplink to see the progress
     cdp = a.context.new_cdp_session(a)
