@@ -59,40 +59,46 @@ from pgserver import pg_dsn, pg_server  # noqa: E402,F401
 # -- end PostgreSQL
 
 
-# -- both engines: every test runs on LMDB and on PostgreSQL, unless it is marked
-#    `@pytest.mark.engine("lmdb")` because it tests one engine's own behaviour.
+# -- both engines: every test that starts a node runs on LMDB and on PostgreSQL, unless it
+#    is marked `@pytest.mark.engine("lmdb")` because it tests one engine's own behaviour.
+#    The engine is a module-scoped parameter, so module-scoped fixtures (the browser tests'
+#    node process) can depend on it too (`module_engine`).
 ENGINES = ("lmdb", "postgresql")
+_databases: dict[str, str] = {}  # node data dir -> its database (the server goes at the end of the run)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "storage_engine" in metafunc.fixturenames:
+    if "module_engine" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("engine")
-        metafunc.parametrize("storage_engine", marker.args if marker else ENGINES, indirect=True)
+        metafunc.parametrize("module_engine", marker.args if marker else ENGINES, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def module_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The storage engine of this module's tests, set for every node config made meanwhile."""
+    from node import testing
+
+    name = request.param
+    if name == "postgresql":
+        server = request.getfixturevalue("pg_server")
+
+        def dsn_for(data_dir: Path) -> str:
+            key = str(data_dir)
+            if key not in _databases:
+                _databases[key] = server.create_database()
+            return _databases[key]
+
+        testing.use_storage_engine(name, dsn_for)
+    else:
+        testing.use_storage_engine(name)
+    yield name
+    testing.use_storage_engine("lmdb")
 
 
 @pytest.fixture(autouse=True)
-def storage_engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The engine this test's nodes use; with PostgreSQL, one fresh database per node data
-    dir (created when a node's config is made, dropped after the test)."""
-    from node import testing
-
-    name = getattr(request, "param", "lmdb")
-    databases: dict[str, str] = {}
-    server = request.getfixturevalue("pg_server") if name == "postgresql" else None
-
-    def dsn_for(data_dir: Path) -> str:
-        key = str(data_dir)
-        if key not in databases:
-            databases[key] = server.create_database()
-        return databases[key]
-
-    testing.use_storage_engine(name, dsn_for if server is not None else None)
-    try:
-        yield name
-    finally:
-        testing.use_storage_engine("lmdb")
-        for dsn in databases.values():
-            server.drop_database(dsn)
+def storage_engine(module_engine: str) -> str:
+    """The engine this test's nodes use (see `module_engine`)."""
+    return module_engine
 
 
 def storage_toml(data_dir: Path) -> str:

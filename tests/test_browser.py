@@ -131,7 +131,7 @@ grace = 0.2
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Iterator[NodeProcess]:
+def node(tmp_path_factory, module_engine) -> Iterator[NodeProcess]:
     proc = NodeProcess(tmp_path_factory.mktemp("browser-node"))
     proc.start()
     try:
