@@ -287,9 +287,9 @@ class PluginContext:
         """A new Snowflake id, unique in the cluster."""
         return self._node.ids.next_id()
 
-    def is_online(self, user_id: int) -> bool:
-        """Whether the user has a device connected (to this node)."""
-        return self._node.is_online(user_id)
+    async def is_online(self, user_id: int) -> bool:
+        """Whether the user has a device connected, to any node of the cluster."""
+        return await self._node.is_online(user_id)
 
     # -- reads ---------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .accounts import Accounts
     from .blocks import Blocks
     from .hub import Hub
+    from .routing import Routing
     from .session import Session
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class Operation:
     def reads(self, reads: Reads) -> None:
         pass
 
+    async def route(self, chats: Chats) -> None:
+        """Before routing: an operation that creates a chat picks its id here, so that it
+        goes to the node that will own the chat (`chat_id` decides where it runs)."""
+
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         raise NotImplementedError
 
@@ -96,14 +101,21 @@ class Awaitable(Operation):
     _done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _result: Any = attrs.field(default=None, init=False)
     _error: ChatError | None = attrs.field(default=None, init=False)
+    #: Called with (result, error) once it is settled: how a forwarded operation answers
+    #: the node that forwarded it, without a task per request.
+    on_done: Callable[[Any, ChatError | None], None] | None = attrs.field(default=None, init=False)
 
     def resolve(self, result: Any) -> None:
         self._result = result
         self._done.set()
+        if self.on_done is not None:
+            self.on_done(result, None)
 
     def reject(self, error: ChatError) -> None:
         self._error = error
         self._done.set()
+        if self.on_done is not None:
+            self.on_done(None, error)
 
     async def wait(self) -> Any:
         await self._done.wait()
@@ -121,6 +133,7 @@ class Chats:
         plugins: PluginHooks,
         users: Accounts,
         blocks: Blocks,
+        routing: Routing,
         *,
         max_batch: int,
         max_group_members: int,
@@ -133,6 +146,7 @@ class Chats:
         self.plugins = plugins
         self.users = users
         self.blocks = blocks
+        self.routing = routing
         self.max_group_members = max_group_members
         self.edit_window_ms = int(edit_window * 1000)
         self._max_batch = max_batch
@@ -154,11 +168,15 @@ class Chats:
     # -- the sequencer ---------------------------------------------------------------
 
     async def submit(self, op: Operation) -> None:
-        """Queue an operation. Backpressure: waits while the sequencer's queue is full.
+        """Queue an operation (or, in a cluster, send it to the node that owns its chat).
+        Backpressure: waits while the sequencer's queue is full.
 
         Does not yield when there is room, so all the events of one frame land in the
         same batch (one commit, one ack frame) instead of trickling in one by one.
         """
+        if not self._local(op):
+            self.routing.forward_nowait(op)
+            return
         try:
             self._send.send_nowait(op)
         except trio.WouldBlock:
@@ -166,11 +184,27 @@ class Chats:
 
     async def run(self, op: Awaitable) -> Any:
         """Queue an operation and wait for its result (raises its ChatError)."""
+        await op.route(self)
+        if not self._local(op):
+            return await self.routing.forward(op)
         try:
             await self.submit(op)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ChatError("unavailable", "the node is shutting down") from None
         return await op.wait()
+
+    def submit_nowait(self, op: Operation) -> bool:
+        """Queue an operation here without waiting; False if the queue is full."""
+        try:
+            self._send.send_nowait(op)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def _local(self, op: Operation) -> bool:
+        """Whether this node sequences `op` (its chat is ours, or it belongs to no chat)."""
+        chat_id = getattr(op, "chat_id", None)
+        return not chat_id or self.routing.owns(chat_id)
 
     async def close(self) -> None:
         """Stop taking operations; `serve` finishes what is queued and returns."""
@@ -189,6 +223,12 @@ class Chats:
                 await self._process(ops)
 
     async def _process(self, ops: list[Operation]) -> None:
+        if self.routing.clustered:  # ownership may have moved while they queued
+            moved = [op for op in ops if not self._local(op)]
+            if moved:
+                ops = [op for op in ops if self._local(op)]
+                for op in moved:
+                    self.routing.forward_nowait(op)
         reads = Reads()
         for op in ops:
             op.reads(reads)
@@ -364,8 +404,11 @@ class Chats:
         raw = self._log.get(where)
         return orjson.loads(raw) if raw is not None else None
 
-    def create_chat(self, batch: WriteBatch, now: int, *, kind: str, creator: int, **fields: Any) -> ChatState:
-        chat_id = self.ids.next_id()
+    def create_chat(
+        self, batch: WriteBatch, now: int, *, kind: str, creator: int, chat_id: int = 0, **fields: Any
+    ) -> ChatState:
+        """A new chat; `chat_id` when it was chosen before routing (see `Operation.route`)."""
+        chat_id = chat_id or self.ids.next_id()
         record = {"id": str(chat_id), "kind": kind, "created": now, "created_by": str(creator), **fields}
         batch.put_chat(chat_id, record)
         chat = ChatState(chat_id, record, {}, 0, None)
@@ -441,13 +484,14 @@ class Chats:
         """
         event = message_event(raw)
         seq = record["seq"]
+        remote = self.routing.fan_out_remote(chat, seq, event, exclude) if self.routing.clustered else ()
         offline = []
         for uid, member in chat.members.items():
             until = member.get("until_seq")
             if seq < member["from_seq"] or (until is not None and seq > until):
                 continue
             sessions = self.hub.sessions_of(uid)
-            if not sessions and str(uid) != record["from"]:
+            if not sessions and uid not in remote and str(uid) != record["from"]:
                 offline.append(uid)
             floor = member["from_seq"] - 1
             for session in sessions:
@@ -461,10 +505,8 @@ class Chats:
         return offline
 
     def send_to_members(self, chat: ChatState, event: bytes, user_ids: set[int] | None = None) -> None:
-        """An ephemeral event (not in the log) to the devices of current members."""
-        for uid in chat.active_ids() if user_ids is None else user_ids:
-            for session in self.hub.sessions_of(uid):
-                session.send_event(event)
+        """An ephemeral event (not in the log) to the devices of current members, on any node."""
+        self.routing.send_to_users(chat.active_ids() if user_ids is None else user_ids, event)
 
     def advance_cursor(self, chat: ChatState, user_id: int, field: str, seq: int) -> tuple[int, int] | None:
         """Move a member's `delivered`/`read` cursor up to `seq` (sequencer only).
@@ -543,9 +585,21 @@ class Chats:
             for chat_id, stored in loaded.items():
                 chat = self._chats.get(chat_id)  # loaded meanwhile (we awaited): keep that one
                 if chat is None:
-                    chat = self._chats[chat_id] = chat_from_loaded(chat_id, stored)
+                    chat = chat_from_loaded(chat_id, stored)
+                    if self.routing.owns(chat_id):  # only an owner's state stays current
+                        self._chats[chat_id] = chat
                 out[chat_id] = chat
         return out
+
+    def forget_chats(self, keep: Callable[[int], bool]) -> None:
+        """Drop the state of chats this node no longer sequences (ownership moved)."""
+        for chat_id in [c for c in self._chats if not keep(c)]:
+            del self._chats[chat_id]
+
+    def forget_user_chats(self, user_ids: Iterable[int]) -> None:
+        """The users' chat lists changed elsewhere: read them again when next asked."""
+        for user_id in user_ids:
+            self._user_chats.pop(user_id, None)
 
     async def chat_ids_of(self, user_id: int) -> set[int]:
         """Ids of every chat the user is or was a member of."""

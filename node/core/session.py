@@ -404,6 +404,13 @@ class Session:
 
     # -- chat log events -----------------------------------------------------------------
 
+    def notice(self, chat_id: int, committed_seq: int) -> None:
+        """The chat's log is stored up to `committed_seq`: catch up if this device is behind
+        (a node learning of entries it was not sent live, e.g. after subscribing)."""
+        sent = self._sent.get(chat_id)
+        if sent is None or sent < committed_seq:
+            self._request_catchup(chat_id)
+
     def deliver(self, chat_id: int, seq: int, event: bytes, floor: int) -> None:
         """Offer log entry `seq` of a chat; queued only if it is the next one owed.
 

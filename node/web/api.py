@@ -238,6 +238,8 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
                     "max_events_per_frame": limits.max_events_per_frame,
                     "max_group_members": limits.max_group_members,
                 },
+                # every node a client may use (this one first): in a cluster, the live members
+                "nodes": node.node_urls(),
             }
         )
 

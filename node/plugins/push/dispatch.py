@@ -159,7 +159,7 @@ class Dispatcher:
         if target is None or provider is None:
             self._states.pop(state.target_id, None)
             return
-        if self.ctx.is_online(state.user_id):
+        if await self.ctx.is_online(state.user_id):
             self.stats["skipped_online"] += 1
             return
         now = trio.current_time()
