@@ -172,7 +172,7 @@ class LastSeenPlugin:
         if seen is None:
             raw = await self.times.get(user_id.to_bytes(8, "big"))
             seen = int.from_bytes(raw, "big") if raw else None
-        online = self._announced.get(user_id, False) if viewer != user_id else await self.ctx.is_online(user_id)
+        online = await self.ctx.is_online(user_id)  # anywhere in the cluster, asked of the user's home
         return {"user": str(user_id), "online": online, "last_seen": seen}
 
     @hookimpl
