@@ -182,9 +182,16 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _read_id_high_water(storage: Storage) -> int:
-    raw = await storage.get_meta("id_high_water")
-    return int.from_bytes(raw, "big") if raw else 0
+def _high_water_key(node_id: int) -> str:
+    """Each node keeps its own: nodes of a cluster share one storage."""
+    return f"id_high_water.{node_id}"
+
+
+async def _read_id_high_water(storage: Storage, node_id: int) -> int:
+    """The highest Snowflake this node minted before (also under the key of schema 3 and
+    earlier, from a single node's data dir)."""
+    found = [await storage.get_meta(_high_water_key(node_id)), await storage.get_meta("id_high_water")]
+    return max((int.from_bytes(raw, "big") for raw in found if raw), default=0)
 
 
 async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -267,11 +274,11 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     async with open_storage(config.storage, data_dir, now=now_ms) as storage:
-        ids = SnowflakeGenerator(config.node.id, after=await _read_id_high_water(storage))
+        ids = SnowflakeGenerator(config.node.id, after=await _read_id_high_water(storage, config.node.id))
 
         def id_high_water() -> WriteBatch:
             batch = WriteBatch()
-            batch.put_meta("id_high_water", ids.last_id.to_bytes(8, "big"))
+            batch.put_meta(_high_water_key(config.node.id), ids.last_id.to_bytes(8, "big"))
             return batch
 
         storage.add_commit_hook(id_high_water)
