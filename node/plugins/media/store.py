@@ -98,12 +98,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_temp(path: Path, data: bytes) -> str:
-    """Write `data` to a new file, fsynced; returns its SHA-256. Sync."""
-    _write_synced(path, data)
-    return hashlib.sha256(data).hexdigest()
-
-
 async def remove_quietly(*paths: Path) -> None:
     """Delete temp files, even while the caller is being cancelled (client went away)."""
     with trio.CancelScope(shield=True):
@@ -182,4 +176,4 @@ async def stream_file(path: Path, first: int, last: int) -> AsyncIterator[bytes]
             yield data
 
 
-__all__ = ["ContentStore", "UploadSink", "remove_quietly", "stream_file", "write_temp"]
+__all__ = ["ContentStore", "UploadSink", "remove_quietly", "stream_file"]
