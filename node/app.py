@@ -256,7 +256,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
     for plugin in manager.describe():
         log.info("plugin %s %s%s", plugin["name"], plugin["version"], " (built in)" if plugin["builtin"] else "")
     data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new data dir is the node's alone
     async with open_storage(config.storage, data_dir, now=now_ms) as storage:
         ids = SnowflakeGenerator(config.node.id, after=await _read_id_high_water(storage))
 

@@ -781,6 +781,37 @@ async def test_leftovers_of_a_crash_are_cleaned_at_start(tmp_path):
     assert (root / "signing.key").stat().st_mode & 0o777 == 0o600
 
 
+async def test_data_at_rest_is_for_the_node_alone(tmp_path):
+    """The data dir is created 0700, media folders are 0700 and media files 0600, whatever
+    the umask; a media store left 0755 by an older version is made 0700 at start."""
+    config = media_config(tmp_path)
+    (config.data_dir / "media" / "content").mkdir(parents=True, mode=0o755)
+    os.chmod(config.data_dir, 0o755)  # an existing data dir is the operator's: left as it is
+    (tmp_path / "fresh").mkdir()
+    fresh = make_config(tmp_path / "fresh")
+    old_umask = os.umask(0o022)
+    try:
+        async with running_node(fresh) as node:
+            alice = await new_user(node, "alice")
+            await alice.upload(png())
+            await alice.upload(b"%PDF-1.4\n" + bytes(100))
+            await alice.aclose()
+        async with running_node(config):
+            pass
+    finally:
+        os.umask(old_umask)
+    mode = lambda path: path.stat().st_mode & 0o777  # noqa: E731
+    assert mode(fresh.data_dir) == 0o700
+    media = fresh.data_dir / "media"
+    folders = [media, *(p for p in media.rglob("*") if p.is_dir())]
+    files = [p for p in media.rglob("*") if p.is_file()]
+    assert len(files) >= 4  # two contents, a thumbnail, the signing key
+    assert {str(p.relative_to(media)): mode(p) for p in folders} == {str(p.relative_to(media)): 0o700 for p in folders}
+    assert {str(p.relative_to(media)): mode(p) for p in files} == {str(p.relative_to(media)): 0o600 for p in files}
+    assert mode(config.data_dir / "media") == 0o700  # what an older version left inside is now out of reach
+    assert mode(config.data_dir) == 0o755
+
+
 async def test_media_settings_are_validated(tmp_path):
     from node.config import ConfigError
 

@@ -235,6 +235,7 @@ async def test_the_vapid_key_is_made_once_and_kept(tmp_path):
         await alice.aclose()
     key_file = config.data_dir / "push" / "vapid_private.pem"
     assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.parent.stat().st_mode & 0o777 == 0o700
     async with running_node(config) as node:
         alice = ChatClient(node.http_url)
         assert await alice.vapid_public_key() == first

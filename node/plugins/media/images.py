@@ -181,7 +181,7 @@ def run_job(job: dict) -> dict:
         return {"error": str(exc), "too_large": exc.too_large}
     except MemoryError:
         return _out_of_memory(job)
-    with open(job["dst"], "xb") as f:
+    with os.fdopen(os.open(job["dst"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:  # as store.py
         f.write(clean)
         f.flush()
         os.fsync(f.fileno())
