@@ -547,7 +547,7 @@ async def upload_bomb(node, bomb: bytes) -> ClientError:
         await alice.upload(bomb)
     grown = rss_bytes() - before
     assert grown < 32 * 1024 * 1024, f"the node grew by {grown >> 20} MiB"
-    assert_nothing_left(node, items_before=1)
+    await assert_nothing_left(node, items_before=1)
     media = await alice.upload(png(40, 30))  # the node still processes images
     assert media["width"] == 40
     await alice.aclose()

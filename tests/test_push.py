@@ -477,19 +477,19 @@ async def test_a_gzip_bomb_answer_is_neither_read_nor_retried(tmp_path):
                 running_node(push_config(tmp_path, retry_base=0.01)) as node):
         alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
         chat = await alice.open_direct(username="bob")
-        push = node.plugins.pm.get_plugin("push")
+        stats = node.plugins.pm.get_plugin("push").dispatcher.statistics
         with trio.fail_after(20):
             await bob.register_push_target("webhook", f"{hook.url}/bomb")
             before = peak = rss_bytes()
             async with alice.connect() as a:
                 await a.send_text(chat["id"], "hello")
             request = await hook.next()
-            while push.statistics()["sent"] + push.statistics()["retried"] + push.statistics()["failed"] == 0:
+            while stats()["sent"] + stats()["retried"] + stats()["failed"] == 0:
                 peak = max(peak, rss_bytes())
                 await trio.sleep(0.01)
         peak = max(peak, rss_bytes())
         assert peak - before < 32 * 1024 * 1024, f"the node grew by {(peak - before) >> 20} MiB"
-        assert push.statistics()["sent"] == 1 and push.statistics()["retried"] == 0
+        assert stats()["sent"] == 1 and stats()["retried"] == 0
         assert hook.received_nowait() == []
         assert request["headers"]["accept-encoding"] == "identity"
         await alice.aclose()
@@ -619,7 +619,7 @@ async def test_a_rebinding_name_cannot_reach_the_nodes_own_network(tmp_path):
             with trio.fail_after(20):
                 async with alice.connect() as a:
                     await a.send_text(chat["id"], "hello")
-                while push.statistics()["failed"] == 0:
+                while push.dispatcher.statistics()["failed"] == 0:
                     await trio.sleep(0.01)
         finally:
             trio.socket.set_custom_hostname_resolver(previous_dns)
