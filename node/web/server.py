@@ -13,7 +13,8 @@ shutdown, once its response was sent, so that one waited for `graceful_timeout` 
 
 `serve` is hypercorn's `worker_serve` cut down to what a node uses (one plain socket,
 made by the node) with two changes: `_TCPServer`, which shields those two steps from that
-cancellation, and an optional `guard` that each accepted connection passes before
+cancellation (and ends a connection as soon as its client hangs up, where hypercorn kept
+its task until the idle timeout), and an optional `guard` that each accepted connection passes before
 hypercorn sees it (the node's connection limits, node/core/connlimit.py: hypercorn has no
 hook between accepting a connection and serving it). Idle connections then close at once on shutdown (and after
 `keep_alive_timeout` otherwise); requests in progress get `graceful_timeout` and their
@@ -54,6 +55,14 @@ class _TCPServer(TCPServer):
             await self.protocol.handle(Closed())
         else:
             await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        """Read until the peer is gone; then its idle task has nothing left to time out
+        (it would hold the connection's task, and its place in the per-address count, for
+        `keep_alive_timeout` after the client hung up)."""
+        await super()._read_data()
+        with trio.CancelScope(shield=True):
+            await self.idle_task.stop()
 
 
 async def serve(
