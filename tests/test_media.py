@@ -20,7 +20,7 @@ import trio
 from conftest import make_config, new_user, running_node
 from PIL import Image
 
-from node import ChatError, hookimpl
+from node import ChatError, hookimpl, preflight
 from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.plugins.media import records
@@ -802,6 +802,13 @@ async def test_data_at_rest_is_for_the_node_alone(tmp_path):
         os.umask(old_umask)
     mode = lambda path: path.stat().st_mode & 0o777  # noqa: E731
     assert mode(fresh.data_dir) == 0o700
+    served = make_config(tmp_path / "served")  # `chatnode serve` makes the data dir before the node starts
+    old_umask = os.umask(0o022)
+    try:
+        preflight.prepare_data_dir(served).close()
+    finally:
+        os.umask(old_umask)
+    assert mode(served.data_dir) == 0o700
     media = fresh.data_dir / "media"
     folders = [media, *(p for p in media.rglob("*") if p.is_dir())]
     files = [p for p in media.rglob("*") if p.is_file()]
