@@ -72,7 +72,8 @@ class ChatClient:
         self.base_url = self.nodes[0]
         self.token = token
         self.user: dict[str, Any] | None = None
-        self.cursors: dict[str, int] = {}  # chat id -> highest contiguous seq received
+        self.cursors: dict[str, int] = {}  # chat id -> highest seq received with none missing below
+        self._ahead: dict[str, set[int]] = {}  # chat id -> seqs received above a gap
         self._timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._ws_url: str | None = None
@@ -104,6 +105,29 @@ class ChatClient:
                 await self.next_node()
         self._raise_for(response)
         return response.json() if response.content else None
+
+    def note_seq(self, chat: str, seq: int) -> bool:
+        """Record that entry `seq` of a chat arrived (or was acked). The cursor moves only
+        over what has arrived without a gap, so a resume never skips a missing entry; the
+        first seq seen of a chat sets it (the server starts a device where it may see).
+        Returns whether the cursor moved."""
+        cursor = self.cursors.get(chat)
+        if cursor is None:
+            self.cursors[chat] = seq
+            return True
+        if seq <= cursor:
+            return False
+        ahead = self._ahead.setdefault(chat, set())
+        ahead.add(seq)
+        while cursor + 1 in ahead:
+            cursor += 1
+            ahead.discard(cursor)
+        if not ahead:
+            del self._ahead[chat]
+        if cursor == self.cursors[chat]:
+            return False
+        self.cursors[chat] = cursor
+        return True
 
     async def next_node(self) -> str:
         """Leave the current node for the next one known (after a short pause)."""
@@ -396,9 +420,8 @@ class Connection:
             kind = event.get("type")
             if kind in ("message", "ack"):
                 chat, seq = event["chat"], event["seq"]
-                if chat not in self.cursors or seq > self.cursors[chat]:
-                    self.cursors[chat] = seq
-                    advanced[chat] = seq
+                if self.client.note_seq(chat, seq):
+                    advanced[chat] = self.cursors[chat]
             elif kind == "synced":
                 self.synced.set()
             ref = event.get("client_msg_id") if kind == "ack" else event.get("ref") if kind == "error" else None

@@ -17,6 +17,7 @@ the peer has left the membership, when its queue is dropped.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -80,10 +81,16 @@ class Links:
         transport: Transport,
         on_message: Callable[[int, Message], None],
         *,
+        on_restart: Callable[[int], None] = lambda _node: None,
         queue_limit: int = 65_536,
         max_frame: int = 8 << 20,
     ) -> None:
         self.node_id = node_id
+        # Every start of a node is a new life: peers tell lives apart by this, from the
+        # hello of a link, and so notice a restart that membership may not have seen.
+        self.boot = secrets.randbits(63)
+        self._boots: dict[int, int] = {}  # peer -> the boot id of its life we last heard
+        self._on_restart = on_restart
         self._keyring = keyring
         self._transport = transport
         self._on_message = on_message
@@ -109,7 +116,10 @@ class Links:
             self.drop_peer(node)  # it restarted elsewhere: start afresh
             peer = None
         if peer is None and node != self.node_id:
-            self._peers[node] = _Peer(node, address)
+            peer = self._peers[node] = _Peer(node, address)
+            if self._nursery is not None:  # dial now: the hello tells the peer about our life
+                peer.started = True
+                self._nursery.start_soon(self._run_peer, peer)
 
     def drop_peer(self, node: int) -> list[Message]:
         """The member left or failed: stop its link; returns what was still queued."""
@@ -151,7 +161,8 @@ class Links:
                     continue
                 backoff = RECONNECT_MIN
                 try:
-                    await send_frame(stream, self._keyring.seal(pack([(HELLO, self.node_id)]), PURPOSE_LINK))
+                    await send_frame(stream, self._keyring.seal(pack([(HELLO, self.node_id, self.boot)]),
+                                                                PURPOSE_LINK))
                     peer.connected = True
                     await self._drain(peer, stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -183,14 +194,22 @@ class Links:
     # -- receiving -----------------------------------------------------------------------
 
     def open_hello(self, frame: bytes) -> int | None:
-        """The peer's node id if `frame` opens a link, else None (another kind of stream)."""
+        """The peer's node id if `frame` opens a link, else None (another kind of stream).
+        A hello from a new life of a known peer is reported to `on_restart`."""
         try:
             messages = unpack(self._keyring.open(frame, PURPOSE_LINK))
         except (OpenError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
             return None
-        if len(messages) != 1 or messages[0][0] != HELLO or not isinstance(messages[0][1], int):
+        if len(messages) != 1 or len(messages[0]) != 3 or messages[0][0] != HELLO:
             return None
-        return messages[0][1]
+        _, node, boot = messages[0]
+        if not isinstance(node, int) or not isinstance(boot, int):
+            return None
+        previous = self._boots.get(node)
+        self._boots[node] = boot
+        if previous is not None and previous != boot:
+            self._on_restart(node)
+        return node
 
     async def serve_inbound(self, peer: int, stream: trio.abc.Stream) -> None:
         """Read a peer's frames until it closes, handing each message to `on_message`."""

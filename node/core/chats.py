@@ -223,6 +223,7 @@ class Chats:
                 await self._process(ops)
 
     async def _process(self, ops: list[Operation]) -> None:
+        version = self.routing.version
         if self.routing.clustered:  # ownership may have moved while they queued
             moved = [op for op in ops if not self._local(op)]
             if moved:
@@ -239,6 +240,12 @@ class Chats:
                 op.reject(_storage_error(exc))
             self._clear_batch()
             return
+        if self.routing.version != version:  # ownership moved while loading: not ours to apply
+            moved = [op for op in ops if not self._local(op)]
+            if moved:
+                ops = [op for op in ops if self._local(op)]
+                for op in moved:
+                    self.routing.forward_nowait(op)
         batch = WriteBatch()
         applied: list[tuple[Operation, Effect | None]] = []
         stale = False
@@ -277,6 +284,8 @@ class Chats:
                 chat.last_message = record
         if stale:
             self._forget_all()
+        elif self.routing.version != version:  # ownership moved while this batch ran
+            self.forget_chats(self.routing.owns)
         self.applied += len(applied)
         for op, effect in applied:
             if effect is not None:
@@ -297,7 +306,7 @@ class Chats:
         chat_ids = reads.chats | {self._directs[p] for p in reads.directs if p in self._directs}
         missing = [c for c in chat_ids if c not in self._chats]
         if missing:
-            await self.load_many(missing)
+            await self.load_many(missing, keep=True)  # the batch sequences them: keep them for it
         users = set(reads.users)
         for chat_id in chat_ids:
             chat = self._chats.get(chat_id)
@@ -570,7 +579,7 @@ class Chats:
             chat = (await self.load_many([chat_id])).get(chat_id)
         return chat
 
-    async def load_many(self, chat_ids: Iterable[int]) -> dict[int, ChatState]:
+    async def load_many(self, chat_ids: Iterable[int], *, keep: bool = False) -> dict[int, ChatState]:
         """The chats that exist, from the cache or the engine (one call for the misses)."""
         out: dict[int, ChatState] = {}
         missing = []
@@ -586,7 +595,7 @@ class Chats:
                 chat = self._chats.get(chat_id)  # loaded meanwhile (we awaited): keep that one
                 if chat is None:
                     chat = chat_from_loaded(chat_id, stored)
-                    if self.routing.owns(chat_id):  # only an owner's state stays current
+                    if keep or self.routing.owns(chat_id):  # only an owner's state stays current
                         self._chats[chat_id] = chat
                 out[chat_id] = chat
         return out

@@ -27,6 +27,8 @@ online?    req, user                                           to the user's hom
 inv        kind, [ids]                                         caches to drop (``user``, ``blocks``,
                                                                ``user_chats``)
 revoke     token_hash                                          close that device's sockets here
+resub                                                          send me your subscriptions again (the
+                                                               sender had given this node up)
 =========  ==================================================  =====================================
 
 **How an owner learns where members' devices are.** When a user's first device connects
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -78,6 +81,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 10.0  # seconds a forwarded request may wait for its answer
 MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
+RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription is tried again
 
 #: Operations that may be forwarded to a chat's owner, by name. Their fields are plain
 #: data, so they travel as JSON; `SendMessage` travels as ``send`` (it names its device).
@@ -156,13 +160,14 @@ class ClusterRouting(Routing):
         self.accounts: Accounts | None = None
         self.blocks: Blocks | None = None
         self.joined = False  # until the cluster is joined, this node sequences nothing
-        self._req_ids = itertools.count(1)
+        # Request ids are unique across restarts of this node: a peer may still hold answers
+        # for this node's previous life in its queue, and they must never match a new request.
+        self._req_ids = itertools.count((secrets.randbits(30) + 1) << 32)
         self._pending: dict[int, _Request] = {}
         self.subs: dict[int, dict[int, set[int]]] = {}  # owner side: chat -> node -> users
         self.locations: dict[int, set[int]] = {}  # home side: user -> nodes with a device of theirs
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
         self._work_send, self._work_recv = trio.open_memory_channel[tuple[str, Any]](100_000)
-        self._before = Ownership(node_id)  # the view before the last change (see `_rebalance`)
         self.stats = {"forwarded": 0, "forward_failures": 0, "served": 0, "deliveries_sent": 0,
                       "deliveries_received": 0, "relayed": 0, "ownership_moves": 0, "request_timeouts": 0}
         self._rtt_total = 0.0
@@ -179,6 +184,7 @@ class ClusterRouting(Routing):
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work: subscriptions of connecting users, request deadlines."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._worker)
             nursery.start_soon(self._expire_requests)
             task_status.started()
@@ -193,6 +199,11 @@ class ClusterRouting(Routing):
         gone = [n for n in self.ownership.members if n not in members and n != self.node_id]
         for node in gone:
             self._peer_gone(node)
+        for node in members:
+            if node != self.node_id and node not in self.ownership.members:
+                # New in this view, or back after this node had given it up (and dropped
+                # what it registered here): ask it to subscribe and register again.
+                self.links.send(node, ("resub",))
         before = Ownership(self.node_id, self.ownership.members)
         self.joined = True
         if not self.ownership.update(members):
@@ -204,8 +215,38 @@ class ClusterRouting(Routing):
             del self.subs[chat_id]
         for user_id in [u for u in self.locations if self.ownership.owner(u, USER) != self.node_id]:
             del self.locations[user_id]
-        self._work_send.send_nowait(("rebalance", before.version))
-        self._before = before
+        self._work_send.send_nowait(("rebalance", before))
+
+    def peer_restarted(self, node: int) -> None:
+        """A peer came back as a new process (a crash and a quick restart that membership
+        may never have seen as a failure): what it held in memory is gone. Its old
+        subscriptions and user locations here are dropped (it registers its own users
+        again), and this node subscribes and registers its users there again."""
+        for req, request in list(self._pending.items()):
+            if request.peer == node:
+                del self._pending[req]
+                request.on_result(False, "error", _error_value(UNAVAILABLE))
+        for by_node in self.subs.values():
+            by_node.pop(node, None)
+        for user_id, nodes in list(self.locations.items()):
+            if node in nodes:
+                nodes.discard(node)
+                if not nodes:
+                    del self.locations[user_id]
+                    self.plugins.notify("on_user_offline", user_id=user_id)
+        self._work_send.send_nowait(("peer_restarted", node))
+
+    async def _redo_with(self, node: int) -> None:
+        """Subscribe and register this node's users again at a restarted peer."""
+        for i, (user_id, chats) in enumerate(list(self._local_chats.items())):
+            if not self.hub.is_online(user_id):
+                continue
+            if self.home(user_id) == node:
+                self._locate(user_id, True)
+            moved = {c for c in chats if self.owner(c) == node}
+            await self._subscribe(user_id, moved, fresh=False)
+            if i % RESUBSCRIBE_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
 
     def _peer_gone(self, node: int) -> None:
         assert self.links is not None
@@ -227,6 +268,10 @@ class ClusterRouting(Routing):
             self.plugins.notify("on_user_offline", user_id=user_id)
 
     # -- ownership -----------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self.ownership.version
 
     def owns(self, chat_id: int) -> bool:
         return self.joined and self.ownership.owns(chat_id, CHAT)
@@ -446,17 +491,24 @@ class ClusterRouting(Routing):
             try:
                 if kind == "subscribe" and self.hub.is_online(value):
                     await self._subscribe(value)
+                elif kind == "subscribe_cached" and self.hub.is_online(value):
+                    await self._subscribe(value, fresh=False)
                 elif kind == "caught_up":
                     await self._catch_up(*value)
                 elif kind == "rebalance":
-                    await self._rebalance()
+                    await self._rebalance(value)
+                elif kind == "peer_restarted":
+                    await self._redo_with(value)
             except Exception:
                 log.exception("cluster routing: %s of %s failed", kind, value)
 
-    async def _subscribe(self, user_id: int, moved: set[int] | None = None) -> None:
-        """Subscribe the user at the owners of the chats not yet subscribed (and of `moved`)."""
+    async def _subscribe(self, user_id: int, moved: set[int] | None = None, *, fresh: bool = True) -> None:
+        """Subscribe the user at the owners of the chats not subscribed yet (a refused or
+        failed subscription is not), and again at those of `moved`. `fresh`: read the
+        user's chats again (on connect), rather than from the cache."""
         assert self.chats is not None
-        self.chats.forget_user_chats((user_id,))
+        if fresh:
+            self.chats.forget_user_chats((user_id,))
         chat_ids = await self.chats.chat_ids_of(user_id)
         known = self._local_chats.setdefault(user_id, set())
         by_owner: dict[int, list[int]] = {}
@@ -472,11 +524,23 @@ class ClusterRouting(Routing):
             def subscribed(ok: bool, kind: str, value: Any, ids: list[int] = ids) -> None:
                 if ok:  # the owner registered: what was stored before, the log has
                     self._work_send.send_nowait(("caught_up", (user_id, ids)))
-                else:  # try again at the next subscription of this user
+                else:  # not registered: try again shortly
                     self._local_chats.get(user_id, set()).difference_update(ids)
+                    self._retry_subscribe(user_id)
 
             if not self._request(owner, lambda req, ids=ids: ("sub", req, user_id, ids, True), subscribed):
                 known.difference_update(ids)
+                self._retry_subscribe(user_id)
+
+    _nursery: trio.Nursery | None = None
+
+    def _retry_subscribe(self, user_id: int) -> None:
+        async def later() -> None:
+            await trio.sleep(RESUBSCRIBE_DELAY)
+            self._work_send.send_nowait(("subscribe_cached", user_id))
+
+        if self._nursery is not None:
+            self._nursery.start_soon(later)
 
     async def _catch_up(self, user_id: int, chat_ids: list[int]) -> None:
         assert self.chats is not None
@@ -495,10 +559,10 @@ class ClusterRouting(Routing):
             if self.hub.is_online(user_id):
                 self._work_send.send_nowait(("subscribe", user_id))
 
-    async def _rebalance(self) -> None:
-        """After a change of the view: subscribe again where chats moved, register users
-        at their new homes."""
-        before = self._before
+    async def _rebalance(self, before: Ownership) -> None:
+        """After a change of the view (from `before`): subscribe again where chats moved
+        (compared with the view now, so several quick changes are all covered), register
+        users at their new homes."""
         users = list(self._local_chats)
         for i, user_id in enumerate(users):
             if not self.hub.is_online(user_id):
@@ -507,8 +571,7 @@ class ClusterRouting(Routing):
                 self._locate(user_id, True)
             chats = self._local_chats.get(user_id, set())
             moved = {c for c in chats if before.owner(c, CHAT) != self.owner(c)}
-            if moved:
-                await self._subscribe(user_id, moved)
+            await self._subscribe(user_id, moved, fresh=False)
             if i % RESUBSCRIBE_CHUNK == 0:
                 await trio.lowlevel.checkpoint()
 
@@ -621,6 +684,8 @@ class ClusterRouting(Routing):
             elif what == "user_chats" and self.chats is not None:
                 self.chats.forget_user_chats(ids)
                 self._resubscribe_local(ids)
+        elif kind == "resub":
+            self._work_send.send_nowait(("peer_restarted", peer))
         elif kind == "revoke":
             if self.accounts is not None:
                 self.accounts.forget_device(message[1])

@@ -26,7 +26,7 @@ import pytest
 import trio
 from conftest import PASSWORD, storage_toml
 
-from node.client import ChatClient
+from node.client import ChatClient, ClientError
 
 pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
 
@@ -182,14 +182,15 @@ async def run_cluster_under_kills(tmp_path: Path) -> list[dict[str, Any]]:
                     n = 0
                     while not stop.is_set():
                         cmid = f"{tag}-{n}"
-                        try:
-                            with trio.fail_after(30):
-                                ack = await device.conn.send_text(chat_id, cmid, client_msg_id=cmid)
-                        except Exception as exc:  # noqa: BLE001 - a send that failed is retried, same id
-                            if "unavailable" in str(exc):
+                        while True:  # as a real client does: the same message until it is acked
+                            try:
+                                with trio.fail_after(30):
+                                    ack = await device.conn.send_text(chat_id, cmid, client_msg_id=cmid)
+                                break
+                            except ClientError as exc:
+                                if exc.code != "unavailable":  # retryable by contract; nothing else is
+                                    raise
                                 await trio.sleep(0.05)
-                                continue
-                            raise
                         device.acked[cmid] = (chat_id, ack["seq"])
                         n += 1
 
@@ -241,14 +242,23 @@ async def check(devices: list[Device], chats: list[tuple[Device, Device, str]], 
             duplicated_in_log += len(matching) > 1
             assert not matching or matching[0]["seq"] == seq, (cmid, seq, matching)
     duplicates = gaps = 0
-    def missing() -> int:
+    def missing(detail: list[Any] | None = None) -> int:
         """Stored entries some device has neither received nor sent itself."""
         count = 0
         for a, b, chat_id in chats:
             seqs = {m["seq"] for m in stored[chat_id]}
             for device in (a, b):
                 own = {seq for chat, seq in device.acked.values() if chat == chat_id}
-                count += len(seqs - set(device.received.get(chat_id, ())) - own)
+                gone = seqs - set(device.received.get(chat_id, ())) - own
+                count += len(gone)
+                if gone and detail is not None:
+                    records = [m for m in stored[chat_id] if m["seq"] in gone]
+                    detail.append({"user": device.client.user["username"], "chat": chat_id, "missing": sorted(gone),
+                                   "sent_as": [m.get("client_msg_id") for m in records],
+                                   "acked_by": [d.client.user["username"] for d in devices for m in records
+                                                if m.get("client_msg_id") in d.acked],
+                                   "node": device.client.base_url, "reconnects": device.conn.reconnects,
+                                   "last": max(seqs), "cursor": device.client.cursors.get(chat_id)})
         return count
 
     with trio.move_on_after(30):
@@ -262,7 +272,7 @@ async def check(devices: list[Device], chats: list[tuple[Device, Device, str]], 
     delivered = sum(len(d.received.get(c, [])) for a, b, c in chats for d in (a, b))
     return {"stored": sum(len(v) for v in stored.values()), "delivered": delivered, "lost": lost,
             "duplicated_in_log": duplicated_in_log, "duplicate_deliveries": duplicates, "out_of_order": gaps,
-            "undelivered": missing()}
+            "undelivered": missing(), "undelivered_detail": (detail := [], missing(detail))[0]}
 
 
 async def test_kill_9_under_load_loses_nothing(tmp_path):
