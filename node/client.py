@@ -322,10 +322,11 @@ class ChatClient:
             try:
                 yield conn
             finally:
-                nursery.cancel_scope.cancel()
-                if conn.ws is not None:
+                conn.reconnect = False  # closing on purpose: no reconnection
+                if conn.ws is not None:  # the close handshake needs the reader still running
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await conn.ws.aclose()
+                nursery.cancel_scope.cancel()
 
 
 class Connection:
