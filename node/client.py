@@ -150,6 +150,36 @@ class ChatClient:
     async def set_admin(self, chat_id: str, user_id: str, admin: bool = True) -> None:
         await self.request("PUT" if admin else "DELETE", f"/api/chats/{chat_id}/admins/{user_id}")
 
+    # chat management (per user)
+
+    async def set_prefs(self, chat_id: str, **changes: Any) -> dict[str, Any]:
+        """Mute (``mute=3600`` seconds, ``True`` always, ``False`` off), archive, pin or
+        mark as unread a chat for this user; returns the chat summary."""
+        return (await self.request("PATCH", f"/api/chats/{chat_id}/prefs", changes))["chat"]
+
+    async def clear_history(self, chat_id: str) -> dict[str, Any]:
+        return (await self.request("POST", f"/api/chats/{chat_id}/clear"))["chat"]
+
+    async def delete_chat(self, chat_id: str) -> None:
+        """Delete a chat for this user: its history is cleared and it leaves the list."""
+        await self.request("POST", f"/api/chats/{chat_id}/delete")
+
+    async def report(self, *, user: str | None = None, chat: str | None = None, reason: str = "",
+                     block: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason, "block": block}
+        if user is not None:
+            body["user"] = user
+        if chat is not None:
+            body["chat"] = chat
+        return (await self.request("POST", "/api/reports", body))["report"]
+
+    async def admin_reports(self, *, before: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """Reports, newest first (admin: the admin token, or a loopback client without one)."""
+        return await self.request("GET", "/api/admin/reports", before=before, limit=limit)
+
+    async def dismiss_report(self, report_id: str) -> None:
+        await self.request("DELETE", f"/api/admin/reports/{report_id}")
+
     # privacy
 
     async def block(self, user_id: str, blocked: bool = True) -> None:

@@ -9,6 +9,7 @@ when the core is refactored. docs/plugins.md documents every name here.
 
 from __future__ import annotations
 
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ import attrs
 import orjson
 
 from .core.errors import ERROR_CODES, ChatError
+from .core.state import is_muted
 from .plugin_store import PluginStore
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ class Member:
     delivered: int  # everything up to this seq reached one of their devices
     read: int  # ... and up to this one was read
     joined: int  # Unix ms
+    muted: bool = False  # the member muted the chat (when the snapshot was taken)
 
     @property
     def current(self) -> bool:
@@ -69,7 +72,7 @@ class Member:
     @classmethod
     def from_record(cls, user_id: int, record: Mapping[str, Any]) -> Member:
         return cls(user_id, record["role"], record["from_seq"], record.get("until_seq"), record["delivered"],
-                   record["read"], record.get("joined", 0))
+                   record["read"], record.get("joined", 0), is_muted(record, time.time_ns() // 1_000_000))
 
 
 @attrs.frozen

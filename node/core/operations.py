@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..storage import WriteBatch
+from .chatprefs import announce_prefs
 from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation, Reads
 from .errors import ChatError
 from .state import ChatState
@@ -93,6 +94,20 @@ def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, membe
         tombstone["deleted_media"] = target["media"].get("id")  # lets the media plugin release it
     chats.rewrite(chat, batch, tombstone)
     return {"kind": "delete", "target": target["id"], "target_seq": target["seq"]}
+
+
+def unmark_unread(chats: Chats, chat: ChatState, user_id: int, now: int) -> Effect | None:
+    """Clear a chat's "marked as unread" for a member; the effect tells their devices."""
+    member = chat.members[user_id]
+    if not member.get("marked_unread"):
+        return None
+    member["marked_unread"] = False
+    chats.mark_dirty(chat.id, user_id)
+
+    def effect() -> None:
+        announce_prefs(chats, chat, user_id, now)
+
+    return effect
 
 
 def _read_advance(chats: Chats, chat: ChatState, user_id: int, old_read: int, record: dict) -> None:
@@ -207,12 +222,21 @@ class MarkRead(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = chats.require_chat(self.chat_id, self.user_id)
         seq = min(self.seq, chat.committed_seq)
+        unmark = unmark_unread(chats, chat, self.user_id, now)  # reading clears "mark as unread"
         read = chats.advance_cursor(chat, self.user_id, "read", seq)
         if read is None:
-            return lambda: self.resolve(member["read"])
+
+            def resolve() -> None:
+                if unmark is not None:
+                    unmark()
+                self.resolve(member["read"])
+
+            return resolve
         delivered = chats.advance_cursor(chat, self.user_id, "delivered", seq)
 
         def effect() -> None:
+            if unmark is not None:
+                unmark()
             if delivered is not None:
                 chats.announce_delivered(chat, self.user_id, delivered[0], seq)
                 chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq,

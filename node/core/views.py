@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .accounts import public_user
+from .chatprefs import prefs_of
 from .chats import is_expired, now_ms
 from .state import ChatState
 
@@ -51,11 +52,13 @@ def summary_of(node: Services, user_id: int, chat: ChatState, unread: int = 0) -
         summary["role"] = member.get("role")
         summary["members"] = len(chat.active_ids())
     summary["ttl"] = chat.record.get("ttl", 0)
+    summary.update(prefs_of(member, now_ms()))
     return summary
 
 
 async def chat_list(node: Services, user_id: int, *, include_hidden: bool = False) -> list[dict[str, Any]]:
-    """The user's chats, most recently active first, with unread counts."""
+    """The user's chats, pinned ones first, then the most recently active, with unread
+    counts."""
     states = []
     for chat in await node.chats.chats_of(user_id):
         if chat.visible_range(user_id) is None:
@@ -67,7 +70,8 @@ async def chat_list(node: Services, user_id: int, *, include_hidden: bool = Fals
     await node.accounts.load_users(peers)
     unread = await node.chats.unread_counts(user_id, states)
     summaries = [summary_of(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
-    summaries.sort(key=lambda s: s["updated"], reverse=True)
+    # Pinned chats first (the latest pin on top), then the most recently active.
+    summaries.sort(key=lambda s: (s["pinned"] or 0, s["updated"]), reverse=True)
     return summaries
 
 

@@ -495,6 +495,13 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         await node.blocks.set(device.user_id, path_id(user_id), False)
         return Response(b"", status=204)
 
+    # -- chat management, reactions, stars, search, reports, photos (node/web/features.py) --
+    from .features import add_feature_routes
+
+    add_feature_routes(app, node, json_body=json_body, json_response=json_response, current_device=_current_device,
+                       path_id=path_id, query_int=query_int, require_admin=require_admin)
+    # -- end features --
+
     # -- web client (node/web/client.py owns what is inside this block) --------------
     from .client import add_web_client
 

@@ -11,7 +11,8 @@ targets and, if the target is idle, schedules it. Per target:
   the service's Retry-After), up to `max_attempts` tries, then dropped and counted;
   messages that arrive meanwhile ride along with the retry;
 - an endpoint that answers 404 or 410 is removed;
-- nothing is sent to a user who came online in the meantime.
+- nothing is sent to a user who came online in the meantime, nor for a chat the user
+  muted, unless the message mentions them.
 
 Tasks: one scheduler (a heap of due times) and `workers` senders fed by a bounded
 channel. Each target is in the heap or the channel at most once, so memory is bounded by
@@ -75,12 +76,18 @@ class Dispatcher:
         self._order = itertools.count()
         self._wakeup = trio.Event()
         self._ready_send, self._ready_recv = trio.open_memory_channel[int](settings.queue_size)
-        self.stats = {"sent": 0, "retried": 0, "failed": 0, "removed": 0, "skipped_online": 0}
+        self.stats = {"sent": 0, "retried": 0, "failed": 0, "removed": 0, "skipped_online": 0, "skipped_muted": 0}
 
     # -- intake (event pump; never waits) -------------------------------------------------
 
     async def offer(self, message: Message, user_ids: list[int]) -> None:
+        mentioned = message.record.get("mentions") or ()
         for user_id in user_ids:
+            if str(user_id) not in mentioned:  # a mention gets through a mute
+                member = await self.ctx.member(message.chat_id, user_id)
+                if member is not None and member.muted:
+                    self.stats["skipped_muted"] += 1
+                    continue
             for target in await self.targets.of_user(user_id):
                 target_id = int(target["id"])
                 state = self._states.get(target_id)

@@ -69,6 +69,8 @@ export class Api {
   revokeDevice(deviceId) { return this.request('DELETE', `/api/me/devices/${deviceId}`); }
   async blocks() { return (await this.request('GET', '/api/blocks')).users; }
   unblock(userId) { return this.request('DELETE', `/api/blocks/${userId}`); }
+  block(userId) { return this.request('PUT', `/api/blocks/${userId}`); }
+  async report(body) { return (await this.request('POST', '/api/reports', body)).report; }
 
   async wsUrl() {
     if (!this.wsUrlCache) this.wsUrlCache = (await this.info()).ws_url;
@@ -86,6 +88,9 @@ export class Api {
   async openDirect(userId) { return (await this.request('POST', '/api/chats/direct', { user_id: userId })).chat; }
   history(chatId, before, limit = 50) { return this.request('GET', `/api/chats/${chatId}/messages`, undefined, { before, limit }); }
   async updateChat(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}`, changes)).chat; }
+  async chatPrefs(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}/prefs`, changes)).chat; }
+  async clearChat(chatId) { return (await this.request('POST', `/api/chats/${chatId}/clear`)).chat; }
+  deleteChat(chatId) { return this.request('POST', `/api/chats/${chatId}/delete`); }
   receipts(chatId, seq) { return this.request('GET', `/api/chats/${chatId}/messages/${seq}/receipts`); }
 
   // groups

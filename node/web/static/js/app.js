@@ -5,7 +5,7 @@
 import { $ } from './dom.js';
 import { Api } from './api.js';
 import { closeText, errorText, sessionEndText, setLimits } from './errors.js';
-import { Store } from './store.js';
+import { isMuted, Store } from './store.js';
 import { Session } from './session.js';
 import {
   closeNotifications, dismissOffer, noteOffered, notificationsOn, notify, OFFER_SECONDS, setNotifications, shouldOffer,
@@ -90,11 +90,13 @@ async function startSession(auth) {
   });
   if (!views || !views.chatList) {
     const dialogs = new Dialogs(store, session, { onOpenChat: openChat, toast });
+    // What chat actions (chatactions.js) work with; `session` is the current one.
+    const actionsContext = { store, get session() { return session; }, dialogs, toast, onOpenChat: openChat };
     views = {
       ...views,
       dialogs,
-      chatList: new ChatListView(store, session, { onOpen: openChat, onStartDirect: startDirect }),
-      conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast }),
+      chatList: new ChatListView(store, session, { onOpen: openChat, onStartDirect: startDirect, actionsContext }),
+      conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast, actionsContext }),
       settings: new SettingsView(store, session, {
         dialogs, toast, onClose: () => openChat(null), onUser: rememberUser,
         minPassword: () => (info && info.min_password_length) || 8,
@@ -220,6 +222,8 @@ function showNotifyOffer() {
 function onIncoming(entry) {
   const chat = store.chats.get(entry.chat);
   if (!chat) return;
+  const mentioned = (entry.mentions || []).includes(store.me.id);
+  if (isMuted(chat) && !mentioned) return; // a muted chat stays quiet, unless it mentions us
   const title = chat.kind === 'group' ? `${store.nameOf(entry.from)} in ${chatTitle(chat)}` : chatTitle(chat);
   notify({ title, body: entryText(store, entry), tag: entry.chat, onClick: () => openChat(entry.chat) });
 }

@@ -53,6 +53,9 @@ const IN_CONTEXT = {
     not_found: 'That person doesn’t have an account here any more.',
     blocked: 'You can’t start a chat with this person.',
   },
+  pin: {
+    conflict: 'You can only pin up to 3 chats.',
+  },
   edit: {
     forbidden: 'You can only edit your own messages.',
     not_found: 'That message no longer exists.',

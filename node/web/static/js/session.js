@@ -57,6 +57,7 @@ export class Session extends EventTarget {
       if (!err.offline) throw err;
     }
     await this.loadChats();
+    this.loadBlocked();
     socket.start(this.auth.token);
   }
 
@@ -112,6 +113,9 @@ export class Session extends EventTarget {
         break;
       case 'user':
         store.onUser(event.user);
+        break;
+      case 'chat_prefs':
+        store.applyPrefs(event.chat, event);
         break;
       default:
         break;
@@ -315,14 +319,15 @@ export class Session extends EventTarget {
     return this.outbox.forChat(chatId).filter((item) => item.kind !== 'edit' && item.kind !== 'delete');
   }
 
-  markRead(chatId) {
+  markRead(chatId, force = false) {
     const chat = this.store.chats.get(chatId);
-    if (!chat || document.visibilityState !== 'visible' || this.store.activeChatId !== chatId) return;
+    if (!chat || (!force && (document.visibilityState !== 'visible' || this.store.activeChatId !== chatId))) return;
     const seq = chat.last_seq || 0;
-    if (seq <= (chat.read_seq || 0) && !chat.unread) return;
-    this.socket.read(chatId, seq);
+    if (seq <= (chat.read_seq || 0) && !chat.unread && !chat.marked_unread) return;
+    this.socket.read(chatId, seq); // also clears "marked as unread" on the node
     chat.read_seq = seq;
     chat.unread = 0;
+    chat.marked_unread = false;
     this.store.changed('chats', chatId);
   }
 
@@ -389,6 +394,39 @@ export class Session extends EventTarget {
   async leave(chatId) {
     await this.api.leave(chatId);
     await this.refreshChat(chatId);
+  }
+
+  // -- chat management (our own preferences) ------------------------------------------
+
+  async setPrefs(chatId, changes) {
+    this.store.applyPrefs(chatId, await this.api.chatPrefs(chatId, changes));
+  }
+
+  async clearChat(chatId) {
+    this.store.applyPrefs(chatId, await this.api.clearChat(chatId));
+  }
+
+  async deleteChat(chatId) {
+    await this.api.deleteChat(chatId);
+    const chat = this.store.chats.get(chatId);
+    const cleared = chat ? chat.last_seq || 0 : 0;
+    this.store.applyPrefs(chatId, { hidden: true, cleared_seq: cleared, pinned: null, archived: false, marked_unread: false });
+  }
+
+  async loadBlocked() {
+    try {
+      this.store.setBlocked(await this.api.blocks());
+    } catch (err) { /* asked again when it matters */ }
+  }
+
+  async setBlocked(userId, blocked) {
+    if (blocked) await this.api.block(userId);
+    else await this.api.unblock(userId);
+    await this.loadBlocked();
+  }
+
+  report(body) {
+    return this.api.report(body);
   }
 
   async logout() {

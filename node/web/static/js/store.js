@@ -30,7 +30,27 @@ class ChatLog {
   sorted() {
     return [...this.bySeq.values()].sort((a, b) => a.seq - b.seq);
   }
+
+  /** Forget every entry up to `seq` (the history was cleared there). */
+  dropThrough(seq) {
+    for (const [key, entry] of this.bySeq) {
+      if (key <= seq) {
+        this.bySeq.delete(key);
+        if (entry.id) this.byId.delete(entry.id);
+      }
+    }
+    this.oldest = Infinity;
+    for (const key of this.bySeq.keys()) if (key < this.oldest) this.oldest = key;
+    if (this.oldest === Infinity || this.oldest <= seq + 1) this.hasMore = false;
+  }
 }
+
+/** Whether a chat is muted now (a timed mute ends by itself). */
+export function isMuted(chat, now = Date.now()) {
+  return Boolean(chat && chat.muted && (!chat.muted_until || chat.muted_until > now));
+}
+
+const PREF_KEYS = ['muted', 'muted_until', 'archived', 'pinned', 'marked_unread', 'cleared_seq'];
 
 export class Store extends EventTarget {
   constructor() {
@@ -49,6 +69,7 @@ export class Store extends EventTarget {
     this.presence = new Map();
     this.typing = new Map(); // chat id -> Map(user id -> expiry, ms)
     this.connection = { state: 'idle' };
+    this.blocked = new Set(); // ids of the users we blocked
     this.activeChatId = null;
   }
 
@@ -75,6 +96,12 @@ export class Store extends EventTarget {
       if (member && member.user) member.user = { ...member.user, ...user };
     }
     this.changed('users');
+  }
+
+  setBlocked(users) {
+    this.blocked = new Set(users.map((user) => user.id));
+    for (const user of users) this.rememberUser(user);
+    this.changed('blocked');
   }
 
   nameOf(userId) {
@@ -108,8 +135,25 @@ export class Store extends EventTarget {
     return merged;
   }
 
+  /** Pinned chats first (the latest pin on top), then the most recently active. */
   sortedChats() {
-    return [...this.chats.values()].sort((a, b) => (b.updated || 0) - (a.updated || 0));
+    return [...this.chats.values()].sort((a, b) => ((b.pinned || 0) - (a.pinned || 0)) || ((b.updated || 0) - (a.updated || 0)));
+  }
+
+  /** Our own preferences for a chat (a `chat_prefs` event, or a summary): what was cleared goes. */
+  applyPrefs(chatId, prefs) {
+    const chat = this.chats.get(chatId);
+    if (!chat) return;
+    const cleared = prefs.cleared_seq || 0;
+    for (const key of PREF_KEYS) if (key in prefs) chat[key] = prefs[key];
+    if (prefs.hidden !== undefined) chat.hidden = prefs.hidden;
+    if (cleared) {
+      const log = this.logs.get(chatId);
+      if (log) log.dropThrough(cleared);
+      if (chat.last_message && chat.last_message.seq <= cleared) chat.last_message = null;
+      this.changed('messages', chatId);
+    }
+    this.changed('chats', chatId);
   }
 
   removeChat(chatId) {
@@ -156,7 +200,10 @@ export class Store extends EventTarget {
         chat.read_seq = Math.max(chat.read_seq || 0, entry.seq - 1); // sending reads what came before
         chat.delivered_seq = Math.max(chat.delivered_seq || 0, entry.seq);
       }
-      if (live) chat.hidden = false;
+      if (live && CONTENT_KINDS.has(entry.kind)) {
+        chat.hidden = false; // a new message brings a deleted chat back,
+        if (chat.archived && !isMuted(chat)) chat.archived = false; // and an archived one unless muted
+      }
     }
     this.changed('messages', chatId);
     if (chat) this.changed('chats', chatId);

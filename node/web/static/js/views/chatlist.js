@@ -2,14 +2,19 @@
 
 import { $, h, icon } from '../dom.js';
 import { listTime } from '../format.js';
+import { isMuted } from '../store.js';
+import { chatMenuItems } from './chatactions.js';
+import { isMenuKey, onContextMenu, openMenu } from './menu.js';
 import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
 
 export class ChatListView {
-  constructor(store, session, { onOpen, onStartDirect }) {
+  constructor(store, session, { onOpen, onStartDirect, actionsContext }) {
     this.store = store;
     this.session = session;
     this.onOpen = onOpen;
     this.onStartDirect = onStartDirect;
+    this.actionsContext = actionsContext; // {store, session, dialogs, toast, onOpenChat}
+    this.showArchived = false;
     this.list = $('#chat-list');
     this.search = $('#search');
     this.query = '';
@@ -28,7 +33,7 @@ export class ChatListView {
     });
     store.addEventListener('change', (e) => {
       const { what } = e.detail;
-      if (['chats', 'active', 'typing', 'users', 'outbox', 'receipts', 'messages'].includes(what)) this.schedule();
+      if (['chats', 'active', 'typing', 'users', 'outbox', 'receipts', 'messages', 'blocked'].includes(what)) this.schedule();
     });
   }
 
@@ -111,14 +116,57 @@ export class ChatListView {
   render() {
     if (!this.store.me) return;
     this.renderMe();
-    const chats = this.store.sortedChats().filter((chat) => !chat.hidden || this.store.activeChatId === chat.id)
+    const shown = this.store.sortedChats().filter((chat) => !chat.hidden || this.store.activeChatId === chat.id);
+    const archived = shown.filter((chat) => chat.archived);
+    if (!archived.length) this.showArchived = false;
+    const chats = shown.filter((chat) => (this.query ? true : Boolean(chat.archived) === this.showArchived))
       .filter((chat) => !this.query || chatTitle(chat).toLowerCase().includes(this.query)
         || (chat.peer && chat.peer.username.includes(this.query)));
-    this.list.replaceChildren(...chats.map((chat) => this.item(chat)));
-    $('#chat-list-empty').hidden = chats.length > 0 || !!this.query;
+    const rows = chats.map((chat) => this.item(chat));
+    if (!this.query && this.showArchived) rows.unshift(this.archiveHeader());
+    else if (!this.query && archived.length) rows.unshift(this.archiveRow(archived));
+    const focused = document.activeElement && this.list.contains(document.activeElement) ? document.activeElement.dataset : null;
+    this.list.replaceChildren(...rows);
+    if (focused && (focused.chat || focused.row)) { // the keyboard focus stays on its row when the list is redrawn
+      const selector = focused.chat ? `[data-chat="${focused.chat}"]${focused.menu ? '[data-menu]' : ':not([data-menu])'}` : `[data-row="${focused.row}"]`;
+      const again = this.list.querySelector(selector);
+      if (again) again.focus({ preventScroll: true });
+    }
+    $('#chat-list-empty').hidden = chats.length > 0 || !!this.query || this.showArchived || archived.length > 0;
     this.renderNoMatch();
     const total = this.store.totalUnread();
     document.title = total ? `(${total}) chatnode` : 'chatnode';
+  }
+
+  /** The row that opens the archive: how many archived chats have unread messages. */
+  archiveRow(archived) {
+    const unread = archived.filter((chat) => chat.unread || chat.marked_unread).length;
+    return h('li', null, h('button', {
+      type: 'button', class: 'chat-item archive-row', dataset: { row: 'archive' },
+      'aria-label': `Archived chats${unread ? `, ${unread} unread` : ''}`,
+      onclick: () => {
+        this.showArchived = true;
+        this.render();
+        this.list.querySelector('[data-row="archive-back"]')?.focus();
+      },
+    }, h('span', { class: 'archive-icon' }, icon('archive')), h('span', { class: 'chat-name' }, 'Archived'),
+    unread ? h('span', { class: 'archive-count' }, String(unread)) : null));
+  }
+
+  archiveHeader() {
+    return h('li', null, h('button', {
+      type: 'button', class: 'chat-item archive-row', dataset: { row: 'archive-back' }, 'aria-label': 'Back to all chats',
+      onclick: () => {
+        this.showArchived = false;
+        this.render();
+        this.list.querySelector('[data-row="archive"]')?.focus();
+      },
+    }, h('span', { class: 'archive-icon' }, icon('back')), h('span', { class: 'chat-name' }, 'Archived chats')));
+  }
+
+  openChatMenu(chat, at) {
+    const items = chatMenuItems(this.actionsContext, chat);
+    openMenu({ items, at, label: `Chat options for ${chatTitle(chat)}` });
   }
 
   item(chat) {
@@ -141,11 +189,23 @@ export class ChatListView {
     }
     const unread = chat.unread || 0;
     const active = store.activeChatId === chat.id;
-    return h('li', null,
+    const muted = isMuted(chat);
+    const states = [chat.pinned ? 'pinned' : null, muted ? 'muted' : null, chat.archived ? 'archived' : null].filter(Boolean);
+    const row = h('li', { class: 'chat-row' },
       h('button', {
-        type: 'button', class: `chat-item${active ? ' active' : ''}${unread ? ' has-unread' : ''}`,
+        type: 'button', class: `chat-item${active ? ' active' : ''}${unread || chat.marked_unread ? ' has-unread' : ''}${muted ? ' is-muted' : ''}`,
         'aria-current': active ? 'true' : null, dataset: { chat: chat.id },
-        onclick: () => this.onOpen(chat.id),
+        'aria-description': states.length ? states.join(', ') : null,
+        onclick: () => {
+          if (active && chat.marked_unread) this.session.markRead(chat.id); // opened again: read
+          this.onOpen(chat.id);
+        },
+        onkeydown: (e) => {
+          if (isMenuKey(e)) {
+            e.preventDefault();
+            this.openChatMenu(chat, e.currentTarget);
+          }
+        },
       },
       avatar(title, chatAvatarId(chat)),
       h('span', { class: 'chat-main' },
@@ -154,7 +214,20 @@ export class ChatListView {
           h('time', { class: 'chat-time' }, chat.updated ? listTime(chat.updated) : '')),
         h('span', { class: 'chat-line' },
           preview,
-          unread ? h('span', { class: 'unread', 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread)) : null))));
+          muted ? h('span', { class: 'state-icon', role: 'img', 'aria-label': 'Muted', title: 'Muted' }, icon('bell-off')) : null,
+          chat.pinned ? h('span', { class: 'state-icon', role: 'img', 'aria-label': 'Pinned', title: 'Pinned' }, icon('pin')) : null,
+          unread ? h('span', { class: `unread${muted ? ' muted-count' : ''}`, 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread))
+            : chat.marked_unread ? h('span', { class: 'unread mark', role: 'img', 'aria-label': 'Marked as unread', title: 'Marked as unread' }) : null))),
+      h('button', {
+        type: 'button', class: 'icon-button small chat-menu-button', 'aria-label': `Chat options for ${title}`, title: 'Chat options',
+        'aria-haspopup': 'menu', dataset: { chat: chat.id, menu: '1' },
+        onclick: (e) => {
+          e.stopPropagation();
+          this.openChatMenu(chat, e.currentTarget);
+        },
+      }, icon('down')));
+    onContextMenu(row, (at) => this.openChatMenu(chat, at));
+    return row;
   }
 }
 

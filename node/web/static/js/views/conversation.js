@@ -9,7 +9,9 @@ import { dayKey, dayLabel, lastSeen, ttlLabel } from '../format.js';
 import { mediaKind } from '../session.js';
 import { CONTENT_KINDS } from '../store.js';
 import { tick } from './chatlist.js';
+import { chatMenuItems } from './chatactions.js';
 import { EmojiPicker } from './emoji.js';
+import { openMenu } from './menu.js';
 import { messageNode } from './message.js';
 import { VoiceRecorder } from './recorder.js';
 import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
@@ -38,12 +40,13 @@ function charactersOver(text, limit) {
 }
 
 export class ConversationView {
-  constructor(store, session, dialogs, { onBack, toast }) {
+  constructor(store, session, dialogs, { onBack, toast, actionsContext }) {
     this.store = store;
     this.session = session;
     this.dialogs = dialogs;
     this.onBack = onBack;
     this.toast = toast;
+    this.actionsContext = actionsContext;
     this.chatId = null;
     this.rows = new Map(); // row key -> {sig, node}
     this.drafts = new Map(); // chat id -> unsent text
@@ -79,6 +82,7 @@ export class ConversationView {
     $('#back').addEventListener('click', () => this.onBack());
     $('#chat-info').addEventListener('click', () => this.dialogs.chatInfo(this.chatId));
     $('#chat-title-button').addEventListener('click', () => this.dialogs.chatInfo(this.chatId));
+    $('#chat-menu').addEventListener('click', (e) => this.openChatMenu(e.currentTarget));
     $('#attach').addEventListener('click', () => $('#file-input').click());
     $('#file-input').addEventListener('change', (e) => {
       const files = [...e.target.files];
@@ -106,6 +110,16 @@ export class ConversationView {
       this.pending = false;
       this.render();
     });
+  }
+
+  /** The header's menu: the chat's info, then what chat actions apply, and closing it. */
+  openChatMenu(anchor) {
+    const chat = this.store.chats.get(this.chatId);
+    if (!chat) return;
+    const info = { label: chat.kind === 'group' ? 'Group info' : 'Contact info', icon: 'info', onSelect: () => this.dialogs.chatInfo(chat.id) };
+    const items = chatMenuItems(this.actionsContext, chat, [info, '-']);
+    items.push('-', { label: 'Close chat', icon: 'close', onSelect: () => this.onBack() });
+    openMenu({ items, at: anchor, label: 'Chat options' });
   }
 
   // -- opening and closing ------------------------------------------------------------

@@ -4,7 +4,9 @@
 
 import { $, h, icon } from '../dom.js';
 import { errorText } from '../errors.js';
-import { fileSize, lastSeen, TTL_CHOICES, ttlLabel } from '../format.js';
+import { fileSize, lastSeen, TTL_CHOICES, ttlLabel, when } from '../format.js';
+import { isMuted } from '../store.js';
+import { chatActions } from './chatactions.js';
 import { avatar, chatAvatarId, chatTitle } from './text.js';
 
 export class Dialogs {
@@ -24,8 +26,8 @@ export class Dialogs {
     $('#info-dialog').addEventListener('close', () => { this.infoChatId = null; });
     store.addEventListener('change', (e) => {
       const { what, chat } = e.detail;
-      if (this.infoChatId && (chat === this.infoChatId || what === 'presence' || what === 'users')
-        && ['members', 'chats', 'presence', 'users'].includes(what)) this.renderInfo();
+      if (this.infoChatId && (chat === this.infoChatId || what === 'presence' || what === 'users' || what === 'blocked')
+        && ['members', 'chats', 'presence', 'users', 'blocked'].includes(what)) this.renderInfo();
     });
   }
 
@@ -40,6 +42,41 @@ export class Dialogs {
     $('#confirm-ok').focus();
     return new Promise((resolve) => {
       dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+    });
+  }
+
+  /** For how long to mute a chat: resolves to seconds, true (always), or null if cancelled. */
+  mute(title) {
+    const dialog = $('#mute-dialog');
+    $('#mute-text').textContent = `No notifications from “${title}”. Its unread messages are still counted.`;
+    dialog.returnValue = '';
+    dialog.showModal();
+    $('#mute-form input:checked').focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => {
+        const value = $('#mute-form input:checked').value;
+        resolve(dialog.returnValue === 'ok' ? (value === 'always' ? true : Number(value)) : null);
+      }, { once: true });
+    });
+  }
+
+  /** Confirm a report: resolves to {reason, option} (the checkbox, if offered), or null. */
+  report({ title, text, option }) {
+    const dialog = $('#report-dialog');
+    $('#report-title').textContent = title;
+    $('#report-text').textContent = text;
+    $('#report-reason').value = '';
+    $('#report-option-row').hidden = !option;
+    $('#report-option-text').textContent = option || '';
+    $('#report-option').checked = Boolean(option);
+    dialog.returnValue = '';
+    dialog.showModal();
+    $('#report-reason').focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => {
+        resolve(dialog.returnValue === 'ok'
+          ? { reason: $('#report-reason').value.trim(), option: Boolean(option) && $('#report-option').checked } : null);
+      }, { once: true });
     });
   }
 
@@ -211,16 +248,54 @@ export class Dialogs {
       chat.kind === 'direct' && chat.peer ? h('p', { class: 'muted' }, `@${chat.peer.username}`, this.presenceText(chat.peer.id)) : null))];
     if (chat.kind === 'group') parts.push(...this.groupInfo(chat));
     parts.push(this.ttlControl(chat));
-    if (chat.kind === 'group' && chat.left_seq === undefined) {
-      parts.push(h('button', {
-        type: 'button', class: 'danger wide',
-        onclick: async () => {
-          if (await this.confirm(`Leave “${title}”?`, 'Leave')) this.run(() => this.session.leave(chat.id));
-        },
-      }, 'Leave group'));
-    }
+    parts.push(this.muteControl(chat));
+    parts.push(this.chatActionList(chat));
     body.replaceChildren(...parts);
     if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
+  }
+
+  /** What chat actions (chatactions.js) need of this page. */
+  actionsContext() {
+    return { store: this.store, session: this.session, dialogs: this, toast: this.toast, onOpenChat: this.onOpenChat };
+  }
+
+  muteControl(chat) {
+    const muted = isMuted(chat);
+    const box = h('input', { id: 'info-mute', type: 'checkbox', role: 'switch', class: 'switch', checked: muted });
+    box.addEventListener('change', async () => {
+      const actions = chatActions(this.actionsContext());
+      if (box.checked) await actions.mute(chat);
+      else await actions.unmute(chat);
+      this.renderInfo();
+    });
+    const hint = !muted ? 'Notifications are on.'
+      : chat.muted_until ? `Muted until ${when(chat.muted_until)}.` : 'Muted. Unread messages are still counted.';
+    return h('div', { class: 'setting-row info-mute' },
+      h('label', { for: 'info-mute' }, 'Mute notifications', h('span', { class: 'hint' }, hint)), box);
+  }
+
+  /** Block, report, clear, exit or delete: the chat's actions as a list of buttons. */
+  chatActionList(chat) {
+    const actions = chatActions(this.actionsContext());
+    const direct = chat.kind === 'direct' && chat.peer;
+    const name = direct ? this.store.nameOf(chat.peer.id) : '';
+    const blocked = direct && this.store.blocked.has(chat.peer.id);
+    const button = (label, iconName, onclick, danger = false) => h('li', null, h('button', {
+      type: 'button', class: `action-row${danger ? ' danger-text' : ''}`, onclick,
+    }, icon(iconName), h('span', null, label)));
+    const left = chat.left_seq !== undefined;
+    return h('ul', { class: 'action-list', 'aria-label': 'Chat actions' },
+      // (the dialog is drawn again when the list of blocked people changes)
+      direct ? button(blocked ? `Unblock ${name}` : `Block ${name}`, 'ban',
+        () => (blocked ? actions.unblock(chat) : actions.block(chat)), !blocked) : null,
+      button(direct ? `Report ${name}` : 'Report group', 'flag', () => actions.report(chat), true),
+      button('Clear chat', 'eraser', () => actions.clear(chat)),
+      chat.kind === 'group' && !left
+        ? button('Exit group', 'logout', () => actions.exit(chat), true)
+        : button(chat.kind === 'group' ? 'Delete group' : 'Delete chat', 'trash', async () => {
+          await actions.remove(chat);
+          if (!this.store.chats.get(chat.id) || this.store.chats.get(chat.id).hidden) $('#info-dialog').close();
+        }, true));
   }
 
   presenceText(userId) {
