@@ -180,6 +180,20 @@ class ChatClient:
     async def dismiss_report(self, report_id: str) -> None:
         await self.request("DELETE", f"/api/admin/reports/{report_id}")
 
+    # reactions
+
+    async def react(self, chat_id: str, seq: int, emoji: str) -> dict[str, Any]:
+        """React to message `seq` with `emoji` (replacing an earlier reaction); returns the
+        `reaction` event the members get."""
+        return (await self.request("PUT", f"/api/chats/{chat_id}/messages/{seq}/reaction", {"emoji": emoji}))["reaction"]
+
+    async def unreact(self, chat_id: str, seq: int) -> dict[str, Any]:
+        return (await self.request("DELETE", f"/api/chats/{chat_id}/messages/{seq}/reaction"))["reaction"]
+
+    async def reactions(self, chat_id: str, first: int | None = None, last: int | None = None) -> dict[str, list]:
+        """The current reactions of the messages first <= seq <= last, by seq (as strings)."""
+        return (await self.request("GET", f"/api/chats/{chat_id}/reactions", **{"from": first, "to": last}))["reactions"]
+
     # privacy
 
     async def block(self, user_id: str, blocked: bool = True) -> None:

@@ -245,6 +245,17 @@ def on_read(ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: 
 
 
 @notification
+def on_reaction(ctx: PluginContext, chat_id: int, seq: int, message_id: int, user_id: int, emoji: str,
+                author_id: int) -> None:
+    """``user_id`` reacted with ``emoji`` to message ``seq`` (``message_id``) of the chat,
+    which ``author_id`` sent (another member, who can still see it). Not fired when a
+    reaction is taken back, nor for reactions to one's own messages.
+
+    Notification (after the reaction is stored and sent to the members). Used by push.
+    """
+
+
+@notification
 def on_user_online(ctx: PluginContext, user_id: int) -> None:
     """The first device of a user connected to this node.
 

@@ -14,6 +14,7 @@ from ..storage import WriteBatch
 from .chatprefs import announce_prefs
 from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation, Reads
 from .errors import ChatError
+from .reactions import forget_reactions
 from .state import ChatState
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, membe
     if target.get("media"):
         tombstone["deleted_media"] = target["media"].get("id")  # lets the media plugin release it
     chats.rewrite(chat, batch, tombstone)
+    forget_reactions(batch, chat.id, target["seq"])
     return {"kind": "delete", "target": target["id"], "target_seq": target["seq"]}
 
 
@@ -314,6 +316,7 @@ class PurgeExpired(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         for chat_id, seq, message_id, expires_at in self.entries:
             batch.delete_message(chat_id, seq, message_id, expires_at)
+            forget_reactions(batch, chat_id, seq)
             chat = chats.get(chat_id)
             if chat is not None and chat.last_message and chat.last_message["seq"] == seq:
                 chat.last_message = None

@@ -626,6 +626,16 @@ def _kv_delete(txn, h, namespace, key):
     txn.delete(kv_key(namespace, key), db=h["plugin_kv"])
 
 
+def _kv_delete_range(txn, h, namespace, start, end):
+    cursor = txn.cursor(db=h["plugin_kv"])
+    first, stop = kv_key(namespace, start), kv_key(namespace, end)
+    if not cursor.set_range(first):
+        return
+    while cursor.key() < stop:
+        if not cursor.delete():  # moves to the next record; False at the end
+            return
+
+
 def _index_dedupe(txn, h, user_id, client_msg_id, ts):
     txn.put(u64(ts) + _dedupe_key(user_id, client_msg_id), b"", db=h["dedupe_by_time"])
 
@@ -661,6 +671,7 @@ _APPLY: dict[str, Callable[..., None]] = {
     "delete_meta": _delete_meta,
     "kv_put": _kv_put,
     "kv_delete": _kv_delete,
+    "kv_delete_range": _kv_delete_range,
     "_lmdb_index_dedupe": _index_dedupe,
     "_lmdb_drop_dedupe": _drop_dedupe,
 }

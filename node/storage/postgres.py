@@ -176,6 +176,7 @@ _DELETE_META = "DELETE FROM meta WHERE key = %s"
 _KV_PUT = ("INSERT INTO plugin_kv (namespace, key, value) VALUES (%s, %s, %s) "
            "ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value")
 _KV_DELETE = "DELETE FROM plugin_kv WHERE namespace = %s AND key = %s"
+_KV_DELETE_RANGE = "DELETE FROM plugin_kv WHERE namespace = %s AND key >= %s AND key < %s"
 
 #: Statements that must change exactly one row each, or the transaction is a conflict.
 _FENCED = {
@@ -221,6 +222,7 @@ _STATEMENTS: dict[str, Callable[..., tuple[str, tuple[Any, ...]]]] = {
     "delete_meta": lambda key: (_DELETE_META, (key,)),
     "kv_put": lambda namespace, key, value: (_KV_PUT, (namespace, key, value)),
     "kv_delete": lambda namespace, key: (_KV_DELETE, (namespace, key)),
+    "kv_delete_range": lambda namespace, start, end: (_KV_DELETE_RANGE, (namespace, start, end)),
 }
 
 #: `import_rows`: exported rows (EXPORT_TABLES shapes), skipping rows already stored.

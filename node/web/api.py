@@ -20,6 +20,7 @@ from ..core.errors import ChatError, bad_request
 from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
 from ..core.operations import OpenDirect, SetHidden
 from ..core.snowflake import parse_id
+from ..core.annotate import annotate
 from ..core.views import add_status, chat_list, chat_summary
 from ..plugin_api import Route
 from .plugin_routes import mount
@@ -379,6 +380,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         chat = await chats.load(path_id(chat_id))
         if chat is not None:
             await add_status(node, device.user_id, chat, messages)
+            await annotate(node, device.user_id, chat.id, messages)  # reactions, stars
         return json_response({"messages": messages, "has_more": len(messages) == limit})
 
     @app.post("/api/chats/<chat_id>/hide")

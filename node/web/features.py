@@ -6,16 +6,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from quart import Response
 from quart_trio import QuartTrio
 
 from ..core.accounts import Device
 from ..core.chatprefs import ClearHistory, SetChatPrefs, check_changes
+from ..core.errors import ChatError, bad_request
+from ..core.reactions import SetReaction, check_emoji, reactions_between
 from ..core.reports import dismiss_report, file_report, list_reports
 from ..core.views import chat_summary
 
 if TYPE_CHECKING:
     from ..app import Node
+
+MAX_REACTION_SPAN = 1000  # messages per GET /api/chats/{id}/reactions
 
 
 def add_feature_routes(
@@ -51,6 +56,47 @@ def add_feature_routes(
         device = await current_device(node)
         await chats.run(ClearHistory(user_id=device.user_id, chat_id=path_id(chat_id), hide=True))
         return Response(b"", status=204)
+
+    # -- reactions -----------------------------------------------------------------
+
+    async def react(chat_id: str, seq: str, emoji: str | None) -> Response:
+        device = await current_device(node)
+        cid, number = path_id(chat_id), path_id(seq)
+        chat = await chats.load(cid)
+        if chat is None or chat.member(device.user_id) is None:
+            raise ChatError("not_member")
+        rows = await chats.read_range(cid, number, number, 1)
+        if not rows:
+            raise ChatError("not_found", "no such message in this chat")
+        message_id = int(orjson.loads(rows[0][1])["id"])
+        event = await chats.run(SetReaction(user_id=device.user_id, chat_id=cid, seq=number, message_id=message_id,
+                                            emoji=emoji))
+        return json_response({"reaction": event})
+
+    @app.put("/api/chats/<chat_id>/messages/<seq>/reaction")
+    async def set_reaction(chat_id: str, seq: str) -> Response:
+        body = await json_body()
+        if set(body) != {"emoji"}:
+            raise bad_request("give 'emoji' (and nothing else)")
+        return await react(chat_id, seq, check_emoji(body["emoji"]))
+
+    @app.delete("/api/chats/<chat_id>/messages/<seq>/reaction")
+    async def remove_reaction(chat_id: str, seq: str) -> Response:
+        return await react(chat_id, seq, None)
+
+    @app.get("/api/chats/<chat_id>/reactions")
+    async def list_reactions(chat_id: str) -> Response:
+        device = await current_device(node)
+        chat = await chats.load(path_id(chat_id))
+        visible = chat.visible_range(device.user_id) if chat is not None else None
+        if visible is None:
+            raise ChatError("not_member")
+        first = query_int("from", visible[0], 0, (1 << 63) - 1)
+        last = query_int("to", visible[1], 0, (1 << 63) - 1)
+        if last - first >= MAX_REACTION_SPAN:
+            raise bad_request(f"ask for at most {MAX_REACTION_SPAN} messages at a time ('from' to 'to')")
+        found = await reactions_between(node.storage, chat.id, max(first, visible[0]), min(last, visible[1]))
+        return json_response({"reactions": {str(seq): found[seq] for seq in sorted(found)}})
 
     # -- reports -------------------------------------------------------------------
 

@@ -91,6 +91,11 @@ export class Api {
   async chatPrefs(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}/prefs`, changes)).chat; }
   async clearChat(chatId) { return (await this.request('POST', `/api/chats/${chatId}/clear`)).chat; }
   deleteChat(chatId) { return this.request('POST', `/api/chats/${chatId}/delete`); }
+  async react(chatId, seq, emoji) {
+    const path = `/api/chats/${chatId}/messages/${seq}/reaction`;
+    return (await (emoji ? this.request('PUT', path, { emoji }) : this.request('DELETE', path))).reaction;
+  }
+  async reactions(chatId, from, to) { return (await this.request('GET', `/api/chats/${chatId}/reactions`, undefined, { from, to })).reactions; }
   receipts(chatId, seq) { return this.request('GET', `/api/chats/${chatId}/messages/${seq}/receipts`); }
 
   // groups

@@ -81,6 +81,7 @@ async function startSession(auth) {
   session = new Session(api, store, auth);
   session.addEventListener('unauthorized', (e) => endSession(sessionEndText(e.detail && e.detail.code)));
   session.addEventListener('incoming', (e) => onIncoming(e.detail));
+  session.addEventListener('reacted', (e) => onReacted(e.detail));
   session.socket.addEventListener('failed', (e) => {
     const { item, error } = e.detail;
     if (item.kind === 'edit' || item.kind === 'delete') {
@@ -226,6 +227,17 @@ function onIncoming(entry) {
   if (isMuted(chat) && !mentioned) return; // a muted chat stays quiet, unless it mentions us
   const title = chat.kind === 'group' ? `${store.nameOf(entry.from)} in ${chatTitle(chat)}` : chatTitle(chat);
   notify({ title, body: entryText(store, entry), tag: entry.chat, onClick: () => openChat(entry.chat) });
+}
+
+/** Someone reacted to one of our messages: tell us as WhatsApp does (unless the chat is muted). */
+function onReacted({ event, entry }) {
+  const chat = store.chats.get(event.chat);
+  if (!chat || isMuted(chat)) return;
+  const text = entryText(store, entry);
+  notify({
+    title: store.nameOf(event.user), body: `Reacted ${event.emoji} to your message${text ? `: “${text}”` : ''}`,
+    tag: event.chat, onClick: () => openChat(event.chat),
+  });
 }
 
 // -- which chat is open: the address bar is the truth -------------------------------------

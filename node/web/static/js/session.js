@@ -117,6 +117,9 @@ export class Session extends EventTarget {
       case 'chat_prefs':
         store.applyPrefs(event.chat, event);
         break;
+      case 'reaction':
+        this.onReaction(event);
+        break;
       default:
         break;
     }
@@ -128,9 +131,11 @@ export class Session extends EventTarget {
     this.synced = true;
     const active = this.store.activeChatId;
     if (!first || !this.chatsLoaded) {
-      // Receipts and presence changes are not replayed: ask again for what is on screen.
+      // Receipts, presence and reactions are not replayed: ask again for what is on screen.
       this.loadChats();
       if (active) this.loadChatDetails(active);
+      for (const log of this.store.logs.values()) log.reactionsStale = true;
+      if (active) this.refreshReactions(active);
     }
     if (active) this.markRead(active);
     this.store.changed('connection');
@@ -220,8 +225,37 @@ export class Session extends EventTarget {
       return;
     }
     if (!store.log(chatId).loaded) await this.loadHistory(chatId, true);
+    else if (store.log(chatId).reactionsStale) this.refreshReactions(chatId);
     this.loadChatDetails(chatId);
     this.markRead(chatId);
+  }
+
+  /** A live reaction; the author is told (a notification) when it is to their message. */
+  onReaction(event) {
+    const { store } = this;
+    const entry = store.applyReaction(event);
+    if (event.user && !store.users.has(event.user)) this.ensureUser(event.user);
+    if (entry && event.emoji && event.user !== store.me.id && entry.from === store.me.id && this.synced) {
+      this.dispatchEvent(new CustomEvent('reacted', { detail: { event, entry } }));
+    }
+  }
+
+  /** React to an entry (null: take our reaction back). Resolves when the node has it. */
+  async react(chatId, entry, emoji) {
+    const event = await this.api.react(chatId, entry.seq, emoji);
+    this.store.applyReaction(event);
+  }
+
+  /** Ask the node for the reactions of the entries held of a chat (they are not replayed). */
+  async refreshReactions(chatId) {
+    const log = this.store.logs.get(chatId);
+    if (!log || !log.bySeq.size) return;
+    const seqs = [...log.bySeq.keys()];
+    const newest = Math.max(...seqs);
+    const oldest = Math.max(Math.min(...seqs), newest - 999); // one request: what is near the end
+    try {
+      this.store.setReactions(chatId, oldest, newest, await this.api.reactions(chatId, oldest, newest));
+    } catch (err) { /* asked again at the next reconnect */ }
   }
 
   closeChat() {

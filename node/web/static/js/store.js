@@ -232,9 +232,10 @@ export class Store extends EventTarget {
     const before = log.oldest;
     for (const entry of messages) {
       if (!log.bySeq.has(entry.seq)) log.put(entry);
-      else if (entry.status) {
+      else {
         const held = log.bySeq.get(entry.seq);
-        if ((STATUS_RANK[entry.status] || 0) > (STATUS_RANK[held.status] || 0)) held.status = entry.status;
+        if (entry.status && (STATUS_RANK[entry.status] || 0) > (STATUS_RANK[held.status] || 0)) held.status = entry.status;
+        if (held.kind !== 'deleted') held.reactions = entry.reactions; // the page says what they are now
       }
     }
     // Edits and deletes held from the socket whose targets just arrived.
@@ -243,6 +244,46 @@ export class Store extends EventTarget {
     }
     if (newest) log.loaded = true;
     if (!messages.length || messages[0].seq <= before || newest) log.hasMore = hasMore;
+    this.changed('messages', chatId);
+  }
+
+  // -- reactions ----------------------------------------------------------------------
+
+  /** A `reaction` event: `user` now reacts with `emoji` (null: no longer reacts). */
+  applyReaction(event) {
+    const log = this.logs.get(event.chat);
+    const entry = log && log.bySeq.get(event.seq);
+    if (!entry || entry.kind === 'deleted') return null;
+    const groups = (entry.reactions || []).map((g) => ({ emoji: g.emoji, users: g.users.filter((u) => u !== event.user) }))
+      .filter((g) => g.users.length);
+    if (event.emoji) {
+      const group = groups.find((g) => g.emoji === event.emoji);
+      if (group) group.users.push(event.user);
+      else groups.push({ emoji: event.emoji, users: [event.user] });
+    }
+    groups.sort((a, b) => b.users.length - a.users.length); // stable: the earlier emoji first among equals
+    const updated = { ...entry, reactions: groups };
+    if (!groups.length) delete updated.reactions;
+    log.put(updated);
+    this.changed('messages', event.chat);
+    return updated;
+  }
+
+  /** Reactions of a range of held entries, as the node has them now (after a reconnect). */
+  setReactions(chatId, first, last, bySeq) {
+    const log = this.logs.get(chatId);
+    if (!log) return;
+    for (const [seq, entry] of log.bySeq) {
+      if (seq < first || seq > last || entry.kind === 'deleted') continue;
+      const found = bySeq[String(seq)];
+      if (found) log.put({ ...entry, reactions: found });
+      else if (entry.reactions) {
+        const copy = { ...entry };
+        delete copy.reactions;
+        log.put(copy);
+      }
+    }
+    log.reactionsStale = false;
     this.changed('messages', chatId);
   }
 

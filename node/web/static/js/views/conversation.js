@@ -11,7 +11,8 @@ import { CONTENT_KINDS } from '../store.js';
 import { tick } from './chatlist.js';
 import { chatMenuItems } from './chatactions.js';
 import { EmojiPicker } from './emoji.js';
-import { openMenu } from './menu.js';
+import { closeMenu, openMenu } from './menu.js';
+import { MoreReactions, myReaction, reactionBar, ReactionsDialog } from './reactions.js';
 import { messageNode } from './message.js';
 import { VoiceRecorder } from './recorder.js';
 import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
@@ -77,6 +78,8 @@ export class ConversationView {
       onError: (text) => this.showComposeError(text),
     });
     this.viewer = new PhotoViewer(store, session.api);
+    this.reactionsDialog = new ReactionsDialog(store);
+    this.moreReactions = new MoreReactions();
     $('#jump-latest').addEventListener('click', () => this.jumpToLatest());
     $('#compose-context-cancel').addEventListener('click', () => this.setContext(null));
     $('#back').addEventListener('click', () => this.onBack());
@@ -98,6 +101,10 @@ export class ConversationView {
 
   onChange({ what, chat }) {
     if (!this.chatId) return;
+    if (what === 'messages' && chat === this.chatId && this.reactionsDialog.entry) {
+      const held = this.store.log(chat).bySeq.get(this.reactionsDialog.entry.seq);
+      if (held) this.reactionsDialog.update(held);
+    }
     if (what === 'active') return;
     if (chat && chat !== this.chatId && what !== 'presence' && what !== 'users') return;
     this.schedule();
@@ -263,7 +270,7 @@ export class ConversationView {
         view.pending && view.pending.state, view.pending && view.pending.code, view.pending && youBlocked,
         view.entry.media && view.entry.media.id, chat.role, ctx.readOnly,
         view.entry.reply_to && this.replySig(chat.id, view.entry), view.entry.from && store.nameOf(view.entry.from),
-        view.entry.kind === 'system' && entryText(store, view.entry)]);
+        view.entry.kind === 'system' && entryText(store, view.entry), view.entry.reactions]);
       const node = this.row(view.key, sig, () => messageNode(ctx, view));
       if (view.status) updateTick(node, view.status);
       nodes.push(node);
@@ -501,6 +508,8 @@ export class ConversationView {
         if (await this.dialogs.confirm('Delete this message for everyone?', 'Delete')) this.session.deleteMessage(this.chatId, entry);
       },
       info: (entry) => this.dialogs.receipts(this.chatId, entry),
+      react: (entry, anchor) => this.openReactionBar(entry, anchor),
+      showReactions: (entry, emoji) => this.reactionsDialog.open(entry, emoji, () => this.react(entry, null)),
       openImage: (entry) => this.viewer.open(this.chatId, entry),
       jumpTo: (seq) => this.jumpTo(seq),
       retry: (item) => this.session.retry(item.client_msg_id),
@@ -525,6 +534,36 @@ export class ConversationView {
         }
       },
     };
+  }
+
+  /** The quick reactions over a message (a React button, or the message's menu). */
+  openReactionBar(entry, anchor) {
+    openMenu({ items: [], at: anchor, label: 'React', header: this.reactionBarFor(entry) });
+  }
+
+  reactionBarFor(entry) {
+    const current = myReaction(entry, this.store.me.id);
+    return reactionBar({
+      current,
+      onPick: (emoji) => {
+        closeMenu(true);
+        this.react(entry, emoji === current ? null : emoji); // the same one again takes it back
+      },
+      onMore: async () => {
+        closeMenu(false);
+        const emoji = await this.moreReactions.pick();
+        if (emoji) this.react(entry, emoji);
+      },
+    });
+  }
+
+  async react(entry, emoji) {
+    const chatId = this.chatId;
+    try {
+      await this.session.react(chatId, entry, emoji);
+    } catch (err) {
+      this.toast(errorText(err, 'react'));
+    }
   }
 
   jumpTo(seq) {

@@ -44,13 +44,14 @@ export function openMenu({ items, at, label, header = null, returnFocus = docume
   document.body.append(root);
   place(root, at);
   current = { root, returnFocus, onClose };
-  root.addEventListener('keydown', (e) => onKey(e, buttons));
+  const headerButtons = header ? [...header.querySelectorAll('button')] : [];
+  root.addEventListener('keydown', (e) => onKey(e, buttons, headerButtons));
   root.addEventListener('contextmenu', (e) => e.preventDefault());
   setTimeout(() => {
     document.addEventListener('pointerdown', onOutside, true);
     window.addEventListener('resize', onResize);
   });
-  (buttons[0] || root).focus({ preventScroll: true });
+  (headerButtons[0] || buttons[0] || root).focus({ preventScroll: true });
   return root;
 }
 
@@ -99,12 +100,26 @@ function place(root, at) {
   root.style.top = `${Math.max(margin, Math.min(y, window.innerHeight - height - margin))}px`;
 }
 
-function onKey(e, buttons) {
+function onKey(e, buttons, headerButtons) {
   const index = buttons.indexOf(document.activeElement);
+  const inHeader = headerButtons.indexOf(document.activeElement);
   const move = (to) => {
     e.preventDefault();
     if (buttons.length) buttons[(to + buttons.length) % buttons.length].focus();
   };
+  if (inHeader >= 0 && ['ArrowLeft', 'ArrowRight', 'ArrowDown', 'ArrowUp'].includes(e.key)) {
+    e.preventDefault();
+    if (e.key === 'ArrowLeft' || e.key === 'ArrowRight') {
+      const step = e.key === 'ArrowRight' ? 1 : -1;
+      headerButtons[(inHeader + step + headerButtons.length) % headerButtons.length].focus();
+    } else if (e.key === 'ArrowDown' && buttons.length) buttons[0].focus();
+    return;
+  }
+  if (index === 0 && e.key === 'ArrowUp' && headerButtons.length) {
+    e.preventDefault();
+    headerButtons[0].focus();
+    return;
+  }
   switch (e.key) {
     case 'ArrowDown': move(index + 1); break;
     case 'ArrowUp': move(index < 0 ? buttons.length - 1 : index - 1); break;
@@ -120,7 +135,7 @@ function onKey(e, buttons) {
       closeMenu(true);
       break;
     default:
-      if (e.key.length === 1 && /\S/.test(e.key) && index >= -1 && !e.target.closest('.menu-header')) {
+      if (e.key.length === 1 && /\S/.test(e.key) && inHeader < 0) {
         const letter = e.key.toLowerCase();
         for (let step = 1; step <= buttons.length; step++) {
           const candidate = buttons[(index + step + buttons.length) % buttons.length];

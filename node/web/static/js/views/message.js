@@ -7,6 +7,7 @@ import { fileSize, time } from '../format.js';
 import { describeMedia, signedUrls } from '../media.js';
 import { tick } from './chatlist.js';
 import { audioPlayer } from './player.js';
+import { reactionChips } from './reactions.js';
 import { richText } from './richtext.js';
 import { entryText, systemText } from './text.js';
 
@@ -38,14 +39,17 @@ export function messageNode(ctx, view) {
     entry.expires_at ? h('span', { class: 'expiring', title: 'Disappearing message', 'aria-label': 'Disappearing message' }, icon('timer')) : null,
     h('time', { datetime: new Date(entry.ts).toISOString() }, time(entry.ts)),
     own && !deleted ? tick(view.status) : null);
+  const reacted = (entry.reactions || []).length
+    ? `. Reactions: ${entry.reactions.map((g) => `${g.emoji} ${g.users.length}`).join(', ')}` : '';
   const bubble = h('div', {
     class: 'bubble', tabindex: '-1',
-    'aria-label': `${own ? 'You' : store.nameOf(entry.from)}, ${time(entry.ts)}: ${entryText(store, entry)}`,
+    'aria-label': `${own ? 'You' : store.nameOf(entry.from)}, ${time(entry.ts)}: ${entryText(store, entry)}${reacted}`,
   }, sender, body, meta);
+  const chips = deleted || view.pending ? null : reactionChips(store, entry, (target, emoji) => ctx.actions.showReactions(target, emoji));
   const row = h('div', {
     class: `row msg ${own ? 'own' : 'theirs'}${deleted ? ' is-deleted' : ''}${view.pending ? ' is-pending' : ''}`,
     dataset: view.pending ? { cmid: view.pending.client_msg_id } : { seq: entry.seq, id: entry.id },
-  }, bubble);
+  }, h('div', { class: 'bubble-col' }, bubble, chips));
   const actions = view.pending ? pendingActions(ctx, view.pending) : entryActions(ctx, entry, own, deleted);
   if (actions) row.append(actions);
   return row;
@@ -56,6 +60,7 @@ function entryActions(ctx, entry, own, deleted) {
   const { actions, chat } = ctx;
   const admin = chat.kind === 'group' && chat.role === 'admin';
   const buttons = [
+    actionButton('smile', 'React', (e) => actions.react(entry, e.currentTarget)),
     actionButton('reply', 'Reply', () => actions.reply(entry)),
     own && (entry.kind === 'text' || entry.text) ? actionButton('edit', 'Edit', () => actions.edit(entry)) : null,
     own || admin ? actionButton('trash', 'Delete for everyone', () => actions.remove(entry)) : null,
