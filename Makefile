@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench setup clean browser postgres
+.PHONY: run test bench setup clean browser postgres screenshot
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ postgres:
 
 test: $(STAMP) browser postgres
 	$(PY) -m pytest -q
+
+# The README's screenshot (docs/screenshot.png) is the browser tests' "09-overview" shot.
+screenshot: $(STAMP) browser
+	$(PY) -m pytest -q -p no:cacheprovider -m browser -k test_photo_audio_and_video_are_sent_shown_and_playable
+	cp test-artifacts/09-overview.png docs/screenshot.png
 
 bench: $(STAMP)
 	$(PY) -m bench.run

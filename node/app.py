@@ -27,9 +27,8 @@ import attrs
 import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
 from .core.blocks import Blocks
 from .core.chats import Chats, now_ms
@@ -45,7 +44,10 @@ from .core.state import ChatState
 from .plugin_api import Chat
 from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
+from .web.access import RequestLog
 from .web.api import create_app, current_device, json_response
+from .web.proxy import ForwardedFor
+from .web.server import serve as serve_app
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +179,15 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     cfg = node.config.http
     sock = socket.socket(family_of(cfg.host), socket.SOCK_STREAM)
     tune_listen_socket(sock, node.config.websocket.tcp_user_timeout)
-    sock.bind((cfg.host, cfg.port))
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as exc:
+        sock.close()
+        raise listen_error("http", cfg.host, cfg.port, exc) from None
     sock.listen(1024)
     sock.setblocking(False)
     port = sock.getsockname()[1]
     hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) the socket from here
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = cfg.graceful_timeout
@@ -190,17 +195,21 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     # download to a client that has nothing to send. Bodies have deadlines of their own
     # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
-    await hypercorn_serve(app, hc, shutdown_trigger=node.shutdown_requested.wait, task_status=_Started(task_status, port))
+    # idle keep-alive connections close at once on shutdown (node/web/server.py)
+    app = RequestLog(app, access=node.config.log.access)  # X-Request-Id and the access log
+    app = ForwardedFor(app, cfg.trusted_proxies)  # the client's address behind a reverse proxy
+    started = _Started(task_status, port)
+    await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, task_status=started)
 
 
 class _Started:
-    """Adapts hypercorn's task_status (it reports bind strings) to report our port."""
+    """Adapts the server's task_status (it reports nothing) to report our port."""
 
     def __init__(self, task_status: trio.TaskStatus[int], port: int) -> None:
         self._task_status = task_status
         self._port = port
 
-    def started(self, _binds: object = None) -> None:
+    def started(self, _value: object = None) -> None:
         self._task_status.started(self._port)
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 
 import trio
 
+from . import logs, preflight
 from .app import VERSION, _first_leaf, serve_node
 from .config import Config, ConfigError, load_config
+from .logs import LEVELS
 from .plugin_manager import Plugins
 from .storage import StorageError
 
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a node")
     serve.add_argument("--config", "-c", default=None, help="path to config.toml (default: built-in defaults)")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-level", default=None, choices=LEVELS, help="overrides [log] level")
     check = commands.add_parser("check-config", help="validate a config file (plugin sections too) and exit")
     check.add_argument("--config", "-c", default="config.toml")
     plugins = commands.add_parser("plugins", help="list the plugins a node on this config would load")
@@ -45,12 +46,18 @@ async def _serve(config: Config) -> None:
                 nursery.cancel_scope.cancel()  # drained and closed: stop watching signals
 
             node = await nursery.start(run_node)
-            print(f"chatnode {config.node.name}: open {node.http_url}/ (chat socket {node.ws_url})", flush=True)
+            print(f"{_who(config)} is running: open {node.http_url}/ (chat socket {node.ws_url})", flush=True)
             async for _ in signals:
                 if node.shutdown_requested.is_set():
                     nursery.cancel_scope.cancel()  # a second signal: stop without draining
                     return
                 node.request_shutdown()
+
+
+def _who(config: Config) -> str:
+    """ "chatnode", or "chatnode 'n1'" for a node given a name of its own."""
+    name = config.node.name
+    return "chatnode" if name == "chatnode" else f"chatnode {name!r}"
 
 
 def _tune_gc() -> None:
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command in ("check-config", "plugins"):
         try:
+            if args.command == "check-config":
+                preflight.check_data_dir(config)
             plugins = Plugins(config.plugins, node_version=VERSION)  # loads them and checks their sections
         except ConfigError as exc:
             print(f"chatnode: config error: {exc}", file=sys.stderr)
@@ -115,13 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster.cli import run_cluster_command
 
         return run_cluster_command(args, config)
+    try:
+        lock = preflight.prepare_data_dir(config)  # held until the process exits
+    except ConfigError as exc:
+        print(f"chatnode: config error: {exc}", file=sys.stderr)
+        return 2
     _raise_open_files_limit()
     _tune_gc()
     _tune_gil()
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    logs.configure(args.log_level or config.log.level, config.log.format)
     try:
-        trio.run(_serve, config)
+        with lock:
+            trio.run(_serve, config)
     except KeyboardInterrupt:
         return 130
     except (ConfigError, StorageError) as exc:  # found while starting: one line, no traceback

@@ -28,7 +28,8 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -309,6 +310,7 @@ class Connection:
         self.synced = trio.Event()
         self._events_send, self._events_recv = trio.open_memory_channel[dict[str, Any]](buffer if buffer else math.inf)
         self._pending: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
+        self._skipped: deque[dict[str, Any]] = deque()  # events wait_for passed over, oldest first
         self._prefix = secrets.token_hex(4)
 
     @property
@@ -407,25 +409,56 @@ class Connection:
         await self.send_events({"type": "typing", "chat": chat_id, "typing": active})
 
     async def next_event(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The oldest event not yet taken (events `wait_for` skipped come first)."""
+        if self._skipped:
+            return self._skipped.popleft()
         with trio.fail_after(timeout):
-            return await self._events_recv.receive()
+            try:
+                return await self._events_recv.receive()
+            except trio.EndOfChannel:
+                raise ClientError("closed", "connection closed while waiting") from None
 
-    async def wait_for(self, type_: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
-        """The next event of a type (and matching fields); earlier others are discarded."""
+    async def wait_for(
+        self, type_: str, timeout: float = 10.0, *, where: Callable[[dict[str, Any]], bool] | None = None, **match: Any
+    ) -> dict[str, Any]:
+        """The oldest event of a type whose fields equal `match` (and for which `where`,
+        if given, is true), waiting up to `timeout` seconds (then `trio.TooSlowError`).
+
+        Events it passes over are not lost: they stay queued, in order, for later
+        `wait_for`, `next_event`, `events()` and `events_nowait()` calls. So
+        ``await conn.wait_for("message")`` then ``await conn.wait_for("delivered")`` finds
+        both, whichever arrived first.
+        """
+        for i, event in enumerate(self._skipped):
+            if _matches(event, type_, where, match):
+                del self._skipped[i]
+                return event
         with trio.fail_after(timeout):
             async for event in self._events_recv:
-                if event.get("type") == type_ and all(event.get(k) == v for k, v in match.items()):
+                if _matches(event, type_, where, match):
                     return event
+                self._skipped.append(event)
         raise ClientError("closed", "connection closed while waiting")
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every event as it comes (those `wait_for` skipped first), until the socket closes."""
+        while self._skipped:
+            yield self._skipped.popleft()
         async for event in self._events_recv:
             yield event
 
     def events_nowait(self) -> list[dict[str, Any]]:
-        out = []
+        """Every event queued now (those `wait_for` skipped first), without waiting."""
+        out = list(self._skipped)
+        self._skipped.clear()
         while True:
             try:
                 out.append(self._events_recv.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 return out
+
+
+def _matches(event: dict[str, Any], type_: str, where: Callable[[dict[str, Any]], bool] | None,
+             match: dict[str, Any]) -> bool:
+    return (event.get("type") == type_ and all(event.get(k) == v for k, v in match.items())
+            and (where is None or where(event)))

@@ -7,7 +7,9 @@ that names the key (``ConfigError``); nothing is ignored silently.
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,16 @@ class NodeSection:
     data_dir: str = "./data"  # relative paths are resolved against the config file's folder
 
 
+def _addresses(_instance: Any, attribute: attrs.Attribute, value: list[str]) -> None:
+    import ipaddress
+
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{attribute.name}: {entry!r} is not an IP address or network") from None
+
+
 @attrs.frozen
 class HttpSection:
     """The HTTP listener: REST API, web client and media (hypercorn + quart-trio)."""
@@ -69,8 +81,10 @@ class HttpSection:
     host: str = "127.0.0.1"
     port: int = _int(8080, 0, 65535)  # 0 picks a free port
     public_url: str = ""  # what clients are told, e.g. behind a reverse proxy
-    graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds to drain on shutdown
+    graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds to drain on shutdown (idle connections close at once)
     body_timeout: float = _float(10.0, 0.1, 3600.0)  # seconds a JSON request body may take to arrive
+    # reverse proxies whose X-Forwarded-For/-Proto are believed (addresses or networks)
+    trusted_proxies: list[str] = attrs.field(factory=list, validator=_addresses)
 
 
 @attrs.frozen
@@ -148,6 +162,15 @@ class PluginsSection:
 
 
 @attrs.frozen
+class LogSection:
+    """What the node logs to stderr, and how (docs/operations.md, "Logs")."""
+
+    level: str = attrs.field(default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = attrs.field(default="text", validator=_one_of("text", "json"))  # json: one object per line
+    access: bool = True  # one line per HTTP request (method, path, status, duration, request id)
+
+
+@attrs.frozen
 class Config:
     node: NodeSection = attrs.Factory(NodeSection)
     http: HttpSection = attrs.Factory(HttpSection)
@@ -156,6 +179,7 @@ class Config:
     accounts: AccountsSection = attrs.Factory(AccountsSection)
     storage: StorageSection = attrs.Factory(StorageSection)
     admin: AdminSection = attrs.Factory(AdminSection)
+    log: LogSection = attrs.Factory(LogSection)
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
     plugins: PluginsSection = attrs.Factory(PluginsSection)
     base_dir: str = "."  # folder relative paths resolve against; set by load_config
@@ -185,7 +209,15 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict((int, float), "a number"))  # type: ignore[arg-type]
     conv.register_structure_hook(str, _strict(str, "a string"))
     conv.register_structure_hook(bool, _strict(bool, "true or false"))
+    conv.register_structure_hook_func(lambda t: t == list[str], _string_list)
     return conv
+
+
+def _string_list(value: Any, _type: Any) -> list[str]:
+    # without this, cattrs would turn "127.0.0.1" into ["1", "2", "7", ...]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return list(value)
 
 
 def _path_of(exc: BaseException, prefix: str) -> str:
@@ -223,6 +255,60 @@ def _first_problem(exc: BaseException, prefix: str = "") -> str:
     return f"{prefix or 'config'}: {exc}"
 
 
+def _overlap(host_a: str, host_b: str) -> bool:
+    """Whether listening on both addresses with one port would collide (a wildcard
+    address takes the port on every address)."""
+    wildcard = ("", "0.0.0.0", "::")
+    return host_a == host_b or host_a in wildcard or host_b in wildcard
+
+
+def check_listeners(config: Config) -> None:
+    """Cross-section checks of the listening addresses, which no single key can catch."""
+    http, ws, cluster = config.http, config.websocket, config.cluster
+    if http.port and http.port == ws.port and _overlap(http.host, ws.host):
+        raise ConfigError(
+            f"websocket.port: {ws.port} is also http.port; the chat socket needs a port of its own "
+            f"(for example {ws.port + 1 if ws.port < 65535 else ws.port - 1})"
+        )
+    if not cluster.enabled:
+        return
+    for name, section in (("http", http), ("websocket", ws)):
+        if cluster.bind_port and cluster.bind_port == section.port and _overlap(cluster.bind_host, section.host):
+            raise ConfigError(
+                f"cluster.bind_port: {cluster.bind_port} is also {name}.port; the cluster needs a port of its own"
+            )
+    if cluster.bind_host in ("0.0.0.0", "::") and not cluster.advertise_host:
+        raise ConfigError(
+            f"cluster.advertise_host: needed when bind_host is {cluster.bind_host}: "
+            "set it to the address other members reach this node at"
+        )
+
+
+def listen_error(section: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """One line for a listening socket that could not be bound: which setting, which
+    address, and what to do (``section`` is "http", "websocket" or "cluster")."""
+    port_key = f"{section}.bind_port" if section == "cluster" else f"{section}.port"
+    host_key = f"{section}.bind_host" if section == "cluster" else f"{section}.host"
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"{host_key}: {host!r} is not an address of this machine ({exc.strerror})")
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            f"{port_key}: {address} is already in use (another node, or another program?); "
+            f"stop it or choose another {port_key}"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"{host_key}: {host} is not an address of this machine; use one of its addresses, or 0.0.0.0 for all"
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError(
+            f"{port_key}: not allowed to listen on {address} (ports below 1024 need privileges); "
+            "use a port above 1024 behind a reverse proxy, or grant the node CAP_NET_BIND_SERVICE"
+        )
+    return ConfigError(f"{port_key}: cannot listen on {address}: {exc.strerror or exc}")
+
+
 def structure_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config:
     """Turn a parsed TOML mapping into a Config, or raise ConfigError naming the key."""
     data = dict(data)
@@ -233,9 +319,11 @@ def structure_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config
         data["plugins"] = {**plugins, "settings": settings}
     data["base_dir"] = str(base_dir)
     try:
-        return make_converter().structure(data, Config)
+        config = make_converter().structure(data, Config)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
         raise ConfigError(_first_problem(exc)) from None
+    check_listeners(config)
+    return config
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -248,6 +336,8 @@ def load_config(path: str | Path | None) -> Config:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return structure_config(data, path.resolve().parent)

@@ -16,7 +16,7 @@ bursts). Nothing is mocked: it is the same node `chatnode serve` runs.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,24 @@ if TYPE_CHECKING:
 PASSWORD = "correct horse battery"
 _names = itertools.count(1)
 
+#: The storage engine test nodes use (see `use_storage_engine`).
+_engine: dict[str, Any] = {"name": "lmdb", "dsn_for": None}
+
+
+def use_storage_engine(name: str, dsn_for: Callable[[Path], str] | None = None) -> None:
+    """Make `make_config` (and so `open_test_node`) use an engine: ``"lmdb"`` (a data dir
+    under the test's tmp_path) or ``"postgresql"``, where ``dsn_for(data_dir)`` gives the
+    database for one node's data dir (the same dir, the same database: a restarted node
+    finds its data). chatnode's own suite runs every test on both."""
+    _engine.update(name=name, dsn_for=dsn_for)
+
+
+def storage_section(data_dir: Path) -> dict[str, Any]:
+    """The ``[storage]`` settings of the engine in use, for a node keeping its files in `data_dir`."""
+    if _engine["name"] == "postgresql":
+        return {"engine": "postgresql", "dsn": _engine["dsn_for"](data_dir)}
+    return {"engine": "lmdb"}
+
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -41,16 +59,17 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_config(tmp_path: Path, *, engine: str = "lmdb", dsn: str = "", **sections: dict[str, Any]) -> Config:
-    """A config for tests: loopback, free ports, cheap argon2, data under `tmp_path`;
-    `sections` are merged over it (``storage={"sweep_interval": 0.1}``)."""
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """A config for tests: loopback, free ports, cheap argon2, data under `tmp_path`, the
+    storage engine of `use_storage_engine`; `sections` are merged over it
+    (``storage={"sweep_interval": 0.1}``)."""
     base: dict[str, Any] = {
         "node": {"data_dir": str(tmp_path / "data")},
         "http": {"host": "127.0.0.1", "port": 0, "graceful_timeout": 3.0},
         "websocket": {"host": "127.0.0.1", "port": 0},
         "accounts": {"argon2_time_cost": 1, "argon2_memory_kib": 64},
         "limits": {"frames_per_second": 10_000.0, "frame_burst": 10_000},
-        "storage": {"engine": engine, "dsn": dsn},
+        "storage": storage_section(tmp_path / "data"),
     }
     return structure_config(deep_merge(base, sections), tmp_path)
 
@@ -99,4 +118,7 @@ async def wait_for_notifications(node: Node, timeout: float = 10.0) -> None:
             await trio.sleep(0.005)
 
 
-__all__ = ["PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "wait_for_notifications"]
+__all__ = [
+    "PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "storage_section", "use_storage_engine",
+    "wait_for_notifications",
+]

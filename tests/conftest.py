@@ -7,7 +7,7 @@ same ones plugin authors use.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +67,54 @@ async def users(node: Node) -> AsyncIterator[Any]:
 #    (`pg_server`), and a fresh database per test (`pg_dsn`); see tests/pgserver.py.
 from pgserver import pg_dsn, pg_server  # noqa: E402,F401
 # -- end PostgreSQL
+
+
+# -- both engines: every test that starts a node runs on LMDB and on PostgreSQL, unless it
+#    is marked `@pytest.mark.engine("lmdb")` because it tests one engine's own behaviour.
+#    The engine is a module-scoped parameter, so module-scoped fixtures (the browser tests'
+#    node process) can depend on it too (`module_engine`).
+ENGINES = ("lmdb", "postgresql")
+_databases: dict[str, str] = {}  # node data dir -> its database (the server goes at the end of the run)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "module_engine" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("engine")
+        metafunc.parametrize("module_engine", marker.args if marker else ENGINES, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def module_engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The storage engine of this module's tests, set for every node config made meanwhile."""
+    from node import testing
+
+    name = request.param
+    if name == "postgresql":
+        server = request.getfixturevalue("pg_server")
+
+        def dsn_for(data_dir: Path) -> str:
+            key = str(data_dir)
+            if key not in _databases:
+                _databases[key] = server.create_database()
+            return _databases[key]
+
+        testing.use_storage_engine(name, dsn_for)
+    else:
+        testing.use_storage_engine(name)
+    yield name
+    testing.use_storage_engine("lmdb")
+
+
+@pytest.fixture(autouse=True)
+def storage_engine(module_engine: str) -> str:
+    """The engine this test's nodes use (see `module_engine`)."""
+    return module_engine
+
+
+def storage_toml(data_dir: Path) -> str:
+    """The [storage] section of the engine in use, for tests that write a config.toml."""
+    from node.testing import storage_section
+
+    section = storage_section(data_dir)
+    return "[storage]\n" + "".join(f'{key} = "{value}"\n' for key, value in section.items())
+# -- end both engines

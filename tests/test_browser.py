@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import storage_toml
 import trio
 
 from node.client import ChatClient
@@ -92,6 +93,7 @@ frame_burst = 10000
 grace = 0.2
 [plugins.media]
 {media}
+{storage_toml(folder / "data")}
 """)
         self.proc: subprocess.Popen | None = None
 
@@ -129,7 +131,7 @@ grace = 0.2
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Iterator[NodeProcess]:
+def node(tmp_path_factory, module_engine) -> Iterator[NodeProcess]:
     proc = NodeProcess(tmp_path_factory.mktemp("browser-node"))
     proc.start()
     try:
@@ -442,7 +444,7 @@ def test_photo_audio_and_video_are_sent_shown_and_playable(pages, names, node, t
     expect(own_status(a, "Lake Bled, just before 6 am")).to_have_attribute("data-status", "read")
     expect(a.locator("#chat-list .chat-name")).to_have_text(["Bob", "Book club"])  # newest first
     a.mouse.move(0, 0)
-    shot(a, "09-overview")
+    shot(a, "09-overview")  # also the README's screenshot: `make screenshot` copies it to docs/
 
     # a voice note, dropped onto the conversation, on a slow uplink to see the progress
     cdp = a.context.new_cdp_session(a)

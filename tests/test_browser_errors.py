@@ -19,7 +19,7 @@ MAX_IMAGE_BYTES = 300_000
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Iterator[NodeProcess]:
+def node(tmp_path_factory, module_engine) -> Iterator[NodeProcess]:
     proc = NodeProcess(tmp_path_factory.mktemp("browser-errors-node"), limits="max_group_members = 3",
                        media=f"max_image_bytes = {MAX_IMAGE_BYTES}")
     proc.start()

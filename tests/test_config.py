@@ -10,6 +10,8 @@ import pytest
 
 from node.config import ConfigError, load_config, structure_config
 
+pytestmark = pytest.mark.engine("lmdb")  # configuration parsing: no storage
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,6 +38,7 @@ def test_the_shipped_config_is_the_defaults():
         ("[limits]\nframes_per_second = true\n", "limits.frames_per_second: expected a number, got a boolean"),
         ('[accounts]\nregistration_open = "yes"\n', "accounts.registration_open: expected true or false"),
         ("[storage]\nmax_batch = 0\n", "storage.max_batch: must be between 1 and 100000, got 0"),
+        ('[log]\nformat = "xml"\n', "log.format: must be one of text, json; got 'xml'"),
         ("[node\n", "not valid TOML"),
     ],
 )

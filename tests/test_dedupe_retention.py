@@ -141,6 +141,7 @@ async def _make_version_1_data_dir(tmp_path, config) -> dict:
     return {"user": user, "chat": chat, "acks": acks}
 
 
+@pytest.mark.engine("lmdb")  # an LMDB data dir from before schema 2
 async def test_a_version_1_data_dir_opens_and_its_records_are_indexed_or_purged(tmp_path, monkeypatch):
     config = make_config(tmp_path, storage={"sweep_interval": 0.1, "dedupe_retention": 86_400.0})
     made = await _make_version_1_data_dir(tmp_path, config)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import re
 from pathlib import Path
 
 from node.core.errors import CLOSE_CODES, ERROR_CODES
+
+pytestmark = pytest.mark.engine("lmdb")  # docs checks: no storage
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

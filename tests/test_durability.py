@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node
+from conftest import PASSWORD, make_config, new_user, running_node, storage_toml
 
 from node.client import ChatClient
 
@@ -56,6 +56,7 @@ argon2_memory_kib = 64
 [limits]
 frames_per_second = 10000.0
 frame_burst = 10000
+{storage_toml(tmp_path / "data")}
 """
     )
     return path

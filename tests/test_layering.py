@@ -10,8 +10,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 import ast
 from pathlib import Path
+
+pytestmark = pytest.mark.engine("lmdb")  # source checks: no storage
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "node"

@@ -6,6 +6,8 @@ import pytest
 
 from node.core.snowflake import EPOCH_MS, MAX_SEQ, SnowflakeGenerator, node_of, parse_id, timestamp_ms
 
+pytestmark = pytest.mark.engine("lmdb")  # ids and the Snowflake generator: no storage
+
 
 def test_layout_fields():
     gen = SnowflakeGenerator(513, clock=lambda: EPOCH_MS + 12345)

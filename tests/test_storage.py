@@ -13,6 +13,8 @@ import trio
 from node.storage import MessageMeta, StorageError, WriteBatch
 from node.storage.lmdb_engine import SCHEMA_VERSION, open_lmdb
 
+pytestmark = pytest.mark.engine("lmdb")  # the LMDB engine's own behaviour
+
 
 def message(chat_id: int, seq: int, size: int = 10) -> tuple[bytes, MessageMeta]:
     raw = orjson.dumps({"id": str(seq), "chat": str(chat_id), "seq": seq, "kind": "text", "ts": 1, "text": "x" * size})

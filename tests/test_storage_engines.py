@@ -38,6 +38,8 @@ from node.storage.lmdb_engine import open_lmdb
 from node.storage.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from node.storage.postgres import open_postgres
 
+pytestmark = pytest.mark.engine("lmdb")  # parametrized over both engines by its own `engine` fixture
+
 Opener = Callable[..., AbstractAsyncContextManager[Any]]
 
 # -- fixtures -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ..config import listen_error
 from .config import ClusterConfig, is_loopback
 from .keyring import Keyring
 from .membership import EventListener, JoinRefused, MemberEvent, Membership
@@ -138,7 +139,7 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
             cfg.bind_host, cfg.bind_port, cfg.advertise_host, cfg.advertise_port, cfg.max_packet_bytes
         )
     except OSError as exc:
-        raise ClusterStartError(f"cannot bind the cluster to {cfg.bind_host}:{cfg.bind_port}: {exc}") from None
+        raise listen_error("cluster", cfg.bind_host, cfg.bind_port, exc) from None
     refused: JoinRefused | None = None
     try:
         membership = _membership(node, cfg, transport, keyring)

@@ -125,7 +125,7 @@ class SendMessage(Operation):
     session: Session
     chat_id: int
     client_msg_id: str
-    content: dict[str, Any]  # validated by the protocol layer and the plugins' gate
+    content: dict[str, Any] = attrs.field(repr=False)  # validated by the protocol layer and the gate; not logged
 
     def reads(self, reads: Reads) -> None:
         reads.dedupe.add((self.session.user_id, self.client_msg_id))
@@ -165,7 +165,7 @@ class PostMessage(Awaitable):
 
     user_id: int = 0
     chat_id: int = 0
-    content: dict[str, Any] = attrs.Factory(dict)
+    content: dict[str, Any] = attrs.field(factory=dict, repr=False)  # not logged
 
     def reads(self, reads: Reads) -> None:
         message_reads(reads, self.chat_id, self.content)

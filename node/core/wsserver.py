@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..config import listen_error
 from .errors import CLOSE_INTERNAL
 from .session import Session
 from .websocket import ConnectionClosed, read_upgrade
@@ -51,7 +52,11 @@ async def serve_chat_socket(
     limits = node.config.limits
     sock = trio.socket.socket(family_of(cfg.host), socket.SOCK_STREAM)
     tune_listen_socket(sock, cfg.tcp_user_timeout)
-    await sock.bind((cfg.host, cfg.port))
+    try:
+        await sock.bind((cfg.host, cfg.port))
+    except OSError as exc:
+        sock.close()
+        raise listen_error("websocket", cfg.host, cfg.port, exc) from None
     sock.listen(4096)
     port = sock.getsockname()[1]
 

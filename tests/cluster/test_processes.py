@@ -9,6 +9,8 @@ bounded; every address is 127.0.0.1.
 
 from __future__ import annotations
 
+import pytest
+
 import base64
 import json
 import signal
@@ -51,6 +53,11 @@ def free_cluster_port() -> int:
             return port
     raise RuntimeError("no free port for both TCP and UDP")
 
+
+
+# Membership only: each node keeps its own LMDB. Clusters sharing PostgreSQL are tested in
+# tests/cluster/test_routing_processes.py.
+pytestmark = pytest.mark.engine("lmdb")
 
 class NodeProcess:
     def __init__(self, root: Path, node_id: int, seeds: list[str]) -> None:

@@ -20,6 +20,8 @@ from node.cluster.keyring import Keyring
 from node.cluster.membership import JoinRefused, failure_detection_bound, push_pull_interval
 from node.cluster.simulation import open_simulation
 
+pytestmark = pytest.mark.engine("lmdb")  # membership simulation: no storage
+
 DEFAULTS = ClusterConfig(enabled=True)
 
 

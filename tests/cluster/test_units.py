@@ -30,6 +30,8 @@ from node.cluster.messages import (
 from node.cluster.state import FAILED, JOINED, LEFT_KIND, RECOVERED, SUSPECTED, Member, MemberTable, Suspicion
 from node.config import ConfigError, structure_config
 
+pytestmark = pytest.mark.engine("lmdb")  # membership units: no storage
+
 ALL_MESSAGES = [
     Ping(1, 2, "127.0.0.1:7946"),
     IndirectPing(2**40, 1023, "127.0.0.1:1", "[::1]:2", True),
