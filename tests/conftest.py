@@ -32,16 +32,6 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
-@pytest.fixture(params=["lmdb", "postgresql"])
-def engine_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    """A test config on each storage engine in turn (PostgreSQL: a fresh database on the
-    private server). A module runs its tests on both by overriding ``config`` with a
-    fixture that returns ``engine_config``."""
-    if request.param == "postgresql":
-        return make_config(tmp_path, engine="postgresql", dsn=request.getfixturevalue("pg_dsn"))
-    return make_config(tmp_path)
-
-
 @pytest.fixture
 async def node(config: Config) -> AsyncIterator[Node]:
     async with running_node(config) as n:

@@ -1,5 +1,5 @@
 """Chat management, per user: mute, archive, pin, mark as unread, clear history, delete for
-me, and reports to the node's admins. Every test runs on LMDB and on PostgreSQL."""
+me, and reports to the node's admins."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ from conftest import make_config
 from test_push import push_config, receiver
 
 from node.client import ChatClient, ClientError
-from node.config import Config
 from node.testing import new_user, running_node
-
-
-@pytest.fixture
-def config(engine_config: Config) -> Config:
-    return engine_config
 
 
 async def expect_error(code: str, coro) -> ClientError:

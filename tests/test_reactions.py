@@ -1,6 +1,5 @@
 """Reactions: one emoji per user per message, changed or taken back; sent as events, never
-as log entries; in history and after a reconnect; gone with the message. Every test runs
-on LMDB and on PostgreSQL."""
+as log entries; in history and after a reconnect; gone with the message."""
 
 from __future__ import annotations
 
@@ -10,13 +9,7 @@ import trio
 from test_push import push_config, receiver
 
 from node.client import ClientError
-from node.config import Config
 from node.testing import make_config, new_user, running_node
-
-
-@pytest.fixture
-def config(engine_config: Config) -> Config:
-    return engine_config
 
 
 async def expect_error(code: str, coro) -> ClientError:
@@ -156,13 +149,8 @@ async def test_deleting_or_expiry_takes_the_reactions_with_the_message(node, use
     assert "reactions" not in (await alice.history(chat["id"]))[0]  # the tombstone
 
 
-async def test_an_expired_message_loses_its_reactions(tmp_path, engine_config):
-    sections = {"storage": {"sweep_interval": 0.1}}
-    if engine_config.storage.engine == "postgresql":
-        config = make_config(tmp_path, engine="postgresql", dsn=engine_config.storage.dsn, **sections)
-    else:
-        config = make_config(tmp_path, **sections)
-    async with running_node(config) as node:
+async def test_an_expired_message_loses_its_reactions(tmp_path):
+    async with running_node(make_config(tmp_path, storage={"sweep_interval": 0.1})) as node:
         alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
         chat = await alice.open_direct(username="bob")
         async with alice.connect() as a:
