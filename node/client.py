@@ -195,6 +195,18 @@ class ChatClient:
         """The current reactions of the messages first <= seq <= last, by seq (as strings)."""
         return (await self.request("GET", f"/api/chats/{chat_id}/reactions", **{"from": first, "to": last}))["reactions"]
 
+    # stars and deleting for me
+
+    async def star(self, chat_id: str, seq: int, starred: bool = True) -> None:
+        await self.request("PUT" if starred else "DELETE", f"/api/chats/{chat_id}/messages/{seq}/star")
+
+    async def starred(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        """``{"messages", "next_offset", "has_more"}``: starred messages, the newest first."""
+        return await self.request("GET", "/api/starred", offset=offset, limit=limit)
+
+    async def delete_for_me(self, chat_id: str, seqs: list[int]) -> None:
+        await self.request("POST", f"/api/chats/{chat_id}/messages/delete", {"seqs": seqs})
+
     # privacy
 
     async def block(self, user_id: str, blocked: bool = True) -> None:

@@ -258,10 +258,15 @@ def seqs(page) -> list[int]:
 
 
 def message_action(page, text: str, action: str) -> None:
-    """Point at a stored message (its actions show on hover) and pick one."""
+    """Point at a stored message and pick an action: React and Reply show on hover, the
+    others are in its menu ("More actions")."""
     row = page.locator(f"#message-list .msg[data-seq]:has(.text:text-is('{text}'))")
     row.locator(".bubble").hover()
-    row.locator(f"[aria-label='{action}']").click()
+    if action in ("React", "Reply"):
+        row.locator(f".actions [aria-label='{action}']").click()
+        return
+    row.locator(".actions [aria-label='More actions']").click()
+    page.locator("#popup-menu").get_by_role("menuitem", name=action, exact=True).click()
 
 
 def own_status(page, text: str):

@@ -47,6 +47,14 @@ def store_message(
     elif kind == "delete":
         content = _delete(chats, batch, chat, sender, member, content)
     else:
+        mentions = content.get("mentions")
+        if mentions is not None:
+            if chat.kind != "group":
+                raise ChatError("bad_request", "mentions are for groups")
+            if any(chat.member(int(uid)) is None for uid in mentions):
+                raise ChatError("bad_request", "'mentions' names someone who is not a member of this group")
+            if not mentions:
+                del content["mentions"]
         reply_to = content.get("reply_to")
         if reply_to is not None:
             target = chats.find_message(chat, int(reply_to))

@@ -377,11 +377,13 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         before = query_int("before", None, 1, (1 << 63) - 1)
         limit = query_int("limit", 50, 1, limits.history_page)
         messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
+        has_more = len(messages) == limit
+        page = {"has_more": has_more, "next_before": messages[0]["seq"] if messages else None}
         chat = await chats.load(path_id(chat_id))
         if chat is not None:
             await add_status(node, device.user_id, chat, messages)
-            await annotate(node, device.user_id, chat.id, messages)  # reactions, stars
-        return json_response({"messages": messages, "has_more": len(messages) == limit})
+            await annotate(node, device.user_id, chat.id, messages)  # reactions, stars, deleted for me
+        return json_response({"messages": messages, **page})
 
     @app.post("/api/chats/<chat_id>/hide")
     async def hide(chat_id: str) -> Response:

@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from ..core.accounts import Device
 from ..core.chatprefs import ClearHistory, SetChatPrefs, check_changes
 from ..core.errors import ChatError, bad_request
+from ..core.personal import delete_for_me, set_star, starred_list
 from ..core.reactions import SetReaction, check_emoji, reactions_between
 from ..core.reports import dismiss_report, file_report, list_reports
 from ..core.views import chat_summary
@@ -52,7 +53,7 @@ def add_feature_routes(
         return json_response({"chat": await chat_summary(node, device.user_id, chat)})
 
     @app.post("/api/chats/<chat_id>/delete")
-    async def delete_for_me(chat_id: str) -> Response:
+    async def delete_chat_for_me(chat_id: str) -> Response:
         device = await current_device(node)
         await chats.run(ClearHistory(user_id=device.user_id, chat_id=path_id(chat_id), hide=True))
         return Response(b"", status=204)
@@ -97,6 +98,41 @@ def add_feature_routes(
             raise bad_request(f"ask for at most {MAX_REACTION_SPAN} messages at a time ('from' to 'to')")
         found = await reactions_between(node.storage, chat.id, max(first, visible[0]), min(last, visible[1]))
         return json_response({"reactions": {str(seq): found[seq] for seq in sorted(found)}})
+
+    # -- stars and deleting for me --------------------------------------------------
+
+    @app.put("/api/chats/<chat_id>/messages/<seq>/star")
+    async def star(chat_id: str, seq: str) -> Response:
+        device = await current_device(node)
+        await set_star(node, device.user_id, path_id(chat_id), path_id(seq), True)
+        return Response(b"", status=204)
+
+    @app.delete("/api/chats/<chat_id>/messages/<seq>/star")
+    async def unstar(chat_id: str, seq: str) -> Response:
+        device = await current_device(node)
+        chat = await chats.load(path_id(chat_id))
+        if chat is None or chat.visible_range(device.user_id) is None:
+            raise ChatError("not_member")
+        await set_star(node, device.user_id, chat.id, path_id(seq), False)
+        return Response(b"", status=204)
+
+    @app.get("/api/starred")
+    async def starred() -> Response:
+        device = await current_device(node)
+        offset = query_int("offset", 0, 0, 1_000_000)
+        limit = query_int("limit", 50, 1, 200)
+        return json_response(await starred_list(node, device.user_id, offset, limit))
+
+    @app.post("/api/chats/<chat_id>/messages/delete")
+    async def delete_messages_for_me(chat_id: str) -> Response:
+        device = await current_device(node)
+        body = await json_body()
+        seqs = body.get("seqs")
+        if set(body) != {"seqs"} or not isinstance(seqs, list) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seqs):
+            raise bad_request("give 'seqs': a list of message seqs")
+        await delete_for_me(node, device.user_id, path_id(chat_id), seqs)
+        return Response(b"", status=204)
 
     # -- reports -------------------------------------------------------------------
 

@@ -206,8 +206,8 @@ class MediaService:
         item = await self.get(media_id)
         if item is None:
             raise ChatError("not_found", "no such media")
-        if int(item["owner"]) != user_id:
-            raise ChatError("forbidden", "you can only send media you uploaded")
+        if int(item["owner"]) != user_id and not await self.may_read(user_id, item):
+            raise ChatError("forbidden", "you can only send media you uploaded or can see (forwarding)")
         if not kind_accepts(kind, item["category"], item["mime"]):
             raise ChatError("bad_request", f"a {kind} message cannot carry {item['mime']} media")
         chat = await self.ctx.chat(chat_id)

@@ -96,6 +96,9 @@ export class Api {
     return (await (emoji ? this.request('PUT', path, { emoji }) : this.request('DELETE', path))).reaction;
   }
   async reactions(chatId, from, to) { return (await this.request('GET', `/api/chats/${chatId}/reactions`, undefined, { from, to })).reactions; }
+  star(chatId, seq, starred) { return this.request(starred ? 'PUT' : 'DELETE', `/api/chats/${chatId}/messages/${seq}/star`); }
+  starred(offset, limit = 50) { return this.request('GET', '/api/starred', undefined, { offset, limit }); }
+  deleteForMe(chatId, seqs) { return this.request('POST', `/api/chats/${chatId}/messages/delete`, { seqs }); }
   receipts(chatId, seq) { return this.request('GET', `/api/chats/${chatId}/messages/${seq}/receipts`); }
 
   // groups

@@ -16,6 +16,7 @@ import { ChatListView } from './views/chatlist.js';
 import { ConversationView } from './views/conversation.js';
 import { Dialogs } from './views/dialogs.js';
 import { SettingsView } from './views/settings.js';
+import { StarredView } from './views/starred.js';
 import { chatTitle, entryText } from './views/text.js';
 
 const SAVED = 'chatnode.session';
@@ -98,6 +99,7 @@ async function startSession(auth) {
       dialogs,
       chatList: new ChatListView(store, session, { onOpen: openChat, onStartDirect: startDirect, actionsContext }),
       conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast, actionsContext }),
+      starred: new StarredView(store, session, { onClose: () => openChat(null), onShow: showMessage }),
       settings: new SettingsView(store, session, {
         dialogs, toast, onClose: () => openChat(null), onUser: rememberUser,
         minPassword: () => (info && info.min_password_length) || 8,
@@ -105,7 +107,7 @@ async function startSession(auth) {
     };
     wireChrome();
   } else {
-    for (const view of [views.dialogs, views.chatList, views.conversation, views.settings]) view.session = session;
+    for (const view of [views.dialogs, views.chatList, views.conversation, views.settings, views.starred]) view.session = session;
   }
   $('#main-view').hidden = false;
   views.chatList.render();
@@ -135,6 +137,7 @@ function endSession(message) {
   store.reset();
   if (views && views.conversation) views.conversation.reset();
   if (views && views.settings) views.settings.close();
+  if (views && views.starred) views.starred.close();
   history.replaceState(null, '', location.pathname);
   showLogin();
   if (message) $('#auth-error').textContent = message;
@@ -148,6 +151,10 @@ function wireChrome() {
   });
   $('#new-group').addEventListener('click', () => views.dialogs.newGroup());
   $('#open-settings').addEventListener('click', openSettings);
+  $('#open-starred').addEventListener('click', () => {
+    if (location.hash !== '#starred') location.hash = '#starred';
+    route();
+  });
   $('#conn-retry').addEventListener('click', () => session && session.socket.retryNow());
   $('#notify-on').addEventListener('click', async () => {
     $('#notify-banner').hidden = true;
@@ -272,11 +279,21 @@ function rememberUser(user) {
   localStorage.setItem(SAVED, JSON.stringify(auth));
 }
 
+/** Open a chat at one of its messages (from the starred list or a search result). */
+async function showMessage(chatId, seq) {
+  openChat(chatId);
+  await session.openChat(chatId);
+  views.conversation.reveal(seq);
+}
+
 function route() {
   if (!session) return;
   const wantSettings = location.hash === '#settings';
   if (wantSettings && !views.settings.isOpen) views.settings.open();
   else if (!wantSettings) views.settings.close();
+  const wantStarred = location.hash === '#starred';
+  if (wantStarred && !views.starred.isOpen) views.starred.open();
+  else if (!wantStarred) views.starred.close();
   const match = /^#chat=(\d+)$/.exec(location.hash);
   const chatId = match ? match[1] : null;
   if (chatId && chatId === store.activeChatId) return;

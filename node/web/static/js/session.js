@@ -120,6 +120,12 @@ export class Session extends EventTarget {
       case 'reaction':
         this.onReaction(event);
         break;
+      case 'starred':
+        store.setStarred(event.chat, event.seq, event.starred);
+        break;
+      case 'deleted_for_me':
+        store.hideEntries(event.chat, event.seqs);
+        break;
       default:
         break;
     }
@@ -148,6 +154,7 @@ export class Session extends EventTarget {
     if (!store.applyEntry(entry.chat, entry, true)) return;
     if (entry.from) store.stopTyping(entry.chat, entry.from);
     if (entry.from && !store.users.has(entry.from)) this.ensureUser(entry.from);
+    for (const id of entry.mentions || []) if (!store.users.has(id)) this.ensureUser(id);
     if (!known) this.refreshChat(entry.chat);
     if (entry.kind === 'system') this.onSystem(entry);
     if (entry.from !== store.me.id && CONTENT_KINDS.has(entry.kind)) {
@@ -176,6 +183,8 @@ export class Session extends EventTarget {
     const log = store.log(item.chat);
     const entry = { id: ack.id, chat: item.chat, seq: ack.seq, from: store.me.id, ts: ack.ts, kind: item.kind, client_msg_id: item.client_msg_id };
     if (item.text) entry.text = item.text;
+    if (item.forwarded) entry.forwarded = true;
+    if (item.mentions && item.mentions.length) entry.mentions = item.mentions;
     if (item.kind === 'edit' || item.kind === 'delete') {
       entry.target = item.target;
       const target = log.byId.get(item.target);
@@ -271,15 +280,32 @@ export class Session extends EventTarget {
     else if (chat.peer) this.loadPresence(chat.peer.id);
   }
 
-  async loadHistory(chatId, newest = false) {
+  /** Load older pages until `seq` is held (or the start of the chat is reached). */
+  async loadUntil(chatId, seq) {
+    const log = this.store.log(chatId);
+    if (!log.loaded) await this.loadHistory(chatId, true);
+    let guard = 0;
+    const reached = () => Math.min(log.oldest, log.cursor || Infinity) <= seq;
+    while (log.hasMore && !reached() && guard++ < 200) {
+      while (log.loading) await new Promise((resolve) => { setTimeout(resolve, 50); });
+      if (!log.hasMore || reached()) break;
+      await this.loadHistory(chatId, false, 200);
+    }
+    return log.bySeq.has(seq);
+  }
+
+  async loadHistory(chatId, newest = false, limit = 50) {
     const log = this.store.log(chatId);
     if (!newest && (!log.hasMore || log.loading)) return;
     log.loading = true;
     try {
-      const before = newest || log.oldest === Infinity ? undefined : log.oldest;
-      const page = await this.api.history(chatId, before, 50);
-      for (const entry of page.messages) if (entry.from && !this.store.users.has(entry.from)) this.ensureUser(entry.from);
-      this.store.mergeHistory(chatId, page.messages, page.has_more, newest);
+      const start = Math.min(log.oldest, log.cursor || Infinity); // the cursor: past entries deleted for us
+      const before = newest || start === Infinity ? undefined : start;
+      const page = await this.api.history(chatId, before, limit);
+      for (const entry of page.messages) {
+        for (const id of [entry.from, ...(entry.mentions || [])]) if (id && !this.store.users.has(id)) this.ensureUser(id);
+      }
+      this.store.mergeHistory(chatId, page.messages, page.has_more, newest, page.next_before);
     } catch (err) {
       if (!err.offline) console.warn('history', err);
     } finally {
@@ -319,9 +345,11 @@ export class Session extends EventTarget {
     return full;
   }
 
-  sendText(chatId, text, replyTo) {
+  sendText(chatId, text, replyTo, mentions = []) {
     this.stopTyping();
-    return this.queue({ chat: chatId, kind: 'text', text, reply_to: replyTo || undefined });
+    return this.queue({
+      chat: chatId, kind: 'text', text, reply_to: replyTo || undefined, mentions: mentions.length ? mentions : undefined,
+    });
   }
 
   sendMedia(chatId, media, caption, replyTo, kind) {
@@ -329,6 +357,29 @@ export class Session extends EventTarget {
       chat: chatId, kind: kind || mediaKind(media.mime), media: media.id, media_info: media,
       text: caption || undefined, reply_to: replyTo || undefined,
     });
+  }
+
+  /** Send a copy of an entry to each of `chatIds`, marked "forwarded" (media is not uploaded again). */
+  forward(entry, chatIds) {
+    for (const chatId of chatIds) {
+      if (entry.kind === 'text') this.queue({ chat: chatId, kind: 'text', text: entry.text, forwarded: true });
+      else if (entry.media) {
+        this.queue({
+          chat: chatId, kind: entry.kind, media: entry.media.id, media_info: entry.media, text: entry.text || undefined,
+          forwarded: true,
+        });
+      }
+    }
+  }
+
+  async star(chatId, entry, starred) {
+    await this.api.star(chatId, entry.seq, starred);
+    this.store.setStarred(chatId, entry.seq, starred);
+  }
+
+  async deleteForMe(chatId, seqs) {
+    await this.api.deleteForMe(chatId, seqs);
+    this.store.hideEntries(chatId, seqs);
   }
 
   editMessage(chatId, entry, text) {

@@ -226,16 +226,21 @@ export class Store extends EventTarget {
     if (chat && chat.last_message && chat.last_message.seq === updated.seq) chat.last_message = updated;
   }
 
-  /** One history page (oldest first); `hasMore` says whether older entries exist. */
-  mergeHistory(chatId, messages, hasMore, newest) {
+  /** One history page (oldest first); `hasMore` says whether older entries exist, `nextBefore`
+   * where the next page starts (the page may be short of entries deleted for us). */
+  mergeHistory(chatId, messages, hasMore, newest, nextBefore) {
     const log = this.log(chatId);
     const before = log.oldest;
+    if (nextBefore && (!log.cursor || nextBefore < log.cursor)) log.cursor = nextBefore;
     for (const entry of messages) {
       if (!log.bySeq.has(entry.seq)) log.put(entry);
       else {
         const held = log.bySeq.get(entry.seq);
         if (entry.status && (STATUS_RANK[entry.status] || 0) > (STATUS_RANK[held.status] || 0)) held.status = entry.status;
-        if (held.kind !== 'deleted') held.reactions = entry.reactions; // the page says what they are now
+        if (held.kind !== 'deleted') {
+          held.reactions = entry.reactions; // the page says what they are now
+          held.starred = entry.starred;
+        }
       }
     }
     // Edits and deletes held from the socket whose targets just arrived.
@@ -244,7 +249,38 @@ export class Store extends EventTarget {
     }
     if (newest) log.loaded = true;
     if (!messages.length || messages[0].seq <= before || newest) log.hasMore = hasMore;
+    if (!messages.length && nextBefore) log.hasMore = hasMore; // all of it deleted for us: go on from there
     this.changed('messages', chatId);
+  }
+
+  // -- our own marks: stars, deleted for me -------------------------------------------
+
+  setStarred(chatId, seq, starred) {
+    const log = this.logs.get(chatId);
+    const entry = log && log.bySeq.get(seq);
+    if (!entry) return;
+    log.put({ ...entry, starred: starred || undefined });
+    this.changed('messages', chatId);
+    this.changed('starred', chatId);
+  }
+
+  /** Entries deleted for us: gone from this chat's view (and from its preview). */
+  hideEntries(chatId, seqs) {
+    const log = this.logs.get(chatId);
+    const gone = new Set(seqs);
+    if (log) {
+      for (const seq of gone) {
+        const entry = log.bySeq.get(seq);
+        if (entry) log.hidden = (log.hidden || new Set()).add(seq);
+      }
+    }
+    const chat = this.chats.get(chatId);
+    if (chat && chat.last_message && gone.has(chat.last_message.seq)) {
+      const rest = log ? this.visibleEntries(chatId, Date.now()).filter((e) => PREVIEW_KINDS.has(e.kind)) : [];
+      chat.last_message = rest.length ? rest[rest.length - 1] : null;
+    }
+    this.changed('messages', chatId);
+    this.changed('chats', chatId);
   }
 
   // -- reactions ----------------------------------------------------------------------
@@ -291,7 +327,8 @@ export class Store extends EventTarget {
   visibleEntries(chatId, now) {
     const log = this.logs.get(chatId);
     if (!log) return [];
-    return log.sorted().filter((entry) => !CHANGE_KINDS.has(entry.kind) && !(entry.expires_at && entry.expires_at <= now));
+    return log.sorted().filter((entry) => !CHANGE_KINDS.has(entry.kind) && !(entry.expires_at && entry.expires_at <= now)
+      && !(log.hidden && log.hidden.has(entry.seq)));
   }
 
   /** The next moment an entry of this chat disappears (or null). */

@@ -7,7 +7,8 @@ import { errorText } from '../errors.js';
 import { fileSize, lastSeen, TTL_CHOICES, ttlLabel, when } from '../format.js';
 import { isMuted } from '../store.js';
 import { chatActions } from './chatactions.js';
-import { avatar, chatAvatarId, chatTitle } from './text.js';
+import { tick } from './chatlist.js';
+import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
 
 export class Dialogs {
   constructor(store, session, { onOpenChat, toast }) {
@@ -42,6 +43,46 @@ export class Dialogs {
     $('#confirm-ok').focus();
     return new Promise((resolve) => {
       dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+    });
+  }
+
+  /** Pick the chats to forward an entry to (one or several): resolves to their ids, or null. */
+  forward(entry) {
+    const dialog = $('#forward-dialog');
+    const chosen = new Set();
+    const search = $('#forward-search');
+    const send = $('#forward-send');
+    $('#forward-preview').textContent = entryText(this.store, entry);
+    $('#forward-error').textContent = '';
+    search.value = '';
+    const render = () => {
+      const query = search.value.trim().toLowerCase();
+      const chats = this.store.sortedChats().filter((chat) => chat.left_seq === undefined && !chat.hidden
+        && (!query || chatTitle(chat).toLowerCase().includes(query)));
+      $('#forward-list').replaceChildren(...chats.map((chat) => {
+        const id = `forward-${chat.id}`;
+        const box = h('input', { id, type: 'checkbox', checked: chosen.has(chat.id), value: chat.id });
+        box.addEventListener('change', () => {
+          if (box.checked) chosen.add(chat.id);
+          else chosen.delete(chat.id);
+          update();
+        });
+        return h('li', null, h('label', { for: id, class: 'pick forward-pick' }, box,
+          avatar(chatTitle(chat), chatAvatarId(chat)), h('span', null, chatTitle(chat))));
+      }));
+    };
+    const update = () => {
+      send.textContent = chosen.size > 1 ? `Forward to ${chosen.size} chats` : 'Forward';
+      send.disabled = chosen.size === 0;
+    };
+    search.oninput = render;
+    render();
+    update();
+    dialog.returnValue = '';
+    dialog.showModal();
+    search.focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok' ? [...chosen] : null), { once: true });
     });
   }
 
@@ -399,8 +440,18 @@ export class Dialogs {
     const body = $('#receipts-body');
     body.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
     dialog.showModal();
+    const chat = this.store.chats.get(chatId);
     try {
       const who = await this.session.api.receipts(chatId, entry.seq);
+      if (chat && chat.kind === 'direct') { // one person: where the message is with them
+        const peer = chat.peer ? this.store.nameOf(chat.peer.id) : 'them';
+        const [state, text] = who.read.length ? ['read', `Read by ${peer}`]
+          : who.delivered.length ? ['delivered', `Delivered to ${peer}`] : ['sent', `Sent, not delivered to ${peer} yet`];
+        body.replaceChildren(
+          h('blockquote', { class: 'receipt-quote' }, entry.text || 'Attachment'),
+          h('p', { class: `receipt-state ${state}` }, tick(state), ` ${text}`));
+        return;
+      }
       for (const id of [...who.read, ...who.delivered, ...who.pending]) if (!this.store.users.has(id)) this.session.ensureUser(id);
       const section = (title, ids, cls) => h('section', { class: `receipt-group ${cls}` },
         h('h3', { class: 'section-title' }, `${title} (${ids.length})`),
