@@ -118,6 +118,16 @@ class ChatClient:
     async def history(self, chat_id: str, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return (await self.request("GET", f"/api/chats/{chat_id}/messages", before=before, limit=limit))["messages"]
 
+    async def history_around(self, chat_id: str, seq: int, *, limit: int = 50) -> dict[str, Any]:
+        """A message in its context: ``{"messages", "has_more", "has_newer", "next_before"}``."""
+        return await self.request("GET", f"/api/chats/{chat_id}/messages", around=seq, limit=limit)
+
+    async def search(self, query: str, *, chat: str | None = None, limit: int = 20,
+                     before: str | None = None) -> dict[str, Any]:
+        """Messages matching `query`, the newest first: ``{"results": [{"chat", "message"}],
+        "next", "complete"}``; pass ``before=next`` for the next page."""
+        return await self.request("GET", "/api/search", q=query, chat=chat, limit=limit, before=before)
+
     async def hide(self, chat_id: str) -> None:
         await self.request("POST", f"/api/chats/{chat_id}/hide")
 

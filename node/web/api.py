@@ -21,6 +21,7 @@ from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole,
 from ..core.operations import OpenDirect, SetHidden
 from ..core.snowflake import parse_id
 from ..core.annotate import annotate
+from ..core.search import history_around
 from ..core.views import add_status, chat_list, chat_summary
 from ..plugin_api import Route
 from .plugin_routes import mount
@@ -375,10 +376,14 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def history(chat_id: str) -> Response:
         device = await current_device()
         before = query_int("before", None, 1, (1 << 63) - 1)
+        around = query_int("around", None, 1, (1 << 63) - 1)
         limit = query_int("limit", 50, 1, limits.history_page)
-        messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
-        has_more = len(messages) == limit
-        page = {"has_more": has_more, "next_before": messages[0]["seq"] if messages else None}
+        if around is not None:  # a message in its context (a search result, a starred message)
+            page = await history_around(node, device.user_id, path_id(chat_id), around, limit)
+            messages = page.pop("messages")
+        else:
+            messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
+            page = {"has_more": len(messages) == limit, "next_before": messages[0]["seq"] if messages else None}
         chat = await chats.load(path_id(chat_id))
         if chat is not None:
             await add_status(node, device.user_id, chat, messages)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from ..core.accounts import Device
@@ -16,6 +16,7 @@ from ..core.errors import ChatError, bad_request
 from ..core.personal import delete_for_me, set_star, starred_list
 from ..core.reactions import SetReaction, check_emoji, reactions_between
 from ..core.reports import dismiss_report, file_report, list_reports
+from ..core.search import search
 from ..core.views import chat_summary
 
 if TYPE_CHECKING:
@@ -133,6 +134,17 @@ def add_feature_routes(
             raise bad_request("give 'seqs': a list of message seqs")
         await delete_for_me(node, device.user_id, path_id(chat_id), seqs)
         return Response(b"", status=204)
+
+    # -- search --------------------------------------------------------------------
+
+    @app.get("/api/search")
+    async def search_messages() -> Response:
+        device = await current_device(node)
+        chat = request.args.get("chat")
+        limit = query_int("limit", 20, 1, 100)
+        return json_response(await search(node, device.user_id, request.args.get("q"),
+                                          chat_id=path_id(chat) if chat else None, limit=limit,
+                                          before=request.args.get("before")))
 
     # -- reports -------------------------------------------------------------------
 

@@ -88,6 +88,7 @@ export class Api {
   async openDirect(userId) { return (await this.request('POST', '/api/chats/direct', { user_id: userId })).chat; }
   history(chatId, before, limit = 50) { return this.request('GET', `/api/chats/${chatId}/messages`, undefined, { before, limit }); }
   async updateChat(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}`, changes)).chat; }
+  searchMessages(q, before, chat) { return this.request('GET', '/api/search', undefined, { q, before, chat, limit: 20 }); }
   async chatPrefs(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}/prefs`, changes)).chat; }
   async clearChat(chatId) { return (await this.request('POST', `/api/chats/${chatId}/clear`)).chat; }
   deleteChat(chatId) { return this.request('POST', `/api/chats/${chatId}/delete`); }

@@ -97,7 +97,9 @@ async function startSession(auth) {
     views = {
       ...views,
       dialogs,
-      chatList: new ChatListView(store, session, { onOpen: openChat, onStartDirect: startDirect, actionsContext }),
+      chatList: new ChatListView(store, session, {
+        onOpen: openChat, onStartDirect: startDirect, onShowMessage: showMessage, actionsContext,
+      }),
       conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast, actionsContext }),
       starred: new StarredView(store, session, { onClose: () => openChat(null), onShow: showMessage }),
       settings: new SettingsView(store, session, {

@@ -8,10 +8,12 @@ import { isMenuKey, onContextMenu, openMenu } from './menu.js';
 import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
 
 export class ChatListView {
-  constructor(store, session, { onOpen, onStartDirect, actionsContext }) {
+  constructor(store, session, { onOpen, onStartDirect, onShowMessage, actionsContext }) {
     this.store = store;
     this.session = session;
     this.onOpen = onOpen;
+    this.onShowMessage = onShowMessage;
+    this.found = null; // messages matching the search: {query, results, next, failed}
     this.onStartDirect = onStartDirect;
     this.actionsContext = actionsContext; // {store, session, dialogs, toast, onOpenChat}
     this.showArchived = false;
@@ -24,6 +26,7 @@ export class ChatListView {
     this.searchTimer = null;
     this.searchSeq = 0;
     this.search.addEventListener('input', () => this.onSearch());
+    $('#message-results-more').addEventListener('click', () => this.moreMessages());
     this.search.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && this.search.value) {
         e.preventDefault();
@@ -59,28 +62,66 @@ export class ChatListView {
     if (!this.query) {
       this.people = [];
       this.peopleFor = null;
+      this.found = { query: null, results: [], next: null, failed: false };
       this.renderPeople();
+      this.renderMessages();
       return;
     }
     const seq = ++this.searchSeq;
+    const query = this.query;
     this.searchTimer = setTimeout(async () => {
-      try {
-        const users = await this.session.api.searchUsers(this.query.replace(/^@/, ''));
-        if (seq === this.searchSeq) {
-          this.people = users;
-          this.peopleFor = this.query;
-          this.peopleFailed = false;
-          this.renderPeople();
-        }
-      } catch (err) {
-        if (seq === this.searchSeq) {
-          this.people = [];
-          this.peopleFor = this.query;
-          this.peopleFailed = true;
-          this.renderPeople();
-        }
-      }
-    }, 200);
+      const words = /[\p{L}\p{N}]/u.test(query);
+      const [people, messages] = await Promise.allSettled([
+        this.session.api.searchUsers(query.replace(/^@/, '')),
+        words ? this.session.api.searchMessages(query) : Promise.resolve({ results: [], next: null }),
+      ]);
+      if (seq !== this.searchSeq) return;
+      this.people = people.status === 'fulfilled' ? people.value : [];
+      this.peopleFor = query;
+      this.peopleFailed = people.status !== 'fulfilled';
+      this.found = messages.status === 'fulfilled'
+        ? { query, results: messages.value.results, next: messages.value.next, failed: false }
+        : { query, results: [], next: null, failed: true };
+      this.renderPeople();
+      this.renderMessages();
+    }, 250);
+  }
+
+  /** Messages matching the search (GET /api/search), the newest first; a click shows one in its chat. */
+  renderMessages() {
+    const found = this.found || { results: [] };
+    const section = $('#message-results');
+    const terms = (found.query || '').split(/[^\p{L}\p{N}]+/u).filter(Boolean);
+    $('#message-results-list').replaceChildren(...found.results.map(({ chat: chatId, message }) => {
+      const chat = this.store.chats.get(chatId);
+      const where = chat ? chatTitle(chat) : 'A chat';
+      const who = this.store.nameOf(message.from);
+      const heading = chat && chat.kind === 'group' ? `${who} · ${where}` : where;
+      return h('li', null, h('button', {
+        type: 'button', class: 'chat-item result-item', dataset: { chat: chatId, seq: message.seq },
+        onclick: () => this.onShowMessage(chatId, message.seq),
+      },
+      chat ? avatar(where, chatAvatarId(chat)) : avatar(where, chatId),
+      h('span', { class: 'chat-main' },
+        h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, heading),
+          h('time', { class: 'chat-time' }, listTime(message.ts))),
+        h('span', { class: 'chat-line' }, h('span', { class: 'preview' }, highlight(entryText(this.store, message), terms))))));
+    }));
+    section.hidden = !this.query || !found.results.length;
+    $('#message-results-more').hidden = !found.next;
+    this.renderNoMatch();
+  }
+
+  async moreMessages() {
+    const found = this.found;
+    if (!found || !found.next) return;
+    try {
+      const page = await this.session.api.searchMessages(found.query, found.next);
+      if (this.found !== found) return;
+      found.results.push(...page.results);
+      found.next = page.next;
+      this.renderMessages();
+    } catch (err) { /* the button stays; trying again may work */ }
   }
 
   renderPeople() {
@@ -96,15 +137,17 @@ export class ChatListView {
     this.renderNoMatch();
   }
 
-  /** Searching found nothing (chats, and people once the node answered): say so. */
+  /** Searching found nothing (chats, and people and messages once the node answered): say so. */
   renderNoMatch() {
     const empty = $('#search-empty');
     const chats = this.list.childElementCount;
     const answered = this.query && this.peopleFor === this.query;
-    empty.hidden = !answered || chats > 0 || this.people.length > 0;
-    empty.textContent = this.peopleFailed
-      ? `No chats match “${this.search.value.trim()}”, and people can’t be searched right now.`
-      : `No chats or people match “${this.search.value.trim()}”.`;
+    const messages = this.found && this.found.query === this.query ? this.found.results.length : 0;
+    empty.hidden = !answered || chats > 0 || this.people.length > 0 || messages > 0;
+    const typed = this.search.value.trim();
+    empty.textContent = this.peopleFailed || (this.found && this.found.failed)
+      ? `No chats match “${typed}”, and people and messages can’t be searched right now.`
+      : `No chats, people or messages match “${typed}”.`;
   }
 
   async startDirect(user) {
@@ -229,6 +272,22 @@ export class ChatListView {
     onContextMenu(row, (at) => this.openChatMenu(chat, at));
     return row;
   }
+}
+
+/** Text with the searched words marked (as DOM nodes: <mark>, never HTML). */
+function highlight(text, terms) {
+  if (!terms.length) return text;
+  const escaped = terms.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  const pattern = new RegExp(`(?<![\\p{L}\\p{N}])(${escaped.join('|')})`, 'giu');
+  const out = [];
+  let last = 0;
+  for (const match of text.matchAll(pattern)) {
+    if (match.index > last) out.push(text.slice(last, match.index));
+    out.push(h('mark', null, match[0]));
+    last = match.index + match[0].length;
+  }
+  out.push(text.slice(last));
+  return out;
 }
 
 export function tick(status) {
