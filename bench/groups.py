@@ -107,7 +107,7 @@ def run_once(members: int, rate: float, seconds: float, window: int, profile: st
                 state["n"] += 1
                 n = state["n"]
                 fan.sent_at[n] = time.perf_counter()
-                sender.send_text(b'{"type":"send","client_msg_id":"%d","chat":"%s","text":"%d hello group"}'
+                sender.send_text(b'{"type":"send","client_msg_id":"%d","chat":"%s","kind":"text","text":"%d hello group"}'
                                  % (n, chat.encode(), n))
                 state["inflight"] += 1
 

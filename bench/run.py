@@ -174,7 +174,7 @@ class Senders:
         events = []
         for _ in range(n):
             self._n += 1
-            events.append(b'{"type":"send","client_msg_id":"%s-%d","chat":"%s","text":"%.6f %s"}'
+            events.append(b'{"type":"send","client_msg_id":"%s-%d","chat":"%s","kind":"text","text":"%.6f %s"}'
                           % (self._prefix, self._n, chat.encode(), time.perf_counter(), PAD))
         return events[0] if n == 1 else b"[" + b",".join(events) + b"]"
 

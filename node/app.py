@@ -32,6 +32,7 @@ from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
 from .core.blocks import Blocks
 from .core.chats import Chats, now_ms
+from .core.connlimit import ConnectionLimits
 from .core.dedupe import sweep_dedupe
 from .core.errors import CLOSE_GOING_AWAY, ChatError
 from .core.hub import Hub
@@ -76,6 +77,7 @@ class Node:
     ws_port: int = 0
     version: str = VERSION
     cluster: object | None = None  # node.cluster.service.ClusterService when [cluster] enabled
+    connections: ConnectionLimits = attrs.Factory(lambda node: ConnectionLimits.of(node.config), takes_self=True)
 
     @property
     def http_url(self) -> str:
@@ -107,6 +109,7 @@ class Node:
             "storage": self.storage.statistics(),
             "chats": {"operations_applied": self.chats.applied, "dedupe_purged": self.chats.dedupe_purged},
             "plugins": self.plugins.statistics(),
+            "connections": self.connections.statistics(),
             **({"cluster": self.cluster.statistics()} if self.cluster is not None else {}),
         }
 
@@ -199,7 +202,8 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     app = RequestLog(app, access=node.config.log.access)  # X-Request-Id and the access log
     app = ForwardedFor(app, cfg.trusted_proxies)  # the client's address behind a reverse proxy
     started = _Started(task_status, port)
-    await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, task_status=started)
+    await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, guard=node.connections.guard,
+                    task_status=started)
 
 
 class _Started:
@@ -252,7 +256,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
     for plugin in manager.describe():
         log.info("plugin %s %s%s", plugin["name"], plugin["version"], " (built in)" if plugin["builtin"] else "")
     data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new data dir is the node's alone
     async with open_storage(config.storage, data_dir, now=now_ms) as storage:
         ids = SnowflakeGenerator(config.node.id, after=await _read_id_high_water(storage))
 

@@ -108,6 +108,8 @@ class LimitsSection:
     frames_per_second: float = _float(50.0, 1.0, 100_000.0)  # sustained inbound frames per connection
     frame_burst: int = _int(200, 1, 1_000_000)  # inbound frames allowed in a burst
     max_connections_per_user: int = _int(10, 1, 10_000)
+    max_connections_per_address: int = _int(64, 1, 1_000_000)  # open sockets per client address, both ports
+    reserved_fds: int = _int(128, 16, 1_000_000)  # file descriptors kept free for the node and the admin
     outgoing_queue: int = _int(1024, 16, 1_000_000)  # queued events per connection before it is cut
     hello_timeout: float = _float(10.0, 0.1, 600.0)  # seconds to authenticate after connecting
     history_page: int = _int(200, 1, 10_000)  # most messages per history or sync page

@@ -63,7 +63,7 @@ def _probe_data_dir(path: Path, *, keep: bool) -> None:
     created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new data dir is the node's alone
         except OSError as exc:
             raise ConfigError(
                 f"node.data_dir: cannot create {path} ({exc.strerror}); create it, writable by {user}, "

@@ -20,7 +20,7 @@ import trio
 from conftest import make_config, new_user, running_node
 from PIL import Image
 
-from node import ChatError, hookimpl
+from node import ChatError, hookimpl, preflight
 from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.plugins.media import records
@@ -515,6 +515,86 @@ async def test_too_many_pixels_are_refused(tmp_path):
         await alice.aclose()
 
 
+def gif_bomb(width: int, height: int, frames: int, white: bool = False) -> bytes:
+    """A GIF whose canvas is width x height but whose frames are one pixel each: a few bytes
+    per frame on disk, a whole canvas per frame once decoded (3000x3000x60: 1.4 KB).
+
+    The pixels are black on black (every frame looks the same: costs time) or white (every
+    frame differs from the one before: an encoder keeps them all, costs memory)."""
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + bytes(3) + b"\xff" * 3)
+    for i in range(frames):
+        out += b"\x21\xf9\x04\x00" + struct.pack("<H", 10) + b"\x00\x00"  # graphic control: 0.1 s
+        out += b"\x2c" + struct.pack("<HHHHB", i % width, i // width, 1, 1, 0)  # a 1x1 image at (i, 0)
+        out += b"\x02\x02\x4c\x01\x00" if white else b"\x02\x02\x44\x01\x00"  # LZW: clear, pixel, end
+    return bytes(out + b"\x3b")
+
+
+def rss_bytes() -> int:
+    """This process's resident memory: the node runs in it."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def upload_bomb(node, bomb: bytes) -> ClientError:
+    """Upload a bomb as a new user; return the refusal, after checking the node stayed small."""
+    alice = await new_user(node)
+    await alice.upload(png())  # warm up the upload path before measuring
+    before = rss_bytes()
+    with trio.fail_after(20), pytest.raises(ClientError) as refused:
+        await alice.upload(bomb)
+    grown = rss_bytes() - before
+    assert grown < 32 * 1024 * 1024, f"the node grew by {grown >> 20} MiB"
+    await assert_nothing_left(node, items_before=1)
+    media = await alice.upload(png(40, 30))  # the node still processes images
+    assert media["width"] == 40
+    await alice.aclose()
+    return refused.value
+
+
+async def test_an_animated_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """Pixels are counted over all frames, so 60 one-pixel frames on a 3000x3000 canvas are
+    540 million pixels, past the default budget of 50 million: refused at once."""
+    bomb = gif_bomb(3000, 3000, 60)
+    assert len(bomb) < 1500
+    async with running_node(media_config(tmp_path)) as node:
+        refused = await upload_bomb(node, bomb)
+    assert refused.code == "too_large"
+    assert "3000x3000x60" in refused.message
+
+
+async def test_animations_are_limited_in_frames(tmp_path):
+    async with running_node(media_config(tmp_path, max_image_frames=50)) as node:
+        alice = await new_user(node)
+        with trio.fail_after(10), pytest.raises(ClientError) as refused:
+            await alice.upload(gif_bomb(10, 10, 51))
+        assert refused.value.code == "too_large" and "limited to 50 frames" in refused.value.message
+        media = await alice.upload(gif_bomb(10, 10, 50))
+        assert (media["width"], media["height"]) == (10, 10)
+        await alice.aclose()
+
+
+async def test_a_decode_past_the_memory_limit_ends_its_process_not_the_node(tmp_path):
+    """With the pixel budget out of the way, the decoding process's own memory limit stops
+    the bomb: it fails there, and the node answers 413 and carries on."""
+    config = media_config(tmp_path, max_image_pixels=10**12, max_image_frames=10**6, image_memory_mb=256)
+    async with running_node(config) as node:
+        refused = await upload_bomb(node, gif_bomb(3000, 3000, 60, white=True))
+    assert refused.code == "too_large"
+    assert "256 MiB" in refused.message
+
+
+async def test_a_decode_past_the_time_limit_is_killed(tmp_path):
+    config = media_config(tmp_path, max_image_pixels=10**12, max_image_frames=10**6, image_memory_mb=8192,
+                          image_timeout=1.0)
+    async with running_node(config) as node:
+        refused = await upload_bomb(node, gif_bomb(3000, 3000, 60))
+    assert refused.code == "too_large"
+    assert "longer than 1 s" in refused.message
+
+
 async def test_a_client_that_disconnects_mid_upload_leaves_nothing(node, trio_users):
     alice = await trio_users("alice")
     host, port = "127.0.0.1", node.http_port
@@ -701,11 +781,51 @@ async def test_leftovers_of_a_crash_are_cleaned_at_start(tmp_path):
     assert (root / "signing.key").stat().st_mode & 0o777 == 0o600
 
 
+async def test_data_at_rest_is_for_the_node_alone(tmp_path):
+    """The data dir is created 0700, media folders are 0700 and media files 0600, whatever
+    the umask; a media store left 0755 by an older version is made 0700 at start."""
+    config = media_config(tmp_path)
+    (config.data_dir / "media" / "content").mkdir(parents=True, mode=0o755)
+    os.chmod(config.data_dir, 0o755)  # an existing data dir is the operator's: left as it is
+    (tmp_path / "fresh").mkdir()
+    fresh = make_config(tmp_path / "fresh")
+    old_umask = os.umask(0o022)
+    try:
+        async with running_node(fresh) as node:
+            alice = await new_user(node, "alice")
+            await alice.upload(png())
+            await alice.upload(b"%PDF-1.4\n" + bytes(100))
+            await alice.aclose()
+        async with running_node(config):
+            pass
+    finally:
+        os.umask(old_umask)
+    mode = lambda path: path.stat().st_mode & 0o777  # noqa: E731
+    assert mode(fresh.data_dir) == 0o700
+    served = make_config(tmp_path / "served")  # `chatnode serve` makes the data dir before the node starts
+    old_umask = os.umask(0o022)
+    try:
+        preflight.prepare_data_dir(served).close()
+    finally:
+        os.umask(old_umask)
+    assert mode(served.data_dir) == 0o700
+    media = fresh.data_dir / "media"
+    folders = [media, *(p for p in media.rglob("*") if p.is_dir())]
+    files = [p for p in media.rglob("*") if p.is_file()]
+    assert len(files) >= 4  # two contents, a thumbnail, the signing key
+    assert {str(p.relative_to(media)): mode(p) for p in folders} == {str(p.relative_to(media)): 0o700 for p in folders}
+    assert {str(p.relative_to(media)): mode(p) for p in files} == {str(p.relative_to(media)): 0o600 for p in files}
+    assert mode(config.data_dir / "media") == 0o700  # what an older version left inside is now out of reach
+    assert mode(config.data_dir) == 0o755
+
+
 async def test_media_settings_are_validated(tmp_path):
     from node.config import ConfigError
 
     with pytest.raises(ConfigError, match="plugins.media"):
         await serve_node(media_config(tmp_path, max_image_bytes=0))
+    with pytest.raises(ConfigError, match="plugins.media"):
+        await serve_node(media_config(tmp_path, image_memory_mb=100))
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[plugins.media\]: colour"):
         await serve_node(media_config(tmp_path, colour="red"))
 
@@ -773,15 +893,18 @@ def test_unit_webm_tracks_and_durations(tmp_path):
 
 
 def test_unit_animations_keep_their_frames_and_lose_their_comments(tmp_path):
-    from node.plugins.media.images import process_image
+    from node.plugins.media.images import ImageRejected, process_image
 
     frames = [Image.new("RGB", (30, 20), color) for color in ("red", "green", "blue")]
     for fmt, mime in (("GIF", "image/gif"), ("WEBP", "image/webp"), ("PNG", "image/png")):
         path = tmp_path / f"a.{fmt.lower()}"
         extra = {"comment": b"secret comment"} if fmt == "GIF" else {}
         frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=[50, 60, 70], loop=0, **extra)
-        clean, thumb, meta = process_image(path, mime, max_pixels=10**6, thumbnail_size=16, quality=90)
+        clean, thumb, meta = process_image(path, mime, max_pixels=10**6, max_frames=10, thumbnail_size=16, quality=90)
         image = Image.open(io.BytesIO(clean))
         assert image.format == fmt and getattr(image, "n_frames", 1) == 3, fmt
         assert b"secret" not in clean and meta == {"width": 30, "height": 20}
         assert max(Image.open(io.BytesIO(thumb)).size) <= 16
+        with pytest.raises(ImageRejected, match="30x20x3") as refused:
+            process_image(path, mime, max_pixels=30 * 20 * 3 - 1, max_frames=10, thumbnail_size=16, quality=90)
+        assert refused.value.too_large

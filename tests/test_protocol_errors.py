@@ -36,6 +36,15 @@ async def expect(ws, type_: str, **fields) -> dict:
                 assert event["type"] in ("synced", "welcome"), event
 
 
+async def skip_until(ws, type_: str) -> None:
+    """Read events, whatever they are, until one of `type_` arrives."""
+    with trio.fail_after(5):
+        while True:
+            data = orjson.loads(await ws.get_message())
+            if any(event["type"] == type_ for event in (data if isinstance(data, list) else [data])):
+                return
+
+
 async def expect_close(ws) -> int:
     with trio.fail_after(5):
         try:
@@ -70,6 +79,7 @@ async def assert_nothing_stored(client, chat):
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": "x", "colour": "red"}', "bad_request"),
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "hologram", "text": "x"}', "bad_request"),
         ('{"type": "received", "chat": "12", "seq": -1}', "bad_request"),
+        ('{"type": "ping", "now": 1}', "bad_request"),  # ping takes no fields
         ('{"type": "hello", "token": "again"}', "unknown_type"),
     ],
 )
@@ -84,6 +94,69 @@ async def test_malformed_frames_get_errors_and_the_connection_stays_up(pair, fra
     finally:
         await ws_cm.__aexit__(None, None, None)
     await assert_nothing_stored(alice, chat)
+
+
+async def test_ids_are_decimal_strings_and_kind_is_required(pair):
+    """Ids sent as JSON numbers are refused wherever an id is expected, and so is a send
+    without `kind`: nothing is stored, nothing is marked."""
+    alice, bob, chat = pair
+    chat_id = int(chat["id"])
+    ack = None
+    async with alice.connect() as a:
+        ack = await a.send_text(chat["id"], "the only message")
+    message_id = int(ack["id"])
+    sends = [
+        {"chat": chat_id, "kind": "text", "text": "x"},
+        {"chat": chat["id"], "text": "no kind"},
+        {"chat": chat["id"], "kind": None, "text": "null kind"},
+        {"chat": chat["id"], "kind": "text", "text": "x", "reply_to": message_id},
+        {"chat": chat["id"], "kind": "text", "text": "x", "reply_to": "\uff11\uff12"},  # digits to Python only
+        {"chat": chat["id"], "kind": "edit", "target": message_id, "text": "changed"},
+        {"chat": chat["id"], "kind": "delete", "target": message_id},
+    ]
+    marks = [
+        {"type": "received", "chat": chat_id, "seq": 1},
+        {"type": "read", "chat": chat_id, "seq": 1},
+        {"type": "typing", "chat": chat_id},
+    ]
+    for client, events in ((alice, [{"type": "send", "client_msg_id": f"k{i}", **e} for i, e in enumerate(sends)]),
+                           (bob, marks)):
+        ws_cm, ws = await raw_socket(client)
+        try:
+            await skip_until(ws, "synced")  # the replay: bob gets alice's message, but does not mark it
+            for event in events:
+                await ws.send_message(orjson.dumps(event).decode())
+                error = await expect(ws, "error")
+                assert error["code"] == "bad_request", (event, error)
+        finally:
+            await ws_cm.__aexit__(None, None, None)
+    history = await alice.history(chat["id"])
+    assert [(m["text"], m.get("edited")) for m in history] == [("the only message", None)]
+    members = (await bob.request("GET", f"/api/chats/{chat['id']}/members"))["members"]
+    assert [(m["delivered_seq"], m["read_seq"]) for m in members if m["user"]["id"] == bob.user["id"]] == [(0, 0)]
+
+
+async def test_client_msg_id_is_up_to_64_characters(pair):
+    alice, _bob, chat = pair
+    async with alice.connect() as a:
+        assert (await a.send_text(chat["id"], "x", client_msg_id="é" * 64))["seq"] == 1  # 128 bytes
+        assert (await a.send_text(chat["id"], "x", client_msg_id="a" * 64))["seq"] == 2
+        for too_long in ("é" * 65, "a" * 65):
+            with pytest.raises(Exception) as info:
+                await a.send_text(chat["id"], "x", client_msg_id=too_long)
+            assert info.value.code == "bad_request" and "64 characters" in info.value.message
+    assert len(await alice.history(chat["id"])) == 2
+
+
+async def test_null_for_an_optional_field_of_hello_is_absent(pair):
+    alice, _bob, _chat = pair
+    async with open_websocket_url(await alice.ws_url()) as ws:
+        await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token, "cursors": None,
+                                            "device": None}).decode())
+        await expect(ws, "welcome")
+        await ws.send_message(orjson.dumps({"type": "typing", "chat": _chat["id"], "typing": None}).decode())
+        await ws.send_message('{"type": "ping"}')
+        await expect(ws, "pong")
 
 
 async def test_writing_to_a_chat_you_are_not_in(node, users, pair):
@@ -129,7 +202,8 @@ async def test_too_many_events_in_one_frame(pair, node):
     n = node.config.limits.max_events_per_frame + 1
     ws_cm, ws = await raw_socket(alice)
     try:
-        frame = [{"type": "send", "client_msg_id": f"c{i}", "chat": chat["id"], "text": "x"} for i in range(n)]
+        frame = [{"type": "send", "client_msg_id": f"c{i}", "chat": chat["id"], "kind": "text", "text": "x"}
+                 for i in range(n)]
         await ws.send_message(orjson.dumps(frame).decode())
         await expect(ws, "error", code="too_many_events")
     finally:
@@ -159,7 +233,8 @@ async def test_bad_token_is_refused_with_4001(pair, token):
 async def test_first_frame_must_be_hello(pair):
     alice, _bob, chat = pair
     async with open_websocket_url(await alice.ws_url()) as ws:
-        await ws.send_message(orjson.dumps({"type": "send", "client_msg_id": "x", "chat": chat["id"], "text": "hi"}).decode())
+        await ws.send_message(orjson.dumps({"type": "send", "client_msg_id": "x", "chat": chat["id"], "kind": "text",
+                                            "text": "hi"}).decode())
         await expect(ws, "error", code="not_hello")
         assert await expect_close(ws) == 4000
     await assert_nothing_stored(alice, chat)

@@ -9,8 +9,11 @@ signature and claims against the node's public key.
 from __future__ import annotations
 
 import base64
+import datetime
 import os
+import socket
 import time
+import zlib
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -19,12 +22,14 @@ import orjson
 import pytest
 import trio
 from conftest import PASSWORD, make_config, new_user, running_node
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import NameOID
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
@@ -50,11 +55,14 @@ def unb64u(text: str) -> bytes:
 
 class Receiver:
     """A tiny HTTP server (raw ASGI on hypercorn) that records every request and answers
-    with the next status from `statuses` (then 201), or from `by_path[path]` if given."""
+    with the next status from `statuses` (then 201), or from `by_path[path]` if given, and
+    with `answer` (headers, body) if given, else an empty body."""
 
-    def __init__(self, statuses: list[int] | None = None, by_path: dict[str, list[int]] | None = None) -> None:
+    def __init__(self, statuses: list[int] | None = None, by_path: dict[str, list[int]] | None = None,
+                 answer: tuple[list[tuple[bytes, bytes]], bytes] | None = None) -> None:
         self.statuses = list(statuses or [])
         self.by_path = {path: list(codes) for path, codes in (by_path or {}).items()}
+        self.answer = answer or ([(b"content-length", b"0")], b"")
         self._send, self.requests = trio.open_memory_channel[dict[str, Any]](1000)
         self.url = ""
 
@@ -75,8 +83,9 @@ class Receiver:
         status = queue.pop(0) if queue else 201
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self._send.send_nowait({"path": scope["path"], "headers": headers, "body": body, "status": status})
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
+        headers, answer = self.answer
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
 
     async def next(self, timeout: float = 10.0) -> dict[str, Any]:
         with trio.fail_after(timeout):
@@ -92,11 +101,15 @@ class Receiver:
 
 
 @asynccontextmanager
-async def receiver(statuses: list[int] | None = None, by_path: dict[str, list[int]] | None = None):
-    r = Receiver(statuses, by_path)
+async def receiver(statuses: list[int] | None = None, by_path: dict[str, list[int]] | None = None,
+                   answer: tuple[list[tuple[bytes, bytes]], bytes] | None = None, tls: tuple[str, str] | None = None):
+    """A Receiver on 127.0.0.1; `tls` = (certificate file, key file) serves https."""
+    r = Receiver(statuses, by_path, answer)
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
+    if tls is not None:
+        config.certfile, config.keyfile = tls
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, r.app, config, shutdown_trigger=stop.wait))
@@ -222,6 +235,7 @@ async def test_the_vapid_key_is_made_once_and_kept(tmp_path):
         await alice.aclose()
     key_file = config.data_dir / "push" / "vapid_private.pem"
     assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.parent.stat().st_mode & 0o777 == 0o700
     async with running_node(config) as node:
         alice = ChatClient(node.http_url)
         assert await alice.vapid_public_key() == first
@@ -434,6 +448,189 @@ async def test_a_renewed_target_belongs_to_the_device_that_renewed_it(tmp_path):
         assert await laptop.push_targets() == [renewed]
 
 
+# -- what the node's HTTP client connects to and reads ---------------------------------------------
+
+
+def rss_bytes() -> int:
+    """This process's resident memory: the node runs in it."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def gzip_of_zeros(mib: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1024 * 1024)
+    return b"".join(packer.compress(zeros) for _ in range(mib)) + packer.flush()
+
+
+async def test_a_gzip_bomb_answer_is_neither_read_nor_retried(tmp_path):
+    """A webhook that answers 200 with 256 KiB of gzip (256 MiB of zeros) although the node
+    asked for `Accept-Encoding: identity`: the node reads a few KiB of it, decodes nothing,
+    and the notification counts as sent, once."""
+    bomb = gzip_of_zeros(256)
+    answer = ([(b"content-type", b"application/json"), (b"content-encoding", b"gzip"),
+               (b"content-length", str(len(bomb)).encode())], bomb)
+    async with (receiver(statuses=[200], answer=answer) as hook,
+                running_node(push_config(tmp_path, retry_base=0.01)) as node):
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        stats = node.plugins.pm.get_plugin("push").dispatcher.statistics
+        with trio.fail_after(20):
+            await bob.register_push_target("webhook", f"{hook.url}/bomb")
+            before = peak = rss_bytes()
+            async with alice.connect() as a:
+                await a.send_text(chat["id"], "hello")
+            request = await hook.next()
+            while stats()["sent"] + stats()["retried"] + stats()["failed"] == 0:
+                peak = max(peak, rss_bytes())
+                await trio.sleep(0.01)
+        peak = max(peak, rss_bytes())
+        assert peak - before < 32 * 1024 * 1024, f"the node grew by {(peak - before) >> 20} MiB"
+        assert stats()["sent"] == 1 and stats()["retried"] == 0
+        assert hook.received_nowait() == []
+        assert request["headers"]["accept-encoding"] == "identity"
+        await alice.aclose()
+        await bob.aclose()
+
+
+class RebindingDNS(trio.abc.HostnameResolver):
+    """The DNS of `push.test` as an attacker runs it: the first lookup gets a public address
+    (it passes the check), every later one gets 127.0.0.1 (the node's own network)."""
+
+    def __init__(self, public: str) -> None:
+        self.public = public
+        self.lookups = 0
+
+    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+        name = host.decode() if isinstance(host, bytes) else host
+        if name != "push.test":
+            return await trio.to_thread.run_sync(socket.getaddrinfo, host, port, family, type, proto, flags)
+        self.lookups += 1
+        address = self.public if self.lookups == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))]
+
+    async def getnameinfo(self, sockaddr, flags):
+        return await trio.to_thread.run_sync(socket.getnameinfo, sockaddr, flags)
+
+
+def issue_certificate(folder, name: str) -> tuple[str, str, str]:
+    """A CA and a server certificate for `name` it signed: (CA file, certificate file, key file)."""
+    def make(subject: str, issuer_key, issuer: str | None, *, ca: bool):
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or subject)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                                            critical=True)
+        else:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+        return key, builder.sign(issuer_key or key, hashes.SHA256())
+
+    ca_key, ca_cert = make("test CA", None, None, ca=True)
+    key, cert = make(name, ca_key, "test CA", ca=False)
+    paths = [str(folder / f) for f in ("ca.pem", "cert.pem", "key.pem")]
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (folder / "key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return paths[0], paths[1], paths[2]
+
+
+class FixedDNS(RebindingDNS):
+    """`push.test` is 127.0.0.1, every time."""
+
+    def __init__(self) -> None:
+        super().__init__(public="127.0.0.1")
+
+
+async def test_a_pinned_https_request_keeps_the_host_name_for_tls_and_host(tmp_path, monkeypatch):
+    """The connection goes to the address looked up, but TLS still names the host (SNI, and
+    the certificate is checked against it) and so does the Host header."""
+    ca, cert, key = issue_certificate(tmp_path, "push.test")
+    monkeypatch.setenv("SSL_CERT_FILE", ca)  # the node's TLS trusts the test CA (read at start)
+    dns = FixedDNS()
+    previous_dns = trio.socket.set_custom_hostname_resolver(dns)
+    try:
+        async with receiver(tls=(cert, key)) as hook, running_node(push_config(tmp_path)) as node:
+            alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+            chat = await alice.open_direct(username="bob")
+            port = int(hook.url.rsplit(":", 1)[1])
+            with trio.fail_after(20):
+                await bob.register_push_target("webhook", f"https://push.test:{port}/tls")
+                async with alice.connect() as a:
+                    await a.send_text(chat["id"], "hello")
+                request = await hook.next()
+            assert request["path"] == "/tls" and request["headers"]["host"] == f"push.test:{port}"
+            assert dns.lookups == 1
+            await alice.aclose()
+            await bob.aclose()
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous_dns)
+
+
+class LoopbackOnly(trio.abc.SocketFactory):
+    """Every socket made in this test is bound to the loopback interface, so a connection to
+    a public address goes nowhere (nothing leaves the machine)."""
+
+    def socket(self, family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0):
+        sock = socket.socket(family, type, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        return trio.socket.from_stdlib_socket(sock)
+
+
+async def test_a_rebinding_name_cannot_reach_the_nodes_own_network(tmp_path):
+    """DNS rebinding: the name is looked up once, checked, and the connection goes to that
+    checked (public) address; a second lookup, which would answer 127.0.0.1, never happens."""
+    reached = []
+
+    async def service_on_loopback(stream: trio.SocketStream) -> None:
+        reached.append(stream)
+        await stream.aclose()
+
+    probe = socket.socket()
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+    except PermissionError:
+        pytest.skip("binding a socket to the loopback interface is not permitted here")
+    finally:
+        probe.close()
+    dns = RebindingDNS(public="93.184.216.34")
+    config = push_config(tmp_path, allow_private_endpoints=False, max_attempts=2, retry_base=0.01, timeout=0.5)
+    async with running_node(config) as node, trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, service_on_loopback, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        push = node.plugins.pm.get_plugin("push")
+        await bob.register_push_target("webhook", f"https://push.test:{port}/hook")
+        previous_dns = trio.socket.set_custom_hostname_resolver(dns)
+        previous_factory = trio.socket.set_custom_socket_factory(LoopbackOnly())
+        try:
+            with trio.fail_after(20):
+                async with alice.connect() as a:
+                    await a.send_text(chat["id"], "hello")
+                while push.dispatcher.statistics()["failed"] == 0:
+                    await trio.sleep(0.01)
+        finally:
+            trio.socket.set_custom_hostname_resolver(previous_dns)
+            trio.socket.set_custom_socket_factory(previous_factory)
+        assert reached == []
+        assert dns.lookups == 2  # one per attempt: the second attempt was refused (127.0.0.1) at its check
+        nursery.cancel_scope.cancel()
+        await alice.aclose()
+        await bob.aclose()
+
+
 # -- registration ------------------------------------------------------------------------------------
 
 
@@ -449,6 +646,11 @@ async def test_target_registration_is_validated(tmp_path):
             ("webhook", "https://[::1]/x", None),
             ("webhook", "https://10.1.2.3/x", None),
             ("webhook", "https://localhost/x", None),
+            ("webhook", "https://[64:ff9b::7f00:1]/x", None),  # NAT64 of 127.0.0.1
+            ("webhook", "https://[64:ff9b::808:808]/x", None),  # NAT64 of a public address: refused too
+            ("webhook", "https://[2002:7f00:1::1]/x", None),  # 6to4
+            ("webhook", "https://[::7f00:1]/x", None),  # IPv4-compatible
+            ("webhook", "https://[::ffff:10.0.0.1]/x", None),  # IPv4-mapped private
             ("webpush", "https://push.example.org/x", None),
             ("webpush", "https://push.example.org/x", {"p256dh": "AAAA", "auth": browser.keys["auth"]}),
             ("webpush", "https://push.example.org/x", {"p256dh": browser.keys["p256dh"], "auth": "AAAA"}),

@@ -41,7 +41,8 @@ def test_node_id_range():
         SnowflakeGenerator(1024)
 
 
-@pytest.mark.parametrize("bad", ["", "12a", "-5", True, 1.5, None, "9" * 30, "0"])
+@pytest.mark.parametrize("bad", ["", "12a", "-5", True, 1.5, None, "9" * 30, "0", 385592017045946368, "\uff11\uff12",
+                                 "\u0661\u0662", " 12", "12\n"])
 def test_parse_id_rejects_non_ids(bad):
     with pytest.raises(ValueError):
         parse_id(bad)

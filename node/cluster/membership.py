@@ -25,6 +25,7 @@ packet size; full state goes over streams (push-pull), on join and periodically.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -42,6 +43,7 @@ from .messages import (
     ALIVE,
     DEAD,
     LEFT,
+    MAX_INCARNATION,
     PROTOCOL_VERSION,
     SUSPECT,
     Ack,
@@ -68,7 +70,8 @@ log = logging.getLogger(__name__)
 
 PACKET_HEADER_RESERVE = 3  # a msgpack array header of up to 65535 messages
 MAX_RELAYS = 64  # ping-req relays in flight; more are dropped (a flood must not grow tasks)
-MAX_STREAMS = 32  # state exchanges served at once; more are closed unread
+MAX_STREAMS = 32  # state exchanges served at once, once their first frame opened with the key
+MAX_UNAUTHENTICATED = 32  # streams still sending their first frame; a newcomer evicts the oldest
 NACK_FRACTION = 0.8  # a relay nacks after this share of the probe timeout, to beat the prober's deadline
 MAX_LOGGED_CONFLICTS = 1024
 PUSH_PULL_SCALE_THRESHOLD = 32  # above this many members, push-pull slows down with log2(n)
@@ -167,6 +170,8 @@ class Membership:
         self._acks: dict[int, _AckWaiter] = {}
         self._relays = 0
         self._streams = 0
+        self._unauthenticated: dict[int, trio.CancelScope] = {}  # by arrival, oldest first
+        self._stream_ids = itertools.count()
         self._probe_order: list[int] = []
         self._probe_index = 0
         self._wakeups: dict[int, trio.Event] = {}  # suspicion timers, woken when a confirmation arrives
@@ -180,7 +185,7 @@ class Membership:
                 "recoveries", "packets_in", "packets_out", "bytes_in", "bytes_out", "dropped_packets",
                 "dropped_unauthenticated", "dropped_malformed", "dropped_oversize", "dropped_misdirected",
                 "dropped_relays", "push_pulls", "push_pull_failures", "streams_served", "streams_dropped",
-                "conflicts", "reaped",
+                "streams_evicted", "conflicts", "reaped",
             ),
             0,
         )  # fmt: skip
@@ -236,7 +241,7 @@ class Membership:
             log.error("cluster: HTTP URL %r is too long to announce; members keep the old one", http_url)
             return
         local.http_url = http_url
-        local.incarnation += 1
+        local.incarnation = min(MAX_INCARNATION, local.incarnation + 1)
         self._queue(local.node, local.alive_message())
 
     # -- lifecycle -----------------------------------------------------------------
@@ -650,34 +655,24 @@ class Membership:
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         """Answer one push-pull. The remote state is merged before we reply, so the reply
-        already carries our refutations: that is what lets a healed partition converge."""
-        if self._streams >= MAX_STREAMS:  # each may buffer up to max_stream_bytes before it authenticates
-            self.stats["streams_dropped"] += 1
-            await trio.aclose_forcefully(stream)
-            return
-        self._streams += 1
-        self.stats["streams_served"] += 1
+        already carries our refutations: that is what lets a healed partition converge.
+
+        A stream takes one of the MAX_STREAMS places only once its first frame opened with
+        the key; until then it is one of MAX_UNAUTHENTICATED (see `_first_frame`)."""
         try:
-            with trio.move_on_after(self.config.stream_timeout):
-                msg = self._open_frame(await receive_frame(stream, self.config.max_stream_bytes))
-                if not isinstance(msg, PushPull):
-                    raise DecodeError("expected a push-pull")
-                if msg.join:
-                    own = next((r for r in msg.members if r.node == msg.sender), None)
-                    if own is None:
-                        raise DecodeError("a join must carry the joiner's own row")
-                    taken = self._claim_conflict(own)
-                    if taken is not None:
-                        self.stats["conflicts"] += 1
-                        reason = (
-                            f"node id {own.node} is already used by live member {taken.name!r} at {taken.address}; "
-                            "give this node a different [node] id"
-                        )
-                        log.error("cluster: refused %s at %s: %s", own.name, own.address, reason)
-                        await send_frame(stream, self._seal_frame(Refuse("node_id_taken", reason)))
-                        return
-                self._merge(msg.members, msg.sender)
-                await send_frame(stream, self._seal_frame(PushPull(False, self.node_id, self._rows())))
+            msg = await self._first_frame(stream)
+            if msg is None:
+                return
+            if self._streams >= MAX_STREAMS:
+                self.stats["streams_dropped"] += 1
+                return
+            self._streams += 1
+            self.stats["streams_served"] += 1
+            try:
+                with trio.move_on_after(self.config.stream_timeout):
+                    await self._answer(stream, msg)
+            finally:
+                self._streams -= 1
         except (FrameError, OpenError, DecodeError, trio.BrokenResourceError, OSError) as exc:
             self.stats["streams_dropped"] += 1
             if isinstance(exc, OpenError):
@@ -686,8 +681,51 @@ class Membership:
                 self._drop("malformed")
             log.debug("cluster: dropped a stream: %s", exc)
         finally:
-            self._streams -= 1
             await trio.aclose_forcefully(stream)
+
+    async def _first_frame(self, stream: trio.abc.Stream) -> Message | None:
+        """The stream's first frame, opened with the key; None if it did not arrive within
+        `stream_timeout` or the stream was evicted. Raises OpenError, DecodeError, FrameError.
+
+        Anyone who can reach the port can open streams, so streams that have not shown the
+        key yet are bounded apart from the exchanges: at most MAX_UNAUTHENTICATED wait for
+        their first frame (each may buffer up to `max_stream_bytes`), and a new one evicts
+        the oldest. Connections held open idle (or trickling) then cannot keep a member
+        out: its frame arrives within moments, long before it would be the oldest."""
+        if len(self._unauthenticated) >= MAX_UNAUTHENTICATED:
+            self._unauthenticated.pop(next(iter(self._unauthenticated))).cancel()
+            self.stats["streams_evicted"] += 1
+        key = next(self._stream_ids)
+        scope = self._unauthenticated[key] = trio.CancelScope(deadline=trio.current_time() + self.config.stream_timeout)
+        try:
+            with scope:
+                return self._open_frame(await receive_frame(stream, self.config.max_stream_bytes))
+        finally:
+            self._unauthenticated.pop(key, None)
+            if scope.cancelled_caught:
+                self.stats["streams_dropped"] += 1
+        return None
+
+    async def _answer(self, stream: trio.abc.Stream, msg: Message) -> None:
+        """Serve an authenticated first frame: refuse a joiner whose id is taken, or merge and reply."""
+        if not isinstance(msg, PushPull):
+            raise DecodeError("expected a push-pull")
+        if msg.join:
+            own = next((r for r in msg.members if r.node == msg.sender), None)
+            if own is None:
+                raise DecodeError("a join must carry the joiner's own row")
+            taken = self._claim_conflict(own)
+            if taken is not None:
+                self.stats["conflicts"] += 1
+                reason = (
+                    f"node id {own.node} is already used by live member {taken.name!r} at {taken.address}; "
+                    "give this node a different [node] id"
+                )
+                log.error("cluster: refused %s at %s: %s", own.name, own.address, reason)
+                await send_frame(stream, self._seal_frame(Refuse("node_id_taken", reason)))
+                return
+        self._merge(msg.members, msg.sender)
+        await send_frame(stream, self._seal_frame(PushPull(False, self.node_id, self._rows())))
 
     async def _push_pull_loop(self) -> None:
         base = self.config.push_pull_interval

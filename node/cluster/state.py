@@ -9,6 +9,11 @@ SWIM can be read and tested in one place:
 * Only the member itself raises its incarnation: told that it is suspected or dead,
   it refutes with a higher one. A graceful leave is a ``Dead`` sent by the member
   about itself and is recorded as *left*, never as *failed*.
+* An incarnation rises one step per refutation or update, so news that puts a known
+  member more than ``MAX_INCARNATION_JUMP`` above what is known of it is not news but
+  a forgery, and is ignored. Otherwise one packet from a key holder, ``Suspect`` at the
+  top incarnation, would leave the member no higher number to refute with: it would
+  stay failed for good. The local incarnation saturates at ``MAX_INCARNATION``.
 * Suspicion (Lifeguard): the timeout starts long and shrinks towards its minimum as
   independent members confirm it, so one confused node cannot kill a healthy one. A
   suspicion read in another member's table (a state exchange) names no accuser: it may
@@ -24,7 +29,10 @@ from collections.abc import Iterator
 
 import attrs
 
-from .messages import ALIVE, DEAD, LEFT, SUSPECT, Alive, Dead, MemberState, Suspect
+from .messages import ALIVE, DEAD, LEFT, MAX_INCARNATION, SUSPECT, Alive, Dead, MemberState, Suspect
+
+#: The most a member's incarnation may rise in one message about it (see the module docstring).
+MAX_INCARNATION_JUMP = 1 << 16
 
 # event kinds handed to listeners
 JOINED, UPDATED, RECOVERED, SUSPECTED, FAILED, LEFT_KIND = "joined", "updated", "recovered", "suspect", "failed", "left"
@@ -157,8 +165,15 @@ class MemberTable:
 
     # -- merge rules ---------------------------------------------------------------
 
+    def _implausible(self, node: int, incarnation: int) -> bool:
+        """Whether ``incarnation`` is further above the known one than a member can climb."""
+        m = self._members.get(node)
+        return m is not None and incarnation > m.incarnation + MAX_INCARNATION_JUMP
+
     def apply_alive(self, msg: Alive, now: float) -> Change:
         m = self._members.get(msg.node)
+        if self._implausible(msg.node, msg.incarnation):
+            return NOTHING
         if msg.node == self.local.node:
             local = self.local
             if msg.incarnation < local.incarnation:
@@ -212,6 +227,8 @@ class MemberTable:
         ``msg.source`` is only who passed it on; it opens a suspicion (not passed on)
         but never confirms one."""
         m = self._members.get(msg.node)
+        if self._implausible(msg.node, msg.incarnation):
+            return NOTHING
         if m is self.local and m.state == ALIVE:
             # our refutation may not have reached the doubter yet: say it again
             return Change(refute=True) if msg.incarnation >= m.incarnation else Change(reannounce=True)
@@ -228,6 +245,8 @@ class MemberTable:
 
     def apply_dead(self, msg: Dead, now: float) -> Change:
         m = self._members.get(msg.node)
+        if self._implausible(msg.node, msg.incarnation):
+            return NOTHING
         if m is self.local and m.state == ALIVE:
             return Change(refute=True) if msg.incarnation >= m.incarnation else Change(reannounce=True)
         if m is None or m is self.local or msg.incarnation < m.incarnation or m.state in (DEAD, LEFT):
@@ -242,5 +261,5 @@ class MemberTable:
 
     def refute(self, seen: int) -> Alive:
         """Raise the local incarnation above ``seen`` and return the announcement."""
-        self.local.incarnation = max(self.local.incarnation, seen) + 1
+        self.local.incarnation = min(MAX_INCARNATION, max(self.local.incarnation, seen) + 1)
         return self.local.alive_message()

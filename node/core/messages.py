@@ -44,9 +44,10 @@ def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str,
     - ``delete``: ``target``.
     """
     check_fields(event, SEND_FIELDS)
-    kind = event.get("kind", "text")
+    kind = event.get("kind")
     if kind not in SEND_KINDS:
-        raise bad_request(f"'kind' must be one of: {', '.join(sorted(SEND_KINDS))}")
+        what = "is required" if kind is None else "must be"
+        raise bad_request(f"'kind' {what} one of: {', '.join(sorted(SEND_KINDS))}")
     content: dict[str, Any] = {"kind": kind}
     if kind in ("edit", "delete"):
         content["target"] = str(get_id(event, "target"))

@@ -3,6 +3,10 @@
 A frame is one JSON object or a JSON array of objects; each object is an event with a
 string ``type``. These helpers turn raw text into events and pull typed fields out of
 them, raising `ChatError` with a documented code for anything malformed. No I/O here.
+
+The rules every event follows (docs/protocol.md): ids are decimal strings, never JSON
+numbers; unknown fields are refused; ``null`` for an optional field is the same as
+leaving the field out.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import orjson
 from .errors import ChatError, bad_request
 from .snowflake import parse_id
 
-MAX_CLIENT_MSG_ID = 64
+MAX_CLIENT_MSG_ID = 64  # characters
 MAX_CURSORS = 100_000
+PING_FIELDS = frozenset({"type"})
 
 
 def parse_frame(text: str | bytes, max_events: int) -> list[dict[str, Any]]:
@@ -30,6 +35,8 @@ def parse_frame(text: str | bytes, max_events: int) -> list[dict[str, Any]]:
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise bad_request("every event must be a JSON object with a string 'type'")
+        if event["type"] == "ping":  # the one event whose handler reads no field to check
+            check_fields(event, PING_FIELDS)
     return events
 
 
@@ -74,16 +81,18 @@ def get_str(event: dict[str, Any], field: str, *, max_bytes: int, required: bool
 
 
 def get_client_msg_id(event: dict[str, Any]) -> str:
-    value = get_str(event, "client_msg_id", max_bytes=MAX_CLIENT_MSG_ID)
-    assert value is not None
-    if not value.isprintable():
-        raise bad_request("'client_msg_id' must be printable")
+    """1-64 printable characters (characters, not bytes: up to 256 bytes of UTF-8)."""
+    value = event.get("client_msg_id")
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_CLIENT_MSG_ID or not value.isprintable():
+        raise bad_request(f"'client_msg_id' must be 1 to {MAX_CLIENT_MSG_ID} characters, all printable")
     return value
 
 
 def get_cursors(event: dict[str, Any], field: str = "cursors") -> dict[int, int]:
-    """A map of chat id -> seq, as sent in hello (all optional)."""
-    raw = event.get(field, {})
+    """A map of chat id -> seq, as sent in hello (all optional; null is none)."""
+    raw = event.get(field)
+    if raw is None:
+        return {}
     if not isinstance(raw, dict) or len(raw) > MAX_CURSORS:
         raise bad_request(f"'{field}' must be an object of chat id -> seq")
     cursors: dict[int, int] = {}

@@ -71,15 +71,14 @@ def node_of(snowflake: int) -> int:
 
 
 def parse_id(value: object) -> int:
-    """Parse an id from JSON (a decimal string; an int is tolerated). Raises ValueError."""
-    if isinstance(value, bool):
+    """Parse an id from JSON: a string of ASCII digits, nothing else. Raises ValueError.
+
+    A JSON number is refused, as the docs promise: a JavaScript client cannot hold 64 bits
+    in one, so accepting numbers would accept ids that were already rounded. Other
+    Unicode digits ("１２", "١٢") are refused too, though Python's int() reads them."""
+    if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20):
         raise ValueError("an id must be a decimal string")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.isdigit() and len(value) <= 20:
-        number = int(value)
-    else:
-        raise ValueError("an id must be a decimal string")
+    number = int(value)
     if not 0 < number < (1 << 63):
         raise ValueError("id out of range")
     return number

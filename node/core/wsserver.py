@@ -86,5 +86,6 @@ async def serve_chat_socket(
                     await ws.aclose(CLOSE_INTERNAL, "internal error")
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_listeners, handler, [trio.SocketListener(sock)], handler_nursery=handler_nursery))
+        await nursery.start(partial(trio.serve_listeners, node.connections.guard(handler), [trio.SocketListener(sock)],
+                                    handler_nursery=handler_nursery))
         task_status.started(port)

@@ -12,8 +12,11 @@ The same cancellation cut short closing a connection whose request was in progre
 shutdown, once its response was sent, so that one waited for `graceful_timeout` too.
 
 `serve` is hypercorn's `worker_serve` cut down to what a node uses (one plain socket,
-made by the node) with one change, `_TCPServer`, which shields those two steps from that
-cancellation. Idle connections then close at once on shutdown (and after
+made by the node) with two changes: `_TCPServer`, which shields those two steps from that
+cancellation (and ends a connection as soon as its client hangs up, where hypercorn kept
+its task until the idle timeout), and an optional `guard` that each accepted connection passes before
+hypercorn sees it (the node's connection limits, node/core/connlimit.py: hypercorn has no
+hook between accepting a connection and serving it). Idle connections then close at once on shutdown (and after
 `keep_alive_timeout` otherwise); requests in progress get `graceful_timeout` and their
 connection closes as soon as the response is sent.
 """
@@ -21,6 +24,7 @@ connection closes as soon as the response is sent.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
@@ -52,6 +56,14 @@ class _TCPServer(TCPServer):
         else:
             await super().protocol_send(event)
 
+    async def _read_data(self) -> None:
+        """Read until the peer is gone; then its idle task has nothing left to time out
+        (it would hold the connection's task, and its place in the per-address count, for
+        `keep_alive_timeout` after the client hung up)."""
+        await super()._read_data()
+        with trio.CancelScope(shield=True):
+            await self.idle_task.stop()
+
 
 async def serve(
     app: object,
@@ -59,11 +71,14 @@ async def serve(
     sock: socket.socket,
     *,
     shutdown_trigger,
+    guard: Callable[[Callable[[trio.SocketStream], Awaitable[object]]], Callable[[trio.SocketStream], Awaitable[None]]]
+    | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on the listening socket `sock` (closed when done) until
     `shutdown_trigger()` returns; then stop accepting, close idle connections and give
-    requests in progress `config.graceful_timeout` seconds."""
+    requests in progress `config.graceful_timeout` seconds. `guard` wraps the handler of
+    each accepted connection."""
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     state: dict = {}
     lifespan = Lifespan(wrapped, config, state)
@@ -74,6 +89,8 @@ async def serve(
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
             handler = partial(_TCPServer, wrapped, config, context, ConnectionState(state.copy()))
+            if guard is not None:
+                handler = guard(handler)
             try:
                 async with trio.open_nursery() as accepting:
                     serving = partial(trio.serve_listeners, handler, [listener], handler_nursery=connections)

@@ -16,8 +16,10 @@ import trio
 
 from node.cluster.broadcast import retransmit_limit
 from node.cluster.config import ClusterConfig
-from node.cluster.keyring import Keyring
+from node.cluster.keyring import PURPOSE_DATAGRAM, Keyring
 from node.cluster.membership import JoinRefused, failure_detection_bound, push_pull_interval
+from node.cluster.messages import MAX_INCARNATION, Alive, Dead, Suspect, encode
+from node.cluster.state import MAX_INCARNATION_JUMP
 from node.cluster.simulation import open_simulation
 
 pytestmark = pytest.mark.engine("lmdb")  # membership simulation: no storage
@@ -244,6 +246,57 @@ async def test_key_rotation_keeps_the_cluster_together(autojump_clock):
         await trio.sleep(30)
         await sim.wait_until(sim.converged, timeout=30)  # a suspicion may be in flight right now
         assert all(n.membership.statistics()["dropped_unauthenticated"] == 0 for n in (a, b, c))
+
+
+async def test_held_unauthenticated_streams_do_not_keep_a_new_member_out(autojump_clock):
+    """40 connections to a member's stream port that never send a byte: a new member still
+    joins through it, well before those connections would time out."""
+    async with open_simulation(DEFAULTS, seed=53) as sim:
+        nodes = await sim.add_cluster(3)
+        held = [await sim.network.connect("outsider:7946", nodes[0].address) for _ in range(40)]
+        newcomer = await sim.add_node(9)
+        with trio.fail_after(DEFAULTS.stream_timeout / 2):
+            assert await newcomer.membership.join([nodes[0].address]) == 1
+            await sim.wait_until(sim.converged, timeout=30)
+        stats = nodes[0].membership.statistics()
+        assert stats["streams_evicted"] >= 9 and stats["streams_served"] >= 1
+        for stream in held:
+            await stream.aclose()
+
+
+def _forged(victim: int, incarnation: int) -> dict[str, list]:
+    """Packets a key holder could forge about a live member, each sent once to everyone."""
+    high = MAX_INCARNATION
+    alive = Alive(victim, high, f"node-{victim}", f"sim-{victim}:7946", f"http://sim-{victim}.invalid", 1)
+    return {
+        "suspect at the top incarnation": [Suspect(victim, high, 0)],
+        "failed at the top incarnation": [Dead(victim, high, 0)],
+        "left at the top incarnation": [Dead(victim, high, victim)],
+        "alive at the top, then suspect": [alive, Suspect(victim, high, 0)],
+        "left at its own incarnation": [Dead(victim, incarnation, victim)],
+        "a staircase of jumps, then suspect": [
+            *(attrs.evolve(alive, incarnation=incarnation + step * MAX_INCARNATION_JUMP) for step in range(1, 21)),
+            Suspect(victim, incarnation + 20 * MAX_INCARNATION_JUMP, 0),
+        ],
+    }
+
+
+@pytest.mark.parametrize("case", list(_forged(2, 0)))
+async def test_no_single_packet_from_a_key_holder_makes_a_live_member_permanently_dead(autojump_clock, case):
+    async with open_simulation(DEFAULTS, seed=47) as sim:
+        nodes = await sim.add_cluster(5)
+        await trio.sleep(5)
+        victim = sim.nodes[2]
+        packet = sim.keyring.seal(encode(_forged(2, victim.membership.incarnation)[case]), PURPOSE_DATAGRAM)
+        insider = sim.network.attach("insider:7946")  # holds the key, is no member
+        for node in nodes:
+            await insider.send_packet(node.address, packet)
+        # long enough for any suspicion it raised to run out, and for the victim to refute
+        await trio.sleep(2 * failure_detection_bound(DEFAULTS, 5))
+        await sim.wait_until(lambda: sim.all_see(2, ("alive",)), timeout=failure_detection_bound(DEFAULTS, 5))
+        assert victim.membership.incarnation <= 21 * MAX_INCARNATION_JUMP  # far from the top: it can refute again
+        assert all(n.membership.member(2).incarnation == victim.membership.incarnation for n in nodes)
+        await sim.wait_until(sim.converged, timeout=30)
 
 
 def test_scaling_helpers_follow_memberlist():

@@ -13,6 +13,7 @@ from node.cluster.broadcast import BroadcastQueue
 from node.cluster.config import ClusterConfig
 from node.cluster.keyring import PURPOSE_DATAGRAM, PURPOSE_STREAM, Keyring, OpenError
 from node.cluster.messages import (
+    MAX_INCARNATION,
     Ack,
     Alive,
     Dead,
@@ -27,7 +28,18 @@ from node.cluster.messages import (
     decode,
     encode,
 )
-from node.cluster.state import FAILED, JOINED, LEFT_KIND, RECOVERED, SUSPECTED, Member, MemberTable, Suspicion
+from node.cluster.state import (
+    FAILED,
+    JOINED,
+    LEFT_KIND,
+    MAX_INCARNATION_JUMP,
+    RECOVERED,
+    SUSPECTED,
+    Change,
+    Member,
+    MemberTable,
+    Suspicion,
+)
 from node.config import ConfigError, structure_config
 
 pytestmark = pytest.mark.engine("lmdb")  # membership units: no storage
@@ -144,6 +156,22 @@ def test_messages_about_ourselves_are_refuted_or_repeated():
     assert t.apply_dead(Dead(1, 5, 2), 1.0).refute
     assert t.refute(5).incarnation == 6
     assert t.apply_alive(Alive(1, 9, "n1", "h:1", "", 1), 1.0).refute  # a former life of ours
+
+
+def test_incarnation_jumps_are_bounded_and_refutations_saturate():
+    t = _table()
+    t.apply_alive(Alive(2, 5, "n2", "h:2", "", 1), 1.0)
+    too_far = 5 + MAX_INCARNATION_JUMP + 1
+    assert t.apply_suspect(Suspect(2, too_far, 3), 2.0, (4.0, 24.0), 2).kind is None
+    assert t.apply_dead(Dead(2, MAX_INCARNATION, 3), 2.0).kind is None
+    assert t.apply_dead(Dead(2, MAX_INCARNATION, 2), 2.0).kind is None
+    assert t.apply_alive(Alive(2, MAX_INCARNATION, "n2", "h:2", "", 1), 2.0).kind is None
+    assert (t.get(2).state, t.get(2).incarnation) == ("alive", 5)
+    assert t.apply_suspect(Suspect(2, too_far - 1, 3), 3.0, (4.0, 24.0), 2).kind == SUSPECTED  # at the bound
+    # about ourselves: a forged top incarnation is not refuted (there would be nothing above it)
+    assert t.apply_suspect(Suspect(1, MAX_INCARNATION, 2), 4.0, (4.0, 24.0), 2) == Change()
+    t.local.incarnation = MAX_INCARNATION - 1
+    assert t.refute(MAX_INCARNATION).incarnation == MAX_INCARNATION  # never past what the wire allows
 
 
 def test_a_live_node_id_claimed_from_elsewhere_is_a_conflict():

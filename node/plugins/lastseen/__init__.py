@@ -196,7 +196,8 @@ class LastSeenPlugin:
         async def typing(client: Client, event: dict[str, Any]) -> None:
             check_fields(event, TYPING_FIELDS)
             chat_id = get_id(event, "chat")
-            active = event.get("typing", True)
+            active = event.get("typing")
+            active = True if active is None else active  # absent or null: typing
             if not isinstance(active, bool):
                 raise ChatError("bad_request", "'typing' must be true or false")
             chat = await ctx.chat(chat_id)

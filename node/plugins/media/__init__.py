@@ -9,9 +9,10 @@ metadata. Downloads are for the uploader and for whoever can see a message carry
 upload, with Range requests, ETags and optional signed URLs. Uploads no message carries
 are collected after a grace period.
 
-Modules: settings (config), sniff (type detection), images (re-encode, thumbnails),
-probe (duration, size), webm (WebM tracks and duration), store (files), records (its
-tables), service (the rules), routes (HTTP), ranges (Range headers), signing (signed URLs).
+Modules: settings (config), sniff (type detection), images (re-encode, thumbnails; run
+as a child process by sandbox, which limits its memory and time), probe (duration,
+size), webm (WebM tracks and duration), store (files), records (its tables), service
+(the rules), routes (HTTP), ranges (Range headers), signing (signed URLs).
 """
 
 from __future__ import annotations

@@ -34,12 +34,13 @@ import trio
 
 from ... import ChatError, Message, PluginContext
 from . import records
-from .images import ImageRejected, process_image
+from . import sandbox
+from .images import ImageRejected
 from .probe import probe
 from .records import CONTENT, GC, ITEMS, PENDING, SHARES, Records, u64
 from .settings import MediaSettings
 from .sniff import kind_accepts
-from .store import ContentStore, remove_quietly, write_temp
+from .store import ContentStore, remove_quietly
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +75,13 @@ class MediaService:
         clean_tmp: Path | None = None
         try:
             if category == "image":
+                clean_tmp = self.store.temp_path()
                 async with self._images:
                     try:
-                        clean, thumb, meta = await trio.to_thread.run_sync(
-                            lambda: process_image(
-                                tmp, mime, max_pixels=self.settings.max_image_pixels,
-                                thumbnail_size=self.settings.thumbnail_size, quality=self.settings.jpeg_quality,
-                            )
-                        )
+                        meta, thumb = await sandbox.process_image(tmp, clean_tmp, mime, self.settings)
                     except ImageRejected as exc:
                         raise ChatError("too_large" if exc.too_large else "bad_request", str(exc)) from None
-                clean_tmp = self.store.temp_path()
-                sha = await trio.to_thread.run_sync(write_temp, clean_tmp, clean)
-                size = len(clean)
-                del clean
+                sha, size = meta.pop("sha256"), meta.pop("size")
                 source = clean_tmp
             else:
                 meta = await trio.to_thread.run_sync(probe, tmp, mime)

@@ -56,11 +56,14 @@ class MediaSettings:
     max_audio_bytes: int = attrs.field(default=50 * MIB, validator=_positive)
     max_video_bytes: int = attrs.field(default=200 * MIB, validator=_positive)
     max_file_bytes: int = attrs.field(default=100 * MIB, validator=_positive)
-    max_image_pixels: int = attrs.field(default=50_000_000, validator=_positive)  # width x height
+    max_image_pixels: int = attrs.field(default=50_000_000, validator=_positive)  # width x height x frames
+    max_image_frames: int = attrs.field(default=1000, validator=_positive)  # frames of an animation
     thumbnail_size: int = attrs.field(default=320, validator=_positive)  # longest side, pixels
     jpeg_quality: int = attrs.field(default=90, validator=attrs.validators.and_(attrs.validators.ge(1),
                                                                                 attrs.validators.le(95)))
-    processing_threads: int = attrs.field(default=2, validator=_positive)  # images decoded at once
+    processing_threads: int = attrs.field(default=2, validator=_positive)  # images processed at once
+    image_memory_mb: int = attrs.field(default=1024, validator=attrs.validators.ge(128))  # per processing process
+    image_timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds to process one image
     upload_idle_timeout: float = attrs.field(default=60.0, validator=_positive)  # seconds without data
     gc_grace: float = attrs.field(default=86400.0, validator=_not_negative)  # seconds an upload waits for a message
     gc_interval: float = attrs.field(default=600.0, validator=_positive)  # seconds between collections

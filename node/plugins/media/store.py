@@ -5,7 +5,8 @@
     media/tmp/                    uploads in progress; emptied at start-up
 
 A file enters the store by `os.replace` from tmp/ after it was written and fsynced, so
-a reader never sees a half-written file under a content name. Every filesystem call
+a reader never sees a half-written file under a content name. Uploads are other users'
+private photos and files: folders are created 0700 and files 0600, whatever the umask. Every filesystem call
 runs in a worker thread; writes are batched (`UploadSink`) so a large upload costs one
 thread hop per `WRITE_BATCH` bytes, not one per network chunk.
 """
@@ -35,9 +36,13 @@ class ContentStore:
         self.tmp_dir = root / "tmp"
 
     def prepare(self) -> None:
-        """Create the folders and drop leftovers of uploads cut short by a crash. Sync."""
+        """Create the folders (the store's root made 0700 even if an older version left it
+        open: what is inside is then unreachable for others) and drop leftovers of uploads
+        cut short by a crash. Sync."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
         for folder in (self.content_dir, self.thumb_dir, self.tmp_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
 
@@ -59,12 +64,12 @@ class ContentStore:
         """Move an upload into place under its content name, with its thumbnail."""
         if thumb is not None:
             path = self.thumb_path(sha)
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
             part = self.temp_path()
             _write_synced(part, thumb)
             os.replace(part, path)
         target = self.content_path(sha)
-        target.parent.mkdir(exist_ok=True)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
         os.replace(tmp, target)
 
     def remove(self, sha: str) -> None:
@@ -91,17 +96,16 @@ class ContentStore:
         return {"files": files, "bytes": size}
 
 
+def create_private(path: Path | str) -> BinaryIO:
+    """A new file (never an existing one) that only the node's user can read: 0600."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
+    with create_private(path) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def write_temp(path: Path, data: bytes) -> str:
-    """Write `data` to a new file, fsynced; returns its SHA-256. Sync."""
-    _write_synced(path, data)
-    return hashlib.sha256(data).hexdigest()
 
 
 async def remove_quietly(*paths: Path) -> None:
@@ -132,7 +136,7 @@ class UploadSink:
         self._file: BinaryIO | None = None
 
     async def open(self) -> None:
-        self._file = await trio.to_thread.run_sync(open, self.path, "xb")
+        self._file = await trio.to_thread.run_sync(create_private, self.path)
 
     async def write(self, data: bytes) -> None:
         self._buffer += data
@@ -182,4 +186,4 @@ async def stream_file(path: Path, first: int, last: int) -> AsyncIterator[bytes]
             yield data
 
 
-__all__ = ["ContentStore", "UploadSink", "remove_quietly", "stream_file", "write_temp"]
+__all__ = ["ContentStore", "UploadSink", "remove_quietly", "stream_file"]

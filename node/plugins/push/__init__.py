@@ -8,8 +8,9 @@ more with the `register_push_providers` hook. By default a notification carries 
 ids and a count, never message text (`previews = true` adds the text).
 
 Modules: settings (config), targets (its table), providers (the provider contract and the
-endpoint rules), vapid (the node's VAPID keys and JWTs), webpush and webhook (the
-built-in providers), dispatch (collapsing, retries, workers).
+endpoint rules), http_client (requests pinned to checked addresses, bounded answers),
+vapid (the node's VAPID keys and JWTs), webpush and webhook (the built-in providers),
+dispatch (collapsing, retries, workers).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
 import trio
 
 from ... import ChatError, Message, PluginContext, Request, Response, Route, hookimpl, json_response, parse_id
 from . import hooks
 from .dispatch import Dispatcher
+from .http_client import PushHTTP
 from .settings import PushSettings
 from .targets import Targets, public
 from .vapid import Vapid, load_or_create_key
@@ -36,7 +37,7 @@ class PushPlugin:
     def __init__(self) -> None:
         self.dispatcher: Dispatcher | None = None
         self.vapid: Vapid | None = None
-        self.http: httpx.AsyncClient | None = None
+        self.http: PushHTTP | None = None
         self.targets: Targets | None = None
 
     @hookimpl
@@ -53,7 +54,8 @@ class PushPlugin:
         key = await trio.to_thread.run_sync(load_or_create_key, ctx.data_dir / "push" / "vapid_private.pem")
         subject = settings.vapid_subject or ctx.public_url or "mailto:postmaster@localhost"
         self.vapid = Vapid(key, subject)
-        self.http = httpx.AsyncClient(timeout=settings.timeout, follow_redirects=False)
+        self.http = PushHTTP(timeout=settings.timeout, connections=settings.workers,
+                             allow_private=settings.allow_private_endpoints)
         self.targets = Targets(ctx.store)
         providers: dict[str, Any] = {}
         for offered in ctx.collect("register_push_providers"):
@@ -75,9 +77,8 @@ class PushPlugin:
         settings: PushSettings = ctx.settings
         assert self.http is not None and self.vapid is not None
         return {
-            "webpush": WebPushProvider(self.http, self.vapid, ttl=settings.ttl,
-                                       allow_private=settings.allow_private_endpoints),
-            "webhook": WebhookProvider(self.http, allow_private=settings.allow_private_endpoints),
+            "webpush": WebPushProvider(self.http, self.vapid, ttl=settings.ttl),
+            "webhook": WebhookProvider(self.http),
         }
 
     @hookimpl

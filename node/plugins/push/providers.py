@@ -14,7 +14,12 @@ with `{"kind": "<kind>", ...}` is then served by that provider. A provider has:
 Endpoints are URLs the *user* chose, and the node will POST to them: without care that
 would let anyone make the node call services on its own network. Unless
 `allow_private_endpoints` is set, endpoints must be https and their host must resolve
-only to public addresses, checked both at registration and before every request.
+only to public addresses, checked both at registration and before every request; the
+request then goes to those very addresses (http_client.py). Not public: what Python's
+`ipaddress` does not call global, multicast, and the IPv6 ranges that carry an IPv4
+address a gateway or the host itself may route anywhere, the internal network included
+(NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4 `2002::/16`, IPv4-compatible `::/96`);
+an IPv4-mapped address (`::ffff:a.b.c.d`) is judged by its IPv4 address.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import trio
 from ... import ChatError
 
 MAX_ENDPOINT_CHARS = 2048
+
+#: IPv6 ranges that embed an IPv4 address and are refused whatever that address is.
+EMBEDDING_IPV4 = tuple(ipaddress.ip_network(net) for net in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96"))
 
 
 class PushGone(Exception):
@@ -73,26 +81,29 @@ def _private_name(host: str) -> bool:
 
 
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif any(address in network for network in EMBEDDING_IPV4):
+            return False
     return address.is_global and not address.is_multicast
 
 
-async def ensure_public(endpoint: str, allow_private: bool) -> None:
-    """Before a request: every address the endpoint's host resolves to must be public."""
-    if allow_private:
-        return
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    if _private_name(host):
+async def checked_addresses(host: str, port: int, allow_private: bool) -> list[str]:
+    """Before a request: resolve `host` once; every address must be public (unless
+    `allow_private`). Returns them, in the resolver's order, for the request to use."""
+    if not allow_private and _private_name(host):
         raise PushFailed(f"{host} is not a public address", retry=False)
     try:
-        infos = await trio.socket.getaddrinfo(host, parts.port or 443, type=trio.socket.SOCK_STREAM)
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
     except OSError as exc:
         raise PushFailed(f"cannot resolve {host}: {exc}") from None
-    for info in infos:
-        if not _public(ipaddress.ip_address(info[4][0])):
-            raise PushFailed(f"{host} resolves to a non-public address", retry=False)
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not allow_private and not all(_public(ipaddress.ip_address(address)) for address in addresses):
+        raise PushFailed(f"{host} resolves to a non-public address", retry=False)
+    if not addresses:
+        raise PushFailed(f"cannot resolve {host}")
+    return addresses
 
 
 def check_status(status: int, headers: Any) -> None:

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 
-from .providers import check_endpoint, check_status, ensure_public
+from .http_client import PushHTTP
+from .providers import check_endpoint, check_status
 
 
 class WebhookProvider:
-    def __init__(self, http: httpx.AsyncClient, *, allow_private: bool) -> None:
+    def __init__(self, http: PushHTTP) -> None:
         self._http = http
-        self._allow_private = allow_private
 
     def check_target(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"endpoint": check_endpoint(body.get("endpoint"), self._allow_private)}
+        return {"endpoint": check_endpoint(body.get("endpoint"), self._http.allow_private)}
 
     async def send(self, target: dict[str, Any], notification: dict[str, Any]) -> None:
-        await ensure_public(target["endpoint"], self._allow_private)
-        response = await self._http.post(target["endpoint"], content=orjson.dumps(notification),
-                                         headers={"Content-Type": "application/json"})
-        check_status(response.status_code, response.headers)
+        answer = await self._http.post(target["endpoint"], orjson.dumps(notification),
+                                       {"Content-Type": "application/json"})
+        check_status(answer.status, answer.headers)

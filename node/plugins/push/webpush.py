@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import http_ece
-import httpx
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ... import ChatError
-from .providers import check_endpoint, check_status, ensure_public
+from .http_client import PushHTTP
+from .providers import check_endpoint, check_status
 from .vapid import Vapid, b64url_decode
 
 
@@ -43,14 +43,13 @@ def _decode_key(value: Any, name: str, length: int) -> bytes:
 
 
 class WebPushProvider:
-    def __init__(self, http: httpx.AsyncClient, vapid: Vapid, *, ttl: int, allow_private: bool) -> None:
+    def __init__(self, http: PushHTTP, vapid: Vapid, *, ttl: int) -> None:
         self._http = http
         self._vapid = vapid
         self._ttl = ttl
-        self._allow_private = allow_private
 
     def check_target(self, body: dict[str, Any]) -> dict[str, Any]:
-        endpoint = check_endpoint(body.get("endpoint"), self._allow_private)
+        endpoint = check_endpoint(body.get("endpoint"), self._http.allow_private)
         keys = body.get("keys")
         if not isinstance(keys, dict):
             raise ChatError("bad_request", "'keys' must be {\"p256dh\": ..., \"auth\": ...} from the subscription")
@@ -64,14 +63,13 @@ class WebPushProvider:
 
     async def send(self, target: dict[str, Any], notification: dict[str, Any]) -> None:
         endpoint = target["endpoint"]
-        await ensure_public(endpoint, self._allow_private)
         body = encrypt(orjson.dumps(notification), b64url_decode(target["keys"]["p256dh"]),
                        b64url_decode(target["keys"]["auth"]))
-        response = await self._http.post(endpoint, content=body, headers={
+        answer = await self._http.post(endpoint, body, {
             "Authorization": self._vapid.authorization(endpoint),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
             "TTL": str(self._ttl),
             "Urgency": "high",
         })
-        check_status(response.status_code, response.headers)
+        check_status(answer.status, answer.headers)
