@@ -191,6 +191,23 @@ class ChatClient:
     async def dismiss_report(self, report_id: str) -> None:
         await self.request("DELETE", f"/api/admin/reports/{report_id}")
 
+    # photos
+
+    async def set_photo(self, media_id: str | None) -> dict[str, Any]:
+        """Make an uploaded image your profile photo (None: remove it); returns your user."""
+        if media_id is None:
+            return (await self.request("DELETE", "/api/me/photo"))["user"]
+        return (await self.request("PUT", "/api/me/photo", {"media": media_id}))["user"]
+
+    async def set_group_photo(self, chat_id: str, media_id: str | None) -> dict[str, Any]:
+        """Set a group's photo (admins; None: remove it); returns the chat."""
+        if media_id is None:
+            return (await self.request("DELETE", f"/api/chats/{chat_id}/photo"))["chat"]
+        return (await self.request("PUT", f"/api/chats/{chat_id}/photo", {"media": media_id}))["chat"]
+
+    async def user_info(self, user_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/api/users/{user_id}"))["user"]
+
     # reactions
 
     async def react(self, chat_id: str, seq: int, emoji: str) -> dict[str, Any]:

@@ -45,11 +45,13 @@ class User:
     created: int  # Unix ms
     settings: Mapping[str, Any] = EMPTY  # e.g. read_receipts, last_seen
     service: bool = False  # an account for a bot or integration: no one can log in as it
+    photo: str | None = None  # the media id of the profile photo
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> User:
         return cls(int(record["id"]), record["username"], record.get("display_name") or record["username"],
-                   record.get("created", 0), _frozen(record.get("settings")), bool(record.get("service")))
+                   record.get("created", 0), _frozen(record.get("settings")), bool(record.get("service")),
+                   record.get("photo"))
 
 
 @attrs.frozen
@@ -89,6 +91,7 @@ class Chat:
     member_ids: frozenset[int]  # current members
     delivered_floor: int  # every current member has every entry up to this seq
     read_floor: int  # ... and has read up to this one
+    photo: str | None = None  # a group's photo (a media id)
 
 
 @attrs.frozen
@@ -346,6 +349,13 @@ class PluginContext:
     async def blocked(self, a: int, b: int) -> bool:
         """Whether either of the two users blocks the other."""
         return await self._node.blocks.either_loaded(a, b)
+
+    async def photo_visible(self, viewer: int, owner: int) -> bool:
+        """Whether `viewer` may see `owner`'s profile photo (the owner's last-seen setting:
+        everyone, contacts or nobody; never where either blocks the other)."""
+        from .core.profiles import photo_visible
+
+        return await photo_visible(self._node, viewer, owner)
 
     async def reads_shared(self, user_id: int) -> bool:
         """Whether the user shares read receipts (their ``read_receipts`` setting)."""

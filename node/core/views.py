@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from .accounts import public_user
 from .chatprefs import prefs_of
+from .profiles import add_photos
 from .chats import is_expired, now_ms
 from .state import ChatState
 
@@ -18,7 +19,10 @@ async def chat_summary(node: Services, user_id: int, chat: ChatState, unread: in
     peer_id = next((uid for uid in chat.members if uid != user_id), None) if chat.kind == "direct" else None
     if peer_id is not None:
         await node.accounts.load_users((peer_id,))
-    return summary_of(node, user_id, chat, unread)
+    summary = summary_of(node, user_id, chat, unread)
+    if summary.get("peer"):
+        await add_photos(node, user_id, [summary["peer"]], shares_chat=True)  # the 1-1 chat itself
+    return summary
 
 
 def summary_of(node: Services, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
@@ -52,6 +56,8 @@ def summary_of(node: Services, user_id: int, chat: ChatState, unread: int = 0) -
         summary["role"] = member.get("role")
         summary["members"] = len(chat.active_ids())
     summary["ttl"] = chat.record.get("ttl", 0)
+    if chat.kind == "group":
+        summary["photo"] = chat.record.get("photo")
     summary.update(prefs_of(member, now_ms()))
     return summary
 
@@ -70,6 +76,7 @@ async def chat_list(node: Services, user_id: int, *, include_hidden: bool = Fals
     await node.accounts.load_users(peers)
     unread = await node.chats.unread_counts(user_id, states)
     summaries = [summary_of(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
+    await add_photos(node, user_id, [s["peer"] for s in summaries if s.get("peer")], shares_chat=True)
     # Pinned chats first (the latest pin on top), then the most recently active.
     summaries.sort(key=lambda s: (s["pinned"] or 0, s["updated"]), reverse=True)
     return summaries

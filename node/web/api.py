@@ -21,6 +21,7 @@ from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole,
 from ..core.operations import OpenDirect, SetHidden
 from ..core.snowflake import parse_id
 from ..core.annotate import annotate
+from ..core.profiles import add_photos, default_visibility, user_for
 from ..core.search import history_around
 from ..core.views import add_status, chat_list, chat_summary
 from ..plugin_api import Route
@@ -274,7 +275,10 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         user = await accounts.user(device.user_id)
         if user is None:
             raise ChatError("unauthorized")
-        return json_response({"user": public_user(user), "device_id": str(device.device_id), "settings": user.get("settings", {})})
+        settings = {"last_seen": default_visibility(node), **user.get("settings", {})}  # what applies when unset
+        photo = {"photo": user["photo"]} if user.get("photo") else {}
+        return json_response({"user": {**public_user(user), **photo}, "device_id": str(device.device_id),
+                              "settings": settings})
 
     @app.patch("/api/me/settings")
     async def update_settings() -> Response:
@@ -327,15 +331,17 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         if len(prefix) > 32:
             raise bad_request("'prefix' is at most 32 characters")
         limit = query_int("limit", 20, 1, 100)
-        return json_response({"users": await accounts.search(prefix, limit, exclude=device.user_id)})
+        found = await accounts.search(prefix, limit, exclude=device.user_id)
+        await add_photos(node, device.user_id, found)
+        return json_response({"users": found})
 
     @app.get("/api/users/<user_id>")
     async def get_user(user_id: str) -> Response:
-        await current_device()
+        device = await current_device()
         user = await accounts.user(path_id(user_id))
         if user is None:
             raise ChatError("not_found")
-        return json_response({"user": public_user(user)})
+        return json_response({"user": await user_for(node, device.user_id, user)})
 
     # -- chats ---------------------------------------------------------------------
 
@@ -440,6 +446,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
             out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": record["role"],
                         "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": record["read"]})
         out.sort(key=lambda m: (m["role"] != "admin", m["joined"]))
+        await add_photos(node, device.user_id, [m["user"] for m in out], shares_chat=True)
         return json_response({"members": out})
 
     @app.post("/api/chats/<chat_id>/members")

@@ -14,6 +14,7 @@ from ..core.accounts import Device
 from ..core.chatprefs import ClearHistory, SetChatPrefs, check_changes
 from ..core.errors import ChatError, bad_request
 from ..core.personal import delete_for_me, set_star, starred_list
+from ..core.profiles import media_id_of, set_group_photo, set_profile_photo
 from ..core.reactions import SetReaction, check_emoji, reactions_between
 from ..core.reports import dismiss_report, file_report, list_reports
 from ..core.search import search
@@ -134,6 +135,32 @@ def add_feature_routes(
             raise bad_request("give 'seqs': a list of message seqs")
         await delete_for_me(node, device.user_id, path_id(chat_id), seqs)
         return Response(b"", status=204)
+
+    # -- photos --------------------------------------------------------------------
+
+    @app.put("/api/me/photo")
+    async def set_my_photo() -> Response:
+        device = await current_device(node)
+        media_id = media_id_of(await json_body())
+        return json_response({"user": await set_profile_photo(node, device.user_id, media_id)})
+
+    @app.delete("/api/me/photo")
+    async def remove_my_photo() -> Response:
+        device = await current_device(node)
+        return json_response({"user": await set_profile_photo(node, device.user_id, None)})
+
+    @app.put("/api/chats/<chat_id>/photo")
+    async def set_chat_photo(chat_id: str) -> Response:
+        device = await current_device(node)
+        media_id = media_id_of(await json_body())
+        chat = await set_group_photo(node, device.user_id, path_id(chat_id), media_id)
+        return json_response({"chat": await chat_summary(node, device.user_id, chat)})
+
+    @app.delete("/api/chats/<chat_id>/photo")
+    async def remove_chat_photo(chat_id: str) -> Response:
+        device = await current_device(node)
+        chat = await set_group_photo(node, device.user_id, path_id(chat_id), None)
+        return json_response({"chat": await chat_summary(node, device.user_id, chat)})
 
     # -- search --------------------------------------------------------------------
 

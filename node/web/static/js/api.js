@@ -89,6 +89,13 @@ export class Api {
   history(chatId, before, limit = 50) { return this.request('GET', `/api/chats/${chatId}/messages`, undefined, { before, limit }); }
   async updateChat(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}`, changes)).chat; }
   searchMessages(q, before, chat) { return this.request('GET', '/api/search', undefined, { q, before, chat, limit: 20 }); }
+  async setMyPhoto(mediaId) {
+    return (await (mediaId ? this.request('PUT', '/api/me/photo', { media: mediaId }) : this.request('DELETE', '/api/me/photo'))).user;
+  }
+  async setGroupPhoto(chatId, mediaId) {
+    const path = `/api/chats/${chatId}/photo`;
+    return (await (mediaId ? this.request('PUT', path, { media: mediaId }) : this.request('DELETE', path))).chat;
+  }
   async chatPrefs(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}/prefs`, changes)).chat; }
   async clearChat(chatId) { return (await this.request('POST', `/api/chats/${chatId}/clear`)).chat; }
   deleteChat(chatId) { return this.request('POST', `/api/chats/${chatId}/delete`); }

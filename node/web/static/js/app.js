@@ -17,11 +17,14 @@ import { ConversationView } from './views/conversation.js';
 import { Dialogs } from './views/dialogs.js';
 import { SettingsView } from './views/settings.js';
 import { StarredView } from './views/starred.js';
-import { chatTitle, entryText } from './views/text.js';
+import { chatPhoto, chatTitle, entryText, setPhotoSource } from './views/text.js';
+import { signedUrls } from './media.js';
 
 const SAVED = 'chatnode.session';
 
 const api = new Api();
+// Avatars show a photo's thumbnail through a signed URL (an <img> cannot send the token).
+setPhotoSource((id) => signedUrls(api, id).then((signed) => signed.thumbnail_url || signed.url));
 const store = new Store();
 let session = null;
 let info = null;
@@ -83,6 +86,7 @@ async function startSession(auth) {
   session.addEventListener('unauthorized', (e) => endSession(sessionEndText(e.detail && e.detail.code)));
   session.addEventListener('incoming', (e) => onIncoming(e.detail));
   session.addEventListener('reacted', (e) => onReacted(e.detail));
+  session.addEventListener('own-user', (e) => rememberUser(e.detail));
   session.socket.addEventListener('failed', (e) => {
     const { item, error } = e.detail;
     if (item.kind === 'edit' || item.kind === 'delete') {
@@ -235,7 +239,21 @@ function onIncoming(entry) {
   const mentioned = (entry.mentions || []).includes(store.me.id);
   if (isMuted(chat) && !mentioned) return; // a muted chat stays quiet, unless it mentions us
   const title = chat.kind === 'group' ? `${store.nameOf(entry.from)} in ${chatTitle(chat)}` : chatTitle(chat);
-  notify({ title, body: entryText(store, entry), tag: entry.chat, onClick: () => openChat(entry.chat) });
+  const sender = store.users.get(entry.from);
+  photoIcon(chat.kind === 'group' ? (sender && sender.photo) || chatPhoto(chat) : chatPhoto(chat)).then((icon) => {
+    notify({ title, body: entryText(store, entry), tag: entry.chat, icon, onClick: () => openChat(entry.chat) });
+  });
+}
+
+/** The full address of a photo's thumbnail, for a notification's icon (undefined without one). */
+async function photoIcon(photo) {
+  if (!photo) return undefined;
+  try {
+    const signed = await signedUrls(api, photo);
+    return new URL(signed.thumbnail_url || signed.url, location.href).href;
+  } catch (err) {
+    return undefined;
+  }
 }
 
 /** Someone reacted to one of our messages: tell us as WhatsApp does (unless the chat is muted). */

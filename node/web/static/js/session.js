@@ -167,7 +167,7 @@ export class Session extends EventTarget {
     const { store } = this;
     for (const id of entry.users || []) if (!store.users.has(id)) this.ensureUser(id);
     if (entry.by && !store.users.has(entry.by)) this.ensureUser(entry.by);
-    if (MEMBERSHIP_EVENTS.has(entry.event) || entry.event === 'renamed' || entry.event === 'ttl_changed') {
+    if (MEMBERSHIP_EVENTS.has(entry.event) || ['renamed', 'ttl_changed', 'photo_changed', 'photo_removed'].includes(entry.event)) {
       this.refreshChat(entry.chat);
       if (store.members.has(entry.chat)) this.loadMembers(entry.chat);
     }
@@ -479,6 +479,25 @@ export class Session extends EventTarget {
   async leave(chatId) {
     await this.api.leave(chatId);
     await this.refreshChat(chatId);
+  }
+
+  // -- photos ---------------------------------------------------------------------------
+
+  /** Upload a (cropped) picture and make it our profile photo, or the group's (`chatId`). */
+  async setPhoto(file, chatId = null, onProgress = null) {
+    const media = await this.api.upload(file, onProgress).promise;
+    if (chatId) this.store.mergeChat(await this.api.setGroupPhoto(chatId, media.id));
+    else this.onOwnUser(await this.api.setMyPhoto(media.id));
+  }
+
+  async removePhoto(chatId = null) {
+    if (chatId) this.store.mergeChat(await this.api.setGroupPhoto(chatId, null));
+    else this.onOwnUser(await this.api.setMyPhoto(null));
+  }
+
+  onOwnUser(user) {
+    this.store.onUser(user);
+    this.dispatchEvent(new CustomEvent('own-user', { detail: user }));
   }
 
   // -- chat management (our own preferences) ------------------------------------------

@@ -5,7 +5,7 @@ import { listTime } from '../format.js';
 import { isMuted } from '../store.js';
 import { chatMenuItems } from './chatactions.js';
 import { isMenuKey, onContextMenu, openMenu } from './menu.js';
-import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+import { avatar, chatAvatarId, chatPhoto, chatTitle, entryText } from './text.js';
 
 export class ChatListView {
   constructor(store, session, { onOpen, onStartDirect, onShowMessage, actionsContext }) {
@@ -52,7 +52,7 @@ export class ChatListView {
   renderMe() {
     const me = this.store.me;
     $('#me-name').textContent = me.display_name || me.username;
-    avatar(me.display_name || me.username, me.id, $('#me-avatar'));
+    avatar(me.display_name || me.username, me.id, $('#me-avatar'), me.photo);
   }
 
   onSearch() {
@@ -101,7 +101,7 @@ export class ChatListView {
         type: 'button', class: 'chat-item result-item', dataset: { chat: chatId, seq: message.seq },
         onclick: () => this.onShowMessage(chatId, message.seq),
       },
-      chat ? avatar(where, chatAvatarId(chat)) : avatar(where, chatId),
+      chat ? avatar(where, chatAvatarId(chat), null, chatPhoto(chat)) : avatar(where, chatId),
       h('span', { class: 'chat-main' },
         h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, heading),
           h('time', { class: 'chat-time' }, listTime(message.ts))),
@@ -129,7 +129,7 @@ export class ChatListView {
     const list = $('#people-list');
     list.replaceChildren(...this.people.map((user) => h('li', null,
       h('button', { type: 'button', class: 'chat-item', onclick: () => this.startDirect(user) },
-        avatar(user.display_name || user.username, user.id),
+        avatar(user.display_name || user.username, user.id, null, user.photo),
         h('span', { class: 'chat-main' },
           h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, user.display_name || user.username)),
           h('span', { class: 'chat-line' }, h('span', { class: 'preview' }, `@${user.username}`)))))));
@@ -250,7 +250,7 @@ export class ChatListView {
           }
         },
       },
-      avatar(title, chatAvatarId(chat)),
+      avatar(title, chatAvatarId(chat), null, chatPhoto(chat)),
       h('span', { class: 'chat-main' },
         h('span', { class: 'chat-line' },
           h('span', { class: 'chat-name' }, title),

@@ -16,7 +16,7 @@ import { closeMenu, openMenu } from './menu.js';
 import { MoreReactions, myReaction, reactionBar, ReactionsDialog } from './reactions.js';
 import { messageNode } from './message.js';
 import { VoiceRecorder } from './recorder.js';
-import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+import { avatar, chatAvatarId, chatPhoto, chatTitle, entryText } from './text.js';
 import { PhotoViewer } from './viewer.js';
 
 const NEAR_BOTTOM = 80; // px: closer than this to the end counts as "reading the newest"
@@ -202,7 +202,7 @@ export class ConversationView {
   renderHeader(chat) {
     const title = chatTitle(chat);
     $('#chat-title').textContent = title;
-    avatar(title, chatAvatarId(chat), $('#chat-avatar'));
+    avatar(title, chatAvatarId(chat), $('#chat-avatar'), chatPhoto(chat));
     const subtitle = $('#chat-subtitle');
     const typers = this.store.typers(chat.id);
     let text = '';

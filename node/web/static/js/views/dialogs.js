@@ -3,12 +3,13 @@
 // <dialog>: focus stays inside, Escape closes it.
 
 import { $, h, icon } from '../dom.js';
-import { errorText } from '../errors.js';
+import { errorText, uploadFailure } from '../errors.js';
 import { fileSize, lastSeen, TTL_CHOICES, ttlLabel, when } from '../format.js';
 import { isMuted } from '../store.js';
 import { chatActions } from './chatactions.js';
+import { PhotoCropper, pickPhoto } from './photos.js';
 import { tick } from './chatlist.js';
-import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+import { avatar, chatAvatarId, chatPhoto, chatTitle, entryText } from './text.js';
 
 export class Dialogs {
   constructor(store, session, { onOpenChat, toast }) {
@@ -24,6 +25,7 @@ export class Dialogs {
       });
     }
     this.setupGroupDialog();
+    this.cropper = new PhotoCropper();
     $('#info-dialog').addEventListener('close', () => { this.infoChatId = null; });
     store.addEventListener('change', (e) => {
       const { what, chat } = e.detail;
@@ -68,7 +70,7 @@ export class Dialogs {
           update();
         });
         return h('li', null, h('label', { for: id, class: 'pick forward-pick' }, box,
-          avatar(chatTitle(chat), chatAvatarId(chat)), h('span', null, chatTitle(chat))));
+          avatar(chatTitle(chat), chatAvatarId(chat), null, chatPhoto(chat)), h('span', null, chatTitle(chat))));
       }));
     };
     const update = () => {
@@ -238,7 +240,7 @@ export class Dialogs {
           this.renderChosen();
           $('#group-search').focus();
         },
-      }, avatar(user.display_name || user.username, user.id), ` ${user.display_name || user.username} `, h('span', { class: 'muted' }, `@${user.username}`)))));
+      }, avatar(user.display_name || user.username, user.id, null, user.photo), ` ${user.display_name || user.username} `, h('span', { class: 'muted' }, `@${user.username}`)))));
   }
 
   renderChosen() {
@@ -285,7 +287,7 @@ export class Dialogs {
     const focused = document.activeElement && document.activeElement.id;
     const title = chatTitle(chat);
     $('#info-title').textContent = chat.kind === 'group' ? 'Group info' : 'Contact info';
-    const parts = [h('div', { class: 'info-head' }, avatar(title, chatAvatarId(chat)), h('div', null, h('p', { class: 'info-name' }, title),
+    const parts = [h('div', { class: 'info-head' }, avatar(title, chatAvatarId(chat), null, chatPhoto(chat)), h('div', null, h('p', { class: 'info-name' }, title),
       chat.kind === 'direct' && chat.peer ? h('p', { class: 'muted' }, `@${chat.peer.username}`, this.presenceText(chat.peer.id)) : null))];
     if (chat.kind === 'group') parts.push(...this.groupInfo(chat));
     parts.push(this.ttlControl(chat));
@@ -339,6 +341,23 @@ export class Dialogs {
         }, true));
   }
 
+  async changeGroupPhoto(chat) {
+    let file;
+    try {
+      file = await pickPhoto(this.cropper, 'Group photo');
+    } catch (err) {
+      $('#info-error').textContent = err.sentence || errorText(err);
+      return;
+    }
+    if (!file) return;
+    $('#info-error').textContent = '';
+    try {
+      await this.session.setPhoto(file, chat.id);
+    } catch (err) {
+      $('#info-error').textContent = err.code === 'forbidden' ? errorText(err, 'group') : uploadFailure(err, file).text;
+    }
+  }
+
   presenceText(userId) {
     const presence = this.store.presence.get(userId);
     if (!presence || presence.hidden) return '';
@@ -349,6 +368,15 @@ export class Dialogs {
     const admin = chat.role === 'admin';
     const active = chat.left_seq === undefined;
     const parts = [];
+    if (admin && active) {
+      parts.push(h('div', { class: 'photo-buttons' },
+        h('button', { type: 'button', class: 'secondary small', onclick: () => this.changeGroupPhoto(chat) },
+          chat.photo ? 'Change group photo' : 'Add a group photo'),
+        chat.photo ? h('button', {
+          type: 'button', class: 'link small',
+          onclick: () => this.run(() => this.session.removePhoto(chat.id)),
+        }, 'Remove group photo') : null));
+    }
     if (active) {
       const rename = h('form', { class: 'inline-form' },
         h('label', { for: 'info-rename' }, 'Group name'),
@@ -382,7 +410,7 @@ export class Dialogs {
         }, 'Remove'),
       ] : [];
       return h('li', { class: 'member', dataset: { user: user.id } },
-        avatar(user.display_name || user.username, user.id),
+        avatar(user.display_name || user.username, user.id, null, user.photo),
         h('span', { class: 'member-name' }, name, me ? null : h('span', { class: 'muted small' }, ` @${user.username}`)),
         member.role === 'admin' ? h('span', { class: 'role-badge' }, 'Admin') : null,
         h('span', { class: 'member-controls' }, controls));
@@ -412,7 +440,7 @@ export class Dialogs {
           h('button', {
             type: 'button', class: 'pick',
             onclick: () => this.run(() => this.session.addMembers(chat.id, [user.id])),
-          }, avatar(user.display_name || user.username, user.id), ` Add ${user.display_name || user.username} `,
+          }, avatar(user.display_name || user.username, user.id, null, user.photo), ` Add ${user.display_name || user.username} `,
           h('span', { class: 'muted' }, `@${user.username}`)))));
       }, 200);
     });
@@ -456,7 +484,7 @@ export class Dialogs {
       const section = (title, ids, cls) => h('section', { class: `receipt-group ${cls}` },
         h('h3', { class: 'section-title' }, `${title} (${ids.length})`),
         ids.length ? h('ul', { class: 'member-list' }, ids.map((id) => h('li', { class: 'member' },
-          avatar(this.store.nameOf(id), id), h('span', { class: 'member-name' }, this.store.nameOf(id)))))
+          avatar(this.store.nameOf(id), id, null, this.store.users.get(id)?.photo), h('span', { class: 'member-name' }, this.store.nameOf(id)))))
           : h('p', { class: 'muted small' }, 'No one yet'));
       body.replaceChildren(
         h('blockquote', { class: 'receipt-quote' }, entry.text || 'Attachment'),

@@ -66,7 +66,7 @@ export class MentionPicker {
       id: `mention-${user.id}`, role: 'option', class: `mention-option${i === this.index ? ' active' : ''}`,
       'aria-selected': String(i === this.index),
       onclick: () => this.pick(user),
-    }, avatar(mentionName(user), user.id), h('span', { class: 'mention-name' }, mentionName(user)),
+    }, avatar(mentionName(user), user.id, null, user.photo), h('span', { class: 'mention-name' }, mentionName(user)),
     h('span', { class: 'muted small' }, ` @${user.username}`))));
     this.textarea.setAttribute('aria-activedescendant', `mention-${this.matches[this.index].id}`);
   }

@@ -108,7 +108,7 @@ export class ReactionsDialog {
       for (const user of group.users) {
         const mine = user === store.me.id;
         rows.push(h('li', { class: 'member', dataset: { user } },
-          avatar(realName(store, user), user),
+          avatar(realName(store, user), user, null, (store.users.get(user) || {}).photo),
           h('span', { class: 'member-name' }, mine ? 'You' : store.nameOf(user),
             mine ? h('span', { class: 'member-sub' }, 'Select to take it back') : null),
           mine ? h('button', {

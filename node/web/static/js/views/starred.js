@@ -4,7 +4,7 @@
 import { $, h, icon } from '../dom.js';
 import { errorText } from '../errors.js';
 import { listTime } from '../format.js';
-import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+import { avatar, chatAvatarId, chatPhoto, chatTitle, entryText } from './text.js';
 
 export class StarredView {
   constructor(store, session, { onClose, onShow }) {
@@ -79,7 +79,7 @@ export class StarredView {
         type: 'button', class: 'chat-item starred-item', dataset: { chat: entry.chat, seq: entry.seq },
         onclick: () => this.onShow(entry.chat, entry.seq),
       },
-      chat ? avatar(where, chatAvatarId(chat)) : avatar(where, entry.chat),
+      chat ? avatar(where, chatAvatarId(chat), null, chatPhoto(chat)) : avatar(where, entry.chat),
       h('span', { class: 'chat-main' },
         h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, heading),
           h('time', { class: 'chat-time' }, listTime(entry.ts))),
