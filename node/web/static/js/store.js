@@ -131,6 +131,10 @@ export class Store extends EventTarget {
       }
     }
     this.chats.set(summary.id, merged);
+    if ((summary.cleared_seq || 0) > ((old && old.cleared_seq) || 0) && this.logs.has(summary.id)) {
+      this.logs.get(summary.id).dropThrough(summary.cleared_seq); // cleared on another device meanwhile
+      this.changed('messages', summary.id);
+    }
     if (notify) this.changed('chats', summary.id);
     return merged;
   }
