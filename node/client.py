@@ -213,14 +213,16 @@ class ChatClient:
     async def react(self, chat_id: str, seq: int, emoji: str) -> dict[str, Any]:
         """React to message `seq` with `emoji` (replacing an earlier reaction); returns the
         `reaction` event the members get."""
-        return (await self.request("PUT", f"/api/chats/{chat_id}/messages/{seq}/reaction", {"emoji": emoji}))["reaction"]
+        path = f"/api/chats/{chat_id}/messages/{seq}/reaction"
+        return (await self.request("PUT", path, {"emoji": emoji}))["reaction"]
 
     async def unreact(self, chat_id: str, seq: int) -> dict[str, Any]:
         return (await self.request("DELETE", f"/api/chats/{chat_id}/messages/{seq}/reaction"))["reaction"]
 
     async def reactions(self, chat_id: str, first: int | None = None, last: int | None = None) -> dict[str, list]:
         """The current reactions of the messages first <= seq <= last, by seq (as strings)."""
-        return (await self.request("GET", f"/api/chats/{chat_id}/reactions", **{"from": first, "to": last}))["reactions"]
+        found = await self.request("GET", f"/api/chats/{chat_id}/reactions", **{"from": first, "to": last})
+        return found["reactions"]
 
     # stars and deleting for me
 

@@ -61,3 +61,31 @@ def test_search_messages_and_jump_to_one_in_its_context(pages, names, node):
                                      headers=headers).json()["results"], "the deletion to reach the index")
     b.fill("#search", "flowerpot")
     expect(b.locator("#search-empty")).to_have_text("No chats, people or messages match “flowerpot”.")
+
+
+def test_search_in_one_chat_from_its_menu(pages, names, node):
+    alice, bob, carol = names("alice", "bob", "carol")
+    a = pages.login(alice)
+    open_direct(a, bob)
+    send(a, "pizza on friday?")
+    open_direct(a, carol)
+    send(a, "pizza is great")
+    headers = auth(node, alice)
+    wait_until(lambda: len(httpx.get(f"{node.url}/api/search", params={"q": "pizza"},
+                                     headers=headers).json()["results"]) == 2, "both messages indexed")
+    a.click("#chat-menu")  # carol's chat is open
+    a.locator("#popup-menu").get_by_role("menuitem", name="Search messages").click()
+    expect(a.locator("#search")).to_be_focused()
+    expect(a.locator("#search-scope-text")).to_have_text("Messages in “Carol”")
+    a.keyboard.type("pizza")
+    results = a.locator("#message-results-list .result-item")
+    expect(results).to_have_count(1)
+    expect(results.locator(".preview")).to_have_text("pizza is great")
+    expect(a.locator("#people")).to_be_hidden()
+    a.fill("#search", "friday")
+    expect(a.locator("#search-empty")).to_have_text("No messages in this chat match “friday”.")
+    a.click("#search-scope-clear")  # every chat again
+    expect(a.locator("#search-scope")).to_be_hidden()
+    expect(results).to_have_count(1)
+    expect(results.locator(".preview")).to_have_text("pizza on friday?")
+

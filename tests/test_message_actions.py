@@ -137,7 +137,8 @@ async def test_message_info_in_a_1_1_chat(node, users):
     chat = await alice.open_direct(username="bob")
     async with alice.connect() as a:
         ack = await a.send_text(chat["id"], "did you get this?")
-        assert await alice.receipts(chat["id"], ack["seq"]) == {"read": [], "delivered": [], "pending": [bob.user["id"]]}
+        assert await alice.receipts(chat["id"], ack["seq"]) == {"read": [], "delivered": [],
+                                                                 "pending": [bob.user["id"]]}
         async with bob.connect() as b:
             await b.synced.wait()
             await a.wait_for("delivered")

@@ -103,7 +103,8 @@ async def test_bad_reactions_are_refused_and_change_nothing(node, users):
                                                       {"emoji": bad}))
     await expect_error("bad_request", bob.request("PUT", f"/api/chats/{chat['id']}/messages/{ack['seq']}/reaction",
                                                   {"emoji": "👍", "extra": 1}))
-    for fine in ("👍🏽", "👨‍👩‍👧", "🇫🇷", "1️⃣", "🏳️‍🌈", "☺️", "🏴󠁧󠁢󠁳󠁣󠁴󠁿"):
+    for fine in ("👍🏽", "👨‍👩‍👧", "🇫🇷", "1️⃣",
+                 "🏳️‍🌈", "☺️", "🏴󠁧󠁢󠁳󠁣󠁴󠁿"):
         assert (await bob.react(chat["id"], ack["seq"], fine))["emoji"] == fine
     await expect_error("not_found", bob.react(chat["id"], gone["seq"], "👍"))  # deleted for everyone
     await expect_error("not_found", bob.react(chat["id"], 99, "👍"))
@@ -177,7 +178,8 @@ async def test_the_author_gets_a_push_for_a_reaction_when_offline(tmp_path):
         await alice.register_push_target("webhook", f"{hook.url}/alice")
         await bob.react(chat["id"], ack["seq"], "😍")
         body = orjson.loads((await hook.next())["body"])
-        assert {k: body[k] for k in ("type", "chat", "from", "message", "seq", "emoji", "count", "sender_name", "text")} \
+        keys = ("type", "chat", "from", "message", "seq", "emoji", "count", "sender_name", "text")
+        assert {k: body[k] for k in keys} \
             == {"type": "reaction", "chat": chat["id"], "from": bob.user["id"], "message": ack["id"], "seq": ack["seq"],
                 "emoji": "😍", "count": 1, "sender_name": "bob", "text": "new haircut"}
         await alice.react(chat["id"], ack["seq"], "🙂")  # one's own: nobody is told by push

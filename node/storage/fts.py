@@ -124,7 +124,8 @@ class FtsIndex:
         match = " AND ".join(f'"{term}"*' for term in terms)
         conn = self._reader
         with self._read_lock:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (chat INTEGER PRIMARY KEY, first INTEGER, last INTEGER)")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted"
+                         " (chat INTEGER PRIMARY KEY, first INTEGER, last INTEGER)")
             conn.execute("BEGIN")
             try:
                 conn.execute("DELETE FROM temp.wanted")

@@ -123,5 +123,5 @@ def gc_key(due: int, media_id: int) -> bytes:
     return u64(max(0, due)) + u64(media_id)
 
 
-__all__ = ["CONTENT", "GC", "ITEMS", "PENDING", "PHOTOS", "SHARES", "TABLES", "Records", "StoreBatch", "gc_key", "pending_key",
-           "public", "share_key"]
+__all__ = ["CONTENT", "GC", "ITEMS", "PENDING", "PHOTOS", "SHARES", "TABLES", "Records", "StoreBatch", "gc_key",
+           "pending_key", "public", "share_key"]

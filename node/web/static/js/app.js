@@ -104,7 +104,9 @@ async function startSession(auth) {
       chatList: new ChatListView(store, session, {
         onOpen: openChat, onStartDirect: startDirect, onShowMessage: showMessage, actionsContext,
       }),
-      conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast, actionsContext }),
+      conversation: new ConversationView(store, session, dialogs, {
+        onBack: () => openChat(null), toast, actionsContext, onSearchIn: searchIn,
+      }),
       starred: new StarredView(store, session, { onClose: () => openChat(null), onShow: showMessage }),
       settings: new SettingsView(store, session, {
         dialogs, toast, onClose: () => openChat(null), onUser: rememberUser,
@@ -297,6 +299,13 @@ function rememberUser(user) {
   if (!auth) return;
   auth.user = { ...auth.user, ...user };
   localStorage.setItem(SAVED, JSON.stringify(auth));
+}
+
+/** Search one chat's messages, from the sidebar's search (on a phone, back to the list for it). */
+function searchIn(chatId) {
+  if (window.matchMedia('(max-width: 720px)').matches) openChat(null);
+  views.chatList.searchIn(chatId);
+  $('#search').focus();
 }
 
 /** Open a chat at one of its messages (from the starred list or a search result). */

@@ -27,11 +27,19 @@ export class ChatListView {
     this.searchSeq = 0;
     this.search.addEventListener('input', () => this.onSearch());
     $('#message-results-more').addEventListener('click', () => this.moreMessages());
+    $('#search-scope-clear').addEventListener('click', () => {
+      this.searchIn(null);
+      this.search.focus();
+    });
+    this.scope = null; // a chat id: messages are searched in that chat only
     this.search.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && this.search.value) {
         e.preventDefault();
         this.search.value = '';
         this.onSearch();
+      } else if (e.key === 'Escape' && this.scope) {
+        e.preventDefault();
+        this.searchIn(null); // then back to searching everything
       }
     });
     store.addEventListener('change', (e) => {
@@ -72,8 +80,9 @@ export class ChatListView {
     this.searchTimer = setTimeout(async () => {
       const words = /[\p{L}\p{N}]/u.test(query);
       const [people, messages] = await Promise.allSettled([
-        this.session.api.searchUsers(query.replace(/^@/, '')),
-        words ? this.session.api.searchMessages(query) : Promise.resolve({ results: [], next: null }),
+        this.scope ? Promise.resolve([]) : this.session.api.searchUsers(query.replace(/^@/, '')),
+        words ? this.session.api.searchMessages(query, undefined, this.scope || undefined)
+          : Promise.resolve({ results: [], next: null }),
       ]);
       if (seq !== this.searchSeq) return;
       this.people = people.status === 'fulfilled' ? people.value : [];
@@ -85,6 +94,16 @@ export class ChatListView {
       this.renderPeople();
       this.renderMessages();
     }, 250);
+  }
+
+  /** Search the messages of one chat (null: every chat, chats and people too). */
+  searchIn(chatId) {
+    this.scope = chatId;
+    const chat = chatId ? this.store.chats.get(chatId) : null;
+    $('#search-scope').hidden = !chat;
+    $('#search-scope-text').textContent = chat ? `Messages in “${chatTitle(chat)}”` : '';
+    this.search.placeholder = chat ? 'Search messages in this chat' : 'Search chats, people and messages';
+    this.onSearch();
   }
 
   /** Messages matching the search (GET /api/search), the newest first; a click shows one in its chat. */
@@ -116,7 +135,7 @@ export class ChatListView {
     const found = this.found;
     if (!found || !found.next) return;
     try {
-      const page = await this.session.api.searchMessages(found.query, found.next);
+      const page = await this.session.api.searchMessages(found.query, found.next, this.scope || undefined);
       if (this.found !== found) return;
       found.results.push(...page.results);
       found.next = page.next;
@@ -145,6 +164,11 @@ export class ChatListView {
     const messages = this.found && this.found.query === this.query ? this.found.results.length : 0;
     empty.hidden = !answered || chats > 0 || this.people.length > 0 || messages > 0;
     const typed = this.search.value.trim();
+    if (this.scope) {
+      empty.textContent = this.found && this.found.failed ? 'Messages can’t be searched right now.'
+        : `No messages in this chat match “${typed}”.`;
+      return;
+    }
     empty.textContent = this.peopleFailed || (this.found && this.found.failed)
       ? `No chats match “${typed}”, and people and messages can’t be searched right now.`
       : `No chats, people or messages match “${typed}”.`;
@@ -162,7 +186,8 @@ export class ChatListView {
     const shown = this.store.sortedChats().filter((chat) => !chat.hidden || this.store.activeChatId === chat.id);
     const archived = shown.filter((chat) => chat.archived);
     if (!archived.length) this.showArchived = false;
-    const chats = shown.filter((chat) => (this.query ? true : Boolean(chat.archived) === this.showArchived))
+    const chats = shown.filter((chat) => !(this.query && this.scope))
+      .filter((chat) => (this.query ? true : Boolean(chat.archived) === this.showArchived))
       .filter((chat) => !this.query || chatTitle(chat).toLowerCase().includes(this.query)
         || (chat.peer && chat.peer.username.includes(this.query)));
     const rows = chats.map((chat) => this.item(chat));

@@ -42,13 +42,14 @@ function charactersOver(text, limit) {
 }
 
 export class ConversationView {
-  constructor(store, session, dialogs, { onBack, toast, actionsContext }) {
+  constructor(store, session, dialogs, { onBack, toast, actionsContext, onSearchIn }) {
     this.store = store;
     this.session = session;
     this.dialogs = dialogs;
     this.onBack = onBack;
     this.toast = toast;
     this.actionsContext = actionsContext;
+    this.onSearchIn = onSearchIn; // (chat id): search that chat's messages
     this.chatId = null;
     this.rows = new Map(); // row key -> {sig, node}
     this.drafts = new Map(); // chat id -> unsent text
@@ -130,7 +131,8 @@ export class ConversationView {
     const chat = this.store.chats.get(this.chatId);
     if (!chat) return;
     const info = { label: chat.kind === 'group' ? 'Group info' : 'Contact info', icon: 'info', onSelect: () => this.dialogs.chatInfo(chat.id) };
-    const items = chatMenuItems(this.actionsContext, chat, [info, '-']);
+    const search = { label: 'Search messages', icon: 'search', onSelect: () => this.onSearchIn(chat.id) };
+    const items = chatMenuItems(this.actionsContext, chat, [info, search, '-']);
     items.push('-', { label: 'Close chat', icon: 'close', onSelect: () => this.onBack() });
     openMenu({ items, at: anchor, label: 'Chat options' });
   }
