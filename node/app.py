@@ -174,6 +174,7 @@ class Node:
             int(record.get("created_by") or 0), record.get("ttl", 0), chat.committed_seq, members,
             chat.watermark("delivered").floor if group else min((chat.members[u]["delivered"] for u in members), default=0),
             chat.watermark("read").floor if group else min((chat.members[u]["read"] for u in members), default=0),
+            record.get("photo") if group else None,
         )
 
 

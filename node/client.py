@@ -187,6 +187,16 @@ class ChatClient:
     async def history(self, chat_id: str, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return (await self.request("GET", f"/api/chats/{chat_id}/messages", before=before, limit=limit))["messages"]
 
+    async def history_around(self, chat_id: str, seq: int, *, limit: int = 50) -> dict[str, Any]:
+        """A message in its context: ``{"messages", "has_more", "has_newer", "next_before"}``."""
+        return await self.request("GET", f"/api/chats/{chat_id}/messages", around=seq, limit=limit)
+
+    async def search(self, query: str, *, chat: str | None = None, limit: int = 20,
+                     before: str | None = None) -> dict[str, Any]:
+        """Messages matching `query`, the newest first: ``{"results": [{"chat", "message"}],
+        "next", "complete"}``; pass ``before=next`` for the next page."""
+        return await self.request("GET", "/api/search", q=query, chat=chat, limit=limit, before=before)
+
     async def hide(self, chat_id: str) -> None:
         await self.request("POST", f"/api/chats/{chat_id}/hide")
 
@@ -219,6 +229,81 @@ class ChatClient:
 
     async def set_admin(self, chat_id: str, user_id: str, admin: bool = True) -> None:
         await self.request("PUT" if admin else "DELETE", f"/api/chats/{chat_id}/admins/{user_id}")
+
+    # chat management (per user)
+
+    async def set_prefs(self, chat_id: str, **changes: Any) -> dict[str, Any]:
+        """Mute (``mute=3600`` seconds, ``True`` always, ``False`` off), archive, pin or
+        mark as unread a chat for this user; returns the chat summary."""
+        return (await self.request("PATCH", f"/api/chats/{chat_id}/prefs", changes))["chat"]
+
+    async def clear_history(self, chat_id: str) -> dict[str, Any]:
+        return (await self.request("POST", f"/api/chats/{chat_id}/clear"))["chat"]
+
+    async def delete_chat(self, chat_id: str) -> None:
+        """Delete a chat for this user: its history is cleared and it leaves the list."""
+        await self.request("POST", f"/api/chats/{chat_id}/delete")
+
+    async def report(self, *, user: str | None = None, chat: str | None = None, reason: str = "",
+                     block: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason, "block": block}
+        if user is not None:
+            body["user"] = user
+        if chat is not None:
+            body["chat"] = chat
+        return (await self.request("POST", "/api/reports", body))["report"]
+
+    async def admin_reports(self, *, before: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """Reports, newest first (admin: the admin token, or a loopback client without one)."""
+        return await self.request("GET", "/api/admin/reports", before=before, limit=limit)
+
+    async def dismiss_report(self, report_id: str) -> None:
+        await self.request("DELETE", f"/api/admin/reports/{report_id}")
+
+    # photos
+
+    async def set_photo(self, media_id: str | None) -> dict[str, Any]:
+        """Make an uploaded image your profile photo (None: remove it); returns your user."""
+        if media_id is None:
+            return (await self.request("DELETE", "/api/me/photo"))["user"]
+        return (await self.request("PUT", "/api/me/photo", {"media": media_id}))["user"]
+
+    async def set_group_photo(self, chat_id: str, media_id: str | None) -> dict[str, Any]:
+        """Set a group's photo (admins; None: remove it); returns the chat."""
+        if media_id is None:
+            return (await self.request("DELETE", f"/api/chats/{chat_id}/photo"))["chat"]
+        return (await self.request("PUT", f"/api/chats/{chat_id}/photo", {"media": media_id}))["chat"]
+
+    async def user_info(self, user_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/api/users/{user_id}"))["user"]
+
+    # reactions
+
+    async def react(self, chat_id: str, seq: int, emoji: str) -> dict[str, Any]:
+        """React to message `seq` with `emoji` (replacing an earlier reaction); returns the
+        `reaction` event the members get."""
+        path = f"/api/chats/{chat_id}/messages/{seq}/reaction"
+        return (await self.request("PUT", path, {"emoji": emoji}))["reaction"]
+
+    async def unreact(self, chat_id: str, seq: int) -> dict[str, Any]:
+        return (await self.request("DELETE", f"/api/chats/{chat_id}/messages/{seq}/reaction"))["reaction"]
+
+    async def reactions(self, chat_id: str, first: int | None = None, last: int | None = None) -> dict[str, list]:
+        """The current reactions of the messages first <= seq <= last, by seq (as strings)."""
+        found = await self.request("GET", f"/api/chats/{chat_id}/reactions", **{"from": first, "to": last})
+        return found["reactions"]
+
+    # stars and deleting for me
+
+    async def star(self, chat_id: str, seq: int, starred: bool = True) -> None:
+        await self.request("PUT" if starred else "DELETE", f"/api/chats/{chat_id}/messages/{seq}/star")
+
+    async def starred(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        """``{"messages", "next_offset", "has_more"}``: starred messages, the newest first."""
+        return await self.request("GET", "/api/starred", offset=offset, limit=limit)
+
+    async def delete_for_me(self, chat_id: str, seqs: list[int]) -> None:
+        await self.request("POST", f"/api/chats/{chat_id}/messages/delete", {"seqs": seqs})
 
     # privacy
 

@@ -358,6 +358,27 @@ class Accounts:
             raise ChatError("not_found")
         return public_user(await self._update_user(user_id, display_name=name or user["username"]))
 
+    async def set_photo(self, user_id: int, media_id: str | None) -> dict:
+        """Set (None: remove) the profile photo, a media id (node/core/profiles.py checks it);
+        returns the stored record."""
+        if media_id is None:
+            old = await self.user(user_id)
+            if old is None:
+                raise ChatError("not_found")
+            if "photo" not in old:
+                return old
+            record = {k: v for k, v in old.items() if k != "photo"}
+            self._users[user_id] = record
+            batch = WriteBatch()
+            batch.put_user(user_id, record)
+            try:
+                await self._storage.write(batch)
+            except BaseException:
+                self._users.pop(user_id, None)
+                raise
+            return record
+        return await self._update_user(user_id, photo=media_id)
+
     async def change_password(self, device: Device, current: object, new: object, address: str) -> int:
         """Replace the password after checking the current one, and log out every other
         device of the user. Wrong guesses count toward the login limits, so a stolen token

@@ -25,7 +25,7 @@ from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageE
 from ..plugin_api import Message
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
-from .state import PREVIEW_KINDS, ChatState, chat_from_loaded
+from .state import PREVIEW_KINDS, ChatState, chat_from_loaded, is_muted
 
 if TYPE_CHECKING:
     from .services import PluginHooks
@@ -68,6 +68,7 @@ class Reads:
     dedupe: set[tuple[int, str]] = attrs.Factory(set)  # (user id, client_msg_id)
     users: set[int] = attrs.Factory(set)  # user records and whom they block
     directs: set[tuple[int, int]] = attrs.Factory(set)  # (low, high) user ids
+    user_chats: set[int] = attrs.Factory(set)  # users all of whose chats are loaded
 
 
 class Operation:
@@ -304,6 +305,8 @@ class Chats:
         if pairs:
             self._directs.update(await self.storage.direct_chats(pairs))
         chat_ids = reads.chats | {self._directs[p] for p in reads.directs if p in self._directs}
+        for user_id in reads.user_chats:
+            chat_ids = chat_ids | await self.chat_ids_of(user_id)
         missing = [c for c in chat_ids if c not in self._chats]
         if missing:
             await self.load_many(missing, keep=True)  # the batch sequences them: keep them for it
@@ -390,8 +393,12 @@ class Chats:
                 self.advance_cursor(chat, sender, "read", seq)
         if record["kind"] in CONTENT_KINDS:
             for uid in chat.active_ids():
-                if chat.members[uid].get("hidden"):
-                    chat.members[uid]["hidden"] = False  # a new message brings a hidden chat back
+                member = chat.members[uid]
+                if member.get("hidden"):
+                    member["hidden"] = False  # a new message brings a hidden chat back
+                    self.mark_dirty(chat.id, uid)
+                if member.get("archived") and not is_muted(member, now):
+                    member["archived"] = False  # ... and an archived one, unless it is muted
                     self.mark_dirty(chat.id, uid)
         return record, raw
 
@@ -438,6 +445,10 @@ class Chats:
         if known is not None:
             known.add(chat.id)
         return record
+
+    def loaded_chats_of(self, user_id: int) -> list[ChatState]:
+        """The user's chats (loaded for this batch by `Reads.user_chats`)."""
+        return [chat for chat_id in self._user_chats.get(user_id, ()) if (chat := self._chats.get(chat_id))]
 
     def mark_dirty(self, chat_id: int, user_id: int) -> None:
         self._dirty.add((chat_id, user_id))

@@ -11,8 +11,10 @@ from typing import Any, Protocol
 import attrs
 
 from ..storage import WriteBatch
+from .chatprefs import announce_prefs
 from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation, Reads
 from .errors import ChatError
+from .reactions import forget_reactions
 from .state import ChatState
 
 
@@ -42,6 +44,14 @@ def store_message(
     elif kind == "delete":
         content = _delete(chats, batch, chat, sender, member, content)
     else:
+        mentions = content.get("mentions")
+        if mentions is not None:
+            if chat.kind != "group":
+                raise ChatError("bad_request", "mentions are for groups")
+            if any(chat.member(int(uid)) is None for uid in mentions):
+                raise ChatError("bad_request", "'mentions' names someone who is not a member of this group")
+            if not mentions:
+                del content["mentions"]
         reply_to = content.get("reply_to")
         if reply_to is not None:
             target = chats.find_message(chat, int(reply_to))
@@ -89,7 +99,22 @@ def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, membe
     if target.get("media"):
         tombstone["deleted_media"] = target["media"].get("id")  # lets the media plugin release it
     chats.rewrite(chat, batch, tombstone)
+    forget_reactions(batch, chat.id, target["seq"])
     return {"kind": "delete", "target": target["id"], "target_seq": target["seq"]}
+
+
+def unmark_unread(chats: Chats, chat: ChatState, user_id: int, now: int) -> Effect | None:
+    """Clear a chat's "marked as unread" for a member; the effect tells their devices."""
+    member = chat.members[user_id]
+    if not member.get("marked_unread"):
+        return None
+    member["marked_unread"] = False
+    chats.mark_dirty(chat.id, user_id)
+
+    def effect() -> None:
+        announce_prefs(chats, chat, user_id, now)
+
+    return effect
 
 
 def _read_advance(chats: Chats, chat: ChatState, user_id: int, old_read: int, record: dict) -> None:
@@ -218,12 +243,21 @@ class MarkRead(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = chats.require_chat(self.chat_id, self.user_id)
         seq = min(self.seq, chat.committed_seq)
+        unmark = unmark_unread(chats, chat, self.user_id, now)  # reading clears "mark as unread"
         read = chats.advance_cursor(chat, self.user_id, "read", seq)
         if read is None:
-            return lambda: self.resolve(member["read"])
+
+            def resolve() -> None:
+                if unmark is not None:
+                    unmark()
+                self.resolve(member["read"])
+
+            return resolve
         delivered = chats.advance_cursor(chat, self.user_id, "delivered", seq)
 
         def effect() -> None:
+            if unmark is not None:
+                unmark()
             if delivered is not None:
                 chats.announce_delivered(chat, self.user_id, delivered[0], seq)
                 chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq,
@@ -313,6 +347,7 @@ class PurgeExpired(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         for chat_id, seq, message_id, expires_at in self.entries:
             batch.delete_message(chat_id, seq, message_id, expires_at)
+            forget_reactions(batch, chat_id, seq)
             chat = chats.get(chat_id)
             if chat is not None and chat.last_message and chat.last_message["seq"] == seq:
                 chat.last_message = None
