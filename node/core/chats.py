@@ -71,6 +71,11 @@ class Reads:
     user_chats: set[int] = attrs.Factory(set)  # users all of whose chats are loaded
 
 
+#: Every operation class by name: in a cluster, an operation travels to the owner of its
+#: chat as its name and its fields (which are plain data, except a send's origin).
+OPERATIONS: dict[str, type[Operation]] = {}
+
+
 class Operation:
     """A change to chat state, applied by the sequencer.
 
@@ -80,6 +85,10 @@ class Operation:
     effect to run once the batch is durable (or None). `reject` tells the requester that
     the operation failed.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        OPERATIONS[cls.__name__] = cls
 
     def reads(self, reads: Reads) -> None:
         pass
@@ -162,6 +171,7 @@ class Chats:
         self._messages: dict[int, tuple[int, int]] = {}  # message id -> (chat, seq)
         self._log: dict[tuple[int, int], bytes] = {}
         self._appended: list[tuple[ChatState, dict[str, Any]]] = []
+        self._batch_chats: set[int] = set()  # the chats the batch being applied loaded
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
@@ -287,6 +297,10 @@ class Chats:
             self._forget_all()
         elif self.routing.version != version:  # ownership moved while this batch ran
             self.forget_chats(self.routing.owns)
+        elif self.routing.clustered:  # read for a check (a pin limit) but sequenced elsewhere: not kept
+            for chat_id in self._batch_chats:
+                if not self.routing.owns(chat_id):
+                    self._chats.pop(chat_id, None)
         self.applied += len(applied)
         for op, effect in applied:
             if effect is not None:
@@ -310,6 +324,7 @@ class Chats:
         missing = [c for c in chat_ids if c not in self._chats]
         if missing:
             await self.load_many(missing, keep=True)  # the batch sequences them: keep them for it
+        self._batch_chats = chat_ids
         users = set(reads.users)
         for chat_id in chat_ids:
             chat = self._chats.get(chat_id)

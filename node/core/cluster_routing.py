@@ -61,10 +61,10 @@ import trio
 
 from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership
 from ..plugin_api import PluginError
-from .chats import Awaitable, Operation
+from . import chatprefs, groups, operations, profiles, reactions  # noqa: F401 - their operations register
+from .chats import OPERATIONS, Awaitable, Operation
 from .errors import ChatError
-from .groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat
-from .operations import MarkDelivered, MarkRead, OpenDirect, PostMessage, SendMessage, SetHidden
+from .operations import SendMessage
 from .routing import Routing
 from .state import ChatState
 
@@ -83,18 +83,14 @@ MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
 RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription is tried again
 
-#: Operations that may be forwarded to a chat's owner, by name. Their fields are plain
-#: data, so they travel as JSON; `SendMessage` travels as ``send`` (it names its device).
-FORWARDABLE: dict[str, type[Operation]] = {
-    cls.__name__: cls
-    for cls in (PostMessage, MarkDelivered, MarkRead, OpenDirect, SetHidden, CreateGroup, AddMembers,
-                RemoveMember, Leave, SetRole, UpdateChat)
-}
-
-
-def register_forwardable(cls: type[Operation]) -> type[Operation]:
-    """Let an operation class (plain-data attrs fields) be forwarded to chat owners."""
-    FORWARDABLE[cls.__name__] = cls
+def forwardable(name: str) -> type[Operation] | None:
+    """The operation class of that name, if it may travel to a chat's owner: one with a
+    chat and plain-data fields (a send travels as ``send``: it names its device)."""
+    cls = OPERATIONS.get(name)
+    if cls is None or cls is SendMessage or not attrs.has(cls):
+        return None
+    if "chat_id" not in {f.name for f in attrs.fields(cls)}:
+        return None
     return cls
 
 
@@ -346,7 +342,7 @@ class ClusterRouting(Routing):
             op.resolve(value)
 
     async def forward(self, op: Awaitable) -> Any:
-        if type(op).__name__ not in FORWARDABLE:
+        if forwardable(type(op).__name__) is None:
             raise ChatError("internal", f"{type(op).__name__} cannot be forwarded to another node")
         self.forward_nowait(op)
         result = await op.wait()
@@ -387,7 +383,7 @@ class ClusterRouting(Routing):
 
     def _serve_run(self, peer: int, req: int, name: str, fields: bytes, hops: int) -> None:
         assert self.chats is not None
-        cls = FORWARDABLE.get(name)
+        cls = forwardable(name)
         if cls is None:
             self.answer(peer, req, False, "error", _error_value(ChatError("internal", f"unknown operation {name}")))
             return
@@ -413,7 +409,7 @@ class ClusterRouting(Routing):
 
     def _serve_op(self, name: str, fields: bytes, hops: int) -> None:
         assert self.chats is not None
-        cls = FORWARDABLE.get(name)
+        cls = forwardable(name)
         if cls is None:
             return
         op = cls(**orjson.loads(fields))

@@ -90,7 +90,7 @@ class PushPlugin:
     async def on_reaction(self, ctx: PluginContext, chat_id: int, seq: int, message_id: int, user_id: int,
                           emoji: str, author_id: int) -> None:
         """Someone reacted to a message of a user who has no device online: tell them."""
-        if self.dispatcher is None or ctx.is_online(author_id):
+        if self.dispatcher is None or await ctx.is_online(author_id):
             return
         found = await ctx.messages(chat_id, seq, seq, 1)
         text = found[0].text if found else None
