@@ -74,6 +74,7 @@ class Node:
     frame_handlers: dict[str, FrameHandler]
     routing: Routing
     shutdown_requested: trio.Event = attrs.Factory(trio.Event)
+    sequencer_done: trio.Event = attrs.Factory(trio.Event)  # every queued operation applied
     stash: dict[str, Any] = attrs.Factory(dict)  # per-plugin state, keyed by plugin name
     http_port: int = 0
     ws_port: int = 0
@@ -355,8 +356,11 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 await manager.shutdown()
                 plugin_tasks.cancel_scope.cancel()
             await chats.close()
+            node.sequencer_done.set()
             manager.close_pumps()
-            core.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout  # the sweepers
+            # The sweepers, and in a cluster the hand-over and the leave (node/cluster/service.py)
+            handover = 2 * config.cluster.leave_timeout + 1 if node.cluster is not None else 0.0
+            core.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + handover
     log.info("stopped")
 
 

@@ -42,6 +42,11 @@ Effect = Callable[[], None]
 #: Message kinds that count as content (unread counts, push, chat-list previews).
 CONTENT_KINDS = frozenset({"text", "image", "audio", "video", "file"})
 
+#: How often a batch is applied again after another writer committed to its chats first
+#: (an owner that had not yet seen a hand-over); after that the requests are refused as
+#: retryable.
+CONFLICT_RETRIES = 2
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -233,7 +238,7 @@ class Chats:
                         break
                 await self._process(ops)
 
-    async def _process(self, ops: list[Operation]) -> None:
+    async def _process(self, ops: list[Operation], attempt: int = 0) -> None:
         version = self.routing.version
         if self.routing.clustered:  # ownership may have moved while they queued
             moved = [op for op in ops if not self._local(op)]
@@ -284,6 +289,12 @@ class Chats:
             # Nothing of the batch is known to be stored (a conflict: another node took a
             # seq; an unknown outcome: maybe it was): reload whatever is asked next.
             self._forget_all()
+            self._clear_batch()
+            if isinstance(exc, StorageConflict) and attempt < CONFLICT_RETRIES:
+                # Nothing was stored, and the chats are read afresh: apply the batch again
+                # on what the other writer (an owner before a hand-over) committed.
+                await self._process([op for op, _ in applied], attempt + 1)
+                return
             for op, _ in applied:
                 op.reject(_storage_error(exc))
             return
