@@ -5,6 +5,7 @@
     shares   u64 media | u64 chat | u64 seq    -> u64 expires_at ms (0: never)
     pending  u64 media | u64 chat | u64 ms     -> u64 chat seq when the send began
     gc       u64 due ms | u64 media id         -> b"" (look at this item then)
+    photos   u64 media | u64 chat               -> b"" (the item was made that group's photo)
     dooms    target | u64 node | u64 ms        -> state byte + u64 ms (a deletion under way)
     lease    b"gc"                             -> {"node", "until"} (who collects)
     keys     name | u64 order | u64 node       -> a key candidate (the signing key)
@@ -35,11 +36,12 @@ REFS = "refs"
 SHARES = "shares"
 PENDING = "pending"
 GC = "gc"
+PHOTOS = "photos"
 DOOMS = "dooms"
 LEASE = "lease"
 KEYS = "keys"
 OLD_CONTENT = "content"  # the refcounts of older versions (migrated to REFS)
-TABLES = [ITEMS, REFS, SHARES, PENDING, GC, DOOMS]
+TABLES = [ITEMS, REFS, SHARES, PENDING, GC, PHOTOS, DOOMS]
 
 #: States of a doom row.
 DELETING, DONE, CANCELLED = b"d", b"x", b"c"
@@ -73,6 +75,7 @@ class Records:
         self.shares = store.table(SHARES)
         self.pending = store.table(PENDING)
         self.gc = store.table(GC)
+        self.photos = store.table(PHOTOS)
 
     async def get_item(self, media_id: int) -> dict[str, Any] | None:
         raw = await self.items.get(u64(media_id))
@@ -98,6 +101,11 @@ class Records:
         """(key, chat id, started ms, floor seq) of every pending share of an item."""
         rows = await self.pending.scan_prefix(u64(media_id), limit=SCAN_LIMIT)
         return [(key, from_u64(key[8:16]), from_u64(key[16:24]), from_u64(value)) for key, value in rows]
+
+    async def photo_chats(self, media_id: int) -> list[tuple[bytes, int]]:
+        """(key, chat id) of every group the item was made the photo of."""
+        rows = await self.photos.scan_prefix(u64(media_id), limit=SCAN_LIMIT)
+        return [(key, from_u64(key[8:16])) for key, _ in rows]
 
     async def due_for_gc(self, now: int, limit: int) -> list[tuple[bytes, int]]:
         """(gc key, media id) of items due for a look at `now`, oldest first."""
@@ -169,5 +177,5 @@ def content_target(sha: str) -> bytes:
     return b"c" + bytes.fromhex(sha)
 
 
-__all__ = ["DOOMS", "GC", "ITEMS", "LEASE", "PENDING", "REFS", "SHARES", "TABLES", "Records", "StoreBatch",
+__all__ = ["DOOMS", "GC", "ITEMS", "LEASE", "PENDING", "PHOTOS", "REFS", "SHARES", "TABLES", "Records", "StoreBatch",
            "content_target", "gc_key", "item_target", "pending_key", "public", "ref_key", "share_key"]
