@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list the plugins a node on this config would load")
     plugins.add_argument("--config", "-c", default="config.toml")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    media = commands.add_parser("media", help="media store tools")
+    media_commands = media.add_subparsers(dest="media_command", required=True)
+    copy = media_commands.add_parser(
+        "copy", help="copy the node's local media into the object store of [plugins.media.s3] (resumable)")
+    copy.add_argument("--config", "-c", default="config.toml")
+    copy.add_argument("--from", dest="source", default=None,
+                      help="the local media folder (default: [plugins.media] dir under the data dir)")
+    copy.add_argument("--quick", action="store_true", help="verify copies by size only, without reading them back")
     # -- cluster (node/cluster owns what is inside this block) ------------------------
     from .cluster.cli import add_cluster_commands
 
@@ -100,6 +108,29 @@ def _print_plugins(plugins: list[dict], *, as_json: bool) -> None:
         print(f"{p['name']:<{width}}  {p['version']:<10}  {origin:<9}  {', '.join(p['hooks'])}")
 
 
+def _media_copy(args: argparse.Namespace, config: Config) -> int:
+    """`chatnode media copy`: see node/plugins/media/copy.py."""
+    from pathlib import Path
+
+    from .plugins.media.copy import copy_to_store
+
+    try:
+        settings = Plugins(config.plugins, node_version=VERSION).settings("media")
+    except (ConfigError, KeyError) as exc:
+        print(f"chatnode: config error: {exc}", file=sys.stderr)
+        return 2
+    source = Path(args.source) if args.source else config.data_dir / settings.dir
+    if not source.is_dir():
+        print(f"chatnode: no local media at {source}", file=sys.stderr)
+        return 2
+    try:
+        counts = copy_to_store(settings, source, quick=args.quick, say=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        print(f"chatnode: {exc}", file=sys.stderr)
+        return 2
+    return 1 if counts["failed"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -120,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{args.config}: ok")
         return 0
+    if args.command == "media":
+        return _media_copy(args, config)
     if args.command == "cluster":
         from .cluster.cli import run_cluster_command
 

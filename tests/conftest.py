@@ -58,6 +58,11 @@ async def users(node: Node) -> AsyncIterator[Any]:
 from pgserver import pg_dsn, pg_server  # noqa: E402,F401
 # -- end PostgreSQL
 
+# -- an S3-compatible object store: one private SeaweedFS per run, started only when a
+#    test asks for it (`s3_server`); each test takes a bucket of its own. See tests/s3server.py.
+from s3server import s3_server  # noqa: E402,F401
+# -- end object store
+
 
 # -- both engines: every test that starts a node runs on LMDB and on PostgreSQL, unless it
 #    is marked `@pytest.mark.engine("lmdb")` because it tests one engine's own behaviour.

@@ -12,7 +12,8 @@ import orjson
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from quart_trio.wrappers.request import TrioRequest
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..core.accounts import Device, public_user
@@ -139,6 +140,55 @@ def _rule_pattern(method: str, rule: str) -> re.Pattern[str]:
     return re.compile(re.escape(method.upper() + " ") + "[^/]+".join(map(re.escape, parts)) + "$")
 
 
+STREAM_BUFFER = 1024 * 1024  # bytes of a streamed request body held before reading the connection pauses
+
+
+class BoundedBody(TrioBody):
+    """quart's request body, with backpressure once a handler streams it (`async for`):
+    quart appends every chunk that arrives, however fast, so an upload read slower than
+    the client sends it (into an object store, say) piled up in memory. Once streaming,
+    the connection's reader waits (`wait_for_room`) while STREAM_BUFFER bytes are
+    unread, and hypercorn stops reading the socket. A body awaited whole is not limited
+    here (max_content_length bounds it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streaming = False
+        self._room = trio.Event()
+
+    def __aiter__(self) -> BoundedBody:
+        self._streaming = True
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self._room.set()
+        return data
+
+    async def wait_for_room(self) -> None:
+        while self._streaming and len(self._data) >= STREAM_BUFFER and self._must_raise is None:
+            self._room = trio.Event()
+            await self._room.wait()
+
+
+class BoundedBodyConnection(TrioASGIHTTPConnection):
+    """Feeds a request's body to it no faster than a streaming handler reads it."""
+
+    async def handle_messages(self, nursery: trio.Nursery, request: Any, receive: Any) -> None:  # type: ignore[override]
+        body = request.body
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+                elif isinstance(body, BoundedBody):
+                    await body.wait_for_room()
+            elif message["type"] == "http.disconnect":
+                break
+        nursery.cancel_scope.cancel()
+
+
 def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRequest]:
     """quart's request class with a body limit chosen per route *before* any of the body is
     buffered: quart fixes a request's limit when it creates it (from Content-Length, and
@@ -146,6 +196,8 @@ def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRe
     Routes that declare no larger limit get MAX_CONTENT_LENGTH."""
 
     class NodeRequest(TrioRequest):
+        body_class = BoundedBody
+
         def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
             target = f"{method.upper()} {path}"
             for pattern, limit in body_limits:
@@ -163,6 +215,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
     body_limits = [(_rule_pattern(r.method, r.path), r.max_body) for r in plugin_routes if r.max_body]
     app.request_class = request_class(body_limits)
+    app.asgi_http_class = BoundedBodyConnection
     accounts, chats = node.accounts, node.chats
     limits = node.config.limits
 
