@@ -181,6 +181,7 @@ async def seen(url: str, world: World) -> dict[str, Any]:
                     except ClientError as exc:  # a former member (carol) keeps the chat but not its members
                         view[chat["id"]]["members"] = exc.code
             view["presence"] = {other: await client.presence(world.ids[other]) for other in world.ids if other != name}
+            view["blocks"] = (await client.request("GET", "/api/blocks"))["users"]
             if name in ("alice", "bob"):
                 view["media"] = await client.media_info(world.media)
                 view["photo"] = len(await client.download(world.media))
@@ -259,6 +260,10 @@ async def test_lmdb_to_postgresql_and_back(place: Any) -> None:
     one = place("one", "lmdb")
     world = await populate(one)
     before = await served(one, world)
+    history = before["alice"][world.direct]["history"]  # what there is to copy
+    assert {"text", "deleted", "image"} <= {m["kind"] for m in history}
+    assert any(m.get("edited") for m in history) and any(m.get("expires_at") for m in history)
+    assert [user["username"] for user in before["carol"]["blocks"]] == ["dave"]
     assert {"media/items", "lastseen/times"} <= await namespaces(one)
 
     cluster = place("cluster", "postgresql")

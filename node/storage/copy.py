@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -194,7 +194,7 @@ def _kept(table: str, row: tuple[Any, ...]) -> bool:
     return not (table == "meta" and row[0] == MARKER)
 
 
-async def _rows(storage: Storage, table: str, page: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+async def _rows(storage: Storage, table: str, page: int) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     """The table's pages, without the copy's marker."""
     async with contextlib.aclosing(storage.export(table, page)) as pages:  # type: ignore[type-var]
         async for rows in pages:
@@ -254,7 +254,7 @@ async def _differences(source: Storage, target: Storage, table: str, page: int, 
     width = len(KEYS.get(table, ())) or 1
     out: list[str] = []
 
-    async def flat(storage: Storage) -> AsyncIterator[tuple[Any, ...]]:
+    async def flat(storage: Storage) -> AsyncGenerator[tuple[Any, ...], None]:
         async for rows in _rows(storage, table, page):
             for row in rows:
                 yield row
