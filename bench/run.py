@@ -614,6 +614,39 @@ def table(report: dict, args: argparse.Namespace) -> str:
     return out
 
 
+def ratios(report: dict, args: argparse.Namespace) -> str:
+    """Per round, one engine's figure divided by another's, then the median over rounds: runs
+    of one round ran minutes apart, under much the same load, so their ratio is steadier than
+    a ratio of medians when the machine is shared."""
+    engines = report["engines"]
+    pairs = [(a, b) for a, b in (("postgresql", "lmdb"), ("lmdb", "baseline")) if a in engines and b in engines]
+    if not pairs:
+        return ""
+    names = {"lmdb": "LMDB", "postgresql": "PostgreSQL", "baseline": "LMDB before"}
+    rate = args.latency_rates.split(",")[0]
+
+    def latency_of(run: dict, key: str, name: str) -> list[float]:
+        return [r[key] for r in run["latency"] if r["rate_name"] == name]
+
+    figures = {
+        "delivered per second": lambda run: [r["delivered_per_s"] for r in run["throughput"]],
+        "server CPU per message": lambda run: [r["server_cpu_us_per_msg"] for r in run["throughput"]],
+        f"p50 at {rate} msg/s": lambda run: latency_of(run, "p50_ms", rate),
+        f"p99 at {rate} msg/s": lambda run: latency_of(run, "p99_ms", rate),
+        "token logins per second": lambda run: [r["reconnects_per_s"] for r in run["reconnects"]],
+    }
+    out = "| ratio (median over rounds) | " + " | ".join(f"{names[a]} ÷ {names[b]}" for a, b in pairs) + " |\n"
+    out += "| --- |" + " --- |" * len(pairs) + "\n"
+    for label, values in figures.items():
+        cells = []
+        for a, b in pairs:
+            per_round = [x / y for x, y in zip(values(engines[a]["runs"]), values(engines[b]["runs"]), strict=False)
+                         if y]
+            cells.append(f"{statistics.median(per_round):.2f}" if per_round else "-")
+        out += f"| {label} | " + " | ".join(cells) + " |\n"
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="lmdb,postgresql", help="storage engines to run, in turn")
@@ -639,6 +672,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print("\n" + table(report, args))
+    print(ratios(report, args))
 
 
 if __name__ == "__main__":
