@@ -37,6 +37,7 @@ from .core.dedupe import sweep_dedupe
 from .core.errors import CLOSE_GOING_AWAY, ChatError
 from .core.hub import Hub
 from .core.operations import MarkRead, PostMessage, PurgeExpired
+from .core.routing import Routing
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
 from .core.views import reads_shared
@@ -71,6 +72,7 @@ class Node:
     blocks: Blocks
     plugins: Plugins
     frame_handlers: dict[str, FrameHandler]
+    routing: Routing
     shutdown_requested: trio.Event = attrs.Factory(trio.Event)
     stash: dict[str, Any] = attrs.Factory(dict)  # per-plugin state, keyed by plugin name
     http_port: int = 0
@@ -99,6 +101,13 @@ class Node:
             host = host.split("]:")[0] + "]"
         return f"{'wss' if scheme == 'https' else 'ws'}://{host}:{self.ws_port}{cfg.path}"
 
+    def node_urls(self) -> list[str]:
+        """The HTTP URLs clients may use: this node's, then the other live members'."""
+        urls = [self.http_url]
+        if self.cluster is not None:
+            urls += [url for url in self.cluster.http_urls() if url != self.http_url]  # type: ignore[attr-defined]
+        return urls
+
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
 
@@ -110,6 +119,7 @@ class Node:
             "chats": {"operations_applied": self.chats.applied, "dedupe_purged": self.chats.dedupe_purged},
             "plugins": self.plugins.statistics(),
             "connections": self.connections.statistics(),
+            **({"routing": self.routing.statistics()} if self.routing.clustered else {}),
             **({"cluster": self.cluster.statistics()} if self.cluster is not None else {}),
         }
 
@@ -133,10 +143,12 @@ class Node:
         return await self.chats.run(MarkRead(user_id=user_id, chat_id=chat_id, seq=seq))
 
     def send_to_user(self, user_id: int, event: dict[str, Any] | bytes) -> None:
-        """An ephemeral event to every connected device of a user (never waits)."""
+        """An ephemeral event to every connected device of a user, on any node (never waits)."""
+        self.send_to_users((user_id,), event)
+
+    def send_to_users(self, user_ids: Iterable[int], event: dict[str, Any] | bytes) -> None:
         payload = event if isinstance(event, bytes) else orjson.dumps(event)
-        for session in self.hub.sessions_of(user_id):
-            session.send_event(payload)
+        self.routing.send_to_users(user_ids, payload)
 
     async def announce_user(self, user_id: int, user: dict[str, Any]) -> None:
         """A changed profile, live to its owner's devices and to everyone who shares a chat
@@ -145,8 +157,9 @@ class Node:
         for uid in (user_id, *await self.chats.contacts_of(user_id)):
             self.send_to_user(uid, payload)
 
-    def is_online(self, user_id: int) -> bool:
-        return self.hub.is_online(user_id)
+    async def is_online(self, user_id: int) -> bool:
+        """Whether a device of the user is connected to any node of the cluster."""
+        return await self.routing.is_online(user_id)
 
     async def reads_shared(self, user_id: int) -> bool:
         """Whether a user shares read receipts (their `read_receipts` setting)."""
@@ -161,6 +174,7 @@ class Node:
             int(record.get("created_by") or 0), record.get("ttl", 0), chat.committed_seq, members,
             chat.watermark("delivered").floor if group else min((chat.members[u]["delivered"] for u in members), default=0),
             chat.watermark("read").floor if group else min((chat.members[u]["read"] for u in members), default=0),
+            record.get("photo") if group else None,
         )
 
 
@@ -172,9 +186,16 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _read_id_high_water(storage: Storage) -> int:
-    raw = await storage.get_meta("id_high_water")
-    return int.from_bytes(raw, "big") if raw else 0
+def _high_water_key(node_id: int) -> str:
+    """Each node keeps its own: nodes of a cluster share one storage."""
+    return f"id_high_water.{node_id}"
+
+
+async def _read_id_high_water(storage: Storage, node_id: int) -> int:
+    """The highest Snowflake this node minted before (also under the key of schema 3 and
+    earlier, from a single node's data dir)."""
+    found = [await storage.get_meta(_high_water_key(node_id)), await storage.get_meta("id_high_water")]
+    return max((int.from_bytes(raw, "big") for raw in found if raw), default=0)
 
 
 async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -258,31 +279,36 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
     data_dir = config.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new data dir is the node's alone
     async with open_storage(config.storage, data_dir, now=now_ms) as storage:
-        ids = SnowflakeGenerator(config.node.id, after=await _read_id_high_water(storage))
+        ids = SnowflakeGenerator(config.node.id, after=await _read_id_high_water(storage, config.node.id))
 
         def id_high_water() -> WriteBatch:
             batch = WriteBatch()
-            batch.put_meta("id_high_water", ids.last_id.to_bytes(8, "big"))
+            batch.put_meta(_high_water_key(config.node.id), ids.last_id.to_bytes(8, "big"))
             return batch
 
         storage.add_commit_hook(id_high_water)
         hub = Hub(config.limits.max_connections_per_user)
+        routing = _routing(config, hub, manager)
 
         def device_revoked(device: Device) -> None:
-            """A token's deletion committed: close its sockets, then let plugins drop what
-            they keep for that device (push targets)."""
-            hub.revoke(device.token_hash)
+            """A token's deletion committed: close its sockets (on every node), then let
+            plugins drop what they keep for that device (push targets)."""
+            routing.revoke(device.token_hash)
             manager.notify("on_device_revoked", user_id=device.user_id, device_id=device.device_id)
 
         accounts = Accounts(storage, ids, config.accounts, on_revoke=device_revoked)
         blocks = Blocks(storage)
+        if config.cluster.enabled:  # other nodes cache these too: tell them what changed
+            accounts.shared_storage = True
+            accounts.on_change = lambda uid: routing.invalidate("user", (uid,))
+            blocks.on_change = lambda uid: routing.invalidate("blocks", (uid,))
         chats = Chats(
-            storage, ids, hub, manager, accounts, blocks,
+            storage, ids, hub, manager, accounts, blocks, routing,
             max_batch=config.storage.max_batch,
             max_group_members=config.limits.max_group_members,
             edit_window=config.limits.edit_window,
         )
-        node = Node(config, storage, ids, hub, accounts, chats, blocks, manager, dict(CORE_FRAME_HANDLERS))
+        node = Node(config, storage, ids, hub, accounts, chats, blocks, manager, dict(CORE_FRAME_HANDLERS), routing)
         manager.bind(node)
         for handlers in manager.collect("register_frame_types"):
             for name, handler in handlers.items():
@@ -290,8 +316,8 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                     raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
                 node.frame_handlers[name] = handler
         app = create_app(node, [route for routes in manager.collect("register_routes") for route in routes])
-        hub.on_user_online.append(lambda uid: manager.notify("on_user_online", user_id=uid))
-        hub.on_user_offline.append(lambda uid: manager.notify("on_user_offline", user_id=uid))
+        hub.on_user_online.append(routing.user_connected)
+        hub.on_user_offline.append(routing.user_disconnected)
 
         async with trio.open_nursery() as core:
             await core.start(chats.serve)
@@ -334,13 +360,24 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
     log.info("stopped")
 
 
+def _routing(config: Config, hub: Hub, plugins: Plugins) -> Routing:
+    """One node routes nothing; a cluster member sequences the chats it owns and forwards
+    the rest (started for real once the cluster service has joined)."""
+    if config.cluster.enabled:
+        from .core.cluster_routing import ClusterRouting
+
+        return ClusterRouting(config.node.id, hub, plugins)
+    return Routing(config.node.id, hub, plugins)
+
+
 async def sweep_expired(node: Node, interval: float = 0.0) -> None:
     """Purge disappearing messages whose time is up, in chunks, until shutdown."""
     interval = interval or node.config.storage.sweep_interval
     while not node.shutdown_requested.is_set():
         due: list[tuple[int, int, int, int]] = []
         try:
-            due = await node.storage.due_expiry(now_ms(), 1000)
+            if node.routing.runs_singletons():  # in a cluster, one node sweeps
+                due = await node.storage.due_expiry(now_ms(), 1000)
             if due:
                 await node.chats.run(PurgeExpired(entries=due))
         except (ChatError, StorageError):

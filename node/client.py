@@ -21,6 +21,13 @@ Used by the tests, the benchmarks and bot authors::
 The connection keeps a cursor per chat (the highest seq it has seen with no gap below),
 acknowledges receipt cumulatively after every frame, and sends the cursors again when it
 reconnects, so the server replays exactly what was missed.
+
+A client may know several nodes of a cluster (``ChatClient([url1, url2])``; it also
+learns the live members from ``GET /api/info``). A request that cannot reach a node is
+tried on the next; ``connect(reconnect=True)`` keeps a chat socket up across node
+failures: it reconnects (to the next node, with backoff), presents its cursors, and sends
+again whatever was not acknowledged, with the same ``client_msg_id``, so nothing is lost
+or stored twice.
 """
 
 from __future__ import annotations
@@ -29,14 +36,21 @@ import itertools
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, connect_websocket_url
+
+#: Close codes after which a reconnecting connection tries again (elsewhere): the node
+#: went away or cut this device off for being slow. Not after logout or a refused token.
+RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4008})
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
 
 
 class ClientError(Exception):
@@ -52,11 +66,15 @@ class ClientError(Exception):
 class ChatClient:
     """One user's client: REST calls plus `connect()` for the chat socket."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str | Sequence[str], *, token: str | None = None, timeout: float = 30.0) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.nodes = list(dict.fromkeys(u.rstrip("/") for u in urls))  # the current node first
+        self.base_url = self.nodes[0]
         self.token = token
         self.user: dict[str, Any] | None = None
-        self.cursors: dict[str, int] = {}  # chat id -> highest contiguous seq received
+        self.cursors: dict[str, int] = {}  # chat id -> highest seq received with none missing below
+        self._ahead: dict[str, set[int]] = {}  # chat id -> seqs received above a gap
+        self._timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._ws_url: str | None = None
 
@@ -72,16 +90,67 @@ class ChatClient:
     # -- REST ------------------------------------------------------------------------
 
     async def request(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
+        """A REST call; a node that cannot be reached is left for the next one known."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        response = await self._http.request(
-            method, path, content=orjson.dumps(json) if json is not None else None, headers=headers,
-            params={k: v for k, v in params.items() if v is not None},
-        )
+        for attempt in range(2 * len(self.nodes)):
+            try:
+                response = await self._http.request(
+                    method, path, content=orjson.dumps(json) if json is not None else None, headers=headers,
+                    params={k: v for k, v in params.items() if v is not None},
+                )
+                break
+            except httpx.TransportError:
+                if attempt + 1 >= 2 * len(self.nodes):
+                    raise
+                await self.next_node()
         self._raise_for(response)
         return response.json() if response.content else None
 
+    def note_seq(self, chat: str, seq: int) -> bool:
+        """Record that entry `seq` of a chat arrived (or was acked). The cursor moves only
+        over what has arrived without a gap, so a resume never skips a missing entry; the
+        first seq seen of a chat sets it (the server starts a device where it may see).
+        Returns whether the cursor moved."""
+        cursor = self.cursors.get(chat)
+        if cursor is None:
+            self.cursors[chat] = seq
+            return True
+        if seq <= cursor:
+            return False
+        ahead = self._ahead.setdefault(chat, set())
+        ahead.add(seq)
+        while cursor + 1 in ahead:
+            cursor += 1
+            ahead.discard(cursor)
+        if not ahead:
+            del self._ahead[chat]
+        if cursor == self.cursors[chat]:
+            return False
+        self.cursors[chat] = cursor
+        return True
+
+    async def next_node(self) -> str:
+        """Leave the current node for the next one known (after a short pause)."""
+        await trio.sleep(random.uniform(0, BACKOFF_MIN))
+        if len(self.nodes) > 1:
+            self.nodes.append(self.nodes.pop(0))
+            self.base_url = self.nodes[0]
+            await self._http.aclose()
+            self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout)
+        self._ws_url = None
+        return self.base_url
+
+    def learn_nodes(self, urls: Sequence[str]) -> None:
+        """Add nodes a server listed (``GET /api/info``'s ``nodes``), keeping the current one first."""
+        for url in urls:
+            url = url.rstrip("/")
+            if url not in self.nodes:
+                self.nodes.append(url)
+
     async def info(self) -> dict[str, Any]:
-        return await self.request("GET", "/api/info")
+        info = await self.request("GET", "/api/info")
+        self.learn_nodes(info.get("nodes", ()))
+        return info
 
     async def register(self, username: str, password: str, display_name: str | None = None) -> dict[str, Any]:
         body = {"username": username, "password": password}
@@ -118,6 +187,16 @@ class ChatClient:
     async def history(self, chat_id: str, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return (await self.request("GET", f"/api/chats/{chat_id}/messages", before=before, limit=limit))["messages"]
 
+    async def history_around(self, chat_id: str, seq: int, *, limit: int = 50) -> dict[str, Any]:
+        """A message in its context: ``{"messages", "has_more", "has_newer", "next_before"}``."""
+        return await self.request("GET", f"/api/chats/{chat_id}/messages", around=seq, limit=limit)
+
+    async def search(self, query: str, *, chat: str | None = None, limit: int = 20,
+                     before: str | None = None) -> dict[str, Any]:
+        """Messages matching `query`, the newest first: ``{"results": [{"chat", "message"}],
+        "next", "complete"}``; pass ``before=next`` for the next page."""
+        return await self.request("GET", "/api/search", q=query, chat=chat, limit=limit, before=before)
+
     async def hide(self, chat_id: str) -> None:
         await self.request("POST", f"/api/chats/{chat_id}/hide")
 
@@ -150,6 +229,81 @@ class ChatClient:
 
     async def set_admin(self, chat_id: str, user_id: str, admin: bool = True) -> None:
         await self.request("PUT" if admin else "DELETE", f"/api/chats/{chat_id}/admins/{user_id}")
+
+    # chat management (per user)
+
+    async def set_prefs(self, chat_id: str, **changes: Any) -> dict[str, Any]:
+        """Mute (``mute=3600`` seconds, ``True`` always, ``False`` off), archive, pin or
+        mark as unread a chat for this user; returns the chat summary."""
+        return (await self.request("PATCH", f"/api/chats/{chat_id}/prefs", changes))["chat"]
+
+    async def clear_history(self, chat_id: str) -> dict[str, Any]:
+        return (await self.request("POST", f"/api/chats/{chat_id}/clear"))["chat"]
+
+    async def delete_chat(self, chat_id: str) -> None:
+        """Delete a chat for this user: its history is cleared and it leaves the list."""
+        await self.request("POST", f"/api/chats/{chat_id}/delete")
+
+    async def report(self, *, user: str | None = None, chat: str | None = None, reason: str = "",
+                     block: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason, "block": block}
+        if user is not None:
+            body["user"] = user
+        if chat is not None:
+            body["chat"] = chat
+        return (await self.request("POST", "/api/reports", body))["report"]
+
+    async def admin_reports(self, *, before: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """Reports, newest first (admin: the admin token, or a loopback client without one)."""
+        return await self.request("GET", "/api/admin/reports", before=before, limit=limit)
+
+    async def dismiss_report(self, report_id: str) -> None:
+        await self.request("DELETE", f"/api/admin/reports/{report_id}")
+
+    # photos
+
+    async def set_photo(self, media_id: str | None) -> dict[str, Any]:
+        """Make an uploaded image your profile photo (None: remove it); returns your user."""
+        if media_id is None:
+            return (await self.request("DELETE", "/api/me/photo"))["user"]
+        return (await self.request("PUT", "/api/me/photo", {"media": media_id}))["user"]
+
+    async def set_group_photo(self, chat_id: str, media_id: str | None) -> dict[str, Any]:
+        """Set a group's photo (admins; None: remove it); returns the chat."""
+        if media_id is None:
+            return (await self.request("DELETE", f"/api/chats/{chat_id}/photo"))["chat"]
+        return (await self.request("PUT", f"/api/chats/{chat_id}/photo", {"media": media_id}))["chat"]
+
+    async def user_info(self, user_id: str) -> dict[str, Any]:
+        return (await self.request("GET", f"/api/users/{user_id}"))["user"]
+
+    # reactions
+
+    async def react(self, chat_id: str, seq: int, emoji: str) -> dict[str, Any]:
+        """React to message `seq` with `emoji` (replacing an earlier reaction); returns the
+        `reaction` event the members get."""
+        path = f"/api/chats/{chat_id}/messages/{seq}/reaction"
+        return (await self.request("PUT", path, {"emoji": emoji}))["reaction"]
+
+    async def unreact(self, chat_id: str, seq: int) -> dict[str, Any]:
+        return (await self.request("DELETE", f"/api/chats/{chat_id}/messages/{seq}/reaction"))["reaction"]
+
+    async def reactions(self, chat_id: str, first: int | None = None, last: int | None = None) -> dict[str, list]:
+        """The current reactions of the messages first <= seq <= last, by seq (as strings)."""
+        found = await self.request("GET", f"/api/chats/{chat_id}/reactions", **{"from": first, "to": last})
+        return found["reactions"]
+
+    # stars and deleting for me
+
+    async def star(self, chat_id: str, seq: int, starred: bool = True) -> None:
+        await self.request("PUT" if starred else "DELETE", f"/api/chats/{chat_id}/messages/{seq}/star")
+
+    async def starred(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        """``{"messages", "next_offset", "has_more"}``: starred messages, the newest first."""
+        return await self.request("GET", "/api/starred", offset=offset, limit=limit)
+
+    async def delete_for_me(self, chat_id: str, seqs: list[int]) -> None:
+        await self.request("POST", f"/api/chats/{chat_id}/messages/delete", {"seqs": seqs})
 
     # privacy
 
@@ -238,18 +392,26 @@ class ChatClient:
         return self._ws_url
 
     @asynccontextmanager
-    async def connect(self, *, auto_ack: bool = True, resume: bool = True, buffer: int = 100_000) -> AsyncIterator[Connection]:
-        """Open the chat socket, authenticate, and yield a `Connection` (closed on exit)."""
-        url = await self.ws_url()
-        async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as ws:
-            conn = Connection(self, ws, auto_ack=auto_ack, buffer=buffer)
-            async with trio.open_nursery() as nursery:
-                await conn._hello(self.cursors if resume else {})
-                nursery.start_soon(conn._read_loop)
-                try:
-                    yield conn
-                finally:
-                    nursery.cancel_scope.cancel()
+    async def connect(
+        self, *, auto_ack: bool = True, resume: bool = True, buffer: int = 100_000, reconnect: bool = False,
+    ) -> AsyncIterator[Connection]:
+        """Open the chat socket, authenticate, and yield a `Connection` (closed on exit).
+
+        With `reconnect`, a connection that drops (the node failed or shut down) is opened
+        again, to the next node known, with backoff; cursors and unacknowledged sends carry
+        over (`Connection.reconnects` counts)."""
+        async with trio.open_nursery() as nursery:
+            conn = Connection(self, nursery, auto_ack=auto_ack, buffer=buffer, reconnect=reconnect)
+            await conn._open(self.cursors if resume else {})
+            nursery.start_soon(conn._run)
+            try:
+                yield conn
+            finally:
+                conn.reconnect = False  # closing on purpose: no reconnection
+                if conn.ws is not None:  # the close handshake needs the reader still running
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await conn.ws.aclose()
+                nursery.cancel_scope.cancel()
 
 
 class Connection:
@@ -257,9 +419,14 @@ class Connection:
 
     _ids = itertools.count(1)
 
-    def __init__(self, client: ChatClient, ws: WebSocketConnection, *, auto_ack: bool, buffer: int) -> None:
+    def __init__(self, client: ChatClient, nursery: trio.Nursery, *, auto_ack: bool, buffer: int,
+                 reconnect: bool = False) -> None:
         self.client = client
-        self.ws = ws
+        self.ws: WebSocketConnection | None = None
+        self._nursery = nursery
+        self.reconnect = reconnect
+        self.reconnects = 0  # times the socket was opened again after it dropped
+        self._outbox: dict[str, dict[str, Any]] = {}  # sends not acknowledged yet, to send again
         self.auto_ack = auto_ack
         self.welcome: dict[str, Any] | None = None
         self.closed: ConnectionClosed | None = None
@@ -273,7 +440,14 @@ class Connection:
     def cursors(self) -> dict[str, int]:
         return self.client.cursors
 
+    async def _open(self, cursors: dict[str, int]) -> None:
+        """Connect to the client's current node and say hello (raises if it cannot)."""
+        url = await self.client.ws_url()
+        self.ws = await connect_websocket_url(self._nursery, url, max_message_size=16 * 1024 * 1024)
+        await self._hello(cursors)
+
     async def _hello(self, cursors: dict[str, int]) -> None:
+        assert self.ws is not None
         await self.ws.send_message(orjson.dumps({"type": "hello", "token": self.client.token, "cursors": cursors}).decode())
         data = orjson.loads(await self.ws.get_message())
         events = data if isinstance(data, list) else [data]
@@ -282,17 +456,48 @@ class Connection:
         self.welcome = events[0]
         await self._acknowledge(self._process(events[1:]))
 
-    async def _read_loop(self) -> None:
+    async def _run(self) -> None:
+        """Read until the socket closes; with `reconnect`, open it again elsewhere."""
         try:
             while True:
-                data = orjson.loads(await self.ws.get_message())
-                await self._acknowledge(self._process(data if isinstance(data, list) else [data]))
-        except ConnectionClosed as exc:
-            self.closed = exc
+                try:
+                    await self._read_loop()
+                    return
+                except ConnectionClosed as exc:
+                    self.closed = exc
+                    if not self.reconnect or exc.reason.code not in RECONNECT_CODES:
+                        return
+                await self._reopen()
         finally:
             for event, _ in self._pending.values():
                 event.set()
             self._events_send.close()
+
+    async def _read_loop(self) -> None:
+        assert self.ws is not None
+        while True:
+            data = orjson.loads(await self.ws.get_message())
+            await self._acknowledge(self._process(data if isinstance(data, list) else [data]))
+
+    async def _reopen(self) -> None:
+        """Back off, move to the next node, resume from the cursors, resend what is unacked."""
+        backoff = BACKOFF_MIN
+        while True:
+            await trio.sleep(random.uniform(backoff / 2, backoff))
+            await self.client.next_node()
+            try:
+                self.synced = trio.Event()
+                await self._open(self.cursors)
+            except (OSError, HandshakeError, ConnectionClosed, httpx.TransportError, ClientError) as exc:
+                if isinstance(exc, ClientError) and exc.code in ("unauthorized",):
+                    raise
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            self.closed = None
+            self.reconnects += 1
+            if self._outbox:
+                await self.send_events(list(self._outbox.values()))
+            return
 
     def _process(self, events: list[dict[str, Any]]) -> dict[str, int]:
         """Track cursors, resolve pending sends, queue events; returns advanced cursors."""
@@ -301,12 +506,13 @@ class Connection:
             kind = event.get("type")
             if kind in ("message", "ack"):
                 chat, seq = event["chat"], event["seq"]
-                if chat not in self.cursors or seq > self.cursors[chat]:
-                    self.cursors[chat] = seq
-                    advanced[chat] = seq
+                if self.client.note_seq(chat, seq):
+                    advanced[chat] = self.cursors[chat]
             elif kind == "synced":
                 self.synced.set()
             ref = event.get("client_msg_id") if kind == "ack" else event.get("ref") if kind == "error" else None
+            if ref:
+                self._outbox.pop(ref, None)
             waiter = self._pending.pop(ref, None) if ref else None
             if waiter is not None:
                 waiter[1].append(event)
@@ -319,8 +525,14 @@ class Connection:
             await self.send_events([{"type": "received", "chat": c, "seq": s} for c, s in advanced.items()])
 
     async def send_events(self, events: list[dict[str, Any]] | dict[str, Any]) -> None:
-        """Send one frame with one event, or several."""
-        await self.ws.send_message(orjson.dumps(events).decode())
+        """Send one frame with one event, or several. (With `reconnect`, a frame that
+        cannot be sent because the socket is down is left to the reconnection.)"""
+        assert self.ws is not None
+        try:
+            await self.ws.send_message(orjson.dumps(events).decode())
+        except ConnectionClosed:
+            if not self.reconnect:
+                raise
 
     def new_client_msg_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
@@ -339,6 +551,7 @@ class Connection:
             if event["kind"] == "delete":
                 event.pop("text", None)
             frame.append(event)
+            self._outbox[cmid] = event
             waiter = self._pending.setdefault(cmid, (trio.Event(), []))
             waiters.append(waiter)
         await self.send_events(frame if len(frame) > 1 else frame[0])
@@ -347,6 +560,8 @@ class Connection:
             await done.wait()
             if not result:
                 raise ClientError("closed", "connection closed before the ack")
+            for event in result:
+                self._outbox.pop(event.get("client_msg_id") or event.get("ref") or "", None)
             if result[0]["type"] == "error":
                 raise ClientError(result[0]["code"], result[0]["message"])
             results.append(result[0])

@@ -325,7 +325,19 @@ def structure_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
         raise ConfigError(_first_problem(exc)) from None
     check_listeners(config)
+    check_storage(config)
     return config
+
+
+def check_storage(config: Config) -> None:
+    """The storage settings that only make sense together."""
+    storage = config.storage
+    if storage.engine == "postgresql" and not storage.dsn:
+        raise ConfigError('storage.dsn: the postgresql engine needs a connection string, e.g. '
+                          '"host=db.example.com dbname=chat user=chat"')
+    if config.cluster.enabled and storage.engine != "postgresql":
+        raise ConfigError('storage.engine: a cluster keeps its state in PostgreSQL; set engine = "postgresql" '
+                          'and storage.dsn, or turn [cluster] off')
 
 
 def load_config(path: str | Path | None) -> Config:

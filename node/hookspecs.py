@@ -205,6 +205,17 @@ def check_upload(ctx: PluginContext, user_id: int, mime: str, size: int, name: s
     """
 
 
+@gate
+def check_photo(ctx: PluginContext, user_id: int, chat_id: int, media_id: int) -> None:
+    """``user_id`` is about to make upload ``media_id`` their profile photo (``chat_id`` 0)
+    or the photo of the group ``chat_id`` (they are one of its admins). Refuse by raising;
+    nothing changes. The media plugin refuses what is not an image the user uploaded, and
+    notes a group's photo so that it serves it to the group's members.
+
+    Gate. Without any implementation, photos are refused (they need the media plugin).
+    """
+
+
 # -- notifications ----------------------------------------------------------------------
 
 
@@ -245,6 +256,17 @@ def on_read(ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: 
 
 
 @notification
+def on_reaction(ctx: PluginContext, chat_id: int, seq: int, message_id: int, user_id: int, emoji: str,
+                author_id: int) -> None:
+    """``user_id`` reacted with ``emoji`` to message ``seq`` (``message_id``) of the chat,
+    which ``author_id`` sent (another member, who can still see it). Not fired when a
+    reaction is taken back, nor for reactions to one's own messages.
+
+    Notification (after the reaction is stored and sent to the members). Used by push.
+    """
+
+
+@notification
 def on_user_online(ctx: PluginContext, user_id: int) -> None:
     """The first device of a user connected to this node.
 
@@ -278,7 +300,8 @@ def on_membership_changed(ctx: PluginContext, chat_id: int, change: dict[str, An
     """Group membership or settings changed.
 
     :param change: ``{"event": "created" | "added" | "removed" | "left" | "promoted" |
-        "demoted" | "renamed" | "ttl_changed", "by": user id, "users": [user ids], ...}``
+        "demoted" | "renamed" | "ttl_changed" | "photo_changed" | "photo_removed", "by": user
+        id, "users": [user ids], ...}``
         (the same content as the system entry in the chat).
 
     Notification.

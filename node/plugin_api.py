@@ -9,6 +9,7 @@ when the core is refactored. docs/plugins.md documents every name here.
 
 from __future__ import annotations
 
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ import attrs
 import orjson
 
 from .core.errors import ERROR_CODES, ChatError
+from .core.state import is_muted
 from .plugin_store import PluginStore
 
 if TYPE_CHECKING:
@@ -43,11 +45,13 @@ class User:
     created: int  # Unix ms
     settings: Mapping[str, Any] = EMPTY  # e.g. read_receipts, last_seen
     service: bool = False  # an account for a bot or integration: no one can log in as it
+    photo: str | None = None  # the media id of the profile photo
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> User:
         return cls(int(record["id"]), record["username"], record.get("display_name") or record["username"],
-                   record.get("created", 0), _frozen(record.get("settings")), bool(record.get("service")))
+                   record.get("created", 0), _frozen(record.get("settings")), bool(record.get("service")),
+                   record.get("photo"))
 
 
 @attrs.frozen
@@ -61,6 +65,7 @@ class Member:
     delivered: int  # everything up to this seq reached one of their devices
     read: int  # ... and up to this one was read
     joined: int  # Unix ms
+    muted: bool = False  # the member muted the chat (when the snapshot was taken)
 
     @property
     def current(self) -> bool:
@@ -69,7 +74,7 @@ class Member:
     @classmethod
     def from_record(cls, user_id: int, record: Mapping[str, Any]) -> Member:
         return cls(user_id, record["role"], record["from_seq"], record.get("until_seq"), record["delivered"],
-                   record["read"], record.get("joined", 0))
+                   record["read"], record.get("joined", 0), is_muted(record, time.time_ns() // 1_000_000))
 
 
 @attrs.frozen
@@ -86,6 +91,7 @@ class Chat:
     member_ids: frozenset[int]  # current members
     delivered_floor: int  # every current member has every entry up to this seq
     read_floor: int  # ... and has read up to this one
+    photo: str | None = None  # a group's photo (a media id)
 
 
 @attrs.frozen
@@ -287,9 +293,9 @@ class PluginContext:
         """A new Snowflake id, unique in the cluster."""
         return self._node.ids.next_id()
 
-    def is_online(self, user_id: int) -> bool:
-        """Whether the user has a device connected (to this node)."""
-        return self._node.is_online(user_id)
+    async def is_online(self, user_id: int) -> bool:
+        """Whether the user has a device connected, to any node of the cluster."""
+        return await self._node.is_online(user_id)
 
     # -- reads ---------------------------------------------------------------------
 
@@ -343,6 +349,13 @@ class PluginContext:
     async def blocked(self, a: int, b: int) -> bool:
         """Whether either of the two users blocks the other."""
         return await self._node.blocks.either_loaded(a, b)
+
+    async def photo_visible(self, viewer: int, owner: int) -> bool:
+        """Whether `viewer` may see `owner`'s profile photo (the owner's last-seen setting:
+        everyone, contacts or nobody; never where either blocks the other)."""
+        from .core.profiles import photo_visible
+
+        return await photo_visible(self._node, viewer, owner)
 
     async def reads_shared(self, user_id: int) -> bool:
         """Whether the user shares read receipts (their ``read_receipts`` setting)."""

@@ -120,6 +120,15 @@ def storage_engine(module_engine: str) -> str:
     return module_engine
 
 
+def cluster_storage(tmp_path: Path) -> dict[str, str]:
+    """The [storage] section every node of a test's cluster shares (one database)."""
+    from node.testing import storage_section
+
+    section = storage_section(tmp_path / "cluster-db")
+    assert section["engine"] == "postgresql", "a cluster test runs on PostgreSQL: mark it engine('postgresql')"
+    return section
+
+
 def storage_toml(data_dir: Path) -> str:
     """The [storage] section of the engine in use, for tests that write a config.toml."""
     from node.testing import storage_section

@@ -258,10 +258,15 @@ def seqs(page) -> list[int]:
 
 
 def message_action(page, text: str, action: str) -> None:
-    """Point at a stored message (its actions show on hover) and pick one."""
+    """Point at a stored message and pick an action: React and Reply show on hover, the
+    others are in its menu ("More actions")."""
     row = page.locator(f"#message-list .msg[data-seq]:has(.text:text-is('{text}'))")
     row.locator(".bubble").hover()
-    row.locator(f"[aria-label='{action}']").click()
+    if action in ("React", "Reply"):
+        row.locator(f".actions [aria-label='{action}']").click()
+        return
+    row.locator(".actions [aria-label='More actions']").click()
+    page.locator("#popup-menu").get_by_role("menuitem", name=action, exact=True).click()
 
 
 def own_status(page, text: str):
@@ -443,6 +448,11 @@ def test_photo_audio_and_video_are_sent_shown_and_playable(pages, names, node, t
     send(a, "Lake Bled, just before 6 am")
     expect(own_status(a, "Lake Bled, just before 6 am")).to_have_attribute("data-status", "read")
     expect(a.locator("#chat-list .chat-name")).to_have_text(["Bob", "Book club"])  # newest first
+    dress_up_for_the_overview(node, alice, bob, carol)
+    expect(a.locator("#chat-list .chat-name")).to_have_text(["Book club", "Bob"])  # pinned first
+    expect(a.locator("#message-list .reactions .reaction")).to_have_text(["❤️", "👍"])
+    for avatar in (a.locator("#me-avatar"), a.locator("#chat-avatar"), a.locator("#chat-list .avatar").first):
+        expect(avatar.locator("img.avatar-img")).to_be_visible()
     a.mouse.move(0, 0)
     shot(a, "09-overview")  # also the README's screenshot: `make screenshot` copies it to docs/
 
@@ -478,6 +488,52 @@ def test_photo_audio_and_video_are_sent_shown_and_playable(pages, names, node, t
     expect(b.locator("#chat-list .chat-item").first.locator(".preview")).to_have_text("Video: Clip")
     b.locator("#messages").evaluate("el => { el.scrollTop = el.scrollHeight - el.clientHeight - 150; }")
     shot(b, "06-media")
+
+
+def face(background: tuple[int, int, int], skin: tuple[int, int, int], hair: tuple[int, int, int]) -> bytes:
+    """A simple portrait for a profile photo (drawn with Pillow)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), background)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((48, 170, 208, 330), fill=hair)  # shoulders
+    draw.ellipse((78, 50, 178, 160), fill=skin)  # head
+    draw.chord((74, 38, 182, 130), 180, 360, fill=hair)  # hair
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def dress_up_for_the_overview(node: NodeProcess, alice: str, bob: str, carol: str) -> None:
+    """What the README's picture shows besides the chat itself: profile and group photos,
+    reactions, a pinned group with an unread mention. Done over the API and the chat socket."""
+
+    async def go() -> None:
+        clients = {}
+        for name in (alice, bob, carol):
+            clients[name] = ChatClient(node.url)
+            await clients[name].login(name, PASSWORD)
+        a, b, c = clients[alice], clients[bob], clients[carol]
+        for client, colours in ((a, ((236, 200, 160), (250, 214, 180), (120, 70, 40))),
+                                (b, ((170, 205, 230), (225, 180, 140), (40, 40, 50)))):
+            media = await client.upload(face(*colours), name="me.jpg")
+            await client.set_photo(media["id"])
+        group = next(chat for chat in await a.chats() if chat["kind"] == "group")
+        cover = await a.upload(lake_photo(), name="club.jpg")
+        await a.set_group_photo(group["id"], cover["id"])
+        direct = next(chat for chat in await a.chats() if chat["kind"] == "direct")
+        history = await b.history(direct["id"])
+        photo = next(m for m in history if m["kind"] == "image")
+        question = next(m for m in history if m.get("text") == "Beautiful! Where is this?")
+        await b.react(direct["id"], photo["seq"], "❤️")
+        await a.react(direct["id"], question["seq"], "👍")
+        async with c.connect() as conn:
+            await conn.send_text(group["id"], "@Alice did you finish the book?", mentions=[a.user["id"]])
+        await a.set_prefs(group["id"], pinned=True)
+        for client in clients.values():
+            await client.aclose()
+
+    trio.run(go)
 
 
 def test_history_pages_load_as_you_scroll_up(pages, names, node):
@@ -721,7 +777,7 @@ def test_background_notifications_register_a_push_target_and_unsubscribe(pages, 
     expect(a.locator("#login-view")).to_be_visible()
     wait_until(lambda: a.evaluate("() => window.pushCalls") == ["subscribe", "unsubscribe", "subscribe", "unsubscribe"],
                "unsubscribing at logout")
-    assert targets() == []
+    wait_until(lambda: targets() == [], "the node deleting the logged-out device's target")  # in the push plugin's pump
     assert a.evaluate("() => localStorage.getItem('chatnode.push.target')") is None
 
 

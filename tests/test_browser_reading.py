@@ -224,7 +224,7 @@ def test_a_search_that_finds_nothing_says_so(pages, names):
     open_direct(a, bob)
     empty = a.locator("#search-empty")
     a.fill("#search", "zzqx")
-    expect(empty).to_have_text("No chats or people match “zzqx”.")
+    expect(empty).to_have_text("No chats, people or messages match “zzqx”.")
     expect(a.locator("#chat-list .chat-item")).to_have_count(0)
     a.fill("#search", "bo")
     expect(a.locator("#chat-list .chat-item")).to_have_count(1)

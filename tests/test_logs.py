@@ -194,7 +194,7 @@ def test_a_traceback_stays_on_its_line_and_tokens_are_scrubbed():
 def test_message_operations_leave_their_content_out_of_their_repr():
     """Failures are logged with the operation (`operation %r failed`): never with its text."""
     content = {"kind": "text", "text": "something private"}
-    assert "something private" not in repr(SendMessage(session=None, chat_id=1, client_msg_id="c1", content=content))
+    assert "something private" not in repr(SendMessage(origin=None, chat_id=1, client_msg_id="c1", content=content))
     assert "something private" not in repr(PostMessage(user_id=1, chat_id=1, content=content))
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import storage_toml
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -154,16 +155,23 @@ def cluster_section(port: int, host: str = "127.0.0.1") -> str:
     return f'[cluster]\nenabled = true\nbind_host = "{host}"\nbind_port = {port}\nkeys = ["{key}"]\n'
 
 
+@pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL: it opens before the cluster binds
 def test_cluster_port_in_use(tmp_path):
     port = free_port(socket.SOCK_DGRAM)
     with taken(port, socket.SOCK_DGRAM):
-        serve_fails(write_config(tmp_path, cluster_section(port)),
+        serve_fails(write_config(tmp_path, cluster_section(port) + storage_toml(tmp_path / "data")),
                     f"cluster.bind_port: 127.0.0.1:{port} is already in use")
 
 
+@pytest.mark.engine("postgresql")
 def test_cluster_on_an_address_the_machine_does_not_have(tmp_path):
-    config = write_config(tmp_path, cluster_section(free_port(), "192.0.2.1") + 'advertise_host = "192.0.2.1"\n')
+    config = write_config(tmp_path, cluster_section(free_port(), "192.0.2.1") + 'advertise_host = "192.0.2.1"\n'
+                          + storage_toml(tmp_path / "data"))
     serve_fails(config, "cluster.bind_host: 192.0.2.1 is not an address of this machine")
+
+
+def test_a_cluster_without_postgresql_is_refused(tmp_path):
+    both_fail(write_config(tmp_path, cluster_section(free_port())), 'storage.engine: a cluster keeps its state in PostgreSQL')
 
 
 def test_cluster_port_shared_with_http(tmp_path):

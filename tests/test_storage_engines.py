@@ -323,6 +323,14 @@ async def test_blocks_meta_and_plugin_data(store: Storage) -> None:
     await write(store, lambda b: (b.kv_delete(ns, b"\x00\x00"), b.kv_put(ns, b"\x01\x01", b"new")))
     assert await store.kv_count(ns) == 9
     assert (await store.kv_scan(ns, b"", None, 1)) == [(b"\x01\x01", b"new")]
+    # a range goes in one op: start included, end excluded, other namespaces untouched
+    await write(store, lambda b: (b.kv_delete_range(ns, b"\x03", b"\x06\x06"), b.kv_put(ns, b"\x04\x00", b"re")))
+    assert [k for k, _ in await store.kv_scan(ns, b"", None, 100)] == [
+        b"\x01\x01", b"\x02\x02", b"\x04\x00", b"\x06\x06", b"\x07\x07", b"\x08\x08", b"\x09\x09"]
+    await write(store, lambda b: b.kv_delete_range(ns, b"\x00", b"\xff"))
+    assert await store.kv_count(ns) == 0
+    assert await store.kv_count("media/items2") == 1 and await store.kv_count("media") == 1
+    await write(store, lambda b: b.kv_delete_range("empty/ns", b"", b"\xff"))  # nothing to delete
 
 
 # -- conflicts: the whole transaction is refused, nothing of it applied --------------------
@@ -574,7 +582,7 @@ async def test_postgres_creates_its_schema_once_when_nodes_start_together(pg_dsn
             nursery.start_soon(node)
     assert opened == [PG_SCHEMA_VERSION] * 4
     rows = await trio.to_thread.run_sync(_pg_execute, pg_dsn, "SELECT version FROM schema_version")
-    assert rows == [(PG_SCHEMA_VERSION,)]
+    assert rows == [(version,) for version in range(1, PG_SCHEMA_VERSION + 1)]
     tables = await trio.to_thread.run_sync(
         _pg_execute, pg_dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
     assert [t for (t,) in tables] == ["blocks", "chats", "dedupe", "direct_chats", "members", "messages", "meta",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -21,8 +22,10 @@ import trio
 from ..config import listen_error
 from .config import ClusterConfig, is_loopback
 from .keyring import Keyring
+from .demux import DemuxTransport
+from .links import Links
 from .membership import EventListener, JoinRefused, MemberEvent, Membership
-from .transport import TrioClock, UdpTcpTransport
+from .transport import Transport, TrioClock, UdpTcpTransport
 
 if TYPE_CHECKING:
     from ..app import Node
@@ -37,11 +40,20 @@ class ClusterStartError(Exception):
 
 
 class ClusterService:
-    """The running membership of this node, as the rest of chatnode sees it."""
+    """The running membership of this node, and its links to the other members."""
 
-    def __init__(self, membership: Membership, transport: UdpTcpTransport) -> None:
+    def __init__(self, membership: Membership, transport: UdpTcpTransport, links: Links | None = None) -> None:
         self.membership = membership
         self.transport = transport
+        self.links = links
+
+    def live_addresses(self) -> dict[int, str]:
+        """Node id -> cluster address of every live member, this node included."""
+        return {m.node: m.address for m in self.membership.live_members()}
+
+    def http_urls(self) -> list[str]:
+        """The HTTP URLs of the live members (clients fail over between them)."""
+        return [m.http_url for m in self.membership.live_members() if m.http_url]
 
     @property
     def address(self) -> str:
@@ -63,6 +75,11 @@ class ClusterService:
 
     def statistics(self) -> dict[str, object]:
         return {**self.membership.statistics(), "send_errors": self.transport.send_errors}
+
+    def follow(self, on_change: Callable[[dict[int, str]], None]) -> None:
+        """Call ``on_change(live_addresses)`` now and after every membership change."""
+        on_change(self.live_addresses())
+        self.membership.add_listener(lambda _event: on_change(self.live_addresses()))
 
     def describe(self) -> dict[str, Any]:
         """The admin view: this node, every member with its age in its state, and counters."""
@@ -141,9 +158,16 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
     except OSError as exc:
         raise listen_error("cluster", cfg.bind_host, cfg.bind_port, exc) from None
     refused: JoinRefused | None = None
+    routing = node.routing
+    links = Links(node.config.node.id, keyring, transport, routing.on_message,  # type: ignore[attr-defined]
+                  on_restart=routing.peer_restarted, max_frame=cfg.max_stream_bytes)  # type: ignore[attr-defined]
+    demux = DemuxTransport(transport, links, first_frame_timeout=cfg.stream_timeout, max_frame=cfg.max_stream_bytes)
     try:
-        membership = _membership(node, cfg, transport, keyring)
+        membership = _membership(node, cfg, demux, keyring)
         async with trio.open_nursery() as nursery:
+            await nursery.start(links.serve)
+            routing.attach(links, node.chats, node.accounts, node.blocks)  # type: ignore[attr-defined]
+            await nursery.start(routing.serve)  # type: ignore[attr-defined]
             await nursery.start(membership.run)
             seeds = [s for s in cfg.seeds if s not in (transport.address, transport.bound)]
             try:
@@ -160,7 +184,9 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
                     )
                     nursery.start_soon(_keep_joining, membership, seeds)
                 nursery.start_soon(_announce_http_url, node, membership)
-                task_status.started(ClusterService(membership, transport))
+                service = ClusterService(membership, transport, links)
+                service.follow(routing.members_now)  # type: ignore[attr-defined]
+                task_status.started(service)
                 log.info(
                     "cluster: node %d on %s (%s), %d live member(s)",
                     membership.node_id, transport.address, "encrypted" if keyring.encrypted else "unencrypted",
@@ -177,7 +203,7 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
         raise ClusterStartError(str(refused))
 
 
-def _membership(node: Node, cfg: ClusterConfig, transport: UdpTcpTransport, keyring: Keyring) -> Membership:
+def _membership(node: Node, cfg: ClusterConfig, transport: Transport, keyring: Keyring) -> Membership:
     try:
         return Membership(
             cfg,

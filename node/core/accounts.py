@@ -99,6 +99,9 @@ class Accounts:
         self._ids = ids
         self._config = config
         self._on_revoke = on_revoke
+        #: Called with a user id after their record changed (other nodes drop their copy).
+        self.on_change: Callable[[int], None] = lambda _user_id: None
+        self.shared_storage = False  # other nodes write the same storage (a cluster)
         self._hasher = argon2.PasswordHasher(
             time_cost=config.argon2_time_cost,
             memory_cost=config.argon2_memory_kib,
@@ -238,9 +241,11 @@ class Accounts:
         )
         batch.put_token(device.token_hash, token_record(device))
         await self._storage.write(batch)
-        if self._password_changes.get(user_id, 0) != changes:
-            # The password changed while this token was on its way to disk, and the change's
-            # scan may have missed it: a token minted with the old password must not survive.
+        stored = (await self._storage.get_users((user_id,))).get(user_id) if self.shared_storage else None
+        if self._password_changes.get(user_id, 0) != changes or (stored and stored["password"] != new_hash):
+            # The password changed while this token was on its way to disk (here, or on another
+            # node sharing the storage), and the change's scan may have missed it: a token
+            # minted with the old password must not survive.
             await self._revoke([device])
             raise ChatError("unauthorized", "the password was changed; log in again")
         self._devices[device.token_hash] = device
@@ -353,6 +358,27 @@ class Accounts:
             raise ChatError("not_found")
         return public_user(await self._update_user(user_id, display_name=name or user["username"]))
 
+    async def set_photo(self, user_id: int, media_id: str | None) -> dict:
+        """Set (None: remove) the profile photo, a media id (node/core/profiles.py checks it);
+        returns the stored record."""
+        if media_id is None:
+            old = await self.user(user_id)
+            if old is None:
+                raise ChatError("not_found")
+            if "photo" not in old:
+                return old
+            record = {k: v for k, v in old.items() if k != "photo"}
+            self._users[user_id] = record
+            batch = WriteBatch()
+            batch.put_user(user_id, record)
+            try:
+                await self._storage.write(batch)
+            except BaseException:
+                self._users.pop(user_id, None)
+                raise
+            return record
+        return await self._update_user(user_id, photo=media_id)
+
     async def change_password(self, device: Device, current: object, new: object, address: str) -> int:
         """Replace the password after checking the current one, and log out every other
         device of the user. Wrong guesses count toward the login limits, so a stolen token
@@ -390,6 +416,7 @@ class Accounts:
         except BaseException:
             self._users.pop(user_id, None)  # reload what is stored
             raise
+        self.on_change(user_id)
         return len(others)
 
     async def devices(self, device: Device) -> list[dict]:
@@ -417,6 +444,18 @@ class Accounts:
         return await self._storage.tokens_of(user_id)
 
     # -- users ---------------------------------------------------------------------
+
+    def forget_users(self, user_ids: Iterable[int]) -> None:
+        """Another node changed these users: read them again when next asked."""
+        for user_id in user_ids:
+            self._users.pop(user_id, None)
+
+    def forget_device(self, token_hash: bytes) -> None:
+        """Another node revoked this token: never answer from the cache for it again."""
+        self._devices.pop(token_hash, None)
+        self._last_used.pop(token_hash, None)
+        self._touched.discard(token_hash)
+        self._revocations += 1
 
     def peek_user(self, user_id: int) -> dict | None:
         """A user's record if it is cached (after `user` or `load_users`), else None."""
@@ -477,4 +516,5 @@ class Accounts:
         except BaseException:
             self._users.pop(user_id, None)  # reload what is stored
             raise
+        self.on_change(user_id)
         return user

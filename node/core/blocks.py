@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..storage import Storage, WriteBatch
 
@@ -14,6 +14,8 @@ class Blocks:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._by_blocker: dict[int, set[int]] = {}
+        #: Called with a blocker's id after their blocks changed (other nodes drop their copy).
+        self.on_change: Callable[[int], None] = lambda _blocker: None
 
     async def load(self, blockers: Iterable[int]) -> None:
         missing = [b for b in blockers if b not in self._by_blocker]
@@ -25,6 +27,11 @@ class Blocks:
         """Everyone `blocker` has blocked."""
         await self.load((blocker,))
         return self._by_blocker[blocker]
+
+    def forget(self, blockers: Iterable[int]) -> None:
+        """Another node changed whom these users block: read it again when next asked."""
+        for blocker in blockers:
+            self._by_blocker.pop(blocker, None)
 
     def blocked(self, blocker: int, other: int) -> bool:
         """Whether `blocker` blocks `other`. `blocker` must be loaded: guessing "no" could
@@ -48,6 +55,7 @@ class Blocks:
         else:
             batch.delete_block(blocker, other)
         await self._storage.write(batch)
+        self.on_change(blocker)
         known = await self.blocked_by(blocker)
         if blocked:
             known.add(other)

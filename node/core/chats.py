@@ -25,13 +25,14 @@ from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageE
 from ..plugin_api import Message
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
-from .state import PREVIEW_KINDS, ChatState, chat_from_loaded
+from .state import PREVIEW_KINDS, ChatState, chat_from_loaded, is_muted
 
 if TYPE_CHECKING:
     from .services import PluginHooks
     from .accounts import Accounts
     from .blocks import Blocks
     from .hub import Hub
+    from .routing import Routing
     from .session import Session
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Reads:
     dedupe: set[tuple[int, str]] = attrs.Factory(set)  # (user id, client_msg_id)
     users: set[int] = attrs.Factory(set)  # user records and whom they block
     directs: set[tuple[int, int]] = attrs.Factory(set)  # (low, high) user ids
+    user_chats: set[int] = attrs.Factory(set)  # users all of whose chats are loaded
 
 
 class Operation:
@@ -82,6 +84,10 @@ class Operation:
     def reads(self, reads: Reads) -> None:
         pass
 
+    async def route(self, chats: Chats) -> None:
+        """Before routing: an operation that creates a chat picks its id here, so that it
+        goes to the node that will own the chat (`chat_id` decides where it runs)."""
+
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         raise NotImplementedError
 
@@ -96,14 +102,21 @@ class Awaitable(Operation):
     _done: trio.Event = attrs.field(factory=trio.Event, init=False)
     _result: Any = attrs.field(default=None, init=False)
     _error: ChatError | None = attrs.field(default=None, init=False)
+    #: Called with (result, error) once it is settled: how a forwarded operation answers
+    #: the node that forwarded it, without a task per request.
+    on_done: Callable[[Any, ChatError | None], None] | None = attrs.field(default=None, init=False)
 
     def resolve(self, result: Any) -> None:
         self._result = result
         self._done.set()
+        if self.on_done is not None:
+            self.on_done(result, None)
 
     def reject(self, error: ChatError) -> None:
         self._error = error
         self._done.set()
+        if self.on_done is not None:
+            self.on_done(None, error)
 
     async def wait(self) -> Any:
         await self._done.wait()
@@ -121,6 +134,7 @@ class Chats:
         plugins: PluginHooks,
         users: Accounts,
         blocks: Blocks,
+        routing: Routing,
         *,
         max_batch: int,
         max_group_members: int,
@@ -133,6 +147,7 @@ class Chats:
         self.plugins = plugins
         self.users = users
         self.blocks = blocks
+        self.routing = routing
         self.max_group_members = max_group_members
         self.edit_window_ms = int(edit_window * 1000)
         self._max_batch = max_batch
@@ -154,11 +169,15 @@ class Chats:
     # -- the sequencer ---------------------------------------------------------------
 
     async def submit(self, op: Operation) -> None:
-        """Queue an operation. Backpressure: waits while the sequencer's queue is full.
+        """Queue an operation (or, in a cluster, send it to the node that owns its chat).
+        Backpressure: waits while the sequencer's queue is full.
 
         Does not yield when there is room, so all the events of one frame land in the
         same batch (one commit, one ack frame) instead of trickling in one by one.
         """
+        if not self._local(op):
+            self.routing.forward_nowait(op)
+            return
         try:
             self._send.send_nowait(op)
         except trio.WouldBlock:
@@ -166,11 +185,27 @@ class Chats:
 
     async def run(self, op: Awaitable) -> Any:
         """Queue an operation and wait for its result (raises its ChatError)."""
+        await op.route(self)
+        if not self._local(op):
+            return await self.routing.forward(op)
         try:
             await self.submit(op)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ChatError("unavailable", "the node is shutting down") from None
         return await op.wait()
+
+    def submit_nowait(self, op: Operation) -> bool:
+        """Queue an operation here without waiting; False if the queue is full."""
+        try:
+            self._send.send_nowait(op)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    def _local(self, op: Operation) -> bool:
+        """Whether this node sequences `op` (its chat is ours, or it belongs to no chat)."""
+        chat_id = getattr(op, "chat_id", None)
+        return not chat_id or self.routing.owns(chat_id)
 
     async def close(self) -> None:
         """Stop taking operations; `serve` finishes what is queued and returns."""
@@ -189,6 +224,13 @@ class Chats:
                 await self._process(ops)
 
     async def _process(self, ops: list[Operation]) -> None:
+        version = self.routing.version
+        if self.routing.clustered:  # ownership may have moved while they queued
+            moved = [op for op in ops if not self._local(op)]
+            if moved:
+                ops = [op for op in ops if self._local(op)]
+                for op in moved:
+                    self.routing.forward_nowait(op)
         reads = Reads()
         for op in ops:
             op.reads(reads)
@@ -199,6 +241,12 @@ class Chats:
                 op.reject(_storage_error(exc))
             self._clear_batch()
             return
+        if self.routing.version != version:  # ownership moved while loading: not ours to apply
+            moved = [op for op in ops if not self._local(op)]
+            if moved:
+                ops = [op for op in ops if self._local(op)]
+                for op in moved:
+                    self.routing.forward_nowait(op)
         batch = WriteBatch()
         applied: list[tuple[Operation, Effect | None]] = []
         stale = False
@@ -237,6 +285,8 @@ class Chats:
                 chat.last_message = record
         if stale:
             self._forget_all()
+        elif self.routing.version != version:  # ownership moved while this batch ran
+            self.forget_chats(self.routing.owns)
         self.applied += len(applied)
         for op, effect in applied:
             if effect is not None:
@@ -255,9 +305,11 @@ class Chats:
         if pairs:
             self._directs.update(await self.storage.direct_chats(pairs))
         chat_ids = reads.chats | {self._directs[p] for p in reads.directs if p in self._directs}
+        for user_id in reads.user_chats:
+            chat_ids = chat_ids | await self.chat_ids_of(user_id)
         missing = [c for c in chat_ids if c not in self._chats]
         if missing:
-            await self.load_many(missing)
+            await self.load_many(missing, keep=True)  # the batch sequences them: keep them for it
         users = set(reads.users)
         for chat_id in chat_ids:
             chat = self._chats.get(chat_id)
@@ -341,8 +393,12 @@ class Chats:
                 self.advance_cursor(chat, sender, "read", seq)
         if record["kind"] in CONTENT_KINDS:
             for uid in chat.active_ids():
-                if chat.members[uid].get("hidden"):
-                    chat.members[uid]["hidden"] = False  # a new message brings a hidden chat back
+                member = chat.members[uid]
+                if member.get("hidden"):
+                    member["hidden"] = False  # a new message brings a hidden chat back
+                    self.mark_dirty(chat.id, uid)
+                if member.get("archived") and not is_muted(member, now):
+                    member["archived"] = False  # ... and an archived one, unless it is muted
                     self.mark_dirty(chat.id, uid)
         return record, raw
 
@@ -364,8 +420,11 @@ class Chats:
         raw = self._log.get(where)
         return orjson.loads(raw) if raw is not None else None
 
-    def create_chat(self, batch: WriteBatch, now: int, *, kind: str, creator: int, **fields: Any) -> ChatState:
-        chat_id = self.ids.next_id()
+    def create_chat(
+        self, batch: WriteBatch, now: int, *, kind: str, creator: int, chat_id: int = 0, **fields: Any
+    ) -> ChatState:
+        """A new chat; `chat_id` when it was chosen before routing (see `Operation.route`)."""
+        chat_id = chat_id or self.ids.next_id()
         record = {"id": str(chat_id), "kind": kind, "created": now, "created_by": str(creator), **fields}
         batch.put_chat(chat_id, record)
         chat = ChatState(chat_id, record, {}, 0, None)
@@ -386,6 +445,10 @@ class Chats:
         if known is not None:
             known.add(chat.id)
         return record
+
+    def loaded_chats_of(self, user_id: int) -> list[ChatState]:
+        """The user's chats (loaded for this batch by `Reads.user_chats`)."""
+        return [chat for chat_id in self._user_chats.get(user_id, ()) if (chat := self._chats.get(chat_id))]
 
     def mark_dirty(self, chat_id: int, user_id: int) -> None:
         self._dirty.add((chat_id, user_id))
@@ -441,13 +504,14 @@ class Chats:
         """
         event = message_event(raw)
         seq = record["seq"]
+        remote = self.routing.fan_out_remote(chat, seq, event, exclude) if self.routing.clustered else ()
         offline = []
         for uid, member in chat.members.items():
             until = member.get("until_seq")
             if seq < member["from_seq"] or (until is not None and seq > until):
                 continue
             sessions = self.hub.sessions_of(uid)
-            if not sessions and str(uid) != record["from"]:
+            if not sessions and uid not in remote and str(uid) != record["from"]:
                 offline.append(uid)
             floor = member["from_seq"] - 1
             for session in sessions:
@@ -461,10 +525,8 @@ class Chats:
         return offline
 
     def send_to_members(self, chat: ChatState, event: bytes, user_ids: set[int] | None = None) -> None:
-        """An ephemeral event (not in the log) to the devices of current members."""
-        for uid in chat.active_ids() if user_ids is None else user_ids:
-            for session in self.hub.sessions_of(uid):
-                session.send_event(event)
+        """An ephemeral event (not in the log) to the devices of current members, on any node."""
+        self.routing.send_to_users(chat.active_ids() if user_ids is None else user_ids, event)
 
     def advance_cursor(self, chat: ChatState, user_id: int, field: str, seq: int) -> tuple[int, int] | None:
         """Move a member's `delivered`/`read` cursor up to `seq` (sequencer only).
@@ -528,7 +590,7 @@ class Chats:
             chat = (await self.load_many([chat_id])).get(chat_id)
         return chat
 
-    async def load_many(self, chat_ids: Iterable[int]) -> dict[int, ChatState]:
+    async def load_many(self, chat_ids: Iterable[int], *, keep: bool = False) -> dict[int, ChatState]:
         """The chats that exist, from the cache or the engine (one call for the misses)."""
         out: dict[int, ChatState] = {}
         missing = []
@@ -543,9 +605,21 @@ class Chats:
             for chat_id, stored in loaded.items():
                 chat = self._chats.get(chat_id)  # loaded meanwhile (we awaited): keep that one
                 if chat is None:
-                    chat = self._chats[chat_id] = chat_from_loaded(chat_id, stored)
+                    chat = chat_from_loaded(chat_id, stored)
+                    if keep or self.routing.owns(chat_id):  # only an owner's state stays current
+                        self._chats[chat_id] = chat
                 out[chat_id] = chat
         return out
+
+    def forget_chats(self, keep: Callable[[int], bool]) -> None:
+        """Drop the state of chats this node no longer sequences (ownership moved)."""
+        for chat_id in [c for c in self._chats if not keep(c)]:
+            del self._chats[chat_id]
+
+    def forget_user_chats(self, user_ids: Iterable[int]) -> None:
+        """The users' chat lists changed elsewhere: read them again when next asked."""
+        for user_id in user_ids:
+            self._user_chats.pop(user_id, None)
 
     async def chat_ids_of(self, user_id: int) -> set[int]:
         """Ids of every chat the user is or was a member of."""

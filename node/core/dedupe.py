@@ -61,7 +61,10 @@ async def sweep_dedupe(node: Services, interval: float = 0.0) -> None:
 
 
 async def sweep_dedupe_once(node: Services, retention_ms: int) -> bool:
-    """One chunk of due records. Returns whether a full chunk was handled (maybe more)."""
+    """One chunk of due records. Returns whether a full chunk was handled (maybe more).
+    In a cluster only one node sweeps (`Routing.runs_singletons`)."""
+    if not node.routing.runs_singletons():
+        return False
     due = await node.storage.due_dedupe(now_ms() - retention_ms, CHUNK)
     if due:
         await node.chats.run(PurgeDedupe(entries=due))

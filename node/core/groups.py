@@ -40,6 +40,8 @@ def _system(chats: Chats, chat: ChatState, batch: WriteBatch, now: int, by: int,
 
 
 def _announce(chats: Chats, chat: ChatState, record: dict, raw: bytes) -> None:
+    if record.get("event") in ("created", "added", "removed", "left"):  # whose chat lists changed
+        chats.routing.members_changed(chat.id, [int(u) for u in record.get("users", ())])
     chats.fan_out(chat, record, raw)
     change = {k: v for k, v in record.items() if k not in ("id", "chat", "seq", "from", "ts", "kind")}
     chats.plugins.notify("on_membership_changed", chat_id=chat.id, change=change)
@@ -70,15 +72,21 @@ class CreateGroup(Awaitable):
     user_id: int = 0
     title: str = ""
     members: list[int] = attrs.Factory(list)
+    chat_id: int = 0  # chosen by `route`
 
     def reads(self, reads: Reads) -> None:
         reads.users.update(self.members, (self.user_id,))
+
+    async def route(self, chats: Chats) -> None:
+        if not self.chat_id:
+            self.chat_id = chats.ids.next_id()
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         others = [uid for uid in dict.fromkeys(self.members) if uid != self.user_id]
         chat = ChatState(0, {"kind": "group"}, {}, 0, None)  # for the size check only
         _check_can_add(chats, chat, self.user_id, others + [self.user_id])
-        chat = chats.create_chat(batch, now, kind="group", creator=self.user_id, title=self.title, ttl=0)
+        chat = chats.create_chat(batch, now, kind="group", creator=self.user_id, chat_id=self.chat_id,
+                                 title=self.title, ttl=0)
         chats.add_member(chat, self.user_id, now, role="admin", batch=batch)
         for uid in others:
             chats.add_member(chat, uid, now, role="member", batch=batch)

@@ -8,10 +8,28 @@ from ..config import LimitsSection
 from .errors import bad_request
 from .groups import check_ttl
 from .protocol import check_fields, get_id, get_str
+from .snowflake import parse_id
 
-SEND_FIELDS = frozenset({"type", "client_msg_id", "chat", "kind", "text", "reply_to", "ttl", "target", "media"})
+SEND_FIELDS = frozenset({"type", "client_msg_id", "chat", "kind", "text", "reply_to", "ttl", "target", "media",
+                         "forwarded", "mentions"})
 MEDIA_KINDS = frozenset({"image", "audio", "video", "file"})
 SEND_KINDS = frozenset({"text", "edit", "delete"} | MEDIA_KINDS)
+
+
+MAX_MENTIONS = 256
+
+
+def get_mentions(raw: object) -> list[str]:
+    """The users a message mentions: a list of user ids (each once, in order)."""
+    if not isinstance(raw, list) or len(raw) > MAX_MENTIONS:
+        raise bad_request(f"'mentions' must be a list of at most {MAX_MENTIONS} user ids")
+    ids = []
+    for value in raw:
+        try:
+            ids.append(str(parse_id(value)))
+        except (ValueError, TypeError):
+            raise bad_request(f"'mentions': {str(value)[:40]!r} is not a user id") from None
+    return list(dict.fromkeys(ids))
 
 
 def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str, Any]:
@@ -20,6 +38,8 @@ def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str,
     - ``text``: ``text``; optional ``reply_to`` (a message id) and ``ttl`` (seconds).
     - ``image`` / ``audio`` / ``video`` / ``file``: ``media`` (an uploaded media id),
       optional ``text`` (a caption), ``reply_to``, ``ttl``.
+    - any of those: ``forwarded`` (true: the content came from another message) and
+      ``mentions`` (user ids of members of the group the message mentions).
     - ``edit``: ``target`` (a message id) and the new ``text``.
     - ``delete``: ``target``.
     """
@@ -31,7 +51,7 @@ def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str,
     content: dict[str, Any] = {"kind": kind}
     if kind in ("edit", "delete"):
         content["target"] = str(get_id(event, "target"))
-        extra = {"reply_to", "ttl", "media"} & event.keys()
+        extra = {"reply_to", "ttl", "media", "forwarded", "mentions"} & event.keys()
         if extra:
             raise bad_request(f"{kind} does not take {', '.join(sorted(extra))}")
         if kind == "edit":
@@ -50,6 +70,13 @@ def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str,
         content["text"] = get_str(event, "text", max_bytes=limits.max_message_bytes)
     if event.get("reply_to") is not None:
         content["reply_to"] = str(get_id(event, "reply_to"))
+    if event.get("mentions") is not None:
+        content["mentions"] = get_mentions(event["mentions"])
+    forwarded = event.get("forwarded", False)
+    if not isinstance(forwarded, bool):
+        raise bad_request("'forwarded' must be true or false")
+    if forwarded:
+        content["forwarded"] = True  # shown as "Forwarded"
     if event.get("ttl") is not None:
         content["ttl"] = check_ttl(event["ttl"])
     return content

@@ -6,17 +6,16 @@ messages; cursors: delivered and read; 1-1 chats: open, hide; the expiry purge.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 
 from ..storage import WriteBatch
+from .chatprefs import announce_prefs
 from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation, Reads
 from .errors import ChatError
+from .reactions import forget_reactions
 from .state import ChatState
-
-if TYPE_CHECKING:
-    from .session import Session
 
 
 def message_reads(reads: Reads, chat_id: int, content: dict[str, Any]) -> None:
@@ -45,6 +44,14 @@ def store_message(
     elif kind == "delete":
         content = _delete(chats, batch, chat, sender, member, content)
     else:
+        mentions = content.get("mentions")
+        if mentions is not None:
+            if chat.kind != "group":
+                raise ChatError("bad_request", "mentions are for groups")
+            if any(chat.member(int(uid)) is None for uid in mentions):
+                raise ChatError("bad_request", "'mentions' names someone who is not a member of this group")
+            if not mentions:
+                del content["mentions"]
         reply_to = content.get("reply_to")
         if reply_to is not None:
             target = chats.find_message(chat, int(reply_to))
@@ -92,7 +99,22 @@ def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, membe
     if target.get("media"):
         tombstone["deleted_media"] = target["media"].get("id")  # lets the media plugin release it
     chats.rewrite(chat, batch, tombstone)
+    forget_reactions(batch, chat.id, target["seq"])
     return {"kind": "delete", "target": target["id"], "target_seq": target["seq"]}
+
+
+def unmark_unread(chats: Chats, chat: ChatState, user_id: int, now: int) -> Effect | None:
+    """Clear a chat's "marked as unread" for a member; the effect tells their devices."""
+    member = chat.members[user_id]
+    if not member.get("marked_unread"):
+        return None
+    member["marked_unread"] = False
+    chats.mark_dirty(chat.id, user_id)
+
+    def effect() -> None:
+        announce_prefs(chats, chat, user_id, now)
+
+    return effect
 
 
 def _read_advance(chats: Chats, chat: ChatState, user_id: int, old_read: int, record: dict) -> None:
@@ -101,27 +123,41 @@ def _read_advance(chats: Chats, chat: ChatState, user_id: int, old_read: int, re
         chats.plugins.notify("on_read", chat_id=chat.id, user_id=user_id, seq=record["seq"], previous=old_read)
 
 
+class SendOrigin(Protocol):
+    """Who sent a `SendMessage` and hears its outcome: the device's session, or (in a
+    cluster) a stand-in that answers the node the device is connected to."""
+
+    user_id: int
+
+    def finish_send(self) -> None: ...
+
+    def send_ack(self, client_msg_id: str, record: dict[str, Any], *, pending: bool = False,
+                 duplicate: bool = False) -> None: ...
+
+    def send_error(self, exc: ChatError, *, ref: str | None = None) -> None: ...
+
+
 @attrs.define(eq=False)
 class SendMessage(Operation):
     """A message from a connected device (`send` event): content, edit or delete."""
 
-    session: Session
+    origin: SendOrigin
     chat_id: int
     client_msg_id: str
     content: dict[str, Any] = attrs.field(repr=False)  # validated by the protocol layer and the gate; not logged
 
     def reads(self, reads: Reads) -> None:
-        reads.dedupe.add((self.session.user_id, self.client_msg_id))
+        reads.dedupe.add((self.origin.user_id, self.client_msg_id))
         message_reads(reads, self.chat_id, self.content)
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
-        sender = self.session.user_id
+        sender = self.origin.user_id
         previous = chats.find_duplicate(sender, self.client_msg_id)
         if previous is not None:
 
             def ack_again() -> None:
-                self.session.finish_send()
-                self.session.send_ack(self.client_msg_id, previous, duplicate=True)
+                self.origin.finish_send()
+                self.origin.send_ack(self.client_msg_id, previous, duplicate=True)
 
             return ack_again
         chat = chats.get(self.chat_id)
@@ -130,16 +166,16 @@ class SendMessage(Operation):
         chats.remember_dedupe(batch, sender, self.client_msg_id, record)
 
         def effect() -> None:
-            self.session.finish_send()
-            offline = chats.fan_out(chat, record, raw, exclude=self.session)
-            self.session.send_ack(self.client_msg_id, record, pending=bool(offline))
+            self.origin.finish_send()
+            offline = chats.fan_out(chat, record, raw, exclude=self.origin)
+            self.origin.send_ack(self.client_msg_id, record, pending=bool(offline))
             _read_advance(chats, chat, sender, old_read, record)
 
         return effect
 
     def reject(self, error: ChatError) -> None:
-        self.session.finish_send()
-        self.session.send_error(error, ref=self.client_msg_id)
+        self.origin.finish_send()
+        self.origin.send_error(error, ref=self.client_msg_id)
 
 
 @attrs.define(eq=False)
@@ -207,12 +243,21 @@ class MarkRead(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = chats.require_chat(self.chat_id, self.user_id)
         seq = min(self.seq, chat.committed_seq)
+        unmark = unmark_unread(chats, chat, self.user_id, now)  # reading clears "mark as unread"
         read = chats.advance_cursor(chat, self.user_id, "read", seq)
         if read is None:
-            return lambda: self.resolve(member["read"])
+
+            def resolve() -> None:
+                if unmark is not None:
+                    unmark()
+                self.resolve(member["read"])
+
+            return resolve
         delivered = chats.advance_cursor(chat, self.user_id, "delivered", seq)
 
         def effect() -> None:
+            if unmark is not None:
+                unmark()
             if delivered is not None:
                 chats.announce_delivered(chat, self.user_id, delivered[0], seq)
                 chats.plugins.notify("on_delivered", chat_id=chat.id, user_id=self.user_id, seq=seq,
@@ -229,11 +274,18 @@ class OpenDirect(Awaitable):
 
     user_id: int = 0
     peer_id: int = 0
+    chat_id: int = 0  # chosen by `route`: the existing chat, or the id of a new one
 
     def reads(self, reads: Reads) -> None:
         low, high = sorted((self.user_id, self.peer_id))
         reads.directs.add((low, high))
         reads.users.add(self.peer_id)
+
+    async def route(self, chats: Chats) -> None:
+        if not self.chat_id:
+            low, high = sorted((self.user_id, self.peer_id))
+            found = await chats.storage.direct_chats([(low, high)])
+            self.chat_id = found.get((low, high)) or chats.ids.next_id()
 
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         if self.user_id == self.peer_id:
@@ -250,12 +302,17 @@ class OpenDirect(Awaitable):
             return lambda: self.resolve(chat)
         if chats.blocks.blocked(self.peer_id, self.user_id):
             raise ChatError("blocked")
-        chat = chats.create_chat(batch, now, kind="direct", creator=self.user_id)
+        chat = chats.create_chat(batch, now, kind="direct", creator=self.user_id, chat_id=self.chat_id)
         for uid in (low, high):
             chats.add_member(chat, uid, now, role="member", batch=batch)
         batch.add_direct(low, high, chat.id)
         chats.note_direct(low, high, chat.id)
-        return lambda: self.resolve(chat)
+
+        def effect() -> None:
+            chats.routing.members_changed(chat.id, (low, high))
+            self.resolve(chat)
+
+        return effect
 
 
 @attrs.define(eq=False)
@@ -290,6 +347,7 @@ class PurgeExpired(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         for chat_id, seq, message_id, expires_at in self.entries:
             batch.delete_message(chat_id, seq, message_id, expires_at)
+            forget_reactions(batch, chat_id, seq)
             chat = chats.get(chat_id)
             if chat is not None and chat.last_message and chat.last_message["seq"] == seq:
                 chat.last_message = None

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .chats import Chats
     from .errors import ChatError
     from .hub import Hub
+    from .routing import Routing
     from .session import FrameHandler
 
 
@@ -41,6 +42,7 @@ class Services(Protocol):
     blocks: Blocks
     plugins: PluginHooks
     frame_handlers: dict[str, FrameHandler]
+    routing: Routing
     shutdown_requested: trio.Event
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]: ...

@@ -31,6 +31,7 @@ from .state import ChatState
 from .errors import ChatError
 from .messages import MEDIA_KINDS, content_from_send
 from .operations import MarkDelivered, SendMessage
+from .personal import hidden_between
 from .protocol import check_fields, get_client_msg_id, get_cursors, get_id, get_int, parse_frame
 from .ratelimit import TokenBucket
 from .websocket import ConnectionClosed, WebSocket
@@ -404,6 +405,13 @@ class Session:
 
     # -- chat log events -----------------------------------------------------------------
 
+    def notice(self, chat_id: int, committed_seq: int) -> None:
+        """The chat's log is stored up to `committed_seq`: catch up if this device is behind
+        (a node learning of entries it was not sent live, e.g. after subscribing)."""
+        sent = self._sent.get(chat_id)
+        if sent is None or sent < committed_seq:
+            self._request_catchup(chat_id)
+
     def deliver(self, chat_id: int, seq: int, event: bytes, floor: int) -> None:
         """Offer log entry `seq` of a chat; queued only if it is the next one owed.
 
@@ -494,6 +502,8 @@ class Session:
             if sent >= last:
                 return
             rows = await chats.read_range(chat_id, sent + 1, last, page)
+            hidden = await hidden_between(self.node.storage, self.user_id, chat_id, sent + 1,
+                                          rows[-1][0]) if rows else ()  # deleted for this user
             await self._wait_for_room(len(rows))
             now = now_ms()
             own = self._own.get(chat_id)
@@ -503,6 +513,8 @@ class Session:
                 self._sent[chat_id] = seq  # the log is the truth: a missing seq was purged
                 if own and seq in own:
                     own.discard(seq)
+                    continue
+                if seq in hidden:
                     continue
                 if b'"expires_at"' in raw and (orjson.loads(raw).get("expires_at") or now + 1) <= now:
                     continue

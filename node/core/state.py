@@ -88,12 +88,22 @@ class ChatState:
         self._watermarks.clear()
 
     def visible_range(self, user_id: int) -> tuple[int, int] | None:
-        """First and last seq `user_id` may see (current or former member), else None."""
+        """First and last seq `user_id` may see (current or former member), else None.
+        A history the user cleared for themselves (`cleared_seq`) is not visible."""
         record = self.members.get(user_id)
         if record is None:
             return None
         until = record.get("until_seq")
-        return record["from_seq"], self.committed_seq if until is None else min(until, self.committed_seq)
+        first = max(record["from_seq"], record.get("cleared_seq", 0) + 1)
+        return first, self.committed_seq if until is None else min(until, self.committed_seq)
+
+
+def is_muted(member: dict[str, Any], now: int) -> bool:
+    """Whether a member muted the chat: for good (`muted`) or until `muted_until` (ms)."""
+    if member.get("muted"):
+        return True
+    until = member.get("muted_until")
+    return bool(until) and until > now
 
 
 def chat_from_loaded(chat_id: int, stored: LoadedChat) -> ChatState:

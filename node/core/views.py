@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .accounts import public_user
+from .chatprefs import prefs_of
+from .profiles import add_photos
 from .chats import is_expired, now_ms
 from .state import ChatState
 
@@ -17,7 +19,10 @@ async def chat_summary(node: Services, user_id: int, chat: ChatState, unread: in
     peer_id = next((uid for uid in chat.members if uid != user_id), None) if chat.kind == "direct" else None
     if peer_id is not None:
         await node.accounts.load_users((peer_id,))
-    return summary_of(node, user_id, chat, unread)
+    summary = summary_of(node, user_id, chat, unread)
+    if summary.get("peer"):
+        await add_photos(node, user_id, [summary["peer"]], shares_chat=True)  # the 1-1 chat itself
+    return summary
 
 
 def summary_of(node: Services, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
@@ -51,11 +56,15 @@ def summary_of(node: Services, user_id: int, chat: ChatState, unread: int = 0) -
         summary["role"] = member.get("role")
         summary["members"] = len(chat.active_ids())
     summary["ttl"] = chat.record.get("ttl", 0)
+    if chat.kind == "group":
+        summary["photo"] = chat.record.get("photo")
+    summary.update(prefs_of(member, now_ms()))
     return summary
 
 
 async def chat_list(node: Services, user_id: int, *, include_hidden: bool = False) -> list[dict[str, Any]]:
-    """The user's chats, most recently active first, with unread counts."""
+    """The user's chats, pinned ones first, then the most recently active, with unread
+    counts."""
     states = []
     for chat in await node.chats.chats_of(user_id):
         if chat.visible_range(user_id) is None:
@@ -67,7 +76,9 @@ async def chat_list(node: Services, user_id: int, *, include_hidden: bool = Fals
     await node.accounts.load_users(peers)
     unread = await node.chats.unread_counts(user_id, states)
     summaries = [summary_of(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
-    summaries.sort(key=lambda s: s["updated"], reverse=True)
+    await add_photos(node, user_id, [s["peer"] for s in summaries if s.get("peer")], shares_chat=True)
+    # Pinned chats first (the latest pin on top), then the most recently active.
+    summaries.sort(key=lambda s: (s["pinned"] or 0, s["updated"]), reverse=True)
     return summaries
 
 

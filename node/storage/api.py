@@ -181,6 +181,25 @@ class Storage:
         """Whom each of `blockers` blocks (every blocker asked for is in the answer)."""
         raise NotImplementedError
 
+    # -- search ------------------------------------------------------------------
+
+    async def search_messages(
+        self, terms: list[str], ranges: list[tuple[int, int, int]], now: int, limit: int,
+        before: tuple[int, int, int] | None = None,
+    ) -> list[tuple[int, int, bytes]]:
+        """(chat id, seq, record) of up to `limit` log entries (text messages and captions)
+        whose text holds every one of `terms` (lower-case words of letters and digits) as a
+        word or the start of one; within the (chat, first seq, last seq) `ranges`; not
+        expired at `now`; the newest first (ts, then chat, then seq, descending), strictly
+        after the `before` cursor (ts, chat, seq) in that order. LMDB: an SQLite FTS5 index
+        (node/storage/fts.py); PostgreSQL: its own full-text search."""
+        raise NotImplementedError
+
+    def search_ready(self) -> bool:
+        """False while the engine is still building its search index (results may miss
+        older messages meanwhile)."""
+        raise NotImplementedError
+
     # -- node state and plugin data ------------------------------------------------
 
     async def get_meta(self, key: str) -> bytes | None:

@@ -30,6 +30,7 @@ put_meta           key, value                                      insert or rep
 delete_meta        key                                             delete if present
 kv_put             namespace, key, value                           insert or replace
 kv_delete          namespace, key                                  delete if present
+kv_delete_range    namespace, start, end                           delete start <= key < end
 =================  ==============================================  ===========================
 
 ``meta`` of a log entry is a `MessageMeta` (sender, kind, ts, expires_at): the columns an
@@ -157,3 +158,6 @@ class WriteBatch:
 
     def kv_delete(self, namespace: str, key: bytes) -> None:
         self.ops.append(("kv_delete", namespace, key))
+
+    def kv_delete_range(self, namespace: str, start: bytes, end: bytes) -> None:
+        self.ops.append(("kv_delete_range", namespace, start, end))

@@ -40,7 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .api import EXPORT_TABLES, Storage, StorageError
 from .batch import WriteBatch
-from .lmdb_engine import DEDUPE_BACKFILL, LmdbStorage, open_lmdb
+from .lmdb_engine import DEDUPE_BACKFILL, SEARCH_INDEX_ID, LmdbStorage, open_lmdb
 from .postgres import PostgresStorage, open_postgres
 
 #: The key in the target's `meta` that says what it is a copy of (never copied or compared).
@@ -208,7 +208,8 @@ async def count_rows(storage: Storage, table: str) -> int | None:
             entries = int(txn.stat(storage.handles[_LMDB_DATABASES.get(table, table)])["entries"])
             if table == "meta":  # keys the engine keeps to itself, and the marker
                 entries -= sum(txn.get(key, db=storage.handles["meta"]) is not None
-                               for key in (b"schema_version", DEDUPE_BACKFILL.encode(), MARKER.encode()))
+                               for key in (b"schema_version", DEDUPE_BACKFILL.encode(), SEARCH_INDEX_ID.encode(),
+                                           MARKER.encode()))
             return entries
     if isinstance(storage, PostgresStorage) and table in _PG_COUNTS:
         return int((await storage._rows(_PG_COUNTS[table]))[0][0])

@@ -7,7 +7,7 @@ writer); scans that may touch many records run in a worker thread. Writes are ap
 by the group-commit writer, one transaction per batch in one worker-thread call
 (an LMDB write transaction must begin and end on the same thread).
 
-Layout (schema version 3; docs/architecture.md has the table):
+Layout (schema version 4; docs/architecture.md has the table):
 
     meta            key (utf-8)                       -> value
     users           u64 user                          -> user record (JSON)
@@ -26,12 +26,19 @@ Layout (schema version 3; docs/architecture.md has the table):
     expiry          u64 expires_at | u64 chat | seq   -> u64 message id
     blocks          u64 blocker | u64 blocked         -> b""
     plugin_kv       namespace (utf-8) | 0x00 | key    -> value
+    search_dirty    u64 chat | u64 seq                -> u64 token (not yet in the search index)
+
+Message search lives in an SQLite FTS5 index beside the environment (node/storage/fts.py),
+kept in step through `search_dirty` (schema version 4).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,19 +58,27 @@ from .api import (
     StoredMessage,
 )
 from .batch import MessageMeta, Op, WriteBatch
+from .fts import FtsIndex
 from .keys import from_pair, from_u64, pair, prefix_end, u64
 from .writer import Writer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MB = 1024 * 1024
 
 DATABASES = (
     "meta", "users", "usernames", "tokens", "user_tokens", "chats", "members", "user_chats", "direct", "log",
-    "msgids", "dedupe", "dedupe_by_time", "chat_seq", "expiry", "blocks", "plugin_kv",
+    "msgids", "dedupe", "dedupe_by_time", "chat_seq", "expiry", "blocks", "plugin_kv", "search_dirty",
 )
+
+#: Log entries whose text search indexes (their `text`: a message or a caption).
+SEARCHED_KINDS = frozenset({"text", "image", "audio", "video", "file"})
+SEARCH_CHUNK = 500  # dirty marks indexed per SQLite transaction
+REBUILD_CHUNK = 2000  # log entries per chunk while the index is rebuilt
+SEARCH_INDEX_ID = "search_index_id"  # meta: which index file belongs to this environment
+_search_tokens = itertools.count(time.time_ns())
 
 #: Named databases of schema 2 that belonged to the built-in plugins, and the namespace
 #: their records moved to in `plugin_kv` (schema 3).
@@ -132,6 +147,10 @@ class LmdbStorage(Storage):
         self._readers_idle.set()
         self._growing: trio.Event | None = None
         self.backfill_purged = 0  # schema-1 dedupe records purged by the backfill
+        self.fts = FtsIndex(path.parent / "search.sqlite")
+        self._search_wakeup = trio.Event()
+        self._search_ready = False  # the index is complete (built, or found whole)
+        self.search_indexed = 0  # entries indexed since start (rebuilds included)
         try:
             version = self._check_schema(existing)
         except BaseException:
@@ -149,12 +168,14 @@ class LmdbStorage(Storage):
 
     def statistics(self) -> dict[str, Any]:
         return {"engine": "lmdb", "commits": self.writer.commits, "committed_ops": self.writer.committed_ops,
-                "conflicts": self.writer.conflicts, "map_size": self.env.info()["map_size"]}
+                "conflicts": self.writer.conflicts, "map_size": self.env.info()["map_size"],
+                "search_ready": self._search_ready, "search_indexed": self.search_indexed}
 
     async def _commit(self, requests: list[list[Op]]) -> None:
         while True:
             try:
                 await trio.to_thread.run_sync(self._apply, requests)
+                self._search_wakeup.set()  # maybe new dirty marks for the indexer
                 return
             except lmdb.MapFullError:
                 await self._grow_map()
@@ -405,6 +426,93 @@ class LmdbStorage(Storage):
                 out[blocker] = {from_pair(key)[1] for key, _ in self.scan(txn, "blocks", prefix, prefix_end(prefix))}
         return out
 
+    # -- search ----------------------------------------------------------------------------
+
+    def search_ready(self) -> bool:
+        return self._search_ready
+
+    async def search_messages(
+        self, terms: list[str], ranges: list[tuple[int, int, int]], now: int, limit: int,
+        before: tuple[int, int, int] | None = None,
+    ) -> list[tuple[int, int, bytes]]:
+        if not terms or not ranges or self.fts._reader is None:
+            return []
+        found = await trio.to_thread.run_sync(self.fts.search, terms, ranges, now, limit, before)
+        out = []
+        with self._read() as txn:  # the log is the truth: what no longer has text is left out
+            db = self.handles["log"]
+            for chat_id, seq in found:
+                raw = txn.get(pair(chat_id, seq), db=db)
+                if raw is not None and b'"text"' in raw:
+                    out.append((chat_id, seq, raw))
+        return out
+
+    async def serve_search(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the search index in step with the log until cancelled (see node/storage/fts.py)."""
+        env_id = await self.get_meta(SEARCH_INDEX_ID)
+        if env_id is None:
+            env_id = os.urandom(8).hex().encode()
+            batch = WriteBatch()
+            batch.put_meta(SEARCH_INDEX_ID, env_id)
+            await self.writer.write(batch)
+        try:
+            complete = await trio.to_thread.run_sync(self.fts.open, env_id.decode())
+            task_status.started()
+            if not complete:
+                log.info("building the message search index from the log")
+                await self._rebuild_search()
+                log.info("the message search index is built (%d entries)", self.search_indexed)
+            self._search_ready = True
+            while True:
+                self._search_wakeup = trio.Event()
+                if not await self._index_dirty():
+                    await self._search_wakeup.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.fts.close)
+
+    async def _rebuild_search(self) -> None:
+        start = pair(0, 0)
+        while True:
+            rows = await self._in_thread(self._log_chunk, start)
+            if rows:
+                await trio.to_thread.run_sync(self.fts.apply, [row[1:] for row in rows])
+                self.search_indexed += len(rows)
+            if len(rows) < REBUILD_CHUNK:
+                break
+            start = rows[-1][0] + b"\x00"
+        await trio.to_thread.run_sync(self.fts.mark_built)
+
+    def _log_chunk(self, txn, start: bytes) -> list[tuple[bytes, int, int, int, int, str | None]]:
+        out = []
+        for key, raw in self.scan(txn, "log", start, b"\xff" * 16, limit=REBUILD_CHUNK):
+            chat_id, seq = from_pair(key)
+            out.append((bytes(key), *_searchable(chat_id, seq, raw)))
+        return out
+
+    async def _index_dirty(self) -> bool:
+        """Index one chunk of dirty marks; False if there were none."""
+        marks = await self._in_thread(self._dirty_chunk)
+        if not marks:
+            return False
+        await trio.to_thread.run_sync(self.fts.apply, [change for _, _, change in marks])
+        self.search_indexed += len(marks)
+        batch = WriteBatch()
+        batch.ops.extend(("_lmdb_search_done", key, token) for key, token, _ in marks)
+        try:
+            await self.writer.write(batch)
+        except StorageError:  # closing: the marks stay, and are indexed again at the next start
+            await trio.sleep_forever()
+        return True
+
+    def _dirty_chunk(self, txn) -> list[tuple[bytes, bytes, tuple[int, int, int, int, str | None]]]:
+        log_db = self.handles["log"]
+        out = []
+        for key, token in self.scan(txn, "search_dirty", b"", b"\xff" * 16, limit=SEARCH_CHUNK):
+            chat_id, seq = from_pair(key)
+            out.append((bytes(key), bytes(token), _searchable(chat_id, seq, txn.get(key, db=log_db))))
+        return out
+
     # -- node state and plugin data ------------------------------------------------------
 
     async def get_meta(self, key: str) -> bytes | None:
@@ -561,15 +669,34 @@ def _add_direct(txn, h, low, high, chat_id):
     _put_new(txn, h["direct"], pair(low, high), u64(chat_id), "a 1-1 chat between these users")
 
 
+def _searchable(chat_id: int, seq: int, raw: bytes | None) -> tuple[int, int, int, int, str | None]:
+    """What the search index keeps of a log entry as it is now: (chat, seq, ts, expires_at,
+    text or None: not indexed)."""
+    if raw is None or b'"text"' not in raw:
+        return chat_id, seq, 0, 0, None
+    record = orjson.loads(raw)
+    if record.get("kind") not in SEARCHED_KINDS or not record.get("text"):
+        return chat_id, seq, 0, 0, None
+    return chat_id, seq, record["ts"], record.get("expires_at") or 0, record["text"]
+
+
+def _mark_for_search(txn, h, chat_id, seq):
+    """The entry changed: the search index must look at it again (node/storage/fts.py)."""
+    txn.put(pair(chat_id, seq), u64(next(_search_tokens)), db=h["search_dirty"])
+
+
 def _append_message(txn, h, chat_id, seq, message_id, raw, meta):
     _put_new(txn, h["log"], pair(chat_id, seq), raw, f"seq {seq} of chat {chat_id}")
     _put_new(txn, h["msgids"], u64(message_id), pair(chat_id, seq), f"message id {message_id}")
     if meta.expires_at:
         txn.put(u64(meta.expires_at) + pair(chat_id, seq), u64(message_id), db=h["expiry"])
+    if meta.kind in SEARCHED_KINDS:
+        _mark_for_search(txn, h, chat_id, seq)
 
 
 def _rewrite_message(txn, h, chat_id, seq, raw, meta):
     txn.put(pair(chat_id, seq), raw, db=h["log"])
+    _mark_for_search(txn, h, chat_id, seq)
 
 
 def _delete_message(txn, h, chat_id, seq, message_id, expires_at):
@@ -577,6 +704,13 @@ def _delete_message(txn, h, chat_id, seq, message_id, expires_at):
     txn.delete(u64(message_id), db=h["msgids"])
     if expires_at:
         txn.delete(u64(expires_at) + pair(chat_id, seq), db=h["expiry"])
+    _mark_for_search(txn, h, chat_id, seq)
+
+
+def _search_done(txn, h, key, token):
+    """The index has the entry as it was when marked: clear the mark, unless it was set again."""
+    if txn.get(key, db=h["search_dirty"]) == token:
+        txn.delete(key, db=h["search_dirty"])
 
 
 def _set_chat_seq(txn, h, chat_id, new_seq, expected_seq):
@@ -626,6 +760,16 @@ def _kv_delete(txn, h, namespace, key):
     txn.delete(kv_key(namespace, key), db=h["plugin_kv"])
 
 
+def _kv_delete_range(txn, h, namespace, start, end):
+    cursor = txn.cursor(db=h["plugin_kv"])
+    first, stop = kv_key(namespace, start), kv_key(namespace, end)
+    if not cursor.set_range(first):
+        return
+    while cursor.key() < stop:
+        if not cursor.delete():  # moves to the next record; False at the end
+            return
+
+
 def _index_dedupe(txn, h, user_id, client_msg_id, ts):
     txn.put(u64(ts) + _dedupe_key(user_id, client_msg_id), b"", db=h["dedupe_by_time"])
 
@@ -661,8 +805,10 @@ _APPLY: dict[str, Callable[..., None]] = {
     "delete_meta": _delete_meta,
     "kv_put": _kv_put,
     "kv_delete": _kv_delete,
+    "kv_delete_range": _kv_delete_range,
     "_lmdb_index_dedupe": _index_dedupe,
     "_lmdb_drop_dedupe": _drop_dedupe,
+    "_lmdb_search_done": _search_done,
 }
 
 
@@ -671,7 +817,7 @@ _APPLY: dict[str, Callable[..., None]] = {
 
 def _export_meta(engine, txn, key, value):
     name = key.decode()
-    return None if name in ("schema_version", DEDUPE_BACKFILL) else (name, bytes(value))
+    return None if name in ("schema_version", DEDUPE_BACKFILL, SEARCH_INDEX_ID) else (name, bytes(value))
 
 
 def _export_users(engine, txn, key, value):
@@ -804,7 +950,12 @@ def _migrate_3(engine: LmdbStorage, txn, existing: set[str]) -> None:
         txn.drop(old, delete=True)
 
 
-MIGRATIONS: dict[int, Callable[[LmdbStorage, Any, set[str]], None]] = {2: _migrate_2, 3: _migrate_3}
+def _migrate_4(engine: LmdbStorage, txn, existing: set[str]) -> None:
+    """Version 4 added `search_dirty` (created empty at open): the search index of an
+    older data dir is built from the log at the first start, as for a missing index."""
+
+
+MIGRATIONS: dict[int, Callable[[LmdbStorage, Any, set[str]], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
 
 
 @contextlib.asynccontextmanager
@@ -830,10 +981,18 @@ async def open_lmdb(
                         storage.backfill_purged += await storage.backfill_dedupe(dedupe_retention_ms, now)
 
                 nursery.start_soon(run_backfill)
+            search = trio.CancelScope()
+
+            async def run_search(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with search:
+                    await storage.serve_search(task_status=task_status)
+
+            await nursery.start(run_search)
             try:
                 yield storage
             finally:
                 backfill.cancel()
+                search.cancel()
                 await storage.writer.close()
     finally:
         storage.close()

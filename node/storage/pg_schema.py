@@ -20,7 +20,7 @@ from typing import Any
 
 from .api import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: pg_advisory_xact_lock key held while the schema is checked and migrated.
 MIGRATION_LOCK = 0x63686174_6E6F6465 & 0x7FFFFFFFFFFFFFFF  # "chatnode"
@@ -99,8 +99,21 @@ _V1 = [
     "COMMENT ON TABLE plugin_kv IS 'chatnode: plugin data, one namespace per plugin store'",
 ]
 
+#: Version 2: message search. Each entry's text (a message, or a caption) as a tsvector of
+#: the 'simple' configuration (lower-cased words, no stemming: right for every language),
+#: written by the engine with the entry itself (append, rewrite), so it changes with every
+#: edit, deletion and purge in the same transaction; a GIN index answers the matches. Rows
+#: already stored get theirs here (a text holding U+0000, which PostgreSQL text cannot,
+#: without it).
+_V2 = [
+    "ALTER TABLE messages ADD COLUMN search tsvector",
+    "UPDATE messages SET search = to_tsvector('simple', replace(record::text, '\\u0000', '')::json ->> 'text')"
+    " WHERE kind IN ('text', 'image', 'audio', 'video', 'file')",
+    "CREATE INDEX messages_search ON messages USING gin (search)",
+]
+
 #: version -> the statements that bring the previous version to it.
-MIGRATIONS: dict[int, list[str]] = {1: _V1}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
 
 
 def migrate(conn: Any, where: str) -> int:

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BIGINT = (1 << 63) - 1
+SEARCHED_KINDS = ("text", "image", "audio", "video", "file")  # log entries whose text search matches
 CANCEL_TIMEOUT = 5.0  # seconds a server-side cancel of a timed-out commit may take
 #: psycopg_pool retries a failed connect in the background with exponential backoff (1, 2,
 #: 4, ... s until reconnect_timeout): after a long outage the next try could be a minute
@@ -155,10 +156,10 @@ _PUT_CHAT = ("INSERT INTO chats (id, kind, record) VALUES (%s, %s, %s) "
 _PUT_MEMBER = ("INSERT INTO members (chat_id, user_id, record) VALUES (%s, %s, %s) "
                "ON CONFLICT (chat_id, user_id) DO UPDATE SET record = EXCLUDED.record")
 _ADD_DIRECT = "INSERT INTO direct_chats (low, high, chat_id) VALUES (%s, %s, %s)"
-_APPEND_MESSAGE = ("INSERT INTO messages (chat_id, seq, id, sender, kind, ts, expires_at, record) "
-                   "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
-_REWRITE_MESSAGE = ("UPDATE messages SET sender = %s, kind = %s, ts = %s, expires_at = %s, record = %s "
-                    "WHERE chat_id = %s AND seq = %s")
+_APPEND_MESSAGE = ("INSERT INTO messages (chat_id, seq, id, sender, kind, ts, expires_at, record, search) "
+                   "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, to_tsvector('simple', %s))")
+_REWRITE_MESSAGE = ("UPDATE messages SET sender = %s, kind = %s, ts = %s, expires_at = %s, record = %s, "
+                    "search = to_tsvector('simple', %s) WHERE chat_id = %s AND seq = %s")
 _DELETE_MESSAGE = "DELETE FROM messages WHERE chat_id = %s AND seq = %s"
 _SET_SEQ = "UPDATE chats SET last_seq = %s WHERE id = %s AND last_seq = %s"
 # expected 0: a chat without a row has seq 0 (set_chat_seq may come before put_chat).
@@ -176,6 +177,7 @@ _DELETE_META = "DELETE FROM meta WHERE key = %s"
 _KV_PUT = ("INSERT INTO plugin_kv (namespace, key, value) VALUES (%s, %s, %s) "
            "ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value")
 _KV_DELETE = "DELETE FROM plugin_kv WHERE namespace = %s AND key = %s"
+_KV_DELETE_RANGE = "DELETE FROM plugin_kv WHERE namespace = %s AND key >= %s AND key < %s"
 
 #: Statements that must change exactly one row each, or the transaction is a conflict.
 _FENCED = {
@@ -187,6 +189,15 @@ _FENCED = {
 
 def _expires(meta: MessageMeta) -> int | None:
     return meta.expires_at or None
+
+
+def _search_text(raw: bytes, meta: MessageMeta) -> str | None:
+    """What search indexes of an entry: its text (a message or a caption), None for others.
+    PostgreSQL text cannot hold U+0000, so it is left out."""
+    if meta.kind not in SEARCHED_KINDS or b'"text"' not in raw:
+        return None
+    text = orjson.loads(raw).get("text")
+    return text.replace("\x00", "") if isinstance(text, str) else None
 
 
 def _set_chat_seq(chat_id: int, new_seq: int, expected: int | None) -> tuple[str, tuple[Any, ...]]:
@@ -207,9 +218,11 @@ _STATEMENTS: dict[str, Callable[..., tuple[str, tuple[Any, ...]]]] = {
     "put_member": lambda chat_id, user_id, record: (_PUT_MEMBER, (chat_id, user_id, record)),
     "add_direct": lambda low, high, chat_id: (_ADD_DIRECT, (low, high, chat_id)),
     "append_message": lambda chat_id, seq, message_id, raw, meta: (
-        _APPEND_MESSAGE, (chat_id, seq, message_id, meta.sender, meta.kind, meta.ts, _expires(meta), RawJson(raw))),
+        _APPEND_MESSAGE, (chat_id, seq, message_id, meta.sender, meta.kind, meta.ts, _expires(meta), RawJson(raw),
+                          _search_text(raw, meta))),
     "rewrite_message": lambda chat_id, seq, raw, meta: (
-        _REWRITE_MESSAGE, (meta.sender, meta.kind, meta.ts, _expires(meta), RawJson(raw), chat_id, seq)),
+        _REWRITE_MESSAGE, (meta.sender, meta.kind, meta.ts, _expires(meta), RawJson(raw), _search_text(raw, meta),
+                           chat_id, seq)),
     "delete_message": lambda chat_id, seq, message_id, expires_at: (_DELETE_MESSAGE, (chat_id, seq)),
     "set_chat_seq": _set_chat_seq,
     "add_dedupe": lambda user_id, client_msg_id, ack: (
@@ -221,6 +234,7 @@ _STATEMENTS: dict[str, Callable[..., tuple[str, tuple[Any, ...]]]] = {
     "delete_meta": lambda key: (_DELETE_META, (key,)),
     "kv_put": lambda namespace, key, value: (_KV_PUT, (namespace, key, value)),
     "kv_delete": lambda namespace, key: (_KV_DELETE, (namespace, key)),
+    "kv_delete_range": lambda namespace, start, end: (_KV_DELETE_RANGE, (namespace, start, end)),
 }
 
 #: `import_rows`: exported rows (EXPORT_TABLES shapes), skipping rows already stored.
@@ -241,7 +255,8 @@ _IMPORTS: dict[str, Callable[..., tuple[str, tuple[Any, ...]]]] = {
     "directs": lambda low, high, chat_id: (_ADD_DIRECT + " ON CONFLICT DO NOTHING", (low, high, chat_id)),
     "messages": lambda chat_id, seq, message_id, raw, meta: (
         _APPEND_MESSAGE + " ON CONFLICT DO NOTHING",
-        (chat_id, seq, message_id, meta.sender, meta.kind, meta.ts, _expires(meta), RawJson(raw))),
+        (chat_id, seq, message_id, meta.sender, meta.kind, meta.ts, _expires(meta), RawJson(raw),
+         _search_text(raw, meta))),
     "dedupe": lambda user_id, client_msg_id, ack: (
         _ADD_DEDUPE + " ON CONFLICT DO NOTHING",
         (user_id, client_msg_id, ack.chat_id, ack.seq, ack.message_id, ack.ts)),
@@ -634,6 +649,30 @@ class PostgresStorage(Storage):
             for blocker, blocked in rows:
                 out[blocker].add(blocked)
         return out
+
+    # -- search ------------------------------------------------------------------------------
+
+    def search_ready(self) -> bool:
+        return True  # the index is part of the table (pg_schema.py, version 2)
+
+    async def search_messages(
+        self, terms: list[str], ranges: list[tuple[int, int, int]], now: int, limit: int,
+        before: tuple[int, int, int] | None = None,
+    ) -> list[tuple[int, int, bytes]]:
+        if not terms or not ranges:
+            return []
+        query = " & ".join(f"'{term}':*" for term in terms)  # terms are letters and digits only
+        ts, chat, seq = before if before is not None else (MAX_BIGINT, MAX_BIGINT, MAX_BIGINT)
+        rows = await self._rows(
+            "SELECT m.chat_id, m.seq, m.record FROM messages m"
+            " JOIN unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(chat_id, first, last)"
+            " ON m.chat_id = r.chat_id AND m.seq BETWEEN r.first AND r.last"
+            " WHERE m.search @@ to_tsquery('simple', %s) AND m.kind = ANY(%s::text[])"
+            " AND (m.expires_at IS NULL OR m.expires_at > %s) AND (m.ts, m.chat_id, m.seq) < (%s, %s, %s)"
+            " ORDER BY m.ts DESC, m.chat_id DESC, m.seq DESC LIMIT %s",
+            [r[0] for r in ranges], [max(r[1], 0) for r in ranges], [min(r[2], MAX_BIGINT) for r in ranges],
+            query, list(SEARCHED_KINDS), min(now, MAX_BIGINT), ts, chat, seq, limit)
+        return [(chat_id, seq, raw) for chat_id, seq, raw in rows]
 
     # -- node state and plugin data ----------------------------------------------------------
 

@@ -20,6 +20,9 @@ from ..core.errors import ChatError, bad_request
 from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
 from ..core.operations import OpenDirect, SetHidden
 from ..core.snowflake import parse_id
+from ..core.annotate import annotate
+from ..core.profiles import add_photos, default_visibility, user_for
+from ..core.search import history_around
 from ..core.views import add_status, chat_list, chat_summary
 from ..plugin_api import Route
 from .plugin_routes import mount
@@ -238,6 +241,8 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
                     "max_events_per_frame": limits.max_events_per_frame,
                     "max_group_members": limits.max_group_members,
                 },
+                # every node a client may use (this one first): in a cluster, the live members
+                "nodes": node.node_urls(),
             }
         )
 
@@ -272,7 +277,10 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         user = await accounts.user(device.user_id)
         if user is None:
             raise ChatError("unauthorized")
-        return json_response({"user": public_user(user), "device_id": str(device.device_id), "settings": user.get("settings", {})})
+        settings = {"last_seen": default_visibility(node), **user.get("settings", {})}  # what applies when unset
+        photo = {"photo": user["photo"]} if user.get("photo") else {}
+        return json_response({"user": {**public_user(user), **photo}, "device_id": str(device.device_id),
+                              "settings": settings})
 
     @app.patch("/api/me/settings")
     async def update_settings() -> Response:
@@ -325,15 +333,17 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         if len(prefix) > 32:
             raise bad_request("'prefix' is at most 32 characters")
         limit = query_int("limit", 20, 1, 100)
-        return json_response({"users": await accounts.search(prefix, limit, exclude=device.user_id)})
+        found = await accounts.search(prefix, limit, exclude=device.user_id)
+        await add_photos(node, device.user_id, found)
+        return json_response({"users": found})
 
     @app.get("/api/users/<user_id>")
     async def get_user(user_id: str) -> Response:
-        await current_device()
+        device = await current_device()
         user = await accounts.user(path_id(user_id))
         if user is None:
             raise ChatError("not_found")
-        return json_response({"user": public_user(user)})
+        return json_response({"user": await user_for(node, device.user_id, user)})
 
     # -- chats ---------------------------------------------------------------------
 
@@ -374,12 +384,19 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def history(chat_id: str) -> Response:
         device = await current_device()
         before = query_int("before", None, 1, (1 << 63) - 1)
+        around = query_int("around", None, 1, (1 << 63) - 1)
         limit = query_int("limit", 50, 1, limits.history_page)
-        messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
+        if around is not None:  # a message in its context (a search result, a starred message)
+            page = await history_around(node, device.user_id, path_id(chat_id), around, limit)
+            messages = page.pop("messages")
+        else:
+            messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
+            page = {"has_more": len(messages) == limit, "next_before": messages[0]["seq"] if messages else None}
         chat = await chats.load(path_id(chat_id))
         if chat is not None:
             await add_status(node, device.user_id, chat, messages)
-        return json_response({"messages": messages, "has_more": len(messages) == limit})
+            await annotate(node, device.user_id, chat.id, messages)  # reactions, stars, deleted for me
+        return json_response({"messages": messages, **page})
 
     @app.post("/api/chats/<chat_id>/hide")
     async def hide(chat_id: str) -> Response:
@@ -431,6 +448,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
             out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": record["role"],
                         "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": record["read"]})
         out.sort(key=lambda m: (m["role"] != "admin", m["joined"]))
+        await add_photos(node, device.user_id, [m["user"] for m in out], shares_chat=True)
         return json_response({"members": out})
 
     @app.post("/api/chats/<chat_id>/members")
@@ -494,6 +512,13 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         device = await current_device()
         await node.blocks.set(device.user_id, path_id(user_id), False)
         return Response(b"", status=204)
+
+    # -- chat management, reactions, stars, search, reports, photos (node/web/features.py) --
+    from .features import add_feature_routes
+
+    add_feature_routes(app, node, json_body=json_body, json_response=json_response, current_device=_current_device,
+                       path_id=path_id, query_int=query_int, require_admin=require_admin)
+    # -- end features --
 
     # -- web client (node/web/client.py owns what is inside this block) --------------
     from .client import add_web_client

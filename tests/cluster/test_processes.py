@@ -10,6 +10,7 @@ bounded; every address is 127.0.0.1.
 from __future__ import annotations
 
 import pytest
+from conftest import storage_toml
 
 import base64
 import json
@@ -55,9 +56,7 @@ def free_cluster_port() -> int:
 
 
 
-# Membership only: each node keeps its own LMDB. Clusters sharing PostgreSQL are tested in
-# tests/cluster/test_routing_processes.py.
-pytestmark = pytest.mark.engine("lmdb")
+pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
 
 class NodeProcess:
     def __init__(self, root: Path, node_id: int, seeds: list[str]) -> None:
@@ -88,6 +87,7 @@ bind_host = "127.0.0.1"
 bind_port = {self.cluster_address.rsplit(":", 1)[1]}
 seeds = [{seed_list}]
 keys = ["{KEY}"]
+{storage_toml(root / "cluster-db")}
 """
         )
         self.proc: trio.Process | None = None

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from conftest import make_config, running_node
+from conftest import cluster_storage, make_config, running_node
 
 from node.app import serve_node
 from node.cluster.cli import format_members
@@ -34,11 +34,15 @@ FAST = {
 }
 
 
+pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
+
+
 def cluster_config(tmp_path: Path, name: str, node_id: int, seeds: list[str], **extra: Any):
     return make_config(
         tmp_path / name,
         node={"data_dir": str(tmp_path / name / "data"), "id": node_id, "name": name},
         cluster={"enabled": True, "bind_port": 0, "seeds": seeds, "keys": [KEY], **FAST, **extra},
+        storage=cluster_storage(tmp_path),
     )
 
 

@@ -135,7 +135,7 @@ class LastSeenPlugin:
 
     async def _announce(self, user_id: int) -> None:
         ctx = self.ctx
-        online = ctx.is_online(user_id)
+        online = await ctx.is_online(user_id)
         if self._announced.get(user_id, False) == online:
             return  # it flapped back: nothing to tell
         self._announced[user_id] = online
@@ -144,9 +144,9 @@ class LastSeenPlugin:
         event = await self.presence(user_id, None) | {"type": "presence"}
         told = []
         for contact in await ctx.contacts_of(user_id, max_group=self.settings.live_group_limit):
-            # they share a chat, so only the reciprocal rule and blocks remain to check
-            if ctx.is_online(contact) and await self.visibility(contact) != "nobody" \
-                    and not await ctx.blocked(contact, user_id):
+            # they share a chat, so only the reciprocal rule and blocks remain to check (an
+            # offline contact costs nothing: the event reaches only connected devices)
+            if await self.visibility(contact) != "nobody" and not await ctx.blocked(contact, user_id):
                 told.append(contact)
         ctx.send_to_users(told, event)
 
@@ -172,7 +172,7 @@ class LastSeenPlugin:
         if seen is None:
             raw = await self.times.get(user_id.to_bytes(8, "big"))
             seen = int.from_bytes(raw, "big") if raw else None
-        online = self._announced.get(user_id, False) if viewer != user_id else self.ctx.is_online(user_id)
+        online = await self.ctx.is_online(user_id)  # anywhere in the cluster, asked of the user's home
         return {"user": str(user_id), "online": online, "last_seen": seen}
 
     @hookimpl

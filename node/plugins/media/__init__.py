@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ... import Message, PluginContext, hookimpl
+from ... import ChatError, Message, PluginContext, hookimpl
 from . import records
 from .routes import media_routes
 from .service import MediaService
@@ -62,6 +62,12 @@ class MediaPlugin:
         if self.service is None or content.get("kind") not in ("image", "audio", "video", "file"):
             return None
         return await self.service.prepare(user_id, chat_id, content)
+
+    @hookimpl
+    async def check_photo(self, user_id: int, chat_id: int, media_id: int) -> None:
+        if self.service is None:
+            raise ChatError("unavailable", "media is starting")
+        await self.service.check_photo(user_id, chat_id, media_id)
 
     @hookimpl
     async def on_message_stored(self, message: Message) -> None:

@@ -5,6 +5,7 @@
     shares   u64 media | u64 chat | u64 seq    -> u64 expires_at ms (0: never)
     pending  u64 media | u64 chat | u64 ms     -> u64 chat seq when the send began
     gc       u64 due ms | u64 media id         -> b"" (look at this item then)
+    photos   u64 media | u64 chat               -> b"" (the item was made that group's photo)
 
 An *item* is one upload by one user. Its bytes live in the content store under their
 SHA-256, shared by every item with the same bytes; `content` counts those items and the
@@ -26,7 +27,8 @@ CONTENT = "content"
 SHARES = "shares"
 PENDING = "pending"
 GC = "gc"
-TABLES = [ITEMS, CONTENT, SHARES, PENDING, GC]
+PHOTOS = "photos"
+TABLES = [ITEMS, CONTENT, SHARES, PENDING, GC, PHOTOS]
 
 #: Item fields that messages and `GET /api/media/{id}/info` show.
 PUBLIC_FIELDS = ("id", "mime", "size", "name", "width", "height", "duration", "thumbnail")
@@ -56,6 +58,7 @@ class Records:
         self.shares = store.table(SHARES)
         self.pending = store.table(PENDING)
         self.gc = store.table(GC)
+        self.photos = store.table(PHOTOS)
 
     async def get_item(self, media_id: int) -> dict[str, Any] | None:
         raw = await self.items.get(u64(media_id))
@@ -74,6 +77,11 @@ class Records:
         """(key, chat id, started ms, floor seq) of every pending share of an item."""
         rows = await self.pending.scan_prefix(u64(media_id), limit=SCAN_LIMIT)
         return [(key, from_u64(key[8:16]), from_u64(key[16:24]), from_u64(value)) for key, value in rows]
+
+    async def photo_chats(self, media_id: int) -> list[tuple[bytes, int]]:
+        """(key, chat id) of every group the item was made the photo of."""
+        rows = await self.photos.scan_prefix(u64(media_id), limit=SCAN_LIMIT)
+        return [(key, from_u64(key[8:16])) for key, _ in rows]
 
     async def due_for_gc(self, now: int, limit: int) -> list[tuple[bytes, int]]:
         """(gc key, media id) of items due for a look at `now`, oldest first."""
@@ -115,5 +123,5 @@ def gc_key(due: int, media_id: int) -> bytes:
     return u64(max(0, due)) + u64(media_id)
 
 
-__all__ = ["CONTENT", "GC", "ITEMS", "PENDING", "SHARES", "TABLES", "Records", "StoreBatch", "gc_key", "pending_key",
-           "public", "share_key"]
+__all__ = ["CONTENT", "GC", "ITEMS", "PENDING", "PHOTOS", "SHARES", "TABLES", "Records", "StoreBatch", "gc_key",
+           "pending_key", "public", "share_key"]

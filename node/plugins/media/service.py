@@ -2,7 +2,11 @@
 
 Who may read an item: its uploader, and every user who may see a stored message that
 carries it (a member of the chat whose visible range holds the message's seq; see
-`ChatState.visible_range`). A deleted, expired or purged message grants nothing.
+`ChatState.visible_range`). A deleted, expired or purged message grants nothing. A
+profile photo (the owner's current `photo`) may be read by whoever may see it
+(`ctx.photo_visible`), a group's photo by the group's current members; the `check_photo`
+gate notes which groups an item was made the photo of (`photos`), and a photo in use is
+never collected.
 
 Shares are recorded in two steps, because `on_message_stored` is a notification: it runs
 after the message was delivered (a recipient may ask for the media first), and under
@@ -37,7 +41,7 @@ from . import records
 from . import sandbox
 from .images import ImageRejected
 from .probe import probe
-from .records import CONTENT, GC, ITEMS, PENDING, SHARES, Records, u64
+from .records import CONTENT, GC, ITEMS, PENDING, PHOTOS, SHARES, Records, u64
 from .settings import MediaSettings
 from .sniff import kind_accepts
 from .store import ContentStore, remove_quietly
@@ -133,6 +137,8 @@ class MediaService:
         if int(item["owner"]) == user_id:
             return True
         media_id = int(item["id"])
+        if await self._photo_visible(user_id, item):
+            return True
         now = now_ms()
         for _key, chat_id, seq, expires in await self.records.shares_of(media_id):
             if expires and expires <= now:
@@ -186,6 +192,60 @@ class MediaService:
             first = page[-1].seq + 1
         return found
 
+    # -- photos ------------------------------------------------------------------------
+
+    async def check_photo(self, user_id: int, chat_id: int, media_id: int) -> None:
+        """`check_photo`: an image the user uploaded; a group's photo is noted (`photos`)."""
+        item = await self.get(media_id)
+        if item is None:
+            raise ChatError("not_found", "no such media")
+        if int(item["owner"]) != user_id:
+            raise ChatError("forbidden", "a photo must be an image you uploaded")
+        if item["category"] != "image":
+            raise ChatError("bad_request", f"a photo must be an image, not {item['mime']}")
+        if chat_id:
+            chat = await self.ctx.chat(chat_id)
+            previous = chat.photo if chat is not None else None
+        else:
+            owner = await self.ctx.user(user_id)
+            previous = owner.photo if owner is not None else None
+        async with self._lock:
+            if await self.get(media_id) is None:
+                raise ChatError("not_found", "no such media")
+            batch = self.records.store.batch()
+            if previous and previous.isdigit() and previous != str(media_id):  # the one replaced may go
+                batch.put(GC, records.gc_key(now_ms() + self._grace_ms, int(previous)), b"")
+            if chat_id:
+                batch.put(PHOTOS, u64(media_id) + u64(chat_id), b"")
+            if not item.get("used"):
+                batch.put(ITEMS, u64(media_id), orjson.dumps({**item, "used": True}))
+            if len(batch):
+                await self.records.store.write(batch)
+
+    async def _photo_visible(self, user_id: int, item: dict[str, Any]) -> bool:
+        """The item is its owner's profile photo and `user_id` may see it, or the photo of
+        a group `user_id` belongs to."""
+        owner = await self.ctx.user(int(item["owner"]))
+        if owner is not None and owner.photo == item["id"] and await self.ctx.photo_visible(user_id, owner.id):
+            return True
+        for _key, chat_id in await self.records.photo_chats(int(item["id"])):
+            chat = await self.ctx.chat(chat_id)
+            if chat is not None and chat.photo == item["id"] and user_id in chat.member_ids:
+                return True
+        return False
+
+    async def _photo_live(self, item: dict[str, Any], batch: records.StoreBatch) -> bool:
+        """Whether the item is a profile or group photo now (stale group notes go)."""
+        owner = await self.ctx.user(int(item["owner"]))
+        live = owner is not None and owner.photo == item["id"]
+        for key, chat_id in await self.records.photo_chats(int(item["id"])):
+            chat = await self.ctx.chat(chat_id)
+            if chat is not None and chat.photo == item["id"]:
+                live = True
+            else:
+                batch.delete(PHOTOS, key)
+        return live
+
     # -- sending (the gate) ------------------------------------------------------------
 
     async def prepare(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -200,8 +260,8 @@ class MediaService:
         item = await self.get(media_id)
         if item is None:
             raise ChatError("not_found", "no such media")
-        if int(item["owner"]) != user_id:
-            raise ChatError("forbidden", "you can only send media you uploaded")
+        if int(item["owner"]) != user_id and not await self.may_read(user_id, item):
+            raise ChatError("forbidden", "you can only send media you uploaded or can see (forwarding)")
         if not kind_accepts(kind, item["category"], item["mime"]):
             raise ChatError("bad_request", f"a {kind} message cannot carry {item['mime']} media")
         chat = await self.ctx.chat(chat_id)
@@ -307,6 +367,8 @@ class MediaService:
                 batch.delete(SHARES, share_key)
             for pending_key, *_ in await self.records.pending_of(media_id):
                 batch.delete(PENDING, pending_key)
+            for photo_key, _chat in await self.records.photo_chats(media_id):
+                batch.delete(PHOTOS, photo_key)
             content = await self.records.get_content(sha)
             last = content is None or content["items"] <= 1
             if last:
@@ -324,7 +386,7 @@ class MediaService:
         again if a send may be in flight or its grace has not passed. Stale shares are
         dropped into `batch`."""
         media_id = int(item["id"])
-        live = False
+        live = await self._photo_live(item, batch)
         for key, chat_id, seq, expires in await self.records.shares_of(media_id):
             if (not expires or expires > now) and await self._log_carries(chat_id, seq, media_id, now):
                 live = True

@@ -87,6 +87,16 @@ class PushPlugin:
             await self.dispatcher.offer(message, user_ids)
 
     @hookimpl
+    async def on_reaction(self, ctx: PluginContext, chat_id: int, seq: int, message_id: int, user_id: int,
+                          emoji: str, author_id: int) -> None:
+        """Someone reacted to a message of a user who has no device online: tell them."""
+        if self.dispatcher is None or ctx.is_online(author_id):
+            return
+        found = await ctx.messages(chat_id, seq, seq, 1)
+        text = found[0].text if found else None
+        await self.dispatcher.offer_reaction(chat_id, seq, message_id, user_id, emoji, author_id, text)
+
+    @hookimpl
     async def on_device_revoked(self, user_id: int, device_id: int) -> None:
         """A logged-out device must not be notified for the account any more: delete the
         targets it registered and drop what waits for them. This runs in the plugin's pump,

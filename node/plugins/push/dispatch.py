@@ -11,7 +11,8 @@ targets and, if the target is idle, schedules it. Per target:
   the service's Retry-After), up to `max_attempts` tries, then dropped and counted;
   messages that arrive meanwhile ride along with the retry;
 - an endpoint that answers 404 or 410 is removed;
-- nothing is sent to a user who came online in the meantime.
+- nothing is sent to a user who came online in the meantime, nor for a chat the user
+  muted, unless the message mentions them.
 
 Tasks: one scheduler (a heap of due times) and `workers` senders fed by a bounded
 channel. Each target is in the heap or the channel at most once, so memory is bounded by
@@ -25,6 +26,7 @@ import heapq
 import itertools
 import logging
 import math
+import time
 from typing import Any
 
 import attrs
@@ -75,21 +77,41 @@ class Dispatcher:
         self._order = itertools.count()
         self._wakeup = trio.Event()
         self._ready_send, self._ready_recv = trio.open_memory_channel[int](settings.queue_size)
-        self.stats = {"sent": 0, "retried": 0, "failed": 0, "removed": 0, "skipped_online": 0}
+        self.stats = {"sent": 0, "retried": 0, "failed": 0, "removed": 0, "skipped_online": 0, "skipped_muted": 0}
 
     # -- intake (event pump; never waits) -------------------------------------------------
 
     async def offer(self, message: Message, user_ids: list[int]) -> None:
+        mentioned = message.record.get("mentions") or ()
         for user_id in user_ids:
-            for target in await self.targets.of_user(user_id):
-                target_id = int(target["id"])
-                state = self._states.get(target_id)
-                if state is None:
-                    state = self._states[target_id] = TargetState(target_id, user_id)
-                arrived = Pending(1, dict(message.record))
-                state.pending = arrived if state.pending is None else state.pending.merge(arrived)
-                if not state.busy and not state.scheduled:
-                    self._schedule(state, max(trio.current_time(), state.not_before))
+            if str(user_id) not in mentioned:  # a mention gets through a mute
+                member = await self.ctx.member(message.chat_id, user_id)
+                if member is not None and member.muted:
+                    self.stats["skipped_muted"] += 1
+                    continue
+            await self._add(user_id, dict(message.record))
+
+    async def offer_reaction(self, chat_id: int, seq: int, message_id: int, user_id: int, emoji: str,
+                             author_id: int, text: str | None) -> None:
+        """`user_id` reacted to a message of `author_id`, who has no device online."""
+        member = await self.ctx.member(chat_id, author_id)
+        if member is not None and member.muted:
+            self.stats["skipped_muted"] += 1
+            return
+        record = {"type": "reaction", "chat": str(chat_id), "from": str(user_id), "id": str(message_id), "seq": seq,
+                  "ts": time.time_ns() // 1_000_000, "emoji": emoji, "text": text}
+        await self._add(author_id, record)
+
+    async def _add(self, user_id: int, record: dict[str, Any]) -> None:
+        for target in await self.targets.of_user(user_id):
+            target_id = int(target["id"])
+            state = self._states.get(target_id)
+            if state is None:
+                state = self._states[target_id] = TargetState(target_id, user_id)
+            arrived = Pending(1, record)
+            state.pending = arrived if state.pending is None else state.pending.merge(arrived)
+            if not state.busy and not state.scheduled:
+                self._schedule(state, max(trio.current_time(), state.not_before))
 
     def _schedule(self, state: TargetState, when: float) -> None:
         state.scheduled = True
@@ -159,7 +181,7 @@ class Dispatcher:
         if target is None or provider is None:
             self._states.pop(state.target_id, None)
             return
-        if self.ctx.is_online(state.user_id):
+        if await self.ctx.is_online(state.user_id):
             self.stats["skipped_online"] += 1
             return
         now = trio.current_time()
@@ -201,7 +223,7 @@ class Dispatcher:
         """The payload: ids and a count; with `previews`, also who wrote what."""
         message = pending.message
         out = {
-            "type": "message",
+            "type": message.get("type", "message"),
             "node": self.ctx.node_name,
             "chat": message["chat"],
             "from": message.get("from"),
@@ -210,8 +232,11 @@ class Dispatcher:
             "ts": message["ts"],
             "count": pending.count,
         }
+        if message.get("type") == "reaction":
+            out["emoji"] = message["emoji"]
         if self.settings.previews:
-            out["kind"] = message["kind"]
+            if "kind" in message:
+                out["kind"] = message["kind"]
             sender = await self.ctx.user(int(message["from"])) if message.get("from") else None
             if sender is not None:
                 out["sender_name"] = sender.display_name

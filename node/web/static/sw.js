@@ -74,8 +74,14 @@ async function onPush(event) {
 function wording(data, count) {
   const node = typeof data.node === 'string' && data.node ? data.node : 'chatnode';
   const many = `${count} new messages`;
+  const emoji = data.type === 'reaction' && typeof data.emoji === 'string' ? data.emoji.slice(0, 16) : '';
   if (typeof data.sender_name !== 'string' || !data.sender_name) {
+    if (emoji && count === 1) return { title: node, body: `Someone reacted ${emoji} to your message` };
     return { title: node, body: count > 1 ? many : 'New message' }; // no previews: ids only
+  }
+  if (emoji && count === 1) {
+    const quoted = typeof data.text === 'string' && data.text ? `: “${data.text}”` : '';
+    return { title: data.sender_name, body: `Reacted ${emoji} to your message${quoted}` };
   }
   const label = KIND_LABELS[data.kind];
   const text = typeof data.text === 'string' ? data.text : '';

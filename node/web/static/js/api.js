@@ -69,6 +69,8 @@ export class Api {
   revokeDevice(deviceId) { return this.request('DELETE', `/api/me/devices/${deviceId}`); }
   async blocks() { return (await this.request('GET', '/api/blocks')).users; }
   unblock(userId) { return this.request('DELETE', `/api/blocks/${userId}`); }
+  block(userId) { return this.request('PUT', `/api/blocks/${userId}`); }
+  async report(body) { return (await this.request('POST', '/api/reports', body)).report; }
 
   async wsUrl() {
     if (!this.wsUrlCache) this.wsUrlCache = (await this.info()).ws_url;
@@ -86,6 +88,25 @@ export class Api {
   async openDirect(userId) { return (await this.request('POST', '/api/chats/direct', { user_id: userId })).chat; }
   history(chatId, before, limit = 50) { return this.request('GET', `/api/chats/${chatId}/messages`, undefined, { before, limit }); }
   async updateChat(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}`, changes)).chat; }
+  searchMessages(q, before, chat) { return this.request('GET', '/api/search', undefined, { q, before, chat, limit: 20 }); }
+  async setMyPhoto(mediaId) {
+    return (await (mediaId ? this.request('PUT', '/api/me/photo', { media: mediaId }) : this.request('DELETE', '/api/me/photo'))).user;
+  }
+  async setGroupPhoto(chatId, mediaId) {
+    const path = `/api/chats/${chatId}/photo`;
+    return (await (mediaId ? this.request('PUT', path, { media: mediaId }) : this.request('DELETE', path))).chat;
+  }
+  async chatPrefs(chatId, changes) { return (await this.request('PATCH', `/api/chats/${chatId}/prefs`, changes)).chat; }
+  async clearChat(chatId) { return (await this.request('POST', `/api/chats/${chatId}/clear`)).chat; }
+  deleteChat(chatId) { return this.request('POST', `/api/chats/${chatId}/delete`); }
+  async react(chatId, seq, emoji) {
+    const path = `/api/chats/${chatId}/messages/${seq}/reaction`;
+    return (await (emoji ? this.request('PUT', path, { emoji }) : this.request('DELETE', path))).reaction;
+  }
+  async reactions(chatId, from, to) { return (await this.request('GET', `/api/chats/${chatId}/reactions`, undefined, { from, to })).reactions; }
+  star(chatId, seq, starred) { return this.request(starred ? 'PUT' : 'DELETE', `/api/chats/${chatId}/messages/${seq}/star`); }
+  starred(offset, limit = 50) { return this.request('GET', '/api/starred', undefined, { offset, limit }); }
+  deleteForMe(chatId, seqs) { return this.request('POST', `/api/chats/${chatId}/messages/delete`, { seqs }); }
   receipts(chatId, seq) { return this.request('GET', `/api/chats/${chatId}/messages/${seq}/receipts`); }
 
   // groups

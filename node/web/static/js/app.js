@@ -5,7 +5,7 @@
 import { $ } from './dom.js';
 import { Api } from './api.js';
 import { closeText, errorText, sessionEndText, setLimits } from './errors.js';
-import { Store } from './store.js';
+import { isMuted, Store } from './store.js';
 import { Session } from './session.js';
 import {
   closeNotifications, dismissOffer, noteOffered, notificationsOn, notify, OFFER_SECONDS, setNotifications, shouldOffer,
@@ -16,11 +16,15 @@ import { ChatListView } from './views/chatlist.js';
 import { ConversationView } from './views/conversation.js';
 import { Dialogs } from './views/dialogs.js';
 import { SettingsView } from './views/settings.js';
-import { chatTitle, entryText } from './views/text.js';
+import { StarredView } from './views/starred.js';
+import { chatPhoto, chatTitle, entryText, setPhotoSource } from './views/text.js';
+import { signedUrls } from './media.js';
 
 const SAVED = 'chatnode.session';
 
 const api = new Api();
+// Avatars show a photo's thumbnail through a signed URL (an <img> cannot send the token).
+setPhotoSource((id) => signedUrls(api, id).then((signed) => signed.thumbnail_url || signed.url));
 const store = new Store();
 let session = null;
 let info = null;
@@ -81,6 +85,8 @@ async function startSession(auth) {
   session = new Session(api, store, auth);
   session.addEventListener('unauthorized', (e) => endSession(sessionEndText(e.detail && e.detail.code)));
   session.addEventListener('incoming', (e) => onIncoming(e.detail));
+  session.addEventListener('reacted', (e) => onReacted(e.detail));
+  session.addEventListener('own-user', (e) => rememberUser(e.detail));
   session.socket.addEventListener('failed', (e) => {
     const { item, error } = e.detail;
     if (item.kind === 'edit' || item.kind === 'delete') {
@@ -90,11 +96,18 @@ async function startSession(auth) {
   });
   if (!views || !views.chatList) {
     const dialogs = new Dialogs(store, session, { onOpenChat: openChat, toast });
+    // What chat actions (chatactions.js) work with; `session` is the current one.
+    const actionsContext = { store, get session() { return session; }, dialogs, toast, onOpenChat: openChat };
     views = {
       ...views,
       dialogs,
-      chatList: new ChatListView(store, session, { onOpen: openChat, onStartDirect: startDirect }),
-      conversation: new ConversationView(store, session, dialogs, { onBack: () => openChat(null), toast }),
+      chatList: new ChatListView(store, session, {
+        onOpen: openChat, onStartDirect: startDirect, onShowMessage: showMessage, actionsContext,
+      }),
+      conversation: new ConversationView(store, session, dialogs, {
+        onBack: () => openChat(null), toast, actionsContext, onSearchIn: searchIn,
+      }),
+      starred: new StarredView(store, session, { onClose: () => openChat(null), onShow: showMessage }),
       settings: new SettingsView(store, session, {
         dialogs, toast, onClose: () => openChat(null), onUser: rememberUser,
         minPassword: () => (info && info.min_password_length) || 8,
@@ -102,7 +115,7 @@ async function startSession(auth) {
     };
     wireChrome();
   } else {
-    for (const view of [views.dialogs, views.chatList, views.conversation, views.settings]) view.session = session;
+    for (const view of [views.dialogs, views.chatList, views.conversation, views.settings, views.starred]) view.session = session;
   }
   $('#main-view').hidden = false;
   views.chatList.render();
@@ -132,6 +145,7 @@ function endSession(message) {
   store.reset();
   if (views && views.conversation) views.conversation.reset();
   if (views && views.settings) views.settings.close();
+  if (views && views.starred) views.starred.close();
   history.replaceState(null, '', location.pathname);
   showLogin();
   if (message) $('#auth-error').textContent = message;
@@ -145,6 +159,10 @@ function wireChrome() {
   });
   $('#new-group').addEventListener('click', () => views.dialogs.newGroup());
   $('#open-settings').addEventListener('click', openSettings);
+  $('#open-starred').addEventListener('click', () => {
+    if (location.hash !== '#starred') location.hash = '#starred';
+    route();
+  });
   $('#conn-retry').addEventListener('click', () => session && session.socket.retryNow());
   $('#notify-on').addEventListener('click', async () => {
     $('#notify-banner').hidden = true;
@@ -220,8 +238,35 @@ function showNotifyOffer() {
 function onIncoming(entry) {
   const chat = store.chats.get(entry.chat);
   if (!chat) return;
+  const mentioned = (entry.mentions || []).includes(store.me.id);
+  if (isMuted(chat) && !mentioned) return; // a muted chat stays quiet, unless it mentions us
   const title = chat.kind === 'group' ? `${store.nameOf(entry.from)} in ${chatTitle(chat)}` : chatTitle(chat);
-  notify({ title, body: entryText(store, entry), tag: entry.chat, onClick: () => openChat(entry.chat) });
+  const sender = store.users.get(entry.from);
+  photoIcon(chat.kind === 'group' ? (sender && sender.photo) || chatPhoto(chat) : chatPhoto(chat)).then((icon) => {
+    notify({ title, body: entryText(store, entry), tag: entry.chat, icon, onClick: () => openChat(entry.chat) });
+  });
+}
+
+/** The full address of a photo's thumbnail, for a notification's icon (undefined without one). */
+async function photoIcon(photo) {
+  if (!photo) return undefined;
+  try {
+    const signed = await signedUrls(api, photo);
+    return new URL(signed.thumbnail_url || signed.url, location.href).href;
+  } catch (err) {
+    return undefined;
+  }
+}
+
+/** Someone reacted to one of our messages: tell us as WhatsApp does (unless the chat is muted). */
+function onReacted({ event, entry }) {
+  const chat = store.chats.get(event.chat);
+  if (!chat || isMuted(chat)) return;
+  const text = entryText(store, entry);
+  notify({
+    title: store.nameOf(event.user), body: `Reacted ${event.emoji} to your message${text ? `: “${text}”` : ''}`,
+    tag: event.chat, onClick: () => openChat(event.chat),
+  });
 }
 
 // -- which chat is open: the address bar is the truth -------------------------------------
@@ -256,11 +301,28 @@ function rememberUser(user) {
   localStorage.setItem(SAVED, JSON.stringify(auth));
 }
 
+/** Search one chat's messages, from the sidebar's search (on a phone, back to the list for it). */
+function searchIn(chatId) {
+  if (window.matchMedia('(max-width: 720px)').matches) openChat(null);
+  views.chatList.searchIn(chatId);
+  $('#search').focus();
+}
+
+/** Open a chat at one of its messages (from the starred list or a search result). */
+async function showMessage(chatId, seq) {
+  openChat(chatId);
+  await session.openChat(chatId);
+  views.conversation.reveal(seq);
+}
+
 function route() {
   if (!session) return;
   const wantSettings = location.hash === '#settings';
   if (wantSettings && !views.settings.isOpen) views.settings.open();
   else if (!wantSettings) views.settings.close();
+  const wantStarred = location.hash === '#starred';
+  if (wantStarred && !views.starred.isOpen) views.starred.open();
+  else if (!wantStarred) views.starred.close();
   const match = /^#chat=(\d+)$/.exec(location.hash);
   const chatId = match ? match[1] : null;
   if (chatId && chatId === store.activeChatId) return;

@@ -53,6 +53,14 @@ const IN_CONTEXT = {
     not_found: 'That person doesn’t have an account here any more.',
     blocked: 'You can’t start a chat with this person.',
   },
+  pin: {
+    conflict: 'You can only pin up to 3 chats.',
+  },
+  react: {
+    not_found: 'That message no longer exists.',
+    blocked: 'You can’t react to messages from this person.',
+    not_member: 'You’re no longer a member of this chat.',
+  },
   edit: {
     forbidden: 'You can only edit your own messages.',
     not_found: 'That message no longer exists.',

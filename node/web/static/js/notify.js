@@ -67,10 +67,10 @@ export async function requestPermission() {
 }
 
 /** Show a notification if the tab is hidden and we may; clicking it opens the chat. */
-export function notify({ title, body, tag, onClick }) {
+export function notify({ title, body, tag, icon, onClick }) {
   if (!notificationsOn() || document.visibilityState === 'visible') return null;
   try {
-    const notification = new Notification(title, { body, tag, renotify: true });
+    const notification = new Notification(title, { body, tag, icon, renotify: true });
     notification.onclick = () => {
       window.focus();
       notification.close();
@@ -81,7 +81,7 @@ export function notify({ title, body, tag, onClick }) {
     // Some browsers (Chrome on Android) show notifications only from a service worker;
     // a click on one goes to sw.js, which asks this tab to open the chat.
     workerRegistration().then((registration) => {
-      if (registration) registration.showNotification(title, { body, tag, renotify: true, data: { chat: tag } });
+      if (registration) registration.showNotification(title, { body, tag, icon, renotify: true, data: { chat: tag } });
     }).catch(() => {});
     return null;
   }

@@ -57,6 +57,7 @@ export class Session extends EventTarget {
       if (!err.offline) throw err;
     }
     await this.loadChats();
+    this.loadBlocked();
     socket.start(this.auth.token);
   }
 
@@ -113,6 +114,18 @@ export class Session extends EventTarget {
       case 'user':
         store.onUser(event.user);
         break;
+      case 'chat_prefs':
+        store.applyPrefs(event.chat, event);
+        break;
+      case 'reaction':
+        this.onReaction(event);
+        break;
+      case 'starred':
+        store.setStarred(event.chat, event.seq, event.starred);
+        break;
+      case 'deleted_for_me':
+        store.hideEntries(event.chat, event.seqs);
+        break;
       default:
         break;
     }
@@ -124,9 +137,11 @@ export class Session extends EventTarget {
     this.synced = true;
     const active = this.store.activeChatId;
     if (!first || !this.chatsLoaded) {
-      // Receipts and presence changes are not replayed: ask again for what is on screen.
+      // Receipts, presence and reactions are not replayed: ask again for what is on screen.
       this.loadChats();
       if (active) this.loadChatDetails(active);
+      for (const log of this.store.logs.values()) log.reactionsStale = true;
+      if (active) this.refreshReactions(active);
     }
     if (active) this.markRead(active);
     this.store.changed('connection');
@@ -139,6 +154,7 @@ export class Session extends EventTarget {
     if (!store.applyEntry(entry.chat, entry, true)) return;
     if (entry.from) store.stopTyping(entry.chat, entry.from);
     if (entry.from && !store.users.has(entry.from)) this.ensureUser(entry.from);
+    for (const id of entry.mentions || []) if (!store.users.has(id)) this.ensureUser(id);
     if (!known) this.refreshChat(entry.chat);
     if (entry.kind === 'system') this.onSystem(entry);
     if (entry.from !== store.me.id && CONTENT_KINDS.has(entry.kind)) {
@@ -151,7 +167,7 @@ export class Session extends EventTarget {
     const { store } = this;
     for (const id of entry.users || []) if (!store.users.has(id)) this.ensureUser(id);
     if (entry.by && !store.users.has(entry.by)) this.ensureUser(entry.by);
-    if (MEMBERSHIP_EVENTS.has(entry.event) || entry.event === 'renamed' || entry.event === 'ttl_changed') {
+    if (MEMBERSHIP_EVENTS.has(entry.event) || ['renamed', 'ttl_changed', 'photo_changed', 'photo_removed'].includes(entry.event)) {
       this.refreshChat(entry.chat);
       if (store.members.has(entry.chat)) this.loadMembers(entry.chat);
     }
@@ -167,6 +183,8 @@ export class Session extends EventTarget {
     const log = store.log(item.chat);
     const entry = { id: ack.id, chat: item.chat, seq: ack.seq, from: store.me.id, ts: ack.ts, kind: item.kind, client_msg_id: item.client_msg_id };
     if (item.text) entry.text = item.text;
+    if (item.forwarded) entry.forwarded = true;
+    if (item.mentions && item.mentions.length) entry.mentions = item.mentions;
     if (item.kind === 'edit' || item.kind === 'delete') {
       entry.target = item.target;
       const target = log.byId.get(item.target);
@@ -216,8 +234,37 @@ export class Session extends EventTarget {
       return;
     }
     if (!store.log(chatId).loaded) await this.loadHistory(chatId, true);
+    else if (store.log(chatId).reactionsStale) this.refreshReactions(chatId);
     this.loadChatDetails(chatId);
     this.markRead(chatId);
+  }
+
+  /** A live reaction; the author is told (a notification) when it is to their message. */
+  onReaction(event) {
+    const { store } = this;
+    const entry = store.applyReaction(event);
+    if (event.user && !store.users.has(event.user)) this.ensureUser(event.user);
+    if (entry && event.emoji && event.user !== store.me.id && entry.from === store.me.id && this.synced) {
+      this.dispatchEvent(new CustomEvent('reacted', { detail: { event, entry } }));
+    }
+  }
+
+  /** React to an entry (null: take our reaction back). Resolves when the node has it. */
+  async react(chatId, entry, emoji) {
+    const event = await this.api.react(chatId, entry.seq, emoji);
+    this.store.applyReaction(event);
+  }
+
+  /** Ask the node for the reactions of the entries held of a chat (they are not replayed). */
+  async refreshReactions(chatId) {
+    const log = this.store.logs.get(chatId);
+    if (!log || !log.bySeq.size) return;
+    const seqs = [...log.bySeq.keys()];
+    const newest = Math.max(...seqs);
+    const oldest = Math.max(Math.min(...seqs), newest - 999); // one request: what is near the end
+    try {
+      this.store.setReactions(chatId, oldest, newest, await this.api.reactions(chatId, oldest, newest));
+    } catch (err) { /* asked again at the next reconnect */ }
   }
 
   closeChat() {
@@ -233,15 +280,32 @@ export class Session extends EventTarget {
     else if (chat.peer) this.loadPresence(chat.peer.id);
   }
 
-  async loadHistory(chatId, newest = false) {
+  /** Load older pages until `seq` is held (or the start of the chat is reached). */
+  async loadUntil(chatId, seq) {
+    const log = this.store.log(chatId);
+    if (!log.loaded) await this.loadHistory(chatId, true);
+    let guard = 0;
+    const reached = () => Math.min(log.oldest, log.cursor || Infinity) <= seq;
+    while (log.hasMore && !reached() && guard++ < 200) {
+      while (log.loading) await new Promise((resolve) => { setTimeout(resolve, 50); });
+      if (!log.hasMore || reached()) break;
+      await this.loadHistory(chatId, false, 200);
+    }
+    return log.bySeq.has(seq);
+  }
+
+  async loadHistory(chatId, newest = false, limit = 50) {
     const log = this.store.log(chatId);
     if (!newest && (!log.hasMore || log.loading)) return;
     log.loading = true;
     try {
-      const before = newest || log.oldest === Infinity ? undefined : log.oldest;
-      const page = await this.api.history(chatId, before, 50);
-      for (const entry of page.messages) if (entry.from && !this.store.users.has(entry.from)) this.ensureUser(entry.from);
-      this.store.mergeHistory(chatId, page.messages, page.has_more, newest);
+      const start = Math.min(log.oldest, log.cursor || Infinity); // the cursor: past entries deleted for us
+      const before = newest || start === Infinity ? undefined : start;
+      const page = await this.api.history(chatId, before, limit);
+      for (const entry of page.messages) {
+        for (const id of [entry.from, ...(entry.mentions || [])]) if (id && !this.store.users.has(id)) this.ensureUser(id);
+      }
+      this.store.mergeHistory(chatId, page.messages, page.has_more, newest, page.next_before);
     } catch (err) {
       if (!err.offline) console.warn('history', err);
     } finally {
@@ -281,9 +345,11 @@ export class Session extends EventTarget {
     return full;
   }
 
-  sendText(chatId, text, replyTo) {
+  sendText(chatId, text, replyTo, mentions = []) {
     this.stopTyping();
-    return this.queue({ chat: chatId, kind: 'text', text, reply_to: replyTo || undefined });
+    return this.queue({
+      chat: chatId, kind: 'text', text, reply_to: replyTo || undefined, mentions: mentions.length ? mentions : undefined,
+    });
   }
 
   sendMedia(chatId, media, caption, replyTo, kind) {
@@ -291,6 +357,29 @@ export class Session extends EventTarget {
       chat: chatId, kind: kind || mediaKind(media.mime), media: media.id, media_info: media,
       text: caption || undefined, reply_to: replyTo || undefined,
     });
+  }
+
+  /** Send a copy of an entry to each of `chatIds`, marked "forwarded" (media is not uploaded again). */
+  forward(entry, chatIds) {
+    for (const chatId of chatIds) {
+      if (entry.kind === 'text') this.queue({ chat: chatId, kind: 'text', text: entry.text, forwarded: true });
+      else if (entry.media) {
+        this.queue({
+          chat: chatId, kind: entry.kind, media: entry.media.id, media_info: entry.media, text: entry.text || undefined,
+          forwarded: true,
+        });
+      }
+    }
+  }
+
+  async star(chatId, entry, starred) {
+    await this.api.star(chatId, entry.seq, starred);
+    this.store.setStarred(chatId, entry.seq, starred);
+  }
+
+  async deleteForMe(chatId, seqs) {
+    await this.api.deleteForMe(chatId, seqs);
+    this.store.hideEntries(chatId, seqs);
   }
 
   editMessage(chatId, entry, text) {
@@ -315,14 +404,15 @@ export class Session extends EventTarget {
     return this.outbox.forChat(chatId).filter((item) => item.kind !== 'edit' && item.kind !== 'delete');
   }
 
-  markRead(chatId) {
+  markRead(chatId, force = false) {
     const chat = this.store.chats.get(chatId);
-    if (!chat || document.visibilityState !== 'visible' || this.store.activeChatId !== chatId) return;
+    if (!chat || (!force && (document.visibilityState !== 'visible' || this.store.activeChatId !== chatId))) return;
     const seq = chat.last_seq || 0;
-    if (seq <= (chat.read_seq || 0) && !chat.unread) return;
-    this.socket.read(chatId, seq);
+    if (seq <= (chat.read_seq || 0) && !chat.unread && !chat.marked_unread) return;
+    this.socket.read(chatId, seq); // also clears "marked as unread" on the node
     chat.read_seq = seq;
     chat.unread = 0;
+    chat.marked_unread = false;
     this.store.changed('chats', chatId);
   }
 
@@ -389,6 +479,58 @@ export class Session extends EventTarget {
   async leave(chatId) {
     await this.api.leave(chatId);
     await this.refreshChat(chatId);
+  }
+
+  // -- photos ---------------------------------------------------------------------------
+
+  /** Upload a (cropped) picture and make it our profile photo, or the group's (`chatId`). */
+  async setPhoto(file, chatId = null, onProgress = null) {
+    const media = await this.api.upload(file, onProgress).promise;
+    if (chatId) this.store.mergeChat(await this.api.setGroupPhoto(chatId, media.id));
+    else this.onOwnUser(await this.api.setMyPhoto(media.id));
+  }
+
+  async removePhoto(chatId = null) {
+    if (chatId) this.store.mergeChat(await this.api.setGroupPhoto(chatId, null));
+    else this.onOwnUser(await this.api.setMyPhoto(null));
+  }
+
+  onOwnUser(user) {
+    this.store.onUser(user);
+    this.dispatchEvent(new CustomEvent('own-user', { detail: user }));
+  }
+
+  // -- chat management (our own preferences) ------------------------------------------
+
+  async setPrefs(chatId, changes) {
+    this.store.applyPrefs(chatId, await this.api.chatPrefs(chatId, changes));
+  }
+
+  async clearChat(chatId) {
+    this.store.applyPrefs(chatId, await this.api.clearChat(chatId));
+  }
+
+  async deleteChat(chatId) {
+    await this.api.deleteChat(chatId);
+    const chat = this.store.chats.get(chatId);
+    const cleared = chat ? chat.last_seq || 0 : 0;
+    this.store.applyPrefs(chatId, { hidden: true, cleared_seq: cleared, pinned: null, archived: false, marked_unread: false });
+  }
+
+  async loadBlocked() {
+    try {
+      this.store.setBlocked(await this.api.blocks());
+    } catch (err) { /* asked again when it matters */ }
+  }
+
+  async setBlocked(userId, blocked) {
+    if (blocked) await this.api.block(userId);
+    else await this.api.unblock(userId);
+    await this.loadBlocked();
+  }
+
+  report(body) {
+    return this.api.report(body);
   }
 
   async logout() {

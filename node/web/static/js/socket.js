@@ -301,7 +301,7 @@ export class ChatSocket extends EventTarget {
 
 function sendEvent(item) {
   const event = { type: 'send', client_msg_id: item.client_msg_id, chat: item.chat, kind: item.kind };
-  for (const key of ['text', 'media', 'reply_to', 'target']) {
+  for (const key of ['text', 'media', 'reply_to', 'target', 'forwarded', 'mentions']) {
     if (item[key] !== undefined && item[key] !== null && item[key] !== '') event[key] = item[key];
   }
   if (event.kind === 'delete') delete event.text;

@@ -30,7 +30,27 @@ class ChatLog {
   sorted() {
     return [...this.bySeq.values()].sort((a, b) => a.seq - b.seq);
   }
+
+  /** Forget every entry up to `seq` (the history was cleared there). */
+  dropThrough(seq) {
+    for (const [key, entry] of this.bySeq) {
+      if (key <= seq) {
+        this.bySeq.delete(key);
+        if (entry.id) this.byId.delete(entry.id);
+      }
+    }
+    this.oldest = Infinity;
+    for (const key of this.bySeq.keys()) if (key < this.oldest) this.oldest = key;
+    if (this.oldest === Infinity || this.oldest <= seq + 1) this.hasMore = false;
+  }
 }
+
+/** Whether a chat is muted now (a timed mute ends by itself). */
+export function isMuted(chat, now = Date.now()) {
+  return Boolean(chat && chat.muted && (!chat.muted_until || chat.muted_until > now));
+}
+
+const PREF_KEYS = ['muted', 'muted_until', 'archived', 'pinned', 'marked_unread', 'cleared_seq'];
 
 export class Store extends EventTarget {
   constructor() {
@@ -49,6 +69,7 @@ export class Store extends EventTarget {
     this.presence = new Map();
     this.typing = new Map(); // chat id -> Map(user id -> expiry, ms)
     this.connection = { state: 'idle' };
+    this.blocked = new Set(); // ids of the users we blocked
     this.activeChatId = null;
   }
 
@@ -75,6 +96,12 @@ export class Store extends EventTarget {
       if (member && member.user) member.user = { ...member.user, ...user };
     }
     this.changed('users');
+  }
+
+  setBlocked(users) {
+    this.blocked = new Set(users.map((user) => user.id));
+    for (const user of users) this.rememberUser(user);
+    this.changed('blocked');
   }
 
   nameOf(userId) {
@@ -104,12 +131,33 @@ export class Store extends EventTarget {
       }
     }
     this.chats.set(summary.id, merged);
+    if ((summary.cleared_seq || 0) > ((old && old.cleared_seq) || 0) && this.logs.has(summary.id)) {
+      this.logs.get(summary.id).dropThrough(summary.cleared_seq); // cleared on another device meanwhile
+      this.changed('messages', summary.id);
+    }
     if (notify) this.changed('chats', summary.id);
     return merged;
   }
 
+  /** Pinned chats first (the latest pin on top), then the most recently active. */
   sortedChats() {
-    return [...this.chats.values()].sort((a, b) => (b.updated || 0) - (a.updated || 0));
+    return [...this.chats.values()].sort((a, b) => ((b.pinned || 0) - (a.pinned || 0)) || ((b.updated || 0) - (a.updated || 0)));
+  }
+
+  /** Our own preferences for a chat (a `chat_prefs` event, or a summary): what was cleared goes. */
+  applyPrefs(chatId, prefs) {
+    const chat = this.chats.get(chatId);
+    if (!chat) return;
+    const cleared = prefs.cleared_seq || 0;
+    for (const key of PREF_KEYS) if (key in prefs) chat[key] = prefs[key];
+    if (prefs.hidden !== undefined) chat.hidden = prefs.hidden;
+    if (cleared) {
+      const log = this.logs.get(chatId);
+      if (log) log.dropThrough(cleared);
+      if (chat.last_message && chat.last_message.seq <= cleared) chat.last_message = null;
+      this.changed('messages', chatId);
+    }
+    this.changed('chats', chatId);
   }
 
   removeChat(chatId) {
@@ -156,7 +204,10 @@ export class Store extends EventTarget {
         chat.read_seq = Math.max(chat.read_seq || 0, entry.seq - 1); // sending reads what came before
         chat.delivered_seq = Math.max(chat.delivered_seq || 0, entry.seq);
       }
-      if (live) chat.hidden = false;
+      if (live && CONTENT_KINDS.has(entry.kind)) {
+        chat.hidden = false; // a new message brings a deleted chat back,
+        if (chat.archived && !isMuted(chat)) chat.archived = false; // and an archived one unless muted
+      }
     }
     this.changed('messages', chatId);
     if (chat) this.changed('chats', chatId);
@@ -179,15 +230,21 @@ export class Store extends EventTarget {
     if (chat && chat.last_message && chat.last_message.seq === updated.seq) chat.last_message = updated;
   }
 
-  /** One history page (oldest first); `hasMore` says whether older entries exist. */
-  mergeHistory(chatId, messages, hasMore, newest) {
+  /** One history page (oldest first); `hasMore` says whether older entries exist, `nextBefore`
+   * where the next page starts (the page may be short of entries deleted for us). */
+  mergeHistory(chatId, messages, hasMore, newest, nextBefore) {
     const log = this.log(chatId);
     const before = log.oldest;
+    if (nextBefore && (!log.cursor || nextBefore < log.cursor)) log.cursor = nextBefore;
     for (const entry of messages) {
       if (!log.bySeq.has(entry.seq)) log.put(entry);
-      else if (entry.status) {
+      else {
         const held = log.bySeq.get(entry.seq);
-        if ((STATUS_RANK[entry.status] || 0) > (STATUS_RANK[held.status] || 0)) held.status = entry.status;
+        if (entry.status && (STATUS_RANK[entry.status] || 0) > (STATUS_RANK[held.status] || 0)) held.status = entry.status;
+        if (held.kind !== 'deleted') {
+          held.reactions = entry.reactions; // the page says what they are now
+          held.starred = entry.starred;
+        }
       }
     }
     // Edits and deletes held from the socket whose targets just arrived.
@@ -196,6 +253,77 @@ export class Store extends EventTarget {
     }
     if (newest) log.loaded = true;
     if (!messages.length || messages[0].seq <= before || newest) log.hasMore = hasMore;
+    if (!messages.length && nextBefore) log.hasMore = hasMore; // all of it deleted for us: go on from there
+    this.changed('messages', chatId);
+  }
+
+  // -- our own marks: stars, deleted for me -------------------------------------------
+
+  setStarred(chatId, seq, starred) {
+    const log = this.logs.get(chatId);
+    const entry = log && log.bySeq.get(seq);
+    if (!entry) return;
+    log.put({ ...entry, starred: starred || undefined });
+    this.changed('messages', chatId);
+    this.changed('starred', chatId);
+  }
+
+  /** Entries deleted for us: gone from this chat's view (and from its preview). */
+  hideEntries(chatId, seqs) {
+    const log = this.logs.get(chatId);
+    const gone = new Set(seqs);
+    if (log) {
+      for (const seq of gone) {
+        const entry = log.bySeq.get(seq);
+        if (entry) log.hidden = (log.hidden || new Set()).add(seq);
+      }
+    }
+    const chat = this.chats.get(chatId);
+    if (chat && chat.last_message && gone.has(chat.last_message.seq)) {
+      const rest = log ? this.visibleEntries(chatId, Date.now()).filter((e) => PREVIEW_KINDS.has(e.kind)) : [];
+      chat.last_message = rest.length ? rest[rest.length - 1] : null;
+    }
+    this.changed('messages', chatId);
+    this.changed('chats', chatId);
+  }
+
+  // -- reactions ----------------------------------------------------------------------
+
+  /** A `reaction` event: `user` now reacts with `emoji` (null: no longer reacts). */
+  applyReaction(event) {
+    const log = this.logs.get(event.chat);
+    const entry = log && log.bySeq.get(event.seq);
+    if (!entry || entry.kind === 'deleted') return null;
+    const groups = (entry.reactions || []).map((g) => ({ emoji: g.emoji, users: g.users.filter((u) => u !== event.user) }))
+      .filter((g) => g.users.length);
+    if (event.emoji) {
+      const group = groups.find((g) => g.emoji === event.emoji);
+      if (group) group.users.push(event.user);
+      else groups.push({ emoji: event.emoji, users: [event.user] });
+    }
+    groups.sort((a, b) => b.users.length - a.users.length); // stable: the earlier emoji first among equals
+    const updated = { ...entry, reactions: groups };
+    if (!groups.length) delete updated.reactions;
+    log.put(updated);
+    this.changed('messages', event.chat);
+    return updated;
+  }
+
+  /** Reactions of a range of held entries, as the node has them now (after a reconnect). */
+  setReactions(chatId, first, last, bySeq) {
+    const log = this.logs.get(chatId);
+    if (!log) return;
+    for (const [seq, entry] of log.bySeq) {
+      if (seq < first || seq > last || entry.kind === 'deleted') continue;
+      const found = bySeq[String(seq)];
+      if (found) log.put({ ...entry, reactions: found });
+      else if (entry.reactions) {
+        const copy = { ...entry };
+        delete copy.reactions;
+        log.put(copy);
+      }
+    }
+    log.reactionsStale = false;
     this.changed('messages', chatId);
   }
 
@@ -203,7 +331,8 @@ export class Store extends EventTarget {
   visibleEntries(chatId, now) {
     const log = this.logs.get(chatId);
     if (!log) return [];
-    return log.sorted().filter((entry) => !CHANGE_KINDS.has(entry.kind) && !(entry.expires_at && entry.expires_at <= now));
+    return log.sorted().filter((entry) => !CHANGE_KINDS.has(entry.kind) && !(entry.expires_at && entry.expires_at <= now)
+      && !(log.hidden && log.hidden.has(entry.seq)));
   }
 
   /** The next moment an entry of this chat disappears (or null). */

@@ -2,14 +2,21 @@
 
 import { $, h, icon } from '../dom.js';
 import { listTime } from '../format.js';
-import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+import { isMuted } from '../store.js';
+import { chatMenuItems } from './chatactions.js';
+import { isMenuKey, onContextMenu, openMenu } from './menu.js';
+import { avatar, chatAvatarId, chatPhoto, chatTitle, entryText } from './text.js';
 
 export class ChatListView {
-  constructor(store, session, { onOpen, onStartDirect }) {
+  constructor(store, session, { onOpen, onStartDirect, onShowMessage, actionsContext }) {
     this.store = store;
     this.session = session;
     this.onOpen = onOpen;
+    this.onShowMessage = onShowMessage;
+    this.found = null; // messages matching the search: {query, results, next, failed}
     this.onStartDirect = onStartDirect;
+    this.actionsContext = actionsContext; // {store, session, dialogs, toast, onOpenChat}
+    this.showArchived = false;
     this.list = $('#chat-list');
     this.search = $('#search');
     this.query = '';
@@ -19,16 +26,25 @@ export class ChatListView {
     this.searchTimer = null;
     this.searchSeq = 0;
     this.search.addEventListener('input', () => this.onSearch());
+    $('#message-results-more').addEventListener('click', () => this.moreMessages());
+    $('#search-scope-clear').addEventListener('click', () => {
+      this.searchIn(null);
+      this.search.focus();
+    });
+    this.scope = null; // a chat id: messages are searched in that chat only
     this.search.addEventListener('keydown', (e) => {
       if (e.key === 'Escape' && this.search.value) {
         e.preventDefault();
         this.search.value = '';
         this.onSearch();
+      } else if (e.key === 'Escape' && this.scope) {
+        e.preventDefault();
+        this.searchIn(null); // then back to searching everything
       }
     });
     store.addEventListener('change', (e) => {
       const { what } = e.detail;
-      if (['chats', 'active', 'typing', 'users', 'outbox', 'receipts', 'messages'].includes(what)) this.schedule();
+      if (['chats', 'active', 'typing', 'users', 'outbox', 'receipts', 'messages', 'blocked'].includes(what)) this.schedule();
     });
   }
 
@@ -44,7 +60,7 @@ export class ChatListView {
   renderMe() {
     const me = this.store.me;
     $('#me-name').textContent = me.display_name || me.username;
-    avatar(me.display_name || me.username, me.id, $('#me-avatar'));
+    avatar(me.display_name || me.username, me.id, $('#me-avatar'), me.photo);
   }
 
   onSearch() {
@@ -54,28 +70,77 @@ export class ChatListView {
     if (!this.query) {
       this.people = [];
       this.peopleFor = null;
+      this.found = { query: null, results: [], next: null, failed: false };
       this.renderPeople();
+      this.renderMessages();
       return;
     }
     const seq = ++this.searchSeq;
+    const query = this.query;
     this.searchTimer = setTimeout(async () => {
-      try {
-        const users = await this.session.api.searchUsers(this.query.replace(/^@/, ''));
-        if (seq === this.searchSeq) {
-          this.people = users;
-          this.peopleFor = this.query;
-          this.peopleFailed = false;
-          this.renderPeople();
-        }
-      } catch (err) {
-        if (seq === this.searchSeq) {
-          this.people = [];
-          this.peopleFor = this.query;
-          this.peopleFailed = true;
-          this.renderPeople();
-        }
-      }
-    }, 200);
+      const words = /[\p{L}\p{N}]/u.test(query);
+      const [people, messages] = await Promise.allSettled([
+        this.scope ? Promise.resolve([]) : this.session.api.searchUsers(query.replace(/^@/, '')),
+        words ? this.session.api.searchMessages(query, undefined, this.scope || undefined)
+          : Promise.resolve({ results: [], next: null }),
+      ]);
+      if (seq !== this.searchSeq) return;
+      this.people = people.status === 'fulfilled' ? people.value : [];
+      this.peopleFor = query;
+      this.peopleFailed = people.status !== 'fulfilled';
+      this.found = messages.status === 'fulfilled'
+        ? { query, results: messages.value.results, next: messages.value.next, failed: false }
+        : { query, results: [], next: null, failed: true };
+      this.renderPeople();
+      this.renderMessages();
+    }, 250);
+  }
+
+  /** Search the messages of one chat (null: every chat, chats and people too). */
+  searchIn(chatId) {
+    this.scope = chatId;
+    const chat = chatId ? this.store.chats.get(chatId) : null;
+    $('#search-scope').hidden = !chat;
+    $('#search-scope-text').textContent = chat ? `Messages in “${chatTitle(chat)}”` : '';
+    this.search.placeholder = chat ? 'Search messages in this chat' : 'Search chats, people and messages';
+    this.onSearch();
+  }
+
+  /** Messages matching the search (GET /api/search), the newest first; a click shows one in its chat. */
+  renderMessages() {
+    const found = this.found || { results: [] };
+    const section = $('#message-results');
+    const terms = (found.query || '').split(/[^\p{L}\p{N}]+/u).filter(Boolean);
+    $('#message-results-list').replaceChildren(...found.results.map(({ chat: chatId, message }) => {
+      const chat = this.store.chats.get(chatId);
+      const where = chat ? chatTitle(chat) : 'A chat';
+      const who = this.store.nameOf(message.from);
+      const heading = chat && chat.kind === 'group' ? `${who} · ${where}` : where;
+      return h('li', null, h('button', {
+        type: 'button', class: 'chat-item result-item', dataset: { chat: chatId, seq: message.seq },
+        onclick: () => this.onShowMessage(chatId, message.seq),
+      },
+      chat ? avatar(where, chatAvatarId(chat), null, chatPhoto(chat)) : avatar(where, chatId),
+      h('span', { class: 'chat-main' },
+        h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, heading),
+          h('time', { class: 'chat-time' }, listTime(message.ts))),
+        h('span', { class: 'chat-line' }, h('span', { class: 'preview' }, highlight(entryText(this.store, message), terms))))));
+    }));
+    section.hidden = !this.query || !found.results.length;
+    $('#message-results-more').hidden = !found.next;
+    this.renderNoMatch();
+  }
+
+  async moreMessages() {
+    const found = this.found;
+    if (!found || !found.next) return;
+    try {
+      const page = await this.session.api.searchMessages(found.query, found.next, this.scope || undefined);
+      if (this.found !== found) return;
+      found.results.push(...page.results);
+      found.next = page.next;
+      this.renderMessages();
+    } catch (err) { /* the button stays; trying again may work */ }
   }
 
   renderPeople() {
@@ -83,7 +148,7 @@ export class ChatListView {
     const list = $('#people-list');
     list.replaceChildren(...this.people.map((user) => h('li', null,
       h('button', { type: 'button', class: 'chat-item', onclick: () => this.startDirect(user) },
-        avatar(user.display_name || user.username, user.id),
+        avatar(user.display_name || user.username, user.id, null, user.photo),
         h('span', { class: 'chat-main' },
           h('span', { class: 'chat-line' }, h('span', { class: 'chat-name' }, user.display_name || user.username)),
           h('span', { class: 'chat-line' }, h('span', { class: 'preview' }, `@${user.username}`)))))));
@@ -91,15 +156,22 @@ export class ChatListView {
     this.renderNoMatch();
   }
 
-  /** Searching found nothing (chats, and people once the node answered): say so. */
+  /** Searching found nothing (chats, and people and messages once the node answered): say so. */
   renderNoMatch() {
     const empty = $('#search-empty');
     const chats = this.list.childElementCount;
     const answered = this.query && this.peopleFor === this.query;
-    empty.hidden = !answered || chats > 0 || this.people.length > 0;
-    empty.textContent = this.peopleFailed
-      ? `No chats match “${this.search.value.trim()}”, and people can’t be searched right now.`
-      : `No chats or people match “${this.search.value.trim()}”.`;
+    const messages = this.found && this.found.query === this.query ? this.found.results.length : 0;
+    empty.hidden = !answered || chats > 0 || this.people.length > 0 || messages > 0;
+    const typed = this.search.value.trim();
+    if (this.scope) {
+      empty.textContent = this.found && this.found.failed ? 'Messages can’t be searched right now.'
+        : `No messages in this chat match “${typed}”.`;
+      return;
+    }
+    empty.textContent = this.peopleFailed || (this.found && this.found.failed)
+      ? `No chats match “${typed}”, and people and messages can’t be searched right now.`
+      : `No chats, people or messages match “${typed}”.`;
   }
 
   async startDirect(user) {
@@ -111,14 +183,58 @@ export class ChatListView {
   render() {
     if (!this.store.me) return;
     this.renderMe();
-    const chats = this.store.sortedChats().filter((chat) => !chat.hidden || this.store.activeChatId === chat.id)
+    const shown = this.store.sortedChats().filter((chat) => !chat.hidden || this.store.activeChatId === chat.id);
+    const archived = shown.filter((chat) => chat.archived);
+    if (!archived.length) this.showArchived = false;
+    const chats = shown.filter((chat) => !(this.query && this.scope))
+      .filter((chat) => (this.query ? true : Boolean(chat.archived) === this.showArchived))
       .filter((chat) => !this.query || chatTitle(chat).toLowerCase().includes(this.query)
         || (chat.peer && chat.peer.username.includes(this.query)));
-    this.list.replaceChildren(...chats.map((chat) => this.item(chat)));
-    $('#chat-list-empty').hidden = chats.length > 0 || !!this.query;
+    const rows = chats.map((chat) => this.item(chat));
+    if (!this.query && this.showArchived) rows.unshift(this.archiveHeader());
+    else if (!this.query && archived.length) rows.unshift(this.archiveRow(archived));
+    const focused = document.activeElement && this.list.contains(document.activeElement) ? document.activeElement.dataset : null;
+    this.list.replaceChildren(...rows);
+    if (focused && (focused.chat || focused.row)) { // the keyboard focus stays on its row when the list is redrawn
+      const selector = focused.chat ? `[data-chat="${focused.chat}"]${focused.menu ? '[data-menu]' : ':not([data-menu])'}` : `[data-row="${focused.row}"]`;
+      const again = this.list.querySelector(selector);
+      if (again) again.focus({ preventScroll: true });
+    }
+    $('#chat-list-empty').hidden = chats.length > 0 || !!this.query || this.showArchived || archived.length > 0;
     this.renderNoMatch();
     const total = this.store.totalUnread();
     document.title = total ? `(${total}) chatnode` : 'chatnode';
+  }
+
+  /** The row that opens the archive: how many archived chats have unread messages. */
+  archiveRow(archived) {
+    const unread = archived.filter((chat) => chat.unread || chat.marked_unread).length;
+    return h('li', null, h('button', {
+      type: 'button', class: 'chat-item archive-row', dataset: { row: 'archive' },
+      'aria-label': `Archived chats${unread ? `, ${unread} unread` : ''}`,
+      onclick: () => {
+        this.showArchived = true;
+        this.render();
+        this.list.querySelector('[data-row="archive-back"]')?.focus();
+      },
+    }, h('span', { class: 'archive-icon' }, icon('archive')), h('span', { class: 'chat-name' }, 'Archived'),
+    unread ? h('span', { class: 'archive-count' }, String(unread)) : null));
+  }
+
+  archiveHeader() {
+    return h('li', null, h('button', {
+      type: 'button', class: 'chat-item archive-row', dataset: { row: 'archive-back' }, 'aria-label': 'Back to all chats',
+      onclick: () => {
+        this.showArchived = false;
+        this.render();
+        this.list.querySelector('[data-row="archive"]')?.focus();
+      },
+    }, h('span', { class: 'archive-icon' }, icon('back')), h('span', { class: 'chat-name' }, 'Archived chats')));
+  }
+
+  openChatMenu(chat, at) {
+    const items = chatMenuItems(this.actionsContext, chat);
+    openMenu({ items, at, label: `Chat options for ${chatTitle(chat)}` });
   }
 
   item(chat) {
@@ -141,21 +257,62 @@ export class ChatListView {
     }
     const unread = chat.unread || 0;
     const active = store.activeChatId === chat.id;
-    return h('li', null,
+    const muted = isMuted(chat);
+    const states = [chat.pinned ? 'pinned' : null, muted ? 'muted' : null, chat.archived ? 'archived' : null].filter(Boolean);
+    const row = h('li', { class: 'chat-row' },
       h('button', {
-        type: 'button', class: `chat-item${active ? ' active' : ''}${unread ? ' has-unread' : ''}`,
+        type: 'button', class: `chat-item${active ? ' active' : ''}${unread || chat.marked_unread ? ' has-unread' : ''}${muted ? ' is-muted' : ''}`,
         'aria-current': active ? 'true' : null, dataset: { chat: chat.id },
-        onclick: () => this.onOpen(chat.id),
+        'aria-description': states.length ? states.join(', ') : null,
+        onclick: () => {
+          if (active && chat.marked_unread) this.session.markRead(chat.id); // opened again: read
+          this.onOpen(chat.id);
+        },
+        onkeydown: (e) => {
+          if (isMenuKey(e)) {
+            e.preventDefault();
+            this.openChatMenu(chat, e.currentTarget);
+          }
+        },
       },
-      avatar(title, chatAvatarId(chat)),
+      avatar(title, chatAvatarId(chat), null, chatPhoto(chat)),
       h('span', { class: 'chat-main' },
         h('span', { class: 'chat-line' },
           h('span', { class: 'chat-name' }, title),
           h('time', { class: 'chat-time' }, chat.updated ? listTime(chat.updated) : '')),
         h('span', { class: 'chat-line' },
           preview,
-          unread ? h('span', { class: 'unread', 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread)) : null))));
+          muted ? h('span', { class: 'state-icon', role: 'img', 'aria-label': 'Muted', title: 'Muted' }, icon('bell-off')) : null,
+          chat.pinned ? h('span', { class: 'state-icon', role: 'img', 'aria-label': 'Pinned', title: 'Pinned' }, icon('pin')) : null,
+          unread ? h('span', { class: `unread${muted ? ' muted-count' : ''}`, 'aria-label': `${unread} unread` }, unread > 99 ? '99+' : String(unread))
+            : chat.marked_unread ? h('span', { class: 'unread mark', role: 'img', 'aria-label': 'Marked as unread', title: 'Marked as unread' }) : null))),
+      h('button', {
+        type: 'button', class: 'icon-button small chat-menu-button', 'aria-label': `Chat options for ${title}`, title: 'Chat options',
+        'aria-haspopup': 'menu', dataset: { chat: chat.id, menu: '1' },
+        onclick: (e) => {
+          e.stopPropagation();
+          this.openChatMenu(chat, e.currentTarget);
+        },
+      }, icon('down')));
+    onContextMenu(row, (at) => this.openChatMenu(chat, at));
+    return row;
   }
+}
+
+/** Text with the searched words marked (as DOM nodes: <mark>, never HTML). */
+function highlight(text, terms) {
+  if (!terms.length) return text;
+  const escaped = terms.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  const pattern = new RegExp(`(?<![\\p{L}\\p{N}])(${escaped.join('|')})`, 'giu');
+  const out = [];
+  let last = 0;
+  for (const match of text.matchAll(pattern)) {
+    if (match.index > last) out.push(text.slice(last, match.index));
+    out.push(h('mark', null, match[0]));
+    last = match.index + match[0].length;
+  }
+  out.push(text.slice(last));
+  return out;
 }
 
 export function tick(status) {

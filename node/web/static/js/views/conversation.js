@@ -9,10 +9,14 @@ import { dayKey, dayLabel, lastSeen, ttlLabel } from '../format.js';
 import { mediaKind } from '../session.js';
 import { CONTENT_KINDS } from '../store.js';
 import { tick } from './chatlist.js';
+import { chatMenuItems } from './chatactions.js';
 import { EmojiPicker } from './emoji.js';
+import { MentionPicker } from './mentions.js';
+import { closeMenu, openMenu } from './menu.js';
+import { MoreReactions, myReaction, reactionBar, ReactionsDialog } from './reactions.js';
 import { messageNode } from './message.js';
 import { VoiceRecorder } from './recorder.js';
-import { avatar, chatAvatarId, chatTitle, entryText } from './text.js';
+import { avatar, chatAvatarId, chatPhoto, chatTitle, entryText } from './text.js';
 import { PhotoViewer } from './viewer.js';
 
 const NEAR_BOTTOM = 80; // px: closer than this to the end counts as "reading the newest"
@@ -38,12 +42,14 @@ function charactersOver(text, limit) {
 }
 
 export class ConversationView {
-  constructor(store, session, dialogs, { onBack, toast }) {
+  constructor(store, session, dialogs, { onBack, toast, actionsContext, onSearchIn }) {
     this.store = store;
     this.session = session;
     this.dialogs = dialogs;
     this.onBack = onBack;
     this.toast = toast;
+    this.actionsContext = actionsContext;
+    this.onSearchIn = onSearchIn; // (chat id): search that chat's messages
     this.chatId = null;
     this.rows = new Map(); // row key -> {sig, node}
     this.drafts = new Map(); // chat id -> unsent text
@@ -69,16 +75,24 @@ export class ConversationView {
     this.text.addEventListener('input', () => this.onInput());
     this.text.addEventListener('paste', (e) => this.onPaste(e));
     this.emoji = new EmojiPicker(this.text, () => this.onInput());
+    this.mentions = new MentionPicker(this.text, () => {
+      const chat = this.store.chats.get(this.chatId);
+      const members = chat && chat.kind === 'group' && chat.left_seq === undefined ? this.store.members.get(chat.id) : null;
+      return members ? [...members.values()] : null;
+    }, () => this.store.me.id, () => this.onInput());
     this.recorder = new VoiceRecorder({
       onRecorded: (file) => this.sendVoice(file),
       onError: (text) => this.showComposeError(text),
     });
     this.viewer = new PhotoViewer(store, session.api);
+    this.reactionsDialog = new ReactionsDialog(store);
+    this.moreReactions = new MoreReactions();
     $('#jump-latest').addEventListener('click', () => this.jumpToLatest());
     $('#compose-context-cancel').addEventListener('click', () => this.setContext(null));
     $('#back').addEventListener('click', () => this.onBack());
     $('#chat-info').addEventListener('click', () => this.dialogs.chatInfo(this.chatId));
     $('#chat-title-button').addEventListener('click', () => this.dialogs.chatInfo(this.chatId));
+    $('#chat-menu').addEventListener('click', (e) => this.openChatMenu(e.currentTarget));
     $('#attach').addEventListener('click', () => $('#file-input').click());
     $('#file-input').addEventListener('change', (e) => {
       const files = [...e.target.files];
@@ -94,6 +108,10 @@ export class ConversationView {
 
   onChange({ what, chat }) {
     if (!this.chatId) return;
+    if (what === 'messages' && chat === this.chatId && this.reactionsDialog.entry) {
+      const held = this.store.log(chat).bySeq.get(this.reactionsDialog.entry.seq);
+      if (held) this.reactionsDialog.update(held);
+    }
     if (what === 'active') return;
     if (chat && chat !== this.chatId && what !== 'presence' && what !== 'users') return;
     this.schedule();
@@ -106,6 +124,17 @@ export class ConversationView {
       this.pending = false;
       this.render();
     });
+  }
+
+  /** The header's menu: the chat's info, then what chat actions apply, and closing it. */
+  openChatMenu(anchor) {
+    const chat = this.store.chats.get(this.chatId);
+    if (!chat) return;
+    const info = { label: chat.kind === 'group' ? 'Group info' : 'Contact info', icon: 'info', onSelect: () => this.dialogs.chatInfo(chat.id) };
+    const search = { label: 'Search messages', icon: 'search', onSelect: () => this.onSearchIn(chat.id) };
+    const items = chatMenuItems(this.actionsContext, chat, [info, search, '-']);
+    items.push('-', { label: 'Close chat', icon: 'close', onSelect: () => this.onBack() });
+    openMenu({ items, at: anchor, label: 'Chat options' });
   }
 
   // -- opening and closing ------------------------------------------------------------
@@ -121,6 +150,7 @@ export class ConversationView {
       this.rows.clear();
       this.list.replaceChildren();
       this.context = null;
+      this.mentions.reset();
       this.text.value = this.drafts.get(chatId) || '';
       this.autosize();
       this.stickToBottom = true;
@@ -174,7 +204,7 @@ export class ConversationView {
   renderHeader(chat) {
     const title = chatTitle(chat);
     $('#chat-title').textContent = title;
-    avatar(title, chatAvatarId(chat), $('#chat-avatar'));
+    avatar(title, chatAvatarId(chat), $('#chat-avatar'), chatPhoto(chat));
     const subtitle = $('#chat-subtitle');
     const typers = this.store.typers(chat.id);
     let text = '';
@@ -249,7 +279,8 @@ export class ConversationView {
         view.pending && view.pending.state, view.pending && view.pending.code, view.pending && youBlocked,
         view.entry.media && view.entry.media.id, chat.role, ctx.readOnly,
         view.entry.reply_to && this.replySig(chat.id, view.entry), view.entry.from && store.nameOf(view.entry.from),
-        view.entry.kind === 'system' && entryText(store, view.entry)]);
+        view.entry.kind === 'system' && entryText(store, view.entry), view.entry.reactions, view.entry.starred,
+        view.entry.mentions && view.entry.mentions.map((id) => store.nameOf(id))]);
       const node = this.row(view.key, sig, () => messageNode(ctx, view));
       if (view.status) updateTick(node, view.status);
       nodes.push(node);
@@ -381,6 +412,7 @@ export class ConversationView {
   onInput() {
     this.autosize();
     this.updateComposer();
+    this.mentions.update();
     if (this.composeError && this.composeError !== 'length') this.showComposeError('');
     if (this.chatId && !(this.context && this.context.type === 'edit')) this.session.typing(this.chatId, this.text.value.trim() !== '');
   }
@@ -419,6 +451,7 @@ export class ConversationView {
   }
 
   onComposerKey(e) {
+    if (!e.isComposing && this.mentions.onKey(e)) return;
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       this.submit();
@@ -467,8 +500,9 @@ export class ConversationView {
       if (text !== this.context.entry.text) this.session.editMessage(chatId, this.context.entry, text);
     } else {
       const reply = this.context && this.context.type === 'reply' ? this.context.entry.id : null;
-      this.session.sendText(chatId, text, reply);
+      this.session.sendText(chatId, text, reply, this.mentions.mentionsIn(text));
     }
+    this.mentions.reset();
     this.text.value = '';
     this.drafts.delete(chatId);
     this.context = null;
@@ -482,11 +516,9 @@ export class ConversationView {
   actions() {
     return {
       reply: (entry) => this.setContext({ type: 'reply', entry }),
-      edit: (entry) => this.setContext({ type: 'edit', entry }),
-      remove: async (entry) => {
-        if (await this.dialogs.confirm('Delete this message for everyone?', 'Delete')) this.session.deleteMessage(this.chatId, entry);
-      },
-      info: (entry) => this.dialogs.receipts(this.chatId, entry),
+      react: (entry, anchor) => this.openReactionBar(entry, anchor),
+      menu: (entry, at) => this.openMessageMenu(entry, at),
+      showReactions: (entry, emoji) => this.reactionsDialog.open(entry, emoji, () => this.react(entry, null)),
       openImage: (entry) => this.viewer.open(this.chatId, entry),
       jumpTo: (seq) => this.jumpTo(seq),
       retry: (item) => this.session.retry(item.client_msg_id),
@@ -513,13 +545,129 @@ export class ConversationView {
     };
   }
 
-  jumpTo(seq) {
-    const row = seq && this.list.querySelector(`[data-seq="${seq}"]`);
-    if (!row) {
-      this.toast('That message is not loaded. Scroll up to find it.');
+  /**
+   * A message's menu (right-click, long press, Enter or the menu key on a focused message,
+   * or its "More actions" button): the quick reactions, then what can be done with it.
+   */
+  openMessageMenu(entry, at) {
+    const chat = this.store.chats.get(this.chatId);
+    if (!chat || entry.kind === 'system') return;
+    const own = entry.from === this.store.me.id;
+    const deleted = entry.kind === 'deleted';
+    const active = chat.left_seq === undefined;
+    const admin = chat.kind === 'group' && chat.role === 'admin';
+    const chatId = this.chatId;
+    const editable = own && active && !deleted && (entry.kind === 'text' || entry.text);
+    const items = deleted ? [] : [
+      active ? { label: 'Reply', icon: 'reply', onSelect: () => this.setContext({ type: 'reply', entry }) } : null,
+      entry.text ? { label: 'Copy', icon: 'copy', onSelect: () => this.copy(entry) } : null,
+      { label: 'Forward', icon: 'forward', onSelect: () => this.forward(entry) },
+      { label: entry.starred ? 'Unstar' : 'Star', icon: 'star', onSelect: () => this.star(entry, !entry.starred) },
+      editable ? { label: 'Edit', icon: 'edit', onSelect: () => this.setContext({ type: 'edit', entry }) } : null,
+      own ? { label: 'Message info', icon: 'info', onSelect: () => this.dialogs.receipts(chatId, entry) } : null,
+    ];
+    items.push('-', { label: 'Delete for me', icon: 'trash', onSelect: () => this.deleteForMe(entry) });
+    if (!deleted && active && (own || admin)) {
+      items.push({
+        label: 'Delete for everyone', icon: 'trash', danger: true,
+        onSelect: async () => {
+          if (await this.dialogs.confirm('Delete this message for everyone?', 'Delete')) this.session.deleteMessage(chatId, entry);
+        },
+      });
+    }
+    const header = deleted || !active ? null : this.reactionBarFor(entry);
+    openMenu({ items, at, label: 'Message actions', header });
+  }
+
+  async copy(entry) {
+    try {
+      await navigator.clipboard.writeText(entry.text || '');
+      this.toast('Message copied.');
+    } catch (err) {
+      this.toast('The browser didn’t allow copying. Select the text and copy it instead.');
+    }
+  }
+
+  async forward(entry) {
+    const chatIds = await this.dialogs.forward(entry);
+    if (!chatIds || !chatIds.length) return;
+    this.session.forward(entry, chatIds);
+    this.toast(chatIds.length === 1 ? `Forwarded to ${chatTitle(this.store.chats.get(chatIds[0]))}.`
+      : `Forwarded to ${chatIds.length} chats.`);
+  }
+
+  async star(entry, starred) {
+    try {
+      await this.session.star(this.chatId, entry, starred);
+    } catch (err) {
+      this.toast(errorText(err, 'react'));
+    }
+  }
+
+  async deleteForMe(entry) {
+    if (!(await this.dialogs.confirm('Delete this message for you? Others still see it.', 'Delete for me'))) return;
+    try {
+      await this.session.deleteForMe(this.chatId, [entry.seq]);
+    } catch (err) {
+      this.toast(errorText(err, 'delete'));
+    }
+  }
+
+  /** The quick reactions over a message (a React button, or the message's menu). */
+  openReactionBar(entry, anchor) {
+    openMenu({ items: [], at: anchor, label: 'React', header: this.reactionBarFor(entry) });
+  }
+
+  reactionBarFor(entry) {
+    const current = myReaction(entry, this.store.me.id);
+    return reactionBar({
+      current,
+      onPick: (emoji) => {
+        closeMenu(true);
+        this.react(entry, emoji === current ? null : emoji); // the same one again takes it back
+      },
+      onMore: async () => {
+        closeMenu(false);
+        const emoji = await this.moreReactions.pick();
+        if (emoji) this.react(entry, emoji);
+      },
+    });
+  }
+
+  async react(entry, emoji) {
+    const chatId = this.chatId;
+    try {
+      await this.session.react(chatId, entry, emoji);
+    } catch (err) {
+      this.toast(errorText(err, 'react'));
+    }
+  }
+
+  /** Show a message of the open chat in its context, loading older pages until it is held. */
+  async reveal(seq) {
+    const chatId = this.chatId;
+    const held = await this.session.loadUntil(chatId, seq);
+    if (chatId !== this.chatId) return;
+    if (!held) {
+      this.toast('That message is no longer in this chat.');
       return;
     }
-    row.scrollIntoView({ block: 'center', behavior: 'smooth' });
+    this.stickToBottom = false;
+    this.render();
+    this.jumpTo(seq, false);
+  }
+
+  jumpTo(seq, load = true) {
+    const row = seq && this.list.querySelector(`[data-seq="${seq}"]`);
+    if (!row) {
+      if (load && seq) this.reveal(seq);
+      else this.toast('That message is no longer in this chat.');
+      return;
+    }
+    // At once when it was just loaded: a smooth scroll starting at the end would count as
+    // reading the newest, and the next render would go back there.
+    row.scrollIntoView({ block: 'center', behavior: load ? 'smooth' : 'auto' });
+    if (!load) this.stickToBottom = false;
     row.classList.add('flash');
     setTimeout(() => row.classList.remove('flash'), 1500);
     row.querySelector('.bubble').focus({ preventScroll: true });

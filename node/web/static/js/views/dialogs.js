@@ -3,9 +3,13 @@
 // <dialog>: focus stays inside, Escape closes it.
 
 import { $, h, icon } from '../dom.js';
-import { errorText } from '../errors.js';
-import { fileSize, lastSeen, TTL_CHOICES, ttlLabel } from '../format.js';
-import { avatar, chatAvatarId, chatTitle } from './text.js';
+import { errorText, uploadFailure } from '../errors.js';
+import { fileSize, lastSeen, TTL_CHOICES, ttlLabel, when } from '../format.js';
+import { isMuted } from '../store.js';
+import { chatActions } from './chatactions.js';
+import { PhotoCropper, pickPhoto } from './photos.js';
+import { tick } from './chatlist.js';
+import { avatar, chatAvatarId, chatPhoto, chatTitle, entryText } from './text.js';
 
 export class Dialogs {
   constructor(store, session, { onOpenChat, toast }) {
@@ -21,11 +25,12 @@ export class Dialogs {
       });
     }
     this.setupGroupDialog();
+    this.cropper = new PhotoCropper();
     $('#info-dialog').addEventListener('close', () => { this.infoChatId = null; });
     store.addEventListener('change', (e) => {
       const { what, chat } = e.detail;
-      if (this.infoChatId && (chat === this.infoChatId || what === 'presence' || what === 'users')
-        && ['members', 'chats', 'presence', 'users'].includes(what)) this.renderInfo();
+      if (this.infoChatId && (chat === this.infoChatId || what === 'presence' || what === 'users' || what === 'blocked')
+        && ['members', 'chats', 'presence', 'users', 'blocked'].includes(what)) this.renderInfo();
     });
   }
 
@@ -40,6 +45,81 @@ export class Dialogs {
     $('#confirm-ok').focus();
     return new Promise((resolve) => {
       dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+    });
+  }
+
+  /** Pick the chats to forward an entry to (one or several): resolves to their ids, or null. */
+  forward(entry) {
+    const dialog = $('#forward-dialog');
+    const chosen = new Set();
+    const search = $('#forward-search');
+    const send = $('#forward-send');
+    $('#forward-preview').textContent = entryText(this.store, entry);
+    $('#forward-error').textContent = '';
+    search.value = '';
+    const render = () => {
+      const query = search.value.trim().toLowerCase();
+      const chats = this.store.sortedChats().filter((chat) => chat.left_seq === undefined && !chat.hidden
+        && (!query || chatTitle(chat).toLowerCase().includes(query)));
+      $('#forward-list').replaceChildren(...chats.map((chat) => {
+        const id = `forward-${chat.id}`;
+        const box = h('input', { id, type: 'checkbox', checked: chosen.has(chat.id), value: chat.id });
+        box.addEventListener('change', () => {
+          if (box.checked) chosen.add(chat.id);
+          else chosen.delete(chat.id);
+          update();
+        });
+        return h('li', null, h('label', { for: id, class: 'pick forward-pick' }, box,
+          avatar(chatTitle(chat), chatAvatarId(chat), null, chatPhoto(chat)), h('span', null, chatTitle(chat))));
+      }));
+    };
+    const update = () => {
+      send.textContent = chosen.size > 1 ? `Forward to ${chosen.size} chats` : 'Forward';
+      send.disabled = chosen.size === 0;
+    };
+    search.oninput = render;
+    render();
+    update();
+    dialog.returnValue = '';
+    dialog.showModal();
+    search.focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok' ? [...chosen] : null), { once: true });
+    });
+  }
+
+  /** For how long to mute a chat: resolves to seconds, true (always), or null if cancelled. */
+  mute(title) {
+    const dialog = $('#mute-dialog');
+    $('#mute-text').textContent = `No notifications from “${title}”. Its unread messages are still counted.`;
+    dialog.returnValue = '';
+    dialog.showModal();
+    $('#mute-form input:checked').focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => {
+        const value = $('#mute-form input:checked').value;
+        resolve(dialog.returnValue === 'ok' ? (value === 'always' ? true : Number(value)) : null);
+      }, { once: true });
+    });
+  }
+
+  /** Confirm a report: resolves to {reason, option} (the checkbox, if offered), or null. */
+  report({ title, text, option }) {
+    const dialog = $('#report-dialog');
+    $('#report-title').textContent = title;
+    $('#report-text').textContent = text;
+    $('#report-reason').value = '';
+    $('#report-option-row').hidden = !option;
+    $('#report-option-text').textContent = option || '';
+    $('#report-option').checked = Boolean(option);
+    dialog.returnValue = '';
+    dialog.showModal();
+    $('#report-reason').focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener('close', () => {
+        resolve(dialog.returnValue === 'ok'
+          ? { reason: $('#report-reason').value.trim(), option: Boolean(option) && $('#report-option').checked } : null);
+      }, { once: true });
     });
   }
 
@@ -160,7 +240,7 @@ export class Dialogs {
           this.renderChosen();
           $('#group-search').focus();
         },
-      }, avatar(user.display_name || user.username, user.id), ` ${user.display_name || user.username} `, h('span', { class: 'muted' }, `@${user.username}`)))));
+      }, avatar(user.display_name || user.username, user.id, null, user.photo), ` ${user.display_name || user.username} `, h('span', { class: 'muted' }, `@${user.username}`)))));
   }
 
   renderChosen() {
@@ -207,20 +287,75 @@ export class Dialogs {
     const focused = document.activeElement && document.activeElement.id;
     const title = chatTitle(chat);
     $('#info-title').textContent = chat.kind === 'group' ? 'Group info' : 'Contact info';
-    const parts = [h('div', { class: 'info-head' }, avatar(title, chatAvatarId(chat)), h('div', null, h('p', { class: 'info-name' }, title),
+    const parts = [h('div', { class: 'info-head' }, avatar(title, chatAvatarId(chat), null, chatPhoto(chat)), h('div', null, h('p', { class: 'info-name' }, title),
       chat.kind === 'direct' && chat.peer ? h('p', { class: 'muted' }, `@${chat.peer.username}`, this.presenceText(chat.peer.id)) : null))];
     if (chat.kind === 'group') parts.push(...this.groupInfo(chat));
     parts.push(this.ttlControl(chat));
-    if (chat.kind === 'group' && chat.left_seq === undefined) {
-      parts.push(h('button', {
-        type: 'button', class: 'danger wide',
-        onclick: async () => {
-          if (await this.confirm(`Leave “${title}”?`, 'Leave')) this.run(() => this.session.leave(chat.id));
-        },
-      }, 'Leave group'));
-    }
+    parts.push(this.muteControl(chat));
+    parts.push(this.chatActionList(chat));
     body.replaceChildren(...parts);
     if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
+  }
+
+  /** What chat actions (chatactions.js) need of this page. */
+  actionsContext() {
+    return { store: this.store, session: this.session, dialogs: this, toast: this.toast, onOpenChat: this.onOpenChat };
+  }
+
+  muteControl(chat) {
+    const muted = isMuted(chat);
+    const box = h('input', { id: 'info-mute', type: 'checkbox', role: 'switch', class: 'switch', checked: muted });
+    box.addEventListener('change', async () => {
+      const actions = chatActions(this.actionsContext());
+      if (box.checked) await actions.mute(chat);
+      else await actions.unmute(chat);
+      this.renderInfo();
+    });
+    const hint = !muted ? 'Notifications are on.'
+      : chat.muted_until ? `Muted until ${when(chat.muted_until)}.` : 'Muted. Unread messages are still counted.';
+    return h('div', { class: 'setting-row info-mute' },
+      h('label', { for: 'info-mute' }, 'Mute notifications', h('span', { class: 'hint' }, hint)), box);
+  }
+
+  /** Block, report, clear, exit or delete: the chat's actions as a list of buttons. */
+  chatActionList(chat) {
+    const actions = chatActions(this.actionsContext());
+    const direct = chat.kind === 'direct' && chat.peer;
+    const name = direct ? this.store.nameOf(chat.peer.id) : '';
+    const blocked = direct && this.store.blocked.has(chat.peer.id);
+    const button = (label, iconName, onclick, danger = false) => h('li', null, h('button', {
+      type: 'button', class: `action-row${danger ? ' danger-text' : ''}`, onclick,
+    }, icon(iconName), h('span', null, label)));
+    const left = chat.left_seq !== undefined;
+    return h('ul', { class: 'action-list', 'aria-label': 'Chat actions' },
+      // (the dialog is drawn again when the list of blocked people changes)
+      direct ? button(blocked ? `Unblock ${name}` : `Block ${name}`, 'ban',
+        () => (blocked ? actions.unblock(chat) : actions.block(chat)), !blocked) : null,
+      button(direct ? `Report ${name}` : 'Report group', 'flag', () => actions.report(chat), true),
+      button('Clear chat', 'eraser', () => actions.clear(chat)),
+      chat.kind === 'group' && !left
+        ? button('Exit group', 'logout', () => actions.exit(chat), true)
+        : button(chat.kind === 'group' ? 'Delete group' : 'Delete chat', 'trash', async () => {
+          await actions.remove(chat);
+          if (!this.store.chats.get(chat.id) || this.store.chats.get(chat.id).hidden) $('#info-dialog').close();
+        }, true));
+  }
+
+  async changeGroupPhoto(chat) {
+    let file;
+    try {
+      file = await pickPhoto(this.cropper, 'Group photo');
+    } catch (err) {
+      $('#info-error').textContent = err.sentence || errorText(err);
+      return;
+    }
+    if (!file) return;
+    $('#info-error').textContent = '';
+    try {
+      await this.session.setPhoto(file, chat.id);
+    } catch (err) {
+      $('#info-error').textContent = err.code === 'forbidden' ? errorText(err, 'group') : uploadFailure(err, file).text;
+    }
   }
 
   presenceText(userId) {
@@ -233,6 +368,15 @@ export class Dialogs {
     const admin = chat.role === 'admin';
     const active = chat.left_seq === undefined;
     const parts = [];
+    if (admin && active) {
+      parts.push(h('div', { class: 'photo-buttons' },
+        h('button', { type: 'button', class: 'secondary small', onclick: () => this.changeGroupPhoto(chat) },
+          chat.photo ? 'Change group photo' : 'Add a group photo'),
+        chat.photo ? h('button', {
+          type: 'button', class: 'link small',
+          onclick: () => this.run(() => this.session.removePhoto(chat.id)),
+        }, 'Remove group photo') : null));
+    }
     if (active) {
       const rename = h('form', { class: 'inline-form' },
         h('label', { for: 'info-rename' }, 'Group name'),
@@ -266,7 +410,7 @@ export class Dialogs {
         }, 'Remove'),
       ] : [];
       return h('li', { class: 'member', dataset: { user: user.id } },
-        avatar(user.display_name || user.username, user.id),
+        avatar(user.display_name || user.username, user.id, null, user.photo),
         h('span', { class: 'member-name' }, name, me ? null : h('span', { class: 'muted small' }, ` @${user.username}`)),
         member.role === 'admin' ? h('span', { class: 'role-badge' }, 'Admin') : null,
         h('span', { class: 'member-controls' }, controls));
@@ -296,7 +440,7 @@ export class Dialogs {
           h('button', {
             type: 'button', class: 'pick',
             onclick: () => this.run(() => this.session.addMembers(chat.id, [user.id])),
-          }, avatar(user.display_name || user.username, user.id), ` Add ${user.display_name || user.username} `,
+          }, avatar(user.display_name || user.username, user.id, null, user.photo), ` Add ${user.display_name || user.username} `,
           h('span', { class: 'muted' }, `@${user.username}`)))));
       }, 200);
     });
@@ -324,13 +468,23 @@ export class Dialogs {
     const body = $('#receipts-body');
     body.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
     dialog.showModal();
+    const chat = this.store.chats.get(chatId);
     try {
       const who = await this.session.api.receipts(chatId, entry.seq);
+      if (chat && chat.kind === 'direct') { // one person: where the message is with them
+        const peer = chat.peer ? this.store.nameOf(chat.peer.id) : 'them';
+        const [state, text] = who.read.length ? ['read', `Read by ${peer}`]
+          : who.delivered.length ? ['delivered', `Delivered to ${peer}`] : ['sent', `Sent, not delivered to ${peer} yet`];
+        body.replaceChildren(
+          h('blockquote', { class: 'receipt-quote' }, entry.text || 'Attachment'),
+          h('p', { class: `receipt-state ${state}` }, tick(state), ` ${text}`));
+        return;
+      }
       for (const id of [...who.read, ...who.delivered, ...who.pending]) if (!this.store.users.has(id)) this.session.ensureUser(id);
       const section = (title, ids, cls) => h('section', { class: `receipt-group ${cls}` },
         h('h3', { class: 'section-title' }, `${title} (${ids.length})`),
         ids.length ? h('ul', { class: 'member-list' }, ids.map((id) => h('li', { class: 'member' },
-          avatar(this.store.nameOf(id), id), h('span', { class: 'member-name' }, this.store.nameOf(id)))))
+          avatar(this.store.nameOf(id), id, null, this.store.users.get(id)?.photo), h('span', { class: 'member-name' }, this.store.nameOf(id)))))
           : h('p', { class: 'muted small' }, 'No one yet'));
       body.replaceChildren(
         h('blockquote', { class: 'receipt-quote' }, entry.text || 'Attachment'),

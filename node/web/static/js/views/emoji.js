@@ -29,17 +29,38 @@ function loadGroups() {
 }
 
 export class EmojiPicker {
-  /** `textarea`: where picks go; `onChange`: called after each insertion. */
-  constructor(textarea, onChange) {
+  /**
+   * `textarea`: where picks go; `onChange`: called after each insertion. With `elements`
+   * ({panel, search, grid, tabs, empty}) and `onPick(item)`, the picker lives elsewhere (the
+   * reactions dialog) and hands each pick over instead of inserting it.
+   */
+  constructor(textarea, onChange, { elements = null, onPick = null } = {}) {
     this.textarea = textarea;
     this.onChange = onChange;
-    this.panel = $('#emoji-panel');
-    this.toggleButton = $('#emoji-toggle');
-    this.search = $('#emoji-search');
-    this.grid = $('#emoji-grid');
-    this.tabs = $('#emoji-tabs');
+    this.onPick = onPick;
+    this.panel = elements ? elements.panel : $('#emoji-panel');
+    this.toggleButton = elements ? null : $('#emoji-toggle');
+    this.search = elements ? elements.search : $('#emoji-search');
+    this.grid = elements ? elements.grid : $('#emoji-grid');
+    this.tabs = elements ? elements.tabs : $('#emoji-tabs');
+    this.empty = elements ? elements.empty : $('#emoji-empty');
     this.groups = null;
     this.active = null; // group name shown
+    if (elements) {
+      this.grid.addEventListener('keydown', (e) => {
+        if (e.target.classList.contains('emoji')) this.onGridKey(e);
+      });
+      this.search.addEventListener('input', () => this.render());
+      this.search.addEventListener('keydown', (e) => {
+        if (e.key === 'ArrowDown' || (e.key === 'Enter' && this.search.value.trim())) {
+          e.preventDefault();
+          const first = this.grid.querySelector('.emoji');
+          if (first && e.key === 'Enter') first.click();
+          else if (first) first.focus();
+        }
+      });
+      return;
+    }
     this.toggleButton.addEventListener('click', () => (this.panel.hidden ? this.open() : this.close(true)));
     this.search.addEventListener('input', () => this.render());
     this.search.addEventListener('keydown', (e) => {
@@ -68,7 +89,7 @@ export class EmojiPicker {
 
   async open() {
     this.panel.hidden = false;
-    this.toggleButton.setAttribute('aria-expanded', 'true');
+    if (this.toggleButton) this.toggleButton.setAttribute('aria-expanded', 'true');
     this.search.value = '';
     if (!this.groups) this.groups = await loadGroups();
     this.active = this.recent().length ? 'Recent' : this.active || this.groups[0].name;
@@ -98,6 +119,11 @@ export class EmojiPicker {
   }
 
   pick(item) {
+    if (this.onPick) {
+      this.remember(item);
+      this.onPick(item);
+      return;
+    }
     const text = this.textarea;
     const start = text.selectionStart ?? text.value.length;
     const end = text.selectionEnd ?? start;
@@ -140,7 +166,7 @@ export class EmojiPicker {
       onclick: () => this.pick(item),
     }, item.emoji)));
     this.grid.scrollTop = 0;
-    const empty = $('#emoji-empty');
+    const empty = this.empty;
     empty.hidden = items.length > 0;
     empty.textContent = query ? `No emoji match “${this.search.value.trim()}”.` : 'Nothing here yet.';
   }

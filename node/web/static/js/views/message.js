@@ -7,12 +7,15 @@ import { fileSize, time } from '../format.js';
 import { describeMedia, signedUrls } from '../media.js';
 import { tick } from './chatlist.js';
 import { audioPlayer } from './player.js';
+import { highlightMentions } from './mentions.js';
+import { isMenuKey, onContextMenu } from './menu.js';
+import { reactionChips } from './reactions.js';
 import { richText } from './richtext.js';
 import { entryText, systemText } from './text.js';
 
 /**
- * ctx: {store, api, chat, youBlocked, actions: {reply, edit, remove, info, openImage, jumpTo, retry, discard,
- *       editFailed, unblockAndRetry}}
+ * ctx: {store, api, chat, youBlocked, actions: {reply, react, menu, showReactions, openImage, jumpTo, retry,
+ *       discard, editFailed, unblockAndRetry}}
  * view: {entry, status, showSender, pending (outbox item or null)}
  */
 export function messageNode(ctx, view) {
@@ -29,37 +32,53 @@ export function messageNode(ctx, view) {
   if (deleted) {
     body.push(h('p', { class: 'text deleted' }, icon('ban'), own ? ' You deleted this message' : ' This message was deleted'));
   } else {
+    if (entry.forwarded) body.push(h('span', { class: 'forwarded' }, icon('forward'), 'Forwarded'));
     if (entry.reply_to) body.push(quote(ctx, entry));
     if (entry.media || entry.kind !== 'text') body.push(mediaNode(ctx, entry));
-    if (entry.text) body.push(h('div', { class: 'text' }, richText(entry.text)));
+    if (entry.text) {
+      const text = h('div', { class: 'text' }, richText(entry.text));
+      highlightMentions(text, entry, store);
+      body.push(text);
+    }
   }
   const meta = h('span', { class: 'meta' },
+    entry.starred && !deleted ? h('span', { class: 'starred', role: 'img', 'aria-label': 'Starred', title: 'Starred' }, icon('star')) : null,
     entry.edited && !deleted ? h('span', { class: 'edited' }, 'edited') : null,
     entry.expires_at ? h('span', { class: 'expiring', title: 'Disappearing message', 'aria-label': 'Disappearing message' }, icon('timer')) : null,
     h('time', { datetime: new Date(entry.ts).toISOString() }, time(entry.ts)),
     own && !deleted ? tick(view.status) : null);
+  const reacted = (entry.reactions || []).length
+    ? `. Reactions: ${entry.reactions.map((g) => `${g.emoji} ${g.users.length}`).join(', ')}` : '';
   const bubble = h('div', {
     class: 'bubble', tabindex: '-1',
-    'aria-label': `${own ? 'You' : store.nameOf(entry.from)}, ${time(entry.ts)}: ${entryText(store, entry)}`,
+    'aria-label': `${own ? 'You' : store.nameOf(entry.from)}, ${time(entry.ts)}: ${entryText(store, entry)}${reacted}`,
   }, sender, body, meta);
+  const chips = deleted || view.pending ? null : reactionChips(store, entry, (target, emoji) => ctx.actions.showReactions(target, emoji));
   const row = h('div', {
     class: `row msg ${own ? 'own' : 'theirs'}${deleted ? ' is-deleted' : ''}${view.pending ? ' is-pending' : ''}`,
     dataset: view.pending ? { cmid: view.pending.client_msg_id } : { seq: entry.seq, id: entry.id },
-  }, bubble);
-  const actions = view.pending ? pendingActions(ctx, view.pending) : entryActions(ctx, entry, own, deleted);
+  }, h('div', { class: 'bubble-col' }, bubble, chips));
+  const actions = view.pending ? pendingActions(ctx, view.pending) : entryActions(ctx, entry, deleted);
   if (actions) row.append(actions);
+  if (!view.pending) {
+    onContextMenu(row, (at) => ctx.actions.menu(entry, at));
+    bubble.addEventListener('keydown', (e) => {
+      if (e.target === bubble && (e.key === 'Enter' || isMenuKey(e))) {
+        e.preventDefault();
+        ctx.actions.menu(entry, bubble);
+      }
+    });
+  }
   return row;
 }
 
-function entryActions(ctx, entry, own, deleted) {
-  if (deleted || ctx.readOnly) return null;
-  const { actions, chat } = ctx;
-  const admin = chat.kind === 'group' && chat.role === 'admin';
+/** On hover or focus: React, Reply, and "More actions" (the message's menu). */
+function entryActions(ctx, entry, deleted) {
+  const { actions } = ctx;
   const buttons = [
-    actionButton('reply', 'Reply', () => actions.reply(entry)),
-    own && (entry.kind === 'text' || entry.text) ? actionButton('edit', 'Edit', () => actions.edit(entry)) : null,
-    own || admin ? actionButton('trash', 'Delete for everyone', () => actions.remove(entry)) : null,
-    own && chat.kind === 'group' ? actionButton('info', 'Message info', () => actions.info(entry)) : null,
+    !deleted && !ctx.readOnly ? actionButton('smile', 'React', (e) => actions.react(entry, e.currentTarget)) : null,
+    !deleted && !ctx.readOnly ? actionButton('reply', 'Reply', () => actions.reply(entry)) : null,
+    actionButton('more', 'More actions', (e) => actions.menu(entry, e.currentTarget), { 'aria-haspopup': 'menu' }),
   ];
   return h('div', { class: 'actions', role: 'group', 'aria-label': 'Message actions' }, buttons);
 }
@@ -80,8 +99,8 @@ function pendingActions(ctx, item) {
     failure.actions.map((name) => buttons[name]()));
 }
 
-function actionButton(name, label, onclick) {
-  return h('button', { type: 'button', class: 'icon-button small', 'aria-label': label, title: label, onclick }, icon(name));
+function actionButton(name, label, onclick, extra = {}) {
+  return h('button', { type: 'button', class: 'icon-button small', 'aria-label': label, title: label, onclick, ...extra }, icon(name));
 }
 
 function quote(ctx, entry) {

@@ -4,7 +4,8 @@
 // belongs to this browser (notify.js).
 
 import { $, h } from '../dom.js';
-import { errorText } from '../errors.js';
+import { errorText, uploadFailure } from '../errors.js';
+import { pickPhoto } from './photos.js';
 import { when } from '../format.js';
 import { notificationsOn, notificationsSupported, setNotifications } from '../notify.js';
 import { pushEvents, pushState } from '../push.js';
@@ -45,6 +46,8 @@ export class SettingsView {
     pushEvents.addEventListener('change', () => {
       if (this.isOpen) this.renderNotifications();
     });
+    $('#photo-change').addEventListener('click', () => this.changePhoto());
+    $('#photo-remove').addEventListener('click', () => this.removePhoto());
     $('#password-form').addEventListener('submit', (e) => {
       e.preventDefault();
       this.changePassword();
@@ -85,9 +88,11 @@ export class SettingsView {
   renderProfile() {
     const me = this.store.me;
     const name = me.display_name || me.username;
-    avatar(name, me.id, $('#settings-avatar'));
+    avatar(name, me.id, $('#settings-avatar'), me.photo);
     $('#settings-name').textContent = name;
     $('#settings-username').textContent = `@${me.username}`;
+    $('#photo-remove').hidden = !me.photo;
+    $('#photo-change').textContent = me.photo ? 'Change photo' : 'Add a photo';
     $('#password-username').value = me.username;
   }
 
@@ -114,6 +119,38 @@ export class SettingsView {
       error.textContent = errorText(err);
     } finally {
       $('#name-save').disabled = false;
+    }
+  }
+
+  /** A new profile photo: chosen, cropped to a square, uploaded, then made ours. */
+  async changePhoto() {
+    const status = $('#photo-status');
+    let file;
+    try {
+      file = await pickPhoto(this.dialogs.cropper, 'Profile photo');
+    } catch (err) {
+      status.textContent = err.sentence || errorText(err);
+      return;
+    }
+    if (!file) return;
+    status.textContent = 'Uploading the photo…';
+    try {
+      await this.session.setPhoto(file);
+      status.textContent = '';
+      this.renderProfile();
+      this.toast('Profile photo updated.');
+    } catch (err) {
+      status.textContent = uploadFailure(err, file).text;
+    }
+  }
+
+  async removePhoto() {
+    try {
+      await this.session.removePhoto();
+      this.renderProfile();
+      this.toast('Profile photo removed.');
+    } catch (err) {
+      $('#photo-status').textContent = errorText(err);
     }
   }
 
@@ -178,7 +215,7 @@ export class SettingsView {
     $('#blocked-list').replaceChildren(...users.map((user) => {
       const name = user.display_name || user.username;
       return h('li', { class: 'member', dataset: { user: user.id } },
-        avatar(name, user.id),
+        avatar(name, user.id, null, user.photo),
         h('span', { class: 'member-name' }, name, h('span', { class: 'member-sub' }, `@${user.username}`)),
         h('button', { type: 'button', class: 'secondary small', 'aria-label': `Unblock ${name}`,
           onclick: () => this.unblock(user) }, 'Unblock'));

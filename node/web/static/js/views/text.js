@@ -22,6 +22,8 @@ export function systemText(store, entry) {
     case 'renamed': return `${by} renamed the group to “${entry.title}”`;
     case 'ttl_changed':
       return entry.ttl ? `${by} turned on disappearing messages: ${ttlLabel(entry.ttl)}` : `${by} turned off disappearing messages`;
+    case 'photo_changed': return `${by} changed the group photo`;
+    case 'photo_removed': return `${by} removed the group photo`;
     default: return entry.event || 'The chat changed';
   }
 }
@@ -54,17 +56,50 @@ export function initials(name) {
   return (words.length > 1 ? words[0][0] + words[1][0] : (words[0] || '?')[0]).toUpperCase();
 }
 
-/** Fill an avatar element (or make one) for a title and id. */
-export function avatar(name, id, el = null) {
+let photoSource = null; // media id -> Promise of the URL of its thumbnail (set by app.js)
+
+/** How avatars find a photo's picture (signed URLs need the session). */
+export function setPhotoSource(source) {
+  photoSource = source;
+}
+
+/**
+ * Fill an avatar element (or make one) for a title and id: the photo (a media id) when there
+ * is one, else the initials on a colour of the id (also while the photo loads, or if it cannot).
+ */
+export function avatar(name, id, el = null, photo = null) {
   const node = el || h('span', { class: 'avatar', 'aria-hidden': 'true' });
   node.className = `avatar hue-${hue(id)}`;
+  if (!photo || !photoSource) {
+    delete node.dataset.photo;
+    node.textContent = initials(name);
+    return node;
+  }
+  node.classList.add('has-photo');
+  if (node.dataset.photo === photo && node.querySelector('img')) return node; // already shown
+  node.dataset.photo = photo;
   node.textContent = initials(name);
+  photoSource(photo).then((url) => {
+    if (node.dataset.photo !== photo) return; // changed meanwhile
+    const img = h('img', { class: 'avatar-img', alt: '', decoding: 'async', draggable: 'false' });
+    img.addEventListener('load', () => {
+      if (node.dataset.photo === photo) node.replaceChildren(img);
+    }, { once: true });
+    img.addEventListener('error', () => node.classList.remove('has-photo'), { once: true });
+    img.src = url;
+  }).catch(() => node.classList.remove('has-photo'));
   return node;
 }
 
 /** The id an avatar's colour follows: the person for a 1-1 chat, else the chat. */
 export function chatAvatarId(chat) {
   return chat.kind === 'direct' && chat.peer ? chat.peer.id : chat.id;
+}
+
+/** A chat's photo: the person's for a 1-1 chat, else the group's (a media id, or null). */
+export function chatPhoto(chat) {
+  if (!chat) return null;
+  return (chat.kind === 'direct' ? chat.peer && chat.peer.photo : chat.photo) || null;
 }
 
 export function chatTitle(chat) {

@@ -1,0 +1,261 @@
+"""Links between nodes: batched, ordered, sealed message streams, one per peer and direction.
+
+A node sends to a peer over one TCP stream that it dials itself (the peer's cluster
+address, the same port gossip uses); it receives over the streams its peers dial. Every
+frame is sealed with the cluster keyring (purpose ``link``), so links need no keys of
+their own and rotate with gossip's. A frame carries every message waiting for that peer
+(one syscall and one seal per batch, not per message); order is kept per peer.
+
+Nothing waits on a slow peer: each peer has a bounded queue, filled without blocking;
+when it is full the message is refused (`send` returns False) and counted, and the
+caller decides (a request fails with a retryable error; a delivery is dropped, and the
+devices on that peer catch up from the log, which is the truth). A broken stream is
+dialed again with backoff; what was queued meanwhile goes out once it is back, unless
+the peer has left the membership, when its queue is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import trio
+
+from .keyring import Keyring, OpenError
+from .transport import FrameError, Transport, receive_frame, send_frame
+
+log = logging.getLogger(__name__)
+
+PURPOSE_LINK = b"chatnode/cluster/link"
+HELLO = "hello"
+MAX_BATCH_BYTES = 1 << 20  # a frame holds at most about this much
+RECONNECT_MIN = 0.05
+RECONNECT_MAX = 2.0
+
+#: A message: a msgpack-able tuple whose first item names its kind.
+Message = tuple[Any, ...]
+
+
+def pack(messages: list[Message]) -> bytes:
+    return msgpack.packb(messages, use_bin_type=True)
+
+
+def unpack(data: bytes) -> list[Message]:
+    value = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+    if not isinstance(value, tuple) or not all(isinstance(m, tuple) and m and isinstance(m[0], str) for m in value):
+        raise ValueError("a link frame is a list of messages")
+    return list(value)
+
+
+class _Peer:
+    """One outbound link: its queue and the task that drains it."""
+
+    __slots__ = ("address", "connected", "dropped", "node", "queue", "ready", "sent", "sent_frames", "started",
+                 "task_scope")
+
+    def __init__(self, node: int, address: str) -> None:
+        self.node = node
+        self.address = address
+        self.queue: deque[Message] = deque()
+        self.ready = trio.Event()
+        self.connected = False
+        self.sent = 0
+        self.sent_frames = 0
+        self.dropped = 0
+        self.started = False  # its task runs (started by the first message)
+        self.task_scope = trio.CancelScope()
+
+
+class Links:
+    """Every link of this node. Run `serve` in a nursery; hand inbound link streams to
+    `serve_inbound` (the cluster's stream demultiplexer does)."""
+
+    def __init__(
+        self,
+        node_id: int,
+        keyring: Keyring,
+        transport: Transport,
+        on_message: Callable[[int, Message], None],
+        *,
+        on_restart: Callable[[int], None] = lambda _node: None,
+        queue_limit: int = 65_536,
+        max_frame: int = 8 << 20,
+    ) -> None:
+        self.node_id = node_id
+        # Every start of a node is a new life: peers tell lives apart by this, from the
+        # hello of a link, and so notice a restart that membership may not have seen.
+        self.boot = secrets.randbits(63)
+        self._boots: dict[int, int] = {}  # peer -> the boot id of its life we last heard
+        self._on_restart = on_restart
+        self._keyring = keyring
+        self._transport = transport
+        self._on_message = on_message
+        self._queue_limit = queue_limit
+        self._max_frame = max_frame
+        self._peers: dict[int, _Peer] = {}
+        self._nursery: trio.Nursery | None = None
+        self.received = 0
+        self.dropped_inbound = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- sending ---------------------------------------------------------------------
+
+    def set_peer(self, node: int, address: str) -> None:
+        """A live member and where it listens (dialed on the first message to it)."""
+        peer = self._peers.get(node)
+        if peer is not None and peer.address != address:
+            self.drop_peer(node)  # it restarted elsewhere: start afresh
+            peer = None
+        if peer is None and node != self.node_id:
+            peer = self._peers[node] = _Peer(node, address)
+            if self._nursery is not None:  # dial now: the hello tells the peer about our life
+                peer.started = True
+                self._nursery.start_soon(self._run_peer, peer)
+
+    def drop_peer(self, node: int) -> list[Message]:
+        """The member left or failed: stop its link; returns what was still queued."""
+        peer = self._peers.pop(node, None)
+        if peer is None:
+            return []
+        peer.task_scope.cancel()
+        left = list(peer.queue)
+        peer.queue.clear()
+        return left
+
+    def send(self, node: int, message: Message) -> bool:
+        """Queue a message for a peer; never waits. False if the peer is unknown or its
+        queue is full (the message is not sent)."""
+        peer = self._peers.get(node)
+        if peer is None:
+            return False
+        if len(peer.queue) >= self._queue_limit:
+            peer.dropped += 1
+            return False
+        peer.queue.append(message)
+        peer.ready.set()
+        if not peer.started and self._nursery is not None:
+            peer.started = True
+            self._nursery.start_soon(self._run_peer, peer)
+        return True
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        """Dial the peer and send what is queued, in batches, until the peer is dropped."""
+        with peer.task_scope:
+            backoff = RECONNECT_MIN
+            while True:
+                try:
+                    stream = await self._transport.connect(peer.address)
+                except OSError as exc:
+                    log.debug("cluster link to %d (%s): %s", peer.node, peer.address, exc)
+                    await trio.sleep(backoff)
+                    backoff = min(RECONNECT_MAX, backoff * 2)
+                    continue
+                backoff = RECONNECT_MIN
+                try:
+                    await send_frame(stream, self._keyring.seal(pack([(HELLO, self.node_id, self.boot)]),
+                                                                PURPOSE_LINK))
+                    peer.connected = True
+                    await self._drain(peer, stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.debug("cluster link to %d broke: %s", peer.node, exc)
+                finally:
+                    peer.connected = False
+                    await trio.aclose_forcefully(stream)
+
+    async def _drain(self, peer: _Peer, stream: trio.abc.Stream) -> None:
+        while True:
+            if not peer.queue:
+                peer.ready = trio.Event()
+                await peer.ready.wait()
+                continue
+            batch: list[Message] = []
+            size = 0
+            while peer.queue and size < MAX_BATCH_BYTES:
+                message = peer.queue.popleft()
+                batch.append(message)
+                size += _estimate(message)
+            try:
+                await send_frame(stream, self._keyring.seal(pack(batch), PURPOSE_LINK))
+            except BaseException:
+                peer.queue.extendleft(reversed(batch))  # not sent: first in line on the next stream
+                raise
+            peer.sent += len(batch)
+            peer.sent_frames += 1
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def open_hello(self, frame: bytes) -> int | None:
+        """The peer's node id if `frame` opens a link, else None (another kind of stream).
+        A hello from a new life of a known peer is reported to `on_restart`."""
+        try:
+            messages = unpack(self._keyring.open(frame, PURPOSE_LINK))
+        except (OpenError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            return None
+        if len(messages) != 1 or len(messages[0]) != 3 or messages[0][0] != HELLO:
+            return None
+        _, node, boot = messages[0]
+        if not isinstance(node, int) or not isinstance(boot, int):
+            return None
+        previous = self._boots.get(node)
+        self._boots[node] = boot
+        if previous is not None and previous != boot:
+            self._on_restart(node)
+        return node
+
+    async def serve_inbound(self, peer: int, stream: trio.abc.Stream) -> None:
+        """Read a peer's frames until it closes, handing each message to `on_message`."""
+        try:
+            while True:
+                frame = await receive_frame(stream, self._max_frame)
+                try:
+                    messages = unpack(self._keyring.open(frame, PURPOSE_LINK))
+                except (OpenError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+                    self.dropped_inbound += 1
+                    return  # not from a key holder: end the stream
+                self.received += len(messages)
+                for message in messages:
+                    try:
+                        self._on_message(peer, message)
+                    except Exception:  # one bad message must not end the link
+                        log.exception("cluster: handling %r from node %d failed", message[0], peer)
+        except FrameError:
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    # -- observing ---------------------------------------------------------------------
+
+    def queued(self, node: int) -> int:
+        peer = self._peers.get(node)
+        return len(peer.queue) if peer is not None else 0
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "peers": {str(n): {"queued": len(p.queue), "sent": p.sent, "frames": p.sent_frames,
+                               "dropped": p.dropped, "connected": p.connected}
+                      for n, p in self._peers.items()},
+            "received": self.received,
+            "dropped_inbound": self.dropped_inbound,
+        }
+
+
+def _estimate(message: Message) -> int:
+    """A cheap estimate of a message's packed size (its bytes and strings dominate)."""
+    size = 16
+    for item in message:
+        if isinstance(item, (bytes, str)):
+            size += len(item)
+        elif isinstance(item, (tuple, list)):
+            size += 16 * len(item)
+        else:
+            size += 9
+    return size

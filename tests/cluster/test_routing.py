@@ -1,0 +1,179 @@
+"""Three nodes in one process, one PostgreSQL: any node serves any user.
+
+Real sockets (gossip and links on loopback), real PostgreSQL, the real client: users on
+different nodes chat 1-1 and in a group, and everything a single node does (acks after
+the commit, once-per-device delivery in order, receipts, typing, presence, logout,
+idempotent retries) holds across nodes.
+"""
+
+from __future__ import annotations
+
+import base64
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from conftest import PASSWORD, cluster_storage, make_config, new_user, running_node
+
+from node.client import ChatClient, ClientError
+
+pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
+
+KEY = base64.b64encode(bytes(range(32))).decode()
+FAST = {"probe_interval": 0.2, "probe_timeout": 0.08, "gossip_interval": 0.05, "suspicion_mult": 3,
+        "push_pull_interval": 2.0, "reconnect_interval": 2.0, "leave_timeout": 0.5}
+
+
+def node_config(tmp_path: Path, node_id: int, seeds: list[str], **extra: Any):
+    name = f"n{node_id}"
+    return make_config(
+        tmp_path / name,
+        node={"data_dir": str(tmp_path / name / "data"), "id": node_id, "name": name},
+        cluster={"enabled": True, "bind_port": 0, "seeds": seeds, "keys": [KEY], **FAST},
+        storage=cluster_storage(tmp_path),
+        plugins={"lastseen": {"grace": 0.1}},
+        **extra,
+    )
+
+
+async def until(predicate, timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+class Cluster:
+    def __init__(self, nodes: list) -> None:
+        self.nodes = nodes
+
+    def converged(self) -> bool:
+        return all(len(n.routing.ownership.members) == len(self.nodes) for n in self.nodes)
+
+
+async def start_cluster(stack: AsyncExitStack, tmp_path: Path, size: int = 3) -> Cluster:
+    first = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [])))
+    nodes = [first]
+    for node_id in range(2, size + 1):
+        nodes.append(await stack.enter_async_context(
+            running_node(node_config(tmp_path, node_id, [first.cluster.address]))))
+    cluster = Cluster(nodes)
+    await until(cluster.converged)
+    return cluster
+
+
+async def user_on(node, name: str, *, register: bool = True) -> ChatClient:
+    if register:
+        return await new_user(node, name)
+    client = ChatClient(node.http_url)
+    await client.login(name, PASSWORD)
+    return client
+
+
+async def test_users_on_different_nodes_chat_one_to_one_and_in_a_group(tmp_path):
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(stack, tmp_path)
+        a, b, c = cluster.nodes
+        alice = await user_on(a, "alice")
+        await user_on(b, "bob")  # registered on b ...
+        bob = await user_on(c, "bob", register=False)  # ... and logged in on c
+        carol = await user_on(b, "carol")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as ca, bob.connect() as cb:
+            await ca.synced.wait(), await cb.synced.wait()
+            acks = [await ca.send_text(chat["id"], f"hi {i}") for i in range(5)]
+            assert [ack["seq"] for ack in acks] == [1, 2, 3, 4, 5]
+            for i in range(5):
+                got = await cb.wait_for("message", text=f"hi {i}")
+                assert got["seq"] == i + 1
+            answer = await cb.send_text(chat["id"], "hello alice")
+            assert (await ca.wait_for("message", text="hello alice"))["seq"] == answer["seq"] == 6
+            await ca.wait_for("delivered")  # bob's device on c acknowledged: alice on a hears it
+
+        group = await alice.create_group("three nodes", members=[bob.user["id"], carol.user["id"]])
+        async with alice.connect() as ca, bob.connect() as cb, carol.connect() as cc:
+            for conn in (ca, cb, cc):
+                await conn.synced.wait()
+            sent = [await ca.send_text(group["id"], "from a"), await cb.send_text(group["id"], "from c"),
+                    await cc.send_text(group["id"], "from b")]
+            seqs = [s["seq"] for s in sent]
+            assert seqs == sorted(seqs) and len(set(seqs)) == 3
+            for conn, own in ((ca, sent[0]), (cb, sent[1]), (cc, sent[2])):  # each gets the other two, in order
+                got = [await conn.wait_for("message", where=lambda e: e.get("text", "").startswith("from"))
+                       for _ in range(2)]
+                assert [e["seq"] for e in got] == sorted(s["seq"] for s in sent if s is not own)
+        history = [m.get("text") for m in await carol.history(group["id"])]
+        assert history[-3:] == ["from a", "from c", "from b"]
+        for client in (alice, bob, carol):
+            await client.aclose()
+
+
+async def test_a_retry_through_another_node_gets_the_original_ack(tmp_path):
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(stack, tmp_path)
+        a, b, _ = cluster.nodes
+        alice = await user_on(a, "alice")
+        await user_on(b, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as conn:
+            first = await conn.send_text(chat["id"], "once", client_msg_id="retry-1")
+        alice_b = await user_on(b, "alice", register=False)
+        async with alice_b.connect() as conn:
+            again = await conn.send_text(chat["id"], "once", client_msg_id="retry-1")
+        assert again["duplicate"] is True and (again["id"], again["seq"]) == (first["id"], first["seq"])
+        assert [m["text"] for m in await alice_b.history(chat["id"])] == ["once"]
+        await alice.aclose(), await alice_b.aclose()
+
+
+async def test_typing_presence_and_logout_reach_other_nodes(tmp_path):
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(stack, tmp_path)
+        a, b, c = cluster.nodes
+        alice, bob = await user_on(a, "alice"), await user_on(b, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with bob.connect() as cb:
+            await cb.synced.wait()
+            async with alice.connect() as ca:
+                await ca.synced.wait()
+                presence = await cb.wait_for("presence", user=alice.user["id"], online=True)
+                assert presence["online"] is True
+                assert (await alice.presence(bob.user["id"]))["online"] is True  # asked on a, bob is on b
+                await ca.send_events({"type": "typing", "chat": chat["id"], "typing": True})
+                assert (await cb.wait_for("typing"))["user"] == alice.user["id"]
+            await cb.wait_for("presence", user=alice.user["id"], online=False)
+        bob_c = await user_on(c, "bob", register=False)
+        async with bob.connect() as cb:
+            await cb.synced.wait()
+            await bob_c.logout()  # logged out on c: ...
+        async with bob.connect() as cb:  # ... bob's device on b is still fine, c's token is gone
+            await cb.synced.wait()
+        with pytest.raises(ClientError):
+            await bob_c.me()
+        await alice.aclose(), await bob.aclose(), await bob_c.aclose()
+
+
+async def test_a_password_change_closes_sockets_on_other_nodes(tmp_path):
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(stack, tmp_path)
+        a, b, _ = cluster.nodes
+        dana_a = await user_on(a, "dana")
+        dana_b = await user_on(b, "dana", register=False)
+        async with dana_b.connect() as conn:
+            await conn.synced.wait()
+            await dana_a.request("POST", "/api/me/password",
+                                 json={"current_password": PASSWORD, "new_password": "a brand new passphrase"})
+            await until(lambda: conn.closed is not None, 10)
+            assert conn.closed.reason.code == 4003
+        await dana_a.aclose(), await dana_b.aclose()
+
+
+async def test_info_lists_every_node(tmp_path):
+    async with AsyncExitStack() as stack:
+        cluster = await start_cluster(stack, tmp_path)
+        a, b, c = cluster.nodes
+        async with ChatClient(b.http_url) as client:
+            await until(lambda: all(n.cluster.http_urls() and len(n.cluster.http_urls()) == 3 for n in cluster.nodes))
+            info = await client.info()
+        assert info["nodes"][0] == b.http_url
+        assert set(info["nodes"]) == {a.http_url, b.http_url, c.http_url}
