@@ -30,6 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
+from .core.admin import announce_offline_revocations
 from .core.blocks import Blocks
 from .core.chats import Chats, now_ms
 from .core.connlimit import ConnectionLimits
@@ -334,6 +335,9 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 node.cluster.add_listener(lambda event: manager.notify("on_cluster_event", event=event), replay=True)
             async with trio.open_nursery() as plugin_tasks:
                 await manager.startup(plugin_tasks)
+                told = await announce_offline_revocations(node)  # `chatnode admin --offline` logouts
+                if told:
+                    log.info("told the plugins of %d devices logged out while the node was stopped", told)
                 async with trio.open_nursery() as sessions, trio.open_nursery() as listeners:
                     ws_scope = trio.CancelScope()
 

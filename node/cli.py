@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 
 import trio
 
@@ -34,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(commands)
     # -- end cluster --
+    # -- admin, backup and restore (node/admin_cli.py, node/backup.py) ----------------------
+    from .admin_cli import add_admin_commands
+
+    add_admin_commands(commands)
+    # -- end admin --
     return parser
 
 
@@ -100,10 +106,20 @@ def _print_plugins(plugins: list[dict], *, as_json: bool) -> None:
         print(f"{p['name']:<{width}}  {p['version']:<10}  {origin:<9}  {', '.join(p['hooks'])}")
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The config to load: `--config`; for `chatnode admin`, config.toml if there is one
+    (a command given the node's --url needs none), else the built-in defaults."""
+    if hasattr(args, "config"):
+        return args.config
+    if args.command == "admin" and not Path("config.toml").exists():
+        return None
+    return "config.toml"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(_config_path(args))
     except ConfigError as exc:
         print(f"chatnode: config error: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster.cli import run_cluster_command
 
         return run_cluster_command(args, config)
+    if args.command == "admin":
+        from .admin_cli import run_admin_command
+
+        return run_admin_command(args, config)
     try:
         lock = preflight.prepare_data_dir(config)  # held until the process exits
     except ConfigError as exc:

@@ -130,6 +130,9 @@ async def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") 
         if user is None:
             raise ChatError("not_found", f"no user named {name!r}")
         ids.append(int(user["id"]))
+    deleted = [uid for uid, user in (await node.accounts.load_users(ids)).items() if user.get("deleted")]
+    if deleted:
+        raise ChatError("not_found", f"user {deleted[0]} was deleted")
     return ids
 
 
@@ -360,7 +363,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
             peer = await accounts.user_by_name(body["username"])
         else:
             raise bad_request("give 'user_id' or 'username'")
-        if peer is None:
+        if peer is None or peer.get("deleted"):
             raise ChatError("not_found", "no such user")
         chat = await chats.run(OpenDirect(user_id=device.user_id, peer_id=int(peer["id"])))
         return json_response({"chat": await chat_summary(node, device.user_id, chat)})
@@ -537,6 +540,13 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def admin_stats() -> Response:
         require_admin()
         return json_response(node.statistics())
+
+    # -- accounts, devices, chats and the node, for admins (node/web/admin.py) --------
+    from .admin import add_admin_routes
+
+    add_admin_routes(app, node, json_body=json_body, json_response=json_response, path_id=path_id,
+                     query_int=query_int, require_admin=require_admin)
+    # -- end admin --
 
     @app.get("/metrics")
     async def metrics() -> Response:
