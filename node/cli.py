@@ -37,8 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     # -- end cluster --
     # -- admin, backup and restore (node/admin_cli.py, node/backup.py) ----------------------
     from .admin_cli import add_admin_commands
+    from .backup import add_backup_commands
 
     add_admin_commands(commands)
+    add_backup_commands(commands)
     # -- end admin --
     return parser
 
@@ -144,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         from .admin_cli import run_admin_command
 
         return run_admin_command(args, config)
+    if args.command in ("backup", "restore"):
+        from .backup import run_backup_command
+
+        return run_backup_command(args, config)
     try:
         lock = preflight.prepare_data_dir(config)  # held until the process exits
     except ConfigError as exc:
