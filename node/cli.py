@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(commands)
     # -- end cluster --
+    # -- admin, backup and restore (node/admin_cli.py, node/backup.py) ----------------------
+    from .admin_cli import add_admin_commands
+    from .backup import add_backup_commands
+
+    add_admin_commands(commands)
+    add_backup_commands(commands)
+    # -- end admin --
     return parser
 
 
@@ -225,12 +232,20 @@ def _media_copy(args: argparse.Namespace, config: Config) -> int:
         print(f"chatnode: {exc}", file=sys.stderr)
         return 2
     return 1 if counts["failed"] else 0
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The config to load: `--config`; for `chatnode admin`, config.toml if there is one
+    (a command given the node's --url needs none), else the built-in defaults."""
+    if hasattr(args, "config"):
+        return args.config
+    if args.command == "admin" and not Path("config.toml").exists():
+        return None
+    return "config.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(_config_path(args))
     except ConfigError as exc:
         print(f"chatnode: config error: {exc}", file=sys.stderr)
         return 2
@@ -255,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         from .cluster.cli import run_cluster_command
 
         return run_cluster_command(args, config)
+    if args.command == "admin":
+        from .admin_cli import run_admin_command
+
+        return run_admin_command(args, config)
+    if args.command in ("backup", "restore"):
+        from .backup import run_backup_command
+
+        return run_backup_command(args, config)
     try:
         lock = preflight.prepare_data_dir(config)  # held until the process exits
     except ConfigError as exc:
