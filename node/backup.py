@@ -160,17 +160,17 @@ def media_dir(config: Config) -> Path | None:
 def _media_files(root: Path, shas: list[str]) -> tuple[list[tuple[Path, str]], list[str]]:
     """(source path, backup path) of the content files and thumbnails of `shas`, and the
     SHA-256s whose file is gone."""
-    from .plugins.media.store import ContentStore
+    from .plugins.media.store import CONTENT, THUMBNAIL, LocalStore
 
-    store = ContentStore(root)
+    store = LocalStore(root)
     found, missing = [], []
     for sha in shas:
-        content = store.content_path(sha)
+        content = store.path(sha, CONTENT)
         if not content.is_file():
             missing.append(sha)
             continue
         found.append((content, f"media/{content.relative_to(root)}"))
-        thumb = store.thumb_path(sha)
+        thumb = store.path(sha, THUMBNAIL)
         if thumb.is_file():
             found.append((thumb, f"media/{thumb.relative_to(root)}"))
     return found, missing
