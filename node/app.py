@@ -41,15 +41,15 @@ from .core.operations import MarkRead, PostMessage, PurgeExpired
 from .core.routing import Routing
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
+from .core.state import ChatState
 from .core.views import reads_shared
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
-from .core.state import ChatState
 from .observe import Metrics
 from .plugin_api import Chat
 from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.access import RequestLog
-from .web.api import create_app, current_device, json_response, observe_request
+from .web.api import create_app, observe_request
 from .web.proxy import ForwardedFor
 from .web.server import serve as serve_app
 

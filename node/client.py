@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import secrets
 from collections import deque
-import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any

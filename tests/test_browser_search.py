@@ -8,7 +8,17 @@ from __future__ import annotations
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    auth, browser, expect, names, node, open_chat, open_direct, pages, send, shot, wait_until,
+    auth,
+    browser,
+    expect,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
+    wait_until,
 )
 
 pytestmark = pytest.mark.browser

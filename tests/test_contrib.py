@@ -21,9 +21,9 @@ import httpx
 import orjson
 import pytest
 import trio
+from conftest import deep_merge, running_node
 from trio_websocket import open_websocket_url
 
-from conftest import deep_merge, running_node
 from node.config import structure_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())

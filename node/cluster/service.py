@@ -21,8 +21,8 @@ import trio
 
 from ..config import listen_error
 from .config import ClusterConfig, is_loopback
-from .keyring import Keyring
 from .demux import DemuxTransport
+from .keyring import Keyring
 from .links import Links
 from .membership import EventListener, JoinRefused, MemberEvent, Membership
 from .transport import Transport, TrioClock, UdpTcpTransport
@@ -132,7 +132,7 @@ def _configured_http_url(node: Node) -> str:
 
 async def _announce_http_url(node: Node, membership: Membership) -> None:
     """The HTTP listener starts after the cluster; publish its URL once it is known."""
-    while not node.http_port:
+    while not node.http_port:  # noqa: ASYNC110 (set by the HTTP server's start, which has no event)
         await trio.sleep(URL_POLL_INTERVAL)
     membership.update_http_url(_configured_http_url(node) or node.http_url)
 

@@ -22,18 +22,18 @@ import orjson
 import trio
 
 from ..observe import Metrics
-from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from ..plugin_api import Message
+from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
 from .state import PREVIEW_KINDS, ChatState, chat_from_loaded, is_muted
 
 if TYPE_CHECKING:
-    from .services import PluginHooks
     from .accounts import Accounts
     from .blocks import Blocks
     from .hub import Hub
     from .routing import Routing
+    from .services import PluginHooks
     from .session import Session
 
 log = logging.getLogger(__name__)

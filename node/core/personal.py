@@ -89,7 +89,7 @@ async def starred_list(node: Services, user_id: int, offset: int, limit: int) ->
     out: list[dict[str, Any]] = []
     now = now_ms()
     taken = 0
-    for ts, chat_id, seq, message_id in stars[offset:]:
+    for _ts, chat_id, seq, message_id in stars[offset:]:
         if len(out) == limit:
             break
         taken += 1

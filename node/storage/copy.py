@@ -287,7 +287,8 @@ async def verify(source: Storage, target: Storage, *, page: int = PAGE,
             progress.start(f"verify {table}", await count_rows(source, table))
         sides: dict[str, tuple[int, str]] = {}
 
-        async def side(name: str, storage: Storage, shown: Progress | None) -> None:
+        async def side(name: str, storage: Storage, shown: Progress | None,
+                       sides: dict[str, tuple[int, str]] = sides, table: str = table) -> None:
             sides[name] = await _digest(storage, table, page, shown)
 
         async with trio.open_nursery() as nursery:

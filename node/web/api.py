@@ -17,13 +17,13 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..core.accounts import Device, public_user
+from ..core.annotate import annotate
 from ..core.errors import ChatError, bad_request
 from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
 from ..core.operations import OpenDirect, SetHidden
-from ..core.snowflake import parse_id
-from ..core.annotate import annotate
 from ..core.profiles import add_photos, default_visibility, user_for
 from ..core.search import history_around
+from ..core.snowflake import parse_id
 from ..core.views import add_status, chat_list, chat_summary
 from ..plugin_api import Route
 from .plugin_routes import mount

@@ -185,7 +185,7 @@ async def run_cluster_under_kills(tmp_path: Path, *, polite: bool = False) -> li
                 sent_before = sum(len(d.acked) for d in devices)
                 stop = trio.Event()
 
-                async def sender(device: Device, chat_id: str, tag: str) -> None:
+                async def sender(device: Device, chat_id: str, tag: str, stop: trio.Event = stop) -> None:
                     n = 0
                     while not stop.is_set():
                         cmid = f"{tag}-{n}"
@@ -237,7 +237,7 @@ async def check(devices: list[Device], chats: list[tuple[Device, Device, str]], 
     """Wait for delivery to settle, then compare what was acked, stored and delivered."""
     stored: dict[str, list[dict[str, Any]]] = {}
     if True:
-        for a, b, chat_id in chats:
+        for a, _b, chat_id in chats:
             reader_for = ChatClient(urls, token=a.client.token)
             messages: list[dict[str, Any]] = []
             before = None

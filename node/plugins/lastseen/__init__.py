@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import attrs
-import orjson
 import trio
 
 from ... import ChatError, Client, PluginContext, Request, Route, StoreBatch, check_fields, get_id, hookimpl, parse_id

@@ -24,7 +24,6 @@ from typing import Any
 import trio
 
 from ... import ChatError, Message, PluginContext, hookimpl
-from . import records
 from .records import KEYS
 from .routes import media_routes
 from .service import MediaService

@@ -25,7 +25,6 @@ from ... import ChatError, PluginContext, Request, Response, Route, json_respons
 from . import records
 from .ranges import Unsatisfiable, etag_matches, if_range_allows, parse_range
 from .service import MediaService, now_ms
-from .signing import Signer
 from .sniff import SNIFF_BYTES, detect
 from .store import CONTENT, THUMBNAIL, ContentStore, FileUpload, MissingContent, StoreUnavailable, Upload
 

@@ -35,8 +35,17 @@ from typing import Any, BinaryIO
 import trio
 
 from .settings import S3Settings
-from .store import (CONTENT, READ_CHUNK, THUMBNAIL, LocalFile, MissingContent, StoreUnavailable, content_name,
-                    is_sha, prepare_local_root)
+from .store import (
+    CONTENT,
+    READ_CHUNK,
+    THUMBNAIL,
+    LocalFile,
+    MissingContent,
+    StoreUnavailable,
+    content_name,
+    is_sha,
+    prepare_local_root,
+)
 
 log = logging.getLogger(__name__)
 

@@ -54,15 +54,30 @@ import orjson
 import trio
 
 from ... import ChatError, Message, PluginContext
-from . import records
-from . import sandbox
+from . import records, sandbox
 from .images import ImageRejected
 from .probe import probe_file
-from .records import (CANCELLED, DELETING, DONE, DOOMS, GC, ITEMS, LEASE, PENDING, PHOTOS, REFS, SHARES, Records,
-                      content_target, item_target, ref_key, u64)
+from .records import (
+    CANCELLED,
+    DELETING,
+    DONE,
+    DOOMS,
+    GC,
+    ITEMS,
+    LEASE,
+    PENDING,
+    PHOTOS,
+    REFS,
+    SHARES,
+    Records,
+    content_target,
+    item_target,
+    ref_key,
+    u64,
+)
 from .settings import MediaSettings
 from .sniff import kind_accepts
-from .store import ContentStore, LocalFile, MissingContent, Staged, StoreUnavailable
+from .store import ContentStore, LocalFile, Staged, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from .http_client import PushHTTP
 from .settings import PushSettings
 from .targets import Targets, public
 from .vapid import Vapid, cluster_secret, load_key, new_pem, read_legacy_pem
-
-KEYS = "keys"  # table of the VAPID key (see vapid.cluster_secret)
 from .webhook import WebhookProvider
 from .webpush import WebPushProvider
+
+KEYS = "keys"  # table of the VAPID key (see vapid.cluster_secret)
 
 
 class PushPlugin:

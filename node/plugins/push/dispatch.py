@@ -194,7 +194,7 @@ class Dispatcher:
             self._states.pop(state.target_id, None)
             await self.targets.delete(state.user_id, state.target_id)
             return
-        except Exception as exc:  # noqa: BLE001 - the contract: anything else is retried
+        except Exception as exc:
             retry = not isinstance(exc, PushFailed) or exc.retry
             state.attempts += 1
             if retry and state.attempts < self.settings.max_attempts:
