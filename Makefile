@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench setup clean browser postgres screenshot
+.PHONY: run test bench setup clean browser postgres screenshot cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ postgres:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends postgresql-15; }
 
+# Three nodes, their PostgreSQL and an object store for media, all in ./cluster (docs/cluster.md).
+cluster: $(STAMP) postgres
+	$(PY) tools/local_cluster.py
+
 test: $(STAMP) browser postgres
 	$(PY) -m pytest -q
 
@@ -50,4 +54,4 @@ bench: $(STAMP)
 	$(PY) -m bench.media
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data cluster .pytest_cache
