@@ -47,6 +47,7 @@ from .plugin_api import Chat
 from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.access import RequestLog
+from .web.cors import Cors, member_origins
 from .web.api import create_app, current_device, json_response
 from .web.proxy import ForwardedFor
 from .web.server import serve as serve_app
@@ -221,6 +222,7 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
     # idle keep-alive connections close at once on shutdown (node/web/server.py)
+    app = Cors(app, partial(member_origins, node))  # the API for the cluster's own web clients
     app = RequestLog(app, access=node.config.log.access)  # X-Request-Id and the access log
     app = ForwardedFor(app, cfg.trusted_proxies)  # the client's address behind a reverse proxy
     started = _Started(task_status, port)

@@ -17,6 +17,7 @@ from quart import Response, request
 from werkzeug.security import safe_join
 
 from ..core.errors import ChatError
+from .cors import peer_origins
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -52,7 +53,9 @@ def origin_of(url: str) -> str:
 
 def content_security_policy(node: Node, host: str, scheme: str) -> str:
     """The CSP of the client's page: everything from this origin, the chat socket, and
-    `blob:` for local previews of files about to be sent."""
+    `blob:` for local previews of files about to be sent. In a cluster also the other
+    members' HTTP APIs and media, and their chat sockets (any port of their hosts: a
+    member announces its HTTP URL only), where the client goes when this node is gone."""
     sources = ["'self'"]
     ws_origin = origin_of(node.ws_url_for(host, scheme))
     if ws_origin:
@@ -61,6 +64,13 @@ def content_security_policy(node: Node, host: str, scheme: str) -> str:
     public = origin_of(node.config.http.public_url) if node.config.http.public_url else ""
     if public:  # signed media URLs may name the public address
         media.append(public)
+    for peer in sorted(peer_origins(node) - {f"{scheme}://{host}".lower(), public.lower()}):
+        parts = urlsplit(peer)
+        name = parts.hostname or ""
+        peer_host = f"[{name}]" if ":" in name else name
+        sources += [peer, f"{'wss' if parts.scheme == 'https' else 'ws'}://{peer_host}:*"]
+        media.append(peer)
+    sources, media = list(dict.fromkeys(sources)), list(dict.fromkeys(media))
     return "; ".join([
         "default-src 'self'",
         "script-src 'self'",

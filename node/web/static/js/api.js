@@ -1,5 +1,9 @@
 // The HTTP API (docs/protocol.md): JSON requests with the session's bearer token, and
-// media uploads through XMLHttpRequest for their progress events.
+// media uploads through XMLHttpRequest for their progress events. In a cluster a request
+// that cannot reach its node goes to another member (docs/cluster.md, "Clients and node
+// loss"); those answer this page's origin with CORS.
+
+const INFO_TIMEOUT = 5000; // ms for a node to answer GET /api/info while looking for one
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -14,14 +18,44 @@ export class ApiError extends Error {
 }
 
 export class Api {
-  constructor(base = '') {
-    this.base = base;
+  constructor() {
     this.token = null;
-    this.wsUrlCache = null;
+    // The nodes this page may use, as HTTP base URLs: the one that served it first, then
+    // the cluster's other members (from `nodes` in GET /api/info). `current` is the one in
+    // use; when it cannot be reached a request goes to the next (docs/cluster.md).
+    this.home = location.origin;
+    this.nodes = [this.home];
+    this.current = this.home;
+  }
+
+  /** Remember the nodes a node listed (GET /api/info's `nodes`), in their order after ours. */
+  learn(urls) {
+    for (const url of urls || []) {
+      const base = String(url).replace(/\/+$/, '');
+      if (base && !this.nodes.includes(base)) this.nodes.push(base);
+    }
+  }
+
+  /** The nodes to try, in order: `first`, then the others as known (ours first). */
+  order(first) {
+    return [first, ...this.nodes.filter((base) => base !== first)];
   }
 
   async request(method, path, body, query) {
-    const url = new URL(this.base + path, location.href);
+    let failure = null;
+    for (const base of this.order(this.current)) {
+      try {
+        return await this.requestAt(base, method, path, body, query);
+      } catch (err) {
+        if (!err.offline) throw err;
+        failure = failure || err; // that node cannot be reached: the next one may
+      }
+    }
+    throw failure;
+  }
+
+  async requestAt(base, method, path, body, query, timeout = 0) {
+    const url = new URL(base + path);
     for (const [key, value] of Object.entries(query || {})) {
       if (value !== undefined && value !== null) url.searchParams.set(key, value);
     }
@@ -30,10 +64,14 @@ export class Api {
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let response;
     try {
-      response = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      response = await fetch(url, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+        signal: timeout ? AbortSignal.timeout(timeout) : undefined,
+      });
     } catch (err) {
       throw new ApiError(0, 'network', 'The node cannot be reached.');
     }
+    this.current = base; // it answered: later requests go there first
     if (response.status === 204) return null;
     let data = null;
     try {
@@ -46,6 +84,24 @@ export class Api {
       throw new ApiError(response.status, error.code || 'http_error', error.message || response.statusText);
     }
     return data;
+  }
+
+  /** A node for the chat socket: ours first, then the others (`last` last: its socket just
+   * failed). Each is asked for GET /api/info, which names its socket and the cluster's
+   * nodes; the first to answer is used. Throws ApiError(0) when none answers. */
+  async findNode(last = null) {
+    const candidates = this.order(this.home).filter((base) => base !== last);
+    if (last) candidates.push(last);
+    for (const base of candidates) {
+      try {
+        const info = await this.requestAt(base, 'GET', '/api/info', undefined, undefined, INFO_TIMEOUT);
+        this.learn(info.nodes);
+        return { base, info };
+      } catch (err) {
+        if (!err.offline) console.warn('node info', base, err);
+      }
+    }
+    throw new ApiError(0, 'network', 'No node can be reached.');
   }
 
   // node and accounts
@@ -71,11 +127,6 @@ export class Api {
   unblock(userId) { return this.request('DELETE', `/api/blocks/${userId}`); }
   block(userId) { return this.request('PUT', `/api/blocks/${userId}`); }
   async report(body) { return (await this.request('POST', '/api/reports', body)).report; }
-
-  async wsUrl() {
-    if (!this.wsUrlCache) this.wsUrlCache = (await this.info()).ws_url;
-    return this.wsUrlCache;
-  }
 
   // users
   async searchUsers(prefix, limit = 20) { return (await this.request('GET', '/api/users', undefined, { prefix, limit })).users; }
@@ -123,13 +174,22 @@ export class Api {
   deletePushTarget(id) { return this.request('DELETE', `/api/push/targets/${id}`); }
 
   // media
-  signedMedia(id) { return this.request('GET', `/api/media/${id}/signed`); }
+  /** Signed URLs of a media item, made absolute on the node that signed them. */
+  async signedMedia(id) {
+    const signed = await this.request('GET', `/api/media/${id}/signed`);
+    const base = this.current;
+    for (const key of ['url', 'thumbnail_url']) if (signed[key]) signed[key] = new URL(signed[key], base).href;
+    return { ...signed, node: base };
+  }
 
-  /** Upload a file as the raw request body. Returns {promise, abort}; the promise gives the media object. */
+  /** Upload a file as the raw request body. Returns {promise, abort}; the promise gives the
+   * media object. A node that cannot be reached (or fails mid-upload) is left for the next. */
   upload(file, onProgress) {
-    const xhr = new XMLHttpRequest();
-    const promise = new Promise((resolve, reject) => {
-      const url = new URL(`${this.base}/api/media`, location.href);
+    let xhr = null;
+    let aborted = false;
+    const attempt = (base) => new Promise((resolve, reject) => {
+      xhr = new XMLHttpRequest();
+      const url = new URL(`${base}/api/media`);
       url.searchParams.set('name', file.name || 'file');
       xhr.open('POST', url);
       if (this.token) xhr.setRequestHeader('Authorization', `Bearer ${this.token}`);
@@ -137,6 +197,7 @@ export class Api {
       xhr.responseType = 'json';
       xhr.upload.onprogress = (e) => { if (e.lengthComputable && onProgress) onProgress(e.loaded, e.total); };
       xhr.onload = () => {
+        this.current = base;
         const data = xhr.response;
         if (xhr.status >= 200 && xhr.status < 300 && data && data.media) resolve(data.media);
         else {
@@ -148,7 +209,20 @@ export class Api {
       xhr.onabort = () => reject(new ApiError(0, 'aborted', 'The upload was cancelled.'));
       xhr.send(file);
     });
-    return { promise, abort: () => xhr.abort() };
+    const promise = (async () => {
+      let failure = null;
+      for (const base of this.order(this.current)) {
+        if (aborted) throw new ApiError(0, 'aborted', 'The upload was cancelled.');
+        try {
+          return await attempt(base);
+        } catch (err) {
+          if (err.code !== 'network' || aborted) throw err;
+          failure = failure || err;
+        }
+      }
+      throw failure;
+    })();
+    return { promise, abort: () => { aborted = true; if (xhr) xhr.abort(); } };
   }
 }
 

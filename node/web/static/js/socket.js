@@ -1,12 +1,15 @@
 // The chat socket (docs/protocol.md, "The chat socket"): hello with cursors, replay,
-// cumulative `received` acknowledgements, the outbox, and reconnecting with backoff.
+// cumulative `received` acknowledgements, the outbox, and reconnecting with backoff. In a
+// cluster it reconnects to our node first, then to the others it knows (docs/cluster.md,
+// "Clients and node loss").
 //
 // Cursors: per chat, the highest seq this page holds with no gap below it. The node sends
 // each chat's entries in order and without gaps, so the highest seq seen on the socket (or
 // seeded from the chat list, whose messages are fetched by history) is that cursor. On
 // every reconnect the hello carries them and the node replays exactly what is missing.
 //
-// Events: `status` (detail: {state, retryAt}), `event` (detail: a server event), `sent`
+// Events: `status` (detail: {state, since, retryAt, code}; `since`: when the socket went
+// down after being welcomed), `event` (detail: a server event), `sent`
 // (detail: {ack, item}), `failed` (detail: {item, error}), `unauthorized`.
 
 const RETRYABLE = new Set(['rate_limited', 'unavailable', 'internal', 'too_many_connections']);
@@ -32,6 +35,9 @@ export class ChatSocket extends EventTarget {
     this.lastFrame = 0;
     this.stopped = true;
     this.heartbeat = null;
+    this.node = null; // the base URL of the node the socket is on (api.js)
+    this.failedNode = null; // a node whose last socket closed before its welcome
+    this.downSince = null; // when the socket last went down after a welcome (null: up, or never up)
     this.control = new Map(); // "received|read:<chat>" -> the event to send, highest seq only
     this.controlTimer = null;
     this.onOnline = () => this.retryNow();
@@ -69,20 +75,21 @@ export class ChatSocket extends EventTarget {
 
   setState(state, extra = {}) {
     this.state = state;
-    this.dispatchEvent(new CustomEvent('status', { detail: { state, ...extra } }));
+    this.dispatchEvent(new CustomEvent('status', { detail: { state, since: this.downSince, ...extra } }));
   }
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  /** Open a socket on a node that answers: ours first, then the cluster's others. */
   async connect() {
     clearTimeout(this.retryTimer);
     if (this.stopped || this.ws) return;
     this.setState('connecting');
-    let url;
+    let found;
     try {
-      url = await this.api.wsUrl();
+      found = await this.api.findNode(this.failedNode);
     } catch (err) {
       this.scheduleRetry();
       return;
@@ -90,12 +97,14 @@ export class ChatSocket extends EventTarget {
     if (this.stopped || this.ws) return;
     let ws;
     try {
-      ws = new WebSocket(url);
+      ws = new WebSocket(found.info.ws_url);
     } catch (err) {
+      this.failedNode = found.base;
       this.scheduleRetry();
       return;
     }
     this.ws = ws;
+    this.node = found.base;
     this.ready = false;
     this.lastFrame = Date.now();
     ws.onopen = () => {
@@ -111,6 +120,7 @@ export class ChatSocket extends EventTarget {
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     this.ws = null;
+    if (this.ready) this.downSince = Date.now();
     this.ready = false;
     for (const item of this.outbox.items) if (item.state === 'sending') item.state = 'queued';
     this.outbox.save();
@@ -129,6 +139,7 @@ export class ChatSocket extends EventTarget {
 
   onClose(ws, code) {
     if (ws !== this.ws) return;
+    if (!this.ready) this.failedNode = this.node; // no welcome from it: the next round tries it last
     this.detach();
     if (code === 4001 || code === 4003) {
       this.setState('closed');
@@ -155,11 +166,12 @@ export class ChatSocket extends EventTarget {
   }
 
   checkAlive() {
+    const idle = Date.now() - this.lastFrame;
+    if (this.ws && !this.ready && idle > WELCOME_TIMEOUT) this.failedNode = this.node;
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
-      if (this.ws && Date.now() - this.lastFrame > WELCOME_TIMEOUT) this.drop();
+      if (this.ws && idle > WELCOME_TIMEOUT) this.drop();
       return;
     }
-    const idle = Date.now() - this.lastFrame;
     if (idle > DEAD_AFTER || (!this.ready && idle > WELCOME_TIMEOUT)) this.drop();
     else if (idle > PING_AFTER) this.sendFrame([{ type: 'ping' }]);
   }
@@ -232,6 +244,9 @@ export class ChatSocket extends EventTarget {
   onWelcome(event) {
     this.ready = true;
     this.attempt = 0;
+    this.downSince = null;
+    this.failedNode = null;
+    this.api.current = this.node; // HTTP calls go to the socket's node first
     this.userId = event.user && event.user.id;
     if (event.limits && event.limits.max_events_per_frame) this.maxEvents = event.limits.max_events_per_frame;
     if (event.server_time) this.serverOffset = event.server_time - Date.now();
