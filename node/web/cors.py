@@ -1,16 +1,21 @@
-"""Cross-origin access to the HTTP API for the cluster's own web clients (CORS).
+"""Which web pages may use this node: CORS for ``/api/`` and the chat socket's Origin check.
 
-A page of the web client served by one node keeps working when that node is gone by
-calling another member's API, which is a cross-origin request. So every response under
-``/api/`` to a request whose ``Origin`` is one of the cluster's members (the HTTP URLs
-the members announce, see node/cluster/service.py; failed and departed members too, as
-long as the member table lists them) carries ``Access-Control-Allow-Origin: <that
-origin>``, and a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) from it
-is answered here with 204. Any other origin gets no CORS header (a preflight from it is
-refused with 403), so browsers keep other sites' pages from reading the API. Requests
-carry bearer tokens, never cookies: no ``Access-Control-Allow-Credentials``.
+A page of the web client served by one node of a cluster keeps working when that node is
+gone by calling another member's API and socket: cross-origin requests. The origins
+allowed are this node's own, those of the HTTP URLs the cluster's members announce (failed
+and departed members too, as long as the member table lists them: a page served by a dead
+node is exactly the one that needs another), and ``http.allowed_origins``.
 
-A node outside a cluster allows only its own origin (``Node.http_url``).
+- A response under ``/api/`` to a request from an allowed ``Origin`` carries
+  ``Access-Control-Allow-Origin: <that origin>``; a preflight (``OPTIONS`` with
+  ``Access-Control-Request-Method``) from it is answered here with 204 and may be cached
+  for ``MAX_AGE`` seconds. Any other origin gets no CORS header and its preflight a 403,
+  so browsers keep other sites' pages from reading the API. Requests carry bearer tokens,
+  never cookies: no ``Access-Control-Allow-Credentials``.
+- The chat socket (node/core/wsserver.py) refuses a handshake whose ``Origin`` is not
+  allowed (403). A handshake without ``Origin`` comes from a program, not a page, and is
+  let through, as is a page this node served itself under whatever host name the browser
+  used (the socket's host on this node's HTTP port).
 """
 
 from __future__ import annotations
@@ -21,33 +26,59 @@ from urllib.parse import urlsplit
 
 PREFIX = "/api/"
 ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE"
-ALLOW_HEADERS = b"Authorization, Content-Type, X-Request-Id"
-EXPOSE_HEADERS = b"X-Request-Id"
+ALLOW_HEADERS = b"Authorization, Content-Type, Range, If-None-Match, If-Range, X-Request-Id"
+EXPOSE_HEADERS = b"X-Request-Id, ETag, Content-Range, Accept-Ranges"
 MAX_AGE = b"600"  # seconds a browser may keep a preflight's answer
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def origin_of(url: str) -> str:
-    """`scheme://host[:port]` of a URL, lower case ("" if it has none)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
-
-
-def _origins(node: Any, *, peers_only: bool) -> set[str]:
-    if node.cluster is None:
-        return set()
-    me = node.config.node.id
-    members = node.cluster.membership.members()
-    return {o for m in members if not (peers_only and m.node == me) and (o := origin_of(m.http_url))}
+    """The origin of a URL as a browser writes it: `scheme://host[:port]`, lower case,
+    the scheme's default port left out ("" if it has none)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return ""
+    host = parts.hostname
+    if not parts.scheme or not host:
+        return ""
+    scheme = parts.scheme.lower()
+    name = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{name}" if port is None or port == DEFAULT_PORTS.get(scheme) else f"{scheme}://{name}:{port}"
 
 
 def peer_origins(node: Any) -> set[str]:
     """The origins of the other members the cluster lists, in any state (none outside a cluster)."""
-    return _origins(node, peers_only=True)
+    if node.cluster is None:
+        return set()
+    me = node.config.node.id
+    return {o for m in node.cluster.membership.members() if m.node != me and (o := origin_of(m.http_url))}
 
 
-def member_origins(node: Any) -> set[str]:
-    """The origins of this node and of every member its cluster lists."""
-    return {origin_of(node.http_url)} | _origins(node, peers_only=False)
+def allowed_origins(node: Any) -> set[str]:
+    """Origins whose pages may use this node: its own, the cluster's members', the configured ones."""
+    own = {origin_of(node.http_url), origin_of(node.config.http.public_url)}
+    extra = {origin_of(url) for url in node.config.http.allowed_origins}
+    return (own | extra | peer_origins(node)) - {""}
+
+
+def socket_origin_allowed(node: Any, origin: str | None, host: str) -> bool:
+    """Whether a chat socket handshake with this `Origin` (None: none sent) may proceed;
+    `host` is its Host header."""
+    if origin is None:
+        return True  # not a browser: a token still has to be presented
+    origin = origin_of(origin)
+    if origin in allowed_origins(node):
+        return True
+    # a page this node served under the name the browser used: the socket's host, HTTP port
+    parts = urlsplit(origin)
+    try:
+        same_host = urlsplit(f"//{host}").hostname == parts.hostname
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return False
+    return same_host and port == node.http_port
 
 
 def _header(scope: dict, name: bytes) -> bytes | None:
@@ -81,9 +112,8 @@ class Cors:
             await self.app(scope, receive, send)
             return
         raw = _header(scope, b"origin")
-        origin = raw.decode("latin-1").lower() if raw else ""
-        ok = bool(origin) and origin in self.allowed()
-        if scope.get("method") == "OPTIONS" and raw and _header(scope, b"access-control-request-method"):
+        ok = raw is not None and origin_of(raw.decode("latin-1")) in self.allowed()
+        if scope.get("method") == "OPTIONS" and raw is not None and _header(scope, b"access-control-request-method"):
             await self._preflight(send, raw if ok else None)
             return
 

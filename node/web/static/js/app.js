@@ -21,7 +21,6 @@ import { chatPhoto, chatTitle, entryText, setPhotoSource } from './views/text.js
 import { signedUrls } from './media.js';
 
 const SAVED = 'chatnode.session';
-const CALM_FOR = 10_000; // ms after losing the socket during which the banner only says "Reconnecting…"
 
 const api = new Api();
 // Avatars show a photo's thumbnail through a signed URL (an <img> cannot send the token).
@@ -200,33 +199,23 @@ function wireChrome() {
 
 function renderConnection() {
   const banner = $('#conn-banner');
-  const { state, retryAt, code, since } = store.connection;
+  const { state, retryAt, code } = store.connection;
   const retry = $('#conn-retry');
-  const down = state === 'offline' || state === 'connecting';
-  // A socket that was up and went down (its node stopped or died, say) is usually back
-  // within seconds, on this node or another: say so quietly at first.
-  const calm = down && since && Date.now() - since < CALM_FOR && code !== 4009;
   let text = '';
-  let look = state;
-  if (down && navigator.onLine === false) {
-    text = 'You are offline. Messages you send will go out when you are back.';
-    look = 'offline';
-  } else if (calm) {
-    text = 'Reconnecting…';
-    look = 'reconnecting';
-  } else if (state === 'offline') {
+  if (state === 'offline') {
     const seconds = Math.max(0, Math.ceil(((retryAt || Date.now()) - Date.now()) / 1000));
     const why = closeText(code);
-    text = `${why ? `${why} ` : ''}Not connected. Reconnecting${seconds ? ` in ${seconds} s` : '…'}`;
+    text = navigator.onLine === false ? 'You are offline. Messages you send will go out when you are back.'
+      : `${why ? `${why} ` : ''}Not connected. Reconnecting${seconds ? ` in ${seconds} s` : '…'}`;
   } else if (state === 'connecting') {
     text = 'Connecting…';
   }
   const waiting = session ? session.outbox.waiting().length : 0;
   if (text && waiting) text += ` (${waiting} waiting to send)`;
   banner.hidden = !text;
-  banner.dataset.state = look;
+  banner.dataset.state = state;
   if ($('#conn-text').textContent !== text) $('#conn-text').textContent = text;
-  retry.hidden = state !== 'offline' || navigator.onLine === false || calm;
+  retry.hidden = state !== 'offline' || navigator.onLine === false;
 }
 
 /** The notification offer: a one-line banner that goes away by itself after a while (and for

@@ -1,15 +1,14 @@
 // The chat socket (docs/protocol.md, "The chat socket"): hello with cursors, replay,
 // cumulative `received` acknowledgements, the outbox, and reconnecting with backoff. In a
-// cluster it reconnects to our node first, then to the others it knows (docs/cluster.md,
-// "Clients and node loss").
+// cluster it reconnects to the node it was on if that one answers, else to another it
+// knows (api.js; docs/web-client.md, "Connection, resync, outbox").
 //
 // Cursors: per chat, the highest seq this page holds with no gap below it. The node sends
 // each chat's entries in order and without gaps, so the highest seq seen on the socket (or
 // seeded from the chat list, whose messages are fetched by history) is that cursor. On
 // every reconnect the hello carries them and the node replays exactly what is missing.
 //
-// Events: `status` (detail: {state, since, retryAt, code}; `since`: when the socket went
-// down after being welcomed), `event` (detail: a server event), `sent`
+// Events: `status` (detail: {state, retryAt, code}), `event` (detail: a server event), `sent`
 // (detail: {ack, item}), `failed` (detail: {item, error}), `unauthorized`.
 
 const RETRYABLE = new Set(['rate_limited', 'unavailable', 'internal', 'too_many_connections']);
@@ -35,9 +34,7 @@ export class ChatSocket extends EventTarget {
     this.lastFrame = 0;
     this.stopped = true;
     this.heartbeat = null;
-    this.node = null; // the base URL of the node the socket is on (api.js)
-    this.failedNode = null; // a node whose last socket closed before its welcome
-    this.downSince = null; // when the socket last went down after a welcome (null: up, or never up)
+    this.node = null; // the base URL of the node the socket is (or was last) on (api.js)
     this.control = new Map(); // "received|read:<chat>" -> the event to send, highest seq only
     this.controlTimer = null;
     this.onOnline = () => this.retryNow();
@@ -75,21 +72,21 @@ export class ChatSocket extends EventTarget {
 
   setState(state, extra = {}) {
     this.state = state;
-    this.dispatchEvent(new CustomEvent('status', { detail: { state, since: this.downSince, ...extra } }));
+    this.dispatchEvent(new CustomEvent('status', { detail: { state, ...extra } }));
   }
 
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  /** Open a socket on a node that answers: ours first, then the cluster's others. */
+  /** Open a socket on a node that answers: the one it was on, else another of the cluster. */
   async connect() {
     clearTimeout(this.retryTimer);
     if (this.stopped || this.ws) return;
     this.setState('connecting');
     let found;
     try {
-      found = await this.api.findNode(this.failedNode);
+      found = await this.api.findNode(this.node || undefined);
     } catch (err) {
       this.scheduleRetry();
       return;
@@ -99,7 +96,7 @@ export class ChatSocket extends EventTarget {
     try {
       ws = new WebSocket(found.info.ws_url);
     } catch (err) {
-      this.failedNode = found.base;
+      this.api.markDown(found.base);
       this.scheduleRetry();
       return;
     }
@@ -120,7 +117,7 @@ export class ChatSocket extends EventTarget {
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     this.ws = null;
-    if (this.ready) this.downSince = Date.now();
+    if (!this.ready) this.api.markDown(this.node); // no welcome from it: the others first next time
     this.ready = false;
     for (const item of this.outbox.items) if (item.state === 'sending') item.state = 'queued';
     this.outbox.save();
@@ -139,7 +136,6 @@ export class ChatSocket extends EventTarget {
 
   onClose(ws, code) {
     if (ws !== this.ws) return;
-    if (!this.ready) this.failedNode = this.node; // no welcome from it: the next round tries it last
     this.detach();
     if (code === 4001 || code === 4003) {
       this.setState('closed');
@@ -167,7 +163,6 @@ export class ChatSocket extends EventTarget {
 
   checkAlive() {
     const idle = Date.now() - this.lastFrame;
-    if (this.ws && !this.ready && idle > WELCOME_TIMEOUT) this.failedNode = this.node;
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
       if (this.ws && idle > WELCOME_TIMEOUT) this.drop();
       return;
@@ -244,9 +239,7 @@ export class ChatSocket extends EventTarget {
   onWelcome(event) {
     this.ready = true;
     this.attempt = 0;
-    this.downSince = null;
-    this.failedNode = null;
-    this.api.current = this.node; // HTTP calls go to the socket's node first
+    this.api.current = this.node; // HTTP calls go to the socket's node
     this.userId = event.user && event.user.id;
     if (event.limits && event.limits.max_events_per_frame) this.maxEvents = event.limits.max_events_per_frame;
     if (event.server_time) this.serverOffset = event.server_time - Date.now();
