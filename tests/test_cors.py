@@ -78,7 +78,7 @@ async def handshake(host: str, port: int, origin: str | None) -> bytes:
     """The status line of the answer to a WebSocket upgrade with this Host and Origin."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        lines = [f"GET /ws HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
+        lines = ["GET /ws HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
         if origin is not None:
             lines.append(f"Origin: {origin}")
