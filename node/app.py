@@ -50,6 +50,7 @@ from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.access import RequestLog
 from .web.api import create_app, observe_request
+from .web.cors import Cors, allowed_origins, socket_origin_allowed
 from .web.proxy import ForwardedFor
 from .web.server import serve as serve_app
 
@@ -224,6 +225,7 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
     # idle keep-alive connections close at once on shutdown (node/web/server.py)
+    app = Cors(app, partial(allowed_origins, node))  # the API for the cluster's own web clients
     # X-Request-Id, the access log and the request-time histogram
     app = RequestLog(app, access=node.config.log.access, observe=partial(observe_request, node.metrics))
     app = ForwardedFor(app, cfg.trusted_proxies)  # the client's address behind a reverse proxy
@@ -349,7 +351,8 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
 
                     async def accept_chat(task_status: trio.TaskStatus[int]) -> None:
                         with ws_scope:
-                            await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status)
+                            await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status,
+                                                    origin_allowed=partial(socket_origin_allowed, node))
 
                     node.ws_port = await listeners.start(accept_chat)
                     node.http_port = await listeners.start(partial(serve_http, node, app))

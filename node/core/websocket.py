@@ -48,12 +48,15 @@ class ConnectionClosed(Exception):
 class Upgrade:
     """An HTTP upgrade request read from a new connection, to accept or reject."""
 
-    __slots__ = ("path", "protocol", "stream")
+    __slots__ = ("host", "origin", "path", "protocol", "stream")
 
-    def __init__(self, stream: trio.SocketStream, protocol: WSConnection, path: str) -> None:
+    def __init__(self, stream: trio.SocketStream, protocol: WSConnection, path: str, host: str = "",
+                 origin: str | None = None) -> None:
         self.stream = stream
         self.protocol: WSConnection | None = protocol
         self.path = path
+        self.host = host  # the Host header
+        self.origin = origin  # the Origin header (a browser sends one; None: absent)
 
     async def accept(self, *, max_message_size: int) -> WebSocket:
         """Open the WebSocket. The upgrade is spent afterwards: it lets go of the
@@ -88,7 +91,9 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
             while True:
                 for event in protocol.events():
                     if isinstance(event, Request):
-                        return Upgrade(stream, protocol, event.target)
+                        origin = next((v for k, v in event.extra_headers if k.lower() == b"origin"), None)
+                        return Upgrade(stream, protocol, event.target, event.host,
+                                       origin.decode("latin-1") if origin is not None else None)
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     return None
