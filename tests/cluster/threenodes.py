@@ -17,10 +17,9 @@ from typing import Any
 
 import trio
 from conftest import PASSWORD, cluster_storage, deep_merge, make_config, running_node
+from test_routing import FAST, KEY, until
 
 from node.client import ChatClient, Connection
-
-from test_routing import FAST, KEY, until  # noqa: F401 - re-exported for the feature tests
 
 _names = itertools.count(1)
 
