@@ -637,6 +637,20 @@ def _put_user(txn, h, user_id, record):
     txn.put(u64(user_id), orjson.dumps(record), db=h["users"])
 
 
+def _update_user(txn, h, user_id, fields, drop, settings):
+    raw = txn.get(u64(user_id), db=h["users"])
+    if raw is None:
+        return
+    record = orjson.loads(raw)
+    if record.get("deleted"):
+        return
+    for key in drop:
+        record.pop(key, None)
+    record.update(fields)
+    record["settings"] = {**record.get("settings", {}), **settings}
+    txn.put(u64(user_id), orjson.dumps(record), db=h["users"])
+
+
 def _add_username(txn, h, name, user_id):
     _put_new(txn, h["usernames"], name.encode(), u64(user_id), f"the username {name!r}")
 
@@ -787,6 +801,7 @@ def _import_if_absent(db: str, key_of: Callable[..., bytes], value_of: Callable[
 
 _APPLY: dict[str, Callable[..., None]] = {
     "put_user": _put_user,
+    "update_user": _update_user,
     "add_username": _add_username,
     "remove_username": _remove_username,
     "put_token": _put_token,

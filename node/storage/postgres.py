@@ -143,6 +143,11 @@ def public_dsn(dsn: str) -> str:
 
 _PUT_USER = ("INSERT INTO users (id, created, record) VALUES (%s, %s, %s) "
              "ON CONFLICT (id) DO UPDATE SET created = EXCLUDED.created, record = EXCLUDED.record")
+# Fields of the stored record, not a copy: another node may change other fields meanwhile.
+# A tombstone (a deleted account) stays as it is.
+_UPDATE_USER = ("UPDATE users SET record = jsonb_set((record - %s::text[]) || %s, '{settings}', "
+                "coalesce(record->'settings', '{}'::jsonb) || %s) "
+                "WHERE id = %s AND record IS NOT NULL AND NOT record ? 'deleted'")
 # A name held by anyone (this user included) refuses the insert: the unique index on
 # users.username, or (same user, same name) no row changed, which the fence catches.
 _ADD_USERNAME = ("INSERT INTO users (id, username) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE "
@@ -210,6 +215,7 @@ def _set_chat_seq(chat_id: int, new_seq: int, expected: int | None) -> tuple[str
 
 _STATEMENTS: dict[str, Callable[..., tuple[str, tuple[Any, ...]]]] = {
     "put_user": lambda user_id, record: (_PUT_USER, (user_id, record.get("created"), record)),
+    "update_user": lambda user_id, fields, drop, settings: (_UPDATE_USER, (drop, fields, settings, user_id)),
     "add_username": lambda name, user_id: (_ADD_USERNAME, (user_id, name)),
     "remove_username": lambda name: (_REMOVE_USERNAME, (name,)),
     "put_token": lambda token_hash, record: (_PUT_TOKEN, (token_hash, int(record["user"]), record)),

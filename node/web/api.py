@@ -637,7 +637,11 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         require_admin()
         if node.cluster is None:
             return json_response({"enabled": False, "members": [], "statistics": {}})
-        return json_response(node.cluster.describe())  # type: ignore[attr-defined]
+        from ..cluster.status import DEFAULT_TIMEOUT, MAX_TIMEOUT, cluster_view
+
+        timeout_ms = query_int("timeout_ms", int(DEFAULT_TIMEOUT * 1000), 1, int(MAX_TIMEOUT * 1000))
+        expected = request.args.get("expected", "1") != "0"
+        return json_response(await cluster_view(node, timeout=(timeout_ms or 1) / 1000, expected=expected))
 
     # -- end cluster --
 
