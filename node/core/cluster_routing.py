@@ -20,7 +20,6 @@ res        req, ok, kind, value                                the answer to ``s
                                                                ``sub``/``stat?``
 dlv        chat, seq, event, [(user, floor)], exclude          a stored entry for devices on the node
 sub        req, user, [chats], on                              the user's devices here follow these chats
-subok      req                                                 the owner registered the subscription
 loc        user, on                                            to the user's home: devices here or not
 relay      [users], payload, origin                            to the users' home: pass an event on
 ev         [users], payload                                    an ephemeral event for devices here
@@ -42,7 +41,7 @@ stat?      req                                                 what do you seque
 to a node, the node subscribes the user, at the owner of each of the user's chats, for
 that node (``sub``); when the last one goes, it unsubscribes. The owner then sends each
 stored entry once per subscribed node (``dlv``), naming the members there who may see
-it; that node offers it to their devices. After the owner confirms (``subok``), the node
+it; that node offers it to their devices. After the owner confirms (its ``res``), the node
 re-reads the chats' stored seqs and lets its devices catch up from the log on whatever
 was stored before the subscription took effect, so nothing falls in between. When
 ownership moves, nodes subscribe again at the new owners (and catch up the same way).
