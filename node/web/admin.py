@@ -45,7 +45,7 @@ def add_admin_routes(
         require_admin()
         out: dict[str, Any] = {"node": node_identity(node, started), "statistics": node.statistics()}
         if node.cluster is not None:
-            out["cluster"] = node.cluster.describe()  # type: ignore[attr-defined]
+            out["cluster"] = node.cluster.describe()
         if request.args.get("counts") == "1":
             out["counts"] = await admin.counts()
         return json_response(out)
