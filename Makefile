@@ -1,12 +1,13 @@
-# chatnode: `make run` starts a node on config.toml; `make test` runs every test.
-# Both set themselves up on a fresh machine (a virtualenv in .venv).
+# chatnode: `make run` starts a node on config.toml; `make test` runs every test;
+# `make lint` runs ruff and mypy.
+# They set themselves up on a fresh machine (a virtualenv in .venv).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench setup clean browser postgres screenshot cluster netns
+.PHONY: run test lint bench setup clean browser postgres screenshot cluster netns
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,11 @@ netns:
 
 test: $(STAMP) browser postgres netns
 	$(PY) -m pytest -q
+
+# ruff and mypy come with the test extras; mypy reads its settings from pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check node tests bench tools
+	$(VENV)/bin/mypy
 
 # The README's screenshot (docs/screenshot.png) is the browser tests' "09-overview" shot.
 screenshot: $(STAMP) browser

@@ -21,12 +21,13 @@ import socket
 from collections.abc import Iterable
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.typing import ASGIFramework
 
 from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
@@ -53,6 +54,9 @@ from .web.api import create_app, observe_request
 from .web.cors import Cors, allowed_origins, socket_origin_allowed
 from .web.proxy import ForwardedFor
 from .web.server import serve as serve_app
+
+if TYPE_CHECKING:
+    from .cluster.service import ClusterService
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ class Node:
     http_port: int = 0
     ws_port: int = 0
     version: str = VERSION
-    cluster: object | None = None  # node.cluster.service.ClusterService when [cluster] enabled
+    cluster: ClusterService | None = None  # when [cluster] is enabled
     connections: ConnectionLimits = attrs.Factory(lambda node: ConnectionLimits.of(node.config), takes_self=True)
     metrics: Metrics = attrs.Factory(Metrics)  # histograms and counters for /metrics (node/observe.py)
 
@@ -110,7 +114,7 @@ class Node:
         """The HTTP URLs clients may use: this node's, then the other live members'."""
         urls = [self.http_url]
         if self.cluster is not None:
-            urls += [url for url in self.cluster.http_urls() if url != self.http_url]  # type: ignore[attr-defined]
+            urls += [url for url in self.cluster.http_urls() if url != self.http_url]
         return urls
 
     def request_shutdown(self) -> None:
@@ -203,7 +207,7 @@ async def _read_id_high_water(storage: Storage, node_id: int) -> int:
     return max((int.from_bytes(raw, "big") for raw in found if raw), default=0)
 
 
-async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_http(node: Node, app: ASGIFramework, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """hypercorn on a socket we create (TCP_USER_TIMEOUT: a stalled client cannot hang it)."""
     cfg = node.config.http
     sock = socket.socket(family_of(cfg.host), socket.SOCK_STREAM)
@@ -279,7 +283,8 @@ def _first_leaf(group: BaseExceptionGroup, types: tuple[type[BaseException], ...
     return None
 
 
-async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bool, task_status) -> None:
+async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bool,
+                    task_status: trio.TaskStatus[Node]) -> None:
     manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints, node_version=VERSION)
     for plugin in manager.describe():
         log.info("plugin %s %s%s", plugin["name"], plugin["version"], " (built in)" if plugin["builtin"] else "")
@@ -317,7 +322,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
         )
         node = Node(config, storage, ids, hub, accounts, chats, blocks, manager, dict(CORE_FRAME_HANDLERS), routing)
         chats.metrics = node.metrics
-        storage.writer.on_commit = node.metrics.observe_commit  # type: ignore[attr-defined]
+        storage.writer.on_commit = node.metrics.observe_commit
         manager.bind(node)
         for handlers in manager.collect("register_frame_types"):
             for name, handler in handlers.items():

@@ -225,7 +225,7 @@ class ChatClient:
 
     # groups
 
-    async def create_group(self, title: str, members: list[str] = (), usernames: list[str] = ()) -> dict[str, Any]:
+    async def create_group(self, title: str, members: Sequence[str] = (), usernames: Sequence[str] = ()) -> dict[str, Any]:
         body = {"title": title, "members": list(members), "usernames": list(usernames)}
         return (await self.request("POST", "/api/groups", body))["chat"]
 
@@ -482,7 +482,7 @@ class Connection:
                     return
                 except ConnectionClosed as exc:
                     self.closed = exc
-                    if not self.reconnect or exc.reason.code not in RECONNECT_CODES:
+                    if not self.reconnect or exc.reason is None or exc.reason.code not in RECONNECT_CODES:
                         return
                 await self._reopen()
         finally:

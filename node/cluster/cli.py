@@ -110,9 +110,10 @@ def start_error_message(group: BaseExceptionGroup) -> str | None:
     found, _rest = group.split(ClusterStartError)
     if found is None:
         return None
-    while isinstance(found, BaseExceptionGroup):
-        found = found.exceptions[0]
-    return f"cluster: {found}"
+    leaf: BaseException = found
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return f"cluster: {leaf}"
 
 
 def run_cluster_command(args: argparse.Namespace, config: Config, out: IO[str] | None = None) -> int:

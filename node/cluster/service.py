@@ -158,16 +158,19 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
     except OSError as exc:
         raise listen_error("cluster", cfg.bind_host, cfg.bind_port, exc) from None
     refused: JoinRefused | None = None
+    from ..core.cluster_routing import ClusterRouting
+
     routing = node.routing
-    links = Links(node.config.node.id, keyring, transport, routing.on_message,  # type: ignore[attr-defined]
-                  on_restart=routing.peer_restarted, max_frame=cfg.max_stream_bytes)  # type: ignore[attr-defined]
+    assert isinstance(routing, ClusterRouting), "a node with [cluster] enabled routes with ClusterRouting (app._routing)"
+    links = Links(node.config.node.id, keyring, transport, routing.on_message,
+                  on_restart=routing.peer_restarted, max_frame=cfg.max_stream_bytes)
     demux = DemuxTransport(transport, links, first_frame_timeout=cfg.stream_timeout, max_frame=cfg.max_stream_bytes)
     try:
         membership = _membership(node, cfg, demux, keyring)
         async with trio.open_nursery() as nursery:
             await nursery.start(links.serve)
-            routing.attach(links, node.chats, node.accounts, node.blocks)  # type: ignore[attr-defined]
-            await nursery.start(routing.serve)  # type: ignore[attr-defined]
+            routing.attach(links, node.chats, node.accounts, node.blocks)
+            await nursery.start(routing.serve)
             await nursery.start(membership.run)
             seeds = [s for s in cfg.seeds if s not in (transport.address, transport.bound)]
             try:
@@ -185,7 +188,7 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
                     nursery.start_soon(_keep_joining, membership, seeds)
                 nursery.start_soon(_announce_http_url, node, membership)
                 service = ClusterService(membership, transport, links)
-                service.follow(routing.members_now)  # type: ignore[attr-defined]
+                service.follow(routing.members_now)
                 task_status.started(service)
                 log.info(
                     "cluster: node %d on %s (%s), %d live member(s)",

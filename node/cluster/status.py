@@ -37,7 +37,7 @@ async def cluster_view(node: Node, *, timeout: float = DEFAULT_TIMEOUT, expected
     own figures and this node's link to it; `expected` adds the chats each should own."""
     assert node.cluster is not None
     routing: Any = node.routing
-    view = node.cluster.describe()  # type: ignore[attr-defined]
+    view = node.cluster.describe()
     me = view["node_id"]
     asked = [m["node_id"] for m in view["members"] if m["state"] in LIVE and m["node_id"] != me]
     answers: dict[int, tuple[Any, float] | None] = {}

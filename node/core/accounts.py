@@ -123,7 +123,7 @@ class Accounts:
         self._revoking: set[bytes] = set()  # deletes in flight: never write these back
         self._revocations = 0  # revocations finished so far (see authenticate)
         self._password_changes: dict[int, int] = {}  # user id -> changes since start (see login)
-        storage.writer.add_commit_hook(self._flush_last_used)
+        storage.add_commit_hook(self._flush_last_used)
         self.user_failures = FailureWindow(config.login_failures_per_user, config.login_window)
         self.address_failures = FailureWindow(config.login_failures_per_address, config.login_window)
 
@@ -138,7 +138,7 @@ class Accounts:
         if not self._config.registration_open:
             raise ChatError("registration_closed")
         name = self._check_username(username)
-        self._check_password(password)
+        password = self._check_password(password)
         display_name = "" if display_name is None else check_display_name(display_name)
         if name in self._reserved or await self._storage.user_id_by_name(name) is not None:
             raise ChatError("username_taken")
@@ -200,13 +200,15 @@ class Accounts:
             raise ChatError("invalid_username")
         return username.lower()
 
-    def _check_password(self, password: object) -> None:
+    def _check_password(self, password: object) -> str:
+        """The password, if it is one the node accepts."""
         if not isinstance(password, str):
             raise ChatError("bad_request", "password must be a string")
         if len(password) < self._config.min_password_length:
             raise ChatError("weak_password")
         if len(password.encode()) > MAX_PASSWORD_BYTES:
             raise ChatError("bad_request", f"password longer than {MAX_PASSWORD_BYTES} bytes")
+        return password
 
     # -- login / logout ------------------------------------------------------------
 
@@ -259,7 +261,7 @@ class Accounts:
             await self._revoke([device])
             raise ChatError("unauthorized", "the password was changed; log in again")
         self._devices[device.token_hash] = device
-        return {"token": token, "device_id": str(device.device_id), "user": public_user(await self.user(user_id))}
+        return {"token": token, "device_id": str(device.device_id), "user": public_user(await self._stored_user(user_id))}
 
     async def logout(self, device: Device) -> None:
         """Revoke the device's token; its open connections are closed."""
@@ -556,13 +558,13 @@ class Accounts:
         """An account made by an admin: registration's rules for the name and password,
         whether or not registration is open, and no plugin gate."""
         name = self._check_username(username)
-        self._check_password(password)
+        password = self._check_password(password)
         display_name = "" if display_name is None else check_display_name(display_name)
         if name in self._reserved or await self._storage.user_id_by_name(name) is not None:
             raise ChatError("username_taken")
         self._reserved.add(name)
         try:
-            password_hash = await self._hash(password)  # type: ignore[arg-type]
+            password_hash = await self._hash(password)
             user_id = self._ids.next_id()
             record = {"id": str(user_id), "username": name, "display_name": display_name or name,
                       "created": now_ms(), "password": password_hash, "settings": {}}
@@ -607,9 +609,9 @@ class Accounts:
     async def set_password(self, user_id: int, password: object) -> int:
         """Set a new password for a user (an admin's reset) and log out every device.
         Returns how many were logged out."""
-        self._check_password(password)
+        password = self._check_password(password)
         user = await self._live_user(user_id)
-        new_hash = await self._hash(password)  # type: ignore[arg-type]
+        new_hash = await self._hash(password)
         _record, revoked = await self._replace_record(user_id, await self._live_user(user_id), {"password": new_hash},
                                                       revoke=True)
         self.user_failures.reset(user["username"])
@@ -627,6 +629,14 @@ class Accounts:
         self._users[user_id] = tombstone
         batch.put_user(user_id, tombstone)  # the whole record: nothing of the account may stay
         return tombstone, await self._commit_user(user_id, revoke=True, batch=batch)
+
+    async def _stored_user(self, user_id: int) -> dict:
+        """The record of a user known to exist (records are never removed, only marked
+        deleted), as one that authenticated or logs in."""
+        user = await self.user(user_id)
+        if user is None:
+            raise ChatError("unauthorized")
+        return user
 
     async def _live_user(self, user_id: int) -> dict:
         user = await self.user(user_id)

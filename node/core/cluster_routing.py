@@ -103,15 +103,18 @@ def forwardable(name: str) -> type[Operation] | None:
     """The operation class of that name, if it may travel to a chat's owner: one with a
     chat and plain-data fields (a send travels as ``send``: it names its device)."""
     cls = OPERATIONS.get(name)
-    if cls is None or cls is SendMessage or not attrs.has(cls):
-        return None
-    if "chat_id" not in {f.name for f in attrs.fields(cls)}:
+    if cls is None or cls is SendMessage or "chat_id" not in {f.name for f in _attributes(cls)}:
         return None
     return cls
 
 
+def _attributes(cls: type) -> tuple[attrs.Attribute[Any], ...]:
+    """The attrs fields of an operation class (none if it is not an attrs class)."""
+    return tuple(attrs.fields(cls)) if attrs.has(cls) else ()
+
+
 def _fields(op: Operation) -> dict[str, Any]:
-    return {f.name: getattr(op, f.name) for f in attrs.fields(type(op)) if f.init}
+    return {f.name: getattr(op, f.name) for f in _attributes(type(op)) if f.init}
 
 
 def _error_value(error: ChatError) -> list[Any]:
@@ -635,7 +638,10 @@ class ClusterRouting(Routing):
                     self._local_chats.get(user_id, set()).difference_update(ids)
                     self._retry_subscribe(user_id)
 
-            if not self._request(owner, lambda req, ids=ids: ("sub", req, user_id, ids, True), subscribed):
+            def subscription(req: int, ids: list[int] = ids) -> tuple[Any, ...]:
+                return ("sub", req, user_id, ids, True)
+
+            if not self._request(owner, subscription, subscribed):
                 known.difference_update(ids)
                 self._retry_subscribe(user_id)
 

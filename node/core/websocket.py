@@ -13,6 +13,8 @@ Clients (node/client.py, the tests) keep using trio-websocket.
 
 from __future__ import annotations
 
+from typing import cast
+
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
@@ -20,6 +22,7 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Event,
     Ping,
     RejectConnection,
     RejectData,
@@ -63,6 +66,7 @@ class Upgrade:
         handshake's HTTP parser (about 1.5 KiB per connection) and keeps only the
         WebSocket layer, even while the caller still holds this object."""
         protocol, self.protocol = self.protocol, None
+        assert protocol is not None, "already accepted"
         answer = protocol.send(AcceptConnection())
         connection = protocol.connection
         assert connection is not None
@@ -118,7 +122,7 @@ class WebSocket:
         self._stream = stream
         self._protocol = protocol
         self._max_size = max_message_size
-        self._parts: list[str | bytes] = []  # fragments of the message being received
+        self._parts: list[str | bytes | bytearray] = []  # fragments of the message being received
         self._size = 0
         self._send_lock = trio.StrictFIFOLock()
         self._broken = False  # a send was cut off mid-frame: only closing the TCP is safe now
@@ -135,18 +139,17 @@ class WebSocket:
         protocol = self._protocol
         while True:
             for event in protocol.events():
-                kind = type(event)
-                if kind is TextMessage or kind is BytesMessage:
-                    message = self._collect(event)  # type: ignore[arg-type]
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    message = self._collect(event)
                     if message is not None:
                         return message
                     if self._size > self._max_size:
                         await self.aclose(MESSAGE_TOO_BIG, "message too big")
                         raise ConnectionClosed(MESSAGE_TOO_BIG, "message too big")
-                elif kind is Ping:
-                    await self._send_control(event.response())  # type: ignore[union-attr]
-                elif kind is CloseConnection:
-                    await self._finish_close(event)  # type: ignore[arg-type]
+                elif isinstance(event, Ping):
+                    await self._send_control(event.response())
+                elif isinstance(event, CloseConnection):
+                    await self._finish_close(event)
             try:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except _TRANSPORT_ERRORS:
@@ -162,9 +165,14 @@ class WebSocket:
         if event.message_finished:
             if not self._parts:
                 self._size = 0
-                return event.data
+                return bytes(event.data) if isinstance(event.data, bytearray) else event.data
             self._parts.append(event.data)
-            message = ("" if isinstance(event, TextMessage) else b"").join(self._parts)  # type: ignore[arg-type]
+            # the fragments of one message are all text or all binary (wsproto checks)
+            message: str | bytes
+            if isinstance(event, TextMessage):
+                message = "".join(cast("list[str]", self._parts))
+            else:
+                message = b"".join(cast("list[bytes | bytearray]", self._parts))
             self._parts.clear()
             self._size = 0
             return message
@@ -192,9 +200,9 @@ class WebSocket:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing") from None
         await self._send_bytes(data)
 
-    async def _send_control(self, event: CloseConnection | object) -> None:
+    async def _send_control(self, event: Event) -> None:
         try:
-            data = self._protocol.send(event)  # type: ignore[arg-type]
+            data = self._protocol.send(event)
         except LocalProtocolError:
             return
         try:

@@ -196,7 +196,7 @@ def _kept(table: str, row: tuple[Any, ...]) -> bool:
 
 async def _rows(storage: Storage, table: str, page: int) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     """The table's pages, without the copy's marker."""
-    async with contextlib.aclosing(storage.export(table, page)) as pages:  # type: ignore[type-var]
+    async with contextlib.aclosing(storage.export(table, page)) as pages:
         async for rows in pages:
             yield [row for row in rows if _kept(table, row)]
 

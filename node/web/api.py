@@ -6,7 +6,8 @@ import hmac
 import ipaddress
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import orjson
 import trio
@@ -49,7 +50,7 @@ ROUTE_KEY = "chatnode.route"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def observe_request(metrics: Metrics, scope: dict, _status: int | None, seconds: float) -> None:
+def observe_request(metrics: Metrics, scope: Mapping[str, Any], _status: int | None, seconds: float) -> None:
     """`RequestLog`'s hook: the request's time under its method and route rule (not its
     path: ids would make a histogram per chat). Unmatched paths count as one route."""
     method = scope.get("method", "")
@@ -104,7 +105,12 @@ def path_id(value: str) -> int:
         raise ChatError("not_found") from None
 
 
+@overload
+def query_int(name: str, default: int, lo: int, hi: int) -> int: ...
+@overload
+def query_int(name: str, default: None, lo: int, hi: int) -> int | None: ...
 def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """A query parameter in [lo, hi], or `default` when it is absent."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
@@ -225,7 +231,7 @@ def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRe
     return NodeRequest
 
 
-def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
+def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     app = QuartTrio("chatnode", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY  # routes that take more declare it
     app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
@@ -276,7 +282,8 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def note_route() -> None:
         """The matched route rule, for the request-time histogram (`observe_request`)."""
         if request.url_rule is not None:
-            request.scope[ROUTE_KEY] = request.url_rule.rule
+            # ASGI lets middleware add scope keys; hypercorn's scope TypedDicts leave no room
+            request.scope[ROUTE_KEY] = request.url_rule.rule  # type: ignore[literal-required]
 
     def counted(exc: ChatError) -> Response:
         node.metrics.errors.inc(exc.code, "http")

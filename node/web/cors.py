@@ -20,7 +20,7 @@ node is exactly the one that needs another), and ``http.allowed_origins``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,7 +81,7 @@ def socket_origin_allowed(node: Any, origin: str | None, host: str) -> bool:
     return same_host and port == node.http_port
 
 
-def _header(scope: dict, name: bytes) -> bytes | None:
+def _header(scope: Mapping[str, Any], name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return value
@@ -107,7 +107,7 @@ class Cors:
         self.app = app
         self.allowed = allowed
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope.get("path", "").startswith(PREFIX):
             await self.app(scope, receive, send)
             return
@@ -120,7 +120,7 @@ class Cors:
         async def send_with_cors(message: dict) -> None:
             if message["type"] == "http.response.start":
                 headers = _with_vary(message.get("headers", []))
-                if ok:
+                if ok and raw is not None:
                     headers += [(b"access-control-allow-origin", raw), (b"access-control-expose-headers", EXPOSE_HEADERS)]
                 message = {**message, "headers": headers}
             await send(message)

@@ -46,6 +46,7 @@ the `lease` table makes that rare (see `serve_gc`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -142,13 +143,14 @@ class MediaService:
             if name:
                 item["name"] = name
             with trio.CancelScope(shield=True):  # content installed gets its record, and the other way round
-                return await self._commit_upload(item, source, thumb)
+                committed = await self._commit_upload(item, source, thumb)
+            return committed
         finally:
             if clean is not None:
                 await self.store.discard(clean)
 
     def _probe(self, staged: Staged, size: int, mime: str) -> dict[str, Any]:
-        with self.store.reader(staged) as f:
+        with contextlib.closing(self.store.reader(staged)) as f:
             return probe_file(f, size, mime)
 
     async def _commit_upload(self, item: dict[str, Any], source: Staged, thumb: bytes | None) -> dict[str, Any]:
