@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import sys
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -51,6 +53,15 @@ async def scrape(node) -> dict[str, list]:
         response = await http.get(f"{node.http_url}/metrics")
     assert response.status_code == 200
     return {family.name: family.samples for family in text_string_to_metric_families(response.text)}
+
+
+def cluster_panel_metrics() -> set[str]:
+    """The metrics the Grafana dashboard's cluster panels query."""
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "contrib" / "grafana-dashboard.json").read_text())
+    queried = {name for panel in dashboard["panels"] if panel["title"].startswith("Cluster: ")
+               for target in panel["targets"] for name in re.findall(r"\bchatnode_[a-z_]+", target["expr"])}
+    assert "chatnode_cluster_forward_seconds_bucket" in queried
+    return queried
 
 
 def sample(metrics: dict[str, list], family: str, suffix: str = "", **labels: str) -> float:
@@ -180,6 +191,9 @@ async def test_members_shows_what_each_node_sequences_serves_and_queues(tmp_path
                     assert sample(metrics, "chatnode_cluster_link_connected", peer=str(peer)) == 1
                     assert sample(metrics, "chatnode_cluster_link_sent", "_total", peer=str(peer)) > 0
                 assert "chatnode_cluster_ownership_moves" in metrics
+                # the dashboard's cluster panels query only what a clustered node exports
+                exported = set(metrics) | {s.name for samples in metrics.values() for s in samples}
+                assert cluster_panel_metrics() <= exported, sorted(cluster_panel_metrics() - exported)
                 # the same figures are not repeated as gauges named per peer
                 assert not [name for name in metrics if name.startswith("chatnode_routing_links_peers")]
                 assert "chatnode_routing_forwarded" not in metrics
