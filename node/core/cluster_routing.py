@@ -63,7 +63,6 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +126,7 @@ class _Request:
     peer: int
     deadline: float
     on_result: Callable[[bool, str, Any], None]
-    sent: float = attrs.Factory(time.monotonic)
+    sent: float = attrs.Factory(trio.current_time)
 
 
 class RemoteOrigin:
@@ -353,7 +352,7 @@ class ClusterRouting(Routing):
                  on_result: Callable[[bool, str, Any], None]) -> bool:
         assert self.links is not None
         req = next(self._req_ids)
-        self._pending[req] = _Request(peer, time.monotonic() + REQUEST_TIMEOUT, on_result)
+        self._pending[req] = _Request(peer, trio.current_time() + REQUEST_TIMEOUT, on_result)
         if self.links.send(peer, message_for(req)):
             self.stats["forwarded"] += 1
             return True
@@ -423,14 +422,14 @@ class ClusterRouting(Routing):
             return  # timed out already: the client's retry settles it
         if not self._pending:
             self._quiet.set()
-        self._rtt_total += time.monotonic() - request.sent
+        self._rtt_total += trio.current_time() - request.sent
         self._rtt_count += 1
         request.on_result(ok, kind, value)
 
     async def _expire_requests(self) -> None:
         while True:
             await trio.sleep(1.0)
-            now = time.monotonic()
+            now = trio.current_time()
             for req, request in list(self._pending.items()):
                 if request.deadline <= now:
                     del self._pending[req]
