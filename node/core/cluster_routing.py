@@ -72,6 +72,7 @@ import trio
 
 from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership
 from ..plugin_api import PluginError
+from ..storage import StorageError
 from . import chatprefs, groups, operations, profiles, reactions  # noqa: F401 - their operations register
 from .chats import OPERATIONS, Awaitable, Operation
 from .errors import ChatError
@@ -92,7 +93,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 10.0  # seconds a forwarded request may wait for its answer
 MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
-RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription is tried again
+RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription (or work whose read failed) is tried again
 
 def forwardable(name: str) -> type[Operation] | None:
     """The operation class of that name, if it may travel to a chat's owner: one with a
@@ -562,6 +563,9 @@ class ClusterRouting(Routing):
                     await self._rebalance(value)
                 elif kind == "peer_restarted":
                     await self._redo_with(value)
+            except StorageError as exc:  # a read failed: the same work again shortly
+                log.warning("cluster routing: %s of %s failed (%s); trying again", kind, value, exc)
+                self._retry_work(kind, value)
             except Exception:
                 log.exception("cluster routing: %s of %s failed", kind, value)
 
@@ -581,7 +585,10 @@ class ClusterRouting(Routing):
             known.add(chat_id)
         for owner, ids in by_owner.items():
             if owner == self.node_id:
-                await self._catch_up(user_id, ids)  # stored before this node owned them
+                try:
+                    await self._catch_up(user_id, ids)  # stored before this node owned them
+                except StorageError:  # they are subscribed: only the catch-up is owed
+                    self._retry_work("caught_up", (user_id, ids))
                 continue
 
             def subscribed(ok: bool, kind: str, value: Any, ids: list[int] = ids) -> None:
@@ -598,9 +605,13 @@ class ClusterRouting(Routing):
     _nursery: trio.Nursery | None = None
 
     def _retry_subscribe(self, user_id: int) -> None:
+        self._retry_work("subscribe_cached", user_id)
+
+    def _retry_work(self, kind: str, value: Any) -> None:
+        """Queue work again after RESUBSCRIBE_DELAY (it failed, or was refused)."""
         async def later() -> None:
             await trio.sleep(RESUBSCRIBE_DELAY)
-            self._work_send.send_nowait(("subscribe_cached", user_id))
+            self._work_send.send_nowait((kind, value))
 
         if self._nursery is not None:
             self._nursery.start_soon(later)

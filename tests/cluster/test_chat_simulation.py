@@ -8,9 +8,15 @@ seed replays exactly; and the checker does catch a database without the seq fenc
 
 from __future__ import annotations
 
+import orjson
 import pytest
+import trio
 
-from node.cluster.chatsim.run import simulate, summarize
+from node.cluster.chatsim.memstore import StorageFaults
+from node.cluster.chatsim.run import Shape, World, simulate, summarize
+from node.cluster.chatsim.wire import ClientEnd, WireConnection
+from node.storage import WriteBatch
+from node.storage.batch import MessageMeta
 
 pytestmark = pytest.mark.engine("lmdb")  # simulated storage: run once, not once per engine
 
@@ -53,3 +59,46 @@ def test_the_checker_catches_a_database_without_the_seq_fences():
     fenced = [simulate(seed, 200, actions=SPLITS) for seed in range(1, 5)]
     assert all(not r.violations for r in fenced), [r.violations[:3] for r in fenced]
     assert sum(r.counts["conflicts"] for r in fenced) > 0
+
+
+async def until(predicate, timeout: float = 30.0, step: float = 0.0001) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(step)
+
+
+async def test_a_device_gets_what_was_stored_while_its_subscription_could_not_read(autojump_clock):
+    """A device connects to one node; its chat is owned by another. Between the device's
+    hello and its subscription taking effect, a former owner stores an entry, and the
+    read that would catch the device up fails. The node tries that read again, so the
+    device gets the entry without waiting for the next message or a reconnect."""
+    shape = Shape(nodes=2, users=2, devices_per_user=[1, 1], chats=[[0, 1]], loss=0.0, faults=StorageFaults())
+    world = World(1, shape=shape)
+    async with trio.open_nursery() as nursery:
+        world._nursery = nursery
+        await nursery.start(world.network.serve)
+        world.populate(nursery)
+        first, second = world.start_node(1), world.start_node(2)
+        await until(lambda: first.ready and second.ready and len(first.routing.ownership.members) == 2
+                    and len(second.routing.ownership.members) == 2)
+        chat = world.chat_ids[0]
+        owner, host = (first, second) if first.routing.owns(chat) else (second, first)
+        device = world.devices[0]
+        wire = WireConnection(host.stall)
+        assert host.accept(wire)
+        nursery.start_soon(device.serve, ClientEnd(wire), host.node_id)
+        await until(lambda: device.user_id in owner.routing.subs.get(chat, {}).get(host.node_id, ()))
+        world.faults = StorageFaults(read_unavailable=1.0)  # the catch-up's read fails ...
+        sender = world.devices[1].user_id
+        raw = orjson.dumps({"id": "77", "chat": str(chat), "seq": 1, "from": str(sender), "ts": 0, "kind": "text",
+                            "text": "stored by a former owner", "client_msg_id": "early"})
+        batch = WriteBatch()
+        batch.append_message(chat, 1, 77, raw, MessageMeta(sender, "text", 0))
+        batch.set_chat_seq(chat, 1, 0)
+        world.db.apply([batch.ops])
+        await trio.sleep(0.1)
+        assert host.storage.failed_reads > 0
+        world.faults = StorageFaults()  # ... and works again a moment later
+        await until(lambda: device.holds(chat, 1), timeout=10, step=0.01)
+        assert not world.violations
+        nursery.cancel_scope.cancel()
