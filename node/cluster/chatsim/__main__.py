@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,15 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if result.violations else 0
     seeds = range(args.first, args.first + args.seeds)
     started = time.monotonic()
-    results: list[RunResult] = []
-    with ProcessPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else _Inline() as pool:
-        for result in pool.map(_one, [(seed, args.steps, fences) for seed in seeds]):
-            results.append(result)
-            mark = "FAIL" if result.violations else "ok"
-            print(f"seed {result.seed}: {mark} sends={result.counts['sends']} acked={result.counts['acked']} "
-                  f"conflicts={result.counts['conflicts']} sim={result.sim_seconds:.0f}s", flush=True)
-            for violation in result.violations[:5]:
-                print(f"    {violation}", flush=True)
+    work = [(seed, args.steps, fences) for seed in seeds]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = _report(pool.map(_one, work))
+    else:
+        results = _report(map(_one, work))
     summary: dict[str, Any] = {
         "first_seed": args.first, "steps_per_seed": args.steps, "fences": fences, **summarize(results),
         "sim_seconds": round(sum(r.sim_seconds for r in results), 1),
@@ -69,17 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if summary["violations"] else 0
 
 
-class _Inline:
-    """`map` in this process (one job)."""
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def map(self, fn: Any, items: list[Any]) -> Any:
-        return map(fn, items)
+def _report(results: Iterable[RunResult]) -> list[RunResult]:
+    """Print a line per seed as it finishes (and what it broke)."""
+    done = []
+    for result in results:
+        done.append(result)
+        mark = "FAIL" if result.violations else "ok"
+        print(f"seed {result.seed}: {mark} sends={result.counts['sends']} acked={result.counts['acked']} "
+              f"conflicts={result.counts['conflicts']} sim={result.sim_seconds:.0f}s", flush=True)
+        for violation in result.violations[:5]:
+            print(f"    {violation}", flush=True)
+    return done
 
 
 if __name__ == "__main__":

@@ -37,7 +37,14 @@ import orjson
 import trio
 
 from ...storage import (
-    TAIL, DedupeAck, EngineInfo, LoadedChat, Storage, StorageConflict, StorageUnavailable, StoredMessage,
+    TAIL,
+    DedupeAck,
+    EngineInfo,
+    LoadedChat,
+    Storage,
+    StorageConflict,
+    StorageUnavailable,
+    StoredMessage,
 )
 from ...storage.batch import MessageMeta, Op
 from ...storage.writer import Writer
