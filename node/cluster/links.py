@@ -83,6 +83,7 @@ class Links:
         on_message: Callable[[int, Message], None],
         *,
         on_restart: Callable[[int], None] = lambda _node: None,
+        on_reconnect: Callable[[int], None] = lambda _node: None,
         queue_limit: int = 65_536,
         max_frame: int = 8 << 20,
     ) -> None:
@@ -92,6 +93,7 @@ class Links:
         self.boot = secrets.randbits(63)
         self._boots: dict[int, int] = {}  # peer -> the boot id of its life we last heard
         self._on_restart = on_restart
+        self._on_reconnect = on_reconnect
         self._keyring = keyring
         self._transport = transport
         self._on_message = on_message
@@ -201,7 +203,9 @@ class Links:
 
     def open_hello(self, frame: bytes) -> int | None:
         """The peer's node id if `frame` opens a link, else None (another kind of stream).
-        A hello from a new life of a known peer is reported to `on_restart`."""
+        A hello from a new life of a known peer is reported to `on_restart`; one from the
+        same life (its stream broke, and what was in flight on it is lost) to
+        `on_reconnect`."""
         try:
             messages = unpack(self._keyring.open(frame, PURPOSE_LINK))
         except (OpenError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
@@ -215,6 +219,8 @@ class Links:
         self._boots[node] = boot
         if previous is not None and previous != boot:
             self._on_restart(node)
+        elif previous is not None:
+            self._on_reconnect(node)
         return node
 
     async def serve_inbound(self, peer: int, stream: trio.abc.Stream) -> None:

@@ -270,7 +270,14 @@ class ClusterRouting(Routing):
         self._work_send.send_nowait(("peer_restarted", node))
 
     async def _redo_with(self, node: int) -> None:
-        """Subscribe and register this node's users again at a restarted peer."""
+        """Subscribe and register this node's users again at a peer that restarted or had
+        given this node up. That peer may have stored entries this node was never sent:
+        while the views disagreed (a partition) it sequenced the chats it owned in its own
+        view, and a peer that died may have stored an entry without passing it on. So
+        what this node cached about chats is read again, and its devices catch up from
+        the log on every chat (those subscribed again do once the owner confirms)."""
+        assert self.chats is not None
+        self.chats.forget_chats(lambda _chat: False)
         for i, (user_id, chats) in enumerate(list(self._local_chats.items())):
             if not self.hub.is_online(user_id):
                 continue
@@ -278,6 +285,21 @@ class ClusterRouting(Routing):
                 self._locate(user_id, True)
             moved = {c for c in chats if self.owner(c) == node}
             await self._subscribe(user_id, moved, fresh=False)
+            await self._catch_up(user_id, sorted(chats - moved))
+            if i % RESUBSCRIBE_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
+
+    def peer_reconnected(self, node: int) -> None:
+        """A peer's link to this node was dialed again (the stream broke): what was in
+        flight on it is lost, deliveries included, so the devices here catch up from the
+        log on the chats that peer owns."""
+        self._work_send.send_nowait(("reconnected", node))
+
+    async def _catch_up_from(self, node: int) -> None:
+        for i, (user_id, chats) in enumerate(list(self._local_chats.items())):
+            owned = sorted(c for c in chats if self.owner(c) == node)
+            if owned and self.hub.is_online(user_id):
+                await self._catch_up(user_id, owned)
             if i % RESUBSCRIBE_CHUNK == 0:
                 await trio.lowlevel.checkpoint()
 
@@ -563,6 +585,8 @@ class ClusterRouting(Routing):
                     await self._rebalance(value)
                 elif kind == "peer_restarted":
                     await self._redo_with(value)
+                elif kind == "reconnected":
+                    await self._catch_up_from(value)
             except StorageError as exc:  # a read failed: the same work again shortly
                 log.warning("cluster routing: %s of %s failed (%s); trying again", kind, value, exc)
                 self._retry_work(kind, value)
