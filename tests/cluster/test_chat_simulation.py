@@ -15,6 +15,7 @@ import trio
 from node.cluster.chatsim.memstore import StorageFaults
 from node.cluster.chatsim.run import Shape, World, simulate, summarize
 from node.cluster.chatsim.wire import ClientEnd, WireConnection
+from node.core.chats import message_event
 from node.storage import WriteBatch
 from node.storage.batch import MessageMeta
 
@@ -100,5 +101,77 @@ async def test_a_device_gets_what_was_stored_while_its_subscription_could_not_re
         assert host.storage.failed_reads > 0
         world.faults = StorageFaults()  # ... and works again a moment later
         await until(lambda: device.holds(chat, 1), timeout=10, step=0.01)
+        assert not world.violations
+        nursery.cancel_scope.cancel()
+
+
+async def start(world: World, nursery: trio.Nursery) -> list:
+    world._nursery = nursery
+    await nursery.start(world.network.serve)
+    world.populate(nursery)
+    nodes = [world.start_node(n) for n in range(1, world.shape.nodes + 1)]
+    everyone = {n.node_id for n in nodes}
+    await until(lambda: all(n.ready and set(n.routing.ownership.members) == everyone for n in nodes), step=0.01)
+    return nodes
+
+
+async def connect(node, device, nursery: trio.Nursery) -> None:
+    wire = WireConnection(node.stall)
+    assert node.accept(wire)
+    nursery.start_soon(device.serve, ClientEnd(wire), node.node_id)
+    await until(lambda: device.connection is not None and device.connection.synced, step=0.01)
+
+
+async def test_a_device_is_not_sent_its_own_acknowledged_send_again(autojump_clock):
+    """A send forwarded over two hops reaches its own device live (the owner excludes only
+    the node it heard it from); if the ack came first, ahead of an entry the device still
+    misses, the session must know the device already holds it."""
+    world = World(1, shape=Shape(nodes=1, users=2, devices_per_user=[1, 1], chats=[[0, 1]], loss=0.0,
+                                 faults=StorageFaults()))
+    async with trio.open_nursery() as nursery:
+        [node] = await start(world, nursery)
+        device = world.devices[0]
+        await connect(node, device, nursery)
+        [session] = node.hub.sessions_of(device.user_id)
+        chat = world.chat_ids[0]
+
+        def entry(seq: int, sender: int) -> bytes:
+            return message_event(orjson.dumps({"id": str(10 + seq), "chat": str(chat), "seq": seq,
+                                               "from": str(sender), "ts": 0, "kind": "text", "text": "hi"}))
+
+        session.send_ack("own", {"chat": str(chat), "id": "12", "seq": 2, "ts": 0})  # its send, stored as seq 2
+        session.deliver(chat, 1, entry(1, world.devices[1].user_id), 0)  # someone else's, stored first
+        session.deliver(chat, 2, entry(2, device.user_id), 0)  # its own again, over the second hop
+        await trio.sleep(1)
+        assert device.connection.arrived[chat] == {1, 2}
+        assert not world.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_device_gets_what_the_other_side_of_a_partition_stored(autojump_clock):
+    """A node cut off from the others owns every chat in its own view and stores a
+    message; a device on the other side, subscribed at the owner of its own side, never
+    had it sent. Once the partition heals it gets it, without waiting for another message."""
+    shape = Shape(nodes=3, users=2, devices_per_user=[1, 1], chats=[[0, 1]], loss=0.0, faults=StorageFaults())
+    world = World(3, shape=shape)
+    async with trio.open_nursery() as nursery:
+        nodes = await start(world, nursery)
+        chat = world.chat_ids[0]
+        owner = nodes[0].routing.owner(chat)
+        alone = next(n for n in nodes if n.node_id != owner)  # the chat stays where it was once healed
+        others = [n for n in nodes if n is not alone]
+        reader, writer = world.devices
+        await connect(others[0], reader, nursery)
+        await connect(alone, writer, nursery)
+        world.network.partition([alone.address], [n.address for n in others])
+        await until(lambda: alone.routing.ownership.members == (alone.node_id,)
+                    and all(alone.node_id not in n.routing.ownership.members for n in others), step=0.05)
+        await writer.send("split", chat, "stored on the small side")
+        await until(lambda: "split" in writer.acks, step=0.01)
+        assert not reader.holds(chat, 1)
+        world.network.heal()
+        everyone = {n.node_id for n in nodes}
+        await until(lambda: all(set(n.routing.ownership.members) == everyone for n in nodes), step=0.05)
+        await until(lambda: reader.holds(chat, 1), timeout=30, step=0.01)
         assert not world.violations
         nursery.cancel_scope.cancel()
