@@ -224,6 +224,7 @@ class _Pipe:
     def __init__(self) -> None:
         self.chunks: deque[tuple[float, bytes]] = deque()
         self.eof = False
+        self.reader_gone = False  # the reading end closed: writes fail, as after a TCP reset
         self.changed = trio.Event()
 
     def wake(self) -> None:
@@ -268,7 +269,7 @@ class _SimStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("the stream is closed")
-        if self._connection.broken:
+        if self._connection.broken or self._out.reader_gone:
             raise trio.BrokenResourceError("connection reset")
         if data:
             at = self._connection.network._arrival()
@@ -311,6 +312,8 @@ class _SimStream(trio.abc.Stream):
             self._closed = True
             self._out.eof = True
             self._out.wake()
+            self._in.reader_gone = True
+            self._in.chunks.clear()
             self._connection.ends_closed += 1
         await trio.lowlevel.checkpoint()
 
