@@ -138,13 +138,12 @@ class SimDevice:
         if self._retry_pending:
             return
         self._retry_pending = True
-        end = self.end
 
         async def later() -> None:
             await trio.sleep(RETRY_AFTER)
             self._retry_pending = False
-            if self.end is not None and self.end is end:  # after a reconnect, the hello resent them
-                await self._resend_all(end)
+            if self.end is not None:  # on whatever connection it has now (the same ids again)
+                await self._resend_all(self.end)
 
         self.nursery.start_soon(later)
 
