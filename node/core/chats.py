@@ -309,7 +309,7 @@ class Chats:
         if stale:
             self._forget_all()
         elif self.routing.version != version:  # ownership moved while this batch ran
-            self.forget_chats(self.routing.owns)
+            self.routing.given_up(self.forget_chats(self.routing.owns))
         elif self.routing.clustered:  # read for a check (a pin limit) but sequenced elsewhere: not kept
             for chat_id in self._batch_chats:
                 if not self.routing.owns(chat_id):
@@ -642,10 +642,13 @@ class Chats:
                 out[chat_id] = chat
         return out
 
-    def forget_chats(self, keep: Callable[[int], bool]) -> None:
-        """Drop the state of chats this node no longer sequences (ownership moved)."""
-        for chat_id in [c for c in self._chats if not keep(c)]:
+    def forget_chats(self, keep: Callable[[int], bool]) -> list[tuple[int, int]]:
+        """Drop the state of chats this node no longer sequences (ownership moved).
+        Returns (chat id, committed seq) of each dropped."""
+        dropped = [(c, chat.committed_seq) for c, chat in self._chats.items() if not keep(c)]
+        for chat_id, _ in dropped:
             del self._chats[chat_id]
+        return dropped
 
     def forget_user_chats(self, user_ids: Iterable[int]) -> None:
         """The users' chat lists changed elsewhere: read them again when next asked."""

@@ -29,6 +29,8 @@ inv        kind, [ids]                                         caches to drop (`
 revoke     token_hash                                          close that device's sockets here
 resub                                                          send me your subscriptions again (the
                                                                sender had given this node up)
+seq        [(chat, seq)]                                       the sender stopped sequencing these
+                                                               chats, stored up to these seqs
 bye                                                            the sender is stopping: it owns nothing
                                                                now, and passes on what still reaches it
 byeok                                                          the ``bye`` was seen: nothing more will
@@ -236,9 +238,9 @@ class ClusterRouting(Routing):
         self._quiet.set()
         if not self.ownership.update(members, include_self=not self.leaving):
             return
-        owned_before = len(self.chats._chats)
-        self.chats.forget_chats(self.owns)
-        self.stats["ownership_moves"] += owned_before - len(self.chats._chats)
+        given_up = self.chats.forget_chats(self.owns)
+        self.stats["ownership_moves"] += len(given_up)
+        self.given_up(given_up)
         for chat_id in [c for c in self.subs if not self.owns(c)]:
             del self.subs[chat_id]
         for user_id in [u for u in self.locations if self.ownership.owner(u, USER) != self.node_id]:
@@ -288,6 +290,32 @@ class ClusterRouting(Routing):
             await self._catch_up(user_id, sorted(chats - moved))
             if i % RESUBSCRIBE_CHUNK == 0:
                 await trio.lowlevel.checkpoint()
+
+    def given_up(self, chats: list[tuple[int, int]]) -> None:
+        """Chats this node sequenced and owns no more. Members whose view differed (a
+        partition, a join not yet heard of everywhere) subscribed their devices at
+        another owner and were never sent what this node stored: every member is told
+        how far each chat is stored, so those devices catch up and owners reading a
+        stale copy read it again."""
+        chats = [(chat_id, seq) for chat_id, seq in chats if seq]
+        if chats:
+            self._broadcast(("seq", chats))
+
+    def _on_stored(self, chats: list[tuple[int, int]]) -> None:
+        """Another node stored these chats up to these seqs (`seq`)."""
+        assert self.chats is not None
+        stored = dict(chats)
+        stale = set()
+        for chat_id, seq in stored.items():
+            chat = self.chats.get(chat_id)
+            if chat is not None and chat.committed_seq < seq:
+                stale.add(chat_id)
+        if stale:
+            self.chats.forget_chats(lambda chat_id: chat_id not in stale)
+        for user_id, followed in self._local_chats.items():
+            for chat_id in followed & stored.keys():
+                for session in self.hub.sessions_of(user_id):
+                    session.notice(chat_id, stored[chat_id])
 
     def peer_reconnected(self, node: int) -> None:
         """A peer's link to this node was dialed again (the stream broke): what was in
@@ -782,6 +810,8 @@ class ClusterRouting(Routing):
             elif what == "user_chats" and self.chats is not None:
                 self.chats.forget_user_chats(ids)
                 self._resubscribe_local(ids)
+        elif kind == "seq":
+            self._on_stored([(int(c), int(s)) for c, s in message[1]])
         elif kind == "resub":
             self._work_send.send_nowait(("peer_restarted", peer))
         elif kind == "bye":
