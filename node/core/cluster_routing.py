@@ -279,7 +279,7 @@ class ClusterRouting(Routing):
         what this node cached about chats is read again, and its devices catch up from
         the log on every chat (those subscribed again do once the owner confirms)."""
         assert self.chats is not None
-        self.chats.forget_chats(lambda _chat: False)
+        self.chats.refresh(list(self.chats._chats))
         for i, (user_id, chats) in enumerate(list(self._local_chats.items())):
             if not self.hub.is_online(user_id):
                 continue
@@ -305,13 +305,7 @@ class ClusterRouting(Routing):
         """Another node stored these chats up to these seqs (`seq`)."""
         assert self.chats is not None
         stored = dict(chats)
-        stale = set()
-        for chat_id, seq in stored.items():
-            chat = self.chats.get(chat_id)
-            if chat is not None and chat.committed_seq < seq:
-                stale.add(chat_id)
-        if stale:
-            self.chats.forget_chats(lambda chat_id: chat_id not in stale)
+        self.chats.refresh([c for c, seq in stored.items() if (chat := self.chats.get(c)) and chat.committed_seq < seq])
         for user_id, followed in self._local_chats.items():
             for chat_id in followed & stored.keys():
                 for session in self.hub.sessions_of(user_id):
