@@ -623,6 +623,8 @@ class ClusterRouting(Routing):
         if fresh:
             self.chats.forget_user_chats((user_id,))
         chat_ids = await self.chats.chat_ids_of(user_id)
+        if not self.hub.is_online(user_id):
+            return  # gone while reading: its chats must not look subscribed when it is back
         known = self._local_chats.setdefault(user_id, set())
         by_owner: dict[int, list[int]] = {}
         for chat_id in chat_ids:

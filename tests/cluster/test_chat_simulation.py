@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from node.cluster.chatsim.memstore import StorageFaults
+from node.cluster.ownership import owner_of
 from node.cluster.chatsim.run import Shape, World, simulate, summarize
 from node.cluster.chatsim.wire import ClientEnd, WireConnection
 from node.core.chats import message_event
@@ -173,5 +174,40 @@ async def test_a_device_gets_what_the_other_side_of_a_partition_stored(autojump_
         everyone = {n.node_id for n in nodes}
         await until(lambda: all(set(n.routing.ownership.members) == everyone for n in nodes), step=0.05)
         await until(lambda: reader.holds(chat, 1), timeout=30, step=0.01)
+        assert not world.violations
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_device_that_leaves_while_its_subscription_reads_is_subscribed_when_back(autojump_clock):
+    """A device connects and drops again while the node still reads its user's chats to
+    subscribe them; the chat then moves to another owner (its owner dies) while the user
+    is away. Back, the device must be subscribed at the new owner (the node must not take
+    the chats for subscribed already), or it is sent nothing live."""
+    shape = Shape(nodes=3, users=2, devices_per_user=[1, 1], chats=[[0, 1]], loss=0.0, faults=StorageFaults())
+    world = World(5, shape=shape)
+    async with trio.open_nursery() as nursery:
+        nodes = await start(world, nursery)
+        chat = world.chat_ids[0]
+        first = next(n for n in nodes if n.routing.owns(chat))
+        rest = [n.node_id for n in nodes if n is not first]
+        heir = next(n for n in nodes if n.node_id == owner_of(chat, rest))
+        host = next(n for n in nodes if n is not first and n is not heir)
+        reader, writer = world.devices
+        world.faults = StorageFaults(read_latency=(1.0, 1.0))  # slow reads: the drop lands in one
+        wire = WireConnection(host.stall)
+        assert host.accept(wire)
+        nursery.start_soon(reader.serve, ClientEnd(wire), host.node_id)
+        await until(lambda: host.hub.is_online(reader.user_id), step=0.001)
+        reader.drop()
+        await until(lambda: not host.hub.is_online(reader.user_id), step=0.001)
+        await trio.sleep(3)
+        world.faults = StorageFaults()
+        first.crash()
+        await until(lambda: all(n.routing.owner(chat) == heir.node_id for n in (host, heir)), step=0.05)
+        await connect(host, reader, nursery)
+        await connect(heir, writer, nursery)
+        await writer.send("live", chat, "sent while the reader is connected")
+        await until(lambda: "live" in writer.acks, step=0.01)
+        await until(lambda: reader.holds(chat, 1), timeout=10, step=0.01)
         assert not world.violations
         nursery.cancel_scope.cancel()
