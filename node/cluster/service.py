@@ -160,7 +160,7 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
     refused: JoinRefused | None = None
     routing = node.routing
     links = Links(node.config.node.id, keyring, transport, routing.on_message,  # type: ignore[attr-defined]
-                  on_restart=routing.peer_restarted, on_reconnect=routing.peer_reconnected,  # type: ignore[attr-defined]
+                  on_restart=routing.peer_restarted, on_interrupted=routing.link_interrupted,  # type: ignore[attr-defined]
                   max_frame=cfg.max_stream_bytes)
     demux = DemuxTransport(transport, links, first_frame_timeout=cfg.stream_timeout, max_frame=cfg.max_stream_bytes)
     try:

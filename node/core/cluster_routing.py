@@ -311,11 +311,12 @@ class ClusterRouting(Routing):
                 for session in self.hub.sessions_of(user_id):
                     session.notice(chat_id, stored[chat_id])
 
-    def peer_reconnected(self, node: int) -> None:
-        """A peer's link to this node was dialed again (the stream broke): what was in
-        flight on it is lost, deliveries included, so the devices here catch up from the
-        log on the chats that peer owns."""
-        self._work_send.send_nowait(("reconnected", node))
+    def link_interrupted(self, node: int) -> None:
+        """A peer's stream to this node ended or was dialed again: what was in flight on
+        it may be lost, deliveries included, so the devices here catch up from the log
+        on the chats that peer owns."""
+        if node in self._members:
+            self._work_send.send_nowait(("interrupted", node))
 
     async def _catch_up_from(self, node: int) -> None:
         for i, (user_id, chats) in enumerate(list(self._local_chats.items())):
@@ -607,7 +608,7 @@ class ClusterRouting(Routing):
                     await self._rebalance(value)
                 elif kind == "peer_restarted":
                     await self._redo_with(value)
-                elif kind == "reconnected":
+                elif kind == "interrupted":
                     await self._catch_up_from(value)
             except StorageError as exc:  # a read failed: the same work again shortly
                 log.warning("cluster routing: %s of %s failed (%s); trying again", kind, value, exc)

@@ -163,7 +163,7 @@ class SimChatNode:
         cfg = self.config.cluster
         transport = self.env.network.attach(self.address, self.stall)
         self.links = Links(self.node_id, self.env.keyring, transport, self.routing.on_message,
-                           on_restart=self.routing.peer_restarted, on_reconnect=self.routing.peer_reconnected,
+                           on_restart=self.routing.peer_restarted, on_interrupted=self.routing.link_interrupted,
                            max_frame=cfg.max_stream_bytes)
         demux = DemuxTransport(transport, self.links, first_frame_timeout=cfg.stream_timeout,
                                max_frame=cfg.max_stream_bytes)
