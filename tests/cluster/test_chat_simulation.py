@@ -13,9 +13,9 @@ import pytest
 import trio
 
 from node.cluster.chatsim.memstore import StorageFaults
-from node.cluster.ownership import owner_of
 from node.cluster.chatsim.run import Shape, World, simulate, summarize
 from node.cluster.chatsim.wire import ClientEnd, WireConnection
+from node.cluster.ownership import owner_of
 from node.core.chats import message_event
 from node.storage import WriteBatch
 from node.storage.batch import MessageMeta
@@ -167,7 +167,7 @@ async def test_a_device_gets_what_the_other_side_of_a_partition_stored(autojump_
         world.network.partition([alone.address], [n.address for n in others])
         await until(lambda: alone.routing.ownership.members == (alone.node_id,)
                     and all(alone.node_id not in n.routing.ownership.members for n in others), step=0.05)
-        await writer.send("split", chat, "stored on the small side")
+        writer.send("split", chat, "stored on the small side")
         await until(lambda: "split" in writer.acks, step=0.01)
         assert not reader.holds(chat, 1)
         world.network.heal()
@@ -206,7 +206,7 @@ async def test_a_device_that_leaves_while_its_subscription_reads_is_subscribed_w
         await until(lambda: all(n.routing.owner(chat) == heir.node_id for n in (host, heir)), step=0.05)
         await connect(host, reader, nursery)
         await connect(heir, writer, nursery)
-        await writer.send("live", chat, "sent while the reader is connected")
+        writer.send("live", chat, "sent while the reader is connected")
         await until(lambda: "live" in writer.acks, step=0.01)
         await until(lambda: reader.holds(chat, 1), timeout=10, step=0.01)
         assert not world.violations

@@ -126,12 +126,12 @@ class SimDevice:
         self.sent += 1
         return await end.send(orjson.dumps(frame).decode())
 
-    async def send(self, cmid: str, chat: int, text: str) -> None:
-        """A new message: into the outbox, and out now if connected."""
+    def send(self, cmid: str, chat: int, text: str) -> None:
+        """A new message: into the outbox now, and out at once if connected."""
         self.outbox[cmid] = (chat, text)
         self._record(f"send {self.name} {cmid} chat={chat}")
         if self.end is not None:
-            await self._send_frame(self.end, cmid, chat, text)
+            self.nursery.start_soon(self._send_frame, self.end, cmid, chat, text)
 
     def _retry_later(self) -> None:
         """After an error: everything unacknowledged goes out again shortly (same ids)."""

@@ -268,8 +268,7 @@ class World:
         cmid = f"m{self._messages}"
         self.sent[(device.user_id, cmid)] = chat
         self.counts["sends"] += 1
-        assert self._nursery is not None
-        self._nursery.start_soon(device.send, cmid, chat, f"message {self._messages} from {device.name}")
+        device.send(cmid, chat, f"message {self._messages} from {device.name}")
 
     def _pick_serving(self) -> SimChatNode | None:
         """A ready node that may go down: one other stays ready."""
