@@ -83,6 +83,7 @@ class Links:
         on_message: Callable[[int, Message], None],
         *,
         on_restart: Callable[[int], None] = lambda _node: None,
+        on_interrupted: Callable[[int], None] = lambda _node: None,
         queue_limit: int = 65_536,
         max_frame: int = 8 << 20,
     ) -> None:
@@ -92,6 +93,7 @@ class Links:
         self.boot = secrets.randbits(63)
         self._boots: dict[int, int] = {}  # peer -> the boot id of its life we last heard
         self._on_restart = on_restart
+        self._on_interrupted = on_interrupted
         self._keyring = keyring
         self._transport = transport
         self._on_message = on_message
@@ -201,7 +203,9 @@ class Links:
 
     def open_hello(self, frame: bytes) -> int | None:
         """The peer's node id if `frame` opens a link, else None (another kind of stream).
-        A hello from a new life of a known peer is reported to `on_restart`."""
+        A hello from a new life of a known peer is reported to `on_restart`; one from the
+        same life (its earlier stream broke: what was in flight on it may be lost) to
+        `on_interrupted`."""
         try:
             messages = unpack(self._keyring.open(frame, PURPOSE_LINK))
         except (OpenError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
@@ -215,10 +219,14 @@ class Links:
         self._boots[node] = boot
         if previous is not None and previous != boot:
             self._on_restart(node)
+        elif previous is not None:
+            self._on_interrupted(node)
         return node
 
     async def serve_inbound(self, peer: int, stream: trio.abc.Stream) -> None:
-        """Read a peer's frames until it closes, handing each message to `on_message`."""
+        """Read a peer's frames until it closes, handing each message to `on_message`.
+        When it ends, what the peer had written but this node had not read is lost:
+        `on_interrupted` is told (the peer may not notice before its next write)."""
         try:
             while True:
                 frame = await receive_frame(stream, self._max_frame)
@@ -236,6 +244,7 @@ class Links:
         except FrameError:
             return
         finally:
+            self._on_interrupted(peer)
             await trio.aclose_forcefully(stream)
 
     # -- observing ---------------------------------------------------------------------

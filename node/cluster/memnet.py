@@ -15,7 +15,12 @@ without netem or root live here instead:
   its bounded inbox and everything that fell due runs when the stall ends, in
   whatever order the scheduler picks, exactly as after a real stall;
 * lag: a node that is persistently behind (an overloaded CPU) and handles each
-  datagram only ``lag`` seconds after it arrived, so answers reach it late.
+  datagram only ``lag`` seconds after it arrived, so answers reach it late;
+* broken streams: a partition, a crash or ``cut`` breaks the streams between the
+  addresses it separates, as a TCP connection dies: what was still in flight is lost,
+  the sender's next write fails and the reader sees the end of the stream. Stream
+  bytes arrive ``stream_delay`` plus up to ``stream_jitter`` seconds after they were
+  written, in order.
 
 Nothing here touches a socket.
 """
@@ -25,11 +30,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
-import trio.testing
 
 
 class Stall:
@@ -83,19 +88,24 @@ class NetworkStatistics:
     inbox_full: int = 0
     streams: int = 0
     streams_refused: int = 0
+    streams_broken: int = 0
 
 
 class MemoryNetwork:
     """Datagrams and streams between ``MemoryTransport``s, with faults you can set."""
 
     def __init__(
-        self, *, seed: int = 0, loss: float = 0.0, delay: float = 0.001, jitter: float = 0.001, inbox: int = 512
+        self, *, seed: int = 0, loss: float = 0.0, delay: float = 0.001, jitter: float = 0.001, inbox: int = 512,
+        stream_delay: float = 0.0, stream_jitter: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.loss = loss
         self.delay = delay
         self.jitter = jitter
+        self.stream_delay = stream_delay
+        self.stream_jitter = stream_jitter
         self.inbox_size = inbox
+        self._connections: list[_Connection] = []  # open streams, in the order they were made
         self.stats = NetworkStatistics()
         self._nodes: dict[str, MemoryTransport] = {}
         self._crashed: set[str] = set()
@@ -113,15 +123,31 @@ class MemoryNetwork:
     # -- faults --------------------------------------------------------------------
 
     def crash(self, address: str) -> None:
-        """Everything addressed to ``address`` from now on vanishes (its tasks are the caller's to cancel)."""
+        """Everything addressed to ``address`` from now on vanishes (its tasks are the
+        caller's to cancel); its streams break."""
         self._crashed.add(address)
+        self._break(lambda c: address in (c.src, c.dst))
 
     def partition(self, *groups: list[str]) -> None:
-        """Split the network: addresses in different groups cannot reach each other."""
+        """Split the network: addresses in different groups cannot reach each other (their
+        streams break)."""
         self._group = {a: i + 1 for i, g in enumerate(groups) for a in g}
+        self._break(lambda c: self._group.get(c.src, 0) != self._group.get(c.dst, 0))
 
     def heal(self) -> None:
         self._group = {}
+
+    def cut(self, a: str, b: str) -> int:
+        """Break the streams between two addresses (a connection reset); returns how many."""
+        return self._break(lambda c: {c.src, c.dst} == {a, b})
+
+    def _break(self, which: Callable[[_Connection], bool]) -> int:
+        broken = [c for c in self._connections if which(c)]
+        for connection in broken:
+            connection.break_()
+        self._connections = [c for c in self._connections if not c.broken]
+        self.stats.streams_broken += len(broken)
+        return len(broken)
 
     def reachable(self, src: str, dst: str) -> bool:
         return dst not in self._crashed and self._group.get(src, 0) == self._group.get(dst, 0)
@@ -176,33 +202,120 @@ class MemoryNetwork:
             self.stats.streams_refused += 1
             raise OSError(f"connection to {dst} refused")
         self.stats.streams += 1
-        client, server = trio.testing.memory_stream_pair()
         await trio.sleep(self.delay)  # the handshake costs a round trip, roughly
+        if not self.reachable(src, dst) or node._handler is None:  # gone during the handshake
+            self.stats.streams_refused += 1
+            raise OSError(f"connection to {dst} refused")
+        self._connections = [c for c in self._connections if not c.closed]
+        connection = _Connection(self, src, dst)
+        self._connections.append(connection)
         src_stall = self._nodes[src].stall if src in self._nodes else Stall()
-        node._accept(_StalledStream(server, node.stall))
-        return _StalledStream(client, src_stall)
+        node._accept(_SimStream(connection, connection.back, connection.forth, node.stall))
+        return _SimStream(connection, connection.forth, connection.back, src_stall)
+
+    def _arrival(self) -> float:
+        return trio.current_time() + self.stream_delay + (self.rng.random() * self.stream_jitter
+                                                          if self.stream_jitter else 0.0)
 
 
-class _StalledStream(trio.abc.Stream):
-    """A memory stream whose reads wait out its owner's stall."""
+class _Pipe:
+    """One direction of a stream: chunks with the time each arrives, then maybe EOF."""
 
-    def __init__(self, inner: trio.abc.Stream, stall: Stall) -> None:
-        self._inner = inner
+    def __init__(self) -> None:
+        self.chunks: deque[tuple[float, bytes]] = deque()
+        self.eof = False
+        self.reader_gone = False  # the reading end closed: writes fail, as after a TCP reset
+        self.changed = trio.Event()
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class _Connection:
+    """A stream between two addresses: two pipes that break together."""
+
+    def __init__(self, network: MemoryNetwork, src: str, dst: str) -> None:
+        self.network = network
+        self.src = src
+        self.dst = dst
+        self.forth = _Pipe()  # src -> dst
+        self.back = _Pipe()  # dst -> src
+        self.broken = False
+        self.ends_closed = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.broken or self.ends_closed == 2
+
+    def break_(self) -> None:
+        self.broken = True
+        for pipe in (self.forth, self.back):
+            pipe.chunks.clear()  # in flight: lost
+            pipe.wake()
+
+
+class _SimStream(trio.abc.Stream):
+    """One end of a `_Connection`; reads wait out the owner's stall."""
+
+    def __init__(self, connection: _Connection, out: _Pipe, into: _Pipe, stall: Stall) -> None:
+        self._connection = connection
+        self._out = out
+        self._in = into
         self._stall = stall
+        self._closed = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("the stream is closed")
+        if self._connection.broken or self._out.reader_gone:
+            raise trio.BrokenResourceError("connection reset")
+        if data:
+            at = self._connection.network._arrival()
+            if self._out.chunks:
+                at = max(at, self._out.chunks[-1][0])  # a stream keeps its order
+            self._out.chunks.append((at, bytes(data)))
+            self._out.wake()
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._inner.wait_send_all_might_not_block()
+        await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self._inner.receive_some(max_bytes)
-        await self._stall.wait_unstalled()
-        return data
+        await trio.lowlevel.checkpoint()
+        pipe = self._in
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            if self._connection.broken:
+                return b""  # reset: the reader sees the stream end
+            if pipe.chunks:
+                at, data = pipe.chunks[0]
+                if at <= trio.current_time():
+                    if max_bytes is not None and len(data) > max_bytes:
+                        pipe.chunks[0] = (at, data[max_bytes:])
+                        data = data[:max_bytes]
+                    else:
+                        pipe.chunks.popleft()
+                    await self._stall.wait_unstalled()
+                    return b"" if self._connection.broken else data
+                changed = pipe.changed
+                with trio.move_on_at(at):
+                    await changed.wait()
+                continue
+            if pipe.eof:
+                return b""
+            await pipe.changed.wait()
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        if not self._closed:
+            self._closed = True
+            self._out.eof = True
+            self._out.wake()
+            self._in.reader_gone = True
+            self._in.chunks.clear()
+            self._connection.ends_closed += 1
+        await trio.lowlevel.checkpoint()
 
 
 class MemoryTransport:

@@ -163,7 +163,8 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
     routing = node.routing
     assert isinstance(routing, ClusterRouting), "a node with [cluster] enabled routes with ClusterRouting (app._routing)"
     links = Links(node.config.node.id, keyring, transport, routing.on_message,
-                  on_restart=routing.peer_restarted, max_frame=cfg.max_stream_bytes)
+                  on_restart=routing.peer_restarted, on_interrupted=routing.link_interrupted,
+                  max_frame=cfg.max_stream_bytes)
     demux = DemuxTransport(transport, links, first_frame_timeout=cfg.stream_timeout, max_frame=cfg.max_stream_bytes)
     try:
         membership = _membership(node, cfg, demux, keyring)

@@ -180,6 +180,7 @@ class Chats:
         self._log: dict[tuple[int, int], bytes] = {}
         self._appended: list[tuple[ChatState, dict[str, Any]]] = []
         self._batch_chats: set[int] = set()  # the chats the batch being applied loaded
+        self._refreshes = 0  # chats dropped by `refresh` so far
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
@@ -254,7 +255,11 @@ class Chats:
         for op in ops:
             op.reads(reads)
         try:
-            await self._load(reads)
+            while True:  # again if chats were dropped while it loaded (`refresh`)
+                refreshes = self._refreshes
+                await self._load(reads)
+                if refreshes == self._refreshes:
+                    break
         except StorageError as exc:
             for op in ops:
                 op.reject(_storage_error(exc))
@@ -311,7 +316,7 @@ class Chats:
         if stale:
             self._forget_all()
         elif self.routing.version != version:  # ownership moved while this batch ran
-            self.forget_chats(self.routing.owns)
+            self.routing.given_up(self.forget_chats(self.routing.owns))
         elif self.routing.clustered:  # read for a check (a pin limit) but sequenced elsewhere: not kept
             for chat_id in self._batch_chats:
                 if not self.routing.owns(chat_id):
@@ -644,10 +649,20 @@ class Chats:
                 out[chat_id] = chat
         return out
 
-    def forget_chats(self, keep: Callable[[int], bool]) -> None:
-        """Drop the state of chats this node no longer sequences (ownership moved)."""
-        for chat_id in [c for c in self._chats if not keep(c)]:
+    def forget_chats(self, keep: Callable[[int], bool]) -> list[tuple[int, int]]:
+        """Drop the state of chats this node no longer sequences (ownership moved).
+        Returns (chat id, committed seq) of each dropped."""
+        dropped = [(c, chat.committed_seq) for c, chat in self._chats.items() if not keep(c)]
+        for chat_id, _ in dropped:
             del self._chats[chat_id]
+        return dropped
+
+    def refresh(self, chat_ids: Iterable[int]) -> None:
+        """Another node may have stored entries of these chats: drop the cached state, so
+        that it is read again (a batch loading meanwhile loads again)."""
+        for chat_id in chat_ids:
+            if self._chats.pop(chat_id, None) is not None:
+                self._refreshes += 1
 
     def forget_user_chats(self, user_ids: Iterable[int]) -> None:
         """The users' chat lists changed elsewhere: read them again when next asked."""

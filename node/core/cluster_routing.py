@@ -29,6 +29,8 @@ inv        kind, [ids]                                         caches to drop (`
 revoke     token_hash                                          close that device's sockets here
 resub                                                          send me your subscriptions again (the
                                                                sender had given this node up)
+seq        [(chat, seq)]                                       the sender stopped sequencing these
+                                                               chats, stored up to these seqs
 bye                                                            the sender is stopping: it owns nothing
                                                                now, and passes on what still reaches it
 byeok                                                          the ``bye`` was seen: nothing more will
@@ -65,7 +67,6 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,7 @@ import trio
 from ..cluster.metrics import ClusterMetrics
 from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership, owner_of
 from ..plugin_api import PluginError
+from ..storage import StorageError
 from . import chatprefs, groups, operations, profiles, reactions  # noqa: F401 - their operations register
 from .chats import OPERATIONS, Awaitable, Operation
 from .errors import ChatError
@@ -96,7 +98,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 10.0  # seconds a forwarded request may wait for its answer
 MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
-RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription is tried again
+RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription (or work whose read failed) is tried again
 MOVES_CHUNK = 1000  # chats compared between checkpoints when counting ownership moves
 
 def forwardable(name: str) -> type[Operation] | None:
@@ -134,7 +136,7 @@ class _Request:
     peer: int
     deadline: float
     on_result: Callable[[bool, str, Any], None]
-    sent: float = attrs.Factory(time.monotonic)
+    sent: float = attrs.Factory(trio.current_time)
     forward: bool = False  # an operation forwarded to its chat's owner: its answer time is observed
 
 
@@ -247,7 +249,7 @@ class ClusterRouting(Routing):
         if not self.ownership.update(members, include_self=not self.leaving):
             return
         known = set(self.chats._chats) | set(self.subs)  # before they are dropped below
-        self.chats.forget_chats(self.owns)
+        self.given_up(self.chats.forget_chats(self.owns))
         for chat_id in [c for c in self.subs if not self.owns(c)]:
             del self.subs[chat_id]
         for user_id in [u for u in self.locations if self.ownership.owner(u, USER) != self.node_id]:
@@ -280,7 +282,14 @@ class ClusterRouting(Routing):
         self._work_send.send_nowait(("peer_restarted", node))
 
     async def _redo_with(self, node: int) -> None:
-        """Subscribe and register this node's users again at a restarted peer."""
+        """Subscribe and register this node's users again at a peer that restarted or had
+        given this node up. That peer may have stored entries this node was never sent:
+        while the views disagreed (a partition) it sequenced the chats it owned in its own
+        view, and a peer that died may have stored an entry without passing it on. So
+        what this node cached about chats is read again, and its devices catch up from
+        the log on every chat (those subscribed again do once the owner confirms)."""
+        assert self.chats is not None
+        self.chats.refresh(list(self.chats._chats))
         for i, (user_id, chats) in enumerate(list(self._local_chats.items())):
             if not self.hub.is_online(user_id):
                 continue
@@ -288,6 +297,42 @@ class ClusterRouting(Routing):
                 self._locate(user_id, True)
             moved = {c for c in chats if self.owner(c) == node}
             await self._subscribe(user_id, moved, fresh=False)
+            await self._catch_up(user_id, sorted(chats - moved))
+            if i % RESUBSCRIBE_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
+
+    def given_up(self, chats: list[tuple[int, int]]) -> None:
+        """Chats this node sequenced and owns no more. Members whose view differed (a
+        partition, a join not yet heard of everywhere) subscribed their devices at
+        another owner and were never sent what this node stored: every member is told
+        how far each chat is stored, so those devices catch up and owners reading a
+        stale copy read it again."""
+        chats = [(chat_id, seq) for chat_id, seq in chats if seq]
+        if chats:
+            self._broadcast(("seq", chats))
+
+    def _on_stored(self, chats: list[tuple[int, int]]) -> None:
+        """Another node stored these chats up to these seqs (`seq`)."""
+        assert self.chats is not None
+        stored = dict(chats)
+        self.chats.refresh([c for c, seq in stored.items() if (chat := self.chats.get(c)) and chat.committed_seq < seq])
+        for user_id, followed in self._local_chats.items():
+            for chat_id in followed & stored.keys():
+                for session in self.hub.sessions_of(user_id):
+                    session.notice(chat_id, stored[chat_id])
+
+    def link_interrupted(self, node: int) -> None:
+        """A peer's stream to this node ended or was dialed again: what was in flight on
+        it may be lost, deliveries included, so the devices here catch up from the log
+        on the chats that peer owns."""
+        if node in self._members:
+            self._work_send.send_nowait(("interrupted", node))
+
+    async def _catch_up_from(self, node: int) -> None:
+        for i, (user_id, chats) in enumerate(list(self._local_chats.items())):
+            owned = sorted(c for c in chats if self.owner(c) == node)
+            if owned and self.hub.is_online(user_id):
+                await self._catch_up(user_id, owned)
             if i % RESUBSCRIBE_CHUNK == 0:
                 await trio.lowlevel.checkpoint()
 
@@ -366,7 +411,7 @@ class ClusterRouting(Routing):
         passed. Returns its id, or 0 if it could not be queued for the peer."""
         assert self.links is not None
         req = next(self._req_ids)
-        self._pending[req] = _Request(peer, time.monotonic() + timeout, on_result, forward=forward)
+        self._pending[req] = _Request(peer, trio.current_time() + timeout, on_result, forward=forward)
         if self.links.send(peer, message_for(req)):
             return req
         del self._pending[req]
@@ -380,10 +425,10 @@ class ClusterRouting(Routing):
         or did not come in time (a late answer is then ignored)."""
         answer: list[tuple[bool, Any, float]] = []
         came = trio.Event()
-        started = time.monotonic()
+        started = trio.current_time()
 
         def on_result(ok: bool, kind: str, value: Any) -> None:
-            answer.append((ok, value, time.monotonic() - started))
+            answer.append((ok, value, trio.current_time() - started))
             came.set()
 
         req = self._request(peer, message_for, on_result, timeout=timeout)
@@ -464,7 +509,7 @@ class ClusterRouting(Routing):
             return  # timed out already: the client's retry settles it
         if not self._pending:
             self._quiet.set()
-        took = time.monotonic() - request.sent
+        took = trio.current_time() - request.sent
         self._rtt_total += took
         self._rtt_count += 1
         if request.forward:
@@ -474,7 +519,7 @@ class ClusterRouting(Routing):
     async def _expire_requests(self) -> None:
         while True:
             await trio.sleep(1.0)
-            now = time.monotonic()
+            now = trio.current_time()
             for req, request in list(self._pending.items()):
                 if request.deadline <= now:
                     del self._pending[req]
@@ -609,6 +654,11 @@ class ClusterRouting(Routing):
                     await self._count_moves(*value)
                 elif kind == "peer_restarted":
                     await self._redo_with(value)
+                elif kind == "interrupted":
+                    await self._catch_up_from(value)
+            except StorageError as exc:  # a read failed: the same work again shortly
+                log.warning("cluster routing: %s of %s failed (%s); trying again", kind, value, exc)
+                self._retry_work(kind, value)
             except Exception:
                 log.exception("cluster routing: %s of %s failed", kind, value)
 
@@ -620,6 +670,8 @@ class ClusterRouting(Routing):
         if fresh:
             self.chats.forget_user_chats((user_id,))
         chat_ids = await self.chats.chat_ids_of(user_id)
+        if not self.hub.is_online(user_id):
+            return  # gone while reading: its chats must not look subscribed when it is back
         known = self._local_chats.setdefault(user_id, set())
         by_owner: dict[int, list[int]] = {}
         for chat_id in chat_ids:
@@ -628,7 +680,10 @@ class ClusterRouting(Routing):
             known.add(chat_id)
         for owner, ids in by_owner.items():
             if owner == self.node_id:
-                await self._catch_up(user_id, ids)  # stored before this node owned them
+                try:
+                    await self._catch_up(user_id, ids)  # stored before this node owned them
+                except StorageError:  # they are subscribed: only the catch-up is owed
+                    self._retry_work("caught_up", (user_id, ids))
                 continue
 
             def subscribed(ok: bool, kind: str, value: Any, ids: list[int] = ids) -> None:
@@ -648,9 +703,13 @@ class ClusterRouting(Routing):
     _nursery: trio.Nursery | None = None
 
     def _retry_subscribe(self, user_id: int) -> None:
+        self._retry_work("subscribe_cached", user_id)
+
+    def _retry_work(self, kind: str, value: Any) -> None:
+        """Queue work again after RESUBSCRIBE_DELAY (it failed, or was refused)."""
         async def later() -> None:
             await trio.sleep(RESUBSCRIBE_DELAY)
-            self._work_send.send_nowait(("subscribe_cached", user_id))
+            self._work_send.send_nowait((kind, value))
 
         if self._nursery is not None:
             self._nursery.start_soon(later)
@@ -815,6 +874,8 @@ class ClusterRouting(Routing):
             elif what == "user_chats" and self.chats is not None:
                 self.chats.forget_user_chats(ids)
                 self._resubscribe_local(ids)
+        elif kind == "seq":
+            self._on_stored([(int(c), int(s)) for c, s in message[1]])
         elif kind == "resub":
             self._work_send.send_nowait(("peer_restarted", peer))
         elif kind == "bye":

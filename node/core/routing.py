@@ -62,6 +62,9 @@ class Routing:
         reached there (none on one node)."""
         return set()
 
+    def given_up(self, chats: list[tuple[int, int]]) -> None:
+        """This node stopped sequencing these chats, stored up to these seqs (chat id, seq)."""
+
     def members_changed(self, chat_id: int, user_ids: Iterable[int]) -> None:
         """Who is in a chat changed: other nodes drop what they cached about these users' chats."""
 

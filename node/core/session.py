@@ -451,6 +451,11 @@ class Session:
         if seq > last + 1:
             self._request_catchup(chat_id)
             return
+        own = self._own.get(chat_id)
+        if own and seq in own:  # acked to this device as its own send: it holds it already
+            own.discard(seq)
+            self._sent[chat_id] = seq
+            return
         if self._enqueue(event):
             self._sent[chat_id] = seq
 
