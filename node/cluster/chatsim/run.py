@@ -231,8 +231,9 @@ class World:
         self.counts["sessions_failed"] += node.sessions_failed
         routing = getattr(node, "routing", None)
         if routing is not None:
-            for name in ("forwarded", "request_timeouts", "ownership_moves"):
+            for name in ("forwarded", "request_timeouts"):
                 self.counts[name] += routing.stats[name]
+            self.counts["ownership_moves"] += routing.metrics.ownership_moves
 
     # -- devices -----------------------------------------------------------------------------
 
