@@ -21,6 +21,7 @@ import attrs
 import orjson
 import trio
 
+from ..observe import Metrics
 from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from ..plugin_api import Message
 from .errors import ChatError
@@ -180,6 +181,7 @@ class Chats:
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
+        self.metrics = Metrics()  # the node's (node/observe.py): batch sizes, fan-out time
 
     # -- the sequencer ---------------------------------------------------------------
 
@@ -313,12 +315,15 @@ class Chats:
                 if not self.routing.owns(chat_id):
                     self._chats.pop(chat_id, None)
         self.applied += len(applied)
+        self.metrics.batch_ops.observe(len(ops))
+        started = time.perf_counter()
         for op, effect in applied:
             if effect is not None:
                 try:
                     effect()
                 except Exception:
                     log.exception("effect of %r failed", op)
+        self.metrics.fan_out.observe(time.perf_counter() - started)
         if self.plugins.has_impls("on_message_stored"):
             for _chat, record in appended:
                 self.plugins.notify("on_message_stored", message=Message.from_record(record))

@@ -30,6 +30,7 @@ from .plugin_routes import mount
 
 if TYPE_CHECKING:
     from ..app import Node
+    from ..observe import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,18 @@ USER_SETTINGS = {
     "read_receipts": lambda v: isinstance(v, bool),
     "last_seen": lambda v: v in ("everyone", "contacts", "nobody"),
 }
+
+
+#: The ASGI scope key where a request's route rule is noted (for the request-time histogram).
+ROUTE_KEY = "chatnode.route"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def observe_request(metrics: Metrics, scope: dict, _status: int | None, seconds: float) -> None:
+    """`RequestLog`'s hook: the request's time under its method and route rule (not its
+    path: ids would make a histogram per chat). Unmatched paths count as one route."""
+    method = scope.get("method", "")
+    metrics.http.labels(method if method in METHODS else "other", scope.get(ROUTE_KEY, "unmatched")).observe(seconds)
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -131,6 +144,9 @@ async def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") 
         if user is None:
             raise ChatError("not_found", f"no user named {name!r}")
         ids.append(int(user["id"]))
+    deleted = [uid for uid, user in (await node.accounts.load_users(ids)).items() if user.get("deleted")]
+    if deleted:
+        raise ChatError("not_found", f"user {deleted[0]} was deleted")
     return ids
 
 
@@ -256,9 +272,19 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
                     response.headers["Connection"] = "close"
         return response
 
+    @app.before_request
+    async def note_route() -> None:
+        """The matched route rule, for the request-time histogram (`observe_request`)."""
+        if request.url_rule is not None:
+            request.scope[ROUTE_KEY] = request.url_rule.rule
+
+    def counted(exc: ChatError) -> Response:
+        node.metrics.errors.inc(exc.code, "http")
+        return error_response(exc)
+
     @app.errorhandler(ChatError)
     async def on_chat_error(exc: ChatError) -> Response:
-        return error_response(node.plugins.client_error(exc))
+        return counted(node.plugins.client_error(exc))
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
@@ -267,12 +293,12 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         if exc.code == 413:
             limit = getattr(request.body, "_max_content_length", None)
             message = f"request bodies on this route are limited to {limit} bytes"
-        return error_response(ChatError(code, message, status=exc.code))
+        return counted(ChatError(code, message, status=exc.code))
 
     @app.errorhandler(Exception)
     async def on_crash(exc: Exception) -> Response:
         log.exception("request %s %s failed", request.method, request.path)
-        return error_response(ChatError("internal"))
+        return counted(ChatError("internal"))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -413,7 +439,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
             peer = await accounts.user_by_name(body["username"])
         else:
             raise bad_request("give 'user_id' or 'username'")
-        if peer is None:
+        if peer is None or peer.get("deleted"):
             raise ChatError("not_found", "no such user")
         chat = await chats.run(OpenDirect(user_id=device.user_id, peer_id=int(peer["id"])))
         return json_response({"chat": await chat_summary(node, device.user_id, chat)})
@@ -590,6 +616,13 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def admin_stats() -> Response:
         require_admin()
         return json_response(node.statistics())
+
+    # -- accounts, devices, chats and the node, for admins (node/web/admin.py) --------
+    from .admin import add_admin_routes
+
+    add_admin_routes(app, node, json_body=json_body, json_response=json_response, path_id=path_id,
+                     query_int=query_int, require_admin=require_admin)
+    # -- end admin --
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -34,12 +34,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def free_cluster_port() -> int:
+def free_cluster_port(host: str = "127.0.0.1") -> int:
     while True:  # gossip needs the same number free for UDP and TCP
-        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             return port
         except OSError:
             continue
@@ -48,12 +50,14 @@ def free_cluster_port() -> int:
 class NodeProcess:
     """`python -m node serve` as one member of the cluster, restartable on the same ports."""
 
-    def __init__(self, root: Path, node_id: int, seeds: list[str], storage: str) -> None:
+    def __init__(self, root: Path, node_id: int, seeds: list[str], storage: str, cluster_host: str = "127.0.0.1",
+                 ) -> None:
         self.node_id = node_id
         self.dir = root / f"n{node_id}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.ws_port = free_port(), free_port()
-        self.cluster_address = f"127.0.0.1:{free_cluster_port()}"
+        self.cluster_host = cluster_host
+        self.cluster_address = f"{cluster_host}:{free_cluster_port(cluster_host)}"
         self.url = f"http://127.0.0.1:{self.http_port}"
         seed_list = ", ".join(f'"{s}"' for s in seeds)
         (self.dir / "config.toml").write_text(f"""
@@ -75,7 +79,7 @@ frames_per_second = 10000.0
 frame_burst = 10000
 [cluster]
 enabled = true
-bind_host = "127.0.0.1"
+bind_host = "{cluster_host}"
 bind_port = {self.cluster_address.rsplit(":", 1)[1]}
 seeds = [{seed_list}]
 keys = ["{KEY}"]
