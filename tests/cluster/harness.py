@@ -9,6 +9,7 @@ settle and compares what was acknowledged, stored and delivered.
 from __future__ import annotations
 
 import base64
+import itertools
 import signal
 import socket
 import sys
@@ -95,10 +96,11 @@ leave_timeout = 0.5
         self.proc: trio.Process | None = None
 
     async def start(self) -> None:
-        log = open(self.dir / "node.log", "ab")
-        self.proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "node", "serve", "--config", str(self.dir / "config.toml"), "--log-level", "WARNING"],
-            cwd=self.dir, stdout=log, stderr=log)
+        async with await trio.open_file(self.dir / "node.log", "ab") as log:  # the child keeps its own copy
+            self.proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "node", "serve", "--config", str(self.dir / "config.toml"),
+                 "--log-level", "WARNING"],
+                cwd=self.dir, stdout=log.wrapped, stderr=log.wrapped)
         with trio.fail_after(30):
             while True:
                 try:
@@ -146,7 +148,11 @@ class Device:
                     self.received.setdefault(event["chat"], []).append(event["seq"])
 
 
-async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> dict[str, int]:
+def _name(device: Device) -> str:
+    return (device.client.user or {}).get("username", "?")
+
+
+async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> dict[str, Any]:
     """Wait for delivery to settle, then compare what was acked, stored and delivered."""
     stored: dict[str, list[dict[str, Any]]] = {}
     for members, chat_id in chats:
@@ -169,6 +175,7 @@ async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> di
             duplicated_in_log += len(matching) > 1
             assert not matching or matching[0]["seq"] == seq, (cmid, seq, matching)
     duplicates = gaps = 0
+
     def missing(detail: list[Any] | None = None) -> int:
         """Stored entries some device has neither received nor sent itself."""
         count = 0
@@ -180,9 +187,9 @@ async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> di
                 count += len(gone)
                 if gone and detail is not None:
                     records = [m for m in stored[chat_id] if m["seq"] in gone]
-                    detail.append({"user": device.client.user["username"], "chat": chat_id, "missing": sorted(gone),
+                    detail.append({"user": _name(device), "chat": chat_id, "missing": sorted(gone),
                                    "sent_as": [m.get("client_msg_id") for m in records],
-                                   "acked_by": [d.client.user["username"] for d in devices for m in records
+                                   "acked_by": [_name(d) for d in devices for m in records
                                                 if m.get("client_msg_id") in d.acked],
                                    "node": device.client.base_url, "reconnects": device.conn.reconnects,
                                    "last": max(seqs), "cursor": device.client.cursors.get(chat_id)})
@@ -195,8 +202,9 @@ async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> di
         for device in members:
             got = device.received.get(chat_id, [])
             duplicates += len(got) - len(set(got))
-            gaps += sum(1 for x, y in zip(got, got[1:]) if y < x)  # out of order
+            gaps += sum(1 for x, y in itertools.pairwise(got) if y < x)  # out of order
     delivered = sum(len(d.received.get(c, [])) for members, c in chats for d in members)
+    detail: list[Any] = []
     return {"stored": sum(len(v) for v in stored.values()), "delivered": delivered, "lost": lost,
             "duplicated_in_log": duplicated_in_log, "duplicate_deliveries": duplicates, "out_of_order": gaps,
-            "undelivered": missing(), "undelivered_detail": (detail := [], missing(detail))[0]}
+            "undelivered": missing(detail), "undelivered_detail": detail}
