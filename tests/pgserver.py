@@ -122,7 +122,8 @@ class PgServer:
         self._run(BIN / "pg_ctl", "-D", self.data, "-w", "-t", "60", "promote")
 
     def resume(self) -> None:
-        """Start the server on its data dir (again, after `stop` or `crash`), same port."""
+        """Start the server on its data dir (again, after `stop`, `crash` or `kill`), same port."""
+        self._drop_stale_lock()
         self.port = self.port or _free_port()
         options = [f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1"]
         options += [f"-c {name}={value}" for name, value in self.settings.items()]
@@ -155,6 +156,17 @@ class PgServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"processes of the killed PostgreSQL {self.data} did not exit: {family}")
             time.sleep(0.02)
+
+    def _drop_stale_lock(self) -> None:
+        """After `kill`, the lock files name a postmaster that is gone, or a zombie not yet
+        reaped, which PostgreSQL takes for a running server: remove them (and the socket)."""
+        socket_lock = self.root / f".s.PGSQL.{self.port}.lock"
+        for lock in (self.data / "postmaster.pid", socket_lock):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if not _alive(int(lock.read_text().split()[0])):
+                    lock.unlink()
+                    if lock == socket_lock:
+                        (self.root / f".s.PGSQL.{self.port}").unlink(missing_ok=True)
 
     def destroy(self) -> None:
         self.stop()

@@ -73,6 +73,7 @@ import trio
 
 from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership
 from ..plugin_api import PluginError
+from ..storage import StorageError
 from . import chatprefs, groups, operations, profiles, reactions  # noqa: F401 - their operations register
 from .chats import OPERATIONS, Awaitable, Operation
 from .errors import ChatError
@@ -94,6 +95,7 @@ REQUEST_TIMEOUT = 10.0  # seconds a forwarded request may wait for its answer
 MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
 RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription is tried again
+STORAGE_RETRY_DELAY = 1.0  # seconds before work that storage refused (a failover?) is done again
 
 def forwardable(name: str) -> type[Operation] | None:
     """The operation class of that name, if it may travel to a chat's owner: one with a
@@ -182,7 +184,8 @@ class ClusterRouting(Routing):
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
         self._work_send, self._work_recv = trio.open_memory_channel[tuple[str, Any]](100_000)
         self.stats = {"forwarded": 0, "forward_failures": 0, "served": 0, "deliveries_sent": 0,
-                      "deliveries_received": 0, "relayed": 0, "ownership_moves": 0, "request_timeouts": 0}
+                      "deliveries_received": 0, "relayed": 0, "ownership_moves": 0, "request_timeouts": 0,
+                      "deferred_for_storage": 0}
         self._rtt_total = 0.0
         self._rtt_count = 0
 
@@ -550,7 +553,8 @@ class ClusterRouting(Routing):
     async def _worker(self) -> None:
         """Subscribe connecting users at the owners of their chats, catch their devices up
         once an owner confirmed, resubscribe after ownership moved. One task, so the work
-        for one user stays in order."""
+        for one user stays in order. Work that storage refused (a database failover, say)
+        is done again later: dropped, it would leave devices without live messages."""
         async for kind, value in self._work_recv:
             try:
                 if kind == "subscribe" and self.hub.is_online(value):
@@ -563,26 +567,49 @@ class ClusterRouting(Routing):
                     await self._rebalance(value)
                 elif kind == "peer_restarted":
                     await self._redo_with(value)
+            except StorageError:
+                self._later((kind, value))
             except Exception:
                 log.exception("cluster routing: %s of %s failed", kind, value)
+
+    def _later(self, work: tuple[str, Any]) -> None:
+        """Queue `work` again after STORAGE_RETRY_DELAY (storage refused it)."""
+        self.stats["deferred_for_storage"] += 1
+
+        async def later() -> None:
+            await trio.sleep(STORAGE_RETRY_DELAY)
+            self._work_send.send_nowait(work)
+
+        if self._nursery is not None:
+            self._nursery.start_soon(later)
 
     async def _subscribe(self, user_id: int, moved: set[int] | None = None, *, fresh: bool = True) -> None:
         """Subscribe the user at the owners of the chats not subscribed yet (a refused or
         failed subscription is not), and again at those of `moved`. `fresh`: read the
         user's chats again (on connect), rather than from the cache."""
         assert self.chats is not None
+        known = self._local_chats.setdefault(user_id, set())
+        if moved:
+            known.difference_update(moved)  # to subscribe again (and still to do if storage fails)
         if fresh:
             self.chats.forget_user_chats((user_id,))
-        chat_ids = await self.chats.chat_ids_of(user_id)
-        known = self._local_chats.setdefault(user_id, set())
+        try:
+            chat_ids = await self.chats.chat_ids_of(user_id)
+        except StorageError:
+            self._later(("subscribe_cached", user_id))
+            return
         by_owner: dict[int, list[int]] = {}
         for chat_id in chat_ids:
-            if chat_id not in known or (moved is not None and chat_id in moved):
+            if chat_id not in known:
                 by_owner.setdefault(self.owner(chat_id), []).append(chat_id)
             known.add(chat_id)
         for owner, ids in by_owner.items():
             if owner == self.node_id:
-                await self._catch_up(user_id, ids)  # stored before this node owned them
+                try:
+                    await self._catch_up(user_id, ids)  # stored before this node owned them
+                except StorageError:
+                    known.difference_update(ids)
+                    self._later(("subscribe_cached", user_id))
                 continue
 
             def subscribed(ok: bool, kind: str, value: Any, ids: list[int] = ids) -> None:
