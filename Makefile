@@ -1,12 +1,13 @@
-# chatnode: `make run` starts a node on config.toml; `make test` runs every test.
-# Both set themselves up on a fresh machine (a virtualenv in .venv).
+# chatnode: `make run` starts a node on config.toml; `make test` runs every test;
+# `make lint` runs ruff and mypy.
+# They set themselves up on a fresh machine (a virtualenv in .venv).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench setup clean browser postgres screenshot
+.PHONY: run test lint bench setup clean browser postgres screenshot cluster netns
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +37,24 @@ postgres:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends postgresql-15; }
 
-test: $(STAMP) browser postgres
+# Three nodes, their PostgreSQL and an object store for media, all in ./cluster (docs/cluster.md).
+cluster: $(STAMP) postgres
+	$(PY) tools/local_cluster.py
+
+# The partition test (tests/cluster/test_partition.py) splits nodes inside a network
+# namespace of its own: it needs `ip` and `unshare` (and root; it is skipped otherwise).
+netns:
+	@{ command -v ip >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1; } || [ "$$(id -u)" -ne 0 ] || { \
+	  command -v apt-get >/dev/null 2>&1 && apt-get update -q && apt-get install -y -q --no-install-recommends iproute2 util-linux; } || \
+	  echo "no ip/unshare: the partition test will be skipped"
+
+test: $(STAMP) browser postgres netns
 	$(PY) -m pytest -q
+
+# ruff and mypy come with the test extras; mypy reads its settings from pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check node tests bench tools
+	$(VENV)/bin/mypy
 
 # The README's screenshot (docs/screenshot.png) is the browser tests' "09-overview" shot.
 screenshot: $(STAMP) browser
@@ -50,4 +67,4 @@ bench: $(STAMP)
 	$(PY) -m bench.media
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data cluster .pytest_cache

@@ -449,7 +449,7 @@ def idle_memory(server: Server, url: str, ws_url: str, connections: int) -> dict
         if any(e.get("type") == "welcome" for e in events_of(payload)):
             welcomed["n"] += 1
 
-    for i in range(20):  # warm the node's allocator up
+    for _ in range(20):  # warm the node's allocator up
         loop.connect(ws_url, on_text).send_text(hello(tokens_[0]))
     loop.run(time.perf_counter() + 1.0)
     time.sleep(1.0)
@@ -591,8 +591,8 @@ def table(report: dict, args: argparse.Namespace) -> str:
     """The figures as a Markdown table, one column per engine."""
     engines = report["engines"]
     names = {"lmdb": "LMDB", "postgresql": "PostgreSQL", "baseline": f"LMDB, {args.baseline}"}
-    head = "| figure (median of %d runs) | %s |\n| --- |%s\n" % (
-        args.runs, " | ".join(names[e] for e in engines), " --- |" * len(engines))
+    columns = " | ".join(names[e] for e in engines)
+    head = f"| figure (median of {args.runs} runs) | {columns} |\n| --- |{' --- |' * len(engines)}\n"
 
     def row(label: str, cell) -> str:
         return f"| {label} | " + " | ".join(cell(e["summary"]) for e in engines.values()) + " |\n"

@@ -21,12 +21,13 @@ import socket
 from collections.abc import Iterable
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.typing import ASGIFramework
 
 from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
@@ -41,17 +42,21 @@ from .core.operations import MarkRead, PostMessage, PurgeExpired
 from .core.routing import Routing
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
+from .core.state import ChatState
 from .core.views import reads_shared
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
-from .core.state import ChatState
 from .observe import Metrics
 from .plugin_api import Chat
 from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.access import RequestLog
-from .web.api import create_app, current_device, json_response, observe_request
+from .web.api import create_app, observe_request
+from .web.cors import Cors, allowed_origins, socket_origin_allowed
 from .web.proxy import ForwardedFor
 from .web.server import serve as serve_app
+
+if TYPE_CHECKING:
+    from .cluster.service import ClusterService
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ class Node:
     http_port: int = 0
     ws_port: int = 0
     version: str = VERSION
-    cluster: object | None = None  # node.cluster.service.ClusterService when [cluster] enabled
+    cluster: ClusterService | None = None  # when [cluster] is enabled
     connections: ConnectionLimits = attrs.Factory(lambda node: ConnectionLimits.of(node.config), takes_self=True)
     metrics: Metrics = attrs.Factory(Metrics)  # histograms and counters for /metrics (node/observe.py)
 
@@ -109,7 +114,7 @@ class Node:
         """The HTTP URLs clients may use: this node's, then the other live members'."""
         urls = [self.http_url]
         if self.cluster is not None:
-            urls += [url for url in self.cluster.http_urls() if url != self.http_url]  # type: ignore[attr-defined]
+            urls += [url for url in self.cluster.http_urls() if url != self.http_url]
         return urls
 
     def request_shutdown(self) -> None:
@@ -202,7 +207,7 @@ async def _read_id_high_water(storage: Storage, node_id: int) -> int:
     return max((int.from_bytes(raw, "big") for raw in found if raw), default=0)
 
 
-async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_http(node: Node, app: ASGIFramework, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """hypercorn on a socket we create (TCP_USER_TIMEOUT: a stalled client cannot hang it)."""
     cfg = node.config.http
     sock = socket.socket(family_of(cfg.host), socket.SOCK_STREAM)
@@ -224,6 +229,7 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
     # idle keep-alive connections close at once on shutdown (node/web/server.py)
+    app = Cors(app, partial(allowed_origins, node))  # the API for the cluster's own web clients
     # X-Request-Id, the access log and the request-time histogram
     app = RequestLog(app, access=node.config.log.access, observe=partial(observe_request, node.metrics))
     app = ForwardedFor(app, cfg.trusted_proxies)  # the client's address behind a reverse proxy
@@ -277,7 +283,8 @@ def _first_leaf(group: BaseExceptionGroup, types: tuple[type[BaseException], ...
     return None
 
 
-async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bool, task_status) -> None:
+async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bool,
+                    task_status: trio.TaskStatus[Node]) -> None:
     manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints, node_version=VERSION)
     for plugin in manager.describe():
         log.info("plugin %s %s%s", plugin["name"], plugin["version"], " (built in)" if plugin["builtin"] else "")
@@ -315,7 +322,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
         )
         node = Node(config, storage, ids, hub, accounts, chats, blocks, manager, dict(CORE_FRAME_HANDLERS), routing)
         chats.metrics = node.metrics
-        storage.writer.on_commit = node.metrics.observe_commit  # type: ignore[attr-defined]
+        storage.writer.on_commit = node.metrics.observe_commit
         manager.bind(node)
         for handlers in manager.collect("register_frame_types"):
             for name, handler in handlers.items():
@@ -349,7 +356,8 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
 
                     async def accept_chat(task_status: trio.TaskStatus[int]) -> None:
                         with ws_scope:
-                            await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status)
+                            await serve_chat_socket(node, handler_nursery=sessions, task_status=task_status,
+                                                    origin_allowed=partial(socket_origin_allowed, node))
 
                     node.ws_port = await listeners.start(accept_chat)
                     node.http_port = await listeners.start(partial(serve_http, node, app))

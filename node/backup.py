@@ -176,6 +176,13 @@ def _media_files(root: Path, shas: list[str]) -> tuple[list[tuple[Path, str]], l
     return found, missing
 
 
+def _new_backup_folder(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise BackupError(f"{dest} exists and is not empty: give a new folder")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)  # password hashes and device token hashes are in the copy
+
+
 # -- backup ------------------------------------------------------------------------------------------
 
 
@@ -187,10 +194,7 @@ async def backup(config: Config, dest: Path, progress: Progress | None = None) -
     from .storage import snapshot as snap
 
     progress = progress or Progress()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise BackupError(f"{dest} exists and is not empty: give a new folder")
-    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(dest, 0o700)  # password hashes and device token hashes are in the copy
+    await trio.to_thread.run_sync(_new_backup_folder, dest)
     started = time.time()
     files: dict[str, dict[str, Any]] = {}
     media_root = media_dir(config)
@@ -267,7 +271,7 @@ async def _watching(path: Path, progress: Progress, work: Any) -> Any:
         while True:
             await trio.sleep(0.2)
             try:
-                progress.done = path.stat().st_size
+                progress.done = (await trio.Path(path).stat()).st_size
             except OSError:
                 continue
             progress._draw()

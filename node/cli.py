@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from . import logs, preflight
-from .app import VERSION, _first_leaf, serve_node
+from .app import VERSION, Node, _first_leaf, serve_node
 from .config import Config, ConfigError, load_config
 from .logs import LEVELS
 from .plugin_manager import Plugins
@@ -152,7 +152,7 @@ async def _serve(config: Config) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
-            async def run_node(task_status: trio.TaskStatus) -> None:
+            async def run_node(task_status: trio.TaskStatus[Node]) -> None:
                 await serve_node(config, task_status=task_status)
                 nursery.cancel_scope.cancel()  # drained and closed: stop watching signals
 

@@ -24,7 +24,8 @@ reconnects, so the server replays exactly what was missed.
 
 A client may know several nodes of a cluster (``ChatClient([url1, url2])``; it also
 learns the live members from ``GET /api/info``). A request that cannot reach a node is
-tried on the next; ``connect(reconnect=True)`` keeps a chat socket up across node
+tried on the next (a POST or PATCH only if it never reached the first: those are not safe
+to repeat); ``connect(reconnect=True)`` keeps a chat socket up across node
 failures: it reconnects (to the next node, with backoff), presents its cursors, and sends
 again whatever was not acknowledged, with the same ``client_msg_id``, so nothing is lost
 or stored twice.
@@ -34,9 +35,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 import secrets
 from collections import deque
-import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -51,6 +52,8 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4008})
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
+#: Methods whose repetition changes nothing, so a call cut off mid-way may go to another node.
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class ClientError(Exception):
@@ -75,8 +78,17 @@ class ChatClient:
         self.cursors: dict[str, int] = {}  # chat id -> highest seq received with none missing below
         self._ahead: dict[str, set[int]] = {}  # chat id -> seqs received above a gap
         self._timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._clients: dict[str, httpx.AsyncClient] = {}  # node URL -> its HTTP client, kept until aclose
         self._ws_url: str | None = None
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client of the current node. Each node keeps its own, so a request in
+        flight on one is never cut by a move to another."""
+        client = self._clients.get(self.base_url)
+        if client is None:
+            client = self._clients[self.base_url] = httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout)
+        return client
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -85,12 +97,18 @@ class ChatClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
     # -- REST ------------------------------------------------------------------------
 
     async def request(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
-        """A REST call; a node that cannot be reached is left for the next one known."""
+        """A REST call; a node that cannot be reached is left for the next one known.
+
+        A call that may have reached its node before the connection failed is repeated on
+        another only if repeating it changes nothing (GET, PUT, DELETE): a POST or PATCH
+        moves on only when the connection was never made, else the error is raised."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         for attempt in range(2 * len(self.nodes)):
             try:
@@ -99,8 +117,9 @@ class ChatClient:
                     params={k: v for k, v in params.items() if v is not None},
                 )
                 break
-            except httpx.TransportError:
-                if attempt + 1 >= 2 * len(self.nodes):
+            except httpx.TransportError as exc:
+                unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                if attempt + 1 >= 2 * len(self.nodes) or not (unsent or method in IDEMPOTENT):
                     raise
                 await self.next_node()
         self._raise_for(response)
@@ -135,8 +154,6 @@ class ChatClient:
         if len(self.nodes) > 1:
             self.nodes.append(self.nodes.pop(0))
             self.base_url = self.nodes[0]
-            await self._http.aclose()
-            self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self._timeout)
         self._ws_url = None
         return self.base_url
 
@@ -208,7 +225,7 @@ class ChatClient:
 
     # groups
 
-    async def create_group(self, title: str, members: list[str] = (), usernames: list[str] = ()) -> dict[str, Any]:
+    async def create_group(self, title: str, members: Sequence[str] = (), usernames: Sequence[str] = ()) -> dict[str, Any]:
         body = {"title": title, "members": list(members), "usernames": list(usernames)}
         return (await self.request("POST", "/api/groups", body))["chat"]
 
@@ -465,7 +482,7 @@ class Connection:
                     return
                 except ConnectionClosed as exc:
                     self.closed = exc
-                    if not self.reconnect or exc.reason.code not in RECONNECT_CODES:
+                    if not self.reconnect or exc.reason is None or exc.reason.code not in RECONNECT_CODES:
                         return
                 await self._reopen()
         finally:

@@ -74,6 +74,16 @@ def _addresses(_instance: Any, attribute: attrs.Attribute, value: list[str]) -> 
             raise ValueError(f"{attribute.name}: {entry!r} is not an IP address or network") from None
 
 
+def _origins(_instance: Any, attribute: attrs.Attribute, value: list[str]) -> None:
+    from urllib.parse import urlsplit
+
+    for entry in value:
+        parts = urlsplit(entry) if isinstance(entry, str) else None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username):
+            raise ValueError(f"{attribute.name}: {entry!r} is not a web origin (scheme://host[:port], no path)")
+
+
 @attrs.frozen
 class HttpSection:
     """The HTTP listener: REST API, web client and media (hypercorn + quart-trio)."""
@@ -85,6 +95,9 @@ class HttpSection:
     body_timeout: float = _float(10.0, 0.1, 3600.0)  # seconds a JSON request body may take to arrive
     # reverse proxies whose X-Forwarded-For/-Proto are believed (addresses or networks)
     trusted_proxies: list[str] = attrs.field(factory=list, validator=_addresses)
+    # web origins besides the cluster's members whose pages may call the API (CORS) and
+    # open the chat socket, e.g. "https://chat.example.com" (node/web/cors.py)
+    allowed_origins: list[str] = attrs.field(factory=list, validator=_origins)
 
 
 @attrs.frozen

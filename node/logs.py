@@ -66,8 +66,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
-        if getattr(record, "request_id", None):
-            line += f" [{record.request_id}]"
+        request_id = getattr(record, "request_id", None)  # set by the access log's `extra`
+        if request_id:
+            line += f" [{request_id}]"
         exc = _exception(self, record)
         if exc:
             line += f" | {exc}"
@@ -84,8 +85,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if getattr(record, "request_id", None):
-            entry["request_id"] = record.request_id
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update({k: v for k, v in fields.items() if k not in entry})

@@ -107,9 +107,9 @@ class Plugins:
                     raise ConfigError(f"plugin {ep.name!r} failed to load: {exc}") from exc
                 self.versions[ep.name] = ep.dist.version if ep.dist is not None else _version_of(plugin, "unknown")
         for plugin in extra:
-            name = getattr(plugin, "name", None)
-            if name is None or not self.pm.is_blocked(name):
-                registered = self.pm.register(plugin, name=name)
+            extra_name: str | None = getattr(plugin, "name", None)
+            if extra_name is None or not self.pm.is_blocked(extra_name):
+                registered = self.pm.register(plugin, name=extra_name)
                 self.versions[registered or repr(plugin)] = _version_of(plugin, "unknown")
         self._kinds: dict[str, str] = {}  # hook -> kind
         self._owners: dict[str, str] = {}  # plugin-declared hook -> the plugin that declared it
@@ -140,8 +140,8 @@ class Plugins:
                 self._owners[hook] = name
             try:
                 self.pm.add_hookspecs(spec)
-            except pluggy.PluginValidationError as exc:
-                raise ConfigError(f"plugin {exc.plugin_name!r}: {exc}") from None
+            except pluggy.PluginValidationError as exc:  # an impl registered already does not fit
+                raise ConfigError(str(exc)) from None
 
     def _check_impls(self) -> None:
         """Refuse at start-up what would otherwise be silently ignored or misused."""

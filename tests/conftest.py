@@ -80,6 +80,7 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
 # -- an S3-compatible object store: one private SeaweedFS per run, started only when a
 #    test asks for it (`s3_server`); each test takes a bucket of its own. See tests/s3server.py.
 from s3server import s3_server  # noqa: E402,F401
+
 # -- end object store
 
 

@@ -107,7 +107,7 @@ class S3Server:
                 if httpx.get(self.endpoint + "/", timeout=2.0).status_code == 200:
                     self.client().list_buckets()
                     return
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"weed did not answer within {START_TIMEOUT:g} s:\n{self.tail_log()}")

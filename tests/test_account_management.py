@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-import orjson
 import pytest
 import trio
 from conftest import PASSWORD, make_config, running_node

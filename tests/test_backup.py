@@ -11,7 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import trio
 from conftest import make_config, new_user, running_node, storage_toml
 from PIL import Image

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import storage_toml
 import trio
+from conftest import storage_toml
 
 from node.client import ChatClient
 

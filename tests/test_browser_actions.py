@@ -8,7 +8,18 @@ from __future__ import annotations
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    PHONE, auth, browser, expect, message_action, names, node, open_chat, open_direct, pages, send, shot,
+    PHONE,
+    auth,
+    browser,
+    expect,
+    message_action,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
 )
 
 pytestmark = pytest.mark.browser

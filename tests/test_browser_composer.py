@@ -12,8 +12,20 @@ import re
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    PHONE, auth, browser, drop_files, expect, names, node, open_chat, open_direct, pages,
-    send, shot, tone, wait_until,
+    PHONE,
+    auth,
+    browser,
+    drop_files,
+    expect,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
+    tone,
+    wait_until,
 )
 
 pytestmark = pytest.mark.browser

@@ -10,7 +10,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    NodeProcess, auth, browser, drop_file, expect, names, open_chat, open_direct, pages, send, shot,
+    NodeProcess,
+    auth,
+    browser,
+    drop_file,
+    expect,
+    names,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
 )
 
 pytestmark = pytest.mark.browser

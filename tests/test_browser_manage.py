@@ -10,8 +10,19 @@ import time
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    HIDDEN_TAB_WITH_NOTIFICATION_SPY, PHONE, auth, browser, expect, names, node, open_chat, open_direct, pages, send,
-    shot, wait_until,
+    HIDDEN_TAB_WITH_NOTIFICATION_SPY,
+    PHONE,
+    auth,
+    browser,
+    expect,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
+    wait_until,
 )
 
 pytestmark = pytest.mark.browser

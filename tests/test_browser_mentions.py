@@ -8,7 +8,16 @@ from __future__ import annotations
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    HIDDEN_TAB_WITH_NOTIFICATION_SPY, auth, browser, expect, names, node, open_chat, pages, shot, wait_until,
+    HIDDEN_TAB_WITH_NOTIFICATION_SPY,
+    auth,
+    browser,
+    expect,
+    names,
+    node,
+    open_chat,
+    pages,
+    shot,
+    wait_until,
 )
 
 pytestmark = pytest.mark.browser

@@ -6,12 +6,19 @@ test_browser.py."""
 
 from __future__ import annotations
 
-import io
-
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    auth, browser, expect, names, node, open_chat, open_direct, pages, send, shot,
+    auth,
+    browser,
+    expect,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
 )
 
 pytestmark = pytest.mark.browser

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    HIDDEN_TAB_WITH_NOTIFICATION_SPY, browser, expect, names, node, open_chat, open_direct, pages, send, shot,
+    HIDDEN_TAB_WITH_NOTIFICATION_SPY,
+    browser,
+    expect,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
     wait_until,
 )
 

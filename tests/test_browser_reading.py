@@ -14,7 +14,19 @@ import httpx
 import pytest
 import trio
 from test_browser import (  # noqa: F401 (fixtures)
-    DESKTOP, PASSWORD, PHONE, browser, expect, lake_photo, names, node, open_chat, open_direct, pages, send, shot,
+    DESKTOP,
+    PASSWORD,
+    PHONE,
+    browser,
+    expect,
+    lake_photo,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
     wait_until,
 )
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 import httpx
 import pytest
 from test_browser import (  # noqa: F401 (fixtures)
-    auth, browser, expect, names, node, open_chat, open_direct, pages, send, shot, wait_until,
+    auth,
+    browser,
+    expect,
+    names,
+    node,
+    open_chat,
+    open_direct,
+    pages,
+    send,
+    shot,
+    wait_until,
 )
 
 pytestmark = pytest.mark.browser
@@ -29,7 +39,7 @@ def test_search_messages_and_jump_to_one_in_its_context(pages, names, node):
     # LMDB indexes just after each commit: wait until the node finds both
     headers = auth(node, alice)
     wait_until(lambda: len(httpx.get(f"{node.url}/api/search", params={"q": "blue"},
-                                     headers=headers).json()["results"]) == 2, "both messages indexed")
+                                     headers=headers).json()["results"]) == 2, "both messages indexed", timeout=30)
     b = pages.login(alice)  # another device, fresh
     results = b.locator("#message-results-list .result-item")
     b.fill("#search", "blue")
@@ -72,7 +82,7 @@ def test_search_in_one_chat_from_its_menu(pages, names, node):
     send(a, "pizza is great")
     headers = auth(node, alice)
     wait_until(lambda: len(httpx.get(f"{node.url}/api/search", params={"q": "pizza"},
-                                     headers=headers).json()["results"]) == 2, "both messages indexed")
+                                     headers=headers).json()["results"]) == 2, "both messages indexed", timeout=30)
     a.click("#chat-menu")  # carol's chat is open
     a.locator("#popup-menu").get_by_role("menuitem", name="Search messages").click()
     expect(a.locator("#search")).to_be_focused()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import trio
 
@@ -44,3 +45,41 @@ async def test_wait_for_times_out_and_keeps_everything(node, users):
         with pytest.raises(trio.TooSlowError):
             await a.wait_for("message", timeout=0.3)  # nothing comes back to alice
         assert [e["type"] for e in a.events_nowait()][:1] == ["synced"]
+
+
+async def test_a_call_that_may_have_reached_a_node_is_repeated_elsewhere_only_if_that_is_harmless(node, users):
+    """Of two nodes known, the first refuses connections or reads the request and hangs up
+    (it died meanwhile): a GET goes on to the second either way; a POST only when it
+    never reached the first, since it may have been done there."""
+    import socket
+
+    from node.client import ChatClient
+
+    alice = await users("alice")
+    with socket.socket() as refusing:  # bound, never listening: connections are refused
+        refusing.bind(("127.0.0.1", 0))
+        refused_url = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        dying_url = f"http://127.0.0.1:{listener[0].socket.getsockname()[1]}"
+
+        async def read_and_hang_up(stream: trio.SocketStream) -> None:
+            async with stream:
+                await stream.receive_some(65536)  # the request arrived ...
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, read_and_hang_up, listener)
+            for first in (refused_url, dying_url):
+                client = ChatClient([first, node.http_url], token=alice.token)
+                assert (await client.me())["user"]["username"] == "alice"  # GET: on the second node
+                await client.aclose()
+            moved = ChatClient([refused_url, node.http_url], token=alice.token)
+            group = (await moved.request("POST", "/api/groups", {"title": "once"}))["chat"]  # never reached the first
+            assert group["title"] == "once" and moved.base_url == node.http_url
+            await moved.aclose()
+            stuck = ChatClient([dying_url, node.http_url], token=alice.token)
+            with pytest.raises(httpx.TransportError):  # it may have been done: not repeated
+                await stuck.request("POST", "/api/groups", {"title": "twice?"})
+            await stuck.aclose()
+            nursery.cancel_scope.cancel()
+    titles = [c["title"] for c in await alice.chats()]
+    assert titles.count("once") == 1 and "twice?" not in titles

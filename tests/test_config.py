@@ -39,6 +39,8 @@ def test_the_shipped_config_is_the_defaults():
         ('[accounts]\nregistration_open = "yes"\n', "accounts.registration_open: expected true or false"),
         ("[storage]\nmax_batch = 0\n", "storage.max_batch: must be between 1 and 100000, got 0"),
         ('[log]\nformat = "xml"\n', "log.format: must be one of text, json; got 'xml'"),
+        ('[http]\nallowed_origins = ["https://chat.example/app"]\n',
+         "http.allowed_origins: 'https://chat.example/app' is not a web origin"),
         ("[node\n", "not valid TOML"),
     ],
 )

@@ -12,8 +12,8 @@ from contextlib import AsyncExitStack
 import orjson
 import pytest
 import trio
-
 from conftest import make_config, running_node
+
 from node.core.connlimit import ConnectionLimits
 
 pytestmark = pytest.mark.engine("lmdb")  # sockets and descriptors: no storage

@@ -21,9 +21,9 @@ import httpx
 import orjson
 import pytest
 import trio
+from conftest import deep_merge, running_node
 from trio_websocket import open_websocket_url
 
-from conftest import deep_merge, running_node
 from node.config import structure_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -151,6 +151,20 @@ async def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
                 continue
             await stream.aclose()
             return
+
+
+async def wait_serving(public: str, trust: ssl.SSLContext, proc: subprocess.Popen, log: Path) -> None:
+    """Until the proxy answers over TLS: Caddy listens before its internal CA has issued
+    the site's certificate, and a loaded machine widens that gap."""
+    with trio.fail_after(60):
+        while True:
+            assert proc.poll() is None, f"the proxy exited: {log.read_text()[-3000:]}"
+            try:
+                async with httpx.AsyncClient(verify=trust, timeout=5) as http:
+                    await http.get(public + "/api/info")
+                return
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                await trio.sleep(0.1)  # polling a server that has no readiness signal
 
 
 async def use_the_node_through(public: str, trust: ssl.SSLContext) -> None:
@@ -263,6 +277,8 @@ async def test_the_caddy_example_serves_a_node_over_tls(tmp_path):
             with trio.fail_after(30):
                 while not root.exists():  # the internal CA is made as the server starts
                     await trio.sleep(0.05)
-            await use_the_node_through(public, ssl.create_default_context(cafile=str(root)))
+            trust = ssl.create_default_context(cafile=str(root))
+            await wait_serving(public, trust, proc, log)
+            await use_the_node_through(public, trust)
         finally:
             stop(proc)

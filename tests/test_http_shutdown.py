@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import orjson
 import trio
-
 from conftest import make_config
+
 from node.app import serve_node
 
 GRACE = 20.0  # far longer than any of the waits below: reaching it fails the test

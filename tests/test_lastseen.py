@@ -228,6 +228,6 @@ async def _stored(times, key: bytes) -> int | None:
     """The stored last-seen time, or None (not yet, or the database is not back yet)."""
     try:
         raw = await times.get(key)
-    except Exception:  # noqa: BLE001 - storage still reconnecting
+    except Exception:  # storage still reconnecting
         return None
     return int.from_bytes(raw, "big") if raw else None

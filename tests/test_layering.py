@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import ast
 from pathlib import Path
+
+import pytest
 
 pytestmark = pytest.mark.engine("lmdb")  # source checks: no storage
 

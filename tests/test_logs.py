@@ -20,9 +20,9 @@ import httpx
 import orjson
 import pytest
 import trio
+from conftest import make_config
 from trio_websocket import open_websocket_url
 
-from conftest import make_config
 from node import Route, hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError
@@ -176,7 +176,7 @@ async def test_no_secret_reaches_the_log_and_every_line_is_one_event(tmp_path, l
     else:
         for line in lines:
             assert TEXT_LINE.match(line), line
-        assert any(f"GET /api/me 401" in line and f"[{ids['forged']}]" in line for line in lines)
+        assert any("GET /api/me 401" in line and f"[{ids['forged']}]" in line for line in lines)
 
 
 def test_a_traceback_stays_on_its_line_and_tokens_are_scrubbed():

@@ -9,9 +9,9 @@ storage engines. Tests of one store's own behaviour are marked `store("local")`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import math
-import inspect
 import os
 import random
 import struct

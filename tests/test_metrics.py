@@ -116,10 +116,14 @@ async def test_after_traffic_the_histograms_have_plausible_counts(node):
 
 
 async def test_a_fresh_node_shows_every_histogram_empty(node):
+    """Empty but for the node's own start-up writes (its keys settle in storage, some
+    before the histograms observe): nothing is observed before a client does something."""
     metrics = await scrape(node)
+    start_up_commits = metrics["chatnode_storage_commits"][0].value
     for name in HISTOGRAMS[:-1]:
         buckets, count, _ = histogram(metrics[name])
-        assert count == 0 and len(buckets) == len(SECONDS if name.endswith("seconds") else COUNTS) + 1
+        most = start_up_commits if name.startswith("chatnode_storage_commit_") else 0
+        assert count <= most and len(buckets) == len(SECONDS if name.endswith("seconds") else COUNTS) + 1
     assert "chatnode_errors" in metrics and "chatnode_ws_closes" in metrics
 
 

@@ -273,6 +273,18 @@ async def test_firstresult_is_refused_on_a_notification(tmp_path):
         await serve_node(make_config(tmp_path), plugins=[Declarer()], load_entrypoints=False)
 
 
+async def test_an_impl_of_a_declared_hook_with_an_unknown_argument_is_a_config_error(tmp_path):
+    class Deaf:
+        name = "deaf"
+
+        @hookimpl
+        def on_bell(self, volume):  # BellHooks.on_bell has no `volume`
+            pass
+
+    with pytest.raises(ConfigError, match="deaf.*on_bell"):
+        await serve_node(make_config(tmp_path), plugins=[Bell(), Deaf()], load_entrypoints=False)
+
+
 async def test_stores_are_namespaced_per_plugin(tmp_path):
     class One:
         name = "one"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import httpx
-
 from conftest import PASSWORD, make_config, running_node
 
 LIMITS = {"login_failures_per_address": 2, "login_failures_per_user": 1000}

@@ -595,7 +595,7 @@ def issue_certificate(folder, name: str) -> tuple[str, str, str]:
     """A CA and a server certificate for `name` it signed: (CA file, certificate file, key file)."""
     def make(subject: str, issuer_key, issuer: str | None, *, ca: bool):
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or subject)]))

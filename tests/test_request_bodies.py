@@ -10,8 +10,8 @@ import re
 
 import pytest
 import trio
-
 from conftest import make_config, running_node
+
 from node.client import ClientError
 
 CHUNK = b"x" * 65536

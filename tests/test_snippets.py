@@ -43,10 +43,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import make_config, running_node
 
 from node.client import ChatClient
-
-from conftest import make_config, running_node
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

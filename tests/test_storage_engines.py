@@ -152,6 +152,27 @@ async def test_users_usernames_and_tokens(store: Storage) -> None:
     assert await store.user_id_by_name("bob") == 7
 
 
+async def test_update_user_changes_the_stored_fields_and_nothing_else(store: Storage) -> None:
+    """`update_user` works on the stored record, not a copy: two batches that each change
+    other fields (as two nodes do at the same moment) both stay; settings merge key by key;
+    a tombstone and an absent record are left as they are."""
+    await write(store, lambda b: (b.put_user(1, {**user(1, "alice"), "photo": "55"}), b.put_user(2, user(2, "bob")),
+                                  b.put_user(3, {"id": "3", "username": "deleted-3", "deleted": 9, "settings": {}})))
+    await write(store, lambda b: b.update_user(1, {"display_name": "Alice Liddell"}, settings={"last_seen": "nobody"}))
+    await write(store, lambda b: b.update_user(1, {"disabled": 7}, drop=["photo", "absent"],
+                                                settings={"theme": "light"}))
+    await write(store, lambda b: (b.update_user(2, {}, settings={"read_receipts": False}),
+                                  b.update_user(2, {"display_name": "Robert"}),  # later ops of a batch see earlier ones
+                                  b.update_user(3, {"display_name": "Back"}), b.update_user(9, {"display_name": "x"})))
+    users = await store.get_users([1, 2, 3, 9])
+    assert users[1] == {**user(1, "alice"), "display_name": "Alice Liddell", "disabled": 7,
+                        "settings": {"theme": "light", "n": [1, 2.5, None, True], "last_seen": "nobody"}}
+    assert users[2] == {**user(2, "bob"), "display_name": "Robert",
+                        "settings": {**user(2, "bob")["settings"], "read_receipts": False}}
+    assert users[3] == {"id": "3", "username": "deleted-3", "deleted": 9, "settings": {}}
+    assert 9 not in users
+
+
 # -- chats and the log ---------------------------------------------------------------------
 
 

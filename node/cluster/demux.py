@@ -26,7 +26,7 @@ class ReplayStream(trio.abc.Stream):
         self._stream = stream
         self._head = head
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._head:
             n = len(self._head) if max_bytes is None else max_bytes
             data, self._head = self._head[:n], self._head[n:]

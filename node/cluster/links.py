@@ -245,11 +245,19 @@ class Links:
         peer = self._peers.get(node)
         return len(peer.queue) + peer.in_flight if peer is not None else 0
 
+    def peer_statistics(self, node: int) -> dict[str, Any] | None:
+        """The outbound link to one peer: messages waiting (`queued`), taken for the frame
+        being written (`in_flight`), sent, refused because the queue was full (`dropped`),
+        and whether its stream is up; None if there is no link to it."""
+        peer = self._peers.get(node)
+        if peer is None:
+            return None
+        return {"queued": len(peer.queue), "in_flight": peer.in_flight, "sent": peer.sent, "frames": peer.sent_frames,
+                "dropped": peer.dropped, "connected": peer.connected}
+
     def statistics(self) -> dict[str, Any]:
         return {
-            "peers": {str(n): {"queued": len(p.queue), "sent": p.sent, "frames": p.sent_frames,
-                               "dropped": p.dropped, "connected": p.connected}
-                      for n, p in self._peers.items()},
+            "peers": {str(n): self.peer_statistics(n) for n in self._peers},
             "received": self.received,
             "dropped_inbound": self.dropped_inbound,
         }

@@ -49,7 +49,7 @@ class Stall:
         self.stalls += 1
 
     async def wait_unstalled(self) -> None:
-        while trio.current_time() < self.until:
+        while trio.current_time() < self.until:  # noqa: ASYNC110 (a stall may be extended meanwhile)
             await trio.sleep_until(self.until)
 
 

@@ -240,7 +240,7 @@ def decode(body: bytes) -> list[Message]:
             max_map_len=0,
             max_ext_len=0,
         )
-    except Exception as exc:  # noqa: BLE001 - msgpack raises many unrelated types on bad input
+    except Exception as exc:
         raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
     if type(items) is not list or not items:
         raise DecodeError("a packet must be a non-empty array of messages")

@@ -21,8 +21,8 @@ import trio
 
 from ..config import listen_error
 from .config import ClusterConfig, is_loopback
-from .keyring import Keyring
 from .demux import DemuxTransport
+from .keyring import Keyring
 from .links import Links
 from .membership import EventListener, JoinRefused, MemberEvent, Membership
 from .transport import Transport, TrioClock, UdpTcpTransport
@@ -132,7 +132,7 @@ def _configured_http_url(node: Node) -> str:
 
 async def _announce_http_url(node: Node, membership: Membership) -> None:
     """The HTTP listener starts after the cluster; publish its URL once it is known."""
-    while not node.http_port:
+    while not node.http_port:  # noqa: ASYNC110 (set by the HTTP server's start, which has no event)
         await trio.sleep(URL_POLL_INTERVAL)
     membership.update_http_url(_configured_http_url(node) or node.http_url)
 
@@ -158,16 +158,19 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
     except OSError as exc:
         raise listen_error("cluster", cfg.bind_host, cfg.bind_port, exc) from None
     refused: JoinRefused | None = None
+    from ..core.cluster_routing import ClusterRouting
+
     routing = node.routing
-    links = Links(node.config.node.id, keyring, transport, routing.on_message,  # type: ignore[attr-defined]
-                  on_restart=routing.peer_restarted, max_frame=cfg.max_stream_bytes)  # type: ignore[attr-defined]
+    assert isinstance(routing, ClusterRouting), "a node with [cluster] enabled routes with ClusterRouting (app._routing)"
+    links = Links(node.config.node.id, keyring, transport, routing.on_message,
+                  on_restart=routing.peer_restarted, max_frame=cfg.max_stream_bytes)
     demux = DemuxTransport(transport, links, first_frame_timeout=cfg.stream_timeout, max_frame=cfg.max_stream_bytes)
     try:
         membership = _membership(node, cfg, demux, keyring)
         async with trio.open_nursery() as nursery:
             await nursery.start(links.serve)
-            routing.attach(links, node.chats, node.accounts, node.blocks)  # type: ignore[attr-defined]
-            await nursery.start(routing.serve)  # type: ignore[attr-defined]
+            routing.attach(links, node.chats, node.accounts, node.blocks)
+            await nursery.start(routing.serve)
             await nursery.start(membership.run)
             seeds = [s for s in cfg.seeds if s not in (transport.address, transport.bound)]
             try:
@@ -185,7 +188,7 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
                     nursery.start_soon(_keep_joining, membership, seeds)
                 nursery.start_soon(_announce_http_url, node, membership)
                 service = ClusterService(membership, transport, links)
-                service.follow(routing.members_now)  # type: ignore[attr-defined]
+                service.follow(routing.members_now)
                 task_status.started(service)
                 log.info(
                     "cluster: node %d on %s (%s), %d live member(s)",

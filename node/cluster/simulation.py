@@ -174,7 +174,7 @@ class Simulation:
         """Poll ``predicate`` in simulated time; returns the time it took. Raises TooSlowError."""
         start = trio.current_time()
         with trio.fail_after(timeout):
-            while not predicate():
+            while not predicate():  # noqa: ASYNC110 (any predicate, in simulated time)
                 await trio.sleep(step)
         return trio.current_time() - start
 

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -186,4 +187,6 @@ class UdpTcpTransport:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         listener = trio.SocketListener(self._tcp)
-        await trio.serve_listeners(handler, [listener], task_status=task_status)
+        async with trio.open_nursery() as nursery:  # reports once listening, as the other transports do
+            await nursery.start(partial(trio.serve_listeners, handler, [listener]))
+            task_status.started()

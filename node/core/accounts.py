@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import argon2
 import attrs
@@ -33,6 +34,7 @@ MAX_DISPLAY_NAME = 64
 NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it
 LAST_USED_EVERY_MS = 60_000  # a device's last use is noted at most this often
 DELETED_NAME = "Deleted account"  # what a deleted account is shown as
+LOAD_ATTEMPTS = 3  # reads of user records a concurrent change may make stale before one is cached anyway
 
 
 @attrs.frozen
@@ -115,12 +117,13 @@ class Accounts:
         self._reserved: set[str] = set()
         self._devices: dict[bytes, Device] = {}
         self._users: dict[int, dict] = {}
+        self._forgotten = 0  # cached records dropped so far (see load_users)
         self._last_used: dict[bytes, int] = {}  # token hash -> Unix ms, noted by authenticate
         self._touched: set[bytes] = set()  # last_used changed since the last commit
         self._revoking: set[bytes] = set()  # deletes in flight: never write these back
         self._revocations = 0  # revocations finished so far (see authenticate)
         self._password_changes: dict[int, int] = {}  # user id -> changes since start (see login)
-        storage.writer.add_commit_hook(self._flush_last_used)
+        storage.add_commit_hook(self._flush_last_used)
         self.user_failures = FailureWindow(config.login_failures_per_user, config.login_window)
         self.address_failures = FailureWindow(config.login_failures_per_address, config.login_window)
 
@@ -135,7 +138,7 @@ class Accounts:
         if not self._config.registration_open:
             raise ChatError("registration_closed")
         name = self._check_username(username)
-        self._check_password(password)
+        password = self._check_password(password)
         display_name = "" if display_name is None else check_display_name(display_name)
         if name in self._reserved or await self._storage.user_id_by_name(name) is not None:
             raise ChatError("username_taken")
@@ -197,13 +200,15 @@ class Accounts:
             raise ChatError("invalid_username")
         return username.lower()
 
-    def _check_password(self, password: object) -> None:
+    def _check_password(self, password: object) -> str:
+        """The password, if it is one the node accepts."""
         if not isinstance(password, str):
             raise ChatError("bad_request", "password must be a string")
         if len(password) < self._config.min_password_length:
             raise ChatError("weak_password")
         if len(password.encode()) > MAX_PASSWORD_BYTES:
             raise ChatError("bad_request", f"password longer than {MAX_PASSWORD_BYTES} bytes")
+        return password
 
     # -- login / logout ------------------------------------------------------------
 
@@ -232,8 +237,7 @@ class Accounts:
             new_hash = await self._hash(password)
         self._check_password_unchanged(user_id, changes)
         if new_hash != stored_hash:
-            user = self._users[user_id] = {**await self.user(user_id), "password": new_hash}
-            batch.put_user(user_id, user)
+            self._stage(batch, user_id, await self.user(user_id) or user, {"password": new_hash})
         token = "cn_" + secrets.token_urlsafe(32)
         device = Device(
             user_id=user_id,
@@ -243,7 +247,11 @@ class Accounts:
             created=now_ms(),
         )
         batch.put_token(device.token_hash, token_record(device))
-        await self._storage.write(batch)
+        try:
+            await self._storage.write(batch)
+        finally:
+            if new_hash != stored_hash:
+                self._forget_user(user_id)
         stored = (await self._storage.get_users((user_id,))).get(user_id) if self.shared_storage else None
         if self._password_changes.get(user_id, 0) != changes or (
                 stored and (stored["password"] != new_hash or stored.get("disabled"))):
@@ -253,7 +261,7 @@ class Accounts:
             await self._revoke([device])
             raise ChatError("unauthorized", "the password was changed; log in again")
         self._devices[device.token_hash] = device
-        return {"token": token, "device_id": str(device.device_id), "user": public_user(await self.user(user_id))}
+        return {"token": token, "device_id": str(device.device_id), "user": public_user(await self._stored_user(user_id))}
 
     async def logout(self, device: Device) -> None:
         """Revoke the device's token; its open connections are closed."""
@@ -360,7 +368,7 @@ class Accounts:
         user = await self.user(user_id)
         if user is None:
             raise ChatError("not_found")
-        return public_user(await self._update_user(user_id, display_name=name or user["username"]))
+        return public_user(await self._update_user(user_id, {"display_name": name or user["username"]}))
 
     async def set_photo(self, user_id: int, media_id: str | None) -> dict:
         """Set (None: remove) the profile photo, a media id (node/core/profiles.py checks it);
@@ -371,17 +379,8 @@ class Accounts:
                 raise ChatError("not_found")
             if "photo" not in old:
                 return old
-            record = {k: v for k, v in old.items() if k != "photo"}
-            self._users[user_id] = record
-            batch = WriteBatch()
-            batch.put_user(user_id, record)
-            try:
-                await self._storage.write(batch)
-            except BaseException:
-                self._users.pop(user_id, None)
-                raise
-            return record
-        return await self._update_user(user_id, photo=media_id)
+            return await self._update_user(user_id, drop=("photo",))
+        return await self._update_user(user_id, {"photo": media_id})
 
     async def change_password(self, device: Device, current: object, new: object, address: str) -> int:
         """Replace the password after checking the current one, and log out every other
@@ -411,15 +410,16 @@ class Accounts:
         fails, or committed its token before the scan and is found by it (see `login`)."""
         user_id = device.user_id
         self._password_changes[user_id] = self._password_changes.get(user_id, 0) + 1
-        user = self._users[user_id] = {**await self.user(user_id), "password": new_hash}
+        batch = WriteBatch()
+        old = await self.user(user_id)
+        if old is None:
+            raise ChatError("unauthorized")
+        self._stage(batch, user_id, old, {"password": new_hash})
         try:
             others = [device_from_record(h, r) for h, r in await self._tokens_of(user_id) if h != device.token_hash]
-            batch = WriteBatch()
-            batch.put_user(user_id, user)
             await self._revoke(others, batch)
-        except BaseException:
-            self._users.pop(user_id, None)  # reload what is stored
-            raise
+        finally:
+            self._forget_user(user_id)
         self.on_change(user_id)
         return len(others)
 
@@ -452,7 +452,13 @@ class Accounts:
     def forget_users(self, user_ids: Iterable[int]) -> None:
         """Another node changed these users: read them again when next asked."""
         for user_id in user_ids:
-            self._users.pop(user_id, None)
+            self._forget_user(user_id)
+
+    def _forget_user(self, user_id: int) -> None:
+        """Drop a cached record; a read that was under way meanwhile is done again before
+        anything is cached (see `load_users`)."""
+        self._users.pop(user_id, None)
+        self._forgotten += 1
 
     def forget_device(self, token_hash: bytes) -> None:
         """Another node revoked this token: never answer from the cache for it again."""
@@ -469,8 +475,7 @@ class Accounts:
         """A user's record (cached after the first read), or None if there is no such user."""
         user = self._users.get(user_id)
         if user is None:
-            await self.load_users((user_id,))
-            user = self._users.get(user_id)
+            user = (await self.load_users((user_id,))).get(user_id)
         return user
 
     async def load_users(self, user_ids: Iterable[int]) -> dict[int, dict]:
@@ -483,9 +488,19 @@ class Accounts:
                 missing.append(user_id)
             else:
                 out[user_id] = user
-        if missing:
-            for user_id, record in (await self._storage.get_users(missing)).items():
+        for _attempt in range(LOAD_ATTEMPTS):
+            if not missing:
+                break
+            forgotten = self._forgotten
+            found = await self._storage.get_users(missing)
+            if self._forgotten != forgotten and _attempt < LOAD_ATTEMPTS - 1:
+                # A record changed while this read was under way (here, or on another node,
+                # whose news just arrived): what was read may predate the change. Read again
+                # rather than cache it, or the stale copy would stay until the next change.
+                continue
+            for user_id, record in found.items():
                 out[user_id] = self._users.setdefault(user_id, record)
+            break
         return out
 
     async def user_by_name(self, username: str) -> dict | None:
@@ -503,25 +518,39 @@ class Accounts:
         old = await self.user(user_id)
         if not old:
             raise ChatError("not_found")
-        user = await self._update_user(user_id, settings={**old.get("settings", {}), **changes})
+        user = await self._update_user(user_id, settings=changes)
         return user["settings"]
 
-    async def _update_user(self, user_id: int, **fields: object) -> dict:
-        """Write changed fields of a user record. The cache is updated before the await,
-        so concurrent updates of different fields merge instead of overwriting each other."""
+    async def _update_user(self, user_id: int, fields: dict[str, Any] | None = None, *, drop: tuple[str, ...] = (),
+                           settings: dict[str, Any] | None = None) -> dict:
+        """Change some fields of a user record (see `_stage`); returns the record as this
+        node knows it."""
         old = await self.user(user_id)
         if not old:
             raise ChatError("not_found")
-        user = self._users[user_id] = {**old, **fields}
         batch = WriteBatch()
-        batch.put_user(user_id, user)
+        user = self._stage(batch, user_id, old, fields, drop=drop, settings=settings)
         try:
             await self._storage.write(batch)
-        except BaseException:
-            self._users.pop(user_id, None)  # reload what is stored
-            raise
+        finally:
+            self._forget_user(user_id)
         self.on_change(user_id)
         return user
+
+    def _stage(self, batch: WriteBatch, user_id: int, old: dict, fields: dict[str, Any] | None = None, *,
+               drop: tuple[str, ...] = (), settings: dict[str, Any] | None = None) -> dict:
+        """Add a change of some fields to `batch`, and show it in the cache at once. Storage
+        applies it to the stored record (`update_user`), not to this node's copy: in a
+        cluster another node may change other fields of the same user at the same moment,
+        and both changes must stay. The caller drops the cached copy once the batch is
+        written (`_forget_user`), so it is read again as stored."""
+        record = {k: v for k, v in old.items() if k not in drop}
+        record.update(fields or {})
+        if settings:
+            record["settings"] = {**old.get("settings", {}), **settings}
+        self._users[user_id] = record
+        batch.update_user(user_id, fields or {}, drop=drop, settings=settings)
+        return record
 
     # -- administration (node/core/admin.py, docs/admin.md) -------------------------------
 
@@ -529,13 +558,13 @@ class Accounts:
         """An account made by an admin: registration's rules for the name and password,
         whether or not registration is open, and no plugin gate."""
         name = self._check_username(username)
-        self._check_password(password)
+        password = self._check_password(password)
         display_name = "" if display_name is None else check_display_name(display_name)
         if name in self._reserved or await self._storage.user_id_by_name(name) is not None:
             raise ChatError("username_taken")
         self._reserved.add(name)
         try:
-            password_hash = await self._hash(password)  # type: ignore[arg-type]
+            password_hash = await self._hash(password)
             user_id = self._ids.next_id()
             record = {"id": str(user_id), "username": name, "display_name": display_name or name,
                       "created": now_ms(), "password": password_hash, "settings": {}}
@@ -573,19 +602,18 @@ class Accounts:
         were logged out."""
         user = await self._live_user(user_id)
         if disabled:
-            record = user if user.get("disabled") else {**user, "disabled": now_ms()}
-        else:
-            record = {k: v for k, v in user.items() if k != "disabled"}
-        return record, await self._replace_record(user_id, record, revoke=disabled)
+            fields = {} if user.get("disabled") else {"disabled": now_ms()}
+            return await self._replace_record(user_id, user, fields, revoke=True)
+        return await self._replace_record(user_id, user, drop=("disabled",), revoke=False)
 
     async def set_password(self, user_id: int, password: object) -> int:
         """Set a new password for a user (an admin's reset) and log out every device.
         Returns how many were logged out."""
-        self._check_password(password)
+        password = self._check_password(password)
         user = await self._live_user(user_id)
-        new_hash = await self._hash(password)  # type: ignore[arg-type]
-        revoked = await self._replace_record(user_id, {**await self._live_user(user_id), "password": new_hash},
-                                             revoke=True)
+        new_hash = await self._hash(password)
+        _record, revoked = await self._replace_record(user_id, await self._live_user(user_id), {"password": new_hash},
+                                                      revoke=True)
         self.user_failures.reset(user["username"])
         return revoked
 
@@ -598,7 +626,17 @@ class Accounts:
                      "created": user["created"], "password": NO_PASSWORD, "settings": {}, "deleted": now_ms()}
         batch = WriteBatch()
         batch.remove_username(user["username"])
-        return tombstone, await self._replace_record(user_id, tombstone, revoke=True, batch=batch)
+        self._users[user_id] = tombstone
+        batch.put_user(user_id, tombstone)  # the whole record: nothing of the account may stay
+        return tombstone, await self._commit_user(user_id, revoke=True, batch=batch)
+
+    async def _stored_user(self, user_id: int) -> dict:
+        """The record of a user known to exist (records are never removed, only marked
+        deleted), as one that authenticated or logs in."""
+        user = await self.user(user_id)
+        if user is None:
+            raise ChatError("unauthorized")
+        return user
 
     async def _live_user(self, user_id: int) -> dict:
         user = await self.user(user_id)
@@ -606,25 +644,29 @@ class Accounts:
             raise ChatError("not_found", "no such user")
         return user
 
-    async def _replace_record(self, user_id: int, record: dict, *, revoke: bool, batch: WriteBatch | None = None
-                              ) -> int:
-        """Store a changed user record and, with `revoke`, delete every token of the user
-        in the same commit. Counted as a credential change, so a login racing it fails
-        (see `login`). Returns how many devices were logged out."""
-        batch = batch or WriteBatch()
+    async def _replace_record(self, user_id: int, old: dict, fields: dict[str, Any] | None = None, *,
+                              drop: tuple[str, ...] = (), revoke: bool) -> tuple[dict, int]:
+        """Change some fields of a user record (see `_stage`) and, with `revoke`, delete
+        every token of the user in the same commit. Returns the record as this node knows
+        it, and how many devices were logged out."""
+        batch = WriteBatch()
+        record = self._stage(batch, user_id, old, fields, drop=drop)
+        return record, await self._commit_user(user_id, revoke=revoke, batch=batch)
+
+    async def _commit_user(self, user_id: int, *, revoke: bool, batch: WriteBatch) -> int:
+        """Write a batch that changes a user record and, with `revoke`, delete every token
+        of the user in the same commit. Counted as a credential change, so a login racing
+        it fails (see `login`). Returns how many devices were logged out."""
         if revoke:
             self._password_changes[user_id] = self._password_changes.get(user_id, 0) + 1
-        self._users[user_id] = record
-        batch.put_user(user_id, record)
         try:
             if revoke:
                 revoked = await self._revoke_all(user_id, batch)
             else:
                 await self._storage.write(batch)
                 revoked = 0
-        except BaseException:
-            self._users.pop(user_id, None)  # reload what is stored
-            raise
+        finally:
+            self._forget_user(user_id)  # read again as stored
         self.on_change(user_id)
         return revoked
 

@@ -166,7 +166,7 @@ class Admin:
             await set_profile_photo(node, user_id, None)  # the media plugin collects it
         tombstone, revoked = await self.accounts.delete_account(user_id)
         await node.announce_user(user_id, public_user(tombstone))  # (while its groups still count)
-        groups_left, peers = 0, set()
+        groups_left, peers = 0, set[int]()
         chats = await self.storage.load_chats(await self.storage.chat_ids_of(user_id))
         for chat_id, chat in chats.items():
             member = chat.members.get(user_id)

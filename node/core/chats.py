@@ -22,19 +22,19 @@ import orjson
 import trio
 
 from ..observe import Metrics
-from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from ..plugin_api import Message
+from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
 from .state import PREVIEW_KINDS, ChatState, chat_from_loaded, is_muted
 
 if TYPE_CHECKING:
-    from .services import PluginHooks
     from .accounts import Accounts
     from .blocks import Blocks
     from .hub import Hub
+    from .operations import SendOrigin
     from .routing import Routing
-    from .session import Session
+    from .services import PluginHooks
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def message_event(raw: bytes) -> bytes:
 
 def is_expired(record: dict[str, Any], now: int) -> bool:
     expires = record.get("expires_at")
-    return bool(expires) and expires <= now
+    if not expires:
+        return False
+    return expires <= now
 
 
 @attrs.define(eq=False)
@@ -527,7 +529,7 @@ class Chats:
 
     # -- effects (after commit) ------------------------------------------------------
 
-    def fan_out(self, chat: ChatState, record: dict[str, Any], raw: bytes, *, exclude: Session | None = None) -> list[int]:
+    def fan_out(self, chat: ChatState, record: dict[str, Any], raw: bytes, *, exclude: SendOrigin | None = None) -> list[int]:
         """Offer a new log entry to every connected device of every member who may see it.
 
         Never waits: a device whose queue is full is disconnected and resyncs later.

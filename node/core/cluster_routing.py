@@ -16,10 +16,10 @@ message    fields                                              meaning
 send       req, user, device, chat, client_msg_id, content     a device's send, to the chat's owner
 run        req, operation, fields                              an awaited operation, to the owner
 op         operation, fields                                   a fire-and-forget one (``received``)
-res        req, ok, kind, value                                the answer to ``send``/``run``/``online?``
+res        req, ok, kind, value                                the answer to ``send``/``run``/``online?``/
+                                                               ``sub``/``stat?``
 dlv        chat, seq, event, [(user, floor)], exclude          a stored entry for devices on the node
 sub        req, user, [chats], on                              the user's devices here follow these chats
-subok      req                                                 the owner registered the subscription
 loc        user, on                                            to the user's home: devices here or not
 relay      [users], payload, origin                            to the users' home: pass an event on
 ev         [users], payload                                    an ephemeral event for devices here
@@ -33,13 +33,15 @@ bye                                                            the sender is sto
                                                                now, and passes on what still reaches it
 byeok                                                          the ``bye`` was seen: nothing more will
                                                                be sent to be sequenced there
+stat?      req                                                 what do you sequence, serve and queue?
+                                                               (for the admin's cluster view)
 =========  ==================================================  =====================================
 
 **How an owner learns where members' devices are.** When a user's first device connects
 to a node, the node subscribes the user, at the owner of each of the user's chats, for
 that node (``sub``); when the last one goes, it unsubscribes. The owner then sends each
 stored entry once per subscribed node (``dlv``), naming the members there who may see
-it; that node offers it to their devices. After the owner confirms (``subok``), the node
+it; that node offers it to their devices. After the owner confirms (its ``res``), the node
 re-reads the chats' stored seqs and lets its devices catch up from the log on whatever
 was stored before the subscription took effect, so nothing falls in between. When
 ownership moves, nodes subscribe again at the new owners (and catch up the same way).
@@ -71,7 +73,8 @@ import attrs
 import orjson
 import trio
 
-from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership
+from ..cluster.metrics import ClusterMetrics
+from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership, owner_of
 from ..plugin_api import PluginError
 from ..storage import StorageError
 from . import chatprefs, groups, operations, profiles, reactions  # noqa: F401 - their operations register
@@ -96,20 +99,24 @@ MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
 RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription is tried again
 STORAGE_RETRY_DELAY = 1.0  # seconds before work that storage refused (a failover?) is done again
+MOVES_CHUNK = 1000  # chats compared between checkpoints when counting ownership moves
 
 def forwardable(name: str) -> type[Operation] | None:
     """The operation class of that name, if it may travel to a chat's owner: one with a
     chat and plain-data fields (a send travels as ``send``: it names its device)."""
     cls = OPERATIONS.get(name)
-    if cls is None or cls is SendMessage or not attrs.has(cls):
-        return None
-    if "chat_id" not in {f.name for f in attrs.fields(cls)}:
+    if cls is None or cls is SendMessage or "chat_id" not in {f.name for f in _attributes(cls)}:
         return None
     return cls
 
 
+def _attributes(cls: type) -> tuple[attrs.Attribute[Any], ...]:
+    """The attrs fields of an operation class (none if it is not an attrs class)."""
+    return tuple(attrs.fields(cls)) if attrs.has(cls) else ()
+
+
 def _fields(op: Operation) -> dict[str, Any]:
-    return {f.name: getattr(op, f.name) for f in attrs.fields(type(op)) if f.init}
+    return {f.name: getattr(op, f.name) for f in _attributes(type(op)) if f.init}
 
 
 def _error_value(error: ChatError) -> list[Any]:
@@ -130,6 +137,7 @@ class _Request:
     deadline: float
     on_result: Callable[[bool, str, Any], None]
     sent: float = attrs.Factory(time.monotonic)
+    forward: bool = False  # an operation forwarded to its chat's owner: its answer time is observed
 
 
 class RemoteOrigin:
@@ -184,8 +192,8 @@ class ClusterRouting(Routing):
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
         self._work_send, self._work_recv = trio.open_memory_channel[tuple[str, Any]](100_000)
         self.stats = {"forwarded": 0, "forward_failures": 0, "served": 0, "deliveries_sent": 0,
-                      "deliveries_received": 0, "relayed": 0, "ownership_moves": 0, "request_timeouts": 0,
-                      "deferred_for_storage": 0}
+                      "deliveries_received": 0, "relayed": 0, "request_timeouts": 0, "deferred_for_storage": 0}
+        self.metrics = ClusterMetrics()  # for /metrics (node/cluster/metrics.py)
         self._rtt_total = 0.0
         self._rtt_count = 0
 
@@ -232,6 +240,7 @@ class ClusterRouting(Routing):
                 # what it registered here): ask it to subscribe and register again.
                 self.links.send(node, ("resub",))
         before = Ownership(self.node_id, self.ownership.members)
+        view_before = self.ownership.members
         self.joined = True
         if self.leaving and not set(members) - {self.node_id}:
             self.leaving = False  # everyone else is gone: the chats come back until this node stops
@@ -239,14 +248,14 @@ class ClusterRouting(Routing):
         self._quiet.set()
         if not self.ownership.update(members, include_self=not self.leaving):
             return
-        owned_before = len(self.chats._chats)
+        known = set(self.chats._chats) | set(self.subs)  # before they are dropped below
         self.chats.forget_chats(self.owns)
-        self.stats["ownership_moves"] += owned_before - len(self.chats._chats)
         for chat_id in [c for c in self.subs if not self.owns(c)]:
             del self.subs[chat_id]
         for user_id in [u for u in self.locations if self.ownership.owner(u, USER) != self.node_id]:
             del self.locations[user_id]
         self._work_send.send_nowait(("rebalance", before))
+        self._work_send.send_nowait(("count_moves", (view_before, self.ownership.members, known)))
 
     def peer_restarted(self, node: int) -> None:
         """A peer came back as a new process (a crash and a quick restart that membership
@@ -353,16 +362,44 @@ class ClusterRouting(Routing):
     # -- forwarding ----------------------------------------------------------------------
 
     def _request(self, peer: int, message_for: Callable[[int], tuple[Any, ...]],
-                 on_result: Callable[[bool, str, Any], None]) -> bool:
+                 on_result: Callable[[bool, str, Any], None], *, timeout: float = REQUEST_TIMEOUT,
+                 forward: bool = False) -> int:
+        """Send a request; `on_result` gets its answer, or an error once `timeout` has
+        passed. Returns its id, or 0 if it could not be queued for the peer."""
         assert self.links is not None
         req = next(self._req_ids)
-        self._pending[req] = _Request(peer, time.monotonic() + REQUEST_TIMEOUT, on_result)
+        self._pending[req] = _Request(peer, time.monotonic() + timeout, on_result, forward=forward)
         if self.links.send(peer, message_for(req)):
-            self.stats["forwarded"] += 1
-            return True
+            return req
         del self._pending[req]
         self.stats["forward_failures"] += 1
-        return False
+        return 0
+
+    async def ask(self, peer: int, message_for: Callable[[int], tuple[Any, ...]],
+                  timeout: float) -> tuple[Any, float] | None:
+        """A request to a peer, awaited for at most `timeout` seconds: (the answer's value,
+        seconds from sending to the answer), or None if it could not be sent, was refused
+        or did not come in time (a late answer is then ignored)."""
+        answer: list[tuple[bool, Any, float]] = []
+        came = trio.Event()
+        started = time.monotonic()
+
+        def on_result(ok: bool, kind: str, value: Any) -> None:
+            answer.append((ok, value, time.monotonic() - started))
+            came.set()
+
+        req = self._request(peer, message_for, on_result, timeout=timeout)
+        if not req:
+            return None
+        with trio.move_on_after(timeout):
+            await came.wait()
+        if not answer:
+            self._pending.pop(req, None)
+            if not self._pending:
+                self._quiet.set()
+            return None
+        ok, value, took = answer[0]
+        return (value, took) if ok else None
 
     def answer(self, node: int, req: int, ok: bool, kind: str, value: Any) -> None:
         if node == self.node_id:
@@ -387,19 +424,22 @@ class ClusterRouting(Routing):
                 else:
                     origin.send_error(_error_from(value), ref=op.client_msg_id)
 
-            sent = self._request(owner, lambda req: (
+            sent = bool(self._request(owner, lambda req: (
                 "send", req, origin.user_id, device, op.chat_id, op.client_msg_id, orjson.dumps(op.content), hops + 1,
-            ), on_send_result)
+            ), on_send_result, forward=True))
         elif isinstance(op, Awaitable):
-            sent = self._request(owner, lambda req: (
+            sent = bool(self._request(owner, lambda req: (
                 "run", req, type(op).__name__, orjson.dumps(_fields(op)), hops + 1,
-            ), lambda ok, kind, value: self._settle(op, ok, kind, value))
+            ), lambda ok, kind, value: self._settle(op, ok, kind, value), forward=True))
         else:
             assert self.links is not None
             sent = self.links.send(owner, ("op", type(op).__name__, orjson.dumps(_fields(op)), hops + 1))
-            if sent:
-                self.stats["forwarded"] += 1
-        if not sent:
+            if not sent:
+                self.stats["forward_failures"] += 1
+        if sent:
+            self.stats["forwarded"] += 1
+            self.metrics.forwarded.inc(type(op).__name__)
+        else:
             op.reject(UNAVAILABLE)
 
     def _settle(self, op: Awaitable, ok: bool, kind: str, value: Any) -> None:
@@ -426,8 +466,11 @@ class ClusterRouting(Routing):
             return  # timed out already: the client's retry settles it
         if not self._pending:
             self._quiet.set()
-        self._rtt_total += time.monotonic() - request.sent
+        took = time.monotonic() - request.sent
+        self._rtt_total += took
         self._rtt_count += 1
+        if request.forward:
+            self.metrics.forward.observe(took)
         request.on_result(ok, kind, value)
 
     async def _expire_requests(self) -> None:
@@ -565,6 +608,8 @@ class ClusterRouting(Routing):
                     await self._catch_up(*value)
                 elif kind == "rebalance":
                     await self._rebalance(value)
+                elif kind == "count_moves":
+                    await self._count_moves(*value)
                 elif kind == "peer_restarted":
                     await self._redo_with(value)
             except StorageError:
@@ -619,7 +664,10 @@ class ClusterRouting(Routing):
                     self._local_chats.get(user_id, set()).difference_update(ids)
                     self._retry_subscribe(user_id)
 
-            if not self._request(owner, lambda req, ids=ids: ("sub", req, user_id, ids, True), subscribed):
+            def subscription(req: int, ids: list[int] = ids) -> tuple[Any, ...]:
+                return ("sub", req, user_id, ids, True)
+
+            if not self._request(owner, subscription, subscribed):
                 known.difference_update(ids)
                 self._retry_subscribe(user_id)
 
@@ -665,6 +713,24 @@ class ClusterRouting(Routing):
             await self._subscribe(user_id, moved, fresh=False)
             if i % RESUBSCRIBE_CHUNK == 0:
                 await trio.lowlevel.checkpoint()
+
+    async def _count_moves(self, before: tuple[int, ...], after: tuple[int, ...], known: set[int]) -> None:
+        """Count the chats whose owner differs between two views, among those this node
+        knew of: the chats it sequenced, those peers had subscribed to here, and those its
+        users follow. Off the membership callback, with checkpoints: hashing is not free."""
+        if not before or not after:
+            return
+        chats = set(known)
+        for i, followed in enumerate(list(self._local_chats.values())):
+            chats.update(followed)
+            if i % MOVES_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
+        moved = 0
+        for i, chat_id in enumerate(chats):
+            moved += owner_of(chat_id, before, CHAT) != owner_of(chat_id, after, CHAT)
+            if i % MOVES_CHUNK == 0:
+                await trio.lowlevel.checkpoint()
+        self.metrics.ownership_moves += moved
 
     # -- users anywhere ------------------------------------------------------------------
 
@@ -786,6 +852,8 @@ class ClusterRouting(Routing):
         elif kind == "byeok":
             self._bye_unanswered.discard(peer)
             self._quiet.set()
+        elif kind == "stat?":
+            self.answer(peer, message[1], True, "value", self.report())
         elif kind == "revoke":
             if self.accounts is not None:
                 self.accounts.forget_device(message[1])
@@ -795,10 +863,30 @@ class ClusterRouting(Routing):
 
     # -- observing -------------------------------------------------------------------------
 
+    def report(self) -> dict[str, Any]:
+        """What this node tells a peer that asks (``stat?``) for the cluster view
+        (node/cluster/status.py): what it sequences, serves and queues, as it is now."""
+        assert self.chats is not None
+        hub = self.hub.statistics()
+        links = self.links
+        return {
+            "chats_sequenced": len(self.chats._chats),
+            "devices": hub["connections"],
+            "users_online": hub["users_online"],
+            "subscribed_chats": len(self.subs),
+            "users_homed": len(self.locations),
+            "pending_requests": len(self._pending),
+            "view": list(self.ownership.members),
+            "leaving": self.leaving,
+            "links": {str(n): links.peer_statistics(n) for n in self._members if n != self.node_id}
+            if links is not None else {},
+        }
+
     def statistics(self) -> dict[str, Any]:
         assert self.chats is not None
         return {
             **self.stats,
+            "ownership_moves": self.metrics.ownership_moves,
             "members": len(self.ownership.members),
             "chats_owned": len(self.chats._chats),
             "subscribed_chats": len(self.subs),

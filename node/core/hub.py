@@ -55,7 +55,7 @@ class Hub:
     def revoke(self, token_hash: bytes) -> None:
         """Close every connection authenticated with a token that was just revoked."""
         for session in self.all_sessions():
-            if session.device.token_hash == token_hash:
+            if session.device is not None and session.device.token_hash == token_hash:
                 session.close(CLOSE_LOGGED_OUT, "logged out")
 
     def statistics(self) -> dict[str, int]:

@@ -36,7 +36,7 @@ def _send_to_user(node: Services, user_id: int, event: dict[str, Any]) -> None:
 async def _visible_entry(node: Services, user_id: int, chat_id: int, seq: int) -> tuple[ChatState, dict[str, Any]]:
     chat = await node.chats.load(chat_id)
     visible = chat.visible_range(user_id) if chat is not None else None
-    if visible is None:
+    if chat is None or visible is None:
         raise ChatError("not_member")
     rows = await node.chats.read_range(chat_id, seq, seq, 1) if visible[0] <= seq <= visible[1] else []
     record = orjson.loads(rows[0][1]) if rows else None
@@ -89,7 +89,7 @@ async def starred_list(node: Services, user_id: int, offset: int, limit: int) ->
     out: list[dict[str, Any]] = []
     now = now_ms()
     taken = 0
-    for ts, chat_id, seq, message_id in stars[offset:]:
+    for _ts, chat_id, seq, message_id in stars[offset:]:
         if len(out) == limit:
             break
         taken += 1

@@ -149,7 +149,7 @@ async def set_group_photo(node: Services, user_id: int, chat_id: int, media_id: 
     """Check the upload (the media plugin's gate), then set the group's photo."""
     chat = await node.chats.load(chat_id)
     member = chat.member(user_id) if chat is not None else None
-    if member is None:
+    if chat is None or member is None:
         raise ChatError("not_member")
     if chat.kind != "group":
         raise bad_request("only groups have a photo of their own")

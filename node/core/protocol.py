@@ -11,7 +11,7 @@ leaving the field out.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import orjson
 
@@ -46,6 +46,11 @@ def check_fields(event: dict[str, Any], allowed: frozenset[str]) -> None:
         raise bad_request(f"unknown field(s) in {event['type']}: {', '.join(sorted(unknown))}")
 
 
+# A required field comes back typed as present: a missing one raised `bad_request`.
+@overload
+def get_id(event: dict[str, Any], field: str, *, required: Literal[True] = ...) -> int: ...
+@overload
+def get_id(event: dict[str, Any], field: str, *, required: bool) -> int | None: ...
 def get_id(event: dict[str, Any], field: str, *, required: bool = True) -> int | None:
     value = event.get(field)
     if value is None:
@@ -58,6 +63,10 @@ def get_id(event: dict[str, Any], field: str, *, required: bool = True) -> int |
         raise bad_request(f"'{field}': {exc}") from None
 
 
+@overload
+def get_int(event: dict[str, Any], field: str, *, minimum: int = 0, required: Literal[True] = ...) -> int: ...
+@overload
+def get_int(event: dict[str, Any], field: str, *, minimum: int = 0, required: bool) -> int | None: ...
 def get_int(event: dict[str, Any], field: str, *, minimum: int = 0, required: bool = True) -> int | None:
     value = event.get(field)
     if value is None and not required:
@@ -67,6 +76,11 @@ def get_int(event: dict[str, Any], field: str, *, minimum: int = 0, required: bo
     return value
 
 
+@overload
+def get_str(event: dict[str, Any], field: str, *, max_bytes: int, required: Literal[True] = ...,
+            empty: bool = False) -> str: ...
+@overload
+def get_str(event: dict[str, Any], field: str, *, max_bytes: int, required: bool, empty: bool = False) -> str | None: ...
 def get_str(event: dict[str, Any], field: str, *, max_bytes: int, required: bool = True, empty: bool = False) -> str | None:
     value = event.get(field)
     if value is None and not required:

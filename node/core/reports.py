@@ -66,11 +66,11 @@ async def file_report(node: Services, reporter: int, body: dict[str, Any]) -> di
         explicit_chat = True
     chat = await node.chats.load(chat_id) if chat_id is not None else None
     visible = chat.visible_range(reporter) if chat is not None else None
-    if explicit_chat and visible is None:
+    if explicit_chat and (chat is None or visible is None):
         raise ChatError("not_member")
-    if explicit_chat and user_id is not None and user_id not in chat.members:
+    if explicit_chat and chat is not None and user_id is not None and user_id not in chat.members:
         raise bad_request("the user reported is not a member of that chat")
-    messages = await _last_messages(node, chat_id, visible, reporter, user_id) if visible else []
+    messages = await _last_messages(node, chat.id, visible, reporter, user_id) if chat is not None and visible else []
     now = now_ms()
     report_id = node.chats.ids.next_id()
     report = {
@@ -83,7 +83,7 @@ async def file_report(node: Services, reporter: int, body: dict[str, Any]) -> di
     batch = WriteBatch()
     batch.kv_put(REPORTS, key(report_id), orjson.dumps(report))
     await node.storage.write(batch)
-    if block:
+    if block and user_id is not None:  # (`block` without `user` was refused above)
         await node.blocks.set(reporter, user_id, True)
     return {"id": report["id"], "created": now, "messages": len(messages)}
 

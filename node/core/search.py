@@ -81,7 +81,7 @@ async def search(node: Services, user_id: int, query: object, *, chat_id: int | 
             results.append({"chat": str(found_chat), "message": record})
             if len(results) == limit:
                 break
-        if len(rows) <= limit:
+        if len(rows) <= limit or cursor is None:  # (more rows than `limit`: `cursor` is set)
             next_cursor = None
             break
         next_cursor = ".".join(str(n) for n in cursor)

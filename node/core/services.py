@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .accounts import Accounts
     from .blocks import Blocks
     from .chats import Chats
+    from .connlimit import ConnectionLimits
     from .errors import ChatError
     from .hub import Hub
     from .routing import Routing
@@ -33,18 +34,36 @@ class PluginHooks(Protocol):
 
 
 class Services(Protocol):
-    """The running node as the core's sessions, sweepers and views see it."""
+    """The running node as the core's sessions, sweepers and views see it.
 
-    config: Config
-    storage: Storage
-    hub: Hub
-    accounts: Accounts
-    chats: Chats
-    blocks: Blocks
-    plugins: PluginHooks
-    frame_handlers: dict[str, FrameHandler]
-    routing: Routing
-    shutdown_requested: trio.Event
-    metrics: Metrics
+    Its parts are read-only properties: the core never replaces them, and a property
+    lets the node hold a richer type (its `Plugins` manager for `PluginHooks`)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def storage(self) -> Storage: ...
+    @property
+    def hub(self) -> Hub: ...
+    @property
+    def accounts(self) -> Accounts: ...
+    @property
+    def chats(self) -> Chats: ...
+    @property
+    def blocks(self) -> Blocks: ...
+    @property
+    def plugins(self) -> PluginHooks: ...
+    @property
+    def frame_handlers(self) -> dict[str, FrameHandler]: ...
+    @property
+    def routing(self) -> Routing: ...
+    @property
+    def shutdown_requested(self) -> trio.Event: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def connections(self) -> ConnectionLimits: ...
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def announce_user(self, user_id: int, user: dict[str, Any]) -> None: ...

@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
+from ..storage import StorageError
 from . import errors
 from .accounts import Device, public_user
 from .chats import message_event, now_ms
-from ..storage import StorageError
-from .state import ChatState
 from .errors import ChatError
 from .messages import MEDIA_KINDS, content_from_send
 from .operations import MarkDelivered, SendMessage
 from .personal import hidden_between
 from .protocol import check_fields, get_client_msg_id, get_cursors, get_id, get_int, parse_frame
 from .ratelimit import TokenBucket
+from .state import ChatState
 from .websocket import ABNORMAL_CLOSURE, ConnectionClosed, WebSocket
 
 if TYPE_CHECKING:

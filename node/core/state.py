@@ -7,6 +7,7 @@ reads them on the event loop. Records are plain dicts in the same JSON shape as 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -98,12 +99,14 @@ class ChatState:
         return first, self.committed_seq if until is None else min(until, self.committed_seq)
 
 
-def is_muted(member: dict[str, Any], now: int) -> bool:
+def is_muted(member: Mapping[str, Any], now: int) -> bool:
     """Whether a member muted the chat: for good (`muted`) or until `muted_until` (ms)."""
     if member.get("muted"):
         return True
     until = member.get("muted_until")
-    return bool(until) and until > now
+    if not until:
+        return False
+    return until > now
 
 
 def chat_from_loaded(chat_id: int, stored: LoadedChat) -> ChatState:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from .accounts import public_user
 from .chatprefs import prefs_of
-from .profiles import add_photos
 from .chats import is_expired, now_ms
+from .profiles import add_photos
 from .state import ChatState
 
 if TYPE_CHECKING:

@@ -13,6 +13,8 @@ Clients (node/client.py, the tests) keep using trio-websocket.
 
 from __future__ import annotations
 
+from typing import cast
+
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
@@ -20,6 +22,7 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Event,
     Ping,
     RejectConnection,
     RejectData,
@@ -48,18 +51,22 @@ class ConnectionClosed(Exception):
 class Upgrade:
     """An HTTP upgrade request read from a new connection, to accept or reject."""
 
-    __slots__ = ("path", "protocol", "stream")
+    __slots__ = ("host", "origin", "path", "protocol", "stream")
 
-    def __init__(self, stream: trio.SocketStream, protocol: WSConnection, path: str) -> None:
+    def __init__(self, stream: trio.SocketStream, protocol: WSConnection, path: str, host: str = "",
+                 origin: str | None = None) -> None:
         self.stream = stream
         self.protocol: WSConnection | None = protocol
         self.path = path
+        self.host = host  # the Host header
+        self.origin = origin  # the Origin header (a browser sends one; None: absent)
 
     async def accept(self, *, max_message_size: int) -> WebSocket:
         """Open the WebSocket. The upgrade is spent afterwards: it lets go of the
         handshake's HTTP parser (about 1.5 KiB per connection) and keeps only the
         WebSocket layer, even while the caller still holds this object."""
         protocol, self.protocol = self.protocol, None
+        assert protocol is not None, "already accepted"
         answer = protocol.send(AcceptConnection())
         connection = protocol.connection
         assert connection is not None
@@ -88,7 +95,9 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
             while True:
                 for event in protocol.events():
                     if isinstance(event, Request):
-                        return Upgrade(stream, protocol, event.target)
+                        origin = next((v for k, v in event.extra_headers if k.lower() == b"origin"), None)
+                        return Upgrade(stream, protocol, event.target, event.host,
+                                       origin.decode("latin-1") if origin is not None else None)
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     return None
@@ -113,7 +122,7 @@ class WebSocket:
         self._stream = stream
         self._protocol = protocol
         self._max_size = max_message_size
-        self._parts: list[str | bytes] = []  # fragments of the message being received
+        self._parts: list[str | bytes | bytearray] = []  # fragments of the message being received
         self._size = 0
         self._send_lock = trio.StrictFIFOLock()
         self._broken = False  # a send was cut off mid-frame: only closing the TCP is safe now
@@ -130,18 +139,17 @@ class WebSocket:
         protocol = self._protocol
         while True:
             for event in protocol.events():
-                kind = type(event)
-                if kind is TextMessage or kind is BytesMessage:
-                    message = self._collect(event)  # type: ignore[arg-type]
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    message = self._collect(event)
                     if message is not None:
                         return message
                     if self._size > self._max_size:
                         await self.aclose(MESSAGE_TOO_BIG, "message too big")
                         raise ConnectionClosed(MESSAGE_TOO_BIG, "message too big")
-                elif kind is Ping:
-                    await self._send_control(event.response())  # type: ignore[union-attr]
-                elif kind is CloseConnection:
-                    await self._finish_close(event)  # type: ignore[arg-type]
+                elif isinstance(event, Ping):
+                    await self._send_control(event.response())
+                elif isinstance(event, CloseConnection):
+                    await self._finish_close(event)
             try:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except _TRANSPORT_ERRORS:
@@ -157,9 +165,14 @@ class WebSocket:
         if event.message_finished:
             if not self._parts:
                 self._size = 0
-                return event.data
+                return bytes(event.data) if isinstance(event.data, bytearray) else event.data
             self._parts.append(event.data)
-            message = ("" if isinstance(event, TextMessage) else b"").join(self._parts)  # type: ignore[arg-type]
+            # the fragments of one message are all text or all binary (wsproto checks)
+            message: str | bytes
+            if isinstance(event, TextMessage):
+                message = "".join(cast("list[str]", self._parts))
+            else:
+                message = b"".join(cast("list[bytes | bytearray]", self._parts))
             self._parts.clear()
             self._size = 0
             return message
@@ -187,9 +200,9 @@ class WebSocket:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing") from None
         await self._send_bytes(data)
 
-    async def _send_control(self, event: CloseConnection | object) -> None:
+    async def _send_control(self, event: Event) -> None:
         try:
-            data = self._protocol.send(event)  # type: ignore[arg-type]
+            data = self._protocol.send(event)
         except LocalProtocolError:
             return
         try:

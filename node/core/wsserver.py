@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -41,12 +42,15 @@ async def serve_chat_socket(
     node: Services,
     *,
     handler_nursery: trio.Nursery,
+    origin_allowed: Callable[[str | None, str], bool] = lambda origin, host: True,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept chat connections until cancelled; reports the bound port when ready.
 
     Connection handlers run in `handler_nursery`, so cancelling this function stops
     accepting without cutting connections that are being closed gracefully.
+    `origin_allowed(origin, host)` says whether a handshake's Origin and Host headers
+    may open a socket (the web layer decides: node/web/cors.py); others get 403.
     """
     cfg = node.config.websocket
     limits = node.config.limits
@@ -68,6 +72,9 @@ async def serve_chat_socket(
                 return
             if upgrade.path.split("?", 1)[0] != cfg.path:
                 await upgrade.reject(404, b"not found")
+                return
+            if not origin_allowed(upgrade.origin, upgrade.host):
+                await upgrade.reject(403, b"origin not allowed")
                 return
             if node.shutdown_requested.is_set():
                 await upgrade.reject(503, b"shutting down")

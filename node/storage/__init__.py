@@ -33,17 +33,27 @@ MB = 1024 * 1024
 
 
 class StorageSettings(Protocol):
-    """The ``[storage]`` settings an engine is opened with (node.config.StorageSection)."""
+    """The ``[storage]`` settings an engine is opened with (node.config.StorageSection,
+    a frozen class: hence read-only properties)."""
 
-    engine: str
-    dsn: str
-    pool_size: int
-    commit_timeout: float
-    map_size_mb: int
-    max_map_size_mb: int
-    max_batch: int
-    sync: bool
-    dedupe_retention: float
+    @property
+    def engine(self) -> str: ...
+    @property
+    def dsn(self) -> str: ...
+    @property
+    def pool_size(self) -> int: ...
+    @property
+    def commit_timeout(self) -> float: ...
+    @property
+    def map_size_mb(self) -> int: ...
+    @property
+    def max_map_size_mb(self) -> int: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def sync(self) -> bool: ...
+    @property
+    def dedupe_retention(self) -> float: ...
 
 
 @contextlib.asynccontextmanager

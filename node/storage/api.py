@@ -20,12 +20,15 @@ them). Nothing above node/storage imports lmdb or psycopg.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
 from .batch import DedupeAck, Op, WriteBatch
+
+if TYPE_CHECKING:
+    from .writer import Writer
 
 
 class StorageError(Exception):
@@ -90,6 +93,7 @@ class Storage:
     """The interface of a storage engine. See the module docstring for the contract."""
 
     info: EngineInfo
+    writer: Writer  # the group-commit writer every engine runs (its counters, `on_commit`)
 
     # -- writing ---------------------------------------------------------------
 
@@ -222,7 +226,7 @@ class Storage:
 
     # -- copying and verification ----------------------------------------------
 
-    def export(self, table: str, page: int = 1000) -> AsyncIterator[list[tuple[Any, ...]]]:
+    def export(self, table: str, page: int = 1000) -> AsyncGenerator[list[tuple[Any, ...]], None]:
         """Every row of an `EXPORT_TABLES` table, in a stable order, in pages:
 
         meta (key, value) · users (user_id, record) · tokens (hash, record) · chats

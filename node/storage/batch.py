@@ -11,6 +11,11 @@ costs one list append. Engines dispatch on ``op``. The ops, with their guarantee
 op                 args                                            semantics
 =================  ==============================================  ===========================
 put_user           user_id, record                                 insert or replace
+update_user        user_id, fields, drop, settings                 change a stored record: set
+                                                                   ``fields``, remove the keys in
+                                                                   ``drop``, merge ``settings``
+                                                                   into its settings; no record,
+                                                                   or a tombstone: no change
 add_username       name, user_id                                   insert; a taken name fails
 remove_username    name                                            delete
 put_token          token_hash, record                              insert or replace
@@ -45,6 +50,7 @@ second one to take a seq loses). ``set_chat_seq`` fails unless the stored value 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 
@@ -97,6 +103,12 @@ class WriteBatch:
 
     def put_user(self, user_id: int, record: dict[str, Any]) -> None:
         self.ops.append(("put_user", user_id, record))
+
+    def update_user(self, user_id: int, fields: dict[str, Any], *, drop: Iterable[str] = (),
+                    settings: dict[str, Any] | None = None) -> None:
+        """Change some fields of the stored record, whatever else it holds by then: another
+        node may change other fields of the same record at the same moment."""
+        self.ops.append(("update_user", user_id, fields, list(drop), settings or {}))
 
     def add_username(self, name: str, user_id: int) -> None:
         self.ops.append(("add_username", name, user_id))

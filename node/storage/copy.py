@@ -196,7 +196,7 @@ def _kept(table: str, row: tuple[Any, ...]) -> bool:
 
 async def _rows(storage: Storage, table: str, page: int) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     """The table's pages, without the copy's marker."""
-    async with contextlib.aclosing(storage.export(table, page)) as pages:  # type: ignore[type-var]
+    async with contextlib.aclosing(storage.export(table, page)) as pages:
         async for rows in pages:
             yield [row for row in rows if _kept(table, row)]
 
@@ -287,7 +287,8 @@ async def verify(source: Storage, target: Storage, *, page: int = PAGE,
             progress.start(f"verify {table}", await count_rows(source, table))
         sides: dict[str, tuple[int, str]] = {}
 
-        async def side(name: str, storage: Storage, shown: Progress | None) -> None:
+        async def side(name: str, storage: Storage, shown: Progress | None,
+                       sides: dict[str, tuple[int, str]] = sides, table: str = table) -> None:
             sides[name] = await _digest(storage, table, page, shown)
 
         async with trio.open_nursery() as nursery:

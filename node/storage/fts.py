@@ -85,9 +85,19 @@ class FtsIndex:
             self._writer.execute("COMMIT")
         return False
 
+    def _open_writer(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise sqlite3.ProgrammingError("the search index is not open")
+        return self._writer
+
+    def _open_reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise sqlite3.ProgrammingError("the search index is not open")
+        return self._reader
+
     def mark_built(self) -> None:
         with self._write_lock:
-            self._writer.execute("UPDATE meta SET value = '1' WHERE key = 'built'")
+            self._open_writer().execute("UPDATE meta SET value = '1' WHERE key = 'built'")
 
     def close(self) -> None:
         for conn in (self._writer, self._reader):
@@ -98,7 +108,7 @@ class FtsIndex:
 
     def apply(self, changes: Iterable[tuple[int, int, int, int, str | None]]) -> None:
         """(chat, seq, ts, expires_at, text or None) per entry, as it is now, in one transaction."""
-        conn = self._writer
+        conn = self._open_writer()
         with self._write_lock:
             conn.execute("BEGIN")
             try:
@@ -122,7 +132,7 @@ class FtsIndex:
         one), within the (chat, first, last) ranges, not expired at `now`, the newest first,
         strictly before the (ts, chat, seq) `before`."""
         match = " AND ".join(f'"{term}"*' for term in terms)
-        conn = self._reader
+        conn = self._open_reader()
         with self._read_lock:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted"
                          " (chat INTEGER PRIMARY KEY, first INTEGER, last INTEGER)")
@@ -143,4 +153,4 @@ class FtsIndex:
 
     def count(self) -> int:
         with self._read_lock:
-            return self._reader.execute("SELECT count(*) FROM docs").fetchone()[0]
+            return self._open_reader().execute("SELECT count(*) FROM docs").fetchone()[0]

@@ -39,7 +39,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -209,7 +209,7 @@ class LmdbStorage(Storage):
     # -- reading helpers -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[lmdb.Transaction]:
+    def _read(self) -> Iterator[lmdb.Transaction[bytes]]:
         """A read transaction for short point reads on the event loop. Never await inside."""
         with self.env.begin(buffers=False) as txn:
             yield txn
@@ -233,7 +233,7 @@ class LmdbStorage(Storage):
             return fn(txn, *args)
 
     def scan(
-        self, txn: lmdb.Transaction, db: str, start: bytes, end: bytes, *, reverse: bool = False, limit: int = 0
+        self, txn: lmdb.Transaction[bytes], db: str, start: bytes, end: bytes, *, reverse: bool = False, limit: int = 0
     ) -> Iterator[tuple[bytes, bytes]]:
         """Yield (key, value) with start <= key < end, ascending or descending."""
         cursor = txn.cursor(db=self.handles[db])
@@ -313,7 +313,7 @@ class LmdbStorage(Storage):
                     out[chat_id] = loaded
         return out
 
-    def _load_chat(self, txn: lmdb.Transaction, chat_id: int) -> LoadedChat | None:
+    def _load_chat(self, txn: lmdb.Transaction[bytes], chat_id: int) -> LoadedChat | None:
         raw = txn.get(u64(chat_id), db=self.handles["chats"])
         if raw is None:
             return None
@@ -549,7 +549,7 @@ class LmdbStorage(Storage):
 
     # -- copying -------------------------------------------------------------------------
 
-    async def export(self, table: str, page: int = 1000) -> AsyncIterator[list[tuple[Any, ...]]]:
+    async def export(self, table: str, page: int = 1000) -> AsyncGenerator[list[tuple[Any, ...]], None]:
         db, decode = _EXPORTS[table]
         start = b""
         while True:
@@ -634,6 +634,20 @@ def _put_new(txn, db, key: bytes, value: bytes, what: str) -> None:
 
 
 def _put_user(txn, h, user_id, record):
+    txn.put(u64(user_id), orjson.dumps(record), db=h["users"])
+
+
+def _update_user(txn, h, user_id, fields, drop, settings):
+    raw = txn.get(u64(user_id), db=h["users"])
+    if raw is None:
+        return
+    record = orjson.loads(raw)
+    if record.get("deleted"):
+        return
+    for key in drop:
+        record.pop(key, None)
+    record.update(fields)
+    record["settings"] = {**record.get("settings", {}), **settings}
     txn.put(u64(user_id), orjson.dumps(record), db=h["users"])
 
 
@@ -787,6 +801,7 @@ def _import_if_absent(db: str, key_of: Callable[..., bytes], value_of: Callable[
 
 _APPLY: dict[str, Callable[..., None]] = {
     "put_user": _put_user,
+    "update_user": _update_user,
     "add_username": _add_username,
     "remove_username": _remove_username,
     "put_token": _put_token,

@@ -41,7 +41,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import attrs
@@ -96,7 +96,7 @@ class _RawJsonDumper(Dumper):
     oid = psycopg.postgres.types["json"].oid
 
     def dump(self, obj: Any) -> bytes:
-        return obj  # type: ignore[no-any-return]
+        return obj
 
 
 class _JsonbDumper(Dumper):
@@ -150,6 +150,11 @@ def public_dsn(dsn: str) -> str:
 
 _PUT_USER = ("INSERT INTO users (id, created, record) VALUES (%s, %s, %s) "
              "ON CONFLICT (id) DO UPDATE SET created = EXCLUDED.created, record = EXCLUDED.record")
+# Fields of the stored record, not a copy: another node may change other fields meanwhile.
+# A tombstone (a deleted account) stays as it is.
+_UPDATE_USER = ("UPDATE users SET record = jsonb_set((record - %s::text[]) || %s, '{settings}', "
+                "coalesce(record->'settings', '{}'::jsonb) || %s) "
+                "WHERE id = %s AND record IS NOT NULL AND NOT record ? 'deleted'")
 # A name held by anyone (this user included) refuses the insert: the unique index on
 # users.username, or (same user, same name) no row changed, which the fence catches.
 _ADD_USERNAME = ("INSERT INTO users (id, username) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE "
@@ -217,6 +222,7 @@ def _set_chat_seq(chat_id: int, new_seq: int, expected: int | None) -> tuple[str
 
 _STATEMENTS: dict[str, Callable[..., tuple[str, tuple[Any, ...]]]] = {
     "put_user": lambda user_id, record: (_PUT_USER, (user_id, record.get("created"), record)),
+    "update_user": lambda user_id, fields, drop, settings: (_UPDATE_USER, (drop, fields, settings, user_id)),
     "add_username": lambda name, user_id: (_ADD_USERNAME, (user_id, name)),
     "remove_username": lambda name: (_REMOVE_USERNAME, (name,)),
     "put_token": lambda token_hash, record: (_PUT_TOKEN, (token_hash, int(record["user"]), record)),
@@ -492,7 +498,7 @@ class PostgresStorage(Storage):
             with conn.pipeline():
                 for sql, params in _runs(op for ops in requests for op in ops):
                     cur = conn.cursor()
-                    cur.executemany(sql, params)  # type: ignore[arg-type]
+                    cur.executemany(sql, params)
                     if sql in _FENCED:
                         fences.append((cur, len(params), _FENCED[sql]))
             for cur, expected, what in fences:
@@ -572,7 +578,7 @@ class PostgresStorage(Storage):
         if not ids:
             return {}
         rows = await self._rows("SELECT id, record FROM users WHERE id = ANY(%s::bigint[]) AND record IS NOT NULL", ids)
-        return dict(rows)  # type: ignore[arg-type]
+        return dict(rows)
 
     async def user_id_by_name(self, name: str) -> int | None:
         rows = await self._rows("SELECT id FROM users WHERE username = %s", name)
@@ -646,7 +652,7 @@ class PostgresStorage(Storage):
             " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS r(chat_id, first, last)",
             list(kinds), user_id, now, cap,
             [r[0] for r in ranges], [max(r[1], 0) for r in ranges], [min(r[2], MAX_BIGINT) for r in ranges])
-        return dict(rows)  # type: ignore[arg-type]
+        return dict(rows)
 
     async def get_dedupe(self, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], DedupeAck]:
         wanted = list(keys)
@@ -717,7 +723,7 @@ class PostgresStorage(Storage):
             return {}
         rows = await self._rows(
             "SELECT key, value FROM plugin_kv WHERE namespace = %s AND key = ANY(%s::bytea[])", namespace, wanted)
-        return dict(rows)  # type: ignore[arg-type]
+        return dict(rows)
 
     async def kv_scan(
         self, namespace: str, start: bytes, end: bytes | None, limit: int, *, reverse: bool = False
@@ -735,7 +741,7 @@ class PostgresStorage(Storage):
 
     # -- copying -----------------------------------------------------------------------------
 
-    async def export(self, table: str, page: int = 1000) -> AsyncIterator[list[tuple[Any, ...]]]:
+    async def export(self, table: str, page: int = 1000) -> AsyncGenerator[list[tuple[Any, ...]], None]:
         select, keys, make_row = _EXPORTS[table]
         after: tuple[Any, ...] | None = None
         while True:
@@ -783,7 +789,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _fetch(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+    return conn.execute(sql, params).fetchall()
 
 
 def _load_chats(conn: psycopg.Connection[Any], ids: list[int]) -> dict[int, LoadedChat]:
@@ -820,7 +826,7 @@ def _export_page(
     key_list = ", ".join(keys)
     where = f"({key_list}) > ({', '.join(['%s'] * len(keys))})" if after is not None else "true"
     sql = select.format(where=where, order=key_list)
-    return conn.execute(sql + " LIMIT %s", (*(after or ()), page)).fetchall()  # type: ignore[arg-type]
+    return conn.execute(sql + " LIMIT %s", (*(after or ()), page)).fetchall()
 
 
 _EXPORTS: dict[str, tuple[str, tuple[str, ...], Callable[..., tuple[Any, ...]]]] = {

@@ -132,6 +132,14 @@ def _pg_tables(conn: Any) -> list[str]:
     return [name for (name,) in rows.fetchall()]
 
 
+def _scalar(conn: Any, sql: str) -> Any:
+    """The one value a query of one row gives."""
+    row = conn.execute(sql).fetchone()
+    if row is None:
+        raise StorageError(f"PostgreSQL gave no row for {sql!r}")
+    return row[0]
+
+
 def _pg_read(conn: Any, namespaces: Iterable[str]) -> tuple[int, dict[str, int], dict[str, list[bytes]]]:
     from psycopg import sql
 
@@ -181,9 +189,9 @@ def postgres_dump(dsn: str, dest_file: Path, namespaces: Iterable[str] = (),
     try:
         with conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            snapshot = _scalar(conn, "SELECT pg_export_snapshot()")
             version, counts, keys = _pg_read(conn, namespaces)
-            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            size = _scalar(conn, "SELECT pg_database_size(current_database())")
             on_start(int(size))
             where, env = _libpq_env(dsn)
             fd = os.open(dest_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

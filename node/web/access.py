@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..logs import REQUEST_ID
@@ -40,12 +40,12 @@ class RequestLog:
     """Wraps an ASGI app: request ids on HTTP requests, and (if `access`) their access log."""
 
     def __init__(self, app: Any, *, access: bool = True,
-                 observe: Callable[[dict, int | None, float], None] | None = None) -> None:
+                 observe: Callable[[Mapping[str, Any], int | None, float], None] | None = None) -> None:
         self.app = app
         self.access = access
         self.observe = observe  # told (scope, status, seconds) of every request (the node's metrics)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -75,7 +75,7 @@ class RequestLog:
             REQUEST_ID.reset(token)
 
     @staticmethod
-    def _log(scope: dict, request_id: str, status: int | None, size: int, seconds: float) -> None:
+    def _log(scope: Mapping[str, Any], request_id: str, status: int | None, size: int, seconds: float) -> None:
         client = (scope.get("client") or ("-",))[0]
         method, path = scope.get("method", "-"), scope.get("path", "-")
         shown = status if status is not None else "-"  # no response: the client went away first

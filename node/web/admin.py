@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from ..cluster.status import cluster_view
 from ..core.admin import Admin
 from ..core.errors import bad_request
 
@@ -44,9 +45,10 @@ def add_admin_routes(
     async def admin_node() -> Response:
         require_admin()
         out: dict[str, Any] = {"node": node_identity(node, started), "statistics": node.statistics()}
-        if node.cluster is not None:
-            out["cluster"] = node.cluster.describe()  # type: ignore[attr-defined]
-        if request.args.get("counts") == "1":
+        counts = request.args.get("counts") == "1"
+        if node.cluster is not None:  # the chats each member should own: a read of every chat, as counts are
+            out["cluster"] = await cluster_view(node, expected=counts)
+        if counts:
             out["counts"] = await admin.counts()
         return json_response(out)
 

@@ -6,7 +6,8 @@ import hmac
 import ipaddress
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import orjson
 import trio
@@ -17,13 +18,13 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..core.accounts import Device, public_user
+from ..core.annotate import annotate
 from ..core.errors import ChatError, bad_request
 from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
 from ..core.operations import OpenDirect, SetHidden
-from ..core.snowflake import parse_id
-from ..core.annotate import annotate
 from ..core.profiles import add_photos, default_visibility, user_for
 from ..core.search import history_around
+from ..core.snowflake import parse_id
 from ..core.views import add_status, chat_list, chat_summary
 from ..plugin_api import Route
 from .plugin_routes import mount
@@ -49,7 +50,7 @@ ROUTE_KEY = "chatnode.route"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def observe_request(metrics: Metrics, scope: dict, _status: int | None, seconds: float) -> None:
+def observe_request(metrics: Metrics, scope: Mapping[str, Any], _status: int | None, seconds: float) -> None:
     """`RequestLog`'s hook: the request's time under its method and route rule (not its
     path: ids would make a histogram per chat). Unmatched paths count as one route."""
     method = scope.get("method", "")
@@ -104,7 +105,12 @@ def path_id(value: str) -> int:
         raise ChatError("not_found") from None
 
 
+@overload
+def query_int(name: str, default: int, lo: int, hi: int) -> int: ...
+@overload
+def query_int(name: str, default: None, lo: int, hi: int) -> int | None: ...
 def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """A query parameter in [lo, hi], or `default` when it is absent."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
@@ -225,7 +231,7 @@ def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRe
     return NodeRequest
 
 
-def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
+def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     app = QuartTrio("chatnode", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY  # routes that take more declare it
     app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
@@ -276,7 +282,8 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def note_route() -> None:
         """The matched route rule, for the request-time histogram (`observe_request`)."""
         if request.url_rule is not None:
-            request.scope[ROUTE_KEY] = request.url_rule.rule
+            # ASGI lets middleware add scope keys; hypercorn's scope TypedDicts leave no room
+            request.scope[ROUTE_KEY] = request.url_rule.rule  # type: ignore[literal-required]
 
     def counted(exc: ChatError) -> Response:
         node.metrics.errors.inc(exc.code, "http")
@@ -637,7 +644,11 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         require_admin()
         if node.cluster is None:
             return json_response({"enabled": False, "members": [], "statistics": {}})
-        return json_response(node.cluster.describe())  # type: ignore[attr-defined]
+        from ..cluster.status import DEFAULT_TIMEOUT, MAX_TIMEOUT, cluster_view
+
+        timeout_ms = query_int("timeout_ms", int(DEFAULT_TIMEOUT * 1000), 1, int(MAX_TIMEOUT * 1000))
+        expected = request.args.get("expected", "1") != "0"
+        return json_response(await cluster_view(node, timeout=(timeout_ms or 1) / 1000, expected=expected))
 
     # -- end cluster --
 

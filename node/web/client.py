@@ -2,7 +2,8 @@
 CSS, no build step), with a Content-Security-Policy computed per request.
 
 The chat socket listens on its own port, so `connect-src` names its origin, which depends
-on the host the browser used to reach the node (`Node.ws_url_for`).
+on the host the browser used to reach the node (`Node.ws_url_for`); in a cluster it also
+names the other members (the page moves to one when its node is gone, node/web/cors.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from quart import Response, request
 from werkzeug.security import safe_join
 
 from ..core.errors import ChatError
+from .cors import origin_of, peer_origins
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -44,23 +46,26 @@ COMMON_HEADERS = {
 }
 
 
-def origin_of(url: str) -> str:
-    """`scheme://host[:port]` of a URL ("" if it has none)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
-
-
 def content_security_policy(node: Node, host: str, scheme: str) -> str:
     """The CSP of the client's page: everything from this origin, the chat socket, and
-    `blob:` for local previews of files about to be sent."""
+    `blob:` for local previews of files about to be sent. In a cluster also the other
+    members' APIs and media, and their chat sockets (on any port of their hosts: a member
+    announces its HTTP URL only), where the page goes when its own node is gone."""
     sources = ["'self'"]
     ws_origin = origin_of(node.ws_url_for(host, scheme))
     if ws_origin:
         sources.append(ws_origin)
     media = ["'self'", "blob:"]
-    public = origin_of(node.config.http.public_url) if node.config.http.public_url else ""
+    public = origin_of(node.config.http.public_url)
     if public:  # signed media URLs may name the public address
         media.append(public)
+    for peer in sorted(peer_origins(node) - {origin_of(f"{scheme}://{host}"), public}):
+        parts = urlsplit(peer)
+        name = parts.hostname or ""
+        peer_host = f"[{name}]" if ":" in name else name
+        sources += [peer, f"{'wss' if parts.scheme == 'https' else 'ws'}://{peer_host}:*"]
+        media.append(peer)
+    sources, media = list(dict.fromkeys(sources)), list(dict.fromkeys(media))
     return "; ".join([
         "default-src 'self'",
         "script-src 'self'",

@@ -4,7 +4,7 @@ photos (docs/protocol.md). Added to the app by `create_app` (node/web/api.py).""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import orjson
 from quart import Response, request
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 MAX_REACTION_SPAN = 1000  # messages per GET /api/chats/{id}/reactions
 
 
+class QueryInt(Protocol):
+    """node.web.api.query_int: a query parameter in [lo, hi], or `default` when absent."""
+
+    @overload
+    def __call__(self, name: str, default: int, lo: int, hi: int) -> int: ...
+    @overload
+    def __call__(self, name: str, default: None, lo: int, hi: int) -> int | None: ...
+
+
 def add_feature_routes(
     app: QuartTrio,
     node: Node,
@@ -34,7 +43,7 @@ def add_feature_routes(
     json_response: Callable[..., Response],
     current_device: Callable[[Node], Awaitable[Device]],
     path_id: Callable[[str], int],
-    query_int: Callable[..., int | None],
+    query_int: QueryInt,
     require_admin: Callable[[], None],
 ) -> None:
     chats = node.chats
@@ -92,7 +101,7 @@ def add_feature_routes(
         device = await current_device(node)
         chat = await chats.load(path_id(chat_id))
         visible = chat.visible_range(device.user_id) if chat is not None else None
-        if visible is None:
+        if chat is None or visible is None:
             raise ChatError("not_member")
         first = query_int("from", visible[0], 0, (1 << 63) - 1)
         last = query_int("to", visible[1], 0, (1 << 63) - 1)

@@ -33,6 +33,12 @@ def _walk(prefix: str, value: Any) -> Iterator[tuple[str, dict[str, str], float]
             yield from _walk(f"{prefix}_{key}", v)
 
 
+#: Statistics that node/cluster/metrics.py exports in their proper form (counters, a
+#: `peer` label), so they are not repeated here as gauges.
+EXPORTED_ELSEWHERE = ("chatnode_routing_forwarded", "chatnode_routing_ownership_moves")
+PER_PEER = "chatnode_routing_links_peers_"
+
+
 class NodeCollector:
     def __init__(self, node: Node) -> None:
         self._node = node
@@ -41,12 +47,17 @@ class NodeCollector:
         families: dict[str, GaugeMetricFamily] = {}
         for name, labels, value in _walk("chatnode", self._node.statistics()):
             name = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+            if name in EXPORTED_ELSEWHERE or name.startswith(PER_PEER):
+                continue
             family = families.get(name)
             if family is None:
                 family = families[name] = GaugeMetricFamily(name, name.replace("_", " "), labels=sorted(labels))
             family.add_metric([labels[k] for k in sorted(labels)], value)
         yield from families.values()
         yield from self._node.metrics.collect()
+        routing: Any = self._node.routing
+        if routing.clustered:
+            yield from routing.metrics.collect(routing.links)
 
 
 def render(node: Node) -> bytes:

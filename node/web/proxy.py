@@ -11,6 +11,7 @@ scheme. From any other peer the headers are ignored, so a client cannot pick its
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -28,7 +29,7 @@ class ForwardedFor:
         self.app = app
         self.trusted = parse_networks(trusted)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self.trusted and scope.get("client") and self._is_trusted(scope["client"][0]):
             scope = self._as_forwarded(scope)
         await self.app(scope, receive, send)
@@ -40,7 +41,7 @@ class ForwardedFor:
             return False
         return any(ip in network for network in self.trusted)
 
-    def _as_forwarded(self, scope: dict) -> dict:
+    def _as_forwarded(self, scope: Mapping[str, Any]) -> dict[str, Any]:
         hops: list[str] = []
         proto = None
         for name, value in scope.get("headers", []):

@@ -33,7 +33,7 @@ from hypercorn.events import Closed, Event, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import wrap_app
 
 
@@ -66,11 +66,11 @@ class _TCPServer(TCPServer):
 
 
 async def serve(
-    app: object,
+    app: ASGIFramework,
     config: Config,
     sock: socket.socket,
     *,
-    shutdown_trigger,
+    shutdown_trigger: Callable[[], Awaitable[object]],
     guard: Callable[[Callable[[trio.SocketStream], Awaitable[object]]], Callable[[trio.SocketStream], Awaitable[None]]]
     | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -88,6 +88,7 @@ async def serve(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as connections:
+            handler: Callable[[trio.SocketStream], Awaitable[object]]
             handler = partial(_TCPServer, wrapped, config, context, ConnectionState(state.copy()))
             if guard is not None:
                 handler = guard(handler)

@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
-from conftest import PASSWORD
 from test_routing import start_cluster, user_on
 
 from node.admin_cli import run_admin

@@ -61,7 +61,7 @@ async def run_cluster_under_kills(tmp_path: Path, *, polite: bool = False) -> li
                 sent_before = sum(len(d.acked) for d in devices)
                 stop = trio.Event()
 
-                async def sender(device: Device, chat_id: str, tag: str) -> None:
+                async def sender(device: Device, chat_id: str, tag: str, stop: trio.Event = stop) -> None:
                     n = 0
                     while not stop.is_set():
                         cmid = f"{tag}-{n}"

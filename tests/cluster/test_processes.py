@@ -9,9 +9,6 @@ bounded; every address is 127.0.0.1.
 
 from __future__ import annotations
 
-import pytest
-from conftest import storage_toml
-
 import base64
 import json
 import signal
@@ -23,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
+from conftest import storage_toml
 
 from node.cluster.config import ClusterConfig
 from node.cluster.keyring import PURPOSE_DATAGRAM, Keyring

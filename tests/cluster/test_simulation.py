@@ -19,8 +19,8 @@ from node.cluster.config import ClusterConfig
 from node.cluster.keyring import PURPOSE_DATAGRAM, Keyring
 from node.cluster.membership import JoinRefused, failure_detection_bound, push_pull_interval
 from node.cluster.messages import MAX_INCARNATION, Alive, Dead, Suspect, encode
-from node.cluster.state import MAX_INCARNATION_JUMP
 from node.cluster.simulation import open_simulation
+from node.cluster.state import MAX_INCARNATION_JUMP
 
 pytestmark = pytest.mark.engine("lmdb")  # membership simulation: no storage
 

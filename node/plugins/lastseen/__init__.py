@@ -4,8 +4,9 @@ seen" time, and typing indicators.
 Presence changes are coalesced: a user must stay online (or offline) for `grace`
 seconds before contacts are told, so a flapping connection sends nothing. Last-seen times
 are kept in memory and written with the next commit of anything (at the latest after
-`flush_interval`): a reconnect storm costs no commit per disconnect, and the plugin's
-notification queue never backs up behind the disk. Who may see a
+`flush_interval`, and before contacts are told the user went offline, so that every node of
+a cluster then answers the time the event carried): a reconnect storm costs no commit per
+disconnect, and the plugin's notification queue never backs up behind the disk. Who may see a
 user's presence follows their `last_seen` setting (everyone / contacts / nobody), and it
 is reciprocal as in WhatsApp: whoever hides theirs sees no one's. Blocked users never see
 it. Typing indicators are ephemeral: never stored, forwarded at most once per
@@ -129,7 +130,7 @@ class LastSeenPlugin:
             if self._unwritten:
                 try:
                     await self._write_unwritten()
-                except Exception as exc:  # noqa: BLE001 - storage away: keep them, try again
+                except Exception as exc:  # storage away: keep them, try again
                     log.warning("last-seen times not stored yet (%s); trying again", exc)
                     await trio.sleep(RETRY)
                     self._unwritten_added.set()
@@ -152,7 +153,7 @@ class LastSeenPlugin:
                         del self._changed[user_id]
                         try:
                             await self._announce(user_id)
-                        except Exception as exc:  # noqa: BLE001 - storage away: tell them later
+                        except Exception as exc:  # storage away: tell them later
                             log.warning("presence of user %d not announced yet (%s); trying again", user_id, exc)
                             # due again RETRY from now (unless a newer change is pending)
                             self._changed.setdefault(user_id, trio.current_time() + RETRY - self.settings.grace)
@@ -162,6 +163,10 @@ class LastSeenPlugin:
         online = await ctx.is_online(user_id)
         if self._announced.get(user_id, False) == online:
             return  # it flapped back: nothing to tell
+        if not online and user_id in self._unwritten:
+            # Stored before anyone is told: in a cluster, other nodes answer presence from
+            # storage, and must give the last-seen time the event carries.
+            await self._write_unwritten()
         if await self.visibility(user_id) == "nobody":
             self._announced[user_id] = online
             return

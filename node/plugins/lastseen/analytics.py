@@ -8,9 +8,8 @@ trio's async file API, so writing never blocks the event loop.
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from typing import Any
 
 import attrs
 import orjson

@@ -25,7 +25,6 @@ from typing import Any
 import trio
 
 from ... import ChatError, Message, PluginContext, hookimpl
-from . import records
 from .records import KEYS
 from .routes import media_routes
 from .service import MediaService
@@ -92,7 +91,7 @@ class MediaPlugin:
                 try:
                     key = await cluster_secret(ctx.store, KEYS, "signing", new_key, legacy, ctx.node_id)
                     break
-                except Exception as exc:  # noqa: BLE001 - tried again; media requests wait meanwhile
+                except Exception as exc:  # tried again; media requests wait meanwhile
                     log.warning("the media signing key is not settled yet (%s); trying again", exc)
                     await trio.sleep(KEY_RETRY)
             self.signer = Signer(key, settings.signed_url_ttl)

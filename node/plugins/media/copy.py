@@ -87,7 +87,7 @@ def copy_to_store(settings: MediaSettings, root: Path, *, quick: bool = False,
                 done_bytes += size
                 say(f"{label}: already there ({done_bytes / 1e6:.1f} of {total / 1e6:.1f} MB)")
                 continue
-            extra = {"Metadata": {"sha256": local}}
+            extra: dict[str, Any] = {"Metadata": {"sha256": local}}
             if variant == THUMBNAIL:
                 extra["ContentType"] = "image/jpeg"
             client.upload_file(str(path), s3.bucket, key, ExtraArgs=extra, Config=transfer)

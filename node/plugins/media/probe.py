@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import struct
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import webm
 
@@ -32,7 +32,7 @@ def probe(path: Path, mime: str) -> dict[str, Any]:
         return probe_file(f, path.stat().st_size, mime)
 
 
-def probe_file(f: BinaryIO, size: int, mime: str) -> dict[str, Any]:
+def probe_file(f: webm.SeekableFile, size: int, mime: str) -> dict[str, Any]:
     """`probe` over a seekable file object of `size` bytes (a local file, or a staged
     object read in ranges)."""
     try:
@@ -52,7 +52,7 @@ def probe_file(f: BinaryIO, size: int, mime: str) -> dict[str, Any]:
     return {}
 
 
-def _mutagen(f: BinaryIO) -> dict[str, Any]:
+def _mutagen(f: webm.SeekableFile) -> dict[str, Any]:
     import mutagen
 
     parsed = mutagen.File(f)
@@ -60,12 +60,12 @@ def _mutagen(f: BinaryIO) -> dict[str, Any]:
     return {"duration": round(float(length), 3)} if length else {}
 
 
-def _webm(f: BinaryIO, size: int, walk_clusters: bool) -> dict[str, Any]:
+def _webm(f: webm.SeekableFile, size: int, walk_clusters: bool) -> dict[str, Any]:
     seconds = webm.duration(f, size, walk_clusters=walk_clusters)
     return {"duration": round(seconds, 3)} if seconds else {}
 
 
-def _boxes(f: BinaryIO, end: int):
+def _boxes(f: webm.SeekableFile, end: int):
     """(type, payload offset, payload size) of the boxes between f.tell() and `end`."""
     while f.tell() + 8 <= end:
         start = f.tell()
@@ -82,7 +82,7 @@ def _boxes(f: BinaryIO, end: int):
         f.seek(start + size)
 
 
-def _iso_bmff(f: BinaryIO, file_size: int) -> dict[str, Any]:
+def _iso_bmff(f: webm.SeekableFile, file_size: int) -> dict[str, Any]:
     for kind, offset, size in _boxes(f, file_size):
         if kind == b"moov" and size <= MAX_MOOV_BYTES:
             f.seek(offset)

@@ -86,10 +86,11 @@ class Records:
         return [from_u64(key[32:]) for key, _ in await self.refs.scan_prefix(bytes.fromhex(sha), limit=limit)]
 
     async def dooms_of(self, target: bytes) -> list[tuple[bytes, int, int, bytes, int]]:
-        """(key, node, started ms, state, state ms) of the deletions noted for a target."""
+        """(key, node, started ms, state, state ms) of the deletions noted for a target, or
+        of every target for b"". Keys end with the node and the start (targets differ in
+        length), so they are read from the end."""
         rows = await self.dooms.scan_prefix(target)
-        n = len(target)
-        return [(key, from_u64(key[n:n + 8]), from_u64(key[n + 8:n + 16]), value[:1], from_u64(value[1:9]))
+        return [(key, from_u64(key[-16:-8]), from_u64(key[-8:]), value[:1], from_u64(value[1:9]))
                 for key, value in rows]
 
     async def shares_of(self, media_id: int) -> list[tuple[bytes, int, int, int]]:

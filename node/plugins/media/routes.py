@@ -25,7 +25,6 @@ from ... import ChatError, PluginContext, Request, Response, Route, json_respons
 from . import records
 from .ranges import Unsatisfiable, etag_matches, if_range_allows, parse_range
 from .service import MediaService, now_ms
-from .signing import Signer
 from .sniff import SNIFF_BYTES, detect
 from .store import CONTENT, THUMBNAIL, ContentStore, FileUpload, MissingContent, StoreUnavailable, Upload
 
@@ -113,7 +112,7 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
         signer = await plugin.get_signer() if sig is not None else None
         if signer is not None and sig is not None and media_id.isdigit() and len(media_id) <= 20:
             now = now_ms()
-            if signer.verify(int(media_id), variant, exp, sig, now):
+            if exp is not None and signer.verify(int(media_id), variant, exp, sig, now):
                 return await item_or_404(media_id), f"private, max-age={max(0, (int(exp) - now) // 1000)}, immutable"
             if "Authorization" not in request.headers:
                 raise ChatError("forbidden", "the signed URL is invalid or has expired")

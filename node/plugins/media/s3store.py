@@ -30,13 +30,23 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
 from .settings import S3Settings
-from .store import (CONTENT, READ_CHUNK, THUMBNAIL, LocalFile, MissingContent, StoreUnavailable, content_name,
-                    is_sha, prepare_local_root)
+from .store import (
+    CONTENT,
+    READ_CHUNK,
+    THUMBNAIL,
+    LocalFile,
+    MissingContent,
+    StoreUnavailable,
+    content_name,
+    is_sha,
+    prepare_local_root,
+)
+from .webm import SeekableFile
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +159,7 @@ class S3Store:
     def new_upload(self, node_id: int) -> ObjectUpload:
         return ObjectUpload(self, self.staging_key(node_id))
 
-    def reader(self, staged: Any) -> BinaryIO:
+    def reader(self, staged: Any) -> SeekableFile:
         if isinstance(staged, LocalFile):
             return open(staged.path, "rb", buffering=64 * 1024)
         return RangeReader(self.client, self.bucket, staged.key, staged.size)

@@ -24,6 +24,7 @@ from . import images
 from .images import ImageRejected
 from .settings import MediaSettings
 
+
 async def process_image(src: Path, dst: Path, mime: str, settings: MediaSettings) -> tuple[dict[str, Any], bytes]:
     """Re-encode the image at `src` into a new file `dst` (fsynced), in a child process.
 

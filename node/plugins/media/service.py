@@ -46,6 +46,7 @@ the `lease` table makes that rare (see `serve_gc`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -54,15 +55,30 @@ import orjson
 import trio
 
 from ... import ChatError, Message, PluginContext
-from . import records
-from . import sandbox
+from . import records, sandbox
 from .images import ImageRejected
 from .probe import probe_file
-from .records import (CANCELLED, DELETING, DONE, DOOMS, GC, ITEMS, LEASE, PENDING, PHOTOS, REFS, SHARES, Records,
-                      content_target, item_target, ref_key, u64)
+from .records import (
+    CANCELLED,
+    DELETING,
+    DONE,
+    DOOMS,
+    GC,
+    ITEMS,
+    LEASE,
+    PENDING,
+    PHOTOS,
+    REFS,
+    SHARES,
+    Records,
+    content_target,
+    item_target,
+    ref_key,
+    u64,
+)
 from .settings import MediaSettings
 from .sniff import kind_accepts
-from .store import ContentStore, LocalFile, MissingContent, Staged, StoreUnavailable
+from .store import ContentStore, LocalFile, Staged, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +143,14 @@ class MediaService:
             if name:
                 item["name"] = name
             with trio.CancelScope(shield=True):  # content installed gets its record, and the other way round
-                return await self._commit_upload(item, source, thumb)
+                committed = await self._commit_upload(item, source, thumb)
+            return committed
         finally:
             if clean is not None:
                 await self.store.discard(clean)
 
     def _probe(self, staged: Staged, size: int, mime: str) -> dict[str, Any]:
-        with self.store.reader(staged) as f:
+        with contextlib.closing(self.store.reader(staged)) as f:
             return probe_file(f, size, mime)
 
     async def _commit_upload(self, item: dict[str, Any], source: Staged, thumb: bytes | None) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from typing import Any, BinaryIO, Protocol
 
 import trio
 
+from .webm import SeekableFile
+
 WRITE_BATCH = 1024 * 1024  # bytes gathered before one write+hash in a worker thread
 READ_CHUNK = 256 * 1024  # bytes per read when serving a file
 CONTENT, THUMBNAIL = "content", "thumbnail"  # the two variants of stored content
@@ -80,10 +82,13 @@ class ContentStore(Protocol):
     async def prepare(self, node_id: int) -> None:
         """Make the store ready; drop what this node left staged before it stopped."""
 
+    def temp_path(self) -> Path:
+        """A new name for a local file of this node's (images are processed from one)."""
+
     def new_upload(self, node_id: int) -> Upload:
         """Staging for an upload that is not processed locally (not an image)."""
 
-    def reader(self, staged: Staged) -> BinaryIO:
+    def reader(self, staged: Staged) -> SeekableFile:
         """A seekable file object over staged bytes, for probing headers (sync; thread)."""
 
     async def install(self, sha: str, staged: Staged, thumb: bytes | None) -> None:
@@ -155,7 +160,7 @@ class LocalStore:
     def new_upload(self, node_id: int) -> FileUpload:
         return FileUpload(self.temp_path())
 
-    def reader(self, staged: Staged) -> BinaryIO:
+    def reader(self, staged: Staged) -> SeekableFile:
         assert isinstance(staged, LocalFile)
         return open(staged.path, "rb", buffering=64 * 1024)
 

@@ -16,7 +16,21 @@ length marker removed; all ones means "unknown") and the payload.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO
+from typing import Protocol
+
+
+class SeekableFile(Protocol):
+    """What probing reads through: a local file, or a staged object read in ranges
+    (node/plugins/media/s3store.py `RangeReader`)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def close(self) -> None: ...
+
 
 EBML_HEADER = 0x1A45DFA3
 SEGMENT = 0x18538067
@@ -59,7 +73,7 @@ def _vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int | None, int] | 
 def _header(data: bytes, pos: int) -> tuple[int, int | None, int] | None:
     """(id, size or None if unknown, payload offset) of the element at `pos`."""
     ident = _vint(data, pos, keep_marker=True)
-    if ident is None or ident[1] > 4:
+    if ident is None or ident[0] is None or ident[1] > 4:  # (with the marker kept, never an unknown size)
         return None
     size = _vint(data, pos + ident[1], keep_marker=False)
     if size is None:
@@ -108,7 +122,7 @@ def _types_in(data: bytes, pos: int, end: int) -> frozenset[int] | None:
     return frozenset(types) if entries and len(types) else None
 
 
-def duration(f: BinaryIO, file_size: int, *, walk_clusters: bool) -> float | None:
+def duration(f: SeekableFile, file_size: int, *, walk_clusters: bool) -> float | None:
     """Seconds, from Info's Duration, or (if `walk_clusters`) from the last block's time."""
     scale = 1_000_000  # ns per timecode unit, unless Info says otherwise
     cluster_time = 0
@@ -176,7 +190,7 @@ def _info(data: bytes, scale: int) -> tuple[int, float | None]:
     return scale, seconds
 
 
-def _read_header(f: BinaryIO) -> tuple[int, int | None] | None:
+def _read_header(f: SeekableFile) -> tuple[int, int | None] | None:
     """(id, size) of the element at the file's position, which is left at its payload."""
     start = f.tell()
     data = f.read(12)

@@ -28,10 +28,10 @@ from .http_client import PushHTTP
 from .settings import PushSettings
 from .targets import Targets, public
 from .vapid import Vapid, cluster_secret, load_key, new_pem, read_legacy_pem
-
-KEYS = "keys"  # table of the VAPID key (see vapid.cluster_secret)
 from .webhook import WebhookProvider
 from .webpush import WebPushProvider
+
+KEYS = "keys"  # table of the VAPID key (see vapid.cluster_secret)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class PushPlugin:
             try:
                 pem = await cluster_secret(ctx.store, KEYS, "vapid", new_pem, legacy, ctx.node_id)
                 break
-            except Exception as exc:  # noqa: BLE001 - tried again; web push waits meanwhile
+            except Exception as exc:  # tried again; web push waits meanwhile
                 log.warning("the VAPID key is not settled yet (%s); trying again", exc)
                 await trio.sleep(KEY_RETRY)
         self.vapid.set_key(load_key(pem, "the stored VAPID key"))

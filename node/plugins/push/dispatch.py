@@ -184,7 +184,7 @@ class Dispatcher:
         try:
             target = await self.targets.get(state.user_id, state.target_id)
             online = target is not None and await self.ctx.is_online(state.user_id)
-        except Exception as exc:  # noqa: BLE001 - storage away (a failover): the same push later
+        except Exception as exc:  # storage away (a failover): the same push later
             log.warning("push to target %d not sent yet (%s); trying again", state.target_id, exc)
             self.stats["deferred"] += 1
             state.pending = batch.merge(state.pending)
@@ -207,10 +207,10 @@ class Dispatcher:
             self._states.pop(state.target_id, None)
             try:
                 await self.targets.delete(state.user_id, state.target_id)
-            except Exception as exc:  # noqa: BLE001 - storage away: removed when it answers gone again
+            except Exception as exc:  # storage away: removed when it answers gone again
                 log.warning("push target %d not removed yet (%s)", state.target_id, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - the contract: anything else is retried
+        except Exception as exc:
             retry = not isinstance(exc, PushFailed) or exc.retry
             state.attempts += 1
             if retry and state.attempts < self.settings.max_attempts:

@@ -89,7 +89,8 @@ async def _read_a_little(response: httpcore.Response) -> None:
     MAX_RESPONSE_BYTES (the connection is then closed with the response). Nothing read is
     kept or decoded."""
     received = 0
-    async with aclosing(response.aiter_stream()) as chunks:
+    # httpcore annotates this async generator as an AsyncIterator, which has no aclose
+    async with aclosing(response.aiter_stream()) as chunks:  # type: ignore[type-var]
         async for chunk in chunks:
             received += len(chunk)
             if received > MAX_RESPONSE_BYTES:

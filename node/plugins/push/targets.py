@@ -6,6 +6,7 @@ what every offline recipient costs the push plugin.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ class Targets:
         raw = await self._table.get(_key(user_id, target_id))
         return orjson.loads(raw) if raw is not None else None
 
-    async def put(self, user_id: int, target: dict[str, Any], evict: list[dict[str, Any]] = ()) -> None:
+    async def put(self, user_id: int, target: dict[str, Any], evict: Sequence[dict[str, Any]] = ()) -> None:
         batch = self._store.batch()
         for old in evict:
             batch.delete(TABLE, _key(user_id, int(old["id"])))

@@ -11,7 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ... import Chat, ChatError, Client, PluginContext, Request, Route, check_fields, get_id, get_int, hookimpl, parse_id
+from ... import (
+    Chat,
+    ChatError,
+    Client,
+    PluginContext,
+    Request,
+    Route,
+    check_fields,
+    get_id,
+    get_int,
+    hookimpl,
+    parse_id,
+)
 
 READ_FIELDS = frozenset({"type", "chat", "seq"})
 

@@ -52,7 +52,7 @@ function saved() {
 async function boot() {
   try {
     info = await api.info();
-    api.wsUrlCache = info.ws_url;
+    api.learn(info.nodes); // the cluster's other nodes, for when this one is gone
     setLimits(info.limits);
   } catch (err) {
     info = null; // offline: a saved session still starts, and reconnects when it can

@@ -1,12 +1,14 @@
 // The chat socket (docs/protocol.md, "The chat socket"): hello with cursors, replay,
-// cumulative `received` acknowledgements, the outbox, and reconnecting with backoff.
+// cumulative `received` acknowledgements, the outbox, and reconnecting with backoff. In a
+// cluster it reconnects to the node it was on if that one answers, else to another it
+// knows (api.js; docs/web-client.md, "Connection, resync, outbox").
 //
 // Cursors: per chat, the highest seq this page holds with no gap below it. The node sends
 // each chat's entries in order and without gaps, so the highest seq seen on the socket (or
 // seeded from the chat list, whose messages are fetched by history) is that cursor. On
 // every reconnect the hello carries them and the node replays exactly what is missing.
 //
-// Events: `status` (detail: {state, retryAt}), `event` (detail: a server event), `sent`
+// Events: `status` (detail: {state, retryAt, code}), `event` (detail: a server event), `sent`
 // (detail: {ack, item}), `failed` (detail: {item, error}), `unauthorized`.
 
 const RETRYABLE = new Set(['rate_limited', 'unavailable', 'internal', 'too_many_connections']);
@@ -32,6 +34,7 @@ export class ChatSocket extends EventTarget {
     this.lastFrame = 0;
     this.stopped = true;
     this.heartbeat = null;
+    this.node = null; // the base URL of the node the socket is (or was last) on (api.js)
     this.control = new Map(); // "received|read:<chat>" -> the event to send, highest seq only
     this.controlTimer = null;
     this.onOnline = () => this.retryNow();
@@ -76,13 +79,14 @@ export class ChatSocket extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  /** Open a socket on a node that answers: the one it was on, else another of the cluster. */
   async connect() {
     clearTimeout(this.retryTimer);
     if (this.stopped || this.ws) return;
     this.setState('connecting');
-    let url;
+    let found;
     try {
-      url = await this.api.wsUrl();
+      found = await this.api.findNode(this.node || undefined);
     } catch (err) {
       this.scheduleRetry();
       return;
@@ -90,12 +94,14 @@ export class ChatSocket extends EventTarget {
     if (this.stopped || this.ws) return;
     let ws;
     try {
-      ws = new WebSocket(url);
+      ws = new WebSocket(found.info.ws_url);
     } catch (err) {
+      this.api.markDown(found.base);
       this.scheduleRetry();
       return;
     }
     this.ws = ws;
+    this.node = found.base;
     this.ready = false;
     this.lastFrame = Date.now();
     ws.onopen = () => {
@@ -111,6 +117,7 @@ export class ChatSocket extends EventTarget {
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     this.ws = null;
+    if (!this.ready) this.api.markDown(this.node); // no welcome from it: the others first next time
     this.ready = false;
     for (const item of this.outbox.items) if (item.state === 'sending') item.state = 'queued';
     this.outbox.save();
@@ -155,11 +162,11 @@ export class ChatSocket extends EventTarget {
   }
 
   checkAlive() {
+    const idle = Date.now() - this.lastFrame;
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
-      if (this.ws && Date.now() - this.lastFrame > WELCOME_TIMEOUT) this.drop();
+      if (this.ws && idle > WELCOME_TIMEOUT) this.drop();
       return;
     }
-    const idle = Date.now() - this.lastFrame;
     if (idle > DEAD_AFTER || (!this.ready && idle > WELCOME_TIMEOUT)) this.drop();
     else if (idle > PING_AFTER) this.sendFrame([{ type: 'ping' }]);
   }
@@ -232,6 +239,7 @@ export class ChatSocket extends EventTarget {
   onWelcome(event) {
     this.ready = true;
     this.attempt = 0;
+    this.api.current = this.node; // HTTP calls go to the socket's node
     this.userId = event.user && event.user.id;
     if (event.limits && event.limits.max_events_per_frame) this.maxEvents = event.limits.max_events_per_frame;
     if (event.server_time) this.serverOffset = event.server_time - Date.now();
