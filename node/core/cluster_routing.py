@@ -76,7 +76,7 @@ import trio
 from ..cluster.metrics import ClusterMetrics
 from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership, owner_of
 from ..plugin_api import PluginError
-from ..storage import StorageError
+from ..storage import StorageUnavailable
 from . import chatprefs, groups, operations, profiles, reactions  # noqa: F401 - their operations register
 from .chats import OPERATIONS, Awaitable, Operation
 from .errors import ChatError
@@ -596,8 +596,9 @@ class ClusterRouting(Routing):
     async def _worker(self) -> None:
         """Subscribe connecting users at the owners of their chats, catch their devices up
         once an owner confirmed, resubscribe after ownership moved. One task, so the work
-        for one user stays in order. Work that storage refused (a database failover, say)
-        is done again later: dropped, it would leave devices without live messages."""
+        for one user stays in order. Work that storage could not serve (a database
+        failover, say) is done again later: dropped, it would leave devices without live
+        messages."""
         async for kind, value in self._work_recv:
             try:
                 if kind == "subscribe" and self.hub.is_online(value):
@@ -612,13 +613,13 @@ class ClusterRouting(Routing):
                     await self._count_moves(*value)
                 elif kind == "peer_restarted":
                     await self._redo_with(value)
-            except StorageError:
+            except StorageUnavailable:
                 self._later((kind, value))
             except Exception:
                 log.exception("cluster routing: %s of %s failed", kind, value)
 
     def _later(self, work: tuple[str, Any]) -> None:
-        """Queue `work` again after STORAGE_RETRY_DELAY (storage refused it)."""
+        """Queue `work` again after STORAGE_RETRY_DELAY (storage was unavailable)."""
         self.stats["deferred_for_storage"] += 1
 
         async def later() -> None:
@@ -640,7 +641,7 @@ class ClusterRouting(Routing):
             self.chats.forget_user_chats((user_id,))
         try:
             chat_ids = await self.chats.chat_ids_of(user_id)
-        except StorageError:
+        except StorageUnavailable:
             self._later(("subscribe_cached", user_id))
             return
         by_owner: dict[int, list[int]] = {}
@@ -652,7 +653,7 @@ class ClusterRouting(Routing):
             if owner == self.node_id:
                 try:
                     await self._catch_up(user_id, ids)  # stored before this node owned them
-                except StorageError:
+                except StorageUnavailable:
                     known.difference_update(ids)
                     self._later(("subscribe_cached", user_id))
                 continue
