@@ -20,9 +20,11 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Self
 
@@ -37,6 +39,25 @@ FAST = {"fsync": "off", "full_page_writes": "off", "shared_buffers": "64MB", "ma
 
 def available() -> bool:
     return (BIN / "initdb").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _free_port() -> int:
@@ -82,10 +103,12 @@ class PgServer:
         self.resume()
         return self
 
-    def replica(self, name: str = "standby1") -> PgServer:
+    def replica(self, name: str = "standby1", port: int = 0) -> PgServer:
         """A streaming standby of this running server, named `name` (what
-        synchronous_standby_names refers to); `start()` it (or use it with `with`)."""
+        synchronous_standby_names refers to), on `port` (0: a free one); `start()` it (or
+        use it with `with`)."""
         standby = PgServer(settings=self.settings)
+        standby.port = port
         if self._as_postgres:
             os.chown(standby.root, pwd.getpwnam("postgres").pw_uid, -1)
         self._run(BIN / "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-D", standby.data,
@@ -99,7 +122,8 @@ class PgServer:
         self._run(BIN / "pg_ctl", "-D", self.data, "-w", "-t", "60", "promote")
 
     def resume(self) -> None:
-        """Start the server on its data dir (again, after `stop` or `crash`), same port."""
+        """Start the server on its data dir (again, after `stop`, `crash` or `kill`), same port."""
+        self._drop_stale_lock()
         self.port = self.port or _free_port()
         options = [f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1"]
         options += [f"-c {name}={value}" for name, value in self.settings.items()]
@@ -118,6 +142,31 @@ class PgServer:
 
     def crash(self) -> None:
         self.stop("immediate")
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """SIGKILL this data dir's postmaster, as a dying machine would: no shutdown at
+        all. Its children (backends, walsenders) find it gone and exit; returns once they
+        have, so the port is free. The data dir stays as the crash left it."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        family = [pid, *_children(pid)]
+        os.kill(pid, signal.SIGKILL)
+        self.running = False
+        deadline = time.monotonic() + timeout
+        while any(_alive(p) for p in family):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes of the killed PostgreSQL {self.data} did not exit: {family}")
+            time.sleep(0.02)
+
+    def _drop_stale_lock(self) -> None:
+        """After `kill`, the lock files name a postmaster that is gone, or a zombie not yet
+        reaped, which PostgreSQL takes for a running server: remove them (and the socket)."""
+        socket_lock = self.root / f".s.PGSQL.{self.port}.lock"
+        for lock in (self.data / "postmaster.pid", socket_lock):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if not _alive(int(lock.read_text().split()[0])):
+                    lock.unlink()
+                    if lock == socket_lock:
+                        (self.root / f".s.PGSQL.{self.port}").unlink(missing_ok=True)
 
     def destroy(self) -> None:
         self.stop()

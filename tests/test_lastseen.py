@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 import orjson
@@ -187,3 +188,46 @@ async def test_last_seen_reaches_the_disk_within_the_flush_interval(tmp_path):
                 await trio.sleep(0.02)
         assert int.from_bytes(await times.get(key), "big") > 0
         await bob.aclose()
+
+
+@pytest.mark.engine("postgresql")
+async def test_presence_and_last_seen_wait_out_a_database_outage(tmp_path, caplog):
+    """A last-seen flush that meets a database that cannot be reached is done again once
+    it is back, with the time it would have written; the node keeps running meanwhile.
+    (An announcement that fails the same way: tests/cluster/test_routing_outage.py.)"""
+    from pgserver import PgServer
+
+    with PgServer() as pg:
+        dsn = await trio.to_thread.run_sync(pg.create_database)
+        config = make_config(tmp_path, storage={"engine": "postgresql", "dsn": dsn, "commit_timeout": 5.0},
+                             plugins={"lastseen": {"grace": 0.2, "flush_interval": 0.1}})
+        async with running_node(config) as node:
+            alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+            await alice.open_direct(username="bob")
+            async with alice.connect() as a:
+                async with bob.connect() as b:
+                    await b.synced.wait()
+                    await a.wait_for("presence", user=bob.user["id"], online=True)
+                    await trio.to_thread.run_sync(pg.kill)  # the database goes away ...
+                # ... and bob goes offline meanwhile: his last-seen time cannot be written
+                with caplog.at_level(logging.WARNING, logger="node.plugins.lastseen"), trio.fail_after(20):
+                    while not any("not stored yet" in r.getMessage() for r in caplog.records):
+                        await trio.sleep(0.05)
+                await trio.to_thread.run_sync(pg.resume)
+                offline = await a.wait_for("presence", timeout=20, user=bob.user["id"], online=False)
+                times = node.plugins.contexts["lastseen"].store.table("times")
+                key = int(bob.user["id"]).to_bytes(8, "big")
+                with trio.fail_after(20):
+                    while (stored := await _stored(times, key)) is None:
+                        await trio.sleep(0.05)
+                assert stored == offline["last_seen"]
+            await alice.aclose(), await bob.aclose()
+
+
+async def _stored(times, key: bytes) -> int | None:
+    """The stored last-seen time, or None (not yet, or the database is not back yet)."""
+    try:
+        raw = await times.get(key)
+    except Exception:  # storage still reconnecting
+        return None
+    return int.from_bytes(raw, "big") if raw else None

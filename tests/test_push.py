@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import logging
 import os
 import socket
 import time
@@ -809,3 +810,35 @@ async def test_providers_are_pluggable(tmp_path):
             await bob.aclose()
         finally:
             node.request_shutdown()
+
+
+@pytest.mark.engine("postgresql")
+async def test_a_push_due_while_the_database_is_away_is_sent_once_it_is_back(tmp_path, caplog):
+    """The second message of a burst waits for the end of the collapse window, and then
+    the database is away (failing over): the push is tried again until it is back, and
+    the node keeps running meanwhile."""
+    from pgserver import PgServer
+
+    with PgServer() as pg:
+        dsn = await trio.to_thread.run_sync(pg.create_database)
+        config = make_config(tmp_path, storage={"engine": "postgresql", "dsn": dsn, "commit_timeout": 5.0},
+                             plugins={"push": {"allow_private_endpoints": True, "collapse_window": 3.0}})
+        async with receiver() as hook, running_node(config) as node:
+            alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+            chat = await alice.open_direct(username="bob")
+            with trio.fail_after(60):
+                await bob.register_push_target("webhook", f"{hook.url}/b")
+                async with alice.connect() as a:
+                    await a.send_text(chat["id"], "first")
+                    await hook.next()  # at once
+                    second = await a.send_text(chat["id"], "second")  # held until the window ends
+                    await trio.to_thread.run_sync(pg.kill)
+                with caplog.at_level(logging.WARNING, logger="node.plugins.push.dispatch"):
+                    while not any("not sent yet" in r.getMessage() for r in caplog.records):
+                        await trio.sleep(0.05)
+                await trio.to_thread.run_sync(pg.resume)
+                notification = orjson.loads((await hook.next(timeout=30))["body"])
+            assert notification["message"] == second["id"] and notification["count"] == 1
+            assert node.plugins.pm.get_plugin("push").dispatcher.statistics()["deferred"] >= 1
+            await alice.aclose()
+            await bob.aclose()

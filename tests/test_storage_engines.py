@@ -735,6 +735,48 @@ async def test_postgres_server_down_then_back() -> None:
             assert storage.statistics()["unknown_outcomes"] == 0
 
 
+async def test_postgres_reads_neither_hang_through_an_outage_nor_after_it() -> None:
+    """The read pool gives up reconnecting after a second; a read waiting for it then must
+    not sit out the rest of commit_timeout: during an outage reads are refused within
+    about two seconds, and once the server is back the next read gets through at once,
+    also when the outage outlasted the pool's reconnect attempts."""
+    with PgServer() as server:
+        dsn = server.create_database()
+        async with open_postgres(dsn, pool_size=3, commit_timeout=20.0) as storage:
+            await write(storage, lambda b: b.put_meta("a", b"1"))
+            assert await storage.get_meta("a") == b"1"
+            await trio.to_thread.run_sync(server.kill)
+            for _ in range(3):  # the first finds its connection dead; later ones find no server
+                started = time.monotonic()
+                with pytest.raises(StorageUnavailable), trio.fail_after(15):
+                    await storage.get_meta("a")
+                assert time.monotonic() - started < 4.0
+            await trio.sleep(1.5)  # longer than the pool tries to reconnect on its own
+            outcome: list[Any] = []
+
+            async def waiting_read() -> None:  # asked during the outage, answered after it
+                started = time.monotonic()
+                try:
+                    outcome.append(await storage.get_meta("a"))
+                except StorageUnavailable as exc:
+                    outcome.append(exc)
+                outcome.append(time.monotonic() - started)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiting_read)
+                await trio.to_thread.run_sync(server.resume)
+                back = time.monotonic()
+                with trio.fail_after(15):
+                    while True:
+                        try:
+                            assert await storage.get_meta("a") == b"1"
+                            break
+                        except StorageUnavailable:
+                            await trio.sleep(0.05)
+                assert time.monotonic() - back < 3.0
+            assert outcome[-1] < 6.0, outcome  # not the 20 s of commit_timeout
+
+
 async def test_postgres_commit_stuck_on_a_missing_standby_is_never_acknowledged() -> None:
     """With synchronous_standby_names naming a standby that never comes, every COMMIT
     waits (durable locally, not replicated): the write must fail as unknown after

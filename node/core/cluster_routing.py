@@ -99,6 +99,7 @@ REQUEST_TIMEOUT = 10.0  # seconds a forwarded request may wait for its answer
 MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
 RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription (or work whose read failed) is tried again
+STORAGE_RETRY_DELAY = 1.0  # seconds before work that storage refused (a failover?) is done again
 MOVES_CHUNK = 1000  # chats compared between checkpoints when counting ownership moves
 
 def forwardable(name: str) -> type[Operation] | None:
@@ -192,7 +193,7 @@ class ClusterRouting(Routing):
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
         self._work_send, self._work_recv = trio.open_memory_channel[tuple[str, Any]](100_000)
         self.stats = {"forwarded": 0, "forward_failures": 0, "served": 0, "deliveries_sent": 0,
-                      "deliveries_received": 0, "relayed": 0, "request_timeouts": 0}
+                      "deliveries_received": 0, "relayed": 0, "request_timeouts": 0, "deferred_for_storage": 0}
         self.metrics = ClusterMetrics()  # for /metrics (node/cluster/metrics.py)
         self._rtt_total = 0.0
         self._rtt_count = 0
@@ -639,7 +640,9 @@ class ClusterRouting(Routing):
     async def _worker(self) -> None:
         """Subscribe connecting users at the owners of their chats, catch their devices up
         once an owner confirmed, resubscribe after ownership moved. One task, so the work
-        for one user stays in order."""
+        for one user stays in order. Work that storage could not serve (a database
+        failover, say) is done again later: dropped, it would leave devices without live
+        messages."""
         async for kind, value in self._work_recv:
             try:
                 if kind == "subscribe" and self.hub.is_online(value):
@@ -656,26 +659,44 @@ class ClusterRouting(Routing):
                     await self._redo_with(value)
                 elif kind == "interrupted":
                     await self._catch_up_from(value)
-            except StorageError as exc:  # a read failed: the same work again shortly
+            except StorageError as exc:  # a read failed (a failover?): the same work again shortly
                 log.warning("cluster routing: %s of %s failed (%s); trying again", kind, value, exc)
-                self._retry_work(kind, value)
+                self._later((kind, value))
             except Exception:
                 log.exception("cluster routing: %s of %s failed", kind, value)
+
+    def _later(self, work: tuple[str, Any]) -> None:
+        """Queue `work` again after STORAGE_RETRY_DELAY (storage was unavailable)."""
+        self.stats["deferred_for_storage"] += 1
+
+        async def later() -> None:
+            await trio.sleep(STORAGE_RETRY_DELAY)
+            self._work_send.send_nowait(work)
+
+        if self._nursery is not None:
+            self._nursery.start_soon(later)
 
     async def _subscribe(self, user_id: int, moved: set[int] | None = None, *, fresh: bool = True) -> None:
         """Subscribe the user at the owners of the chats not subscribed yet (a refused or
         failed subscription is not), and again at those of `moved`. `fresh`: read the
         user's chats again (on connect), rather than from the cache."""
         assert self.chats is not None
+        known = self._local_chats.setdefault(user_id, set())
+        if moved:
+            known.difference_update(moved)  # to subscribe again (and still to do if storage fails)
         if fresh:
             self.chats.forget_user_chats((user_id,))
-        chat_ids = await self.chats.chat_ids_of(user_id)
+        try:
+            chat_ids = await self.chats.chat_ids_of(user_id)
+        except StorageError:
+            self._later(("subscribe_cached", user_id))
+            return
         if not self.hub.is_online(user_id):
-            return  # gone while reading: its chats must not look subscribed when it is back
-        known = self._local_chats.setdefault(user_id, set())
+            self._local_chats.pop(user_id, None)  # gone while reading: nothing may look subscribed when back
+            return
         by_owner: dict[int, list[int]] = {}
         for chat_id in chat_ids:
-            if chat_id not in known or (moved is not None and chat_id in moved):
+            if chat_id not in known:
                 by_owner.setdefault(self.owner(chat_id), []).append(chat_id)
             known.add(chat_id)
         for owner, ids in by_owner.items():
@@ -683,7 +704,7 @@ class ClusterRouting(Routing):
                 try:
                     await self._catch_up(user_id, ids)  # stored before this node owned them
                 except StorageError:  # they are subscribed: only the catch-up is owed
-                    self._retry_work("caught_up", (user_id, ids))
+                    self._later(("caught_up", (user_id, ids)))
                 continue
 
             def subscribed(ok: bool, kind: str, value: Any, ids: list[int] = ids) -> None:

@@ -11,6 +11,8 @@ blocks the event loop.
 - **Reads**: a pool of autocommit connections (``pool_size - 1``; the writer has its
   own), entered by at most that many threads at once (a `trio.CapacityLimiter`), so a
   thread never queues inside the pool. Batched arguments go out as arrays (``= ANY``).
+  While the server cannot be reached, a read fails as `StorageUnavailable` once the pool
+  has given up connecting (about a second), not after commit_timeout.
 
 Outcomes of a commit (what the writer's callers see):
 
@@ -77,6 +79,11 @@ CANCEL_TIMEOUT = 5.0  # seconds a server-side cancel of a timed-out commit may t
 #: away while the server is long back. Giving up after ~1 s instead makes the next read
 #: start a fresh, immediate attempt.
 POOL_RECONNECT_WINDOW = 1.0
+#: ... and a read waiting for a connection is not told when the pool gives up: it would
+#: wait out its whole timeout (commit_timeout), holding up the sequencer, even once the
+#: server is back. So reads wait in slices of this many seconds and stop waiting once the
+#: pool has given up (a later read's wait starts a fresh attempt).
+POOL_WAIT_SLICE = 0.25
 
 # -- adaptation: records as jsonb through orjson, log entries as their exact bytes --------
 
@@ -352,10 +359,12 @@ class PostgresStorage(Storage):
         self._kwargs = _conn_defaults(dsn, commit_timeout)
         self._conn: psycopg.Connection[Any] | None = None  # the writer's; only the writer task swaps it
         self.read_slots = max(1, pool_size - 1)
+        self._pool_unreachable = threading.Event()  # the pool gave up connecting; cleared by a connection
         self._pool = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=self.read_slots, open=False, name="chatnode",
             kwargs={"autocommit": True, "context": ADAPTERS, **self._kwargs},
             configure=self._configure_reader, timeout=commit_timeout, reconnect_timeout=POOL_RECONNECT_WINDOW,
+            reconnect_failed=lambda pool: self._pool_unreachable.set(),
         )
         self._read_limiter = trio.CapacityLimiter(self.read_slots)
         self.writer = Writer(self._commit, max_batch=max_batch)
@@ -527,9 +536,16 @@ class PostgresStorage(Storage):
         for retry in (True, False):  # a pooled connection may have died while idle
             conn = None
             try:
-                with self._pool.connection() as conn:
-                    return fn(conn, *args)
-            except psycopg.OperationalError as exc:  # PoolTimeout too
+                conn = self._pooled()
+                try:
+                    with conn:
+                        return fn(conn, *args)
+                finally:
+                    self._pool.putconn(conn)
+            except psycopg_pool.PoolTimeout:
+                reason = "the server cannot be reached" if self._pool_unreachable.is_set() else "no connection free"
+                raise StorageUnavailable(f"cannot read from PostgreSQL: {reason}") from None
+            except psycopg.OperationalError as exc:
                 if retry and conn is not None and conn.broken:
                     self._pool.check()  # drop the other dead ones (the server restarted?)
                     continue
@@ -537,6 +553,20 @@ class PostgresStorage(Storage):
             except psycopg.Error as exc:
                 raise StorageError(f"PostgreSQL refused a read: {_one_line(exc)}") from None
         raise AssertionError("unreachable")
+
+    def _pooled(self) -> psycopg.Connection[Any]:
+        """A pooled connection, waited for up to commit_timeout, in slices: once the pool
+        has given up connecting (POOL_RECONNECT_WINDOW), the wait ends (`PoolTimeout`)."""
+        deadline = time.monotonic() + self.commit_timeout
+        while True:
+            try:
+                conn = self._pool.getconn(timeout=max(0.01, min(POOL_WAIT_SLICE, deadline - time.monotonic())))
+            except psycopg_pool.PoolTimeout:
+                if self._pool_unreachable.is_set() or time.monotonic() >= deadline:
+                    raise
+                continue
+            self._pool_unreachable.clear()
+            return conn
 
     async def _rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return await self._read(_fetch, sql, params)

@@ -38,10 +38,11 @@ sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent.parent)]
 
 import httpx  # noqa: E402
 import trio  # noqa: E402
+from harness import Device, NodeProcess, check  # noqa: E402
 from pgserver import PgServer  # noqa: E402
-from test_failover import PASSWORD, ClientError, Device, NodeProcess, check  # noqa: E402
 
-from node.client import ChatClient  # noqa: E402
+from node.client import ChatClient, ClientError  # noqa: E402
+from node.testing import PASSWORD  # noqa: E402
 
 
 def ip(*args: str) -> None:
@@ -173,7 +174,7 @@ async def scenario(root: Path, seed: int) -> dict[str, Any]:
                     phases.append({"phase": "pause", "node": sleeper.node_id, "detected_s": round(noticed, 2),
                                    "merged_s": round(back, 2), "acked": sum(len(d.acked) for d in devices) - acked})
                     stop.set()
-                report = await check(devices, chats, urls)
+                report = await check(devices, [((a, b), chat_id) for a, b, chat_id in chats], urls)
                 report["storage_conflicts"] = sum([await metric(n, "chatnode_storage_conflicts") for n in nodes])
                 report["retried"] = retries
                 report["reconnects"] = sum(d.conn.reconnects for d in devices)

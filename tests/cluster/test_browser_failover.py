@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from conftest import PASSWORD, storage_toml
+from harness import NodeProcess
 from test_browser import (
     DESKTOP,
     browser,  # noqa: F401 (a fixture)
@@ -37,7 +38,6 @@ from test_browser import (
     texts,
     wait_until,
 )
-from test_failover import NodeProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine("postgresql")]  # a cluster keeps its state in PostgreSQL
 SLOW = 30_000  # ms for what waits on failure detection on a loaded machine

@@ -25,9 +25,9 @@ import httpx
 import pytest
 import trio
 from conftest import running_node, storage_toml
+from harness import KEY as PROCESS_KEY
+from harness import NodeProcess
 from prometheus_client.parser import text_string_to_metric_families
-from test_failover import KEY as PROCESS_KEY
-from test_failover import NodeProcess
 from threenodes import Cluster, node_config, start_cluster, until
 
 from node.admin_cli import run_admin

@@ -11,10 +11,15 @@ user's presence follows their `last_seen` setting (everyone / contacts / nobody)
 is reciprocal as in WhatsApp: whoever hides theirs sees no one's. Blocked users never see
 it. Typing indicators are ephemeral: never stored, forwarded at most once per
 `typing_interval` per user and chat, and they expire on the client after `typing_ttl`.
+
+While storage cannot be read or written (a database failover), an announcement is tried
+again `RETRY` seconds later and unwritten last-seen times are kept for the next flush:
+nothing of it stops the node.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,7 +29,10 @@ import trio
 from ... import ChatError, Client, PluginContext, Request, Route, StoreBatch, check_fields, get_id, hookimpl, parse_id
 from . import hooks
 
+log = logging.getLogger(__name__)
+
 TYPING_FIELDS = frozenset({"type", "chat", "typing"})
+RETRY = 1.0  # seconds before an announcement or a flush that failed is tried again
 VISIBILITY = ("everyone", "contacts", "nobody")
 
 
@@ -101,19 +109,31 @@ class LastSeenPlugin:
         self._unwritten.clear()
 
     async def _write_unwritten(self) -> None:
+        """Write the last-seen times not yet stored; if that fails, keep them (a newer time
+        noted meanwhile wins) for the next try."""
+        taken = dict(self._unwritten)
         batch = self.ctx.store.batch()
         self._take_unwritten(batch)
-        await self.ctx.store.write(batch)
+        try:
+            await self.ctx.store.write(batch)
+        except BaseException:
+            self._unwritten = taken | self._unwritten
+            raise
 
     async def _flusher(self) -> None:
         """Make sure last-seen times reach the disk within `flush_interval` even when
-        nothing else is committed."""
+        nothing else is committed (again after RETRY while storage refuses them)."""
         while True:
             await self._unwritten_added.wait()
             self._unwritten_added = trio.Event()
             await trio.sleep(self.settings.flush_interval)
             if self._unwritten:
-                await self._write_unwritten()
+                try:
+                    await self._write_unwritten()
+                except Exception as exc:  # storage away: keep them, try again
+                    log.warning("last-seen times not stored yet (%s); trying again", exc)
+                    await trio.sleep(RETRY)
+                    self._unwritten_added.set()
 
     def _change(self, user_id: int) -> None:
         self._changed.setdefault(user_id, trio.current_time())
@@ -131,19 +151,24 @@ class LastSeenPlugin:
                 for user_id, since in list(self._changed.items()):
                     if since + self.settings.grace <= now:
                         del self._changed[user_id]
-                        await self._announce(user_id)
+                        try:
+                            await self._announce(user_id)
+                        except Exception as exc:  # storage away: tell them later
+                            log.warning("presence of user %d not announced yet (%s); trying again", user_id, exc)
+                            # due again RETRY from now (unless a newer change is pending)
+                            self._changed.setdefault(user_id, trio.current_time() + RETRY - self.settings.grace)
 
     async def _announce(self, user_id: int) -> None:
         ctx = self.ctx
         online = await ctx.is_online(user_id)
         if self._announced.get(user_id, False) == online:
             return  # it flapped back: nothing to tell
-        self._announced[user_id] = online
         if not online and user_id in self._unwritten:
             # Stored before anyone is told: in a cluster, other nodes answer presence from
             # storage, and must give the last-seen time the event carries.
             await self._write_unwritten()
         if await self.visibility(user_id) == "nobody":
+            self._announced[user_id] = online
             return
         event = await self.presence(user_id, None) | {"type": "presence"}
         told = []
@@ -152,6 +177,7 @@ class LastSeenPlugin:
             # offline contact costs nothing: the event reaches only connected devices)
             if await self.visibility(contact) != "nobody" and not await ctx.blocked(contact, user_id):
                 told.append(contact)
+        self._announced[user_id] = online  # (only now: a read that failed above is tried again)
         ctx.send_to_users(told, event)
 
     async def visibility(self, user_id: int) -> str:

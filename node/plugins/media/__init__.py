@@ -19,6 +19,7 @@ media copy`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
@@ -31,7 +32,10 @@ from .settings import MediaSettings
 from .signing import Signer, cluster_secret, new_key, read_legacy_key
 from .store import ContentStore, LocalStore
 
+log = logging.getLogger(__name__)
+
 KEY_WAIT = 30.0  # seconds a request waits for the signing key of a first start
+KEY_RETRY = 1.0  # seconds before reading the signing key again when storage refused
 
 
 def open_store(settings: MediaSettings, data_dir: Any) -> ContentStore:
@@ -83,7 +87,13 @@ class MediaPlugin:
         settings: MediaSettings = ctx.settings
         if settings.signed_urls:
             legacy = await trio.to_thread.run_sync(read_legacy_key, ctx.data_dir / settings.dir / "signing.key")
-            key = await cluster_secret(ctx.store, KEYS, "signing", new_key, legacy, ctx.node_id)
+            while True:  # storage may be away for a while (a failover): the node waits, it does not stop
+                try:
+                    key = await cluster_secret(ctx.store, KEYS, "signing", new_key, legacy, ctx.node_id)
+                    break
+                except Exception as exc:  # tried again; media requests wait meanwhile
+                    log.warning("the media signing key is not settled yet (%s); trying again", exc)
+                    await trio.sleep(KEY_RETRY)
             self.signer = Signer(key, settings.signed_url_ttl)
         self._signer_ready.set()
 

@@ -15,6 +15,7 @@ dispatch (collapsing, retries, workers).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -31,6 +32,10 @@ from .webhook import WebhookProvider
 from .webpush import WebPushProvider
 
 KEYS = "keys"  # table of the VAPID key (see vapid.cluster_secret)
+
+log = logging.getLogger(__name__)
+
+KEY_RETRY = 1.0  # seconds before reading the VAPID key again when storage refused
 
 
 class PushPlugin:
@@ -71,9 +76,16 @@ class PushPlugin:
         await nursery.start(self.dispatcher.serve)
 
     async def _settle_key(self, ctx: PluginContext, legacy: bytes | None) -> None:
-        """The cluster's VAPID key: read, taken over from an older version's file, or made."""
+        """The cluster's VAPID key: read, taken over from an older version's file, or made;
+        read again while storage refuses (a failover), as the node must not stop for it."""
         assert self.vapid is not None
-        pem = await cluster_secret(ctx.store, KEYS, "vapid", new_pem, legacy, ctx.node_id)
+        while True:
+            try:
+                pem = await cluster_secret(ctx.store, KEYS, "vapid", new_pem, legacy, ctx.node_id)
+                break
+            except Exception as exc:  # tried again; web push waits meanwhile
+                log.warning("the VAPID key is not settled yet (%s); trying again", exc)
+                await trio.sleep(KEY_RETRY)
         self.vapid.set_key(load_key(pem, "the stored VAPID key"))
 
     @hookimpl

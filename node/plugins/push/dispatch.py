@@ -11,6 +11,8 @@ targets and, if the target is idle, schedules it. Per target:
   the service's Retry-After), up to `max_attempts` tries, then dropped and counted;
   messages that arrive meanwhile ride along with the retry;
 - an endpoint that answers 404 or 410 is removed;
+- a push whose target cannot be read (the database failing over) is tried again
+  `STORAGE_RETRY` seconds later, with what arrived meanwhile;
 - nothing is sent to a user who came online in the meantime, nor for a chat the user
   muted, unless the message mentions them.
 
@@ -38,6 +40,8 @@ from .settings import PushSettings
 from .targets import Targets
 
 log = logging.getLogger(__name__)
+
+STORAGE_RETRY = 1.0  # seconds before a push whose target could not be read is tried again
 
 PREVIEW_MAX_BYTES = 1000  # a Web Push payload must stay under 4 KiB once encrypted
 
@@ -77,7 +81,8 @@ class Dispatcher:
         self._order = itertools.count()
         self._wakeup = trio.Event()
         self._ready_send, self._ready_recv = trio.open_memory_channel[int](settings.queue_size)
-        self.stats = {"sent": 0, "retried": 0, "failed": 0, "removed": 0, "skipped_online": 0, "skipped_muted": 0}
+        self.stats = {"sent": 0, "retried": 0, "failed": 0, "removed": 0, "skipped_online": 0, "skipped_muted": 0,
+                      "deferred": 0}
 
     # -- intake (event pump; never waits) -------------------------------------------------
 
@@ -176,12 +181,20 @@ class Dispatcher:
         batch, state.pending = state.pending, None
         if batch is None:
             return
-        target = await self.targets.get(state.user_id, state.target_id)
+        try:
+            target = await self.targets.get(state.user_id, state.target_id)
+            online = target is not None and await self.ctx.is_online(state.user_id)
+        except Exception as exc:  # storage away (a failover): the same push later
+            log.warning("push to target %d not sent yet (%s); trying again", state.target_id, exc)
+            self.stats["deferred"] += 1
+            state.pending = batch.merge(state.pending)
+            state.not_before = trio.current_time() + STORAGE_RETRY
+            return
         provider = self.providers.get(target["kind"]) if target is not None else None
         if target is None or provider is None:
             self._states.pop(state.target_id, None)
             return
-        if await self.ctx.is_online(state.user_id):
+        if online:
             self.stats["skipped_online"] += 1
             return
         now = trio.current_time()
@@ -192,7 +205,10 @@ class Dispatcher:
             log.info("push target %d of user %d removed: %s", state.target_id, state.user_id, exc)
             self.stats["removed"] += 1
             self._states.pop(state.target_id, None)
-            await self.targets.delete(state.user_id, state.target_id)
+            try:
+                await self.targets.delete(state.user_id, state.target_id)
+            except Exception as exc:  # storage away: removed when it answers gone again
+                log.warning("push target %d not removed yet (%s)", state.target_id, exc)
             return
         except Exception as exc:
             retry = not isinstance(exc, PushFailed) or exc.retry

@@ -1,0 +1,210 @@
+"""The pieces the cluster's process tests share: node processes, devices, the checker.
+
+`NodeProcess` runs `python -m node serve` as one member of a cluster on loopback,
+restartable on the same ports; `Device` is one user's reconnecting chat socket that
+records what it receives and what it got acknowledged; `check` waits for delivery to
+settle and compares what was acknowledged, stored and delivered.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from node.client import ChatClient
+
+KEY = base64.b64encode(bytes(range(1, 33))).decode()
+ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
+
+#: A chat under test: the devices of its members, and its id.
+Chat = tuple[Sequence["Device"], str]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_cluster_port(host: str = "127.0.0.1") -> int:
+    while True:  # gossip needs the same number free for UDP and TCP
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((host, port))
+            return port
+        except OSError:
+            continue
+
+
+class NodeProcess:
+    """`python -m node serve` as one member of the cluster, restartable on the same ports."""
+
+    def __init__(self, root: Path, node_id: int, seeds: list[str], storage: str, cluster_host: str = "127.0.0.1",
+                 ) -> None:
+        self.node_id = node_id
+        self.dir = root / f"n{node_id}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.http_port, self.ws_port = free_port(), free_port()
+        self.cluster_host = cluster_host
+        self.cluster_address = f"{cluster_host}:{free_cluster_port(cluster_host)}"
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        seed_list = ", ".join(f'"{s}"' for s in seeds)
+        (self.dir / "config.toml").write_text(f"""
+[node]
+id = {node_id}
+name = "n{node_id}"
+data_dir = "data"
+[http]
+port = {self.http_port}
+graceful_timeout = 1.0
+[websocket]
+port = {self.ws_port}
+[accounts]
+argon2_time_cost = 1
+argon2_memory_kib = 64
+login_failures_per_address = 100000
+[limits]
+frames_per_second = 10000.0
+frame_burst = 10000
+[cluster]
+enabled = true
+bind_host = "{cluster_host}"
+bind_port = {self.cluster_address.rsplit(":", 1)[1]}
+seeds = [{seed_list}]
+keys = ["{KEY}"]
+probe_interval = 0.2
+probe_timeout = 0.1
+suspicion_mult = 2
+gossip_interval = 0.05
+push_pull_interval = 2.0
+reconnect_interval = 1.0
+leave_timeout = 0.5
+{storage}
+""")
+        self.proc: trio.Process | None = None
+
+    async def start(self) -> None:
+        async with await trio.open_file(self.dir / "node.log", "ab") as log:  # the child keeps its own copy
+            self.proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "node", "serve", "--config", str(self.dir / "config.toml"),
+                 "--log-level", "WARNING"],
+                cwd=self.dir, stdout=log.wrapped, stderr=log.wrapped)
+        with trio.fail_after(30):
+            while True:
+                try:
+                    async with httpx.AsyncClient() as http:
+                        if (await http.get(f"{self.url}/healthz", timeout=1)).status_code == 200:
+                            return
+                except httpx.TransportError:
+                    pass
+                assert self.proc.poll() is None, (self.dir / "node.log").read_text()[-3000:]
+                await trio.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> None:
+        if self.proc is not None:
+            await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
+                await self.proc.wait()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+class Device:
+    """One user's connected device: records every message event it receives."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.received: dict[str, list[int]] = {}  # chat -> seqs in arrival order
+        self.acked: dict[str, tuple[str, int]] = {}  # client_msg_id -> (chat, seq)
+        self.conn: Any = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.client.connect(reconnect=True) as conn:
+            self.conn = conn
+            task_status.started()
+            async for event in conn.events():
+                if event["type"] == "message":
+                    self.received.setdefault(event["chat"], []).append(event["seq"])
+
+
+def _name(device: Device) -> str:
+    return (device.client.user or {}).get("username", "?")
+
+
+async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> dict[str, Any]:
+    """Wait for delivery to settle, then compare what was acked, stored and delivered."""
+    stored: dict[str, list[dict[str, Any]]] = {}
+    for members, chat_id in chats:
+        reader_for = ChatClient(urls, token=members[0].client.token)
+        messages: list[dict[str, Any]] = []
+        before = None
+        while True:
+            page = await reader_for.history(chat_id, before=before, limit=200)
+            messages = page + messages
+            if len(page) < 200:
+                break
+            before = page[0]["seq"]
+        await reader_for.aclose()
+        stored[chat_id] = messages
+    lost = duplicated_in_log = 0
+    for device in devices:
+        for cmid, (chat_id, seq) in device.acked.items():
+            matching = [m for m in stored[chat_id] if m.get("client_msg_id") == cmid]
+            lost += not matching
+            duplicated_in_log += len(matching) > 1
+            assert not matching or matching[0]["seq"] == seq, (cmid, seq, matching)
+    duplicates = gaps = 0
+
+    def missing(detail: list[Any] | None = None) -> int:
+        """Stored entries some device has neither received nor sent itself."""
+        count = 0
+        for members, chat_id in chats:
+            seqs = {m["seq"] for m in stored[chat_id]}
+            for device in members:
+                own = {seq for chat, seq in device.acked.values() if chat == chat_id}
+                gone = seqs - set(device.received.get(chat_id, ())) - own
+                count += len(gone)
+                if gone and detail is not None:
+                    records = [m for m in stored[chat_id] if m["seq"] in gone]
+                    detail.append({"user": _name(device), "chat": chat_id, "missing": sorted(gone),
+                                   "sent_as": [m.get("client_msg_id") for m in records],
+                                   "acked_by": [_name(d) for d in devices for m in records
+                                                if m.get("client_msg_id") in d.acked],
+                                   "node": device.client.base_url, "reconnects": device.conn.reconnects,
+                                   "last": max(seqs), "cursor": device.client.cursors.get(chat_id)})
+        return count
+
+    with trio.move_on_after(30):
+        while missing():
+            await trio.sleep(0.1)
+    for members, chat_id in chats:
+        for device in members:
+            got = device.received.get(chat_id, [])
+            duplicates += len(got) - len(set(got))
+            gaps += sum(1 for x, y in itertools.pairwise(got) if y < x)  # out of order
+    delivered = sum(len(d.received.get(c, [])) for members, c in chats for d in members)
+    detail: list[Any] = []
+    return {"stored": sum(len(v) for v in stored.values()), "delivered": delivered, "lost": lost,
+            "duplicated_in_log": duplicated_in_log, "duplicate_deliveries": duplicates, "out_of_order": gaps,
+            "undelivered": missing(detail), "undelivered_detail": detail}
