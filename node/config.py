@@ -126,7 +126,10 @@ class AccountsSection:
     argon2_time_cost: int = _int(3, 1, 100)
     argon2_memory_kib: int = _int(65_536, 8, 4_194_304)
     argon2_parallelism: int = _int(1, 1, 64)
-    login_failures_per_user: int = _int(5, 1, 1_000_000)  # failed logins per user per window
+    login_delay_after: int = _int(5, 0, 1_000_000)  # failed logins per user and address before delays begin
+    login_delay: float = _float(1.0, 0.001, 86_400.0)  # seconds of the first delay; doubles per further failure ...
+    login_max_delay: float = _float(300.0, 0.001, 86_400.0)  # ... up to this
+    login_failures_per_user: int = _int(5, 1, 1_000_000)  # per window, from addresses the user never logged in from
     login_failures_per_address: int = _int(20, 1, 1_000_000)  # failed logins per address per window
     login_window: float = _float(60.0, 1.0, 86_400.0)  # seconds
 

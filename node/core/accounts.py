@@ -24,10 +24,11 @@ import trio
 from ..config import AccountsSection
 from ..storage import Storage, StorageConflict, WriteBatch
 from .errors import ChatError
-from .ratelimit import FailureWindow
+from .ratelimit import Attempt, LoginLimiter
 from .snowflake import SnowflakeGenerator
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.]{2,31}$")
+USERNAME_PREFIX_RE = re.compile(r"^[a-z0-9_.]{0,32}$")
 MAX_PASSWORD_BYTES = 1024
 MAX_DISPLAY_NAME = 64
 NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it
@@ -76,6 +77,18 @@ def check_display_name(value: object) -> str:
     return value.strip()
 
 
+def valid_username(value: object) -> str | None:
+    """The stored form of a username (ASCII lower case), or None if `value` is not one.
+
+    Only ASCII folds: ``str.lower`` would turn the Kelvin sign (U+212A) into "k" or a
+    dotted capital I into "i", letting a look-alike name stand for another; anything
+    outside a-z, A-Z, 0-9, _ and . is refused instead (docs/protocol.md)."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    name = value.lower()
+    return name if USERNAME_RE.match(name) else None
+
+
 def public_user(record: dict) -> dict:
     """The fields of a user anyone may see."""
     return {
@@ -120,8 +133,11 @@ class Accounts:
         self._revocations = 0  # revocations finished so far (see authenticate)
         self._password_changes: dict[int, int] = {}  # user id -> changes since start (see login)
         storage.writer.add_commit_hook(self._flush_last_used)
-        self.user_failures = FailureWindow(config.login_failures_per_user, config.login_window)
-        self.address_failures = FailureWindow(config.login_failures_per_address, config.login_window)
+        self.login_limits = LoginLimiter(
+            delay_after=config.login_delay_after, delay=config.login_delay, max_delay=config.login_max_delay,
+            per_user=config.login_failures_per_user, per_address=config.login_failures_per_address,
+            window=config.login_window,
+        )
 
     # -- registration --------------------------------------------------------------
 
@@ -192,9 +208,10 @@ class Accounts:
         return public_user(record)
 
     def _check_username(self, username: object) -> str:
-        if not isinstance(username, str) or not USERNAME_RE.match(username.lower()):
+        name = valid_username(username)
+        if name is None:
             raise ChatError("invalid_username")
-        return username.lower()
+        return name
 
     def _check_password(self, password: object) -> None:
         if not isinstance(password, str):
@@ -207,21 +224,19 @@ class Accounts:
     # -- login / logout ------------------------------------------------------------
 
     async def login(self, username: object, password: object, address: str, device_name: object = None) -> dict:
-        """Check a password and mint a device token. Failures are rate limited."""
+        """Check a password and mint a device token. Attempts are rate limited, and
+        counted before the password is hashed (see `LoginLimiter`)."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise ChatError("bad_request", "username and password must be strings")
-        if len(password.encode()) > MAX_PASSWORD_BYTES:
-            raise ChatError("unauthorized")
-        name = username.lower()
-        self._check_failures(name, address)
-        user = await self.user_by_name(name)
+        name = valid_username(username)  # None: no one can have it (still counted per address)
+        attempt = self._begin_attempt(name, address)
+        user = await self.user_by_name(name) if name is not None else None
         changes = self._password_changes.get(int(user["id"]), 0) if user else 0
         stored_hash = user["password"] if user and user["password"] != NO_PASSWORD else self._dummy_hash
-        ok = await self._verify(stored_hash, password)
+        ok = len(password.encode()) <= MAX_PASSWORD_BYTES and await self._verify(stored_hash, password)
         if not ok or user is None or user["password"] == NO_PASSWORD:
-            self._note_failure(name, address)
             raise ChatError("unauthorized", "wrong username or password")
-        self.user_failures.reset(name)
+        self.login_limits.succeeded(attempt)
         user_id = int(user["id"])
         batch = WriteBatch()
         new_hash = stored_hash
@@ -255,15 +270,13 @@ class Accounts:
         """Revoke the device's token; its open connections are closed."""
         await self._revoke([device])
 
-    def _check_failures(self, username: str, address: str) -> None:
-        """Refuse password checks for a username or address over its failure limit."""
-        wait = max(self.user_failures.blocked_for(username), self.address_failures.blocked_for(address))
-        if wait > 0:
-            raise ChatError("rate_limited", f"too many failed password attempts; retry in {int(wait) + 1} s")
-
-    def _note_failure(self, username: str, address: str) -> None:
-        self.user_failures.fail(username)
-        self.address_failures.fail(address)
+    def _begin_attempt(self, username: str | None, address: str) -> Attempt:
+        """Count a password check before it runs (no await in between, so concurrent
+        guesses see each other), or refuse it with `rate_limited`."""
+        attempt = self.login_limits.begin(username, address)
+        if not isinstance(attempt, Attempt):
+            raise ChatError("rate_limited", f"too many failed password attempts; retry in {int(attempt) + 1} s")
+        return attempt
 
     async def _verify(self, stored_hash: str, password: str) -> bool:
         """argon2 verification in a worker thread (it takes tens of milliseconds)."""
@@ -389,13 +402,12 @@ class Accounts:
         user = await self.user(device.user_id)
         if user is None:
             raise ChatError("unauthorized")
-        self._check_failures(user["username"], address)
+        attempt = self._begin_attempt(user["username"], address)
         changes = self._password_changes.get(device.user_id, 0)
         stored = user["password"]
         if stored == NO_PASSWORD or len(current.encode()) > MAX_PASSWORD_BYTES or not await self._verify(stored, current):
-            self._note_failure(user["username"], address)
             raise ChatError("wrong_password")
-        self.user_failures.reset(user["username"])
+        self.login_limits.succeeded(attempt)
         new_hash = await self._hash(new)
         if self._password_changes.get(device.user_id, 0) != changes:
             raise ChatError("conflict", "the password was changed meanwhile")
@@ -484,12 +496,20 @@ class Accounts:
                 out[user_id] = self._users.setdefault(user_id, record)
         return out
 
-    async def user_by_name(self, username: str) -> dict | None:
-        user_id = await self._storage.user_id_by_name(username.lower())
+    async def user_by_name(self, username: object) -> dict | None:
+        """The user of that name; None for no such user and for anything that is not a
+        valid username (empty, too long, other characters), which no one can have."""
+        name = valid_username(username)
+        if name is None:
+            return None
+        user_id = await self._storage.user_id_by_name(name)
         return None if user_id is None else await self.user(user_id)
 
     async def search(self, prefix: str, limit: int, exclude: int | None = None) -> list[dict]:
-        """Users whose username starts with `prefix`, in name order."""
+        """Users whose username starts with `prefix`, in name order (only ASCII case
+        folds; a prefix no username can start with finds no one)."""
+        if not prefix.isascii() or not USERNAME_PREFIX_RE.match(prefix.lower()):
+            return []
         found = await self._storage.search_usernames(prefix.lower(), limit + 1)
         users = await self.load_users([uid for _, uid in found if uid != exclude])
         return [public_user(users[uid]) for _, uid in found if uid in users][:limit]
