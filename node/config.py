@@ -150,11 +150,22 @@ class StorageSection:
     dedupe_retention: float = _float(604_800.0, 1.0, 315_360_000.0)  # seconds a client_msg_id is remembered
 
 
+MIN_ADMIN_TOKEN = 32  # characters
+
+
+def _admin_token(_instance: Any, _attribute: attrs.Attribute, value: str) -> None:
+    if value and not re.fullmatch(r"[\x21-\x7e]{%d,512}" % MIN_ADMIN_TOKEN, value):
+        raise ValueError(f"token: must be at least {MIN_ADMIN_TOKEN} printable ASCII characters without spaces "
+                         f"(got {len(value)}); make one with `openssl rand -hex 32`")
+
+
 @attrs.frozen
 class AdminSection:
     """Admin HTTP endpoints (/api/admin/...)."""
 
-    token: str = ""  # required as "Authorization: Bearer <token>"; empty = loopback clients only
+    # required as "Authorization: Bearer <token>"; empty = loopback clients only (refused when the
+    # node is reachable through a proxy: see check_exposure)
+    token: str = attrs.field(default="", validator=_admin_token)
 
 
 @attrs.frozen
@@ -329,7 +340,24 @@ def structure_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config
         raise ConfigError(_first_problem(exc)) from None
     check_listeners(config)
     check_storage(config)
+    check_exposure(config)
     return config
+
+
+def check_exposure(config: Config) -> None:
+    """A node reached through a reverse proxy needs an admin token: without one the admin
+    API and /metrics answer loopback clients, and behind a proxy on the same host every
+    client looks like one (or would, were the proxy ever trusted by mistake)."""
+    if config.admin.token:
+        return
+    for key, value in (("http.public_url", config.http.public_url), ("websocket.public_url", config.websocket.public_url),
+                       ("http.trusted_proxies", config.http.trusted_proxies)):
+        if value:
+            raise ConfigError(
+                f"admin.token: needed when {key} is set (the node is reached through a proxy, and without a "
+                f"token the admin API answers whatever looks local); set [admin] token to at least "
+                f"{MIN_ADMIN_TOKEN} characters, e.g. the output of `openssl rand -hex 32`"
+            )
 
 
 def check_storage(config: Config) -> None:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from .app import Node
 
 PASSWORD = "correct horse battery"
+#: An admin token for test configs that need one (a public URL or trusted proxies do).
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 _names = itertools.count(1)
 
 #: The storage engine test nodes use (see `use_storage_engine`).
@@ -119,6 +121,6 @@ async def wait_for_notifications(node: Node, timeout: float = 10.0) -> None:
 
 
 __all__ = [
-    "PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "storage_section", "use_storage_engine",
+    "ADMIN_TOKEN", "PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "storage_section", "use_storage_engine",
     "wait_for_notifications",
 ]

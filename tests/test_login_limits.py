@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from conftest import PASSWORD, make_config, running_node
+from conftest import ADMIN_TOKEN, PASSWORD, make_config, running_node
 
 from node.client import ChatClient, ClientError
 from node.core.ratelimit import Attempt, LoginLimiter
@@ -74,7 +74,7 @@ async def test_no_one_can_lock_the_owner_out_of_their_own_address(tmp_path):
     """Behind a trusted proxy, clients come from many addresses. An attacker failing bob's
     password again and again, from one address or many, slows down only the attacker:
     bob logs in from the address he used before."""
-    config = make_config(tmp_path, http={"trusted_proxies": ["127.0.0.1"]},
+    config = make_config(tmp_path, http={"trusted_proxies": ["127.0.0.1"]}, admin={"token": ADMIN_TOKEN},
                          accounts={"login_delay_after": 3, "login_delay": 60.0, "login_failures_per_user": 5,
                                    "login_failures_per_address": 1000})
     async with running_node(config) as node, ChatClient(node.http_url) as c:
