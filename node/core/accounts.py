@@ -26,6 +26,7 @@ from ..storage import Storage, StorageConflict, WriteBatch
 from .errors import ChatError
 from .ratelimit import Attempt, LoginLimiter
 from .snowflake import SnowflakeGenerator
+from .text import check_name, clean_name
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.]{2,31}$")
 USERNAME_PREFIX_RE = re.compile(r"^[a-z0-9_.]{0,32}$")
@@ -70,11 +71,10 @@ def device_from_record(token_hash: bytes, record: dict) -> Device:
 
 
 def check_display_name(value: object) -> str:
-    """One rule for registration and renames, so a name accepted once is accepted again.
-    Returns the stripped name; empty means "use the username"."""
-    if not isinstance(value, str) or len(value) > MAX_DISPLAY_NAME:
-        raise ChatError("bad_request", f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters")
-    return value.strip()
+    """One rule for registration and renames, so a name accepted once is accepted again:
+    NFC, no control, format, invisible or bidi characters (node/core/text.py). Returns the
+    stripped name; empty means "use the username"."""
+    return check_name(value, "display_name", MAX_DISPLAY_NAME, empty=True)
 
 
 def valid_username(value: object) -> str | None:
@@ -251,7 +251,7 @@ class Accounts:
             user_id=user_id,
             device_id=self._ids.next_id(),
             token_hash=hash_token(token),
-            name=device_name[:64] if isinstance(device_name, str) else "",
+            name=clean_name(device_name, 64),
             created=now_ms(),
         )
         batch.put_token(device.token_hash, token_record(device))

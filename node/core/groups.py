@@ -17,15 +17,15 @@ from ..storage import WriteBatch
 from .chats import Awaitable, Chats, Effect, Reads
 from .errors import ChatError, bad_request
 from .state import ChatState
+from .text import check_name
 
 MAX_TITLE = 100
 MAX_TTL = 365 * 24 * 3600  # seconds
 
 
 def check_title(title: object) -> str:
-    if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:
-        raise bad_request(f"'title' must be 1-{MAX_TITLE} characters")
-    return title.strip()
+    """1-100 characters, by the rule of display names (node/core/text.py)."""
+    return check_name(title, "title", MAX_TITLE)
 
 
 def check_ttl(ttl: object) -> int:

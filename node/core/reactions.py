@@ -21,6 +21,7 @@ from ..storage import Storage, WriteBatch
 from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Reads, is_expired
 from .corekv import REACTIONS, SCAN_PAGE, ints, key
 from .errors import ChatError, bad_request
+from .text import emoji_char as _emoji_char
 
 if TYPE_CHECKING:
     from .state import ChatState
@@ -28,17 +29,6 @@ if TYPE_CHECKING:
 MAX_EMOJI_BYTES = 64
 MAX_EMOJI_CODEPOINTS = 16
 ZWJ, VS16, KEYCAP = "\u200d", "\ufe0f", "\u20e3"
-
-
-def _emoji_char(ch: str) -> bool:
-    cp = ord(ch)
-    return (
-        0x1F000 <= cp <= 0x1FAFF  # pictographs, emoticons, flags (regional indicators), skin tones
-        or 0x2190 <= cp <= 0x2BFF  # arrows, technical, dingbats, symbols
-        or 0x3030 <= cp <= 0x303D or 0x3297 <= cp <= 0x3299
-        or cp in (0x00A9, 0x00AE, 0x203C, 0x2049, 0x2122, 0x2139)
-        or 0xE0020 <= cp <= 0xE007F  # tag sequences (subdivision flags)
-    )
 
 
 def check_emoji(value: object) -> str:
