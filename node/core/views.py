@@ -14,11 +14,24 @@ if TYPE_CHECKING:
     from .services import Services
 
 
+def shares_reads(record: dict[str, Any] | None) -> bool:
+    """Whether a user (their record) shares read receipts: the `read_receipts` setting."""
+    return bool(record is None or record.get("settings", {}).get("read_receipts", True))
+
+
+def reads_visible(node: Services, viewer: int, user_id: int) -> bool:
+    """Whether `viewer` may know how far `user_id` has read: themselves always, others only
+    when both share read receipts (records loaded: `peek_user`). A user who turned read
+    receipts off is never revealed, in any kind of chat, and sees no one's reads."""
+    if viewer == user_id:
+        return True
+    return shares_reads(node.accounts.peek_user(viewer)) and shares_reads(node.accounts.peek_user(user_id))
+
+
 async def chat_summary(node: Services, user_id: int, chat: ChatState, unread: int = 0) -> dict[str, Any]:
     """How a chat looks to `user_id` (loads the 1-1 peer's record if needed)."""
     peer_id = next((uid for uid in chat.members if uid != user_id), None) if chat.kind == "direct" else None
-    if peer_id is not None:
-        await node.accounts.load_users((peer_id,))
+    await node.accounts.load_users((user_id,) if peer_id is None else (user_id, peer_id))
     summary = summary_of(node, user_id, chat, unread)
     if summary.get("peer"):
         await add_photos(node, user_id, [summary["peer"]], shares_chat=True)  # the 1-1 chat itself
@@ -49,7 +62,8 @@ def summary_of(node: Services, user_id: int, chat: ChatState, unread: int = 0) -
         summary["peer"] = public_user(peer) if peer else None
         summary["title"] = summary["peer"]["display_name"] if peer else "unknown"
         peer_member = chat.members.get(peer_id, {}) if peer_id else {}
-        summary["peer_read_seq"] = peer_member.get("read", 0)
+        # null where read receipts hide it (either of them turned them off)
+        summary["peer_read_seq"] = peer_member.get("read", 0) if peer_id and reads_visible(node, user_id, peer_id) else None
         summary["peer_delivered_seq"] = peer_member.get("delivered", 0)
     else:
         summary["title"] = chat.record.get("title", "")
@@ -73,7 +87,7 @@ async def chat_list(node: Services, user_id: int, *, include_hidden: bool = Fals
             continue
         states.append(chat)
     peers = {uid for chat in states if chat.kind == "direct" for uid in chat.members if uid != user_id}
-    await node.accounts.load_users(peers)
+    await node.accounts.load_users(peers | {user_id})
     unread = await node.chats.unread_counts(user_id, states)
     summaries = [summary_of(node, user_id, chat, unread.get(chat.id, 0)) for chat in states]
     await add_photos(node, user_id, [s["peer"] for s in summaries if s.get("peer")], shares_chat=True)
@@ -84,22 +98,19 @@ async def chat_list(node: Services, user_id: int, *, include_hidden: bool = Fals
 
 async def reads_shared(node: Services, user_id: int) -> bool:
     """Whether a user shares read receipts (a user setting; off also hides others' reads)."""
-    user = await node.accounts.user(user_id)
-    return bool(user is None or user.get("settings", {}).get("read_receipts", True))
+    return shares_reads(await node.accounts.user(user_id))
 
 
 async def add_status(node: Services, user_id: int, chat: ChatState, messages: list[dict[str, Any]]) -> None:
     """Give the user's own messages a `status`: sent, delivered (every other member has it)
-    or read (every other member read it; only when both sides share read receipts)."""
+    or read (every other member read it: only when the user and every other member share
+    read receipts, in 1-1 chats and groups alike, so no one who hides them is revealed)."""
     others = [(uid, m) for uid, m in chat.members.items() if uid != user_id and m.get("until_seq") is None]
     if not others:
         return
     delivered = min(m["delivered"] for _, m in others)
-    if chat.kind == "group":  # group reads are always shared, as in WhatsApp
-        read = min(m["read"] for _, m in others)
-    else:
-        share = await reads_shared(node, user_id)
-        read = min([m["read"] if share and await reads_shared(node, uid) else 0 for uid, m in others])
+    await node.accounts.load_users([user_id, *(uid for uid, _ in others)])
+    read = min(m["read"] if reads_visible(node, user_id, uid) else 0 for uid, m in others)
     me = str(user_id)
     for message in messages:
         if message.get("from") == me:

@@ -23,7 +23,7 @@ from ..core.snowflake import parse_id
 from ..core.annotate import annotate
 from ..core.profiles import add_photos, default_visibility, user_for
 from ..core.search import history_around
-from ..core.views import add_status, chat_list, chat_summary
+from ..core.views import add_status, chat_list, chat_summary, reads_visible
 from ..plugin_api import Route
 from .plugin_routes import mount
 
@@ -441,12 +441,13 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         if chat is None or chat.member(device.user_id) is None:
             raise ChatError("not_member")
         out = []
-        users = await accounts.load_users(chat.active_ids())
+        users = await accounts.load_users([device.user_id, *chat.active_ids()])
         for uid in chat.active_ids():
             user = users.get(uid)
             record = chat.members[uid]
+            read = record["read"] if reads_visible(node, device.user_id, uid) else None  # null: hidden
             out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": record["role"],
-                        "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": record["read"]})
+                        "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": read})
         out.sort(key=lambda m: (m["role"] != "admin", m["joined"]))
         await add_photos(node, device.user_id, [m["user"] for m in out], shares_chat=True)
         return json_response({"members": out})
