@@ -562,7 +562,7 @@ class Chats:
             if floor <= before:
                 return  # already told (several acks of one batch raise it only once)
             chat.announced_delivered = floor
-            authors = self.authors_between(chat, 0, before, floor)
+            authors = self.authors_between(chat, 0, before, floor) & set(chat.active_ids())  # not former members
             event = {"type": "delivered", "chat": str(chat.id), "all": True, "seq": floor}
         if authors:
             self.send_to_members(chat, orjson.dumps(event), authors)

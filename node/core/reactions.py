@@ -63,9 +63,10 @@ def summarize(rows: list[tuple[int, str, int]]) -> list[dict[str, Any]]:
     return [{"emoji": emoji, "users": [str(u) for _, u in sorted(people)]} for emoji, people in ordered]
 
 
-async def reactions_between(storage: Storage, chat_id: int, first: int, last: int) -> dict[int, list[dict[str, Any]]]:
+async def reactions_between(storage: Storage, chat_id: int, first: int, last: int, *, until_ts: int | None = None
+                            ) -> dict[int, list[dict[str, Any]]]:
     """The reactions of the messages first <= seq <= last of a chat, by seq (those that
-    have any)."""
+    have any); with `until_ts`, only those made by then (what a former member saw)."""
     if last < first:
         return {}
     start, end = key(chat_id, first), key(chat_id, last + 1)
@@ -75,7 +76,8 @@ async def reactions_between(storage: Storage, chat_id: int, first: int, last: in
         for raw_key, value in rows:
             _chat, seq, user = ints(raw_key)
             record = orjson.loads(value)
-            per_seq.setdefault(seq, []).append((user, record["e"], record["ts"]))
+            if until_ts is None or record["ts"] <= until_ts:
+                per_seq.setdefault(seq, []).append((user, record["e"], record["ts"]))
         if len(rows) < SCAN_PAGE:
             break
         start = rows[-1][0] + b"\x00"

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..core.accounts import Device, public_user
 from ..core.errors import ChatError, bad_request
+from ..core.former import left_at, left_seq, members_at, role_at
 from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
 from ..core.operations import OpenDirect, SetHidden
 from ..core.snowflake import parse_id
@@ -395,7 +396,8 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         chat = await chats.load(path_id(chat_id))
         if chat is not None:
             await add_status(node, device.user_id, chat, messages)
-            await annotate(node, device.user_id, chat.id, messages)  # reactions, stars, deleted for me
+            await annotate(node, device.user_id, chat.id, messages,  # reactions, stars, deleted for me
+                           until_ts=await left_at(node, chat, device.user_id))
         return json_response({"messages": messages, **page})
 
     @app.post("/api/chats/<chat_id>/hide")
@@ -438,18 +440,23 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def members(chat_id: str) -> Response:
         device = await current_device()
         chat = await chats.load(path_id(chat_id))
-        if chat is None or chat.member(device.user_id) is None:
+        if chat is None or chat.visible_range(device.user_id) is None:
             raise ChatError("not_member")
+        until = left_seq(chat, device.user_id)
+        if until is None:
+            listed = [(uid, chat.members[uid], chat.members[uid]["role"]) for uid in chat.active_ids()]
+        else:  # a former member: the members of the moment they left, their cursors not told
+            listed = [(uid, m, role_at(m, until)) for uid, m in members_at(chat, until)]
         out = []
-        users = await accounts.load_users([device.user_id, *chat.active_ids()])
-        for uid in chat.active_ids():
+        users = await accounts.load_users([device.user_id, *(uid for uid, _, _ in listed)])
+        for uid, record, role in listed:
             user = users.get(uid)
-            record = chat.members[uid]
-            read = record["read"] if reads_visible(node, device.user_id, uid) else None  # null: hidden
-            out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": record["role"],
-                        "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": read})
+            read = record["read"] if until is None and reads_visible(node, device.user_id, uid) else None
+            out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": role,
+                        "joined": record["joined"], "delivered_seq": record["delivered"] if until is None else None,
+                        "read_seq": read})  # read_seq null: hidden by read receipts
         out.sort(key=lambda m: (m["role"] != "admin", m["joined"]))
-        await add_photos(node, device.user_id, [m["user"] for m in out], shares_chat=True)
+        await add_photos(node, device.user_id, [m["user"] for m in out], shares_chat=True if until is None else None)
         return json_response({"members": out})
 
     @app.post("/api/chats/<chat_id>/members")

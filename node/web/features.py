@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from ..core.accounts import Device
 from ..core.chatprefs import ClearHistory, SetChatPrefs, check_changes
 from ..core.errors import ChatError, bad_request
+from ..core.former import left_at
 from ..core.personal import delete_for_me, set_star, starred_list
 from ..core.profiles import media_id_of, set_group_photo, set_profile_photo
 from ..core.reactions import SetReaction, check_emoji, reactions_between
@@ -98,7 +99,8 @@ def add_feature_routes(
         last = query_int("to", visible[1], 0, (1 << 63) - 1)
         if last - first >= MAX_REACTION_SPAN:
             raise bad_request(f"ask for at most {MAX_REACTION_SPAN} messages at a time ('from' to 'to')")
-        found = await reactions_between(node.storage, chat.id, max(first, visible[0]), min(last, visible[1]))
+        found = await reactions_between(node.storage, chat.id, max(first, visible[0]), min(last, visible[1]),
+                                        until_ts=await left_at(node, chat, device.user_id))
         return json_response({"reactions": {str(seq): found[seq] for seq in sorted(found)}})
 
     # -- stars and deleting for me --------------------------------------------------

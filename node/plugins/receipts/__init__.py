@@ -75,7 +75,10 @@ class ReceiptsPlugin:
             chat = await ctx.chat(_id(chat_id))
             if chat is None or user_id not in chat.member_ids:
                 raise ChatError("not_member")
-            if not seq.isdigit():
+            if not seq.isascii() or not seq.isdigit() or int(seq) >= 1 << 63:
+                raise ChatError("not_found")
+            member = await ctx.member(chat.id, user_id)
+            if member is None or int(seq) < member.from_seq:  # before they joined: not theirs to see
                 raise ChatError("not_found")
             found = await ctx.messages(chat.id, int(seq), int(seq), 1)
             if not found or found[0].sender != user_id:
