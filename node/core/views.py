@@ -51,7 +51,7 @@ async def chat_summary(node: Services, user_id: int, chat: ChatState, unread: in
     await node.accounts.load_users((user_id,) if peer_id is None else (user_id, peer_id))
     summary = summary_of(node, user_id, chat, unread, await frozen_view(node, user_id, chat))
     if summary.get("peer"):
-        await add_photos(node, user_id, [summary["peer"]], shares_chat=True)  # the 1-1 chat itself
+        await add_photos(node, user_id, [summary["peer"]])
     return summary
 
 
@@ -119,7 +119,7 @@ async def chat_list(node: Services, user_id: int, *, include_hidden: bool = Fals
     unread = await node.chats.unread_counts(user_id, states)
     summaries = [summary_of(node, user_id, chat, unread.get(chat.id, 0), await frozen_view(node, user_id, chat))
                  for chat in states]
-    await add_photos(node, user_id, [s["peer"] for s in summaries if s.get("peer")], shares_chat=True)
+    await add_photos(node, user_id, [s["peer"] for s in summaries if s.get("peer")])
     # Pinned chats first (the latest pin on top), then the most recently active.
     summaries.sort(key=lambda s: (s["pinned"] or 0, s["updated"]), reverse=True)
     return summaries

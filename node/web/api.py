@@ -456,7 +456,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
                         "joined": record["joined"], "delivered_seq": record["delivered"] if until is None else None,
                         "read_seq": read})  # read_seq null: hidden by read receipts
         out.sort(key=lambda m: (m["role"] != "admin", m["joined"]))
-        await add_photos(node, device.user_id, [m["user"] for m in out], shares_chat=True if until is None else None)
+        await add_photos(node, device.user_id, [m["user"] for m in out])
         return json_response({"members": out})
 
     @app.post("/api/chats/<chat_id>/members")

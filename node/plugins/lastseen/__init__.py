@@ -8,7 +8,10 @@ are kept in memory and written with the next commit of anything (at the latest a
 notification queue never backs up behind the disk. Who may see a
 user's presence follows their `last_seen` setting (everyone / contacts / nobody), and it
 is reciprocal as in WhatsApp: whoever hides theirs sees no one's. Blocked users never see
-it. Typing indicators are ephemeral: never stored, forwarded at most once per
+it. A user's contacts are the people they have written to (a message in their 1-1 chat,
+`ctx.is_contact`): opening a chat with someone, or adding them to a group, does not make
+you their contact. Live presence events go to those who may see it among the people who
+share a 1-1 chat or a small group with the user. Typing indicators are ephemeral: never stored, forwarded at most once per
 `typing_interval` per user and chat, and they expire on the client after `typing_ttl`.
 """
 
@@ -144,9 +147,8 @@ class LastSeenPlugin:
         event = await self.presence(user_id, None) | {"type": "presence"}
         told = []
         for contact in await ctx.contacts_of(user_id, max_group=self.settings.live_group_limit):
-            # they share a chat, so only the reciprocal rule and blocks remain to check (an
-            # offline contact costs nothing: the event reaches only connected devices)
-            if await self.visibility(contact) != "nobody" and not await ctx.blocked(contact, user_id):
+            # an offline one costs nothing: the event reaches only connected devices
+            if await self.may_see(contact, user_id):
                 told.append(contact)
         ctx.send_to_users(told, event)
 
@@ -162,7 +164,7 @@ class LastSeenPlugin:
         if await self.visibility(viewer) == "nobody":  # reciprocal: hide yours, see no one's
             return False
         mine = await self.visibility(user_id)
-        return mine == "everyone" or (mine == "contacts" and await self.ctx.shares_chat(viewer, user_id))
+        return mine == "everyone" or (mine == "contacts" and await self.ctx.is_contact(user_id, viewer))
 
     async def presence(self, user_id: int, viewer: int | None) -> dict[str, Any]:
         """What `viewer` may know of `user_id` (None: already checked)."""
