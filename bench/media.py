@@ -7,7 +7,11 @@ side holds it whole. The node's memory is sampled from /proc every 5 ms during e
 phase (peak VmRSS), and its VmHWM (the kernel's high-water mark) is read before and
 after. Figures are medians over the runs; each run uploads a new file.
 
-    python -m bench.media [--runs 3] [--mb 50]
+Both content stores are measured (`--store local`, `--store s3`, or both, the default): the
+local directory, and an S3-compatible object store, a private SeaweedFS started for the
+run (tests/s3server.py, the `weed` binary of the test extras) on loopback.
+
+    python -m bench.media [--runs 3] [--mb 50] [--store both]
 """
 
 from __future__ import annotations
@@ -123,32 +127,55 @@ async def one_run(url: str, pid: int, size: int, name: str) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--mb", type=float, default=50.0, help="file size in MB (10^6 bytes)")
-    args = parser.parse_args()
-    size = int(args.mb * 1_000_000)
+def measure(store: str, runs_wanted: int, size: int) -> list[dict]:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         limit = max(size * 2, 64 * 1024 * 1024)
         extra = f"[plugins.media]\nmax_audio_bytes = {limit}\n"
-        with node_process(Path(tmp), extra) as (proc, url, _ws):
-            pin(1)  # after the node started: it inherits this process's CPUs and pins itself to 0
-            httpx.get(f"{url}/healthz").raise_for_status()
-            for i in range(args.runs):
-                result = trio.run(one_run, url, proc.pid, size, f"media{i}")
-                runs.append(result)
-                print(json.dumps(result))
-    report = {
-        "file_mb": args.mb,
-        "runs": runs,
-        "median": {key: statistics.median(r[key] for r in runs) for key in runs[0]},
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    }
+        server = None
+        if store == "s3":
+            import sys
+
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from s3server import S3Server
+
+            server = S3Server().start()
+            settings = server.settings("bench/", create_bucket=True, bucket="bench")
+            extra += 'store = "s3"\n[plugins.media.s3]\n' + "".join(
+                f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+        try:
+            with node_process(Path(tmp), extra) as (proc, url, _ws):
+                pin(1)  # after the node started: it inherits this process's CPUs and pins itself to 0
+                httpx.get(f"{url}/healthz").raise_for_status()
+                for i in range(runs_wanted):
+                    result = trio.run(one_run, url, proc.pid, size, f"media{i}")
+                    runs.append(result)
+                    print(store, json.dumps(result))
+        finally:
+            if server is not None:
+                server.destroy()
+            os.sched_setaffinity(0, range(os.cpu_count() or 1)) if hasattr(os, "sched_setaffinity") else None
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--mb", type=float, default=50.0, help="file size in MB (10^6 bytes)")
+    parser.add_argument("--store", choices=("local", "s3", "both"), default="both")
+    args = parser.parse_args()
+    size = int(args.mb * 1_000_000)
+    report: dict = {"file_mb": args.mb, "load_before": os.getloadavg(),
+                    "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None, "stores": {}}
+    for store in (("local", "s3") if args.store == "both" else (args.store,)):
+        runs = measure(store, args.runs, size)
+        report["stores"][store] = {"runs": runs,
+                                   "median": {key: statistics.median(r[key] for r in runs) for key in runs[0]}}
+    report["load_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "media.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report["median"], indent=2))
+    print(json.dumps({store: r["median"] for store, r in report["stores"].items()}, indent=2))
+    print("load average before / after:", report["load_before"], report["load_after"])
 
 
 if __name__ == "__main__":

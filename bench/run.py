@@ -1,16 +1,27 @@
-"""`make bench`: 1-1 throughput, latency at half that rate, memory per idle connection.
+"""`make bench`: 1-1 throughput, latency, memory per idle connection and token logins,
+on each storage engine (LMDB, and PostgreSQL beside it).
 
 The node runs as a subprocess pinned to CPU 0; the load generator (bench/rawws.py, one
 selector loop, pre-built frames) is pinned to CPU 1, so the node has one core to itself,
-as the peers in ../shared/ANCHORS.md were measured. Every figure is the median of
-repeated runs: small VMs are noisy.
+as the peers in ../shared/ANCHORS.md were measured. With the PostgreSQL engine the node
+talks to a private server (tests/pgserver.py; fsync on, durable defaults) pinned to CPU 0
+as well: the server side gets one core whatever the engine, and "server CPU" is the node's
+plus every PostgreSQL process's (from /proc). Runs of the engines are interleaved (run 1 of
+each, then run 2, ...) so that a change in the machine's load touches them alike; every
+figure is the median of the runs (small VMs are noisy), and each measurement records how
+much CPU the rest of the machine used meanwhile (`others_cpu_pct`, % of one core).
 
-    python -m bench.run [--runs 3] [--pairs 100] [--latency-pairs 500] [--idle 2000]
+    python -m bench.run [--engines lmdb,postgresql] [--runs 3] [--pairs 100] [--latency-pairs 500]
+                        [--idle 2000] [--baseline DIR]
+
+`--baseline DIR` adds LMDB runs of the node in another checkout (say, an earlier commit in
+a `git worktree`), interleaved with the others: a before/after comparison under one load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -20,8 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -31,7 +44,8 @@ from bench.rawws import Conn, Loop
 from node.client import ChatClient
 from node.core.session import WRITER_LINGER
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 PASSWORD = "bench password 1"
 PAD = b"x" * 80  # message text is "<send stamp> " + 80 bytes, about 100 bytes
 
@@ -60,8 +74,98 @@ def pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def pg_cpu_seconds(postmaster: int) -> float:
+    """CPU of a PostgreSQL server: the postmaster, its live processes (backends,
+    checkpointer, WAL writer, ...), and through its children's times those that ended."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = _stat_fields(postmaster)
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile (and counted in the postmaster's children times)
+        if int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+class Server:
+    """The server side of a run: the node process and, with PostgreSQL, its database server."""
+
+    def __init__(self, proc: subprocess.Popen, postmaster: int | None = None) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.postmaster = postmaster
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the node and its database server."""
+        return cpu_seconds(self.pid) + self.db_cpu()
+
+    def db_cpu(self) -> float:
+        return pg_cpu_seconds(self.postmaster) if self.postmaster else 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class Others:
+    """How much CPU the rest of the machine (other people's tests, say) used during a
+    measurement: all busy time minus the server's and this load generator's."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loadavg = float(Path("/proc/loadavg").read_text().split()[0])
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), machine_busy_seconds(), self._ours()
+
+    def _ours(self) -> float:
+        return self.server.cpu() + cpu_seconds(os.getpid())
+
+    def result(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.t0
+        others = (machine_busy_seconds() - self.busy0) - (self._ours() - self.ours0)
+        return {"others_cpu_pct": max(0.0, 100 * others / elapsed), "loadavg_at_start": self.loadavg}
+
+
 @contextmanager
-def node_process(tmp: Path, extra_config: str = ""):
+def private_postgres() -> Iterator[Any]:
+    """A private PostgreSQL server (fsync on) whose processes all run on CPU 0, beside
+    the node: they inherit the affinity of the process that starts them."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import PgServer
+
+    server = PgServer(fsync=True)
+    mask = os.sched_getaffinity(0)
+    try:
+        pin(0)
+        server.start()
+    finally:
+        os.sched_setaffinity(0, mask)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def postmaster_pid(server: Any) -> int:
+    return int((server.data / "postmaster.pid").read_text().split()[0])
+
+
+@contextmanager
+def node_process(tmp: Path, extra_config: str = "", env: dict[str, str] | None = None, *, baseline: bool = False):
+    """A node on free ports with data in `tmp`; `baseline`: a node from an earlier checkout,
+    whose config does not know the per-address connection cap (every client here is on
+    127.0.0.1, and the cap would refuse all but 64 of them)."""
     http_port, ws_port = free_port(), free_port()
     config = tmp / "config.toml"
     config.write_text(
@@ -80,12 +184,13 @@ login_failures_per_address = 1000000
 frames_per_second = 100000.0
 frame_burst = 100000
 max_connections_per_user = 10000
+{"" if baseline else "max_connections_per_address = 1000000"}
 {extra_config}
 """
     )
     proc = subprocess.Popen(
         [sys.executable, *os.environ.get("BENCH_NODE_WRAPPER", "-m node").split(), "serve", "--config", str(config), "--log-level", "WARNING"],
-        cwd=tmp, preexec_fn=lambda: pin(0), stdout=subprocess.DEVNULL,
+        cwd=tmp, preexec_fn=lambda: pin(0), stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -226,7 +331,8 @@ def _profile(pid: int, seconds: float, path: str | None) -> subprocess.Popen | N
                              "--format", "raw", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL)
 
 
-def throughput(proc, ws_url: str, pairs, *, window: int, batch: int, seconds: float, profile: str | None = None) -> dict:
+def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, seconds: float,
+               profile: str | None = None) -> dict:
     loop = Loop()
     receivers = Receivers()
     senders = Senders(window, batch)
@@ -243,10 +349,11 @@ def throughput(proc, ws_url: str, pairs, *, window: int, batch: int, seconds: fl
     for conn in sender_conns:
         senders.refill(conn)
     loop.run(time.perf_counter() + 2.0)  # warm-up
-    spy = _profile(proc.pid, seconds, profile)
-    c0, n0, a0, t0 = cpu_seconds(proc.pid), receivers.count, senders.acked, time.perf_counter()
+    spy = _profile(server.pid, seconds, profile)
+    others = Others(server)
+    c0, d0, n0, a0, t0 = server.cpu(), server.db_cpu(), receivers.count, senders.acked, time.perf_counter()
     loop.run(t0 + seconds)
-    c1, n1, a1, t1 = cpu_seconds(proc.pid), receivers.count, senders.acked, time.perf_counter()
+    c1, d1, n1, a1, t1 = server.cpu(), server.db_cpu(), receivers.count, senders.acked, time.perf_counter()
     senders.running = False
     loop.run(time.perf_counter() + 1.0)
     loop.close_all()
@@ -257,11 +364,14 @@ def throughput(proc, ws_url: str, pairs, *, window: int, batch: int, seconds: fl
         "acked_per_s": (a1 - a0) / (t1 - t0),
         "server_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
         "server_cpu_us_per_msg": 1e6 * (c1 - c0) / max(1, n1 - n0),
+        "db_cpu_us_per_msg": 1e6 * (d1 - d0) / max(1, n1 - n0),
         "errors": senders.errors,
+        **others.result(),
     }
 
 
-def latency(proc, url: str, ws_url: str, pairs, *, rate: float, seconds: float, profile: str | None = None) -> dict:
+def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, seconds: float,
+            profile: str | None = None) -> dict:
     """Open loop: one message every 1/rate s, round-robin over the senders."""
     loop = Loop()
     receivers = Receivers()
@@ -291,10 +401,12 @@ def latency(proc, url: str, ws_url: str, pairs, *, rate: float, seconds: float, 
     receivers.record = True
     start = time.perf_counter()
     sent_before = schedule["i"]
-    spy = _profile(proc.pid, seconds, profile)
-    c0 = cpu_seconds(proc.pid)
+    spy = _profile(server.pid, seconds, profile)
+    others = Others(server)
+    c0, d0 = server.cpu(), server.db_cpu()
     loop.run(start + seconds, tick)
-    c1 = cpu_seconds(proc.pid)
+    c1, d1 = server.cpu(), server.db_cpu()
+    load = others.result()
     if spy is not None:
         spy.wait(30)
     loop.run(time.perf_counter() + 1.0)
@@ -307,13 +419,15 @@ def latency(proc, url: str, ws_url: str, pairs, *, rate: float, seconds: float, 
         "sent": schedule["i"] - sent_before,
         "samples": len(samples),
         "server_cpu_pct": 100 * (c1 - c0) / seconds,
+        "db_cpu_pct": 100 * (d1 - d0) / seconds,
         "p50_ms": 1000 * samples[len(samples) // 2],
         "p99_ms": 1000 * samples[int(len(samples) * 0.99)],
         "max_ms": 1000 * samples[-1],
+        **load,
     }
 
 
-def idle_memory(proc, url: str, ws_url: str, connections: int) -> dict:
+def idle_memory(server: Server, url: str, ws_url: str, connections: int) -> dict:
     """RSS growth of the node per authenticated, idle connection."""
 
     async def tokens() -> list[str]:
@@ -339,13 +453,13 @@ def idle_memory(proc, url: str, ws_url: str, connections: int) -> dict:
         loop.connect(ws_url, on_text).send_text(hello(tokens_[0]))
     loop.run(time.perf_counter() + 1.0)
     time.sleep(1.0)
-    before = rss_kib(proc.pid)
+    before = rss_kib(server.pid)
     for i in range(connections):
         loop.connect(ws_url, on_text).send_text(hello(tokens_[i // 100]))
         if i % 200 == 199:
             loop.run(time.perf_counter() + 0.05)
     loop.run(time.perf_counter() + WRITER_LINGER + 3.0)  # idle: past the writers' linger
-    after = rss_kib(proc.pid)
+    after = rss_kib(server.pid)
     opened = welcomed["n"] - 20
     loop.close_all()
     return {"connections": opened, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
@@ -355,7 +469,7 @@ def idle_memory(proc, url: str, ws_url: str, connections: int) -> dict:
 CLOSE_NORMAL = b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8"  # masked close frame, code 1000
 
 
-def reconnects(proc, ws_url: str, tokens: list[str], *, concurrency: int, seconds: float) -> dict:
+def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: int, seconds: float) -> dict:
     """Token logins per second: `concurrency` clients each connect, say hello with their
     token, wait for `synced`, close, and start again."""
     loop = Loop()
@@ -382,15 +496,16 @@ def reconnects(proc, ws_url: str, tokens: list[str], *, concurrency: int, second
     for _ in range(concurrency):
         start()
     loop.run(time.perf_counter() + 1.0)  # warm-up
-    n0, failed0, cpu0, t0 = done["n"], done["failed"], cpu_seconds(proc.pid), time.perf_counter()
+    others = Others(server)
+    n0, failed0, cpu0, t0 = done["n"], done["failed"], server.cpu(), time.perf_counter()
     loop.run(t0 + seconds)
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+    elapsed, cpu = time.perf_counter() - t0, server.cpu() - cpu0
     count = done["n"] - n0
     for conn in loop.conns:
         conn.on_close = None
     loop.close_all()
     return {"reconnects_per_s": count / elapsed, "failed": done["failed"] - failed0,
-            "server_cpu_us_per_reconnect": cpu / max(1, count) * 1e6, "concurrency": concurrency}
+            "server_cpu_us_per_reconnect": cpu / max(1, count) * 1e6, "concurrency": concurrency, **others.result()}
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -398,53 +513,145 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def run_all(args: argparse.Namespace) -> dict:
-    results: dict[str, list[dict]] = {"throughput": [], "latency": [], "idle": [], "reconnects": []}
-    for run in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp:
-            with node_process(Path(tmp)) as (proc, url, ws_url):
-                if args.idle:
-                    idle = idle_memory(proc, url, ws_url, args.idle)
-                    results["idle"].append(idle)
-                    print(f"run {run + 1}: idle {idle}", flush=True)
-                pairs = make_pairs(url, max(args.pairs, args.latency_pairs), f"r{run}")
-                if args.reconnects:
-                    tokens = [token for pair in pairs for token in pair[:2]]
-                    r = reconnects(proc, ws_url, tokens, concurrency=args.reconnects, seconds=args.seconds)
-                    results["reconnects"].append(r)
-                    print(f"run {run + 1}: reconnects {r}", flush=True)
-                    time.sleep(3.0)
-                t = throughput(proc, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
-                               seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
-                results["throughput"].append(t)
-                print(f"run {run + 1}: throughput {t}", flush=True)
-                for name in args.latency_rates.split(","):
-                    rate = t["delivered_per_s"] / 2 if name == "half" else float(name)
-                    lat = latency(proc, url, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
-                                  profile=args.profile and args.profile + ".latency")
-                    lat["rate_name"] = name
-                    results["latency"].append(lat)
-                    print(f"run {run + 1}: latency {lat}", flush=True)
-                    time.sleep(3.0)  # let the node drain before the next phase
-    summary = {
+def one_run(server: Server, url: str, ws_url: str, args: argparse.Namespace, results: dict[str, list[dict]],
+            tag: str) -> None:
+    """Every phase once, on one fresh node."""
+    if args.idle:
+        idle = idle_memory(server, url, ws_url, args.idle)
+        results["idle"].append(idle)
+        print(f"{tag}: idle {idle}", flush=True)
+    pairs = make_pairs(url, max(args.pairs, args.latency_pairs), "r")
+    if args.reconnects:
+        tokens = [token for pair in pairs for token in pair[:2]]
+        r = reconnects(server, ws_url, tokens, concurrency=args.reconnects, seconds=args.seconds)
+        results["reconnects"].append(r)
+        print(f"{tag}: reconnects {r}", flush=True)
+        time.sleep(3.0)
+    t = throughput(server, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
+                   seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
+    results["throughput"].append(t)
+    print(f"{tag}: throughput {t}", flush=True)
+    for name in args.latency_rates.split(","):
+        rate = t["delivered_per_s"] / 2 if name == "half" else float(name)
+        lat = latency(server, url, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
+                      profile=args.profile and args.profile + ".latency")
+        lat["rate_name"] = name
+        results["latency"].append(lat)
+        print(f"{tag}: latency {lat}", flush=True)
+        time.sleep(3.0)  # let the node drain before the next phase
+
+
+def summarize(results: dict[str, list[dict]], args: argparse.Namespace) -> dict:
+    return {
         "delivered_per_s": median(results["throughput"], "delivered_per_s"),
         "acked_per_s": median(results["throughput"], "acked_per_s"),
         "server_cpu_us_per_msg": median(results["throughput"], "server_cpu_us_per_msg"),
+        "db_cpu_us_per_msg": median(results["throughput"], "db_cpu_us_per_msg"),
+        "throughput_others_cpu_pct": median(results["throughput"], "others_cpu_pct"),
         "latency": {
             name: {key: median([r for r in results["latency"] if r["rate_name"] == name], key)
-                   for key in ("offered_per_s", "p50_ms", "p99_ms", "server_cpu_pct")}
+                   for key in ("offered_per_s", "p50_ms", "p99_ms", "server_cpu_pct", "db_cpu_pct", "others_cpu_pct")}
             for name in args.latency_rates.split(",")
         },
         "idle_kib_per_connection": median(results["idle"], "kib_per_connection"),
         "reconnects_per_s": median(results["reconnects"], "reconnects_per_s"),
         "server_cpu_us_per_reconnect": median(results["reconnects"], "server_cpu_us_per_reconnect"),
+        "others_cpu_pct": median([r for phase in ("throughput", "latency", "reconnects") for r in results[phase]],
+                                 "others_cpu_pct"),
     }
-    return {"summary": summary, "runs": results, "args": vars(args), "cpus": os.cpu_count(),
-            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    """`args.runs` rounds; in each, one run per engine (and of the baseline), in turn."""
+    labels = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = set(labels) - {"lmdb", "postgresql"}
+    if unknown:
+        raise SystemExit(f"unknown engines: {', '.join(sorted(unknown))} (lmdb, postgresql)")
+    if args.baseline:
+        labels.append("baseline")
+    results = {label: {"throughput": [], "latency": [], "idle": [], "reconnects": []} for label in labels}
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(private_postgres()) if "postgresql" in labels else None
+        for run in range(args.runs):
+            for label in labels:
+                extra, env, postmaster = "", {}, None
+                if label == "postgresql":
+                    extra = f'[storage]\nengine = "postgresql"\ndsn = "{pg.create_database()}"\n'
+                    postmaster = postmaster_pid(pg)
+                elif label == "baseline":
+                    env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
+                with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp:
+                    with node_process(Path(tmp), extra, env, baseline=label == "baseline") as (proc, url, ws_url):
+                        one_run(Server(proc, postmaster), url, ws_url, args, results[label], f"run {run + 1} {label}")
+    engines = {label: {"summary": summarize(results[label], args), "runs": results[label]} for label in labels}
+    return {"engines": engines, "args": vars(args), "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def table(report: dict, args: argparse.Namespace) -> str:
+    """The figures as a Markdown table, one column per engine."""
+    engines = report["engines"]
+    names = {"lmdb": "LMDB", "postgresql": "PostgreSQL", "baseline": f"LMDB, {args.baseline}"}
+    head = "| figure (median of %d runs) | %s |\n| --- |%s\n" % (
+        args.runs, " | ".join(names[e] for e in engines), " --- |" * len(engines))
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(e["summary"]) for e in engines.values()) + " |\n"
+
+    out = head
+    out += row(f"1-1 messages delivered per second ({args.pairs} pairs, {args.window} in flight, {args.batch} per frame)",
+               lambda s: f"{s['delivered_per_s']:,.0f}")
+    out += row("server CPU per delivered message (of which the database server)",
+               lambda s: f"{s['server_cpu_us_per_msg']:.0f} µs ({s['db_cpu_us_per_msg']:.0f} µs)")
+    for name in args.latency_rates.split(","):
+        out += row(f"latency at {'half the throughput' if name == 'half' else name + ' msg/s'}, one message per frame: "
+                   "p50 / p99 (server CPU)",
+                   lambda s, n=name: f"{s['latency'][n]['p50_ms']:.1f} / {s['latency'][n]['p99_ms']:.1f} ms "
+                                     f"({s['latency'][n]['server_cpu_pct']:.0f} %)")
+    out += row("memory per idle authenticated connection", lambda s: f"{s['idle_kib_per_connection']:.1f} KiB")
+    out += row("token logins per second (server CPU each)",
+               lambda s: f"{s['reconnects_per_s']:,.0f} ({s['server_cpu_us_per_reconnect']:.0f} µs)")
+    out += row("CPU used by other processes while measuring (% of one core)", lambda s: f"{s['others_cpu_pct']:.0f} %")
+    return out
+
+
+def ratios(report: dict, args: argparse.Namespace) -> str:
+    """Per round, one engine's figure divided by another's, then the median over rounds: runs
+    of one round ran minutes apart, under much the same load, so their ratio is steadier than
+    a ratio of medians when the machine is shared."""
+    engines = report["engines"]
+    pairs = [(a, b) for a, b in (("postgresql", "lmdb"), ("lmdb", "baseline")) if a in engines and b in engines]
+    if not pairs:
+        return ""
+    names = {"lmdb": "LMDB", "postgresql": "PostgreSQL", "baseline": "LMDB before"}
+    rate = args.latency_rates.split(",")[0]
+
+    def latency_of(run: dict, key: str, name: str) -> list[float]:
+        return [r[key] for r in run["latency"] if r["rate_name"] == name]
+
+    figures = {
+        "delivered per second": lambda run: [r["delivered_per_s"] for r in run["throughput"]],
+        "server CPU per message": lambda run: [r["server_cpu_us_per_msg"] for r in run["throughput"]],
+        f"p50 at {rate} msg/s": lambda run: latency_of(run, "p50_ms", rate),
+        f"p99 at {rate} msg/s": lambda run: latency_of(run, "p99_ms", rate),
+        "token logins per second": lambda run: [r["reconnects_per_s"] for r in run["reconnects"]],
+    }
+    out = "| ratio (median over rounds) | " + " | ".join(f"{names[a]} ÷ {names[b]}" for a, b in pairs) + " |\n"
+    out += "| --- |" + " --- |" * len(pairs) + "\n"
+    for label, values in figures.items():
+        cells = []
+        for a, b in pairs:
+            per_round = [x / y for x, y in zip(values(engines[a]["runs"]), values(engines[b]["runs"]), strict=False)
+                         if y]
+            cells.append(f"{statistics.median(per_round):.2f}" if per_round else "-")
+        out += f"| {label} | " + " | ".join(cells) + " |\n"
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default="lmdb,postgresql", help="storage engines to run, in turn")
+    parser.add_argument("--baseline", default=None,
+                        help="also run LMDB with the node from this checkout (an earlier commit), in turn")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=100, help="sender/receiver pairs for throughput")
     parser.add_argument("--window", type=int, default=10, help="messages in flight per sender")
@@ -464,21 +671,8 @@ def main() -> None:
     report = run_all(args)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
-    s = report["summary"]
-    print(
-        f"\n| figure | median of {args.runs} runs |\n| --- | --- |\n"
-        f"| 1-1 messages delivered per second ({args.pairs} pairs, {args.window} in flight, {args.batch} per frame) | {s['delivered_per_s']:,.0f} |\n"
-        f"| server CPU per delivered message | {s['server_cpu_us_per_msg']:.0f} µs |\n"
-        + "".join(
-            f"| send-to-receive latency at {v['offered_per_s']:,.0f} msg/s offered, one message per frame "
-            f"({args.latency_pairs} pairs): p50 / p99 (server CPU) | {v['p50_ms']:.1f} / {v['p99_ms']:.1f} ms "
-            f"({v['server_cpu_pct']:.0f} %) |\n"
-            for v in s["latency"].values()
-        )
-        + f"| memory per idle authenticated connection | {s['idle_kib_per_connection']:.1f} KiB |\n"
-        + f"| token logins (reconnect: hello, welcome, synced, close) per second | {s['reconnects_per_s']:,.0f} "
-        f"({s['server_cpu_us_per_reconnect']:.0f} µs server CPU each) |"
-    )
+    print("\n" + table(report, args))
+    print(ratios(report, args))
 
 
 if __name__ == "__main__":

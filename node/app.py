@@ -30,6 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
+from .core.admin import announce_offline_revocations
 from .core.blocks import Blocks
 from .core.chats import Chats, now_ms
 from .core.connlimit import ConnectionLimits
@@ -43,11 +44,12 @@ from .core.snowflake import SnowflakeGenerator
 from .core.views import reads_shared
 from .core.wsserver import family_of, serve_chat_socket, tune_listen_socket
 from .core.state import ChatState
+from .observe import Metrics
 from .plugin_api import Chat
 from .plugin_manager import Plugins
 from .storage import Storage, StorageError, WriteBatch, open_storage
 from .web.access import RequestLog
-from .web.api import create_app, current_device, json_response
+from .web.api import create_app, current_device, json_response, observe_request
 from .web.proxy import ForwardedFor
 from .web.server import serve as serve_app
 
@@ -74,12 +76,14 @@ class Node:
     frame_handlers: dict[str, FrameHandler]
     routing: Routing
     shutdown_requested: trio.Event = attrs.Factory(trio.Event)
+    sequencer_done: trio.Event = attrs.Factory(trio.Event)  # every queued operation applied
     stash: dict[str, Any] = attrs.Factory(dict)  # per-plugin state, keyed by plugin name
     http_port: int = 0
     ws_port: int = 0
     version: str = VERSION
     cluster: object | None = None  # node.cluster.service.ClusterService when [cluster] enabled
     connections: ConnectionLimits = attrs.Factory(lambda node: ConnectionLimits.of(node.config), takes_self=True)
+    metrics: Metrics = attrs.Factory(Metrics)  # histograms and counters for /metrics (node/observe.py)
 
     @property
     def http_url(self) -> str:
@@ -220,7 +224,8 @@ async def serve_http(node: Node, app, *, task_status: trio.TaskStatus[int] = tri
     # (json_body, the upload route).
     hc.websocket_max_message_size = node.config.limits.max_frame_bytes
     # idle keep-alive connections close at once on shutdown (node/web/server.py)
-    app = RequestLog(app, access=node.config.log.access)  # X-Request-Id and the access log
+    # X-Request-Id, the access log and the request-time histogram
+    app = RequestLog(app, access=node.config.log.access, observe=partial(observe_request, node.metrics))
     app = ForwardedFor(app, cfg.trusted_proxies)  # the client's address behind a reverse proxy
     started = _Started(task_status, port)
     await serve_app(app, hc, sock, shutdown_trigger=node.shutdown_requested.wait, guard=node.connections.guard,
@@ -309,6 +314,8 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
             edit_window=config.limits.edit_window,
         )
         node = Node(config, storage, ids, hub, accounts, chats, blocks, manager, dict(CORE_FRAME_HANDLERS), routing)
+        chats.metrics = node.metrics
+        storage.writer.on_commit = node.metrics.observe_commit  # type: ignore[attr-defined]
         manager.bind(node)
         for handlers in manager.collect("register_frame_types"):
             for name, handler in handlers.items():
@@ -334,6 +341,9 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 node.cluster.add_listener(lambda event: manager.notify("on_cluster_event", event=event), replay=True)
             async with trio.open_nursery() as plugin_tasks:
                 await manager.startup(plugin_tasks)
+                told = await announce_offline_revocations(node)  # `chatnode admin --offline` logouts
+                if told:
+                    log.info("told the plugins of %d devices logged out while the node was stopped", told)
                 async with trio.open_nursery() as sessions, trio.open_nursery() as listeners:
                     ws_scope = trio.CancelScope()
 
@@ -355,8 +365,11 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 await manager.shutdown()
                 plugin_tasks.cancel_scope.cancel()
             await chats.close()
+            node.sequencer_done.set()
             manager.close_pumps()
-            core.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout  # the sweepers
+            # The sweepers, and in a cluster the hand-over and the leave (node/cluster/service.py)
+            handover = 2 * config.cluster.leave_timeout + 1 if node.cluster is not None else 0.0
+            core.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + handover
     log.info("stopped")
 
 

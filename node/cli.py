@@ -1,11 +1,16 @@
-"""The `chatnode` command: serve a node, check a config."""
+"""The `chatnode` command: serve a node, check a config, copy a stopped node's data."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import signal
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import trio
 
@@ -29,12 +34,118 @@ def _parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list the plugins a node on this config would load")
     plugins.add_argument("--config", "-c", default="config.toml")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    media = commands.add_parser("media", help="media store tools")
+    media_commands = media.add_subparsers(dest="media_command", required=True)
+    copy = media_commands.add_parser(
+        "copy", help="copy the node's local media into the object store of [plugins.media.s3] (resumable)")
+    copy.add_argument("--config", "-c", default="config.toml")
+    copy.add_argument("--from", dest="source", default=None,
+                      help="the local media folder (default: [plugins.media] dir under the data dir)")
+    copy.add_argument("--quick", action="store_true", help="verify copies by size only, without reading them back")
+    _add_storage_commands(commands)
     # -- cluster (node/cluster owns what is inside this block) ------------------------
     from .cluster.cli import add_cluster_commands
 
     add_cluster_commands(commands)
     # -- end cluster --
+    # -- admin, backup and restore (node/admin_cli.py, node/backup.py) ----------------------
+    from .admin_cli import add_admin_commands
+    from .backup import add_backup_commands
+
+    add_admin_commands(commands)
+    add_backup_commands(commands)
+    # -- end admin --
     return parser
+
+
+def _add_storage_commands(commands: argparse._SubParsersAction) -> None:
+    storage = commands.add_parser("storage", help="copy a stopped node's data to another engine, or verify a copy")
+    actions = storage.add_subparsers(dest="storage_command", required=True)
+    where = ("postgresql://USER@HOST/DBNAME (or postgresql:'host=... dbname=...'), "
+             "or lmdb:DATA_DIR (a node data dir; the database is DATA_DIR/db)")
+    copy = actions.add_parser(
+        "copy", help="copy the config's storage to a target, then verify it",
+        description="Copy a stopped node's data from the engine in --config to TARGET, then verify counts and "
+                    "checksums of every table. The target must be empty or an unfinished copy of the same source "
+                    "(run the same command again to continue). Exit code 0: verified; 1: the target differs; "
+                    "2: refused or failed.")
+    copy.add_argument("--config", "-c", default="config.toml", help="the node's config (its [storage] is the source)")
+    copy.add_argument("--to", required=True, metavar="TARGET", help=where)
+    copy.add_argument("--page", type=int, default=1000, help="rows per transaction (default 1000)")
+    copy.add_argument("--kill-after-pages", type=int, default=None, help=argparse.SUPPRESS)  # tests: a hard stop
+    verify = actions.add_parser(
+        "verify", help="compare the config's storage with another, table by table",
+        description="Compare counts and checksums of every table of the config's storage and TARGET, writing "
+                    "nothing. Exit code 0: the same; 1: they differ; 2: refused or failed.")
+    verify.add_argument("--config", "-c", default="config.toml")
+    verify.add_argument("--against", required=True, metavar="TARGET", help=where)
+    verify.add_argument("--page", type=int, default=1000, help=argparse.SUPPRESS)
+
+
+@contextlib.contextmanager
+def _hold_data_dir(path: Path, *, create: bool) -> Iterator[None]:
+    """Take the lock a running node holds on its data dir (preflight.LOCK_FILE): refused
+    while a node (or another copy) runs on it, and no node starts on it until we are done."""
+    from .storage.copy import CopyRefused
+
+    if not path.is_dir():
+        if not create:
+            yield
+            return
+        path.mkdir(mode=0o700, parents=True)
+    with (path / preflight.LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise CopyRefused(f"{path} is in use by a running node or copy (pid {holder}): stop it first") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def _storage_command(args: argparse.Namespace, config: Config) -> int:
+    """`chatnode storage copy|verify`: the source is the config's storage; every data dir
+    involved is locked as a node locks its own, so none of them is (or becomes) live."""
+    from .storage.copy import CopyRefused, Location, Settings, check_places, run_copy, run_verify
+
+    name = f"storage {args.storage_command}"
+    section = config.storage
+    source = Location("postgresql", section.dsn) if section.engine == "postgresql" else Location(
+        "lmdb", str(config.data_dir))
+    settings = Settings(map_size=section.map_size_mb << 20, max_map_size=section.max_map_size_mb << 20,
+                        max_batch=section.max_batch, commit_timeout=section.commit_timeout)
+    logs.configure("WARNING", config.log.format)
+    try:
+        if args.page < 1:
+            raise CopyRefused("--page must be at least 1")
+        if section.engine == "postgresql" and not section.dsn:
+            raise CopyRefused(f"{args.config}: storage.dsn is required with engine = \"postgresql\"")
+        target = Location.parse(args.to if args.storage_command == "copy" else args.against)
+        check_places(source, target)
+        with contextlib.ExitStack() as held:
+            held.enter_context(_hold_data_dir(config.data_dir, create=False))
+            if target.engine == "lmdb":
+                held.enter_context(_hold_data_dir(Path(target.where), create=args.storage_command == "copy"))
+            if args.storage_command == "copy":
+                return trio.run(lambda: run_copy(source, target, settings, page=args.page,
+                                                 kill_after_pages=args.kill_after_pages))
+            return trio.run(lambda: run_verify(source, target, settings, page=args.page))
+    except (CopyRefused, StorageError) as exc:
+        print(f"chatnode: {name}: {exc}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:
+        problem = _first_leaf(group, (CopyRefused, StorageError))
+        if problem is None:
+            raise
+        print(f"chatnode: {name}: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"chatnode: {name}: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
 
 
 async def _serve(config: Config) -> None:
@@ -100,10 +211,41 @@ def _print_plugins(plugins: list[dict], *, as_json: bool) -> None:
         print(f"{p['name']:<{width}}  {p['version']:<10}  {origin:<9}  {', '.join(p['hooks'])}")
 
 
+def _media_copy(args: argparse.Namespace, config: Config) -> int:
+    """`chatnode media copy`: see node/plugins/media/copy.py."""
+    from pathlib import Path
+
+    from .plugins.media.copy import copy_to_store
+
+    try:
+        settings = Plugins(config.plugins, node_version=VERSION).settings("media")
+    except (ConfigError, KeyError) as exc:
+        print(f"chatnode: config error: {exc}", file=sys.stderr)
+        return 2
+    source = Path(args.source) if args.source else config.data_dir / settings.dir
+    if not source.is_dir():
+        print(f"chatnode: no local media at {source}", file=sys.stderr)
+        return 2
+    try:
+        counts = copy_to_store(settings, source, quick=args.quick, say=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        print(f"chatnode: {exc}", file=sys.stderr)
+        return 2
+    return 1 if counts["failed"] else 0
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The config to load: `--config`; for `chatnode admin`, config.toml if there is one
+    (a command given the node's --url needs none), else the built-in defaults."""
+    if hasattr(args, "config"):
+        return args.config
+    if args.command == "admin" and not Path("config.toml").exists():
+        return None
+    return "config.toml"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(_config_path(args))
     except ConfigError as exc:
         print(f"chatnode: config error: {exc}", file=sys.stderr)
         return 2
@@ -120,10 +262,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{args.config}: ok")
         return 0
+    if args.command == "media":
+        return _media_copy(args, config)
+    if args.command == "storage":
+        return _storage_command(args, config)
     if args.command == "cluster":
         from .cluster.cli import run_cluster_command
 
         return run_cluster_command(args, config)
+    if args.command == "admin":
+        from .admin_cli import run_admin_command
+
+        return run_admin_command(args, config)
+    if args.command in ("backup", "restore"):
+        from .backup import run_backup_command
+
+        return run_backup_command(args, config)
     try:
         lock = preflight.prepare_data_dir(config)  # held until the process exits
     except ConfigError as exc:

@@ -285,7 +285,8 @@ def on_user_offline(ctx: PluginContext, user_id: int) -> None:
 @notification
 def on_device_revoked(ctx: PluginContext, user_id: int, device_id: int) -> None:
     """A device of ``user_id`` was logged out: its token is deleted, by ``POST /api/logout``,
-    ``DELETE /api/me/devices/{id}`` or a password change (once for each other device).
+    ``DELETE /api/me/devices/{id}``, a password change (once for each other device) or an
+    admin (docs/admin.md; devices logged out offline are told when a node next starts).
 
     Drop whatever the plugin keeps for that device: a logged-out device must get nothing
     more for the account (the push plugin deletes the push targets it registered).

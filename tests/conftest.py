@@ -55,8 +55,32 @@ async def users(node: Node) -> AsyncIterator[Any]:
 
 # -- PostgreSQL: one private server per run, started only when a test asks for it
 #    (`pg_server`), and a fresh database per test (`pg_dsn`); see tests/pgserver.py.
-from pgserver import pg_dsn, pg_server  # noqa: E402,F401
+from pgserver import PgServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private server for the whole run, started the first time a test needs it."""
+    server = PgServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database for one test (dropped afterwards, connections and all)."""
+    dsn = pg_server.create_database()
+    yield dsn
+    pg_server.drop_database(dsn)
 # -- end PostgreSQL
+
+# -- an S3-compatible object store: one private SeaweedFS per run, started only when a
+#    test asks for it (`s3_server`); each test takes a bucket of its own. See tests/s3server.py.
+from s3server import s3_server  # noqa: E402,F401
+# -- end object store
 
 
 # -- both engines: every test that starts a node runs on LMDB and on PostgreSQL, unless it

@@ -1,4 +1,6 @@
-"""A private PostgreSQL server for tests: initdb in a temp dir, a free loopback port.
+"""A private PostgreSQL server for tests and benchmarks: initdb in a temp dir, a free
+loopback port. (The pytest fixtures over it are in tests/conftest.py; bench/run.py imports
+this module too, so it needs nothing but the standard library and psycopg.)
 
 PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the
 `postgres` system user (created by Debian's package) in a directory it owns, through
@@ -24,8 +26,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
-
-import pytest
 
 BIN = Path(os.environ.get("CHATNODE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 USER = "chat"  # the superuser initdb creates (trust authentication, loopback only)
@@ -159,25 +159,3 @@ class PgServer:
     def drop_database(self, dsn: str) -> None:
         name = dict(part.split("=", 1) for part in dsn.split())["dbname"]
         self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-# -- pytest fixtures (registered in tests/conftest.py) ------------------------------------
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One private server for the whole run, started the first time a test needs it."""
-    server = PgServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture
-def pg_dsn(pg_server: PgServer) -> Iterator[str]:
-    """A fresh, empty database for one test (dropped afterwards, connections and all)."""
-    dsn = pg_server.create_database()
-    yield dsn
-    pg_server.drop_database(dsn)

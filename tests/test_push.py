@@ -227,19 +227,92 @@ def test_encryption_reproduces_the_rfc_8291_example():
     assert rfc8291_decrypt(body, ua_private, auth) == b"When I grow up, I want to be a watermelon"
 
 
-async def test_the_vapid_key_is_made_once_and_kept(tmp_path):
+async def test_the_vapid_key_is_made_once_and_kept_in_the_store(tmp_path):
     config = push_config(tmp_path)
     async with running_node(config) as node:
         alice = await new_user(node, "alice")
         first = await alice.vapid_public_key()
         await alice.aclose()
-    key_file = config.data_dir / "push" / "vapid_private.pem"
-    assert key_file.stat().st_mode & 0o777 == 0o600
-    assert key_file.parent.stat().st_mode & 0o777 == 0o700
+        rows = await node.plugins.contexts["push"].store.table("keys").scan()
+    assert len(rows) == 1 and rows[0][1].startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert not (config.data_dir / "push" / "vapid_private.pem").exists()  # shared by a cluster, not a file
     async with running_node(config) as node:
         alice = ChatClient(node.http_url)
         assert await alice.vapid_public_key() == first
         await alice.aclose()
+
+
+async def test_the_key_file_of_an_older_version_is_taken_over(tmp_path):
+    """Browsers subscribed with the key an older version kept in data/push/ keep working."""
+    config = push_config(tmp_path)
+    old = ec.generate_private_key(ec.SECP256R1())
+    folder = config.data_dir / "push"
+    folder.mkdir(parents=True)
+    (folder / "vapid_private.pem").write_bytes(old.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    async with running_node(config) as node:
+        client = ChatClient(node.http_url)
+        assert await client.vapid_public_key() == b64u(old.public_key().public_bytes(X962, UNCOMPRESSED))
+        await client.aclose()
+
+
+@asynccontextmanager
+async def started_together(configs):
+    """Nodes whose start-ups run at the same moment (each in its own task)."""
+    nodes: list = [None] * len(configs)
+    async with trio.open_nursery() as outer:
+
+        async def start(i: int) -> None:
+            nodes[i] = await outer.start(partial(serve_node, configs[i]))
+
+        async with trio.open_nursery() as starters:
+            for i in range(len(configs)):
+                starters.start_soon(start, i)
+        try:
+            yield nodes
+        finally:
+            for node in nodes:
+                node.request_shutdown()
+
+
+@pytest.mark.engine("postgresql")
+async def test_two_nodes_started_at_once_share_one_key_and_push_exactly_once(tmp_path, pg_dsn):
+    """Two nodes on one database start at the same moment with no key yet: they settle on
+    one. A browser subscribed through node A is notified once, by node B, which stored the
+    message, signed with that key."""
+    from conftest import wait_for_notifications
+
+    def config(name: str, node_id: int):
+        return make_config(tmp_path / name, node={"id": node_id, "name": name},
+                           storage={"engine": "postgresql", "dsn": pg_dsn},
+                           plugins={"push": {"allow_private_endpoints": True, "collapse_window": 0.0}})
+
+    async with receiver() as service, started_together([config("a", 1), config("b", 2)]) as (a, b):
+        alice, bob = await new_user(a, "alice"), await new_user(a, "bob")
+        alice_on_b = ChatClient(b.http_url)
+        await alice_on_b.login("alice", PASSWORD)
+        with trio.fail_after(30):
+            key_a = await bob.vapid_public_key()
+            assert await alice_on_b.vapid_public_key() == key_a
+            browser = Browser()
+            await bob.register_push_target("webpush", f"{service.url}/push/bob", browser.keys)
+            chat = await alice.open_direct(username="bob")
+            async with alice_on_b.connect() as conn:
+                ack = await conn.send_text(chat["id"], "through b")
+            request = await service.next()
+            check_vapid(request["headers"]["authorization"], key_a, service.url)
+            assert orjson.loads(browser.decrypt(request["body"]))["message"] == ack["id"]
+            await wait_for_notifications(a)
+            await wait_for_notifications(b)
+
+            def sent() -> list[int]:
+                return [n.plugins.pm.get_plugin("push").dispatcher.statistics()["sent"] for n in (a, b)]
+
+            while sum(sent()) < 1:  # the count goes up once the service answered
+                await trio.sleep(0.01)
+        assert sent() == [0, 1] and service.received_nowait() == []
+        for client in (alice, bob, alice_on_b):
+            await client.aclose()
 
 
 # -- webhooks, previews, online users ---------------------------------------------------------

@@ -23,6 +23,9 @@ An HTML comment right before a block says how to run it when the default is not 
 - ``<!-- snippet: given ... -->``: a fragment that uses what a reader has at that point:
   in Python, ``alice`` and ``bob`` (logged-in ``ChatClient``s) and ``chat_id`` (their 1-1
   chat), with top-level ``await``; in a shell, ``$TOKEN`` (alice's) and ``beach.jpg``;
+  with ``stopped node`` in the marker, also ``$CONFIG`` (the config of a node that ran,
+  with alice and bob chatting, and stopped: LMDB in its own data dir) and ``$DATABASE`` (the
+  URL of an empty PostgreSQL database on the tests' private server);
 - ``twice``: run two times (a script must work again on the same node);
 - ``prints "text"``: its output must contain ``text``;
 - ``pytest``: a test module, run with pytest (with pytest-trio's ``trio_mode = true``).
@@ -205,10 +208,11 @@ GIVEN_PASSWORD = "alice and bob's password"
 class Runner:
     """Runs one document's blocks in its own folder against `node`."""
 
-    def __init__(self, node, folder: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, node, folder: Path, nursery: trio.Nursery, request: pytest.FixtureRequest) -> None:
         self.node = node
         self.folder = folder
         self.nursery = nursery
+        self.request = request
         self.token: str | None = None
         self.env = {
             **os.environ,
@@ -219,6 +223,8 @@ class Runner:
     async def run(self, snippet: Snippet) -> None:
         if "given" in snippet.options:
             await self.give()
+            if "stopped node" in snippet.marker:
+                await self.give_stopped_node()
         command = self.command(snippet)
         if snippet.ready_text is not None:
             await self.nursery.start(self.background, snippet, command)
@@ -304,6 +310,27 @@ class Runner:
         (self.folder / "beach.jpg").write_bytes(photo())
 
 
+    async def give_stopped_node(self) -> None:
+        """$CONFIG: a node that ran (alice and bob chatted) and stopped; $DATABASE: an
+        empty PostgreSQL database (once per document)."""
+        if "CONFIG" in self.env:
+            return
+        home = self.folder / "stopped-node"
+        async with running_node(make_config(home, storage={"engine": "lmdb"})) as node:
+            async with ChatClient(node.http_url) as alice, ChatClient(node.http_url) as bob:
+                await alice.register("alice", GIVEN_PASSWORD)
+                await bob.register("bob", GIVEN_PASSWORD)
+                await alice.login("alice", GIVEN_PASSWORD)
+                chat = await alice.open_direct(username="bob")
+                async with alice.connect() as conn:
+                    await conn.send_text(chat["id"], "moving to a cluster")
+        (home / "config.toml").write_text('[node]\ndata_dir = "data"\n')
+        server = self.request.getfixturevalue("pg_server")
+        name = server.create_database().rsplit("dbname=", 1)[1]
+        self.env["CONFIG"] = str(home / "config.toml")
+        self.env["DATABASE"] = f"postgresql://chat@127.0.0.1:{server.port}/{name}"
+
+
 def photo() -> bytes:
     from PIL import Image
 
@@ -313,12 +340,12 @@ def photo() -> bytes:
 
 
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if runnable(d)], ids=lambda d: str(d.relative_to(ROOT)))
-async def test_the_snippets_of_a_document_run(document, tmp_path):
+async def test_the_snippets_of_a_document_run(document, tmp_path, request):
     folder = tmp_path / "work"
     folder.mkdir()
     async with running_node(make_config(tmp_path)) as node:
         async with trio.open_nursery() as background:
-            runner = Runner(node, folder, background)
+            runner = Runner(node, folder, background, request)
             for snippet in runnable(document):
                 await runner.run(snippet)
             background.cancel_scope.cancel()

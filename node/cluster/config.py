@@ -112,7 +112,7 @@ class ClusterConfig:
     dead_member_timeout: float = _float(3600.0, 1.0, 30 * 86_400.0)  # failed/left members listed this long
     stream_timeout: float = _float(10.0, 0.1, 600.0)  # one state exchange over TCP
     join_retry_interval: float = _float(5.0, 0.1, 3600.0)  # retry seeds while no member is reachable
-    leave_timeout: float = _float(2.0, 0.0, 60.0)  # how long a graceful leave spends spreading the news
+    leave_timeout: float = _float(2.0, 0.0, 60.0)  # a polite stop's hand-over, then its spreading of the news
     max_packet_bytes: int = _int(1400, 512, 65_000)  # UDP payload, encryption included
     max_stream_bytes: int = _int(8 * 1024 * 1024, 65_536, 1 << 30)  # one state exchange frame
 

@@ -54,7 +54,7 @@ def unpack(data: bytes) -> list[Message]:
 class _Peer:
     """One outbound link: its queue and the task that drains it."""
 
-    __slots__ = ("address", "connected", "dropped", "node", "queue", "ready", "sent", "sent_frames", "started",
+    __slots__ = ("address", "connected", "dropped", "in_flight", "node", "queue", "ready", "sent", "sent_frames", "started",
                  "task_scope")
 
     def __init__(self, node: int, address: str) -> None:
@@ -65,6 +65,7 @@ class _Peer:
         self.connected = False
         self.sent = 0
         self.sent_frames = 0
+        self.in_flight = 0  # messages taken from the queue, not yet written to the stream
         self.dropped = 0
         self.started = False  # its task runs (started by the first message)
         self.task_scope = trio.CancelScope()
@@ -122,7 +123,9 @@ class Links:
                 self._nursery.start_soon(self._run_peer, peer)
 
     def drop_peer(self, node: int) -> list[Message]:
-        """The member left or failed: stop its link; returns what was still queued."""
+        """The member left or failed: stop its link; returns what was still queued. Its
+        next life is then no surprise: its hello is not reported as a restart."""
+        self._boots.pop(node, None)
         peer = self._peers.pop(node, None)
         if peer is None:
             return []
@@ -183,11 +186,14 @@ class Links:
                 message = peer.queue.popleft()
                 batch.append(message)
                 size += _estimate(message)
+            peer.in_flight = len(batch)
             try:
                 await send_frame(stream, self._keyring.seal(pack(batch), PURPOSE_LINK))
             except BaseException:
                 peer.queue.extendleft(reversed(batch))  # not sent: first in line on the next stream
                 raise
+            finally:
+                peer.in_flight = 0
             peer.sent += len(batch)
             peer.sent_frames += 1
 
@@ -235,8 +241,9 @@ class Links:
     # -- observing ---------------------------------------------------------------------
 
     def queued(self, node: int) -> int:
+        """Messages for the peer not yet written to its stream."""
         peer = self._peers.get(node)
-        return len(peer.queue) if peer is not None else 0
+        return len(peer.queue) + peer.in_flight if peer is not None else 0
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -42,9 +42,10 @@ class Ownership:
         self._cache: dict[tuple[bytes, int], int] = {}
         self.update(members)
 
-    def update(self, members: Iterable[int]) -> bool:
-        """Set the live members (this node is always one). Returns whether they changed."""
-        view = tuple(sorted(set(members) | {self.self_id}))
+    def update(self, members: Iterable[int], *, include_self: bool = True) -> bool:
+        """Set the live members (this node is one, unless it is leaving). Returns whether
+        they changed."""
+        view = tuple(sorted(set(members) | {self.self_id} if include_self else set(members) - {self.self_id}))
         if view == self.members:
             return False
         self.members = view

@@ -193,6 +193,16 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
                     len(membership.live_members()),
                 )  # fmt: skip
                 await node.shutdown_requested.wait()
+                # A polite stop hands over: own nothing (what still arrives is passed on),
+                # then keep the links up until this node's sequencer has finished, every
+                # peer has seen the `bye`, and every answer owed to or by it has gone out.
+                routing.leave()
+                with trio.move_on_after(node.config.http.graceful_timeout + 1):
+                    await node.sequencer_done.wait()
+                with trio.move_on_after(cfg.leave_timeout) as handover:
+                    await routing.wait_settled()
+                if handover.cancelled_caught:
+                    log.warning("cluster: the hand-over did not settle within %.1f s", cfg.leave_timeout)
                 with trio.move_on_after(cfg.leave_timeout + 1):
                     await membership.leave()
                 log.info("cluster: left the cluster")

@@ -12,6 +12,7 @@ streams carry full state exchanges, each a sequence of length-prefixed frames.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import Protocol
 
 import trio
 
-from .config import join_host_port, split_host_port
+from .config import is_loopback, join_host_port, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,14 @@ async def _receive_exactly(stream: trio.abc.Stream, n: int) -> bytes:
     return bytes(buf)
 
 
+def _source_host(bound: str) -> str | None:
+    """The bound host, unless it is the unspecified address (then the system chooses)."""
+    try:
+        return None if ipaddress.ip_address(bound).is_unspecified else bound
+    except ValueError:
+        return None
+
+
 class UdpTcpTransport:
     """UDP datagrams and TCP streams on one host and port, like memberlist.
 
@@ -115,6 +124,7 @@ class UdpTcpTransport:
         self._tcp = tcp
         self.address = advertise
         self.bound = join_host_port(*tcp.getsockname()[:2])
+        self._source = _source_host(tcp.getsockname()[0])
         self._max_packet = max_packet
         self.send_errors = 0
 
@@ -162,7 +172,11 @@ class UdpTcpTransport:
             return join_host_port(addr[0], addr[1]), data
 
     async def connect(self, address: str) -> trio.abc.Stream:
+        """A stream to a member. It leaves from the bound address when that names one, as
+        the datagrams do, so members (and firewalls) see one address per member."""
         host, port = split_host_port(address)
+        if self._source is not None and (is_loopback(host) or not is_loopback(self._source)):
+            return await trio.open_tcp_stream(host, port, local_address=self._source)
         return await trio.open_tcp_stream(host, port)
 
     async def serve_streams(

@@ -34,6 +34,7 @@ MAX_PASSWORD_BYTES = 1024
 MAX_DISPLAY_NAME = 64
 NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it
 LAST_USED_EVERY_MS = 60_000  # a device's last use is noted at most this often
+DELETED_NAME = "Deleted account"  # what a deleted account is shown as
 
 
 @attrs.frozen
@@ -236,6 +237,8 @@ class Accounts:
         ok = len(password.encode()) <= MAX_PASSWORD_BYTES and await self._verify(stored_hash, password)
         if not ok or user is None or user["password"] == NO_PASSWORD:
             raise ChatError("unauthorized", "wrong username or password")
+        if user.get("disabled"):  # told only to whoever knows the password
+            raise ChatError("account_disabled")
         self.login_limits.succeeded(attempt)
         user_id = int(user["id"])
         batch = WriteBatch()
@@ -257,10 +260,11 @@ class Accounts:
         batch.put_token(device.token_hash, token_record(device))
         await self._storage.write(batch)
         stored = (await self._storage.get_users((user_id,))).get(user_id) if self.shared_storage else None
-        if self._password_changes.get(user_id, 0) != changes or (stored and stored["password"] != new_hash):
-            # The password changed while this token was on its way to disk (here, or on another
-            # node sharing the storage), and the change's scan may have missed it: a token
-            # minted with the old password must not survive.
+        if self._password_changes.get(user_id, 0) != changes or (
+                stored and (stored["password"] != new_hash or stored.get("disabled"))):
+            # The password changed (or an admin disabled the account) while this token was on
+            # its way to disk (here, or on another node sharing the storage), and the change's
+            # scan may have missed it: a token minted with the old password must not survive.
             await self._revoke([device])
             raise ChatError("unauthorized", "the password was changed; log in again")
         self._devices[device.token_hash] = device
@@ -538,3 +542,119 @@ class Accounts:
             raise
         self.on_change(user_id)
         return user
+
+    # -- administration (node/core/admin.py, docs/admin.md) -------------------------------
+
+    async def create_account(self, username: object, password: object, display_name: object = None) -> dict:
+        """An account made by an admin: registration's rules for the name and password,
+        whether or not registration is open, and no plugin gate."""
+        name = self._check_username(username)
+        self._check_password(password)
+        display_name = "" if display_name is None else check_display_name(display_name)
+        if name in self._reserved or await self._storage.user_id_by_name(name) is not None:
+            raise ChatError("username_taken")
+        self._reserved.add(name)
+        try:
+            password_hash = await self._hash(password)  # type: ignore[arg-type]
+            user_id = self._ids.next_id()
+            record = {"id": str(user_id), "username": name, "display_name": display_name or name,
+                      "created": now_ms(), "password": password_hash, "settings": {}}
+            await self._store_new_user(user_id, record)
+        finally:
+            self._reserved.discard(name)
+        self._users[user_id] = record
+        return record
+
+    async def devices_of(self, user_id: int) -> list[dict]:
+        """A user's logged-in devices, the most recently used first (for admins)."""
+        out = []
+        for token_hash, record in await self._tokens_of(user_id):
+            last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0)) or None
+            out.append({"device_id": record["device"], "name": record.get("name", ""),
+                        "created": record.get("created"), "last_used": last_used})
+        out.sort(key=lambda d: d["last_used"] or d["created"] or 0, reverse=True)
+        return out
+
+    async def revoke_devices(self, user_id: int, device_ids: Iterable[int] | None = None) -> int:
+        """Log out some (None: all) of a user's devices; an id that is not theirs is
+        `not_found` and nothing is revoked. Returns how many were logged out."""
+        if device_ids is None:
+            return await self._revoke_all(user_id, WriteBatch())
+        wanted = {str(d) for d in device_ids}
+        devices = [device_from_record(h, r) for h, r in await self._tokens_of(user_id) if r["device"] in wanted]
+        if len(devices) != len(wanted):
+            raise ChatError("not_found", "no such device")
+        await self._revoke(devices)
+        return len(devices)
+
+    async def set_disabled(self, user_id: int, disabled: bool) -> tuple[dict, int]:
+        """Disable an account (every device is logged out; logging in is refused with
+        `account_disabled`) or enable it again. Returns the record and how many devices
+        were logged out."""
+        user = await self._live_user(user_id)
+        if disabled:
+            record = user if user.get("disabled") else {**user, "disabled": now_ms()}
+        else:
+            record = {k: v for k, v in user.items() if k != "disabled"}
+        return record, await self._replace_record(user_id, record, revoke=disabled)
+
+    async def set_password(self, user_id: int, password: object) -> int:
+        """Set a new password for a user (an admin's reset) and log out every device.
+        Returns how many were logged out."""
+        self._check_password(password)
+        user = await self._live_user(user_id)
+        new_hash = await self._hash(password)  # type: ignore[arg-type]
+        revoked = await self._replace_record(user_id, {**await self._live_user(user_id), "password": new_hash},
+                                             revoke=True)
+        self.login_limits.forget_user(user["username"])
+        return revoked
+
+    async def delete_account(self, user_id: int) -> tuple[dict, int]:
+        """Replace the account with a tombstone: no password, no username (the name is
+        free again), no settings or photo, shown as "Deleted account"; every device is
+        logged out. Returns the tombstone and how many devices were logged out."""
+        user = await self._live_user(user_id)
+        tombstone = {"id": user["id"], "username": f"deleted-{user['id']}", "display_name": DELETED_NAME,
+                     "created": user["created"], "password": NO_PASSWORD, "settings": {}, "deleted": now_ms()}
+        batch = WriteBatch()
+        batch.remove_username(user["username"])
+        return tombstone, await self._replace_record(user_id, tombstone, revoke=True, batch=batch)
+
+    async def _live_user(self, user_id: int) -> dict:
+        user = await self.user(user_id)
+        if user is None or user.get("deleted"):
+            raise ChatError("not_found", "no such user")
+        return user
+
+    async def _replace_record(self, user_id: int, record: dict, *, revoke: bool, batch: WriteBatch | None = None
+                              ) -> int:
+        """Store a changed user record and, with `revoke`, delete every token of the user
+        in the same commit. Counted as a credential change, so a login racing it fails
+        (see `login`). Returns how many devices were logged out."""
+        batch = batch or WriteBatch()
+        if revoke:
+            self._password_changes[user_id] = self._password_changes.get(user_id, 0) + 1
+        self._users[user_id] = record
+        batch.put_user(user_id, record)
+        try:
+            if revoke:
+                revoked = await self._revoke_all(user_id, batch)
+            else:
+                await self._storage.write(batch)
+                revoked = 0
+        except BaseException:
+            self._users.pop(user_id, None)  # reload what is stored
+            raise
+        self.on_change(user_id)
+        return revoked
+
+    async def _revoke_all(self, user_id: int, batch: WriteBatch) -> int:
+        """Delete every token of a user along with `batch`. Tokens are scanned again after
+        the commit: a login on another node that read the record before this commit has
+        written its token by then, and goes too."""
+        devices = [device_from_record(h, r) for h, r in await self._tokens_of(user_id)]
+        await self._revoke(devices, batch)
+        late = [device_from_record(h, r) for h, r in await self._tokens_of(user_id)]
+        if late:
+            await self._revoke(late)
+        return len(devices) + len(late)

@@ -21,6 +21,7 @@ import attrs
 import orjson
 import trio
 
+from ..observe import Metrics
 from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from ..plugin_api import Message
 from .errors import ChatError
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Effect = Callable[[], None]
+
+#: How often a batch is applied again after another writer committed to its chats first
+#: (an owner that had not yet seen a hand-over); after that the requests are refused as
+#: retryable.
+CONFLICT_RETRIES = 2
 
 
 def now_ms() -> int:
@@ -68,6 +74,11 @@ class Reads:
     user_chats: set[int] = attrs.Factory(set)  # users all of whose chats are loaded
 
 
+#: Every operation class by name: in a cluster, an operation travels to the owner of its
+#: chat as its name and its fields (which are plain data, except a send's origin).
+OPERATIONS: dict[str, type[Operation]] = {}
+
+
 class Operation:
     """A change to chat state, applied by the sequencer.
 
@@ -77,6 +88,10 @@ class Operation:
     effect to run once the batch is durable (or None). `reject` tells the requester that
     the operation failed.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        OPERATIONS[cls.__name__] = cls
 
     def reads(self, reads: Reads) -> None:
         pass
@@ -159,9 +174,11 @@ class Chats:
         self._messages: dict[int, tuple[int, int]] = {}  # message id -> (chat, seq)
         self._log: dict[tuple[int, int], bytes] = {}
         self._appended: list[tuple[ChatState, dict[str, Any]]] = []
+        self._batch_chats: set[int] = set()  # the chats the batch being applied loaded
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
+        self.metrics = Metrics()  # the node's (node/observe.py): batch sizes, fan-out time
 
     # -- the sequencer ---------------------------------------------------------------
 
@@ -220,7 +237,7 @@ class Chats:
                         break
                 await self._process(ops)
 
-    async def _process(self, ops: list[Operation]) -> None:
+    async def _process(self, ops: list[Operation], attempt: int = 0) -> None:
         version = self.routing.version
         if self.routing.clustered:  # ownership may have moved while they queued
             moved = [op for op in ops if not self._local(op)]
@@ -271,6 +288,12 @@ class Chats:
             # Nothing of the batch is known to be stored (a conflict: another node took a
             # seq; an unknown outcome: maybe it was): reload whatever is asked next.
             self._forget_all()
+            self._clear_batch()
+            if isinstance(exc, StorageConflict) and attempt < CONFLICT_RETRIES:
+                # Nothing was stored, and the chats are read afresh: apply the batch again
+                # on what the other writer (an owner before a hand-over) committed.
+                await self._process([op for op, _ in applied], attempt + 1)
+                return
             for op, _ in applied:
                 op.reject(_storage_error(exc))
             return
@@ -284,13 +307,20 @@ class Chats:
             self._forget_all()
         elif self.routing.version != version:  # ownership moved while this batch ran
             self.forget_chats(self.routing.owns)
+        elif self.routing.clustered:  # read for a check (a pin limit) but sequenced elsewhere: not kept
+            for chat_id in self._batch_chats:
+                if not self.routing.owns(chat_id):
+                    self._chats.pop(chat_id, None)
         self.applied += len(applied)
+        self.metrics.batch_ops.observe(len(ops))
+        started = time.perf_counter()
         for op, effect in applied:
             if effect is not None:
                 try:
                     effect()
                 except Exception:
                     log.exception("effect of %r failed", op)
+        self.metrics.fan_out.observe(time.perf_counter() - started)
         if self.plugins.has_impls("on_message_stored"):
             for _chat, record in appended:
                 self.plugins.notify("on_message_stored", message=Message.from_record(record))
@@ -307,6 +337,7 @@ class Chats:
         missing = [c for c in chat_ids if c not in self._chats]
         if missing:
             await self.load_many(missing, keep=True)  # the batch sequences them: keep them for it
+        self._batch_chats = chat_ids
         users = set(reads.users)
         for chat_id in chat_ids:
             chat = self._chats.get(chat_id)

@@ -29,6 +29,10 @@ inv        kind, [ids]                                         caches to drop (`
 revoke     token_hash                                          close that device's sockets here
 resub                                                          send me your subscriptions again (the
                                                                sender had given this node up)
+bye                                                            the sender is stopping: it owns nothing
+                                                               now, and passes on what still reaches it
+byeok                                                          the ``bye`` was seen: nothing more will
+                                                               be sent to be sequenced there
 =========  ==================================================  =====================================
 
 **How an owner learns where members' devices are.** When a user's first device connects
@@ -44,6 +48,14 @@ ownership moves, nodes subscribe again at the new owners (and catch up the same 
 (``loc``): ephemeral events (typing, receipts, presence) go there to be passed on
 (``relay``), presence edges (``on_user_online``/``on_user_offline``) fire there once for
 the whole cluster, and ``is_online`` asks it.
+
+**A polite stop.** A stopping node gives up its chats and users at once (it stops
+sequencing and passes on whatever still reaches it) and says ``bye`` to every peer. Each
+peer moves what the stopping node owned to the next owners, just as for a failure,
+answers ``byeok``, and from then on sends it nothing to sequence. The stopping node waits
+for every ``byeok`` and for every answer it owes or is owed before it leaves the
+membership and closes its links, so no request is left without an answer: a rolling
+restart costs its clients a reconnect, never an error.
 """
 
 from __future__ import annotations
@@ -61,10 +73,10 @@ import trio
 
 from ..cluster.ownership import CHAT, SINGLETON, USER, Ownership
 from ..plugin_api import PluginError
-from .chats import Awaitable, Operation
+from . import chatprefs, groups, operations, profiles, reactions  # noqa: F401 - their operations register
+from .chats import OPERATIONS, Awaitable, Operation
 from .errors import ChatError
-from .groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat
-from .operations import MarkDelivered, MarkRead, OpenDirect, PostMessage, SendMessage, SetHidden
+from .operations import SendMessage
 from .routing import Routing
 from .state import ChatState
 
@@ -83,18 +95,14 @@ MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
 RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription is tried again
 
-#: Operations that may be forwarded to a chat's owner, by name. Their fields are plain
-#: data, so they travel as JSON; `SendMessage` travels as ``send`` (it names its device).
-FORWARDABLE: dict[str, type[Operation]] = {
-    cls.__name__: cls
-    for cls in (PostMessage, MarkDelivered, MarkRead, OpenDirect, SetHidden, CreateGroup, AddMembers,
-                RemoveMember, Leave, SetRole, UpdateChat)
-}
-
-
-def register_forwardable(cls: type[Operation]) -> type[Operation]:
-    """Let an operation class (plain-data attrs fields) be forwarded to chat owners."""
-    FORWARDABLE[cls.__name__] = cls
+def forwardable(name: str) -> type[Operation] | None:
+    """The operation class of that name, if it may travel to a chat's owner: one with a
+    chat and plain-data fields (a send travels as ``send``: it names its device)."""
+    cls = OPERATIONS.get(name)
+    if cls is None or cls is SendMessage or not attrs.has(cls):
+        return None
+    if "chat_id" not in {f.name for f in attrs.fields(cls)}:
+        return None
     return cls
 
 
@@ -160,6 +168,11 @@ class ClusterRouting(Routing):
         self.accounts: Accounts | None = None
         self.blocks: Blocks | None = None
         self.joined = False  # until the cluster is joined, this node sequences nothing
+        self.leaving = False  # stopping: it sequences nothing any more
+        self._members: dict[int, str] = {}  # the live members as membership last told
+        self.departing: set[int] = set()  # peers that said `bye`: live, but owning nothing
+        self._bye_unanswered: set[int] = set()  # peers yet to answer this node's `bye`
+        self._quiet = trio.Event()  # set when a change may have settled the hand-over
         # Request ids are unique across restarts of this node: a peer may still hold answers
         # for this node's previous life in its queue, and they must never match a new request.
         self._req_ids = itertools.count((secrets.randbits(30) + 1) << 32)
@@ -192,13 +205,24 @@ class ClusterRouting(Routing):
     def members_now(self, members: dict[int, str]) -> None:
         """The live members (node id -> cluster address, this node included), after every
         change of the view: links follow, ownership is recomputed, work moves."""
-        assert self.links is not None and self.chats is not None
+        assert self.links is not None
         for node, address in members.items():
             if node != self.node_id:
                 self.links.set_peer(node, address)
-        gone = [n for n in self.ownership.members if n not in members and n != self.node_id]
+        known = set(self._members) | set(self.ownership.members)
+        gone = [n for n in known if n not in members and n != self.node_id]
         for node in gone:
             self._peer_gone(node)
+        self._members = dict(members)
+        self.departing &= set(members)
+        self._bye_unanswered &= set(members)
+        self._reown()
+
+    def _reown(self) -> None:
+        """Recompute ownership from the live members less the departing ones, and move
+        what changed hands."""
+        assert self.links is not None and self.chats is not None
+        members = [n for n in self._members if n not in self.departing] or [self.node_id]
         for node in members:
             if node != self.node_id and node not in self.ownership.members:
                 # New in this view, or back after this node had given it up (and dropped
@@ -206,7 +230,11 @@ class ClusterRouting(Routing):
                 self.links.send(node, ("resub",))
         before = Ownership(self.node_id, self.ownership.members)
         self.joined = True
-        if not self.ownership.update(members):
+        if self.leaving and not set(members) - {self.node_id}:
+            self.leaving = False  # everyone else is gone: the chats come back until this node stops
+            self._bye_unanswered.clear()
+        self._quiet.set()
+        if not self.ownership.update(members, include_self=not self.leaving):
             return
         owned_before = len(self.chats._chats)
         self.chats.forget_chats(self.owns)
@@ -228,6 +256,11 @@ class ClusterRouting(Routing):
                 request.on_result(False, "error", _error_value(UNAVAILABLE))
         for by_node in self.subs.values():
             by_node.pop(node, None)
+        if node in self.departing:  # a new life: it owns its share again
+            self.departing.discard(node)
+            self._reown()
+        self._bye_unanswered.discard(node)
+        self._quiet.set()
         for user_id, nodes in list(self.locations.items()):
             if node in nodes:
                 nodes.discard(node)
@@ -257,6 +290,8 @@ class ClusterRouting(Routing):
                 request.on_result(False, "error", _error_value(UNAVAILABLE))
         for by_node in self.subs.values():
             by_node.pop(node, None)
+        self._bye_unanswered.discard(node)
+        self._quiet.set()
         went_offline = []
         for user_id, nodes in self.locations.items():
             if node in nodes:
@@ -274,7 +309,34 @@ class ClusterRouting(Routing):
         return self.ownership.version
 
     def owns(self, chat_id: int) -> bool:
-        return self.joined and self.ownership.owns(chat_id, CHAT)
+        return self.joined and not self.leaving and self.ownership.owns(chat_id, CHAT)
+
+    def leave(self) -> None:
+        """This node is stopping: it owns nothing from now on, and says `bye` to its peers.
+        Whatever still reaches it is passed on to the new owners while its links last."""
+        assert self.chats is not None and self.links is not None
+        others = [n for n in self._members if n != self.node_id and n not in self.departing]
+        if not others:
+            return  # the last member keeps its chats until it stops: there is no one to hand them to
+        self.leaving = True
+        self._bye_unanswered = set(others)
+        self._reown()  # owns nothing now: its own users follow their chats' new owners
+        for node in self._members:
+            if node != self.node_id:
+                self.links.send(node, ("bye",))
+
+    def settled(self) -> bool:
+        """Every peer has seen this node's `bye`, no answer is owed to or by it, and what it
+        queued for its peers has been written out."""
+        assert self.links is not None
+        return not (self._bye_unanswered or self._pending or any(self.links.queued(n) for n in self._members))
+
+    async def wait_settled(self) -> None:
+        """Until `settled()`: the last step of a polite stop before the links close."""
+        while not self.settled():
+            self._quiet = trio.Event()
+            with trio.move_on_after(0.05):  # queues drain without telling: look again soon
+                await self._quiet.wait()
 
     def owner(self, chat_id: int) -> int:
         return self.ownership.owner(chat_id, CHAT)
@@ -346,7 +408,7 @@ class ClusterRouting(Routing):
             op.resolve(value)
 
     async def forward(self, op: Awaitable) -> Any:
-        if type(op).__name__ not in FORWARDABLE:
+        if forwardable(type(op).__name__) is None:
             raise ChatError("internal", f"{type(op).__name__} cannot be forwarded to another node")
         self.forward_nowait(op)
         result = await op.wait()
@@ -359,6 +421,8 @@ class ClusterRouting(Routing):
         request = self._pending.pop(req, None)
         if request is None:
             return  # timed out already: the client's retry settles it
+        if not self._pending:
+            self._quiet.set()
         self._rtt_total += time.monotonic() - request.sent
         self._rtt_count += 1
         request.on_result(ok, kind, value)
@@ -387,7 +451,7 @@ class ClusterRouting(Routing):
 
     def _serve_run(self, peer: int, req: int, name: str, fields: bytes, hops: int) -> None:
         assert self.chats is not None
-        cls = FORWARDABLE.get(name)
+        cls = forwardable(name)
         if cls is None:
             self.answer(peer, req, False, "error", _error_value(ChatError("internal", f"unknown operation {name}")))
             return
@@ -413,7 +477,7 @@ class ClusterRouting(Routing):
 
     def _serve_op(self, name: str, fields: bytes, hops: int) -> None:
         assert self.chats is not None
-        cls = FORWARDABLE.get(name)
+        cls = forwardable(name)
         if cls is None:
             return
         op = cls(**orjson.loads(fields))
@@ -634,7 +698,7 @@ class ClusterRouting(Routing):
 
     def _broadcast(self, message: tuple[Any, ...]) -> None:
         if self.links is not None:
-            for node in self.ownership.members:
+            for node in self._members:
                 if node != self.node_id:
                     self.links.send(node, message)
 
@@ -686,6 +750,15 @@ class ClusterRouting(Routing):
                 self._resubscribe_local(ids)
         elif kind == "resub":
             self._work_send.send_nowait(("peer_restarted", peer))
+        elif kind == "bye":
+            if peer in self._members and peer not in self.departing:
+                self.departing.add(peer)
+                self._reown()
+            assert self.links is not None
+            self.links.send(peer, ("byeok",))
+        elif kind == "byeok":
+            self._bye_unanswered.discard(peer)
+            self._quiet.set()
         elif kind == "revoke":
             if self.accounts is not None:
                 self.accounts.forget_device(message[1])

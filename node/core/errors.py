@@ -19,6 +19,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "username_taken": (409, "another account has this username"),
     "registration_closed": (403, "this node does not accept new accounts"),
     "unauthorized": (401, "missing, unknown or revoked token, or wrong username or password"),
+    "account_disabled": (403, "an admin disabled this account"),
     "wrong_password": (403, "the current password given to change the password is wrong"),
     "forbidden": (403, "you may not do this (e.g. you are not an admin of the group)"),
     "not_member": (403, "you are not a member of that chat"),

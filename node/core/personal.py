@@ -29,9 +29,8 @@ MAX_STARS_LISTED = 10_000  # stars looked at for one page of the starred list
 
 
 def _send_to_user(node: Services, user_id: int, event: dict[str, Any]) -> None:
-    payload = orjson.dumps(event)
-    for session in node.hub.sessions_of(user_id):
-        session.send_event(payload)
+    """To the user's other devices, on whichever nodes they are."""
+    node.routing.send_to_users((user_id,), orjson.dumps(event))
 
 
 async def _visible_entry(node: Services, user_id: int, chat_id: int, seq: int) -> tuple[ChatState, dict[str, Any]]:

@@ -103,12 +103,9 @@ async def announce_profile(node: Services, user_id: int) -> None:
     record = await node.accounts.user(user_id)
     if record is None:
         return
-    for uid in (user_id, *await node.chats.contacts_of(user_id)):
-        sessions = node.hub.sessions_of(uid)
-        if sessions:
-            payload = orjson.dumps({"type": "user", "user": await user_for(node, uid, record)})
-            for session in sessions:
-                session.send_event(payload)
+    for uid in (user_id, *await node.chats.contacts_of(user_id)):  # each sees what they may (wherever they are)
+        payload = orjson.dumps({"type": "user", "user": await user_for(node, uid, record)})
+        node.routing.send_to_users((uid,), payload)
 
 
 def media_id_of(body: dict[str, Any]) -> str:

@@ -187,6 +187,13 @@ class LoginLimiter:
         while len(self._known) > self._max_keys:
             self._known.popitem(last=False)
 
+    def forget_user(self, user: str) -> None:
+        """An admin reset the user's password: their failures (from every address) no
+        longer count."""
+        self.users.reset(user)
+        for pair in [p for p in self._pairs if p[0] == user]:
+            del self._pairs[pair]
+
     def known(self, user: str, address: str) -> bool:
         """Whether `user` logged in from `address` (its key) lately."""
         known = self._known.get(user)

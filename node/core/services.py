@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import trio
 
     from ..config import Config
+    from ..observe import Metrics
     from ..storage import Storage
     from .accounts import Accounts
     from .blocks import Blocks
@@ -44,5 +45,6 @@ class Services(Protocol):
     frame_handlers: dict[str, FrameHandler]
     routing: Routing
     shutdown_requested: trio.Event
+    metrics: Metrics
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]: ...

@@ -17,6 +17,7 @@ after a reconnect and the live stream meet with no gap and no duplicate.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from .operations import MarkDelivered, SendMessage
 from .personal import hidden_between
 from .protocol import check_fields, get_client_msg_id, get_cursors, get_id, get_int, parse_frame
 from .ratelimit import TokenBucket
-from .websocket import ConnectionClosed, WebSocket
+from .websocket import ABNORMAL_CLOSURE, ConnectionClosed, WebSocket
 
 if TYPE_CHECKING:
     from .services import Services
@@ -63,14 +64,17 @@ class Session:
         "_inflight_changed",
         "_inflight_max",
         "_limits",
+        "_metrics",
         "_more",
         "_nursery",
         "_own",
         "_peer_closed",
+        "_peer_code",
         "_queue",
         "_queue_closed",
         "_reader_scope",
         "_room",
+        "_sending",
         "_sent",
         "_syncing",
         "_writer_done",
@@ -110,6 +114,9 @@ class Session:
         self._graceful = False
         self._peer_closed = False
         self._writer_done: trio.Event | None = None
+        self._peer_code = ABNORMAL_CLOSURE  # the close code the peer ended with
+        self._metrics = node.metrics
+        self._sending: dict[str, float] | None = None  # client_msg_id -> when its send was read
         self.device: Device | None = None
         self.user_id = 0
         self.synced = False
@@ -132,7 +139,8 @@ class Session:
             await self._send_and_close(ChatError("unavailable", "storage is unavailable; reconnect"),
                                        errors.CLOSE_INTERNAL)
             return
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            self._metrics.closes.inc(str(exc.code))
             return
         try:
             self.node.hub.attach(self)
@@ -144,6 +152,8 @@ class Session:
             await self._serve()
         finally:
             self.node.hub.detach(self)
+            ended = self._close[0] if self._close is not None and not self._peer_closed else self._peer_code
+            self._metrics.closes.inc(str(ended))
         if self._close is not None and not self._peer_closed:
             with trio.move_on_after(self.node.config.websocket.tcp_user_timeout):
                 await self.ws.aclose(*self._close)
@@ -157,8 +167,10 @@ class Session:
             self._graceful = graceful
         self._reader_scope.cancel()
 
-    def _peer_gone(self) -> None:
+    def _peer_gone(self, code: int = ABNORMAL_CLOSURE) -> None:
         """The connection is already closed by the peer: stop without a close frame."""
+        if not self._peer_closed:
+            self._peer_code = code
         self._closing = True
         self._peer_closed = True
         self._reader_scope.cancel()
@@ -206,6 +218,8 @@ class Session:
         return errors.CLOSE_PROTOCOL
 
     async def _send_and_close(self, exc: ChatError, code: int) -> None:
+        self._metrics.errors.inc(exc.code, "ws")
+        self._metrics.closes.inc(str(code))
         with trio.move_on_after(2):
             try:
                 await self.ws.send_message(orjson.dumps({"type": "error", **exc.to_json()}).decode())
@@ -267,8 +281,8 @@ class Session:
                 with trio.CancelScope(shield=True), trio.move_on_after(self._limits.hello_timeout):
                     for event in events:
                         await self._dispatch(handlers, event)
-        except ConnectionClosed:
-            self._peer_gone()
+        except ConnectionClosed as exc:
+            self._peer_gone(exc.code)
 
     async def _dispatch(self, handlers: dict[str, FrameHandler], event: dict[str, Any]) -> None:
         handler = handlers.get(event["type"])
@@ -325,12 +339,14 @@ class Session:
         max_events = self._limits.max_events_per_frame
         budget = self._limits.max_frame_bytes // 2
         queue = self._queue
+        depth = self._metrics.queue_depth.observe
         try:
             while True:
                 if not queue:
                     if self._queue_closed or not await self._more_within(WRITER_LINGER):
                         return
                     continue
+                depth(len(queue))
                 count, size = 1, len(queue[0])
                 while count < len(queue) and count < max_events and size < budget:
                     size += len(queue[count])
@@ -346,8 +362,8 @@ class Session:
                 await self.ws.send_message(frame.decode())
                 del frame  # hold nothing while idle
                 self.frames_out += 1
-        except ConnectionClosed:
-            self._peer_gone()
+        except ConnectionClosed as exc:
+            self._peer_gone(exc.code)
         finally:
             self._writing = False
             if self._writer_done is not None:
@@ -385,6 +401,12 @@ class Session:
             self._inflight_changed = trio.Event()
         await self._inflight_changed.wait()
 
+    def note_send(self, client_msg_id: str) -> None:
+        """A send was read: its ack (or error) ends the send-to-ack time."""
+        if self._sending is None:
+            self._sending = {}
+        self._sending[client_msg_id] = time.perf_counter()
+
     def send_event(self, payload: bytes) -> None:
         """Queue a non-log event (ack, error, receipt, presence ...)."""
         self._enqueue(payload)
@@ -398,9 +420,12 @@ class Session:
         return self.device.device_id if self.device is not None else 0
 
     def send_error(self, exc: ChatError, *, ref: str | None = None) -> None:
+        self._metrics.errors.inc(exc.code, "ws")
         event: dict[str, Any] = {"type": "error", **exc.to_json()}
         if ref is not None:
             event["ref"] = ref
+            if self._sending is not None:
+                self._sending.pop(ref, None)
         self._enqueue(orjson.dumps(event))
 
     # -- chat log events -----------------------------------------------------------------
@@ -431,6 +456,10 @@ class Session:
 
     def send_ack(self, client_msg_id: str, record: dict[str, Any], *, pending: bool = False, duplicate: bool = False) -> None:
         """Acknowledge a durable send; the device now holds that log entry."""
+        if self._sending is not None:
+            started = self._sending.pop(client_msg_id, None)
+            if started is not None:
+                self._metrics.send_ack.observe(time.perf_counter() - started)
         ack = {
             "type": "ack",
             "client_msg_id": client_msg_id,
@@ -532,6 +561,7 @@ class Session:
 
 async def on_send(session: Session, event: dict[str, Any]) -> None:
     client_msg_id = get_client_msg_id(event)
+    session.note_send(client_msg_id)
     chat_id = get_id(event, "chat")
     content = content_from_send(event, session.node.config.limits)
     content = await session.node.gate_message(session.user_id, chat_id, content)

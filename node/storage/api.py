@@ -121,8 +121,9 @@ class Storage:
     async def user_id_by_name(self, name: str) -> int | None:
         raise NotImplementedError
 
-    async def search_usernames(self, prefix: str, limit: int) -> list[tuple[str, int]]:
-        """(username, user id) of up to `limit` usernames starting with `prefix`, in order."""
+    async def search_usernames(self, prefix: str, limit: int, *, after: str = "") -> list[tuple[str, int]]:
+        """(username, user id) of up to `limit` usernames starting with `prefix` (and
+        greater than `after`: the next page), in order."""
         raise NotImplementedError
 
     async def get_token(self, token_hash: bytes) -> dict[str, Any] | None:

@@ -279,11 +279,12 @@ class LmdbStorage(Storage):
             raw = txn.get(name.encode(), db=self.handles["usernames"])
         return from_u64(raw) if raw else None
 
-    async def search_usernames(self, prefix: str, limit: int) -> list[tuple[str, int]]:
+    async def search_usernames(self, prefix: str, limit: int, *, after: str = "") -> list[tuple[str, int]]:
         start = prefix.encode()
+        first = max(start, after.encode() + b"\x00") if after else start
         with self._read() as txn:
             return [(key.decode(), from_u64(value))
-                    for key, value in self.scan(txn, "usernames", start, start + b"\xff", limit=limit)]
+                    for key, value in self.scan(txn, "usernames", first, start + b"\xff", limit=limit)]
 
     async def get_token(self, token_hash: bytes) -> dict[str, Any] | None:
         with self._read() as txn:

@@ -548,10 +548,11 @@ class PostgresStorage(Storage):
         rows = await self._rows("SELECT id FROM users WHERE username = %s", name)
         return rows[0][0] if rows else None
 
-    async def search_usernames(self, prefix: str, limit: int) -> list[tuple[str, int]]:
+    async def search_usernames(self, prefix: str, limit: int, *, after: str = "") -> list[tuple[str, int]]:
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = await self._rows(
-            "SELECT username, id FROM users WHERE username LIKE %s ORDER BY username LIMIT %s", pattern, limit)
+            "SELECT username, id FROM users WHERE username LIKE %s AND username > %s ORDER BY username LIMIT %s",
+            pattern, after, limit)
         return [(name, user_id) for name, user_id in rows]
 
     async def get_token(self, token_hash: bytes) -> dict[str, Any] | None:

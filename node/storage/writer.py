@@ -14,6 +14,7 @@ second owner of its chat must not take an unrelated registration down with it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -46,6 +47,8 @@ class Writer:
         self.committed_ops = 0
         self.conflicts = 0
         self._commit_hooks: list[Callable[[], WriteBatch]] = []
+        #: Told (seconds, write ops) after each successful commit (the node's metrics).
+        self.on_commit: Callable[[float, int], None] | None = None
 
     def add_commit_hook(self, hook: Callable[[], WriteBatch]) -> None:
         self._commit_hooks.append(hook)
@@ -87,6 +90,7 @@ class Writer:
                 await self._commit_requests(requests)
 
     async def _commit_requests(self, requests: list[_Request]) -> None:
+        started = time.perf_counter()
         try:
             await self._commit([r.ops for r in requests])
         except StorageConflict as exc:
@@ -105,7 +109,10 @@ class Writer:
             for r in requests:
                 r.error = StorageError(f"storage write failed: {exc}")
         else:
+            ops = sum(len(r.ops) for r in requests)
             self.commits += 1
-            self.committed_ops += sum(len(r.ops) for r in requests)
+            self.committed_ops += ops
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started, ops)
         for r in requests:
             r.done.set()

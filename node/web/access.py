@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..logs import REQUEST_ID
@@ -38,9 +39,11 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 class RequestLog:
     """Wraps an ASGI app: request ids on HTTP requests, and (if `access`) their access log."""
 
-    def __init__(self, app: Any, *, access: bool = True) -> None:
+    def __init__(self, app: Any, *, access: bool = True,
+                 observe: Callable[[dict, int | None, float], None] | None = None) -> None:
         self.app = app
         self.access = access
+        self.observe = observe  # told (scope, status, seconds) of every request (the node's metrics)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -64,8 +67,11 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
             if self.access:
-                self._log(scope, request_id, status, size, time.perf_counter() - started)
+                self._log(scope, request_id, status, size, seconds)
+            if self.observe is not None:
+                self.observe(scope, status, seconds)
             REQUEST_ID.reset(token)
 
     @staticmethod

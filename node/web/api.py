@@ -12,7 +12,8 @@ import orjson
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from quart_trio.wrappers.request import TrioRequest
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..core.accounts import Device, public_user
@@ -30,6 +31,7 @@ from .plugin_routes import mount
 
 if TYPE_CHECKING:
     from ..app import Node
+    from ..observe import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,18 @@ USER_SETTINGS = {
     "read_receipts": lambda v: isinstance(v, bool),
     "last_seen": lambda v: v in ("everyone", "contacts", "nobody"),
 }
+
+
+#: The ASGI scope key where a request's route rule is noted (for the request-time histogram).
+ROUTE_KEY = "chatnode.route"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def observe_request(metrics: Metrics, scope: dict, _status: int | None, seconds: float) -> None:
+    """`RequestLog`'s hook: the request's time under its method and route rule (not its
+    path: ids would make a histogram per chat). Unmatched paths count as one route."""
+    method = scope.get("method", "")
+    metrics.http.labels(method if method in METHODS else "other", scope.get(ROUTE_KEY, "unmatched")).observe(seconds)
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -131,6 +145,9 @@ async def user_ids_from(node: Node, body: dict[str, Any], field: str = "users") 
         if user is None:
             raise ChatError("not_found", f"no user named {name!r}")
         ids.append(int(user["id"]))
+    deleted = [uid for uid, user in (await node.accounts.load_users(ids)).items() if user.get("deleted")]
+    if deleted:
+        raise ChatError("not_found", f"user {deleted[0]} was deleted")
     return ids
 
 
@@ -140,6 +157,55 @@ def _rule_pattern(method: str, rule: str) -> re.Pattern[str]:
     return re.compile(re.escape(method.upper() + " ") + "[^/]+".join(map(re.escape, parts)) + "$")
 
 
+STREAM_BUFFER = 1024 * 1024  # bytes of a streamed request body held before reading the connection pauses
+
+
+class BoundedBody(TrioBody):
+    """quart's request body, with backpressure once a handler streams it (`async for`):
+    quart appends every chunk that arrives, however fast, so an upload read slower than
+    the client sends it (into an object store, say) piled up in memory. Once streaming,
+    the connection's reader waits (`wait_for_room`) while STREAM_BUFFER bytes are
+    unread, and hypercorn stops reading the socket. A body awaited whole is not limited
+    here (max_content_length bounds it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streaming = False
+        self._room = trio.Event()
+
+    def __aiter__(self) -> BoundedBody:
+        self._streaming = True
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self._room.set()
+        return data
+
+    async def wait_for_room(self) -> None:
+        while self._streaming and len(self._data) >= STREAM_BUFFER and self._must_raise is None:
+            self._room = trio.Event()
+            await self._room.wait()
+
+
+class BoundedBodyConnection(TrioASGIHTTPConnection):
+    """Feeds a request's body to it no faster than a streaming handler reads it."""
+
+    async def handle_messages(self, nursery: trio.Nursery, request: Any, receive: Any) -> None:  # type: ignore[override]
+        body = request.body
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+                elif isinstance(body, BoundedBody):
+                    await body.wait_for_room()
+            elif message["type"] == "http.disconnect":
+                break
+        nursery.cancel_scope.cancel()
+
+
 def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRequest]:
     """quart's request class with a body limit chosen per route *before* any of the body is
     buffered: quart fixes a request's limit when it creates it (from Content-Length, and
@@ -147,6 +213,8 @@ def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRe
     Routes that declare no larger limit get MAX_CONTENT_LENGTH."""
 
     class NodeRequest(TrioRequest):
+        body_class = BoundedBody
+
         def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
             target = f"{method.upper()} {path}"
             for pattern, limit in body_limits:
@@ -164,6 +232,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
     body_limits = [(_rule_pattern(r.method, r.path), r.max_body) for r in plugin_routes if r.max_body]
     app.request_class = request_class(body_limits)
+    app.asgi_http_class = BoundedBodyConnection
     accounts, chats = node.accounts, node.chats
     limits = node.config.limits
 
@@ -204,9 +273,19 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
                     response.headers["Connection"] = "close"
         return response
 
+    @app.before_request
+    async def note_route() -> None:
+        """The matched route rule, for the request-time histogram (`observe_request`)."""
+        if request.url_rule is not None:
+            request.scope[ROUTE_KEY] = request.url_rule.rule
+
+    def counted(exc: ChatError) -> Response:
+        node.metrics.errors.inc(exc.code, "http")
+        return error_response(exc)
+
     @app.errorhandler(ChatError)
     async def on_chat_error(exc: ChatError) -> Response:
-        return error_response(node.plugins.client_error(exc))
+        return counted(node.plugins.client_error(exc))
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
@@ -215,12 +294,12 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         if exc.code == 413:
             limit = getattr(request.body, "_max_content_length", None)
             message = f"request bodies on this route are limited to {limit} bytes"
-        return error_response(ChatError(code, message, status=exc.code))
+        return counted(ChatError(code, message, status=exc.code))
 
     @app.errorhandler(Exception)
     async def on_crash(exc: Exception) -> Response:
         log.exception("request %s %s failed", request.method, request.path)
-        return error_response(ChatError("internal"))
+        return counted(ChatError("internal"))
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -361,7 +440,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
             peer = await accounts.user_by_name(body["username"])
         else:
             raise bad_request("give 'user_id' or 'username'")
-        if peer is None:
+        if peer is None or peer.get("deleted"):
             raise ChatError("not_found", "no such user")
         chat = await chats.run(OpenDirect(user_id=device.user_id, peer_id=int(peer["id"])))
         return json_response({"chat": await chat_summary(node, device.user_id, chat)})
@@ -545,6 +624,13 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def admin_stats() -> Response:
         require_admin()
         return json_response(node.statistics())
+
+    # -- accounts, devices, chats and the node, for admins (node/web/admin.py) --------
+    from .admin import add_admin_routes
+
+    add_admin_routes(app, node, json_body=json_body, json_response=json_response, path_id=path_id,
+                     query_int=query_int, require_admin=require_admin)
+    # -- end admin --
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -1,7 +1,9 @@
-"""Prometheus metrics: every number in `Node.statistics()`, in the text exposition format.
+"""Prometheus metrics: every number in `Node.statistics()`, in the text exposition format,
+and the node's histograms and counters (node/observe.py).
 
-Names are the path through the statistics, e.g. `chatnode_storage_commits` or
-`chatnode_cluster_probes`; per-plugin maps become a `plugin` label.
+Names of the statistics are their path, e.g. `chatnode_storage_commits` or
+`chatnode_cluster_probes`; per-plugin maps become a `plugin` label. docs/operations.md
+("Metrics") explains each histogram and counter.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class NodeCollector:
                 family = families[name] = GaugeMetricFamily(name, name.replace("_", " "), labels=sorted(labels))
             family.add_metric([labels[k] for k in sorted(labels)], value)
         yield from families.values()
+        yield from self._node.metrics.collect()
 
 
 def render(node: Node) -> bytes:

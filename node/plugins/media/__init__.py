@@ -11,8 +11,10 @@ are collected after a grace period.
 
 Modules: settings (config), sniff (type detection), images (re-encode, thumbnails; run
 as a child process by sandbox, which limits its memory and time), probe (duration,
-size), webm (WebM tracks and duration), store (files), records (its tables), service
-(the rules), routes (HTTP), ranges (Range headers), signing (signed URLs).
+size), webm (WebM tracks and duration), store (the content store interface and the local
+directory), s3store (the S3-compatible object store), records (its tables), service (the
+rules), routes (HTTP), ranges (Range headers), signing (signed URLs), copy (`chatnode
+media copy`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,24 @@ import trio
 
 from ... import ChatError, Message, PluginContext, hookimpl
 from . import records
+from .records import KEYS
 from .routes import media_routes
 from .service import MediaService
 from .settings import MediaSettings
-from .signing import Signer, load_or_create_key
-from .store import ContentStore
+from .signing import Signer, cluster_secret, new_key, read_legacy_key
+from .store import ContentStore, LocalStore
+
+KEY_WAIT = 30.0  # seconds a request waits for the signing key of a first start
+
+
+def open_store(settings: MediaSettings, data_dir: Any) -> ContentStore:
+    """The content store the settings name (not yet prepared)."""
+    root = data_dir / settings.dir
+    if settings.store == "s3":
+        from .s3store import S3Store
+
+        return S3Store(settings.s3, root)
+    return LocalStore(root)
 
 
 class MediaPlugin:
@@ -36,6 +51,15 @@ class MediaPlugin:
     def __init__(self) -> None:
         self.service: MediaService | None = None
         self.signer: Signer | None = None
+        self._signer_ready = trio.Event()
+
+    async def get_signer(self) -> Signer | None:
+        """The signer, once the cluster's signing key is settled (None: switched off)."""
+        with trio.move_on_after(KEY_WAIT):
+            await self._signer_ready.wait()
+        if not self._signer_ready.is_set():
+            raise ChatError("unavailable", "the media signing key is not ready yet")
+        return self.signer
 
     @hookimpl
     def register_settings(self):
@@ -48,14 +72,26 @@ class MediaPlugin:
     @hookimpl
     async def startup(self, ctx: PluginContext, nursery: trio.Nursery) -> None:
         settings: MediaSettings = ctx.settings
-        store = ContentStore(ctx.data_dir / settings.dir)
-        await trio.to_thread.run_sync(store.prepare)
-        if settings.signed_urls:
-            key = await trio.to_thread.run_sync(load_or_create_key, store.root / "signing.key")
-            self.signer = Signer(key, settings.signed_url_ttl)
+        store = open_store(settings, ctx.data_dir)
+        await store.prepare(ctx.node_id)
         self.service = MediaService(ctx, settings, store)
+        await self.service.migrate()
         ctx.add_statistics(self.service.statistics)
+        nursery.start_soon(self._settle_signing_key, ctx, store)
         nursery.start_soon(self.service.serve_gc)
+
+    async def _settle_signing_key(self, ctx: PluginContext, store: ContentStore) -> None:
+        settings: MediaSettings = ctx.settings
+        if settings.signed_urls:
+            legacy = await trio.to_thread.run_sync(read_legacy_key, ctx.data_dir / settings.dir / "signing.key")
+            key = await cluster_secret(ctx.store, KEYS, "signing", new_key, legacy, ctx.node_id)
+            self.signer = Signer(key, settings.signed_url_ttl)
+        self._signer_ready.set()
+
+    @hookimpl
+    async def shutdown(self) -> None:
+        if self.service is not None:
+            await self.service.store.aclose()
 
     @hookimpl
     async def prepare_message(self, user_id: int, chat_id: int, content: dict[str, Any]):
@@ -74,7 +110,8 @@ class MediaPlugin:
         if self.service is not None:
             await self.service.message_stored(message)
 
-    async def collect_garbage(self, now: int | None = None) -> dict[str, int]:
-        """Run one garbage collection now (tests, the admin); see MediaService."""
+    async def collect_garbage(self, now: int | None = None, sweep: bool = False) -> dict[str, int]:
+        """Run one garbage collection now (tests, the admin), whoever holds the lease; see
+        MediaService.collect_garbage."""
         assert self.service is not None, "the media plugin has not started"
-        return await self.service.collect_garbage(now)
+        return await self.service.collect_garbage(now, sweep=sweep)

@@ -28,31 +28,40 @@ WEBM = frozenset({"video/webm", "audio/webm"})
 
 def probe(path: Path, mime: str) -> dict[str, Any]:
     """{"duration": seconds, "width": px, "height": px}, each only when known."""
+    with open(path, "rb", buffering=64 * 1024) as f:
+        return probe_file(f, path.stat().st_size, mime)
+
+
+def probe_file(f: BinaryIO, size: int, mime: str) -> dict[str, Any]:
+    """`probe` over a seekable file object of `size` bytes (a local file, or a staged
+    object read in ranges)."""
     try:
         if mime in ISO_BMFF:
-            found = _iso_bmff(path)
+            f.seek(0)
+            found = _iso_bmff(f, size)
             if found:
                 return found
         if mime in WEBM:
-            return _webm(path, walk_clusters=mime == "audio/webm")
+            f.seek(0)
+            return _webm(f, size, walk_clusters=mime == "audio/webm")
         if mime.startswith("audio/"):
-            return _mutagen(path)
+            f.seek(0)
+            return _mutagen(f)
     except Exception:  # a malformed header is the uploader's problem, not the node's
-        log.debug("could not probe %s (%s)", path, mime, exc_info=True)
+        log.debug("could not probe an upload (%s)", mime, exc_info=True)
     return {}
 
 
-def _mutagen(path: Path) -> dict[str, Any]:
+def _mutagen(f: BinaryIO) -> dict[str, Any]:
     import mutagen
 
-    parsed = mutagen.File(path)
+    parsed = mutagen.File(f)
     length = getattr(getattr(parsed, "info", None), "length", None)
     return {"duration": round(float(length), 3)} if length else {}
 
 
-def _webm(path: Path, walk_clusters: bool) -> dict[str, Any]:
-    with open(path, "rb", buffering=64 * 1024) as f:
-        seconds = webm.duration(f, path.stat().st_size, walk_clusters=walk_clusters)
+def _webm(f: BinaryIO, size: int, walk_clusters: bool) -> dict[str, Any]:
+    seconds = webm.duration(f, size, walk_clusters=walk_clusters)
     return {"duration": round(seconds, 3)} if seconds else {}
 
 
@@ -73,15 +82,11 @@ def _boxes(f: BinaryIO, end: int):
         f.seek(start + size)
 
 
-def _iso_bmff(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        file_size = f.tell()
-        f.seek(0)
-        for kind, offset, size in _boxes(f, file_size):
-            if kind == b"moov" and size <= MAX_MOOV_BYTES:
-                f.seek(offset)
-                return _moov(f.read(size))
+def _iso_bmff(f: BinaryIO, file_size: int) -> dict[str, Any]:
+    for kind, offset, size in _boxes(f, file_size):
+        if kind == b"moov" and size <= MAX_MOOV_BYTES:
+            f.seek(offset)
+            return _moov(f.read(size))
     return {}
 
 

@@ -1,17 +1,26 @@
 """The media plugin's tables (in its own store, on whichever engine the node runs).
 
     items    u64 media id                      -> item (JSON, see `public`)
-    content  sha256 (32 bytes)                 -> {"items": n, "size", "mime"} (refcount)
+    refs     sha256 (32 bytes) | u64 media id  -> b"" (this item uses this content)
     shares   u64 media | u64 chat | u64 seq    -> u64 expires_at ms (0: never)
     pending  u64 media | u64 chat | u64 ms     -> u64 chat seq when the send began
     gc       u64 due ms | u64 media id         -> b"" (look at this item then)
     photos   u64 media | u64 chat               -> b"" (the item was made that group's photo)
+    dooms    target | u64 node | u64 ms        -> state byte + u64 ms (a deletion under way)
+    lease    b"gc"                             -> {"node", "until"} (who collects)
+    keys     name | u64 order | u64 node       -> a key candidate (the signing key)
 
 An *item* is one upload by one user. Its bytes live in the content store under their
-SHA-256, shared by every item with the same bytes; `content` counts those items and the
-file goes when the count reaches 0. A *share* is a stored message that carries the item;
-a *pending* share is a send that passed the gate and may not be stored yet. The chat
-logs stay the truth: shares are checked against them before they count.
+SHA-256, shared by every item with the same bytes; `refs` has one row per item that uses
+a content (rows, not a counter: nodes of a cluster add and remove them without reading
+each other's), and the content goes when it has no row left. A *share* is a stored
+message that carries the item; a *pending* share is a send that passed the gate and may
+not be stored yet. The chat logs stay the truth: shares are checked against them before
+they count. A *doom* is a collector's notice that it is deleting an item (target
+b"i" + u64 id) or a content (b"c" + sha256); see service.py.
+
+Older versions kept a counter per content in `content` (sha256 -> {"items", ...});
+`migrate` turns it into `refs` rows.
 """
 
 from __future__ import annotations
@@ -23,12 +32,19 @@ import orjson
 from ... import PluginStore, StoreBatch
 
 ITEMS = "items"
-CONTENT = "content"
+REFS = "refs"
 SHARES = "shares"
 PENDING = "pending"
 GC = "gc"
 PHOTOS = "photos"
-TABLES = [ITEMS, CONTENT, SHARES, PENDING, GC, PHOTOS]
+DOOMS = "dooms"
+LEASE = "lease"
+KEYS = "keys"
+OLD_CONTENT = "content"  # the refcounts of older versions (migrated to REFS)
+TABLES = [ITEMS, REFS, SHARES, PENDING, GC, PHOTOS, DOOMS]
+
+#: States of a doom row.
+DELETING, DONE, CANCELLED = b"d", b"x", b"c"
 
 #: Item fields that messages and `GET /api/media/{id}/info` show.
 PUBLIC_FIELDS = ("id", "mime", "size", "name", "width", "height", "duration", "thumbnail")
@@ -54,7 +70,8 @@ class Records:
     def __init__(self, store: PluginStore) -> None:
         self.store = store
         self.items = store.table(ITEMS)
-        self.content = store.table(CONTENT)
+        self.refs = store.table(REFS)
+        self.dooms = store.table(DOOMS)
         self.shares = store.table(SHARES)
         self.pending = store.table(PENDING)
         self.gc = store.table(GC)
@@ -64,9 +81,16 @@ class Records:
         raw = await self.items.get(u64(media_id))
         return orjson.loads(raw) if raw is not None else None
 
-    async def get_content(self, sha: str) -> dict[str, Any] | None:
-        raw = await self.content.get(bytes.fromhex(sha))
-        return orjson.loads(raw) if raw is not None else None
+    async def refs_of(self, sha: str, limit: int = SCAN_LIMIT) -> list[int]:
+        """The media ids of the items that use a content."""
+        return [from_u64(key[32:]) for key, _ in await self.refs.scan_prefix(bytes.fromhex(sha), limit=limit)]
+
+    async def dooms_of(self, target: bytes) -> list[tuple[bytes, int, int, bytes, int]]:
+        """(key, node, started ms, state, state ms) of the deletions noted for a target."""
+        rows = await self.dooms.scan_prefix(target)
+        n = len(target)
+        return [(key, from_u64(key[n:n + 8]), from_u64(key[n + 8:n + 16]), value[:1], from_u64(value[1:9]))
+                for key, value in rows]
 
     async def shares_of(self, media_id: int) -> list[tuple[bytes, int, int, int]]:
         """(key, chat id, seq, expires_at) of every recorded share of an item."""
@@ -96,16 +120,34 @@ class Records:
                 out.append((key, from_u64(key[:8]), from_u64(key[8:16]), from_u64(value)))
         return out
 
-    async def all_content(self) -> set[str]:
-        """Every SHA-256 that has a content record."""
-        out: set[str] = set()
+    async def all_rows(self, table: str, page: int = 10_000) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
         start = b""
         while True:
-            rows = await self.content.scan(start, limit=10_000)
-            out.update(key.hex() for key, _ in rows)
-            if len(rows) < 10_000:
+            rows = await self.store.table(table).scan(start, limit=page)
+            out.extend(rows)
+            if len(rows) < page:
                 return out
             start = rows[-1][0] + b"\x00"
+
+    async def migrate(self) -> int:
+        """Turn the content counters of older versions into `refs` rows (idempotent: two
+        nodes doing it at once write the same rows). Returns the items migrated."""
+        old = self.store.table(OLD_CONTENT)
+        if not await old.scan(limit=1):
+            return 0
+        migrated = 0
+        for key, value in await self.all_rows(ITEMS):
+            item = orjson.loads(value)
+            batch = self.store.batch()
+            batch.put(REFS, bytes.fromhex(item["sha256"]) + key, b"")
+            await self.store.write(batch)
+            migrated += 1
+        batch = self.store.batch()
+        for key, _ in await self.all_rows(OLD_CONTENT):
+            batch.delete(OLD_CONTENT, key)
+        await self.store.write(batch)
+        return migrated
 
     async def counts(self) -> dict[str, int]:
         return {name: await self.store.table(name).count() for name in TABLES}
@@ -123,5 +165,17 @@ def gc_key(due: int, media_id: int) -> bytes:
     return u64(max(0, due)) + u64(media_id)
 
 
-__all__ = ["CONTENT", "GC", "ITEMS", "PENDING", "PHOTOS", "SHARES", "TABLES", "Records", "StoreBatch", "gc_key",
-           "pending_key", "public", "share_key"]
+def ref_key(sha: str, media_id: int) -> bytes:
+    return bytes.fromhex(sha) + u64(media_id)
+
+
+def item_target(media_id: int) -> bytes:
+    return b"i" + u64(media_id)
+
+
+def content_target(sha: str) -> bytes:
+    return b"c" + bytes.fromhex(sha)
+
+
+__all__ = ["DOOMS", "GC", "ITEMS", "LEASE", "PENDING", "PHOTOS", "REFS", "SHARES", "TABLES", "Records", "StoreBatch",
+           "content_target", "gc_key", "item_target", "pending_key", "public", "ref_key", "share_key"]

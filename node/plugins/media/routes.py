@@ -6,14 +6,16 @@
     GET  /api/media/{id}/info          {"media": {...}}
     GET  /api/media/{id}/signed        {"url", "thumbnail_url", "expires"}
 
-Uploads stream to disk as they arrive; downloads stream from disk; neither is ever held
-in memory whole. See docs/media.md.
+Uploads stream to the content store's staging as they arrive (images: to a bounded local
+temp file, for processing); downloads stream from the store; neither is ever held in
+memory whole. See docs/media.md.
 """
 
 from __future__ import annotations
 
+import logging
 import unicodedata
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -25,7 +27,9 @@ from .ranges import Unsatisfiable, etag_matches, if_range_allows, parse_range
 from .service import MediaService, now_ms
 from .signing import Signer
 from .sniff import SNIFF_BYTES, detect
-from .store import UploadSink, remove_quietly, stream_file
+from .store import CONTENT, THUMBNAIL, ContentStore, FileUpload, MissingContent, StoreUnavailable, Upload
+
+log = logging.getLogger(__name__)
 
 MAX_NAME_CHARS = 255
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -89,13 +93,13 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
     `startup` made its service and signer, so each request looks them up."""
     settings = ctx.settings
 
-    def parts() -> tuple[MediaService, Signer | None]:
+    def service_or_503() -> MediaService:
         if plugin.service is None:
             raise ChatError("unavailable", "media is starting")
-        return plugin.service, plugin.signer
+        return plugin.service
 
     async def item_or_404(media_id: str) -> dict[str, Any]:
-        service, _ = parts()
+        service = service_or_503()
         item = await service.get(int(media_id)) if media_id.isdigit() and len(media_id) <= 20 else None
         if item is None:
             raise ChatError("not_found", "no such media")
@@ -104,8 +108,9 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
     async def authorized_item(request: Request, media_id: str, variant: str) -> tuple[dict[str, Any], str]:
         """The item, if the signature or the bearer token allows it, and the Cache-Control
         to send. Who is asking is settled first, so strangers learn nothing of what exists."""
-        service, signer = parts()
+        service = service_or_503()
         exp, sig = request.args.get("exp"), request.args.get("sig")
+        signer = await plugin.get_signer() if sig is not None else None
         if signer is not None and sig is not None and media_id.isdigit() and len(media_id) <= 20:
             now = now_ms()
             if signer.verify(int(media_id), variant, exp, sig, now):
@@ -128,7 +133,7 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
 
     async def receive(request: Request, body: _Body) -> Response:
         user_id = await request.user_id()
-        service, _ = parts()
+        service = service_or_503()
         name = clean_name(request.args.get("name"))
         declared = request.content_length
         if declared is not None and declared > settings.max_upload_bytes:
@@ -143,35 +148,39 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
         limit = settings.limit_of(category)
         if (declared or len(head)) > limit:
             raise ChatError("too_large", f"{category} uploads are limited to {limit} bytes")
-        tmp = service.store.temp_path()
-        sink = UploadSink(tmp)
+        # images are processed from a local file (bounded by max_image_bytes); everything
+        # else streams straight into the store's staging
+        store = service.store
+        upload: Upload = FileUpload(store.temp_path()) if category == "image" else store.new_upload(ctx.node_id)
         try:
-            await sink.open()
-            await sink.write(head)
+            await upload.open()
+            await upload.write(head)
             while (chunk := await body.next()) is not None:
-                if sink.size + len(chunk) > limit:
+                if upload.size + len(chunk) > limit:
                     raise ChatError("too_large", f"{category} uploads are limited to {limit} bytes")
-                await sink.write(chunk)
-            sha = await sink.finish()
-            await ctx.check_upload(user_id, mime, sink.size, name)
-            item = await service.store_upload(user_id, tmp, sha, sink.size, mime, category, name)
+                await upload.write(chunk)
+            sha = await upload.finish()
+            await ctx.check_upload(user_id, mime, upload.size, name)
+            item = await service.store_upload(user_id, upload.staged(), sha, upload.size, mime, category, name)
+        except StoreUnavailable as exc:
+            log.warning("upload failed: %s", exc)
+            raise ChatError("unavailable", "the media store is not answering; try again") from None
         finally:
-            await sink.aclose()
-            await remove_quietly(tmp)
+            await upload.abort()  # the staged copy goes, whatever happened
         return json_response({"media": records.public(item)}, 201)
 
     async def download(request: Request, media_id: str) -> Response:
-        item, cache = await authorized_item(request, media_id, "content")
+        item, cache = await authorized_item(request, media_id, CONTENT)
         attachment = item["category"] == "file"
-        return await _serve(request, plugin.service.store.content_path(item["sha256"]), item["mime"], item["sha256"],
-                            cache, _disposition(item.get("name"), attachment))
+        return await _serve(request, service_or_503().store, item["sha256"], CONTENT, item["size"], item["mime"],
+                            item["sha256"], cache, _disposition(item.get("name"), attachment))
 
     async def thumbnail(request: Request, media_id: str) -> Response:
-        item, cache = await authorized_item(request, media_id, "thumbnail")
+        item, cache = await authorized_item(request, media_id, THUMBNAIL)
         if not item.get("thumbnail"):
             raise ChatError("not_found", "this media has no thumbnail")
-        path = plugin.service.store.thumb_path(item["sha256"])
-        return await _serve(request, path, "image/jpeg", f"{item['sha256']}-t", cache, "inline")
+        return await _serve(request, service_or_503().store, item["sha256"], THUMBNAIL, None, "image/jpeg",
+                            f"{item['sha256']}-t", cache, "inline")
 
     async def info(request: Request, media_id: str) -> Response:
         user_id = await request.user_id()
@@ -182,7 +191,8 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
         return json_response({"media": {**records.public(item), **extra}})
 
     async def signed(request: Request, media_id: str) -> Response:
-        service, signer = parts()
+        service = service_or_503()
+        signer = await plugin.get_signer()
         if signer is None:
             raise ChatError("not_found", "signed URLs are switched off on this node")
         user_id = await request.user_id()
@@ -218,12 +228,10 @@ def _disposition(name: str | None, attachment: bool) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-async def _serve(request: Request, path: Path, mime: str, tag: str, cache: str, disposition: str) -> Response:
-    """The file at `path`, whole or the one range asked for, streamed in chunks."""
-    try:
-        size = (await trio.Path(path).stat()).st_size
-    except FileNotFoundError:
-        raise ChatError("not_found", "no such media") from None
+async def _serve(request: Request, store: ContentStore, sha: str, variant: str, size: int | None, mime: str,
+                 tag: str, cache: str, disposition: str) -> Response:
+    """A stored variant, whole or the one range asked for, streamed in chunks: or, with
+    presigned downloads on, a redirect to the store itself."""
     etag = f'"{tag}"'
     headers = {
         "ETag": etag,
@@ -234,6 +242,18 @@ async def _serve(request: Request, path: Path, mime: str, tag: str, cache: str, 
     }
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return Response(b"", status=304, headers=headers, content_type=mime)
+    presigned = store.presign(sha, variant, mime, disposition)
+    if presigned is not None:
+        return Response(b"", status=302, headers={"Location": presigned, "Cache-Control": "private, no-store"},
+                        content_type=mime)
+    try:
+        if size is None:
+            size = await store.size(sha, variant)
+    except MissingContent:
+        raise ChatError("not_found", "no such media") from None
+    except StoreUnavailable as exc:
+        log.warning("download failed: %s", exc)
+        raise ChatError("unavailable", "the media store is not answering; try again") from None
     try:
         wanted = parse_range(request.headers.get("Range"), size) if if_range_allows(
             request.headers.get("If-Range"), etag) else None
@@ -249,7 +269,15 @@ async def _serve(request: Request, path: Path, mime: str, tag: str, cache: str, 
     if wanted is not None:
         status = 206
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    body = stream_file(path, first, last) if request.method != "HEAD" and size else _empty()
+    body: AsyncIterator[bytes] = _empty()
+    if request.method != "HEAD" and size:
+        try:  # opened before answering, so a missing content or a store that is down is a clean error
+            body = await store.open_range(sha, variant, first, last)
+        except MissingContent:
+            raise ChatError("not_found", "no such media") from None
+        except StoreUnavailable as exc:
+            log.warning("download failed: %s", exc)
+            raise ChatError("unavailable", "the media store is not answering; try again") from None
     return Response(body, status=status, headers=headers, content_type=mime)
 
 

@@ -28,11 +28,49 @@ def _mime_list(_instance: object, attribute: attrs.Attribute, value: tuple[str, 
             raise ValueError(f"{attribute.name}: {mime!r} is not a MIME type")
 
 
+def _store_kind(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in ("local", "s3"):
+        raise ValueError(f"{attribute.name}: must be \"local\" or \"s3\", got {value!r}")
+
+
+def _addressing(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in ("path", "virtual", "auto"):
+        raise ValueError(f"{attribute.name}: must be \"path\", \"virtual\" or \"auto\", got {value!r}")
+
+
+def _part_size(_instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if not 5 * MIB <= value <= 5 * 1024 * MIB:
+        raise ValueError(f"{attribute.name}: S3 parts are 5 MiB to 5 GiB, got {value!r}")
+
+
+@attrs.frozen
+class S3Settings:
+    """`[plugins.media.s3]`: an S3-compatible object store (store = "s3")."""
+
+    endpoint: str = ""  # e.g. "https://s3.eu-central-1.amazonaws.com" or "http://127.0.0.1:8333"; "" is AWS's
+    bucket: str = ""  # required
+    region: str = "us-east-1"
+    prefix: str = ""  # keys start with this (share a bucket between installations: "chatnode/")
+    access_key: str = ""  # "" takes AWS_ACCESS_KEY_ID (and the rest of the standard AWS chain)
+    secret_key: str = ""  # "" takes AWS_SECRET_ACCESS_KEY
+    addressing: str = attrs.field(default="path", validator=_addressing)  # "path", "virtual" or "auto"
+    create_bucket: bool = False  # create the bucket at start-up if it is missing
+    part_size: int = attrs.field(default=8 * MIB, validator=_part_size)  # multipart part, and what an upload buffers
+    timeout: float = attrs.field(default=10.0, validator=_positive)  # seconds to connect, and per read
+    attempts: int = attrs.field(default=3, validator=_positive)  # tries per request (the client's retries)
+    connections: int = attrs.field(default=32, validator=_positive)  # connection pool of the node's client
+    presigned_downloads: bool = False  # answer downloads with a redirect to a presigned URL of the store
+    presign_ttl: float = attrs.field(default=300.0, validator=_positive)  # seconds such a URL lives
+    presign_endpoint: str = ""  # the address clients reach the store (or a CDN) at; default `endpoint`
+
+
 @attrs.frozen
 class MediaSettings:
     """The media plugin's settings; every field has a default (docs/media.md)."""
 
-    dir: str = "media"  # content store, relative to node.data_dir unless absolute
+    store: str = attrs.field(default="local", validator=_store_kind)  # "local" (dir) or "s3" ([plugins.media.s3])
+    dir: str = "media"  # local store and temporary files, relative to node.data_dir unless absolute
+    s3: S3Settings = attrs.Factory(S3Settings)
     image_types: tuple[str, ...] = attrs.field(
         default=("image/jpeg", "image/png", "image/gif", "image/webp"), validator=_mime_list)
     audio_types: tuple[str, ...] = attrs.field(
@@ -70,6 +108,10 @@ class MediaSettings:
     pending_timeout: float = attrs.field(default=600.0, validator=_positive)  # seconds a send in flight protects
     signed_urls: bool = True  # GET /api/media/{id}/signed and ?exp=&sig= downloads
     signed_url_ttl: float = attrs.field(default=3600.0, validator=_positive)  # seconds; URLs live ttl/2 to ttl
+
+    def __attrs_post_init__(self) -> None:
+        if self.store == "s3" and not self.s3.bucket:
+            raise ValueError("s3.bucket: required with store = \"s3\"")
 
     def category_of(self, mime: str) -> str | None:
         """The first category whose allow-list has `mime`, else that of its container's

@@ -26,7 +26,9 @@ from .dispatch import Dispatcher
 from .http_client import PushHTTP
 from .settings import PushSettings
 from .targets import Targets, public
-from .vapid import Vapid, load_or_create_key
+from .vapid import Vapid, cluster_secret, load_key, new_pem, read_legacy_pem
+
+KEYS = "keys"  # table of the VAPID key (see vapid.cluster_secret)
 from .webhook import WebhookProvider
 from .webpush import WebPushProvider
 
@@ -51,9 +53,9 @@ class PushPlugin:
     @hookimpl
     async def startup(self, ctx: PluginContext, nursery: trio.Nursery) -> None:
         settings: PushSettings = ctx.settings
-        key = await trio.to_thread.run_sync(load_or_create_key, ctx.data_dir / "push" / "vapid_private.pem")
         subject = settings.vapid_subject or ctx.public_url or "mailto:postmaster@localhost"
-        self.vapid = Vapid(key, subject)
+        self.vapid = Vapid(None, subject)
+        legacy = await trio.to_thread.run_sync(read_legacy_pem, ctx.data_dir / "push" / "vapid_private.pem")
         self.http = PushHTTP(timeout=settings.timeout, connections=settings.workers,
                              allow_private=settings.allow_private_endpoints)
         self.targets = Targets(ctx.store)
@@ -65,7 +67,14 @@ class PushPlugin:
                 providers[kind] = provider
         self.dispatcher = Dispatcher(ctx, settings, providers, self.targets)
         ctx.add_statistics(self.dispatcher.statistics)
+        nursery.start_soon(self._settle_key, ctx, legacy)
         await nursery.start(self.dispatcher.serve)
+
+    async def _settle_key(self, ctx: PluginContext, legacy: bytes | None) -> None:
+        """The cluster's VAPID key: read, taken over from an older version's file, or made."""
+        assert self.vapid is not None
+        pem = await cluster_secret(ctx.store, KEYS, "vapid", new_pem, legacy, ctx.node_id)
+        self.vapid.set_key(load_key(pem, "the stored VAPID key"))
 
     @hookimpl
     async def shutdown(self) -> None:
@@ -90,7 +99,7 @@ class PushPlugin:
     async def on_reaction(self, ctx: PluginContext, chat_id: int, seq: int, message_id: int, user_id: int,
                           emoji: str, author_id: int) -> None:
         """Someone reacted to a message of a user who has no device online: tell them."""
-        if self.dispatcher is None or ctx.is_online(author_id):
+        if self.dispatcher is None or await ctx.is_online(author_id):
             return
         found = await ctx.messages(chat_id, seq, seq, 1)
         text = found[0].text if found else None
@@ -165,7 +174,7 @@ class PushPlugin:
             return Response(b"", 204)
 
         async def vapid_key(request: Request):
-            if self.vapid is None:
+            if self.vapid is None or not await self.vapid.ready():
                 raise ChatError("unavailable", "push is starting")
             return {"public_key": self.vapid.public_key}
 

@@ -2,9 +2,13 @@
 
 A browser subscribes with the node's public key (`applicationServerKey`); a push service
 then accepts messages for that subscription only with a JWT signed by the matching
-private key. The P-256 key pair is generated on the node's first start and kept in
-`<data dir>/push/vapid_private.pem` (mode 0600): replacing it orphans every browser
-subscription, so back it up with the database.
+private key. Every node of a cluster must sign with the same key (a browser subscribed
+through one node is notified by whichever node stores the message), so the P-256 key
+pair lives in the plugin's store (table `keys`, PKCS#8 PEM), created once by the first
+node that starts (`cluster_secret`). Older versions kept it in
+`<data dir>/push/vapid_private.pem`; such a file is taken over at start-up, so existing
+subscriptions keep working. Replacing the key orphans every browser subscription, so
+back it up with the database.
 
 The JWT is ES256 (ECDSA P-256 with SHA-256; the signature is r || s, 64 bytes) over
 `{"aud": <origin of the push endpoint>, "exp": <now + 12 h>, "sub": <contact>}`, all by
@@ -14,12 +18,13 @@ The JWT is ES256 (ECDSA P-256 with SHA-256; the signature is r || s, 64 bytes) o
 from __future__ import annotations
 
 import base64
-import os
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import trio
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -36,35 +41,81 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The VAPID private key at `path`, generated (0600) if missing. Sync: call in a thread."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise ValueError(f"{path} is not a P-256 private key")
-        return key
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+SETTLE = 1.0  # seconds between offering a new key and reading which one the cluster keeps
+
+
+def load_key(pem: bytes, where: str) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ValueError(f"{where} is not a P-256 private key")
     return key
 
 
+def new_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def read_legacy_pem(path: Path) -> bytes | None:
+    """The key file of an older version, if there is one (checked). Sync."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    load_key(pem, str(path))
+    return pem
+
+
+async def cluster_secret(store: Any, table: str, name: str, make: Any, legacy: bytes | None,
+                         node_id: int) -> bytes:
+    """A secret every node of a cluster shares, created once: the first of the candidate
+    rows `name/ | u64 order | u64 node` in `table` (the same rule as the media plugin's
+    signing key). There is no insert-if-absent, so two nodes starting at once on an empty
+    store each offer a candidate and keep whichever sorts first: a new key's order is its
+    creation time, and a node reads the candidates SETTLE seconds after writing its own,
+    so a node that started later never offers one that sorts first unless the clocks
+    differ by more than that. A key taken over from a file (`legacy`) has order 0 and
+    wins over new ones (of two such files, the lower node id's)."""
+    prefix = name.encode() + b"/"
+    rows = await store.table(table).scan_prefix(prefix, limit=1)
+    if rows:
+        return rows[0][1]
+    order = 0 if legacy is not None else time.time_ns()
+    batch = store.batch()
+    batch.put(table, prefix + order.to_bytes(8, "big") + node_id.to_bytes(8, "big"),
+              legacy if legacy is not None else make())
+    await store.write(batch)
+    await trio.sleep(SETTLE)
+    return (await store.table(table).scan_prefix(prefix, limit=1))[0][1]
+
+
+KEY_WAIT = 30.0  # seconds a request or a send waits for the key of a cluster's first start
+
+
 class Vapid:
-    def __init__(self, key: ec.EllipticCurvePrivateKey, subject: str) -> None:
-        self._key = key
+    """The node's VAPID identity. The key may come a moment after start-up (the first
+    start of a cluster settles it with the others): `ready()` waits for it."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey | None, subject: str) -> None:
         self.subject = subject
+        self._tokens: dict[str, tuple[int, str]] = {}
+        self._ready = trio.Event()
+        self.public_key = ""
+        if key is not None:
+            self.set_key(key)
+
+    def set_key(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self._key = key
         raw = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         self.public_key = b64url(raw)  # what browsers pass to pushManager.subscribe()
-        self._tokens: dict[str, tuple[int, str]] = {}
+        self._ready.set()
+
+    async def ready(self) -> bool:
+        """Wait (at most KEY_WAIT) for the key; whether it is there."""
+        with trio.move_on_after(KEY_WAIT):
+            await self._ready.wait()
+        return self._ready.is_set()
 
     def authorization(self, endpoint: str, now: float | None = None) -> str:
         """The `Authorization` header value for a request to `endpoint` (RFC 8292 section 3)."""

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ... import ChatError
 from .http_client import PushHTTP
-from .providers import check_endpoint, check_status
+from .providers import PushFailed, check_endpoint, check_status
 from .vapid import Vapid, b64url_decode
 
 
@@ -63,6 +63,8 @@ class WebPushProvider:
 
     async def send(self, target: dict[str, Any], notification: dict[str, Any]) -> None:
         endpoint = target["endpoint"]
+        if not await self._vapid.ready():
+            raise PushFailed("the VAPID key is not ready yet", retry=True)
         body = encrypt(orjson.dumps(notification), b64url_decode(target["keys"]["p256dh"]),
                        b64url_decode(target["keys"]["auth"]))
         answer = await self._http.post(endpoint, body, {

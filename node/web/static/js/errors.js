@@ -18,6 +18,7 @@ export const MESSAGES = {
   username_taken: 'That username is taken. Try another one.',
   registration_closed: 'This server doesn’t accept new accounts.',
   unauthorized: 'You’ve been logged out. Log in again.',
+  account_disabled: 'This account is disabled. Ask the server’s admin.',
   wrong_password: 'Your current password is wrong.',
   forbidden: 'You’re not allowed to do that here.',
   not_member: 'You’re no longer a member of this chat.',
