@@ -38,6 +38,7 @@ from .core.dedupe import sweep_dedupe
 from .core.errors import CLOSE_GOING_AWAY, ChatError
 from .core.hub import Hub
 from .core.operations import MarkRead, PostMessage, PurgeExpired
+from .core.ratelimit import UserBuckets
 from .core.routing import Routing
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
@@ -83,6 +84,9 @@ class Node:
     version: str = VERSION
     cluster: object | None = None  # node.cluster.service.ClusterService when [cluster] enabled
     connections: ConnectionLimits = attrs.Factory(lambda node: ConnectionLimits.of(node.config), takes_self=True)
+    send_limits: UserBuckets = attrs.Factory(  # sends per user, over all their devices on this node
+        lambda node: UserBuckets(node.config.limits.user_messages_per_second, node.config.limits.user_message_burst),
+        takes_self=True)
     metrics: Metrics = attrs.Factory(Metrics)  # histograms and counters for /metrics (node/observe.py)
 
     @property

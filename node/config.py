@@ -107,6 +107,8 @@ class LimitsSection:
     max_events_per_frame: int = _int(256, 1, 4096)  # events a client may put in one frame
     frames_per_second: float = _float(50.0, 1.0, 100_000.0)  # sustained inbound frames per connection
     frame_burst: int = _int(200, 1, 1_000_000)  # inbound frames allowed in a burst
+    user_messages_per_second: float = _float(20.0, 0.01, 1_000_000.0)  # sustained sends per user, all devices
+    user_message_burst: int = _int(300, 1, 100_000_000)  # sends per user allowed in a burst
     max_connections_per_user: int = _int(10, 1, 10_000)
     max_connections_per_address: int = _int(64, 1, 1_000_000)  # open sockets per client address, both ports
     reserved_fds: int = _int(128, 16, 1_000_000)  # file descriptors kept free for the node and the admin

@@ -70,7 +70,8 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "http": {"host": "127.0.0.1", "port": 0, "graceful_timeout": 3.0},
         "websocket": {"host": "127.0.0.1", "port": 0},
         "accounts": {"argon2_time_cost": 1, "argon2_memory_kib": 64},
-        "limits": {"frames_per_second": 10_000.0, "frame_burst": 10_000},
+        "limits": {"frames_per_second": 10_000.0, "frame_burst": 10_000,
+                   "user_messages_per_second": 100_000.0, "user_message_burst": 1_000_000},
         "storage": storage_section(tmp_path / "data"),
     }
     return structure_config(deep_merge(base, sections), tmp_path)

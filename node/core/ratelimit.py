@@ -32,6 +32,35 @@ class TokenBucket:
         return False
 
 
+class UserBuckets:
+    """A token bucket per key (a user), on this node: `rate` per second, `burst` saved up.
+    A key's bucket outlives its connections (reconnecting refills nothing); at most
+    `max_keys` are kept, the least recently used dropped first."""
+
+    def __init__(self, rate: float, burst: int, *, max_keys: int = 100_000, clock=time.monotonic) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[int, list[float]] = OrderedDict()  # key -> [tokens, stamp]
+
+    def take(self, key: int, n: float = 1.0) -> bool:
+        now = self._clock()
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = [self.burst, now]
+        else:
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        self._buckets[key] = bucket
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        if bucket[0] >= n:
+            bucket[0] -= n
+            return True
+        return False
+
+
 class FailureWindow:
     """Counts failures per key in a sliding window; bounded to `max_keys` keys (LRU)."""
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .chats import Chats
     from .errors import ChatError
     from .hub import Hub
+    from .ratelimit import UserBuckets
     from .routing import Routing
     from .session import FrameHandler
 
@@ -46,5 +47,6 @@ class Services(Protocol):
     routing: Routing
     shutdown_requested: trio.Event
     metrics: Metrics
+    send_limits: UserBuckets
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]: ...
