@@ -335,6 +335,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
             await core.start(manager.serve_pumps, config.plugins.event_queue)
             core.start_soon(sweep_expired, node)
             core.start_soon(sweep_dedupe, node)
+            core.start_soon(keep_tokens_of_connections, node)
             # -- cluster (node/cluster owns what is inside this block) -----------------
             if config.cluster.enabled:
                 from .cluster.service import serve_cluster
@@ -385,6 +386,18 @@ def _routing(config: Config, hub: Hub, plugins: Plugins) -> Routing:
 
         return ClusterRouting(config.node.id, hub, plugins)
     return Routing(config.node.id, hub, plugins)
+
+
+async def keep_tokens_of_connections(node: Node) -> None:
+    """An open socket is use of its token (it does not expire idle while connected), and a
+    token past its maximum age is logged out even while connected."""
+    while not node.shutdown_requested.is_set():
+        with trio.move_on_after(node.accounts.connected_check_interval):
+            await node.shutdown_requested.wait()
+        try:
+            await node.accounts.note_connected(s.device for s in node.hub.all_sessions() if s.device is not None)
+        except StorageError:
+            pass  # storage trouble the writer already logged: the next round tries again
 
 
 async def sweep_expired(node: Node, interval: float = 0.0) -> None:

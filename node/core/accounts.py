@@ -7,6 +7,11 @@ does not let anyone log in. Each token is one device; a user may hold several.
 
 A device's last use is kept in memory, noted at most once a minute, and rides along with
 the next commit of anything else (a writer commit hook): it never costs a write of its own.
+
+Tokens expire: `token_idle_timeout` seconds after their last use, and `token_max_age`
+seconds after the login that made them (either 0: never). An expired token is a logged-out
+device: it is deleted when next presented (or listed), its sockets are closed and the
+plugins are told, as for a logout. An open socket counts as use (`note_connected`).
 """
 
 from __future__ import annotations
@@ -63,6 +68,18 @@ def token_record(device: Device, last_used: int | None = None) -> dict:
     if last_used:
         record["last_used"] = last_used
     return record
+
+
+def expires_at(created: int, last_used: int, idle_ms: int, max_age_ms: int) -> int | None:
+    """When a token expires (Unix ms): `idle_ms` after its last use (its login if never
+    used since), `max_age_ms` after its login, whichever comes first; None: never (a
+    record from before logins were dated has no maximum age)."""
+    ends = []
+    if idle_ms:
+        ends.append(max(last_used, created) + idle_ms)
+    if max_age_ms and created:
+        ends.append(created + max_age_ms)
+    return min(ends) if ends else None
 
 
 def device_from_record(token_hash: bytes, record: dict) -> Device:
@@ -133,6 +150,10 @@ class Accounts:
         self._revoking: set[bytes] = set()  # deletes in flight: never write these back
         self._revocations = 0  # revocations finished so far (see authenticate)
         self._password_changes: dict[int, int] = {}  # user id -> changes since start (see login)
+        self._idle_ms = int(config.token_idle_timeout * 1000)
+        self._max_age_ms = int(config.token_max_age * 1000)
+        # last uses are noted often enough that an idle expiry never catches a device in use
+        self._note_every_ms = min(LAST_USED_EVERY_MS, self._idle_ms // 4) if self._idle_ms else LAST_USED_EVERY_MS
         storage.writer.add_commit_hook(self._flush_last_used)
         self.login_limits = LoginLimiter(
             delay_after=config.login_delay_after, delay=config.login_delay, max_delay=config.login_max_delay,
@@ -344,15 +365,74 @@ class Accounts:
                 self._last_used.clear()
             self._devices[token_hash] = device
             self._last_used[token_hash] = record.get("last_used", 0)
+        if self._expired(device):
+            if not self.shared_storage or await self._still_expired(device):
+                await self._revoke([device])  # a logout: its sockets close, the plugins are told
+                return None
         self._note_use(token_hash)
         return device
 
+    def expires(self, device: Device) -> int | None:
+        """When the device's token expires (Unix ms), as far as this node knows; None: never."""
+        return expires_at(device.created, self._last_used.get(device.token_hash, 0), self._idle_ms, self._max_age_ms)
+
+    def _expired(self, device: Device) -> bool:
+        expires = self.expires(device)
+        return expires is not None and expires <= now_ms()
+
+    async def _still_expired(self, device: Device) -> bool:
+        """Another node may have seen the device in use since this one cached it: its
+        stored last use decides."""
+        record = await self._storage.get_token(device.token_hash)
+        if record is None:
+            return True
+        self._last_used[device.token_hash] = max(self._last_used.get(device.token_hash, 0),
+                                                 record.get("last_used", 0))
+        return self._expired(device)
+
     def _note_use(self, token_hash: bytes) -> None:
-        """Remember that a device was used, at most once a minute (see `_flush_last_used`)."""
+        """Remember that a device was used, at most once a minute (or a quarter of the idle
+        timeout; see `_flush_last_used`)."""
         now = now_ms()
-        if now - self._last_used.get(token_hash, 0) >= LAST_USED_EVERY_MS and token_hash not in self._revoking:
+        if now - self._last_used.get(token_hash, 0) >= self._note_every_ms and token_hash not in self._revoking:
             self._last_used[token_hash] = now
             self._touched.add(token_hash)
+
+    async def note_connected(self, devices: Iterable[Device]) -> None:
+        """These devices have sockets open: that is use. Those past their maximum age are
+        logged out (their sockets close with 4003)."""
+        expired = []
+        for device in devices:
+            if device.token_hash not in self._devices:
+                continue  # revoked meanwhile
+            if self._max_age_ms and device.created and device.created + self._max_age_ms <= now_ms():
+                expired.append(device)
+            else:
+                self._note_use(device.token_hash)
+        if expired:
+            await self._revoke(expired)
+
+    @property
+    def connected_check_interval(self) -> float:
+        """Seconds between `note_connected` calls (a quarter of either timeout, at most a minute)."""
+        spans = [ms / 4000 for ms in (self._idle_ms, self._max_age_ms) if ms]
+        return max(0.05, min([LAST_USED_EVERY_MS / 1000, *spans]))
+
+    async def _live_tokens(self, user_id: int, *, revoke: bool = True) -> list[tuple[bytes, dict]]:
+        """(token hash, record) of a user's devices; expired ones are left out (and, with
+        `revoke`, logged out here: an admin's listing, perhaps offline, writes nothing)."""
+        live, expired = [], []
+        now = now_ms()
+        for token_hash, record in await self._tokens_of(user_id):
+            ends = self._expiry_of(token_hash, record)
+            (expired if ends is not None and ends <= now else live).append((token_hash, record))
+        if expired and revoke:
+            await self._revoke([device_from_record(h, r) for h, r in expired])
+        return live
+
+    def _expiry_of(self, token_hash: bytes, record: dict) -> int | None:
+        last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0))
+        return expires_at(record.get("created", 0), last_used, self._idle_ms, self._max_age_ms)
 
     def _flush_last_used(self) -> WriteBatch:
         """Writer commit hook: noted last uses join whatever commits next, so keeping them
@@ -438,11 +518,11 @@ class Accounts:
     async def devices(self, device: Device) -> list[dict]:
         """The user's logged-in devices: the caller's first, then the most recently used."""
         out = []
-        for token_hash, record in await self._tokens_of(device.user_id):
+        for token_hash, record in await self._live_tokens(device.user_id):
             last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0)) or None
             out.append({"device_id": record["device"], "name": record.get("name", ""),
                         "created": record.get("created"), "last_used": last_used,
-                        "current": token_hash == device.token_hash})
+                        "expires": self._expiry_of(token_hash, record), "current": token_hash == device.token_hash})
         out.sort(key=lambda d: (d["current"], d["last_used"] or d["created"] or 0), reverse=True)
         return out
 
@@ -568,10 +648,11 @@ class Accounts:
     async def devices_of(self, user_id: int) -> list[dict]:
         """A user's logged-in devices, the most recently used first (for admins)."""
         out = []
-        for token_hash, record in await self._tokens_of(user_id):
+        for token_hash, record in await self._live_tokens(user_id, revoke=False):
             last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0)) or None
             out.append({"device_id": record["device"], "name": record.get("name", ""),
-                        "created": record.get("created"), "last_used": last_used})
+                        "created": record.get("created"), "last_used": last_used,
+                        "expires": self._expiry_of(token_hash, record)})
         out.sort(key=lambda d: d["last_used"] or d["created"] or 0, reverse=True)
         return out
 
