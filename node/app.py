@@ -83,6 +83,7 @@ class Node:
     ws_port: int = 0
     version: str = VERSION
     cluster: object | None = None  # node.cluster.service.ClusterService when [cluster] enabled
+    http_app: Any = None  # the quart app serving the HTTP API (node/web/api.py)
     connections: ConnectionLimits = attrs.Factory(lambda node: ConnectionLimits.of(node.config), takes_self=True)
     send_limits: UserBuckets = attrs.Factory(  # sends per user, over all their devices on this node
         lambda node: UserBuckets(node.config.limits.user_messages_per_second, node.config.limits.user_message_burst),
@@ -326,7 +327,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 if name in node.frame_handlers:
                     raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
                 node.frame_handlers[name] = handler
-        app = create_app(node, [route for routes in manager.collect("register_routes") for route in routes])
+        app = node.http_app = create_app(node, [route for routes in manager.collect("register_routes") for route in routes])
         hub.on_user_online.append(routing.user_connected)
         hub.on_user_offline.append(routing.user_disconnected)
 

@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from ..core.accounts import Device, public_user
 from ..core.errors import ChatError, bad_request
@@ -27,6 +28,7 @@ from ..core.profiles import add_photos, default_visibility, user_for
 from ..core.search import history_around
 from ..core.views import add_status, chat_list, chat_summary, reads_visible
 from ..plugin_api import Route
+from .openapi import document as openapi_document
 from .plugin_routes import mount
 
 if TYPE_CHECKING:
@@ -107,11 +109,21 @@ def path_id(value: str) -> int:
 
 def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
         raise bad_request(f"'{name}' must be an integer between {lo} and {hi}")
     return int(raw)
+
+
+def query_flag(name: str) -> bool:
+    """A yes/no query parameter: ``1`` yes, ``0`` or absent no; anything else is refused."""
+    raw = request.args.get(name)
+    if raw is None or raw == "0":
+        return False
+    if raw == "1":
+        return True
+    raise bad_request(f"'{name}' must be 1 or 0")
 
 
 def client_address() -> str:
@@ -226,8 +238,20 @@ def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRe
     return NodeRequest
 
 
+class IdConverter(BaseConverter):
+    """``<id:name>``: a path segment of digits. For rules that would otherwise also match a
+    fixed path beside them (``/api/chats/<id:chat_id>`` and ``/api/chats/direct``), so the
+    methods a path takes (405's and OPTIONS' ``Allow``) are its own."""
+
+    regex = "[0-9]+"
+
+
+CONVERTER = re.compile(r"<id:")  # the id converter, left out of route labels
+
+
 def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     app = QuartTrio("chatnode", static_folder=None)
+    app.url_map.converters["id"] = IdConverter
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY  # routes that take more declare it
     app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
     body_limits = [(_rule_pattern(r.method, r.path), r.max_body) for r in plugin_routes if r.max_body]
@@ -277,7 +301,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     async def note_route() -> None:
         """The matched route rule, for the request-time histogram (`observe_request`)."""
         if request.url_rule is not None:
-            request.scope[ROUTE_KEY] = request.url_rule.rule
+            request.scope[ROUTE_KEY] = CONVERTER.sub("<", request.url_rule.rule)  # /api/chats/<chat_id>
 
     def counted(exc: ChatError) -> Response:
         node.metrics.errors.inc(exc.code, "http")
@@ -294,7 +318,11 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         if exc.code == 413:
             limit = getattr(request.body, "_max_content_length", None)
             message = f"request bodies on this route are limited to {limit} bytes"
-        return counted(ChatError(code, message, status=exc.code))
+        response = counted(ChatError(code, message, status=exc.code))
+        allow = dict(exc.get_headers()).get("Allow")
+        if allow:  # 405: which methods the path takes (RFC 9110)
+            response.headers["Allow"] = allow
+        return response
 
     @app.errorhandler(Exception)
     async def on_crash(exc: Exception) -> Response:
@@ -325,6 +353,11 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
                 "nodes": node.node_urls(),
             }
         )
+
+    @app.get("/api/openapi.json")
+    async def openapi() -> Response:
+        """The HTTP API as OpenAPI 3.1 (node/web/openapi.py): what this node serves."""
+        return json_response(openapi_document(app, node.version))
 
     # -- accounts ------------------------------------------------------------------
 
@@ -374,7 +407,8 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
             if not check(value):
                 raise bad_request(f"invalid value for {key!r}")
             changes[key] = value
-        return json_response({"settings": await accounts.update_settings(device.user_id, changes)})
+        settings = await accounts.update_settings(device.user_id, changes)
+        return json_response({"settings": {"last_seen": default_visibility(node), **settings}})  # as GET /api/me
 
     @app.patch("/api/me")
     async def update_me() -> Response:
@@ -448,10 +482,10 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     @app.get("/api/chats")
     async def list_chats() -> Response:
         device = await current_device()
-        include_hidden = request.args.get("hidden") == "1"
+        include_hidden = query_flag("hidden")
         return json_response({"chats": await chat_list(node, device.user_id, include_hidden=include_hidden)})
 
-    @app.get("/api/chats/<chat_id>")
+    @app.get("/api/chats/<id:chat_id>")
     async def get_chat(chat_id: str) -> Response:
         device = await current_device()
         chat = await chats.load(path_id(chat_id))
@@ -503,7 +537,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
         chat = await chats.run(CreateGroup(user_id=device.user_id, title=title, members=members))
         return json_response({"chat": await chat_summary(node, device.user_id, chat)}, 201)
 
-    @app.patch("/api/chats/<chat_id>")
+    @app.patch("/api/chats/<id:chat_id>")
     async def update_chat(chat_id: str) -> Response:
         device = await current_device()
         body = await json_body()
@@ -629,7 +663,7 @@ def create_app(node: Node, plugin_routes: list[Route] = ()) -> QuartTrio:
     from .admin import add_admin_routes
 
     add_admin_routes(app, node, json_body=json_body, json_response=json_response, path_id=path_id,
-                     query_int=query_int, require_admin=require_admin)
+                     query_int=query_int, query_flag=query_flag, require_admin=require_admin)
     # -- end admin --
 
     @app.get("/metrics")

@@ -19,6 +19,7 @@ from ..core.profiles import media_id_of, set_group_photo, set_profile_photo
 from ..core.reactions import SetReaction, check_emoji, reactions_between
 from ..core.reports import dismiss_report, file_report, list_reports
 from ..core.search import search
+from ..core.snowflake import parse_id
 from ..core.views import chat_summary
 
 if TYPE_CHECKING:
@@ -63,8 +64,7 @@ def add_feature_routes(
 
     # -- reactions -----------------------------------------------------------------
 
-    async def react(chat_id: str, seq: str, emoji: str | None) -> Response:
-        device = await current_device(node)
+    async def react(device: Device, chat_id: str, seq: str, emoji: str | None) -> Response:
         cid, number = path_id(chat_id), path_id(seq)
         chat = await chats.load(cid)
         if chat is None or chat.member(device.user_id) is None:
@@ -79,14 +79,15 @@ def add_feature_routes(
 
     @app.put("/api/chats/<chat_id>/messages/<seq>/reaction")
     async def set_reaction(chat_id: str, seq: str) -> Response:
+        device = await current_device(node)  # who is asking comes first
         body = await json_body()
         if set(body) != {"emoji"}:
             raise bad_request("give 'emoji' (and nothing else)")
-        return await react(chat_id, seq, check_emoji(body["emoji"]))
+        return await react(device, chat_id, seq, check_emoji(body["emoji"]))
 
     @app.delete("/api/chats/<chat_id>/messages/<seq>/reaction")
     async def remove_reaction(chat_id: str, seq: str) -> Response:
-        return await react(chat_id, seq, None)
+        return await react(await current_device(node), chat_id, seq, None)
 
     @app.get("/api/chats/<chat_id>/reactions")
     async def list_reactions(chat_id: str) -> Response:
@@ -170,9 +171,13 @@ def add_feature_routes(
     async def search_messages() -> Response:
         device = await current_device(node)
         chat = request.args.get("chat")
+        try:
+            chat_id = parse_id(chat) if chat is not None else None
+        except ValueError:
+            raise bad_request("'chat' must be a chat id") from None
         limit = query_int("limit", 20, 1, 100)
         return json_response(await search(node, device.user_id, request.args.get("q"),
-                                          chat_id=path_id(chat) if chat else None, limit=limit,
+                                          chat_id=chat_id, limit=limit,
                                           before=request.args.get("before")))
 
     # -- reports -------------------------------------------------------------------

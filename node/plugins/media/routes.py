@@ -80,12 +80,12 @@ def clean_name(raw: str | None) -> str | None:
     """A file name to show and to offer on download: no path, no control characters."""
     if not raw:
         return None
+    if len(raw) > MAX_NAME_CHARS:
+        raise ChatError("bad_request", f"'name' is at most {MAX_NAME_CHARS} characters")
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
     if not name or name in (".", ".."):
         return None
-    if len(name) > MAX_NAME_CHARS:
-        raise ChatError("bad_request", f"'name' is at most {MAX_NAME_CHARS} characters")
     return name
 
 
