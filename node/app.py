@@ -327,7 +327,8 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 if name in node.frame_handlers:
                     raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
                 node.frame_handlers[name] = handler
-        app = node.http_app = create_app(node, [route for routes in manager.collect("register_routes") for route in routes])
+        routes = [route for found in manager.collect("register_routes") for route in found]
+        app = node.http_app = create_app(node, routes)
         hub.on_user_online.append(routing.user_connected)
         hub.on_user_offline.append(routing.user_disconnected)
 

@@ -134,8 +134,8 @@ class AccountsSection:
     login_failures_per_user: int = _int(5, 1, 1_000_000)  # per window, from addresses the user never logged in from
     login_failures_per_address: int = _int(20, 1, 1_000_000)  # failed logins per address per window
     login_window: float = _float(60.0, 1.0, 86_400.0)  # seconds
-    token_idle_timeout: float = _float(2_592_000.0, 0.0, 3_153_600_000.0)  # seconds unused before a token expires; 0: never
-    token_max_age: float = _float(31_536_000.0, 0.0, 3_153_600_000.0)  # seconds after login a token expires; 0: never
+    token_idle_timeout: float = _float(2_592_000.0, 0.0, 3_153_600_000.0)  # seconds unused, then it expires; 0: never
+    token_max_age: float = _float(31_536_000.0, 0.0, 3_153_600_000.0)  # seconds after the login it expires; 0: never
 
 
 @attrs.frozen
