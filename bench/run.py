@@ -185,6 +185,8 @@ frames_per_second = 100000.0
 frame_burst = 100000
 max_connections_per_user = 10000
 {"" if baseline else "max_connections_per_address = 1000000"}
+{"" if baseline else "user_messages_per_second = 1000000.0"}
+{"" if baseline else "user_message_burst = 100000000"}
 {extra_config}
 """
     )

@@ -554,8 +554,9 @@ def _users_table(users: list[dict[str, Any]]) -> str:
 def _devices_table(devices: list[dict[str, Any]]) -> str:
     if not devices:
         return "no devices logged in"
-    return table(("DEVICE", "NAME", "LOGGED IN", "LAST USED"),
-                 [(d["device_id"], d["name"] or "-", when(d["created"]), when(d["last_used"])) for d in devices])
+    return table(("DEVICE", "NAME", "LOGGED IN", "LAST USED", "EXPIRES"),
+                 [(d["device_id"], d["name"] or "-", when(d["created"]), when(d["last_used"]), when(d.get("expires")))
+                  for d in devices])
 
 
 def render(command: tuple[str, str], result: dict[str, Any], args: argparse.Namespace, password: str | None) -> str:

@@ -39,6 +39,7 @@ from .core.dedupe import sweep_dedupe
 from .core.errors import CLOSE_GOING_AWAY, ChatError
 from .core.hub import Hub
 from .core.operations import MarkRead, PostMessage, PurgeExpired
+from .core.ratelimit import UserBuckets
 from .core.routing import Routing
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
@@ -87,7 +88,11 @@ class Node:
     ws_port: int = 0
     version: str = VERSION
     cluster: ClusterService | None = None  # when [cluster] is enabled
+    http_app: Any = None  # the quart app serving the HTTP API (node/web/api.py)
     connections: ConnectionLimits = attrs.Factory(lambda node: ConnectionLimits.of(node.config), takes_self=True)
+    send_limits: UserBuckets = attrs.Factory(  # sends per user, over all their devices on this node
+        lambda node: UserBuckets(node.config.limits.user_messages_per_second, node.config.limits.user_message_burst),
+        takes_self=True)
     metrics: Metrics = attrs.Factory(Metrics)  # histograms and counters for /metrics (node/observe.py)
 
     @property
@@ -329,7 +334,8 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 if name in node.frame_handlers:
                     raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
                 node.frame_handlers[name] = handler
-        app = create_app(node, [route for routes in manager.collect("register_routes") for route in routes])
+        routes = [route for found in manager.collect("register_routes") for route in found]
+        app = node.http_app = create_app(node, routes)
         hub.on_user_online.append(routing.user_connected)
         hub.on_user_offline.append(routing.user_disconnected)
 
@@ -338,6 +344,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
             await core.start(manager.serve_pumps, config.plugins.event_queue)
             core.start_soon(sweep_expired, node)
             core.start_soon(sweep_dedupe, node)
+            core.start_soon(keep_tokens_of_connections, node)
             # -- cluster (node/cluster owns what is inside this block) -----------------
             if config.cluster.enabled:
                 from .cluster.service import serve_cluster
@@ -389,6 +396,18 @@ def _routing(config: Config, hub: Hub, plugins: Plugins) -> Routing:
 
         return ClusterRouting(config.node.id, hub, plugins)
     return Routing(config.node.id, hub, plugins)
+
+
+async def keep_tokens_of_connections(node: Node) -> None:
+    """An open socket is use of its token (it does not expire idle while connected), and a
+    token past its maximum age is logged out even while connected."""
+    while not node.shutdown_requested.is_set():
+        with trio.move_on_after(node.accounts.connected_check_interval):
+            await node.shutdown_requested.wait()
+        try:
+            await node.accounts.note_connected(s.device for s in node.hub.all_sessions() if s.device is not None)
+        except StorageError:
+            pass  # storage trouble the writer already logged: the next round tries again
 
 
 async def sweep_expired(node: Node, interval: float = 0.0) -> None:

@@ -120,6 +120,8 @@ class LimitsSection:
     max_events_per_frame: int = _int(256, 1, 4096)  # events a client may put in one frame
     frames_per_second: float = _float(50.0, 1.0, 100_000.0)  # sustained inbound frames per connection
     frame_burst: int = _int(200, 1, 1_000_000)  # inbound frames allowed in a burst
+    user_messages_per_second: float = _float(20.0, 0.01, 1_000_000.0)  # sustained sends per user, all devices
+    user_message_burst: int = _int(300, 1, 100_000_000)  # sends per user allowed in a burst
     max_connections_per_user: int = _int(10, 1, 10_000)
     max_connections_per_address: int = _int(64, 1, 1_000_000)  # open sockets per client address, both ports
     reserved_fds: int = _int(128, 16, 1_000_000)  # file descriptors kept free for the node and the admin
@@ -139,9 +141,14 @@ class AccountsSection:
     argon2_time_cost: int = _int(3, 1, 100)
     argon2_memory_kib: int = _int(65_536, 8, 4_194_304)
     argon2_parallelism: int = _int(1, 1, 64)
-    login_failures_per_user: int = _int(5, 1, 1_000_000)  # failed logins per user per window
+    login_delay_after: int = _int(5, 0, 1_000_000)  # failed logins per user and address before delays begin
+    login_delay: float = _float(1.0, 0.001, 86_400.0)  # seconds of the first delay; doubles per further failure ...
+    login_max_delay: float = _float(300.0, 0.001, 86_400.0)  # ... up to this
+    login_failures_per_user: int = _int(5, 1, 1_000_000)  # per window, from addresses the user never logged in from
     login_failures_per_address: int = _int(20, 1, 1_000_000)  # failed logins per address per window
     login_window: float = _float(60.0, 1.0, 86_400.0)  # seconds
+    token_idle_timeout: float = _float(2_592_000.0, 0.0, 3_153_600_000.0)  # seconds unused, then it expires; 0: never
+    token_max_age: float = _float(31_536_000.0, 0.0, 3_153_600_000.0)  # seconds after the login it expires; 0: never
 
 
 @attrs.frozen
@@ -160,11 +167,22 @@ class StorageSection:
     dedupe_retention: float = _float(604_800.0, 1.0, 315_360_000.0)  # seconds a client_msg_id is remembered
 
 
+MIN_ADMIN_TOKEN = 32  # characters
+
+
+def _admin_token(_instance: Any, _attribute: attrs.Attribute, value: str) -> None:
+    if value and not re.fullmatch(rf"[\x21-\x7e]{{{MIN_ADMIN_TOKEN},512}}", value):
+        raise ValueError(f"token: must be at least {MIN_ADMIN_TOKEN} printable ASCII characters without spaces "
+                         f"(got {len(value)}); make one with `openssl rand -hex 32`")
+
+
 @attrs.frozen
 class AdminSection:
     """Admin HTTP endpoints (/api/admin/...)."""
 
-    token: str = ""  # required as "Authorization: Bearer <token>"; empty = loopback clients only
+    # required as "Authorization: Bearer <token>"; empty = loopback clients only (refused when the
+    # node is reachable through a proxy: see check_exposure)
+    token: str = attrs.field(default="", validator=_admin_token)
 
 
 @attrs.frozen
@@ -339,7 +357,24 @@ def structure_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config
         raise ConfigError(_first_problem(exc)) from None
     check_listeners(config)
     check_storage(config)
+    check_exposure(config)
     return config
+
+
+def check_exposure(config: Config) -> None:
+    """A node reached through a reverse proxy needs an admin token: without one the admin
+    API and /metrics answer loopback clients, and behind a proxy on the same host every
+    client looks like one (or would, were the proxy ever trusted by mistake)."""
+    if config.admin.token:
+        return
+    for key, value in (("http.public_url", config.http.public_url), ("websocket.public_url", config.websocket.public_url),
+                       ("http.trusted_proxies", config.http.trusted_proxies)):
+        if value:
+            raise ConfigError(
+                f"admin.token: needed when {key} is set (the node is reached through a proxy, and without a "
+                f"token the admin API answers whatever looks local); set [admin] token to at least "
+                f"{MIN_ADMIN_TOKEN} characters, e.g. the output of `openssl rand -hex 32`"
+            )
 
 
 def check_storage(config: Config) -> None:

@@ -346,6 +346,12 @@ class PluginContext:
     async def shares_chat(self, a: int, b: int) -> bool:
         return await self._node.chats.shares_chat(a, b)
 
+    async def is_contact(self, owner: int, viewer: int) -> bool:
+        """Whether `owner` counts `viewer` as a contact (for last seen, presence and the
+        profile photo under the ``contacts`` setting): `owner` has written to `viewer`, a
+        message in their 1-1 chat. Sharing a group, or a chat `viewer` opened, is not enough."""
+        return await self._node.chats.is_contact(owner, viewer)
+
     async def blocked(self, a: int, b: int) -> bool:
         """Whether either of the two users blocks the other."""
         return await self._node.blocks.either_loaded(a, b)

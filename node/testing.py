@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from .app import Node
 
 PASSWORD = "correct horse battery"
+#: An admin token for test configs that need one (a public URL or trusted proxies do).
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 _names = itertools.count(1)
 
 #: The storage engine test nodes use (see `use_storage_engine`).
@@ -68,7 +70,8 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "http": {"host": "127.0.0.1", "port": 0, "graceful_timeout": 3.0},
         "websocket": {"host": "127.0.0.1", "port": 0},
         "accounts": {"argon2_time_cost": 1, "argon2_memory_kib": 64},
-        "limits": {"frames_per_second": 10_000.0, "frame_burst": 10_000},
+        "limits": {"frames_per_second": 10_000.0, "frame_burst": 10_000,
+                   "user_messages_per_second": 100_000.0, "user_message_burst": 1_000_000},
         "storage": storage_section(tmp_path / "data"),
     }
     return structure_config(deep_merge(base, sections), tmp_path)
@@ -119,6 +122,6 @@ async def wait_for_notifications(node: Node, timeout: float = 10.0) -> None:
 
 
 __all__ = [
-    "PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "storage_section", "use_storage_engine",
+    "ADMIN_TOKEN", "PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "storage_section", "use_storage_engine",
     "wait_for_notifications",
 ]

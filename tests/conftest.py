@@ -16,10 +16,10 @@ import pytest
 from node.app import Node
 from node.client import ChatClient
 from node.config import Config
-from node.testing import PASSWORD, deep_merge, new_user, running_node, wait_for_notifications
+from node.testing import ADMIN_TOKEN, PASSWORD, deep_merge, new_user, running_node, wait_for_notifications
 from node.testing import make_config as _make_config
 
-__all__ = ["PASSWORD", "deep_merge", "make_config", "new_user", "running_node", "wait_for_notifications"]
+__all__ = ["ADMIN_TOKEN", "PASSWORD", "deep_merge", "make_config", "new_user", "running_node", "wait_for_notifications"]
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:

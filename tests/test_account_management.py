@@ -115,7 +115,8 @@ async def test_a_wrong_current_password_is_refused_and_the_old_one_still_works(n
 
 
 async def test_wrong_current_passwords_count_toward_the_login_limit(tmp_path):
-    config = make_config(tmp_path, accounts={"login_failures_per_user": 3, "login_failures_per_address": 100})
+    config = make_config(tmp_path, accounts={"login_delay_after": 3, "login_delay": 60.0,
+                                             "login_failures_per_address": 100})
     async with running_node(config) as node, two_devices(node, "dave") as (laptop, _phone):
         for _ in range(3):
             await expect_error("wrong_password", 403, change_password(laptop, "guess", NEW_PASSWORD))

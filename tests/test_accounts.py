@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD, make_config, running_node
+from conftest import ADMIN_TOKEN, PASSWORD, make_config, running_node
 
 from node.client import ChatClient, ClientError
 
@@ -114,10 +114,10 @@ async def test_admin_endpoints_and_metrics(node, users):
 
 
 async def test_admin_token_is_required_when_configured(tmp_path):
-    async with running_node(make_config(tmp_path, admin={"token": "s3cret"})) as node, ChatClient(node.http_url) as c:
+    async with running_node(make_config(tmp_path, admin={"token": ADMIN_TOKEN})) as node, ChatClient(node.http_url) as c:
         assert (await c._http.get("/metrics")).status_code == 401
         assert (await c._http.get("/api/admin/stats", headers={"Authorization": "Bearer wrong"})).status_code == 401
-        ok = await c._http.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+        ok = await c._http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert ok.status_code == 200 and "chatnode_hub_connections" in ok.text
 
 

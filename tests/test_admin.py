@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node, wait_for_notifications
+from conftest import ADMIN_TOKEN, PASSWORD, make_config, new_user, running_node, wait_for_notifications
 
 from node import hookimpl, preflight
 from node.admin_cli import CliError, run_admin
@@ -258,12 +258,12 @@ async def test_stats_show_the_node_and_its_counters(node):
 
 
 async def test_the_admin_token_is_required_when_one_is_set(tmp_path):
-    config = make_config(tmp_path, admin={"token": "s3cret-admin-token"})
+    config = make_config(tmp_path, admin={"token": ADMIN_TOKEN})
     async with running_node(config) as node:
         without = make_config(tmp_path)  # the same node, a config without the token
         with pytest.raises(CliError, match="admin token"):
             await admin(without, "users", "list", url=node.http_url)
-        assert (await admin(without, "--token", "s3cret-admin-token", "users", "list", "--json",
+        assert (await admin(without, "--token", ADMIN_TOKEN, "users", "list", "--json",
                             url=node.http_url))["users"] == []
         assert (await admin(config, "users", "list", "--json", url=node.http_url))["users"] == []
 

@@ -88,6 +88,8 @@ login_failures_per_address = 1000
 [limits]
 frames_per_second = 10000.0
 frame_burst = 10000
+user_messages_per_second = 10000.0
+user_message_burst = 100000
 {limits}
 [plugins.lastseen]
 grace = 0.2

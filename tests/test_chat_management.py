@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 import trio
-from conftest import make_config
+from conftest import ADMIN_TOKEN, make_config
 from test_push import push_config, receiver
 
 from node.client import ChatClient, ClientError
@@ -222,13 +222,13 @@ async def test_reports_page_newest_first(node, users):
 
 
 async def test_admin_reports_need_the_admin_token_when_one_is_set(tmp_path):
-    config = make_config(tmp_path, admin={"token": "s3cret-admin-token"})
+    config = make_config(tmp_path, admin={"token": ADMIN_TOKEN})
     async with running_node(config) as node:
         alice = await new_user(node, "alice")
         await new_user(node, "bob")
         async with ChatClient(node.http_url) as outsider:
             await expect_error("unauthorized", outsider.admin_reports())
-        async with ChatClient(node.http_url, token="s3cret-admin-token") as admin:
+        async with ChatClient(node.http_url, token=ADMIN_TOKEN) as admin:
             assert (await admin.admin_reports())["reports"] == []
         await alice.aclose()
 

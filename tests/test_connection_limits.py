@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 import orjson
 import pytest
 import trio
-from conftest import make_config, running_node
+from conftest import ADMIN_TOKEN, make_config, running_node
 
 from node.core.connlimit import ConnectionLimits
 
@@ -22,7 +22,9 @@ GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def limits_config(tmp_path, **http):
-    return make_config(tmp_path, limits={"max_connections_per_address": 5, "hello_timeout": 60.0}, http=http)
+    admin = {"token": ADMIN_TOKEN} if http.get("trusted_proxies") else {}
+    return make_config(tmp_path, limits={"max_connections_per_address": 5, "hello_timeout": 60.0}, http=http,
+                       admin=admin)
 
 
 async def open_from(source: str, port: int) -> trio.SocketStream:

@@ -56,6 +56,8 @@ argon2_memory_kib = 64
 [limits]
 frames_per_second = 10000.0
 frame_burst = 10000
+user_messages_per_second = 10000.0
+user_message_burst = 100000
 {storage_toml(tmp_path / "data")}
 """
     )

@@ -22,23 +22,30 @@ async def presence_events(conn, user_id):
     return [e for e in conn.events_nowait() if e["type"] == "presence" and e["user"] == user_id]
 
 
+async def wrote(node, writer, reader) -> None:
+    """`writer` writes to `reader` in their 1-1 chat (posted by the node: no connection, so
+    no presence change of its own): `reader` is now `writer`'s contact."""
+    chat = await writer.open_direct(user_id=reader.user["id"])
+    await node.post_message(int(writer.user["id"]), int(chat["id"]), {"kind": "text", "text": "hi"})
+
+
 async def test_presence_goes_to_contacts_and_last_seen_is_kept(node, users):
     alice, bob, carol = await users("alice"), await users("bob"), await users("carol")
-    await alice.open_direct(username="bob")
+    await wrote(node, bob, alice)
     async with alice.connect() as a, carol.connect() as c:
         async with bob.connect():
             online = await a.wait_for("presence", user=bob.user["id"])
             assert online["online"] is True
         offline = await a.wait_for("presence", user=bob.user["id"])
         assert offline["online"] is False and offline["last_seen"] > 0
-        assert await presence_events(c, bob.user["id"]) == []  # carol shares no chat with bob
+        assert await presence_events(c, bob.user["id"]) == []  # bob never wrote to carol
     seen = await alice.presence(bob.user["id"])
     assert seen["online"] is False and seen["last_seen"] == offline["last_seen"]
 
 
 async def test_flapping_is_coalesced(node, users):
     alice, bob = await users("alice"), await users("bob")
-    await alice.open_direct(username="bob")
+    await wrote(node, bob, alice)
     async with alice.connect() as a:
         await trio.sleep(0.3)
         for _ in range(5):
@@ -52,7 +59,7 @@ async def test_last_seen_survives_a_restart(tmp_path):
     config = make_config(tmp_path, **FAST)
     async with running_node(config) as node:
         alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
-        await alice.open_direct(username="bob")
+        await wrote(node, bob, alice)
         async with bob.connect():
             pass
         await trio.sleep(0.1)
@@ -69,21 +76,24 @@ async def test_last_seen_survives_a_restart(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "setting, viewer_setting, shares, visible",
+    "setting, viewer_setting, chat, visible",
     [
-        ("everyone", "contacts", False, True),
-        ("contacts", "contacts", True, True),
-        ("contacts", "contacts", False, False),
-        ("nobody", "contacts", True, False),
-        ("everyone", "nobody", True, False),  # reciprocal: hide yours, see no one's
+        ("everyone", "contacts", None, True),
+        ("contacts", "contacts", "subject wrote", True),  # the viewer is the subject's contact
+        ("contacts", "contacts", "viewer opened", False),  # a chat the viewer opened is no consent
+        ("contacts", "contacts", None, False),
+        ("nobody", "contacts", "subject wrote", False),
+        ("everyone", "nobody", "subject wrote", False),  # reciprocal: hide yours, see no one's
     ],
 )
-async def test_last_seen_privacy(node, users, setting, viewer_setting, shares, visible):
+async def test_last_seen_privacy(node, users, setting, viewer_setting, chat, visible):
     viewer, subject = await users("viewer"), await users("subject")
     await subject.settings(last_seen=setting)
     await viewer.settings(last_seen=viewer_setting)
-    if shares:
+    if chat == "viewer opened":
         await viewer.open_direct(username="subject")
+    elif chat == "subject wrote":
+        await wrote(node, subject, viewer)
     async with subject.connect():
         pass
     await trio.sleep(0.2)  # the last-seen time is written by the plugin's pump, just after

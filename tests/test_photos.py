@@ -34,6 +34,7 @@ async def can_download(client: ChatClient, media_id: str) -> bool:
 async def test_a_profile_photo_follows_the_last_seen_setting(node, users):
     alice, bob, stranger = await users("alice"), await users("bob"), await users("stranger")
     chat = await alice.open_direct(username="bob")
+    await node.post_message(int(alice.user["id"]), int(chat["id"]), {"kind": "text", "text": "hi"})  # bob: a contact
     photo = await alice.upload(square(), name="me.jpg")
     async with bob.connect() as b:
         await b.synced.wait()
@@ -45,7 +46,7 @@ async def test_a_profile_photo_follows_the_last_seen_setting(node, users):
     assert (await bob.chats())[0]["peer"]["photo"] == photo["id"]
     assert (await bob.user_info(alice.user["id"]))["photo"] == photo["id"]
     assert await can_download(bob, photo["id"])
-    # the default is "contacts": someone who shares no chat sees initials
+    # the default is "contacts": someone alice never wrote to sees initials
     assert (await stranger.user_info(alice.user["id"]))["photo"] is None
     assert [u["photo"] for u in await stranger.search_users("alice")] == [None]
     assert not await can_download(stranger, photo["id"])
@@ -111,7 +112,8 @@ async def test_a_group_photo_is_set_by_admins_for_the_members(node, users):
 
 async def test_photos_are_not_collected_while_in_use(node, users):
     alice, bob = await users("alice"), await users("bob")
-    await alice.open_direct(username="bob")
+    direct = await alice.open_direct(username="bob")
+    await node.post_message(int(alice.user["id"]), int(direct["id"]), {"kind": "text", "text": "hi"})  # bob: a contact
     group = await alice.create_group("g", usernames=["bob"])
     mine = await alice.upload(square(), name="me.jpg")
     ours = await alice.upload(square((9, 9, 9)), name="group.jpg")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import httpx
-from conftest import PASSWORD, make_config, running_node
+from conftest import ADMIN_TOKEN, PASSWORD, make_config, running_node
 
 LIMITS = {"login_failures_per_address": 2, "login_failures_per_user": 1000}
 
@@ -24,7 +24,7 @@ async def setup(node) -> None:
 
 
 async def test_a_trusted_proxy_names_the_client(tmp_path, caplog):
-    config = make_config(tmp_path, http={"trusted_proxies": ["127.0.0.0/8"]}, accounts=LIMITS)
+    config = make_config(tmp_path, http={"trusted_proxies": ["127.0.0.0/8"]}, accounts=LIMITS, admin={"token": ADMIN_TOKEN})
     caplog.set_level(logging.INFO, logger="node.web.access")
     async with running_node(config) as node:
         await setup(node)

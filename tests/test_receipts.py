@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import trio
-from conftest import PASSWORD
+from conftest import PASSWORD, make_config, new_user, running_node
 
 from node.client import ChatClient, ClientError
 
@@ -42,8 +42,20 @@ async def test_read_receipts_off_hides_reads_both_ways(node, users):
     assert (await bob.chats())[0]["unread"] == 0  # bob's own unread count still follows his reads
 
 
-async def test_group_receipts_are_per_member_on_request_and_aggregated_live(node, users):
-    alice, bob, carol, dave = [await users(n) for n in ("alice", "bob", "carol", "dave")]
+async def test_big_group_receipts_are_per_member_on_request_and_aggregated_live(tmp_path):
+    """Above [plugins.receipts] member_events_group_limit members (3 here), only the
+    watermark is sent live."""
+    config = make_config(tmp_path, plugins={"receipts": {"member_events_group_limit": 3}})
+    async with running_node(config) as node:
+        people = [await new_user(node, n) for n in ("alice", "bob", "carol", "dave")]
+        try:
+            await big_group_receipts(*people)
+        finally:
+            for person in people:
+                await person.aclose()
+
+
+async def big_group_receipts(alice, bob, carol, dave):
     group = await alice.create_group("g", members=[bob.user["id"], carol.user["id"], dave.user["id"]])
     async with alice.connect() as a, bob.connect() as b, carol.connect() as c:
         await b.synced.wait()

@@ -168,7 +168,8 @@ async def seen(url: str, world: World) -> dict[str, Any]:
         async with ChatClient(url, token=token) as client:
             me = await client.me()
             chats = await client.chats()
-            devices = [{k: v for k, v in device.items() if k != "last_used"}  # noted by this very request
+            # last_used is noted by this very request, and a token's expiry follows its last use
+            devices = [{k: v for k, v in device.items() if k not in ("last_used", "expires")}
                        for device in (await client.request("GET", "/api/me/devices"))["devices"]]
             view: dict[str, Any] = {"me": me, "devices": devices, "chats": chats,
                                     "hidden": await client.chats(hidden=True)}

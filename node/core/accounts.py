@@ -7,6 +7,11 @@ does not let anyone log in. Each token is one device; a user may hold several.
 
 A device's last use is kept in memory, noted at most once a minute, and rides along with
 the next commit of anything else (a writer commit hook): it never costs a write of its own.
+
+Tokens expire: `token_idle_timeout` seconds after their last use, and `token_max_age`
+seconds after the login that made them (either 0: never). An expired token is a logged-out
+device: it is deleted when next presented (or listed), its sockets are closed and the
+plugins are told, as for a logout. An open socket counts as use (`note_connected`).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import trio
 from ..config import AccountsSection
 from ..storage import Storage, StorageConflict, WriteBatch
 from .errors import ChatError
-from .ratelimit import FailureWindow
+from .ratelimit import Attempt, LoginLimiter
 from .snowflake import SnowflakeGenerator
+from .text import check_name, clean_name
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.]{2,31}$")
+USERNAME_PREFIX_RE = re.compile(r"^[a-z0-9_.]{0,32}$")
 MAX_PASSWORD_BYTES = 1024
 MAX_DISPLAY_NAME = 64
 NO_PASSWORD = "!"  # not an argon2 hash: no password verifies against it
@@ -65,6 +72,18 @@ def token_record(device: Device, last_used: int | None = None) -> dict:
     return record
 
 
+def expires_at(created: int, last_used: int, idle_ms: int, max_age_ms: int) -> int | None:
+    """When a token expires (Unix ms): `idle_ms` after its last use (its login if never
+    used since), `max_age_ms` after its login, whichever comes first; None: never (a
+    record from before logins were dated has no maximum age)."""
+    ends = []
+    if idle_ms:
+        ends.append(max(last_used, created) + idle_ms)
+    if max_age_ms and created:
+        ends.append(created + max_age_ms)
+    return min(ends) if ends else None
+
+
 def device_from_record(token_hash: bytes, record: dict) -> Device:
     """The device a `tokens` record stands for."""
     return Device(int(record["user"]), int(record["device"]), token_hash, record.get("name", ""),
@@ -72,11 +91,22 @@ def device_from_record(token_hash: bytes, record: dict) -> Device:
 
 
 def check_display_name(value: object) -> str:
-    """One rule for registration and renames, so a name accepted once is accepted again.
-    Returns the stripped name; empty means "use the username"."""
-    if not isinstance(value, str) or len(value) > MAX_DISPLAY_NAME:
-        raise ChatError("bad_request", f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters")
-    return value.strip()
+    """One rule for registration and renames, so a name accepted once is accepted again:
+    NFC, no control, format, invisible or bidi characters (node/core/text.py). Returns the
+    stripped name; empty means "use the username"."""
+    return check_name(value, "display_name", MAX_DISPLAY_NAME, empty=True)
+
+
+def valid_username(value: object) -> str | None:
+    """The stored form of a username (ASCII lower case), or None if `value` is not one.
+
+    Only ASCII folds: ``str.lower`` would turn the Kelvin sign (U+212A) into "k" or a
+    dotted capital I into "i", letting a look-alike name stand for another; anything
+    outside a-z, A-Z, 0-9, _ and . is refused instead (docs/protocol.md)."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    name = value.lower()
+    return name if USERNAME_RE.match(name) else None
 
 
 def public_user(record: dict) -> dict:
@@ -123,9 +153,16 @@ class Accounts:
         self._revoking: set[bytes] = set()  # deletes in flight: never write these back
         self._revocations = 0  # revocations finished so far (see authenticate)
         self._password_changes: dict[int, int] = {}  # user id -> changes since start (see login)
+        self._idle_ms = int(config.token_idle_timeout * 1000)
+        self._max_age_ms = int(config.token_max_age * 1000)
+        # last uses are noted often enough that an idle expiry never catches a device in use
+        self._note_every_ms = min(LAST_USED_EVERY_MS, self._idle_ms // 4) if self._idle_ms else LAST_USED_EVERY_MS
         storage.add_commit_hook(self._flush_last_used)
-        self.user_failures = FailureWindow(config.login_failures_per_user, config.login_window)
-        self.address_failures = FailureWindow(config.login_failures_per_address, config.login_window)
+        self.login_limits = LoginLimiter(
+            delay_after=config.login_delay_after, delay=config.login_delay, max_delay=config.login_max_delay,
+            per_user=config.login_failures_per_user, per_address=config.login_failures_per_address,
+            window=config.login_window,
+        )
 
     # -- registration --------------------------------------------------------------
 
@@ -196,9 +233,10 @@ class Accounts:
         return public_user(record)
 
     def _check_username(self, username: object) -> str:
-        if not isinstance(username, str) or not USERNAME_RE.match(username.lower()):
+        name = valid_username(username)
+        if name is None:
             raise ChatError("invalid_username")
-        return username.lower()
+        return name
 
     def _check_password(self, password: object) -> str:
         """The password, if it is one the node accepts."""
@@ -213,23 +251,21 @@ class Accounts:
     # -- login / logout ------------------------------------------------------------
 
     async def login(self, username: object, password: object, address: str, device_name: object = None) -> dict:
-        """Check a password and mint a device token. Failures are rate limited."""
+        """Check a password and mint a device token. Attempts are rate limited, and
+        counted before the password is hashed (see `LoginLimiter`)."""
         if not isinstance(username, str) or not isinstance(password, str):
             raise ChatError("bad_request", "username and password must be strings")
-        if len(password.encode()) > MAX_PASSWORD_BYTES:
-            raise ChatError("unauthorized")
-        name = username.lower()
-        self._check_failures(name, address)
-        user = await self.user_by_name(name)
+        name = valid_username(username)  # None: no one can have it (still counted per address)
+        attempt = self._begin_attempt(name, address)
+        user = await self.user_by_name(name) if name is not None else None
         changes = self._password_changes.get(int(user["id"]), 0) if user else 0
         stored_hash = user["password"] if user and user["password"] != NO_PASSWORD else self._dummy_hash
-        ok = await self._verify(stored_hash, password)
+        ok = len(password.encode()) <= MAX_PASSWORD_BYTES and await self._verify(stored_hash, password)
         if not ok or user is None or user["password"] == NO_PASSWORD:
-            self._note_failure(name, address)
             raise ChatError("unauthorized", "wrong username or password")
         if user.get("disabled"):  # told only to whoever knows the password
             raise ChatError("account_disabled")
-        self.user_failures.reset(name)
+        self.login_limits.succeeded(attempt)
         user_id = int(user["id"])
         batch = WriteBatch()
         new_hash = stored_hash
@@ -243,7 +279,7 @@ class Accounts:
             user_id=user_id,
             device_id=self._ids.next_id(),
             token_hash=hash_token(token),
-            name=device_name[:64] if isinstance(device_name, str) else "",
+            name=clean_name(device_name, 64),
             created=now_ms(),
         )
         batch.put_token(device.token_hash, token_record(device))
@@ -267,15 +303,13 @@ class Accounts:
         """Revoke the device's token; its open connections are closed."""
         await self._revoke([device])
 
-    def _check_failures(self, username: str, address: str) -> None:
-        """Refuse password checks for a username or address over its failure limit."""
-        wait = max(self.user_failures.blocked_for(username), self.address_failures.blocked_for(address))
-        if wait > 0:
-            raise ChatError("rate_limited", f"too many failed password attempts; retry in {int(wait) + 1} s")
-
-    def _note_failure(self, username: str, address: str) -> None:
-        self.user_failures.fail(username)
-        self.address_failures.fail(address)
+    def _begin_attempt(self, username: str | None, address: str) -> Attempt:
+        """Count a password check before it runs (no await in between, so concurrent
+        guesses see each other), or refuse it with `rate_limited`."""
+        attempt = self.login_limits.begin(username, address)
+        if not isinstance(attempt, Attempt):
+            raise ChatError("rate_limited", f"too many failed password attempts; retry in {int(attempt) + 1} s")
+        return attempt
 
     async def _verify(self, stored_hash: str, password: str) -> bool:
         """argon2 verification in a worker thread (it takes tens of milliseconds)."""
@@ -339,15 +373,75 @@ class Accounts:
                 self._last_used.clear()
             self._devices[token_hash] = device
             self._last_used[token_hash] = record.get("last_used", 0)
+        if self._expired(device):
+            if not self.shared_storage or await self._still_expired(device):
+                await self._revoke([device])  # a logout: its sockets close, the plugins are told
+                return None
         self._note_use(token_hash)
         return device
 
+    def expires(self, device: Device) -> int | None:
+        """When the device's token expires (Unix ms), as far as this node knows; None: never."""
+        return expires_at(device.created, self._last_used.get(device.token_hash, 0), self._idle_ms, self._max_age_ms)
+
+    def _expired(self, device: Device) -> bool:
+        expires = self.expires(device)
+        return expires is not None and expires <= now_ms()
+
+    async def _still_expired(self, device: Device) -> bool:
+        """Another node may have seen the device in use since this one cached it: its
+        stored last use decides."""
+        record = await self._storage.get_token(device.token_hash)
+        if record is None:
+            return True
+        self._last_used[device.token_hash] = max(self._last_used.get(device.token_hash, 0),
+                                                 record.get("last_used", 0))
+        return self._expired(device)
+
     def _note_use(self, token_hash: bytes) -> None:
-        """Remember that a device was used, at most once a minute (see `_flush_last_used`)."""
+        """Remember that a device was used, at most once a minute (or a quarter of the idle
+        timeout; see `_flush_last_used`)."""
         now = now_ms()
-        if now - self._last_used.get(token_hash, 0) >= LAST_USED_EVERY_MS and token_hash not in self._revoking:
+        if now - self._last_used.get(token_hash, 0) >= self._note_every_ms and token_hash not in self._revoking:
             self._last_used[token_hash] = now
             self._touched.add(token_hash)
+
+    async def note_connected(self, devices: Iterable[Device]) -> None:
+        """These devices have sockets open: that is use. Those past their maximum age are
+        logged out (their sockets close with 4003)."""
+        expired = []
+        for device in devices:
+            if device.token_hash not in self._devices:
+                continue  # revoked meanwhile
+            if self._max_age_ms and device.created and device.created + self._max_age_ms <= now_ms():
+                expired.append(device)
+            else:
+                self._note_use(device.token_hash)
+        if expired:
+            await self._revoke(expired)
+
+    @property
+    def connected_check_interval(self) -> float:
+        """Seconds between `note_connected` calls (a quarter of either timeout, at most a minute)."""
+        spans = [ms / 4000 for ms in (self._idle_ms, self._max_age_ms) if ms]
+        return max(0.05, min([LAST_USED_EVERY_MS / 1000, *spans]))
+
+    async def _live_tokens(self, user_id: int, *, revoke: bool = True) -> list[tuple[bytes, dict]]:
+        """(token hash, record) of a user's devices; expired ones are left out (and, with
+        `revoke`, logged out here: an admin's listing, perhaps offline, writes nothing)."""
+        live: list[tuple[bytes, dict]] = []
+        expired: list[tuple[bytes, dict]] = []
+        now = now_ms()
+        for token_hash, record in await self._tokens_of(user_id):
+            ends = self._expiry_of(token_hash, record)
+            (expired if ends is not None and ends <= now else live).append((token_hash, record))
+        if expired and revoke:
+            await self._revoke([device_from_record(h, r) for h, r in expired])
+        return live
+
+    def _expiry_of(self, token_hash: bytes, record: dict) -> int | None:
+        last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0))
+        return expires_at(record.get("created", 0), last_used, self._idle_ms, self._max_age_ms)
 
     def _flush_last_used(self) -> WriteBatch:
         """Writer commit hook: noted last uses join whatever commits next, so keeping them
@@ -392,13 +486,12 @@ class Accounts:
         user = await self.user(device.user_id)
         if user is None:
             raise ChatError("unauthorized")
-        self._check_failures(user["username"], address)
+        attempt = self._begin_attempt(user["username"], address)
         changes = self._password_changes.get(device.user_id, 0)
         stored = user["password"]
         if stored == NO_PASSWORD or len(current.encode()) > MAX_PASSWORD_BYTES or not await self._verify(stored, current):
-            self._note_failure(user["username"], address)
             raise ChatError("wrong_password")
-        self.user_failures.reset(user["username"])
+        self.login_limits.succeeded(attempt)
         new_hash = await self._hash(new)
         if self._password_changes.get(device.user_id, 0) != changes:
             raise ChatError("conflict", "the password was changed meanwhile")
@@ -426,11 +519,11 @@ class Accounts:
     async def devices(self, device: Device) -> list[dict]:
         """The user's logged-in devices: the caller's first, then the most recently used."""
         out = []
-        for token_hash, record in await self._tokens_of(device.user_id):
+        for token_hash, record in await self._live_tokens(device.user_id):
             last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0)) or None
             out.append({"device_id": record["device"], "name": record.get("name", ""),
                         "created": record.get("created"), "last_used": last_used,
-                        "current": token_hash == device.token_hash})
+                        "expires": self._expiry_of(token_hash, record), "current": token_hash == device.token_hash})
         out.sort(key=lambda d: (d["current"], d["last_used"] or d["created"] or 0), reverse=True)
         return out
 
@@ -503,12 +596,20 @@ class Accounts:
             break
         return out
 
-    async def user_by_name(self, username: str) -> dict | None:
-        user_id = await self._storage.user_id_by_name(username.lower())
+    async def user_by_name(self, username: object) -> dict | None:
+        """The user of that name; None for no such user and for anything that is not a
+        valid username (empty, too long, other characters), which no one can have."""
+        name = valid_username(username)
+        if name is None:
+            return None
+        user_id = await self._storage.user_id_by_name(name)
         return None if user_id is None else await self.user(user_id)
 
     async def search(self, prefix: str, limit: int, exclude: int | None = None) -> list[dict]:
-        """Users whose username starts with `prefix`, in name order."""
+        """Users whose username starts with `prefix`, in name order (only ASCII case
+        folds; a prefix no username can start with finds no one)."""
+        if not prefix.isascii() or not USERNAME_PREFIX_RE.match(prefix.lower()):
+            return []
         found = await self._storage.search_usernames(prefix.lower(), limit + 1)
         users = await self.load_users([uid for _, uid in found if uid != exclude])
         return [public_user(users[uid]) for _, uid in found if uid in users][:limit]
@@ -577,10 +678,11 @@ class Accounts:
     async def devices_of(self, user_id: int) -> list[dict]:
         """A user's logged-in devices, the most recently used first (for admins)."""
         out = []
-        for token_hash, record in await self._tokens_of(user_id):
+        for token_hash, record in await self._live_tokens(user_id, revoke=False):
             last_used = max(record.get("last_used", 0), self._last_used.get(token_hash, 0)) or None
             out.append({"device_id": record["device"], "name": record.get("name", ""),
-                        "created": record.get("created"), "last_used": last_used})
+                        "created": record.get("created"), "last_used": last_used,
+                        "expires": self._expiry_of(token_hash, record)})
         out.sort(key=lambda d: d["last_used"] or d["created"] or 0, reverse=True)
         return out
 
@@ -614,7 +716,7 @@ class Accounts:
         new_hash = await self._hash(password)
         _record, revoked = await self._replace_record(user_id, await self._live_user(user_id), {"password": new_hash},
                                                       revoke=True)
-        self.user_failures.reset(user["username"])
+        self.login_limits.forget_user(user["username"])
         return revoked
 
     async def delete_account(self, user_id: int) -> tuple[dict, int]:

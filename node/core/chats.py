@@ -26,7 +26,7 @@ from ..plugin_api import Message
 from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
-from .state import PREVIEW_KINDS, ChatState, chat_from_loaded, is_muted
+from .state import CONTENT_KINDS, PREVIEW_KINDS, ChatState, chat_from_loaded, is_muted
 
 if TYPE_CHECKING:
     from .accounts import Accounts
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Effect = Callable[[], None]
-
-#: Message kinds that count as content (unread counts, push, chat-list previews).
-CONTENT_KINDS = frozenset({"text", "image", "audio", "video", "file"})
 
 #: How often a batch is applied again after another writer committed to its chats first
 #: (an owner that had not yet seen a hand-over); after that the requests are refused as
@@ -430,6 +427,10 @@ class Chats:
                 self.advance_cursor(chat, sender, "delivered", seq)
                 self.advance_cursor(chat, sender, "read", seq)
         if record["kind"] in CONTENT_KINDS:
+            writer = chat.members.get(sender) if chat.kind == "direct" else None
+            if writer is not None and not writer.get("wrote"):
+                writer["wrote"] = True  # they wrote to the other: the other is now their contact
+                self.mark_dirty(chat.id, sender)
             for uid in chat.active_ids():
                 member = chat.members[uid]
                 if member.get("hidden"):
@@ -600,7 +601,7 @@ class Chats:
             if floor <= before:
                 return  # already told (several acks of one batch raise it only once)
             chat.announced_delivered = floor
-            authors = self.authors_between(chat, 0, before, floor)
+            authors = self.authors_between(chat, 0, before, floor) & set(chat.active_ids())  # not former members
             event = {"type": "delivered", "chat": str(chat.id), "all": True, "seq": floor}
         if authors:
             self.send_to_members(chat, orjson.dumps(event), authors)
@@ -691,6 +692,27 @@ class Chats:
             if chat.member(a) is not None and chat.member(b) is not None:
                 return True
         return False
+
+    async def contacts_among(self, viewer: int, owners: Iterable[int]) -> set[int]:
+        """The `owners` who count `viewer` as a contact: each has written to `viewer` (sent
+        a message in their 1-1 chat). Sharing a group, or a chat someone opened with you,
+        makes no one a contact. One engine call for the pairs, one for the chats."""
+        owners = {o for o in owners if o != viewer}
+        if not owners:
+            return set()
+        pairs = {o: (min(o, viewer), max(o, viewer)) for o in owners}
+        missing = [p for p in pairs.values() if p not in self._directs]
+        if missing:
+            for pair, chat_id in (await self.storage.direct_chats(missing)).items():
+                self._directs.setdefault(pair, chat_id)
+        chat_ids = {o: self._directs[p] for o, p in pairs.items() if p in self._directs}
+        loaded = await self.load_many(set(chat_ids.values()))
+        return {o for o, chat_id in chat_ids.items()
+                if (chat := loaded.get(chat_id)) is not None and chat.members.get(o, {}).get("wrote")}
+
+    async def is_contact(self, owner: int, viewer: int) -> bool:
+        """Whether `owner` counts `viewer` as a contact (see `contacts_among`)."""
+        return viewer == owner or owner in await self.contacts_among(viewer, (owner,))
 
     async def contacts_of(self, user_id: int, max_group: int | None = None) -> set[int]:
         """Everyone who currently shares a chat with `user_id` (only through 1-1 chats and

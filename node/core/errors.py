@@ -13,6 +13,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unknown_type": (400, "the frame's type is not one the server knows"),
     "too_large": (413, "a message, frame or upload exceeds its size limit"),
     "unsupported_media_type": (415, "the upload's content is not of a type this node accepts"),
+    "quota_exceeded": (413, "your uploads would take more than a user may keep on this node"),
+    "storage_full": (507, "the node is short of disk space and takes no uploads for now"),
     "too_many_events": (413, "a frame carries more events than limits.max_events_per_frame"),
     "invalid_username": (400, "usernames are 3-32 characters: a-z, 0-9, '_' and '.', starting with a letter or digit"),
     "weak_password": (400, "the password is shorter than accounts.min_password_length"),

@@ -4,7 +4,8 @@ order with the messages, live or on resync.
 
 Membership is a seq range: a member sees the log from the entry that added them
 (`from_seq`) and, once removed or gone, up to the entry that removed them (`until_seq`).
-A removed member keeps what they had and gets nothing after.
+A removed member keeps what they had and gets nothing after: the group as they see it is
+frozen at that entry (node/core/former.py).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import attrs
 from ..storage import WriteBatch
 from .chats import Awaitable, Chats, Effect, Reads
 from .errors import ChatError, bad_request
+from .former import note_role_change, snapshot_on_leaving
 from .state import ChatState
+from .text import check_name
 
 MAX_TITLE = 100
 MAX_TTL = 365 * 24 * 3600  # seconds
 
 
 def check_title(title: object) -> str:
-    if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:
-        raise bad_request(f"'title' must be 1-{MAX_TITLE} characters")
-    return title.strip()
+    """1-100 characters, by the rule of display names (node/core/text.py)."""
+    return check_name(title, "title", MAX_TITLE)
 
 
 def check_ttl(ttl: object) -> int:
@@ -127,9 +129,12 @@ class AddMembers(Awaitable):
         return effect
 
 
-def _end_membership(chats: Chats, chat: ChatState, user_id: int, seq: int) -> None:
-    chat.members[user_id]["until_seq"] = seq
+def _end_membership(chats: Chats, chat: ChatState, user_id: int, entry: dict[str, Any]) -> None:
+    """The member sees `entry` (the one saying they left or were removed), then nothing:
+    the group as it was then is frozen into their record (node/core/former.py)."""
+    chat.members[user_id]["until_seq"] = entry["seq"]
     chat.members_changed()
+    snapshot_on_leaving(chat, user_id, entry)
     chats.mark_dirty(chat.id, user_id)
 
 
@@ -149,7 +154,7 @@ class RemoveMember(Awaitable):
         if chat.member(self.target) is None:
             raise ChatError("not_found", "that user is not a member")
         record, raw = _system(chats, chat, batch, now, self.user_id, "removed", users=[str(self.target)])
-        _end_membership(chats, chat, self.target, record["seq"])  # they see their removal, then nothing
+        _end_membership(chats, chat, self.target, record)  # they see their removal, then nothing
 
         def effect() -> None:
             _announce(chats, chat, record, raw)
@@ -169,13 +174,14 @@ class Leave(Awaitable):
     def apply(self, chats: Chats, batch: WriteBatch, now: int) -> Effect | None:
         chat, member = _require_group(chats, self.chat_id, self.user_id)
         records = [_system(chats, chat, batch, now, self.user_id, "left", users=[str(self.user_id)])]
-        _end_membership(chats, chat, self.user_id, records[0][0]["seq"])
+        _end_membership(chats, chat, self.user_id, records[0][0])
         remaining = chat.active_ids()
         if member["role"] == "admin" and remaining and not any(chat.members[u]["role"] == "admin" for u in remaining):
             heir = min(remaining, key=lambda u: (chat.members[u]["joined"], u))  # the longest-standing member
             chat.members[heir]["role"] = "admin"
             chats.mark_dirty(chat.id, heir)
             records.append(_system(chats, chat, batch, now, 0, "promoted", users=[str(heir)]))
+            note_role_change(chat.members[heir], records[-1][0]["seq"], "admin")
 
         def effect() -> None:
             for record, raw in records:
@@ -208,6 +214,7 @@ class SetRole(Awaitable):
         chats.mark_dirty(chat.id, self.target)
         event = "promoted" if self.role == "admin" else "demoted"
         record, raw = _system(chats, chat, batch, now, self.user_id, event, users=[str(self.target)])
+        note_role_change(target, record["seq"], self.role)
 
         def effect() -> None:
             _announce(chats, chat, record, raw)

@@ -40,7 +40,7 @@ def store_message(
     content = dict(content)
     kind = content["kind"]
     if kind == "edit":
-        content = _edit(chats, batch, chat, sender, content, now)
+        content = _edit(chats, batch, chat, sender, member, content, now)
     elif kind == "delete":
         content = _delete(chats, batch, chat, sender, member, content)
     else:
@@ -66,15 +66,20 @@ def store_message(
     return chat, record, raw
 
 
-def _target(chats: Chats, chat: ChatState, content: dict[str, Any]) -> dict[str, Any]:
+def _target(chats: Chats, chat: ChatState, member: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
+    """The message an edit or deletion is about: one the member can see (from the entry
+    that added them, not what they cleared): no one acts on messages from before they
+    joined, admins included."""
     target = chats.find_message(chat, int(content["target"]))
-    if target is None or target["kind"] not in CONTENT_KINDS:
+    first = max(member["from_seq"], member.get("cleared_seq", 0) + 1)
+    if target is None or target["kind"] not in CONTENT_KINDS or target["seq"] < first:
         raise ChatError("not_found", "no such message in this chat")
     return target
 
 
-def _edit(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, content: dict, now: int) -> dict:
-    target = _target(chats, chat, content)
+def _edit(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, member: dict, content: dict,
+          now: int) -> dict:
+    target = _target(chats, chat, member, content)
     if target["from"] != str(sender):
         raise ChatError("forbidden", "only the sender may edit a message")
     if target["kind"] != "text" and "text" not in target:
@@ -90,7 +95,7 @@ def _edit(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, content
 
 
 def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, member: dict, content: dict) -> dict:
-    target = _target(chats, chat, content)
+    target = _target(chats, chat, member, content)
     if target["from"] != str(sender) and not (chat.kind == "group" and member["role"] == "admin"):
         raise ChatError("forbidden", "only the sender or a group admin may delete a message")
     # The content is gone from storage; what remains says only that there was a message.

@@ -8,7 +8,9 @@ note a group's photo so it may serve it to the members.
 
 Who sees a profile photo follows the owner's last-seen setting (``last_seen``: everyone,
 contacts, nobody; unset: the last-seen plugin's ``default_visibility``): the owner always,
-nobody where either blocks the other. Users are described to each viewer with `photo` only
+nobody where either blocks the other. A contact of the owner is someone the owner has
+written to (a message in their 1-1 chat: `Chats.contacts_among`); sharing a group, or a
+chat someone else opened, makes no one a contact. Users are described to each viewer with `photo` only
 where the viewer may see it, and a photo's download is allowed on the same terms
 (`PluginContext.photo_visible`). A group's photo is for its members.
 """
@@ -42,44 +44,57 @@ def default_visibility(node: Services) -> str:
     return value if value in VISIBILITY else "contacts"
 
 
-async def photo_visible(node: Services, viewer: int, owner: int, *, shares_chat: bool | None = None) -> bool:
-    """Whether `viewer` may see `owner`'s profile photo (`shares_chat`: already known)."""
-    if viewer == owner:
-        return True
-    if await node.blocks.either_loaded(viewer, owner):
-        return False
+def visibility_of(node: Services, record: dict[str, Any]) -> str:
+    """A user's last-seen setting (what applies when unset: `default_visibility`)."""
+    return (record.get("settings") or {}).get("last_seen") or default_visibility(node)
+
+
+async def photos_visible(node: Services, viewer: int, records: list[dict[str, Any]]) -> set[int]:
+    """The owners (of these user records) whose profile photo `viewer` may see."""
+    out: set[int] = set()
+    contacts_needed = []
+    for record in records:
+        owner = int(record["id"])
+        if owner == viewer:
+            out.add(owner)
+            continue
+        setting = visibility_of(node, record)
+        if setting == "nobody" or await node.blocks.either_loaded(viewer, owner):
+            continue
+        if setting == "everyone":
+            out.add(owner)
+        elif setting == "contacts":
+            contacts_needed.append(owner)
+    if contacts_needed:
+        out |= await node.chats.contacts_among(viewer, contacts_needed)
+    return out
+
+
+async def photo_visible(node: Services, viewer: int, owner: int) -> bool:
+    """Whether `viewer` may see `owner`'s profile photo."""
     record = await node.accounts.user(owner)
-    if record is None:
-        return False
-    setting = (record.get("settings") or {}).get("last_seen") or default_visibility(node)
-    if setting == "everyone":
-        return True
-    if setting == "contacts":
-        return shares_chat if shares_chat is not None else await node.chats.shares_chat(viewer, owner)
-    return False
+    return record is not None and owner in await photos_visible(node, viewer, [record])
 
 
-async def user_for(node: Services, viewer: int, record: dict[str, Any], *, shares_chat: bool | None = None
-                   ) -> dict[str, Any]:
+async def user_for(node: Services, viewer: int, record: dict[str, Any]) -> dict[str, Any]:
     """A user as `viewer` sees them: `public_user`, with `photo` (a media id, or null)."""
     user = public_user(record)
     photo = record.get("photo")
-    user["photo"] = photo if photo and await photo_visible(node, viewer, int(record["id"]),
-                                                            shares_chat=shares_chat) else None
+    user["photo"] = photo if photo and int(record["id"]) in await photos_visible(node, viewer, [record]) else None
     return user
 
 
-async def add_photos(node: Services, viewer: int, users: list[dict[str, Any]], *, shares_chat: bool | None = None
-                     ) -> None:
+async def add_photos(node: Services, viewer: int, users: list[dict[str, Any]]) -> None:
     """Give public users (as dicts) the `photo` `viewer` may see, in place."""
     records = await node.accounts.load_users(int(u["id"]) for u in users if u and u.get("id"))
+    with_photo = [r for r in records.values() if r.get("photo")]
+    visible = await photos_visible(node, viewer, with_photo) if with_photo else set()
     for user in users:
         if not user or not user.get("id"):
             continue
         record = records.get(int(user["id"]))
         photo = record.get("photo") if record else None
-        user["photo"] = photo if photo and await photo_visible(node, viewer, int(user["id"]),
-                                                                shares_chat=shares_chat) else None
+        user["photo"] = photo if photo and int(user["id"]) in visible else None
 
 
 async def announce_profile(node: Services, user_id: int) -> None:
@@ -89,7 +104,7 @@ async def announce_profile(node: Services, user_id: int) -> None:
     if record is None:
         return
     for uid in (user_id, *await node.chats.contacts_of(user_id)):  # each sees what they may (wherever they are)
-        payload = orjson.dumps({"type": "user", "user": await user_for(node, uid, record, shares_chat=True)})
+        payload = orjson.dumps({"type": "user", "user": await user_for(node, uid, record)})
         node.routing.send_to_users((uid,), payload)
 
 

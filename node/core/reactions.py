@@ -21,6 +21,7 @@ from ..storage import Storage, WriteBatch
 from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Reads, is_expired
 from .corekv import REACTIONS, SCAN_PAGE, ints, key
 from .errors import ChatError, bad_request
+from .text import emoji_char as _emoji_char
 
 if TYPE_CHECKING:
     from .state import ChatState
@@ -28,17 +29,6 @@ if TYPE_CHECKING:
 MAX_EMOJI_BYTES = 64
 MAX_EMOJI_CODEPOINTS = 16
 ZWJ, VS16, KEYCAP = "\u200d", "\ufe0f", "\u20e3"
-
-
-def _emoji_char(ch: str) -> bool:
-    cp = ord(ch)
-    return (
-        0x1F000 <= cp <= 0x1FAFF  # pictographs, emoticons, flags (regional indicators), skin tones
-        or 0x2190 <= cp <= 0x2BFF  # arrows, technical, dingbats, symbols
-        or 0x3030 <= cp <= 0x303D or 0x3297 <= cp <= 0x3299
-        or cp in (0x00A9, 0x00AE, 0x203C, 0x2049, 0x2122, 0x2139)
-        or 0xE0020 <= cp <= 0xE007F  # tag sequences (subdivision flags)
-    )
 
 
 def check_emoji(value: object) -> str:
@@ -73,9 +63,10 @@ def summarize(rows: list[tuple[int, str, int]]) -> list[dict[str, Any]]:
     return [{"emoji": emoji, "users": [str(u) for _, u in sorted(people)]} for emoji, people in ordered]
 
 
-async def reactions_between(storage: Storage, chat_id: int, first: int, last: int) -> dict[int, list[dict[str, Any]]]:
+async def reactions_between(storage: Storage, chat_id: int, first: int, last: int, *, until_ts: int | None = None
+                            ) -> dict[int, list[dict[str, Any]]]:
     """The reactions of the messages first <= seq <= last of a chat, by seq (those that
-    have any)."""
+    have any); with `until_ts`, only those made by then (what a former member saw)."""
     if last < first:
         return {}
     start, end = key(chat_id, first), key(chat_id, last + 1)
@@ -85,7 +76,8 @@ async def reactions_between(storage: Storage, chat_id: int, first: int, last: in
         for raw_key, value in rows:
             _chat, seq, user = ints(raw_key)
             record = orjson.loads(value)
-            per_seq.setdefault(seq, []).append((user, record["e"], record["ts"]))
+            if until_ts is None or record["ts"] <= until_ts:
+                per_seq.setdefault(seq, []).append((user, record["e"], record["ts"]))
         if len(rows) < SCAN_PAGE:
             break
         start = rows[-1][0] + b"\x00"

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .connlimit import ConnectionLimits
     from .errors import ChatError
     from .hub import Hub
+    from .ratelimit import UserBuckets
     from .routing import Routing
     from .session import FrameHandler
 
@@ -63,6 +64,8 @@ class Services(Protocol):
     def metrics(self) -> Metrics: ...
     @property
     def connections(self) -> ConnectionLimits: ...
+    @property
+    def send_limits(self) -> UserBuckets: ...
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]: ...
 

@@ -569,6 +569,8 @@ async def on_send(session: Session, event: dict[str, Any]) -> None:
     session.note_send(client_msg_id)
     chat_id = get_id(event, "chat")
     content = content_from_send(event, session.node.config.limits)
+    if not session.node.send_limits.take(session.user_id):
+        raise ChatError("rate_limited", "too many messages from this user; this one was not sent")
     content = await session.node.gate_message(session.user_id, chat_id, content)
     if content["kind"] in MEDIA_KINDS and not isinstance(content.get("media"), dict):
         raise ChatError("bad_request", "media messages need the media plugin, which is not enabled")

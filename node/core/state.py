@@ -15,6 +15,8 @@ import orjson
 
 from ..storage import LoadedChat
 
+#: Message kinds that count as content (unread counts, push, contacts, chat-list previews).
+CONTENT_KINDS = frozenset({"text", "image", "audio", "video", "file"})
 PREVIEW_KINDS = frozenset({"text", "image", "audio", "video", "file", "system", "deleted"})
 RECENT_SENDERS = 1024  # per chat: (seq, sender) of the last messages, for receipts
 
@@ -123,6 +125,14 @@ def chat_from_loaded(chat_id: int, stored: LoadedChat) -> ChatState:
             recent.append((seq, int(record["from"])))
     chat = ChatState(chat_id, stored.record, stored.members, last_seq, last_message, recent,
                      stored_seq=stored.last_seq)
+    if chat.kind == "direct":
+        # A member record from before `wrote` was kept: a message of theirs among the
+        # loaded tail counts (an older one is not looked for: that errs towards hiding).
+        for _seq, raw in stored.tail:
+            record = orjson.loads(raw)
+            sender = int(record.get("from") or 0)
+            if sender in chat.members and record["kind"] in CONTENT_KINDS:
+                chat.members[sender].setdefault("wrote", True)
     if chat.kind == "group":
         chat.announced_delivered = chat.watermark("delivered").floor  # senders already knew this much
     return chat

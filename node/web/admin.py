@@ -36,6 +36,7 @@ def add_admin_routes(
     json_response: Callable[..., Response],
     path_id: Callable[[str], int],
     query_int: Callable[..., int | None],
+    query_flag: Callable[[str], bool],
     require_admin: Callable[[], None],
 ) -> None:
     admin = Admin(node.accounts, node.storage, node)
@@ -45,7 +46,7 @@ def add_admin_routes(
     async def admin_node() -> Response:
         require_admin()
         out: dict[str, Any] = {"node": node_identity(node, started), "statistics": node.statistics()}
-        counts = request.args.get("counts") == "1"
+        counts = query_flag("counts")
         if node.cluster is not None:  # the chats each member should own: a read of every chat, as counts are
             out["cluster"] = await cluster_view(node, expected=counts)
         if counts:
@@ -57,13 +58,13 @@ def add_admin_routes(
         require_admin()
         limit = query_int("limit", 100, 1, 1000) or 100
         query = request.args.get("q")
-        if query is not None:
-            if len(query) > 64:
-                raise bad_request("'q' is at most 64 characters")
-            return json_response(await admin.find_users(query, limit))
         prefix, after = request.args.get("prefix", ""), request.args.get("after", "")
+        if query is not None and len(query) > 64:
+            raise bad_request("'q' is at most 64 characters")
         if len(prefix) > 32 or len(after) > 32:
             raise bad_request("'prefix' and 'after' are at most 32 characters")
+        if query is not None:
+            return json_response(await admin.find_users(query, limit))
         return json_response(await admin.list_users(prefix, after, limit))
 
     @app.post("/api/admin/users")
@@ -114,4 +115,4 @@ def add_admin_routes(
     @app.get("/api/admin/chats/<chat_id>")
     async def admin_chat(chat_id: str) -> Response:
         require_admin()
-        return json_response(await admin.chat(path_id(chat_id), former=request.args.get("all") == "1"))
+        return json_response(await admin.chat(path_id(chat_id), former=query_flag("all")))

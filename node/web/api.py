@@ -16,17 +16,20 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from ..core.accounts import Device, public_user
 from ..core.annotate import annotate
 from ..core.errors import ChatError, bad_request
+from ..core.former import left_at, left_seq, members_at, role_at
 from ..core.groups import AddMembers, CreateGroup, Leave, RemoveMember, SetRole, UpdateChat, check_title, check_ttl
 from ..core.operations import OpenDirect, SetHidden
 from ..core.profiles import add_photos, default_visibility, user_for
 from ..core.search import history_around
 from ..core.snowflake import parse_id
-from ..core.views import add_status, chat_list, chat_summary
+from ..core.views import add_status, chat_list, chat_summary, reads_visible
 from ..plugin_api import Route
+from .openapi import document as openapi_document
 from .plugin_routes import mount
 
 if TYPE_CHECKING:
@@ -112,11 +115,21 @@ def query_int(name: str, default: None, lo: int, hi: int) -> int | None: ...
 def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
     """A query parameter in [lo, hi], or `default` when it is absent."""
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
         raise bad_request(f"'{name}' must be an integer between {lo} and {hi}")
     return int(raw)
+
+
+def query_flag(name: str) -> bool:
+    """A yes/no query parameter: ``1`` yes, ``0`` or absent no; anything else is refused."""
+    raw = request.args.get(name)
+    if raw is None or raw == "0":
+        return False
+    if raw == "1":
+        return True
+    raise bad_request(f"'{name}' must be 1 or 0")
 
 
 def client_address() -> str:
@@ -231,8 +244,20 @@ def request_class(body_limits: list[tuple[re.Pattern[str], int]]) -> type[TrioRe
     return NodeRequest
 
 
+class IdConverter(BaseConverter):
+    """``<id:name>``: a path segment of digits. For rules that would otherwise also match a
+    fixed path beside them (``/api/chats/<id:chat_id>`` and ``/api/chats/direct``), so the
+    methods a path takes (405's and OPTIONS' ``Allow``) are its own."""
+
+    regex = "[0-9]+"
+
+
+CONVERTER = re.compile(r"<id:")  # the id converter, left out of route labels
+
+
 def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     app = QuartTrio("chatnode", static_folder=None)
+    app.url_map.converters["id"] = IdConverter
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY  # routes that take more declare it
     app.config["BODY_TIMEOUT"] = node.config.http.body_timeout
     body_limits = [(_rule_pattern(r.method, r.path), r.max_body) for r in plugin_routes if r.max_body]
@@ -283,7 +308,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
         """The matched route rule, for the request-time histogram (`observe_request`)."""
         if request.url_rule is not None:
             # ASGI lets middleware add scope keys; hypercorn's scope TypedDicts leave no room
-            request.scope[ROUTE_KEY] = request.url_rule.rule  # type: ignore[literal-required]
+            request.scope[ROUTE_KEY] = CONVERTER.sub("<", request.url_rule.rule)  # type: ignore[literal-required]
 
     def counted(exc: ChatError) -> Response:
         node.metrics.errors.inc(exc.code, "http")
@@ -300,7 +325,11 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
         if exc.code == 413:
             limit = getattr(request.body, "_max_content_length", None)
             message = f"request bodies on this route are limited to {limit} bytes"
-        return counted(ChatError(code, message, status=exc.code))
+        response = counted(ChatError(code, message, status=exc.code))
+        allow = dict(exc.get_headers()).get("Allow")
+        if allow:  # 405: which methods the path takes (RFC 9110)
+            response.headers["Allow"] = allow
+        return response
 
     @app.errorhandler(Exception)
     async def on_crash(exc: Exception) -> Response:
@@ -331,6 +360,11 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
                 "nodes": node.node_urls(),
             }
         )
+
+    @app.get("/api/openapi.json")
+    async def openapi() -> Response:
+        """The HTTP API as OpenAPI 3.1 (node/web/openapi.py): what this node serves."""
+        return json_response(openapi_document(app, node.version))
 
     # -- accounts ------------------------------------------------------------------
 
@@ -380,7 +414,8 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
             if not check(value):
                 raise bad_request(f"invalid value for {key!r}")
             changes[key] = value
-        return json_response({"settings": await accounts.update_settings(device.user_id, changes)})
+        settings = await accounts.update_settings(device.user_id, changes)
+        return json_response({"settings": {"last_seen": default_visibility(node), **settings}})  # as GET /api/me
 
     @app.patch("/api/me")
     async def update_me() -> Response:
@@ -454,10 +489,10 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     @app.get("/api/chats")
     async def list_chats() -> Response:
         device = await current_device()
-        include_hidden = request.args.get("hidden") == "1"
+        include_hidden = query_flag("hidden")
         return json_response({"chats": await chat_list(node, device.user_id, include_hidden=include_hidden)})
 
-    @app.get("/api/chats/<chat_id>")
+    @app.get("/api/chats/<id:chat_id>")
     async def get_chat(chat_id: str) -> Response:
         device = await current_device()
         chat = await chats.load(path_id(chat_id))
@@ -481,7 +516,8 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
         chat = await chats.load(path_id(chat_id))
         if chat is not None:
             await add_status(node, device.user_id, chat, messages)
-            await annotate(node, device.user_id, chat.id, messages)  # reactions, stars, deleted for me
+            await annotate(node, device.user_id, chat.id, messages,  # reactions, stars, deleted for me
+                           until_ts=await left_at(node, chat, device.user_id))
         return json_response({"messages": messages, **page})
 
     @app.post("/api/chats/<chat_id>/hide")
@@ -508,7 +544,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
         chat = await chats.run(CreateGroup(user_id=device.user_id, title=title, members=members))
         return json_response({"chat": await chat_summary(node, device.user_id, chat)}, 201)
 
-    @app.patch("/api/chats/<chat_id>")
+    @app.patch("/api/chats/<id:chat_id>")
     async def update_chat(chat_id: str) -> Response:
         device = await current_device()
         body = await json_body()
@@ -524,17 +560,23 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     async def members(chat_id: str) -> Response:
         device = await current_device()
         chat = await chats.load(path_id(chat_id))
-        if chat is None or chat.member(device.user_id) is None:
+        if chat is None or chat.visible_range(device.user_id) is None:
             raise ChatError("not_member")
+        until = left_seq(chat, device.user_id)
+        if until is None:
+            listed = [(uid, chat.members[uid], chat.members[uid]["role"]) for uid in chat.active_ids()]
+        else:  # a former member: the members of the moment they left, their cursors not told
+            listed = [(uid, m, role_at(m, until)) for uid, m in members_at(chat, until)]
         out = []
-        users = await accounts.load_users(chat.active_ids())
-        for uid in chat.active_ids():
+        users = await accounts.load_users([device.user_id, *(uid for uid, _, _ in listed)])
+        for uid, record, role in listed:
             user = users.get(uid)
-            record = chat.members[uid]
-            out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": record["role"],
-                        "joined": record["joined"], "delivered_seq": record["delivered"], "read_seq": record["read"]})
+            read = record["read"] if until is None and reads_visible(node, device.user_id, uid) else None
+            out.append({"user": public_user(user) if user else {"id": str(uid)}, "role": role,
+                        "joined": record["joined"], "delivered_seq": record["delivered"] if until is None else None,
+                        "read_seq": read})  # read_seq null: hidden by read receipts
         out.sort(key=lambda m: (m["role"] != "admin", m["joined"]))
-        await add_photos(node, device.user_id, [m["user"] for m in out], shares_chat=True)
+        await add_photos(node, device.user_id, [m["user"] for m in out])
         return json_response({"members": out})
 
     @app.post("/api/chats/<chat_id>/members")
@@ -628,7 +670,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     from .admin import add_admin_routes
 
     add_admin_routes(app, node, json_body=json_body, json_response=json_response, path_id=path_id,
-                     query_int=query_int, require_admin=require_admin)
+                     query_int=query_int, query_flag=query_flag, require_admin=require_admin)
     # -- end admin --
 
     @app.get("/metrics")

@@ -13,11 +13,13 @@ from quart_trio import QuartTrio
 from ..core.accounts import Device
 from ..core.chatprefs import ClearHistory, SetChatPrefs, check_changes
 from ..core.errors import ChatError, bad_request
+from ..core.former import left_at
 from ..core.personal import delete_for_me, set_star, starred_list
 from ..core.profiles import media_id_of, set_group_photo, set_profile_photo
 from ..core.reactions import SetReaction, check_emoji, reactions_between
 from ..core.reports import dismiss_report, file_report, list_reports
 from ..core.search import search
+from ..core.snowflake import parse_id
 from ..core.views import chat_summary
 
 if TYPE_CHECKING:
@@ -71,8 +73,7 @@ def add_feature_routes(
 
     # -- reactions -----------------------------------------------------------------
 
-    async def react(chat_id: str, seq: str, emoji: str | None) -> Response:
-        device = await current_device(node)
+    async def react(device: Device, chat_id: str, seq: str, emoji: str | None) -> Response:
         cid, number = path_id(chat_id), path_id(seq)
         chat = await chats.load(cid)
         if chat is None or chat.member(device.user_id) is None:
@@ -87,14 +88,15 @@ def add_feature_routes(
 
     @app.put("/api/chats/<chat_id>/messages/<seq>/reaction")
     async def set_reaction(chat_id: str, seq: str) -> Response:
+        device = await current_device(node)  # who is asking comes first
         body = await json_body()
         if set(body) != {"emoji"}:
             raise bad_request("give 'emoji' (and nothing else)")
-        return await react(chat_id, seq, check_emoji(body["emoji"]))
+        return await react(device, chat_id, seq, check_emoji(body["emoji"]))
 
     @app.delete("/api/chats/<chat_id>/messages/<seq>/reaction")
     async def remove_reaction(chat_id: str, seq: str) -> Response:
-        return await react(chat_id, seq, None)
+        return await react(await current_device(node), chat_id, seq, None)
 
     @app.get("/api/chats/<chat_id>/reactions")
     async def list_reactions(chat_id: str) -> Response:
@@ -107,7 +109,8 @@ def add_feature_routes(
         last = query_int("to", visible[1], 0, (1 << 63) - 1)
         if last - first >= MAX_REACTION_SPAN:
             raise bad_request(f"ask for at most {MAX_REACTION_SPAN} messages at a time ('from' to 'to')")
-        found = await reactions_between(node.storage, chat.id, max(first, visible[0]), min(last, visible[1]))
+        found = await reactions_between(node.storage, chat.id, max(first, visible[0]), min(last, visible[1]),
+                                        until_ts=await left_at(node, chat, device.user_id))
         return json_response({"reactions": {str(seq): found[seq] for seq in sorted(found)}})
 
     # -- stars and deleting for me --------------------------------------------------
@@ -177,9 +180,13 @@ def add_feature_routes(
     async def search_messages() -> Response:
         device = await current_device(node)
         chat = request.args.get("chat")
+        try:
+            chat_id = parse_id(chat) if chat is not None else None
+        except ValueError:
+            raise bad_request("'chat' must be a chat id") from None
         limit = query_int("limit", 20, 1, 100)
         return json_response(await search(node, device.user_id, request.args.get("q"),
-                                          chat_id=path_id(chat) if chat else None, limit=limit,
+                                          chat_id=chat_id, limit=limit,
                                           before=request.args.get("before")))
 
     # -- reports -------------------------------------------------------------------

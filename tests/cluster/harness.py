@@ -78,6 +78,8 @@ login_failures_per_address = 100000
 [limits]
 frames_per_second = 10000.0
 frame_burst = 10000
+user_messages_per_second = 10000.0
+user_message_burst = 100000
 [cluster]
 enabled = true
 bind_host = "{cluster_host}"

@@ -9,7 +9,10 @@ a cluster then answers the time the event carried): a reconnect storm costs no c
 disconnect, and the plugin's notification queue never backs up behind the disk. Who may see a
 user's presence follows their `last_seen` setting (everyone / contacts / nobody), and it
 is reciprocal as in WhatsApp: whoever hides theirs sees no one's. Blocked users never see
-it. Typing indicators are ephemeral: never stored, forwarded at most once per
+it. A user's contacts are the people they have written to (a message in their 1-1 chat,
+`ctx.is_contact`): opening a chat with someone, or adding them to a group, does not make
+you their contact. Live presence events go to those who may see it among the people who
+share a 1-1 chat or a small group with the user. Typing indicators are ephemeral: never stored, forwarded at most once per
 `typing_interval` per user and chat, and they expire on the client after `typing_ttl`.
 
 While storage cannot be read or written (a database failover), an announcement is tried
@@ -173,9 +176,8 @@ class LastSeenPlugin:
         event = await self.presence(user_id, None) | {"type": "presence"}
         told = []
         for contact in await ctx.contacts_of(user_id, max_group=self.settings.live_group_limit):
-            # they share a chat, so only the reciprocal rule and blocks remain to check (an
-            # offline contact costs nothing: the event reaches only connected devices)
-            if await self.visibility(contact) != "nobody" and not await ctx.blocked(contact, user_id):
+            # an offline one costs nothing: the event reaches only connected devices
+            if await self.may_see(contact, user_id):
                 told.append(contact)
         self._announced[user_id] = online  # (only now: a read that failed above is tried again)
         ctx.send_to_users(told, event)
@@ -192,7 +194,7 @@ class LastSeenPlugin:
         if await self.visibility(viewer) == "nobody":  # reciprocal: hide yours, see no one's
             return False
         mine = await self.visibility(user_id)
-        return mine == "everyone" or (mine == "contacts" and await self.ctx.shares_chat(viewer, user_id))
+        return mine == "everyone" or (mine == "contacts" and await self.ctx.is_contact(user_id, viewer))
 
     async def presence(self, user_id: int, viewer: int | None) -> dict[str, Any]:
         """What `viewer` may know of `user_id` (None: already checked)."""

@@ -10,8 +10,8 @@ upload, with Range requests, ETags and optional signed URLs. Uploads no message 
 are collected after a grace period.
 
 Modules: settings (config), sniff (type detection), images (re-encode, thumbnails; run
-as a child process by sandbox, which limits its memory and time), probe (duration,
-size), webm (WebM tracks and duration), store (the content store interface and the local
+as a child process by sandbox, which limits its memory and time), quota (what one
+user may upload, the disk-space floor), probe (duration, size), webm (WebM tracks and duration), store (the content store interface and the local
 directory), s3store (the S3-compatible object store), records (its tables), service (the
 rules), routes (HTTP), ranges (Range headers), signing (signed URLs), copy (`chatnode
 media copy`).
@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from ... import ChatError, Message, PluginContext, hookimpl
+from .quota import Quotas
 from .records import KEYS
 from .routes import media_routes
 from .service import MediaService
@@ -53,6 +54,7 @@ class MediaPlugin:
 
     def __init__(self) -> None:
         self.service: MediaService | None = None
+        self.quotas: Quotas | None = None
         self.signer: Signer | None = None
         self._signer_ready = trio.Event()
 
@@ -79,9 +81,14 @@ class MediaPlugin:
         await store.prepare(ctx.node_id)
         self.service = MediaService(ctx, settings, store)
         await self.service.migrate()
-        ctx.add_statistics(self.service.statistics)
+        self.quotas = Quotas(settings, self.service.records, [ctx.data_dir, ctx.data_dir / settings.dir])
+        ctx.add_statistics(self.statistics)
         nursery.start_soon(self._settle_signing_key, ctx, store)
         nursery.start_soon(self.service.serve_gc)
+
+    def statistics(self) -> dict[str, Any]:
+        assert self.service is not None and self.quotas is not None
+        return {**self.service.statistics(), "refused_uploads": dict(self.quotas.refused)}
 
     async def _settle_signing_key(self, ctx: PluginContext, store: ContentStore) -> None:
         settings: MediaSettings = ctx.settings

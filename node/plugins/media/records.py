@@ -9,6 +9,7 @@
     dooms    target | u64 node | u64 ms        -> state byte + u64 ms (a deletion under way)
     lease    b"gc"                             -> {"node", "until"} (who collects)
     keys     name | u64 order | u64 node       -> a key candidate (the signing key)
+    owned    u64 owner | u64 media id          -> u64 stored size (for the owner's quota)
 
 An *item* is one upload by one user. Its bytes live in the content store under their
 SHA-256, shared by every item with the same bytes; `refs` has one row per item that uses
@@ -20,7 +21,8 @@ they count. A *doom* is a collector's notice that it is deleting an item (target
 b"i" + u64 id) or a content (b"c" + sha256); see service.py.
 
 Older versions kept a counter per content in `content` (sha256 -> {"items", ...});
-`migrate` turns it into `refs` rows.
+`migrate` turns it into `refs` rows. They had no `owned` rows either: `migrate` makes
+them from the items.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ PHOTOS = "photos"
 DOOMS = "dooms"
 LEASE = "lease"
 KEYS = "keys"
+OWNED = "owned"
 OLD_CONTENT = "content"  # the refcounts of older versions (migrated to REFS)
-TABLES = [ITEMS, REFS, SHARES, PENDING, GC, PHOTOS, DOOMS]
+TABLES = [ITEMS, REFS, SHARES, PENDING, GC, PHOTOS, DOOMS, OWNED]
 
 #: States of a doom row.
 DELETING, DONE, CANCELLED = b"d", b"x", b"c"
@@ -76,6 +79,7 @@ class Records:
         self.pending = store.table(PENDING)
         self.gc = store.table(GC)
         self.photos = store.table(PHOTOS)
+        self.owned = store.table(OWNED)
 
     async def get_item(self, media_id: int) -> dict[str, Any] | None:
         raw = await self.items.get(u64(media_id))
@@ -84,6 +88,11 @@ class Records:
     async def refs_of(self, sha: str, limit: int = SCAN_LIMIT) -> list[int]:
         """The media ids of the items that use a content."""
         return [from_u64(key[32:]) for key, _ in await self.refs.scan_prefix(bytes.fromhex(sha), limit=limit)]
+
+    async def owned_by(self, owner: int, limit: int = SCAN_LIMIT) -> tuple[int, int]:
+        """(bytes, items) of the uploads `owner` keeps (at most `limit` items counted)."""
+        rows = await self.owned.scan_prefix(u64(owner), limit=limit)
+        return sum(from_u64(value) for _, value in rows), len(rows)
 
     async def dooms_of(self, target: bytes) -> list[tuple[bytes, int, int, bytes, int]]:
         """(key, node, started ms, state, state ms) of the deletions noted for a target, or
@@ -132,8 +141,26 @@ class Records:
             start = rows[-1][0] + b"\x00"
 
     async def migrate(self) -> int:
-        """Turn the content counters of older versions into `refs` rows (idempotent: two
-        nodes doing it at once write the same rows). Returns the items migrated."""
+        """Bring the tables of older versions up to date (idempotent: two nodes doing it
+        at once write the same rows). Returns the items migrated."""
+        return await self._migrate_refs() + await self._migrate_owned()
+
+    async def _migrate_owned(self) -> int:
+        """Items from before `owned` was kept get their row (every item has one, written
+        with it: so no rows at all, but items, means an older version wrote them)."""
+        if await self.owned.scan(limit=1) or not await self.items.scan(limit=1):
+            return 0
+        rows = await self.all_rows(ITEMS)
+        for start in range(0, len(rows), 1000):
+            batch = self.store.batch()
+            for key, value in rows[start:start + 1000]:
+                item = orjson.loads(value)
+                batch.put(OWNED, owned_key(int(item["owner"]), from_u64(key)), u64(item["size"]))
+            await self.store.write(batch)
+        return len(rows)
+
+    async def _migrate_refs(self) -> int:
+        """Turn the content counters of older versions into `refs` rows."""
         old = self.store.table(OLD_CONTENT)
         if not await old.scan(limit=1):
             return 0
@@ -170,6 +197,10 @@ def ref_key(sha: str, media_id: int) -> bytes:
     return bytes.fromhex(sha) + u64(media_id)
 
 
+def owned_key(owner: int, media_id: int) -> bytes:
+    return u64(owner) + u64(media_id)
+
+
 def item_target(media_id: int) -> bytes:
     return b"i" + u64(media_id)
 
@@ -178,5 +209,6 @@ def content_target(sha: str) -> bytes:
     return b"c" + bytes.fromhex(sha)
 
 
-__all__ = ["DOOMS", "GC", "ITEMS", "LEASE", "PENDING", "PHOTOS", "REFS", "SHARES", "TABLES", "Records", "StoreBatch",
-           "content_target", "gc_key", "item_target", "pending_key", "public", "ref_key", "share_key"]
+__all__ = ["DOOMS", "GC", "ITEMS", "LEASE", "OWNED", "PENDING", "PHOTOS", "REFS", "SHARES", "TABLES", "Records",
+           "StoreBatch", "content_target", "gc_key", "item_target", "owned_key", "pending_key", "public", "ref_key",
+           "share_key"]

@@ -23,6 +23,7 @@ import trio
 
 from ... import ChatError, PluginContext, Request, Response, Route, json_response
 from . import records
+from .quota import Quotas
 from .ranges import Unsatisfiable, etag_matches, if_range_allows, parse_range
 from .service import MediaService, now_ms
 from .sniff import SNIFF_BYTES, detect
@@ -78,12 +79,12 @@ def clean_name(raw: str | None) -> str | None:
     """A file name to show and to offer on download: no path, no control characters."""
     if not raw:
         return None
+    if len(raw) > MAX_NAME_CHARS:
+        raise ChatError("bad_request", f"'name' is at most {MAX_NAME_CHARS} characters")
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
     if not name or name in (".", ".."):
         return None
-    if len(name) > MAX_NAME_CHARS:
-        raise ChatError("bad_request", f"'name' is at most {MAX_NAME_CHARS} characters")
     return name
 
 
@@ -96,6 +97,11 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
         if plugin.service is None:
             raise ChatError("unavailable", "media is starting")
         return plugin.service
+
+    def quotas() -> Quotas:
+        if plugin.quotas is None:
+            raise ChatError("unavailable", "media is starting")
+        return plugin.quotas
 
     async def item_or_404(media_id: str) -> dict[str, Any]:
         service = service_or_503()
@@ -147,24 +153,29 @@ def media_routes(ctx: PluginContext, plugin: Any) -> list[Route]:
         limit = settings.limit_of(category)
         if (declared or len(head)) > limit:
             raise ChatError("too_large", f"{category} uploads are limited to {limit} bytes")
+        meter = await quotas().begin(user_id, declared)  # the user's quota, upload rate, the disk floor
         # images are processed from a local file (bounded by max_image_bytes); everything
         # else streams straight into the store's staging
         store = service.store
         upload: Upload = FileUpload(store.temp_path()) if category == "image" else store.new_upload(ctx.node_id)
         try:
+            await meter.add(len(head))
             await upload.open()
             await upload.write(head)
             while (chunk := await body.next()) is not None:
                 if upload.size + len(chunk) > limit:
                     raise ChatError("too_large", f"{category} uploads are limited to {limit} bytes")
+                await meter.add(len(chunk))
                 await upload.write(chunk)
             sha = await upload.finish()
             await ctx.check_upload(user_id, mime, upload.size, name)
+            await meter.check_stored()
             item = await service.store_upload(user_id, upload.staged(), sha, upload.size, mime, category, name)
         except StoreUnavailable as exc:
             log.warning("upload failed: %s", exc)
             raise ChatError("unavailable", "the media store is not answering; try again") from None
         finally:
+            meter.close()
             await upload.abort()  # the staged copy goes, whatever happened
         return json_response({"media": records.public(item)}, 201)
 

@@ -66,6 +66,7 @@ from .records import (
     GC,
     ITEMS,
     LEASE,
+    OWNED,
     PENDING,
     PHOTOS,
     REFS,
@@ -73,6 +74,7 @@ from .records import (
     Records,
     content_target,
     item_target,
+    owned_key,
     ref_key,
     u64,
 )
@@ -169,6 +171,7 @@ class MediaService:
         batch = self.records.store.batch()
         batch.put(ITEMS, u64(media_id), orjson.dumps(item))
         batch.put(REFS, ref_key(sha, media_id), b"")
+        batch.put(OWNED, owned_key(int(item["owner"]), media_id), u64(item["size"]))
         batch.put(GC, records.gc_key(now + self._grace_ms, media_id), b"")
         await self.records.store.write(batch)
         try:
@@ -179,6 +182,7 @@ class MediaService:
             undo = self.records.store.batch()
             undo.delete(ITEMS, u64(media_id))
             undo.delete(REFS, ref_key(sha, media_id))
+            undo.delete(OWNED, owned_key(int(item["owner"]), media_id))
             await self.records.store.write(undo)
             raise
         return item
@@ -479,6 +483,7 @@ class MediaService:
                 sha = item["sha256"]
                 batch.delete(ITEMS, u64(media_id))
                 batch.delete(REFS, ref_key(sha, media_id))
+                batch.delete(OWNED, owned_key(int(item["owner"]), media_id))
                 for share_key, *_ in await self.records.shares_of(media_id):
                     batch.delete(SHARES, share_key)
                 for pending_key, *_ in await self.records.pending_of(media_id):

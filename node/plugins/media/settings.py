@@ -102,6 +102,10 @@ class MediaSettings:
     processing_threads: int = attrs.field(default=2, validator=_positive)  # images processed at once
     image_memory_mb: int = attrs.field(default=1024, validator=attrs.validators.ge(128))  # per processing process
     image_timeout: float = attrs.field(default=30.0, validator=_positive)  # seconds to process one image
+    max_user_bytes: int = attrs.field(default=1024 * MIB, validator=_not_negative)  # kept uploads per user; 0: no limit
+    max_user_items: int = attrs.field(default=10_000, validator=_not_negative)  # kept uploads per user; 0: no limit
+    user_upload_bytes_per_hour: int = attrs.field(default=512 * MIB, validator=_not_negative)  # per user; 0: no limit
+    min_free_disk_bytes: int = attrs.field(default=1024 * MIB, validator=_not_negative)  # uploads stop below; 0: off
     upload_idle_timeout: float = attrs.field(default=60.0, validator=_positive)  # seconds without data
     gc_grace: float = attrs.field(default=86400.0, validator=_not_negative)  # seconds an upload waits for a message
     gc_interval: float = attrs.field(default=600.0, validator=_positive)  # seconds between collections

@@ -12,6 +12,8 @@ export const MESSAGES = {
   unknown_type: 'This app is older than the server. Reload the page to update it.',
   too_large: 'That’s too large for this server.',
   unsupported_media_type: 'This server doesn’t accept that kind of file.',
+  quota_exceeded: 'You’ve uploaded as much as this server keeps for one person. Files you never sent are deleted after a while.',
+  storage_full: 'The server is short of space and takes no files for now. Messages still work.',
   too_many_events: 'Something went wrong in this app. Reload the page and try again.',
   invalid_username: 'Usernames are 3 to 32 characters: letters a-z, digits, “_” and “.”, starting with a letter or digit.',
   weak_password: 'That password is too short.',
