@@ -213,10 +213,11 @@ async def test_presence_and_last_seen_wait_out_a_database_outage(tmp_path, caplo
                              plugins={"lastseen": {"grace": 0.2, "flush_interval": 0.1}})
         async with running_node(config) as node:
             alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
-            await alice.open_direct(username="bob")
+            chat = await alice.open_direct(username="bob")
             async with alice.connect() as a:
                 async with bob.connect() as b:
                     await b.synced.wait()
+                    await b.send_text(chat["id"], "hi")  # alice is bob's contact: she sees his presence
                     await a.wait_for("presence", user=bob.user["id"], online=True)
                     await trio.to_thread.run_sync(pg.kill)  # the database goes away ...
                 # ... and bob goes offline meanwhile: his last-seen time cannot be written
