@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TYPING_FIELDS = frozenset({"type", "chat", "typing"})
 RETRY = 1.0  # seconds before an announcement or a flush that failed is tried again
+IN_FLIGHT = 60.0  # seconds a time taken into a commit is remembered (commits end well before)
 VISIBILITY = ("everyone", "contacts", "nobody")
 
 
@@ -68,6 +69,9 @@ class LastSeenPlugin:
         self._wakeup = trio.Event()
         self._typing_sent: dict[tuple[int, int], float] = {}
         self._unwritten: dict[int, int] = {}  # user -> last seen (ms), not yet stored
+        # user -> (last seen ms, monotonic time): taken into a commit that may not have ended
+        # yet (or failed), so a presence asked meanwhile still has it
+        self._in_flight: dict[int, tuple[int, float]] = {}
         self._unwritten_added = trio.Event()
 
     @hookimpl
@@ -86,6 +90,7 @@ class LastSeenPlugin:
         ctx.store.on_commit(self._take_unwritten)
         nursery.start_soon(self._announcer)
         nursery.start_soon(self._flusher)
+        nursery.start_soon(self._forget_in_flight)
 
     @hookimpl
     async def shutdown(self, ctx: PluginContext) -> None:
@@ -107,9 +112,19 @@ class LastSeenPlugin:
     def _take_unwritten(self, batch: StoreBatch) -> None:
         """The last-seen times not yet stored, as writes (a commit hook: they join the
         next transaction, whoever commits it)."""
+        taken = time.monotonic()
         for user_id, seen in self._unwritten.items():
             batch.put("times", user_id.to_bytes(8, "big"), seen.to_bytes(8, "big"))
+            self._in_flight[user_id] = (seen, taken)
         self._unwritten.clear()
+
+    async def _forget_in_flight(self) -> None:
+        """Times taken into commits long ended are read from storage again."""
+        while True:
+            await trio.sleep(IN_FLIGHT / 2)
+            old = time.monotonic() - IN_FLIGHT
+            for user_id in [u for u, (_, taken) in self._in_flight.items() if taken < old]:
+                del self._in_flight[user_id]
 
     async def _write_unwritten(self) -> None:
         """Write the last-seen times not yet stored; if that fails, keep them (a newer time
@@ -203,7 +218,9 @@ class LastSeenPlugin:
         seen = self._unwritten.get(user_id)
         if seen is None:
             raw = await self.times.get(user_id.to_bytes(8, "big"))
-            seen = int.from_bytes(raw, "big") if raw else None
+            stored = int.from_bytes(raw, "big") if raw else 0
+            in_flight = self._in_flight.get(user_id, (0, 0.0))[0]  # stored by now, or soon, or retried
+            seen = max(stored, in_flight) or None
         online = await self.ctx.is_online(user_id)  # anywhere in the cluster, asked of the user's home
         return {"user": str(user_id), "online": online, "last_seen": seen}
 
