@@ -91,9 +91,10 @@ class DemuxTransport:
                 self.dropped += 1
                 await trio.aclose_forcefully(stream)
                 return
-            peer = self._links.open_hello(frame)
-            if peer is not None:
-                await self._links.serve_inbound(peer, stream)
+            hello = self._links.open_hello(frame)
+            if hello is not None:
+                peer, boot = hello
+                await self._links.serve_inbound(peer, stream, boot)
                 return
             head = len(frame).to_bytes(4, "big") + frame
             await handler(ReplayStream(stream, head))

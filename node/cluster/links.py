@@ -126,7 +126,8 @@ class Links:
 
     def drop_peer(self, node: int) -> list[Message]:
         """The member left or failed: stop its link; returns what was still queued. Its
-        next life is then no surprise: its hello is not reported as a restart."""
+        next life is then no surprise: its hello is not reported as a restart (unless this
+        node hears from the life it gave up meanwhile: see `serve_inbound`)."""
         self._boots.pop(node, None)
         peer = self._peers.pop(node, None)
         if peer is None:
@@ -201,11 +202,11 @@ class Links:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def open_hello(self, frame: bytes) -> int | None:
-        """The peer's node id if `frame` opens a link, else None (another kind of stream).
-        A hello from a new life of a known peer is reported to `on_restart`; one from the
-        same life (its earlier stream broke: what was in flight on it may be lost) to
-        `on_interrupted`."""
+    def open_hello(self, frame: bytes) -> tuple[int, int] | None:
+        """The peer's node id and boot id (its life) if `frame` opens a link, else None
+        (another kind of stream). A hello from a new life of a known peer is reported to
+        `on_restart`; one from the same life (its earlier stream broke: what was in flight
+        on it may be lost) to `on_interrupted`."""
         try:
             messages = unpack(self._keyring.open(frame, PURPOSE_LINK))
         except (OpenError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
@@ -221,12 +222,20 @@ class Links:
             self._on_restart(node)
         elif previous is not None:
             self._on_interrupted(node)
-        return node
+        return node, boot
 
-    async def serve_inbound(self, peer: int, stream: trio.abc.Stream) -> None:
-        """Read a peer's frames until it closes, handing each message to `on_message`.
+    async def serve_inbound(self, peer: int, stream: trio.abc.Stream, boot: int) -> None:
+        """Read a peer's frames until it closes, handing each message to `on_message`;
+        `boot` is the life of the peer that opened the stream (its hello).
         When it ends, what the peer had written but this node had not read is lost:
-        `on_interrupted` is told (the peer may not notice before its next write)."""
+        `on_interrupted` is told (the peer may not notice before its next write).
+
+        A stream outlives `drop_peer` (membership gave the peer up, a pause or a partition,
+        while the peer lived on): if it speaks again, this node has heard from that life
+        again, so its next life's hello is a restart to report. Forgotten, the restart
+        would pass unnoticed when membership never saw the peer go (this node was paused
+        meanwhile), and what this node holds about that life (a ``bye``: it owns
+        nothing) would outlive it."""
         try:
             while True:
                 frame = await receive_frame(stream, self._max_frame)
@@ -235,6 +244,7 @@ class Links:
                 except (OpenError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
                     self.dropped_inbound += 1
                     return  # not from a key holder: end the stream
+                self._boots.setdefault(peer, boot)  # heard from this life (again, after `drop_peer`)
                 self.received += len(messages)
                 for message in messages:
                     try:

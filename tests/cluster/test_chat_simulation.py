@@ -211,3 +211,44 @@ async def test_a_device_that_leaves_while_its_subscription_reads_is_subscribed_w
         await until(lambda: reader.holds(chat, 1), timeout=10, step=0.01)
         assert not world.violations
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_missed_a_peers_restart_after_its_bye_follows_the_new_life(autojump_clock):
+    """A node's membership gives a peer up for a moment and sees it back, while the
+    peer's stream to it lives on (seed 267 of 150 steps, before the storage retries
+    changed its course: the node was paused). The peer then says `bye` over that stream
+    (it owns nothing) and restarts before membership shows the node that it went. The
+    new life's hello must count as a restart although the links had forgotten the old
+    life when membership gave it up: otherwise the node keeps the old life's `bye`,
+    takes another node for the owner of the peer's chats, subscribes its devices there,
+    and they are sent nothing live."""
+    shape = Shape(nodes=3, users=2, devices_per_user=[1, 1], chats=[[0, 1]], loss=0.0, faults=StorageFaults())
+    world = World(5, shape=shape)
+    async with trio.open_nursery() as nursery:
+        nodes = await start(world, nursery)
+        chat = world.chat_ids[0]
+        peer = next(n for n in nodes if n.routing.owns(chat))
+        rest = [n.node_id for n in nodes if n is not peer]
+        heir = next(n for n in nodes if n.node_id == owner_of(chat, rest))
+        host = next(n for n in nodes if n is not peer and n is not heir)
+        reader, writer = world.devices
+        await connect(host, reader, nursery)
+        await connect(heir, writer, nursery)
+        members = dict(host.routing._members)  # as membership reports a flap of the peer
+        host.routing.members_now({n: a for n, a in members.items() if n != peer.node_id})
+        host.routing.members_now(members)
+        await trio.sleep(1)
+        peer.routing.leave()  # the first step of a polite stop: `bye`, over that stream
+        await until(lambda: peer.node_id in host.routing.departing, step=0.001)
+        peer.crash()
+        again = world.start_node(peer.node_id)  # back at once: membership sees no failure
+        await until(lambda: again.ready, step=0.05)
+        everyone = {n.node_id for n in nodes}
+        await until(lambda: set(host.routing._members) == everyone, step=0.05)
+        await trio.sleep(5)
+        assert host.routing.owner(chat) == again.node_id, host.routing.departing
+        writer.send("live", chat, "sent after the restart")
+        await until(lambda: "live" in writer.acks, step=0.01)
+        await until(lambda: reader.holds(chat, 1), timeout=10, step=0.01)
+        assert not world.violations
+        nursery.cancel_scope.cancel()

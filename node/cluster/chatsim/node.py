@@ -29,6 +29,7 @@ from ...core.chats import Chats
 from ...core.cluster_routing import ClusterRouting
 from ...core.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, ChatError
 from ...core.hub import Hub
+from ...core.ratelimit import UserBuckets
 from ...core.session import CORE_FRAME_HANDLERS, FrameHandler, Session
 from ...core.snowflake import SnowflakeGenerator
 from ...core.websocket import ConnectionClosed
@@ -100,6 +101,9 @@ class SimChatNode:
         self.storage = SimStorage(env.db, self.stall, env.faults, rng, max_batch=env.config.storage.max_batch)
         self.plugins = NoPlugins()
         self.metrics = Metrics()
+        limits = env.config.limits  # sends per user on this node, on the simulation's clock
+        self.send_limits = UserBuckets(limits.user_messages_per_second, limits.user_message_burst,
+                                       clock=trio.current_time)
         self.frame_handlers: dict[str, FrameHandler] = dict(CORE_FRAME_HANDLERS)
         self.shutdown_requested = trio.Event()
         self._membership_rng = random.Random(rng.random())

@@ -57,7 +57,8 @@ CLUSTER = ClusterConfig(
 )
 CONFIG = Config(
     cluster=CLUSTER,
-    limits=LimitsSection(frames_per_second=10_000.0, frame_burst=100_000),
+    limits=LimitsSection(frames_per_second=10_000.0, frame_burst=100_000, user_messages_per_second=10_000.0,
+                         user_message_burst=100_000),
     accounts=AccountsSection(argon2_time_cost=1, argon2_memory_kib=8),  # nobody logs in with a password here
 )
 
