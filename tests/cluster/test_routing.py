@@ -132,6 +132,9 @@ async def test_typing_presence_and_logout_reach_other_nodes(tmp_path):
         a, b, c = cluster.nodes
         alice, bob = await user_on(a, "alice"), await user_on(b, "bob")
         chat = await alice.open_direct(username="bob")
+        for user in (alice, bob):  # each writes to the other: contacts, who see each other's presence
+            async with user.connect() as conn:
+                await conn.send_text(chat["id"], "hi")
         async with bob.connect() as cb:
             await cb.synced.wait()
             async with alice.connect() as ca:
