@@ -125,7 +125,7 @@ async def test_receipts_and_group_watermarks_across_nodes(tmp_path):
             seq = sent["seq"]
             for name in ("bob", "carol", "dave_x", "dave_y"):
                 await c[name].wait_for("message", seq=seq, chat=group)
-            delivered = await c["alice"].wait_for("delivered", chat=group, where=lambda e: e["seq"] >= seq)
+            delivered = await c["alice"].wait_for("delivered", chat=group, where=lambda e: e.get("all") and e["seq"] >= seq)
             assert delivered["all"] is True
 
             # bob reads on y (socket), carol through the owner's HTTP API
@@ -188,6 +188,8 @@ async def test_typing_presence_and_last_seen_across_nodes(tmp_path):
         d1, d2 = cluster.others(home)
         alice = await cluster.user(n1, "alice")
         chat = (await alice.open_direct(username=eve.user["username"]))["id"]
+        async with eve.connect() as conn:  # eve writes to alice: alice is her contact, and sees her presence
+            await conn.send_text(chat, "hi alice")
         alice_1, alice_2 = await cluster.login(d1, alice), await cluster.login(home, alice)
         eve_1, eve_2 = await cluster.login(d1, eve), await cluster.login(d2, eve)
         eid = eve.user["id"]
@@ -458,7 +460,9 @@ async def test_profile_updates_reach_every_node(tmp_path):
         alice = await cluster.user(a, "alice")
         bob = await cluster.user(b, "bob")
         stranger = await cluster.user(c, "stranger")
-        await bob.open_direct(username=alice.user["username"])
+        direct = await bob.open_direct(username=alice.user["username"])
+        async with alice.connect() as conn:  # alice writes to bob: bob is her contact
+            await conn.send_text(direct["id"], "hi bob")
         await alice.settings(last_seen="contacts")  # bob, a contact, sees her photo
         for node in cluster.nodes:  # every node has read (and cached) alice's profile
             reader = await cluster.login(node, bob, "reader")
