@@ -8,10 +8,18 @@ it reads them, its writer task sends, and a lock keeps the two from interleaving
 (the reader answers pings and close frames). wsproto does all of the protocol work:
 the HTTP upgrade, framing, masking, UTF-8 checks, the close handshake.
 
+Once open, the socket is read and written directly (`os.read`/`os.write` on its
+non-blocking descriptor) rather than through trio's SocketStream, which costs a failed
+`recv` and a scheduler round per read and per write: a read that drained the socket
+waits for readiness before the next one, and a write that the kernel takes whole (the
+usual case) returns without yielding. Measured in bench/README.md.
+
 Clients (node/client.py, the tests) keep using trio-websocket.
 """
 
 from __future__ import annotations
+
+import os
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -107,15 +115,19 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
 class WebSocket:
     """One open WebSocket: one task may read while another sends."""
 
-    __slots__ = ("_broken", "_max_size", "_parts", "_protocol", "_send_lock", "_size", "_stream")
+    __slots__ = ("_broken", "_drained", "_max_size", "_parts", "_protocol", "_send_busy", "_send_free", "_size",
+                 "_socket", "_stream")
 
     def __init__(self, stream: trio.SocketStream, protocol: Connection, max_message_size: int) -> None:
         self._stream = stream
+        self._socket = stream.socket
         self._protocol = protocol
         self._max_size = max_message_size
         self._parts: list[str | bytes] = []  # fragments of the message being received
         self._size = 0
-        self._send_lock = trio.StrictFIFOLock()
+        self._drained = True  # the last read emptied the socket: wait for readiness first
+        self._send_busy = False  # a frame is partly written: others wait for `_send_free`
+        self._send_free: trio.Event | None = None
         self._broken = False  # a send was cut off mid-frame: only closing the TCP is safe now
 
     # -- receiving -------------------------------------------------------------------------
@@ -142,11 +154,43 @@ class WebSocket:
                     await self._send_control(event.response())  # type: ignore[union-attr]
                 elif kind is CloseConnection:
                     await self._finish_close(event)  # type: ignore[arg-type]
-            try:
-                data = await self._stream.receive_some(RECEIVE_BYTES)
-            except _TRANSPORT_ERRORS:
-                data = b""
+            data = await self._receive()
             protocol.receive_data(data or None)  # None: the peer is gone, wsproto reports 1006
+
+    async def _receive(self) -> bytes:
+        """The bytes the socket has (up to RECEIVE_BYTES); b"" once it is closed or gone.
+
+        The descriptor is looked up before every call, with no await in between: once the
+        socket is closed it reads -1, never a number since reused by another connection.
+        """
+        if self._drained:
+            await self._wait(trio.lowlevel.wait_readable)
+        else:
+            await trio.lowlevel.checkpoint()  # a full buffer last time: more may be waiting
+        while True:
+            fd = self._socket.fileno()
+            if fd < 0:
+                return b""
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except BlockingIOError:
+                self._drained = True
+                await self._wait(trio.lowlevel.wait_readable)
+                continue
+            except OSError:
+                return b""
+            self._drained = len(data) < RECEIVE_BYTES
+            return data
+
+    async def _wait(self, wait) -> None:
+        """Wait for the socket to be ready; returns at once if it is closed (the syscall
+        that follows then finds it so)."""
+        fd = self._socket.fileno()
+        if fd >= 0:
+            try:
+                await wait(fd)
+            except trio.ClosedResourceError:
+                pass
 
     def _collect(self, event: TextMessage | BytesMessage) -> str | bytes | None:
         """Add a fragment; the message once it is complete (and not too big)."""
@@ -198,18 +242,44 @@ class WebSocket:
             pass
 
     async def _send_bytes(self, data: bytes) -> None:
+        """Write a whole frame; no other frame's bytes get in between."""
+        while self._send_busy:  # another task is halfway through a frame (rare: pings, close)
+            if self._send_free is None:
+                self._send_free = trio.Event()
+            await self._send_free.wait()
         if self._broken:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "connection broken")
-        async with self._send_lock:
-            done = False
-            try:
-                await self._stream.send_all(data)
-                done = True
-            except _TRANSPORT_ERRORS:
-                raise ConnectionClosed(ABNORMAL_CLOSURE, "connection lost") from None
-            finally:
-                if not done:
-                    self._broken = True
+        sent = self._write(data)
+        if sent == len(data):
+            return  # the usual case: the kernel took it all, nothing to wait for
+        self._send_busy = True
+        done = False
+        try:
+            view = memoryview(data)[sent:]
+            while view:
+                await self._wait(trio.lowlevel.wait_writable)
+                view = view[self._write(view):]
+            done = True
+        finally:
+            self._send_busy = False
+            if not done:
+                self._broken = True
+            if self._send_free is not None:
+                self._send_free.set()
+                self._send_free = None
+
+    def _write(self, data: bytes | memoryview) -> int:
+        """Write what the kernel takes now; ConnectionClosed if the socket is gone."""
+        fd = self._socket.fileno()  # see `_receive`: never a reused descriptor
+        try:
+            if fd < 0:
+                raise OSError("closed")
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._broken = True
+            raise ConnectionClosed(ABNORMAL_CLOSURE, "connection lost") from None
 
     # -- closing ---------------------------------------------------------------------------
 
