@@ -222,7 +222,7 @@ class Session:
         self._metrics.closes.inc(str(code))
         with trio.move_on_after(2):
             try:
-                await self.ws.send_message(orjson.dumps({"type": "error", **exc.to_json()}).decode())
+                await self.ws.send_message(orjson.dumps({"type": "error", **exc.to_json()}))
                 await self.ws.aclose(code, exc.message[:120])
             except ConnectionClosed:
                 pass
@@ -359,7 +359,7 @@ class Session:
                     self._room = None
                 frame = first if len(items) == 1 else b"[" + b",".join(items) + b"]"
                 del first, items
-                await self.ws.send_message(frame.decode())
+                await self.ws.send_message(frame)  # UTF-8 already: no decode and re-encode
                 del frame  # hold nothing while idle
                 self.frames_out += 1
         except ConnectionClosed as exc:
