@@ -367,12 +367,13 @@ class Chats:
         self.applied += len(applied)
         self.metrics.batch_ops.observe(len(ops))
         started = time.perf_counter()
-        for op, effect in applied:
-            if effect is not None:
-                try:
-                    effect()
-                except Exception:
-                    log.exception("effect of %r failed", op)
+        with self.hub.batch():  # every device's events of this batch go out in one write
+            for op, effect in applied:
+                if effect is not None:
+                    try:
+                        effect()
+                    except Exception:
+                        log.exception("effect of %r failed", op)
         self.metrics.fan_out.observe(time.perf_counter() - started)
         if self.plugins.has_impls("on_message_stored"):
             for _chat, record in appended:

@@ -120,8 +120,8 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
 class WebSocket:
     """One open WebSocket: one task may read while another sends."""
 
-    __slots__ = ("_broken", "_drained", "_events", "_parts", "_protocol", "_send_busy", "_send_free", "_socket",
-                 "_stream", "_text")
+    __slots__ = ("_broken", "_drained", "_events", "_parts", "_protocol", "_rest", "_send_busy", "_send_free",
+                 "_socket", "_stream", "_text")
 
     def __init__(self, stream: trio.SocketStream, protocol: ServerProtocol) -> None:
         self._stream = stream
@@ -133,6 +133,7 @@ class WebSocket:
         self._drained = True  # the last read emptied the socket: wait for readiness first
         self._send_busy = False  # a frame is partly written: others wait for `_send_free`
         self._send_free: trio.Event | None = None
+        self._rest: bytes | None = None  # the unwritten end of a `send_nowait`: goes out first
         self._broken = False  # a send was cut off mid-frame: only closing the TCP is safe now
 
     # -- receiving -------------------------------------------------------------------------
@@ -246,6 +247,37 @@ class WebSocket:
         protocol.send_text(message.encode() if isinstance(message, str) else message)
         await self._flush()
 
+    @property
+    def can_send_nowait(self) -> bool:
+        """No other write is under way or left unfinished."""
+        return not self._send_busy and self._rest is None
+
+    def send_nowait(self, message: bytes) -> None:
+        """Send one text message (UTF-8) from any task without waiting; only when
+        `can_send_nowait`. If the kernel takes only part of it, the rest goes out first
+        with the next send (see `rest_pending`: someone must then call `send_rest`).
+        ConnectionClosed as `send_message`.
+        """
+        assert self.can_send_nowait
+        protocol = self._protocol
+        if protocol.state is not State.OPEN or self._broken:
+            raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing")
+        protocol.send_text(message)
+        data = b"".join(protocol.data_to_send())
+        sent = self._write(data)
+        if sent < len(data):
+            self._rest = data[sent:]
+
+    @property
+    def rest_pending(self) -> bool:
+        """Part of a `send_nowait` frame is still to be written."""
+        return self._rest is not None
+
+    async def send_rest(self) -> None:
+        """Write the rest of a partly written `send_nowait` frame (waits for the socket)."""
+        if self._rest is not None:
+            await self._send_bytes(b"")
+
     async def _flush(self) -> None:
         """Write what the protocol has queued (b"" in it means: close the TCP after)."""
         data = b"".join(self._protocol.data_to_send())
@@ -260,6 +292,8 @@ class WebSocket:
             await self._send_free.wait()
         if self._broken:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "connection broken")
+        if self._rest is not None:  # a frame's end from `send_nowait` goes first
+            data, self._rest = self._rest + data, None
         sent = self._write(data)
         if sent == len(data):
             return  # the usual case: the kernel took it all, nothing to wait for
