@@ -25,6 +25,7 @@ import os
 import trio
 from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import BINARY, CLOSE, CONT, TEXT, CloseCode
+from websockets.datastructures import Headers
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -35,6 +36,7 @@ ABNORMAL_CLOSURE = 1006
 MESSAGE_TOO_BIG = 1009
 
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+_NO_HEADERS = Headers()
 
 #: websockets logs every connection opened and closed at INFO: too much for a chat node.
 _log = logging.getLogger(__name__ + ".protocol")
@@ -104,6 +106,9 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
                             protocol.send_response(response)
                             await _send_handshake(stream, protocol)
                             return None
+                        # The protocol's parser keeps the request for the connection's life:
+                        # without its headers it weighs about 1.5 KiB less.
+                        event.headers = _NO_HEADERS
                         return Upgrade(stream, protocol, event.path, response)
                 if protocol.handshake_exc is not None:  # not HTTP, or headers too large
                     await _send_handshake(stream, protocol)
