@@ -12,10 +12,18 @@ figure is the median of the runs (small VMs are noisy), and each measurement rec
 much CPU the rest of the machine used meanwhile (`others_cpu_pct`, % of one core).
 
     python -m bench.run [--engines lmdb,postgresql] [--runs 3] [--pairs 100] [--latency-pairs 500]
-                        [--idle 2000] [--baseline DIR]
+                        [--latency-rates 1000,2000,5000,10000] [--idle 2000] [--baseline DIR]
+                        [--phases idle,reconnects,throughput,latency] [--profile PREFIX]
 
-`--baseline DIR` adds LMDB runs of the node in another checkout (say, an earlier commit in
-a `git worktree`), interleaved with the others: a before/after comparison under one load.
+Two kinds of 1-1 traffic, labelled as such: *batched* (ten messages per frame, one
+`received` per frame, closed loop: the throughput figure) and *one per frame* (one
+message per frame at fixed offered rates, receivers acknowledging every frame as the web
+client does: latency, CPU per delivered message). Latency percentiles are taken over all
+samples of all runs, not as a median of per-run percentiles.
+
+`--baseline DIR` (repeatable) adds LMDB runs of the node in another checkout (say, an
+earlier commit unpacked with `git archive`), interleaved with the others: a before/after
+comparison under one load.
 """
 
 from __future__ import annotations
@@ -59,6 +67,18 @@ def free_port() -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time the process's threads spent runnable but waiting for a CPU (/proc schedstat):
+    how much the rest of the machine starved it, as opposed to it waiting for work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return total / 1e9
 
 
 def rss_kib(pid: int) -> int:
@@ -162,10 +182,12 @@ def postmaster_pid(server: Any) -> int:
 
 
 @contextmanager
-def node_process(tmp: Path, extra_config: str = "", env: dict[str, str] | None = None, *, baseline: bool = False):
-    """A node on free ports with data in `tmp`; `baseline`: a node from an earlier checkout,
-    whose config does not know the per-address connection cap (every client here is on
+def node_process(tmp: Path, extra_config: str = "", env: dict[str, str] | None = None, *, baseline: str | None = None):
+    """A node on free ports with data in `tmp`; `baseline`: the checkout of an earlier node,
+    whose config may not know the per-address connection cap (every client here is on
     127.0.0.1, and the cap would refuse all but 64 of them)."""
+    per_address = baseline is None or "max_connections_per_address" in (Path(baseline) / "node/config.py").read_text()
+    per_user = baseline is None or "user_messages_per_second" in (Path(baseline) / "node/config.py").read_text()
     http_port, ws_port = free_port(), free_port()
     config = tmp / "config.toml"
     config.write_text(
@@ -184,9 +206,9 @@ login_failures_per_address = 1000000
 frames_per_second = 100000.0
 frame_burst = 100000
 max_connections_per_user = 10000
-{"" if baseline else "max_connections_per_address = 1000000"}
-{"" if baseline else "user_messages_per_second = 1000000.0"}
-{"" if baseline else "user_message_burst = 100000000"}
+{"max_connections_per_address = 1000000" if per_address else ""}
+{"user_messages_per_second = 1000000.0" if per_user else ""}
+{"user_message_burst = 100000000" if per_user else ""}
 {extra_config}
 """
     )
@@ -245,20 +267,24 @@ def events_of(payload: bytes) -> list[dict]:
 class Receivers:
     """Count messages, acknowledge per frame, optionally record latency."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: float = 0.0) -> None:
         self.count = 0
         self.latencies: list[float] = []
         self.record = False
+        self.since = since  # messages sent earlier (an earlier phase's backlog) are not counted
 
     def on_text(self, conn: Conn, payload: bytes) -> None:
         now = time.perf_counter()
         acks: dict[str, int] = {}
         for event in events_of(payload):
             if event.get("type") == "message":
-                self.count += 1
                 acks[event["chat"]] = event["seq"]
+                sent = float(event["text"].split(" ", 1)[0])
+                if sent < self.since:
+                    continue
+                self.count += 1
                 if self.record:
-                    self.latencies.append(now - float(event["text"].split(" ", 1)[0]))
+                    self.latencies.append(now - sent)
         if acks:
             conn.send_text(orjson.dumps([{"type": "received", "chat": c, "seq": s} for c, s in acks.items()]))
 
@@ -330,7 +356,7 @@ def _profile(pid: int, seconds: float, path: str | None) -> subprocess.Popen | N
     if not path:
         return None
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-                             "--format", "raw", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL)
+                             "--format", "raw", "--output", path, "--nonblocking", "--threads"], stdout=subprocess.DEVNULL)
 
 
 def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, seconds: float,
@@ -376,7 +402,7 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
             profile: str | None = None) -> dict:
     """Open loop: one message every 1/rate s, round-robin over the senders."""
     loop = Loop()
-    receivers = Receivers()
+    receivers = Receivers(since=time.perf_counter())
     senders = Senders(1 << 30, 1)
     positions = chat_positions(url, pairs)
     for _, token, chat in pairs:
@@ -405,9 +431,9 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
     sent_before = schedule["i"]
     spy = _profile(server.pid, seconds, profile)
     others = Others(server)
-    c0, d0 = server.cpu(), server.db_cpu()
+    c0, d0, n0, w0 = server.cpu(), server.db_cpu(), receivers.count, runqueue_wait_seconds(server.pid)
     loop.run(start + seconds, tick)
-    c1, d1 = server.cpu(), server.db_cpu()
+    c1, d1, n1, w1 = server.cpu(), server.db_cpu(), receivers.count, runqueue_wait_seconds(server.pid)
     load = others.result()
     if spy is not None:
         spy.wait(30)
@@ -416,15 +442,20 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
     samples = sorted(receivers.latencies)
     if not samples:
         return {"offered_per_s": rate, "samples": 0}
+    delivered = n1 - n0
     return {
         "offered_per_s": rate,
         "sent": schedule["i"] - sent_before,
         "samples": len(samples),
+        "delivered_per_s": delivered / seconds,
         "server_cpu_pct": 100 * (c1 - c0) / seconds,
+        "server_cpu_us_per_msg": 1e6 * (c1 - c0) / max(1, delivered),
+        "server_runqueue_wait_pct": 100 * (w1 - w0) / seconds,  # starved by other processes
         "db_cpu_pct": 100 * (d1 - d0) / seconds,
         "p50_ms": 1000 * samples[len(samples) // 2],
         "p99_ms": 1000 * samples[int(len(samples) * 0.99)],
         "max_ms": 1000 * samples[-1],
+        "_samples": samples,  # pooled over the runs by `summarize`, not written out
         **load,
     }
 
@@ -471,7 +502,8 @@ def idle_memory(server: Server, url: str, ws_url: str, connections: int) -> dict
 CLOSE_NORMAL = b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8"  # masked close frame, code 1000
 
 
-def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: int, seconds: float) -> dict:
+def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: int, seconds: float,
+               profile: str | None = None) -> dict:
     """Token logins per second: `concurrency` clients each connect, say hello with their
     token, wait for `synced`, close, and start again."""
     loop = Loop()
@@ -498,6 +530,7 @@ def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: i
     for _ in range(concurrency):
         start()
     loop.run(time.perf_counter() + 1.0)  # warm-up
+    spy = _profile(server.pid, seconds, profile)
     others = Others(server)
     n0, failed0, cpu0, t0 = done["n"], done["failed"], server.cpu(), time.perf_counter()
     loop.run(t0 + seconds)
@@ -506,8 +539,17 @@ def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: i
     for conn in loop.conns:
         conn.on_close = None
     loop.close_all()
+    if spy is not None:
+        spy.wait(30)
     return {"reconnects_per_s": count / elapsed, "failed": done["failed"] - failed0,
             "server_cpu_us_per_reconnect": cpu / max(1, count) * 1e6, "concurrency": concurrency, **others.result()}
+
+
+def pooled(runs: list[dict], q: float) -> float:
+    """The q-quantile (in ms) over every sample of every run: a p99 of all the messages,
+    not the median of per-run p99s (which hides a bad run)."""
+    samples = sorted(x for r in runs for x in r.get("_samples", ()))
+    return 1000 * samples[min(len(samples) - 1, int(len(samples) * q))] if samples else float("nan")
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -517,30 +559,34 @@ def median(runs: list[dict], key: str) -> float:
 
 def one_run(server: Server, url: str, ws_url: str, args: argparse.Namespace, results: dict[str, list[dict]],
             tag: str) -> None:
-    """Every phase once, on one fresh node."""
-    if args.idle:
+    """Every phase asked for (`--phases`) once, on one fresh node."""
+    phases = args.phases
+    if "idle" in phases:
         idle = idle_memory(server, url, ws_url, args.idle)
         results["idle"].append(idle)
         print(f"{tag}: idle {idle}", flush=True)
     pairs = make_pairs(url, max(args.pairs, args.latency_pairs), "r")
-    if args.reconnects:
+    if "reconnects" in phases:
         tokens = [token for pair in pairs for token in pair[:2]]
-        r = reconnects(server, ws_url, tokens, concurrency=args.reconnects, seconds=args.seconds)
+        r = reconnects(server, ws_url, tokens, concurrency=args.reconnects, seconds=args.seconds,
+                       profile=args.profile and args.profile + ".reconnects")
         results["reconnects"].append(r)
         print(f"{tag}: reconnects {r}", flush=True)
         time.sleep(3.0)
-    t = throughput(server, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
-                   seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
-    results["throughput"].append(t)
-    print(f"{tag}: throughput {t}", flush=True)
-    for name in args.latency_rates.split(","):
-        rate = t["delivered_per_s"] / 2 if name == "half" else float(name)
-        lat = latency(server, url, ws_url, pairs[: args.latency_pairs], rate=rate, seconds=args.seconds,
-                      profile=args.profile and args.profile + ".latency")
+    # One per frame before batched: the batched phase leaves work behind (the search index
+    # of ~100,000 messages) that would otherwise be counted against the next phase.
+    for name in args.latency_rates.split(",") if "latency" in phases else ():
+        lat = latency(server, url, ws_url, pairs[: args.latency_pairs], rate=float(name), seconds=args.seconds,
+                      profile=args.profile and f"{args.profile}.latency-{name}")
         lat["rate_name"] = name
         results["latency"].append(lat)
-        print(f"{tag}: latency {lat}", flush=True)
+        print(f"{tag}: latency {({k: v for k, v in lat.items() if k != '_samples'})}", flush=True)
         time.sleep(3.0)  # let the node drain before the next phase
+    if "throughput" in phases:
+        t = throughput(server, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
+                       seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
+        results["throughput"].append(t)
+        print(f"{tag}: throughput {t}", flush=True)
 
 
 def summarize(results: dict[str, list[dict]], args: argparse.Namespace) -> dict:
@@ -550,11 +596,8 @@ def summarize(results: dict[str, list[dict]], args: argparse.Namespace) -> dict:
         "server_cpu_us_per_msg": median(results["throughput"], "server_cpu_us_per_msg"),
         "db_cpu_us_per_msg": median(results["throughput"], "db_cpu_us_per_msg"),
         "throughput_others_cpu_pct": median(results["throughput"], "others_cpu_pct"),
-        "latency": {
-            name: {key: median([r for r in results["latency"] if r["rate_name"] == name], key)
-                   for key in ("offered_per_s", "p50_ms", "p99_ms", "server_cpu_pct", "db_cpu_pct", "others_cpu_pct")}
-            for name in args.latency_rates.split(",")
-        },
+        "latency": {name: _latency_summary([r for r in results["latency"] if r["rate_name"] == name])
+                    for name in args.latency_rates.split(",")},
         "idle_kib_per_connection": median(results["idle"], "kib_per_connection"),
         "reconnects_per_s": median(results["reconnects"], "reconnects_per_s"),
         "server_cpu_us_per_reconnect": median(results["reconnects"], "server_cpu_us_per_reconnect"),
@@ -563,14 +606,24 @@ def summarize(results: dict[str, list[dict]], args: argparse.Namespace) -> dict:
     }
 
 
+def _latency_summary(runs: list[dict]) -> dict:
+    """One offered rate: p50/p99 over all samples of all runs; the rest as medians."""
+    out = {key: median(runs, key) for key in ("offered_per_s", "delivered_per_s", "server_cpu_pct",
+                                               "server_cpu_us_per_msg", "server_runqueue_wait_pct", "db_cpu_pct",
+                                               "others_cpu_pct")}
+    out["p50_ms"], out["p99_ms"] = pooled(runs, 0.50), pooled(runs, 0.99)
+    out["samples"] = sum(r.get("samples", 0) for r in runs)
+    return out
+
+
 def run_all(args: argparse.Namespace) -> dict:
     """`args.runs` rounds; in each, one run per engine (and of the baseline), in turn."""
     labels = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = set(labels) - {"lmdb", "postgresql"}
     if unknown:
         raise SystemExit(f"unknown engines: {', '.join(sorted(unknown))} (lmdb, postgresql)")
-    if args.baseline:
-        labels.append("baseline")
+    baselines = {f"baseline{i or ''}": path for i, path in enumerate(args.baseline or [])}
+    labels += baselines
     results = {label: {"throughput": [], "latency": [], "idle": [], "reconnects": []} for label in labels}
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(private_postgres()) if "postgresql" in labels else None
@@ -580,19 +633,31 @@ def run_all(args: argparse.Namespace) -> dict:
                 if label == "postgresql":
                     extra = f'[storage]\nengine = "postgresql"\ndsn = "{pg.create_database()}"\n'
                     postmaster = postmaster_pid(pg)
-                elif label == "baseline":
-                    env = {"PYTHONPATH": str(Path(args.baseline).resolve())}
+                elif label in baselines:
+                    env = {"PYTHONPATH": str(Path(baselines[label]).resolve())}
                 with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp:
-                    with node_process(Path(tmp), extra, env, baseline=label == "baseline") as (proc, url, ws_url):
+                    with node_process(Path(tmp), extra, env, baseline=baselines.get(label)) as (proc, url, ws_url):
                         one_run(Server(proc, postmaster), url, ws_url, args, results[label], f"run {run + 1} {label}")
     engines = {label: {"summary": summarize(results[label], args), "runs": results[label]} for label in labels}
-    return {"engines": engines, "args": vars(args), "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for label in labels:
+        for r in results[label]["latency"]:
+            r.pop("_samples", None)
+    return {"engines": engines, "args": {**vars(args), "phases": sorted(args.phases)}, "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _latency_cell(s: dict) -> str:
+    def ms(x: float) -> str:
+        return f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+    return (f"{ms(s['p50_ms'])} / {ms(s['p99_ms'])} ms ({s['delivered_per_s']:,.0f}/s; "
+            f"{s['server_cpu_pct']:.0f} %; {s['server_cpu_us_per_msg']:.0f} µs)")
 
 
 def table(report: dict, args: argparse.Namespace) -> str:
     """The figures as a Markdown table, one column per engine."""
     engines = report["engines"]
-    names = {"lmdb": "LMDB", "postgresql": "PostgreSQL", "baseline": f"LMDB, {args.baseline}"}
+    names = {"lmdb": "LMDB", "postgresql": "PostgreSQL",
+             **{f"baseline{i or ''}": f"LMDB, {path}" for i, path in enumerate(args.baseline or [])}}
     columns = " | ".join(names[e] for e in engines)
     head = f"| figure (median of {args.runs} runs) | {columns} |\n| --- |{' --- |' * len(engines)}\n"
 
@@ -600,18 +665,21 @@ def table(report: dict, args: argparse.Namespace) -> str:
         return f"| {label} | " + " | ".join(cell(e["summary"]) for e in engines.values()) + " |\n"
 
     out = head
-    out += row(f"1-1 messages delivered per second ({args.pairs} pairs, {args.window} in flight, {args.batch} per frame)",
-               lambda s: f"{s['delivered_per_s']:,.0f}")
-    out += row("server CPU per delivered message (of which the database server)",
-               lambda s: f"{s['server_cpu_us_per_msg']:.0f} µs ({s['db_cpu_us_per_msg']:.0f} µs)")
-    for name in args.latency_rates.split(","):
-        out += row(f"latency at {'half the throughput' if name == 'half' else name + ' msg/s'}, one message per frame: "
-                   "p50 / p99 (server CPU)",
-                   lambda s, n=name: f"{s['latency'][n]['p50_ms']:.1f} / {s['latency'][n]['p99_ms']:.1f} ms "
-                                     f"({s['latency'][n]['server_cpu_pct']:.0f} %)")
-    out += row("memory per idle authenticated connection", lambda s: f"{s['idle_kib_per_connection']:.1f} KiB")
-    out += row("token logins per second (server CPU each)",
-               lambda s: f"{s['reconnects_per_s']:,.0f} ({s['server_cpu_us_per_reconnect']:.0f} µs)")
+    if "throughput" in args.phases:
+        out += row(f"batched: 1-1 messages delivered per second ({args.pairs} pairs, {args.window} in flight, "
+                   f"{args.batch} per frame)", lambda s: f"{s['delivered_per_s']:,.0f}")
+        out += row("batched: server CPU per delivered message (of which the database server)",
+                   lambda s: f"{s['server_cpu_us_per_msg']:.0f} µs ({s['db_cpu_us_per_msg']:.0f} µs)")
+    for name in args.latency_rates.split(",") if "latency" in args.phases else ():
+        out += row(f"one per frame ({args.latency_pairs} pairs), offered "
+                   f"{name} msg/s: p50 / p99 over all samples "
+                   "(delivered/s; server CPU; CPU per delivered message)",
+                   lambda s, n=name: _latency_cell(s["latency"][n]))
+    if "idle" in args.phases:
+        out += row("memory per idle authenticated connection", lambda s: f"{s['idle_kib_per_connection']:.1f} KiB")
+    if "reconnects" in args.phases:
+        out += row("token logins per second (server CPU each)",
+                   lambda s: f"{s['reconnects_per_s']:,.0f} ({s['server_cpu_us_per_reconnect']:.0f} µs)")
     out += row("CPU used by other processes while measuring (% of one core)", lambda s: f"{s['others_cpu_pct']:.0f} %")
     return out
 
@@ -621,22 +689,25 @@ def ratios(report: dict, args: argparse.Namespace) -> str:
     of one round ran minutes apart, under much the same load, so their ratio is steadier than
     a ratio of medians when the machine is shared."""
     engines = report["engines"]
-    pairs = [(a, b) for a, b in (("postgresql", "lmdb"), ("lmdb", "baseline")) if a in engines and b in engines]
+    candidates = [("postgresql", "lmdb")] + [("lmdb", b) for b in engines if b.startswith("baseline")]
+    pairs = [(a, b) for a, b in candidates if a in engines and b in engines]
     if not pairs:
         return ""
-    names = {"lmdb": "LMDB", "postgresql": "PostgreSQL", "baseline": "LMDB before"}
-    rate = args.latency_rates.split(",")[0]
-
+    names = {"lmdb": "LMDB", "postgresql": "PostgreSQL",
+             **{f"baseline{i or ''}": f"LMDB, {Path(path).name}" for i, path in enumerate(args.baseline or [])}}
     def latency_of(run: dict, key: str, name: str) -> list[float]:
         return [r[key] for r in run["latency"] if r["rate_name"] == name]
 
     figures = {
         "delivered per second": lambda run: [r["delivered_per_s"] for r in run["throughput"]],
         "server CPU per message": lambda run: [r["server_cpu_us_per_msg"] for r in run["throughput"]],
-        f"p50 at {rate} msg/s": lambda run: latency_of(run, "p50_ms", rate),
-        f"p99 at {rate} msg/s": lambda run: latency_of(run, "p99_ms", rate),
         "token logins per second": lambda run: [r["reconnects_per_s"] for r in run["reconnects"]],
     }
+    for rate in args.latency_rates.split(","):
+        figures[f"one per frame at {rate} msg/s: p50"] = lambda run, r=rate: latency_of(run, "p50_ms", r)
+        figures[f"one per frame at {rate} msg/s: p99"] = lambda run, r=rate: latency_of(run, "p99_ms", r)
+        figures[f"one per frame at {rate} msg/s: CPU per message"] = (
+            lambda run, r=rate: latency_of(run, "server_cpu_us_per_msg", r))
     out = "| ratio (median over rounds) | " + " | ".join(f"{names[a]} ÷ {names[b]}" for a, b in pairs) + " |\n"
     out += "| --- |" + " --- |" * len(pairs) + "\n"
     for label, values in figures.items():
@@ -645,14 +716,15 @@ def ratios(report: dict, args: argparse.Namespace) -> str:
             per_round = [x / y for x, y in zip(values(engines[a]["runs"]), values(engines[b]["runs"]), strict=False)
                          if y]
             cells.append(f"{statistics.median(per_round):.2f}" if per_round else "-")
-        out += f"| {label} | " + " | ".join(cells) + " |\n"
+        if any(cell != "-" for cell in cells):  # a figure of a phase that was run
+            out += f"| {label} | " + " | ".join(cells) + " |\n"
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="lmdb,postgresql", help="storage engines to run, in turn")
-    parser.add_argument("--baseline", default=None,
+    parser.add_argument("--baseline", action="append", default=None,
                         help="also run LMDB with the node from this checkout (an earlier commit), in turn")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=100, help="sender/receiver pairs for throughput")
@@ -660,13 +732,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="messages per frame")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--latency-pairs", type=int, default=500)
-    parser.add_argument("--latency-rates", default="1000,2000,half",
-                        help="offered rates for the latency figure; 'half' = half the measured throughput")
+    parser.add_argument("--latency-rates", default="250,1000,2000,5000,10000",
+                        help="offered rates (msg/s) for the one-per-frame figures")
+    parser.add_argument("--phases", default="idle,reconnects,throughput,latency",
+                        help="which measurements to run: idle, reconnects, throughput (batched), latency (one per frame)")
     parser.add_argument("--idle", type=int, default=2000, help="idle connections for the memory figure")
     parser.add_argument("--reconnects", type=int, default=100,
                         help="concurrent clients for the token-login (reconnect) rate; 0 skips it")
     parser.add_argument("--profile", default=None, help="run the node under py-spy, writing collapsed stacks here")
     args = parser.parse_args()
+    args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if args.reconnects == 0:
+        args.phases.discard("reconnects")
+    if args.idle == 0:
+        args.phases.discard("idle")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pin(1)

@@ -4,7 +4,9 @@ Each server echoes text messages and nothing else; 50 connections keep one messa
 flight each (bench/rawws.py, pinned to the other CPU), then 2,000 idle connections are
 opened to weigh them. This is the measurement behind the chat socket's choice of layer.
 
-    python -m bench.ws_echo [--runs 3] [--seconds 5]
+    python -m bench.ws_echo [--runs 3] [--seconds 5] [--baseline DIR]
+
+`--baseline DIR` adds the node layer of another checkout (an earlier commit), interleaved.
 """
 
 from __future__ import annotations
@@ -77,10 +79,12 @@ def wait_listening(port: int) -> None:
     raise RuntimeError("echo server did not start")
 
 
-def measure(name: str, seconds: float) -> dict:
+def measure(name: str, seconds: float, baseline: str | None = None) -> dict:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.ws_echo", "--serve", name, "--port", str(port)],
-                            preexec_fn=lambda: pin(0))
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(baseline)} if baseline else None
+    server = "node.core.websocket" if baseline else name
+    proc = subprocess.Popen([sys.executable, "-m", "bench.ws_echo", "--serve", server, "--port", str(port)],
+                            preexec_fn=lambda: pin(0), env=env, cwd=os.path.abspath(baseline) if baseline else None)
     try:
         wait_listening(port)
         url = f"ws://127.0.0.1:{port}/ws"
@@ -116,15 +120,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", default=None, help="also run the node layer of this checkout, in turn")
+    parser.add_argument("--layers", default=",".join(SERVERS), help="which layers to run")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
         return
     pin(1)
-    results: dict[str, list[dict]] = {name: [] for name in SERVERS}
+    names = args.layers.split(",") + ([f"node.core.websocket, {args.baseline}"] if args.baseline else [])
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(args.runs):
-        for name in SERVERS:  # interleaved, so drift on a noisy machine hits both alike
-            results[name].append(measure(name, args.seconds))
+        for name in names:  # interleaved, so drift on a noisy machine hits both alike
+            results[name].append(measure(name, args.seconds, args.baseline if name not in SERVERS else None))
             print(name, {k: round(v, 1) for k, v in results[name][-1].items()}, flush=True)
     print(f"\n| layer (median of {args.runs} runs) | echoes/s | server CPU per echo | KiB per idle connection |")
     print("| --- | --- | --- | --- |")

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 Effect = Callable[[], None]
 
+#: Longest time a deferred cursor write (see `Operation.deferrable`) waits for the next
+#: commit to ride on before the sequencer commits it on its own.
+CURSOR_LINGER = 1.0
+
 #: How often a batch is applied again after another writer committed to its chats first
 #: (an owner that had not yet seen a hand-over); after that the requests are refused as
 #: retryable.
@@ -94,6 +98,12 @@ class Operation:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         OPERATIONS[cls.__name__] = cls
+
+    #: Its writes may ride on a later commit (at most `CURSOR_LINGER` later) and its effect
+    #: runs before they are durable: only for state a crash may set back harmlessly (a
+    #: device's `delivered` cursor, which the device raises again with its next `received`).
+    #: A batch of nothing else commits nothing of its own.
+    deferrable = False
 
     def reads(self, reads: Reads) -> None:
         pass
@@ -178,6 +188,9 @@ class Chats:
         self._appended: list[tuple[ChatState, dict[str, Any]]] = []
         self._batch_chats: set[int] = set()  # the chats the batch being applied loaded
         self._refreshes = 0  # chats dropped by `refresh` so far
+        # Writes of deferrable batches not yet committed: (op, chat, user) -> the op; they
+        # join the next batch's commit (the newest record of a member wins).
+        self._deferred: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
@@ -231,7 +244,20 @@ class Chats:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async with self._recv:
-            async for first in self._recv:
+            while True:
+                first: Operation | None = None
+                try:
+                    if self._deferred:  # commit them on their own if nothing comes to carry them
+                        with trio.move_on_after(CURSOR_LINGER):
+                            first = await self._recv.receive()
+                        if first is None:
+                            await self._flush_deferred()
+                            continue
+                    else:
+                        first = await self._recv.receive()
+                except trio.EndOfChannel:
+                    await self._flush_deferred()
+                    return
                 ops = [first]
                 while len(ops) < self._max_batch:
                     try:
@@ -239,6 +265,16 @@ class Chats:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await self._process(ops)
+
+    async def _flush_deferred(self) -> None:
+        """Commit the deferred cursor writes that no batch carried."""
+        batch = WriteBatch()
+        batch.ops.extend(self._deferred.values())
+        self._deferred.clear()
+        try:
+            await self.storage.write(batch)
+        except StorageError as exc:  # the cursors stay in memory; devices raise them again
+            log.warning("deferred cursor writes not stored: %s", exc)
 
     async def _process(self, ops: list[Operation], attempt: int = 0) -> None:
         version = self.routing.version
@@ -289,6 +325,16 @@ class Chats:
             applied.append((op, effect))
         self._flush_dirty(batch)
         appended, self._appended = self._appended, []
+        if applied and not stale and not self.routing.clustered and all(op.deferrable for op, _ in applied):
+            # Only cursor moves: no commit of their own (they ride on the next one).
+            for write in batch.ops:
+                self._deferred[write[:3]] = write
+            self._clear_batch()
+            self._run_effects(ops, applied, appended)
+            return
+        if self._deferred:  # older than this batch's writes: first, so newer records win
+            batch.ops[:0] = self._deferred.values()
+            self._deferred.clear()
         try:
             await self.storage.write(batch)
         except StorageError as exc:
@@ -318,15 +364,20 @@ class Chats:
             for chat_id in self._batch_chats:
                 if not self.routing.owns(chat_id):
                     self._chats.pop(chat_id, None)
+        self._run_effects(ops, applied, appended)
+
+    def _run_effects(self, ops: list[Operation], applied: list[tuple[Operation, Effect | None]],
+                     appended: list[tuple[ChatState, dict[str, Any]]]) -> None:
         self.applied += len(applied)
         self.metrics.batch_ops.observe(len(ops))
         started = time.perf_counter()
-        for op, effect in applied:
-            if effect is not None:
-                try:
-                    effect()
-                except Exception:
-                    log.exception("effect of %r failed", op)
+        with self.hub.batch():  # every device's events of this batch go out in one write
+            for op, effect in applied:
+                if effect is not None:
+                    try:
+                        effect()
+                    except Exception:
+                        log.exception("effect of %r failed", op)
         self.metrics.fan_out.observe(time.perf_counter() - started)
         if self.plugins.has_impls("on_message_stored"):
             for _chat, record in appended:
@@ -376,6 +427,7 @@ class Chats:
         self._dirty.clear()
         self._dirty_chats.clear()
         self._appended.clear()
+        self._deferred.clear()  # cursor moves not yet stored are lost: devices raise them again
 
     # -- helpers used by operations (sequencer only) ---------------------------------
 

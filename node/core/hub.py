@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .errors import CLOSE_LOGGED_OUT, ChatError
@@ -17,6 +18,7 @@ class Hub:
     def __init__(self, max_connections_per_user: int) -> None:
         self._max_per_user = max_connections_per_user
         self._by_user: dict[int, list[Session]] = {}
+        self._flushes: list[Session] | None = None  # sessions to flush when the batch ends
         # Edge callbacks: first device of a user connected / last one gone.
         self.on_user_online: list[Callable[[int], None]] = []
         self.on_user_offline: list[Callable[[int], None]] = []
@@ -42,6 +44,29 @@ class Hub:
             del self._by_user[session.user_id]
             for callback in self.on_user_offline:
                 callback(session.user_id)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Events queued meanwhile (a sequencer batch's effects) are written once per
+        session when it ends: one write per device per batch, and no writer task woken
+        when the socket takes it at once."""
+        outer = self._flushes is not None
+        if not outer:
+            self._flushes = []
+        try:
+            yield
+        finally:
+            if not outer:
+                sessions, self._flushes = self._flushes or [], None
+                for session in sessions:
+                    session.flush_now()
+
+    def defer_flush(self, session: Session) -> bool:
+        """Inside `batch`: note `session` for the flush at its end (True)."""
+        if self._flushes is None:
+            return False
+        self._flushes.append(session)
+        return True
 
     def sessions_of(self, user_id: int) -> list[Session] | tuple:
         return self._by_user.get(user_id, EMPTY)

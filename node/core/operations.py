@@ -206,8 +206,12 @@ class PostMessage(Awaitable):
 
 @attrs.define(eq=False)
 class MarkDelivered(Operation):
-    """A device acknowledged receipt of everything up to `seq` in a chat (cumulative)."""
+    """A device acknowledged receipt of everything up to `seq` in a chat (cumulative).
 
+    Deferrable: the cursor is stored with the next commit (or within CURSOR_LINGER); a
+    crash may set it back, and the device's next `received` raises it again."""
+
+    deferrable = True
     user_id: int
     chat_id: int
     seq: int

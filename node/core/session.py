@@ -1,9 +1,11 @@
 """One authenticated WebSocket connection: reader, writer and resync tasks.
 
-Outgoing events go through one bounded queue that a single writer task drains, packing
-whatever is waiting into one frame (a JSON array when there are several). Nothing else
-ever awaits the socket, so fan-out just offers an event and moves on; a device whose
-queue overflows is closed with 4008 and catches up from the log when it reconnects.
+Outgoing events go through one bounded queue, packed into frames (a JSON array when
+several are waiting). Fan-out just offers an event and moves on: after a sequencer batch's
+effects the sequencer writes each device's queue once, without waiting, when the socket
+takes the frame at once (`flush_now`: no task woken); otherwise a single writer task
+drains it. Nothing but the writer ever awaits the socket; a device whose queue overflows
+is closed with 4008 and catches up from the log when it reconnects.
 The writer exists only while there is traffic: it is started by the first queued event
 and ends after `WRITER_LINGER` seconds with nothing to send, so an idle connection holds
 just its reader (the handler task).
@@ -59,7 +61,9 @@ class Session:
         "_catchup",
         "_close",
         "_closing",
+        "_flush_due",
         "_graceful",
+        "_in_send",
         "_inflight",
         "_inflight_changed",
         "_inflight_max",
@@ -97,6 +101,8 @@ class Session:
         self._queue: list[bytes] = []  # outgoing events, at most `_capacity` (a list: small when empty)
         self._queue_closed = False  # no more events: the writer flushes what is queued and ends
         self._writing = False  # a writer task is running
+        self._in_send = False  # ... and is inside a send
+        self._flush_due = False  # noted for the flush at the end of the sequencer's effects
         self._more: trio.Event | None = None  # exists only while the lingering writer waits
         self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst)
         self._inflight = 0  # sends waiting for their ack
@@ -222,7 +228,7 @@ class Session:
         self._metrics.closes.inc(str(code))
         with trio.move_on_after(2):
             try:
-                await self.ws.send_message(orjson.dumps({"type": "error", **exc.to_json()}).decode())
+                await self.ws.send_message(orjson.dumps({"type": "error", **exc.to_json()}))
                 await self.ws.aclose(code, exc.message[:120])
             except ConnectionClosed:
                 pass
@@ -238,7 +244,7 @@ class Session:
             else:  # nothing missed: no syncer task at all
                 self.synced = True
                 self._enqueue(SYNCED)
-            self._start_writer()  # the welcome (and maybe `synced`) is already queued
+            self.flush_now()  # the welcome (and maybe `synced`): written at once, or by a writer task
             with self._reader_scope:
                 await self._reader()
             self._closing = True
@@ -305,9 +311,54 @@ class Session:
             self.close(errors.CLOSE_TOO_SLOW, errors.CLOSE_CODES[errors.CLOSE_TOO_SLOW])
             return False
         self._queue.append(payload)
+        if self._flush_due:
+            return True
+        if self.node.hub.defer_flush(self):  # one write after all of a batch's effects
+            self._flush_due = True
+            return True
         if not self._wake_writer() and not self._writing:
             self._start_writer()
         return True
+
+    def flush_now(self) -> None:
+        """Write what is queued from the calling task (the sequencer, after a batch's
+        effects), without a wake-up of the writer, when the socket takes it at once;
+        otherwise leave it to the writer task, woken or started."""
+        self._flush_due = False
+        queue = self._queue
+        ws = self.ws
+        try:
+            while (queue and ws.can_send_nowait and not self._in_send and not self._queue_closed
+                   and self._nursery is not None):
+                ws.send_nowait(self._take_frame())
+                self.frames_out += 1
+                if ws.rest_pending:
+                    break  # the socket is full: the writer finishes the frame
+        except ConnectionClosed as exc:
+            self._peer_gone(exc.code)
+            return
+        if queue or ws.rest_pending:
+            if not self._wake_writer() and not self._writing:
+                self._start_writer()
+
+    def _take_frame(self) -> bytes:
+        """Several queued events as one frame (a JSON array), within the frame limits."""
+        queue = self._queue
+        self._metrics.queue_depth.observe(len(queue))
+        count, size = 1, len(queue[0])
+        max_events, budget = self._limits.max_events_per_frame, self._limits.max_frame_bytes // 2
+        while count < len(queue) and count < max_events and size < budget:
+            size += len(queue[count])
+            count += 1
+        if count == 1:
+            frame = queue.pop(0)
+        else:
+            frame = b"[" + b",".join(queue[:count]) + b"]"
+            del queue[:count]
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        return frame
 
     def _wake_writer(self) -> bool:
         """Wake the writer if it lingers idle; False if it was not waiting."""
@@ -336,35 +387,28 @@ class Session:
 
     async def _writer(self) -> None:
         """Send what is queued, several events per frame; end once idle for a while."""
-        max_events = self._limits.max_events_per_frame
-        budget = self._limits.max_frame_bytes // 2
         queue = self._queue
-        depth = self._metrics.queue_depth.observe
+        ws = self.ws
         try:
             while True:
+                if ws.rest_pending:
+                    self._in_send = True
+                    await ws.send_rest()
+                    self._in_send = False
                 if not queue:
                     if self._queue_closed or not await self._more_within(WRITER_LINGER):
                         return
                     continue
-                depth(len(queue))
-                count, size = 1, len(queue[0])
-                while count < len(queue) and count < max_events and size < budget:
-                    size += len(queue[count])
-                    count += 1
-                items = queue[:count]
-                del queue[:count]
-                first = items[0]
-                if self._room is not None:
-                    self._room.set()
-                    self._room = None
-                frame = first if len(items) == 1 else b"[" + b",".join(items) + b"]"
-                del first, items
-                await self.ws.send_message(frame.decode())
+                frame = self._take_frame()
+                self._in_send = True
+                await ws.send_message(frame)  # UTF-8 already: no decode and re-encode
+                self._in_send = False
                 del frame  # hold nothing while idle
                 self.frames_out += 1
         except ConnectionClosed as exc:
             self._peer_gone(exc.code)
         finally:
+            self._in_send = False
             self._writing = False
             if self._writer_done is not None:
                 self._writer_done.set()

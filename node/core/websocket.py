@@ -1,35 +1,34 @@
-"""The chat socket's WebSocket layer: wsproto driven straight from a trio stream.
+"""The chat socket's WebSocket layer: websockets' sans-I/O protocol on a trio socket.
 
 trio-websocket gives every connection a reader task and a message channel of its own,
-on top of the session's tasks. Measured on this stack (echo over loopback, bench/README.md),
-driving wsproto directly costs about 30 % less CPU per frame and half the memory per idle
-connection. So here nothing runs on its own: the session's reader task parses frames as
-it reads them, its writer task sends, and a lock keeps the two from interleaving bytes
-(the reader answers pings and close frames). wsproto does all of the protocol work:
-the HTTP upgrade, framing, masking, UTF-8 checks, the close handshake.
+on top of the session's tasks. Here nothing runs on its own: the session's reader task
+parses frames as it reads them and its writer task sends. The protocol work (the HTTP
+upgrade, framing, masking, size limits, the close handshake, answering pings) is done by
+the `websockets` package's sans-I/O `ServerProtocol`, whose frame codec costs about half
+of wsproto's per small frame (its unmasking is in C; bench/README.md), and which keeps
+no state of its own between frames beyond a small buffer.
+
+Once open, the socket is read and written directly (`os.read`/`os.write` on its
+non-blocking descriptor) rather than through trio's SocketStream, which costs a failed
+`recv` and a scheduler round per read and per write: a read that drained the socket
+waits for readiness before the next one, and a write that the kernel takes whole (the
+usual case) returns without yielding.
 
 Clients (node/client.py, the tests) keep using trio-websocket.
 """
 
 from __future__ import annotations
 
-from typing import cast
+import logging
+import os
 
 import trio
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection, ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidState, ProtocolError
+from websockets.frames import BINARY, CLOSE, CONT, TEXT, CloseCode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 RECEIVE_BYTES = 65_536
 CLOSE_TIMEOUT = 2.0  # how long to wait for the peer's answer to our close frame
@@ -37,6 +36,11 @@ ABNORMAL_CLOSURE = 1006
 MESSAGE_TOO_BIG = 1009
 
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+_NO_HEADERS = Headers()
+
+#: websockets logs every connection opened and closed at INFO: too much for a chat node.
+_log = logging.getLogger(__name__ + ".protocol")
+_log.setLevel(logging.WARNING)
 
 
 class ConnectionClosed(Exception):
@@ -49,65 +53,75 @@ class ConnectionClosed(Exception):
 
 
 class Upgrade:
-    """An HTTP upgrade request read from a new connection, to accept or reject."""
+    """A valid WebSocket upgrade request read from a new connection, to accept or reject."""
 
-    __slots__ = ("host", "origin", "path", "protocol", "stream")
+    __slots__ = ("_response", "host", "origin", "path", "protocol", "stream")
 
-    def __init__(self, stream: trio.SocketStream, protocol: WSConnection, path: str, host: str = "",
-                 origin: str | None = None) -> None:
+    def __init__(self, stream: trio.SocketStream, protocol: ServerProtocol, path: str, response: Response,
+                 host: str = "", origin: str | None = None) -> None:
         self.stream = stream
-        self.protocol: WSConnection | None = protocol
+        self.protocol: ServerProtocol | None = protocol
         self.path = path
+        self._response: Response | None = response  # the 101 answer, sent by `accept`
         self.host = host  # the Host header
         self.origin = origin  # the Origin header (a browser sends one; None: absent)
 
     async def accept(self, *, max_message_size: int) -> WebSocket:
-        """Open the WebSocket. The upgrade is spent afterwards: it lets go of the
-        handshake's HTTP parser (about 1.5 KiB per connection) and keeps only the
-        WebSocket layer, even while the caller still holds this object."""
+        """Open the WebSocket (larger messages, even in fragments, close it with 1009)."""
         protocol, self.protocol = self.protocol, None
         assert protocol is not None, "already accepted"
-        answer = protocol.send(AcceptConnection())
-        connection = protocol.connection
-        assert connection is not None
-        ws = WebSocket(self.stream, connection, max_message_size)
-        await ws._send_bytes(answer)
+        protocol.max_message_size = max_message_size
+        assert self._response is not None
+        protocol.send_response(self._response)
+        self._response = None  # the handshake's request and headers go with it
+        ws = WebSocket(self.stream, protocol)
+        await ws._flush()
         return ws
 
     async def reject(self, status: int, body: bytes) -> None:
         """Answer with a plain HTTP error; the caller closes the stream."""
         protocol = self.protocol
         assert protocol is not None, "already accepted"
-        response = RejectConnection(status_code=status, headers=[(b"content-type", b"text/plain")], has_body=True)
-        data = protocol.send(response) + protocol.send(RejectData(data=body))
+        response = protocol.reject(status, body.decode())
+        protocol.send_response(response)
+        await _send_handshake(self.stream, protocol)
+
+
+async def _send_handshake(stream: trio.SocketStream, protocol: ServerProtocol) -> None:
+    data = b"".join(protocol.data_to_send())
+    if data:
         try:
-            await self.stream.send_all(data)
+            await stream.send_all(data)
         except _TRANSPORT_ERRORS:
             pass
 
 
 async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade | None:
     """Read the opening handshake; None if the peer left, stalled or spoke no WebSocket
-    (a request that is HTTP but not an upgrade gets wsproto's 4xx answer first)."""
-    protocol = WSConnection(ConnectionType.SERVER)
+    (a request that is HTTP but not a valid upgrade gets a 4xx answer first)."""
+    protocol = ServerProtocol(max_size=None, logger=_log)
     with trio.move_on_after(timeout):
         try:
             while True:
-                for event in protocol.events():
+                for event in protocol.events_received():
                     if isinstance(event, Request):
-                        origin = next((v for k, v in event.extra_headers if k.lower() == b"origin"), None)
-                        return Upgrade(stream, protocol, event.target, event.host,
-                                       origin.decode("latin-1") if origin is not None else None)
+                        response = protocol.accept(event)
+                        if response.status_code != 101:
+                            protocol.send_response(response)
+                            await _send_handshake(stream, protocol)
+                            return None
+                        # The protocol's parser keeps the request for the connection's life:
+                        # without its headers it weighs about 1.5 KiB less.
+                        host, origin = event.headers.get("Host", ""), event.headers.get("Origin")
+                        event.headers = _NO_HEADERS
+                        return Upgrade(stream, protocol, event.path, response, host, origin)
+                if protocol.handshake_exc is not None:  # not HTTP, or headers too large
+                    await _send_handshake(stream, protocol)
+                    return None
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     return None
                 protocol.receive_data(data)
-        except RemoteProtocolError as exc:
-            if exc.event_hint is not None:
-                try:
-                    await stream.send_all(protocol.send(exc.event_hint))
-                except (*_TRANSPORT_ERRORS, LocalProtocolError):
-                    pass
         except _TRANSPORT_ERRORS:
             pass
     return None
@@ -116,15 +130,20 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
 class WebSocket:
     """One open WebSocket: one task may read while another sends."""
 
-    __slots__ = ("_broken", "_max_size", "_parts", "_protocol", "_send_lock", "_size", "_stream")
+    __slots__ = ("_broken", "_drained", "_events", "_parts", "_protocol", "_rest", "_send_busy", "_send_free",
+                 "_socket", "_stream", "_text")
 
-    def __init__(self, stream: trio.SocketStream, protocol: Connection, max_message_size: int) -> None:
+    def __init__(self, stream: trio.SocketStream, protocol: ServerProtocol) -> None:
         self._stream = stream
+        self._socket = stream.socket
         self._protocol = protocol
-        self._max_size = max_message_size
-        self._parts: list[str | bytes | bytearray] = []  # fragments of the message being received
-        self._size = 0
-        self._send_lock = trio.StrictFIFOLock()
+        self._events: list = []  # frames parsed but not yet handled, the next one last
+        self._parts: list[bytes] = []  # fragments of the message being received
+        self._text = True  # the message being received is text
+        self._drained = True  # the last read emptied the socket: wait for readiness first
+        self._send_busy = False  # a frame is partly written: others wait for `_send_free`
+        self._send_free: trio.Event | None = None
+        self._rest: bytes | None = None  # the unwritten end of a `send_nowait`: goes out first
         self._broken = False  # a send was cut off mid-frame: only closing the TCP is safe now
 
     # -- receiving -------------------------------------------------------------------------
@@ -133,96 +152,189 @@ class WebSocket:
         """The next whole message (text as str, binary as bytes); answers pings on the way.
 
         Raises ConnectionClosed when the peer closes (after answering its close frame),
-        when the connection drops (1006), or when a message exceeds the size limit (the
-        connection is then closed with 1009).
+        when the connection drops (1006), or when the peer breaks the protocol or sends
+        a message over the size limit (the connection is then closed with 1002, 1007 or
+        1009).
         """
         protocol = self._protocol
         while True:
-            for event in protocol.events():
-                if isinstance(event, (TextMessage, BytesMessage)):
-                    message = self._collect(event)
-                    if message is not None:
-                        return message
-                    if self._size > self._max_size:
-                        await self.aclose(MESSAGE_TOO_BIG, "message too big")
-                        raise ConnectionClosed(MESSAGE_TOO_BIG, "message too big")
-                elif isinstance(event, Ping):
-                    await self._send_control(event.response())
-                elif isinstance(event, CloseConnection):
-                    await self._finish_close(event)
-            try:
-                data = await self._stream.receive_some(RECEIVE_BYTES)
-            except _TRANSPORT_ERRORS:
-                data = b""
-            protocol.receive_data(data or None)  # None: the peer is gone, wsproto reports 1006
-
-    def _collect(self, event: TextMessage | BytesMessage) -> str | bytes | None:
-        """Add a fragment; the message once it is complete (and not too big)."""
-        self._size += len(event.data)
-        if self._size > self._max_size:
-            self._parts.clear()
-            return None
-        if event.message_finished:
-            if not self._parts:
-                self._size = 0
-                return bytes(event.data) if isinstance(event.data, bytearray) else event.data
-            self._parts.append(event.data)
-            # the fragments of one message are all text or all binary (wsproto checks)
-            message: str | bytes
-            if isinstance(event, TextMessage):
-                message = "".join(cast("list[str]", self._parts))
+            events = self._events
+            while events:  # one read may bring several frames: the rest wait for the next call
+                frame = events.pop()
+                opcode = frame.opcode
+                if opcode is TEXT or opcode is BINARY:
+                    self._text = opcode is TEXT
+                    if not frame.fin:
+                        self._parts.append(frame.data)
+                        continue
+                    data = frame.data
+                elif opcode is CONT:
+                    self._parts.append(frame.data)
+                    if not frame.fin:
+                        continue
+                    data = b"".join(self._parts)
+                    self._parts.clear()
+                elif opcode is CLOSE:
+                    await self._closed()
+                    continue
+                else:  # ping (the protocol queued the pong) or pong
+                    continue
+                if not self._text:
+                    return data
+                try:
+                    return data.decode()
+                except UnicodeDecodeError:
+                    protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                    await self._closed()
+            if protocol.writes:  # pongs, our answer to a close, a close for a protocol error
+                await self._flush()
+            if protocol.state is not State.OPEN:
+                await self._closed()
+            data = await self._receive()
+            if data:
+                protocol.receive_data(data)
             else:
-                message = b"".join(cast("list[bytes | bytearray]", self._parts))
-            self._parts.clear()
-            self._size = 0
-            return message
-        self._parts.append(event.data)
-        return None
+                protocol.receive_eof()  # the peer is gone: 1006
+            events = protocol.events_received()
+            events.reverse()
+            self._events = events
 
-    async def _finish_close(self, event: CloseConnection) -> None:
-        """The peer closed, broke the protocol, or dropped the connection: answer with a
-        close frame where one is due, then end."""
-        state = self._protocol.state
-        if state is ConnectionState.REMOTE_CLOSING:  # the peer's close frame: echo it
-            await self._send_control(event.response())
-        elif state is ConnectionState.OPEN:  # a protocol error (1002, 1007 ...): say which
-            await self._send_control(CloseConnection(code=event.code, reason=(event.reason or "")[:120]))
-        await self._stream.aclose()
-        raise ConnectionClosed(event.code, event.reason or "")
+    async def _closed(self) -> None:
+        """The peer closed, broke the protocol, or dropped the connection: send what the
+        protocol answers (our close frame), drop the TCP, and raise."""
+        protocol = self._protocol
+        await self._flush()
+        await trio.aclose_forcefully(self._stream)
+        if protocol.close_rcvd is not None:
+            raise ConnectionClosed(protocol.close_rcvd.code, protocol.close_rcvd.reason)
+        if protocol.close_sent is not None:
+            raise ConnectionClosed(protocol.close_sent.code, protocol.close_sent.reason)
+        raise ConnectionClosed(ABNORMAL_CLOSURE, "connection lost")
+
+    async def _receive(self) -> bytes:
+        """The bytes the socket has (up to RECEIVE_BYTES); b"" once it is closed or gone.
+
+        The descriptor is looked up before every call, with no await in between: once the
+        socket is closed it reads -1, never a number since reused by another connection.
+        """
+        if self._drained:
+            await self._wait(trio.lowlevel.wait_readable)
+        else:
+            await trio.lowlevel.checkpoint()  # a full buffer last time: more may be waiting
+        while True:
+            fd = self._socket.fileno()
+            if fd < 0:
+                return b""
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except BlockingIOError:
+                self._drained = True
+                await self._wait(trio.lowlevel.wait_readable)
+                continue
+            except OSError:
+                return b""
+            self._drained = len(data) < RECEIVE_BYTES
+            return data
+
+    async def _wait(self, wait) -> None:
+        """Wait for the socket to be ready; returns at once if it is closed (the syscall
+        that follows then finds it so)."""
+        fd = self._socket.fileno()
+        if fd >= 0:
+            try:
+                await wait(fd)
+            except trio.ClosedResourceError:
+                pass
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def send_message(self, text: str) -> None:
-        """Send one text message; ConnectionClosed if the connection is no longer open."""
-        try:
-            data = self._protocol.send(TextMessage(data=text))
-        except LocalProtocolError:
-            raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing") from None
-        await self._send_bytes(data)
+    async def send_message(self, message: str | bytes) -> None:
+        """Send one text message (bytes: already UTF-8); ConnectionClosed if the
+        connection is no longer open."""
+        protocol = self._protocol
+        if protocol.state is not State.OPEN:
+            raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing")
+        protocol.send_text(message.encode() if isinstance(message, str) else message)
+        await self._flush()
 
-    async def _send_control(self, event: Event) -> None:
-        try:
-            data = self._protocol.send(event)
-        except LocalProtocolError:
-            return
-        try:
+    @property
+    def can_send_nowait(self) -> bool:
+        """No other write is under way or left unfinished."""
+        return not self._send_busy and self._rest is None
+
+    def send_nowait(self, message: bytes) -> None:
+        """Send one text message (UTF-8) from any task without waiting; only when
+        `can_send_nowait`. If the kernel takes only part of it, the rest goes out first
+        with the next send (see `rest_pending`: someone must then call `send_rest`).
+        ConnectionClosed as `send_message`.
+        """
+        assert self.can_send_nowait
+        protocol = self._protocol
+        if protocol.state is not State.OPEN or self._broken:
+            raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing")
+        protocol.send_text(message)
+        data = b"".join(protocol.data_to_send())
+        sent = self._write(data)
+        if sent < len(data):
+            self._rest = data[sent:]
+
+    @property
+    def rest_pending(self) -> bool:
+        """Part of a `send_nowait` frame is still to be written."""
+        return self._rest is not None
+
+    async def send_rest(self) -> None:
+        """Write the rest of a partly written `send_nowait` frame (waits for the socket)."""
+        if self._rest is not None:
+            await self._send_bytes(b"")
+
+    async def _flush(self) -> None:
+        """Write what the protocol has queued (b"" in it means: close the TCP after)."""
+        data = b"".join(self._protocol.data_to_send())
+        if data:
             await self._send_bytes(data)
-        except ConnectionClosed:
-            pass
 
     async def _send_bytes(self, data: bytes) -> None:
+        """Write whole frames; no other frame's bytes get in between."""
+        while self._send_busy:  # another task is halfway through a frame (rare: pings, close)
+            if self._send_free is None:
+                self._send_free = trio.Event()
+            await self._send_free.wait()
         if self._broken:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "connection broken")
-        async with self._send_lock:
-            done = False
-            try:
-                await self._stream.send_all(data)
-                done = True
-            except _TRANSPORT_ERRORS:
-                raise ConnectionClosed(ABNORMAL_CLOSURE, "connection lost") from None
-            finally:
-                if not done:
-                    self._broken = True
+        if self._rest is not None:  # a frame's end from `send_nowait` goes first
+            data, self._rest = self._rest + data, None
+        sent = self._write(data)
+        if sent == len(data):
+            return  # the usual case: the kernel took it all, nothing to wait for
+        self._send_busy = True
+        done = False
+        try:
+            view = memoryview(data)[sent:]
+            while view:
+                await self._wait(trio.lowlevel.wait_writable)
+                view = view[self._write(view):]
+            done = True
+        finally:
+            self._send_busy = False
+            if not done:
+                self._broken = True
+            if self._send_free is not None:
+                self._send_free.set()
+                self._send_free = None
+
+    def _write(self, data: bytes | memoryview) -> int:
+        """Write what the kernel takes now; ConnectionClosed if the socket is gone."""
+        fd = self._socket.fileno()  # see `_receive`: never a reused descriptor
+        try:
+            if fd < 0:
+                raise OSError("closed")
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._broken = True
+            raise ConnectionClosed(ABNORMAL_CLOSURE, "connection lost") from None
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -230,25 +342,19 @@ class WebSocket:
         """Close with `code`: send a close frame, wait briefly for the answer, drop the TCP.
 
         Only for when no other task is reading (the session's reader has ended)."""
+        protocol = self._protocol
         try:
-            if self._protocol.state is ConnectionState.OPEN and not self._broken:
-                await self._send_bytes(self._protocol.send(CloseConnection(code=code, reason=reason)))
+            if protocol.state is State.OPEN and not self._broken:
+                protocol.send_close(code, reason)
+                await self._flush()
                 with trio.move_on_after(CLOSE_TIMEOUT):
-                    await self._await_close_answer()
-        except (ConnectionClosed, LocalProtocolError, RemoteProtocolError):
+                    while protocol.close_rcvd is None and protocol.state is not State.CLOSED:
+                        data = await self._receive()
+                        if not data:
+                            break
+                        protocol.receive_data(data)  # messages still in flight are dropped
+                        protocol.events_received()
+        except (ConnectionClosed, InvalidState, ProtocolError):
             pass
         finally:
             await trio.aclose_forcefully(self._stream)
-
-    async def _await_close_answer(self) -> None:
-        protocol = self._protocol
-        while protocol.state is not ConnectionState.CLOSED:
-            try:
-                data = await self._stream.receive_some(RECEIVE_BYTES)
-            except _TRANSPORT_ERRORS:
-                return
-            if not data:
-                return
-            protocol.receive_data(data)
-            for _ in protocol.events():  # messages still in flight are dropped
-                pass

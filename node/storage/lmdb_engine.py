@@ -76,6 +76,10 @@ DATABASES = (
 #: Log entries whose text search indexes (their `text`: a message or a caption).
 SEARCHED_KINDS = frozenset({"text", "image", "audio", "video", "file"})
 SEARCH_CHUNK = 500  # dirty marks indexed per SQLite transaction
+#: Pause between index passes: marks gather meanwhile, so under steady traffic the indexer
+#: costs one pass (two thread hops, one SQLite and one LMDB commit) per interval instead of
+#: one per commit of the log (measured: a third of the node's CPU at 1,000 msg/s).
+SEARCH_INTERVAL = 0.25
 REBUILD_CHUNK = 2000  # log entries per chunk while the index is rebuilt
 SEARCH_INDEX_ID = "search_index_id"  # meta: which index file belongs to this environment
 _search_tokens = itertools.count(time.time_ns())
@@ -466,8 +470,12 @@ class LmdbStorage(Storage):
             self._search_ready = True
             while True:
                 self._search_wakeup = trio.Event()
-                if not await self._index_dirty():
+                indexed = await self._index_dirty()
+                if indexed >= SEARCH_CHUNK:
+                    continue  # a backlog: index it at full speed
+                if not indexed:
                     await self._search_wakeup.wait()
+                await trio.sleep(SEARCH_INTERVAL)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.fts.close)
@@ -491,11 +499,11 @@ class LmdbStorage(Storage):
             out.append((bytes(key), *_searchable(chat_id, seq, raw)))
         return out
 
-    async def _index_dirty(self) -> bool:
-        """Index one chunk of dirty marks; False if there were none."""
+    async def _index_dirty(self) -> int:
+        """Index one chunk of dirty marks; how many there were."""
         marks = await self._in_thread(self._dirty_chunk)
         if not marks:
-            return False
+            return 0
         await trio.to_thread.run_sync(self.fts.apply, [change for _, _, change in marks])
         self.search_indexed += len(marks)
         batch = WriteBatch()
@@ -504,7 +512,7 @@ class LmdbStorage(Storage):
             await self.writer.write(batch)
         except StorageError:  # closing: the marks stay, and are indexed again at the next start
             await trio.sleep_forever()
-        return True
+        return len(marks)
 
     def _dirty_chunk(self, txn) -> list[tuple[bytes, bytes, tuple[int, int, int, int, str | None]]]:
         log_db = self.handles["log"]
