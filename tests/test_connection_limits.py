@@ -71,9 +71,9 @@ async def test_a_greedy_address_is_capped_on_both_ports_and_others_are_not(tmp_p
         async with await open_from("127.0.0.2", node.http_port) as other:
             assert (await served(other)).startswith(b"HTTP/1.1 200")
         async with await open_from("127.0.0.2", node.ws_port) as other:
-            await other.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")  # not an upgrade: answered 400
+            await other.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")  # not an upgrade: 426 Upgrade Required
             with trio.fail_after(5):
-                assert (await other.receive_some(65536)).startswith(b"HTTP/1.1 400")
+                assert (await other.receive_some(65536)).startswith(b"HTTP/1.1 426")
         async with await open_from("127.0.0.2", node.http_port) as admin:
             await admin.send_all(b"GET /api/admin/stats HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = b""
