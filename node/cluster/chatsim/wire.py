@@ -55,8 +55,18 @@ class MemoryWebSocket:
         await self._wire.stall.wait_unstalled()
         return text
 
-    async def send_message(self, text: str) -> None:
+    # No write without waiting: the session's writer task sends everything, on the
+    # simulation's clock and stalls (`Session` asks before it sends from the sequencer).
+    can_send_nowait = False
+    rest_pending = False
+
+    async def send_rest(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_message(self, text: str | bytes) -> None:
         await self._wire.stall.wait_unstalled()
+        if isinstance(text, bytes):
+            text = text.decode()
         try:
             await self._wire.to_client_send.send(text)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
