@@ -36,7 +36,7 @@ from node.cluster.cli import format_members, run_cluster_command
 
 pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
 
-TOKEN = "operations-admin-token"
+TOKEN = "operations-admin-token-0123456789abcdef"  # the minimum is 32 characters
 ADMIN = {"admin": {"token": TOKEN}}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
