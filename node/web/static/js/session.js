@@ -23,6 +23,7 @@ export class Session extends EventTarget {
     this.typingSentAt = 0;
     this.typingTimer = null;
     this.userRequests = new Map();
+    this.presenceAsked = new Map(); // user id -> when their presence was last asked after a message
     this.synced = false;
     this.reconnected = false;
     this.chatsLoaded = false;
@@ -157,6 +158,15 @@ export class Session extends EventTarget {
     for (const id of entry.mentions || []) if (!store.users.has(id)) this.ensureUser(id);
     if (!known) this.refreshChat(entry.chat);
     if (entry.kind === 'system') this.onSystem(entry);
+    if (this.synced && entry.from && entry.from !== store.me.id && CONTENT_KINDS.has(entry.kind)
+        && store.chats.get(entry.chat)?.kind === 'direct' && !store.presence.get(entry.from)?.online) {
+      // by writing to me, they may have made me their contact: ask again (at most every 30 s)
+      const asked = this.presenceAsked.get(entry.from) || 0;
+      if (Date.now() - asked > 30000) {
+        this.presenceAsked.set(entry.from, Date.now());
+        this.loadPresence(entry.from);
+      }
+    }
     if (entry.from !== store.me.id && CONTENT_KINDS.has(entry.kind)) {
       if (store.activeChatId === entry.chat && document.visibilityState === 'visible') this.markRead(entry.chat);
       else if (this.synced) this.dispatchEvent(new CustomEvent('incoming', { detail: entry }));
