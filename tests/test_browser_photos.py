@@ -47,6 +47,7 @@ def test_a_profile_photo_is_cropped_shown_everywhere_and_removed(pages, names, n
     open_direct(b, alice)
     send(b, "hi")
     open_chat(a, "Bob")
+    send(a, "hi bob")  # alice writes to bob: bob is her contact, who may see her photo
 
     a.click("#open-settings")
     with a.expect_file_chooser() as chooser:
