@@ -20,8 +20,8 @@ median over repetitions, ratios are taken within a repetition, and every measure
 records how much CPU the rest of the machine used (`others_cpu_pct`, % of one core).
 Results go to bench/results/cluster.json.
 
-    python -m bench.cluster [--runs 3] [--seconds 4] [--pairs 100] [--latency-pairs 200]
-                            [--rates 1000] [--groups 100,500] [--kill-devices 50]
+    python -m bench.cluster [--runs 3] [--seconds 3] [--pairs 100] [--latency-pairs 200]
+                            [--rates 500] [--groups 100,500] [--kill-devices 50]
 """
 
 from __future__ import annotations
@@ -104,15 +104,18 @@ async def make_pairs(config: Config, count: int) -> None:
     limiter = trio.CapacityLimiter(16)
 
     async def one(i: int) -> None:
+        tried: set[int] = set()
         async with limiter:
             while True:
-                if not free:
+                j = next((j for j in free if j not in tried), None)
+                if j is None:
                     raise RuntimeError("not enough recipients for the pairs")
-                j = free.pop(0)
+                free.remove(j)
                 chat = await direct(config, i, j)
                 if not config.clustered or owner(chat, config.nodes) == OWNER:
                     pairs[i] = (config.tokens[i], config.tokens[j], chat)
                     return
+                tried.add(j)
                 free.append(j)  # not this one: another sender may take them
 
     async with trio.open_nursery() as nursery:
@@ -369,12 +372,12 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each measurement window")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement window")
     parser.add_argument("--pairs", type=int, default=100, help="1-1 pairs for throughput")
     parser.add_argument("--window", type=int, default=10, help="messages in flight per sender (and per group sender)")
     parser.add_argument("--batch", type=int, default=10, help="messages per frame in the 1-1 throughput")
     parser.add_argument("--latency-pairs", type=int, default=200)
-    parser.add_argument("--rates", default="1000", help="offered 1-1 rates (msg/s) for the latency figure")
+    parser.add_argument("--rates", default="500", help="offered 1-1 rates (msg/s) for the latency figure")
     parser.add_argument("--groups", default="100,500", help="group sizes")
     parser.add_argument("--group-rate", type=float, default=10.0, help="group messages per second for the latency figure")
     parser.add_argument("--kill-devices", type=int, default=50, help="devices on the killed node; 0 skips the kill rounds")
