@@ -40,7 +40,7 @@ import trio
 
 from bench import groups as group_bench
 from bench.cluster_kill import KillRound
-from bench.cluster_nodes import BenchNode, ServerSide, owner, wait_converged
+from bench.cluster_nodes import BenchNode, ServerSide, owner, set_cpus, wait_converged
 from bench.run import PASSWORD, RESULTS, Others, latency, pin, postmaster_pid, private_postgres, throughput
 from node.client import ChatClient
 
@@ -211,9 +211,11 @@ def one_to_one(config: Config, server: ServerSide, args: argparse.Namespace, pg:
                                    for name, pct in t["cpu_pct_by_part"].items()}
     out: dict[str, Any] = {"throughput": t, "latency": {}}
     for rate in args.rates:
-        out["latency"][str(rate)] = latency(server, config.url, sender_ws, config.pairs[: args.latency_pairs],
-                                            rate=rate, seconds=args.seconds, receiver_ws_url=recipient_ws,
-                                            cursors=cursors(config, pg))
+        before = counters(config, pg)
+        lat = latency(server, config.url, sender_ws, config.pairs[: args.latency_pairs], rate=rate,
+                      seconds=args.seconds, receiver_ws_url=recipient_ws, cursors=cursors(config, pg))
+        lat.update(per_message(before, counters(config, pg)))
+        out["latency"][str(rate)] = lat
         time.sleep(1.0)  # let the nodes drain
     return out
 
@@ -270,7 +272,8 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         for rate in map(str, args.rates):
             lat = [r[name]["one_to_one"]["latency"][rate] for r in runs]
             s["latency"][rate] = {k: med([x.get(k) for x in lat])
-                                  for k in ("p50_ms", "p99_ms", "server_cpu_pct", "others_cpu_pct")}
+                                  for k in ("p50_ms", "p99_ms", "server_cpu_pct", "others_cpu_pct", "commits_per_msg",
+                                            "wal_syncs_per_msg", "link_messages_per_msg", "link_messages_per_frame")}
         for size in map(str, args.groups):
             g = [r[name]["groups"][size] for r in runs]
             s["groups"][size] = {k: med([x.get(k) for x in g])
@@ -327,9 +330,9 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
             ("… of which per process",
              ", ".join(f"{k} {v:.0f}" for k, v in c["cpu_us_per_msg_by_part"].items()) + " µs",
              ", ".join(f"{k} {v:.0f}" for k, v in s["cpu_us_per_msg_by_part"].items()) + " µs", ""),
-            ("WAL flushes per message, WAL bytes per message",
-             f"{c['wal_syncs_per_msg']:.3f}, {c['wal_bytes_per_msg']:,.0f} B",
-             f"{s['wal_syncs_per_msg']:.3f}, {s['wal_bytes_per_msg']:,.0f} B", "")]
+            ("… node commits, WAL flushes and WAL bytes per message",
+             f"{c['commits_per_msg']:.4f}, {c['wal_syncs_per_msg']:.4f}, {c['wal_bytes_per_msg']:,.0f} B",
+             f"{s['commits_per_msg']:.4f}, {s['wal_syncs_per_msg']:.4f}, {s['wal_bytes_per_msg']:,.0f} B", "")]
     if "link_messages_per_msg" in c:
         rows.append(("inter-node messages per 1-1 message (per link frame)",
                      f"{c['link_messages_per_msg']:.2f} ({c['link_messages_per_frame']:.1f})", "-", ""))
@@ -339,6 +342,9 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
                      f"{f(lc['p50_ms'], '{:.1f}')} / {f(lc['p99_ms'], '{:.1f}')} ms ({f(lc['server_cpu_pct'])} %)",
                      f"{f(ls['p50_ms'], '{:.1f}')} / {f(ls['p99_ms'], '{:.1f}')} ms ({f(ls['server_cpu_pct'])} %)",
                      f"{f(ratio[f'p50_at_{rate}'], '{:.2f}')} / {f(ratio[f'p99_at_{rate}'], '{:.2f}')}"))
+        rows.append((f"… at {rate} msg/s: node commits and WAL flushes per message",
+                     f"{f(lc['commits_per_msg'], '{:.2f}')}, {f(lc['wal_syncs_per_msg'], '{:.2f}')}",
+                     f"{f(ls['commits_per_msg'], '{:.2f}')}, {f(ls['wal_syncs_per_msg'], '{:.2f}')}", ""))
     for size in map(str, args.groups):
         gc, gs = c["groups"][size], s["groups"][size]
         rows.append((f"{size}-member group, last member at {args.group_rate:g} msg/s: p50 / p99",
@@ -418,7 +424,9 @@ def main() -> None:
                     for config in (cluster, single):
                         nursery.start_soon(setup, config, users, pairs, args.groups, args.kill_devices)
 
+            set_cpus(everyone, postmaster, set(range(os.cpu_count() or 1)))
             trio.run(set_up_both)
+            set_cpus(everyone, postmaster, {0})
             print(f"set up in {time.monotonic() - started:.0f} s: {users} users, {pairs} pairs, groups {args.groups}",
                   flush=True)
             for run in range(args.runs):

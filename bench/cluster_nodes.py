@@ -143,6 +143,34 @@ def owner(chat_id: str, nodes: list[BenchNode]) -> int:
     return owner_of(int(chat_id), [n.node_id for n in nodes if n.node_id is not None])
 
 
+def postgres_pids(postmaster: int) -> list[int]:
+    """The PostgreSQL server's processes: the postmaster and its children."""
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return pids
+
+
+def set_cpus(nodes: list[BenchNode], postmaster: int, cpus: set[int]) -> None:
+    """Move the server side to `cpus`: every core while users and chats are set up (nothing
+    is measured then), CPU 0 alone for the measurements. New PostgreSQL backends inherit
+    the postmaster's."""
+    if (os.cpu_count() or 1) < 2:
+        return
+    pids = [n.pid for n in nodes if n.proc is not None and n.proc.poll() is None] + postgres_pids(postmaster)
+    for pid in pids:
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):  # every thread (the nodes' worker threads too)
+                os.sched_setaffinity(int(task), cpus)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+
+
 class ServerSide:
     """bench.run's `Server` for a set of nodes and the database: CPU per process
     (`parts`), the measured ones' total (`cpu`), and everything this benchmark runs
