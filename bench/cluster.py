@@ -205,7 +205,7 @@ def one_to_one(config: Config, server: ServerSide, args: argparse.Namespace, pg:
     pairs = config.pairs[: args.pairs]
     before = counters(config, pg)
     t = throughput(server, sender_ws, pairs, window=args.window, batch=args.batch, seconds=args.seconds,
-                   receiver_ws_url=recipient_ws, cursors=cursors(config, pg))
+                   receiver_ws_url=recipient_ws, cursors=cursors(config, pg), settle=server.settle)
     t.update(per_message(before, counters(config, pg)))
     t["cpu_us_per_msg_by_part"] = {name: 1e4 * pct / max(1.0, t["delivered_per_s"])
                                    for name, pct in t["cpu_pct_by_part"].items()}
@@ -213,7 +213,8 @@ def one_to_one(config: Config, server: ServerSide, args: argparse.Namespace, pg:
     for rate in args.rates:
         before = counters(config, pg)
         lat = latency(server, config.url, sender_ws, config.pairs[: args.latency_pairs], rate=rate,
-                      seconds=args.seconds, receiver_ws_url=recipient_ws, cursors=cursors(config, pg))
+                      seconds=args.seconds, receiver_ws_url=recipient_ws, cursors=cursors(config, pg),
+                      settle=server.settle)
         lat.update(per_message(before, counters(config, pg)))
         out["latency"][str(rate)] = lat
         time.sleep(1.0)  # let the nodes drain
@@ -225,13 +226,14 @@ def group(config: Config, server: ServerSide, size: int, args: argparse.Namespac
     ws_urls = [config.node(n).ws_url for n in (SENDER, RECIPIENT, OWNER)] if config.clustered else [config.nodes[0].ws_url]
     others = Others(server)
     result = group_bench.measure(server, ws_urls, config.tokens[:size], chat, rate=args.group_rate,
-                                 seconds=args.seconds, window=args.window, pause=1.0, cursors=cursors(config, pg))
+                                 seconds=args.seconds, window=args.window, pause=1.0, cursors=cursors(config, pg),
+                                 settle=server.settle)
     return {**result, **others.result()}
 
 
 def kill_round(cluster: Config, server: ServerSide, victim: BenchNode, pg: Any) -> dict[str, Any]:
     others = Others(server)
-    result = KillRound(victim, cluster.nodes, cluster.kill_pairs, cursors(cluster, pg)).run()
+    result = KillRound(victim, cluster.nodes, cluster.kill_pairs, cursors(cluster, pg)).run(settle=server.settle)
     result.update(others.result())
     victim.start()
     result["rejoined_s"] = wait_converged(cluster.nodes)

@@ -173,9 +173,10 @@ class KillRound:
 
     # -- the round -----------------------------------------------------------------------
 
-    def run(self, *, before: float = 2.0, timeout: float = 30.0) -> dict[str, Any]:
-        """Connect, chat for `before` seconds, kill the victim, wait until every device is
-        served again (or `timeout`). The caller starts the victim again."""
+    def run(self, *, before: float = 2.0, timeout: float = 30.0,
+            settle: Callable[[Loop], Any] | None = None) -> dict[str, Any]:
+        """Connect, `settle(loop)`, chat for `before` seconds, kill the victim, wait until
+        every device is served again (or `timeout`). The caller starts the victim again."""
         for pair in self.pairs:
             pair.partner = self.loop.connect(pair.partner_url, lambda c, p, pair=pair: self._on_partner(pair, c, p))
             pair.partner.send_text(hello(pair.partner_token, self.cursors.get(pair.partner_token)))
@@ -185,6 +186,8 @@ class KillRound:
             if time.perf_counter() > deadline:
                 raise RuntimeError("devices did not sync on the victim node")
             self.loop.run(time.perf_counter() + 0.05, self.timers.tick)
+        if settle is not None:
+            settle(self.loop)
         for pair in self.pairs:
             self.timers.at(time.perf_counter() + random.uniform(0, CHAT_INTERVAL), lambda pair=pair: self._chatter(pair))
         self.loop.run(time.perf_counter() + before, self.timers.tick)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.rawws import Loop
 from bench.run import cpu_seconds, free_port, node_toml, pg_cpu_seconds, start_node, wait_healthy
 from node.cluster.ownership import owner_of
 
@@ -195,6 +196,26 @@ class ServerSide:
 
     def db_cpu(self) -> float:
         return pg_cpu_seconds(self.postmaster)
+
+    def settle(self, loop: Loop | None = None, *, at_least: float = 3.0, idle_pct: float = 10.0,
+               timeout: float = 20.0) -> float:
+        """Wait, serving `loop`'s sockets meanwhile, until `at_least` seconds have passed and
+        then the whole server side (both configurations) has used less than `idle_pct` % of
+        a core for half a second; returns the seconds waited. Presence is announced `grace`
+        (2 s) after devices come or go, with reads per user: a phase that starts by
+        connecting hundreds of devices (or right after others left) would otherwise measure
+        that burst."""
+        start = time.perf_counter()
+        while True:
+            before, t0 = self.all_cpu(), time.perf_counter()
+            if loop is not None:
+                loop.run(t0 + 0.5)
+            else:
+                time.sleep(0.5)
+            busy = 100 * (self.all_cpu() - before) / (time.perf_counter() - t0)
+            waited = time.perf_counter() - start
+            if (waited >= at_least and busy < idle_pct) or waited >= timeout:
+                return waited
 
     def all_cpu(self) -> float:
         total = pg_cpu_seconds(self.postmaster)

@@ -16,7 +16,9 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import trio
@@ -100,12 +102,13 @@ def run_once(members: int, rate: float, seconds: float, window: int, profile: st
 
 def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *, rate: float, seconds: float,
             window: int, profile: str | None = None, ack_delay: float = 0.0, pause: float = 2.0,
-            cursors: dict[str, dict[str, int]] | None = None) -> dict:
+            cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
     """Both phases on a group whose first member (`tokens[0]`) sends: the sender connects
     to `ws_urls[0]`, member i to `ws_urls[i % len(ws_urls)]` (one URL: one node; three:
     members spread over a cluster). `pause`: seconds to settle after connecting and to
     drain after each phase. `cursors` (per token): where members' chats resume (a group
-    measured again must not be replayed to them)."""
+    measured again must not be replayed to them). `settle(loop)` runs after the pause that
+    follows connecting."""
     members = len(tokens)
     loop = Loop()
     fan = Fanout(members, ack_delay, chat)
@@ -122,6 +125,8 @@ def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *,
     sender = loop.connect(ws_urls[0], on_sender)
     sender.send_text(hello(tokens[0], cursors.get(tokens[0])))
     loop.run(time.perf_counter() + pause)
+    if settle is not None:
+        settle(loop)
 
     def send_one() -> None:
         state["n"] += 1

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -362,10 +362,11 @@ def cpu_pct_by_part(before: dict[str, float], after: dict[str, float], seconds: 
 
 def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, seconds: float,
                profile: str | None = None, receiver_ws_url: str | None = None,
-               cursors: dict[str, dict[str, int]] | None = None) -> dict:
+               cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
     """Closed loop; senders connect to `ws_url`, receivers to `receiver_ws_url` (default:
     the same). `cursors` (per token): where each user's chats resume, instead of being
-    replayed from their start (users whose chats already hold messages)."""
+    replayed from their start (users whose chats already hold messages). `settle(loop)`
+    runs once everyone is connected (to wait for the node to be quiet)."""
     loop = Loop()
     receivers = Receivers()
     senders = Senders(window, batch)
@@ -379,6 +380,8 @@ def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, s
         conn.send_text(hello(token, cursors.get(token)))
         sender_conns.append(conn)
     loop.run(time.perf_counter() + 1.0)
+    if settle is not None:
+        settle(loop)
     senders.running = True
     for conn in sender_conns:
         senders.refill(conn)
@@ -408,10 +411,11 @@ def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, s
 
 def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, seconds: float,
             profile: str | None = None, receiver_ws_url: str | None = None,
-            cursors: dict[str, dict[str, int]] | None = None) -> dict:
+            cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
     """Open loop: one message every 1/rate s, round-robin over the senders (connected to
     `ws_url`; receivers to `receiver_ws_url`, default the same). Devices resume their chat
-    where its log ends, or from `cursors` (per token, all of the user's chats) if given."""
+    where its log ends, or from `cursors` (per token, all of the user's chats) if given;
+    `settle(loop)` runs once everyone is connected."""
     loop = Loop()
     receivers = Receivers()
     senders = Senders(1 << 30, 1)
@@ -427,6 +431,8 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
         conn.send_text(hello(token, cursors.get(token)))
         conns.append(conn)
     loop.run(time.perf_counter() + 1.0)
+    if settle is not None:
+        settle(loop)
     interval = 1.0 / rate
     schedule = {"next": time.perf_counter(), "i": 0}
 
