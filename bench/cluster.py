@@ -226,7 +226,8 @@ def group(config: Config, server: ServerSide, size: int, args: argparse.Namespac
     ws_urls = [config.node(n).ws_url for n in (SENDER, RECIPIENT, OWNER)] if config.clustered else [config.nodes[0].ws_url]
     others = Others(server)
     result = group_bench.measure(server, ws_urls, config.tokens[:size], chat, rate=args.group_rate,
-                                 seconds=args.seconds, window=args.window, pause=1.0, cursors=cursors(config, pg),
+                                 seconds=args.seconds, window=args.window, pause=0.0, drain=1.0,
+                                 cursors=cursors(config, pg),
                                  settle=server.settle)
     return {**result, **others.result()}
 
@@ -237,7 +238,7 @@ def kill_round(cluster: Config, server: ServerSide, victim: BenchNode, pg: Any) 
     result.update(others.result())
     victim.start()
     result["rejoined_s"] = wait_converged(cluster.nodes)
-    time.sleep(2.0)  # chats move back to the restarted node; its peers resubscribe there
+    time.sleep(0.5)  # chats move back to the restarted node (the next phase settles too)
     return result
 
 

@@ -197,7 +197,7 @@ class ServerSide:
     def db_cpu(self) -> float:
         return pg_cpu_seconds(self.postmaster)
 
-    def settle(self, loop: Loop | None = None, *, at_least: float = 3.0, idle_pct: float = 10.0,
+    def settle(self, loop: Loop | None = None, *, at_least: float = 2.5, idle_pct: float = 10.0,
                timeout: float = 20.0) -> float:
         """Wait, serving `loop`'s sockets meanwhile, until `at_least` seconds have passed and
         then the whole server side (both configurations) has used less than `idle_pct` % of

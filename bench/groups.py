@@ -102,11 +102,11 @@ def run_once(members: int, rate: float, seconds: float, window: int, profile: st
 
 def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *, rate: float, seconds: float,
             window: int, profile: str | None = None, ack_delay: float = 0.0, pause: float = 2.0,
-            cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
+            drain: float = 2.0, cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
     """Both phases on a group whose first member (`tokens[0]`) sends: the sender connects
     to `ws_urls[0]`, member i to `ws_urls[i % len(ws_urls)]` (one URL: one node; three:
-    members spread over a cluster). `pause`: seconds to settle after connecting and to
-    drain after each phase. `cursors` (per token): where members' chats resume (a group
+    members spread over a cluster). `pause`: seconds to settle after connecting; `drain`:
+    seconds for what is in flight to arrive after each phase. `cursors` (per token): where members' chats resume (a group
     measured again must not be replayed to them). `settle(loop)` runs after the pause that
     follows connecting."""
     members = len(tokens)
@@ -156,7 +156,7 @@ def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *,
     loop.run(time.perf_counter() + seconds, tick)
     if spy is not None:
         spy.wait(30)
-    loop.run(time.perf_counter() + pause)
+    loop.run(time.perf_counter() + drain)
     steady = [fan.last_at[n] - fan.sent_at[n] for n in range(first, state["n"] + 1) if n in fan.last_at]
     missing = state["n"] - first + 1 - len(steady)
 
@@ -174,7 +174,7 @@ def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *,
 
     loop.run(t0 + seconds, keep_full)
     p1, d1, t1 = server.parts(), fan.deliveries, time.perf_counter()
-    loop.run(time.perf_counter() + pause)
+    loop.run(time.perf_counter() + drain)
     loop.close_all()
     steady.sort()
     return {
