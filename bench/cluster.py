@@ -20,7 +20,7 @@ median over repetitions, ratios are taken within a repetition, and every measure
 records how much CPU the rest of the machine used (`others_cpu_pct`, % of one core).
 Results go to bench/results/cluster.json.
 
-    python -m bench.cluster [--runs 3] [--seconds 3] [--pairs 100] [--latency-pairs 200]
+    python -m bench.cluster [--runs 3] [--seconds 3] [--pairs 100] [--latency-pairs 100]
                             [--rates 500] [--groups 100,500] [--kill-devices 50]
 """
 
@@ -40,7 +40,7 @@ import trio
 
 from bench import groups as group_bench
 from bench.cluster_kill import KillRound
-from bench.cluster_nodes import BenchNode, ServerSide, owner, set_cpus, wait_converged
+from bench.cluster_nodes import BenchNode, ServerSide, owner, set_cpus, start_all, wait_converged
 from bench.run import PASSWORD, RESULTS, Others, latency, pin, postmaster_pid, private_postgres, throughput
 from node.client import ChatClient
 
@@ -385,7 +385,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=100, help="1-1 pairs for throughput")
     parser.add_argument("--window", type=int, default=10, help="messages in flight per sender (and per group sender)")
     parser.add_argument("--batch", type=int, default=10, help="messages per frame in the 1-1 throughput")
-    parser.add_argument("--latency-pairs", type=int, default=200)
+    parser.add_argument("--latency-pairs", type=int, default=100)
     parser.add_argument("--rates", default="500", help="offered 1-1 rates (msg/s) for the latency figure")
     parser.add_argument("--groups", default="100,500", help="group sizes")
     parser.add_argument("--group-rate", type=float, default=10.0, help="group messages per second for the latency figure")
@@ -411,10 +411,7 @@ def main() -> None:
         single_node.configure([])
         everyone = [*nodes, single_node]
         try:
-            for node in everyone:  # all at once: each takes seconds to import and open its database
-                node.launch()
-            for node in everyone:
-                node.ready()
+            start_all(everyone)  # all at once: each takes seconds to import and open its database
             print(f"nodes started in {time.monotonic() - started:.0f} s; the cluster converged in "
                   f"{wait_converged(nodes):.1f} s", flush=True)
             cluster, single = Config("cluster", nodes, cluster_dsn), Config("single", [single_node], single_dsn)
@@ -437,15 +434,17 @@ def main() -> None:
                 result: dict[str, Any] = {c.name: {"groups": {}} for c in order}
                 for config in order:
                     result[config.name]["one_to_one"] = one_to_one(config, servers[config.name], args, pg)
-                    print(f"run {run + 1} {config.name}: 1-1 {result[config.name]['one_to_one']}", flush=True)
+                    print(f"[{time.monotonic() - started:.0f} s] run {run + 1} {config.name}: 1-1 "
+                          f"{result[config.name]['one_to_one']}", flush=True)
                 for size in args.groups:
                     for config in order:
                         g = result[config.name]["groups"][str(size)] = group(config, servers[config.name], size, args, pg)
-                        print(f"run {run + 1} {config.name}: group {g}", flush=True)
+                        print(f"[{time.monotonic() - started:.0f} s] run {run + 1} {config.name}: group {g}", flush=True)
                 if args.kill_devices:
                     result["kill"] = kill_round(cluster, servers["cluster"], nodes[run % 3], pg)
                     k = result["kill"]
-                    print(f"run {run + 1}: kill n{k['victim']}: not served {k['not_served']}, "
+                    print(f"[{time.monotonic() - started:.0f} s] run {run + 1}: kill n{k['victim']}: not served "
+                          f"{k['not_served']}, "
                           f"served p50 {pct([d['served_s'] for d in k['devices']], 0.5)} s", flush=True)
                 runs.append(result)
         finally:
@@ -453,6 +452,7 @@ def main() -> None:
                 node.stop()
     summary = summarize(runs, args)
     report = {"summary": summary, "runs": runs, "args": vars(args), "cpus": os.cpu_count(),
+              "settle_seconds": {name: server.settled for name, server in servers.items()},
               "wall_seconds": time.monotonic() - started, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cluster.json").write_text(json.dumps(report, indent=2))

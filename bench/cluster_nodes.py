@@ -51,19 +51,24 @@ class BenchNode:
         self.name = name
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.ws_port = free_port(), free_port()
-        self.cluster_port = free_cluster_port() if node_id is not None else 0
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
         self.storage = storage
+        self.seeds: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.past_cpu = 0.0  # CPU seconds of this node's earlier (killed) processes
+        self.pick_ports()
+
+    def pick_ports(self) -> None:
+        self.http_port, self.ws_port = free_port(), free_port()
+        self.cluster_port = free_cluster_port() if self.node_id is not None else 0
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
 
     @property
     def cluster_address(self) -> str:
         return f"127.0.0.1:{self.cluster_port}"
 
     def configure(self, seeds: list[str]) -> None:
+        self.seeds = seeds
         node_lines = f'id = {self.node_id}\nname = "{self.name}"' if self.node_id is not None else ""
         cluster = ""
         if self.node_id is not None:
@@ -116,6 +121,26 @@ class BenchNode:
 
     def statistics(self) -> dict:
         return self.get("/api/admin/node")["statistics"]
+
+
+def start_all(nodes: list[BenchNode], attempts: int = 3) -> None:
+    """Start the nodes at once. A free port found by binding it can be taken by another
+    program before the node binds it (the machine is shared): such a node gets new ports
+    and starts again. (Its old cluster address stays among the others' seeds; each node
+    has another seed to join through.)"""
+    for node in nodes:
+        node.launch()
+    for node in nodes:
+        for attempt in range(attempts):
+            try:
+                node.ready()
+                break
+            except RuntimeError as exc:
+                if "already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                node.pick_ports()
+                node.configure(node.seeds)
+                node.launch()
 
 
 def live_view(node: BenchNode) -> set[int]:
@@ -181,6 +206,7 @@ class ServerSide:
         self.measured = measured
         self.everyone = everyone
         self.postmaster = postmaster
+        self.settled: list[float] = []  # seconds each `settle` waited
 
     @property
     def pid(self) -> int:
@@ -215,6 +241,7 @@ class ServerSide:
             busy = 100 * (self.all_cpu() - before) / (time.perf_counter() - t0)
             waited = time.perf_counter() - start
             if (waited >= at_least and busy < idle_pct) or waited >= timeout:
+                self.settled.append(waited)
                 return waited
 
     def all_cpu(self) -> float:
