@@ -17,8 +17,9 @@ node shows what each node's part costs (the basis of the sizing in bench/README.
 
 Repetitions interleave the configurations (in alternating order); every figure is the
 median over repetitions, ratios are taken within a repetition, and every measurement
-records how much CPU the rest of the machine used (`others_cpu_pct`, % of one core).
-Results go to bench/results/cluster.json.
+records how much CPU the rest of the machine used (`others_cpu_pct`, % of one core). Each
+phase starts once the server side is quiet (`ServerSide.settle`). Results go to
+bench/results/cluster.json; a run takes about 6 minutes on 2 vCPUs.
 
     python -m bench.cluster [--runs 3] [--seconds 3] [--pairs 100] [--latency-pairs 100]
                             [--rates 500] [--groups 100,500] [--kill-devices 50]
