@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.groups
 	$(PY) -m bench.media
+	$(PY) -m bench.cluster
 
 clean:
 	rm -rf $(VENV) data cluster .pytest_cache

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import trio
 
 from bench.rawws import Conn, Loop
-from bench.run import PASSWORD, RESULTS, _profile, cpu_seconds, events_of, hello, node_process, pin
+from bench.run import PASSWORD, RESULTS, Server, _profile, cpu_pct_by_part, events_of, hello, node_process, pin
 from node.client import ChatClient
 
 
@@ -50,20 +53,25 @@ class Fanout:
     frame, or (with `ack_delay`) at most once per `ack_delay` seconds, as a client that
     batches its acknowledgements would."""
 
-    def __init__(self, members: int, ack_delay: float = 0.0) -> None:
+    def __init__(self, members: int, ack_delay: float = 0.0, chat: str | None = None) -> None:
         self.ack_delay = ack_delay
+        self.chat = chat  # count this chat's messages only (members may have others)
         self.unacked: dict[Conn, tuple[str, int]] = {}
         self.expected = members - 1
         self.sent_at: dict[int, float] = {}
         self.seen: dict[int, int] = {}
         self.last_at: dict[int, float] = {}
         self.deliveries = 0
+        # client_msg_ids of their own: a group measured twice must not be answered as retries
+        self.prefix = os.urandom(4).hex().encode()
 
     def on_receiver(self, conn: Conn, payload: bytes) -> None:
         now = time.perf_counter()
         top = 0
         chat = None
         for event in events_of(payload):
+            if self.chat is not None and event.get("chat") != self.chat:
+                continue
             if event.get("type") == "message" and event.get("kind") == "text":
                 number = int(event["text"].split(" ", 1)[0])
                 self.deliveries += 1
@@ -85,72 +93,89 @@ class Fanout:
 
 def run_once(members: int, rate: float, seconds: float, window: int, profile: str | None = None,
              ack_delay: float = 0.0) -> dict:
-    with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp:
-        with node_process(Path(tmp), "outgoing_queue = 4096\n") as (proc, url, ws_url):
-            tokens, chat = trio.run(_setup, url, members)
-            loop = Loop()
-            fan = Fanout(members, ack_delay)
-            for token in tokens[1:]:
-                loop.connect(ws_url, fan.on_receiver).send_text(hello(token))
-            state = {"inflight": 0, "n": 0}
+    with tempfile.TemporaryDirectory(prefix="chatnode-bench-") as tmp, \
+            node_process(Path(tmp), "outgoing_queue = 4096\n") as (proc, url, ws_url):
+        tokens, chat = trio.run(_setup, url, members)
+        return measure(Server(proc), [ws_url], tokens, chat, rate=rate, seconds=seconds, window=window,
+                       profile=profile, ack_delay=ack_delay)
 
-            def on_sender(conn: Conn, payload: bytes) -> None:
-                for event in events_of(payload):
-                    if event.get("type") in ("ack", "error"):
-                        state["inflight"] -= 1
 
-            sender = loop.connect(ws_url, on_sender)
-            sender.send_text(hello(tokens[0]))
-            loop.run(time.perf_counter() + 2.0)
+def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *, rate: float, seconds: float,
+            window: int, profile: str | None = None, ack_delay: float = 0.0, pause: float = 2.0,
+            drain: float = 2.0, cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
+    """Both phases on a group whose first member (`tokens[0]`) sends: the sender connects
+    to `ws_urls[0]`, member i to `ws_urls[i % len(ws_urls)]` (one URL: one node; three:
+    members spread over a cluster). `pause`: seconds to settle after connecting; `drain`:
+    seconds for what is in flight to arrive after each phase. `cursors` (per token): where members' chats resume (a group
+    measured again must not be replayed to them). `settle(loop)` runs after the pause that
+    follows connecting."""
+    members = len(tokens)
+    loop = Loop()
+    fan = Fanout(members, ack_delay, chat)
+    cursors = cursors or {}
+    for i, token in enumerate(tokens[1:], 1):
+        loop.connect(ws_urls[i % len(ws_urls)], fan.on_receiver).send_text(hello(token, cursors.get(token)))
+    state = {"inflight": 0, "n": 0}
 
-            def send_one() -> None:
-                state["n"] += 1
-                n = state["n"]
-                fan.sent_at[n] = time.perf_counter()
-                sender.send_text(b'{"type":"send","client_msg_id":"%d","chat":"%s","kind":"text","text":"%d hello group"}'
-                                 % (n, chat.encode(), n))
-                state["inflight"] += 1
+    def on_sender(conn: Conn, payload: bytes) -> None:
+        for event in events_of(payload):
+            if event.get("type") in ("ack", "error"):
+                state["inflight"] -= 1
 
-            # 1. latency at a steady rate
-            interval = 1.0 / rate
-            schedule = {"next": time.perf_counter()}
+    sender = loop.connect(ws_urls[0], on_sender)
+    sender.send_text(hello(tokens[0], cursors.get(tokens[0])))
+    loop.run(time.perf_counter() + pause)
+    if settle is not None:
+        settle(loop)
 
-            acks = {"next": time.perf_counter() + ack_delay}
+    def send_one() -> None:
+        state["n"] += 1
+        n = state["n"]
+        fan.sent_at[n] = time.perf_counter()
+        sender.send_text(b'{"type":"send","client_msg_id":"%s-%d","chat":"%s","kind":"text","text":"%d hello group"}'
+                         % (fan.prefix, n, chat.encode(), n))
+        state["inflight"] += 1
 
-            def tick(now: float) -> float:
-                while schedule["next"] <= now:
-                    send_one()
-                    schedule["next"] += interval
-                if ack_delay and now >= acks["next"]:
-                    fan.flush_acks()
-                    acks["next"] = now + ack_delay
-                return min(schedule["next"], acks["next"]) if ack_delay else schedule["next"]
+    # 1. latency at a steady rate
+    interval = 1.0 / rate
+    schedule = {"next": time.perf_counter()}
 
-            first = state["n"] + 1
-            spy = _profile(proc.pid, seconds, profile)
-            loop.run(time.perf_counter() + seconds, tick)
-            if spy is not None:
-                spy.wait(30)
-            loop.run(time.perf_counter() + 2.0)
-            steady = [fan.last_at[n] - fan.sent_at[n] for n in range(first, state["n"] + 1) if n in fan.last_at]
-            missing = state["n"] - first + 1 - len(steady)
+    acks = {"next": time.perf_counter() + ack_delay}
 
-            # 2. throughput: keep `window` messages in flight
-            before = state["n"]
-            c0, d0, t0 = cpu_seconds(proc.pid), fan.deliveries, time.perf_counter()
+    def tick(now: float) -> float:
+        while schedule["next"] <= now:
+            send_one()
+            schedule["next"] += interval
+        if ack_delay and now >= acks["next"]:
+            fan.flush_acks()
+            acks["next"] = now + ack_delay
+        return min(schedule["next"], acks["next"]) if ack_delay else schedule["next"]
 
-            def keep_full(now: float) -> float:
-                while state["inflight"] < window:
-                    send_one()
-                if ack_delay and now >= acks["next"]:
-                    fan.flush_acks()
-                    acks["next"] = now + ack_delay
-                return now + 0.001
+    first = state["n"] + 1
+    spy = _profile(server.pid, seconds, profile)
+    loop.run(time.perf_counter() + seconds, tick)
+    if spy is not None:
+        spy.wait(30)
+    loop.run(time.perf_counter() + drain)
+    steady = [fan.last_at[n] - fan.sent_at[n] for n in range(first, state["n"] + 1) if n in fan.last_at]
+    missing = state["n"] - first + 1 - len(steady)
 
-            loop.run(t0 + seconds, keep_full)
-            c1, d1, t1 = cpu_seconds(proc.pid), fan.deliveries, time.perf_counter()
-            loop.run(time.perf_counter() + 2.0)
-            loop.close_all()
+    # 2. throughput: keep `window` messages in flight
+    before = state["n"]
+    p0, d0, t0 = server.parts(), fan.deliveries, time.perf_counter()
+
+    def keep_full(now: float) -> float:
+        while state["inflight"] < window:
+            send_one()
+        if ack_delay and now >= acks["next"]:
+            fan.flush_acks()
+            acks["next"] = now + ack_delay
+        return now + 0.001
+
+    loop.run(t0 + seconds, keep_full)
+    p1, d1, t1 = server.parts(), fan.deliveries, time.perf_counter()
+    loop.run(time.perf_counter() + drain)
+    loop.close_all()
     steady.sort()
     return {
         "members": members,
@@ -161,7 +186,8 @@ def run_once(members: int, rate: float, seconds: float, window: int, profile: st
         "last_member_p99_ms": 1000 * steady[int(len(steady) * 0.99)] if steady else None,
         "group_msgs_per_s": (d1 - d0) / (members - 1) / (t1 - t0),
         "deliveries_per_s": (d1 - d0) / (t1 - t0),
-        "server_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
+        "server_cpu_pct": 100 * (sum(p1.values()) - sum(p0.values())) / (t1 - t0),
+        "cpu_pct_by_part": cpu_pct_by_part(p0, p1, t1 - t0),
         "sent_in_throughput_phase": state["n"] - before,
     }
 

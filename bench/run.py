@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,14 @@ class Server:
 
     def cpu(self) -> float:
         """CPU seconds used so far by the node and its database server."""
-        return cpu_seconds(self.pid) + self.db_cpu()
+        return sum(self.parts().values())
+
+    def parts(self) -> dict[str, float]:
+        """CPU seconds so far of each process (or process group) of the server side."""
+        parts = {"node": cpu_seconds(self.pid)}
+        if self.postmaster:
+            parts["postgresql"] = pg_cpu_seconds(self.postmaster)
+        return parts
 
     def db_cpu(self) -> float:
         return pg_cpu_seconds(self.postmaster) if self.postmaster else 0.0
@@ -149,7 +156,8 @@ class Others:
         self.t0, self.busy0, self.ours0 = time.perf_counter(), machine_busy_seconds(), self._ours()
 
     def _ours(self) -> float:
-        return self.server.cpu() + cpu_seconds(os.getpid())
+        # `all_cpu`: everything this benchmark runs, where the server measured is a part of it
+        return getattr(self.server, "all_cpu", self.server.cpu)() + cpu_seconds(os.getpid())
 
     def result(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self.t0
@@ -181,19 +189,15 @@ def postmaster_pid(server: Any) -> int:
     return int((server.data / "postmaster.pid").read_text().split()[0])
 
 
-@contextmanager
-def node_process(tmp: Path, extra_config: str = "", env: dict[str, str] | None = None, *, baseline: str | None = None):
-    """A node on free ports with data in `tmp`; `baseline`: the checkout of an earlier node,
-    whose config may not know the per-address connection cap (every client here is on
-    127.0.0.1, and the cap would refuse all but 64 of them)."""
-    per_address = baseline is None or "max_connections_per_address" in (Path(baseline) / "node/config.py").read_text()
-    per_user = baseline is None or "user_messages_per_second" in (Path(baseline) / "node/config.py").read_text()
-    http_port, ws_port = free_port(), free_port()
-    config = tmp / "config.toml"
-    config.write_text(
-        f"""
+def node_toml(http_port: int, ws_port: int, extra_config: str = "", *, per_address: bool = True,
+              per_user: bool = True, node_lines: str = "") -> str:
+    """The config of a bench node: cheap password hashing, no rate limits in the way of the
+    load generator (every client is on 127.0.0.1); `node_lines` go into `[node]`;
+    `per_address`/`per_user`: the node knows those limits (an earlier checkout may not)."""
+    return f"""
 [node]
 data_dir = "data"
+{node_lines}
 [http]
 port = {http_port}
 [websocket]
@@ -211,22 +215,45 @@ max_connections_per_user = 10000
 {"user_message_burst = 100000000" if per_user else ""}
 {extra_config}
 """
+
+
+def start_node(config: Path, env: dict[str, str] | None = None, stderr: Any = None) -> subprocess.Popen:
+    """`chatnode serve` on `config`, pinned to CPU 0, its working directory the config's."""
+    return subprocess.Popen(
+        [sys.executable, *os.environ.get("BENCH_NODE_WRAPPER", "-m node").split(), "serve", "--config", str(config),
+         "--log-level", "WARNING"],
+        cwd=config.parent, preexec_fn=lambda: pin(0), stdout=subprocess.DEVNULL, stderr=stderr,
+        env={**os.environ, **(env or {})},
     )
-    proc = subprocess.Popen(
-        [sys.executable, *os.environ.get("BENCH_NODE_WRAPPER", "-m node").split(), "serve", "--config", str(config), "--log-level", "WARNING"],
-        cwd=tmp, preexec_fn=lambda: pin(0), stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-    )
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("node did not start") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def node_process(tmp: Path, extra_config: str = "", env: dict[str, str] | None = None, *, baseline: str | None = None):
+    """A node on free ports with data in `tmp`; `baseline`: the checkout of an earlier node,
+    whose config may not know the per-address connection cap (every client here is on
+    127.0.0.1, and the cap would refuse all but 64 of them) or the per-user message rate."""
+    known = (Path(baseline) / "node/config.py").read_text() if baseline else ""
+    per_address = baseline is None or "max_connections_per_address" in known
+    per_user = baseline is None or "user_messages_per_second" in known
+    http_port, ws_port = free_port(), free_port()
+    config = tmp / "config.toml"
+    config.write_text(node_toml(http_port, ws_port, extra_config, per_address=per_address, per_user=per_user))
+    proc = start_node(config, env)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("node did not start") from None
-                time.sleep(0.05)
+        wait_healthy(proc, url)
         yield proc, url, f"ws://127.0.0.1:{ws_port}/ws"
     finally:
         proc.terminate()
@@ -359,29 +386,42 @@ def _profile(pid: int, seconds: float, path: str | None) -> subprocess.Popen | N
                              "--format", "raw", "--output", path, "--nonblocking", "--threads"], stdout=subprocess.DEVNULL)
 
 
+def cpu_pct_by_part(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    return {name: 100 * (after[name] - before[name]) / seconds for name in before}
+
+
 def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, seconds: float,
-               profile: str | None = None) -> dict:
+               profile: str | None = None, receiver_ws_url: str | None = None,
+               cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
+    """Closed loop; senders connect to `ws_url`, receivers to `receiver_ws_url` (default:
+    the same). `cursors` (per token): where each user's chats resume, instead of being
+    replayed from their start (users whose chats already hold messages). `settle(loop)`
+    runs once everyone is connected (to wait for the node to be quiet)."""
     loop = Loop()
     receivers = Receivers()
     senders = Senders(window, batch)
+    cursors = cursors or {}
     for _, token, _ in pairs:
-        loop.connect(ws_url, receivers.on_text).send_text(hello(token))
+        loop.connect(receiver_ws_url or ws_url, receivers.on_text).send_text(hello(token, cursors.get(token)))
     sender_conns = []
     for token, _, chat in pairs:
         conn = loop.connect(ws_url, senders.on_text)
         conn.state = {"chat": chat, "inflight": 0}
-        conn.send_text(hello(token))
+        conn.send_text(hello(token, cursors.get(token)))
         sender_conns.append(conn)
     loop.run(time.perf_counter() + 1.0)
+    if settle is not None:
+        settle(loop)
     senders.running = True
     for conn in sender_conns:
         senders.refill(conn)
     loop.run(time.perf_counter() + 2.0)  # warm-up
     spy = _profile(server.pid, seconds, profile)
     others = Others(server)
-    c0, d0, n0, a0, t0 = server.cpu(), server.db_cpu(), receivers.count, senders.acked, time.perf_counter()
+    p0, n0, a0, t0 = server.parts(), receivers.count, senders.acked, time.perf_counter()
     loop.run(t0 + seconds)
-    c1, d1, n1, a1, t1 = server.cpu(), server.db_cpu(), receivers.count, senders.acked, time.perf_counter()
+    p1, n1, a1, t1 = server.parts(), receivers.count, senders.acked, time.perf_counter()
+    c0, c1, d0, d1 = sum(p0.values()), sum(p1.values()), p0.get("postgresql", 0.0), p1.get("postgresql", 0.0)
     senders.running = False
     loop.run(time.perf_counter() + 1.0)
     loop.close_all()
@@ -393,27 +433,36 @@ def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, s
         "server_cpu_pct": 100 * (c1 - c0) / (t1 - t0),
         "server_cpu_us_per_msg": 1e6 * (c1 - c0) / max(1, n1 - n0),
         "db_cpu_us_per_msg": 1e6 * (d1 - d0) / max(1, n1 - n0),
+        "cpu_pct_by_part": cpu_pct_by_part(p0, p1, t1 - t0),
         "errors": senders.errors,
         **others.result(),
     }
 
 
 def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, seconds: float,
-            profile: str | None = None) -> dict:
-    """Open loop: one message every 1/rate s, round-robin over the senders."""
+            profile: str | None = None, receiver_ws_url: str | None = None,
+            cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
+    """Open loop: one message every 1/rate s, round-robin over the senders (connected to
+    `ws_url`; receivers to `receiver_ws_url`, default the same). Devices resume their chat
+    where its log ends, or from `cursors` (per token, all of the user's chats) if given;
+    `settle(loop)` runs once everyone is connected."""
     loop = Loop()
     receivers = Receivers(since=time.perf_counter())
     senders = Senders(1 << 30, 1)
-    positions = chat_positions(url, pairs)
-    for _, token, chat in pairs:
-        loop.connect(ws_url, receivers.on_text).send_text(hello(token, {chat: positions[chat]}))
+    if cursors is None:
+        positions = chat_positions(url, pairs)
+        cursors = {token: {chat: positions[chat]} for pair in pairs for token, chat in ((pair[0], pair[2]), (pair[1], pair[2]))}
+    for _, token, _chat in pairs:
+        loop.connect(receiver_ws_url or ws_url, receivers.on_text).send_text(hello(token, cursors.get(token)))
     conns = []
     for token, _, chat in pairs:
         conn = loop.connect(ws_url, senders.on_text)
         conn.state = {"chat": chat, "inflight": 0}
-        conn.send_text(hello(token, {chat: positions[chat]}))
+        conn.send_text(hello(token, cursors.get(token)))
         conns.append(conn)
     loop.run(time.perf_counter() + 1.0)
+    if settle is not None:
+        settle(loop)
     interval = 1.0 / rate
     schedule = {"next": time.perf_counter(), "i": 0}
 
@@ -431,9 +480,10 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
     sent_before = schedule["i"]
     spy = _profile(server.pid, seconds, profile)
     others = Others(server)
-    c0, d0, n0, w0 = server.cpu(), server.db_cpu(), receivers.count, runqueue_wait_seconds(server.pid)
+    p0, n0, w0 = server.parts(), receivers.count, runqueue_wait_seconds(server.pid)
     loop.run(start + seconds, tick)
-    c1, d1, n1, w1 = server.cpu(), server.db_cpu(), receivers.count, runqueue_wait_seconds(server.pid)
+    p1, n1, w1 = server.parts(), receivers.count, runqueue_wait_seconds(server.pid)
+    c0, c1, d0, d1 = sum(p0.values()), sum(p1.values()), p0.get("postgresql", 0.0), p1.get("postgresql", 0.0)
     load = others.result()
     if spy is not None:
         spy.wait(30)
@@ -452,6 +502,7 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
         "server_cpu_us_per_msg": 1e6 * (c1 - c0) / max(1, delivered),
         "server_runqueue_wait_pct": 100 * (w1 - w0) / seconds,  # starved by other processes
         "db_cpu_pct": 100 * (d1 - d0) / seconds,
+        "cpu_pct_by_part": cpu_pct_by_part(p0, p1, seconds),
         "p50_ms": 1000 * samples[len(samples) // 2],
         "p99_ms": 1000 * samples[int(len(samples) * 0.99)],
         "max_ms": 1000 * samples[-1],
