@@ -224,7 +224,10 @@ def one_to_one(config: Config, server: ServerSide, args: argparse.Namespace, pg:
 
 def group(config: Config, server: ServerSide, size: int, args: argparse.Namespace, pg: Any) -> dict[str, Any]:
     chat = config.groups[size]
-    ws_urls = [config.node(n).ws_url for n in (SENDER, RECIPIENT, OWNER)] if config.clustered else [config.nodes[0].ws_url]
+    if config.clustered:
+        ws_urls = [config.node(n).ws_url for n in (SENDER, RECIPIENT, OWNER)]
+    else:
+        ws_urls = [config.nodes[0].ws_url]
     others = Others(server)
     result = group_bench.measure(server, ws_urls, config.tokens[:size], chat, rate=args.group_rate,
                                  seconds=args.seconds, window=args.window, pause=0.0, drain=1.0,
@@ -292,8 +295,8 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     out["cluster_over_single"] = {
         "delivered_per_s": ratio(lambda c: c["one_to_one"]["throughput"]["delivered_per_s"]),
         "server_cpu_us_per_msg": ratio(lambda c: c["one_to_one"]["throughput"]["server_cpu_us_per_msg"]),
-        **{f"p50_at_{rate}": ratio(lambda c, r=str(rate): c["one_to_one"]["latency"][r]["p50_ms"]) for rate in args.rates},
-        **{f"p99_at_{rate}": ratio(lambda c, r=str(rate): c["one_to_one"]["latency"][r]["p99_ms"]) for rate in args.rates},
+        **{f"{q}_at_{rate}": ratio(lambda c, r=str(rate), q=q: c["one_to_one"]["latency"][r][f"{q}_ms"])
+           for rate in args.rates for q in ("p50", "p99")},
         **{f"group_{size}_msgs_per_s": ratio(lambda c, s=str(size): c["groups"][s]["group_msgs_per_s"])
            for size in args.groups},
         **{f"group_{size}_p99": ratio(lambda c, s=str(size): c["groups"][s]["last_member_p99_ms"])
@@ -371,9 +374,9 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
         for label, key in (("all devices", "all"), ("chat owned by the killed node", "chat_owned_by_victim"),
                            ("chat owned by a survivor", "chat_owned_elsewhere")):
             x = k[key]
-            out += (f"| {label} ({x['devices']}) | " + " | ".join(
-                f"{f(x[f'{w}_p50_s'], '{:.2f}')} / {f(x[f'{w}_p99_s'], '{:.2f}')}" for w in ("reconnected", "synced", "served"))
-                + " |\n")
+            cells = [f"{f(x[f'{w}_p50_s'], '{:.2f}')} / {f(x[f'{w}_p99_s'], '{:.2f}')}"
+                     for w in ("reconnected", "synced", "served")]
+            out += f"| {label} ({x['devices']}) | " + " | ".join(cells) + " |\n"
         out += (f"\nnot served within 30 s: {k['not_served']}; the killed node rejoined {k['rejoined_s']:.1f} s after "
                 f"its restart (median); others' CPU during the rounds: {k['others_cpu_pct']:.0f} %\n")
     return out
@@ -389,8 +392,10 @@ def main() -> None:
     parser.add_argument("--latency-pairs", type=int, default=100)
     parser.add_argument("--rates", default="500", help="offered 1-1 rates (msg/s) for the latency figure")
     parser.add_argument("--groups", default="100,500", help="group sizes")
-    parser.add_argument("--group-rate", type=float, default=10.0, help="group messages per second for the latency figure")
-    parser.add_argument("--kill-devices", type=int, default=50, help="devices on the killed node; 0 skips the kill rounds")
+    parser.add_argument("--group-rate", type=float, default=10.0,
+                        help="group messages per second for the latency figure")
+    parser.add_argument("--kill-devices", type=int, default=50,
+                        help="devices on the killed node; 0 skips the kill rounds")
     args = parser.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
     args.groups = [int(g) for g in args.groups.split(",") if g]
@@ -439,8 +444,10 @@ def main() -> None:
                           f"{result[config.name]['one_to_one']}", flush=True)
                 for size in args.groups:
                     for config in order:
-                        g = result[config.name]["groups"][str(size)] = group(config, servers[config.name], size, args, pg)
-                        print(f"[{time.monotonic() - started:.0f} s] run {run + 1} {config.name}: group {g}", flush=True)
+                        g = group(config, servers[config.name], size, args, pg)
+                        result[config.name]["groups"][str(size)] = g
+                        print(f"[{time.monotonic() - started:.0f} s] run {run + 1} {config.name}: group {g}",
+                              flush=True)
                 if args.kill_devices:
                     result["kill"] = kill_round(cluster, servers["cluster"], nodes[run % 3], pg)
                     k = result["kill"]

@@ -189,7 +189,8 @@ class KillRound:
         if settle is not None:
             settle(self.loop)
         for pair in self.pairs:
-            self.timers.at(time.perf_counter() + random.uniform(0, CHAT_INTERVAL), lambda pair=pair: self._chatter(pair))
+            start = time.perf_counter() + random.uniform(0, CHAT_INTERVAL)
+            self.timers.at(start, lambda pair=pair: self._chatter(pair))
         self.loop.run(time.perf_counter() + before, self.timers.tick)
         self.killed_at = time.perf_counter()
         self.victim.kill()

@@ -102,13 +102,14 @@ def run_once(members: int, rate: float, seconds: float, window: int, profile: st
 
 def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *, rate: float, seconds: float,
             window: int, profile: str | None = None, ack_delay: float = 0.0, pause: float = 2.0,
-            drain: float = 2.0, cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
+            drain: float = 2.0, cursors: dict[str, dict[str, int]] | None = None,
+            settle: Callable[[Loop], Any] | None = None) -> dict:
     """Both phases on a group whose first member (`tokens[0]`) sends: the sender connects
     to `ws_urls[0]`, member i to `ws_urls[i % len(ws_urls)]` (one URL: one node; three:
     members spread over a cluster). `pause`: seconds to settle after connecting; `drain`:
-    seconds for what is in flight to arrive after each phase. `cursors` (per token): where members' chats resume (a group
-    measured again must not be replayed to them). `settle(loop)` runs after the pause that
-    follows connecting."""
+    seconds for what is in flight to arrive after each phase. `cursors` (per token): where
+    members' chats resume (a group measured again must not be replayed to them).
+    `settle(loop)` runs after the pause that follows connecting."""
     members = len(tokens)
     loop = Loop()
     fan = Fanout(members, ack_delay, chat)

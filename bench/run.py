@@ -451,7 +451,7 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
     senders = Senders(1 << 30, 1)
     if cursors is None:
         positions = chat_positions(url, pairs)
-        cursors = {token: {chat: positions[chat]} for pair in pairs for token, chat in ((pair[0], pair[2]), (pair[1], pair[2]))}
+        cursors = {token: {chat: positions[chat]} for sender, receiver, chat in pairs for token in (sender, receiver)}
     for _, token, _chat in pairs:
         loop.connect(receiver_ws_url or ws_url, receivers.on_text).send_text(hello(token, cursors.get(token)))
     conns = []
