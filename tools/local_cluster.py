@@ -52,6 +52,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port whose port + 10000 is free too: SeaweedFS opens its gRPC port there."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and port_free(port + 10000):
+            return port
+
+
 class Ports:
     """The ports of the whole set-up: fixed (easy to remember, the docs' walkthrough) or,
     with --free-ports, whatever is free (tests)."""
@@ -59,7 +67,8 @@ class Ports:
     def __init__(self, free: bool) -> None:
         pick = (lambda _fixed: free_port()) if free else (lambda fixed: fixed)
         self.pg = pick(55432)
-        self.s3, self.master, self.volume, self.filer = (pick(p) for p in (18333, 19333, 18080, 18888))
+        pick_pair = (lambda _fixed: free_port_pair()) if free else (lambda fixed: fixed)
+        self.s3, self.master, self.volume, self.filer = (pick_pair(p) for p in (18333, 19333, 18080, 18888))
         self.http = [pick(8080 + 10 * i) for i in range(NODES)]
         self.ws = [pick(8081 + 10 * i) for i in range(NODES)]
         self.cluster = [pick(7946 + i) for i in range(NODES)]
