@@ -15,6 +15,7 @@ bursts). Nothing is mocked: it is the same node `chatnode serve` runs.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -125,3 +126,17 @@ __all__ = [
     "ADMIN_TOKEN", "PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "storage_section", "use_storage_engine",
     "wait_for_notifications",
 ]
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> None:
+    """Until `predicate` (sync, or returning an awaitable) holds; TooSlowError after
+    `timeout`. For conditions nothing announces (a row in a database, another process's
+    state): anything the node signals is awaited on its event instead."""
+    with trio.fail_after(timeout):
+        while True:
+            result = predicate()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await trio.sleep(interval)

@@ -9,7 +9,6 @@ storage engines. Tests of one store's own behaviour are marked `store("local")`.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import math
 import os
@@ -30,6 +29,7 @@ from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.plugins.media import records
 from node.plugins.media.service import now_ms
+from node.testing import wait_until
 
 DATA = Path(__file__).resolve().parent / "data"
 SNIFF = 8192
@@ -169,18 +169,6 @@ async def no_temp_files(node) -> bool:
 async def assert_nothing_left(node, items_before: int = 0) -> None:
     assert await temp_files(node) == []
     assert await item_count(node) == items_before
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    """Poll `predicate` (sync or async) until it holds."""
-    with trio.fail_after(timeout):
-        while True:
-            result = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await trio.sleep(0.01)
 
 
 async def send_media(conn, chat_id: str, media_id: str, kind: str, caption: str | None = None, **extra):

@@ -32,6 +32,7 @@ from node.client import ChatClient
 from node.config import load_config
 from node.plugins.media import records
 from node.plugins.media.service import DOOM_LINGER, DOOM_WINDOW, now_ms
+from node.testing import wait_until as until
 
 MIB = 1024 * 1024
 
@@ -54,17 +55,6 @@ def plugin(node):
 
 def s3_media(server: S3Server, prefix: str, **extra) -> dict:
     return {"store": "s3", "s3": server.settings(prefix, **extra.pop("s3", {})), **extra}
-
-
-async def until(predicate, timeout: float = 20.0) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            result = predicate()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return
-            await trio.sleep(0.02)
 
 
 @asynccontextmanager

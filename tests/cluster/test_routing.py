@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 from conftest import PASSWORD, cluster_storage, make_config, new_user, running_node
 
 from node.client import ChatClient, ClientError
+from node.testing import wait_until as until
 
 pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
 
@@ -36,12 +36,6 @@ def node_config(tmp_path: Path, node_id: int, seeds: list[str], **extra: Any):
         plugins={"lastseen": {"grace": 0.1}},
         **extra,
     )
-
-
-async def until(predicate, timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 class Cluster:
