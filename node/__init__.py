@@ -39,9 +39,10 @@ from .plugin_api import json_response as json_response
 from .plugin_store import PluginStore as PluginStore
 from .plugin_store import StoreBatch as StoreBatch
 from .plugin_store import Table as Table
+from .plugin_store import shared_secret as shared_secret
 
 __all__ = [
     "Chat", "ChatError", "Client", "FrameHandler", "Member", "Message", "PluginContext", "PluginError",
     "PluginStore", "Reject", "Request", "Response", "Route", "StoreBatch", "Table", "User", "check_fields",
-    "collector", "get_id", "get_int", "get_str", "hookimpl", "json_response", "notification", "parse_id",
+    "collector", "get_id", "shared_secret", "get_int", "get_str", "hookimpl", "json_response", "notification", "parse_id",
 ]

@@ -10,7 +10,10 @@ let `on_commit` add writes to whatever commits next, for state that may lag).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable
+
+import trio
 
 from .storage import Storage, WriteBatch
 
@@ -104,3 +107,31 @@ class PluginStore:
             return batch._batch
 
         self._storage.add_commit_hook(run)
+
+
+SETTLE = 1.0  # seconds between offering a new secret and reading which one the cluster keeps
+
+
+async def shared_secret(store: PluginStore, table: str, name: str, make: Callable[[], bytes],
+                         legacy: bytes | None, node_id: int) -> bytes:
+    """A secret every node of a cluster shares, created once: the first of the candidates
+    rows `name | u64 order | u64 node` in `table`.
+
+    The plugin store has no insert-if-absent, so two nodes starting at once on an empty
+    store each offer a candidate and keep whichever sorts first. A new key's order is its
+    creation time, and a node reads the candidates SETTLE seconds after writing its own,
+    so a node that started later (and saw another's key) never offers one that sorts
+    first unless the clocks differ by more than that. A key taken over from an older
+    version's file (`legacy`) has order 0 and so wins over new ones (of two such files,
+    the lower node id's)."""
+    prefix = name.encode() + b"/"
+    rows = await store.table(table).scan_prefix(prefix, limit=1)
+    if rows:
+        return rows[0][1]
+    order = 0 if legacy is not None else time.time_ns()
+    batch = store.batch()
+    batch.put(table, prefix + order.to_bytes(8, "big") + node_id.to_bytes(8, "big"),
+              legacy if legacy is not None else make())
+    await store.write(batch)
+    await trio.sleep(SETTLE)
+    return (await store.table(table).scan_prefix(prefix, limit=1))[0][1]

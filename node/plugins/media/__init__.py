@@ -24,13 +24,13 @@ from typing import Any
 
 import trio
 
-from ... import ChatError, Message, PluginContext, hookimpl
+from ... import ChatError, Message, PluginContext, hookimpl, shared_secret
 from .quota import Quotas
 from .records import KEYS
 from .routes import media_routes
 from .service import MediaService
 from .settings import MediaSettings
-from .signing import Signer, cluster_secret, new_key, read_legacy_key
+from .signing import Signer, new_key, read_legacy_key
 from .store import ContentStore, LocalStore
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class MediaPlugin:
             legacy = await trio.to_thread.run_sync(read_legacy_key, ctx.data_dir / settings.dir / "signing.key")
             while True:  # storage may be away for a while (a failover): the node waits, it does not stop
                 try:
-                    key = await cluster_secret(ctx.store, KEYS, "signing", new_key, legacy, ctx.node_id)
+                    key = await shared_secret(ctx.store, KEYS, "signing", new_key, legacy, ctx.node_id)
                     break
                 except Exception as exc:  # tried again; media requests wait meanwhile
                     log.warning("the media signing key is not settled yet (%s); trying again", exc)

@@ -4,7 +4,7 @@ An <img> or <video> tag, a reverse proxy or a CDN cannot send a bearer token. A 
 may read a media item asks for a signed URL; it carries `exp` (Unix milliseconds) and `sig`,
 an HMAC-SHA256 over the media id, the variant (content or thumbnail) and `exp`, under a
 32-byte key that every node of a cluster shares: it lives in the plugin's store (table
-`keys`), created once by whichever node starts first (see `cluster_secret`). Older
+`keys`), created once by whichever node starts first (see `node.shared_secret`). Older
 versions kept it in `<media dir>/signing.key`; such a file is taken over at start-up, so
 URLs already issued keep working. Deleting the key's rows (and restarting) revokes every
 URL issued.
@@ -19,41 +19,9 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import trio
-
-from ... import PluginStore
-
 KEY_BYTES = 32
-SETTLE = 1.0  # seconds between offering a new key and reading which one the cluster keeps
-
-
-async def cluster_secret(store: PluginStore, table: str, name: str, make: Callable[[], bytes],
-                         legacy: bytes | None, node_id: int) -> bytes:
-    """A secret every node of a cluster shares, created once: the first of the candidates
-    rows `name | u64 order | u64 node` in `table`.
-
-    The plugin store has no insert-if-absent, so two nodes starting at once on an empty
-    store each offer a candidate and keep whichever sorts first. A new key's order is its
-    creation time, and a node reads the candidates SETTLE seconds after writing its own,
-    so a node that started later (and saw another's key) never offers one that sorts
-    first unless the clocks differ by more than that. A key taken over from an older
-    version's file (`legacy`) has order 0 and so wins over new ones (of two such files,
-    the lower node id's)."""
-    prefix = name.encode() + b"/"
-    rows = await store.table(table).scan_prefix(prefix, limit=1)
-    if rows:
-        return rows[0][1]
-    order = 0 if legacy is not None else time.time_ns()
-    batch = store.batch()
-    batch.put(table, prefix + order.to_bytes(8, "big") + node_id.to_bytes(8, "big"),
-              legacy if legacy is not None else make())
-    await store.write(batch)
-    await trio.sleep(SETTLE)
-    return (await store.table(table).scan_prefix(prefix, limit=1))[0][1]
 
 
 def read_legacy_key(path: Path) -> bytes | None:

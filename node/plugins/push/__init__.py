@@ -21,17 +21,28 @@ from typing import Any
 
 import trio
 
-from ... import ChatError, Message, PluginContext, Request, Response, Route, hookimpl, json_response, parse_id
+from ... import (
+    ChatError,
+    Message,
+    PluginContext,
+    Request,
+    Response,
+    Route,
+    hookimpl,
+    json_response,
+    parse_id,
+    shared_secret,
+)
 from . import hooks
 from .dispatch import Dispatcher
 from .http_client import PushHTTP
 from .settings import PushSettings
 from .targets import Targets, public
-from .vapid import Vapid, cluster_secret, load_key, new_pem, read_legacy_pem
+from .vapid import Vapid, load_key, new_pem, read_legacy_pem
 from .webhook import WebhookProvider
 from .webpush import WebPushProvider
 
-KEYS = "keys"  # table of the VAPID key (see vapid.cluster_secret)
+KEYS = "keys"  # table of the VAPID key (see node.shared_secret)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +92,7 @@ class PushPlugin:
         assert self.vapid is not None
         while True:
             try:
-                pem = await cluster_secret(ctx.store, KEYS, "vapid", new_pem, legacy, ctx.node_id)
+                pem = await shared_secret(ctx.store, KEYS, "vapid", new_pem, legacy, ctx.node_id)
                 break
             except Exception as exc:  # tried again; web push waits meanwhile
                 log.warning("the VAPID key is not settled yet (%s); trying again", exc)

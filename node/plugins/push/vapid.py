@@ -5,7 +5,7 @@ then accepts messages for that subscription only with a JWT signed by the matchi
 private key. Every node of a cluster must sign with the same key (a browser subscribed
 through one node is notified by whichever node stores the message), so the P-256 key
 pair lives in the plugin's store (table `keys`, PKCS#8 PEM), created once by the first
-node that starts (`cluster_secret`). Older versions kept it in
+node that starts (`node.shared_secret`). Older versions kept it in
 `<data dir>/push/vapid_private.pem`; such a file is taken over at start-up, so existing
 subscriptions keep working. Replacing the key orphans every browser subscription, so
 back it up with the database.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -41,7 +40,6 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-SETTLE = 1.0  # seconds between offering a new key and reading which one the cluster keeps
 
 
 def load_key(pem: bytes, where: str) -> ec.EllipticCurvePrivateKey:
@@ -65,29 +63,6 @@ def read_legacy_pem(path: Path) -> bytes | None:
         return None
     load_key(pem, str(path))
     return pem
-
-
-async def cluster_secret(store: Any, table: str, name: str, make: Any, legacy: bytes | None,
-                         node_id: int) -> bytes:
-    """A secret every node of a cluster shares, created once: the first of the candidate
-    rows `name/ | u64 order | u64 node` in `table` (the same rule as the media plugin's
-    signing key). There is no insert-if-absent, so two nodes starting at once on an empty
-    store each offer a candidate and keep whichever sorts first: a new key's order is its
-    creation time, and a node reads the candidates SETTLE seconds after writing its own,
-    so a node that started later never offers one that sorts first unless the clocks
-    differ by more than that. A key taken over from a file (`legacy`) has order 0 and
-    wins over new ones (of two such files, the lower node id's)."""
-    prefix = name.encode() + b"/"
-    rows = await store.table(table).scan_prefix(prefix, limit=1)
-    if rows:
-        return rows[0][1]
-    order = 0 if legacy is not None else time.time_ns()
-    batch = store.batch()
-    batch.put(table, prefix + order.to_bytes(8, "big") + node_id.to_bytes(8, "big"),
-              legacy if legacy is not None else make())
-    await store.write(batch)
-    await trio.sleep(SETTLE)
-    return (await store.table(table).scan_prefix(prefix, limit=1))[0][1]
 
 
 KEY_WAIT = 30.0  # seconds a request or a send waits for the key of a cluster's first start
