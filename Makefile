@@ -62,7 +62,7 @@ screenshot: $(STAMP) browser
 	cp test-artifacts/09-overview.png docs/screenshot.png
 
 bench: $(STAMP)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_RUN_ARGS)
 	$(PY) -m bench.groups
 	$(PY) -m bench.media
 	$(PY) -m bench.cluster
