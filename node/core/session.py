@@ -562,6 +562,11 @@ class Session:
             if not self.synced:
                 self.synced = True
                 self._enqueue(SYNCED)
+        except StorageError:
+            # The device cannot be brought up to date now: it is told so and reconnects
+            # later, resuming from its cursors (a storage outage is not a session crash).
+            self.send_error(ChatError("unavailable", "storage is unavailable; reconnect"))
+            self.close(errors.CLOSE_INTERNAL, "storage is unavailable; reconnect")
         finally:
             self._syncing = False
 
