@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 import trio
-from conftest import PASSWORD, wait_for_notifications
+from conftest import PASSWORD, close_code, wait_for_notifications
 from test_photos import square
 from threenodes import assert_once_in_order, collect, nothing_more, start_cluster
 
@@ -547,13 +547,6 @@ async def test_concurrent_changes_of_one_account_through_different_nodes_all_sta
                 with pytest.raises(ClientError) as info:
                     await client.login(alice.user["username"], PASSWORD)
                 assert info.value.code == "account_disabled"
-
-
-async def close_code(conn) -> int:
-    with trio.fail_after(10):
-        while conn.closed is None:
-            await trio.sleep(0.01)
-    return conn.closed.reason.code
 
 
 PUSH = {"plugins": {"push": {"allow_private_endpoints": True, "retry_base": 0.05, "collapse_window": 0.0}}}
