@@ -48,7 +48,7 @@ class Member(NodeProcess):
     popen: subprocess.Popen | None = None
 
     def start_now(self) -> None:
-        self.popen = start_node_process(self.dir / "config.toml", self.url)
+        self.popen = start_node_process(self.config, self.url)
 
     def signal(self, sig: int) -> None:
         assert self.popen is not None and self.popen.poll() is None
