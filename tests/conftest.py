@@ -8,20 +8,23 @@ same ones plugin authors use.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
-from node.app import Node
+from node.app import Node, serve_node
 from node.client import ChatClient, Connection
 from node.config import Config
 from node.testing import ADMIN_TOKEN, PASSWORD, deep_merge, new_user, running_node, wait_for_notifications, wait_until
 from node.testing import make_config as _make_config
 
 __all__ = ["ADMIN_TOKEN", "PASSWORD", "close_code", "deep_merge", "flushed", "make_config", "new_user", "running_node",
-           "serving", "settled", "wait_for_notifications"]
+           "serving", "settled", "started_together", "wait_for_notifications"]
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
@@ -63,6 +66,25 @@ async def serving(url: str, process: Any, log: Path | None = None) -> bool:
             return (await http.get(f"{url}/healthz", timeout=1)).status_code == 200
     except httpx.TransportError:
         return False
+
+
+@asynccontextmanager
+async def started_together(configs: list[Config]) -> AsyncIterator[list[Node]]:
+    """Nodes whose start-ups run at the same moment (each in its own task)."""
+    nodes: list[Any] = [None] * len(configs)
+    async with trio.open_nursery() as outer:
+
+        async def start(i: int) -> None:
+            nodes[i] = await outer.start(partial(serve_node, configs[i]))
+
+        async with trio.open_nursery() as starters:
+            for i in range(len(configs)):
+                starters.start_soon(start, i)
+        try:
+            yield nodes
+        finally:
+            for node in nodes:
+                node.request_shutdown()
 
 
 @pytest.fixture

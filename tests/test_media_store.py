@@ -17,17 +17,15 @@ import sys
 import threading
 import time
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node, serving, storage_toml
+from conftest import PASSWORD, make_config, new_user, running_node, serving, started_together, storage_toml
 from PIL import Image
 from s3server import S3Server
 
-from node.app import serve_node
 from node.client import ChatClient
 from node.config import load_config
 from node.plugins.media import records
@@ -55,25 +53,6 @@ def plugin(node):
 
 def s3_media(server: S3Server, prefix: str, **extra) -> dict:
     return {"store": "s3", "s3": server.settings(prefix, **extra.pop("s3", {})), **extra}
-
-
-@asynccontextmanager
-async def started_together(configs):
-    """Nodes whose start-ups run at the same moment (each in its own task)."""
-    nodes: list = [None] * len(configs)
-    async with trio.open_nursery() as outer:
-
-        async def start(i: int) -> None:
-            nodes[i] = await outer.start(partial(serve_node, configs[i]))
-
-        async with trio.open_nursery() as starters:
-            for i in range(len(configs)):
-                starters.start_soon(start, i)
-        try:
-            yield nodes
-        finally:
-            for node in nodes:
-                node.request_shutdown()
 
 
 # -- two nodes, one database, one bucket ------------------------------------------------------

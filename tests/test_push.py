@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node, wait_for_notifications
+from conftest import PASSWORD, make_config, new_user, running_node, started_together, wait_for_notifications
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -257,25 +257,6 @@ async def test_the_key_file_of_an_older_version_is_taken_over(tmp_path):
         client = ChatClient(node.http_url)
         assert await client.vapid_public_key() == b64u(old.public_key().public_bytes(X962, UNCOMPRESSED))
         await client.aclose()
-
-
-@asynccontextmanager
-async def started_together(configs):
-    """Nodes whose start-ups run at the same moment (each in its own task)."""
-    nodes: list = [None] * len(configs)
-    async with trio.open_nursery() as outer:
-
-        async def start(i: int) -> None:
-            nodes[i] = await outer.start(partial(serve_node, configs[i]))
-
-        async with trio.open_nursery() as starters:
-            for i in range(len(configs)):
-                starters.start_soon(start, i)
-        try:
-            yield nodes
-        finally:
-            for node in nodes:
-                node.request_shutdown()
 
 
 @pytest.mark.engine("postgresql")
