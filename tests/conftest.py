@@ -2,7 +2,10 @@
 
 Tests talk to it with the real client (`node.client`): HTTP via httpx, chat via
 trio-websocket. No component of chatnode is mocked. The helpers are node.testing's, the
-same ones plugin authors use.
+same ones plugin authors use, and a few of the suite's own: `close_code`, `flushed` and
+`settled` (a ping's answer shows that nothing more was queued for a socket), `serving`
+(a node process answers) and `started_together`. Tests wait for conditions, not for time
+(unless time is what they test).
 """
 
 from __future__ import annotations
