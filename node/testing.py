@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -117,14 +118,12 @@ async def new_user(node: Node, name: str | None = None, password: str = PASSWORD
 async def wait_for_notifications(node: Node, timeout: float = 10.0) -> None:
     """Wait until every plugin has handled every notification queued so far (the pumps
     are idle): what a test did has reached the plugins, without sleeping."""
-    with trio.fail_after(timeout):
-        while node.plugins.pending():  # noqa: ASYNC110 (a test helper polling a count)
-            await trio.sleep(0.005)
+    await wait_until(lambda: not node.plugins.pending(), timeout, interval=0.005)
 
 
 __all__ = [
     "ADMIN_TOKEN", "PASSWORD", "make_config", "new_user", "open_test_node", "running_node", "storage_section", "use_storage_engine",
-    "wait_for_notifications",
+    "wait_for_notifications", "wait_until", "wait_until_sync",
 ]
 
 
@@ -140,3 +139,13 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interv
             if result:
                 return
             await trio.sleep(interval)
+
+
+def wait_until_sync(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> None:
+    """`wait_until` for code outside trio (a worker thread, a sync fixture, a browser
+    test): until `predicate()` holds; TooSlowError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise trio.TooSlowError
+        time.sleep(interval)

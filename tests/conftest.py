@@ -2,29 +2,92 @@
 
 Tests talk to it with the real client (`node.client`): HTTP via httpx, chat via
 trio-websocket. No component of chatnode is mocked. The helpers are node.testing's, the
-same ones plugin authors use.
+same ones plugin authors use, and a few of the suite's own: `close_code`, `flushed` and
+`settled` (a ping's answer shows that nothing more was queued for a socket), `serving`
+(a node process answers) and `started_together`. Tests wait for conditions, not for time
+(unless time is what they test).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trio
 
-from node.app import Node
-from node.client import ChatClient
+from node.app import Node, serve_node
+from node.client import ChatClient, Connection
 from node.config import Config
-from node.testing import ADMIN_TOKEN, PASSWORD, deep_merge, new_user, running_node, wait_for_notifications
+from node.testing import ADMIN_TOKEN, PASSWORD, deep_merge, new_user, running_node, wait_for_notifications, wait_until
 from node.testing import make_config as _make_config
 
-__all__ = ["ADMIN_TOKEN", "PASSWORD", "deep_merge", "make_config", "new_user", "running_node", "wait_for_notifications"]
+__all__ = ["ADMIN_TOKEN", "PASSWORD", "close_code", "deep_merge", "flushed", "make_config", "new_user", "running_node",
+           "serving", "settled", "started_together", "wait_for_notifications"]
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config for tests (see node.testing.make_config)."""
     return _make_config(tmp_path, **sections)
+
+
+async def close_code(conn: Connection, timeout: float = 10.0) -> int:
+    """Once the node has closed the chat socket: its close code."""
+    await wait_until(lambda: conn.closed is not None, timeout)
+    assert conn.closed is not None and conn.closed.reason is not None
+    return conn.closed.reason.code
+
+
+async def flushed(*conns: Connection) -> None:
+    """Everything the node has queued for these sockets so far has arrived (the answer to a
+    ping comes after it): for a check that something was not sent, once whatever would
+    have sent it has run."""
+    for conn in conns:
+        await conn.send_events({"type": "ping"})
+        await conn.wait_for("pong")
+
+
+async def settled(node: Node, *conns: Connection) -> None:
+    """The node has answered what these sockets sent so far, its plugins have handled
+    what that caused, and all the node then queued for the sockets has arrived: for a
+    check that something was not sent."""
+    await flushed(*conns)
+    await wait_for_notifications(node)
+    await flushed(*conns)
+
+
+async def serving(url: str, process: Any, log: Path | None = None) -> bool:
+    """Whether a node process answers at `url` (its /healthz), for `wait_until`; fails the
+    test if the process has exited (showing the end of its `log`)."""
+    assert process.poll() is None, f"the node exited: {log.read_text(errors='replace')[-3000:] if log else ''}"
+    try:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{url}/healthz", timeout=1)).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@asynccontextmanager
+async def started_together(configs: list[Config]) -> AsyncIterator[list[Node]]:
+    """Nodes whose start-ups run at the same moment (each in its own task)."""
+    nodes: list[Any] = [None] * len(configs)
+    async with trio.open_nursery() as outer:
+
+        async def start(i: int) -> None:
+            nodes[i] = await outer.start(partial(serve_node, configs[i]))
+
+        async with trio.open_nursery() as starters:
+            for i in range(len(configs)):
+                starters.start_soon(start, i)
+        try:
+            yield nodes
+        finally:
+            for node in nodes:
+                node.request_shutdown()
 
 
 @pytest.fixture

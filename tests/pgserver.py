@@ -24,9 +24,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Self
+
+import trio
+
+from node.testing import wait_until_sync
 
 BIN = Path(os.environ.get("CHATNODE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 USER = "chat"  # the superuser initdb creates (trust authentication, loopback only)
@@ -151,11 +154,10 @@ class PgServer:
         family = [pid, *_children(pid)]
         os.kill(pid, signal.SIGKILL)
         self.running = False
-        deadline = time.monotonic() + timeout
-        while any(_alive(p) for p in family):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"processes of the killed PostgreSQL {self.data} did not exit: {family}")
-            time.sleep(0.02)
+        try:
+            wait_until_sync(lambda: not any(_alive(p) for p in family), timeout)
+        except trio.TooSlowError:
+            raise RuntimeError(f"processes of the killed PostgreSQL {self.data} did not exit: {family}") from None
 
     def _drop_stale_lock(self) -> None:
         """After `kill`, the lock files name a postmaster that is gone, or a zombie not yet

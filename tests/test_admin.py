@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import trio
-from conftest import ADMIN_TOKEN, PASSWORD, make_config, new_user, running_node, wait_for_notifications
+from conftest import ADMIN_TOKEN, PASSWORD, close_code, make_config, new_user, running_node, wait_for_notifications
 
 from node import hookimpl, preflight
 from node.admin_cli import CliError, run_admin
@@ -47,13 +47,6 @@ async def expect_client_error(code: str, coro) -> ClientError:
         await coro
     assert info.value.code == code, info.value
     return info.value
-
-
-async def close_code(conn) -> int:
-    with trio.fail_after(5):
-        while conn.closed is None:
-            await trio.sleep(0.01)
-    return conn.closed.reason.code
 
 
 class Revocations:

@@ -16,6 +16,7 @@ from conftest import make_config, new_user, running_node, storage_toml
 from PIL import Image
 
 from node.client import ChatClient
+from node.testing import wait_until
 
 CHATNODE = [sys.executable, "-m", "node"]
 
@@ -81,9 +82,7 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_message(tmp
         async with trio.open_nursery() as senders:
             for sender, _, chat_id in pairs:
                 senders.start_soon(keep_sending, sender, chat_id)
-            with trio.fail_after(30):
-                while sum(map(len, acked.values())) < 300:  # load before the backup starts
-                    await trio.sleep(0.01)
+            await wait_until(lambda: sum(map(len, acked.values())) >= 300, 30)  # load before the backup starts
             before_backup = [(c, s) for c, seqs in acked.items() for s in list(seqs)]
             done = await chatnode("backup", backup_dir, "--config", write_config(source, "backup"))
             during = sum(map(len, acked.values())) - len(before_backup)

@@ -31,6 +31,7 @@ import trio
 from conftest import storage_toml
 
 from node.client import ChatClient
+from node.testing import wait_until_sync
 
 pytestmark = pytest.mark.browser
 
@@ -60,6 +61,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_node_process(config: Path, url: str) -> subprocess.Popen:
+    """`python -m node serve` on a config, in its folder (errors to node.log there), once
+    it answers at `url`."""
+    log = config.parent / "node.log"
+    with open(log, "ab") as out:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "serve", "--config", str(config), "--log-level", "WARNING"],
+            cwd=config.parent, stdout=subprocess.DEVNULL, stderr=out,
+        )
+
+    def serving() -> bool:
+        assert proc.poll() is None, f"the node exited: {log.read_text(errors='replace')[-3000:]}"
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(serving, "the node to start", 30)
+    return proc
 
 
 class NodeProcess:
@@ -100,21 +122,7 @@ grace = 0.2
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        with open(self.folder / "node.log", "ab") as log:  # the child keeps its own copy of the file
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "node", "serve", "--config", str(self.config), "--log-level", "WARNING"],
-                cwd=self.folder, stdout=subprocess.DEVNULL, stderr=log,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the node exited: {(self.folder / 'node.log').read_text()[-2000:]}"
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the node did not start within 20 s")
+        self.proc = start_node_process(self.config, self.url)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -1000,15 +1008,19 @@ def b64url(data: bytes) -> str:
 
 
 def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until `predicate()` holds (a Playwright error counts as not yet: a page between two
+    states); fails the test naming `what` after `timeout`."""
+
+    def holds() -> bool:
         try:
-            if predicate():
-                return
+            return predicate()
         except playwright_api.Error:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+            return False
+
+    try:
+        wait_until_sync(holds, timeout, interval=0.1)
+    except trio.TooSlowError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def auth(node: NodeProcess, username: str) -> dict[str, str]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import trio
-
 from node.client import ChatClient
+from node.testing import wait_until
 
 
 async def test_two_users_chat_both_ways(node, users):
@@ -134,12 +133,8 @@ async def test_an_idle_connections_writer_ends_and_comes_back_for_the_next_messa
     async with alice.connect() as a, bob.connect() as b:
         await b.synced.wait()
         (bob_session,) = node.hub.sessions_of(int(bob.user["id"]))
-        with trio.fail_after(5):
-            while bob_session._writing:  # welcome and synced sent, then quiet
-                await trio.sleep(0.02)
+        await wait_until(lambda: not bob_session._writing, 5)  # welcome and synced sent, then quiet
         for text in ("after a pause", "and again"):
             await a.send_text(chat["id"], text)
             assert (await b.wait_for("message", timeout=5))["text"] == text
-            with trio.fail_after(5):
-                while bob_session._writing:
-                    await trio.sleep(0.02)
+            await wait_until(lambda: not bob_session._writing, 5)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
-import trio
 from conftest import ADMIN_TOKEN, make_config
 from test_push import push_config, receiver
 
 from node.client import ChatClient, ClientError
-from node.testing import new_user, running_node
+from node.core.chats import now_ms
+from node.testing import new_user, running_node, wait_until
 
 
 async def expect_error(code: str, coro) -> ClientError:
@@ -60,9 +60,11 @@ async def test_a_timed_mute_ends_by_itself(node, users):
     chat = await alice.open_direct(username="bob")
     await alice.set_prefs(chat["id"], mute=1)
     assert (await alice.chat(chat["id"]))["muted"] is True
-    with trio.fail_after(5):
-        while (await alice.chat(chat["id"]))["muted"]:
-            await trio.sleep(0.1)
+
+    async def unmuted() -> bool:
+        return not (await alice.chat(chat["id"]))["muted"]
+
+    await wait_until(unmuted, 10, interval=0.1)
     assert (await alice.chat(chat["id"]))["muted_until"] is None
 
 
@@ -90,8 +92,8 @@ async def test_at_most_three_chats_are_pinned_and_they_come_first(node, users):
     async with others[4].connect() as last:
         await last.send_text(chats[4]["id"], "newest")
     for chat in chats[:3]:
-        await alice.set_prefs(chat["id"], pinned=True)
-        await trio.sleep(0.002)  # distinct pin times
+        pinned = (await alice.set_prefs(chat["id"], pinned=True))["pinned"]
+        await wait_until(lambda pinned=pinned: now_ms() > pinned)  # the next pin is later (Unix ms)
     error = await expect_error("conflict", alice.set_prefs(chats[3]["id"], pinned=True))
     assert "3" in error.message
     order = [c["id"] for c in await alice.chats()]

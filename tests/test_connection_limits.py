@@ -15,6 +15,7 @@ import trio
 from conftest import ADMIN_TOKEN, make_config, running_node
 
 from node.core.connlimit import ConnectionLimits
+from node.testing import wait_until
 
 pytestmark = pytest.mark.engine("lmdb")  # sockets and descriptors: no storage
 
@@ -59,9 +60,7 @@ async def test_a_greedy_address_is_capped_on_both_ports_and_others_are_not(tmp_p
             stream = await open_from("127.0.0.1", node.http_port)
             held.push_async_callback(stream.aclose)
             assert (await served(stream)).startswith(b"HTTP/1.1 200")
-        with trio.fail_after(5):
-            while node.connections.open_from("127.0.0.1") < 5:
-                await trio.sleep(0.01)
+        await wait_until(lambda: node.connections.open_from("127.0.0.1") >= 5, 5, interval=0.01)
         # the sixth is closed at once, on either port
         async with await open_from("127.0.0.1", node.http_port) as extra:
             assert await served(extra) == b""
@@ -84,9 +83,7 @@ async def test_a_greedy_address_is_capped_on_both_ports_and_others_are_not(tmp_p
         assert stats["connections"]["refused"] == {"per_address": 2, "fd_reserve": 0}
         # a connection that ends makes room at once (not after the HTTP keep-alive timeout, 5 s)
         await held.aclose()
-        with trio.fail_after(2):
-            while node.connections.open_from("127.0.0.1") > 0:
-                await trio.sleep(0.01)
+        await wait_until(lambda: node.connections.open_from("127.0.0.1") == 0, 2, interval=0.01)
         async with await open_from("127.0.0.1", node.http_port) as again:
             assert (await served(again)).startswith(b"HTTP/1.1 200")
 
@@ -141,9 +138,8 @@ async def test_descriptors_are_kept_for_the_node_and_its_own_machine(tmp_path):
                 assert await served(client) == b""
             async with await open_from("127.0.0.1", node.http_port) as operator:
                 assert (await served(operator)).startswith(b"HTTP/1.1 200")
-            with trio.fail_after(5):  # the node's end of it is closed: no hole below what we fill
-                while node.connections.open_from("127.0.0.1"):
-                    await trio.sleep(0.01)
+            # the node's end of it is closed: no hole below what we fill
+            await wait_until(lambda: node.connections.open_from("127.0.0.1") == 0, 5, interval=0.01)
             fds += fill_descriptors(left=60)
             async with await open_from("127.0.0.1", node.http_port) as operator:
                 assert await served(operator) == b""

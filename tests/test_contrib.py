@@ -26,6 +26,7 @@ from conftest import deep_merge, running_node
 from trio_websocket import open_websocket_url
 
 from node.config import structure_config
+from node.testing import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
@@ -146,30 +147,34 @@ def node_config(tmp_path: Path, public: str):
 
 
 async def wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
-    with trio.fail_after(30):
-        while True:
-            assert proc.poll() is None, f"the proxy exited: {log.read_text()[-3000:]}"
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.05)  # polling a port that is not open yet: nothing to wait on
-                continue
-            await stream.aclose()
-            return
+    """Until the proxy accepts connections on `port` (another process: nothing to wait on)."""
+
+    async def listening() -> bool:
+        assert proc.poll() is None, f"the proxy exited: {log.read_text()[-3000:]}"
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+
+    await wait_until(listening, 30, interval=0.05)
 
 
 async def wait_serving(public: str, trust: ssl.SSLContext, proc: subprocess.Popen, log: Path) -> None:
     """Until the proxy answers over TLS: Caddy listens before its internal CA has issued
     the site's certificate, and a loaded machine widens that gap."""
-    with trio.fail_after(60):
-        while True:
-            assert proc.poll() is None, f"the proxy exited: {log.read_text()[-3000:]}"
-            try:
-                async with httpx.AsyncClient(verify=trust, timeout=5) as http:
-                    await http.get(public + "/api/info")
-                return
-            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
-                await trio.sleep(0.1)  # polling a server that has no readiness signal
+
+    async def answers() -> bool:
+        assert proc.poll() is None, f"the proxy exited: {log.read_text()[-3000:]}"
+        try:
+            async with httpx.AsyncClient(verify=trust, timeout=5) as http:
+                await http.get(public + "/api/info")
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+            return False
+        return True
+
+    await wait_until(answers, 60, interval=0.1)
 
 
 async def use_the_node_through(public: str, trust: ssl.SSLContext) -> None:
@@ -279,9 +284,7 @@ async def test_the_caddy_example_serves_a_node_over_tls(tmp_path):
         try:
             await wait_listening(https_port, proc, log)
             root = storage / "pki" / "authorities" / "local" / "root.crt"
-            with trio.fail_after(30):
-                while not root.exists():  # the internal CA is made as the server starts
-                    await trio.sleep(0.05)
+            await wait_until(root.exists, 30, interval=0.05)  # the internal CA is made as the server starts
             trust = ssl.create_default_context(cafile=str(root))
             await wait_serving(public, trust, proc, log)
             await use_the_node_through(public, trust)

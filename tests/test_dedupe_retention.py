@@ -5,7 +5,6 @@ from __future__ import annotations
 import attrs
 import lmdb
 import pytest
-import trio
 from conftest import PASSWORD, make_config, new_user, running_node
 
 from node.client import ChatClient
@@ -15,6 +14,7 @@ from node.core.chats import Awaitable, now_ms
 from node.storage import lmdb_engine
 from node.storage.keys import u64
 from node.storage.lmdb_engine import DEDUPE_BACKFILL, SCHEMA_VERSION, open_lmdb
+from node.testing import wait_until
 
 DAY_MS = 86_400_000
 
@@ -27,12 +27,6 @@ async def dedupe_rows(storage) -> list[tuple[int, str, int]]:
 async def due_rows(storage) -> list[tuple[int, str, int]]:
     """What the engine's time order offers the sweeper, everything due or not."""
     return await storage.due_dedupe(now_ms() + 365 * DAY_MS, 1000)
-
-
-async def wait_until(predicate, timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.05)
 
 
 async def test_retry_within_the_window_returns_the_original_ack_and_stores_nothing(tmp_path):

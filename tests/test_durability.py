@@ -7,11 +7,11 @@ import socket
 import sys
 from pathlib import Path
 
-import httpx
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node, storage_toml
+from conftest import PASSWORD, close_code, make_config, new_user, running_node, serving, storage_toml
 
 from node.client import ChatClient
+from node.testing import wait_until
 
 
 async def test_restart_keeps_accounts_chats_and_history(tmp_path):
@@ -71,16 +71,8 @@ async def start_process(config_path: Path) -> tuple[trio.Process, str]:
         cwd=config_path.parent,
     )
     url = f"http://127.0.0.1:{http_port}"
-    with trio.fail_after(20):
-        while True:
-            try:
-                async with httpx.AsyncClient() as http:
-                    if (await http.get(f"{url}/healthz")).status_code == 200:
-                        return proc, url
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "node exited during start-up"
-            await trio.sleep(0.05)
+    await wait_until(lambda: serving(url, proc), 30, interval=0.05)
+    return proc, url
 
 
 async def test_sigkill_right_after_acks_loses_nothing(tmp_path):
@@ -134,10 +126,7 @@ async def test_graceful_shutdown_closes_sockets_with_1001_after_pending_acks(tmp
             await a.send_events(frame)
             first = await a.wait_for("ack")  # the node is working on the frame ...
             node.request_shutdown()  # ... and shuts down before it is done
-            with trio.fail_after(10):
-                while a.closed is None or b.closed is None:
-                    await trio.sleep(0.01)
-            assert a.closed.reason.code == 1001 and b.closed.reason.code == 1001
+            assert await close_code(a) == 1001 and await close_code(b) == 1001
             acks = [first] + [e for e in a.events_nowait() if e["type"] == "ack"]
         await alice.aclose(), await bob.aclose()
     # every send that was acked before the close is stored

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from conftest import make_config, new_user, running_node
+from conftest import flushed, make_config, new_user, running_node
 
 from node.client import ClientError
 
@@ -72,8 +72,8 @@ async def test_removed_member_gets_nothing_after_and_cannot_send_or_read_new(nod
             await b.send_text(group["id"], "still here?")
         assert info.value.code == "not_member"
         async with alice.connect() as a:
-            await a.send_text(group["id"], "after bob left")
-        await trio.sleep(0.2)
+            await a.send_text(group["id"], "after bob left")  # acked once it was offered to every device
+        await flushed(b)
         assert not [e for e in b.events_nowait() if e["type"] == "message" and e["seq"] > removal["seq"]]
     bob.cursors.clear()
     async with bob.connect() as b:  # a fresh device of bob: replay stops at his removal

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 import trio
-from conftest import make_config, new_user, running_node
+from conftest import flushed, make_config, new_user, running_node, wait_for_notifications
+
+from node.testing import wait_until
 
 FAST = {"plugins": {"lastseen": {"grace": 0.2, "typing_interval": 1.0}}}
 
@@ -20,6 +22,13 @@ def config(tmp_path):
 
 async def presence_events(conn, user_id):
     return [e for e in conn.events_nowait() if e["type"] == "presence" and e["user"] == user_id]
+
+
+async def gone(node, *clients) -> None:
+    """Until the node has seen the last sockets of these users close, and its plugins have
+    handled it (the last-seen times are noted)."""
+    await wait_until(lambda: not any(node.hub.is_online(int(c.user["id"])) for c in clients))
+    await wait_for_notifications(node)
 
 
 async def wrote(node, writer, reader) -> None:
@@ -44,14 +53,16 @@ async def test_presence_goes_to_contacts_and_last_seen_is_kept(node, users):
 
 
 async def test_flapping_is_coalesced(node, users):
-    alice, bob = await users("alice"), await users("bob")
+    alice, bob, dave = await users("alice"), await users("bob"), await users("dave")
     await wrote(node, bob, alice)
+    await wrote(node, dave, alice)
     async with alice.connect() as a:
-        await trio.sleep(0.3)
+        await a.synced.wait()
         for _ in range(5):
-            async with bob.connect():
-                await trio.sleep(0.02)
-        await trio.sleep(0.5)
+            async with bob.connect() as b:
+                await b.synced.wait()
+        async with dave.connect():  # a change after bob's last: told after anything of bob's would be
+            await a.wait_for("presence", user=dave.user["id"], online=True)
         assert await presence_events(a, bob.user["id"]) == []  # never online for a whole grace period
 
 
@@ -62,7 +73,7 @@ async def test_last_seen_survives_a_restart(tmp_path):
         await wrote(node, bob, alice)
         async with bob.connect():
             pass
-        await trio.sleep(0.1)
+        await gone(node, bob)
         before = await alice.presence(bob.user["id"])
         await alice.aclose(), await bob.aclose()
     async with running_node(config) as node:
@@ -96,21 +107,23 @@ async def test_last_seen_privacy(node, users, setting, viewer_setting, chat, vis
         await wrote(node, subject, viewer)
     async with subject.connect():
         pass
-    await trio.sleep(0.2)  # the last-seen time is written by the plugin's pump, just after
+    await gone(node, subject)
     seen = await viewer.presence(subject.user["id"])
     assert (seen["last_seen"] is not None) == visible
     assert seen.get("hidden", False) == (not visible)
 
 
 async def test_blocked_users_do_not_see_presence(node, users):
-    alice, bob = await users("alice"), await users("bob")
+    alice, bob, carol = await users("alice"), await users("bob"), await users("carol")
     await alice.open_direct(username="bob")
+    await alice.open_direct(username="carol")  # carol, not blocked, is told when bob would be
     await alice.settings(last_seen="everyone")
     await alice.block(bob.user["id"])
-    async with bob.connect() as b:
+    async with bob.connect() as b, carol.connect() as c:
         async with alice.connect():
-            await trio.sleep(0.4)
-        await trio.sleep(0.3)
+            await c.wait_for("presence", user=alice.user["id"], online=True)
+        await c.wait_for("presence", user=alice.user["id"], online=False)
+        await flushed(b)
         assert await presence_events(b, alice.user["id"]) == []
     assert (await bob.presence(alice.user["id"]))["hidden"] is True
 
@@ -127,7 +140,7 @@ async def test_typing_is_forwarded_coalesced_and_never_stored(node, users):
         await a.typing(chat["id"], False)
         stop = await b.wait_for("typing")
         assert stop["typing"] is False
-        await trio.sleep(0.2)
+        await flushed(a, b)
         assert [e for e in b.events_nowait() if e["type"] == "typing"] == []  # the other four were coalesced
     assert await bob.history(chat["id"]) == []
 
@@ -140,7 +153,7 @@ async def test_analytics_events_are_appended_as_json_lines(tmp_path):
         async with alice.connect() as a:
             await a.send_text(chat["id"], "secret text")
             await a.typing(chat["id"])
-        await trio.sleep(0.3)
+        await gone(node, alice)  # written at the latest as the node stops
         await alice.aclose(), await bob.aclose()
     lines = [orjson.loads(line) for line in (tmp_path / "data" / "analytics.jsonl").read_bytes().splitlines()]
     assert {e["event"] for e in lines} >= {"online", "offline", "message", "typing"}
@@ -158,7 +171,7 @@ async def test_a_reconnect_storm_loses_no_presence_change(tmp_path):
             async with trio.open_nursery() as nursery:
                 for person in people:
                     nursery.start_soon(connect_and_leave, person)
-        await trio.sleep(0.3)
+        await gone(node, *people)
         assert node.plugins.dropped.get("lastseen", 0) == 0
         seen = [(await people[0].presence(p.user["id"]))["last_seen"] for p in people]
         assert all(seen), seen
@@ -193,9 +206,7 @@ async def test_last_seen_reaches_the_disk_within_the_flush_interval(tmp_path):
             await b.synced.wait()
         times = node.plugins.contexts["lastseen"].store.table("times")
         key = int(bob.user["id"]).to_bytes(8, "big")
-        with trio.fail_after(5):  # nothing else commits: the plugin's own flush writes it
-            while await times.get(key) is None:
-                await trio.sleep(0.02)
+        await wait_until(lambda: times.get(key), 5)  # nothing else commits: the plugin's own flush writes it
         assert int.from_bytes(await times.get(key), "big") > 0
         await bob.aclose()
 
@@ -221,17 +232,14 @@ async def test_presence_and_last_seen_wait_out_a_database_outage(tmp_path, caplo
                     await a.wait_for("presence", user=bob.user["id"], online=True)
                     await trio.to_thread.run_sync(pg.kill)  # the database goes away ...
                 # ... and bob goes offline meanwhile: his last-seen time cannot be written
-                with caplog.at_level(logging.WARNING, logger="node.plugins.lastseen"), trio.fail_after(20):
-                    while not any("not stored yet" in r.getMessage() for r in caplog.records):
-                        await trio.sleep(0.05)
+                with caplog.at_level(logging.WARNING, logger="node.plugins.lastseen"):
+                    await wait_until(lambda: any("not stored yet" in r.getMessage() for r in caplog.records))
                 await trio.to_thread.run_sync(pg.resume)
                 offline = await a.wait_for("presence", timeout=20, user=bob.user["id"], online=False)
                 times = node.plugins.contexts["lastseen"].store.table("times")
                 key = int(bob.user["id"]).to_bytes(8, "big")
-                with trio.fail_after(20):
-                    while (stored := await _stored(times, key)) is None:
-                        await trio.sleep(0.05)
-                assert stored == offline["last_seen"]
+                await wait_until(lambda: _stored(times, key), interval=0.05)
+                assert await _stored(times, key) == offline["last_seen"]
             await alice.aclose(), await bob.aclose()
 
 

@@ -17,22 +17,20 @@ import sys
 import threading
 import time
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node, storage_toml
+from conftest import PASSWORD, make_config, new_user, running_node, serving, started_together, storage_toml
 from PIL import Image
 from s3server import S3Server
 
-from node.app import serve_node
 from node.client import ChatClient
 from node.config import load_config
 from node.plugins.media import records
 from node.plugins.media.service import DOOM_LINGER, DOOM_WINDOW, now_ms
-from node.testing import wait_until as until
+from node.testing import wait_until
 
 MIB = 1024 * 1024
 
@@ -55,25 +53,6 @@ def plugin(node):
 
 def s3_media(server: S3Server, prefix: str, **extra) -> dict:
     return {"store": "s3", "s3": server.settings(prefix, **extra.pop("s3", {})), **extra}
-
-
-@asynccontextmanager
-async def started_together(configs):
-    """Nodes whose start-ups run at the same moment (each in its own task)."""
-    nodes: list = [None] * len(configs)
-    async with trio.open_nursery() as outer:
-
-        async def start(i: int) -> None:
-            nodes[i] = await outer.start(partial(serve_node, configs[i]))
-
-        async with trio.open_nursery() as starters:
-            for i in range(len(configs)):
-                starters.start_soon(start, i)
-        try:
-            yield nodes
-        finally:
-            for node in nodes:
-                node.request_shutdown()
 
 
 # -- two nodes, one database, one bucket ------------------------------------------------------
@@ -205,7 +184,7 @@ async def test_a_send_of_an_item_being_deleted_is_refused(tmp_path, s3_server):
                         outcome["error"] = exc
 
                 nursery.start_soon(send)
-                await until(lambda: service.records.pending_of(media_id))  # the claim is written first
+                await wait_until(lambda: service.records.pending_of(media_id))  # the claim is written first
                 # ... the collector finishes: the item is gone, its doom done
                 batch = service.records.store.batch()
                 batch.delete(records.ITEMS, records.u64(media_id))
@@ -310,16 +289,7 @@ async def node_process(config_path: Path):
                              "--log-level", "WARNING"], stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{config.http.port}"
     try:
-        with trio.fail_after(60):
-            while True:
-                assert proc.poll() is None, "the node exited"
-                try:
-                    async with httpx.AsyncClient() as client:
-                        if (await client.get(url + "/healthz")).status_code == 200:
-                            break
-                except httpx.TransportError:
-                    pass
-                await trio.sleep(0.05)
+        await wait_until(lambda: serving(url, proc), 60, interval=0.05)
         yield proc, url
     finally:
         if proc.poll() is None:
@@ -349,7 +319,7 @@ class PeakRss:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_kib(self.pid))
-            time.sleep(0.005)
+            time.sleep(0.005)  # the sampling rate
 
     def __enter__(self):
         self.peak = rss_kib(self.pid)
@@ -457,11 +427,16 @@ async def test_the_store_going_away_mid_download_is_a_clean_error(tmp_path):
                 down = await alice.fetch_media(media["id"])  # while it is down: 503, promptly
                 assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
             private.resume()
-            with trio.fail_after(60):  # once the store serves its volumes again, so does the node
-                while (again := await alice.fetch_media(
-                        media["id"], headers={"Range": f"bytes={MIB + 44}-{MIB + 53}"})).status_code == 503:
-                    await trio.sleep(0.2)
-                assert again.status_code == 206 and again.content == data[:10]
+
+            def fetch():
+                return alice.fetch_media(media["id"], headers={"Range": f"bytes={MIB + 44}-{MIB + 53}"})
+
+            async def served_again() -> bool:  # once the store serves its volumes again, so does the node
+                return (await fetch()).status_code != 503
+
+            await wait_until(served_again, 60, interval=0.2)
+            again = await fetch()
+            assert again.status_code == 206 and again.content == data[:10]
             await alice.aclose()
 
 

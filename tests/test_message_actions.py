@@ -6,11 +6,10 @@ from __future__ import annotations
 import io
 
 import pytest
-import trio
 from conftest import make_config
 
 from node.client import ClientError
-from node.testing import new_user, running_node
+from node.testing import new_user, running_node, wait_until
 
 
 async def expect_error(code: str, coro) -> ClientError:
@@ -157,8 +156,10 @@ async def test_an_expired_starred_message_leaves_the_list(tmp_path):
             brief = await a.send_text(chat["id"], "gone soon", ttl=1)
             await a.send_text(chat["id"], "stays")
         await bob.star(chat["id"], brief["seq"])
-        with trio.fail_after(10):
-            while (await bob.starred())["messages"]:
-                await trio.sleep(0.1)
+
+        async def unstarred() -> bool:
+            return not (await bob.starred())["messages"]
+
+        await wait_until(unstarred, 10, interval=0.1)
         await alice.aclose()
         await bob.aclose()

@@ -10,8 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-import trio
-from conftest import new_user
+from conftest import close_code, new_user
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.client import ChatClient, ClientError
@@ -69,9 +68,7 @@ async def test_after_traffic_the_histograms_have_plausible_counts(node):
     async with carol.connect() as c:
         await c.synced.wait()
         await carol.logout()  # the node closes carol's socket with 4003
-        with trio.fail_after(5):
-            while c.closed is None:
-                await trio.sleep(0.01)
+        assert await close_code(c) == 4003
     after = await scrape(node)
     assert len(acks) == 40
 

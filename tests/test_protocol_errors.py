@@ -9,8 +9,10 @@ import struct
 import orjson
 import pytest
 import trio
-from conftest import make_config, running_node
+from conftest import close_code, make_config, running_node
 from trio_websocket import ConnectionClosed, open_websocket_url
+
+from node.testing import wait_until
 
 
 async def raw_socket(client, *, hello: bool = True):
@@ -305,10 +307,7 @@ async def test_logout_revokes_the_token_and_closes_its_connections(pair):
         await a.synced.wait()
         token = alice.token
         await alice.logout()
-        with trio.fail_after(5):
-            while a.closed is None:
-                await trio.sleep(0.01)
-        assert a.closed.reason.code == 4003
+        assert await close_code(a) == 4003
     alice.token = token
     with pytest.raises(Exception) as info:
         await alice.me()
@@ -333,11 +332,13 @@ async def test_clients_that_hang_up_during_the_upgrade_do_no_harm(node, pair, ca
         await sock.send(request)
         sock.close()  # the node's 101 answer then meets a closed socket: reset
 
+    await alice.ws_url(), await bob.ws_url()  # (asked over HTTP once, before the count)
+    before = node.connections.open_from("127.0.0.1")
     for reset in (False, True) * 10:
         await hang_up(reset)
-    await trio.sleep(0.5)
-    async with alice.connect() as a, bob.connect() as b:
+    async with alice.connect() as a, bob.connect() as b:  # accepted after the twenty
         await b.synced.wait()
         await a.send_text(chat["id"], "still here")
         await b.wait_for("message", timeout=5)
+    await wait_until(lambda: node.connections.open_from("127.0.0.1") <= before)  # the node is done with all of them
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

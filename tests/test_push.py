@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from conftest import PASSWORD, make_config, new_user, running_node
+from conftest import PASSWORD, make_config, new_user, running_node, started_together, wait_for_notifications
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,7 +37,9 @@ from hypercorn.trio import serve
 from node import hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError
+from node.core.chats import now_ms
 from node.plugins.push.webpush import encrypt
+from node.testing import wait_until
 
 X962 = serialization.Encoding.X962
 UNCOMPRESSED = serialization.PublicFormat.UncompressedPoint
@@ -257,32 +259,11 @@ async def test_the_key_file_of_an_older_version_is_taken_over(tmp_path):
         await client.aclose()
 
 
-@asynccontextmanager
-async def started_together(configs):
-    """Nodes whose start-ups run at the same moment (each in its own task)."""
-    nodes: list = [None] * len(configs)
-    async with trio.open_nursery() as outer:
-
-        async def start(i: int) -> None:
-            nodes[i] = await outer.start(partial(serve_node, configs[i]))
-
-        async with trio.open_nursery() as starters:
-            for i in range(len(configs)):
-                starters.start_soon(start, i)
-        try:
-            yield nodes
-        finally:
-            for node in nodes:
-                node.request_shutdown()
-
-
 @pytest.mark.engine("postgresql")
 async def test_two_nodes_started_at_once_share_one_key_and_push_exactly_once(tmp_path, pg_dsn):
     """Two nodes on one database start at the same moment with no key yet: they settle on
     one. A browser subscribed through node A is notified once, by node B, which stored the
     message, signed with that key."""
-    from conftest import wait_for_notifications
-
     def config(name: str, node_id: int):
         return make_config(tmp_path / name, node={"id": node_id, "name": name},
                            storage={"engine": "postgresql", "dsn": pg_dsn},
@@ -309,8 +290,7 @@ async def test_two_nodes_started_at_once_share_one_key_and_push_exactly_once(tmp
             def sent() -> list[int]:
                 return [n.plugins.pm.get_plugin("push").dispatcher.statistics()["sent"] for n in (a, b)]
 
-            while sum(sent()) < 1:  # the count goes up once the service answered
-                await trio.sleep(0.01)
+            await wait_until(lambda: sum(sent()) >= 1, interval=0.01)  # the count goes up once the service answered
         assert sent() == [0, 1] and service.received_nowait() == []
         for client in (alice, bob, alice_on_b):
             await client.aclose()
@@ -391,8 +371,7 @@ async def test_failures_are_retried_with_backoff(tmp_path):
                 await a.send_text(chat["id"], "hello")
             attempts = [await hook.next() for _ in range(3)]
             push = node.plugins.pm.get_plugin("push")
-            while push.dispatcher.statistics()["sent"] == 0:  # the node has yet to read the answer
-                await trio.sleep(0.01)
+            await wait_until(lambda: push.dispatcher.statistics()["sent"] > 0, interval=0.01)  # the answer is read
         assert [r["status"] for r in attempts] == [500, 503, 201]
         assert len({r["body"] for r in attempts}) == 1  # the same notification, again
         assert push.dispatcher.statistics()["retried"] == 2 and push.dispatcher.statistics()["failed"] == 0
@@ -410,8 +389,7 @@ async def test_attempts_are_bounded(tmp_path):
             async with alice.connect() as a:
                 await a.send_text(chat["id"], "hello")
                 assert [(await hook.next())["status"] for _ in range(3)] == [500, 500, 500]
-                while push.dispatcher.statistics()["failed"] == 0:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: push.dispatcher.statistics()["failed"] > 0, interval=0.01)
                 await a.send_text(chat["id"], "later")  # the next message is tried afresh
                 later = await hook.next()
         assert later["status"] == 201 and orjson.loads(later["body"])["count"] == 1
@@ -432,8 +410,11 @@ async def test_a_gone_endpoint_is_removed(tmp_path, status):
                 await a.send_text(chat["id"], "hello")
             paths = sorted([(await hook.next())["path"], (await hook.next())["path"]])
             assert paths == ["/gone", "/kept"]
-            while len(await bob.push_targets()) != 1:
-                await trio.sleep(0.01)
+
+            async def one_left() -> bool:
+                return len(await bob.push_targets()) == 1
+
+            await wait_until(one_left, interval=0.01)
         assert await bob.push_targets() == [keep]
         await alice.aclose()
         await bob.aclose()
@@ -467,6 +448,14 @@ async def stored_targets(node, user: dict[str, Any]) -> list[str]:
     return sorted(t["endpoint"] for t in await node.plugins.pm.get_plugin("push").targets.of_user(int(user["id"])))
 
 
+async def idle(node) -> None:
+    """Until the push plugin has handled every notification so far and its dispatcher has
+    nothing left to send, to retry or to wait for (what it sent has reached the receiver)."""
+    await wait_for_notifications(node)
+    push = node.plugins.pm.get_plugin("push")
+    await wait_until(lambda: push.dispatcher.statistics()["targets_waiting"] == 0, interval=0.01)
+
+
 @pytest.mark.parametrize("how", ["logout", "device_list", "password_change"])
 async def test_a_logged_out_device_gets_no_more_pushes(tmp_path, how):
     async with (receiver() as hook, running_node(push_config(tmp_path)) as node,
@@ -480,7 +469,7 @@ async def test_a_logged_out_device_gets_no_more_pushes(tmp_path, how):
             async with alice.connect() as a:
                 ack = await a.send_text(chat["id"], "are you there?")
             request = await hook.next()
-            await trio.sleep(0.3)  # time for a second request, if one were coming
+            await idle(node)  # a second request, were one coming, would have come
         assert request["path"] == "/laptop" and orjson.loads(request["body"])["message"] == ack["id"]
         assert hook.received_nowait() == []
         assert await laptop.push_targets() == [kept]
@@ -501,10 +490,10 @@ async def test_a_failed_push_is_not_retried_after_its_device_logs_out(tmp_path):
             async with alice.connect() as a:
                 await a.send_text(chat["id"], "hello")
             paths = sorted([(await hook.next())["path"], (await hook.next())["path"]])
-            while push.dispatcher.statistics()["retried"] == 0:  # the phone's 500 is read: a retry is due in 1 s
-                await trio.sleep(0.01)
+            # the phone's 500 is read: a retry is due in 1 s
+            await wait_until(lambda: push.dispatcher.statistics()["retried"] > 0, interval=0.01)
             await phone.logout()
-            await trio.sleep(2.0)  # well past the retry
+            await idle(node)  # the logout is handled, and the retry with it, whichever came first
         assert paths == ["/laptop", "/phone"]
         extra = hook.received_nowait()
         assert extra == [], [(r["path"], orjson.loads(r["body"])) for r in extra]
@@ -519,7 +508,7 @@ async def test_a_renewed_target_belongs_to_the_device_that_renewed_it(tmp_path):
         renewed = await laptop.register_push_target("webhook", f"{hook.url}/shared")
         assert renewed["id"] == first["id"]
         await phone.logout()
-        await trio.sleep(0.1)  # the push plugin's pump handles the logout
+        await wait_for_notifications(node)  # the push plugin's pump handles the logout
         assert await laptop.push_targets() == [renewed]
 
 
@@ -559,10 +548,13 @@ async def test_a_gzip_bomb_answer_is_neither_read_nor_retried(tmp_path):
             async with alice.connect() as a:
                 await a.send_text(chat["id"], "hello")
             request = await hook.next()
-            while stats()["sent"] + stats()["retried"] + stats()["failed"] == 0:
+
+            def answered() -> bool:  # the node's memory sampled until then
+                nonlocal peak
                 peak = max(peak, rss_bytes())
-                await trio.sleep(0.01)
-        peak = max(peak, rss_bytes())
+                return stats()["sent"] + stats()["retried"] + stats()["failed"] > 0
+
+            await wait_until(answered, interval=0.01)
         assert peak - before < 32 * 1024 * 1024, f"the node grew by {(peak - before) >> 20} MiB"
         assert stats()["sent"] == 1 and stats()["retried"] == 0
         assert hook.received_nowait() == []
@@ -694,8 +686,7 @@ async def test_a_rebinding_name_cannot_reach_the_nodes_own_network(tmp_path):
             with trio.fail_after(20):
                 async with alice.connect() as a:
                     await a.send_text(chat["id"], "hello")
-                while push.dispatcher.statistics()["failed"] == 0:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: push.dispatcher.statistics()["failed"] > 0, interval=0.01)
         finally:
             trio.socket.set_custom_hostname_resolver(previous_dns)
             trio.socket.set_custom_socket_factory(previous_factory)
@@ -761,9 +752,9 @@ async def test_the_oldest_targets_make_way(tmp_path):
     async with running_node(push_config(tmp_path, max_targets_per_user=2)) as node:
         bob = await new_user(node, "bob")
         first = await bob.register_push_target("webhook", "http://127.0.0.1:9/1")
-        await trio.sleep(0.002)
+        await wait_until(lambda: now_ms() > first["created"])  # the next one is younger (Unix ms)
         second = await bob.register_push_target("webhook", "http://127.0.0.1:9/2")
-        await trio.sleep(0.002)
+        await wait_until(lambda: now_ms() > second["created"])
         third = await bob.register_push_target("webhook", "http://127.0.0.1:9/3")
         assert {t["id"] for t in await bob.push_targets()} == {second["id"], third["id"]}
         assert first["id"] not in {t["id"] for t in await bob.push_targets()}
@@ -834,8 +825,7 @@ async def test_a_push_due_while_the_database_is_away_is_sent_once_it_is_back(tmp
                     second = await a.send_text(chat["id"], "second")  # held until the window ends
                     await trio.to_thread.run_sync(pg.kill)
                 with caplog.at_level(logging.WARNING, logger="node.plugins.push.dispatch"):
-                    while not any("not sent yet" in r.getMessage() for r in caplog.records):
-                        await trio.sleep(0.05)
+                    await wait_until(lambda: any("not sent yet" in r.getMessage() for r in caplog.records))
                 await trio.to_thread.run_sync(pg.resume)
                 notification = orjson.loads((await hook.next(timeout=30))["body"])
             assert notification["message"] == second["id"] and notification["count"] == 1

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-import trio
 from test_push import push_config, receiver
 
 from node.client import ClientError
-from node.testing import make_config, new_user, running_node
+from node.testing import make_config, new_user, running_node, wait_until
 
 
 async def expect_error(code: str, coro) -> ClientError:
@@ -157,13 +156,17 @@ async def test_an_expired_message_loses_its_reactions(tmp_path):
         async with alice.connect() as a:
             brief = await a.send_text(chat["id"], "self-destructs", ttl=1)
         await bob.react(chat["id"], brief["seq"], "⏳")
-        with trio.fail_after(10):
-            while await alice.history(chat["id"]):
-                await trio.sleep(0.1)
+
+        async def expired() -> bool:
+            return not await alice.history(chat["id"])
+
+        await wait_until(expired, 10, interval=0.1)
         key = b"".join(n.to_bytes(8, "big") for n in (int(chat["id"]), brief["seq"]))
-        with trio.fail_after(10):  # the purge removes the record itself
-            while await node.storage.kv_scan("_core/reactions", key, key + b"\xff" * 8, 10):
-                await trio.sleep(0.1)
+
+        async def purged() -> bool:  # the purge removes the record itself
+            return not await node.storage.kv_scan("_core/reactions", key, key + b"\xff" * 8, 10)
+
+        await wait_until(purged, 10, interval=0.1)
         await alice.aclose()
         await bob.aclose()
 

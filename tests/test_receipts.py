@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import trio
-from conftest import PASSWORD, make_config, new_user, running_node
+from conftest import PASSWORD, make_config, new_user, running_node, settled
 
 from node.client import ChatClient, ClientError
+from node.testing import wait_until
 
 
 async def test_read_marks_earlier_messages_and_tells_sender_and_own_devices(node, users):
@@ -35,7 +35,7 @@ async def test_read_receipts_off_hides_reads_both_ways(node, users):
         await b.read(chat["id"], to_bob["seq"])
         to_alice = await b.send_text(chat["id"], "maybe")
         await a.read(chat["id"], to_alice["seq"])
-        await trio.sleep(0.3)
+        await settled(node, a, b)
         assert not [e for e in a.events_nowait() if e["type"] == "read" and e["user"] == bob.user["id"]]  # not sent
         assert not [e for e in b.events_nowait() if e["type"] == "read" and e["user"] != bob.user["id"]]
     assert [m["status"] for m in await alice.history(chat["id"]) if m["from"] == alice.user["id"]] == ["delivered"]
@@ -64,7 +64,11 @@ async def big_group_receipts(alice, bob, carol, dave):
         await b.wait_for("message", text="read me")
         await c.wait_for("message", text="read me")
         await bob.mark_read(group["id"], msg["seq"])
-        await trio.sleep(0.2)
+
+        async def carol_has_it() -> bool:  # her device acknowledges it in its own time
+            return (await alice.receipts(group["id"], msg["seq"]))["delivered"] == [carol.user["id"]]
+
+        await wait_until(carol_has_it)
         receipts = await alice.receipts(group["id"], msg["seq"])
         assert receipts == {"read": [bob.user["id"]], "delivered": [carol.user["id"]], "pending": [dave.user["id"]]}
         try:
@@ -110,7 +114,7 @@ async def test_group_read_watermark_counts_the_move_that_builds_it_once(node, us
     async with alice.connect() as a:
         msg = await a.send_text(group["id"], "hi")  # the first cursor move builds the watermark
         await bob.mark_read(group["id"], msg["seq"])
-        await trio.sleep(0.2)
+        await settled(node, a)
         assert not [e for e in a.events_nowait() if e["type"] == "read" and e.get("all")]  # carol has not read it
         await carol.mark_read(group["id"], msg["seq"])
         assert (await a.wait_for("read", all=True))["seq"] == msg["seq"]

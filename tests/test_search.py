@@ -14,7 +14,7 @@ from conftest import make_config
 from node.client import ClientError
 from node.config import StorageSection
 from node.storage import MessageMeta, WriteBatch, open_storage
-from node.testing import new_user, running_node, storage_section
+from node.testing import new_user, running_node, storage_section, wait_until
 
 
 async def expect_error(code: str, coro) -> ClientError:
@@ -32,13 +32,6 @@ def entry(chat: int, seq: int, text: str | None, *, ts: int = 0, kind: str = "te
     if expires:
         record["expires_at"] = expires
     return chat, seq, chat * 1000 + seq, orjson.dumps(record), MessageMeta(1, kind, record["ts"], expires)
-
-
-async def eventually(check, timeout: float = 10.0):
-    """Wait until `check()` (async) is true: LMDB indexes after each commit, not in it."""
-    with trio.fail_after(timeout):
-        while not await check():
-            await trio.sleep(0.02)
 
 
 def opener(tmp_path: Path):
@@ -64,8 +57,9 @@ async def test_the_engine_matches_words_and_prefixes_in_ranges_newest_first(tmp_
             return [(c, s) for c, s, _ in await store.search_messages(terms, ranges, 1000, 10, **kw)]
 
         # not chat 3 (no range), not edits, not expired
-        # (ts 1003, 1002, then 1001 twice: the higher chat first)
-        await eventually(lambda: _eq(found(["lunch"]), [(2, 3), (1, 2), (2, 1), (1, 1)]))
+        # (ts 1003, 1002, then 1001 twice: the higher chat first; waited for, as everywhere
+        # here: LMDB indexes after each commit, not in it)
+        await wait_until(lambda: _eq(found(["lunch"]), [(2, 3), (1, 2), (2, 1), (1, 1)]))
         assert await found(["lunch", "rouge"]) == [(1, 1)]  # every word
         assert await found(["caf"]) == [(1, 1)]  # the start of a word
         assert await found(["cancel"]) == [(1, 2)]
@@ -85,7 +79,7 @@ async def test_the_engine_matches_words_and_prefixes_in_ranges_newest_first(tmp_
         batch.rewrite_message(2, 1, tombstone, MessageMeta(1, "deleted", 1001, 0))
         batch.delete_message(2, 3, 2003, 0)
         await store.write(batch)
-        await eventually(lambda: _eq(found(["lunch"]), [(1, 2)]))
+        await wait_until(lambda: _eq(found(["lunch"]), [(1, 2)]))
         assert await found(["dinner"]) == [(1, 3), (1, 1)]
 
 
@@ -100,7 +94,7 @@ async def test_the_lmdb_index_is_rebuilt_from_the_log_when_lost_or_not_its_own(t
         for seq in range(1, 2501):  # more than one rebuild chunk
             batch.append_message(*entry(7, seq, f"note number {seq}" + (" needle" if seq % 1000 == 0 else "")))
         await store.write(batch)
-        await eventually(lambda: _count(store, ["needle"], 2))
+        await wait_until(lambda: _count(store, ["needle"], 2))
     index = tmp_path / "data" / "search.sqlite"
     assert index.exists()
     for damage in ("delete", "garbage", "foreign"):
@@ -117,13 +111,13 @@ async def test_the_lmdb_index_is_rebuilt_from_the_log_when_lost_or_not_its_own(t
                 batch = WriteBatch()
                 batch.append_message(*entry(7, 1, "needle from elsewhere"))
                 await foreign.write(batch)
-                await eventually(lambda: _count(foreign, ["elsewhere"], 1))
+                await wait_until(lambda: _count(foreign, ["elsewhere"], 1))
             for path in tmp_path.joinpath("data").glob("search.sqlite*"):
                 path.unlink()
             for path in other.joinpath("data").glob("search.sqlite*"):
                 path.rename(tmp_path / "data" / path.name)
         async with opener(tmp_path) as store:
-            await eventually(lambda: _ready(store))
+            await wait_until(lambda: _ready(store))
             assert [s for _, s, _ in await store.search_messages(["needle"], [(7, 1, 9999)], 0, 10)] == [2000, 1000]
             assert await store.search_messages(["elsewhere"], [(7, 1, 9999)], 0, 10) == []
 
@@ -134,14 +128,14 @@ async def test_writes_not_indexed_before_a_stop_are_indexed_after_the_start(tmp_
         batch = WriteBatch()
         batch.append_message(*entry(4, 1, "first words"))
         await store.write(batch)
-        await eventually(lambda: _count(store, ["first"], 1))
+        await wait_until(lambda: _count(store, ["first"], 1))
         store.fts.close()  # the indexer is stopped: nothing more reaches the index
         store._search_ready = False
         batch = WriteBatch()
         batch.append_message(*entry(4, 2, "second words"))
         await store.write(batch)
     async with opener(tmp_path) as store:  # the marks made meanwhile are still there
-        await eventually(lambda: _count(store, ["words"], 2))
+        await wait_until(lambda: _count(store, ["words"], 2))
 
 
 async def _count(store, terms, expected) -> bool:
@@ -170,7 +164,7 @@ async def test_search_covers_what_the_user_may_read(node, users):
         await b.send_text(private["id"], "train secret between us")
         await alice.add_members(group["id"], [carol.user["id"]])
         await a.send_text(group["id"], "carol: the train is at nine")
-    await eventually(lambda: _eq(searched(alice, "train"), [
+    await wait_until(lambda: _eq(searched(alice, "train"), [
         (group["id"], "carol: the train is at nine"), (group["id"], "Train tickets are booked"),
         (direct["id"], "the train leaves at nine")]))
     assert await searched(carol, "train") == [(group["id"], "carol: the train is at nine"),  # not before she joined
@@ -194,7 +188,7 @@ async def test_search_covers_what_the_user_may_read(node, users):
     await carol.leave(group["id"])
     async with alice.connect() as a:
         await a.send_text(group["id"], "train update after carol left")
-    await eventually(lambda: _eq(searched(alice, "update"), [(group["id"], "train update after carol left")]))
+    await wait_until(lambda: _eq(searched(alice, "update"), [(group["id"], "train update after carol left")]))
     assert await searched(carol, "train", chat=group["id"]) == [(group["id"], "carol: the train is at nine")]
 
 
@@ -207,7 +201,7 @@ async def test_edits_deletions_clearing_and_deleting_for_me_are_respected(node, 
         mine = await a.send_text(chat["id"], "meet me later")
         await a.edit(chat["id"], typo["id"], "meet at the station")
         await a.delete(chat["id"], gone["id"])
-    await eventually(lambda: _eq(searched(bob, "meet"), [(chat["id"], "meet me later"),
+    await wait_until(lambda: _eq(searched(bob, "meet"), [(chat["id"], "meet me later"),
                                                          (chat["id"], "meet at the station")]))
     assert await searched(bob, "statoin") == [] and await searched(bob, "place") == []
     await bob.delete_for_me(chat["id"], [mine["seq"]])
@@ -225,7 +219,7 @@ async def test_expired_messages_are_not_found(tmp_path):
         async with alice.connect() as a:
             await a.send_text(chat["id"], "secret code 1234", ttl=1)
             await a.send_text(chat["id"], "public code 5678")
-        await eventually(lambda: _eq(searched(bob, "code"), [(chat["id"], "public code 5678")]))
+        await wait_until(lambda: _eq(searched(bob, "code"), [(chat["id"], "public code 5678")]))
         for client in (alice, bob):
             await client.aclose()
 

@@ -32,6 +32,7 @@ from node.storage import EXPORT_TABLES
 from node.storage.copy import MARKER
 from node.storage.lmdb_engine import open_lmdb
 from node.storage.postgres import open_postgres
+from node.testing import wait_until
 
 pytestmark = pytest.mark.engine("lmdb")  # each test chooses the engines of its source and target itself
 
@@ -357,10 +358,12 @@ async def test_a_data_dir_a_running_node_holds_is_refused(place: Any, tmp_path: 
     node = await trio.lowlevel.open_process([sys.executable, "-m", "node", "serve", "--config", str(config)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with trio.fail_after(30):  # the node holds its data dir's lock once it says so
-            while not _lock_holder(source.data) == str(node.pid):
-                assert node.poll() is None, "the node did not start"
-                await trio.sleep(0.05)
+
+        def holds_the_lock() -> bool:  # the node holds its data dir's lock once it says so
+            assert node.poll() is None, "the node did not start"
+            return _lock_holder(source.data) == str(node.pid)
+
+        await wait_until(holds_the_lock, 30, interval=0.05)
         refused = await chatnode("storage", "copy", "--config", config, "--to", target.target)
         assert refused.code == 2, refused
         assert f"is in use by a running node or copy (pid {node.pid})" in refused.err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from node.storage import (
 from node.storage.lmdb_engine import open_lmdb
 from node.storage.pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from node.storage.postgres import open_postgres
+from node.testing import wait_until, wait_until_sync
 
 pytestmark = pytest.mark.engine("lmdb")  # parametrized over both engines by its own `engine` fixture
 
@@ -688,11 +690,9 @@ class _Same:
 # -- PostgreSQL: connections and servers that fail ------------------------------------------------
 
 
-async def wait_until(condition: Callable[[], Any], timeout: float = 20.0) -> None:
-    """Poll `condition` (run in a thread) until it is true; fail after `timeout`."""
-    with trio.fail_after(timeout):
-        while not await trio.to_thread.run_sync(condition):
-            await trio.sleep(0.02)
+async def until_in_thread(condition: Callable[[], Any], timeout: float = 20.0) -> None:
+    """`wait_until` with `condition` run in a thread (it asks PostgreSQL)."""
+    await wait_until(partial(trio.to_thread.run_sync, condition), timeout)
 
 
 def _chatnode_backends(dsn: str) -> int:
@@ -708,7 +708,7 @@ async def test_postgres_replaces_connections_terminated_between_writes(pg_dsn: s
         reconnects = storage.statistics()["reconnects"]
         await trio.to_thread.run_sync(_pg_execute, pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                                            "WHERE application_name = 'chatnode'")
-        await wait_until(lambda: _chatnode_backends(pg_dsn) == 0)
+        await until_in_thread(lambda: _chatnode_backends(pg_dsn) == 0)
         # nothing was pending: the write and the read go through on new connections
         await write(storage, lambda b: b.put_meta("b", b"2"))
         assert await storage.get_meta("b") == b"2"
@@ -751,7 +751,7 @@ async def test_postgres_reads_neither_hang_through_an_outage_nor_after_it() -> N
                 with pytest.raises(StorageUnavailable), trio.fail_after(15):
                     await storage.get_meta("a")
                 assert time.monotonic() - started < 4.0
-            await trio.sleep(1.5)  # longer than the pool tries to reconnect on its own
+            await trio.sleep(1.5)  # the outage outlasts the pool's own reconnect attempts: time is the subject
             outcome: list[Any] = []
 
             async def waiting_read() -> None:  # asked during the outage, answered after it
@@ -766,13 +766,14 @@ async def test_postgres_reads_neither_hang_through_an_outage_nor_after_it() -> N
                 nursery.start_soon(waiting_read)
                 await trio.to_thread.run_sync(server.resume)
                 back = time.monotonic()
-                with trio.fail_after(15):
-                    while True:
-                        try:
-                            assert await storage.get_meta("a") == b"1"
-                            break
-                        except StorageUnavailable:
-                            await trio.sleep(0.05)
+
+                async def read() -> bool:
+                    try:
+                        return await storage.get_meta("a") == b"1"
+                    except StorageUnavailable:
+                        return False
+
+                await wait_until(read, 15, interval=0.05)
                 assert time.monotonic() - back < 3.0
             assert outcome[-1] < 6.0, outcome  # not the 20 s of commit_timeout
 
@@ -809,13 +810,13 @@ async def test_postgres_commit_stuck_on_a_missing_standby_is_never_acknowledged(
                 with trio.fail_after(30):
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(send)
-                        await wait_until(lambda: _pg_execute(dsn, _KILL_SYNCREP_WAITERS)[0][0] == 1)
+                        await until_in_thread(lambda: _pg_execute(dsn, _KILL_SYNCREP_WAITERS)[0][0] == 1)
                 assert len(outcome) == 1 and isinstance(outcome[0], StorageUnavailable) and outcome[0].unknown
 
             await trio.to_thread.run_sync(_set_standbys, server, "")
             # the unacknowledged commit is durable locally (visible once its wait was
             # cancelled): that is why its outcome is "unknown", not "failed"
-            await wait_until(lambda: _pg_execute(dsn, "SELECT count(*) FROM messages")[0][0] == 1)
+            await until_in_thread(lambda: _pg_execute(dsn, "SELECT count(*) FROM messages")[0][0] == 1)
             with pytest.raises(StorageConflict):  # the client's retry is told it already happened
                 await write(storage, lambda b: (append(b, 1, 1, 11), b.set_chat_seq(1, 1, 0)))
             await write(storage, lambda b: (append(b, 1, 2, 12), b.set_chat_seq(1, 2, 1)))
@@ -830,11 +831,7 @@ _KILL_SYNCREP_WAITERS = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_a
 def _set_standbys(server: PgServer, names: str) -> None:
     server.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
     server.execute("SELECT pg_reload_conf()")
-    deadline = time.monotonic() + 20
-    while server.execute("SHOW synchronous_standby_names")[0][0] != names:  # a new session sees the reload
-        if time.monotonic() > deadline:
-            raise AssertionError("the server did not reload its configuration")
-        time.sleep(0.02)
+    wait_until_sync(lambda: server.execute("SHOW synchronous_standby_names")[0][0] == names)  # a new session sees the reload
 
 
 async def test_postgres_fails_over_to_a_promoted_standby() -> None:
@@ -845,7 +842,7 @@ async def test_postgres_fails_over_to_a_promoted_standby() -> None:
         dbname = primary.create_database().rsplit("dbname=", 1)[1]
         with primary.replica("standby1") as standby:
             await trio.to_thread.run_sync(_set_standbys, primary, "standby1")
-            await wait_until(lambda: primary.execute(
+            await until_in_thread(lambda: primary.execute(
                 "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'") == [("sync",)])
             dsn = (f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} user=chat dbname={dbname} "
                    "target_session_attrs=read-write")

@@ -5,10 +5,10 @@ is a logged-out device; the device list says when each token expires."""
 from __future__ import annotations
 
 import pytest
-import trio
-from conftest import PASSWORD, make_config, new_user, running_node
+from conftest import PASSWORD, close_code, make_config, new_user, running_node
 
 from node.client import ChatClient, ClientError
+from node.testing import wait_until
 
 
 async def second_device(node, username: str) -> ChatClient:
@@ -25,13 +25,6 @@ async def unauthorized(client: ChatClient) -> bool:
     return False
 
 
-async def wait_closed(conn, timeout: float = 10.0) -> int:
-    with trio.fail_after(timeout):
-        while conn.closed is None:
-            await trio.sleep(0.02)
-    return conn.closed.reason.code
-
-
 async def test_an_unused_token_expires_and_is_logged_out(tmp_path):
     config = make_config(tmp_path, accounts={"token_idle_timeout": 1.0, "token_max_age": 0})
     async with running_node(config) as node:
@@ -40,11 +33,12 @@ async def test_an_unused_token_expires_and_is_logged_out(tmp_path):
         devices = {d["name"]: d for d in (await alice.request("GET", "/api/me/devices"))["devices"]}
         expires = devices["laptop"]["expires"]
         assert expires == (devices["laptop"]["last_used"] or devices["laptop"]["created"]) + 1000
-        # alice keeps using her phone; the laptop lies unused past the idle timeout
-        with trio.fail_after(10):
-            while _now_ms() <= expires:
-                await trio.sleep(0.2)
-                await alice.me()
+
+        async def phone_used_past_laptop_expiry() -> bool:
+            await alice.me()  # alice keeps using her phone; the laptop lies unused past the idle timeout
+            return _now_ms() > expires
+
+        await wait_until(phone_used_past_laptop_expiry, 10, interval=0.2)
         names = [d["name"] for d in (await alice.request("GET", "/api/me/devices"))["devices"]]
         assert "laptop" not in names  # logged out: gone from the list
         assert await unauthorized(laptop)
@@ -62,10 +56,11 @@ async def test_an_open_socket_is_use_and_the_maximum_age_ends_it(tmp_path):
         created = (await alice.request("GET", "/api/me/devices"))["devices"][0]["created"]
         async with alice.connect() as conn:
             await conn.synced.wait()
-            await trio.sleep(1.5)  # three idle timeouts without a request: the socket is use
+            # three idle timeouts pass without a request: the socket is use
+            await wait_until(lambda: _now_ms() > created + 1500)
             devices = await ChatClient(node.http_url, token=alice.token).request("GET", "/api/me/devices")
             assert devices["devices"][0]["expires"] <= created + 3000
-            assert await wait_closed(conn) == 4003
+            assert await close_code(conn) == 4003
         assert _now_ms() >= created + 3000
         assert await unauthorized(alice)
         await alice.aclose()

@@ -31,8 +31,10 @@ import sys
 import time
 from pathlib import Path
 
+from node.seaweedfs import Weed, free_port_pairs
+from node.seaweedfs import available as weed_available
+
 PG_BIN = Path(os.environ.get("CHATNODE_PG_BIN", "/usr/lib/postgresql/15/bin"))
-WEED = Path(sys.executable).parent / "weed"
 NODES = 3
 START_TIMEOUT = 60.0  # seconds for a server to answer
 
@@ -52,14 +54,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_port_pair() -> int:
-    """A free port whose port + 10000 is free too: SeaweedFS opens its gRPC port there."""
-    while True:
-        port = free_port()
-        if port + 10000 <= 65535 and port_free(port + 10000):
-            return port
-
-
 class Ports:
     """The ports of the whole set-up: fixed (easy to remember, the docs' walkthrough) or,
     with --free-ports, whatever is free (tests)."""
@@ -67,8 +61,8 @@ class Ports:
     def __init__(self, free: bool) -> None:
         pick = (lambda _fixed: free_port()) if free else (lambda fixed: fixed)
         self.pg = pick(55432)
-        pick_pair = (lambda _fixed: free_port_pair()) if free else (lambda fixed: fixed)
-        self.s3, self.master, self.volume, self.filer = (pick_pair(p) for p in (18333, 19333, 18080, 18888))
+        # SeaweedFS's: its gRPC ports are these + 10000
+        self.s3, self.master, self.volume, self.filer = free_port_pairs(4) if free else (18333, 19333, 18080, 18888)
         self.http = [pick(8080 + 10 * i) for i in range(NODES)]
         self.ws = [pick(8081 + 10 * i) for i in range(NODES)]
         self.cluster = [pick(7946 + i) for i in range(NODES)]
@@ -130,51 +124,11 @@ class Postgres:
             self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop")
 
 
-class ObjectStore:
-    """SeaweedFS's `weed server -s3` in `root/s3`, loopback only. With no identities
-    configured it accepts any credentials: fine on loopback, never elsewhere."""
-
-    def __init__(self, root: Path, ports: Ports) -> None:
-        self.dir = root / "s3"
-        self.ports = ports
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ports.s3}"
-
-    def start(self) -> None:
-        import httpx
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        p = self.ports
-        with open(self.dir / "log", "ab") as log:
-            self.process = subprocess.Popen(
-                [str(WEED), "server", f"-dir={self.dir}", "-s3", f"-s3.port={p.s3}", f"-master.port={p.master}",
-                 f"-volume.port={p.volume}", f"-filer.port={p.filer}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=20"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(f"SeaweedFS exited with {self.process.returncode}: see {self.dir}/log")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.endpoint + "/", timeout=2.0).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise SystemExit(f"SeaweedFS did not answer within {START_TIMEOUT:g} s: see {self.dir}/log")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+def object_store(root: Path, ports: Ports) -> Weed:
+    """SeaweedFS's `weed server -s3` with its data (and log) in `root/s3`, loopback only.
+    With no identities configured it accepts any credentials: fine on loopback, never
+    elsewhere."""
+    return Weed(root / "s3", root / "s3" / "log", (ports.s3, ports.master, ports.volume, ports.filer), volumes=20)
 
 
 def cluster_key(root: Path) -> str:
@@ -276,12 +230,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local cluster: ports {busy} are in use (another `make cluster`?); stop that first", file=sys.stderr)
         return 1
     postgres = Postgres(root, ports.pg)
-    store = ObjectStore(root, ports) if WEED.exists() else None
+    store = object_store(root, ports) if weed_available() else None
     nodes: list[subprocess.Popen[bytes]] = []
     try:
         postgres.start()
         if store is not None:
-            store.start()
+            try:
+                store.start(START_TIMEOUT)
+            except RuntimeError as exc:
+                raise SystemExit(f"SeaweedFS: {exc}") from None
         else:
             print("local cluster: no SeaweedFS (`weed`): media stay on the node they were sent to", file=sys.stderr)
         key = cluster_key(root)

@@ -2,14 +2,16 @@
 
 `NodeProcess` runs `python -m node serve` as one member of a cluster on loopback,
 restartable on the same ports; `Device` is one user's reconnecting chat socket that
-records what it receives and what it got acknowledged; `check` waits for delivery to
-settle and compares what was acknowledged, stored and delivered.
+records what it receives and what it got acknowledged; `until_acked` waits until the
+load has run on; `check` waits for delivery to settle and compares what was
+acknowledged, stored and delivered.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
+import math
 import signal
 import socket
 import sys
@@ -17,10 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
+from conftest import serving
 
 from node.client import ChatClient
+from node.testing import wait_until
 
 KEY = base64.b64encode(bytes(range(1, 33))).decode()
 ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
@@ -48,20 +51,33 @@ def free_cluster_port(host: str = "127.0.0.1") -> int:
             continue
 
 
+#: Membership timings that detect a failure within a second or two (a test's pace).
+FAST = """probe_interval = 0.2
+probe_timeout = 0.1
+suspicion_mult = 2
+gossip_interval = 0.05
+push_pull_interval = 2.0
+reconnect_interval = 1.0
+leave_timeout = 0.5
+"""
+
+
 class NodeProcess:
-    """`python -m node serve` as one member of the cluster, restartable on the same ports."""
+    """`python -m node serve` as one member of the cluster, restartable on the same ports.
+    `timings` are lines of its [cluster] section: FAST, or "" for the defaults."""
 
     def __init__(self, root: Path, node_id: int, seeds: list[str], storage: str, cluster_host: str = "127.0.0.1",
-                 ) -> None:
+                 *, timings: str = FAST) -> None:
         self.node_id = node_id
         self.dir = root / f"n{node_id}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "config.toml"
         self.http_port, self.ws_port = free_port(), free_port()
         self.cluster_host = cluster_host
         self.cluster_address = f"{cluster_host}:{free_cluster_port(cluster_host)}"
         self.url = f"http://127.0.0.1:{self.http_port}"
         seed_list = ", ".join(f'"{s}"' for s in seeds)
-        (self.dir / "config.toml").write_text(f"""
+        self.config.write_text(f"""
 [node]
 id = {node_id}
 name = "n{node_id}"
@@ -86,33 +102,18 @@ bind_host = "{cluster_host}"
 bind_port = {self.cluster_address.rsplit(":", 1)[1]}
 seeds = [{seed_list}]
 keys = ["{KEY}"]
-probe_interval = 0.2
-probe_timeout = 0.1
-suspicion_mult = 2
-gossip_interval = 0.05
-push_pull_interval = 2.0
-reconnect_interval = 1.0
-leave_timeout = 0.5
+{timings}
 {storage}
 """)
         self.proc: trio.Process | None = None
 
     async def start(self) -> None:
-        async with await trio.open_file(self.dir / "node.log", "ab") as log:  # the child keeps its own copy
+        log = self.dir / "node.log"
+        async with await trio.open_file(log, "ab") as out:  # the child keeps its own copy
             self.proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "node", "serve", "--config", str(self.dir / "config.toml"),
-                 "--log-level", "WARNING"],
-                cwd=self.dir, stdout=log.wrapped, stderr=log.wrapped)
-        with trio.fail_after(30):
-            while True:
-                try:
-                    async with httpx.AsyncClient() as http:
-                        if (await http.get(f"{self.url}/healthz", timeout=1)).status_code == 200:
-                            return
-                except httpx.TransportError:
-                    pass
-                assert self.proc.poll() is None, (self.dir / "node.log").read_text()[-3000:]
-                await trio.sleep(0.05)
+                [sys.executable, "-m", "node", "serve", "--config", str(self.config), "--log-level", "WARNING"],
+                cwd=self.dir, stdout=out.wrapped, stderr=out.wrapped)
+        await wait_until(lambda: serving(self.url, self.proc, log), 30, interval=0.05)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -148,6 +149,17 @@ class Device:
             async for event in conn.events():
                 if event["type"] == "message":
                     self.received.setdefault(event["chat"], []).append(event["seq"])
+
+
+def acked(devices: Sequence[Device]) -> int:
+    """How many sends of these devices were acknowledged."""
+    return sum(len(d.acked) for d in devices)
+
+
+async def until_acked(devices: Sequence[Device], more: int, timeout: float = 60.0) -> None:
+    """Until `more` further sends of these devices are acknowledged: the load has run on."""
+    goal = acked(devices) + more
+    await wait_until(lambda: acked(devices) >= goal, timeout, interval=0.01)
 
 
 def _name(device: Device) -> str:
@@ -197,9 +209,8 @@ async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> di
                                    "last": max(seqs), "cursor": device.client.cursors.get(chat_id)})
         return count
 
-    with trio.move_on_after(30):
-        while missing():
-            await trio.sleep(0.1)
+    with trio.move_on_after(30):  # then the report says what did not arrive
+        await wait_until(lambda: not missing(), math.inf, interval=0.1)
     for members, chat_id in chats:
         for device in members:
             got = device.received.get(chat_id, [])

@@ -13,9 +13,9 @@ Devices on every node send throughout (1-1 chats across nodes and a group), retr
 
 1. one node is cut off from the others until both sides have declared each other failed,
    and each side believes it owns the chats (two owners at once) while its clients keep
-   sending; then the partition heals;
-2. one node is paused (SIGSTOP) until the others declare it failed, then resumed: it wakes
-   up believing it still owns its chats.
+   sending, until each side has acknowledged some; then the partition heals;
+2. one node is paused (SIGSTOP) until the others declare it failed, and while the others
+   acknowledge some more; then it is resumed: it wakes up believing it still owns its chats.
 
 The report (JSON, to OUT) counts what was acked, stored and delivered, and whether any
 seq was given to two messages (an ack naming a seq another message holds).
@@ -38,11 +38,11 @@ sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent.parent)]
 
 import httpx  # noqa: E402
 import trio  # noqa: E402
-from harness import Device, NodeProcess, check  # noqa: E402
+from harness import Device, NodeProcess, acked, check, until_acked  # noqa: E402
 from pgserver import PgServer  # noqa: E402
 
 from node.client import ChatClient, ClientError  # noqa: E402
-from node.testing import PASSWORD  # noqa: E402
+from node.testing import PASSWORD, wait_until  # noqa: E402
 
 
 def ip(*args: str) -> None:
@@ -81,12 +81,12 @@ async def metric(node: NodeProcess, name: str) -> float:
 async def wait_views(expected: dict[NodeProcess, int], limit: float) -> float:
     """Until every node sees the expected number of live members; returns the time taken."""
     start = trio.current_time()
-    with trio.fail_after(limit):
-        while True:
-            views = {n: await live_view(n) for n in expected}
-            if views == expected:
-                return trio.current_time() - start
-            await trio.sleep(0.1)
+
+    async def seen() -> bool:
+        return {n: await live_view(n) for n in expected} == expected
+
+    await wait_until(seen, limit, interval=0.1)
+    return trio.current_time() - start
 
 
 async def scenario(root: Path, seed: int) -> dict[str, Any]:
@@ -134,7 +134,7 @@ async def scenario(root: Path, seed: int) -> dict[str, Any]:
                                 if exc.code != "unavailable":
                                     raise
                                 retries += 1
-                                await trio.sleep(0.05)
+                                await trio.sleep(0.05)  # a client's pause before it tries again
                         device.acked[cmid] = (chat_id, ack["seq"])
                         n += 1
 
@@ -144,35 +144,37 @@ async def scenario(root: Path, seed: int) -> dict[str, Any]:
                         load.start_soon(sender, b, chat_id, f"c{i}-b")
                     load.start_soon(sender, devices[1], group["id"], "g-1")
                     load.start_soon(sender, devices[5], group["id"], "g-5")
-                    await trio.sleep(rng.uniform(0.5, 1.0))
+                    await until_acked(devices, rng.randint(20, 80))  # the load runs for a random number of acks
 
                     # 1. A partition: one node against the other two, both sides serving.
                     island = nodes[rng.randrange(3)]
                     rest = [n for n in nodes if n is not island]
-                    acked = sum(len(d.acked) for d in devices)
+                    before = acked(devices)
                     rules = cut(island.cluster_host, [n.cluster_host for n in rest])
                     split = await wait_views({island: 1, **{n: 2 for n in rest}}, 60)
-                    await trio.sleep(rng.uniform(1.0, 2.0))  # two owners for the same chats, both taking sends
+                    # two owners for the same chats: each side takes sends
+                    await until_acked([d for d in devices if d.client.base_url == island.url], rng.randint(10, 40))
+                    await until_acked([d for d in devices if d.client.base_url != island.url], rng.randint(10, 40))
                     heal(rules)
                     merged = await wait_views({n: 3 for n in nodes}, 90)
-                    await trio.sleep(0.5)
+                    await until_acked(devices, 20)  # and on, merged
                     phases.append({"phase": "partition", "node": island.node_id, "detected_s": round(split, 2),
-                                   "merged_s": round(merged, 2), "acked": sum(len(d.acked) for d in devices) - acked})
+                                   "merged_s": round(merged, 2), "acked": acked(devices) - before})
 
                     # 2. A pause: the node wakes up still believing it owns its chats.
                     sleeper = nodes[rng.randrange(3)]
-                    acked = sum(len(d.acked) for d in devices)
+                    before = acked(devices)
                     assert sleeper.proc is not None
                     sleeper.proc.send_signal(signal.SIGSTOP)
                     try:
                         noticed = await wait_views({n: 2 for n in nodes if n is not sleeper}, 60)
-                        await trio.sleep(rng.uniform(0.5, 1.5))
+                        await until_acked(devices, rng.randint(20, 80))  # the others serve while it sleeps
                     finally:
                         sleeper.proc.send_signal(signal.SIGCONT)
                     back = await wait_views({n: 3 for n in nodes}, 90)
-                    await trio.sleep(0.5)
+                    await until_acked(devices, 20)  # and on, with it back
                     phases.append({"phase": "pause", "node": sleeper.node_id, "detected_s": round(noticed, 2),
-                                   "merged_s": round(back, 2), "acked": sum(len(d.acked) for d in devices) - acked})
+                                   "merged_s": round(back, 2), "acked": acked(devices) - before})
                     stop.set()
                 report = await check(devices, [((a, b), chat_id) for a, b, chat_id in chats], urls)
                 report["storage_conflicts"] = sum([await metric(n, "chatnode_storage_conflicts") for n in nodes])

@@ -8,7 +8,7 @@ import json
 from contextlib import AsyncExitStack
 
 import pytest
-import trio
+from conftest import close_code
 from test_routing import start_cluster, user_on
 
 from node.admin_cli import run_admin
@@ -23,13 +23,6 @@ async def admin_json(node, *argv: str, password: str | None = None) -> dict:
     out = io.StringIO()
     assert await run_admin(args, node.config, out, password) == 0
     return json.loads(out.getvalue())
-
-
-async def close_code(conn) -> int:
-    with trio.fail_after(10):
-        while conn.closed is None:
-            await trio.sleep(0.01)
-    return conn.closed.reason.code
 
 
 async def test_disabling_and_deleting_reach_every_node(tmp_path):

@@ -17,8 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -35,6 +33,7 @@ from test_browser import (
     own_status,
     seqs,
     shot,
+    start_node_process,
     texts,
     wait_until,
 )
@@ -49,20 +48,7 @@ class Member(NodeProcess):
     popen: subprocess.Popen | None = None
 
     def start_now(self) -> None:
-        with open(self.dir / "node.log", "ab") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "node", "serve", "--config", str(self.dir / "config.toml"),
-                 "--log-level", "WARNING"], cwd=self.dir, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.popen.poll() is None, (self.dir / "node.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"node {self.node_id} did not start within 30 s")
+        self.popen = start_node_process(self.config, self.url)
 
     def signal(self, sig: int) -> None:
         assert self.popen is not None and self.popen.poll() is None

@@ -3,7 +3,8 @@
 Three `chatnode serve` processes share a private PostgreSQL. Users are spread over the
 nodes, each device knows every node and reconnects (to the next one, with backoff) when
 its node goes; senders keep sending throughout, retrying unacknowledged sends with the
-same client_msg_id. Each round kills a node at a random moment, restarts it, and checks:
+same client_msg_id. Each round kills a node at a random moment (after a random number of
+acknowledged sends), lets the others serve some more, restarts it, and checks:
 every acknowledged message is stored exactly once, every device received every message
 of its chats exactly once and in order, with no gap. The counts of every round are
 written to test-artifacts/cluster_kill_rounds.json.
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 from conftest import PASSWORD, storage_toml
-from harness import ARTIFACTS, Device, NodeProcess, check
+from harness import ARTIFACTS, Device, NodeProcess, acked, check, until_acked
 
 from node.client import ChatClient, ClientError
 
@@ -58,7 +59,7 @@ async def run_cluster_under_kills(tmp_path: Path, *, polite: bool = False) -> li
             for device in devices:
                 await nursery.start(device.run)
             for round_ in range(ROUNDS):
-                sent_before = sum(len(d.acked) for d in devices)
+                sent_before = acked(devices)
                 stop = trio.Event()
 
                 async def sender(device: Device, chat_id: str, tag: str, stop: trio.Event = stop) -> None:
@@ -75,7 +76,7 @@ async def run_cluster_under_kills(tmp_path: Path, *, polite: bool = False) -> li
                                     raise
                                 nonlocal retries
                                 retries += 1
-                                await trio.sleep(0.05)
+                                await trio.sleep(0.05)  # a client's pause before it tries again
                         device.acked[cmid] = (chat_id, ack["seq"])
                         n += 1
 
@@ -83,7 +84,7 @@ async def run_cluster_under_kills(tmp_path: Path, *, polite: bool = False) -> li
                     for i, (a, b, chat_id) in enumerate(chats):
                         load.start_soon(sender, a, chat_id, f"r{round_}-c{i}-a")
                         load.start_soon(sender, b, chat_id, f"r{round_}-c{i}-b")
-                    await trio.sleep(rng.uniform(0.3, 1.0))  # load runs a random while, then ...
+                    await until_acked(devices, rng.randint(20, 80))  # load runs for a random number of acks, then ...
                     if polite:
                         victim = nodes[round_ % 3]  # ... the next node is restarted
                         await victim.stop()
@@ -91,11 +92,11 @@ async def run_cluster_under_kills(tmp_path: Path, *, polite: bool = False) -> li
                         victim = nodes[rng.randrange(3)]
                         victim.kill()  # ... one node dies mid-flight
                         await victim.wait()
-                    await trio.sleep(rng.uniform(0.5, 1.5))  # the others serve while it is down
+                    await until_acked(devices, rng.randint(20, 80))  # the others serve while it is down
                     await victim.start()
-                    await trio.sleep(0.5)
+                    await until_acked(devices, 20)  # and on once it is back
                     stop.set()
-                acked_now = sum(len(d.acked) for d in devices)
+                acked_now = acked(devices)
                 rounds.append({"round": round_ + 1, "killed": victim.node_id, "acked": acked_now - sent_before,
                                "retried": retries})
             report = await check(devices, [((a, b), chat_id) for a, b, chat_id in chats], urls)

@@ -15,11 +15,12 @@ import httpx
 import orjson
 import pytest
 import trio
-from conftest import PASSWORD, wait_for_notifications
+from conftest import PASSWORD, close_code, wait_for_notifications
 from test_photos import square
 from threenodes import assert_once_in_order, collect, nothing_more, start_cluster
 
 from node.client import ChatClient, ClientError
+from node.testing import wait_until
 
 pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
 
@@ -136,7 +137,10 @@ async def test_receipts_and_group_watermarks_across_nodes(tmp_path):
             async def detail():
                 return await detail_client.receipts(group, seq)
 
-            await until_async(lambda d: sorted(d["read"]) == sorted([bob.user["id"], carol.user["id"]]), detail)
+            async def read_by_both() -> bool:
+                return sorted((await detail())["read"]) == sorted([bob.user["id"], carol.user["id"]])
+
+            await wait_until(read_by_both, 15, interval=0.05)
             assert (await detail())["delivered"] == [dave.user["id"]] and (await detail())["pending"] == []
             # dave reads on x: now everyone has, and alice hears it once with "all"
             await c["dave_x"].read(group, seq)
@@ -163,16 +167,6 @@ async def test_receipts_and_group_watermarks_across_nodes(tmp_path):
                 assert (await c["alice"].wait_for("read", chat=direct))["user"] == bob.user["id"]
                 assert (await b2.wait_for("read", chat=direct))["seq"] == hello["seq"]
                 assert (await detail_client.receipts(direct, hello["seq"]))["read"] == [bob.user["id"]]
-
-
-async def until_async(check, fetch, timeout: float = 15.0):
-    """Until `check(await fetch())` holds; returns the last value fetched."""
-    with trio.fail_after(timeout):
-        while True:
-            value = await fetch()
-            if check(value):
-                return value
-            await trio.sleep(0.05)
 
 
 async def test_typing_presence_and_last_seen_across_nodes(tmp_path):
@@ -336,9 +330,11 @@ async def test_disappearing_messages_across_nodes(tmp_path):
                 got = await conn.wait_for("message", chat=chat, seq=short["seq"])
                 assert got["expires_at"] - got["ts"] == 1000
                 assert (await conn.wait_for("message", chat=chat, seq=kept["seq"]))["expires_at"] - kept["ts"] == 60_000
-        with trio.fail_after(15):  # purged by the sweeper once due
-            while await owner.storage.read_messages(int(chat), short["seq"], short["seq"] + 1, 1):
-                await trio.sleep(0.05)
+
+        async def purged() -> bool:  # by the sweeper, once due
+            return not await owner.storage.read_messages(int(chat), short["seq"], short["seq"] + 1, 1)
+
+        await wait_until(purged, 15, interval=0.05)
         for node in cluster.nodes:
             reader = await cluster.login(node, bob, "reader")
             assert [m.get("text") for m in await reader.history(chat)] == [None, "kept a while"]
@@ -524,9 +520,11 @@ async def test_concurrent_changes_of_one_account_through_different_nodes_all_sta
             stored = (await a.storage.get_users([uid]))[uid]
             assert {k: stored[k] for k in expected} == expected, (i, stored)
             for client in (alice, on_b, on_c):  # every node, once the others' news arrived
-                def seen(me, want=expected):
+                async def seen(client=client, want=expected) -> bool:
+                    me = await client.me()
                     return me["user"]["display_name"] == want["display_name"] and me["settings"] == want["settings"]
-                await until_async(seen, client.me)
+
+                await wait_until(seen, 15, interval=0.05)
 
         async def disable() -> None:
             async with httpx.AsyncClient() as http:
@@ -547,13 +545,6 @@ async def test_concurrent_changes_of_one_account_through_different_nodes_all_sta
                 with pytest.raises(ClientError) as info:
                     await client.login(alice.user["username"], PASSWORD)
                 assert info.value.code == "account_disabled"
-
-
-async def close_code(conn) -> int:
-    with trio.fail_after(10):
-        while conn.closed is None:
-            await trio.sleep(0.01)
-    return conn.closed.reason.code
 
 
 PUSH = {"plugins": {"push": {"allow_private_endpoints": True, "retry_base": 0.05, "collapse_window": 0.0}}}
@@ -617,9 +608,7 @@ async def test_push_for_offline_users_is_sent_once_per_message_by_the_cluster(tm
 
         for node in cluster.nodes:
             await wait_for_notifications(node)
-        with trio.fail_after(10):
-            while sum(sent().values()) < 6:  # counted once the receiver answered
-                await trio.sleep(0.01)
+        await wait_until(lambda: sum(sent().values()) >= 6, 10, interval=0.01)  # counted once the receiver answered
         counts = sent()
         assert counts[owner.config.node.id] >= 4 and sum(counts.values()) == 6, counts
         assert hook.received_nowait() == []  # once each, by one node: nothing more

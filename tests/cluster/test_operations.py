@@ -33,6 +33,7 @@ from threenodes import Cluster, node_config, start_cluster, until
 from node.admin_cli import run_admin
 from node.cli import _parser
 from node.cluster.cli import format_members, run_cluster_command
+from node.testing import wait_until
 
 pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
 
@@ -120,13 +121,11 @@ async def test_members_shows_what_each_node_sequences_serves_and_queues(tmp_path
                         forwarded_sends[node.config.node.id] += 1
             assert all(forwarded_sends.values()), forwarded_sends  # every node forwarded some
 
-            async def quiet() -> bool:  # every forwarded request answered, every link drained
+            def quiet() -> bool:  # every forwarded request answered, every link drained
                 return all(not n.routing._pending and not any(n.routing.links.queued(p) for p in ids)
                            for n in nodes)
 
-            with trio.fail_after(15):
-                while not await quiet():
-                    await trio.sleep(0.02)
+            await wait_until(quiet, 15)
 
             async with httpx.AsyncClient() as http:  # the admin token, as on every admin route
                 for url in (f"{nodes[0].http_url}/api/admin/cluster/members", f"{nodes[0].http_url}/metrics"):
@@ -225,13 +224,15 @@ async def test_a_member_leaving_moves_its_chats_and_the_view_follows(tmp_path):
                 await until(lambda: len(n1.routing._local_chats.get(int(users[0].user["id"]), ())) == len(chats))
                 before = sample(await scrape(n1), "chatnode_cluster_ownership_moves", "_total")
                 n3.request_shutdown()
-                with trio.fail_after(20):
-                    while True:
-                        now = sample(await scrape(n1), "chatnode_cluster_ownership_moves", "_total")
-                        if now != before:
-                            break
-                        await trio.sleep(0.05)
-                assert now - before == len(moved)
+
+                async def moves() -> float:
+                    return sample(await scrape(n1), "chatnode_cluster_ownership_moves", "_total")
+
+                async def counted() -> bool:
+                    return await moves() != before
+
+                await wait_until(counted, 20, interval=0.05)
+                assert await moves() - before == len(moved)
         await until(lambda: n1.cluster.membership.member(3).state == "left")
         view = await members_view(n1)
         rows = {m["node_id"]: m for m in view["members"]}
@@ -278,11 +279,11 @@ async def test_a_peer_that_does_not_answer_is_shown_so_and_holds_nothing_up(tmp_
             third.proc.send_signal(signal.SIGCONT)
 
         # thawed: it answers again, and the real command line reads it
-        with trio.fail_after(20):
-            while True:
-                view = await members_view(n1, timeout_ms="2000")
-                if [m["reply"] for m in view["members"]] == ["self", "answered", "answered"]:
-                    break
+        async def all_answer() -> bool:
+            view = await members_view(n1, timeout_ms="2000")
+            return [m["reply"] for m in view["members"]] == ["self", "answered", "answered"]
+
+        await wait_until(all_answer, 20)
         result = await trio.run_process(
             [sys.executable, "-m", "node", "cluster", "members", "--url", n2.http_url, "--json"],
             cwd=third.dir, capture_stdout=True, capture_stderr=True, check=False)

@@ -4,9 +4,10 @@ A private primary with a synchronous standby (confirmed ``sync`` in pg_stat_repl
 and three `chatnode serve` processes that reach it through a multi-host DSN
 (``target_session_attrs=read-write``). Devices on every node send under load, in 1-1
 chats and a group spanning the nodes, retrying unanswered or refused sends with the same
-client_msg_id. Each round SIGKILLs the primary's postmaster at a random moment, waits as a
-failover manager would, promotes the standby and clears ``synchronous_standby_names`` on it
-so that it commits alone, as Patroni does when it promotes (synchronous_mode, not strict).
+client_msg_id. Each round SIGKILLs the primary's postmaster at a random moment (after a
+random number of acknowledged sends), waits as a failover manager would, promotes the
+standby and clears ``synchronous_standby_names`` on it so that it commits alone, as
+Patroni does when it promotes (synchronous_mode, not strict).
 The rounds (`PLANS`): a quick promotion, a slow one, and a node SIGKILLed together with the
 primary, which the other nodes declare failed before the promotion (as they would while
 Patroni waits out its ttl): their chats change owners while there is no database. That node
@@ -37,11 +38,11 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 import trio
-from harness import ARTIFACTS, Chat, Device, NodeProcess, check
+from harness import ARTIFACTS, Chat, Device, NodeProcess, check, until_acked
 from pgserver import PgServer
 
 from node.client import ChatClient, ClientError
-from node.testing import PASSWORD
+from node.testing import PASSWORD, wait_until, wait_until_sync
 
 pytestmark = pytest.mark.engine("postgresql")
 
@@ -92,11 +93,9 @@ class Database:
         self.standby = standby.start()
         self.primary.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
         self.primary.execute("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + 60
-        while self.primary.execute("SELECT sync_state, state FROM pg_stat_replication "
-                                   f"WHERE application_name = '{name}'") != [("sync", "streaming")]:
-            assert time.monotonic() < deadline, f"{name} never became the synchronous standby"
-            time.sleep(0.05)
+        wait_until_sync(lambda: self.primary.execute("SELECT sync_state, state FROM pg_stat_replication "
+                                                     f"WHERE application_name = '{name}'") == [("sync", "streaming")],
+                        60, interval=0.05)
 
     def kill_primary(self) -> None:
         self.primary.kill()
@@ -154,7 +153,7 @@ class Sender:
                     if exc.code != "unavailable":  # retryable by contract; nothing else is
                         raise
                     self.refusals.append((attempt, trio.current_time()))
-                    await trio.sleep(0.05)
+                    await trio.sleep(0.05)  # a client's pause before it tries again
             self.acks.append((attempt, trio.current_time()))
             self.duplicate_acks += bool(ack.get("duplicate"))
             self.device.acked[cmid] = (self.chat_id, ack["seq"])
@@ -190,10 +189,14 @@ def stats_delta(before: dict[int, dict[str, int]], after: dict[int, dict[str, in
 async def until_members(nodes: list[NodeProcess], count: int, timeout: float = 30.0) -> None:
     """Until each of `nodes` lists `count` live members (its /api/info)."""
     async with httpx.AsyncClient() as http:
-        with trio.fail_after(timeout):
+
+        async def listed() -> bool:
             for node in nodes:
-                while len((await http.get(f"{node.url}/api/info", timeout=5)).json()["nodes"]) != count:
-                    await trio.sleep(0.05)
+                if len((await http.get(f"{node.url}/api/info", timeout=5)).json()["nodes"]) != count:
+                    return False
+            return True
+
+        await wait_until(listed, timeout, interval=0.05)
 
 
 async def test_postgres_fails_over_under_load_and_loses_nothing(tmp_path: Path) -> None:
@@ -264,7 +267,7 @@ async def one_round(db: Database, nodes: list[NodeProcess], devices: list[Device
     async with trio.open_nursery() as load:
         for sender in senders:
             load.start_soon(sender.run, stop)
-        await trio.sleep(rng.uniform(0.3, 1.5))  # load runs a random while, then ...
+        await until_acked(devices, rng.randint(20, 80))  # load runs for a random number of acks, then ...
         killed_port = db.primary.port
         killing = trio.current_time()
         if victim is not None:
@@ -275,14 +278,12 @@ async def one_round(db: Database, nodes: list[NodeProcess], devices: list[Device
         killed = trio.current_time()  # the primary and all its processes are gone
         if victim is not None:  # ownership moves while there is no database
             await until_members(alive, 2)
-        await trio.sleep(rng.uniform(*plan.gap))  # the time a failover manager takes to decide
+        await trio.sleep(rng.uniform(*plan.gap))  # the time a failover manager takes to decide: time is the subject
         promoting = trio.current_time()
         await trio.to_thread.run_sync(db.promote)
         promoted = trio.current_time()
-        with trio.fail_after(RECOVERY_TIMEOUT):
-            while not all(s.first_ack_sent_after(promoting) for s in senders):
-                await trio.sleep(0.02)
-        await trio.sleep(0.5)
+        await wait_until(lambda: all(s.first_ack_sent_after(promoting) for s in senders), RECOVERY_TIMEOUT)
+        await until_acked(devices, 20)  # and on a little
         stop.set()
     after = await storage_stats(alive)
     report = await check(devices, chats, urls)  # waits for delivery to settle

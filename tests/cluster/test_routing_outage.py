@@ -55,7 +55,7 @@ async def send(conn: Any, chat_id: str, text: str) -> dict[str, Any]:
                 return await conn.send_text(chat_id, text, client_msg_id=f"{chat_id}-{text}")
             except ClientError as exc:
                 assert exc.code == "unavailable", exc
-                await trio.sleep(0.1)
+                await trio.sleep(0.1)  # a client's pause before it tries again
 
 
 async def run_node(cfg: Any, stop: trio.Event, stopped: trio.Event,

@@ -21,6 +21,7 @@ from node.cluster.cli import format_members
 from node.cluster.keyring import PURPOSE_DATAGRAM, Keyring
 from node.cluster.messages import Ping, encode
 from node.cluster.service import ClusterStartError
+from node.testing import wait_until
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 FAST = {
@@ -53,12 +54,6 @@ async def members_view(node) -> dict[str, Any]:
     return response.json()
 
 
-async def wait_for(predicate, timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 async def test_three_nodes_join_and_the_admin_endpoint_lists_them(tmp_path):
     with trio.fail_after(30):
         async with running_node(cluster_config(tmp_path, "a", 1, [])) as a:
@@ -66,10 +61,10 @@ async def test_three_nodes_join_and_the_admin_endpoint_lists_them(tmp_path):
             async with running_node(cluster_config(tmp_path, "b", 2, seed)) as b:
                 async with running_node(cluster_config(tmp_path, "c", 3, seed)) as c:
                     nodes = (a, b, c)
-                    await wait_for(lambda: all(len(n.cluster.membership.live_members()) == 3 for n in nodes))
+                    await wait_until(lambda: all(len(n.cluster.membership.live_members()) == 3 for n in nodes))
                     # the HTTP URL (port 0 at start) is announced once the listener has it
-                    await wait_for(lambda: a.cluster.membership.member(3).http_url == c.http_url)
-                    await wait_for(lambda: a.cluster.membership.stats["acks_received"] > 0)
+                    await wait_until(lambda: a.cluster.membership.member(3).http_url == c.http_url)
+                    await wait_until(lambda: a.cluster.membership.stats["acks_received"] > 0)
                     view = await members_view(a)
                     assert view["enabled"] and view["encrypted"] and view["node_id"] == 1
                     rows = {m["node_id"]: m for m in view["members"]}
@@ -82,7 +77,7 @@ async def test_three_nodes_join_and_the_admin_endpoint_lists_them(tmp_path):
                     table = format_members(view)
                     assert "alive" in table and b.cluster.address in table
                 # c shut down gracefully: it left, it did not fail
-                await wait_for(lambda: a.cluster.membership.member(3).state == "left")
+                await wait_until(lambda: a.cluster.membership.member(3).state == "left")
                 assert a.cluster.membership.statistics()["failures"] == 0
 
 
@@ -107,7 +102,7 @@ async def test_wrong_key_and_garbage_are_dropped_and_counted(tmp_path):
                 s.sendto(b"\x00not msgpack", (host, int(port)))
                 s.sendto(b"", (host, int(port)))
             stats = a.cluster.membership.stats
-            await wait_for(lambda: stats["dropped_unauthenticated"] >= 3, timeout=5)
+            await wait_until(lambda: stats["dropped_unauthenticated"] >= 3, timeout=5)
             assert stats["dropped_packets"] >= 3
             assert (await members_view(a))["statistics"]["dropped_unauthenticated"] >= 3
 
