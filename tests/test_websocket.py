@@ -6,9 +6,12 @@ from __future__ import annotations
 import struct
 
 import orjson
+import pytest
 import trio
 from conftest import make_config, running_node
 from trio_websocket import open_websocket_url
+
+from node.core.websocket import _quick_upgrade
 
 KEY = b"\x01\x02\x03\x04"
 
@@ -171,3 +174,79 @@ async def test_a_peer_that_vanishes_mid_message_does_not_disturb_others(node, us
         await b.synced.wait()
         await a.send_text(chat["id"], "hi")
         await b.wait_for("message", timeout=5)
+
+
+HANDSHAKE = ("GET /ws?v=1 HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+def websockets_answer(request: bytes) -> bytes | None:
+    """What websockets' own handshake answers (None: it wants more, or refuses to parse)."""
+    import logging
+
+    from websockets.server import ServerProtocol
+
+    protocol = ServerProtocol(max_size=None, logger=logging.getLogger("test.handshake"))
+    protocol.receive_data(request)
+    events = protocol.events_received()
+    return protocol.accept(events[0]).serialize() if events else None
+
+
+def without_date(response: bytes) -> bytes:
+    return b"".join(line for line in response.split(b"\r\n") if not line.startswith(b"Date:"))
+
+
+@pytest.mark.parametrize("extra", [
+    "",
+    "Origin: https://chat.example\r\nUser-Agent: Mozilla/5.0\r\nConnection: keep-alive, Upgrade\r\n"
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    "X-Latin: caf\xe9\r\n",
+])
+def test_the_quick_handshake_answers_as_websockets_does(extra):
+    request = (HANDSHAKE + extra + "\r\n").encode("latin-1")
+    quick = _quick_upgrade(request)
+    assert quick is not None
+    path, answer, host, _origin = quick
+    assert (path, host) == ("/ws?v=1", "h:1")
+    assert without_date(answer) == without_date(websockets_answer(request) or b"")
+
+
+@pytest.mark.parametrize("request_text", [
+    HANDSHAKE,  # not complete yet
+    HANDSHAKE.replace("GET", "POST") + "\r\n",
+    HANDSHAKE.replace("HTTP/1.1", "HTTP/1.0") + "\r\n",
+    HANDSHAKE.replace("Version: 13", "Version: 12") + "\r\n",
+    HANDSHAKE.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=") + "\r\n",
+    HANDSHAKE.replace("Connection: Upgrade\r\n", "") + "\r\n",
+    HANDSHAKE + "Upgrade: websocket\r\n\r\n",
+    HANDSHAKE + "Origin: a\r\nOrigin: b\r\n\r\n",
+    HANDSHAKE + "Sec-WebSocket-Protocol: chat\r\n\r\n",
+    HANDSHAKE + "Transfer-Encoding: chunked\r\n\r\n",
+    HANDSHAKE + "Bad Name: x\r\n\r\n",
+    HANDSHAKE + " folded\r\n\r\n",
+    HANDSHAKE + "X: a\x01b\r\n\r\n",
+])
+def test_the_quick_handshake_leaves_anything_unusual_to_websockets(request_text):
+    assert _quick_upgrade(request_text.encode("latin-1")) is None
+
+
+async def test_a_handshake_in_pieces_and_a_wrong_path_are_answered(node, users):
+    alice = await users("alice")
+    host, port = node.ws_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    request = HANDSHAKE.encode() + b"\r\n"
+    await stream.send_all(request[:40])
+    await trio.sleep(0.05)
+    await stream.send_all(request[40:])
+    client = RawClient(stream)
+    with trio.fail_after(5):
+        assert (await client._read_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    await stream.send_all(client_frame(0x1, orjson.dumps({"type": "hello", "token": alice.token})))
+    frame = orjson.loads(await client.read_until_opcode(0x1))
+    assert (frame[0] if isinstance(frame, list) else frame)["type"] == "welcome"
+    await stream.aclose()
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(request.replace(b"/ws?v=1", b"/elsewhere"))
+    with trio.fail_after(5):
+        assert (await RawClient(stream)._read_until(b"\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    await stream.aclose()

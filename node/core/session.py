@@ -173,13 +173,14 @@ class Session:
             self._graceful = graceful
         self._reader_scope.cancel()
 
-    def _peer_gone(self, code: int = ABNORMAL_CLOSURE) -> None:
+    def _peer_gone(self, code: int = ABNORMAL_CLOSURE, *, from_reader: bool = False) -> None:
         """The connection is already closed by the peer: stop without a close frame."""
         if not self._peer_closed:
             self._peer_code = code
         self._closing = True
         self._peer_closed = True
-        self._reader_scope.cancel()
+        if not from_reader:  # (the reader itself is on its way out)
+            self._reader_scope.cancel()
 
     async def _handshake(self) -> dict[int, int]:
         with trio.move_on_after(self._limits.hello_timeout) as timeout:
@@ -237,13 +238,13 @@ class Session:
         # The handler task itself is the reader; the writer (and, while replaying, the
         # syncer) are its children. Few tasks per connection keep idle sockets cheap.
         async with trio.open_nursery() as nursery:
+            if not self._catchup:  # nothing missed: no syncer task at all
+                self.synced = True
+                self._enqueue(SYNCED)  # (before `_nursery` is set: queued, no writer started)
             self._nursery = nursery
             if self._catchup:
                 self._syncing = True
                 nursery.start_soon(self._syncer)  # the replay after hello; ends with `synced`
-            else:  # nothing missed: no syncer task at all
-                self.synced = True
-                self._enqueue(SYNCED)
             self.flush_now()  # the welcome (and maybe `synced`): written at once, or by a writer task
             with self._reader_scope:
                 await self._reader()
@@ -261,7 +262,8 @@ class Session:
                 self._writer_done = trio.Event()
                 with trio.move_on_at(deadline if self._graceful else trio.current_time() + patience):
                     await self._writer_done.wait()
-            nursery.cancel_scope.cancel()
+            if nursery.child_tasks:  # (a cancel is not free: trio records who asked for it)
+                nursery.cancel_scope.cancel()
 
     # -- reading -----------------------------------------------------------------------
 
@@ -288,7 +290,7 @@ class Session:
                     for event in events:
                         await self._dispatch(handlers, event)
         except ConnectionClosed as exc:
-            self._peer_gone(exc.code)
+            self._peer_gone(exc.code, from_reader=True)
 
     async def _dispatch(self, handlers: dict[str, FrameHandler], event: dict[str, Any]) -> None:
         handler = handlers.get(event["type"])
