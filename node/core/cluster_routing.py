@@ -13,9 +13,10 @@ per peer and direction):
 =========  ==================================================  =====================================
 message    fields                                              meaning
 =========  ==================================================  =====================================
-send       req, user, device, chat, client_msg_id, content     a device's send, to the chat's owner
-run        req, operation, fields                              an awaited operation, to the owner
-op         operation, fields                                   a fire-and-forget one (``received``)
+send       req, user, device, chat, client_msg_id, content,    a device's send, to the chat's owner
+           hops, gone
+run        req, operation, fields, hops, gone                  an awaited operation, to the owner
+op         operation, fields, hops, gone                       a fire-and-forget one (``received``)
 res        req, ok, kind, value                                the answer to ``send``/``run``/``online?``/
                                                                ``sub``/``stat?``
 dlv        chat, seq, event, [(user, floor)], exclude          a stored entry for devices on the node
@@ -47,6 +48,14 @@ it; that node offers it to their devices. After the owner confirms (its ``res``)
 re-reads the chats' stored seqs and lets its devices catch up from the log on whatever
 was stored before the subscription took effect, so nothing falls in between. When
 ownership moves, nodes subscribe again at the new owners (and catch up the same way).
+
+**Views that disagree.** A request travels at most ``MAX_HOPS`` times (``hops``). It
+names the members its forwarders know to be stopping (``gone``: those that said ``bye``,
+and the forwarder itself if it is stopping), since a ``bye`` may reach this node later
+than a request that went round it through a third node. A node that still takes one of
+them for the chat's owner holds the request (``PARK_TIMEOUT`` at most) until its own view
+moves on, instead of sending it back to where it was refused; after that it goes by its
+own view.
 
 **Where users are.** A user's home keeps the set of nodes with a device of theirs
 (``loc``): ephemeral events (typing, receipts, presence) go there to be passed on
@@ -97,6 +106,8 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0  # seconds a forwarded request may wait for its answer
 MAX_HOPS = 3  # forwards of one operation while views of the membership disagree
+LEFT_ANSWER_GRACE = 1.0  # seconds the answers of a member that left politely may still take to arrive
+PARK_TIMEOUT = 2.0  # seconds a request waits for this node's view to learn that its owner is stopping
 RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownership moves
 RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription (or work whose read failed) is tried again
 STORAGE_RETRY_DELAY = 1.0  # seconds before work that storage refused (a failover?) is done again
@@ -188,6 +199,9 @@ class ClusterRouting(Routing):
         # for this node's previous life in its queue, and they must never match a new request.
         self._req_ids = itertools.count((secrets.randbits(30) + 1) << 32)
         self._pending: dict[int, _Request] = {}
+        # Requests whose owner in this view is a member their forwarders know to be stopping:
+        # (operation, hops, gone, until when) until the view catches up (`_unpark`).
+        self._parked: list[tuple[Operation, int, frozenset[int], float]] = []
         self.subs: dict[int, dict[int, set[int]]] = {}  # owner side: chat -> node -> users
         self.locations: dict[int, set[int]] = {}  # home side: user -> nodes with a device of theirs
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
@@ -257,6 +271,7 @@ class ClusterRouting(Routing):
             del self.locations[user_id]
         self._work_send.send_nowait(("rebalance", before))
         self._work_send.send_nowait(("count_moves", (view_before, self.ownership.members, known)))
+        self._unpark()
 
     def peer_restarted(self, node: int) -> None:
         """A peer came back as a new process (a crash and a quick restart that membership
@@ -340,10 +355,14 @@ class ClusterRouting(Routing):
     def _peer_gone(self, node: int) -> None:
         assert self.links is not None
         self.links.drop_peer(node)
-        for req, request in list(self._pending.items()):
-            if request.peer == node:
-                del self._pending[req]
-                request.on_result(False, "error", _error_value(UNAVAILABLE))
+        waiting = [req for req, request in self._pending.items() if request.peer == node]
+        if node in self.departing and self._nursery is not None:
+            # It said `bye` and wrote out every answer it owed before it left, but the news
+            # of its leaving (gossip) may overtake those answers (its stream): they get a
+            # moment to arrive.
+            self._nursery.start_soon(self._fail_later, waiting)
+        else:
+            self._fail(waiting)
         for by_node in self.subs.values():
             by_node.pop(node, None)
         self._bye_unanswered.discard(node)
@@ -357,6 +376,19 @@ class ClusterRouting(Routing):
         for user_id in went_offline:
             del self.locations[user_id]
             self.plugins.notify("on_user_offline", user_id=user_id)
+
+    def _fail(self, reqs: Iterable[int]) -> None:
+        """Answer these requests, if still unanswered, with `unavailable`."""
+        for req in reqs:
+            request = self._pending.pop(req, None)
+            if request is not None:
+                request.on_result(False, "error", _error_value(UNAVAILABLE))
+        if not self._pending:
+            self._quiet.set()
+
+    async def _fail_later(self, reqs: list[int]) -> None:
+        await trio.sleep(LEFT_ANSWER_GRACE)
+        self._fail(reqs)
 
     # -- ownership -----------------------------------------------------------------------
 
@@ -451,11 +483,24 @@ class ClusterRouting(Routing):
         elif self.links is not None:
             self.links.send(node, ("res", req, ok, kind, value))
 
-    def forward_nowait(self, op: Operation, hops: int = 0) -> None:
+    def forward_nowait(self, op: Operation, hops: int = 0, gone: Iterable[int] = (),
+                       until: float | None = None) -> None:
+        """Send an operation on to its chat's owner. `gone`: members that the nodes it came
+        through know to be stopping; if this view still has one of them as the owner, the
+        operation waits here for the view to catch up (see the module docstring)."""
         owner = self.owner(op.chat_id)  # type: ignore[attr-defined]
+        gone = frozenset(gone)
+        if owner in gone and owner != self.node_id and hops < MAX_HOPS:
+            now = trio.current_time()
+            if until is None or now < until:
+                self._parked.append((op, hops, gone, now + PARK_TIMEOUT if until is None else until))
+                return
+            gone = frozenset()  # waited long enough: this node's own view decides
         if hops >= MAX_HOPS or owner == self.node_id:
             op.reject(UNAVAILABLE)
             return
+        gone = gone | self.departing | ({self.node_id} if self.leaving else set())
+        hint = sorted(gone)
         if isinstance(op, SendMessage):
             origin = op.origin
             device = getattr(origin, "device_id", 0)
@@ -470,14 +515,15 @@ class ClusterRouting(Routing):
 
             sent = bool(self._request(owner, lambda req: (
                 "send", req, origin.user_id, device, op.chat_id, op.client_msg_id, orjson.dumps(op.content), hops + 1,
+                hint,
             ), on_send_result, forward=True))
         elif isinstance(op, Awaitable):
             sent = bool(self._request(owner, lambda req: (
-                "run", req, type(op).__name__, orjson.dumps(_fields(op)), hops + 1,
+                "run", req, type(op).__name__, orjson.dumps(_fields(op)), hops + 1, hint,
             ), lambda ok, kind, value: self._settle(op, ok, kind, value), forward=True))
         else:
             assert self.links is not None
-            sent = self.links.send(owner, ("op", type(op).__name__, orjson.dumps(_fields(op)), hops + 1))
+            sent = self.links.send(owner, ("op", type(op).__name__, orjson.dumps(_fields(op)), hops + 1, hint))
             if not sent:
                 self.stats["forward_failures"] += 1
         if sent:
@@ -485,6 +531,23 @@ class ClusterRouting(Routing):
             self.metrics.forwarded.inc(type(op).__name__)
         else:
             op.reject(UNAVAILABLE)
+
+    def _unpark(self, expired_only: bool = False) -> None:
+        """Go on with held requests: all of them once the view has changed, else those
+        that have waited `PARK_TIMEOUT` (they then go by this node's own view)."""
+        if not self._parked:
+            return
+        now = trio.current_time()
+        held, self._parked = self._parked, []
+        for op, hops, gone, until in held:
+            if expired_only and now < until:
+                self._parked.append((op, hops, gone, until))
+            elif self.owns(op.chat_id):  # type: ignore[attr-defined]
+                assert self.chats is not None
+                if not self.chats.submit_nowait(op):
+                    op.reject(ChatError("unavailable", "the node is overloaded; retry"))
+            else:
+                self.forward_nowait(op, hops, gone, until)
 
     def _settle(self, op: Awaitable, ok: bool, kind: str, value: Any) -> None:
         if not ok:
@@ -520,6 +583,7 @@ class ClusterRouting(Routing):
     async def _expire_requests(self) -> None:
         while True:
             await trio.sleep(1.0)
+            self._unpark(expired_only=True)
             now = trio.current_time()
             for req, request in list(self._pending.items()):
                 if request.deadline <= now:
@@ -530,16 +594,16 @@ class ClusterRouting(Routing):
     # -- what the owner does for others ----------------------------------------------------
 
     def _serve_send(self, peer: int, req: int, user: int, device: int, chat_id: int, cmid: str, content: bytes,
-                    hops: int) -> None:
+                    hops: int, gone: Iterable[int] = ()) -> None:
         assert self.chats is not None
         self.stats["served"] += 1
         op = SendMessage(RemoteOrigin(self, peer, req, user, device), chat_id, cmid, orjson.loads(content))
         if not self.owns(chat_id):
-            self.forward_nowait(op, hops)
+            self.forward_nowait(op, hops, gone)
         elif not self.chats.submit_nowait(op):
             op.reject(ChatError("unavailable", "the node is overloaded; retry"))
 
-    def _serve_run(self, peer: int, req: int, name: str, fields: bytes, hops: int) -> None:
+    def _serve_run(self, peer: int, req: int, name: str, fields: bytes, hops: int, gone: Iterable[int] = ()) -> None:
         assert self.chats is not None
         cls = forwardable(name)
         if cls is None:
@@ -561,18 +625,18 @@ class ClusterRouting(Routing):
 
         op.on_done = done
         if not self.owns(op.chat_id):  # type: ignore[attr-defined]
-            self.forward_nowait(op, hops)
+            self.forward_nowait(op, hops, gone)
         elif not self.chats.submit_nowait(op):
             op.reject(ChatError("unavailable", "the node is overloaded; retry"))
 
-    def _serve_op(self, name: str, fields: bytes, hops: int) -> None:
+    def _serve_op(self, name: str, fields: bytes, hops: int, gone: Iterable[int] = ()) -> None:
         assert self.chats is not None
         cls = forwardable(name)
         if cls is None:
             return
         op = cls(**orjson.loads(fields))
         if not self.owns(op.chat_id):  # type: ignore[attr-defined]
-            self.forward_nowait(op, hops)
+            self.forward_nowait(op, hops, gone)
         else:
             self.chats.submit_nowait(op)
 
