@@ -22,6 +22,7 @@ nothing of it stops the node.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from typing import Any
@@ -66,6 +67,10 @@ class LastSeenPlugin:
         self.settings = LastSeenSettings()
         self._announced: dict[int, bool] = {}  # what contacts were last told: online?
         self._changed: dict[int, float] = {}  # user -> monotonic time of an unannounced change
+        # The same changes by time, so the announcer finds the due ones without a scan of all
+        # of them (a reconnect storm changes thousands at once); entries no longer in
+        # `_changed` with that time are skipped.
+        self._due: list[tuple[float, int]] = []
         self._wakeup = trio.Event()
         self._typing_sent: dict[tuple[int, int], float] = {}
         self._unwritten: dict[int, int] = {}  # user -> last seen (ms), not yet stored
@@ -153,8 +158,13 @@ class LastSeenPlugin:
                     await trio.sleep(RETRY)
                     self._unwritten_added.set()
 
-    def _change(self, user_id: int) -> None:
-        self._changed.setdefault(user_id, trio.current_time())
+    def _change(self, user_id: int, since: float | None = None) -> None:
+        """Note a change to announce `grace` seconds after `since` (now), unless one is
+        pending for the user already."""
+        if user_id not in self._changed:
+            since = trio.current_time() if since is None else since
+            self._changed[user_id] = since
+            heapq.heappush(self._due, (since, user_id))
         self._wakeup.set()
 
     async def _announcer(self) -> None:
@@ -162,19 +172,24 @@ class LastSeenPlugin:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            while self._changed:
-                due = min(self._changed.values()) + self.settings.grace
-                await trio.sleep_until(due)
+            while self._due:
+                since, user_id = self._due[0]
+                if self._changed.get(user_id) != since:
+                    heapq.heappop(self._due)  # announced already (a later change has its own entry)
+                    continue
+                await trio.sleep_until(since + self.settings.grace)
                 now = trio.current_time()
-                for user_id, since in list(self._changed.items()):
-                    if since + self.settings.grace <= now:
-                        del self._changed[user_id]
-                        try:
-                            await self._announce(user_id)
-                        except Exception as exc:  # storage away: tell them later
-                            log.warning("presence of user %d not announced yet (%s); trying again", user_id, exc)
-                            # due again RETRY from now (unless a newer change is pending)
-                            self._changed.setdefault(user_id, trio.current_time() + RETRY - self.settings.grace)
+                while self._due and self._due[0][0] + self.settings.grace <= now:
+                    since, user_id = heapq.heappop(self._due)
+                    if self._changed.get(user_id) != since:
+                        continue
+                    del self._changed[user_id]
+                    try:
+                        await self._announce(user_id)
+                    except Exception as exc:  # storage away: tell them later
+                        log.warning("presence of user %d not announced yet (%s); trying again", user_id, exc)
+                        # due again RETRY from now (unless a newer change is pending)
+                        self._change(user_id, trio.current_time() + RETRY - self.settings.grace)
 
     async def _announce(self, user_id: int) -> None:
         ctx = self.ctx
