@@ -584,6 +584,30 @@ class Connection:
             results.append(result[0])
         return results
 
+    async def send_until_acked(self, chat_id: str, text: str, *, client_msg_id: str,
+                               on_answer: Callable[[float, ClientError | None], None] | None = None,
+                               max_backoff: float = BACKOFF_MAX, **extra: Any) -> dict[str, Any]:
+        """Send a message until it is acknowledged: on `unavailable` (retryable by
+        contract) the same message again, after a backoff that doubles from BACKOFF_MIN to
+        `max_backoff`; any other error is raised. `on_answer(sent, error)` hears of every
+        attempt: when it was sent (trio's clock) and its error, None for the ack."""
+        backoff = min(BACKOFF_MIN, max_backoff)
+        while True:
+            sent = trio.current_time()
+            try:
+                ack = await self.send_text(chat_id, text, client_msg_id=client_msg_id, **extra)
+            except ClientError as exc:
+                if exc.code != "unavailable":
+                    raise
+                if on_answer is not None:
+                    on_answer(sent, exc)
+                await trio.sleep(random.uniform(backoff / 2, backoff))
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            if on_answer is not None:
+                on_answer(sent, None)
+            return ack
+
     async def edit(self, chat_id: str, target_id: str, text: str) -> dict[str, Any]:
         return await self.send_text(chat_id, text, kind="edit", target=target_id)
 

@@ -751,7 +751,7 @@ async def test_postgres_reads_neither_hang_through_an_outage_nor_after_it() -> N
                 with pytest.raises(StorageUnavailable), trio.fail_after(15):
                     await storage.get_meta("a")
                 assert time.monotonic() - started < 4.0
-            await trio.sleep(1.5)  # the outage outlasts the pool's own reconnect attempts: time is the subject
+            await wait_until(storage._pool_unreachable.is_set, timeout=15)  # the pool has given up reconnecting
             outcome: list[Any] = []
 
             async def waiting_read() -> None:  # asked during the outage, answered after it

@@ -8,6 +8,7 @@ import struct
 import orjson
 import pytest
 import trio
+import trio.testing
 from conftest import make_config, running_node
 from trio_websocket import open_websocket_url
 
@@ -236,7 +237,7 @@ async def test_a_handshake_in_pieces_and_a_wrong_path_are_answered(node, users):
     stream = await trio.open_tcp_stream(host, int(port))
     request = HANDSHAKE.encode() + b"\r\n"
     await stream.send_all(request[:40])
-    await trio.sleep(0.05)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.01)  # the node has read the first piece and waits
     await stream.send_all(request[40:])
     client = RawClient(stream)
     with trio.fail_after(5):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,22 +64,19 @@ async def run_cluster_under_kills(tmp_path: Path, *, polite: bool = False) -> li
                 sent_before = acked(devices)
                 stop = trio.Event()
 
+                def count(tag: str, _sent: float, error: ClientError | None) -> None:
+                    nonlocal retries
+                    if error is not None:
+                        retries += 1
+                        retry_reasons.append(f"{tag}: {error}")
+
                 async def sender(device: Device, chat_id: str, tag: str, stop: trio.Event = stop) -> None:
                     n = 0
                     while not stop.is_set():
                         cmid = f"{tag}-{n}"
-                        while True:  # as a real client does: the same message until it is acked
-                            try:
-                                with trio.fail_after(30):
-                                    ack = await device.conn.send_text(chat_id, cmid, client_msg_id=cmid)
-                                break
-                            except ClientError as exc:
-                                if exc.code != "unavailable":  # retryable by contract; nothing else is
-                                    raise
-                                nonlocal retries
-                                retries += 1
-                                retry_reasons.append(f"{tag}: {exc}")
-                                await trio.sleep(0.05)  # a client's pause before it tries again
+                        with trio.fail_after(30):
+                            ack = await device.conn.send_until_acked(chat_id, cmid, client_msg_id=cmid,
+                                                                     on_answer=partial(count, tag), max_backoff=0.1)
                         device.acked[cmid] = (chat_id, ack["seq"])
                         n += 1
 

@@ -140,21 +140,15 @@ class Sender:
         self.refusals: list[tuple[float, float]] = []  # the same for `unavailable` answers
         self.duplicate_acks = 0  # retries answered from the idempotency record
 
+    def _answered(self, sent: float, error: ClientError | None) -> None:
+        (self.acks if error is None else self.refusals).append((sent, trio.current_time()))
+
     async def run(self, stop: trio.Event) -> None:
         while not stop.is_set():
             cmid = f"{self.tag}-{self.sent}"
-            while True:
-                attempt = trio.current_time()
-                try:
-                    with trio.fail_after(30):
-                        ack = await self.device.conn.send_text(self.chat_id, cmid, client_msg_id=cmid)
-                    break
-                except ClientError as exc:
-                    if exc.code != "unavailable":  # retryable by contract; nothing else is
-                        raise
-                    self.refusals.append((attempt, trio.current_time()))
-                    await trio.sleep(0.05)  # a client's pause before it tries again
-            self.acks.append((attempt, trio.current_time()))
+            with trio.fail_after(30):
+                ack = await self.device.conn.send_until_acked(self.chat_id, cmid, client_msg_id=cmid,
+                                                              on_answer=self._answered, max_backoff=0.05)
             self.duplicate_acks += bool(ack.get("duplicate"))
             self.device.acked[cmid] = (self.chat_id, ack["seq"])
             self.sent += 1

@@ -20,7 +20,7 @@ from conftest import make_config, new_user, running_node
 from pgserver import PgServer
 from test_routing import FAST, KEY, until
 
-from node.client import ChatClient, ClientError
+from node.client import ChatClient
 from node.cluster.ownership import owner_of
 
 pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
@@ -50,12 +50,7 @@ async def group_moving(creator: ChatClient, others: list[str], owner: int, then:
 async def send(conn: Any, chat_id: str, text: str) -> dict[str, Any]:
     """Send until acknowledged, the same message on `unavailable`, as a client does."""
     with trio.fail_after(30):
-        while True:
-            try:
-                return await conn.send_text(chat_id, text, client_msg_id=f"{chat_id}-{text}")
-            except ClientError as exc:
-                assert exc.code == "unavailable", exc
-                await trio.sleep(0.1)  # a client's pause before it tries again
+        return await conn.send_until_acked(chat_id, text, client_msg_id=f"{chat_id}-{text}", max_backoff=0.1)
 
 
 async def run_node(cfg: Any, stop: trio.Event, stopped: trio.Event,
