@@ -8,6 +8,8 @@ seed replays exactly; and the checker does catch a database without the seq fenc
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 import trio
@@ -178,6 +180,14 @@ async def test_a_device_gets_what_the_other_side_of_a_partition_stored(autojump_
         nursery.cancel_scope.cancel()
 
 
+def roles(nodes: list[Any], chat: int) -> tuple[Any, Any, Any]:
+    """The chat's owner, the node that owns it once the owner is gone, and the third node."""
+    owner = next(n for n in nodes if n.routing.owns(chat))
+    heir_id = owner_of(chat, [n.node_id for n in nodes if n is not owner])
+    heir = next(n for n in nodes if n.node_id == heir_id)
+    return owner, heir, next(n for n in nodes if n is not owner and n is not heir)
+
+
 async def test_a_device_that_leaves_while_its_subscription_reads_is_subscribed_when_back(autojump_clock):
     """A device connects and drops again while the node still reads its user's chats to
     subscribe them; the chat then moves to another owner (its owner dies) while the user
@@ -188,10 +198,7 @@ async def test_a_device_that_leaves_while_its_subscription_reads_is_subscribed_w
     async with trio.open_nursery() as nursery:
         nodes = await start(world, nursery)
         chat = world.chat_ids[0]
-        first = next(n for n in nodes if n.routing.owns(chat))
-        rest = [n.node_id for n in nodes if n is not first]
-        heir = next(n for n in nodes if n.node_id == owner_of(chat, rest))
-        host = next(n for n in nodes if n is not first and n is not heir)
+        first, heir, host = roles(nodes, chat)
         reader, writer = world.devices
         world.faults = StorageFaults(read_latency=(1.0, 1.0))  # slow reads: the drop lands in one
         wire = WireConnection(host.stall)
@@ -227,10 +234,7 @@ async def test_a_node_that_missed_a_peers_restart_after_its_bye_follows_the_new_
     async with trio.open_nursery() as nursery:
         nodes = await start(world, nursery)
         chat = world.chat_ids[0]
-        peer = next(n for n in nodes if n.routing.owns(chat))
-        rest = [n.node_id for n in nodes if n is not peer]
-        heir = next(n for n in nodes if n.node_id == owner_of(chat, rest))
-        host = next(n for n in nodes if n is not peer and n is not heir)
+        peer, heir, host = roles(nodes, chat)
         reader, writer = world.devices
         await connect(host, reader, nursery)
         await connect(heir, writer, nursery)
