@@ -68,7 +68,7 @@ peer moves what the stopping node owned to the next owners, just as for a failur
 answers ``byeok``, and from then on sends it nothing to sequence. The stopping node waits
 for every ``byeok`` and for every answer it owes or is owed before it leaves the
 membership and closes its links, so no request is left without an answer: a rolling
-restart costs its clients a reconnect, never an error.
+restart costs its clients a reconnect (and rarely a retried ``unavailable``), never a message.
 """
 
 from __future__ import annotations
