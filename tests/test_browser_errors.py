@@ -129,12 +129,21 @@ def test_a_message_to_someone_blocked_says_who_and_offers_unblock_only_when_it_h
 def test_a_full_group_and_a_logout_from_elsewhere_are_said_plainly(pages, names, node):
     alice, bob, carol, dave = names("alice", "bob", "carol", "dave")
     group = {"title": "Trio", "usernames": [bob, carol]}
-    assert httpx.post(f"{node.url}/api/groups", json=group, headers=auth(node, alice)).status_code == 201
+    created = httpx.post(f"{node.url}/api/groups", json=group, headers=auth(node, alice))
+    assert created.status_code == 201
     a = pages.login(alice)
     open_chat(a, "Trio")
     a.click("#chat-info")
     a.fill("#info-add", dave)
-    a.click(f"#info-body .pick:has-text('@{dave}')")
+    pick = a.locator(f"#info-body .pick:has-text('@{dave}')")
+    expect(pick).to_be_visible()
+    # a change to the chat re-renders the info body; the search typed into it survives
+    chat_id = created.json()["chat"]["id"]
+    renamed = httpx.patch(f"{node.url}/api/chats/{chat_id}", json={"title": "Trio!"}, headers=auth(node, alice))
+    assert renamed.status_code == 200
+    expect(a.locator("#info-body .info-name")).to_have_text("Trio!")
+    expect(a.locator("#info-add")).to_have_value(dave)
+    pick.click()
     expect(a.locator("#info-error")).to_have_text("This group is full: a group can have at most 3 members.")
     a.keyboard.press("Escape")
 

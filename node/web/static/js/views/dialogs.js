@@ -26,7 +26,7 @@ export class Dialogs {
     }
     this.setupGroupDialog();
     this.cropper = new PhotoCropper();
-    $('#info-dialog').addEventListener('close', () => { this.infoChatId = null; });
+    $('#info-dialog').addEventListener('close', () => { this.infoChatId = null; this.addMember = null; });
     store.addEventListener('change', (e) => {
       const { what, chat } = e.detail;
       if (this.infoChatId && (chat === this.infoChatId || what === 'presence' || what === 'users' || what === 'blocked')
@@ -259,6 +259,7 @@ export class Dialogs {
 
   chatInfo(chatId) {
     if (!chatId) return;
+    if (this.infoChatId !== chatId || !$('#info-dialog').open) this.addMember = null;
     this.infoChatId = chatId;
     $('#info-error').textContent = '';
     const chat = this.store.chats.get(chatId);
@@ -419,7 +420,11 @@ export class Dialogs {
     return parts;
   }
 
+  /** The add-people search keeps its query and results across re-renders of the info body
+   * (presence and member updates re-render it while someone types), so it is built once per
+   * opened chat and reused. */
   addMemberControl(chat) {
+    if (this.addMember && this.addMember.chatId === chat.id) return this.addMember.element;
     const input = h('input', { id: 'info-add', type: 'search', placeholder: 'Search by username', autocomplete: 'off', spellcheck: 'false' });
     const results = h('ul', { class: 'pick-list', 'aria-label': 'People to add' });
     let timer = null;
@@ -439,12 +444,18 @@ export class Dialogs {
         results.replaceChildren(...users.filter((u) => !members.has(u.id)).map((user) => h('li', null,
           h('button', {
             type: 'button', class: 'pick',
-            onclick: () => this.run(() => this.session.addMembers(chat.id, [user.id])),
+            onclick: () => this.run(async () => {
+              await this.session.addMembers(chat.id, [user.id]);
+              input.value = '';
+              results.replaceChildren();
+            }),
           }, avatar(user.display_name || user.username, user.id, null, user.photo), ` Add ${user.display_name || user.username} `,
           h('span', { class: 'muted' }, `@${user.username}`)))));
       }, 200);
     });
-    return h('div', { class: 'add-member' }, h('label', { for: 'info-add' }, 'Add people'), input, results);
+    const element = h('div', { class: 'add-member' }, h('label', { for: 'info-add' }, 'Add people'), input, results);
+    this.addMember = { chatId: chat.id, element };
+    return element;
   }
 
   ttlControl(chat) {
