@@ -123,8 +123,9 @@ async def test_kill_9_under_load_loses_nothing(tmp_path):
 
 async def test_a_rolling_restart_costs_clients_only_a_reconnect(tmp_path):
     """Each node in turn is stopped politely under load and started again: it hands its
-    chats over and passes on what still reaches it, so no send is ever refused, and
-    nothing is lost, repeated or reordered."""
+    chats over and passes on what still reaches it, so at most a handful of sends meet a
+    retried `unavailable` (while the restarted node rejoins), and nothing is lost, repeated
+    or reordered."""
     with trio.fail_after(240):
         rounds = await run_cluster_under_kills(tmp_path, polite=True)
     ARTIFACTS.mkdir(exist_ok=True)
