@@ -68,7 +68,10 @@ peer moves what the stopping node owned to the next owners, just as for a failur
 answers ``byeok``, and from then on sends it nothing to sequence. The stopping node waits
 for every ``byeok`` and for every answer it owes or is owed before it leaves the
 membership and closes its links, so no request is left without an answer: a rolling
-restart costs its clients a reconnect (and rarely a retried ``unavailable``), never a message.
+restart costs its clients a reconnect, never a refused send or a message. When the node
+comes back, its new life's hello may reach a peer after the requests that peer already sent
+it (over a new link, once the new life was in the peer's view): those are answered, and
+only requests sent to the life that ended are failed (see ``peer_restarted``).
 """
 
 from __future__ import annotations
@@ -140,7 +143,12 @@ def _error_from(value: Any) -> ChatError:
     return PluginError(code, message, status=status)
 
 
-UNAVAILABLE = ChatError("unavailable", "the node that owns this chat cannot be reached; retry")
+# `unavailable` answers, one text per cause (the code is the same; the text helps operators)
+UNREACHABLE = ChatError("unavailable", "the node that owns this chat cannot be reached; retry")
+OWNER_RESTARTED = ChatError("unavailable", "the node that owns this chat restarted before answering; retry")
+OWNER_GONE = ChatError("unavailable", "the node that owns this chat left or failed before answering; retry")
+OWNER_SILENT = ChatError("unavailable", "the node that owns this chat did not answer in time; retry")
+NO_OWNER = ChatError("unavailable", "the nodes do not yet agree which one owns this chat; retry")
 
 
 @attrs.define(eq=False)
@@ -193,6 +201,8 @@ class ClusterRouting(Routing):
         self.leaving = False  # stopping: it sequences nothing any more
         self._members: dict[int, str] = {}  # the live members as membership last told
         self.departing: set[int] = set()  # peers that said `bye`: live, but owning nothing
+        self._left: set[int] = set()  # peers that left the view and have not come back
+        self._back_at: dict[int, float] = {}  # peers that came back into the view after leaving it: when
         self._bye_unanswered: set[int] = set()  # peers yet to answer this node's `bye`
         self._quiet = trio.Event()  # set when a change may have settled the hand-over
         # Request ids are unique across restarts of this node: a peer may still hold answers
@@ -237,6 +247,11 @@ class ClusterRouting(Routing):
                 self.links.set_peer(node, address)
         known = set(self._members) | set(self.ownership.members)
         gone = [n for n in known if n not in members and n != self.node_id]
+        now = trio.current_time()
+        for node in members:
+            if node != self.node_id and node not in known and node in self._left:
+                self._back_at[node] = now
+        self._left = (self._left | set(gone)) - set(members)
         for node in gone:
             self._peer_gone(node)
         self._members = dict(members)
@@ -277,11 +292,19 @@ class ClusterRouting(Routing):
         """A peer came back as a new process (a crash and a quick restart that membership
         may never have seen as a failure): what it held in memory is gone. Its old
         subscriptions and user locations here are dropped (it registers its own users
-        again), and this node subscribes and registers its users there again."""
+        again), and this node subscribes and registers its users there again.
+
+        Requests still waiting for its answer are failed (`unavailable`: the client's
+        retry settles them) if they went to the life that ended. Those sent after the
+        peer came back into this node's view went to the new life over a new link, and
+        are answered: the new life's hello may arrive after them, when the old life spoke
+        again once this node had given it up."""
+        back = self._back_at.pop(node, None)
+        since = back if back is not None and trio.current_time() - back < REQUEST_TIMEOUT else None
         for req, request in list(self._pending.items()):
-            if request.peer == node:
+            if request.peer == node and (since is None or request.sent < since):
                 del self._pending[req]
-                request.on_result(False, "error", _error_value(UNAVAILABLE))
+                request.on_result(False, "error", _error_value(OWNER_RESTARTED))
         for by_node in self.subs.values():
             by_node.pop(node, None)
         if node in self.departing:  # a new life: it owns its share again
@@ -382,7 +405,7 @@ class ClusterRouting(Routing):
         for req in reqs:
             request = self._pending.pop(req, None)
             if request is not None:
-                request.on_result(False, "error", _error_value(UNAVAILABLE))
+                request.on_result(False, "error", _error_value(OWNER_GONE))
         if not self._pending:
             self._quiet.set()
 
@@ -497,7 +520,7 @@ class ClusterRouting(Routing):
                 return
             gone = frozenset()  # waited long enough: this node's own view decides
         if hops >= MAX_HOPS or owner == self.node_id:
-            op.reject(UNAVAILABLE)
+            op.reject(NO_OWNER)
             return
         gone = gone | self.departing | ({self.node_id} if self.leaving else set())
         hint = sorted(gone)
@@ -530,7 +553,7 @@ class ClusterRouting(Routing):
             self.stats["forwarded"] += 1
             self.metrics.forwarded.inc(type(op).__name__)
         else:
-            op.reject(UNAVAILABLE)
+            op.reject(UNREACHABLE)
 
     def _unpark(self, expired_only: bool = False) -> None:
         """Go on with held requests: all of them once the view has changed, else those
@@ -589,7 +612,7 @@ class ClusterRouting(Routing):
                 if request.deadline <= now:
                     del self._pending[req]
                     self.stats["request_timeouts"] += 1
-                    request.on_result(False, "error", _error_value(UNAVAILABLE))
+                    request.on_result(False, "error", _error_value(OWNER_SILENT))
 
     # -- what the owner does for others ----------------------------------------------------
 

@@ -32,10 +32,19 @@ ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
 Chat = tuple[Sequence["Device"], str]
 
 
+#: Ports handed out by this test process: a port is free when picked but bound only once
+#: its node starts, so the kernel may offer it again meanwhile (to another node's config).
+_handed_out: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def free_cluster_port(host: str = "127.0.0.1") -> int:
@@ -43,12 +52,15 @@ def free_cluster_port(host: str = "127.0.0.1") -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
+        if port in _handed_out:
+            continue
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind((host, port))
-            return port
         except OSError:
             continue
+        _handed_out.add(port)
+        return port
 
 
 #: Membership timings that detect a failure within a second or two (a test's pace).
