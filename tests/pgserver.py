@@ -21,13 +21,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Self
 
 import trio
+from ports import free_port
 
 from node.testing import wait_until_sync
 
@@ -61,12 +61,6 @@ def _alive(pid: int) -> bool:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgServer:
@@ -127,7 +121,7 @@ class PgServer:
     def resume(self) -> None:
         """Start the server on its data dir (again, after `stop`, `crash` or `kill`), same port."""
         self._drop_stale_lock()
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         options = [f"-p {self.port}", f"-k {self.root}", "-c listen_addresses=127.0.0.1"]
         options += [f"-c {name}={value}" for name, value in self.settings.items()]
         result = self._run(BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60",

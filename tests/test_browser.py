@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import httpx
 import pytest
 import trio
 from conftest import storage_toml
+from ports import free_port
 
 from node.client import ChatClient
 from node.testing import wait_until_sync
@@ -56,11 +56,6 @@ PHONE = {"width": 390, "height": 780}
 
 # -- the node, as a process ----------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_node_process(config: Path, url: str) -> subprocess.Popen:

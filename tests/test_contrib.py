@@ -11,7 +11,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import orjson
 import pytest
 import trio
 from conftest import deep_merge, running_node
+from ports import free_port
 from trio_websocket import open_websocket_url
 
 from node.config import structure_config
@@ -32,11 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
 CHATNODE = str(Path(sys.executable).parent / "chatnode")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replaced(text: str, *pairs: tuple[str, str]) -> str:

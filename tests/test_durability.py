@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import trio
 from conftest import PASSWORD, close_code, make_config, new_user, running_node, serving, storage_toml
+from ports import free_port
 
 from node.client import ChatClient
 from node.testing import wait_until
@@ -32,11 +32,6 @@ async def test_restart_keeps_accounts_chats_and_history(tmp_path):
             ack = await a.send_text(chat["id"], "after restart")
             assert ack["seq"] == 4 and int(ack["id"]) > int(acks[-1]["id"])
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, http_port: int, ws_port: int) -> Path:

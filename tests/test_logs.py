@@ -11,7 +11,6 @@ import logging
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import orjson
 import pytest
 import trio
 from conftest import make_config
+from ports import free_port
 from trio_websocket import open_websocket_url
 
 from node import Route, hookimpl
@@ -33,11 +33,6 @@ FIELDS = {"ts", "level", "logger", "msg"}
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def secret(kind: str) -> str:

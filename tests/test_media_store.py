@@ -24,6 +24,7 @@ import pytest
 import trio
 from conftest import PASSWORD, make_config, new_user, running_node, serving, started_together, storage_toml
 from PIL import Image
+from ports import free_port
 from s3server import S3Server
 
 from node.client import ChatClient
@@ -241,13 +242,6 @@ async def test_presigned_downloads_send_clients_to_the_store(tmp_path, s3_server
 
 # -- a node as a process: memory, and a kill mid-upload ------------------------------------------
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_node_config(folder: Path, media_toml: str) -> Path:

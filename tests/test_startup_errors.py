@@ -16,12 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import storage_toml
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import base64
 import itertools
 import math
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import trio
 from conftest import serving
+from ports import free_cluster_port, free_port
 
 from node.client import ChatClient
 from node.testing import wait_until
@@ -30,37 +30,6 @@ ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
 
 #: A chat under test: the devices of its members, and its id.
 Chat = tuple[Sequence["Device"], str]
-
-
-#: Ports handed out by this test process: a port is free when picked but bound only once
-#: its node starts, so the kernel may offer it again meanwhile (to another node's config).
-_handed_out: set[int] = set()
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    while True:
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-
-
-def free_cluster_port(host: str = "127.0.0.1") -> int:
-    while True:  # gossip needs the same number free for UDP and TCP
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port in _handed_out:
-            continue
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind((host, port))
-        except OSError:
-            continue
-        _handed_out.add(port)
-        return port
 
 
 #: Membership timings that detect a failure within a second or two (a test's pace).
