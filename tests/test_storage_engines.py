@@ -175,6 +175,24 @@ async def test_update_user_changes_the_stored_fields_and_nothing_else(store: Sto
     assert 9 not in users
 
 
+async def test_update_user_with_expect_changes_only_a_record_that_still_holds_those_values(store: Storage) -> None:
+    """`expect` makes `update_user` a compare-and-set: a login's rehash of the password it
+    checked must not undo a password change that another node committed meanwhile. A
+    mismatch changes nothing and refuses nothing else of the batch."""
+    await write(store, lambda b: (b.put_user(1, {**user(1, "alice"), "password": "old"}),
+                                  b.put_user(2, {**user(2, "bob"), "password": "old"})))
+    await write(store, lambda b: b.update_user(1, {"password": "new"}))  # the change, on another node
+    await write(store, lambda b: (b.update_user(1, {"password": "old, rehashed"}, expect={"password": "old"}),
+                                  b.update_user(2, {"password": "old, rehashed"}, expect={"password": "old"}),
+                                  b.update_user(2, {"display_name": "Never"}, expect={"absent": None}),
+                                  b.put_meta("same batch", b"stored")))
+    users = await store.get_users([1, 2])
+    assert users[1]["password"] == "new"
+    assert users[2]["password"] == "old, rehashed"
+    assert users[2]["display_name"] == user(2, "bob")["display_name"]
+    assert await store.get_meta("same batch") == b"stored"
+
+
 # -- chats and the log ---------------------------------------------------------------------
 
 

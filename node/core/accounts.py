@@ -272,8 +272,9 @@ class Accounts:
         if self._hasher.check_needs_rehash(stored_hash):
             new_hash = await self._hash(password)
         self._check_password_unchanged(user_id, changes)
-        if new_hash != stored_hash:
-            self._stage(batch, user_id, await self.user(user_id) or user, {"password": new_hash})
+        if new_hash != stored_hash:  # unless the password changed meanwhile (on another node): see below
+            self._stage(batch, user_id, await self.user(user_id) or user, {"password": new_hash},
+                        expect={"password": stored_hash})
         token = "cn_" + secrets.token_urlsafe(32)
         device = Device(
             user_id=user_id,
@@ -639,7 +640,8 @@ class Accounts:
         return user
 
     def _stage(self, batch: WriteBatch, user_id: int, old: dict, fields: dict[str, Any] | None = None, *,
-               drop: tuple[str, ...] = (), settings: dict[str, Any] | None = None) -> dict:
+               drop: tuple[str, ...] = (), settings: dict[str, Any] | None = None,
+               expect: dict[str, Any] | None = None) -> dict:
         """Add a change of some fields to `batch`, and show it in the cache at once. Storage
         applies it to the stored record (`update_user`), not to this node's copy: in a
         cluster another node may change other fields of the same user at the same moment,
@@ -650,7 +652,7 @@ class Accounts:
         if settings:
             record["settings"] = {**old.get("settings", {}), **settings}
         self._users[user_id] = record
-        batch.update_user(user_id, fields or {}, drop=drop, settings=settings)
+        batch.update_user(user_id, fields or {}, drop=drop, settings=settings, expect=expect)
         return record
 
     # -- administration (node/core/admin.py, docs/admin.md) -------------------------------

@@ -11,11 +11,13 @@ costs one list append. Engines dispatch on ``op``. The ops, with their guarantee
 op                 args                                            semantics
 =================  ==============================================  ===========================
 put_user           user_id, record                                 insert or replace
-update_user        user_id, fields, drop, settings                 change a stored record: set
+update_user        user_id, fields, drop, settings, expect         change a stored record: set
                                                                    ``fields``, remove the keys in
                                                                    ``drop``, merge ``settings``
                                                                    into its settings; no record,
-                                                                   or a tombstone: no change
+                                                                   a tombstone, or a record
+                                                                   without the values in
+                                                                   ``expect``: no change
 add_username       name, user_id                                   insert; a taken name fails
 remove_username    name                                            delete
 put_token          token_hash, record                              insert or replace
@@ -105,10 +107,12 @@ class WriteBatch:
         self.ops.append(("put_user", user_id, record))
 
     def update_user(self, user_id: int, fields: dict[str, Any], *, drop: Iterable[str] = (),
-                    settings: dict[str, Any] | None = None) -> None:
+                    settings: dict[str, Any] | None = None, expect: dict[str, Any] | None = None) -> None:
         """Change some fields of the stored record, whatever else it holds by then: another
-        node may change other fields of the same record at the same moment."""
-        self.ops.append(("update_user", user_id, fields, list(drop), settings or {}))
+        node may change other fields of the same record at the same moment. `expect`: top-level
+        fields the stored record must still hold, with these values, for the change to apply
+        (a compare-and-set where a change must not undo another node's: else nothing changes)."""
+        self.ops.append(("update_user", user_id, fields, list(drop), settings or {}, expect or {}))
 
     def add_username(self, name: str, user_id: int) -> None:
         self.ops.append(("add_username", name, user_id))

@@ -645,12 +645,12 @@ def _put_user(txn, h, user_id, record):
     txn.put(u64(user_id), orjson.dumps(record), db=h["users"])
 
 
-def _update_user(txn, h, user_id, fields, drop, settings):
+def _update_user(txn, h, user_id, fields, drop, settings, expect):
     raw = txn.get(u64(user_id), db=h["users"])
     if raw is None:
         return
     record = orjson.loads(raw)
-    if record.get("deleted"):
+    if record.get("deleted") or any(k not in record or record[k] != v for k, v in expect.items()):
         return
     for key in drop:
         record.pop(key, None)

@@ -154,7 +154,7 @@ _PUT_USER = ("INSERT INTO users (id, created, record) VALUES (%s, %s, %s) "
 # A tombstone (a deleted account) stays as it is.
 _UPDATE_USER = ("UPDATE users SET record = jsonb_set((record - %s::text[]) || %s, '{settings}', "
                 "coalesce(record->'settings', '{}'::jsonb) || %s) "
-                "WHERE id = %s AND record IS NOT NULL AND NOT record ? 'deleted'")
+                "WHERE id = %s AND record IS NOT NULL AND NOT record ? 'deleted' AND record @> %s")
 # A name held by anyone (this user included) refuses the insert: the unique index on
 # users.username, or (same user, same name) no row changed, which the fence catches.
 _ADD_USERNAME = ("INSERT INTO users (id, username) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE "
@@ -222,7 +222,8 @@ def _set_chat_seq(chat_id: int, new_seq: int, expected: int | None) -> tuple[str
 
 _STATEMENTS: dict[str, Callable[..., tuple[str, tuple[Any, ...]]]] = {
     "put_user": lambda user_id, record: (_PUT_USER, (user_id, record.get("created"), record)),
-    "update_user": lambda user_id, fields, drop, settings: (_UPDATE_USER, (drop, fields, settings, user_id)),
+    "update_user": lambda user_id, fields, drop, settings, expect: (
+        _UPDATE_USER, (drop, fields, settings, user_id, expect)),
     "add_username": lambda name, user_id: (_ADD_USERNAME, (user_id, name)),
     "remove_username": lambda name: (_REMOVE_USERNAME, (name,)),
     "put_token": lambda token_hash, record: (_PUT_TOKEN, (token_hash, int(record["user"]), record)),

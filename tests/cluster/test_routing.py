@@ -13,10 +13,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import argon2
 import pytest
 from conftest import PASSWORD, cluster_storage, make_config, new_user, running_node
 
 from node.client import ChatClient, ClientError
+from node.storage import WriteBatch
 from node.testing import wait_until as until
 
 pytestmark = pytest.mark.engine("postgresql")  # a cluster keeps its state in PostgreSQL
@@ -163,6 +165,38 @@ async def test_a_password_change_closes_sockets_on_other_nodes(tmp_path):
             await until(lambda: conn.closed is not None, 10)
             assert conn.closed.reason.code == 4003
         await dana_a.aclose(), await dana_b.aclose()
+
+
+async def test_a_login_that_rehashes_never_undoes_a_password_change_made_elsewhere(tmp_path):
+    """Node 2 hashes more strongly than node 1, so its logins rehash node 1's hashes. If the
+    password changed meanwhile on another node (here written while node 2 still holds the
+    old record: the other node's invalidation has not arrived), the rehash of the old
+    password must not be stored over the new one: the login is refused, and only the new
+    password works afterwards."""
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [])))
+        second = await stack.enter_async_context(running_node(node_config(
+            tmp_path, 2, [first.cluster.address], accounts={"argon2_time_cost": 2, "argon2_memory_kib": 64})))
+        await until(Cluster([first, second]).converged)
+        erin = await user_on(first, "erin")
+        erin_id = int((await erin.me())["user"]["id"])
+        assert (await second.accounts.user(erin_id))["password"].startswith("$argon2id$v=19$m=64,t=1")
+        new_password = "a brand new passphrase"
+        changed = WriteBatch()
+        changed.update_user(erin_id, {"password": argon2.PasswordHasher(time_cost=1, memory_cost=64).hash(new_password)})
+        await first.storage.write(changed)
+        first.accounts.forget_users([erin_id])  # the change is node 1's; its word to node 2 is late
+
+        late = ChatClient(second.http_url)
+        with pytest.raises(ClientError) as refused:
+            await late.login("erin", PASSWORD)
+        assert refused.value.code == "unauthorized", refused.value
+        for node in (second, first):
+            async with ChatClient(node.http_url) as again:
+                await again.login("erin", new_password)
+                with pytest.raises(ClientError):
+                    await again.login("erin", PASSWORD)
+        await erin.aclose(), await late.aclose()
 
 
 async def test_info_lists_every_node(tmp_path):
