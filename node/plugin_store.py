@@ -41,6 +41,11 @@ class StoreBatch:
     def delete(self, table: str, key: bytes) -> None:
         self._batch.kv_delete(f"{self._namespace}/{table}", key)
 
+    def puts(self, table: str) -> list[tuple[bytes, bytes]]:
+        """The (key, value) pairs this batch puts into `table`, in order."""
+        name = f"{self._namespace}/{table}"
+        return [(op[2], op[3]) for op in self._batch.ops if op[0] == "kv_put" and op[1] == name]
+
     def __len__(self) -> int:
         return len(self._batch)
 
@@ -97,16 +102,23 @@ class PluginStore:
         """Commit durably (group commit with the rest of the node); raises on failure."""
         await self._storage.write(batch._batch)
 
-    def on_commit(self, hook: Callable[[StoreBatch], None]) -> None:
+    def on_commit(self, hook: Callable[[StoreBatch], None],
+                  failed: Callable[[StoreBatch], None] | None = None) -> None:
         """`hook(batch)` runs just before each commit of the node and may add writes to
-        it: state that may lag (last-seen times) rides along without a commit of its own."""
+        it: state that may lag (last-seen times) rides along without a commit of its own.
+        If that commit fails (nothing of it was stored), `failed(batch)` is given those
+        writes back (`batch.puts(table)`), so that the plugin keeps them for another."""
 
         def run() -> WriteBatch:
             batch = StoreBatch(self.namespace)
             hook(batch)
             return batch._batch
 
-        self._storage.add_commit_hook(run)
+        def not_stored(writes: WriteBatch) -> None:
+            assert failed is not None
+            failed(StoreBatch(self.namespace, writes))
+
+        self._storage.add_commit_hook(run, not_stored if failed is not None else None)
 
 
 SETTLE = 1.0  # seconds between offering a new secret and reading which one the cluster keeps

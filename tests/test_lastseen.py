@@ -10,6 +10,7 @@ import pytest
 import trio
 from conftest import flushed, make_config, new_user, running_node, wait_for_notifications
 
+from node.client import ClientError
 from node.testing import wait_until
 
 FAST = {"plugins": {"lastseen": {"grace": 0.2, "typing_interval": 1.0}}}
@@ -240,6 +241,41 @@ async def test_presence_and_last_seen_wait_out_a_database_outage(tmp_path, caplo
                 key = int(bob.user["id"]).to_bytes(8, "big")
                 await wait_until(lambda: _stored(times, key), interval=0.05)
                 assert await _stored(times, key) == offline["last_seen"]
+            await alice.aclose(), await bob.aclose()
+
+
+@pytest.mark.engine("postgresql")
+async def test_last_seen_times_on_a_commit_that_fails_ride_on_the_next(tmp_path):
+    """Last-seen times join whatever the node commits next. If that commit fails (here
+    the database went away under a rename), they are kept, not dropped with it, and ride
+    on the next commit once the database is back (no flush or announcement of their own
+    comes first: `grace` and `flush_interval` are long)."""
+    from pgserver import PgServer
+
+    with PgServer() as pg:
+        dsn = await trio.to_thread.run_sync(pg.create_database)
+        config = make_config(tmp_path, storage={"engine": "postgresql", "dsn": dsn, "commit_timeout": 5.0},
+                             plugins={"lastseen": {"grace": 600.0, "flush_interval": 3600.0}})
+        async with running_node(config) as node:
+            lastseen = node.plugins.pm.get_plugin("lastseen")
+            alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+            bob_id = int(bob.user["id"])
+            chat = await alice.open_direct(username="bob")
+            async with alice.connect() as a:
+                async with bob.connect() as b:
+                    await b.synced.wait()
+                    await b.send_text(chat["id"], "hi")
+                await wait_until(lambda: bob_id in lastseen._unwritten)  # his time, in memory only
+                seen = lastseen._unwritten[bob_id]
+                await trio.to_thread.run_sync(pg.kill)
+                with pytest.raises(ClientError) as refused:  # a commit (a rename: no read first) fails
+                    await alice.request("PATCH", "/api/me", {"display_name": "Alice L."})
+                assert refused.value.code == "unavailable", refused.value
+                assert lastseen._unwritten.get(bob_id) == seen  # kept for the next commit
+                await trio.to_thread.run_sync(pg.resume)
+                await a.send_until_acked(chat["id"], "are you there?", client_msg_id="again")
+            times = node.plugins.contexts["lastseen"].store.table("times")
+            assert int.from_bytes(await times.get(bob_id.to_bytes(8, "big")), "big") == seen
             await alice.aclose(), await bob.aclose()
 
 

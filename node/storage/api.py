@@ -107,9 +107,11 @@ class Storage:
         """
         raise NotImplementedError
 
-    def add_commit_hook(self, hook: Callable[[], WriteBatch]) -> None:
+    def add_commit_hook(self, hook: Callable[[], WriteBatch],
+                        failed: Callable[[WriteBatch], None] | None = None) -> None:
         """`hook()` runs just before each commit; its writes join that transaction
-        (state that may lag, such as last-seen times, rides along for free)."""
+        (state that may lag, such as last-seen times, rides along for free). If that
+        commit fails, `failed(batch)` gets back what `hook()` gave, to be kept for later."""
         raise NotImplementedError
 
     def statistics(self) -> dict[str, Any]:

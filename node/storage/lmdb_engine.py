@@ -167,8 +167,9 @@ class LmdbStorage(Storage):
     async def write(self, batch: WriteBatch) -> None:
         await self.writer.write(batch)
 
-    def add_commit_hook(self, hook: Callable[[], WriteBatch]) -> None:
-        self.writer.add_commit_hook(hook)
+    def add_commit_hook(self, hook: Callable[[], WriteBatch],
+                        failed: Callable[[WriteBatch], None] | None = None) -> None:
+        self.writer.add_commit_hook(hook, failed)
 
     def statistics(self) -> dict[str, Any]:
         return {"engine": "lmdb", "commits": self.writer.commits, "committed_ops": self.writer.committed_ops,

@@ -415,8 +415,9 @@ class PostgresStorage(Storage):
     async def write(self, batch: WriteBatch) -> None:
         await self.writer.write(batch)
 
-    def add_commit_hook(self, hook: Callable[[], WriteBatch]) -> None:
-        self.writer.add_commit_hook(hook)
+    def add_commit_hook(self, hook: Callable[[], WriteBatch],
+                        failed: Callable[[WriteBatch], None] | None = None) -> None:
+        self.writer.add_commit_hook(hook, failed)
 
     def statistics(self) -> dict[str, Any]:
         pool = self._pool.get_stats()

@@ -34,6 +34,7 @@ class _Request:
     ops: list[Op]
     done: trio.Event = attrs.Factory(trio.Event)
     error: BaseException | None = None
+    on_error: Callable[[], None] | None = None  # a commit hook's: its writes were not stored
 
 
 class Writer:
@@ -46,12 +47,15 @@ class Writer:
         self.commits = 0
         self.committed_ops = 0
         self.conflicts = 0
-        self._commit_hooks: list[Callable[[], WriteBatch]] = []
+        self._commit_hooks: list[tuple[Callable[[], WriteBatch], Callable[[WriteBatch], None] | None]] = []
         #: Told (seconds, write ops) after each successful commit (the node's metrics).
         self.on_commit: Callable[[float, int], None] | None = None
 
-    def add_commit_hook(self, hook: Callable[[], WriteBatch]) -> None:
-        self._commit_hooks.append(hook)
+    def add_commit_hook(self, hook: Callable[[], WriteBatch],
+                        failed: Callable[[WriteBatch], None] | None = None) -> None:
+        """`hook()`'s writes join the next commit; `failed(batch)` is told if that commit
+        failed (nothing of it stored), so that what rode along can be kept for another."""
+        self._commit_hooks.append((hook, failed))
 
     async def write(self, batch: WriteBatch) -> None:
         """Commit `batch` durably, together with whatever else is waiting (see Storage.write)."""
@@ -83,10 +87,10 @@ class Writer:
                         break
                     requests.append(nxt)
                     size += len(nxt.ops)
-                for hook in self._commit_hooks:
+                for hook, failed in self._commit_hooks:
                     extra = hook()
                     if extra.ops:
-                        requests.append(_Request(extra.ops))
+                        requests.append(_Request(extra.ops, on_error=_bound(failed, extra)))
                 await self._commit_requests(requests)
 
     async def _commit_requests(self, requests: list[_Request]) -> None:
@@ -115,4 +119,13 @@ class Writer:
             if self.on_commit is not None:
                 self.on_commit(time.perf_counter() - started, ops)
         for r in requests:
+            if r.error is not None and r.on_error is not None:
+                try:
+                    r.on_error()
+                except Exception:
+                    log.exception("a commit hook's failure callback failed")
             r.done.set()
+
+
+def _bound(failed: Callable[[WriteBatch], None] | None, batch: WriteBatch) -> Callable[[], None] | None:
+    return None if failed is None else lambda: failed(batch)

@@ -29,6 +29,7 @@ from ..core.search import history_around
 from ..core.snowflake import parse_id
 from ..core.views import add_status, chat_list, chat_summary, reads_visible
 from ..plugin_api import Route
+from ..storage import StorageError
 from .openapi import document as openapi_document
 from .plugin_routes import mount
 
@@ -330,6 +331,13 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
         if allow:  # 405: which methods the path takes (RFC 9110)
             response.headers["Allow"] = allow
         return response
+
+    @app.errorhandler(StorageError)
+    async def on_storage_error(exc: StorageError) -> Response:
+        """Storage failed under the request (a database away, a commit whose outcome is
+        unknown): nothing was acknowledged, and the same request again settles it."""
+        log.warning("request %s %s: storage failed: %s", request.method, request.path, exc)
+        return counted(ChatError("unavailable", "storage is unavailable; retry"))
 
     @app.errorhandler(Exception)
     async def on_crash(exc: Exception) -> Response:

@@ -278,8 +278,8 @@ class SimStorage(Storage):
     async def write(self, batch: Any) -> None:
         await self.writer.write(batch)
 
-    def add_commit_hook(self, hook: Callable[[], Any]) -> None:
-        self.writer.add_commit_hook(hook)
+    def add_commit_hook(self, hook: Callable[[], Any], failed: Callable[[Any], None] | None = None) -> None:
+        self.writer.add_commit_hook(hook, failed)
 
     def statistics(self) -> dict[str, Any]:
         return {"engine": "simulated", "commits": self.writer.commits, "conflicts": self.writer.conflicts,

@@ -92,7 +92,7 @@ class LastSeenPlugin:
         self.ctx = ctx
         self.settings = ctx.settings
         self.times = ctx.store.table("times")
-        ctx.store.on_commit(self._take_unwritten)
+        ctx.store.on_commit(self._take_unwritten, self._not_written)
         nursery.start_soon(self._announcer)
         nursery.start_soon(self._flusher)
         nursery.start_soon(self._forget_in_flight)
@@ -122,6 +122,13 @@ class LastSeenPlugin:
             batch.put("times", user_id.to_bytes(8, "big"), seen.to_bytes(8, "big"))
             self._in_flight[user_id] = (seen, taken)
         self._unwritten.clear()
+
+    def _not_written(self, batch: StoreBatch) -> None:
+        """The commit these times rode on failed: keep them for the next (a newer time
+        noted meanwhile wins)."""
+        taken = {int.from_bytes(key, "big"): int.from_bytes(value, "big") for key, value in batch.puts("times")}
+        self._unwritten = taken | self._unwritten
+        self._unwritten_added.set()
 
     async def _forget_in_flight(self) -> None:
         """Times taken into commits long ended are read from storage again."""
