@@ -232,6 +232,14 @@ def names(node):
     return make
 
 
+def box_now(locator) -> dict:
+    """Where the element is, measured in the page in one step: a list or a conversation may
+    be redrawn (the element replaced) at any moment, between Playwright's finding an element
+    and its measuring it (`bounding_box()` is then None)."""
+    return locator.evaluate(
+        "e => { const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
+
+
 def shot(page, name: str, **options) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), **options)

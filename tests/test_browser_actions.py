@@ -10,6 +10,7 @@ import pytest
 from test_browser import (  # noqa: F401 (fixtures)
     PHONE,
     auth,
+    box_now,
     browser,
     expect,
     message_action,
@@ -68,7 +69,7 @@ def test_the_message_menu_by_mouse_keyboard_and_long_press(pages, names):
     phone.click("#chat-list .chat-item")
     target = bubble_row(phone, "Meet at the station").locator(".bubble")
     expect(target).to_be_visible()
-    box = target.bounding_box()
+    box = box_now(target)
     cdp = phone.context.new_cdp_session(phone)
     point = {"x": box["x"] + 20, "y": box["y"] + box["height"] / 2}
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [point]})
