@@ -110,7 +110,7 @@ class WriteBatch:
                     settings: dict[str, Any] | None = None, expect: dict[str, Any] | None = None) -> None:
         """Change some fields of the stored record, whatever else it holds by then: another
         node may change other fields of the same record at the same moment. `expect`: top-level
-        fields the stored record must still hold, with these values, for the change to apply
+        fields the stored record must still hold, with these scalar values, for the change to apply
         (a compare-and-set where a change must not undo another node's: else nothing changes)."""
         self.ops.append(("update_user", user_id, fields, list(drop), settings or {}, expect or {}))
 
