@@ -68,7 +68,8 @@ peer moves what the stopping node owned to the next owners, just as for a failur
 answers ``byeok``, and from then on sends it nothing to sequence. The stopping node waits
 for every ``byeok`` and for every answer it owes or is owed before it leaves the
 membership and closes its links, so no request is left without an answer: a rolling
-restart costs its clients a reconnect, never a refused send or a message. When the node
+restart costs its clients a reconnect (and, under load, rarely a retried ``unavailable``),
+never a message. When the node
 comes back, its new life's hello may reach a peer after the requests that peer already sent
 it (over a new link, once the new life was in the peer's view): those are answered, and
 only requests sent to the life that ended are failed (see ``peer_restarted``).
@@ -202,6 +203,7 @@ class ClusterRouting(Routing):
         self._members: dict[int, str] = {}  # the live members as membership last told
         self.departing: set[int] = set()  # peers that said `bye`: live, but owning nothing
         self._left: set[int] = set()  # peers that left the view and have not come back
+        self._unsent_ops: list[Any] = []  # `op` messages queued for a peer that left: sent on by `_reown`
         self._back_at: dict[int, float] = {}  # peers that came back into the view after leaving it: when
         self._bye_unanswered: set[int] = set()  # peers yet to answer this node's `bye`
         self._quiet = trio.Event()  # set when a change may have settled the hand-over
@@ -264,6 +266,7 @@ class ClusterRouting(Routing):
         what changed hands."""
         assert self.links is not None and self.chats is not None
         members = [n for n in self._members if n not in self.departing] or [self.node_id]
+        unsent, self._unsent_ops = self._unsent_ops, []
         for node in members:
             if node != self.node_id and node not in self.ownership.members:
                 # New in this view, or back after this node had given it up (and dropped
@@ -277,6 +280,7 @@ class ClusterRouting(Routing):
             self._bye_unanswered.clear()
         self._quiet.set()
         if not self.ownership.update(members, include_self=not self.leaving):
+            self._send_on(unsent)
             return
         known = set(self.chats._chats) | set(self.subs)  # before they are dropped below
         self.given_up(self.chats.forget_chats(self.owns))
@@ -287,6 +291,12 @@ class ClusterRouting(Routing):
         self._work_send.send_nowait(("rebalance", before))
         self._work_send.send_nowait(("count_moves", (view_before, self.ownership.members, known)))
         self._unpark()
+        self._send_on(unsent)
+
+    def _send_on(self, unsent: list[Any]) -> None:
+        """`op` messages that were queued for a member that left, to their owners now."""
+        for _, name, fields, hops, *gone in unsent:
+            self._serve_op(name, fields, hops, *gone)
 
     def peer_restarted(self, node: int) -> None:
         """A peer came back as a new process (a crash and a quick restart that membership
@@ -377,7 +387,9 @@ class ClusterRouting(Routing):
 
     def _peer_gone(self, node: int) -> None:
         assert self.links is not None
-        self.links.drop_peer(node)
+        # Fire-and-forget operations still queued for it (`received`, `read`) never left:
+        # they go to the chats' next owners once the view has moved on (`_reown`).
+        self._unsent_ops.extend(m for m in self.links.drop_peer(node) if m[0] == "op")
         waiting = [req for req, request in self._pending.items() if request.peer == node]
         if node in self.departing and self._nursery is not None:
             # It said `bye` and wrote out every answer it owed before it left, but the news
