@@ -114,11 +114,8 @@ class PluginStore:
             hook(batch)
             return batch._batch
 
-        def not_stored(writes: WriteBatch) -> None:
-            assert failed is not None
-            failed(StoreBatch(self.namespace, writes))
-
-        self._storage.add_commit_hook(run, not_stored if failed is not None else None)
+        self._storage.add_commit_hook(
+            run, None if failed is None else lambda writes: failed(StoreBatch(self.namespace, writes)))
 
 
 SETTLE = 1.0  # seconds between offering a new secret and reading which one the cluster keeps

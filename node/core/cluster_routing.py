@@ -69,10 +69,10 @@ answers ``byeok``, and from then on sends it nothing to sequence. The stopping n
 for every ``byeok`` and for every answer it owes or is owed before it leaves the
 membership and closes its links, so no request is left without an answer: a rolling
 restart costs its clients a reconnect (and, under load, rarely a retried ``unavailable``),
-never a message. When the node
-comes back, its new life's hello may reach a peer after the requests that peer already sent
-it (over a new link, once the new life was in the peer's view): those are answered, and
-only requests sent to the life that ended are failed (see ``peer_restarted``).
+never a message. When the node comes back, its new life's hello may reach a peer after the
+requests that peer already sent it (over a new link, once the new life was in the peer's
+view): those are answered, and only requests sent to the life that ended are failed (see
+``peer_restarted``).
 """
 
 from __future__ import annotations
@@ -202,9 +202,7 @@ class ClusterRouting(Routing):
         self.leaving = False  # stopping: it sequences nothing any more
         self._members: dict[int, str] = {}  # the live members as membership last told
         self.departing: set[int] = set()  # peers that said `bye`: live, but owning nothing
-        self._left: set[int] = set()  # peers that left the view and have not come back
-        self._unsent_ops: list[Any] = []  # `op` messages queued for a peer that left: sent on by `_reown`
-        self._back_at: dict[int, float] = {}  # peers that came back into the view after leaving it: when
+        self._entered_at: dict[int, float] = {}  # when each peer last came into the view
         self._bye_unanswered: set[int] = set()  # peers yet to answer this node's `bye`
         self._quiet = trio.Event()  # set when a change may have settled the hand-over
         # Request ids are unique across restarts of this node: a peer may still hold answers
@@ -249,24 +247,21 @@ class ClusterRouting(Routing):
                 self.links.set_peer(node, address)
         known = set(self._members) | set(self.ownership.members)
         gone = [n for n in known if n not in members and n != self.node_id]
-        now = trio.current_time()
-        for node in members:
-            if node != self.node_id and node not in known and node in self._left:
-                self._back_at[node] = now
-        self._left = (self._left | set(gone)) - set(members)
-        for node in gone:
-            self._peer_gone(node)
+        for node in members.keys() - known - {self.node_id}:
+            self._entered_at[node] = trio.current_time()
+        unsent = [op for node in gone for op in self._peer_gone(node)]
         self._members = dict(members)
         self.departing &= set(members)
         self._bye_unanswered &= set(members)
         self._reown()
+        for _, name, fields, hops, *hint in unsent:  # to the chats' owners in the new view
+            self._serve_op(name, fields, hops, *hint)
 
     def _reown(self) -> None:
         """Recompute ownership from the live members less the departing ones, and move
         what changed hands."""
         assert self.links is not None and self.chats is not None
         members = [n for n in self._members if n not in self.departing] or [self.node_id]
-        unsent, self._unsent_ops = self._unsent_ops, []
         for node in members:
             if node != self.node_id and node not in self.ownership.members:
                 # New in this view, or back after this node had given it up (and dropped
@@ -280,7 +275,6 @@ class ClusterRouting(Routing):
             self._bye_unanswered.clear()
         self._quiet.set()
         if not self.ownership.update(members, include_self=not self.leaving):
-            self._send_on(unsent)
             return
         known = set(self.chats._chats) | set(self.subs)  # before they are dropped below
         self.given_up(self.chats.forget_chats(self.owns))
@@ -291,12 +285,6 @@ class ClusterRouting(Routing):
         self._work_send.send_nowait(("rebalance", before))
         self._work_send.send_nowait(("count_moves", (view_before, self.ownership.members, known)))
         self._unpark()
-        self._send_on(unsent)
-
-    def _send_on(self, unsent: list[Any]) -> None:
-        """`op` messages that were queued for a member that left, to their owners now."""
-        for _, name, fields, hops, *gone in unsent:
-            self._serve_op(name, fields, hops, *gone)
 
     def peer_restarted(self, node: int) -> None:
         """A peer came back as a new process (a crash and a quick restart that membership
@@ -309,7 +297,7 @@ class ClusterRouting(Routing):
         peer came back into this node's view went to the new life over a new link, and
         are answered: the new life's hello may arrive after them, when the old life spoke
         again once this node had given it up."""
-        back = self._back_at.pop(node, None)
+        back = self._entered_at.pop(node, None)
         since = back if back is not None and trio.current_time() - back < REQUEST_TIMEOUT else None
         for req, request in list(self._pending.items()):
             if request.peer == node and (since is None or request.sent < since):
@@ -385,11 +373,12 @@ class ClusterRouting(Routing):
             if i % RESUBSCRIBE_CHUNK == 0:
                 await trio.lowlevel.checkpoint()
 
-    def _peer_gone(self, node: int) -> None:
+    def _peer_gone(self, node: int) -> list[Any]:
+        """Forget a member that left the view. Returns the fire-and-forget operations
+        (`received`, `read`) still queued for it: they never left, and go to the chats'
+        owners in the new view."""
         assert self.links is not None
-        # Fire-and-forget operations still queued for it (`received`, `read`) never left:
-        # they go to the chats' next owners once the view has moved on (`_reown`).
-        self._unsent_ops.extend(m for m in self.links.drop_peer(node) if m[0] == "op")
+        unsent = [m for m in self.links.drop_peer(node) if m[0] == "op"]
         waiting = [req for req, request in self._pending.items() if request.peer == node]
         if node in self.departing and self._nursery is not None:
             # It said `bye` and wrote out every answer it owed before it left, but the news
@@ -411,6 +400,7 @@ class ClusterRouting(Routing):
         for user_id in went_offline:
             del self.locations[user_id]
             self.plugins.notify("on_user_offline", user_id=user_id)
+        return unsent
 
     def _fail(self, reqs: Iterable[int]) -> None:
         """Answer these requests, if still unanswered, with `unavailable`."""

@@ -141,13 +141,12 @@ class LastSeenPlugin:
     async def _write_unwritten(self) -> None:
         """Write the last-seen times not yet stored; if that fails, keep them (a newer time
         noted meanwhile wins) for the next try."""
-        taken = dict(self._unwritten)
         batch = self.ctx.store.batch()
         self._take_unwritten(batch)
         try:
             await self.ctx.store.write(batch)
         except BaseException:
-            self._unwritten = taken | self._unwritten
+            self._not_written(batch)
             raise
 
     async def _flusher(self) -> None:
@@ -185,18 +184,16 @@ class LastSeenPlugin:
                     heapq.heappop(self._due)  # announced already (a later change has its own entry)
                     continue
                 await trio.sleep_until(since + self.settings.grace)
-                now = trio.current_time()
-                while self._due and self._due[0][0] + self.settings.grace <= now:
-                    since, user_id = heapq.heappop(self._due)
-                    if self._changed.get(user_id) != since:
-                        continue
-                    del self._changed[user_id]
-                    try:
-                        await self._announce(user_id)
-                    except Exception as exc:  # storage away: tell them later
-                        log.warning("presence of user %d not announced yet (%s); trying again", user_id, exc)
-                        # due again RETRY from now (unless a newer change is pending)
-                        self._change(user_id, trio.current_time() + RETRY - self.settings.grace)
+                if self._due[0] != (since, user_id):
+                    continue  # an earlier one came meanwhile (a retry): that first
+                heapq.heappop(self._due)
+                del self._changed[user_id]
+                try:
+                    await self._announce(user_id)
+                except Exception as exc:  # storage away: tell them later
+                    log.warning("presence of user %d not announced yet (%s); trying again", user_id, exc)
+                    # due again RETRY from now (unless a newer change is pending)
+                    self._change(user_id, trio.current_time() + RETRY - self.settings.grace)
 
     async def _announce(self, user_id: int) -> None:
         ctx = self.ctx

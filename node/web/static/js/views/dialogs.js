@@ -259,7 +259,6 @@ export class Dialogs {
 
   chatInfo(chatId) {
     if (!chatId) return;
-    if (this.infoChatId !== chatId || !$('#info-dialog').open) this.addMember = null;
     this.infoChatId = chatId;
     $('#info-error').textContent = '';
     const chat = this.store.chats.get(chatId);
