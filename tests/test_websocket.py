@@ -9,7 +9,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from conftest import make_config, running_node
+from conftest import make_config, new_user, running_node
 from trio_websocket import open_websocket_url
 
 from node.core.websocket import _quick_upgrade
@@ -109,6 +109,73 @@ async def test_a_message_in_fragments_is_put_back_together(node, users):
     frame = orjson.loads(await client.read_until_opcode(0x1))
     welcome = frame[0] if isinstance(frame, list) else frame  # may share a frame with `synced`
     assert welcome["type"] == "welcome" and welcome["user"]["username"] == "alice"
+    await client.stream.aclose()
+
+
+def server_text(payload: bytes) -> bytes:
+    return orjson.loads(payload)
+
+
+async def hello_then_pieces(client: RawClient, frames: bytes, cuts: list[int]) -> None:
+    """Send `frames` in pieces cut at `cuts`, each read by the node before the next goes."""
+    start = 0
+    for cut in [*cuts, len(frames)]:
+        await client.stream.send_all(frames[start:cut])
+        await trio.testing.wait_all_tasks_blocked(cushion=0.005)
+        start = cut
+
+
+@pytest.mark.parametrize("size", [40, 300, 70_000])  # 7-bit, 16-bit and 64-bit lengths
+async def test_frames_cut_anywhere_are_read_whole_and_in_order(tmp_path, size):
+    async with running_node(make_config(tmp_path, limits={"max_message_bytes": 100_000,
+                                                          "max_frame_bytes": 200_000})) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        client = await RawClient.connect(node.ws_url)
+        hello = client_frame(0x1, orjson.dumps({"type": "hello", "token": alice.token}))
+        texts = [f"{n} " + "x" * size for n in range(3)]
+        sends = b"".join(client_frame(0x1, orjson.dumps({"type": "send", "chat": chat["id"], "kind": "text",
+                                                          "client_msg_id": f"m{n}", "text": text}))
+                         for n, text in enumerate(texts))
+        frames = hello + sends
+        # Cuts inside the first header, between header and mask, inside a mask, inside a
+        # payload, and one between two whole frames.
+        cuts = [1, 2, 5, len(hello) - 3, len(hello), len(hello) + 3, len(hello) + 9, len(hello) + 40]
+        await hello_then_pieces(client, frames, sorted(set(cuts)))
+        acks = []
+        with trio.fail_after(10):
+            while len(acks) < 3:
+                event = server_text(await client.read_until_opcode(0x1))
+                for e in event if isinstance(event, list) else [event]:
+                    if e["type"] == "ack":
+                        acks.append(e["client_msg_id"])
+        assert acks == ["m0", "m1", "m2"]
+        async with bob.connect() as b:
+            got = [(await b.wait_for("message", timeout=5))["text"] for _ in texts]
+        assert got == texts
+        await client.stream.aclose()
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_a_whole_frame_over_the_limit_is_refused_from_its_header(tmp_path):
+    async with running_node(make_config(tmp_path, limits={"max_frame_bytes": 4096})) as node:
+        client = await RawClient.connect(node.ws_url)
+        frame = client_frame(0x1, b"x" * 5000)
+        await client.stream.send_all(frame[:100])  # the header says too big: no need to wait for the rest
+        assert close_code(await client.read_until_opcode(0x8)) == 1009
+        await client.stream.aclose()
+
+
+@pytest.mark.parametrize("first_byte", [0xC1, 0xA1, 0x91, 0x83])  # a reserved bit, or a reserved opcode
+async def test_a_frame_with_reserved_bits_or_opcode_closes_with_1002(node, users, first_byte):
+    alice = await users("alice")
+    client = await RawClient.connect(node.ws_url)
+    await client.stream.send_all(client_frame(0x1, orjson.dumps({"type": "hello", "token": alice.token})))
+    await client.read_until_opcode(0x1)
+    frame = client_frame(0x1, b'{"type": "ping"}')
+    await client.stream.send_all(bytes([first_byte]) + frame[1:])
+    assert close_code(await client.read_until_opcode(0x8)) == 1002
     await client.stream.aclose()
 
 

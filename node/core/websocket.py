@@ -8,6 +8,15 @@ the `websockets` package's sans-I/O `ServerProtocol`, whose frame codec costs ab
 of wsproto's per small frame (its unmasking is in C; bench/README.md), and which keeps
 no state of its own between frames beyond a small buffer.
 
+Ordinary frames take a shorter path than the protocol's general parser: a whole, masked,
+final text frame within the size limit is unmasked here (websockets' C `apply_mask`), and a
+server frame is framed here (a header and the payload), about a sixth of the cost of
+websockets' generator-based parser and serializer per small frame (bench/README.md).
+Everything else (control frames, fragments, binary frames, anything malformed) goes to the
+protocol, a whole frame at a time, so that its parser is always between frames and answers
+errors exactly as it would have; a frame too big or malformed in its header hands the rest
+of the connection to it.
+
 Once open, the socket is read and written directly (`os.read`/`os.write` on its
 non-blocking descriptor) rather than through trio's SocketStream, which costs a failed
 `recv` and a scheduler round per read and per write: a read that drained the socket
@@ -35,6 +44,11 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.utils import accept_key
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover (websockets without its C extension)
+    from websockets.utils import apply_mask
 
 RECEIVE_BYTES = 65_536
 CLOSE_TIMEOUT = 2.0  # how long to wait for the peer's answer to our close frame
@@ -216,17 +230,35 @@ async def read_upgrade(stream: trio.SocketStream, *, timeout: float) -> Upgrade 
     return None
 
 
+def _text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (a server's), as websockets would frame it."""
+    n = len(payload)
+    if n < 126:
+        return b"\x81" + _SHORT_LENGTHS[n] + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+_SHORT_LENGTHS = [bytes((n,)) for n in range(126)]
+
+
 class WebSocket:
     """One open WebSocket: one task may read while another sends."""
 
-    __slots__ = ("_broken", "_drained", "_events", "_parts", "_protocol", "_rest", "_send_busy", "_send_free",
-                 "_socket", "_stream", "_text")
+    __slots__ = ("_broken", "_drained", "_events", "_max_size", "_needed", "_partial", "_parts", "_protocol", "_rest",
+                 "_send_busy", "_send_free", "_socket", "_stream", "_text", "_whole_frames")
 
     def __init__(self, stream: trio.SocketStream, protocol: ServerProtocol) -> None:
         self._stream = stream
         self._socket = stream.socket
         self._protocol = protocol
-        self._events: list = []  # frames parsed but not yet handled, the next one last
+        self._events: list = []  # text payloads (bytes) and protocol frames not yet handled, the next one last
+        self._partial: bytearray | None = None  # the start of a frame whose end has not arrived yet
+        self._needed = 0  # ... and how long it must grow before it is looked at again
+        self._whole_frames = True  # False: everything read goes straight to the protocol (see `_frames`)
+        size = protocol.max_message_size
+        self._max_size = size if size is not None else 1 << 64
         self._parts: list[bytes] = []  # fragments of the message being received
         self._text = True  # the message being received is text
         self._drained = True  # the last read emptied the socket: wait for readiness first
@@ -250,6 +282,12 @@ class WebSocket:
             events = self._events
             while events:  # one read may bring several frames: the rest wait for the next call
                 frame = events.pop()
+                if type(frame) is bytes:  # a whole text message (`_frames`)
+                    try:
+                        return frame.decode()
+                    except UnicodeDecodeError:
+                        protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
+                        await self._closed()
                 opcode = frame.opcode
                 if opcode is TEXT or opcode is BINARY:
                     self._text = opcode is TEXT
@@ -280,13 +318,70 @@ class WebSocket:
             if protocol.state is not State.OPEN:
                 await self._closed()
             data = await self._receive()
-            if data:
-                protocol.receive_data(data)
-            else:
+            if not data:
                 protocol.receive_eof()  # the peer is gone: 1006
-            events = protocol.events_received()
+                events = protocol.events_received()
+            elif self._whole_frames and protocol.state is State.OPEN:
+                events = self._frames(data)
+            else:
+                protocol.receive_data(data)
+                events = protocol.events_received()
             events.reverse()
             self._events = events
+
+    def _frames(self, data: bytes) -> list:
+        """What `data` completes, in order: the payload of each whole, final, masked text
+        frame (as bytes), and the protocol's events for every other whole frame, fed to it
+        one frame at a time. A frame's start waits in `_partial` for its end (at most the
+        size limit). A header the protocol must refuse (unmasked, reserved bits, over the
+        limit) hands it everything from there on."""
+        partial = self._partial
+        if partial is not None:  # (grown in place: a frame trickling in is copied once, not per read)
+            partial += data
+            if len(partial) < self._needed:
+                return []
+            data = bytes(partial)
+            self._partial = None
+        protocol = self._protocol
+        out: list = []
+        end = len(data)
+        pos = 0
+        needed = 2
+        while end - pos >= 2:
+            first, second = data[pos], data[pos + 1]
+            length = second & 0x7F
+            head = pos + 6
+            if length == 126:
+                if end - pos < 4:
+                    needed = 4
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+                head = pos + 8
+            elif length == 127:
+                if end - pos < 10:
+                    needed = 10
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                head = pos + 14
+            if not second & 0x80 or first & 0x70 or length > self._max_size:
+                self._whole_frames = False  # the protocol answers it (1002, 1009) and closes
+                protocol.receive_data(data[pos:])
+                out.extend(protocol.events_received())
+                return out
+            stop = head + length
+            if stop > end:
+                needed = stop - pos
+                break
+            if first == 0x81 and protocol.current_size is None and protocol.state is State.OPEN:
+                out.append(apply_mask(data[head:stop], data[head - 4:head]))
+            else:
+                protocol.receive_data(data[pos:stop])
+                out.extend(protocol.events_received())
+            pos = stop
+        if pos < end:
+            self._partial = bytearray(data[pos:])
+            self._needed = needed
+        return out
 
     async def _closed(self) -> None:
         """The peer closed, broke the protocol, or dropped the connection: send what the
@@ -340,11 +435,15 @@ class WebSocket:
     async def send_message(self, message: str | bytes) -> None:
         """Send one text message (bytes: already UTF-8); ConnectionClosed if the
         connection is no longer open."""
-        protocol = self._protocol
-        if protocol.state is not State.OPEN:
+        if self._protocol.state is not State.OPEN:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing")
-        protocol.send_text(message.encode() if isinstance(message, str) else message)
-        await self._flush()
+        await self._send_bytes(self._framed(message.encode() if isinstance(message, str) else message))
+
+    def _framed(self, message: bytes) -> bytes:
+        """`message` as a text frame, after what the protocol has queued (a pong)."""
+        frame = _text_frame(message)
+        protocol = self._protocol
+        return b"".join(protocol.data_to_send()) + frame if protocol.writes else frame
 
     @property
     def can_send_nowait(self) -> bool:
@@ -361,8 +460,7 @@ class WebSocket:
         protocol = self._protocol
         if protocol.state is not State.OPEN or self._broken:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "connection is closing")
-        protocol.send_text(message)
-        data = b"".join(protocol.data_to_send())
+        data = self._framed(message)
         sent = self._write(data)
         if sent < len(data):
             self._rest = data[sent:]
@@ -432,6 +530,10 @@ class WebSocket:
 
         Only for when no other task is reading (the session's reader has ended)."""
         protocol = self._protocol
+        if self._partial is not None:  # the protocol reads on from here, between frames
+            protocol.receive_data(bytes(self._partial))
+            self._partial = None
+        self._whole_frames = False
         try:
             if protocol.state is State.OPEN and not self._broken:
                 protocol.send_close(code, reason)
