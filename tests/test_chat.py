@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import trio
-import trio.testing
-
 from node.client import ChatClient
-from node.storage import WriteBatch
 from node.testing import wait_until
 
 
@@ -72,37 +68,6 @@ async def test_retry_inside_one_frame_is_deduplicated(node, users):
         dup = await a.send_many([{"chat": chat["id"], "text": "x", "client_msg_id": "same"}] * 3)
         assert {d["seq"] for d in dup} == {1}
     assert len(await bob.history(chat["id"])) == 2
-
-
-async def test_a_retry_applied_while_the_first_send_commits_is_answered_from_it(node, users):
-    """The sequencer applies the next batch while one commits: a retry in that next batch
-    sees the first send's idempotency record although it is not stored yet."""
-    alice, bob = await users("alice"), await users("bob")
-    chat = await alice.open_direct(username="bob")
-    slow = [False]
-
-    def slow_commit() -> WriteBatch:  # a commit hook whose writes keep the first commit busy
-        batch = WriteBatch()
-        if slow[0]:
-            slow[0] = False
-            for i in range(3000):
-                batch.kv_put("test", b"%d" % i, b"x" * 1000)
-        return batch
-
-    node.storage.add_commit_hook(slow_commit)
-    conflicts = node.storage.writer.conflicts
-    async with alice.connect() as a:
-        await a.synced.wait()
-        for n in range(5):
-            send = {"type": "send", "chat": chat["id"], "kind": "text", "text": f"m{n}", "client_msg_id": f"r{n}"}
-            slow[0] = True
-            await a.send_events(send)
-            await trio.testing.wait_all_tasks_blocked()  # its batch is committing (slowly)
-            await a.send_events(send)  # read now: a batch of its own
-            first, second = [await a.wait_for("ack", client_msg_id=f"r{n}") for _ in range(2)]
-            assert (second["id"], second["seq"], second.get("duplicate")) == (first["id"], first["seq"], True)
-    assert [m["text"] for m in await bob.history(chat["id"], limit=100)] == [f"m{n}" for n in range(5)]
-    assert node.storage.writer.conflicts == conflicts  # answered, not refused by storage and applied again
 
 
 async def test_senders_other_devices_receive_the_message(node, users):

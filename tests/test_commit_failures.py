@@ -1,8 +1,7 @@
-"""Sends in flight when commits start to fail. The sequencer applies a batch while the
-one before it commits (node/core/chats.py); when a commit fails, the batches applied on
-top of it are refused too, and must then not be stored either, even where they touch
-other chats. Whatever was acknowledged is stored under its seq, nothing refused is, and
-every chat's log stays gap-free."""
+"""Sends in flight when commits start to fail (an LMDB map at its size limit). Whatever
+was acknowledged is stored under its seq, nothing refused is, and every chat's log stays
+gap-free, in the chat whose big messages no longer fit and in another whose small ones
+still do."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ async def test_sends_racing_a_full_disk_are_acked_only_if_stored_and_leave_no_ga
     async with running_node(config) as node:
         users = [await new_user(node, f"user{i}") for i in range(5)]
         # Big messages go to one group, small ones (which still fit after a big one did
-        # not) to another: a batch of small ones may commit on its own, unless it was
-        # applied on top of a batch that failed.
+        # not) to another.
         big = await users[0].create_group("big", usernames=["user1"])
         small = await users[2].create_group("small", usernames=["user3", "user4"])
         acked: dict[str, int] = {}  # text -> seq

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import trio
 
-from node.storage import MessageMeta, StorageConflict, StorageError, WriteBatch
+from node.storage import MessageMeta, StorageError, WriteBatch
 from node.storage.lmdb_engine import SCHEMA_VERSION, open_lmdb
 
 pytestmark = pytest.mark.engine("lmdb")  # the LMDB engine's own behaviour
@@ -74,45 +74,6 @@ async def test_full_map_at_the_limit_fails_clearly_and_writes_nothing(tmp_path):
         small.append_message(7, 1, 1, *message(7, 1))
         await storage.write(small)  # the node keeps working
         assert [seq for seq, _ in await storage.read_messages(7, 1, 1000, 10)] == [1]
-
-
-async def test_a_write_built_on_a_failed_one_is_never_tried(tmp_path):
-    async with open_lmdb(tmp_path / "db", map_size=1 << 20, max_map_size=1 << 20) as storage:
-        too_big = WriteBatch()
-        for seq in range(1, 601):
-            too_big.append_message(7, seq, seq, *message(7, seq, 4000))
-        follow_up = WriteBatch()
-        follow_up.append_message(7, 601, 601, *message(7, 601))  # small: alone it would fit
-        first = await storage.writer.submit(too_big)
-        await first.done.wait()
-        assert isinstance(first.error, StorageError)
-        second = await storage.writer.submit(follow_up, after=first)  # queued after the failure
-        await second.done.wait()
-        assert second.error is first.error
-        assert await storage.read_messages(7, 1, 1000, 10) == []
-
-
-async def test_a_chain_of_writes_fails_from_its_culprit_on_while_others_commit(tmp_path):
-    async with open_lmdb(tmp_path / "db") as storage:
-        batch = WriteBatch()
-        batch.append_message(7, 1, 1, *message(7, 1))
-        await storage.write(batch)
-        conflicting, built_on_it, unrelated = WriteBatch(), WriteBatch(), WriteBatch()
-        conflicting.append_message(7, 1, 2, *message(7, 1))  # seq 1 is taken
-        built_on_it.append_message(7, 2, 3, *message(7, 2))
-        unrelated.put_meta("unrelated", b"v")
-        # Whether they share a transaction (which the conflict breaks, and the writer then
-        # commits them one by one, in order) or not, the outcome is the same.
-        first = await storage.writer.submit(conflicting)
-        second = await storage.writer.submit(built_on_it, after=first)
-        third = await storage.writer.submit(unrelated)
-        for write in (first, second, third):
-            await write.done.wait()
-        assert isinstance(first.error, StorageConflict)
-        assert second.error is first.error
-        assert third.error is None
-        assert [seq for seq, _ in await storage.read_messages(7, 1, 10, 10)] == [1]
-        assert await storage.get_meta("unrelated") == b"v"
 
 
 async def test_newer_schema_is_refused(tmp_path):

@@ -8,19 +8,12 @@ commit), and only after that commit runs each operation's effects in order: acks
 senders, fan-out to connected devices, plugin notifications. One transaction and one
 thread hop per batch, never per message; seq numbers have a single owner, so every
 device sees the same gap-free order per chat.
-
-On one node the sequencer does not wait for a batch's commit before applying the next:
-up to `PIPELINE` batches are committing at once, each queued to the writer as building
-on the one before (if that one fails, the later ones are not tried). Effects still run
-in batch order, each after its own commit; a failed commit drops what memory holds and
-refuses every batch still committing (their senders retry; nothing was acknowledged).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +24,6 @@ import trio
 from ..observe import Metrics
 from ..plugin_api import Message
 from ..storage import DedupeAck, MessageMeta, Storage, StorageConflict, StorageError, StorageUnavailable, WriteBatch
-from ..storage.writer import PendingWrite
 from .errors import ChatError
 from .snowflake import SnowflakeGenerator
 from .state import CONTENT_KINDS, PREVIEW_KINDS, ChatState, chat_from_loaded, is_muted
@@ -51,10 +43,6 @@ Effect = Callable[[], None]
 #: Longest time a deferred cursor write (see `Operation.deferrable`) waits for the next
 #: commit to ride on before the sequencer commits it on its own.
 CURSOR_LINGER = 1.0
-
-#: Batches committing at once on a node that is not in a cluster (in a cluster, one: the
-#: ownership of chats may move between two batches, and each is settled before the next).
-PIPELINE = 2
 
 #: How often a batch is applied again after another writer committed to its chats first
 #: (an owner that had not yet seen a hand-over); after that the requests are refused as
@@ -76,19 +64,6 @@ def is_expired(record: dict[str, Any], now: int) -> bool:
     if not expires:
         return False
     return expires <= now
-
-
-@attrs.define(eq=False)
-class _Committing:
-    """A batch applied and handed to the writer, whose effects wait for its commit."""
-
-    ops: list[Operation]
-    applied: list[tuple[Operation, Effect | None]]
-    appended: list[tuple[ChatState, dict[str, Any]]]
-    write: PendingWrite | None  # None: nothing of its own to commit (cursor moves)
-    version: int  # the routing version it was applied under
-    attempt: int  # how often it was applied again after a conflict
-    dedupe: list[tuple[int, str]]  # the dedupe records it wrote (`Chats._unsettled_dedupe`)
 
 
 @attrs.define(eq=False)
@@ -216,15 +191,6 @@ class Chats:
         # Writes of deferrable batches not yet committed: (op, chat, user) -> the op; they
         # join the next batch's commit (the newest record of a member wins).
         self._deferred: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        # Batches handed to the writer whose effects have not run yet, oldest first; the
-        # newest one's write (the next one builds on it); the dedupe records they wrote,
-        # which batches applied meanwhile must see although they are not stored yet.
-        self._committing: deque[_Committing] = deque()
-        self._last_write: PendingWrite | None = None
-        self._written_dedupe: dict[tuple[int, str], DedupeAck | None] = {}  # by the batch being applied
-        self._unsettled_dedupe: dict[tuple[int, str], tuple[_Committing, DedupeAck | None]] = {}
-        self._wake: trio.Event | None = None  # exists only while the sequencer waits for either
-        self._closed = False  # no more operations will come
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
@@ -246,7 +212,6 @@ class Chats:
             self._send.send_nowait(op)
         except trio.WouldBlock:
             await self._send.send(op)
-        self._poke()
 
     async def run(self, op: Awaitable) -> Any:
         """Queue an operation and wait for its result (raises its ChatError)."""
@@ -265,14 +230,7 @@ class Chats:
             self._send.send_nowait(op)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
-        self._poke()
         return True
-
-    def _poke(self) -> None:
-        """Wake the sequencer if it waits for an operation or a commit, whichever first."""
-        if self._wake is not None:
-            self._wake.set()
-            self._wake = None
 
     def _local(self, op: Operation) -> bool:
         """Whether this node sequences `op` (its chat is ours, or it belongs to no chat)."""
@@ -282,33 +240,11 @@ class Chats:
     async def close(self) -> None:
         """Stop taking operations; `serve` finishes what is queued and returns."""
         await self._send.aclose()
-        self._poke()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        depth = 1 if self.routing.clustered else PIPELINE
         async with self._recv:
             while True:
-                await self._finish_committed()
-                room = len(self._committing) < depth
-                if room and not self._closed:
-                    ops = self._take_waiting()
-                    if ops:
-                        await self._process(ops)
-                        continue
-                if self._committing:  # the oldest commit, or (with room) a new operation
-                    write = self._committing[0].write
-                    assert write is not None  # (one without a write is finished at once)
-                    if room and not self._closed:
-                        self._wake = trio.Event()
-                        write.on_done = self._poke
-                        await self._wake.wait()
-                    else:
-                        await write.done.wait()
-                    continue
-                if self._closed:
-                    await self._flush_deferred()
-                    return
                 first: Operation | None = None
                 try:
                     if self._deferred:  # commit them on their own if nothing comes to carry them
@@ -320,23 +256,15 @@ class Chats:
                     else:
                         first = await self._recv.receive()
                 except trio.EndOfChannel:
-                    self._closed = True
-                    continue
-                await self._process([first, *self._take_waiting(self._max_batch - 1)])
-
-    def _take_waiting(self, limit: int | None = None) -> list[Operation]:
-        """The operations waiting now (at most `limit`, default a batch), without waiting."""
-        ops: list[Operation] = []
-        limit = self._max_batch if limit is None else limit
-        while len(ops) < limit:
-            try:
-                ops.append(self._recv.receive_nowait())
-            except trio.WouldBlock:
-                break
-            except trio.EndOfChannel:
-                self._closed = True
-                break
-        return ops
+                    await self._flush_deferred()
+                    return
+                ops = [first]
+                while len(ops) < self._max_batch:
+                    try:
+                        ops.append(self._recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._process(ops)
 
     async def _flush_deferred(self) -> None:
         """Commit the deferred cursor writes that no batch carried."""
@@ -402,85 +330,41 @@ class Chats:
             for write in batch.ops:
                 self._deferred[write[:3]] = write
             self._clear_batch()
-            if self._committing:  # effects in batch order
-                self._committing.append(_Committing(ops, applied, appended, None, version, attempt, []))
-            else:
-                self._run_effects(ops, applied, appended)
+            self._run_effects(ops, applied, appended)
             return
         if self._deferred:  # older than this batch's writes: first, so newer records win
             batch.ops[:0] = self._deferred.values()
             self._deferred.clear()
-        written = self._written_dedupe
         try:
-            pending = await self.storage.writer.submit(batch, after=self._last_write) if batch.ops else None
-        except StorageError as exc:  # the writer is closed
+            await self.storage.write(batch)
+        except StorageError as exc:
+            # Nothing of the batch is known to be stored (a conflict: another node took a
+            # seq; an unknown outcome: maybe it was): reload whatever is asked next.
             self._forget_all()
+            self._clear_batch()
+            if isinstance(exc, StorageConflict) and attempt < CONFLICT_RETRIES:
+                # Nothing was stored, and the chats are read afresh: apply the batch again
+                # on what the other writer (an owner before a hand-over) committed.
+                await self._process([op for op, _ in applied], attempt + 1)
+                return
             for op, _ in applied:
                 op.reject(_storage_error(exc))
             return
         finally:
             self._clear_batch()
-        entry = _Committing(ops, applied, appended, pending, version, attempt, list(written))
-        for key, ack in written.items():  # visible to the batches applied before it is stored
-            self._unsettled_dedupe[key] = (entry, ack)
-        self._committing.append(entry)
-        if pending is not None:
-            self._last_write = pending
-        if stale or self.routing.clustered:  # settled before anything else is applied
-            if pending is not None:
-                await pending.done.wait()
-            await self._finish_committed()
-            if stale:
-                self._forget_all()
-
-    async def _finish_committed(self) -> None:
-        """Run the effects of the oldest batches whose commit is settled, in order; after a
-        failed one, refuse (or apply again, after a conflict) every batch still committing:
-        each was built on the one that failed, and none of them will be stored."""
-        committing = self._committing
-        while committing and (committing[0].write is None or committing[0].write.done.is_set()):
-            entry = committing.popleft()
-            self._settle_dedupe(entry)
-            error = entry.write.error if entry.write is not None else None
-            if error is None:
-                self._committed(entry)
-                continue
-            failed = [entry, *committing]
-            committing.clear()
-            self._unsettled_dedupe.clear()
-            self._last_write = None
-            # Nothing of the batch is known to be stored (a conflict: another node took a
-            # seq; an unknown outcome: maybe it was): reload whatever is asked next.
-            self._forget_all()
-            assert isinstance(error, StorageError)
-            if isinstance(error, StorageConflict) and entry.attempt < CONFLICT_RETRIES:
-                # Nothing was stored, and the chats are read afresh: apply the operations
-                # again on what the other writer (an owner before a hand-over) committed.
-                await self._process([op for e in failed for op, _ in e.applied], entry.attempt + 1)
-                continue
-            for failed_entry in failed:
-                for op, _ in failed_entry.applied:
-                    op.reject(_storage_error(error))
-
-    def _committed(self, entry: _Committing) -> None:
-        for chat, record in entry.appended:  # durable now: readers and resync may see them
+        for chat, record in appended:  # durable now: readers and resync may see them
             chat.committed_seq = record["seq"]
             if record["kind"] in PREVIEW_KINDS:
                 chat.last_message = record
-        if self.routing.version != entry.version:  # ownership moved while this batch ran
+        if stale:
+            self._forget_all()
+        elif self.routing.version != version:  # ownership moved while this batch ran
             self.routing.given_up(self.forget_chats(self.routing.owns))
         elif self.routing.clustered:  # read for a check (a pin limit) but sequenced elsewhere: not kept
             for chat_id in self._batch_chats:
                 if not self.routing.owns(chat_id):
                     self._chats.pop(chat_id, None)
-        self._run_effects(entry.ops, entry.applied, entry.appended)
-
-    def _settle_dedupe(self, entry: _Committing) -> None:
-        """The batch's dedupe records are stored (or, failed, never will be): storage answers."""
-        for key in entry.dedupe:
-            held = self._unsettled_dedupe.get(key)
-            if held is not None and held[0] is entry:
-                del self._unsettled_dedupe[key]
+        self._run_effects(ops, applied, appended)
 
     def _run_effects(self, ops: list[Operation], applied: list[tuple[Operation, Effect | None]],
                      appended: list[tuple[ChatState, dict[str, Any]]]) -> None:
@@ -526,15 +410,11 @@ class Chats:
                 self._messages[message_id] = (found.chat_id, found.seq)
                 self._log[(found.chat_id, found.seq)] = found.raw
         if reads.dedupe:
-            unsettled = self._unsettled_dedupe
-            wanted = [key for key in reads.dedupe if key not in unsettled]
-            stored = await self.storage.get_dedupe(wanted) if wanted else {}
+            stored = await self.storage.get_dedupe(reads.dedupe)
             for key in reads.dedupe:
-                held = unsettled.get(key)
-                self._dedupe[key] = held[1] if held is not None else stored.get(key)
+                self._dedupe[key] = stored.get(key)
 
     def _clear_batch(self) -> None:
-        self._written_dedupe = {}
         self._dedupe.clear()
         self._messages.clear()
         self._log.clear()
@@ -548,7 +428,6 @@ class Chats:
         self._dirty_chats.clear()
         self._appended.clear()
         self._deferred.clear()  # cursor moves not yet stored are lost: devices raise them again
-        self._refreshes += 1  # (a batch loading meanwhile loads again)
 
     # -- helpers used by operations (sequencer only) ---------------------------------
 
@@ -692,12 +571,12 @@ class Chats:
         """Record a send's ack so a retry gets it again."""
         ack = DedupeAck(int(record["chat"]), record["seq"], int(record["id"]), record["ts"])
         batch.add_dedupe(user_id, client_msg_id, ack)
-        self._dedupe[(user_id, client_msg_id)] = self._written_dedupe[(user_id, client_msg_id)] = ack
+        self._dedupe[(user_id, client_msg_id)] = ack
 
     def forget_dedupe(self, batch: WriteBatch, user_id: int, client_msg_id: str, ts: int) -> None:
         """Drop a dedupe record; later sends of this batch see it gone."""
         batch.delete_dedupe(user_id, client_msg_id, ts)
-        self._dedupe[(user_id, client_msg_id)] = self._written_dedupe[(user_id, client_msg_id)] = None
+        self._dedupe[(user_id, client_msg_id)] = None
 
     def direct_chat_id(self, low: int, high: int) -> int | None:
         """The 1-1 chat of two users (loaded for this batch by `Reads.directs`)."""

@@ -30,24 +30,11 @@ Commit = Callable[[list[list[Op]]], Awaitable[None]]
 
 
 @attrs.define(eq=False)
-class PendingWrite:
-    """A batch queued by `Writer.submit`: `done` is set once it is settled, with `error`
-    None if it is durably committed."""
-
+class _Request:
     ops: list[Op]
     done: trio.Event = attrs.Factory(trio.Event)
     error: BaseException | None = None
     on_error: Callable[[], None] | None = None  # a commit hook's: its writes were not stored
-    #: Committed only if this earlier write was (it builds on what that one wrote): it fails
-    #: with the same error otherwise, without being tried.
-    after: PendingWrite | None = None
-    on_done: Callable[[], None] | None = None  # told once it is settled (a wake-up)
-
-    def _settle(self) -> None:
-        self.after = None  # (a chain of writes holds on to no more than what is unsettled)
-        self.done.set()
-        if self.on_done is not None:
-            self.on_done()
 
 
 class Writer:
@@ -56,7 +43,7 @@ class Writer:
     def __init__(self, commit: Commit, *, max_batch: int, queue_size: int = 4096) -> None:
         self._commit = commit
         self._max_batch = max_batch
-        self._send, self._recv = trio.open_memory_channel[PendingWrite](queue_size)
+        self._send, self._recv = trio.open_memory_channel[_Request](queue_size)
         self.commits = 0
         self.committed_ops = 0
         self.conflicts = 0
@@ -74,22 +61,14 @@ class Writer:
         """Commit `batch` durably, together with whatever else is waiting (see Storage.write)."""
         if not batch.ops:
             return
-        request = await self.submit(batch)
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
-
-    async def submit(self, batch: WriteBatch, *, after: PendingWrite | None = None,
-                     on_done: Callable[[], None] | None = None) -> PendingWrite:
-        """Queue `batch` and return at once (waits only while the queue is full): the
-        caller goes on while it commits, and learns the outcome from the `PendingWrite`.
-        `after`: an earlier write this one builds on (see `PendingWrite.after`)."""
-        request = PendingWrite(batch.ops, after=after, on_done=on_done)
+        request = _Request(batch.ops)
         try:
             await self._send.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StorageError("storage is closed: the node is shutting down") from None
-        return request
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
 
     async def close(self) -> None:
         """Stop accepting writes; `serve` commits what is queued and returns."""
@@ -111,23 +90,10 @@ class Writer:
                 for hook, failed in self._commit_hooks:
                     extra = hook()
                     if extra.ops:
-                        requests.append(PendingWrite(extra.ops, on_error=_bound(failed, extra)))
+                        requests.append(_Request(extra.ops, on_error=_bound(failed, extra)))
                 await self._commit_requests(requests)
 
-    async def _commit_requests(self, requests: list[PendingWrite]) -> None:
-        # A write whose earlier write failed is not tried (one in this same transaction
-        # stands or falls with it).
-        if any(r.after is not None for r in requests):
-            tried = []
-            for r in requests:  # in order: a chain of dependent writes fails link by link
-                if r.after is not None and r.after.error is not None:
-                    r.error = r.after.error
-                    self._settle(r)
-                else:
-                    tried.append(r)
-            requests = tried
-            if not requests:
-                return
+    async def _commit_requests(self, requests: list[_Request]) -> None:
         started = time.perf_counter()
         try:
             await self._commit([r.ops for r in requests])
@@ -153,16 +119,12 @@ class Writer:
             if self.on_commit is not None:
                 self.on_commit(time.perf_counter() - started, ops)
         for r in requests:
-            self._settle(r)
-
-    @staticmethod
-    def _settle(r: PendingWrite) -> None:
-        if r.error is not None and r.on_error is not None:
-            try:
-                r.on_error()
-            except Exception:
-                log.exception("a commit hook's failure callback failed")
-        r._settle()
+            if r.error is not None and r.on_error is not None:
+                try:
+                    r.on_error()
+                except Exception:
+                    log.exception("a commit hook's failure callback failed")
+            r.done.set()
 
 
 def _bound(failed: Callable[[WriteBatch], None] | None, batch: WriteBatch) -> Callable[[], None] | None:
