@@ -167,6 +167,14 @@ async def test_a_whole_frame_over_the_limit_is_refused_from_its_header(tmp_path)
         await client.stream.aclose()
 
 
+async def test_a_hello_cut_short_by_the_timeout_still_gets_a_close_frame(tmp_path):
+    async with running_node(make_config(tmp_path, limits={"hello_timeout": 0.3})) as node:
+        client = await RawClient.connect(node.ws_url)
+        await client.stream.send_all(client_frame(0x1, b'{"type": "hello", "token": "x"}')[:10])  # half a frame
+        assert close_code(await client.read_until_opcode(0x8)) == 4002
+        await client.stream.aclose()
+
+
 @pytest.mark.parametrize("first_byte", [0xC1, 0xA1, 0x91, 0x83])  # a reserved bit, or a reserved opcode
 async def test_a_frame_with_reserved_bits_or_opcode_closes_with_1002(node, users, first_byte):
     alice = await users("alice")

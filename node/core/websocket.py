@@ -530,11 +530,11 @@ class WebSocket:
 
         Only for when no other task is reading (the session's reader has ended)."""
         protocol = self._protocol
-        if self._partial is not None:  # the protocol reads on from here, between frames
-            protocol.receive_data(bytes(self._partial))
-            self._partial = None
         self._whole_frames = False
         try:
+            if self._partial is not None:  # the protocol reads on from here, between frames
+                partial, self._partial = bytes(self._partial), None
+                protocol.receive_data(partial)
             if protocol.state is State.OPEN and not self._broken:
                 protocol.send_close(code, reason)
                 await self._flush()
@@ -545,7 +545,7 @@ class WebSocket:
                             break
                         protocol.receive_data(data)  # messages still in flight are dropped
                         protocol.events_received()
-        except (ConnectionClosed, InvalidState, ProtocolError):
+        except (ConnectionClosed, InvalidState, ProtocolError, EOFError):
             pass
         finally:
             self._stream.socket.close()
