@@ -204,6 +204,17 @@ class ChatClient:
     async def history(self, chat_id: str, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return (await self.request("GET", f"/api/chats/{chat_id}/messages", before=before, limit=limit))["messages"]
 
+    async def whole_history(self, chat_id: str, *, page: int = 200) -> list[dict[str, Any]]:
+        """Every message of the chat the user may see, oldest first (`history`, page by page)."""
+        pages: list[list[dict[str, Any]]] = []
+        before = None
+        while True:
+            messages = await self.history(chat_id, before=before, limit=page)
+            pages.append(messages)
+            if len(messages) < page:
+                return [m for older in reversed(pages) for m in older]
+            before = messages[0]["seq"]
+
     async def history_around(self, chat_id: str, seq: int, *, limit: int = 50) -> dict[str, Any]:
         """A message in its context: ``{"messages", "has_more", "has_newer", "next_before"}``."""
         return await self.request("GET", f"/api/chats/{chat_id}/messages", around=seq, limit=limit)

@@ -103,14 +103,7 @@ async def test_a_backup_taken_under_load_restores_every_acknowledged_message(tmp
         for i, (_, _, chat_id) in enumerate(pairs):
             async with ChatClient(node.http_url) as receiver:
                 await receiver.login(f"receiver{i}", "correct horse battery")
-                history = []
-                before = None
-                while True:
-                    page = await receiver.history(chat_id, before=before, limit=200)
-                    history = page + history
-                    if len(page) < 200:
-                        break
-                    before = page[0]["seq"]
+                history = await receiver.whole_history(chat_id)
                 seqs = [m["seq"] for m in history]
                 assert seqs == list(range(1, len(seqs) + 1)), "the restored log has no gap"
                 restored = {m["seq"]: m for m in history}

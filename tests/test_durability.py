@@ -93,14 +93,7 @@ async def test_sigkill_right_after_acks_loses_nothing(tmp_path):
     try:
         async with ChatClient(url) as bob:
             await bob.login("bob", PASSWORD)
-            stored = []
-            before = None
-            while True:
-                page = await bob.history(chat["id"], before=before, limit=200)
-                if not page:
-                    break
-                stored = page + stored
-                before = page[0]["seq"]
+            stored = await bob.whole_history(chat["id"])
             assert [(m["id"], m["seq"], m["text"]) for m in stored] == [(a["id"], a["seq"], f"m{i}") for i, a in enumerate(acks)]
     finally:
         proc.send_signal(signal.SIGTERM)

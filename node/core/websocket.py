@@ -283,13 +283,9 @@ class WebSocket:
             while events:  # one read may bring several frames: the rest wait for the next call
                 frame = events.pop()
                 if type(frame) is bytes:  # a whole text message (`_frames`)
-                    try:
-                        return frame.decode()
-                    except UnicodeDecodeError:
-                        protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
-                        await self._closed()
-                opcode = frame.opcode
-                if opcode is TEXT or opcode is BINARY:
+                    self._text = True
+                    data = frame
+                elif (opcode := frame.opcode) is TEXT or opcode is BINARY:
                     self._text = opcode is TEXT
                     if not frame.fin:
                         self._parts.append(frame.data)
@@ -321,7 +317,7 @@ class WebSocket:
             if not data:
                 protocol.receive_eof()  # the peer is gone: 1006
                 events = protocol.events_received()
-            elif self._whole_frames and protocol.state is State.OPEN:
+            elif self._whole_frames:
                 events = self._frames(data)
             else:
                 protocol.receive_data(data)
@@ -350,19 +346,13 @@ class WebSocket:
         while end - pos >= 2:
             first, second = data[pos], data[pos + 1]
             length = second & 0x7F
-            head = pos + 6
-            if length == 126:
-                if end - pos < 4:
-                    needed = 4
+            extended = 0 if length < 126 else 2 if length == 126 else 8  # bytes of a longer length
+            if extended:
+                if end - pos < 2 + extended:
+                    needed = 2 + extended
                     break
-                length = int.from_bytes(data[pos + 2:pos + 4], "big")
-                head = pos + 8
-            elif length == 127:
-                if end - pos < 10:
-                    needed = 10
-                    break
-                length = int.from_bytes(data[pos + 2:pos + 10], "big")
-                head = pos + 14
+                length = int.from_bytes(data[pos + 2:pos + 2 + extended], "big")
+            head = pos + 6 + extended  # (after the mask)
             if not second & 0x80 or first & 0x70 or length > self._max_size:
                 self._whole_frames = False  # the protocol answers it (1002, 1009) and closes
                 protocol.receive_data(data[pos:])
@@ -530,7 +520,6 @@ class WebSocket:
 
         Only for when no other task is reading (the session's reader has ended)."""
         protocol = self._protocol
-        self._whole_frames = False
         try:
             if self._partial is not None:  # the protocol reads on from here, between frames
                 partial, self._partial = bytes(self._partial), None

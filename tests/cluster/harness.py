@@ -152,16 +152,8 @@ async def check(devices: list[Device], chats: list[Chat], urls: list[str]) -> di
     stored: dict[str, list[dict[str, Any]]] = {}
     for members, chat_id in chats:
         reader_for = ChatClient(urls, token=members[0].client.token)
-        messages: list[dict[str, Any]] = []
-        before = None
-        while True:
-            page = await reader_for.history(chat_id, before=before, limit=200)
-            messages = page + messages
-            if len(page) < 200:
-                break
-            before = page[0]["seq"]
+        stored[chat_id] = await reader_for.whole_history(chat_id)
         await reader_for.aclose()
-        stored[chat_id] = messages
     lost = duplicated_in_log = 0
     for device in devices:
         for cmid, (chat_id, seq) in device.acked.items():
