@@ -5,10 +5,17 @@ the same address. The first frame tells them apart: a link opens with a sealed h
 under the link purpose, which a state exchange never carries. `DemuxTransport` wraps
 the real transport: it reads that first frame, hands link streams to the links, and
 gives every other stream to membership as if unread (`ReplayStream`).
+
+Anyone who reaches the port can open connections, so those still waiting for their
+first frame are bounded (`MAX_UNIDENTIFIED`) and a newcomer evicts the one that has
+waited longest: connections held open idle, or trickling bytes, cannot keep members
+out, since a member's first frame arrives within a round trip, long before its
+connection is the oldest.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -16,7 +23,7 @@ import trio
 from .links import Links
 from .transport import FrameError, Transport, receive_frame
 
-MAX_UNIDENTIFIED = 64  # streams at once whose first frame has not arrived yet
+MAX_UNIDENTIFIED = 32  # streams at once whose first frame has not arrived yet; a newcomer evicts the oldest
 
 
 class ReplayStream(trio.abc.Stream):
@@ -56,9 +63,11 @@ class DemuxTransport:
         self._links = links
         self._timeout = first_frame_timeout
         self._max_frame = max_frame
-        self._unidentified = 0
+        self._waiting: dict[int, trio.CancelScope] = {}  # streams waiting for their first frame, oldest first
+        self._ids = itertools.count()
         self.address = inner.address
-        self.dropped = 0
+        self.dropped = 0  # streams whose first frame did not come (in time) or was malformed
+        self.evicted = 0  # streams that waited longest when a newcomer needed their place
 
     async def send_packet(self, address: str, data: bytes) -> None:
         await self._inner.send_packet(address, data)
@@ -74,19 +83,19 @@ class DemuxTransport:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async def demux(stream: trio.abc.Stream) -> None:
-            if self._unidentified >= MAX_UNIDENTIFIED:
-                self.dropped += 1
-                await trio.aclose_forcefully(stream)
-                return
-            self._unidentified += 1
+            if len(self._waiting) >= MAX_UNIDENTIFIED:
+                self._waiting.pop(next(iter(self._waiting))).cancel()
+                self.evicted += 1
+            key = next(self._ids)
+            scope = self._waiting[key] = trio.CancelScope(deadline=trio.current_time() + self._timeout)
             frame: bytes | None = None
             try:
-                with trio.move_on_after(self._timeout):
+                with scope:
                     frame = await receive_frame(stream, self._max_frame)
             except FrameError:
                 frame = None
             finally:
-                self._unidentified -= 1
+                self._waiting.pop(key, None)
             if frame is None:
                 self.dropped += 1
                 await trio.aclose_forcefully(stream)

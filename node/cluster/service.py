@@ -42,10 +42,12 @@ class ClusterStartError(Exception):
 class ClusterService:
     """The running membership of this node, and its links to the other members."""
 
-    def __init__(self, membership: Membership, transport: UdpTcpTransport, links: Links | None = None) -> None:
+    def __init__(self, membership: Membership, transport: UdpTcpTransport, links: Links | None = None,
+                 demux: DemuxTransport | None = None) -> None:
         self.membership = membership
         self.transport = transport
         self.links = links
+        self.demux = demux
 
     def live_addresses(self) -> dict[int, str]:
         """Node id -> cluster address of every live member, this node included."""
@@ -74,7 +76,13 @@ class ClusterService:
         self.membership.add_listener(listener)
 
     def statistics(self) -> dict[str, object]:
-        return {**self.membership.statistics(), "send_errors": self.transport.send_errors}
+        """Membership's counters; streams evicted or dropped before their first frame
+        (by the demultiplexer, in front of membership) count with membership's own."""
+        stats: dict[str, Any] = {**self.membership.statistics(), "send_errors": self.transport.send_errors}
+        if self.demux is not None:
+            stats["streams_evicted"] += self.demux.evicted
+            stats["streams_dropped"] += self.demux.dropped
+        return stats
 
     def follow(self, on_change: Callable[[dict[int, str]], None]) -> None:
         """Call ``on_change(live_addresses)`` now and after every membership change."""
@@ -188,7 +196,7 @@ async def serve_cluster(node: Node, *, task_status: trio.TaskStatus[ClusterServi
                     )
                     nursery.start_soon(_keep_joining, membership, seeds)
                 nursery.start_soon(_announce_http_url, node, membership)
-                service = ClusterService(membership, transport, links)
+                service = ClusterService(membership, transport, links, demux)
                 service.follow(routing.members_now)
                 task_status.started(service)
                 log.info(

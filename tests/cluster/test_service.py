@@ -122,3 +122,22 @@ async def test_admin_endpoint_without_clustering(tmp_path):
             view = await members_view(node)
             assert view == {"enabled": False, "members": [], "statistics": {}}
             assert "clustering is off" in format_members(view)
+
+
+async def test_held_idle_connections_do_not_keep_a_new_member_out(tmp_path):
+    """Anyone can open TCP connections to the cluster port and send nothing; 80 of them
+    held open must not keep a new member from joining (docs/cluster.md, "Security")."""
+    config = cluster_config(tmp_path, "a", 1, [], stream_timeout=20.0)
+    with trio.fail_after(40):
+        async with running_node(config) as a:
+            host, port = a.cluster.address.rsplit(":", 1)
+            held = [await trio.open_tcp_stream(host, int(port)) for _ in range(80)]
+            try:
+                # well before stream_timeout would free a place
+                async with running_node(cluster_config(tmp_path, "b", 2, [a.cluster.address])) as b:
+                    await wait_until(lambda: len(b.cluster.membership.live_members()) == 2, timeout=5)
+                    assert b.cluster.membership.stats["joins"] >= 1
+                assert a.cluster.statistics()["streams_evicted"] >= 80 - 32
+            finally:
+                for stream in held:
+                    await stream.aclose()
