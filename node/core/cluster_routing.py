@@ -249,13 +249,18 @@ class ClusterRouting(Routing):
         gone = [n for n in known if n not in members and n != self.node_id]
         for node in members.keys() - known - {self.node_id}:
             self._entered_at[node] = trio.current_time()
-        unsent = [op for node in gone for op in self._peer_gone(node)]
+        unsent = [message for node in gone for message in self._peer_gone(node)]
         self._members = dict(members)
         self.departing &= set(members)
         self._bye_unanswered &= set(members)
         self._reown()
-        for _, name, fields, hops, *hint in unsent:  # to the chats' owners in the new view
-            self._serve_op(name, fields, hops, *hint)
+        for message in unsent:  # never left this node: to the chats' owners in the new view
+            if message[0] == "op":
+                _, name, fields, hops, *hint = message
+                self._serve_op(name, fields, hops, *hint)
+            else:  # "run": served here as if it had come from this node, answered to its request
+                _, req, name, fields, hops, *hint = message
+                self._serve_run(self.node_id, req, name, fields, hops, *hint)
 
     def _reown(self) -> None:
         """Recompute ownership from the live members less the departing ones, and move
@@ -374,11 +379,18 @@ class ClusterRouting(Routing):
                 await trio.lowlevel.checkpoint()
 
     def _peer_gone(self, node: int) -> list[Any]:
-        """Forget a member that left the view. Returns the fire-and-forget operations
-        (`received`, `read`) still queued for it: they never left, and go to the chats'
-        owners in the new view."""
+        """Forget a member that left the view. Returns the operations still queued for it,
+        fire-and-forget (`received`) or awaited (`read`, a reaction, a group change, ...):
+        they never left, so they go to the chats' owners in the new view, each applied
+        once. A `send` still queued fails like one in flight (the client retries it with
+        its client_msg_id); so do awaited operations whose request has already expired,
+        since their requester was told they failed."""
         assert self.links is not None
-        unsent = [m for m in self.links.drop_peer(node) if m[0] == "op"]
+        unsent = [m for m in self.links.drop_peer(node)
+                  if m[0] == "op" or (m[0] == "run" and m[1] in self._pending)]
+        for message in unsent:
+            if message[0] == "run":
+                self._pending[message[1]].peer = self.node_id  # answered here now
         waiting = [req for req, request in self._pending.items() if request.peer == node]
         if node in self.departing and self._nursery is not None:
             # It said `bye` and wrote out every answer it owed before it left, but the news

@@ -15,9 +15,11 @@ from typing import Any
 
 import argon2
 import pytest
+import trio
 from conftest import PASSWORD, cluster_storage, make_config, new_user, running_node
 
 from node.client import ChatClient, ClientError
+from node.cluster.ownership import owner_of
 from node.storage import WriteBatch
 from node.testing import wait_until as until
 
@@ -208,3 +210,65 @@ async def test_info_lists_every_node(tmp_path):
             info = await client.info()
         assert info["nodes"][0] == b.http_url
         assert set(info["nodes"]) == {a.http_url, b.http_url, c.http_url}
+
+
+async def test_a_read_queued_for_an_owner_that_died_goes_to_the_next_owner(tmp_path):
+    """A node crashes (no `bye`) while another node's link to it is down: the `read` a
+    device sends meanwhile waits in the link's queue, never sent. Once membership
+    declares the owner failed, it goes to the chat's next owner and is applied there: the
+    reader gets no error and the author hears of it (docs/cluster.md, "Between nodes")."""
+    slow = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 4}  # detection takes seconds
+
+    def config(node_id: int, seeds: list[str]):
+        name = f"n{node_id}"
+        return make_config(
+            tmp_path / name,
+            node={"data_dir": str(tmp_path / name / "data"), "id": node_id, "name": name},
+            cluster={"enabled": True, "bind_port": 0, "seeds": seeds, "keys": [KEY], **slow},
+            storage=cluster_storage(tmp_path),
+        )
+
+    async def crashable(cfg, task_status):
+        with trio.CancelScope() as scope:  # cancelled: it stops at once, without a goodbye
+            async with running_node(cfg) as node:
+                task_status.started((node, scope))
+                await trio.sleep_forever()
+
+    async with AsyncExitStack() as stack:
+        n1 = await stack.enter_async_context(running_node(config(1, [])))
+        n2 = await stack.enter_async_context(running_node(config(2, [n1.cluster.address])))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        n3, crash = await nursery.start(crashable, config(3, [n1.cluster.address]))
+        await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
+        alice, bob = await new_user(n1, "alice"), await new_user(n1, "bob")
+        stack.push_async_callback(alice.aclose)
+        stack.push_async_callback(bob.aclose)
+        for i in range(200):  # a chat that node 3 owns
+            chat = (await alice.create_group(f"g{i}", usernames=["bob"]))["id"]
+            if owner_of(int(chat), [1, 2, 3]) == 3:
+                break
+        a = await stack.enter_async_context(alice.connect())
+        b = await stack.enter_async_context(bob.connect(auto_ack=False))
+        await b.synced.wait()
+        await until(lambda: int(bob.user["id"]) in n3.routing.subs.get(int(chat), {}).get(1, set()))
+        seq = (await a.send_text(chat, "read me"))["seq"]
+        await b.wait_for("message", chat=chat, seq=seq)
+
+        crash.cancel()
+        links = n1.cluster.links
+
+        async def link_down() -> bool:  # a write into the dead stream breaks it; later ones queue
+            await b.send_events({"type": "received", "chat": chat, "seq": seq})
+            return not links.peer_statistics(3)["connected"]
+
+        await until(link_down, 5, interval=0.05)
+        queued = links.queued(3)
+        await b.read(chat, seq)
+        await until(lambda: links.queued(3) == queued + 1, 5)  # the read waits for node 3
+
+        read = await a.wait_for("read", timeout=20, chat=chat, user=bob.user["id"])
+        assert read["seq"] == seq
+        assert n1.cluster.membership.member(3).state == "failed"
+        assert [e for e in b.events_nowait() if e["type"] == "error"] == []
+        summary = next(c for c in await bob.chats() if c["id"] == chat)
+        assert summary["read_seq"] == seq
