@@ -6,12 +6,14 @@ Task tree (every task has an owner):
     ├── storage writer (group commit)           open_storage
     ├── chat sequencer                          core nursery
     ├── sweepers: expired messages, old dedupe  core nursery
+    ├── cluster membership and links            core nursery ([cluster] enabled)
     ├── sessions nursery: one task per chat WebSocket
-    └── listeners nursery: trio-websocket accept loop, hypercorn (REST + web client)
+    └── listeners nursery: the chat socket's accept loop (core/wsserver.py), hypercorn (REST + web client)
 
 Shutdown (`Node.request_shutdown`, SIGINT/SIGTERM): stop accepting; every session
 finishes its in-flight sends, flushes and closes with 1001; hypercorn drains; the
-sequencer and then the writer finish what is queued; LMDB closes.
+sequencer and then the writer finish what is queued; in a cluster the node hands its
+chats over and leaves; the storage engine closes.
 """
 
 from __future__ import annotations

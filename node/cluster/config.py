@@ -89,7 +89,7 @@ class ClusterConfig:
     """Gossip membership settings; the cluster is off unless enabled."""
 
     enabled: bool = False
-    bind_host: str = "127.0.0.1"  # UDP (gossip) and TCP (state exchange) share this address ...
+    bind_host: str = "127.0.0.1"  # UDP (gossip) and TCP (state exchanges, links) share this address ...
     bind_port: int = _int(7946, 0, 65535)  # ... and port; 0 picks a free one
     advertise_host: str = ""  # the address other members use; default bind_host
     advertise_port: int = _int(0, 0, 65535)  # default: the bound port
@@ -110,11 +110,11 @@ class ClusterConfig:
     push_pull_interval: float = _float(30.0, 0.0, 86_400.0)  # full state exchange; 0 turns it off
     reconnect_interval: float = _float(30.0, 0.0, 86_400.0)  # exchange with a failed member or absent seed; 0: never
     dead_member_timeout: float = _float(3600.0, 1.0, 30 * 86_400.0)  # failed/left members listed this long
-    stream_timeout: float = _float(10.0, 0.1, 600.0)  # one state exchange over TCP
+    stream_timeout: float = _float(10.0, 0.1, 600.0)  # one state exchange over TCP; a connection's first frame
     join_retry_interval: float = _float(5.0, 0.1, 3600.0)  # retry seeds while no member is reachable
     leave_timeout: float = _float(2.0, 0.0, 60.0)  # a polite stop's hand-over, then its spreading of the news
     max_packet_bytes: int = _int(1400, 512, 65_000)  # UDP payload, encryption included
-    max_stream_bytes: int = _int(8 * 1024 * 1024, 65_536, 1 << 30)  # one state exchange frame
+    max_stream_bytes: int = _int(8 * 1024 * 1024, 65_536, 1 << 30)  # one frame on TCP: a state exchange, a link batch
 
     def __attrs_post_init__(self) -> None:
         if self.probe_timeout >= self.probe_interval:
