@@ -293,7 +293,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                     task_status: trio.TaskStatus[Node]) -> None:
     manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints, node_version=VERSION)
     for plugin in manager.describe():
-        log.info("plugin %s %s%s", plugin["name"], plugin["version"], " (built in)" if plugin["builtin"] else "")
+        log.info("plugin %s %s %s", plugin["name"], plugin["version"], "built in" if plugin["builtin"] else "installed")
     data_dir = config.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new data dir is the node's alone
     async with open_storage(config.storage, data_dir, now=now_ms) as storage:

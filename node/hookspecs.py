@@ -236,7 +236,9 @@ def on_message_stored(ctx: PluginContext, message: Message) -> None:
 
 @notification
 def on_recipients_offline(ctx: PluginContext, message: Message, user_ids: list[int]) -> None:
-    """A content message was stored for members who have no device connected to this node.
+    """A content message was stored for members who had no device connected when it was
+    offered to them (to any node of a cluster; the sender never counts). Fired once, by
+    the node that stored it.
 
     Notification. Used by push.
     """
@@ -275,7 +277,8 @@ def on_reaction(ctx: PluginContext, chat_id: int, seq: int, message_id: int, use
 
 @notification
 def on_user_online(ctx: PluginContext, user_id: int) -> None:
-    """The first device of a user connected to this node.
+    """The first device of a user connected (in a cluster: to any node; fired once, on
+    the user's home node).
 
     Notification.
     """
@@ -283,7 +286,8 @@ def on_user_online(ctx: PluginContext, user_id: int) -> None:
 
 @notification
 def on_user_offline(ctx: PluginContext, user_id: int) -> None:
-    """The last device of a user disconnected from this node.
+    """The last device of a user disconnected (in a cluster: from every node; fired once,
+    on the user's home node).
 
     Notification.
     """
