@@ -9,6 +9,7 @@ import sys
 import types
 
 import attrs
+import orjson
 import pytest
 import trio
 from conftest import PASSWORD, make_config, new_user, running_node, wait_for_notifications
@@ -233,7 +234,7 @@ async def test_a_failing_handler_answers_with_a_code_and_keeps_the_connection(tm
                 await alice.request("POST", f"/api/faulty/{how}")
             assert (refused.value.code, refused.value.status) == (code, status)
         assert await alice.request("POST", "/api/faulty/fine") == {"poked": True}
-        assert node.plugins.statistics()["failures"] == {"faulty": 2}
+        assert node.plugins.statistics()["failures"]["faulty"] == 2
         assert "plugin faulty failed in its handler of 'poke' events" in caplog.text
         assert "plugin faulty failed in its route POST /api/faulty/<how>" in caplog.text
         await alice.aclose()
@@ -472,6 +473,45 @@ async def test_snapshots_are_read_only(tmp_path):
         with pytest.raises(TypeError):
             user.settings["read_receipts"] = False  # a read-only mapping
         assert (await node.chats.load(int(chat["id"]))).kind == "direct"
+        await alice.aclose(), await bob.aclose()
+
+
+async def test_what_is_nested_in_a_snapshot_is_read_only_too(tmp_path):
+    """A message's record shares nothing with the core: a plugin changing the media in it
+    would otherwise change the chat's last message in everyone's chat list."""
+
+    class Scribbler:
+        name = "scribbler"
+
+        def __init__(self):
+            self.refused = []
+
+        @hookimpl
+        def on_message_stored(self, message):
+            if message.kind == "file":
+                for mapping, change in ((message.record["media"], "set"), (message.record["media"], "update"),
+                                        (message.media, "set")):
+                    try:
+                        if change == "set":
+                            mapping["name"] = "scribbled"
+                        else:
+                            mapping.update(name="scribbled")
+                    except (TypeError, AttributeError):  # AttributeError: a mappingproxy has no update
+                        self.refused.append(True)
+                self.forwarded = orjson.loads(orjson.dumps(dict(message.record)))  # still plain JSON
+
+    scribbler = Scribbler()
+    async with open_test_node(tmp_path, plugins=[scribbler]) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        media = await alice.upload(b"plain words\n", name="notes.txt")
+        async with alice.connect() as a:
+            await a.send_text(chat["id"], "notes", kind="file", media=media["id"])
+        await wait_for_notifications(node)
+        assert scribbler.refused == [True, True, True]
+        assert scribbler.forwarded["media"]["name"] == "notes.txt"
+        [listed] = await bob.chats()
+        assert listed["last_message"]["media"]["name"] == "notes.txt"
         await alice.aclose(), await bob.aclose()
 
 
