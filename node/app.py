@@ -30,6 +30,7 @@ import orjson
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.typing import ASGIFramework
+from werkzeug.exceptions import HTTPException
 
 from .config import Config, ConfigError, listen_error
 from .core.accounts import Accounts, Device
@@ -149,7 +150,7 @@ class Node:
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]:
         """`check_message` for every kind, then `prepare_message` for new messages."""
-        await self.plugins.gate("check_message", user_id=user_id, chat_id=chat_id, content=content)
+        await self.plugins.check_message(user_id=user_id, chat_id=chat_id, content=content)
         if content["kind"] in ("edit", "delete"):
             return content
         return await self.plugins.prepare_message(user_id=user_id, chat_id=chat_id, content=content)
@@ -294,7 +295,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                     task_status: trio.TaskStatus[Node]) -> None:
     manager = Plugins(config.plugins, extra=plugins, load_entrypoints=load_entrypoints, node_version=VERSION)
     for plugin in manager.describe():
-        log.info("plugin %s %s%s", plugin["name"], plugin["version"], " (built in)" if plugin["builtin"] else "")
+        log.info("plugin %s %s %s", plugin["name"], plugin["version"], "built in" if plugin["builtin"] else "installed")
     data_dir = config.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new data dir is the node's alone
     async with open_storage(config.storage, data_dir, now=now_ms) as storage:
@@ -331,12 +332,11 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
         chats.metrics = node.metrics
         storage.writer.on_commit = node.metrics.observe_commit
         manager.bind(node)
-        for handlers in manager.collect("register_frame_types"):
-            for name, handler in handlers.items():
-                if name in node.frame_handlers:
-                    raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
-                node.frame_handlers[name] = handler
-        routes = [route for found in manager.collect("register_routes") for route in found]
+        for name, handler in manager.frame_types().items():
+            if name in node.frame_handlers:
+                raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
+            node.frame_handlers[name] = handler
+        routes = manager.routes(passthrough=(HTTPException,))
         app = node.http_app = create_app(node, routes)
         hub.on_user_online.append(routing.user_connected)
         hub.on_user_offline.append(routing.user_disconnected)

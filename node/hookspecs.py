@@ -27,7 +27,7 @@ time to isolate plugins from each other. Order follows pluggy (last registered f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
@@ -108,7 +108,9 @@ def register_routes(ctx: PluginContext) -> list[Route] | None:
 
     ``handler(request, **path_params)`` gets a ``node.Request`` and returns a
     ``node.Response`` or a JSON-able dict. ``await request.user_id()`` authenticates the
-    bearer token (or raises ``unauthorized``); admin routes need the admin token.
+    bearer token (or raises ``unauthorized``); admin routes need the admin token. A
+    ``ChatError``/``PluginError`` answers with its code, ``Reject`` with ``403 rejected``,
+    any other exception (logged with the plugin's name) with ``500 internal``.
 
     Collector. Fires: once, before the node listens.
     """
@@ -121,8 +123,9 @@ def register_frame_types(ctx: PluginContext) -> dict[str, FrameHandler] | None:
     ``await handler(client, event)`` runs in the connection's reader task; ``client`` is
     a ``node.Client`` (``user_id``, ``device_id``, ``send(event)``). Validate with
     ``node.check_fields``/``get_id``/``get_int``/``get_str``; raise ``PluginError`` (or a
-    documented code) to answer with an ``error`` event. A type the core or another plugin
-    handles stops start-up.
+    documented code) to answer with an ``error`` event, ``Reject`` for ``rejected``. Any
+    other exception is logged with the plugin's name and answered ``internal``; the
+    connection stays open. A type the core or another plugin handles stops start-up.
 
     Collector. Fires: once, before the node listens.
     """
@@ -155,11 +158,12 @@ def shutdown(ctx: PluginContext) -> None:
 
 
 @gate
-def check_message(ctx: PluginContext, user_id: int, chat_id: int, content: dict[str, Any]) -> None:
+def check_message(ctx: PluginContext, user_id: int, chat_id: int, content: Mapping[str, Any]) -> None:
     """A message is about to be stored: a client's ``send`` of any kind (text, media,
     ``edit`` with its new text, ``delete``) or a plugin's ``post_message``.
 
-    :param content: the validated content (``kind``, ``text``, ``target``, ...); read only.
+    :param content: the validated content (``kind``, ``text``, ``target``, ...): a
+        read-only mapping (lists in it are tuples); assigning to it raises ``TypeError``.
 
     Gate, awaited in the requester's task before the message reaches the sequencer.
     Raise ``Reject``/``PluginError`` to refuse it; nothing is stored.
@@ -167,10 +171,13 @@ def check_message(ctx: PluginContext, user_id: int, chat_id: int, content: dict[
 
 
 @gate
-def prepare_message(ctx: PluginContext, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any] | None:
+def prepare_message(ctx: PluginContext, user_id: int, chat_id: int, content: Mapping[str, Any]
+                    ) -> dict[str, Any] | None:
     """Transform a new message (not an edit or deletion) after ``check_message`` passed.
 
-    :return: ``None`` to keep it, or a new content dict (the next plugin sees that one).
+    :param content: the content so far, read-only as in ``check_message``.
+    :return: ``None`` to keep it, or a new content dict (the next plugin sees that one),
+        e.g. ``{**content, "text": ...}``.
         The media plugin swaps an upload's id for its metadata here.
 
     Gate, awaited in the requester's task. Raise to refuse, as in ``check_message``.
@@ -229,7 +236,9 @@ def on_message_stored(ctx: PluginContext, message: Message) -> None:
 
 @notification
 def on_recipients_offline(ctx: PluginContext, message: Message, user_ids: list[int]) -> None:
-    """A content message was stored for members who have no device connected to this node.
+    """A content message was stored for members who had no device connected when it was
+    offered to them (to any node of a cluster; the sender never counts). Fired once, by
+    the node that stored it.
 
     Notification. Used by push.
     """
@@ -268,7 +277,8 @@ def on_reaction(ctx: PluginContext, chat_id: int, seq: int, message_id: int, use
 
 @notification
 def on_user_online(ctx: PluginContext, user_id: int) -> None:
-    """The first device of a user connected to this node.
+    """The first device of a user connected (in a cluster: to any node; fired once, on
+    the user's home node).
 
     Notification.
     """
@@ -276,7 +286,8 @@ def on_user_online(ctx: PluginContext, user_id: int) -> None:
 
 @notification
 def on_user_offline(ctx: PluginContext, user_id: int) -> None:
-    """The last device of a user disconnected from this node.
+    """The last device of a user disconnected (in a cluster: from every node; fired once,
+    on the user's home node).
 
     Notification.
     """

@@ -29,7 +29,33 @@ EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return types.MappingProxyType(dict(mapping)) if mapping else EMPTY
+    """A read-only copy, all the way down: a snapshot shares nothing the core may still
+    hold (a chat's last message, say), and nothing in it can be changed."""
+    return types.MappingProxyType({k: _frozen_value(v) for k, v in mapping.items()}) if mapping else EMPTY
+
+
+class _ReadOnlyDict(dict[str, Any]):
+    """A mapping nested in a snapshot: read-only, and still a dict, so that a plugin can
+    send ``dict(message.record)`` on as JSON."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a snapshot is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # copies and pickles are plain dicts
+        return dict, (dict(self),)
+
+
+def _frozen_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return _ReadOnlyDict({k: _frozen_value(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen_value(v) for v in value)
+    return value
 
 
 # -- snapshots ----------------------------------------------------------------------------

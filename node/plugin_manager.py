@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable
+import types
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import cattrs
 import pluggy
 import trio
@@ -23,7 +25,8 @@ import trio
 from . import hookspecs
 from .config import ConfigError, PluginsSection, _first_problem, make_converter
 from .core.errors import ERROR_CODES, ChatError
-from .plugin_api import PluginContext, PluginError, Reject
+from .plugin_api import FrameHandler, PluginContext, PluginError, Reject, Route
+from .storage import StorageError
 
 if TYPE_CHECKING:
     from .app import Node
@@ -57,6 +60,13 @@ def _instantiate(obj: Any) -> Any:
 
 async def await_maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def read_only(content: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a gate sees of a message's content: a read-only view (its lists as tuples), so
+    that a gate cannot change what is stored behind the other gates' backs; only
+    ``prepare_message``'s return value replaces it."""
+    return types.MappingProxyType({k: tuple(v) if isinstance(v, list) else v for k, v in content.items()})
 
 
 def _version_of(plugin: Any, default: str) -> str:
@@ -274,6 +284,55 @@ class Plugins:
                 raise ConfigError(f"plugin {impl.plugin_name!r} failed in {hook}: {exc}") from exc
         return out
 
+    def frame_types(self) -> dict[str, FrameHandler]:
+        """Every plugin's chat-socket event handlers (``register_frame_types``), guarded."""
+        out: dict[str, FrameHandler] = {}
+        for plugin, handlers in self._collect_raw("register_frame_types", {}):
+            for name, handler in (handlers or {}).items():
+                if name in out:
+                    raise ConfigError(f"two handlers for the WebSocket event type {name!r}")
+                out[name] = self._guarded(plugin, f"its handler of {name!r} events", handler)
+        return out
+
+    def routes(self, *, passthrough: tuple[type[Exception], ...] = ()) -> list[Route]:
+        """Every plugin's HTTP routes (``register_routes``), their handlers guarded;
+        `passthrough`: exceptions the web layer answers itself (a body too large or too slow)."""
+        out = []
+        for plugin, routes in self._collect_raw("register_routes", {}):
+            for route in routes or ():
+                if not isinstance(route, Route):
+                    raise ConfigError(f"plugin {plugin!r}: register_routes must return node.Route objects, "
+                                      f"got {route!r}")
+                what = f"its route {route.method} {route.path}"
+                out.append(attrs.evolve(route, handler=self._guarded(plugin, what, route.handler, passthrough)))
+        return out
+
+    def _guarded(self, plugin: str, what: str, handler: Callable[..., Awaitable[Any]],
+                 passthrough: tuple[type[Exception], ...] = ()) -> Callable[..., Awaitable[Any]]:
+        """A plugin's route or event handler whose failures reach the client as documented
+        codes: ``Reject`` as ``rejected``, storage trouble as ``unavailable``, and any
+        other exception, logged with the plugin's name, as ``internal``. One plugin's bug
+        never closes the connection it came from."""
+
+        answered_as_is: tuple[type[Exception], ...] = (ChatError, *passthrough)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await handler(*args, **kwargs)
+            except Reject as exc:
+                raise ChatError("rejected", exc.message) from None
+            except answered_as_is:
+                raise
+            except StorageError as exc:
+                log.warning("plugin %s: storage failed in %s: %s", plugin, what, exc)
+                raise ChatError("unavailable", "storage is unavailable; retry") from None
+            except Exception:
+                log.exception("plugin %s failed in %s", plugin, what)
+                self.failures[plugin] = self.failures.get(plugin, 0) + 1
+                raise ChatError("internal", "a plugin failed while handling this request") from None
+
+        return call
+
     def collect(self, hook: str, **kwargs: Any) -> list[Any]:
         """A core collector hook: every plugin's non-None result, in call order."""
         return [result for _, result in self._collect_raw(hook, kwargs) if result is not None]
@@ -317,16 +376,22 @@ class Plugins:
         for impl in self._impls(hook):
             await self._run_gate(impl, hook, kwargs)
 
-    async def prepare_message(self, **kwargs: Any) -> dict[str, Any]:
-        """The ``prepare_message`` gate; returns the (possibly transformed) content."""
+    async def check_message(self, *, content: dict[str, Any], **kwargs: Any) -> None:
+        """The ``check_message`` gate, which sees the content read-only."""
+        await self.gate("check_message", content=read_only(content), **kwargs)
+
+    async def prepare_message(self, *, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """The ``prepare_message`` gate; returns the (possibly transformed) content. Each
+        plugin sees the content so far read-only and replaces it by returning a new dict."""
         for impl in self._impls("prepare_message"):
-            result = await self._run_gate(impl, "prepare_message", kwargs)
-            if result is not None:
+            view = read_only(content)
+            result = await self._run_gate(impl, "prepare_message", {**kwargs, "content": view})
+            if result is not None and result is not view:
                 if not isinstance(result, dict) or "kind" not in result:
                     log.error("plugin %s returned an invalid message from prepare_message", impl.plugin_name)
                     raise ChatError("internal", "a plugin failed while checking this message")
-                kwargs["content"] = result
-        return kwargs["content"]
+                content = result
+        return content
 
     async def _run_gate(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         try:

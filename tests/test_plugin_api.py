@@ -9,6 +9,7 @@ import sys
 import types
 
 import attrs
+import orjson
 import pytest
 import trio
 from conftest import PASSWORD, make_config, new_user, running_node, wait_for_notifications
@@ -145,6 +146,98 @@ async def test_an_undeclared_error_code_is_answered_as_internal(tmp_path):
                 await a.send_text(chat["id"], "hi")
         assert info.value.code == "internal"
         await alice.aclose(), await _bob.aclose()
+
+
+class Meddler:
+    """Tries to change a message in its gates instead of returning a new one."""
+
+    name = "meddler"
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+
+    def _meddle(self, hook: str, content) -> None:
+        try:
+            content["text"] = "changed by " + hook
+        except TypeError:
+            self.refused.append(hook)
+        with pytest.raises(AttributeError):
+            content["mentions"].append("1")  # a tuple
+
+    @hookimpl
+    def check_message(self, content):
+        self._meddle("check_message", content)
+
+    @hookimpl
+    def prepare_message(self, content):
+        self._meddle("prepare_message", content)
+        return content  # the content as it is: kept
+
+
+async def test_gates_see_the_content_read_only(tmp_path):
+    """check_message cannot change what is stored behind the other gates' backs; only
+    prepare_message's return value replaces the content."""
+    meddler = Meddler()
+    async with open_test_node(tmp_path, plugins=[meddler]) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        group = await alice.create_group("g", members=[bob.user["id"]])
+        async with alice.connect() as a:
+            await a.send_text(group["id"], "as written", mentions=[bob.user["id"]])
+        assert meddler.refused == ["check_message", "prepare_message"]
+        [message] = [m for m in await bob.history(group["id"]) if m["kind"] == "text"]
+        assert (message["text"], message["mentions"]) == ("as written", [bob.user["id"]])
+        await alice.aclose(), await bob.aclose()
+
+
+class Faulty:
+    """A chat-socket event type and a route whose handlers refuse, or fail with a bug."""
+
+    name = "faulty"
+
+    @hookimpl
+    def register_frame_types(self):
+        async def poke(client, event):
+            if event.get("how") == "reject":
+                raise Reject("not now")
+            if event.get("how") == "bug":
+                raise RuntimeError("a bug in the plugin")
+            client.send({"type": "poked"})
+
+        return {"poke": poke}
+
+    @hookimpl
+    def register_routes(self):
+        async def poke(request: Request, how: str):
+            if how == "reject":
+                raise Reject("not now")
+            if how == "bug":
+                raise RuntimeError("a bug in the plugin")
+            return {"poked": True}
+
+        return [Route("POST", "/api/faulty/<how>", poke)]
+
+
+async def test_a_failing_handler_answers_with_a_code_and_keeps_the_connection(tmp_path, caplog):
+    """Reject in a plugin's event handler or route is `rejected`; any other exception is
+    logged with the plugin's name and answered `internal`; the chat socket stays open."""
+    async with open_test_node(tmp_path, plugins=[Faulty()]) as node:
+        alice = await new_user(node, "alice")
+        async with alice.connect() as a:
+            await a.wait_for("synced")
+            for how, code in (("reject", "rejected"), ("bug", "internal")):
+                await a.send_events({"type": "poke", "how": how})
+                assert (await a.wait_for("error"))["code"] == code
+            await a.send_events({"type": "poke"})
+            await a.wait_for("poked")  # the same connection still serves
+        for how, code, status in (("reject", "rejected", 403), ("bug", "internal", 500)):
+            with pytest.raises(ClientError) as refused:
+                await alice.request("POST", f"/api/faulty/{how}")
+            assert (refused.value.code, refused.value.status) == (code, status)
+        assert await alice.request("POST", "/api/faulty/fine") == {"poked": True}
+        assert node.plugins.statistics()["failures"]["faulty"] == 2
+        assert "plugin faulty failed in its handler of 'poke' events" in caplog.text
+        assert "plugin faulty failed in its route POST /api/faulty/<how>" in caplog.text
+        await alice.aclose()
 
 
 @pytest.mark.parametrize("plugin, message", [
@@ -380,6 +473,45 @@ async def test_snapshots_are_read_only(tmp_path):
         with pytest.raises(TypeError):
             user.settings["read_receipts"] = False  # a read-only mapping
         assert (await node.chats.load(int(chat["id"]))).kind == "direct"
+        await alice.aclose(), await bob.aclose()
+
+
+async def test_what_is_nested_in_a_snapshot_is_read_only_too(tmp_path):
+    """A message's record shares nothing with the core: a plugin changing the media in it
+    would otherwise change the chat's last message in everyone's chat list."""
+
+    class Scribbler:
+        name = "scribbler"
+
+        def __init__(self):
+            self.refused = []
+
+        @hookimpl
+        def on_message_stored(self, message):
+            if message.kind == "file":
+                for mapping, change in ((message.record["media"], "set"), (message.record["media"], "update"),
+                                        (message.media, "set")):
+                    try:
+                        if change == "set":
+                            mapping["name"] = "scribbled"
+                        else:
+                            mapping.update(name="scribbled")
+                    except (TypeError, AttributeError):  # AttributeError: a mappingproxy has no update
+                        self.refused.append(True)
+                self.forwarded = orjson.loads(orjson.dumps(dict(message.record)))  # still plain JSON
+
+    scribbler = Scribbler()
+    async with open_test_node(tmp_path, plugins=[scribbler]) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        media = await alice.upload(b"plain words\n", name="notes.txt")
+        async with alice.connect() as a:
+            await a.send_text(chat["id"], "notes", kind="file", media=media["id"])
+        await wait_for_notifications(node)
+        assert scribbler.refused == [True, True, True]
+        assert scribbler.forwarded["media"]["name"] == "notes.txt"
+        [listed] = await bob.chats()
+        assert listed["last_message"]["media"]["name"] == "notes.txt"
         await alice.aclose(), await bob.aclose()
 
 

@@ -36,9 +36,11 @@ def installed_echo_bot(tmp_path, monkeypatch):
     sys.modules.pop("echo_bot", None)
 
 
-async def test_the_example_plugin_is_discovered_by_entry_point_and_answers(tmp_path, installed_echo_bot):
+async def test_the_example_plugin_is_discovered_by_entry_point_and_answers(tmp_path, installed_echo_bot, caplog):
+    caplog.set_level(logging.INFO, logger="node.app")
     async with running_node(make_config(tmp_path)) as node:
         assert "echo_bot" in node.plugins.names()
+        assert "plugin echo_bot 0.1.0 installed" in caplog.text  # as `chatnode plugins` lists it
         alice = await new_user(node, "alice")
         chat = await alice.open_direct(username="echobot")
         async with alice.connect() as a:

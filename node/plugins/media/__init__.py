@@ -20,6 +20,7 @@ media copy`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -110,7 +111,7 @@ class MediaPlugin:
             await self.service.store.aclose()
 
     @hookimpl
-    async def prepare_message(self, user_id: int, chat_id: int, content: dict[str, Any]):
+    async def prepare_message(self, user_id: int, chat_id: int, content: Mapping[str, Any]):
         if self.service is None or content.get("kind") not in ("image", "audio", "video", "file"):
             return None
         return await self.service.prepare(user_id, chat_id, content)

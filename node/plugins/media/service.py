@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -344,7 +345,7 @@ class MediaService:
 
     # -- sending (the gate) ------------------------------------------------------------
 
-    async def prepare(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any] | None:
+    async def prepare(self, user_id: int, chat_id: int, content: Mapping[str, Any]) -> dict[str, Any] | None:
         """`prepare_message`: resolve `media` to its metadata and record a pending share."""
         kind = content.get("kind")
         if kind not in MEDIA_KINDS:

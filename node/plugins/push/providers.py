@@ -1,7 +1,7 @@
 """The push provider contract, and the endpoint rules every built-in provider applies.
 
 A provider delivers a notification to one kind of target. Plugins add providers with the
-`register_push_providers(node)` hook, returning `{"kind": provider}`; a target registered
+`register_push_providers(ctx)` hook, returning `{"kind": provider}`; a target registered
 with `{"kind": "<kind>", ...}` is then served by that provider. A provider has:
 
 - `check_target(body) -> dict`: validate a registration body (`POST /api/push/targets`)
