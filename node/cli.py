@@ -84,16 +84,17 @@ def _add_storage_commands(commands: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def _hold_data_dir(path: Path, *, create: bool) -> Iterator[None]:
-    """Take the lock a running node holds on its data dir (preflight.LOCK_FILE): refused
+    """Take the lock a running node holds on its data dir (node.lock): refused
     while a node (or another copy) runs on it, and no node starts on it until we are done."""
     from .storage.copy import CopyRefused
+    from .storage.liveness import open_lock_file
 
     if not path.is_dir():
         if not create:
             yield
             return
         path.mkdir(mode=0o700, parents=True)
-    with (path / preflight.LOCK_FILE).open("a+") as lock:
+    with open_lock_file(path) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
