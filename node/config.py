@@ -261,12 +261,30 @@ def _path_of(exc: BaseException, prefix: str) -> str:
     return prefix
 
 
+#: Fields of a section that are not keys of its table.
+_INTERNAL = ("settings", "base_dir")
+
+
+def _known_keys(cls: type, unknown: set[str], prefix: str) -> str:
+    """What to write instead of a misspelt key: the closest one, else every key there is."""
+    import difflib
+
+    known = [f.name for f in attrs.fields(cls) if f.name not in _INTERNAL]
+    close = [match for name in sorted(unknown) for match in difflib.get_close_matches(name, known, n=1)]
+    if close and len(unknown) == 1:
+        return f"did you mean {close[0]}?"
+    if not prefix:
+        return f"the sections are [{'], ['.join(known)}]"
+    extra = " and a [plugins.<name>] table per plugin" if cls is PluginsSection else ""
+    return f"the keys there are {', '.join(known)}{extra}"
+
+
 def _first_problem(exc: BaseException, prefix: str = "") -> str:
     """Walk cattrs' exception tree down to the first leaf and name its key."""
     if isinstance(exc, ForbiddenExtraKeysError):
         keys = ", ".join(sorted(exc.extra_fields))
         where = f"[{prefix}]" if prefix else "the top level"
-        return f"unknown key(s) in {where}: {keys}"
+        return f"unknown key(s) in {where}: {keys}; {_known_keys(exc.cl, exc.extra_fields, prefix)}"
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
             return _first_problem(sub, _path_of(sub, prefix))

@@ -88,6 +88,8 @@ class Plugins:
         self._unhandled = 0  # notifications queued and not yet handled (see `pending`)
         self.versions: dict[str, str] = {}
         self.builtin: set[str] = set()
+        extra = list(extra)
+        self._check_disabled(config.disabled, extra)
         for name in config.disabled:
             self.pm.set_blocked(name)
         for name, target in DEFAULT_PLUGINS:
@@ -128,6 +130,16 @@ class Plugins:
         self.failures: dict[str, int] = {}
 
     # -- validation at start-up -------------------------------------------------------
+
+    @staticmethod
+    def _check_disabled(disabled: Iterable[str], extra: Iterable[Any]) -> None:
+        """A misspelt name in `[plugins] disabled` would leave that plugin running."""
+        known = {name for name, _ in DEFAULT_PLUGINS} | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        known |= {name for plugin in extra if isinstance(name := getattr(plugin, "name", None), str)}
+        for name in disabled:
+            if name not in known:
+                raise ConfigError(f"plugins.disabled: no plugin is named {name!r}; "
+                                  f"the plugins are {', '.join(sorted(known))}")
 
     def _add_plugin_hookspecs(self) -> None:
         for name, spec in self._collect_raw("register_hookspecs", {}, validate=False):
