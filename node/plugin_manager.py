@@ -424,10 +424,13 @@ class Plugins:
                     await trio.lowlevel.checkpoint()
 
     def statistics(self) -> dict[str, Any]:
+        """Every loaded plugin has its counters, at 0 until something happens, so that
+        /metrics has a series per plugin to alert on from the start."""
+        loaded = self.names()
         return {
-            "loaded": self.names(),
-            "dropped_notifications": dict(self.dropped),
-            "failures": dict(self.failures),
+            "loaded": loaded,
+            "dropped_notifications": {**dict.fromkeys(loaded, 0), **self.dropped},
+            "failures": {**dict.fromkeys(loaded, 0), **self.failures},
             **{name: ctx.statistics() for name, ctx in self.contexts.items() if ctx.statistics()},
         }
 
