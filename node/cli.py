@@ -244,6 +244,16 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # whoever read the output left (`chatnode admin ... | head`): that is no failure to
+        # report with a traceback; stdout goes nowhere so that the exit flushes nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(_config_path(args))

@@ -358,3 +358,18 @@ async def test_the_chatnode_admin_command(tmp_path, node):
                                   capture_stderr=True, check=False)
     assert done.returncode == 2 and "--yes" in done.stderr.decode()
     await alice.aclose()
+
+
+async def test_output_into_a_pipe_nobody_reads_is_no_traceback(node):
+    """`chatnode admin ... | head` that stops reading: exit 1, and nothing on stderr."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a byte
+    try:
+        done = await trio.run_process(
+            [sys.executable, "-m", "node", "admin", "--url", node.http_url, "--json", "stats"],
+            stdout=write_end, capture_stderr=True, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr.decode()) == (1, "")
