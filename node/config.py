@@ -167,13 +167,13 @@ class StorageSection:
     dedupe_retention: float = _float(604_800.0, 1.0, 315_360_000.0)  # seconds a client_msg_id is remembered
 
 
-MIN_ADMIN_TOKEN = 32  # characters
+MIN_ADMIN_TOKEN, MAX_ADMIN_TOKEN = 32, 512  # characters
 
 
 def _admin_token(_instance: Any, _attribute: attrs.Attribute, value: str) -> None:
-    if value and not re.fullmatch(rf"[\x21-\x7e]{{{MIN_ADMIN_TOKEN},512}}", value):
-        raise ValueError(f"token: must be at least {MIN_ADMIN_TOKEN} printable ASCII characters without spaces "
-                         f"(got {len(value)}); make one with `openssl rand -hex 32`")
+    if value and not re.fullmatch(rf"[\x21-\x7e]{{{MIN_ADMIN_TOKEN},{MAX_ADMIN_TOKEN}}}", value):
+        raise ValueError(f"token: must be at least {MIN_ADMIN_TOKEN} (and at most {MAX_ADMIN_TOKEN}) printable ASCII "
+                         f"characters without spaces (got {len(value)}); make one with `openssl rand -hex 32`")
 
 
 @attrs.frozen
