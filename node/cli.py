@@ -234,11 +234,12 @@ def _media_copy(args: argparse.Namespace, config: Config) -> int:
         return 2
     return 1 if counts["failed"] else 0
 def _config_path(args: argparse.Namespace) -> str | None:
-    """The config to load: `--config`; for `chatnode admin`, config.toml if there is one
-    (a command given the node's --url needs none), else the built-in defaults."""
+    """The config to load: `--config`; for `chatnode admin` and `chatnode cluster members`,
+    config.toml if there is one (a command given the node's --url needs none), else the
+    built-in defaults."""
     if hasattr(args, "config"):
         return args.config
-    if args.command == "admin" and not Path("config.toml").exists():
+    if args.command in ("admin", "cluster") and not Path("config.toml").exists():
         return None
     return "config.toml"
 
