@@ -84,13 +84,36 @@ def _origins(_instance: Any, attribute: attrs.Attribute, value: list[str]) -> No
             raise ValueError(f"{attribute.name}: {entry!r} is not a web origin (scheme://host[:port], no path)")
 
 
+def _url(*schemes: str):
+    """A URL clients are told: one of `schemes`, a host, no query or fragment ("" is none)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+        from urllib.parse import urlsplit
+
+        if not value:
+            return
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
+            starts = " or ".join(f"{scheme}://" for scheme in schemes)
+            example = f"{schemes[-1]}://chat.example.com{'/ws' if 'ws' in schemes else ''}"
+            raise ValueError(f"{attribute.name}: must be a URL starting with {starts} and a host, without a query "
+                             f"(for example {example}), got {value!r}")
+
+    return check
+
+
+def _url_path(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not re.fullmatch(r"/[\x21-\x7e]*", value) or "?" in value or "#" in value:
+        raise ValueError(f"{attribute.name}: {value!r} is not a URL path (it starts with /, for example \"/ws\")")
+
+
 @attrs.frozen
 class HttpSection:
     """The HTTP listener: REST API, web client and media (hypercorn + quart-trio)."""
 
     host: str = "127.0.0.1"
     port: int = _int(8080, 0, 65535)  # 0 picks a free port
-    public_url: str = ""  # what clients are told, e.g. behind a reverse proxy
+    public_url: str = attrs.field(default="", validator=_url("http", "https"))  # what clients are told, e.g. behind a proxy
     graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds to drain on shutdown (idle connections close at once)
     body_timeout: float = _float(10.0, 0.1, 3600.0)  # seconds a JSON request body may take to arrive
     # reverse proxies whose X-Forwarded-For/-Proto are believed (addresses or networks)
@@ -106,8 +129,8 @@ class WebSocketSection:
 
     host: str = "127.0.0.1"
     port: int = _int(8081, 0, 65535)
-    path: str = "/ws"
-    public_url: str = ""  # announced by GET /api/info; default ws://host:port/ws
+    path: str = attrs.field(default="/ws", validator=_url_path)
+    public_url: str = attrs.field(default="", validator=_url("ws", "wss"))  # announced by GET /api/info; default ws://host:port/ws
     tcp_user_timeout: float = _float(10.0, 1.0, 600.0)  # seconds before a stalled peer is cut
 
 

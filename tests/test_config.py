@@ -43,6 +43,11 @@ def test_the_shipped_config_is_the_defaults():
         ('[log]\nformat = "xml"\n', "log.format: must be one of text, json; got 'xml'"),
         ('[http]\nallowed_origins = ["https://chat.example/app"]\n',
          "http.allowed_origins: 'https://chat.example/app' is not a web origin"),
+        ('[http]\npublic_url = "chat.example.com"\n[admin]\ntoken = "0123456789abcdef0123456789abcdef"\n',
+         "http.public_url: must be a URL starting with http:// or https:// and a host"),
+        ('[websocket]\npublic_url = "https://chat.example.com/ws"\n[admin]\ntoken = "0123456789abcdef0123456789abcdef"\n',
+         "websocket.public_url: must be a URL starting with ws:// or wss:// and a host"),
+        ('[websocket]\npath = "ws"\n', "websocket.path: 'ws' is not a URL path (it starts with /"),
         ("[node\n", "not valid TOML"),
     ],
 )
