@@ -84,16 +84,17 @@ def _add_storage_commands(commands: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def _hold_data_dir(path: Path, *, create: bool) -> Iterator[None]:
-    """Take the lock a running node holds on its data dir (preflight.LOCK_FILE): refused
+    """Take the lock a running node holds on its data dir (node.lock): refused
     while a node (or another copy) runs on it, and no node starts on it until we are done."""
     from .storage.copy import CopyRefused
+    from .storage.liveness import open_lock_file
 
     if not path.is_dir():
         if not create:
             yield
             return
         path.mkdir(mode=0o700, parents=True)
-    with (path / preflight.LOCK_FILE).open("a+") as lock:
+    with open_lock_file(path) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -233,16 +234,27 @@ def _media_copy(args: argparse.Namespace, config: Config) -> int:
         return 2
     return 1 if counts["failed"] else 0
 def _config_path(args: argparse.Namespace) -> str | None:
-    """The config to load: `--config`; for `chatnode admin`, config.toml if there is one
-    (a command given the node's --url needs none), else the built-in defaults."""
+    """The config to load: `--config`; for `chatnode admin` and `chatnode cluster members`,
+    config.toml if there is one (a command given the node's --url needs none), else the
+    built-in defaults."""
     if hasattr(args, "config"):
         return args.config
-    if args.command == "admin" and not Path("config.toml").exists():
+    if args.command in ("admin", "cluster") and not Path("config.toml").exists():
         return None
     return "config.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # whoever read the output left (`chatnode admin ... | head`): that is no failure to
+        # report with a traceback; stdout goes nowhere so that the exit flushes nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(_config_path(args))

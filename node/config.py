@@ -84,13 +84,36 @@ def _origins(_instance: Any, attribute: attrs.Attribute, value: list[str]) -> No
             raise ValueError(f"{attribute.name}: {entry!r} is not a web origin (scheme://host[:port], no path)")
 
 
+def _url(*schemes: str):
+    """A URL clients are told: one of `schemes`, a host, no query or fragment ("" is none)."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+        from urllib.parse import urlsplit
+
+        if not value:
+            return
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
+            starts = " or ".join(f"{scheme}://" for scheme in schemes)
+            example = f"{schemes[-1]}://chat.example.com{'/ws' if 'ws' in schemes else ''}"
+            raise ValueError(f"{attribute.name}: must be a URL starting with {starts} and a host, without a query "
+                             f"(for example {example}), got {value!r}")
+
+    return check
+
+
+def _url_path(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not re.fullmatch(r"/[\x21-\x7e]*", value) or "?" in value or "#" in value:
+        raise ValueError(f"{attribute.name}: {value!r} is not a URL path (it starts with /, for example \"/ws\")")
+
+
 @attrs.frozen
 class HttpSection:
     """The HTTP listener: REST API, web client and media (hypercorn + quart-trio)."""
 
     host: str = "127.0.0.1"
     port: int = _int(8080, 0, 65535)  # 0 picks a free port
-    public_url: str = ""  # what clients are told, e.g. behind a reverse proxy
+    public_url: str = attrs.field(default="", validator=_url("http", "https"))  # what clients are told, e.g. behind a proxy
     graceful_timeout: float = _float(5.0, 0.0, 300.0)  # seconds to drain on shutdown (idle connections close at once)
     body_timeout: float = _float(10.0, 0.1, 3600.0)  # seconds a JSON request body may take to arrive
     # reverse proxies whose X-Forwarded-For/-Proto are believed (addresses or networks)
@@ -106,8 +129,8 @@ class WebSocketSection:
 
     host: str = "127.0.0.1"
     port: int = _int(8081, 0, 65535)
-    path: str = "/ws"
-    public_url: str = ""  # announced by GET /api/info; default ws://host:port/ws
+    path: str = attrs.field(default="/ws", validator=_url_path)
+    public_url: str = attrs.field(default="", validator=_url("ws", "wss"))  # announced by GET /api/info; default ws://host:port/ws
     tcp_user_timeout: float = _float(10.0, 1.0, 600.0)  # seconds before a stalled peer is cut
 
 
@@ -167,13 +190,13 @@ class StorageSection:
     dedupe_retention: float = _float(604_800.0, 1.0, 315_360_000.0)  # seconds a client_msg_id is remembered
 
 
-MIN_ADMIN_TOKEN = 32  # characters
+MIN_ADMIN_TOKEN, MAX_ADMIN_TOKEN = 32, 512  # characters
 
 
 def _admin_token(_instance: Any, _attribute: attrs.Attribute, value: str) -> None:
-    if value and not re.fullmatch(rf"[\x21-\x7e]{{{MIN_ADMIN_TOKEN},512}}", value):
-        raise ValueError(f"token: must be at least {MIN_ADMIN_TOKEN} printable ASCII characters without spaces "
-                         f"(got {len(value)}); make one with `openssl rand -hex 32`")
+    if value and not re.fullmatch(rf"[\x21-\x7e]{{{MIN_ADMIN_TOKEN},{MAX_ADMIN_TOKEN}}}", value):
+        raise ValueError(f"token: must be at least {MIN_ADMIN_TOKEN} (and at most {MAX_ADMIN_TOKEN}) printable ASCII "
+                         f"characters without spaces (got {len(value)}); make one with `openssl rand -hex 32`")
 
 
 @attrs.frozen
@@ -261,12 +284,30 @@ def _path_of(exc: BaseException, prefix: str) -> str:
     return prefix
 
 
+#: Fields of a section that are not keys of its table.
+_INTERNAL = ("settings", "base_dir")
+
+
+def _known_keys(cls: type, unknown: set[str], prefix: str) -> str:
+    """What to write instead of a misspelt key: the closest one, else every key there is."""
+    import difflib
+
+    known = [f.name for f in attrs.fields(cls) if f.name not in _INTERNAL]
+    close = [match for name in sorted(unknown) for match in difflib.get_close_matches(name, known, n=1)]
+    if close and len(unknown) == 1:
+        return f"did you mean {close[0]}?"
+    if not prefix:
+        return f"the sections are [{'], ['.join(known)}]"
+    extra = " and a [plugins.<name>] table per plugin" if cls is PluginsSection else ""
+    return f"the keys there are {', '.join(known)}{extra}"
+
+
 def _first_problem(exc: BaseException, prefix: str = "") -> str:
     """Walk cattrs' exception tree down to the first leaf and name its key."""
     if isinstance(exc, ForbiddenExtraKeysError):
         keys = ", ".join(sorted(exc.extra_fields))
         where = f"[{prefix}]" if prefix else "the top level"
-        return f"unknown key(s) in {where}: {keys}"
+        return f"unknown key(s) in {where}: {keys}; {_known_keys(exc.cl, exc.extra_fields, prefix)}"
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
             return _first_problem(sub, _path_of(sub, prefix))

@@ -98,6 +98,8 @@ class Plugins:
         self._unhandled = 0  # notifications queued and not yet handled (see `pending`)
         self.versions: dict[str, str] = {}
         self.builtin: set[str] = set()
+        extra = list(extra)
+        self._check_disabled(config.disabled, extra)
         for name in config.disabled:
             self.pm.set_blocked(name)
         for name, target in DEFAULT_PLUGINS:
@@ -138,6 +140,16 @@ class Plugins:
         self.failures: dict[str, int] = {}
 
     # -- validation at start-up -------------------------------------------------------
+
+    @staticmethod
+    def _check_disabled(disabled: Iterable[str], extra: Iterable[Any]) -> None:
+        """A misspelt name in `[plugins] disabled` would leave that plugin running."""
+        known = {name for name, _ in DEFAULT_PLUGINS} | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        known |= {name for plugin in extra if isinstance(name := getattr(plugin, "name", None), str)}
+        for name in disabled:
+            if name not in known:
+                raise ConfigError(f"plugins.disabled: no plugin is named {name!r}; "
+                                  f"the plugins are {', '.join(sorted(known))}")
 
     def _add_plugin_hookspecs(self) -> None:
         for name, spec in self._collect_raw("register_hookspecs", {}, validate=False):
@@ -477,10 +489,13 @@ class Plugins:
                     await trio.lowlevel.checkpoint()
 
     def statistics(self) -> dict[str, Any]:
+        """Every loaded plugin has its counters, at 0 until something happens, so that
+        /metrics has a series per plugin to alert on from the start."""
+        loaded = self.names()
         return {
-            "loaded": self.names(),
-            "dropped_notifications": dict(self.dropped),
-            "failures": dict(self.failures),
+            "loaded": loaded,
+            "dropped_notifications": {**dict.fromkeys(loaded, 0), **self.dropped},
+            "failures": {**dict.fromkeys(loaded, 0), **self.failures},
             **{name: ctx.statistics() for name, ctx in self.contexts.items() if ctx.statistics()},
         }
 

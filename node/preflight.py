@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from .config import Config, ConfigError
-
-LOCK_FILE = "node.lock"
+from .storage.liveness import open_lock_file
 
 
 def check_data_dir(config: Config) -> None:
@@ -35,7 +34,7 @@ def prepare_data_dir(config: Config) -> IO[str]:
     """
     path = config.data_dir
     _probe_data_dir(path, keep=True)
-    lock = (path / LOCK_FILE).open("a+")
+    lock = open_lock_file(path)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

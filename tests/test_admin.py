@@ -358,3 +358,33 @@ async def test_the_chatnode_admin_command(tmp_path, node):
                                   capture_stderr=True, check=False)
     assert done.returncode == 2 and "--yes" in done.stderr.decode()
     await alice.aclose()
+
+
+async def test_output_into_a_pipe_nobody_reads_is_no_traceback(node):
+    """`chatnode admin ... | head` that stops reading: exit 1, and nothing on stderr."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a byte
+    try:
+        done = await trio.run_process(
+            [sys.executable, "-m", "node", "admin", "--url", node.http_url, "--json", "stats"],
+            stdout=write_end, capture_stderr=True, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr.decode()) == (1, "")
+
+
+async def test_chatnode_cluster_members_needs_no_config_with_a_url(tmp_path, node):
+    """As `chatnode admin`, `chatnode cluster members --url` works where there is no
+    config.toml, and a node that is not there is exit code 1 (docs/admin.md)."""
+    cmd = [sys.executable, "-m", "node", "cluster", "members", "--json", "--url"]
+    done = await trio.run_process([*cmd, node.http_url], cwd=tmp_path, capture_stdout=True, capture_stderr=True,
+                                  check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"enabled": False, "members": [], "statistics": {}}
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # a port no node listens on
+        gone = f"http://127.0.0.1:{unused.getsockname()[1]}"
+        done = await trio.run_process([*cmd, gone], cwd=tmp_path, capture_stderr=True, check=False)
+    assert done.returncode == 1 and done.stderr.decode().startswith("chatnode: cannot reach the node at ")

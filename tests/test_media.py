@@ -498,7 +498,7 @@ async def test_a_chat_error_from_a_gate_reaches_the_sender_with_its_code(tmp_pat
                         await a.send_text(chat["id"], "later")
                     assert refused.value.code == "conflict" and refused.value.message == "not now"
                     await a.send_text(chat["id"], "now")
-            assert node.plugins.statistics()["failures"] == {}
+            assert not any(node.plugins.statistics()["failures"].values())
             await alice.aclose()
         finally:
             node.request_shutdown()

@@ -161,3 +161,22 @@ async def test_the_grafana_dashboard_uses_only_metrics_the_node_exports(node):
     for name in HISTOGRAMS + ("chatnode_errors_total", "chatnode_ws_closes_total"):
         assert f"`{name}" in documented, f"docs/operations.md does not explain {name}"
     await alice.aclose()
+
+
+async def test_every_metric_the_docs_name_is_there_from_the_start(node):
+    """docs/operations.md (and media.md) name metrics to graph and alert on: a fresh node
+    exports each (the cluster's only when clustered, PostgreSQL's only on PostgreSQL), and
+    every loaded plugin has its failure and dropped-notification series, at 0."""
+    metrics = await scrape(node)
+    postgresql_only = {"chatnode_storage_unknown_outcomes", "chatnode_storage_commit_timeouts"}
+    named = set()
+    for doc in ("operations.md", "media.md"):
+        named |= set(re.findall(r"`(chatnode_[a-z_]*[a-z])", (ROOT / "docs" / doc).read_text()))
+    named = {name.removesuffix("_total") for name in named
+             if not name.startswith(("chatnode_cluster", "chatnode_routing"))}
+    if node.config.storage.engine != "postgresql":
+        named -= postgresql_only
+    assert named - set(metrics) == set()
+    loaded = set(node.plugins.names())
+    for family in ("chatnode_plugins_failures", "chatnode_plugins_dropped_notifications"):
+        assert {s.labels["plugin"]: s.value for s in metrics[family]} == dict.fromkeys(loaded, 0)

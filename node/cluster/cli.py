@@ -22,7 +22,8 @@ def add_cluster_commands(commands: argparse._SubParsersAction) -> None:
     cluster = commands.add_parser("cluster", help="cluster membership")
     sub = cluster.add_subparsers(dest="cluster_command", required=True)
     members = sub.add_parser("members", help="the members a running node sees, and what each reports")
-    members.add_argument("--config", "-c", default="config.toml", help="the node's config.toml")
+    members.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                         help="the node's config.toml (default: config.toml, if there is one)")
     members.add_argument("--url", default=None, help="the node's HTTP URL (default: from the config)")
     members.add_argument("--json", action="store_true", help="print the endpoint's JSON")
     members.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the node")

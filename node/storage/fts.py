@@ -25,6 +25,7 @@ text is dropped), so a stale index can never show what is gone.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -40,6 +41,16 @@ SCHEMA = (
 )
 
 
+def _private(path: Path) -> None:
+    """The index holds the text of every message: the node's user alone may read it, as
+    the database beside it. SQLite gives its -wal and -shm files the main file's mode, so
+    the main file is made 0600 before SQLite creates it (an older one is changed)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
 class FtsIndex:
     """The SQLite side: open, (re)build, apply changes, search. Every method blocks: call
     it in a worker thread."""
@@ -52,6 +63,7 @@ class FtsIndex:
         self._reader: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
+        _private(self.path)
         conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")

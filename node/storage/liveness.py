@@ -17,15 +17,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-LOCK_FILE = "node.lock"  # as node/preflight.py
+LOCK_FILE = "node.lock"  # held by every running node (node/preflight.py)
 
 
 class InUse(Exception):
     """A node is running on this data (the message says which, and what to do)."""
 
 
+def open_lock_file(data_dir: Path) -> IO[str]:
+    """The data dir's lock file, 0600 as every file in the data dir (it holds only a
+    pid, but nothing there is for other users)."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    with contextlib.suppress(PermissionError):  # another user's lock file: flock tells the rest
+        os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a+")
+
+
 def _try_lock(data_dir: Path) -> IO[str]:
-    lock = (data_dir / LOCK_FILE).open("a+")
+    lock = open_lock_file(data_dir)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -8,6 +8,7 @@ trio's async file API, so writing never blocks the event loop.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -24,6 +25,14 @@ class AnalyticsSettings:
     file: str = "analytics.jsonl"  # relative to the data dir
     flush_interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0.0))
     max_buffer: int = attrs.field(default=10_000, validator=attrs.validators.ge(1))
+
+
+def _private(path: str, flags: int) -> int:
+    """The activity log names users and when they were online: the node's user alone
+    may read it, as every file in the data dir (one made by an older version too)."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 def now_ms() -> int:
@@ -48,7 +57,7 @@ class AnalyticsPlugin:
     async def startup(self, ctx: PluginContext, nursery) -> None:
         self.settings = ctx.settings
         if self.settings.enabled:
-            self._file = await trio.open_file(ctx.data_dir / self.settings.file, "ab")
+            self._file = await trio.open_file(ctx.data_dir / self.settings.file, "ab", opener=_private)
             nursery.start_soon(self._flusher)
 
     @hookimpl
