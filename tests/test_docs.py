@@ -18,6 +18,8 @@ def test_every_error_code_is_in_the_protocol_doc():
     text = (DOCS / "protocol.md").read_text()
     for code, (status, _meaning) in ERROR_CODES.items():
         assert re.search(rf"\| `{code}` \| {status} \|", text), f"{code} ({status}) missing from docs/protocol.md"
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| \d{3} \|", text, re.MULTILINE))
+    assert documented == set(ERROR_CODES), f"documented but never sent: {sorted(documented - set(ERROR_CODES))}"
 
 
 def test_every_close_code_is_in_the_protocol_doc():
