@@ -209,11 +209,11 @@ class ChatClient:
         pages: list[list[dict[str, Any]]] = []
         before = None
         while True:
-            messages = await self.history(chat_id, before=before, limit=page)
-            pages.append(messages)
-            if len(messages) < page:
+            found = await self.request("GET", f"/api/chats/{chat_id}/messages", before=before, limit=page)
+            pages.append(found["messages"])
+            if not found["has_more"]:  # (a page may be short: what you deleted or what expired is left out)
                 return [m for older in reversed(pages) for m in older]
-            before = messages[0]["seq"]
+            before = found["next_before"]
 
     async def history_around(self, chat_id: str, seq: int, *, limit: int = 50) -> dict[str, Any]:
         """A message in its context: ``{"messages", "has_more", "has_newer", "next_before"}``."""

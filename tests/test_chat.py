@@ -50,10 +50,16 @@ async def test_idempotent_retry_stores_one_message(node, users):
         again = await a.send_text(chat["id"], "once", client_msg_id="retry-1")
         assert again["duplicate"] is True
         assert (again["id"], again["seq"], again["ts"]) == (first["id"], first["seq"], first["ts"])
+        assert (first["status"], again["status"]) == ("pending", "sent")  # bob is offline; a retry says sent
+        await users("carol")
+        elsewhere = await alice.open_direct(username="carol")
+        moved = await a.send_text(elsewhere["id"], "changed", client_msg_id="retry-1")  # what it carries is moot
+        assert (moved["chat"], moved["id"], moved["duplicate"]) == (chat["id"], first["id"], True)
     async with alice.connect(resume=False) as a2:  # another connection, same retry
         third = await a2.send_text(chat["id"], "once", client_msg_id="retry-1")
         assert third["id"] == first["id"]
     assert [m["text"] for m in await bob.history(chat["id"])] == ["once"]
+    assert await alice.history(elsewhere["id"]) == []
 
 
 async def test_retry_inside_one_frame_is_deduplicated(node, users):

@@ -18,6 +18,8 @@ def test_every_error_code_is_in_the_protocol_doc():
     text = (DOCS / "protocol.md").read_text()
     for code, (status, _meaning) in ERROR_CODES.items():
         assert re.search(rf"\| `{code}` \| {status} \|", text), f"{code} ({status}) missing from docs/protocol.md"
+    documented = set(re.findall(r"^\| `([a-z_]+)` \| \d{3} \|", text, re.MULTILINE))
+    assert documented == set(ERROR_CODES), f"documented but never sent: {sorted(documented - set(ERROR_CODES))}"
 
 
 def test_every_close_code_is_in_the_protocol_doc():
@@ -59,3 +61,19 @@ def test_the_plugin_docs_name_every_public_api_name():
     text = (DOCS / "plugins.md").read_text()
     for name in node.__all__:
         assert f"`{name}" in text, f"docs/plugins.md does not mention {name}"
+
+
+def test_the_limits_table_gives_the_defaults_of_the_config():
+    """docs/operations.md, "Limits worth knowing": each `limits.` setting's default is the config's."""
+    import attrs
+
+    from node.config import LimitsSection
+
+    defaults = {field.name: field.default for field in attrs.fields(LimitsSection)}
+    text = (DOCS / "operations.md").read_text()
+    rows = re.findall(r"^\| `limits\.(\w+)`(?: / `(\w+)`)? \| ([\d.]+)(?: / ([\d.]+))?", text, re.MULTILINE)
+    assert len(rows) >= 8
+    for first, second, value, second_value in rows:
+        assert float(value) == defaults[first], first
+        if second:
+            assert float(second_value) == defaults[second], second

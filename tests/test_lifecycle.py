@@ -145,3 +145,45 @@ async def test_bad_ttl_values(node, users):
         with pytest.raises(ClientError) as info:
             await a.send_text(chat["id"], "x", ttl=-5)
         assert info.value.code == "bad_request"
+
+
+async def test_an_expired_message_is_gone_before_it_is_purged(tmp_path):
+    """Between its expiry and the sweep that purges it, a disappearing message is gone for
+    everything: no edit, deletion or reply names it (a deletion would have brought it
+    back as a tombstone), and history pages go on past it. What remains of a disappearing
+    message deleted for everyone disappears with it."""
+    config = make_config(tmp_path, storage={"sweep_interval": 3600})  # no purge during the test
+    async with running_node(config) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a:
+            before = await a.send_text(chat["id"], "before")
+            short = await a.send_text(chat["id"], "gone soon", ttl=1)
+            after = await a.send_text(chat["id"], "after")
+            await wait_until(lambda: now_ms() > short["ts"] + 1000)
+            assert await raw_log(node, chat["id"], short["seq"]) is not None  # expired, not purged
+            for attempt in (a.edit(chat["id"], short["id"], "changed"), a.delete(chat["id"], short["id"]),
+                            a.send_text(chat["id"], "what?", reply_to=short["id"])):
+                with pytest.raises(ClientError) as info:
+                    await attempt
+                assert info.value.code == "not_found"
+
+            page = await bob.request("GET", f"/api/chats/{chat['id']}/messages", limit=2)
+            assert [m["seq"] for m in page["messages"]] == [after["seq"]]  # a short page ...
+            assert page["has_more"] and page["next_before"] == short["seq"]  # ... that says where to go on
+            page = await bob.request("GET", f"/api/chats/{chat['id']}/messages", limit=2, before=page["next_before"])
+            assert [m["seq"] for m in page["messages"]] == [before["seq"]] and not page["has_more"]
+            assert [m["text"] for m in await bob.whole_history(chat["id"], page=2)] == ["before", "after"]
+
+            await bob.clear_history(chat["id"])
+            async with bob.connect() as b:  # nor does anyone act on what they cleared
+                with pytest.raises(ClientError) as info:
+                    await b.send_text(chat["id"], "what?", reply_to=after["id"])
+                assert info.value.code == "not_found"
+
+            kept = await a.send_text(chat["id"], "disappears later", ttl=3600)
+            deletion = await a.delete(chat["id"], kept["id"])
+        expires = kept["ts"] + 3600 * 1000
+        assert orjson.loads(await raw_log(node, chat["id"], kept["seq"]))["expires_at"] == expires  # the tombstone
+        assert orjson.loads(await raw_log(node, chat["id"], deletion["seq"]))["expires_at"] == expires
+        await alice.aclose(), await bob.aclose()

@@ -80,6 +80,13 @@ async def assert_nothing_stored(client, chat):
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": 5}', "bad_request"),
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": "x", "colour": "red"}', "bad_request"),
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "hologram", "text": "x"}', "bad_request"),
+        # a field the kind does not take
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "text", "text": "x", "target": "5"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "text", "text": "x", "media": "5"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "file", "media": "5", "target": "5"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "edit", "target": "5", "text": "x", "ttl": 5}',
+         "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "delete", "target": "5", "text": "x"}', "bad_request"),
         ('{"type": "received", "chat": "12", "seq": -1}', "bad_request"),
         ('{"type": "ping", "now": 1}', "bad_request"),  # ping takes no fields
         ('{"type": "hello", "token": "again"}', "unknown_type"),
@@ -153,8 +160,7 @@ async def test_client_msg_id_is_up_to_64_characters(pair):
 async def test_null_for_an_optional_field_of_hello_is_absent(pair):
     alice, _bob, _chat = pair
     async with open_websocket_url(await alice.ws_url()) as ws:
-        await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token, "cursors": None,
-                                            "device": None}).decode())
+        await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token, "cursors": None}).decode())
         await expect(ws, "welcome")
         await ws.send_message(orjson.dumps({"type": "typing", "chat": _chat["id"], "typing": None}).decode())
         await ws.send_message('{"type": "ping"}')
@@ -235,6 +241,54 @@ async def test_bad_token_is_refused_with_4001(pair, token):
         await ws.send_message(orjson.dumps({"type": "hello", "token": token}).decode())
         await expect(ws, "error", code="unauthorized")
         assert await expect_close(ws) == 4001
+
+
+@pytest.mark.parametrize("first", [
+    "{not json", "[]", '"hello"', '{"no": "type"}', '{"type": "ping", "now": 1}', '{"type": "ping"}',
+    '[{"type": "hello", "token": "T"}, {"type": "ping"}]', b'{"type": "hello", "token": "T"}',
+])
+async def test_anything_but_a_hello_first_is_not_hello(pair, first):
+    alice, _bob, _chat = pair
+    async with open_websocket_url(await alice.ws_url()) as ws:
+        await ws.send_message(first.replace("T", alice.token) if isinstance(first, str)
+                              else first.replace(b"T", alice.token.encode()))
+        await expect(ws, "error", code="not_hello")
+        assert await expect_close(ws) == 4000
+
+
+@pytest.mark.parametrize("extra", [{"device": "phone"}, {"cursors": {"abc": 1}}, {"cursors": [1]},
+                                   {"cursors": {"12": -1}}, {"cursors": {"12": "3"}}])
+async def test_a_malformed_hello_is_a_bad_request(pair, extra):
+    alice, _bob, _chat = pair
+    async with open_websocket_url(await alice.ws_url()) as ws:
+        await ws.send_message(orjson.dumps({"type": "hello", "token": alice.token, **extra}).decode())
+        await expect(ws, "error", code="bad_request")
+        assert await expect_close(ws) == 4000
+
+
+async def test_null_for_an_optional_field_of_send_is_absent(pair):
+    """Whatever the kind: `null` is no field, even one the kind does not take."""
+    alice, _bob, chat = pair
+    nulls = {"reply_to": None, "ttl": None, "forwarded": None, "mentions": None, "media": None, "target": None}
+    sends = [
+        {"kind": "text", "text": "one", **nulls},
+        {"kind": "edit", "text": "one (edited)", **nulls},  # (target: the first message's id)
+        {"kind": "delete", **nulls, "text": None},
+        {"kind": "text", "text": "two", **nulls},
+    ]
+    async with alice.connect() as a:
+        acks = []
+        for i, send in enumerate(sends):
+            event = {"type": "send", "client_msg_id": f"n{i}", "chat": chat["id"], **send}
+            if send["kind"] != "text":
+                event["target"] = acks[0]["id"]
+            await a.send_events(event)
+            answer = await a.wait_for("ack", where=lambda e, i=i: e.get("client_msg_id", e.get("ref")) == f"n{i}")
+            acks.append(answer)
+        assert [ack["seq"] for ack in acks] == [1, 2, 3, 4]
+    history = await alice.history(chat["id"])
+    assert [m["kind"] for m in history] == ["deleted", "edit", "delete", "text"]
+    assert not any("forwarded" in m or "expires_at" in m or "mentions" in m for m in history)
 
 
 async def test_first_frame_must_be_hello(pair):

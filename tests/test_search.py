@@ -237,7 +237,17 @@ async def test_history_around_a_message(node, users):
     assert [m["seq"] for m in start["messages"]] == list(range(1, 11)) and not start["has_more"]
     end = await bob.history_around(chat["id"], 30, limit=10)
     assert [m["seq"] for m in end["messages"]] == list(range(25, 31)) and not end["has_newer"]
+    for seq in (15, 30, 1):  # a page of one: the message itself (no half before it)
+        one = await bob.history_around(chat["id"], seq, limit=1)
+        assert [m["seq"] for m in one["messages"]] == [seq] and one["next_before"] == seq
+        assert (one["has_more"], one["has_newer"]) == (seq > 1, seq < 30)
+    two = await bob.history_around(chat["id"], 2, limit=2)
+    assert [m["seq"] for m in two["messages"]] == [1, 2] and not two["has_more"] and two["has_newer"]
     await expect_error("not_member", (await users("mallory")).history_around(chat["id"], 3))
+    await bob.clear_history(chat["id"])  # nothing is left to show around anything
+    for seq in (15, 30):
+        assert await bob.history_around(chat["id"], seq) == {"messages": [], "has_more": False, "has_newer": False,
+                                                             "next_before": None}
 
 
 @pytest.mark.engine("postgresql")

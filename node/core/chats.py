@@ -779,8 +779,11 @@ class Chats:
         out.discard(user_id)
         return out
 
-    async def history(self, user_id: int, chat_id: int, before: int | None, limit: int) -> list[dict]:
-        """Up to `limit` visible messages with seq < before, oldest first."""
+    async def history(self, user_id: int, chat_id: int, before: int | None, limit: int) -> dict[str, Any]:
+        """A page of history: the newest `limit` stored entries with seq < before that the
+        user may see, oldest first, less those expired (`messages`); whether older ones
+        may exist (`has_more`) and where the next page starts (`next_before`: the lowest
+        seq the page covered, even if it was left out)."""
         chat = await self.load(chat_id)
         visible = chat.visible_range(user_id) if chat else None
         if chat is None or visible is None:
@@ -788,10 +791,12 @@ class Chats:
         first, last = visible
         end = last + 1 if before is None else min(before, last + 1)
         if end <= first:
-            return []
+            return {"messages": [], "has_more": False, "next_before": None}
         rows = await self.storage.read_messages(chat_id, first, end, limit, reverse=True)
         now = now_ms()
-        return [m for m in (orjson.loads(raw) for _, raw in reversed(rows)) if not is_expired(m, now)]
+        messages = [m for m in (orjson.loads(raw) for _, raw in reversed(rows)) if not is_expired(m, now)]
+        return {"messages": messages, "has_more": len(rows) == limit and rows[-1][0] > first,
+                "next_before": rows[-1][0] if rows else None}
 
     async def read_range(self, chat_id: int, first: int, last: int, limit: int) -> list[tuple[int, bytes]]:
         """Raw log records with first <= seq <= last, oldest first."""

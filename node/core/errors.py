@@ -10,7 +10,7 @@ from __future__ import annotations
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "bad_request": (400, "a field is missing, has the wrong type or an invalid value"),
     "invalid_json": (400, "the frame or body is not valid JSON"),
-    "unknown_type": (400, "the frame's type is not one the server knows"),
+    "unknown_type": (400, "the event's type is not one the server knows"),
     "too_large": (413, "a message, frame or upload exceeds its size limit"),
     "unsupported_media_type": (415, "the upload's content is not of a type this node accepts"),
     "quota_exceeded": (413, "your uploads would take more than a user may keep on this node"),
@@ -31,11 +31,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "group_full": (409, "the group already has limits.max_group_members members"),
     "edit_window_passed": (409, "the message is older than the edit window"),
     "timeout": (408, "the request body did not arrive in time"),
-    "rate_limited": (429, "too many requests or frames; slow down and retry later"),
+    "rate_limited": (429, "too many requests, frames, messages or uploaded bytes; slow down and retry later"),
     "too_many_connections": (429, "the user already has limits.max_connections_per_user connections"),
     "not_hello": (400, "the first frame of a connection must be a hello"),
     "rejected": (403, "a plugin rejected the message"),
-    "unavailable": (503, "the node is shutting down or overloaded; retry"),
+    "unavailable": (503, "the node is shutting down, overloaded or cannot write; retry"),
     "internal": (500, "an internal error; the request changed nothing"),
 }
 

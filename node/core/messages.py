@@ -32,6 +32,17 @@ def get_mentions(raw: object) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+#: The fields a `send` takes besides these, by kind (docs/protocol.md, "send by kind").
+SEND_COMMON = frozenset({"type", "client_msg_id", "chat", "kind"})
+_CONTENT_FIELDS = frozenset({"text", "reply_to", "ttl", "forwarded", "mentions"})
+KIND_FIELDS: dict[str, frozenset[str]] = {
+    "text": _CONTENT_FIELDS,
+    **{kind: _CONTENT_FIELDS | {"media"} for kind in MEDIA_KINDS},
+    "edit": frozenset({"target", "text"}),
+    "delete": frozenset({"target"}),
+}
+
+
 def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str, Any]:
     """The content of a message from a client's `send` event, validated.
 
@@ -42,22 +53,23 @@ def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str,
       ``mentions`` (user ids of members of the group the message mentions).
     - ``edit``: ``target`` (a message id) and the new ``text``.
     - ``delete``: ``target``.
+
+    A field the kind does not take is refused; ``null`` is the same as leaving a field out.
     """
     check_fields(event, SEND_FIELDS)
     kind = event.get("kind")
     if kind not in SEND_KINDS:
         what = "is required" if kind is None else "must be"
         raise bad_request(f"'kind' {what} one of: {', '.join(sorted(SEND_KINDS))}")
+    event = {key: value for key, value in event.items() if value is not None}
+    extra = event.keys() - SEND_COMMON - KIND_FIELDS[kind]
+    if extra:
+        raise bad_request(f"{kind} does not take {', '.join(sorted(extra))}")
     content: dict[str, Any] = {"kind": kind}
     if kind in ("edit", "delete"):
         content["target"] = str(get_id(event, "target"))
-        extra = {"reply_to", "ttl", "media", "forwarded", "mentions"} & event.keys()
-        if extra:
-            raise bad_request(f"{kind} does not take {', '.join(sorted(extra))}")
         if kind == "edit":
             content["text"] = get_str(event, "text", max_bytes=limits.max_message_bytes)
-        elif "text" in event:
-            raise bad_request("delete does not take text")
         return content
     if kind in MEDIA_KINDS:
         content["media"] = str(get_id(event, "media"))
@@ -65,18 +77,16 @@ def content_from_send(event: dict[str, Any], limits: LimitsSection) -> dict[str,
         if caption:
             content["text"] = caption
     else:
-        if "media" in event:
-            raise bad_request("text messages do not take media")
         content["text"] = get_str(event, "text", max_bytes=limits.max_message_bytes)
-    if event.get("reply_to") is not None:
+    if "reply_to" in event:
         content["reply_to"] = str(get_id(event, "reply_to"))
-    if event.get("mentions") is not None:
+    if "mentions" in event:
         content["mentions"] = get_mentions(event["mentions"])
     forwarded = event.get("forwarded", False)
     if not isinstance(forwarded, bool):
         raise bad_request("'forwarded' must be true or false")
     if forwarded:
         content["forwarded"] = True  # shown as "Forwarded"
-    if event.get("ttl") is not None:
+    if "ttl" in event:
         content["ttl"] = check_ttl(event["ttl"])
     return content

@@ -12,7 +12,7 @@ import attrs
 
 from ..storage import WriteBatch
 from .chatprefs import announce_prefs
-from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation, Reads
+from .chats import CONTENT_KINDS, Awaitable, Chats, Effect, Operation, Reads, is_expired
 from .errors import ChatError
 from .reactions import forget_reactions
 from .state import ChatState
@@ -42,7 +42,7 @@ def store_message(
     if kind == "edit":
         content = _edit(chats, batch, chat, sender, member, content, now)
     elif kind == "delete":
-        content = _delete(chats, batch, chat, sender, member, content)
+        content = _delete(chats, batch, chat, sender, member, content, now)
     else:
         mentions = content.get("mentions")
         if mentions is not None:
@@ -54,10 +54,7 @@ def store_message(
                 del content["mentions"]
         reply_to = content.get("reply_to")
         if reply_to is not None:
-            target = chats.find_message(chat, int(reply_to))
-            if target is None or target["seq"] < member["from_seq"] or target["kind"] not in CONTENT_KINDS:
-                raise ChatError("not_found", "the message replied to is not in this chat")
-            content["reply_to_seq"] = target["seq"]
+            content["reply_to_seq"] = _target(chats, chat, member, {"target": reply_to}, now)["seq"]
         ttl = content.pop("ttl", None)
         ttl = chat.record.get("ttl", 0) if ttl is None else ttl
         if ttl:
@@ -66,20 +63,20 @@ def store_message(
     return chat, record, raw
 
 
-def _target(chats: Chats, chat: ChatState, member: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
-    """The message an edit or deletion is about: one the member can see (from the entry
-    that added them, not what they cleared): no one acts on messages from before they
-    joined, admins included."""
+def _target(chats: Chats, chat: ChatState, member: dict[str, Any], content: dict[str, Any], now: int) -> dict[str, Any]:
+    """The message an edit, a deletion or a reply is about: one the member can see (from the entry
+    that added them, not what they cleared, not expired): no one acts on messages from
+    before they joined, admins included."""
     target = chats.find_message(chat, int(content["target"]))
     first = max(member["from_seq"], member.get("cleared_seq", 0) + 1)
-    if target is None or target["kind"] not in CONTENT_KINDS or target["seq"] < first:
+    if target is None or target["kind"] not in CONTENT_KINDS or target["seq"] < first or is_expired(target, now):
         raise ChatError("not_found", "no such message in this chat")
     return target
 
 
 def _edit(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, member: dict, content: dict,
           now: int) -> dict:
-    target = _target(chats, chat, member, content)
+    target = _target(chats, chat, member, content, now)
     if target["from"] != str(sender):
         raise ChatError("forbidden", "only the sender may edit a message")
     if target["kind"] != "text" and "text" not in target:
@@ -94,8 +91,9 @@ def _edit(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, member:
     return edit
 
 
-def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, member: dict, content: dict) -> dict:
-    target = _target(chats, chat, member, content)
+def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, member: dict, content: dict,
+            now: int) -> dict:
+    target = _target(chats, chat, member, content, now)
     if target["from"] != str(sender) and not (chat.kind == "group" and member["role"] == "admin"):
         raise ChatError("forbidden", "only the sender or a group admin may delete a message")
     # The content is gone from storage; what remains says only that there was a message.
@@ -103,9 +101,12 @@ def _delete(chats: Chats, batch: WriteBatch, chat: ChatState, sender: int, membe
     tombstone.update(kind="deleted", deleted_by=str(sender))
     if target.get("media"):
         tombstone["deleted_media"] = target["media"].get("id")  # lets the media plugin release it
+    delete = {"kind": "delete", "target": target["id"], "target_seq": target["seq"]}
+    if target.get("expires_at"):  # a disappearing message: what remains of it disappears with it
+        tombstone["expires_at"] = delete["expires_at"] = target["expires_at"]
     chats.rewrite(chat, batch, tombstone)
     forget_reactions(batch, chat.id, target["seq"])
-    return {"kind": "delete", "target": target["id"], "target_seq": target["seq"]}
+    return delete
 
 
 def unmark_unread(chats: Chats, chat: ChatState, user_id: int, now: int) -> Effect | None:

@@ -98,15 +98,20 @@ async def history_around(node: Services, user_id: int, chat_id: int, seq: int, l
     if visible is None:
         raise ChatError("not_member")
     first, last = visible
+    if first > last:  # nothing to see (a history cleared up to its last entry)
+        return {"messages": [], "has_more": False, "has_newer": False, "next_before": None}
     center = min(max(seq, first), last)
-    older = await node.storage.read_messages(chat_id, first, center, limit // 2, reverse=True)
+    half = limit // 2
+    older = await node.storage.read_messages(chat_id, first, center, half + 1, reverse=True)  # one more: any older?
+    has_more = len(older) > half
+    older = older[:half]
     newer = await node.storage.read_messages(chat_id, center, last + 1, limit - len(older) + 1)
     now = now_ms()
     rows = list(reversed(older)) + newer
     messages = [m for m in (orjson.loads(raw) for _, raw in rows[:limit]) if not is_expired(m, now)]
     return {
         "messages": messages,
-        "has_more": len(older) == limit // 2 and bool(older) and older[-1][0] > first,
+        "has_more": has_more,
         "has_newer": len(rows) > limit,
         "next_before": rows[0][0] if rows else None,
     }

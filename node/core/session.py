@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 FrameHandler = Callable[["Session", dict[str, Any]], Awaitable[None]]
 
-HELLO_FIELDS = frozenset({"type", "token", "cursors", "device"})
+HELLO_FIELDS = frozenset({"type", "token", "cursors"})
 RECEIVED_FIELDS = frozenset({"type", "chat", "seq"})
 SYNCED = orjson.dumps({"type": "synced"})
 PONG = orjson.dumps({"type": "pong"})
@@ -187,7 +187,10 @@ class Session:
             text = await self.ws.get_message()
         if timeout.cancelled_caught:
             raise ChatError("not_hello", "no hello received in time")
-        events = parse_frame(text, 1) if isinstance(text, str) else []
+        try:
+            events = parse_frame(text, 1) if isinstance(text, str) else []
+        except ChatError:  # not JSON, not an event, several events: not a hello
+            events = []
         if len(events) != 1 or events[0]["type"] != "hello":
             raise ChatError("not_hello")
         hello = events[0]

@@ -517,10 +517,9 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
         limit = query_int("limit", 50, 1, limits.history_page)
         if around is not None:  # a message in its context (a search result, a starred message)
             page = await history_around(node, device.user_id, path_id(chat_id), around, limit)
-            messages = page.pop("messages")
         else:
-            messages = await chats.history(device.user_id, path_id(chat_id), before, limit)
-            page = {"has_more": len(messages) == limit, "next_before": messages[0]["seq"] if messages else None}
+            page = await chats.history(device.user_id, path_id(chat_id), before, limit)
+        messages = page.pop("messages")
         chat = await chats.load(path_id(chat_id))
         if chat is not None:
             await add_status(node, device.user_id, chat, messages)
