@@ -125,7 +125,7 @@ class HttpSection:
 
 @attrs.frozen
 class WebSocketSection:
-    """The chat WebSocket listener (bare trio-websocket: the hot path)."""
+    """The chat WebSocket listener (node/core/websocket.py on bare trio sockets: the hot path)."""
 
     host: str = "127.0.0.1"
     port: int = _int(8081, 0, 65535)
