@@ -30,12 +30,12 @@ FAST = {"probe_interval": 0.2, "probe_timeout": 0.08, "gossip_interval": 0.05, "
         "push_pull_interval": 2.0, "reconnect_interval": 2.0, "leave_timeout": 0.5}
 
 
-def node_config(tmp_path: Path, node_id: int, seeds: list[str], **extra: Any):
+def node_config(tmp_path: Path, node_id: int, seeds: list[str], timings: dict[str, float] = FAST, **extra: Any):
     name = f"n{node_id}"
     return make_config(
         tmp_path / name,
         node={"data_dir": str(tmp_path / name / "data"), "id": node_id, "name": name},
-        cluster={"enabled": True, "bind_port": 0, "seeds": seeds, "keys": [KEY], **FAST},
+        cluster={"enabled": True, "bind_port": 0, "seeds": seeds, "keys": [KEY], **timings},
         storage=cluster_storage(tmp_path),
         plugins={"lastseen": {"grace": 0.1}},
         **extra,
@@ -219,14 +219,6 @@ async def test_a_read_queued_for_an_owner_that_died_goes_to_the_next_owner(tmp_p
     reader gets no error and the author hears of it (docs/cluster.md, "Between nodes")."""
     slow = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 4}  # detection takes seconds
 
-    def config(node_id: int, seeds: list[str]):
-        name = f"n{node_id}"
-        return make_config(
-            tmp_path / name,
-            node={"data_dir": str(tmp_path / name / "data"), "id": node_id, "name": name},
-            cluster={"enabled": True, "bind_port": 0, "seeds": seeds, "keys": [KEY], **slow},
-            storage=cluster_storage(tmp_path),
-        )
 
     async def crashable(cfg, task_status):
         with trio.CancelScope() as scope:  # cancelled: it stops at once, without a goodbye
@@ -235,10 +227,10 @@ async def test_a_read_queued_for_an_owner_that_died_goes_to_the_next_owner(tmp_p
                 await trio.sleep_forever()
 
     async with AsyncExitStack() as stack:
-        n1 = await stack.enter_async_context(running_node(config(1, [])))
-        n2 = await stack.enter_async_context(running_node(config(2, [n1.cluster.address])))
+        n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [], slow)))
+        n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address], slow)))
         nursery = await stack.enter_async_context(trio.open_nursery())
-        n3, crash = await nursery.start(crashable, config(3, [n1.cluster.address]))
+        n3, crash = await nursery.start(crashable, node_config(tmp_path, 3, [n1.cluster.address], slow))
         await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
         alice, bob = await new_user(n1, "alice"), await new_user(n1, "bob")
         stack.push_async_callback(alice.aclose)
