@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -196,8 +196,9 @@ class Request(Protocol):
     content_length: int | None
     remote_addr: str  # the client's address (a trusted proxy's X-Forwarded-For applied)
 
-    async def json(self) -> dict[str, Any]:
-        """The body as a JSON object (bounded in size and time; see docs/protocol.md)."""
+    async def json(self, fields: Collection[str] | None = None) -> dict[str, Any]:
+        """The body as a JSON object (bounded in size and time; see docs/protocol.md); with
+        `fields`, a body with any other field is refused with ``bad_request``."""
         ...
 
     def body(self) -> AsyncIterator[bytes]:

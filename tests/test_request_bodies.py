@@ -101,3 +101,38 @@ async def test_a_body_at_the_limit_still_works(node, users):
     with pytest.raises(ClientError) as info:
         await alice.request("PATCH", "/api/me/settings", json={"read_receipts": True, "x": "p" * (60 * 1024)})
     assert info.value.code == "bad_request" and "unknown setting" in str(info.value)
+
+
+async def test_a_body_field_a_route_does_not_take_is_refused_and_changes_nothing(node, users):
+    """Every JSON body of the core (and the receipts plugin's read) names what it takes: a
+    misspelt field is `bad_request` naming the fields it takes, not silently left out."""
+    alice, bob = await users("alice"), await users("bob")
+    direct = await alice.open_direct(username="bob")
+    group = await alice.create_group("plans", usernames=["bob"])
+    async with alice.connect() as conn:
+        await conn.send_text(direct["id"], "hello")
+    carol_password = "carol-password-1"
+    calls = [  # (client, method, path, a body the route takes, a misspelling of one of its fields)
+        (alice, "POST", "/api/register", {"username": "carol", "password": carol_password}, "displayname"),
+        (alice, "POST", "/api/login", {"username": "bob", "password": "x" * 12}, "devices"),
+        (alice, "POST", "/api/me/password", {"current_password": "x" * 12, "new_password": "y" * 12}, "new_pasword"),
+        (alice, "POST", "/api/chats/direct", {"username": "bob"}, "user"),
+        (alice, "POST", "/api/groups", {"title": "more plans"}, "member"),
+        (alice, "POST", f"/api/chats/{group['id']}/members", {"usernames": ["bob"]}, "user"),
+        (bob, "POST", f"/api/chats/{direct['id']}/read", {"seq": 1}, "sequence"),
+    ]
+    for client, method, path, body, misspelt in calls:
+        with pytest.raises(ClientError) as info:
+            await client.request(method, path, json={**body, misspelt: 1})
+        assert info.value.status == 400 and info.value.code == "bad_request", (path, info.value)
+        assert misspelt in info.value.message and all(field in info.value.message for field in body), info.value
+    # ... and nothing happened: no account, no chat, no read
+    with pytest.raises(ClientError) as info:
+        await alice.request("POST", "/api/login", json={"username": "carol", "password": carol_password})
+    assert info.value.code == "unauthorized"
+    assert [c["title"] for c in await alice.chats() if c["kind"] == "group"] == ["plans"]
+    chats = {c["id"]: c for c in await bob.chats()}
+    assert chats[direct["id"]]["unread"] == 1
+    with pytest.raises(ClientError) as info:  # one of the two, not both
+        await alice.request("POST", "/api/chats/direct", json={"username": "bob", "user_id": bob.user["id"]})
+    assert info.value.code == "bad_request"

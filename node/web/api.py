@@ -6,7 +6,7 @@ import hmac
 import ipaddress
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 import orjson
@@ -72,11 +72,13 @@ def error_response(exc: ChatError) -> Response:
     return response
 
 
-async def json_body() -> dict[str, Any]:
+async def json_body(fields: Collection[str] | None = None) -> dict[str, Any]:
     """The request's JSON object, read with a cap and a deadline: the size is checked
     against Content-Length before anything is read and against what arrived after every
     chunk, so a huge or endless body costs at most MAX_JSON_BODY bytes of memory, and a
-    body that trickles in is cut off after `http.body_timeout` seconds (408)."""
+    body that trickles in is cut off after `http.body_timeout` seconds (408). With
+    `fields`, a body with any other field is refused (a misspelt field is an error, not
+    a field silently left out)."""
     too_large = ChatError("too_large", f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
     if (request.content_length or 0) > MAX_JSON_BODY:
         raise too_large
@@ -99,7 +101,17 @@ async def json_body() -> dict[str, Any]:
         raise ChatError("invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
+    if fields is not None:
+        check_body_fields(body, fields)
     return body
+
+
+def check_body_fields(body: dict[str, Any], fields: Collection[str]) -> None:
+    """Refuse a body field the request does not take, naming those it does."""
+    unknown = body.keys() - set(fields)
+    if unknown:
+        raise bad_request(f"unknown field(s) in the body: {', '.join(sorted(unknown))}; "
+                          f"it takes {', '.join(sorted(fields))}")
 
 
 def path_id(value: str) -> int:
@@ -378,7 +390,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
 
     @app.post("/api/register")
     async def register() -> Response:
-        body = await json_body()
+        body = await json_body(("username", "password", "display_name"))
 
         async def gate(username: str, display_name: str) -> None:
             await node.plugins.gate("check_registration", username=username, display_name=display_name,
@@ -390,7 +402,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
 
     @app.post("/api/login")
     async def login() -> Response:
-        body = await json_body()
+        body = await json_body(("username", "password", "device"))
         result = await accounts.login(body.get("username"), body.get("password"), client_address(), body.get("device"))
         return json_response(result)
 
@@ -438,7 +450,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     @app.post("/api/me/password")
     async def change_password() -> Response:
         device = await current_device()
-        body = await json_body()
+        body = await json_body(("current_password", "new_password"))
         revoked = await accounts.change_password(
             device, body.get("current_password"), body.get("new_password"), client_address()
         )
@@ -479,7 +491,9 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     @app.post("/api/chats/direct")
     async def open_direct() -> Response:
         device = await current_device()
-        body = await json_body()
+        body = await json_body(("user_id", "username"))
+        if len(body) != 1:
+            raise bad_request("give 'user_id' or 'username' (one of them)")
         if "user_id" in body:
             try:
                 peer = await accounts.user(parse_id(body["user_id"]))
@@ -544,7 +558,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     @app.post("/api/groups")
     async def create_group() -> Response:
         device = await current_device()
-        body = await json_body()
+        body = await json_body(("title", "members", "usernames"))
         title = check_title(body.get("title"))
         members = await user_ids_from(node, body, "members")
         await node.plugins.gate("check_join", chat_id=0, user_ids=[device.user_id, *members], by=device.user_id)
@@ -589,7 +603,7 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
     @app.post("/api/chats/<chat_id>/members")
     async def add_members(chat_id: str) -> Response:
         device = await current_device()
-        users = await user_ids_from(node, await json_body())
+        users = await user_ids_from(node, await json_body(("users", "usernames")))
         if not users:
             raise bad_request("give 'users' (ids) or 'usernames'")
         await node.plugins.gate("check_join", chat_id=path_id(chat_id), user_ids=users, by=device.user_id)

@@ -197,17 +197,18 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "*/*": {"schema": {"type": "string", "format": "binary"}}}}}, 404, public=True),
     # -- accounts --
     "POST /api/register": op("Create an account", {201: OK_USER}, 403, 409, 429, public=True, body=obj(
-        ["username", "password"], username=STRING, password=STRING, display_name=nullable(STRING))),
+        ["username", "password"], closed=True, username=STRING, password=STRING, display_name=nullable(STRING))),
     "POST /api/login": op("Log in: a token for a new device", {200: json_answer(obj(
         ["token", "device_id", "user"], token=STRING, device_id=ref("Id"), user=ref("User")))}, 401, 403, 429,
-        public=True, body=obj(["username", "password"], username=STRING, password=STRING, device=nullable(STRING))),
+        public=True, body=obj(["username", "password"], closed=True, username=STRING, password=STRING,
+                               device=nullable(STRING))),
     "POST /api/logout": op("Log this device out", {204: NO_CONTENT}),
     "GET /api/me": op("You, your device and your settings", {200: json_answer(obj(
         ["user", "device_id", "settings"], user=ref("User"), device_id=ref("Id"), settings=ref("Settings")))}),
     "PATCH /api/me": op("Change your display name", {200: OK_USER}, body=obj(
         ["display_name"], closed=True, display_name=STRING)),
     "POST /api/me/password": op("Change your password", {200: json_answer(obj(["revoked"], revoked=SEQ))}, 403,
-                                429, body=obj(["current_password", "new_password"], current_password=STRING,
+                                429, body=obj(["current_password", "new_password"], closed=True, current_password=STRING,
                                               new_password=STRING)),
     "PATCH /api/me/settings": op("Change your settings", {200: json_answer(obj(["settings"], settings=ref(
         "Settings")))}, 404, body=obj(closed=True, read_receipts=BOOL,
@@ -232,7 +233,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         closed=True, user=ref("Id"), chat=ref("Id"), reason={"type": "string", "maxLength": 1000}, block=BOOL)),
     # -- chats --
     "POST /api/chats/direct": op("The 1-1 chat with a user", {200: OK_CHAT}, 403, 404, body={"anyOf": [
-        obj(["user_id"], user_id=ref("Id")), obj(["username"], username=STRING)]}),
+        obj(["user_id"], closed=True, user_id=ref("Id")), obj(["username"], closed=True, username=STRING)]}),
     "GET /api/chats": op("Your chats", {200: json_answer(obj(["chats"], chats=array(ref("Chat"))))}, 400,
                          query={"hidden": {"enum": ["0", "1"]}}),
     "GET /api/chats/{chat_id}": op("A chat", {200: OK_CHAT}, 403, 404),
@@ -254,12 +255,12 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         ["media"], closed=True, media=ref("Id"))),
     "DELETE /api/chats/{chat_id}/photo": op("Remove a group's photo (admins)", {200: OK_CHAT}, 400, 403, 404),
     "POST /api/groups": op("Create a group", {201: OK_CHAT}, 403, 404, 409, body=obj(
-        ["title"], title=STRING, members=array(ref("Id")), usernames=array(STRING))),
+        ["title"], closed=True, title=STRING, members=array(ref("Id")), usernames=array(STRING))),
     "GET /api/chats/{chat_id}/members": op("A chat's members", {200: json_answer(obj(["members"], members=array(
         obj(["user", "role", "joined", "delivered_seq", "read_seq"], user=ref("User"), role=STRING, joined=MS,
             delivered_seq=nullable(SEQ), read_seq=nullable(SEQ)))))}, 403, 404),
     "POST /api/chats/{chat_id}/members": op("Add members (admins)", {200: OK_CHAT}, 400, 403, 404, 409, body=obj(
-        users=array(ref("Id")), usernames=array(STRING))),
+        closed=True, users=array(ref("Id")), usernames=array(STRING))),
     "DELETE /api/chats/{chat_id}/members/{user_id}": op("Remove a member (admins), or leave", {204: NO_CONTENT},
                                                         400, 403, 404),
     "POST /api/chats/{chat_id}/leave": op("Leave a group", {204: NO_CONTENT}, 400, 403, 404),
@@ -268,7 +269,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                                        400, 403, 404, 409),
     "POST /api/chats/{chat_id}/read": op("Mark read up to a seq", {200: json_answer(obj(["read_seq"],
                                                                                         read_seq=SEQ))},
-                                         403, 404, body=obj(["seq"], seq=SEQ)),
+                                         403, 404, body=obj(["seq"], closed=True, seq=SEQ)),
     "GET /api/chats/{chat_id}/messages/{seq}/receipts": op("Who has and who read your message", {200: json_answer(
         obj(["read", "delivered", "pending"], read=array(ref("Id")), delivered=array(ref("Id")),
             pending=array(ref("Id"))))}, 403, 404),

@@ -7,7 +7,7 @@ plugin API stable whatever serves HTTP.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from quart import Response as QuartResponse
@@ -26,7 +26,7 @@ class PluginRequest:
 
     __slots__ = ("_client_address", "_current_device", "_json_body")
 
-    def __init__(self, json_body: Callable[[], Any], current_device: Callable[[], Any],
+    def __init__(self, json_body: Callable[..., Any], current_device: Callable[[], Any],
                  client_address: Callable[[], str]) -> None:
         self._json_body = json_body
         self._current_device = current_device
@@ -56,8 +56,8 @@ class PluginRequest:
     def remote_addr(self) -> str:
         return self._client_address()
 
-    async def json(self) -> dict[str, Any]:
-        return await self._json_body()
+    async def json(self, fields: Collection[str] | None = None) -> dict[str, Any]:
+        return await self._json_body(fields)
 
     def body(self) -> AsyncIterator[bytes]:
         return request.body.__aiter__()
@@ -78,7 +78,7 @@ def to_quart(result: Response | dict[str, Any]) -> QuartResponse:
     return out
 
 
-def mount(app: QuartTrio, node: Node, routes: list[Route], *, json_body: Callable[[], Any],
+def mount(app: QuartTrio, node: Node, routes: list[Route], *, json_body: Callable[..., Any],
           current_device: Callable[[Node], Any], client_address: Callable[[], str],
           require_admin: Callable[[], None]) -> None:
     """Add every plugin route to the app."""

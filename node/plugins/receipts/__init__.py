@@ -76,7 +76,7 @@ class ReceiptsPlugin:
     def register_routes(self, ctx: PluginContext):
         async def mark_read(request: Request, chat_id: str):
             user_id = await request.user_id()
-            body = await request.json()
+            body = await request.json(fields=("seq",))
             seq = body.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
                 raise ChatError("bad_request", "'seq' must be an integer >= 0")
