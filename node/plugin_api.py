@@ -31,7 +31,9 @@ EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     """A read-only copy, all the way down: a snapshot shares nothing the core may still
     hold (a chat's last message, say), and nothing in it can be changed."""
-    return types.MappingProxyType({k: _frozen_value(v) for k, v in mapping.items()}) if mapping else EMPTY
+    if not mapping:
+        return EMPTY
+    return types.MappingProxyType({k: v if type(v) in _SCALARS else _frozen_value(v) for k, v in mapping.items()})
 
 
 class _ReadOnlyDict(dict[str, Any]):
@@ -50,11 +52,19 @@ class _ReadOnlyDict(dict[str, Any]):
         return dict, (dict(self),)
 
 
+#: What JSON holds besides objects and arrays: kept as they are (a snapshot of a message is
+#: taken for every message stored, so the common case is kept cheap).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _frozen_value(value: Any) -> Any:
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is list or kind is tuple:
+        return tuple([_frozen_value(v) for v in value])
     if isinstance(value, Mapping):
-        return _ReadOnlyDict({k: _frozen_value(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_frozen_value(v) for v in value)
+        return _ReadOnlyDict({k: v if type(v) in _SCALARS else _frozen_value(v) for k, v in value.items()})
     return value
 
 
