@@ -1,8 +1,9 @@
 """Reading in the web client, in Chromium: the photo viewer (centred, fitted, zoom, moving
 between the chat's photos, download), the unread divider and the "jump to the latest"
 button in a long chat, the day label that stays at the top without overlapping text,
-12-hour times, search that finds nothing, and the notification offer on a phone. The node,
-the browser and the helpers are those of test_browser.py."""
+12-hour times, search that finds nothing, the notification offer on a phone, and what a
+reconnect must not lose (a notification during the replay, a `read` lost with the connection).
+The node, the browser and the helpers are those of test_browser.py."""
 
 from __future__ import annotations
 
