@@ -151,7 +151,8 @@ def test_a_full_group_and_a_logout_from_elsewhere_are_said_plainly(pages, names,
     assert httpx.delete(f"{node.url}/api/me/devices/{device}", headers=auth(node, alice)).status_code == 204
     expect(a.locator("#login-view")).to_be_visible()
     expect(a.locator("#auth-error")).to_have_text(
-        "You were logged out: from another device, or by a password change. Log in again.")
+        "You were logged out: from another device, by a password change, by the server’s admin,"
+        " or because this login reached its maximum age. Log in again.")
 
 
 def small_png() -> bytes:

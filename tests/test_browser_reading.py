@@ -1,12 +1,14 @@
 """Reading in the web client, in Chromium: the photo viewer (centred, fitted, zoom, moving
 between the chat's photos, download), the unread divider and the "jump to the latest"
 button in a long chat, the day label that stays at the top without overlapping text,
-12-hour times, search that finds nothing, and the notification offer on a phone. The node,
-the browser and the helpers are those of test_browser.py."""
+12-hour times, search that finds nothing, the notification offer on a phone, and what a
+reconnect must not lose (a notification during the replay, a `read` lost with the connection).
+The node, the browser and the helpers are those of test_browser.py."""
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import threading
 
@@ -17,6 +19,7 @@ from test_browser import (  # noqa: F401 (fixtures)
     DESKTOP,
     PASSWORD,
     PHONE,
+    auth,
     browser,
     expect,
     lake_photo,
@@ -285,3 +288,143 @@ def test_the_notification_offer_on_a_phone_is_one_line_and_goes_away_by_itself(p
     expect(d.locator("#me-name")).not_to_be_empty()
     expect(d.locator("#chat-list-empty")).to_be_visible()
     expect(d.locator("#notify-banner")).to_be_hidden()
+
+
+# A tab whose visibility the test sets (`window.tabHidden`), in a browser that allows
+# notifications and records them.
+TAB_WITH_NOTIFICATIONS = """
+window.tabHidden = false;
+Object.defineProperty(document, 'visibilityState', { get: () => (window.tabHidden ? 'hidden' : 'visible') });
+Object.defineProperty(document, 'hidden', { get: () => window.tabHidden });
+window.shown = [];
+window.Notification = class {
+  constructor(title, options) { window.shown.push({ title, body: options.body }); }
+  close() {}
+  static get permission() { return 'granted'; }
+  static requestPermission() { return Promise.resolve('granted'); }
+};
+"""
+
+
+class SocketRelay:
+    """The page's chat socket, relayed to the real node by Playwright (route_web_socket),
+    which can hold back `synced` (a replay that takes long), drop the page's `read`s (lost
+    with the connection) and cut the connection. Its callbacks run while the test waits in
+    a Playwright call."""
+
+    def __init__(self, page) -> None:
+        self.hold_synced = False
+        self.drop_reads = False
+        self.held: list[dict] = []
+        self.reads: list[tuple[str, dict]] = []  # ("sent" | "dropped", event)
+        self.messages: list[str] = []  # texts of the entries passed to the page
+        self.route = self.server = None
+        page.route_web_socket(re.compile(r"^wss?://"), self._open)
+
+    def _open(self, route) -> None:
+        self.route, self.server = route, route.connect_to_server()
+        route.on_message(self._to_node)
+        self.server.on_message(self._to_page)
+
+    def _to_node(self, frame) -> None:
+        events = json.loads(frame)
+        events = events if isinstance(events, list) else [events]
+        kept = []
+        for event in events:
+            if event["type"] == "read":
+                self.reads.append(("dropped" if self.drop_reads else "sent", event))
+                if self.drop_reads:
+                    continue
+            kept.append(event)
+        if kept:
+            self.server.send(json.dumps(kept if len(kept) > 1 else kept[0]))
+
+    def _to_page(self, frame) -> None:
+        events = json.loads(frame)
+        events = events if isinstance(events, list) else [events]
+        self.messages += [e.get("text", "") for e in events if e["type"] == "message"]
+        if self.hold_synced:
+            self.held += [e for e in events if e["type"] == "synced"]
+            events = [e for e in events if e["type"] != "synced"]
+        if events:
+            self.route.send(json.dumps(events))
+
+    def release_synced(self) -> None:
+        self.hold_synced = False
+        for event in self.held:
+            self.route.send(json.dumps(event))
+        self.held = []
+
+    def cut(self) -> None:
+        self.server.close(code=1011)
+        self.route.close(code=1011)  # the page reconnects
+
+
+def test_a_live_message_during_a_replay_notifies_and_a_lost_read_is_sent_again(pages, names, node):
+    alice, bob, carol = names("alice", "bob", "carol")
+    chats: dict[str, str] = {}
+
+    def write(sender: str, text: str) -> None:
+        async def go() -> None:
+            async with ChatClient(node.url) as client:
+                await client.login(sender, PASSWORD)
+                chat = await client.open_direct(username=bob)
+                chats[sender] = chat["id"]
+                async with client.connect() as conn:
+                    await conn.send_text(chat["id"], text)
+
+        trio.run(go)
+
+    write(alice, "hi from alice")
+    write(carol, "hi from carol")
+    b = pages.new()
+    b.add_init_script(TAB_WITH_NOTIFICATIONS)
+    b.reload()
+    relay = SocketRelay(b)
+    b.fill("#auth-username", bob)
+    b.fill("#auth-password", PASSWORD)
+    b.click("#auth-submit")
+    expect(b.locator("#chat-list .chat-item")).to_have_count(2)
+
+    # Hidden, cut off, back: what was sent meanwhile is replayed (no notification: it is
+    # in the list), and a message sent during the replay, before `synced`, is live.
+    b.evaluate("() => { window.tabHidden = true; }")
+    b.context.set_offline(True)
+    expect(b.locator("#conn-banner")).to_contain_text("offline")
+    write(alice, "sent while bob was away")
+    relay.hold_synced = True
+    b.context.set_offline(False)
+    expect(b.locator("#chat-list")).to_contain_text("sent while bob was away")
+    write(carol, "live during the replay")
+    wait_until(lambda: b.evaluate("() => window.shown.length") > 0, "a notification")
+    assert b.evaluate("() => window.shown") == [{"title": "Carol", "body": "live during the replay"}]
+    relay.release_synced()
+
+    # Visible again; reading both chats, whose `read`s are lost with the connection.
+    # Another device marks Carol's chat as unread; after the reconnect the read of Alice's
+    # chat is sent again, the one of Carol's is not (it would undo the mark).
+    b.evaluate("() => { window.tabHidden = false; document.dispatchEvent(new Event('visibilitychange')); }")
+    relay.drop_reads = True
+    for name, user in (("Carol", carol), ("Alice", alice)):
+        open_chat(b, name)
+        wait_until(lambda: b.evaluate("() => true") and any(e["chat"] == chats[user] for _, e in relay.reads),  # noqa: B023
+                   f"the read of {name}'s chat")
+    phone = auth(node, bob)  # another device of Bob's
+
+    def summary(user: str) -> dict:
+        listed = httpx.get(f"{node.url}/api/chats", headers=phone).json()["chats"]
+        return next(c for c in listed if c["id"] == chats[user])
+
+    marked = httpx.patch(f"{node.url}/api/chats/{chats[carol]}/prefs", json={"marked_unread": True}, headers=phone)
+    assert marked.status_code == 200, marked.text
+    expect(b.locator("#chat-list .chat-item:has(.chat-name:text-is('Carol')) .unread.mark")).to_be_visible()
+    relay.drop_reads = False
+    relay.reads.clear()
+    assert summary(alice)["read_seq"] < summary(alice)["last_seq"]  # the read was lost
+    relay.cut()
+    wait_until(lambda: b.evaluate("() => true") and summary(alice)["read_seq"] == summary(alice)["last_seq"],
+               "the read of Alice's chat, sent again")
+    assert [e["chat"] for _, e in relay.reads if e["type"] == "read"] == [chats[alice]]
+    assert summary(carol)["marked_unread"] is True
+    assert summary(carol)["read_seq"] < summary(carol)["last_seq"]
+    expect(b.locator("#chat-list .chat-item:has(.chat-name:text-is('Alice')) .unread")).to_have_count(0)

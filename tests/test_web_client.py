@@ -30,6 +30,8 @@ async def test_the_page_has_a_strict_csp_naming_the_chat_socket_for_the_host_use
         assert "blob:" in csp["media-src"] and "blob:" in csp["img-src"]
         assert csp["frame-ancestors"] == "'none'" and csp["object-src"] == "'none'"
         assert csp["worker-src"] == "'self'"  # the service worker, /sw.js
+        assert csp["font-src"] == "'self'" and csp["base-uri"] == "'none'" and csp["form-action"] == "'self'"
+        assert response.headers["cross-origin-opener-policy"] == "same-origin"
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["x-frame-options"] == "DENY"

@@ -207,8 +207,8 @@ export function closeText(code) {
   }
 }
 
-/** Why the session ended: 4003 is a logout from elsewhere, anything else an invalid login. */
+/** Why the session ended: 4003 is a revoked device (docs/protocol.md, Tokens; docs/admin.md), anything else an invalid login. */
 export function sessionEndText(code) {
-  return code === 4003 ? 'You were logged out: from another device, or by a password change. Log in again.'
+  return code === 4003 ? 'You were logged out: from another device, by a password change, by the server’s admin, or because this login reached its maximum age. Log in again.'
     : 'Your session has ended. Log in again.';
 }

@@ -25,6 +25,7 @@ export class Session extends EventTarget {
     this.userRequests = new Map();
     this.presenceAsked = new Map(); // user id -> when their presence was last asked after a message
     this.synced = false;
+    this.liveSince = null; // the node's time at the latest welcome: entries stored since are live
     this.reconnected = false;
     this.chatsLoaded = false;
   }
@@ -68,6 +69,7 @@ export class Session extends EventTarget {
     this.socket.stop();
   }
 
+  /** The chat list from the node, merged into the store; resolves to it (null if offline). */
   async loadChats() {
     try {
       const chats = await this.api.chats();
@@ -78,8 +80,10 @@ export class Session extends EventTarget {
         for (const chat of chats) this.socket.seed(chat.id, chat.last_seq);
       }
       this.chatsLoaded = true;
+      return chats;
     } catch (err) {
       if (!err.offline) throw err; // offline: the socket retries, and its resync fills in
+      return null;
     }
   }
 
@@ -92,6 +96,7 @@ export class Session extends EventTarget {
         store.me = { ...store.me, ...event.user };
         store.limits = { ...store.limits, ...event.limits };
         setLimits(event.limits);
+        this.liveSince = event.server_time || null;
         break;
       case 'synced':
         this.onSynced();
@@ -139,13 +144,32 @@ export class Session extends EventTarget {
     const active = this.store.activeChatId;
     if (!first || !this.chatsLoaded) {
       // Receipts, presence and reactions are not replayed: ask again for what is on screen.
-      this.loadChats();
+      this.loadChats().then((chats) => this.resendReads(chats));
       if (active) this.loadChatDetails(active);
       for (const log of this.store.logs.values()) log.reactionsStale = true;
       if (active) this.refreshReactions(active);
     }
     if (active) this.markRead(active);
     this.store.changed('connection');
+  }
+
+  /** Reads that may have been lost with an earlier socket (socket.js, takeCarriedReads) go
+   * again where the node's chat list (`chats`, fetched after `synced`) has not got them. Not
+   * where the chat is marked as unread: that mark may be newer than the read (another
+   * device), and any `read` clears it; so the chat stays unread rather than lose the mark. */
+  resendReads(chats) {
+    if (!chats) return; // offline again: they wait for the next `synced`
+    const byId = new Map(chats.map((chat) => [chat.id, chat]));
+    for (const [chatId, seq] of this.socket.takeCarriedReads()) {
+      const chat = byId.get(chatId);
+      if (chat && (chat.read_seq || 0) < seq && !chat.marked_unread) this.socket.read(chatId, seq);
+    }
+  }
+
+  /** A message is live (worth a notification) once the replay is over, or if it was stored
+   * after this socket's welcome: live messages do not wait for a long replay to end. */
+  isLive(entry) {
+    return this.synced || (this.liveSince !== null && entry.ts >= this.liveSince);
   }
 
   onMessage(event) {
@@ -169,7 +193,7 @@ export class Session extends EventTarget {
     }
     if (entry.from !== store.me.id && CONTENT_KINDS.has(entry.kind)) {
       if (store.activeChatId === entry.chat && document.visibilityState === 'visible') this.markRead(entry.chat);
-      else if (this.synced) this.dispatchEvent(new CustomEvent('incoming', { detail: entry }));
+      else if (this.isLive(entry)) this.dispatchEvent(new CustomEvent('incoming', { detail: entry }));
     }
   }
 

@@ -37,6 +37,11 @@ export class ChatSocket extends EventTarget {
     this.node = null; // the base URL of the node the socket is (or was last) on (api.js)
     this.control = new Map(); // "received|read:<chat>" -> the event to send, highest seq only
     this.controlTimer = null;
+    // `read`s sent on this socket that no `read` event of ours has confirmed yet, and those
+    // of earlier sockets (maybe lost with them), for session.js to send again if still needed.
+    this.unconfirmed = new Map(); // chat -> seq
+    this.carried = new Map(); // chat -> seq
+    this.welcomed = false; // a welcome came on some socket already
     this.onOnline = () => this.retryNow();
     this.onOffline = () => this.drop();
   }
@@ -119,6 +124,8 @@ export class ChatSocket extends EventTarget {
     this.ws = null;
     if (!this.ready) this.api.markDown(this.node); // no welcome from it: the others first next time
     this.ready = false;
+    for (const [chat, seq] of this.unconfirmed) this.carry(chat, seq);
+    this.unconfirmed.clear();
     for (const item of this.outbox.items) if (item.state === 'sending') item.state = 'queued';
     this.outbox.save();
   }
@@ -204,6 +211,9 @@ export class ChatSocket extends EventTarget {
           this.advance(event.chat, event.seq);
           this.settle(event.client_msg_id, event);
           break;
+        case 'read': // our own read, from this device or another: the node has it
+          if (event.user === this.userId && this.unconfirmed.get(event.chat) <= event.seq) this.unconfirmed.delete(event.chat);
+          break;
         case 'error':
           if (event.ref) this.onSendError(event);
           else console.warn('chat socket error', event.code, event.message);
@@ -226,8 +236,23 @@ export class ChatSocket extends EventTarget {
 
   flushControl() {
     this.controlTimer = null;
-    if (this.control.size && this.sendFrame([...this.control.values()])) this.control.clear();
-    // else they wait for the next welcome
+    if (!this.control.size || !this.sendFrame([...this.control.values()])) return; // they wait for the next welcome
+    for (const event of this.control.values()) {
+      if (event.type === 'read' && !(this.unconfirmed.get(event.chat) >= event.seq)) this.unconfirmed.set(event.chat, event.seq);
+    }
+    this.control.clear();
+  }
+
+  carry(chat, seq) {
+    if (!(this.carried.get(chat) >= seq)) this.carried.set(chat, seq);
+  }
+
+  /** Reads from before the current socket: sent on one that is gone (unconfirmed), or never
+   * sent. session.js sends them again once the chat list says they are still needed. */
+  takeCarriedReads() {
+    const reads = this.carried;
+    this.carried = new Map();
+    return reads;
   }
 
   advance(chatId, seq) {
@@ -244,6 +269,17 @@ export class ChatSocket extends EventTarget {
     if (event.limits && event.limits.max_events_per_frame) this.maxEvents = event.limits.max_events_per_frame;
     if (event.server_time) this.serverOffset = event.server_time - Date.now();
     this.setState('online');
+    if (this.welcomed) {
+      // Reads queued while cut off wait for the chat list too: another device may have marked
+      // the chat as unread meanwhile, and any `read` would undo that (session.js).
+      for (const [key, held] of this.control) {
+        if (held.type === 'read') {
+          this.carry(held.chat, held.seq);
+          this.control.delete(key);
+        }
+      }
+    }
+    this.welcomed = true;
     // What the chat list and history gave us counts as received, too.
     for (const [chat, seq] of this.cursors) this.queueControl({ type: 'received', chat, seq });
     this.flushControl();
@@ -296,7 +332,7 @@ export class ChatSocket extends EventTarget {
     return this.sendFrame([{ type: 'typing', chat: chatId, typing: active }]);
   }
 
-  /** Everything up to `seq` in a chat was read here (sent now or after the next welcome). */
+  /** Everything up to `seq` in a chat was read here (sent now; if cut off, see takeCarriedReads). */
   read(chatId, seq) {
     this.queueControl({ type: 'read', chat: chatId, seq });
   }
