@@ -6,6 +6,7 @@ body for us; memory is the node's own (it runs in this process).
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -136,3 +137,21 @@ async def test_a_body_field_a_route_does_not_take_is_refused_and_changes_nothing
     with pytest.raises(ClientError) as info:  # one of the two, not both
         await alice.request("POST", "/api/chats/direct", json={"username": "bob", "user_id": bob.user["id"]})
     assert info.value.code == "bad_request"
+
+
+async def test_an_upload_refused_from_its_length_is_answered_whole_and_logs_no_error(node, users, caplog):
+    """The answer goes out in full, then the connection closes; closing it while the answer
+    was still being written (the reader task, seeing the rest of the refused body) made the
+    write fail and logged a traceback for every such upload."""
+    alice = await users()
+    for _ in range(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", node.http_port)
+        async with stream:
+            await stream.send_all(
+                f"POST /api/media HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+                f"Content-Length: {300 * 1024 * 1024}\r\n\r\n".encode() + CHUNK
+            )
+            status, body = await read_response(stream)
+        assert status == 413 and b'"too_large"' in body and body.endswith(b"}}")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

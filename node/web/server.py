@@ -51,10 +51,21 @@ class _TCPServer(TCPServer):
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
         elif isinstance(event, Closed):
             with trio.CancelScope(shield=True):
-                await self._close()  # EOF and close: the reader task then ends the connection
+                await self._close_when_sent()  # EOF and close: the reader task then ends the connection
             await self.protocol.handle(Closed())
         else:
             await super().protocol_send(event)
+
+    async def _close_when_sent(self) -> None:
+        """Close after any write in progress. The reader task closes a connection whose
+        client sent what cannot be answered on it (the rest of a refused body, say) while
+        the app's task may still be writing the answer; closing in the middle of that write
+        made it fail with BusyResourceError, logged as an error of the app."""
+        if self.send_lock.statistics().owner is trio.lowlevel.current_task():
+            await self._close()  # (reached from a failed write, which holds the lock)
+        else:
+            async with self.send_lock:
+                await self._close()
 
     async def _read_data(self) -> None:
         """Read until the peer is gone; then its idle task has nothing left to time out
