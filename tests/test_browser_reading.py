@@ -386,6 +386,15 @@ def test_a_live_message_during_a_replay_notifies_and_a_lost_read_is_sent_again(p
     b.click("#auth-submit")
     expect(b.locator("#chat-list .chat-item")).to_have_count(2)
 
+    async def from_bobs_phone() -> None:  # arrives live: the page holds it
+        async with ChatClient(node.url) as client:
+            await client.login(bob, PASSWORD)
+            async with client.connect() as conn:
+                await conn.send_text(chats[carol], "see you at noon")
+
+    trio.run(from_bobs_phone)
+    expect(b.locator("#chat-list")).to_contain_text("see you at noon")
+
     # Hidden, cut off, back: what was sent meanwhile is replayed (no notification: it is
     # in the list), and a message sent during the replay, before `synced`, is live.
     b.evaluate("() => { window.tabHidden = true; }")
@@ -398,6 +407,17 @@ def test_a_live_message_during_a_replay_notifies_and_a_lost_read_is_sent_again(p
     write(carol, "live during the replay")
     wait_until(lambda: b.evaluate("() => window.shown.length") > 0, "a notification")
     assert b.evaluate("() => window.shown") == [{"title": "Carol", "body": "live during the replay"}]
+
+    async def react() -> None:  # a reaction is never replayed: one during the replay is live
+        async with ChatClient(node.url) as client:
+            await client.login(carol, PASSWORD)
+            mine = [m for m in await client.history(chats[carol]) if m.get("text") == "see you at noon"]
+            await client.react(chats[carol], mine[0]["seq"], "👍")
+
+    trio.run(react)
+    wait_until(lambda: b.evaluate("() => window.shown.length") > 1, "a notification of the reaction")
+    assert b.evaluate("() => window.shown[1]") == {"title": "Carol",
+                                                    "body": "Reacted 👍 to your message: “see you at noon”"}
     relay.release_synced()
 
     # Visible again; reading both chats, whose `read`s are lost with the connection.

@@ -273,12 +273,13 @@ export class Session extends EventTarget {
     this.markRead(chatId);
   }
 
-  /** A live reaction; the author is told (a notification) when it is to their message. */
+  /** A live reaction; the author is told (a notification) when it is to their message.
+   * Reactions are never replayed, so one that comes during a replay is live too. */
   onReaction(event) {
     const { store } = this;
     const entry = store.applyReaction(event);
     if (event.user && !store.users.has(event.user)) this.ensureUser(event.user);
-    if (entry && event.emoji && event.user !== store.me.id && entry.from === store.me.id && this.synced) {
+    if (entry && event.emoji && event.user !== store.me.id && entry.from === store.me.id) {
       this.dispatchEvent(new CustomEvent('reacted', { detail: { event, entry } }));
     }
   }
