@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -712,10 +712,30 @@ def test_background_notifications_fall_back_quietly_and_the_service_worker_shows
 
     a.goto("about:blank")  # no tab of the client left
     [worker] = [w for w in a.context.service_workers if w.url == f"{node.url}/sw.js"]
-    push.deliver({"type": "message", "node": "chatnode", "chat": chat_id, "from": "1", "count": 1})
-    push.deliver({"type": "message", "node": "chatnode", "chat": chat_id, "from": "1", "count": 2})
-    push.deliver({"type": "message", "node": "chatnode", "chat": "77", "count": 1, "kind": "image",
-                  "sender_name": "Bob", "text": "the lake at dawn"})  # with the node's previews on
+    # ... once the worker no longer counts the page that left (a push meanwhile goes to it)
+    wait_until(lambda: worker.evaluate(
+        "async () => (await self.clients.matchAll({ type: 'window', includeUncontrolled: true })).length") == 0,
+        "the page gone from the worker's clients")
+
+    def counts() -> dict[str, int]:
+        return {n["tag"]: n["data"]["count"] for n in worker.evaluate(NOTIFICATIONS_IN_WORKER)}
+
+    def deliver(payload: dict, shown: Callable[[dict[str, int]], bool]) -> None:
+        """One push, and its notification. DevTools can drop a push delivered while the
+        worker stops (its last page just left): one that changed nothing goes again."""
+        push.deliver(payload)
+        try:
+            wait_until(lambda: shown(counts()), "a push's notification", timeout=4)
+        except AssertionError:
+            push.deliver(payload)
+            wait_until(lambda: shown(counts()), "a push's notification")
+
+    deliver({"type": "message", "node": "chatnode", "chat": chat_id, "from": "1", "count": 1},
+            lambda c: c.get(chat_id) == 1)
+    deliver({"type": "message", "node": "chatnode", "chat": chat_id, "from": "1", "count": 2},
+            lambda c: c.get(chat_id) == 3)  # one notification per chat, counting
+    deliver({"type": "message", "node": "chatnode", "chat": "77", "count": 1, "kind": "image",
+             "sender_name": "Bob", "text": "the lake at dawn"}, lambda c: "77" in c)  # with the node's previews on
     expected = [
         {"title": "chatnode", "body": "3 new messages", "tag": chat_id, "data": {"chat": chat_id, "count": 3}},
         {"title": "Bob", "body": "Photo: the lake at dawn", "tag": "77", "data": {"chat": "77", "count": 1}},
