@@ -326,24 +326,36 @@ class Plugins:
         other exception, logged with the plugin's name, as ``internal``. One plugin's bug
         never closes the connection it came from."""
 
-        answered_as_is: tuple[type[Exception], ...] = (ChatError, *passthrough)
-
         async def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await handler(*args, **kwargs)
-            except Reject as exc:
-                raise ChatError("rejected", exc.message) from None
-            except answered_as_is:
+            except passthrough:
                 raise
-            except StorageError as exc:
-                log.warning("plugin %s: storage failed in %s: %s", plugin, what, exc)
-                raise ChatError("unavailable", "storage is unavailable; retry") from None
-            except Exception:
-                log.exception("plugin %s failed in %s", plugin, what)
-                self.failures[plugin] = self.failures.get(plugin, 0) + 1
-                raise ChatError("internal", "a plugin failed while handling this request") from None
+            except Exception as exc:
+                answer = self._answer(plugin, what, exc)
+                if answer is exc:
+                    raise
+                raise answer from None
 
         return call
+
+    def _answer(self, plugin: str, what: str, exc: Exception) -> ChatError:
+        """What the client is told when a plugin's code raised `exc` (called while it is
+        being handled): a documented code as it is, ``Reject`` as ``rejected``, storage
+        trouble as ``unavailable``, anything else (logged, counted) as ``internal``."""
+        if isinstance(exc, Reject):
+            return ChatError("rejected", exc.message)
+        if isinstance(exc, ChatError):
+            if self.known_error_code(exc.code):
+                return exc
+            log.error("plugin %s raised the undeclared error code %r in %s", plugin, exc.code, what)
+        elif isinstance(exc, StorageError):
+            log.warning("plugin %s: storage failed in %s: %s", plugin, what, exc)
+            return ChatError("unavailable", "storage is unavailable; retry")
+        else:
+            log.exception("plugin %s failed in %s", plugin, what)
+            self.failures[plugin] = self.failures.get(plugin, 0) + 1
+        return ChatError("internal", "a plugin failed while handling this request")
 
     def collect(self, hook: str, **kwargs: Any) -> list[Any]:
         """A core collector hook: every plugin's non-None result, in call order."""
@@ -389,36 +401,34 @@ class Plugins:
             await self._run_gate(impl, hook, kwargs)
 
     async def check_message(self, *, content: dict[str, Any], **kwargs: Any) -> None:
-        """The ``check_message`` gate, which sees the content read-only."""
-        await self.gate("check_message", content=read_only(content), **kwargs)
+        """The ``check_message`` gate, which sees the content read-only (a view made only
+        when a plugin implements it: this runs for every message)."""
+        if self._impls("check_message"):
+            await self.gate("check_message", content=read_only(content), **kwargs)
 
     async def prepare_message(self, *, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """The ``prepare_message`` gate; returns the (possibly transformed) content. Each
         plugin sees the content so far read-only and replaces it by returning a new dict."""
+        view = None
         for impl in self._impls("prepare_message"):
-            view = read_only(content)
+            if view is None:  # (made again only after a plugin replaced the content)
+                view = read_only(content)
             result = await self._run_gate(impl, "prepare_message", {**kwargs, "content": view})
             if result is not None and result is not view:
                 if not isinstance(result, dict) or "kind" not in result:
                     log.error("plugin %s returned an invalid message from prepare_message", impl.plugin_name)
                     raise ChatError("internal", "a plugin failed while checking this message")
-                content = result
+                content, view = result, None
         return content
 
     async def _run_gate(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         try:
             return await await_maybe(self._call(impl, kwargs))
-        except Reject as exc:
-            raise ChatError("rejected", exc.message) from None
-        except ChatError as exc:
-            if self.known_error_code(exc.code):
-                raise  # a documented answer: the client gets its code
-            log.error("plugin %s raised the undeclared error code %r in %s", impl.plugin_name, exc.code, hook)
-            raise ChatError("internal", "a plugin failed while checking this request") from None
-        except Exception:
-            log.exception("plugin %s failed in %s: refused", impl.plugin_name, hook)
-            self.failures[impl.plugin_name] = self.failures.get(impl.plugin_name, 0) + 1
-            raise ChatError("internal", "a plugin failed while checking this request") from None
+        except Exception as exc:  # the request is refused, with the code `_answer` gives
+            answer = self._answer(impl.plugin_name, hook, exc)
+            if answer is exc:
+                raise
+            raise answer from None
 
     # -- notifications ----------------------------------------------------------------
 
