@@ -33,7 +33,12 @@ def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     hold (a chat's last message, say), and nothing in it can be changed."""
     if not mapping:
         return EMPTY
-    return types.MappingProxyType({k: v if type(v) in _SCALARS else _frozen_value(v) for k, v in mapping.items()})
+    copy = dict(mapping)
+    if not _SCALARS.issuperset(map(type, copy.values())):  # (most records hold nothing nested)
+        for key, value in copy.items():
+            if type(value) not in _SCALARS:
+                copy[key] = _frozen_value(value)
+    return types.MappingProxyType(copy)
 
 
 class _ReadOnlyDict(dict[str, Any]):

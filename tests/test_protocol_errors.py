@@ -80,6 +80,10 @@ async def assert_nothing_stored(client, chat):
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": 5}', "bad_request"),
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "text": "x", "colour": "red"}', "bad_request"),
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "hologram", "text": "x"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": ["text"], "text": "x"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": 1, "text": "x"}', "bad_request"),
+        ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "text", "text": "x", "forwarded": 1}',
+         "bad_request"),
         # a field the kind does not take
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "text", "text": "x", "target": "5"}', "bad_request"),
         ('{"type": "send", "client_msg_id": "a", "chat": "12", "kind": "text", "text": "x", "media": "5"}', "bad_request"),
