@@ -38,6 +38,7 @@ from node import hookimpl
 from node.app import serve_node
 from node.client import ChatClient, ClientError
 from node.core.chats import now_ms
+from node.plugins.push.providers import PushGone
 from node.plugins.push.webpush import encrypt
 from node.testing import wait_until
 
@@ -781,6 +782,8 @@ class CarrierPigeon:
 
     async def send(self, target, notification):
         self.sent.send_nowait((target["endpoint"], notification))
+        if target["endpoint"].startswith("empty"):  # the bird came back: no one lives there now
+            raise PushGone(target["endpoint"])
 
 
 async def test_providers_are_pluggable(tmp_path):
@@ -797,6 +800,21 @@ async def test_providers_are_pluggable(tmp_path):
                     ack = await a.send_text(chat["id"], "coo")
                 endpoint, notification = await pigeon._inbox.receive()
             assert endpoint == "loft 7" and notification["message"] == ack["id"]
+
+            # PushGone from a provider (the import docs/push.md gives) removes that target alone.
+            with trio.fail_after(10):
+                kept = (await bob.push_targets())[0]
+                await bob.register_push_target("pigeon", "empty loft")
+                async with alice.connect() as a:
+                    await a.send_text(chat["id"], "coo coo")
+                endpoints = sorted([(await pigeon._inbox.receive())[0], (await pigeon._inbox.receive())[0]])
+                assert endpoints == ["empty loft", "loft 7"]
+
+                async def one_left() -> bool:
+                    return len(await bob.push_targets()) == 1
+
+                await wait_until(one_left, interval=0.01)
+            assert await bob.push_targets() == [kept]
             await alice.aclose()
             await bob.aclose()
         finally:
