@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import httpx
 
+from ..admin_cli import TOKEN_ENV
 from ..config import Config
 
 
@@ -25,14 +26,27 @@ def add_cluster_commands(commands: argparse._SubParsersAction) -> None:
     members.add_argument("--config", "-c", default=argparse.SUPPRESS,
                          help="the node's config.toml (default: config.toml, if there is one)")
     members.add_argument("--url", default=None, help="the node's HTTP URL (default: from the config)")
+    members.add_argument("--token", default=None,
+                         help=f"the admin token (default: ${TOKEN_ENV}, else the config's [admin] token)")
     members.add_argument("--json", action="store_true", help="print the endpoint's JSON")
     members.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the node")
-    members.add_argument("--peer-timeout", type=float, default=2.0,
+    members.add_argument("--peer-timeout", type=_peer_timeout, default=2.0,
                          help="seconds the node waits for its peers' answers (0.001 to 30)")
     members.add_argument("--no-expected", action="store_true",
                          help="leave out the chats each member should own (saves reading every chat id)")
     keygen = sub.add_parser("keygen", help="print a new random cluster key for [cluster] keys")
     keygen.set_defaults(config=None)
+
+
+def _peer_timeout(text: str) -> float:
+    """What the endpoint's ``timeout_ms`` takes (1 to 30,000 ms), in seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.001 <= seconds <= 30:
+        raise argparse.ArgumentTypeError(f"must be 0.001 to 30 seconds, not {text}")
+    return seconds
 
 
 def _admin_url(config: Config, override: str | None) -> str:
@@ -123,8 +137,9 @@ def run_cluster_command(args: argparse.Namespace, config: Config, out: IO[str] |
         print(base64.b64encode(os.urandom(32)).decode(), file=out)
         return 0
     url = _admin_url(config, args.url) + "/api/admin/cluster/members"
-    headers = {"Authorization": f"Bearer {config.admin.token}"} if config.admin.token else {}
-    peer_timeout = min(30.0, max(0.001, args.peer_timeout))
+    token = args.token or os.environ.get(TOKEN_ENV) or config.admin.token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    peer_timeout = args.peer_timeout
     params = {"timeout_ms": str(round(peer_timeout * 1000))}
     if args.no_expected:
         params["expected"] = "0"
@@ -134,7 +149,9 @@ def run_cluster_command(args: argparse.Namespace, config: Config, out: IO[str] |
         print(f"chatnode: cannot reach the node at {url}: {exc}", file=sys.stderr)
         return 1
     if response.status_code != 200:
-        print(f"chatnode: {url} answered {response.status_code}: {response.text[:200]}", file=sys.stderr)
+        hint = (f"; admin endpoints need the admin token (--token, ${TOKEN_ENV} or [admin] token)"
+                if response.status_code in (401, 403) else "")
+        print(f"chatnode: {url} answered {response.status_code}: {response.text[:200]}{hint}", file=sys.stderr)
         return 1
     view = response.json()
     if args.json:

@@ -290,3 +290,30 @@ async def test_a_peer_that_does_not_answer_is_shown_so_and_holds_nothing_up(tmp_
         assert result.returncode == 0, result.stderr.decode()
         answered = json.loads(result.stdout)
         assert answered["node_id"] == 2 and [m["reply"] for m in answered["members"]] == ["answered", "self", "answered"]
+
+
+async def test_members_takes_the_admin_token_as_chatnode_admin_does(tmp_path, monkeypatch, capsys):
+    """`--token`, then $CHATNODE_ADMIN_TOKEN, then the config's token; without one a node
+    that has a token refuses, and the message says where the token goes. A peer timeout
+    out of range is refused before anything is asked."""
+    import attrs
+
+    async with running_node(node_config(tmp_path, 1, [], ADMIN)) as node:
+        tokenless = attrs.evolve(node.config, admin=attrs.evolve(node.config.admin, token=""))
+
+        def members(*argv: str) -> int:
+            args = _parser().parse_args(["cluster", "members", "--url", node.http_url, *argv])
+            return run_cluster_command(args, tokenless, io.StringIO())
+
+        monkeypatch.delenv("CHATNODE_ADMIN_TOKEN", raising=False)
+        assert await trio.to_thread.run_sync(members) == 1
+        err = capsys.readouterr().err
+        assert "answered 401" in err and "--token" in err, err
+        assert await trio.to_thread.run_sync(members, "--token", TOKEN) == 0
+        monkeypatch.setenv("CHATNODE_ADMIN_TOKEN", TOKEN)
+        assert await trio.to_thread.run_sync(members) == 0
+        assert await trio.to_thread.run_sync(members, "--token", "wrong") == 1
+    for bad in ("0", "31", "soon"):
+        with pytest.raises(SystemExit) as exit_info:
+            _parser().parse_args(["cluster", "members", "--peer-timeout", bad])
+        assert exit_info.value.code == 2
