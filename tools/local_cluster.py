@@ -225,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     ports = Ports(args.free_ports)
-    busy = [p for p in [ports.pg, *ports.http, *ports.ws] if not port_free(p)]
+    wanted = [ports.pg, *ports.http, *ports.ws, *ports.cluster]
+    if weed_available():  # SeaweedFS's ports, and its gRPC ports 10000 above them
+        weed = [ports.s3, ports.master, ports.volume, ports.filer]
+        wanted += [*weed, *(p + 10000 for p in weed)]
+    busy = [p for p in wanted if not port_free(p)]
     if busy:
         print(f"local cluster: ports {busy} are in use (another `make cluster`?); stop that first", file=sys.stderr)
         return 1

@@ -29,3 +29,20 @@ def test_the_local_cluster_starts_serves_across_nodes_and_stops(tmp_path):
     assert (pg_dir / "data" / "PG_VERSION").is_file() and not (pg_dir / "data" / "postmaster.pid").exists()
     if pg_dir.parent == Path("/var/tmp"):  # (as root under a folder postgres cannot reach)
         subprocess.run(["rm", "-rf", str(pg_dir)], check=True)
+
+
+def test_a_cluster_port_in_use_is_named_before_anything_starts(tmp_path):
+    """A node's cluster port taken (another set-up, say): the tool says which, and starts
+    nothing (its folder gets no config)."""
+    import socket
+
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 7946))  # node 1's cluster port
+        except OSError:
+            pytest.skip("port 7946 is in use on this machine")
+        taken.listen()
+        done = subprocess.run([sys.executable, str(TOOL), "--dir", str(tmp_path / "cluster")],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "7946" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "cluster" / "n1.toml").exists()
