@@ -95,6 +95,25 @@ async def test_only_admins_manage_members(node, users):
     assert len(await bob.history(group["id"])) == 2
 
 
+async def test_promoting_an_admin_or_demoting_a_member_again_changes_nothing(node, users):
+    """PUT and DELETE .../admins/{user_id} are idempotent: a repeated one (a retry whose
+    answer was lost) is 204 again and logs nothing more."""
+    alice, bob, carol = await users("alice"), await users("bob"), await users("carol")
+    group = await alice.create_group("g", members=[bob.user["id"], carol.user["id"]])
+    for _ in range(2):
+        await alice.set_admin(group["id"], bob.user["id"])
+    for _ in range(2):
+        await alice.set_admin(group["id"], bob.user["id"], admin=False)
+    await alice.set_admin(group["id"], carol.user["id"], admin=False)  # never was one
+    await alice.set_admin(group["id"], alice.user["id"])  # already is one
+    events = [m.get("event") for m in await alice.history(group["id"])]
+    assert events == ["created", "promoted", "demoted"]
+    roles = {m["user"]["username"]: m["role"] for m in await alice.members(group["id"])}
+    assert roles == {"alice": "admin", "bob": "member", "carol": "member"}
+    await expect_error("forbidden", bob.set_admin(group["id"], carol.user["id"], admin=False))  # still admins only
+    await expect_error("not_found", alice.set_admin(group["id"], "123"))
+
+
 async def test_last_admin_leaving_promotes_the_longest_standing_member(node, users):
     alice, bob, carol = await users("alice"), await users("bob"), await users("carol")
     group = await alice.create_group("g", members=[bob.user["id"]])

@@ -400,3 +400,25 @@ async def test_clients_that_hang_up_during_the_upgrade_do_no_harm(node, pair, ca
         await b.wait_for("message", timeout=5)
     await wait_until(lambda: node.connections.open_from("127.0.0.1") <= before)  # the node is done with all of them
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_method_a_path_does_not_take_is_405_with_allow(node, users):
+    """docs/protocol.md: `405` with `Allow` listing the methods the path takes, and the
+    error body of every error (code `bad_request`); a route that takes no body ignores one."""
+    import httpx
+
+    alice = await users("alice")
+    async with httpx.AsyncClient(base_url=node.http_url) as http:
+        auth = {"Authorization": f"Bearer {alice.token}"}
+        answer = await http.put("/api/me", headers=auth, json={"display_name": "x"})
+        assert answer.status_code == 405
+        assert {m.strip() for m in answer.headers["allow"].split(",")} >= {"GET", "PATCH"}
+        assert "PUT" not in answer.headers["allow"]
+        assert answer.json()["error"]["code"] == "bad_request"
+        answer = await http.get("/api/login")
+        assert answer.status_code == 405 and "POST" in answer.headers["allow"]
+        assert (await http.get("/api/me", headers=auth)).json()["user"]["display_name"] == "alice"
+        chat = await alice.create_group("g")
+        answer = await http.post(f"/api/chats/{chat['id']}/hide", headers=auth, json={"anything": 1})
+        assert answer.status_code == 204
+        assert [c["hidden"] for c in (await http.get("/api/chats?hidden=1", headers=auth)).json()["chats"]] == [True]

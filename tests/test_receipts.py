@@ -118,3 +118,26 @@ async def test_group_read_watermark_counts_the_move_that_builds_it_once(node, us
         assert not [e for e in a.events_nowait() if e["type"] == "read" and e.get("all")]  # carol has not read it
         await carol.mark_read(group["id"], msg["seq"])
         assert (await a.wait_for("read", all=True))["seq"] == msg["seq"]
+
+
+async def test_receipts_of_a_seq_with_no_message_are_not_found(node, users):
+    """Past the end of the log, or a seq that was never there, is `not_found` for the
+    sender as for anyone (not `forbidden`: there is no message whose sender to be)."""
+    alice, bob = await users("alice"), await users("bob")
+    chat = await alice.open_direct(username="bob")
+    async with alice.connect() as a:
+        sent = await a.send_text(chat["id"], "hi")
+    assert await alice.receipts(chat["id"], sent["seq"]) == {"read": [], "delivered": [], "pending": [bob.user["id"]]}
+    for seq in (sent["seq"] + 1, 10**6):
+        try:
+            await alice.receipts(chat["id"], seq)
+        except ClientError as exc:
+            assert (exc.status, exc.code) == (404, "not_found")
+        else:
+            raise AssertionError("receipts of no message")
+    try:
+        await bob.receipts(chat["id"], sent["seq"])
+    except ClientError as exc:
+        assert (exc.status, exc.code) == (403, "forbidden")
+    else:
+        raise AssertionError("only the sender may ask")

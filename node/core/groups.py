@@ -10,6 +10,7 @@ frozen at that entry (node/core/former.py).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import attrs
@@ -206,8 +207,8 @@ class SetRole(Awaitable):
         target = chat.member(self.target)
         if target is None:
             raise ChatError("not_found", "that user is not a member")
-        if target["role"] == self.role:
-            raise ChatError("conflict", f"already {self.role}")
+        if target["role"] == self.role:  # a repeated PUT or DELETE: done already, nothing to log
+            return partial(self.resolve, chat)
         if self.role == "member" and sum(chat.members[u]["role"] == "admin" for u in chat.active_ids()) == 1:
             raise ChatError("conflict", "a group needs at least one admin")
         target["role"] = self.role

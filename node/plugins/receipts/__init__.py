@@ -93,7 +93,9 @@ class ReceiptsPlugin:
             if member is None or int(seq) < member.from_seq:  # before they joined: not theirs to see
                 raise ChatError("not_found")
             found = await ctx.messages(chat.id, int(seq), int(seq), 1)
-            if not found or found[0].sender != user_id:
+            if not found:
+                raise ChatError("not_found", "no such message in this chat")
+            if found[0].sender != user_id:
                 raise ChatError("forbidden", "only the sender may see who has read a message")
             return await who_has(ctx, chat, user_id, int(seq))
 
