@@ -130,3 +130,20 @@ def test_a_right_password_takes_its_attempt_back():
     assert limiter.wait("bob", "192.0.2.1") > 0  # counted while the hash runs
     limiter.succeeded(attempt)
     assert limiter.wait("bob", "192.0.2.1") == 0.0 and limiter.known("bob", "192.0.2.1")
+
+
+async def test_a_refused_attempt_says_when_to_retry_in_retry_after(tmp_path):
+    """A 429 carries `Retry-After`: the whole seconds its message names."""
+    import re
+
+    config = make_config(tmp_path, accounts={"login_delay_after": 1, "login_delay": 30.0,
+                                             "login_failures_per_address": 1000})
+    async with running_node(config) as node, ChatClient(node.http_url) as c:
+        await c.register("dora", PASSWORD)
+        body = {"username": "dora", "password": "guess"}
+        first = await c._http.post("/api/login", json=body)
+        assert first.status_code == 401 and "Retry-After" not in first.headers
+        refused = await c._http.post("/api/login", json=body)
+        assert refused.status_code == 429
+        seconds = int(re.search(r"retry in (\d+) s", refused.json()["error"]["message"])[1])
+        assert 1 <= seconds <= 31 and refused.headers["Retry-After"] == str(seconds)

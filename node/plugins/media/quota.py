@@ -127,8 +127,9 @@ class Quotas:
 
     def check_rate(self, user_id: int, size: int) -> None:
         """Refuse an upload of `size` bytes the bucket cannot pay for now (nothing is taken)."""
-        if self.settings.user_upload_bytes_per_hour and self._bucket(user_id)[0] < size:
-            self._rate_limited()
+        if self.settings.user_upload_bytes_per_hour and (available := self._bucket(user_id)[0]) < size:
+            fits = size <= self.settings.user_upload_bytes_per_hour  # (a bigger one never will)
+            self._rate_limited((size - available) / self._rate if fits else None)
 
     def charge_rate(self, user_id: int, size: int) -> None:
         if not self.settings.user_upload_bytes_per_hour:
@@ -137,12 +138,12 @@ class Quotas:
         bucket[0] -= size
         if bucket[0] < 0:
             bucket[0] = 0.0
-            self._rate_limited()
+            self._rate_limited(size / self._rate if size <= self.settings.user_upload_bytes_per_hour else None)
 
-    def _rate_limited(self) -> None:
+    def _rate_limited(self, retry_after: float | None = None) -> None:
         self.refused["rate"] += 1
         raise ChatError("rate_limited", f"uploads are limited to {self.settings.user_upload_bytes_per_hour} "
-                                        "bytes per hour; try again later")
+                                        "bytes per hour; try again later", retry_after=retry_after)
 
     async def check_disk(self, incoming: int) -> None:
         """Refuse an upload that would leave less than the floor free on any of the paths."""
