@@ -244,6 +244,8 @@ async def test_history_around_a_message(node, users):
     two = await bob.history_around(chat["id"], 2, limit=2)
     assert [m["seq"] for m in two["messages"]] == [1, 2] and not two["has_more"] and two["has_newer"]
     await expect_error("not_member", (await users("mallory")).history_around(chat["id"], 3))
+    # `around` and `before` are two kinds of page: asking for both is refused
+    await expect_error("bad_request", bob.request("GET", f"/api/chats/{chat['id']}/messages", around=15, before=20))
     await bob.clear_history(chat["id"])  # nothing is left to show around anything
     for seq in (15, 30):
         assert await bob.history_around(chat["id"], seq) == {"messages": [], "has_more": False, "has_newer": False,

@@ -532,6 +532,8 @@ def create_app(node: Node, plugin_routes: Sequence[Route] = ()) -> QuartTrio:
         before = query_int("before", None, 1, (1 << 63) - 1)
         around = query_int("around", None, 1, (1 << 63) - 1)
         limit = query_int("limit", 50, 1, limits.history_page)
+        if around is not None and before is not None:
+            raise ChatError("bad_request", "'around' and 'before' are two kinds of page: give one of them")
         if around is not None:  # a message in its context (a search result, a starred message)
             page = await history_around(node, device.user_id, path_id(chat_id), around, limit)
         else:
