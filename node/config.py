@@ -399,7 +399,24 @@ def structure_config(data: dict[str, Any], base_dir: str | Path = ".") -> Config
     check_listeners(config)
     check_storage(config)
     check_exposure(config)
+    check_limits(config)
     return config
+
+
+#: Room a `send` frame needs around a message's text (the event's other fields).
+FRAME_ROOM = 1024
+
+
+def check_limits(config: Config) -> None:
+    """A message at the size limit must fit in a frame, or no client could ever send it
+    (the frame would close the socket with 1009 instead of a `too_large` answer)."""
+    limits = config.limits
+    if limits.max_message_bytes + FRAME_ROOM > limits.max_frame_bytes:
+        raise ConfigError(
+            f"limits.max_message_bytes: {limits.max_message_bytes} does not fit in a frame of "
+            f"limits.max_frame_bytes = {limits.max_frame_bytes} (a send needs {FRAME_ROOM} bytes more than its "
+            f"text); raise max_frame_bytes to at least {limits.max_message_bytes + FRAME_ROOM} or lower "
+            "max_message_bytes")
 
 
 def check_exposure(config: Config) -> None:

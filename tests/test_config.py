@@ -40,6 +40,8 @@ def test_the_shipped_config_is_the_defaults():
         ("[limits]\nframes_per_second = true\n", "limits.frames_per_second: expected a number, got a boolean"),
         ('[accounts]\nregistration_open = "yes"\n', "accounts.registration_open: expected true or false"),
         ("[storage]\nmax_batch = 0\n", "storage.max_batch: must be between 1 and 100000, got 0"),
+        ("[limits]\nmax_message_bytes = 65536\nmax_frame_bytes = 65536\n",
+         "limits.max_message_bytes: 65536 does not fit in a frame of limits.max_frame_bytes = 65536"),
         ('[log]\nformat = "xml"\n', "log.format: must be one of text, json; got 'xml'"),
         ('[http]\nallowed_origins = ["https://chat.example/app"]\n',
          "http.allowed_origins: 'https://chat.example/app' is not a web origin"),

@@ -159,7 +159,8 @@ async def test_frames_cut_anywhere_are_read_whole_and_in_order(tmp_path, size):
 
 
 async def test_a_whole_frame_over_the_limit_is_refused_from_its_header(tmp_path):
-    async with running_node(make_config(tmp_path, limits={"max_frame_bytes": 4096})) as node:
+    limits = {"max_message_bytes": 2048, "max_frame_bytes": 4096}
+    async with running_node(make_config(tmp_path, limits=limits)) as node:
         client = await RawClient.connect(node.ws_url)
         frame = client_frame(0x1, b"x" * 5000)
         await client.stream.send_all(frame[:100])  # the header says too big: no need to wait for the rest
@@ -188,7 +189,8 @@ async def test_a_frame_with_reserved_bits_or_opcode_closes_with_1002(node, users
 
 
 async def test_a_message_too_big_in_fragments_closes_with_1009(tmp_path):
-    async with running_node(make_config(tmp_path, limits={"max_frame_bytes": 4096})) as node:
+    limits = {"max_message_bytes": 2048, "max_frame_bytes": 4096}
+    async with running_node(make_config(tmp_path, limits=limits)) as node:
         client = await RawClient.connect(node.ws_url)
         chunk = b"x" * 1500  # no fragment is too big, the message is
         await client.stream.send_all(
