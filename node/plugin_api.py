@@ -183,12 +183,14 @@ class PluginError(ChatError):
     one of the core's documented codes. It reaches the client as that code, over HTTP
     and on the chat socket; an undeclared code is logged and answered as ``internal``."""
 
-    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
+    def __init__(self, code: str, message: str | None = None, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         Exception.__init__(self, f"{code}: {message or code}")
         core = ERROR_CODES.get(code)
         self.code = code
         self.message = message or (core[1] if core else "")
         self.status = status or (core[0] if core else 0)  # 0: the declared status (the node fills it in)
+        self.retry_after = retry_after
 
     def declared(self, codes: Mapping[str, tuple[int, str]]) -> PluginError:
         """Fill in the status and meaning a plugin declared for this code."""

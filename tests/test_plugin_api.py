@@ -212,6 +212,8 @@ class Faulty:
                 raise Reject("not now")
             if how == "bug":
                 raise RuntimeError("a bug in the plugin")
+            if how == "busy":
+                raise PluginError("rate_limited", "poked too often", retry_after=2.5)
             return {"poked": True}
 
         return [Route("POST", "/api/faulty/<how>", poke)]
@@ -234,6 +236,8 @@ async def test_a_failing_handler_answers_with_a_code_and_keeps_the_connection(tm
                 await alice.request("POST", f"/api/faulty/{how}")
             assert (refused.value.code, refused.value.status) == (code, status)
         assert await alice.request("POST", "/api/faulty/fine") == {"poked": True}
+        busy = await alice._http.post("/api/faulty/busy", headers={"Authorization": f"Bearer {alice.token}"})
+        assert (busy.status_code, busy.headers["Retry-After"]) == (429, "3")  # whole seconds, rounded up
         assert node.plugins.statistics()["failures"]["faulty"] == 2
         assert "plugin faulty failed in its handler of 'poke' events" in caplog.text
         assert "plugin faulty failed in its route POST /api/faulty/<how>" in caplog.text
