@@ -190,6 +190,9 @@ async def test_members_shows_what_each_node_sequences_serves_and_queues(tmp_path
                     assert sample(metrics, "chatnode_cluster_link_connected", peer=str(peer)) == 1
                     assert sample(metrics, "chatnode_cluster_link_sent", "_total", peer=str(peer)) > 0
                 assert "chatnode_cluster_ownership_moves" in metrics
+                # subscription work put off while storage refused (docs/cluster-postgresql.md)
+                assert "chatnode_routing_deferred_for_storage" in metrics
+                assert sample(metrics, "chatnode_routing_deferred_for_storage") == 0
                 # the dashboard's cluster panels query only what a clustered node exports
                 exported = set(metrics) | {s.name for samples in metrics.values() for s in samples}
                 assert cluster_panel_metrics() <= exported, sorted(cluster_panel_metrics() - exported)
