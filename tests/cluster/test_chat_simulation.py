@@ -256,3 +256,17 @@ async def test_a_node_that_missed_a_peers_restart_after_its_bye_follows_the_new_
         await until(lambda: reader.holds(chat, 1), timeout=10, step=0.01)
         assert not world.violations
         nursery.cancel_scope.cancel()
+
+
+def test_a_trace_cut_short_by_its_reader_ends_quietly():
+    """`--trace | head`: the reader leaving is no failure to show with a traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "node.cluster.chatsim", "--seed", "3", "--steps", "60", "--trace"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()  # the first line, then the reader goes
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr
