@@ -263,7 +263,9 @@ def test_a_trace_cut_short_by_its_reader_ends_quietly():
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "node.cluster.chatsim", "--seed", "3", "--steps", "60", "--trace"],
+    # 600 steps: a trace of ~150 KB, more than a pipe holds, so the writer is still writing
+    # when the reader leaves
+    proc = subprocess.Popen([sys.executable, "-m", "node.cluster.chatsim", "--seed", "3", "--steps", "600", "--trace"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.readline()  # the first line, then the reader goes
