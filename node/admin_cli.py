@@ -37,6 +37,12 @@ import trio
 from .config import Config
 
 TOKEN_ENV = "CHATNODE_ADMIN_TOKEN"
+TOKEN_HINT = f"admin endpoints need the admin token (--token, ${TOKEN_ENV} or [admin] token)"
+
+
+def admin_token(explicit: str | None, config: Config) -> str:
+    """The admin token a command uses: `--token`, else the environment, else the config."""
+    return explicit or os.environ.get(TOKEN_ENV) or config.admin.token
 #: Commands that change something (refused offline while a PostgreSQL database is in use).
 WRITES = {("users", "create"), ("users", "disable"), ("users", "enable"), ("users", "delete"),
           ("users", "password"), ("devices", "revoke")}
@@ -241,7 +247,7 @@ def _limit(value: int) -> int:
 async def _backend(args: argparse.Namespace, config: Config, *, writes: bool) -> AsyncIterator[Remote | Local]:
     """The running node's admin API, or the stopped node's storage (module docstring)."""
     url = _option(args, "url")
-    token = _option(args, "token") or os.environ.get(TOKEN_ENV) or config.admin.token
+    token = admin_token(_option(args, "token"), config)
     timeout = _option(args, "timeout", 10.0)
     online, offline = _option(args, "online", False), _option(args, "offline", False)
     if url or online:
@@ -320,7 +326,7 @@ class Remote:
             except (ValueError, KeyError, TypeError):
                 message = f"{response.status_code} {response.text[:200]}"
             if response.status_code in (401, 403) and path.startswith("/api/admin"):
-                message += "; admin endpoints need the admin token (--token, $CHATNODE_ADMIN_TOKEN or [admin] token)"
+                message += f"; {TOKEN_HINT}"
             raise CliError(message)
         return response.json() if response.content else {}
 

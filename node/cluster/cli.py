@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import httpx
 
-from ..admin_cli import TOKEN_ENV
+from ..admin_cli import TOKEN_ENV, TOKEN_HINT, admin_token
 from ..config import Config
 
 
@@ -137,20 +137,18 @@ def run_cluster_command(args: argparse.Namespace, config: Config, out: IO[str] |
         print(base64.b64encode(os.urandom(32)).decode(), file=out)
         return 0
     url = _admin_url(config, args.url) + "/api/admin/cluster/members"
-    token = args.token or os.environ.get(TOKEN_ENV) or config.admin.token
+    token = admin_token(args.token, config)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    peer_timeout = args.peer_timeout
-    params = {"timeout_ms": str(round(peer_timeout * 1000))}
+    params = {"timeout_ms": str(round(args.peer_timeout * 1000))}
     if args.no_expected:
         params["expected"] = "0"
     try:
-        response = httpx.get(url, headers=headers, params=params, timeout=args.timeout + peer_timeout)
+        response = httpx.get(url, headers=headers, params=params, timeout=args.timeout + args.peer_timeout)
     except httpx.HTTPError as exc:
         print(f"chatnode: cannot reach the node at {url}: {exc}", file=sys.stderr)
         return 1
     if response.status_code != 200:
-        hint = (f"; admin endpoints need the admin token (--token, ${TOKEN_ENV} or [admin] token)"
-                if response.status_code in (401, 403) else "")
+        hint = f"; {TOKEN_HINT}" if response.status_code in (401, 403) else ""
         print(f"chatnode: {url} answered {response.status_code}: {response.text[:200]}{hint}", file=sys.stderr)
         return 1
     view = response.json()
