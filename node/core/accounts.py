@@ -309,8 +309,8 @@ class Accounts:
         guesses see each other), or refuse it with `rate_limited`."""
         attempt = self.login_limits.begin(username, address)
         if not isinstance(attempt, Attempt):
-            raise ChatError("rate_limited", f"too many failed password attempts; retry in {int(attempt) + 1} s",
-                            retry_after=int(attempt) + 1)
+            wait = int(attempt) + 1
+            raise ChatError("rate_limited", f"too many failed password attempts; retry in {wait} s", retry_after=wait)
         return attempt
 
     async def _verify(self, stored_hash: str, password: str) -> bool:

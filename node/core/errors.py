@@ -43,6 +43,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 class ChatError(Exception):
     """A request that cannot be served; becomes an error frame or an HTTP error body."""
 
+    retry_after: float | None = None  # seconds until a retry can succeed, when known (HTTP Retry-After)
+
     def __init__(self, code: str, message: str | None = None, *, status: int | None = None,
                  retry_after: float | None = None) -> None:
         if code not in ERROR_CODES:
@@ -51,7 +53,7 @@ class ChatError(Exception):
         self.code = code
         self.message = message or meaning
         self.status = status or default_status
-        self.retry_after = retry_after  # seconds until a retry can succeed, when known (HTTP Retry-After)
+        self.retry_after = retry_after
         super().__init__(f"{code}: {self.message}")
 
     def to_json(self) -> dict[str, str]:
