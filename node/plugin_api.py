@@ -73,6 +73,16 @@ def _frozen_value(value: Any) -> Any:
     return value
 
 
+def read_only(content: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a gate sees of a message's content: a read-only view (its lists as tuples), so
+    that a gate cannot change what is stored behind the other gates' backs; only
+    ``prepare_message``'s return value replaces it. Content of scalars alone (the common
+    case) is viewed without a copy; anything nested is copied read-only."""
+    if _SCALARS.issuperset(map(type, content.values())):
+        return types.MappingProxyType(content)
+    return _frozen(content)
+
+
 # -- snapshots ----------------------------------------------------------------------------
 
 
@@ -154,11 +164,12 @@ class Message:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Message:
         reply_to = record.get("reply_to")
-        media = record.get("media")
+        frozen = _frozen(record)
+        media = frozen.get("media")  # (frozen with the record: one copy)
         return cls(
             int(record["id"]), int(record["chat"]), record["seq"], int(record.get("from") or 0), record["ts"],
-            record["kind"], record.get("text"), _frozen(media) if isinstance(media, dict) else None,
-            int(reply_to) if reply_to else None, record.get("expires_at"), _frozen(record),
+            record["kind"], record.get("text"), media if isinstance(media, Mapping) else None,
+            int(reply_to) if reply_to else None, record.get("expires_at"), frozen,
         )
 
     @classmethod

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import types
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ import trio
 from . import hookspecs
 from .config import ConfigError, PluginsSection, _first_problem, make_converter
 from .core.errors import ERROR_CODES, ChatError
-from .plugin_api import _SCALARS, FrameHandler, PluginContext, PluginError, Reject, Route, _frozen
+from .plugin_api import FrameHandler, PluginContext, PluginError, Reject, Route, read_only
 from .storage import StorageError
 
 if TYPE_CHECKING:
@@ -60,16 +59,6 @@ def _instantiate(obj: Any) -> Any:
 
 async def await_maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def read_only(content: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What a gate sees of a message's content: a read-only view (its lists as tuples), so
-    that a gate cannot change what is stored behind the other gates' backs; only
-    ``prepare_message``'s return value replaces it. Content of scalars alone (the common
-    case) is viewed without a copy; anything nested is copied read-only."""
-    if _SCALARS.issuperset(map(type, content.values())):
-        return types.MappingProxyType(content)
-    return _frozen(content)
 
 
 def _version_of(plugin: Any, default: str) -> str:
