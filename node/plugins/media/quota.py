@@ -127,8 +127,10 @@ class Quotas:
 
     def check_rate(self, user_id: int, size: int) -> None:
         """Refuse an upload of `size` bytes the bucket cannot pay for now (nothing is taken)."""
-        if self.settings.user_upload_bytes_per_hour and (available := self._bucket(user_id)[0]) < size:
-            self._rate_limited(size, available)
+        budget = self.settings.user_upload_bytes_per_hour
+        if budget and (available := self._bucket(user_id)[0]) < size:
+            # Retry-After: when the budget pays for it (never, for one bigger than the budget)
+            self._rate_limited((size - available) / self._rate if size <= budget else None)
 
     def charge_rate(self, user_id: int, size: int) -> None:
         if not self.settings.user_upload_bytes_per_hour:
@@ -137,15 +139,12 @@ class Quotas:
         bucket[0] -= size
         if bucket[0] < 0:
             bucket[0] = 0.0
-            self._rate_limited(size, 0.0)
+            self._rate_limited(None)  # (charged chunk by chunk: the upload's whole size is not known)
 
-    def _rate_limited(self, size: int, available: float) -> None:
-        """Refuse an upload of `size` bytes; Retry-After: when the budget, now `available`,
-        will pay for it (none for one bigger than the whole budget: it never will)."""
+    def _rate_limited(self, retry_after: float | None) -> None:
         self.refused["rate"] += 1
-        budget = self.settings.user_upload_bytes_per_hour
-        raise ChatError("rate_limited", f"uploads are limited to {budget} bytes per hour; try again later",
-                        retry_after=(size - available) / self._rate if size <= budget else None)
+        raise ChatError("rate_limited", f"uploads are limited to {self.settings.user_upload_bytes_per_hour} "
+                                        "bytes per hour; try again later", retry_after=retry_after)
 
     async def check_disk(self, incoming: int) -> None:
         """Refuse an upload that would leave less than the floor free on any of the paths."""
