@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import httpx
 
-from ..admin_cli import TOKEN_ENV, TOKEN_HINT, admin_token
+from ..admin_cli import TOKEN_ENV, TOKEN_HINT, CliError, admin_token, node_url
 from ..config import Config
 
 
@@ -47,17 +47,6 @@ def _peer_timeout(text: str) -> float:
     if not 0.001 <= seconds <= 30:
         raise argparse.ArgumentTypeError(f"must be 0.001 to 30 seconds, not {text}")
     return seconds
-
-
-def _admin_url(config: Config, override: str | None) -> str:
-    if override:
-        return override.rstrip("/")
-    http = config.http
-    if http.public_url:
-        return http.public_url.rstrip("/")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{http.port}"
 
 
 def _age(seconds: float) -> str:
@@ -136,7 +125,11 @@ def run_cluster_command(args: argparse.Namespace, config: Config, out: IO[str] |
     if args.cluster_command == "keygen":
         print(base64.b64encode(os.urandom(32)).decode(), file=out)
         return 0
-    url = _admin_url(config, args.url) + "/api/admin/cluster/members"
+    try:  # where the node listens, as for `chatnode admin`
+        url = (args.url.rstrip("/") if args.url else node_url(config)) + "/api/admin/cluster/members"
+    except CliError as exc:
+        print(f"chatnode: {exc}", file=sys.stderr)
+        return exc.exit_code
     token = admin_token(args.token, config)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     params = {"timeout_ms": str(round(args.peer_timeout * 1000))}

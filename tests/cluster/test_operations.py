@@ -316,6 +316,17 @@ async def test_members_takes_the_admin_token_as_chatnode_admin_does(tmp_path, mo
         monkeypatch.setenv("CHATNODE_ADMIN_TOKEN", TOKEN)
         assert await trio.to_thread.run_sync(members) == 0
         assert await trio.to_thread.run_sync(members, "--token", "wrong") == 1
+
+        # without --url: where the config says the node listens (not its public URL), as
+        # `chatnode admin` does; a config without a fixed port cannot say
+        port = int(node.http_url.rsplit(":", 1)[1])
+        proxied = attrs.evolve(node.config, http=attrs.evolve(node.config.http, port=port,
+                                                             public_url="https://chat.invalid"))
+        local = _parser().parse_args(["cluster", "members"])
+        assert await trio.to_thread.run_sync(run_cluster_command, local, proxied, io.StringIO()) == 0
+        unfixed = attrs.evolve(node.config, http=attrs.evolve(node.config.http, port=0))
+        assert await trio.to_thread.run_sync(run_cluster_command, local, unfixed, io.StringIO()) == 2
+        assert "no fixed http.port" in capsys.readouterr().err
     for bad in ("0", "31", "soon"):
         with pytest.raises(SystemExit) as exit_info:
             _parser().parse_args(["cluster", "members", "--peer-timeout", bad])
