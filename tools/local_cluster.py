@@ -59,10 +59,21 @@ class Ports:
     with --free-ports, whatever is free (tests)."""
 
     def __init__(self, free: bool) -> None:
-        pick = (lambda _fixed: free_port()) if free else (lambda fixed: fixed)
-        self.pg = pick(55432)
         # SeaweedFS's: its gRPC ports are these + 10000
         self.s3, self.master, self.volume, self.filer = free_port_pairs(4) if free else (18333, 19333, 18080, 18888)
+        taken = {p + extra for p in (self.s3, self.master, self.volume, self.filer) for extra in (0, 10000)}
+
+        def pick(fixed: int) -> int:
+            """A free port, never one already picked (each is free when asked, released at
+            once, so the kernel may offer the same one twice)."""
+            if not free:
+                return fixed
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
+        self.pg = pick(55432)
         self.http = [pick(8080 + 10 * i) for i in range(NODES)]
         self.ws = [pick(8081 + 10 * i) for i in range(NODES)]
         self.cluster = [pick(7946 + i) for i in range(NODES)]
