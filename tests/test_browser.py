@@ -192,6 +192,10 @@ class Pages:
         page.click("#auth-submit")
         expect(page.locator("#main-view")).to_be_visible()
         expect(page.locator("#me-name")).not_to_be_empty()
+        # Online before the test goes on: the list is drawn before the socket connects, and
+        # the "Connecting…" banner over it moves every row while it shows (a point measured
+        # then lands elsewhere once it goes).
+        expect(page.locator("#conn-banner[data-state='online']")).to_be_attached()
         if not notifications_banner:
             page.click("#notify-later")
         return page
