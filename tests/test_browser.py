@@ -236,12 +236,32 @@ def names(node):
     return make
 
 
-def box_now(locator) -> dict:
-    """Where the element is, measured in the page in one step: a list or a conversation may
-    be redrawn (the element replaced) at any moment, between Playwright's finding an element
-    and its measuring it (`bounding_box()` is then None)."""
-    return locator.evaluate(
-        "e => { const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
+def steady_point(locator, dx: float) -> dict:
+    """A point `dx` px into the element, halfway down, once the element has stayed put for
+    a few frames and nothing covers that point: a touch sent through CDP lands wherever the
+    point is by then, and a list still settling (history loading, a banner going) moves it."""
+    found: dict = {}
+
+    def settled() -> bool:
+        point = locator.evaluate(_STEADY_POINT, dx)
+        if point:
+            found.update(point)
+        return bool(point)
+
+    wait_until(settled, "the element to stay put")
+    return found
+
+
+_STEADY_POINT = """async (e, dx) => {
+  const box = () => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, r.height].join(); };
+  const before = box();
+  for (let i = 0; i < 5; i++) await new Promise((done) => requestAnimationFrame(done));
+  if (!e.isConnected || box() !== before) return null;
+  const r = e.getBoundingClientRect();
+  const point = { x: r.x + dx, y: r.y + r.height / 2 };
+  const hit = document.elementFromPoint(point.x, point.y);
+  return hit && e.contains(hit) ? point : null;
+}"""
 
 
 def shot(page, name: str, **options) -> None:

@@ -10,7 +10,6 @@ import pytest
 from test_browser import (  # noqa: F401 (fixtures)
     PHONE,
     auth,
-    box_now,
     browser,
     expect,
     message_action,
@@ -21,6 +20,7 @@ from test_browser import (  # noqa: F401 (fixtures)
     pages,
     send,
     shot,
+    steady_point,
 )
 
 pytestmark = pytest.mark.browser
@@ -69,9 +69,8 @@ def test_the_message_menu_by_mouse_keyboard_and_long_press(pages, names):
     phone.click("#chat-list .chat-item")
     target = bubble_row(phone, "Meet at the station").locator(".bubble")
     expect(target).to_be_visible()
-    box = box_now(target)
+    point = steady_point(target, 20)
     cdp = phone.context.new_cdp_session(phone)
-    point = {"x": box["x"] + 20, "y": box["y"] + box["height"] / 2}
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [point]})
     expect(menu(phone).get_by_role("menuitem", name="Star")).to_be_visible()
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})

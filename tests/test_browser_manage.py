@@ -13,7 +13,6 @@ from test_browser import (  # noqa: F401 (fixtures)
     HIDDEN_TAB_WITH_NOTIFICATION_SPY,
     PHONE,
     auth,
-    box_now,
     browser,
     expect,
     names,
@@ -23,6 +22,7 @@ from test_browser import (  # noqa: F401 (fixtures)
     pages,
     send,
     shot,
+    steady_point,
     wait_until,
 )
 
@@ -172,9 +172,8 @@ def test_the_chat_menu_by_keyboard_and_by_a_long_press_on_a_phone(pages, names):
     phone = pages.login(bob, viewport=PHONE, has_touch=True, is_mobile=True)
     target = row(phone, "Alice").locator(".chat-item")
     expect(target).to_be_visible()
-    box = box_now(target)
+    point = steady_point(target, 60)
     cdp = phone.context.new_cdp_session(phone)
-    point = {"x": box["x"] + 60, "y": box["y"] + box["height"] / 2}
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [point]})
     expect(phone.locator("#popup-menu")).to_be_visible()  # after half a second of holding
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
