@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench setup clean browser postgres screenshot cluster netns
+.PHONY: run test lint bench setup clean browser postgres screenshot cluster netns proxies
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,15 @@ netns:
 	  command -v apt-get >/dev/null 2>&1 && apt-get update -q && apt-get install -y -q --no-install-recommends iproute2 util-linux; } || \
 	  echo "no ip/unshare: the partition test will be skipped"
 
-test: $(STAMP) browser postgres netns
+# The reverse-proxy examples (contrib/nginx.conf, contrib/Caddyfile) are tested against
+# Debian's nginx and caddy; RUNLEVEL=1 keeps the packages from starting their own services.
+proxies:
+	@{ command -v nginx >/dev/null 2>&1 && command -v caddy >/dev/null 2>&1; } || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then echo "no nginx/caddy and no apt-get: their tests will be skipped"; exit 0; fi; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO env RUNLEVEL=1 apt-get install -y -q --no-install-recommends nginx caddy; }
+
+test: $(STAMP) browser postgres netns proxies
 	$(PY) -m pytest -q
 
 # ruff and mypy come with the test extras; mypy reads its settings from pyproject.toml
