@@ -56,8 +56,9 @@ proxies:
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO env RUNLEVEL=1 apt-get install -y -q --no-install-recommends nginx caddy; }
 
+# --durations: the slowest tests are listed at the end, to keep an eye on the suite's time.
 test: $(STAMP) browser postgres netns proxies
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # ruff and mypy come with the test extras; mypy reads its settings from pyproject.toml
 lint: $(STAMP)
