@@ -75,6 +75,15 @@ def test_the_unit_and_the_service_config_agree(tmp_path):
     assert config["websocket"]["public_url"].startswith("wss://") and config["http"]["public_url"].startswith("https://")
 
 
+def test_a_start_up_error_is_not_restarted_in_a_loop():
+    """serve exits 2 on a bad config or any start-up error; systemd's RestartPreventExitStatus
+    looks at the main process only, so the config is not checked in an ExecStartPre (whose
+    failure would be restarted every RestartSec)."""
+    unit = unit_settings()
+    assert unit["Restart"] == "on-failure" and "2" in unit["RestartPreventExitStatus"].split()
+    assert "ExecStartPre" not in unit
+
+
 @pytest.mark.parametrize("name", ["chatnode.toml", "container.toml"])
 def test_the_shipped_configs_pass_check_config(tmp_path, name):
     text = (CONTRIB / name).read_text()
