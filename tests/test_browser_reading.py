@@ -162,6 +162,14 @@ def test_unread_divider_jump_to_latest_and_the_day_band(pages, names, node):
         writer.start()
         writer.join(30)
 
+    async def bob_comes_and_goes(times: int) -> None:
+        """Bob's presence changes (online, offline) `times` times: each redraws Alice's chat."""
+        async with ChatClient(node.url) as client:
+            await client.login(bob, PASSWORD)
+            for _ in range(times):
+                async with client.connect() as conn:
+                    await conn.synced.wait()
+
     write(0, 30, "earlier")
     a = pages.login(alice)
     open_chat(a, "Bob")  # read up to here
@@ -209,7 +217,11 @@ def test_unread_divider_jump_to_latest_and_the_day_band(pages, names, node):
     expect(jump).to_have_attribute("aria-label", "Jump to the latest message (2 new)")
     assert messages.evaluate(at_end) > 1000  # reading stays where it was
     jump.focus()
+    # Redraws while the list glides to the end (Bob's presence) must not stop it halfway.
+    visits = threading.Thread(target=trio.run, args=(bob_comes_and_goes, 10))
+    visits.start()
     a.keyboard.press("Enter")
+    visits.join(30)
     wait_until(lambda: messages.evaluate(at_end) < 5, "the end of the chat, by keyboard")
     expect(a.locator("#message-list .msg .text").last).to_contain_text("newest 41:")
     expect(jump).to_be_hidden()

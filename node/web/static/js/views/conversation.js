@@ -56,6 +56,7 @@ export class ConversationView {
     this.context = null; // {type: 'reply' | 'edit', entry}
     this.uploads = [];
     this.stickToBottom = true;
+    this.jumping = false; // a smooth scroll to the end is under way (jumpToLatest): still "at the end"
     this.expiryTimer = null;
     this.unread = null; // {after, upTo: read and last seq when the chat was opened, placed: scrolled to it yet}
     this.seenUpTo = 0; // newest seq shown while at the bottom (newer ones count on the jump button)
@@ -100,6 +101,9 @@ export class ConversationView {
       if (files.length) this.pickFiles(files);
     });
     this.scroller.addEventListener('scroll', () => this.onScroll());
+    for (const type of ['wheel', 'touchstart', 'keydown', 'pointerdown']) {
+      this.scroller.addEventListener(type, () => { this.jumping = false; }, { passive: true }); // the reader takes over
+    }
     this.scroller.addEventListener('keydown', (e) => this.onListKey(e));
     this.setupDrop();
 
@@ -154,6 +158,7 @@ export class ConversationView {
       this.text.value = this.drafts.get(chatId) || '';
       this.autosize();
       this.stickToBottom = true;
+      this.jumping = false;
       this.seenUpTo = 0;
       this.emoji.close(false);
       if (this.recorder.active) this.recorder.cancel();
@@ -294,7 +299,9 @@ export class ConversationView {
     const anchorTop = anchor ? anchor.offsetTop : 0;
     reconcile(this.list, nodes);
     if (this.stickToBottom) scroller.scrollTop = scroller.scrollHeight;
-    else if (anchor && anchor.isConnected) scroller.scrollTop += anchor.offsetTop - anchorTop;
+    else if (anchor && anchor.isConnected && anchor.offsetTop !== anchorTop) {
+      scroller.scrollTop += anchor.offsetTop - anchorTop; // (only then: setting it stops a smooth scroll)
+    }
     if (this.unread && !this.unread.placed && log.loaded) { // once, as the chat opens
       this.unread.placed = true;
       if (unread) this.placeUnread();
@@ -367,6 +374,7 @@ export class ConversationView {
 
   jumpToLatest() {
     this.stickToBottom = true;
+    this.jumping = true; // until the end is reached: a render meanwhile goes straight there
     const reduce = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
     this.scroller.scrollTo({ top: this.scroller.scrollHeight, behavior: reduce ? 'auto' : 'smooth' });
     this.text.focus({ preventScroll: true });
@@ -677,7 +685,9 @@ export class ConversationView {
 
   onScroll() {
     const s = this.scroller;
-    this.stickToBottom = s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM;
+    const near = s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM;
+    if (near) this.jumping = false;
+    this.stickToBottom = near || this.jumping;
     if (this.chatId) {
       const entries = this.store.visibleEntries(this.chatId, this.session.socket.now());
       if (this.stickToBottom && entries.length) this.seenUpTo = Math.max(this.seenUpTo, entries[entries.length - 1].seq);
