@@ -19,13 +19,17 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/chatnode serve --config config.toml
 
+# Debian packages the tests need, installed with apt-get (through sudo unless run as root);
+# RUNLEVEL=1 keeps them from starting services of their own (nginx, caddy, PostgreSQL's
+# packaged cluster): the tests start their own servers.
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO env RUNLEVEL=1 apt-get install -y -q --no-install-recommends
+
 # The web client's tests drive Debian's Chromium (never a browser Playwright downloads); an
 # emoji font makes the emoji picker's screenshots readable (the tests do not need it).
 browser:
 	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi 'color emoji'; } || { \
 	  if ! command -v apt-get >/dev/null 2>&1; then echo "no chromium and no apt-get: the browser tests will be skipped"; exit 0; fi; \
-	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium fonts-noto-color-emoji; }
+	  $(APT_INSTALL) chromium fonts-noto-color-emoji; }
 
 # The PostgreSQL engine's tests start private servers (tests/pgserver.py) from Debian's
 # postgresql-15 binaries, as the postgres user when run as root; the packaged cluster
@@ -34,8 +38,7 @@ PG_BIN := /usr/lib/postgresql/15/bin
 postgres:
 	@test -x $(PG_BIN)/initdb || { \
 	  if ! command -v apt-get >/dev/null 2>&1; then echo "no $(PG_BIN)/initdb and no apt-get: install PostgreSQL 15"; exit 1; fi; \
-	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends postgresql-15; }
+	  $(APT_INSTALL) postgresql-15; }
 
 # Three nodes, their PostgreSQL and an object store for media, all in ./cluster (docs/cluster.md).
 cluster: $(STAMP) postgres
@@ -49,12 +52,11 @@ netns:
 	  echo "no ip/unshare: the partition test will be skipped"
 
 # The reverse-proxy examples (contrib/nginx.conf, contrib/Caddyfile) are tested against
-# Debian's nginx and caddy; RUNLEVEL=1 keeps the packages from starting their own services.
+# Debian's nginx and caddy.
 proxies:
 	@{ command -v nginx >/dev/null 2>&1 && command -v caddy >/dev/null 2>&1; } || { \
 	  if ! command -v apt-get >/dev/null 2>&1; then echo "no nginx/caddy and no apt-get: their tests will be skipped"; exit 0; fi; \
-	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO env RUNLEVEL=1 apt-get install -y -q --no-install-recommends nginx caddy; }
+	  $(APT_INSTALL) nginx caddy; }
 
 # --durations: the slowest tests are listed at the end, to keep an eye on the suite's time.
 test: $(STAMP) browser postgres netns proxies
