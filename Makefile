@@ -19,9 +19,9 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/chatnode serve --config config.toml
 
-# Debian packages the tests need, installed with apt-get (through sudo unless run as root);
-# RUNLEVEL=1 keeps them from starting services of their own (nginx, caddy, PostgreSQL's
-# packaged cluster): the tests start their own servers.
+# Debian packages the tests need, installed with apt-get (through sudo unless run as root).
+# The tests start their own servers; RUNLEVEL=1 asks the packages' init scripts not to start
+# theirs (invoke-rc.d honours it without systemd; under systemd they may start as usual).
 APT_INSTALL = SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO env RUNLEVEL=1 apt-get install -y -q --no-install-recommends
 
 # The web client's tests drive Debian's Chromium (never a browser Playwright downloads); an
