@@ -60,7 +60,10 @@ own view.
 **Where users are.** A user's home keeps the set of nodes with a device of theirs
 (``loc``): ephemeral events (typing, receipts, presence) go there to be passed on
 (``relay``), presence edges (``on_user_online``/``on_user_offline``) fire there once for
-the whole cluster, and ``is_online`` asks it.
+the whole cluster, and ``is_online`` asks it. Nodes register their users at a new home
+once their own view has moved, so a home passes the events of a user it became home of
+within ``HOME_SETTLE`` (or is not home of in its view) to every node; relays queued for a
+home that left go to the next one.
 
 **A polite stop.** A stopping node gives up its chats and users at once (it stops
 sequencing and passes on whatever still reaches it) and says ``bye`` to every peer. Each
@@ -116,6 +119,7 @@ RESUBSCRIBE_CHUNK = 200  # users resubscribed between checkpoints after ownershi
 RESUBSCRIBE_DELAY = 0.2  # seconds before a refused subscription (or work whose read failed) is tried again
 STORAGE_RETRY_DELAY = 1.0  # seconds before work that storage refused (a failover?) is done again
 MOVES_CHUNK = 1000  # chats compared between checkpoints when counting ownership moves
+HOME_SETTLE = 10.0  # seconds after a user's home moved during which their events go to every node
 
 def forwardable(name: str) -> type[Operation] | None:
     """The operation class of that name, if it may travel to a chat's owner: one with a
@@ -214,6 +218,9 @@ class ClusterRouting(Routing):
         self._parked: list[tuple[Operation, int, frozenset[int], float]] = []
         self.subs: dict[int, dict[int, set[int]]] = {}  # owner side: chat -> node -> users
         self.locations: dict[int, set[int]] = {}  # home side: user -> nodes with a device of theirs
+        # Views this node had before recent changes, until when each counts: a user whose home
+        # moved here since may have devices on nodes that have not registered them yet.
+        self._moved_homes: list[tuple[float, Ownership]] = []
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
         self._work_send, self._work_recv = trio.open_memory_channel[tuple[str, Any]](100_000)
         self.stats = {"forwarded": 0, "forward_failures": 0, "served": 0, "deliveries_sent": 0,
@@ -254,10 +261,13 @@ class ClusterRouting(Routing):
         self.departing &= set(members)
         self._bye_unanswered &= set(members)
         self._reown()
-        for message in unsent:  # never left this node: to the chats' owners in the new view
+        for message in unsent:  # never left this node: to the chats' owners (users' homes) in the new view
             if message[0] == "op":
                 _, name, fields, hops, *hint = message
                 self._serve_op(name, fields, hops, *hint)
+            elif message[0] == "relay":
+                _, users, payload, origin = message
+                self._relay_to_homes(list(users), payload, origin)
             else:  # "run": served here as if it had come from this node, answered to its request
                 _, req, name, fields, hops, *hint = message
                 self._serve_run(self.node_id, req, name, fields, hops, *hint)
@@ -281,6 +291,9 @@ class ClusterRouting(Routing):
         self._quiet.set()
         if not self.ownership.update(members, include_self=not self.leaving):
             return
+        now = trio.current_time()
+        self._moved_homes = [(until, view) for until, view in self._moved_homes if until > now]
+        self._moved_homes.append((now + HOME_SETTLE, before))
         known = set(self.chats._chats) | set(self.subs)  # before they are dropped below
         self.given_up(self.chats.forget_chats(self.owns))
         for chat_id in [c for c in self.subs if not self.owns(c)]:
@@ -382,12 +395,13 @@ class ClusterRouting(Routing):
         """Forget a member that left the view. Returns the operations still queued for it,
         fire-and-forget (`received`) or awaited (`read`, a reaction, a group change, ...):
         they never left, so they go to the chats' owners in the new view, each applied
-        once. A `send` still queued fails like one in flight (the client retries it with
-        its client_msg_id); so do awaited operations whose request has already expired,
-        since their requester was told they failed."""
+        once; and the events queued for it as their users' home (`relay`), which go to
+        the users' new homes. A `send` still queued fails like one in flight (the client
+        retries it with its client_msg_id); so do awaited operations whose request has
+        already expired, since their requester was told they failed."""
         assert self.links is not None
         unsent = [m for m in self.links.drop_peer(node)
-                  if m[0] == "op" or (m[0] == "run" and m[1] in self._pending)]
+                  if m[0] in ("op", "relay") or (m[0] == "run" and m[1] in self._pending)]
         for message in unsent:
             if message[0] == "run":
                 self._pending[message[1]].peer = self.node_id  # answered here now
@@ -890,29 +904,57 @@ class ClusterRouting(Routing):
     # -- users anywhere ------------------------------------------------------------------
 
     def send_to_users(self, user_ids: Iterable[int], payload: bytes) -> None:
-        by_home: dict[int, list[int]] = {}
-        for user_id in user_ids:
+        users = list(user_ids)
+        for user_id in users:
             for session in self.hub.sessions_of(user_id):
                 session.send_event(payload)
+        self._relay_to_homes(users, payload, self.node_id)
+
+    def _relay_to_homes(self, user_ids: list[int], payload: bytes, origin: int) -> None:
+        """An event for these users, to be passed on by their homes in this view."""
+        by_home: dict[int, list[int]] = {}
+        for user_id in user_ids:
             by_home.setdefault(self.home(user_id), []).append(user_id)
         for home, users in by_home.items():
             if home == self.node_id:
-                self._relay(users, payload, self.node_id)
+                self._relay(users, payload, origin)
             elif self.links is not None:
-                self.links.send(home, ("relay", users, payload, self.node_id))
+                self.links.send(home, ("relay", users, payload, origin))
 
     def _relay(self, users: list[int], payload: bytes, origin: int) -> None:
+        """Pass an event on to the nodes with the users' devices (not back to `origin`,
+        which gave it to its own). A user this node is not home of in its view, or became
+        home of within HOME_SETTLE, may have devices on nodes that have not registered
+        them here yet: their events go to every node."""
         by_node: dict[int, list[int]] = {}
+        unsettled: list[int] = []
         for user_id in users:
+            if self._home_unsettled(user_id):
+                unsettled.append(user_id)
+                continue
             for node in self.locations.get(user_id, ()):
                 if node != origin:
                     by_node.setdefault(node, []).append(user_id)
+        if unsettled:
+            for node in self._members or (self.node_id,):
+                if node != origin:
+                    by_node.setdefault(node, []).extend(unsettled)
         for node, node_users in by_node.items():
             self.stats["relayed"] += 1
             if node == self.node_id:
                 self._deliver_event(node_users, payload)
             elif self.links is not None:
                 self.links.send(node, ("ev", node_users, payload))
+
+    def _home_unsettled(self, user_id: int) -> bool:
+        if self.home(user_id) != self.node_id:
+            return True  # the sender's view differs from this node's
+        if not self._moved_homes:
+            return False
+        now = trio.current_time()
+        # a view of this node alone: it had just started, or had no peers to learn from
+        return any(until > now and (len(view.members) <= 1 or view.owner(user_id, USER) != self.node_id)
+                   for until, view in self._moved_homes)
 
     def _deliver_event(self, users: Iterable[int], payload: bytes) -> None:
         for user_id in users:

@@ -19,7 +19,7 @@ import trio
 from conftest import PASSWORD, cluster_storage, make_config, new_user, running_node
 
 from node.client import ChatClient, ClientError
-from node.cluster.ownership import owner_of
+from node.cluster.ownership import USER, owner_of
 from node.storage import WriteBatch
 from node.testing import wait_until as until
 
@@ -270,3 +270,65 @@ async def test_a_read_queued_for_an_owner_that_died_goes_to_the_next_owner(tmp_p
         assert [e for e in b.events_nowait() if e["type"] == "error"] == []
         summary = next(c for c in await bob.chats() if c["id"] == chat)
         assert summary["read_seq"] == seq
+
+
+async def test_a_receipt_for_a_user_whose_home_died_still_reaches_her_device(tmp_path):
+    """A node crashes while it is Alice's home (the node that knows where her devices
+    are) and the link to it from her chat's owner is down: the `read` event for her,
+    which the owner relays through her home, waits in that link's queue. Once membership
+    declares the home failed, the event goes to her next home, which passes it to every
+    node for a moment (the node with her device may not have registered her there yet):
+    her device, on a surviving node, learns that Bob read her message (docs/cluster.md,
+    "Between nodes"). Her chat is owned by node 1 before and after the crash, so only the
+    home moves."""
+    slow = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 6}  # detection takes seconds
+
+    async def crashable(cfg, task_status):
+        with trio.CancelScope() as scope:  # cancelled: it stops at once, without a goodbye
+            async with running_node(cfg) as node:
+                task_status.started((node, scope))
+                await trio.sleep_forever()
+
+    async with AsyncExitStack() as stack:
+        n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [], slow)))
+        n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address], slow)))
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        n3, crash = await nursery.start(crashable, node_config(tmp_path, 3, [n1.cluster.address], slow))
+        await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
+        bob = await new_user(n1, "bob")
+        stack.push_async_callback(bob.aclose)
+        for i in range(200):  # a user whose home is node 3
+            alice = await new_user(n1, f"alice{i}")
+            stack.push_async_callback(alice.aclose)
+            if owner_of(int(alice.user["id"]), [1, 2, 3], USER) == 3:
+                break
+        alice_id = int(alice.user["id"])
+        for i in range(200):  # a chat that node 1 owns, with node 3 and without
+            chat = (await alice.create_group(f"g{i}", usernames=["bob"]))["id"]
+            if owner_of(int(chat), [1, 2, 3]) == 1 and owner_of(int(chat), [1, 2]) == 1:
+                break
+        on_n2 = ChatClient(n2.http_url)
+        stack.push_async_callback(on_n2.aclose)
+        await on_n2.login(alice.user["username"], PASSWORD)
+        a = await stack.enter_async_context(on_n2.connect())
+        b = await stack.enter_async_context(bob.connect())
+        await b.synced.wait()
+        await until(lambda: 2 in n3.routing.locations.get(alice_id, ()))
+        seq = (await a.send_text(chat, "read me"))["seq"]
+        await b.wait_for("message", chat=chat, seq=seq)
+
+        crash.cancel()
+        links = n1.cluster.links
+
+        async def link_down() -> bool:  # Bob's typing goes to Alice's home: a write into the dead stream breaks it
+            await b.typing(chat)
+            return not links.peer_statistics(3)["connected"]
+
+        await until(link_down, 5, interval=0.05)
+        queued = links.queued(3)
+        await b.read(chat, seq)
+        await until(lambda: links.queued(3) > queued, 5)  # the `read` event for Alice waits for node 3
+
+        read = await a.wait_for("read", timeout=20, chat=chat, user=bob.user["id"])
+        assert read["seq"] == seq
+        assert n1.cluster.membership.member(3).state == "failed"
