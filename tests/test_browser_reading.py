@@ -27,6 +27,7 @@ from test_browser import (  # noqa: F401 (fixtures)
     node,
     open_chat,
     open_direct,
+    own_status,
     pages,
     send,
     shot,
@@ -321,12 +322,15 @@ window.Notification = class {
 class SocketRelay:
     """The page's chat socket, relayed to the real node by Playwright (route_web_socket),
     which can hold back `synced` (a replay that takes long), drop the page's `read`s (lost
-    with the connection) and cut the connection. Its callbacks run while the test waits in
-    a Playwright call."""
+    with the connection), refuse some as the node does while a cluster moves the chat
+    (`unavailable`), and cut the connection. Its callbacks run while the test waits in a
+    Playwright call."""
 
     def __init__(self, page) -> None:
         self.hold_synced = False
         self.drop_reads = False
+        self.refuse_reads = 0  # how many `read`s to answer with `unavailable` (not passed on)
+        self.opened = 0  # sockets the page opened
         self.held: list[dict] = []
         self.reads: list[tuple[str, dict]] = []  # ("sent" | "dropped", event)
         self.messages: list[str] = []  # texts of the entries passed to the page
@@ -335,6 +339,7 @@ class SocketRelay:
 
     def _open(self, route) -> None:
         self.route, self.server = route, route.connect_to_server()
+        self.opened += 1
         route.on_message(self._to_node)
         self.server.on_message(self._to_page)
 
@@ -343,6 +348,12 @@ class SocketRelay:
         events = events if isinstance(events, list) else [events]
         kept = []
         for event in events:
+            if event["type"] == "read" and self.refuse_reads:
+                self.refuse_reads -= 1
+                self.reads.append(("refused", event))
+                self.route.send(json.dumps({"type": "error", "code": "unavailable",
+                                            "message": "the node that owns this chat left or failed before answering; retry"}))
+                continue
             if event["type"] == "read":
                 self.reads.append(("dropped" if self.drop_reads else "sent", event))
                 if self.drop_reads:
@@ -370,6 +381,28 @@ class SocketRelay:
     def cut(self) -> None:
         self.server.close(code=1011)
         self.route.close(code=1011)  # the page reconnects
+
+
+def test_a_read_the_node_refuses_for_a_moment_is_sent_again_on_the_same_socket(pages, names):
+    """In a cluster a `read` can meet its chat changing hands and be refused with
+    `unavailable`, an `error` without `ref` (docs/web-client.md): the page sends it again,
+    without reconnecting, and the sender sees the message read."""
+    alice, bob = names("alice", "bob")
+    a = pages.login(alice)
+    open_direct(a, bob)
+    send(a, "read me, eventually")
+    b = pages.new()
+    relay = SocketRelay(b)
+    b.fill("#auth-username", bob)
+    b.fill("#auth-password", PASSWORD)
+    b.click("#auth-submit")
+    expect(b.locator("#conn-banner[data-state='online']")).to_be_attached()
+    relay.refuse_reads = 1
+    open_chat(b, "Alice")
+    expect(own_status(a, "read me, eventually")).to_have_attribute("data-status", "read")
+    assert [kind for kind, _ in relay.reads] == ["refused", "sent"]
+    assert relay.reads[0][1] == relay.reads[1][1]
+    assert relay.opened == 1
 
 
 def test_a_live_message_during_a_replay_notifies_and_a_lost_read_is_sent_again(pages, names, node):

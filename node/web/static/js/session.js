@@ -45,6 +45,7 @@ export class Session extends EventTarget {
     socket.addEventListener('event', (e) => this.onEvent(e.detail));
     socket.addEventListener('sent', (e) => this.onSent(e.detail));
     socket.addEventListener('failed', () => store.changed('outbox'));
+    socket.addEventListener('retryReads', (e) => this.retryReads(e.detail));
     socket.addEventListener('unauthorized', (e) => this.dispatchEvent(new CustomEvent('unauthorized', { detail: e.detail })));
     this.onVisible = () => {
       if (document.visibilityState === 'visible' && store.activeChatId) this.markRead(store.activeChatId);
@@ -163,6 +164,15 @@ export class Session extends EventTarget {
     for (const [chatId, seq] of this.socket.takeCarriedReads()) {
       const chat = byId.get(chatId);
       if (chat && (chat.read_seq || 0) < seq && !chat.marked_unread) this.socket.read(chatId, seq);
+    }
+  }
+
+  /** Reads the node refused for a moment (socket.js, readsRefused) go again, unless the
+   * chat was marked as unread since (any `read` would clear that mark). */
+  retryReads(reads) {
+    for (const [chatId, seq] of reads) {
+      const chat = this.store.chats.get(chatId);
+      if (chat && !chat.marked_unread) this.socket.read(chatId, seq);
     }
   }
 

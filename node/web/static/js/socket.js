@@ -17,6 +17,7 @@ const PING_AFTER = 20_000; // idle time before a ping
 const DEAD_AFTER = 45_000; // no frame at all for this long: the connection is gone
 const MAX_BACKOFF = 15_000;
 const CONTROL_DELAY = 50; // ms to gather `received` and `read` into one frame (the node limits frames per second)
+const READ_RETRY_DELAY = 2000; // ms before reads are sent again after a retryable error without `ref`
 
 export class ChatSocket extends EventTarget {
   constructor(api, outbox) {
@@ -41,6 +42,7 @@ export class ChatSocket extends EventTarget {
     // of earlier sockets (maybe lost with them), for session.js to send again if still needed.
     this.unconfirmed = new Map(); // chat -> seq
     this.carried = new Map(); // chat -> seq
+    this.readRetryTimer = null;
     this.welcomed = false; // a welcome came on some socket already
     this.onOnline = () => this.retryNow();
     this.onOffline = () => this.drop();
@@ -62,6 +64,8 @@ export class ChatSocket extends EventTarget {
     clearInterval(this.heartbeat);
     clearTimeout(this.retryTimer);
     clearTimeout(this.controlTimer);
+    clearTimeout(this.readRetryTimer);
+    this.readRetryTimer = null;
     if (this.ws) {
       const ws = this.ws;
       this.detach();
@@ -216,7 +220,10 @@ export class ChatSocket extends EventTarget {
           break;
         case 'error':
           if (event.ref) this.onSendError(event);
-          else console.warn('chat socket error', event.code, event.message);
+          else {
+            if (RETRYABLE.has(event.code)) this.readsRefused();
+            console.warn('chat socket error', event.code, event.message);
+          }
           break;
         default:
           break;
@@ -241,6 +248,18 @@ export class ChatSocket extends EventTarget {
       if (event.type === 'read' && !(this.unconfirmed.get(event.chat) >= event.seq)) this.unconfirmed.set(event.chat, event.seq);
     }
     this.control.clear();
+  }
+
+  /** A frame without `ref` was refused for a moment (`unavailable`: in a cluster, its
+   * chat's node was changing hands): it may have been a `read`. The reads not confirmed
+   * by then go to session.js (`retryReads`) to be sent again; a `read` is cumulative, so
+   * one sent twice does no harm. (On a new socket they are carried instead.) */
+  readsRefused() {
+    if (this.readRetryTimer || !this.unconfirmed.size) return;
+    this.readRetryTimer = setTimeout(() => {
+      this.readRetryTimer = null;
+      if (this.ready && this.unconfirmed.size) this.emit('retryReads', new Map(this.unconfirmed));
+    }, READ_RETRY_DELAY);
   }
 
   carry(chat, seq) {
