@@ -952,6 +952,9 @@ class ClusterRouting(Routing):
         if not self._moved_homes:
             return False
         now = trio.current_time()
+        if self._moved_homes[-1][0] <= now:  # the latest change has settled, and the earlier ones
+            self._moved_homes.clear()
+            return False
         # a view of this node alone: it had just started, or had no peers to learn from
         return any(until > now and (len(view.members) <= 1 or view.owner(user_id, USER) != self.node_id)
                    for until, view in self._moved_homes)

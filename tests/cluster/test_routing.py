@@ -212,6 +212,25 @@ async def test_info_lists_every_node(tmp_path):
         assert set(info["nodes"]) == {a.http_url, b.http_url, c.http_url}
 
 
+async def two_nodes_and_one_to_crash(stack: AsyncExitStack, tmp_path: Path):
+    """Nodes 1 and 2, and node 3 with the cancel scope that crashes it (it stops at once,
+    without a goodbye); failure detection takes seconds."""
+    slow = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 6}
+
+    async def crashable(cfg, task_status):
+        with trio.CancelScope() as scope:
+            async with running_node(cfg) as node:
+                task_status.started((node, scope))
+                await trio.sleep_forever()
+
+    n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [], slow)))
+    n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address], slow)))
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    n3, crash = await nursery.start(crashable, node_config(tmp_path, 3, [n1.cluster.address], slow))
+    await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
+    return n1, n2, n3, crash
+
+
 async def test_a_read_queued_for_an_owner_that_died_goes_to_the_next_owner(tmp_path):
     """A node crashes (no `bye`) while another node's link to it is down: the `read` a
     device sends meanwhile waits in the link's queue, never sent. Once membership
@@ -221,21 +240,8 @@ async def test_a_read_queued_for_an_owner_that_died_goes_to_the_next_owner(tmp_p
     before node 2 does, and node 2 would then pass the read on to node 3 over a link not
     yet known to be dead, where it is lost in flight and fails `unavailable` (as any
     request in flight to a node that dies does)."""
-    slow = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 6}  # detection takes seconds
-
-
-    async def crashable(cfg, task_status):
-        with trio.CancelScope() as scope:  # cancelled: it stops at once, without a goodbye
-            async with running_node(cfg) as node:
-                task_status.started((node, scope))
-                await trio.sleep_forever()
-
     async with AsyncExitStack() as stack:
-        n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [], slow)))
-        n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address], slow)))
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        n3, crash = await nursery.start(crashable, node_config(tmp_path, 3, [n1.cluster.address], slow))
-        await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
+        n1, n2, n3, crash = await two_nodes_and_one_to_crash(stack, tmp_path)
         alice, bob = await new_user(n1, "alice"), await new_user(n1, "bob")
         stack.push_async_callback(alice.aclose)
         stack.push_async_callback(bob.aclose)
@@ -281,20 +287,8 @@ async def test_a_receipt_for_a_user_whose_home_died_still_reaches_her_device(tmp
     her device, on a surviving node, learns that Bob read her message (docs/cluster.md,
     "Between nodes"). Her chat is owned by node 1 before and after the crash, so only the
     home moves."""
-    slow = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 6}  # detection takes seconds
-
-    async def crashable(cfg, task_status):
-        with trio.CancelScope() as scope:  # cancelled: it stops at once, without a goodbye
-            async with running_node(cfg) as node:
-                task_status.started((node, scope))
-                await trio.sleep_forever()
-
     async with AsyncExitStack() as stack:
-        n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [], slow)))
-        n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address], slow)))
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        n3, crash = await nursery.start(crashable, node_config(tmp_path, 3, [n1.cluster.address], slow))
-        await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
+        n1, n2, n3, crash = await two_nodes_and_one_to_crash(stack, tmp_path)
         bob = await new_user(n1, "bob")
         stack.push_async_callback(bob.aclose)
         for i in range(200):  # a user whose home is node 3
