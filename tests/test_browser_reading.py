@@ -277,6 +277,8 @@ def test_the_notification_offer_on_a_phone_is_one_line_and_goes_away_by_itself(p
     p.click("#auth-submit")
     banner = p.locator("#notify-banner")
     expect(banner).to_be_visible()
+    # measured once online: the "Connecting…" banner above it moves it down while it shows
+    expect(p.locator("#conn-banner[data-state='online']")).to_be_attached()
     height = box_of(banner)["height"]
     assert height <= 44, f"the banner is {height} px tall"
     assert box_of(p.locator("#notify-on"))["y"] - box_of(banner)["y"] < 10  # one line: the button beside the text

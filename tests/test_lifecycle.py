@@ -69,7 +69,7 @@ async def test_delete_for_everyone_removes_the_content_from_storage(node, users)
         gone = await b.wait_for("message", kind="delete")
         assert gone["target"] == secret["id"]
     stored = await raw_log(node, chat["id"], secret["seq"])
-    assert b"1234" not in stored and orjson.loads(stored)["kind"] == "deleted"
+    assert b"secret pin" not in stored and orjson.loads(stored)["kind"] == "deleted"
     history = await bob.history(chat["id"])
     assert history[0]["kind"] == "deleted" and "text" not in history[0]
     assert (await bob.chats())[0]["unread"] == 0
