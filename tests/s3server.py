@@ -2,8 +2,9 @@
 by node/seaweedfs.py) on loopback ports that were free, with its data in a temp dir.
 
 One server per test run, started the first time a test asks for it (`s3_server`), and
-stopped by its PID at the end (SIGTERM, then SIGKILL if it has not exited); `atexit`
-stops it if the run ends without the fixture's finaliser. Tests share one bucket and each
+killed by its PID at the end, since its data is thrown away (`stop`, for tests, is SIGTERM
+and then SIGKILL if it has not exited); `atexit` stops it if the run ends without the
+fixture's finaliser. Tests share one bucket and each
 takes a key prefix of its own (`new_prefix`): every bucket is a collection of its own
 volumes in SeaweedFS, so a bucket per test would run it out of volumes.
 
@@ -61,7 +62,9 @@ class S3Server:
         self.weed.kill()
 
     def destroy(self) -> None:
-        self.stop()
+        # killed, not stopped: its data goes next, and `weed server` takes STOP_TIMEOUT to
+        # stop on SIGTERM (its gRPC servers' graceful stop waits for streams that stay open)
+        self.kill()
         atexit.unregister(self.stop)
         if self._client is not None:
             self._client.close()
