@@ -22,6 +22,8 @@ res        req, ok, kind, value                                the answer to ``s
 dlv        chat, seq, event, [(user, floor)], exclude          a stored entry for devices on the node
 sub        req, user, [chats], on                              the user's devices here follow these chats
 loc        user, on                                            to the user's home: devices here or not
+lost       [users]                                             to the users' new home: they had devices on
+                                                               a member that failed, and it was their home
 relay      [users], payload, origin                            to the users' home: pass an event on
 ev         [users], payload                                    an ephemeral event for devices here
 online?    req, user                                           to the user's home: any device anywhere?
@@ -63,7 +65,10 @@ own view.
 the whole cluster, and ``is_online`` asks it. Nodes register their users at a new home
 once their own view has moved, so a home passes the events of a user it became home of
 within ``HOME_SETTLE`` (or is not home of in its view) to every node; relays queued for a
-home that left go to the next one.
+home that left go to the next one. A member that fails takes with it the locations it
+kept as home: the owners that had its users' devices subscribed tell each user's new home
+(``lost``), which fires ``on_user_offline`` for those no node has registered once
+``HOME_SETTLE`` has passed.
 
 **A polite stop.** A stopping node gives up its chats and users at once (it stops
 sequencing and passes on whatever still reaches it) and says ``bye`` to every peer. Each
@@ -221,6 +226,8 @@ class ClusterRouting(Routing):
         # Views this node had before recent changes, until when each counts: a user whose home
         # moved here since may have devices on nodes that have not registered them yet.
         self._moved_homes: list[tuple[float, Ownership]] = []
+        self._lost: set[int] = set()  # home side: users said `lost`, not yet checked
+        self._orphans: set[int] = set()  # owner side: users of a failed home's devices, to report
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
         self._work_send, self._work_recv = trio.open_memory_channel[tuple[str, Any]](100_000)
         self.stats = {"forwarded": 0, "forward_failures": 0, "served": 0, "deliveries_sent": 0,
@@ -261,6 +268,15 @@ class ClusterRouting(Routing):
         self.departing &= set(members)
         self._bye_unanswered &= set(members)
         self._reown()
+        orphans, self._orphans = self._orphans, set()
+        by_home: dict[int, list[int]] = {}
+        for user_id in orphans:
+            by_home.setdefault(self.home(user_id), []).append(user_id)
+        for home, users in by_home.items():
+            if home == self.node_id:
+                self._on_lost(users)
+            elif self.links is not None:
+                self.links.send(home, ("lost", users))
         for message in unsent:  # never left this node: to the chats' owners (users' homes) in the new view
             if message[0] == "op":
                 _, name, fields, hops, *hint = message
@@ -414,7 +430,9 @@ class ClusterRouting(Routing):
         else:
             self._fail(waiting)
         for by_node in self.subs.values():
-            by_node.pop(node, None)
+            users = by_node.pop(node, None)
+            if users and node not in self.departing:  # (one that said `bye` had its users re-homed)
+                self._orphans.update(u for u in users if self.home(u) == node)
         self._bye_unanswered.discard(node)
         self._quiet.set()
         went_offline = []
@@ -752,6 +770,22 @@ class ClusterRouting(Routing):
         if was_online != bool(nodes):
             self.plugins.notify("on_user_online" if nodes else "on_user_offline", user_id=user_id)
 
+    def _on_lost(self, users: Iterable[int]) -> None:
+        """These users had devices on a member that failed while it was their home, so no
+        node remembers them as online there: once their other nodes have had HOME_SETTLE to
+        register them here, those still unregistered went offline with it."""
+        fresh = [u for u in users if u not in self._lost]
+        if fresh and self._nursery is not None:
+            self._lost.update(fresh)
+            self._nursery.start_soon(self._offline_unless_registered, fresh)
+
+    async def _offline_unless_registered(self, users: list[int]) -> None:
+        await trio.sleep(HOME_SETTLE)
+        for user_id in users:
+            self._lost.discard(user_id)
+            if self.home(user_id) == self.node_id and not self.locations.get(user_id):
+                self.plugins.notify("on_user_offline", user_id=user_id)
+
     async def _worker(self) -> None:
         """Subscribe connecting users at the owners of their chats, catch their devices up
         once an owner confirmed, resubscribe after ownership moved. One task, so the work
@@ -1028,6 +1062,8 @@ class ClusterRouting(Routing):
                 self.answer(peer, req, True, "value", None)
         elif kind == "loc":
             self._on_loc(peer, message[1], message[2])
+        elif kind == "lost":
+            self._on_lost(message[1])
         elif kind == "online?":
             _, req, user_id = message
             online = bool(self.locations.get(user_id)) or self.hub.is_online(user_id)

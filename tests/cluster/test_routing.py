@@ -326,3 +326,39 @@ async def test_a_receipt_for_a_user_whose_home_died_still_reaches_her_device(tmp
         read = await a.wait_for("read", timeout=20, chat=chat, user=bob.user["id"])
         assert read["seq"] == seq
         assert n1.cluster.membership.member(3).state == "failed"
+
+
+async def test_a_user_whose_devices_and_home_fail_together_goes_offline(tmp_path):
+    """Bob's only device is on node 3, which is also his home (the node that knows where
+    his devices are): when it crashes, no other node has him registered. The owner of his
+    chat with Alice, which had his device subscribed from node 3, tells his new home; once
+    the other nodes have had time to register any device of his there (HOME_SETTLE), it
+    fires `on_user_offline` (docs/plugins.md), and Alice hears that Bob went offline, with
+    a last-seen time."""
+    async with AsyncExitStack() as stack:
+        n1, n2, n3, crash = await two_nodes_and_one_to_crash(stack, tmp_path)
+        alice = await new_user(n1, "alice")
+        stack.push_async_callback(alice.aclose)
+        for i in range(200):  # a user whose home is node 3, in a chat with Alice that node 3 does not own
+            bob = await new_user(n1, f"bob{i}")
+            stack.push_async_callback(bob.aclose)
+            chat = (await bob.open_direct(username=alice.user["username"]))["id"]
+            if owner_of(int(bob.user["id"]), [1, 2, 3], USER) == 3 and owner_of(int(chat), [1, 2, 3]) != 3:
+                break
+        bob_id = int(bob.user["id"])
+        owner = n1 if owner_of(int(chat), [1, 2, 3]) == 1 else n2
+        on_n3 = ChatClient(n3.http_url)
+        stack.push_async_callback(on_n3.aclose)
+        await on_n3.login(bob.user["username"], PASSWORD)
+        a = await stack.enter_async_context(alice.connect())
+        await a.synced.wait()
+        b = await stack.enter_async_context(on_n3.connect())
+        await b.send_text(chat, "hi alice")  # Alice is Bob's contact now: she may see his presence
+        assert (await a.wait_for("presence", timeout=20, user=str(bob_id)))["online"] is True
+        await until(lambda: bob_id in owner.routing.subs.get(int(chat), {}).get(3, set()))
+
+        crash.cancel()
+        gone = await a.wait_for("presence", timeout=40, user=str(bob_id))
+        assert gone["online"] is False and gone["last_seen"]
+        assert n1.cluster.membership.member(3).state == "failed"
+        assert (await alice.presence(str(bob_id)))["online"] is False

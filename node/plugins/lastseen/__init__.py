@@ -106,10 +106,14 @@ class LastSeenPlugin:
 
     @hookimpl
     def on_user_online(self, user_id: int) -> None:
+        self._announced.setdefault(user_id, False)
         self._change(user_id)
 
     @hookimpl
     def on_user_offline(self, user_id: int) -> None:
+        # Offline without having come online here: in a cluster, the user's home failed with
+        # their devices, and contacts were told they were online by that node.
+        self._announced.setdefault(user_id, True)
         self._unwritten[user_id] = now_ms()
         self._unwritten_added.set()
         self._change(user_id)
