@@ -227,7 +227,6 @@ class ClusterRouting(Routing):
         # moved here since may have devices on nodes that have not registered them yet.
         self._moved_homes: list[tuple[float, Ownership]] = []
         self._lost: set[int] = set()  # home side: users said `lost`, not yet checked
-        self._orphans: set[int] = set()  # owner side: users of a failed home's devices, to report
         self._local_chats: dict[int, set[int]] = {}  # this node: user -> chats subscribed for them
         self._work_send, self._work_recv = trio.open_memory_channel[tuple[str, Any]](100_000)
         self.stats = {"forwarded": 0, "forward_failures": 0, "served": 0, "deliveries_sent": 0,
@@ -263,27 +262,20 @@ class ClusterRouting(Routing):
         gone = [n for n in known if n not in members and n != self.node_id]
         for node in members.keys() - known - {self.node_id}:
             self._entered_at[node] = trio.current_time()
+        orphans = {u for node in gone for u in self._orphaned_by(node)}  # (before the subscriptions go)
         unsent = [message for node in gone for message in self._peer_gone(node)]
         self._members = dict(members)
         self.departing &= set(members)
         self._bye_unanswered &= set(members)
         self._reown()
-        orphans, self._orphans = self._orphans, set()
-        by_home: dict[int, list[int]] = {}
-        for user_id in orphans:
-            by_home.setdefault(self.home(user_id), []).append(user_id)
-        for home, users in by_home.items():
-            if home == self.node_id:
-                self._on_lost(users)
-            elif self.links is not None:
-                self.links.send(home, ("lost", users))
+        self._to_homes(orphans, self._on_lost, lambda users: ("lost", users))
         for message in unsent:  # never left this node: to the chats' owners (users' homes) in the new view
             if message[0] == "op":
                 _, name, fields, hops, *hint = message
                 self._serve_op(name, fields, hops, *hint)
             elif message[0] == "relay":
                 _, users, payload, origin = message
-                self._relay_to_homes(list(users), payload, origin)
+                self._relay_via_homes(users, payload, origin)
             else:  # "run": served here as if it had come from this node, answered to its request
                 _, req, name, fields, hops, *hint = message
                 self._serve_run(self.node_id, req, name, fields, hops, *hint)
@@ -307,9 +299,8 @@ class ClusterRouting(Routing):
         self._quiet.set()
         if not self.ownership.update(members, include_self=not self.leaving):
             return
-        now = trio.current_time()
-        self._moved_homes = [(until, view) for until, view in self._moved_homes if until > now]
-        self._moved_homes.append((now + HOME_SETTLE, before))
+        self._settling_views()  # (drops those that have settled)
+        self._moved_homes.append((trio.current_time() + HOME_SETTLE, before))
         known = set(self.chats._chats) | set(self.subs)  # before they are dropped below
         self.given_up(self.chats.forget_chats(self.owns))
         for chat_id in [c for c in self.subs if not self.owns(c)]:
@@ -430,9 +421,7 @@ class ClusterRouting(Routing):
         else:
             self._fail(waiting)
         for by_node in self.subs.values():
-            users = by_node.pop(node, None)
-            if users and node not in self.departing:  # (one that said `bye` had its users re-homed)
-                self._orphans.update(u for u in users if self.home(u) == node)
+            by_node.pop(node, None)
         self._bye_unanswered.discard(node)
         self._quiet.set()
         went_offline = []
@@ -770,6 +759,14 @@ class ClusterRouting(Routing):
         if was_online != bool(nodes):
             self.plugins.notify("on_user_online" if nodes else "on_user_offline", user_id=user_id)
 
+    def _orphaned_by(self, node: int) -> set[int]:
+        """Users whose devices on `node` (leaving the view) were subscribed here and whose
+        home it was: no node is left that knows they were online (`lost`). None if it
+        said `bye`: its users were re-homed then."""
+        if node in self.departing:
+            return set()
+        return {u for by_node in self.subs.values() for u in by_node.get(node, ()) if self.home(u) == node}
+
     def _on_lost(self, users: Iterable[int]) -> None:
         """These users had devices on a member that failed while it was their home, so no
         node remembers them as online there: once their other nodes have had HOME_SETTLE to
@@ -942,18 +939,25 @@ class ClusterRouting(Routing):
         for user_id in users:
             for session in self.hub.sessions_of(user_id):
                 session.send_event(payload)
-        self._relay_to_homes(users, payload, self.node_id)
+        self._relay_via_homes(users, payload, self.node_id)
 
-    def _relay_to_homes(self, user_ids: list[int], payload: bytes, origin: int) -> None:
+    def _relay_via_homes(self, user_ids: Iterable[int], payload: bytes, origin: int) -> None:
         """An event for these users, to be passed on by their homes in this view."""
+        self._to_homes(user_ids, lambda users: self._relay(users, payload, origin),
+                       lambda users: ("relay", users, payload, origin))
+
+    def _to_homes(self, user_ids: Iterable[int], here: Callable[[list[int]], None],
+                  message: Callable[[list[int]], tuple[Any, ...]]) -> None:
+        """Users grouped by their home in this view: `here` for those of this node, one
+        link message per other home."""
         by_home: dict[int, list[int]] = {}
         for user_id in user_ids:
             by_home.setdefault(self.home(user_id), []).append(user_id)
         for home, users in by_home.items():
             if home == self.node_id:
-                self._relay(users, payload, origin)
+                here(users)
             elif self.links is not None:
-                self.links.send(home, ("relay", users, payload, origin))
+                self.links.send(home, message(users))
 
     def _relay(self, users: list[int], payload: bytes, origin: int) -> None:
         """Pass an event on to the nodes with the users' devices (not back to `origin`,
@@ -962,8 +966,9 @@ class ClusterRouting(Routing):
         them here yet: their events go to every node."""
         by_node: dict[int, list[int]] = {}
         unsettled: list[int] = []
+        settling = self._settling_views()
         for user_id in users:
-            if self._home_unsettled(user_id):
+            if self._home_unsettled(user_id, settling):
                 unsettled.append(user_id)
                 continue
             for node in self.locations.get(user_id, ()):
@@ -980,18 +985,18 @@ class ClusterRouting(Routing):
             elif self.links is not None:
                 self.links.send(node, ("ev", node_users, payload))
 
-    def _home_unsettled(self, user_id: int) -> bool:
+    def _settling_views(self) -> list[Ownership]:
+        """The views before the changes of the last HOME_SETTLE seconds."""
+        if self._moved_homes:
+            now = trio.current_time()
+            self._moved_homes = [(until, view) for until, view in self._moved_homes if until > now]
+        return [view for _, view in self._moved_homes]
+
+    def _home_unsettled(self, user_id: int, settling: list[Ownership]) -> bool:
         if self.home(user_id) != self.node_id:
             return True  # the sender's view differs from this node's
-        if not self._moved_homes:
-            return False
-        now = trio.current_time()
-        if self._moved_homes[-1][0] <= now:  # the latest change has settled, and the earlier ones
-            self._moved_homes.clear()
-            return False
         # a view of this node alone: it had just started, or had no peers to learn from
-        return any(until > now and (len(view.members) <= 1 or view.owner(user_id, USER) != self.node_id)
-                   for until, view in self._moved_homes)
+        return any(len(view.members) <= 1 or view.owner(user_id, USER) != self.node_id for view in settling)
 
     def _deliver_event(self, users: Iterable[int], payload: bytes) -> None:
         for user_id in users:

@@ -9,6 +9,7 @@ idempotent retries) holds across nodes.
 from __future__ import annotations
 
 import base64
+import itertools
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,27 @@ async def two_nodes_and_one_to_crash(stack: AsyncExitStack, tmp_path: Path):
     return n1, n2, n3, crash
 
 
+_numbers = itertools.count(1)
+
+
+async def user_homed_at(stack: AsyncExitStack, via, home: int, name: str) -> ChatClient:
+    """A new user (registered through `via`) whose home, with all three nodes live, is node `home`."""
+    for _ in range(200):
+        user = await new_user(via, f"{name}{next(_numbers)}")
+        stack.push_async_callback(user.aclose)
+        if owner_of(int(user.user["id"]), [1, 2, 3], USER) == home:
+            return user
+    raise AssertionError(f"no user homed at node {home} in 200 tries")
+
+
+async def device_on(stack: AsyncExitStack, node, user: ChatClient) -> ChatClient:
+    """Another device of `user`, logged in through `node`."""
+    client = ChatClient(node.http_url)
+    stack.push_async_callback(client.aclose)
+    await client.login(user.user["username"], PASSWORD)
+    return client
+
+
 async def test_a_read_queued_for_an_owner_that_died_goes_to_the_next_owner(tmp_path):
     """A node crashes (no `bye`) while another node's link to it is down: the `read` a
     device sends meanwhile waits in the link's queue, never sent. Once membership
@@ -291,20 +313,13 @@ async def test_a_receipt_for_a_user_whose_home_died_still_reaches_her_device(tmp
         n1, n2, n3, crash = await two_nodes_and_one_to_crash(stack, tmp_path)
         bob = await new_user(n1, "bob")
         stack.push_async_callback(bob.aclose)
-        for i in range(200):  # a user whose home is node 3
-            alice = await new_user(n1, f"alice{i}")
-            stack.push_async_callback(alice.aclose)
-            if owner_of(int(alice.user["id"]), [1, 2, 3], USER) == 3:
-                break
+        alice = await user_homed_at(stack, n1, 3, "alice")
         alice_id = int(alice.user["id"])
         for i in range(200):  # a chat that node 1 owns, with node 3 and without
             chat = (await alice.create_group(f"g{i}", usernames=["bob"]))["id"]
             if owner_of(int(chat), [1, 2, 3]) == 1 and owner_of(int(chat), [1, 2]) == 1:
                 break
-        on_n2 = ChatClient(n2.http_url)
-        stack.push_async_callback(on_n2.aclose)
-        await on_n2.login(alice.user["username"], PASSWORD)
-        a = await stack.enter_async_context(on_n2.connect())
+        a = await stack.enter_async_context((await device_on(stack, n2, alice)).connect())
         b = await stack.enter_async_context(bob.connect())
         await b.synced.wait()
         await until(lambda: 2 in n3.routing.locations.get(alice_id, ()))
@@ -339,20 +354,16 @@ async def test_a_user_whose_devices_and_home_fail_together_goes_offline(tmp_path
         n1, n2, n3, crash = await two_nodes_and_one_to_crash(stack, tmp_path)
         alice = await new_user(n1, "alice")
         stack.push_async_callback(alice.aclose)
-        for i in range(200):  # a user whose home is node 3, in a chat with Alice that node 3 does not own
-            bob = await new_user(n1, f"bob{i}")
-            stack.push_async_callback(bob.aclose)
+        for _ in range(20):  # a user whose home is node 3, in a chat with Alice that node 3 does not own
+            bob = await user_homed_at(stack, n1, 3, "bob")
             chat = (await bob.open_direct(username=alice.user["username"]))["id"]
-            if owner_of(int(bob.user["id"]), [1, 2, 3], USER) == 3 and owner_of(int(chat), [1, 2, 3]) != 3:
+            if owner_of(int(chat), [1, 2, 3]) != 3:
                 break
         bob_id = int(bob.user["id"])
         owner = n1 if owner_of(int(chat), [1, 2, 3]) == 1 else n2
-        on_n3 = ChatClient(n3.http_url)
-        stack.push_async_callback(on_n3.aclose)
-        await on_n3.login(bob.user["username"], PASSWORD)
         a = await stack.enter_async_context(alice.connect())
         await a.synced.wait()
-        b = await stack.enter_async_context(on_n3.connect())
+        b = await stack.enter_async_context((await device_on(stack, n3, bob)).connect())
         await b.send_text(chat, "hi alice")  # Alice is Bob's contact now: she may see his presence
         assert (await a.wait_for("presence", timeout=20, user=str(bob_id)))["online"] is True
         await until(lambda: bob_id in owner.routing.subs.get(int(chat), {}).get(3, set()))
