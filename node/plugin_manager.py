@@ -88,6 +88,7 @@ class Plugins:
         self._config = config
         self.contexts: dict[str, PluginContext] = {}  # filled by `bind`
         self._unhandled = 0  # notifications queued and not yet handled (see `pending`)
+        self._closing = False  # `close_pumps` was called: nothing new runs
         self.versions: dict[str, str] = {}
         self.builtin: set[str] = set()
         extra = list(extra)
@@ -127,6 +128,8 @@ class Plugins:
         self._settings = self._structure_settings()
         self.error_codes = self._collect_error_codes()
         self._pumps: dict[str, trio.MemorySendChannel] = {}
+        self._queued: dict[str, int] = {}  # plugin -> notifications queued to its pump, or being handled
+        self._plain: dict[int, bool] = {}  # id(impl) -> the implementation is a plain function (`def`)
         self.node: Node | None = None
         self.dropped: dict[str, int] = {}
         self.failures: dict[str, int] = {}
@@ -414,8 +417,12 @@ class Plugins:
         return content
 
     async def _run_gate(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
+        # A plain function's answer needs no await: no coroutine per gate and message.
         try:
-            return await await_maybe(self._call(impl, kwargs))
+            result = self._call(impl, kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
         except Exception as exc:  # the request is refused, with the code `_answer` gives
             answer = self._answer(impl.plugin_name, hook, exc)
             if answer is exc:
@@ -425,18 +432,61 @@ class Plugins:
     # -- notifications ----------------------------------------------------------------
 
     def notify(self, hook: str, **kwargs: Any) -> None:
-        """Queue a core notification for every plugin implementing it; never waits."""
+        """Fire a core notification for every plugin implementing it; never waits.
+
+        An implementation that is a plain function (`def`) is called at once when its
+        plugin's pump has nothing queued (the order stays that of the events, and the
+        usual case, a hook that finds nothing to do, costs no task switch); an awaitable
+        it returns is awaited in the pump. Everything else is queued to the pump."""
         for impl in self._impls(hook):
-            pump = self._pumps.get(impl.plugin_name)
+            name = impl.plugin_name
+            pump = self._pumps.get(name)
             if pump is None:
                 continue
-            try:
-                pump.send_nowait((impl, kwargs))
-                self._unhandled += 1
-            except trio.WouldBlock:
-                self.dropped[impl.plugin_name] = self.dropped.get(impl.plugin_name, 0) + 1
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
+            if not self._queued[name] and self._is_plain(impl) and not self._closing:
+                self._call_now(name, impl, kwargs)
+            else:
+                self._queue(name, pump, (impl, kwargs))
+
+    def _is_plain(self, impl: pluggy.HookImpl) -> bool:
+        plain = self._plain.get(id(impl))
+        if plain is None:
+            function = impl.function
+            plain = self._plain[id(impl)] = not (inspect.iscoroutinefunction(function)
+                                                 or inspect.isasyncgenfunction(function))
+        return plain
+
+    def _call_now(self, name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> None:
+        self._queued[name] += 1  # what it fires for its own plugin meanwhile waits in the pump
+        try:
+            result = self._call(impl, kwargs)
+        except Exception:
+            self._failed(name, impl)
+            return
+        finally:
+            self._queued[name] -= 1
+        if inspect.isawaitable(result):
+            self._queue(name, self._pumps[name], (impl, result))
+
+    def _queue(self, name: str, pump: trio.MemorySendChannel, item: tuple[pluggy.HookImpl, Any]) -> None:
+        """`item`: (impl, kwargs to call it with) or (impl, an awaitable it returned)."""
+        try:
+            pump.send_nowait(item)
+        except trio.WouldBlock:
+            self.dropped[name] = self.dropped.get(name, 0) + 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        else:
+            self._unhandled += 1
+            self._queued[name] += 1
+            return
+        close = getattr(item[1], "close", None)
+        if close is not None and not isinstance(item[1], dict):
+            close()  # a coroutine that will never run: no "never awaited" warning
+
+    def _failed(self, name: str, impl: pluggy.HookImpl) -> None:
+        self.failures[name] = self.failures.get(name, 0) + 1
+        log.exception("plugin %s failed in %s", name, impl.function.__name__)
 
     def notify_own(self, plugin: str, hook: str, kwargs: dict[str, Any]) -> None:
         """A notification a plugin declared, fired by that plugin (``ctx.notify``)."""
@@ -449,12 +499,14 @@ class Plugins:
         once every queued notification was handled."""
         async with trio.open_nursery() as nursery:
             for name in self.names():
-                send, recv = trio.open_memory_channel[tuple[pluggy.HookImpl, dict[str, Any]]](queue_size)
+                send, recv = trio.open_memory_channel[tuple[pluggy.HookImpl, Any]](queue_size)
                 self._pumps[name] = send
+                self._queued[name] = 0
                 nursery.start_soon(self._pump, name, recv)
             task_status.started()
 
     def close_pumps(self) -> None:
+        self._closing = True
         for send in self._pumps.values():
             send.close()
 
@@ -480,12 +532,12 @@ class Plugins:
                 except trio.EndOfChannel:
                     return
                 try:
-                    await await_maybe(self._call(impl, kwargs))
+                    await await_maybe(self._call(impl, kwargs) if type(kwargs) is dict else kwargs)
                 except Exception:
-                    self.failures[name] = self.failures.get(name, 0) + 1
-                    log.exception("plugin %s failed in %s", name, impl.function.__name__)
+                    self._failed(name, impl)
                 finally:
                     self._unhandled -= 1
+                    self._queued[name] -= 1
                 handled += 1
                 if handled % PUMP_SLICE == 0:
                     await trio.lowlevel.checkpoint()

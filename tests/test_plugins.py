@@ -301,7 +301,7 @@ async def test_device_revoked_fires_once_per_logged_out_device(tmp_path):
 
 
 class Counter:
-    """Counts the membership changes it is notified of."""
+    """Counts the membership changes it is notified of (in its pump: `async def`)."""
 
     name = "counter"
 
@@ -309,7 +309,7 @@ class Counter:
         self.seen = 0
 
     @hookimpl
-    def on_membership_changed(self, chat_id, change):
+    async def on_membership_changed(self, chat_id, change):
         self.seen += 1
 
 
@@ -337,4 +337,55 @@ async def test_a_busy_node_does_not_make_a_plugin_drop_notifications(tmp_path):
             await wait_for_notifications(node, math.inf)
         assert node.plugins.dropped.get("counter", 0) == 0
         assert counter.seen == 800
+        node.request_shutdown()
+
+
+class Ordered:
+    """Plain-function notifications: most return nothing, one returns an awaitable that
+    holds the plugin's pump until the test lets it go."""
+
+    name = "ordered"
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.release = trio.Event()
+
+    @hookimpl
+    def on_membership_changed(self, chat_id, change):
+        event = change["event"]
+        self.log.append(f"called {event}")
+        if event == "slow":
+            return self._slow()
+        if event == "boom":
+            raise RuntimeError("boom")
+        return None
+
+    async def _slow(self) -> None:
+        await self.release.wait()
+        self.log.append("slow done")
+
+
+async def test_a_plain_function_notification_runs_at_once_and_in_order(tmp_path):
+    """docs/plugins.md: a `def` notification is called when it is fired if its plugin's pump
+    is idle; an awaitable it returns is awaited in the pump, and what is fired meanwhile
+    waits behind it, so the plugin still sees the events in their order."""
+    ordered = Ordered()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            make_config(tmp_path), plugins=[ordered], load_entrypoints=False, task_status=task_status))
+        notify = node.plugins.notify
+        notify("on_membership_changed", chat_id=1, change={"event": "first"})
+        assert ordered.log == ["called first"]  # at once: no task switch in between
+        assert node.plugins.pending() == 0
+        notify("on_membership_changed", chat_id=1, change={"event": "boom"})
+        assert node.plugins.failures["ordered"] == 1
+        notify("on_membership_changed", chat_id=1, change={"event": "slow"})
+        notify("on_membership_changed", chat_id=1, change={"event": "after"})
+        assert ordered.log == ["called first", "called boom", "called slow"]  # "after" waits
+        assert node.plugins.pending() == 2
+        ordered.release.set()
+        await wait_for_notifications(node)
+        assert ordered.log == ["called first", "called boom", "called slow", "slow done", "called after"]
+        notify("on_membership_changed", chat_id=1, change={"event": "idle again"})
+        assert ordered.log[-1] == "called idle again"
         node.request_shutdown()

@@ -29,7 +29,7 @@ from ... import ChatError, Message, PluginContext, hookimpl, shared_secret
 from .quota import Quotas
 from .records import KEYS
 from .routes import media_routes
-from .service import MediaService
+from .service import CONCERNING_MEDIA, MEDIA_KINDS, MediaService
 from .settings import MediaSettings
 from .signing import Signer, new_key, read_legacy_key
 from .store import ContentStore, LocalStore
@@ -111,10 +111,11 @@ class MediaPlugin:
             await self.service.store.aclose()
 
     @hookimpl
-    async def prepare_message(self, user_id: int, chat_id: int, content: Mapping[str, Any]):
-        if self.service is None or content.get("kind") not in ("image", "audio", "video", "file"):
+    def prepare_message(self, user_id: int, chat_id: int, content: Mapping[str, Any]):
+        """A plain function: other kinds pass without a coroutine (this runs per message)."""
+        if self.service is None or content.get("kind") not in MEDIA_KINDS:
             return None
-        return await self.service.prepare(user_id, chat_id, content)
+        return self.service.prepare(user_id, chat_id, content)
 
     @hookimpl
     async def check_photo(self, user_id: int, chat_id: int, media_id: int) -> None:
@@ -123,9 +124,12 @@ class MediaPlugin:
         await self.service.check_photo(user_id, chat_id, media_id)
 
     @hookimpl
-    async def on_message_stored(self, message: Message) -> None:
-        if self.service is not None:
-            await self.service.message_stored(message)
+    def on_message_stored(self, message: Message):
+        """A plain function: the messages that concern no media (most) are passed over
+        without a task switch."""
+        if self.service is None or message.kind not in CONCERNING_MEDIA:
+            return None
+        return self.service.message_stored(message)
 
     async def collect_garbage(self, now: int | None = None, sweep: bool = False) -> dict[str, int]:
         """Run one garbage collection now (tests, the admin), whoever holds the lease; see

@@ -86,6 +86,7 @@ from .store import ContentStore, LocalFile, Staged, StoreUnavailable
 log = logging.getLogger(__name__)
 
 MEDIA_KINDS = frozenset({"image", "audio", "video", "file"})
+CONCERNING_MEDIA = MEDIA_KINDS | {"delete"}  # stored messages `message_stored` acts on
 LOG_PAGE = 512  # log entries per page when searching a chat for a pending share
 LOG_SCAN_LIMIT = 20_000  # entries searched at most per pending share
 GC_BATCH = 500  # due items handled per round of a collection
@@ -382,6 +383,8 @@ class MediaService:
     # -- shares (from on_message_stored) ----------------------------------------------
 
     async def message_stored(self, message: Message) -> None:
+        """A new message shares an upload, or a deletion releases one (only the kinds of
+        CONCERNING_MEDIA can)."""
         media = message.media
         if message.kind in MEDIA_KINDS and media is not None and str(media.get("id", "")).isdigit():
             await self._record_shares(int(media["id"]), message.chat_id, [(message.seq, message.expires_at or 0)])

@@ -38,6 +38,7 @@ from ... import (
 )
 
 READ_FIELDS = frozenset({"type", "chat", "seq"})
+DIRECTS_REMEMBERED = 65_536  # 1-1 chats known as such (forgotten all at once past this)
 
 
 @attrs.frozen
@@ -52,6 +53,7 @@ class ReceiptsPlugin:
 
     def __init__(self) -> None:
         self._group_read: dict[int, int] = {}  # group -> the all-read watermark last announced
+        self._directs: set[int] = set()  # 1-1 chats seen: their `delivered` is the core's
         self.settings = ReceiptsSettings()
 
     @hookimpl
@@ -105,9 +107,19 @@ class ReceiptsPlugin:
         ]
 
     @hookimpl
-    async def on_delivered(self, ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: int) -> None:
-        """Small groups: the authors of what a member now has are told (1-1 chats: the core)."""
+    def on_delivered(self, ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: int):
+        """Small groups: the authors of what a member now has are told. 1-1 chats are the
+        core's: a plain function passes over one seen before without a task switch."""
+        if chat_id in self._directs:
+            return None
+        return self._delivered(ctx, chat_id, user_id, seq, previous)
+
+    async def _delivered(self, ctx: PluginContext, chat_id: int, user_id: int, seq: int, previous: int) -> None:
         chat = await ctx.chat(chat_id)
+        if chat is not None and chat.kind == "direct":
+            if len(self._directs) >= DIRECTS_REMEMBERED:
+                self._directs.clear()
+            self._directs.add(chat_id)
         if chat is None or not self._per_member(chat) or user_id not in chat.member_ids:
             return
         authors = [a for a in await ctx.authors_between(chat_id, previous, seq, exclude=user_id)
