@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from .core.errors import CLOSE_GOING_AWAY, ChatError
 from .core.hub import Hub
 from .core.operations import MarkRead, PostMessage, PurgeExpired
 from .core.ratelimit import UserBuckets
+from .core.readhub import ReadHub
 from .core.routing import Routing
 from .core.session import CORE_FRAME_HANDLERS, FrameHandler
 from .core.snowflake import SnowflakeGenerator
@@ -97,6 +98,7 @@ class Node:
         lambda node: UserBuckets(node.config.limits.user_messages_per_second, node.config.limits.user_message_burst),
         takes_self=True)
     metrics: Metrics = attrs.Factory(Metrics)  # histograms and counters for /metrics (node/observe.py)
+    read_hub: ReadHub | None = None  # reads the chat sockets while the node serves them
 
     @property
     def http_url(self) -> str:
@@ -150,10 +152,17 @@ class Node:
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]:
         """`check_message` for every kind, then `prepare_message` for new messages."""
-        await self.plugins.check_message(user_id=user_id, chat_id=chat_id, content=content)
-        if content["kind"] in ("edit", "delete"):
-            return content
-        return await self.plugins.prepare_message(user_id=user_id, chat_id=chat_id, content=content)
+        gated, rest = self.gate_message_now(user_id, chat_id, content)
+        if rest is not None:
+            return await rest
+        assert gated is not None
+        return gated
+
+    def gate_message_now(self, user_id: int, chat_id: int, content: dict[str, Any]
+                         ) -> tuple[dict[str, Any], None] | tuple[None, Awaitable[dict[str, Any]]]:
+        """`gate_message` without an await while every gate answers at once (Plugins.message_gates_now)."""
+        return self.plugins.message_gates_now(user_id=user_id, chat_id=chat_id, content=content,
+                                              prepare=content["kind"] not in ("edit", "delete"))
 
     async def mark_read(self, user_id: int, chat_id: int, seq: int) -> int:
         """Advance the user's read cursor in a chat; returns the cursor."""
@@ -360,6 +369,8 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 told = await announce_offline_revocations(node)  # `chatnode admin --offline` logouts
                 if told:
                     log.info("told the plugins of %d devices logged out while the node was stopped", told)
+                node.read_hub = ReadHub()
+                core.start_soon(node.read_hub.serve)
                 async with trio.open_nursery() as sessions, trio.open_nursery() as listeners:
                     ws_scope = trio.CancelScope()
 
@@ -379,6 +390,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                     for session in hub.all_sessions():
                         session.close(CLOSE_GOING_AWAY, "server shutting down", graceful=True)
                     sessions.cancel_scope.deadline = trio.current_time() + config.http.graceful_timeout + 1
+                node.read_hub.close()
                 await manager.shutdown()
                 plugin_tasks.cancel_scope.cancel()
             await chats.close()

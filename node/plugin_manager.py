@@ -10,9 +10,10 @@ a hook of its kind.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import TYPE_CHECKING, Any
 
@@ -395,26 +396,66 @@ class Plugins:
         for impl in self._impls(hook):
             await self._run_gate(impl, hook, kwargs)
 
-    async def check_message(self, *, content: dict[str, Any], **kwargs: Any) -> None:
-        """The ``check_message`` gate, which sees the content read-only (a view made only
-        when a plugin implements it: this runs for every message)."""
-        if self._impls("check_message"):
-            await self.gate("check_message", content=read_only(content), **kwargs)
-
-    async def prepare_message(self, *, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """The ``prepare_message`` gate; returns the (possibly transformed) content. Each
-        plugin sees the content so far read-only and replaces it by returning a new dict."""
+    def message_gates_now(self, *, content: dict[str, Any], prepare: bool, **kwargs: Any
+                          ) -> tuple[dict[str, Any], None] | tuple[None, Awaitable[dict[str, Any]]]:
+        """The ``check_message`` gates, then (`prepare`) the ``prepare_message`` ones, without
+        an await while each plugin answers at once (a plain function's answer): (the content,
+        None). From the first that must be awaited on: (None, an awaitable of the content)
+        that runs it and the rest. Each gate sees the content so far read-only (a view made
+        only when a plugin implements one: this runs for every message); ``prepare_message``
+        replaces it by returning a new dict."""
+        steps = self._message_gates[prepare]
         view = None
-        for impl in self._impls("prepare_message"):
+        for i, (hook, impl) in enumerate(steps):
             if view is None:  # (made again only after a plugin replaced the content)
                 view = read_only(content)
-            result = await self._run_gate(impl, "prepare_message", {**kwargs, "content": view})
-            if result is not None and result is not view:
-                if not isinstance(result, dict) or "kind" not in result:
-                    log.error("plugin %s returned an invalid message from prepare_message", impl.plugin_name)
-                    raise ChatError("internal", "a plugin failed while checking this message")
-                content, view = result, None
+            if not self._is_plain(impl):
+                return None, self._message_gates_from(steps, i, content, kwargs, None)
+            try:
+                result = self._call(impl, {**kwargs, "content": view})
+            except Exception as exc:
+                raise self._gate_error(impl, hook, exc) from None
+            if inspect.isawaitable(result):
+                return None, self._message_gates_from(steps, i, content, kwargs, result)
+            content, view = self._gate_result(hook, impl, result, content, view)
+        return content, None
+
+    async def _message_gates_from(self, steps: list[tuple[str, pluggy.HookImpl]], first: int, content: dict[str, Any],
+                                  kwargs: dict[str, Any], pending: Awaitable[Any] | None) -> dict[str, Any]:
+        """`message_gates_now` from `steps[first]` on (`pending`: what that one returned)."""
+        view = None
+        for hook, impl in steps[first:]:
+            if view is None:
+                view = read_only(content)
+            if pending is None:
+                result = await self._run_gate(impl, hook, {**kwargs, "content": view})
+            else:
+                try:
+                    result = await pending
+                except Exception as exc:
+                    raise self._gate_error(impl, hook, exc) from None
+                pending = None
+            content, view = self._gate_result(hook, impl, result, content, view)
         return content
+
+    @functools.cached_property
+    def _message_gates(self) -> dict[bool, list[tuple[str, pluggy.HookImpl]]]:
+        check = [("check_message", impl) for impl in self._impls("check_message")]
+        return {False: check, True: check + [("prepare_message", impl) for impl in self._impls("prepare_message")]}
+
+    @staticmethod
+    def _gate_result(hook: str, impl: pluggy.HookImpl, result: Any, content: dict[str, Any],
+                     view: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+        if hook != "prepare_message" or result is None or result is view:
+            return content, view
+        if not isinstance(result, dict) or "kind" not in result:
+            log.error("plugin %s returned an invalid message from prepare_message", impl.plugin_name)
+            raise ChatError("internal", "a plugin failed while checking this message")
+        return result, None
+
+    def _gate_error(self, impl: pluggy.HookImpl, hook: str, exc: Exception) -> Exception:
+        """What a gate's exception becomes for the requester (`_answer`)."""
+        return self._answer(impl.plugin_name, hook, exc)
 
     async def _run_gate(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         # A plain function's answer needs no await: no coroutine per gate and message.
@@ -424,7 +465,7 @@ class Plugins:
                 result = await result
             return result
         except Exception as exc:  # the request is refused, with the code `_answer` gives
-            answer = self._answer(impl.plugin_name, hook, exc)
+            answer = self._gate_error(impl, hook, exc)
             if answer is exc:
                 raise
             raise answer from None

@@ -205,13 +205,19 @@ class Chats:
         Does not yield when there is room, so all the events of one frame land in the
         same batch (one commit, one ack frame) instead of trickling in one by one.
         """
+        if not self.offer(op):
+            await self._send.send(op)
+
+    def offer(self, op: Operation) -> bool:
+        """`submit` without waiting: False if the sequencer's queue is full (then `submit`)."""
         if not self._local(op):
             self.routing.forward_nowait(op)
-            return
+            return True
         try:
             self._send.send_nowait(op)
         except trio.WouldBlock:
-            await self._send.send(op)
+            return False
+        return True
 
     async def run(self, op: Awaitable) -> Any:
         """Queue an operation and wait for its result (raises its ChatError)."""

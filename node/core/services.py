@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     import trio
 
     from ..config import Config
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from .errors import ChatError
     from .hub import Hub
     from .ratelimit import UserBuckets
+    from .readhub import ReadHub
     from .routing import Routing
     from .session import FrameHandler
 
@@ -66,7 +69,12 @@ class Services(Protocol):
     def connections(self) -> ConnectionLimits: ...
     @property
     def send_limits(self) -> UserBuckets: ...
+    @property
+    def read_hub(self) -> ReadHub | None: ...
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]: ...
+
+    def gate_message_now(self, user_id: int, chat_id: int, content: dict[str, Any]
+                         ) -> tuple[dict[str, Any], None] | tuple[None, Awaitable[dict[str, Any]]]: ...
 
     async def announce_user(self, user_id: int, user: dict[str, Any]) -> None: ...

@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FrameHandler = Callable[["Session", dict[str, Any]], Awaitable[None]]
+#: A frame type's handler: does what it can at once and returns None, or returns an awaitable
+#: that finishes the work, awaited before the device's next frame is read (an `async def`
+#: handler is the latter: its coroutine). ChatError, raised either way, answers the frame.
+FrameHandler = Callable[["Session", dict[str, Any]], Awaitable[None] | None]
 
 HELLO_FIELDS = frozenset({"type", "token", "cursors"})
 RECEIVED_FIELDS = frozenset({"type", "chat", "seq"})
@@ -63,6 +66,7 @@ class Session:
         "_closing",
         "_flush_due",
         "_graceful",
+        "_handed",
         "_in_send",
         "_inflight",
         "_inflight_changed",
@@ -81,6 +85,7 @@ class Session:
         "_sending",
         "_sent",
         "_syncing",
+        "_turn",
         "_writer_done",
         "_writing",
         "device",
@@ -123,6 +128,10 @@ class Session:
         self._peer_code = ABNORMAL_CLOSURE  # the close code the peer ended with
         self._metrics = node.metrics
         self._sending: dict[str, float] | None = None  # client_msg_id -> when its send was read
+        self._turn: trio.Event | None = None  # exists while the read hub reads for this session
+        # What the hub handed to this task: the rest of a handler, its event, a frame's events,
+        # and whether to read the socket next (the hub found its end).
+        self._handed: tuple[Awaitable[None] | None, dict[str, Any] | None, list[dict[str, Any]], bool] | None = None
         self.device: Device | None = None
         self.user_id = 0
         self.synced = False
@@ -271,39 +280,142 @@ class Session:
     # -- reading -----------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        handlers = self.node.frame_handlers
+        """Read and handle frames in order: by the read hub while between messages (see
+        node/core/readhub.py), by this task otherwise."""
+        hub = self.node.read_hub
+        ws = self.ws
+        fd = ws.fileno() if hub is not None else -1
         try:
             while True:
-                text = await self.ws.get_message()
-                self.frames_in += 1
-                try:
-                    if not self._bucket.take():
-                        raise ChatError("rate_limited", "too many frames; this one was dropped")
-                    if not isinstance(text, str):
-                        raise ChatError("bad_request", "binary frames are not supported; send JSON text")
-                    events = parse_frame(text, self._limits.max_events_per_frame)
-                except ChatError as exc:
-                    self.send_error(exc)
-                    continue
-                if len(events) == 1:
-                    await self._dispatch(handlers, events[0])
-                    continue
-                # A frame is handled whole: shutdown does not cut it between two events.
-                with trio.CancelScope(shield=True), trio.move_on_after(self._limits.hello_timeout):
-                    for event in events:
-                        await self._dispatch(handlers, event)
+                read = False  # the hub found the connection's end: `get_message` tells how it ended
+                if self._handed is not None:  # what the hub could not finish at once
+                    rest, event, handed, read = self._handed
+                    self._handed = None
+                    if rest is not None and event is not None:
+                        await self._finish(rest, event)
+                    if handed:
+                        await self._run_events(handed)
+                if not read and hub is not None and ws.between_messages():
+                    self._turn = turn = trio.Event()
+                    if hub.watch(fd, self):
+                        try:
+                            await turn.wait()
+                        finally:
+                            self._turn = None
+                            hub.pause(fd, self)
+                        continue
+                    self._turn = None
+                    hub = None  # the hub has closed: read by ourselves
+                text = await ws.get_message()
+                events = self._events_of(text)
+                if events:
+                    await self._run_events(events)
         except ConnectionClosed as exc:
             self._peer_gone(exc.code, from_reader=True)
+        finally:
+            if hub is not None:
+                hub.forget(fd, self)
+
+    def read_ready(self) -> None:
+        """The read hub found the socket readable: handle what came while each handler
+        finishes at once; hand anything else to this session's task (woken)."""
+        turn = self._turn
+        if turn is None or self._closing:
+            return
+        items = self.ws.read_now()
+        if items is None:  # the end of the connection: the task reads it again, and finds out
+            self._hand_back(turn, [], read=True)
+            return
+        handlers = self.node.frame_handlers
+        for i, item in enumerate(items):
+            if type(item) is not bytes:  # a control frame, a fragment, a protocol error
+                self._hand_back(turn, items[i:])
+                return
+            try:
+                text = item.decode()
+            except UnicodeDecodeError:  # `get_message` closes with 1007
+                self._hand_back(turn, items[i:])
+                return
+            events = self._events_of(text)
+            if not events:
+                continue
+            if len(events) > 1:
+                self._hand_back(turn, items[i + 1:], events=events)
+                return
+            event = events[0]
+            rest = self._start(handlers, event)
+            if rest is not None:
+                self._hand_back(turn, items[i + 1:], rest=rest, event=event)
+                return
+            if self._closing or self._turn is not turn:  # (a handler closed the session)
+                self.ws.put_back(items[i + 1:])
+                return
+        if not self.ws.between_messages():  # the protocol failed the connection: it answers
+            self._hand_back(turn, [])
+
+    def _hand_back(self, turn: trio.Event, items: list, *, rest: Awaitable[None] | None = None,
+                   event: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None,
+                   read: bool = False) -> None:
+        self.ws.put_back(items)
+        self._handed = (rest, event, events or [], read)
+        hub = self.node.read_hub
+        if hub is not None:
+            hub.pause(self.ws.fileno(), self)
+        turn.set()
+
+    def crashed(self) -> None:
+        """A handler run by the read hub raised: close as a crashed session task would."""
+        log.error("closing user %s device %s after a crash", self.user_id, self.device_id)
+        self.close(errors.CLOSE_INTERNAL, "internal error")
+
+    def _events_of(self, text: str | bytes) -> list[dict[str, Any]] | None:
+        """A frame's events, or None after answering a frame refused whole."""
+        self.frames_in += 1
+        try:
+            if not self._bucket.take():
+                raise ChatError("rate_limited", "too many frames; this one was dropped")
+            if not isinstance(text, str):
+                raise ChatError("bad_request", "binary frames are not supported; send JSON text")
+            return parse_frame(text, self._limits.max_events_per_frame)
+        except ChatError as exc:
+            self.send_error(exc)
+            return None
+
+    async def _run_events(self, events: list[dict[str, Any]]) -> None:
+        handlers = self.node.frame_handlers
+        if len(events) == 1:
+            await self._dispatch(handlers, events[0])
+            return
+        # A frame is handled whole: shutdown does not cut it between two events.
+        with trio.CancelScope(shield=True), trio.move_on_after(self._limits.hello_timeout):
+            for event in events:
+                await self._dispatch(handlers, event)
 
     async def _dispatch(self, handlers: dict[str, FrameHandler], event: dict[str, Any]) -> None:
+        rest = self._start(handlers, event)
+        if rest is not None:
+            await self._finish(rest, event)
+
+    def _start(self, handlers: dict[str, FrameHandler], event: dict[str, Any]) -> Awaitable[None] | None:
+        """Run an event's handler as far as it goes at once; what is left, or None."""
         handler = handlers.get(event["type"])
         try:
             if handler is None:
                 raise ChatError("unknown_type", f"unknown event type {event['type'][:40]!r}")
-            await handler(self, event)
+            return handler(self, event)
         except ChatError as exc:
-            ref = event.get("client_msg_id")
-            self.send_error(self.node.plugins.client_error(exc), ref=ref if isinstance(ref, str) else None)
+            self._refuse(exc, event)
+            return None
+
+    async def _finish(self, rest: Awaitable[None], event: dict[str, Any]) -> None:
+        try:
+            await rest
+        except ChatError as exc:
+            self._refuse(exc, event)
+
+    def _refuse(self, exc: ChatError, event: dict[str, Any]) -> None:
+        ref = event.get("client_msg_id")
+        self.send_error(self.node.plugins.client_error(exc), ref=ref if isinstance(ref, str) else None)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -438,6 +550,13 @@ class Session:
         while self._inflight >= self._inflight_max:
             await self._wait_inflight_change()
         self._inflight += 1
+
+    def start_send_now(self) -> bool:
+        """Take a send slot if one is free."""
+        if self._inflight >= self._inflight_max:
+            return False
+        self._inflight += 1
+        return True
 
     def finish_send(self) -> None:
         self._inflight -= 1
@@ -618,32 +737,66 @@ class Session:
 # -- core frame handlers -----------------------------------------------------------------
 
 
-async def on_send(session: Session, event: dict[str, Any]) -> None:
+def on_send(session: Session, event: dict[str, Any]) -> Awaitable[None] | None:
     client_msg_id = get_client_msg_id(event)
     session.note_send(client_msg_id)
     chat_id = get_id(event, "chat")
-    content = content_from_send(event, session.node.config.limits)
-    if not session.node.send_limits.take(session.user_id):
+    node = session.node
+    content = content_from_send(event, node.config.limits)
+    if not node.send_limits.take(session.user_id):
         raise ChatError("rate_limited", "too many messages from this user; this one was not sent")
-    content = await session.node.gate_message(session.user_id, chat_id, content)
-    if content["kind"] in MEDIA_KINDS and not isinstance(content.get("media"), dict):
-        raise ChatError("bad_request", "media messages need the media plugin, which is not enabled")
-    await session.start_send()
+    gated, gating = node.gate_message_now(session.user_id, chat_id, content)
+    if gated is None:
+        return _send_later(session, chat_id, client_msg_id, None, gating)
+    gated = _checked_media(gated)
+    if not session.start_send_now():
+        return _send_later(session, chat_id, client_msg_id, gated, None)
+    op = SendMessage(session, chat_id, client_msg_id, gated)
     try:
-        await session.node.chats.submit(SendMessage(session, chat_id, client_msg_id, content))
+        if node.chats.offer(op):
+            return None
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        session.finish_send()
+        raise ChatError("unavailable", "the node is shutting down") from None
+    return _submit_send(session, op)
+
+
+async def _send_later(session: Session, chat_id: int, client_msg_id: str, content: dict[str, Any] | None,
+                      gating: Awaitable[dict[str, Any]] | None) -> None:
+    """The rest of a send that must wait: for a gate, or for one of the device's send slots."""
+    if gating is not None:
+        content = await gating
+    assert content is not None
+    content = _checked_media(content)
+    await session.start_send()
+    await _submit_send(session, SendMessage(session, chat_id, client_msg_id, content))
+
+
+async def _submit_send(session: Session, op: SendMessage) -> None:
+    """Queue a send that holds a send slot (the sequencer's queue is full: wait for room)."""
+    try:
+        await session.node.chats.submit(op)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         session.finish_send()
         raise ChatError("unavailable", "the node is shutting down") from None
 
 
-async def on_received(session: Session, event: dict[str, Any]) -> None:
+def _checked_media(content: dict[str, Any]) -> dict[str, Any]:
+    if content["kind"] in MEDIA_KINDS and not isinstance(content.get("media"), dict):
+        raise ChatError("bad_request", "media messages need the media plugin, which is not enabled")
+    return content
+
+
+def on_received(session: Session, event: dict[str, Any]) -> Awaitable[None] | None:
     check_fields(event, RECEIVED_FIELDS)
     chat_id = get_id(event, "chat")
     seq = get_int(event, "seq")
-    await session.node.chats.submit(MarkDelivered(session.user_id, chat_id, seq))
+    op = MarkDelivered(session.user_id, chat_id, seq)
+    chats = session.node.chats
+    return None if chats.offer(op) else chats.submit(op)
 
 
-async def on_ping(session: Session, event: dict[str, Any]) -> None:
+def on_ping(session: Session, event: dict[str, Any]) -> None:
     session.send_event(PONG)
 
 

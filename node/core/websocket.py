@@ -34,6 +34,7 @@ import email.utils
 import logging
 import os
 import re
+import socket
 import time
 
 import trio
@@ -52,6 +53,8 @@ except ImportError:  # pragma: no cover (websockets without its C extension)
 
 RECEIVE_BYTES = 65_536
 CLOSE_TIMEOUT = 2.0  # how long to wait for the peer's answer to our close frame
+LINGER_TIMEOUT = 1.0  # ... and for the end of what a peer we closed on was still sending
+LINGER_BYTES = 1 << 20  # ... of which this much at most is read and dropped
 ABNORMAL_CLOSURE = 1006
 MESSAGE_TOO_BIG = 1009
 
@@ -325,6 +328,41 @@ class WebSocket:
             events.reverse()
             self._events = events
 
+    # -- reading for the read hub (node/core/readhub.py) ------------------------------------
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def between_messages(self) -> bool:
+        """Nothing read waits to be handled, no message is half received, nothing is to be
+        answered, and frames are read the ordinary way: another task may read for now."""
+        protocol = self._protocol
+        return (not self._events and not self._parts and self._whole_frames and protocol.state is State.OPEN
+                and not protocol.writes)
+
+    def read_now(self) -> list | None:
+        """What the socket has now, as `_frames` gives it (text payloads as bytes, the
+        protocol's events for other frames): [] if nothing; None at the end of the
+        connection (left for `get_message` to find). Only `between_messages`."""
+        fd = self._socket.fileno()
+        if fd < 0:
+            return None
+        try:
+            data = os.read(fd, RECEIVE_BYTES)
+        except BlockingIOError:
+            return []
+        except OSError:
+            return None
+        if not data:
+            return None
+        return self._frames(data)
+
+    def put_back(self, items: list) -> None:
+        """Items of `read_now` not handled: `get_message` returns them first, in order."""
+        items.reverse()
+        self._events = items + self._events
+        self._drained = False  # (a read first: cheap, and the socket may have more)
+
     def _frames(self, data: bytes) -> list:
         """What `data` completes, in order: the payload of each whole, final, masked text
         frame (as bytes), and the protocol's events for every other whole frame, fed to it
@@ -378,12 +416,31 @@ class WebSocket:
         protocol answers (our close frame), drop the TCP, and raise."""
         protocol = self._protocol
         await self._flush()
+        if protocol.close_rcvd is None and protocol.close_sent is not None and not self._broken:
+            await self._linger()
         self._stream.socket.close()  # (no checkpoint: the caller is on its way out anyway)
         if protocol.close_rcvd is not None:
             raise ConnectionClosed(protocol.close_rcvd.code, protocol.close_rcvd.reason)
         if protocol.close_sent is not None:
             raise ConnectionClosed(protocol.close_sent.code, protocol.close_sent.reason)
         raise ConnectionClosed(ABNORMAL_CLOSURE, "connection lost")
+
+    async def _linger(self) -> None:
+        """We closed (the peer broke the protocol, or sent a frame over the limit) while the
+        peer may still be sending. Closing the socket with its data unread would reset the
+        connection, and the peer would lose our close frame with it; so end our side and
+        drop what comes until the peer closes too, for a moment at most."""
+        try:
+            self._socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        dropped = 0
+        with trio.move_on_after(LINGER_TIMEOUT):
+            while dropped < LINGER_BYTES:
+                data = await self._receive()
+                if not data:
+                    return
+                dropped += len(data)
 
     async def _receive(self) -> bytes:
         """The bytes the socket has (up to RECEIVE_BYTES); b"" once it is closed or gone.

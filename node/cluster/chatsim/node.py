@@ -105,6 +105,7 @@ class SimChatNode:
         self.send_limits = UserBuckets(limits.user_messages_per_second, limits.user_message_burst,
                                        clock=trio.current_time)
         self.frame_handlers: dict[str, FrameHandler] = dict(CORE_FRAME_HANDLERS)
+        self.read_hub = None  # the simulated sockets are read by their sessions' tasks
         self.shutdown_requested = trio.Event()
         self._membership_rng = random.Random(rng.random())
         self._sessions: trio.Nursery | None = None
@@ -129,6 +130,9 @@ class SimChatNode:
 
     async def gate_message(self, user_id: int, chat_id: int, content: dict[str, Any]) -> dict[str, Any]:
         return content  # no plugins: nothing gates or prepares a message
+
+    def gate_message_now(self, user_id: int, chat_id: int, content: dict[str, Any]) -> tuple[dict[str, Any], None]:
+        return content, None
 
     # -- running -----------------------------------------------------------------------------
 
