@@ -1,5 +1,10 @@
 """One authenticated WebSocket connection: reader, writer and resync tasks.
 
+Incoming frames are read by the node's read hub (node/core/readhub.py) while the session
+is between messages, and handled there when their handlers finish at once; the reader
+task (the handler task) takes over for anything that must await, and reads by itself
+until it is between messages again.
+
 Outgoing events go through one bounded queue, packed into frames (a JSON array when
 several are waiting). Fan-out just offers an event and moves on: after a sequencer batch's
 effects the sequencer writes each device's queue once, without waiting, when the socket
@@ -8,7 +13,7 @@ drains it. Nothing but the writer ever awaits the socket; a device whose queue o
 is closed with 4008 and catches up from the log when it reconnects.
 The writer exists only while there is traffic: it is started by the first queued event
 and ends after `WRITER_LINGER` seconds with nothing to send, so an idle connection holds
-just its reader (the handler task).
+just its reader (the handler task, waiting for the hub to hand it something).
 
 Exactly-once per device: for every chat the session remembers the highest seq it has
 queued (`_sent`). A live event is queued only if it is the next one; one that would
