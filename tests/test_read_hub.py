@@ -93,13 +93,13 @@ async def test_a_connection_dropped_without_a_close_frame_ends_its_session(tmp_p
     async with open_test_node(tmp_path) as node:
         alice = await new_user(node, "alice")
         alice_id = int(alice.user["id"])
+        offline = trio.Event()
+        node.hub.on_user_offline.append(lambda user_id: user_id == alice_id and offline.set())
         async with alice.connect() as a:
-            await a.wait_for("synced")
-            with trio.fail_after(5):
-                while not node.hub.sessions_of(alice_id):
-                    await trio.sleep(0.01)
+            await a.wait_for("synced")  # (sent once the session is attached)
+            assert node.hub.sessions_of(alice_id)
             await a.ws._stream.aclose()  # the TCP connection ends; no close frame
             with trio.fail_after(5):
-                while node.hub.sessions_of(alice_id):
-                    await trio.sleep(0.01)
+                await offline.wait()
+            assert not node.hub.sessions_of(alice_id)
         await alice.aclose()
