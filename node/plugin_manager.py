@@ -130,7 +130,6 @@ class Plugins:
         self.error_codes = self._collect_error_codes()
         self._pumps: dict[str, trio.MemorySendChannel] = {}
         self._queued: dict[str, int] = {}  # plugin -> notifications queued to its pump, or being handled
-        self._plain: dict[int, bool] = {}  # id(impl) -> the implementation is a plain function (`def`)
         self.node: Node | None = None
         self.dropped: dict[str, int] = {}
         self.failures: dict[str, int] = {}
@@ -400,42 +399,39 @@ class Plugins:
                           ) -> tuple[dict[str, Any], None] | tuple[None, Awaitable[dict[str, Any]]]:
         """The ``check_message`` gates, then (`prepare`) the ``prepare_message`` ones, without
         an await while each plugin answers at once (a plain function's answer): (the content,
-        None). From the first that must be awaited on: (None, an awaitable of the content)
-        that runs it and the rest. Each gate sees the content so far read-only (a view made
-        only when a plugin implements one: this runs for every message); ``prepare_message``
-        replaces it by returning a new dict."""
+        None). From the first that returns an awaitable (an `async def` returns its coroutine)
+        on: (None, an awaitable of the content) that awaits it and runs the rest. Each gate
+        sees the content so far read-only (a view made only when a plugin implements one:
+        this runs for every message); ``prepare_message`` replaces it by returning a new dict."""
         steps = self._message_gates[prepare]
         view = None
         for i, (hook, impl) in enumerate(steps):
             if view is None:  # (made again only after a plugin replaced the content)
                 view = read_only(content)
-            if not self._is_plain(impl):
-                return None, self._message_gates_from(steps, i, content, kwargs, None)
             try:
                 result = self._call(impl, {**kwargs, "content": view})
             except Exception as exc:
-                raise self._gate_error(impl, hook, exc) from None
+                raise self._answer(impl.plugin_name, hook, exc) from None
             if inspect.isawaitable(result):
-                return None, self._message_gates_from(steps, i, content, kwargs, result)
+                return None, self._message_gates_from(steps, i, result, content, view, kwargs)
             content, view = self._gate_result(hook, impl, result, content, view)
         return content, None
 
-    async def _message_gates_from(self, steps: list[tuple[str, pluggy.HookImpl]], first: int, content: dict[str, Any],
-                                  kwargs: dict[str, Any], pending: Awaitable[Any] | None) -> dict[str, Any]:
-        """`message_gates_now` from `steps[first]` on (`pending`: what that one returned)."""
-        view = None
-        for hook, impl in steps[first:]:
-            if view is None:
-                view = read_only(content)
-            if pending is None:
-                result = await self._run_gate(impl, hook, {**kwargs, "content": view})
-            else:
-                try:
-                    result = await pending
-                except Exception as exc:
-                    raise self._gate_error(impl, hook, exc) from None
-                pending = None
-            content, view = self._gate_result(hook, impl, result, content, view)
+    async def _message_gates_from(self, steps: list[tuple[str, pluggy.HookImpl]], first: int, pending: Awaitable[Any],
+                                  content: dict[str, Any], view: Mapping[str, Any],
+                                  kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`message_gates_now` from `steps[first]` on, whose answer (to `view`) is `pending`."""
+        hook, impl = steps[first]
+        try:
+            result = await pending
+        except Exception as exc:
+            raise self._answer(impl.plugin_name, hook, exc) from None
+        content, seen = self._gate_result(hook, impl, result, content, view)
+        for hook, impl in steps[first + 1:]:
+            if seen is None:
+                seen = read_only(content)
+            result = await self._run_gate(impl, hook, {**kwargs, "content": seen})
+            content, seen = self._gate_result(hook, impl, result, content, seen)
         return content
 
     @functools.cached_property
@@ -446,16 +442,14 @@ class Plugins:
     @staticmethod
     def _gate_result(hook: str, impl: pluggy.HookImpl, result: Any, content: dict[str, Any],
                      view: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+        """(content, the view of it) after a gate answered `result` to `view` (a new dict
+        from ``prepare_message`` replaces the content: its view is made when needed)."""
         if hook != "prepare_message" or result is None or result is view:
             return content, view
         if not isinstance(result, dict) or "kind" not in result:
             log.error("plugin %s returned an invalid message from prepare_message", impl.plugin_name)
             raise ChatError("internal", "a plugin failed while checking this message")
         return result, None
-
-    def _gate_error(self, impl: pluggy.HookImpl, hook: str, exc: Exception) -> Exception:
-        """What a gate's exception becomes for the requester (`_answer`)."""
-        return self._answer(impl.plugin_name, hook, exc)
 
     async def _run_gate(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         # A plain function's answer needs no await: no coroutine per gate and message.
@@ -465,7 +459,7 @@ class Plugins:
                 result = await result
             return result
         except Exception as exc:  # the request is refused, with the code `_answer` gives
-            answer = self._gate_error(impl, hook, exc)
+            answer = self._answer(impl.plugin_name, hook, exc)
             if answer is exc:
                 raise
             raise answer from None
@@ -475,27 +469,19 @@ class Plugins:
     def notify(self, hook: str, **kwargs: Any) -> None:
         """Fire a core notification for every plugin implementing it; never waits.
 
-        An implementation that is a plain function (`def`) is called at once when its
-        plugin's pump has nothing queued (the order stays that of the events, and the
-        usual case, a hook that finds nothing to do, costs no task switch); an awaitable
-        it returns is awaited in the pump. Everything else is queued to the pump."""
+        When a plugin's pump has nothing queued, its implementation is called at once (the
+        order stays that of the events): a plain function (`def`) that finds nothing to do
+        costs no task switch, and an awaitable it returns (an `async def`'s coroutine) is
+        awaited in the pump. Otherwise the call waits in the pump's queue."""
         for impl in self._impls(hook):
             name = impl.plugin_name
             pump = self._pumps.get(name)
             if pump is None:
                 continue
-            if not self._queued[name] and self._is_plain(impl) and not self._closing:
+            if not self._queued[name] and not self._closing:
                 self._call_now(name, impl, kwargs)
             else:
                 self._queue(name, pump, (impl, kwargs))
-
-    def _is_plain(self, impl: pluggy.HookImpl) -> bool:
-        plain = self._plain.get(id(impl))
-        if plain is None:
-            function = impl.function
-            plain = self._plain[id(impl)] = not (inspect.iscoroutinefunction(function)
-                                                 or inspect.isasyncgenfunction(function))
-        return plain
 
     def _call_now(self, name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> None:
         self._queued[name] += 1  # what it fires for its own plugin meanwhile waits in the pump

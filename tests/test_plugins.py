@@ -98,6 +98,44 @@ async def test_prepare_message_transforms_or_rejects(tmp_path):
         node.request_shutdown()
 
 
+class SlowPolisher:
+    """An `async def` gate that awaits before it answers: it adds "!", passes the view it
+    was given back unchanged, or refuses."""
+
+    name = "slow_polisher"
+
+    @hookimpl
+    async def prepare_message(self, content):
+        await trio.lowlevel.checkpoint()
+        text = content.get("text", "")
+        if text == "nope":
+            raise Reject("not that")
+        if text.startswith("keep"):
+            return content  # the read-only view itself: no change
+        return {**content, "text": text + "!"}
+
+
+async def test_an_async_gate_is_awaited_and_the_plain_ones_after_it_still_run(tmp_path):
+    """Gates run in pluggy's order (the last registered first): the `async def` one is
+    awaited in the connection's task, then the plain one sees what it made."""
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(lambda task_status: serve_node(
+            make_config(tmp_path), plugins=[WordFilter(), SlowPolisher()], load_entrypoints=False,
+            task_status=task_status))
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a:
+            await a.send_text(chat["id"], "darn it")
+            await a.send_text(chat["id"], "keep as is")
+            for text, why in (("nope", "not that"), ("SHOUT", "no shouting")):
+                with pytest.raises(ClientError) as info:
+                    await a.send_text(chat["id"], text)
+                assert (info.value.code, info.value.message) == ("rejected", why)
+        assert [m["text"] for m in await bob.history(chat["id"])] == ["d**n it!", "keep as is"]
+        await alice.aclose(), await bob.aclose()
+        node.request_shutdown()
+
+
 class Broken:
     """Fails in every hook it implements."""
 

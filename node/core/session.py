@@ -325,7 +325,9 @@ class Session:
         """The read hub found the socket readable: handle what came while each handler
         finishes at once; hand anything else to this session's task (woken)."""
         turn = self._turn
-        if turn is None or self._closing:
+        if turn is None or self._closing:  # (the task is on its way out: not reported again)
+            if self.node.read_hub is not None:
+                self.node.read_hub.pause(self.ws.fileno(), self)
             return
         items = self.ws.read_now()
         if items is None:  # the end of the connection: the task reads it again, and finds out
