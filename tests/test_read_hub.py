@@ -4,6 +4,8 @@ session's own task, and the device's frames are still handled one at a time, in 
 
 from __future__ import annotations
 
+import contextlib
+
 import orjson
 import trio
 from conftest import new_user
@@ -17,14 +19,17 @@ class Latch:
 
     name = "latch"
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 1) -> None:
         self.release = trio.Event()
-        self.entered = trio.Event()
+        self.entered = trio.Event()  # set once `expected` handlers are holding
+        self._expected = expected
 
     @hookimpl
     def register_frame_types(self):
         async def hold(client, event):
-            self.entered.set()
+            self._expected -= 1
+            if self._expected <= 0:
+                self.entered.set()
             await self.release.wait()
             client.send({"type": "held"})
 
@@ -103,3 +108,73 @@ async def test_a_connection_dropped_without_a_close_frame_ends_its_session(tmp_p
                 await offline.wait()
             assert not node.hub.sessions_of(alice_id)
         await alice.aclose()
+
+
+async def test_sends_beyond_the_devices_send_slots_wait_for_one_in_order(tmp_path):
+    """A device has outgoing_queue / 2 sends in flight at most. Frames that arrive while
+    every slot is taken are finished by the session's task once a slot frees (an ack), in
+    the order they came, each acknowledged once, none lost."""
+    latch = Latch()
+    async with open_test_node(tmp_path, plugins=[latch], config={"limits": {"outgoing_queue": 16}}) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a, bob.connect() as b:
+            await a.wait_for("synced")
+            # While the session's task holds, 40 sends gather in its socket; it then reads
+            # them together and handles them one after the other without waiting, so the
+            # ninth finds the 8 slots taken (none can be acknowledged before a commit).
+            await a.send_events({"type": "hold"})
+            with trio.fail_after(5):
+                await latch.entered.wait()
+            for i in range(40):
+                await a.send_events({"type": "send", "client_msg_id": f"s{i}", "chat": chat["id"], "kind": "text",
+                                     "text": f"t{i}"})
+            latch.release.set()
+            await a.wait_for("held")
+            acks = [await a.wait_for("ack") for _ in range(40)]
+            assert [ack["client_msg_id"] for ack in acks] == [f"s{i}" for i in range(40)]
+            assert [ack["seq"] for ack in acks] == list(range(1, 41))
+            for i in range(40):
+                assert (await b.wait_for("message"))["text"] == f"t{i}"
+            # Every slot came back: the device can send again at once.
+            await a.send_text(chat["id"], "after")
+            await b.wait_for("message", text="after")
+        await alice.aclose(), await bob.aclose()
+
+
+async def test_a_full_sequencer_queue_makes_devices_wait_and_loses_nothing(tmp_path):
+    """More events at once than the sequencer's queue holds (4,096): a device whose event
+    finds it full waits for room, every event is applied, and what follows is handled."""
+    devices = 20  # each with a frame of 256 events: 5,120
+    latch = Latch(expected=devices)
+    async with open_test_node(tmp_path, plugins=[latch]) as node:
+        alice = await new_user(node, "alice")
+        users = [await new_user(node, f"user{i}") for i in range(devices)]
+        chats = [await alice.open_direct(username=f"user{i}") for i in range(devices)]
+        async with contextlib.AsyncExitStack() as stack:
+            a = await stack.enter_async_context(alice.connect())
+            conns = [await stack.enter_async_context(user.connect(auto_ack=False)) for user in users]
+            for chat, conn in zip(chats, conns, strict=True):
+                await a.send_text(chat["id"], "hello")
+                await conn.wait_for("message", text="hello")
+            applied = node.chats.applied
+            # Every device's task holds on the latch while its frame of 256 events gathers in
+            # its socket; released together, the tasks offer 5,120 events in one round of the
+            # scheduler, before the sequencer can take any.
+            for conn in conns:
+                await conn.send_events({"type": "hold"})
+            with trio.fail_after(5):
+                await latch.entered.wait()
+            for chat, conn in zip(chats, conns, strict=True):
+                await conn.send_events([{"type": "received", "chat": chat["id"], "seq": 1}] * 256)
+                await conn.send_events({"type": "ping"})
+            latch.release.set()
+            with trio.fail_after(30):
+                for conn in conns:
+                    await conn.wait_for("held")
+                    await conn.wait_for("pong")
+                for _ in conns:  # each chat's delivered cursor moved
+                    await a.wait_for("delivered", seq=1)
+            assert node.chats.applied - applied >= devices * 256
+        for user in (alice, *users):
+            await user.aclose()
