@@ -152,7 +152,7 @@ from s3server import s3_server  # noqa: E402,F401
 #    The engine is a module-scoped parameter, so module-scoped fixtures (the browser tests'
 #    node process) can depend on it too (`module_engine`).
 ENGINES = ("lmdb", "postgresql")
-_databases: dict[str, str] = {}  # node data dir -> its database (the server goes at the end of the run)
+_databases: dict[str, str] = {}  # node data dir -> its database (dropped when its module ends)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -181,6 +181,10 @@ def module_engine(request: pytest.FixtureRequest) -> Iterator[str]:
         testing.use_storage_engine(name)
     yield name
     testing.use_storage_engine("lmdb")
+    if name == "postgresql":  # (every node of the module has stopped: its fixtures depend on this one)
+        for dsn in _databases.values():
+            server.drop_database(dsn)
+        _databases.clear()
 
 
 @pytest.fixture(autouse=True)

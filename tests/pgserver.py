@@ -165,7 +165,7 @@ class PgServer:
                         (self.root / f".s.PGSQL.{self.port}").unlink(missing_ok=True)
 
     def destroy(self) -> None:
-        self.stop()
+        self.stop("immediate")  # (its data goes next: nothing to checkpoint)
         atexit.unregister(self.stop)
         shutil.rmtree(self.root, ignore_errors=True)
 
