@@ -686,7 +686,9 @@ def _put_chat(txn, h, chat_id, record):
 
 def _put_member(txn, h, chat_id, user_id, record):
     txn.put(pair(chat_id, user_id), orjson.dumps(record), db=h["members"])
-    txn.put(pair(user_id, chat_id), b"", db=h["user_chats"])
+    # Present already for every change but a join (a cursor moving): not written again, so
+    # that the user's page of `user_chats` (and the path to it) is not copied by the commit.
+    txn.put(pair(user_id, chat_id), b"", db=h["user_chats"], overwrite=False)
 
 
 def _add_direct(txn, h, low, high, chat_id):
