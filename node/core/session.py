@@ -354,7 +354,7 @@ class Session:
             if rest is not None:
                 self._hand_back(turn, items[i + 1:], rest=rest, event=event)
                 return
-            if self._closing or self._turn is not turn:  # (a handler closed the session)
+            if self._closing:  # a handler closed the session: its task finds out
                 self.ws.put_back(items[i + 1:])
                 return
         if not self.ws.between_messages():  # the protocol failed the connection: it answers
