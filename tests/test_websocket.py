@@ -214,6 +214,35 @@ async def test_an_unmasked_client_frame_closes_with_1002(node):
     await client.stream.aclose()
 
 
+async def test_a_peer_still_sending_when_closed_on_gets_the_close_frame_and_a_clean_end(node):
+    """The node closes (1002) while the peer's bytes are still coming: it ends its side and
+    drops what follows until the peer is done, so the peer reads the close frame and then an
+    orderly end of the stream. Closing with those bytes unread would reset the connection
+    (ECONNRESET on the peer's reads and writes, which may cost it the close frame)."""
+    client = await RawClient.connect(node.ws_url)
+    trailing = 512 * 1024  # more than one read of the node's, less than what it drops (1 MiB)
+    errors: list[BaseException] = []
+
+    async def send() -> None:
+        try:
+            await client.stream.send_all(b"\x81\x05hello" + b"x" * trailing)  # unmasked: 1002
+            await client.stream.send_eof()  # done: the node may close now
+        except trio.BrokenResourceError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            try:
+                assert close_code(await client.read_until_opcode(0x8)) == 1002
+                while await client.stream.receive_some(65536):
+                    pass
+            except trio.BrokenResourceError as exc:
+                errors.append(exc)
+    assert not errors, errors
+    await client.stream.aclose()
+
+
 async def test_ping_is_answered_and_a_client_close_is_answered_in_kind(node, users):
     alice = await users("alice")
     async with open_websocket_url(node.ws_url) as ws:
