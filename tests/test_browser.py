@@ -270,10 +270,14 @@ def shot(page, name: str, **options) -> None:
 
 
 def open_direct(page, username: str) -> None:
+    """Open the 1-1 chat with `username` from the people search, and wait until it is the
+    open chat (its title is that person's name: the chat open before has a title too)."""
     page.fill("#search", username)
-    page.click(f"#people-list button:has-text('@{username}')")
+    person = page.locator(f"#people-list button:has-text('@{username}')")
+    name = person.locator(".chat-name").inner_text()
+    person.click()
     expect(page.locator("#chat-view")).to_be_visible()
-    expect(page.locator("#chat-title")).not_to_be_empty()
+    expect(page.locator("#chat-title")).to_have_text(name)
 
 
 def open_chat(page, title: str) -> None:
