@@ -273,7 +273,7 @@ def open_direct(page, username: str) -> None:
     """Open the 1-1 chat with `username` from the people search, and wait until it is the
     open chat (its title is that person's name: the chat open before has a title too)."""
     page.fill("#search", username)
-    person = page.locator(f"#people-list button:has-text('@{username}')")
+    person = page.locator(f"#people-list button:has(.preview:text-is('@{username}'))")  # (bob7, not bob71)
     name = person.locator(".chat-name").inner_text()
     person.click()
     expect(page.locator("#chat-view")).to_be_visible()
