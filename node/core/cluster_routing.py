@@ -64,8 +64,8 @@ own view.
 (``relay``), presence edges (``on_user_online``/``on_user_offline``) fire there once for
 the whole cluster, and ``is_online`` asks it. Nodes register their users at a new home
 once their own view has moved, so a home passes the events of a user it became home of
-within ``HOME_SETTLE`` (or is not home of in its view) to every node; relays queued for a
-home that left go to the next one. A member that fails takes with it the locations it
+within ``HOME_SETTLE`` (or is not home of in its view) to every node, and ``is_online``
+asks every node then; relays queued for a home that left go to the next one. A member that fails takes with it the locations it
 kept as home: the owners that had its users' devices subscribed tell each user's new home
 (``lost``), which fires ``on_user_offline`` for those no node has registered once
 ``HOME_SETTLE`` has passed.
@@ -525,12 +525,15 @@ class ClusterRouting(Routing):
         req = self._request(peer, message_for, on_result, timeout=timeout)
         if not req:
             return None
-        with trio.move_on_after(timeout):
-            await came.wait()
+        try:
+            with trio.move_on_after(timeout):
+                await came.wait()
+        finally:  # (also when cancelled: the answer is not wanted any more)
+            if not answer:
+                self._pending.pop(req, None)
+                if not self._pending:
+                    self._quiet.set()
         if not answer:
-            self._pending.pop(req, None)
-            if not self._pending:
-                self._quiet.set()
             return None
         ok, value, took = answer[0]
         return (value, took) if ok else None
@@ -1004,22 +1007,42 @@ class ClusterRouting(Routing):
                 session.send_event(payload)
 
     async def is_online(self, user_id: int) -> bool:
+        """Whether a device of the user's is connected to any node. The user's home knows,
+        once it has settled: a home that moved within HOME_SETTLE (in this node's view)
+        may not have heard of every device yet, so then every node is asked."""
         if self.hub.is_online(user_id):
             return True
         home = self.home(user_id)
         if home == self.node_id:
-            return bool(self.locations.get(user_id))
-        answer: list[bool] = []
-        settled = trio.Event()
+            if self.locations.get(user_id):
+                return True
+            if not self._home_unsettled(user_id, self._settling_views()):
+                return False
+            nodes = [node for node in self._members if node != self.node_id]
+        elif self._settling_views():
+            nodes = [node for node in self._members if node != self.node_id]
+        else:
+            nodes = [home]
+        return await self._online_at_any(nodes, user_id)
 
-        def on_result(ok: bool, kind: str, value: Any) -> None:
-            answer.append(bool(ok and value))
-            settled.set()
-
-        if not self._request(home, lambda req: ("online?", req, user_id), on_result):
+    async def _online_at_any(self, nodes: list[int], user_id: int) -> bool:
+        """Ask these nodes at once whether they know of a device of the user's; True at
+        the first yes, False once each said no or did not answer in time."""
+        if self.links is None or not nodes:
             return False
-        await settled.wait()
-        return answer[0]
+        found = False
+
+        async def ask_one(node: int, cancel_scope: trio.CancelScope) -> None:
+            nonlocal found
+            answer = await self.ask(node, lambda req: ("online?", req, user_id), REQUEST_TIMEOUT)
+            if answer is not None and answer[0]:
+                found = True
+                cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(ask_one, node, nursery.cancel_scope)
+        return found
 
     def invalidate(self, kind: str, ids: Iterable[int]) -> None:
         self._broadcast(("inv", kind, list(ids)))

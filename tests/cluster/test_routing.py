@@ -373,3 +373,32 @@ async def test_a_user_whose_devices_and_home_fail_together_goes_offline(tmp_path
         assert gone["online"] is False and gone["last_seen"]
         assert n1.cluster.membership.member(3).state == "failed"
         assert (await alice.presence(str(bob_id)))["online"] is False
+
+
+async def test_online_anywhere_is_true_while_a_new_home_has_not_heard_of_the_device(tmp_path):
+    """Bob's device is on node 1, and node 3 joins as his home. Each node registers its
+    users at a new home once its own view has moved, so for HOME_SETTLE the new home may
+    not know of the device yet. Asked then, "online anywhere" (push decides on it) asks
+    every node instead of answering no, on the new home and on a node that would otherwise
+    ask only the home (docs/cluster.md). A user with no device stays offline."""
+    async with AsyncExitStack() as stack:
+        n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [])))
+        n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address])))
+        await until(lambda: all(len(n.routing.ownership.members) == 2 for n in (n1, n2)))
+        bob = await user_homed_at(stack, n1, 3, "bob")
+        carol = await user_homed_at(stack, n1, 3, "carol")
+        bob_id, carol_id = int(bob.user["id"]), int(carol.user["id"])
+        b = await stack.enter_async_context(bob.connect())
+        await b.synced.wait()
+
+        n3 = await stack.enter_async_context(running_node(node_config(tmp_path, 3, [n1.cluster.address])))
+        await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
+        assert n3.routing.home(bob_id) == n2.routing.home(bob_id) == 3
+        await until(lambda: n3.routing.locations.get(bob_id))
+        # The moment before node 1's registration arrived, which node 3 cannot wait for.
+        n3.routing.locations.pop(bob_id)
+
+        assert await n3.is_online(bob_id) is True  # the new home
+        assert await n2.is_online(bob_id) is True  # a node that is neither home nor has the device
+        assert await n3.is_online(carol_id) is False
+        assert await n2.is_online(carol_id) is False
