@@ -141,3 +141,29 @@ async def test_receipts_of_a_seq_with_no_message_are_not_found(node, users):
         assert (exc.status, exc.code) == (403, "forbidden")
     else:
         raise AssertionError("only the sender may ask")
+
+
+async def test_one_to_one_chats_remembered_by_the_plugin_stay_bounded(node, users, monkeypatch):
+    """The receipts plugin remembers which chats are 1-1 (their `delivered` is the core's),
+    forgetting them all at once past DIRECTS_REMEMBERED: the set stays bounded, and each
+    message is still reported delivered exactly once, before and after it is cleared."""
+    from node.plugins import receipts
+
+    monkeypatch.setattr(receipts, "DIRECTS_REMEMBERED", 2)
+    plugin = node.plugins.pm.get_plugin("receipts")
+    alice = await users("alice")
+    peers = [await users(name) for name in ("bob", "carol", "dave")]
+    async with alice.connect() as a:
+        for round_ in range(2):
+            for peer in peers:
+                chat = (await alice.open_direct(username=peer.user["username"]))["id"]
+                async with peer.connect() as p:
+                    ack = await a.send_text(chat, f"hi {round_}")
+                    await p.wait_for("message", chat=chat, seq=ack["seq"])
+                    delivered = await a.wait_for("delivered", chat=chat, seq=ack["seq"])
+                    assert delivered["user"] == peer.user["id"]
+                    await settled(node, a, p)
+                    assert 1 <= len(plugin._directs) <= 2
+                    assert int(chat) in plugin._directs
+        await settled(node, a)
+        assert [e for e in a.events_nowait() if e["type"] == "delivered"] == []  # nothing twice
