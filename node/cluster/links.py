@@ -55,7 +55,7 @@ class _Peer:
     """One outbound link: its queue and the task that drains it."""
 
     __slots__ = ("address", "connected", "dropped", "in_flight", "node", "queue", "ready", "sent", "sent_frames", "started",
-                 "task_scope")
+                 "stream_scope", "task_scope")
 
     def __init__(self, node: int, address: str) -> None:
         self.node = node
@@ -69,6 +69,7 @@ class _Peer:
         self.dropped = 0
         self.started = False  # its task runs (started by the first message)
         self.task_scope = trio.CancelScope()
+        self.stream_scope: trio.CancelScope | None = None  # the current stream's: cancelled, it is dialed again
 
 
 class Links:
@@ -167,13 +168,15 @@ class Links:
                     continue
                 backoff = RECONNECT_MIN
                 try:
-                    await send_frame(stream, self._keyring.seal(pack([(HELLO, self.node_id, self.boot)]),
-                                                                PURPOSE_LINK))
-                    peer.connected = True
-                    await self._drain(peer, stream)
+                    with trio.CancelScope() as peer.stream_scope:
+                        await send_frame(stream, self._keyring.seal(pack([(HELLO, self.node_id, self.boot)]),
+                                                                    PURPOSE_LINK))
+                        peer.connected = True
+                        await self._drain(peer, stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     log.debug("cluster link to %d broke: %s", peer.node, exc)
                 finally:
+                    peer.stream_scope = None
                     peer.connected = False
                     await trio.aclose_forcefully(stream)
 
@@ -219,10 +222,19 @@ class Links:
         previous = self._boots.get(node)
         self._boots[node] = boot
         if previous is not None and previous != boot:
+            self._dial_again(node)
             self._on_restart(node)
         elif previous is not None:
             self._on_interrupted(node)
         return node, boot
+
+    def _dial_again(self, node: int) -> None:
+        """The peer restarted: the stream to it may be one to the life that ended, which
+        would swallow what is written next (what `on_restart` sends, say) until a write
+        fails. It is closed, and what is queued or was being written goes on a new one."""
+        peer = self._peers.get(node)
+        if peer is not None and peer.stream_scope is not None:
+            peer.stream_scope.cancel()
 
     async def serve_inbound(self, peer: int, stream: trio.abc.Stream, boot: int) -> None:
         """Read a peer's frames until it closes, handing each message to `on_message`;

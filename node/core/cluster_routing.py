@@ -315,13 +315,15 @@ class ClusterRouting(Routing):
         """A peer came back as a new process (a crash and a quick restart that membership
         may never have seen as a failure): what it held in memory is gone. Its old
         subscriptions and user locations here are dropped (it registers its own users
-        again), and this node subscribes and registers its users there again.
+        again), this node subscribes and registers its users there again, and tells it
+        which of its users had their devices subscribed here from it (`lost`).
 
         Requests still waiting for its answer are failed (`unavailable`: the client's
         retry settles them) if they went to the life that ended. Those sent after the
         peer came back into this node's view went to the new life over a new link, and
         are answered: the new life's hello may arrive after them, when the old life spoke
         again once this node had given it up."""
+        orphans = self._orphaned_by(node)  # (before the subscriptions go)
         back = self._entered_at.pop(node, None)
         since = back if back is not None and trio.current_time() - back < REQUEST_TIMEOUT else None
         for req, request in list(self._pending.items()):
@@ -341,6 +343,9 @@ class ClusterRouting(Routing):
                 if not nodes:
                     del self.locations[user_id]
                     self.plugins.notify("on_user_offline", user_id=user_id)
+        # Its users whose devices were there alone: the new life, their home, never heard
+        # of them, so no one would say they went offline (as for a member that failed).
+        self._to_homes(orphans, self._on_lost, lambda users: ("lost", users))
         self._work_send.send_nowait(("peer_restarted", node))
 
     async def _redo_with(self, node: int) -> None:

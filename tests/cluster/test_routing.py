@@ -213,10 +213,12 @@ async def test_info_lists_every_node(tmp_path):
         assert set(info["nodes"]) == {a.http_url, b.http_url, c.http_url}
 
 
+SLOW = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 6}  # failures take seconds
+
+
 async def two_nodes_and_one_to_crash(stack: AsyncExitStack, tmp_path: Path):
     """Nodes 1 and 2, and node 3 with the cancel scope that crashes it (it stops at once,
     without a goodbye); failure detection takes seconds."""
-    slow = {**FAST, "probe_interval": 0.5, "probe_timeout": 0.2, "suspicion_mult": 6}
 
     async def crashable(cfg, task_status):
         with trio.CancelScope() as scope:
@@ -224,10 +226,10 @@ async def two_nodes_and_one_to_crash(stack: AsyncExitStack, tmp_path: Path):
                 task_status.started((node, scope))
                 await trio.sleep_forever()
 
-    n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [], slow)))
-    n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address], slow)))
+    n1 = await stack.enter_async_context(running_node(node_config(tmp_path, 1, [], SLOW)))
+    n2 = await stack.enter_async_context(running_node(node_config(tmp_path, 2, [n1.cluster.address], SLOW)))
     nursery = await stack.enter_async_context(trio.open_nursery())
-    n3, crash = await nursery.start(crashable, node_config(tmp_path, 3, [n1.cluster.address], slow))
+    n3, crash = await nursery.start(crashable, node_config(tmp_path, 3, [n1.cluster.address], SLOW))
     await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, n3)))
     return n1, n2, n3, crash
 
@@ -402,3 +404,38 @@ async def test_online_anywhere_is_true_while_a_new_home_has_not_heard_of_the_dev
         assert await n2.is_online(bob_id) is True  # a node that is neither home nor has the device
         assert await n3.is_online(carol_id) is False
         assert await n2.is_online(carol_id) is False
+
+
+async def test_a_user_whose_devices_and_home_restart_together_goes_offline(tmp_path):
+    """As above, but node 3 comes back at once, before membership sees it fail: its new
+    life is Bob's home again and never heard of his device. The owner of his chat with
+    Alice, which had that device subscribed from node 3's old life, tells the new life
+    (`lost`), which fires `on_user_offline` once HOME_SETTLE has passed without a device
+    of his registered, and Alice hears that Bob went offline."""
+    async with AsyncExitStack() as stack:
+        n1, n2, n3, crash = await two_nodes_and_one_to_crash(stack, tmp_path)
+        alice = await new_user(n1, "alice")
+        stack.push_async_callback(alice.aclose)
+        for _ in range(20):  # a user whose home is node 3, in a chat with Alice that node 3 does not own
+            bob = await user_homed_at(stack, n1, 3, "bob")
+            chat = (await bob.open_direct(username=alice.user["username"]))["id"]
+            if owner_of(int(chat), [1, 2, 3]) != 3:
+                break
+        bob_id = int(bob.user["id"])
+        owner = n1 if owner_of(int(chat), [1, 2, 3]) == 1 else n2
+        a = await stack.enter_async_context(alice.connect())
+        await a.synced.wait()
+        b = await stack.enter_async_context((await device_on(stack, n3, bob)).connect())
+        await b.send_text(chat, "hi alice")
+        assert (await a.wait_for("presence", timeout=20, user=str(bob_id)))["online"] is True
+        await until(lambda: bob_id in owner.routing.subs.get(int(chat), {}).get(3, set()))
+
+        port = int(n3.cluster.address.rpartition(":")[2])
+        crash.cancel()  # ... and back on its address (a new address would be another node)
+        again = await stack.enter_async_context(running_node(node_config(
+            tmp_path, 3, [n1.cluster.address], {**SLOW, "bind_port": port})))
+        await until(lambda: all(len(n.routing.ownership.members) == 3 for n in (n1, n2, again)))
+        gone = await a.wait_for("presence", timeout=40, user=str(bob_id))
+        assert gone["online"] is False and gone["last_seen"]
+        assert n1.cluster.membership.member(3).state == "alive"  # a restart, never seen as a failure
+        assert (await alice.presence(str(bob_id)))["online"] is False
