@@ -65,10 +65,11 @@ own view.
 the whole cluster, and ``is_online`` asks it. Nodes register their users at a new home
 once their own view has moved, so a home passes the events of a user it became home of
 within ``HOME_SETTLE`` (or is not home of in its view) to every node, and ``is_online``
-asks every node then; relays queued for a home that left go to the next one. A member that fails takes with it the locations it
-kept as home: the owners that had its users' devices subscribed tell each user's new home
-(``lost``), which fires ``on_user_offline`` for those no node has registered once
-``HOME_SETTLE`` has passed.
+asks every node then; relays queued for a home that left go to the next one. A member
+that fails takes with it the locations it kept as home: the owners that had its users'
+devices subscribed tell each user's new home (``lost``), which fires ``on_user_offline``
+for those no node has registered once ``HOME_SETTLE`` has passed; so do they when a peer
+restarts too fast for membership to see it fail (its new life is the home again).
 
 **A polite stop.** A stopping node gives up its chats and users at once (it stops
 sequencing and passes on whatever still reaches it) and says ``bye`` to every peer. Each
