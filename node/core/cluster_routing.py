@@ -23,10 +23,12 @@ dlv        chat, seq, event, [(user, floor)], exclude          a stored entry fo
 sub        req, user, [chats], on                              the user's devices here follow these chats
 loc        user, on                                            to the user's home: devices here or not
 lost       [users]                                             to the users' new home: they had devices on
-                                                               a member that failed, and it was their home
+                                                               a member that failed (or restarted), and it
+                                                               was their home
 relay      [users], payload, origin                            to the users' home: pass an event on
 ev         [users], payload                                    an ephemeral event for devices here
-online?    req, user                                           to the user's home: any device anywhere?
+online?    req, user                                           to the user's home (to every node while it
+                                                               is unsettled): any device of the user's?
 inv        kind, [ids]                                         caches to drop (``user``, ``blocks``,
                                                                ``user_chats``)
 revoke     token_hash                                          close that device's sockets here
