@@ -1026,12 +1026,10 @@ class ClusterRouting(Routing):
                 return True
             if not self._home_unsettled(user_id, self._settling_views()):
                 return False
-            nodes = [node for node in self._members if node != self.node_id]
-        elif self._settling_views():
-            nodes = [node for node in self._members if node != self.node_id]
-        else:
-            nodes = [home]
-        return await self._online_at_any(nodes, user_id)
+        elif not self._settling_views():
+            return await self._online_at_any([home], user_id)
+        # this node's view moved lately: the home may not have heard of every device yet
+        return await self._online_at_any([node for node in self._members if node != self.node_id], user_id)
 
     async def _online_at_any(self, nodes: list[int], user_id: int) -> bool:
         """Ask these nodes at once whether they know of a device of the user's; True at
