@@ -412,3 +412,11 @@ async def test_online_anywhere_is_true_while_a_new_home_has_not_heard_of_the_dev
         assert await n2.is_online(bob_id) is True  # a node that is neither home nor has the device
         assert await n3.is_online(carol_id) is False
         assert await n2.is_online(carol_id) is False
+
+        # is_online stops waiting for the other nodes once one said yes: a request whose
+        # caller is cancelled is dropped at once, not kept until its answer or deadline.
+        await until(lambda: n2.routing.statistics()["pending_requests"] == 0)
+        with trio.CancelScope() as waiting:
+            waiting.cancel()
+            await n2.routing.ask(1, lambda req: ("online?", req, bob_id), 30.0)
+        assert n2.routing.statistics()["pending_requests"] == 0
