@@ -156,7 +156,7 @@ def measure(server: Server, ws_urls: list[str], tokens: list[str], chat: str, *,
     spy = _profile(server.pid, seconds, profile)
     loop.run(time.perf_counter() + seconds, tick)
     if spy is not None:
-        spy.wait(30)
+        spy.finish()
     loop.run(time.perf_counter() + drain)
     steady = [fan.last_at[n] - fan.sent_at[n] for n in range(first, state["n"] + 1) if n in fan.last_at]
     missing = state["n"] - first + 1 - len(steady)

@@ -13,7 +13,7 @@ much CPU the rest of the machine used meanwhile (`others_cpu_pct`, % of one core
 
     python -m bench.run [--engines lmdb,postgresql] [--runs 3] [--pairs 100] [--latency-pairs 500]
                         [--latency-rates 1000,2000,5000,10000] [--idle 2000] [--baseline DIR]
-                        [--phases idle,reconnects,throughput,latency] [--profile PREFIX]
+                        [--phases idle,reconnects,throughput,latency] [--profile PREFIX [--profiler perf]]
 
 Two kinds of 1-1 traffic, labelled as such: *batched* (ten messages per frame, one
 `received` per frame, closed loop: the throughput figure) and *one per frame* (one
@@ -378,12 +378,52 @@ def chat_positions(url: str, pairs) -> dict[str, int]:
     return trio.run(fetch)
 
 
-def _profile(pid: int, seconds: float, path: str | None) -> subprocess.Popen | None:
-    """Sample the node with py-spy (if asked) while the measurement runs."""
-    if not path:
-        return None
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-                             "--format", "raw", "--output", path, "--nonblocking", "--threads"], stdout=subprocess.DEVNULL)
+PROFILERS = ("py-spy", "perf")
+
+
+class Profiler:
+    """Samples the node while a measurement runs (`--profile PREFIX`, `--profiler`).
+
+    py-spy gives Python stacks per thread (raw collapsed stacks at PREFIX.PHASE). It counts
+    a thread that waits for the interpreter lock, or is preempted, as busy. perf samples the
+    whole process on a timer, the kernel included: PREFIX.PHASE.data, and beside it
+    PREFIX.PHASE.txt with the share of each library (the interpreter, the kernel, LMDB, ...)
+    and of each kernel entry point (system calls, page faults, scheduling)."""
+
+    def __init__(self, tool: str, path: str, pid: int, seconds: float) -> None:
+        self.tool, self.path = tool, path
+        if tool == "perf":
+            command = ["perf", "record", "-F", "2000", "-g", "-p", str(pid), "-o", path + ".data", "--",
+                       "sleep", str(seconds)]
+        else:
+            command = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+                       "--format", "raw", "--output", path, "--nonblocking", "--threads"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finish(self) -> None:
+        self.process.wait(30)
+        if self.tool != "perf":
+            return
+        report = ["perf", "report", "-i", self.path + ".data", "--stdio", "-g", "none"]
+        by_library = subprocess.run([*report, "--no-children", "--sort", "dso"], capture_output=True, text=True)
+        by_symbol = subprocess.run([*report, "--children", "--sort", "sym"], capture_output=True, text=True)
+        entries = [line for line in by_symbol.stdout.splitlines()
+                   if "[k] " in line and line.split("[k] ")[-1].strip() in KERNEL_ENTRY_POINTS]
+        Path(self.path + ".txt").write_text(
+            "# share of the samples by library\n" + "\n".join(
+                line for line in by_library.stdout.splitlines() if "%" in line and not line.startswith("#"))
+            + "\n# kernel entry points (with what they call)\n" + "\n".join(entries) + "\n")
+
+
+# What the node's kernel time is spent on, as perf names the entry points.
+KERNEL_ENTRY_POINTS = ("ksys_read", "ksys_write", "__x64_sys_fdatasync", "__x64_sys_pwrite64", "__x64_sys_writev",
+                       "__x64_sys_epoll_wait", "__x64_sys_futex", "__x64_sys_brk", "asm_exc_page_fault", "schedule",
+                       "__x64_sys_recvfrom", "__x64_sys_sendto", "asm_sysvec_apic_timer_interrupt")
+
+
+def _profile(pid: int, seconds: float, path: str | None, tool: str = "py-spy") -> Profiler | None:
+    """Sample the node (if asked) while the measurement runs."""
+    return Profiler(tool, path, pid, seconds) if path else None
 
 
 def cpu_pct_by_part(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
@@ -391,7 +431,7 @@ def cpu_pct_by_part(before: dict[str, float], after: dict[str, float], seconds: 
 
 
 def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, seconds: float,
-               profile: str | None = None, receiver_ws_url: str | None = None,
+               profile: str | None = None, profiler: str = "py-spy", receiver_ws_url: str | None = None,
                cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
     """Closed loop; senders connect to `ws_url`, receivers to `receiver_ws_url` (default:
     the same). `cursors` (per token): where each user's chats resume, instead of being
@@ -416,7 +456,7 @@ def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, s
     for conn in sender_conns:
         senders.refill(conn)
     loop.run(time.perf_counter() + 2.0)  # warm-up
-    spy = _profile(server.pid, seconds, profile)
+    spy = _profile(server.pid, seconds, profile, profiler)
     others = Others(server)
     p0, n0, a0, t0 = server.parts(), receivers.count, senders.acked, time.perf_counter()
     loop.run(t0 + seconds)
@@ -426,7 +466,7 @@ def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, s
     loop.run(time.perf_counter() + 1.0)
     loop.close_all()
     if spy is not None:
-        spy.wait(30)
+        spy.finish()
     return {
         "delivered_per_s": (n1 - n0) / (t1 - t0),
         "acked_per_s": (a1 - a0) / (t1 - t0),
@@ -440,7 +480,7 @@ def throughput(server: Server, ws_url: str, pairs, *, window: int, batch: int, s
 
 
 def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, seconds: float,
-            profile: str | None = None, receiver_ws_url: str | None = None,
+            profile: str | None = None, profiler: str = "py-spy", receiver_ws_url: str | None = None,
             cursors: dict[str, dict[str, int]] | None = None, settle: Callable[[Loop], Any] | None = None) -> dict:
     """Open loop: one message every 1/rate s, round-robin over the senders (connected to
     `ws_url`; receivers to `receiver_ws_url`, default the same). Devices resume their chat
@@ -478,7 +518,7 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
     receivers.record = True
     start = time.perf_counter()
     sent_before = schedule["i"]
-    spy = _profile(server.pid, seconds, profile)
+    spy = _profile(server.pid, seconds, profile, profiler)
     others = Others(server)
     p0, n0, w0 = server.parts(), receivers.count, runqueue_wait_seconds(server.pid)
     loop.run(start + seconds, tick)
@@ -486,7 +526,7 @@ def latency(server: Server, url: str, ws_url: str, pairs, *, rate: float, second
     c0, c1, d0, d1 = sum(p0.values()), sum(p1.values()), p0.get("postgresql", 0.0), p1.get("postgresql", 0.0)
     load = others.result()
     if spy is not None:
-        spy.wait(30)
+        spy.finish()
     loop.run(time.perf_counter() + 1.0)
     loop.close_all()
     samples = sorted(receivers.latencies)
@@ -554,7 +594,7 @@ CLOSE_NORMAL = b"\x88\x82" + b"\x00\x00\x00\x00" + b"\x03\xe8"  # masked close f
 
 
 def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: int, seconds: float,
-               profile: str | None = None) -> dict:
+               profile: str | None = None, profiler: str = "py-spy") -> dict:
     """Token logins per second: `concurrency` clients each connect, say hello with their
     token, wait for `synced`, close, and start again."""
     loop = Loop()
@@ -581,7 +621,7 @@ def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: i
     for _ in range(concurrency):
         start()
     loop.run(time.perf_counter() + 1.0)  # warm-up
-    spy = _profile(server.pid, seconds, profile)
+    spy = _profile(server.pid, seconds, profile, profiler)
     others = Others(server)
     n0, failed0, cpu0, t0 = done["n"], done["failed"], server.cpu(), time.perf_counter()
     loop.run(t0 + seconds)
@@ -591,7 +631,7 @@ def reconnects(server: Server, ws_url: str, tokens: list[str], *, concurrency: i
         conn.on_close = None
     loop.close_all()
     if spy is not None:
-        spy.wait(30)
+        spy.finish()
     return {"reconnects_per_s": count / elapsed, "failed": done["failed"] - failed0,
             "server_cpu_us_per_reconnect": cpu / max(1, count) * 1e6, "concurrency": concurrency, **others.result()}
 
@@ -620,7 +660,7 @@ def one_run(server: Server, url: str, ws_url: str, args: argparse.Namespace, res
     if "reconnects" in phases:
         tokens = [token for pair in pairs for token in pair[:2]]
         r = reconnects(server, ws_url, tokens, concurrency=args.reconnects, seconds=args.seconds,
-                       profile=args.profile and args.profile + ".reconnects")
+                       profile=args.profile and args.profile + ".reconnects", profiler=args.profiler)
         results["reconnects"].append(r)
         print(f"{tag}: reconnects {r}", flush=True)
         time.sleep(3.0)
@@ -628,14 +668,15 @@ def one_run(server: Server, url: str, ws_url: str, args: argparse.Namespace, res
     # of ~100,000 messages) that would otherwise be counted against the next phase.
     for name in args.latency_rates.split(",") if "latency" in phases else ():
         lat = latency(server, url, ws_url, pairs[: args.latency_pairs], rate=float(name), seconds=args.seconds,
-                      profile=args.profile and f"{args.profile}.latency-{name}")
+                      profile=args.profile and f"{args.profile}.latency-{name}", profiler=args.profiler)
         lat["rate_name"] = name
         results["latency"].append(lat)
         print(f"{tag}: latency {({k: v for k, v in lat.items() if k != '_samples'})}", flush=True)
         time.sleep(3.0)  # let the node drain before the next phase
     if "throughput" in phases:
         t = throughput(server, ws_url, pairs[: args.pairs], window=args.window, batch=args.batch,
-                       seconds=args.seconds, profile=args.profile and args.profile + ".throughput")
+                       seconds=args.seconds, profile=args.profile and args.profile + ".throughput",
+                       profiler=args.profiler)
         results["throughput"].append(t)
         print(f"{tag}: throughput {t}", flush=True)
 
@@ -790,7 +831,10 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=2000, help="idle connections for the memory figure")
     parser.add_argument("--reconnects", type=int, default=100,
                         help="concurrent clients for the token-login (reconnect) rate; 0 skips it")
-    parser.add_argument("--profile", default=None, help="run the node under py-spy, writing collapsed stacks here")
+    parser.add_argument("--profile", default=None,
+                        help="sample the node during each measurement, writing to files named from this prefix")
+    parser.add_argument("--profiler", choices=PROFILERS, default="py-spy",
+                        help="py-spy: Python stacks per thread; perf: the whole process by library and kernel entry point")
     args = parser.parse_args()
     args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if args.reconnects == 0:
