@@ -369,7 +369,7 @@ async def _run_node(config: Config, plugins: Iterable[Any], load_entrypoints: bo
                 told = await announce_offline_revocations(node)  # `chatnode admin --offline` logouts
                 if told:
                     log.info("told the plugins of %d devices logged out while the node was stopped", told)
-                node.read_hub = ReadHub()
+                node.read_hub = ReadHub(node.chats)
                 core.start_soon(node.read_hub.serve)
                 async with trio.open_nursery() as sessions, trio.open_nursery() as listeners:
                     ws_scope = trio.CancelScope()

@@ -5,12 +5,18 @@ session's own task, and the device's frames are still handled one at a time, in 
 from __future__ import annotations
 
 import contextlib
+import select
+import threading
 
 import orjson
+import pytest
 import trio
+import trio.testing
 from conftest import new_user
 
 from node import hookimpl
+from node.core.operations import MarkDelivered
+from node.core.readhub import ROOM_PER_ROUND
 from node.testing import open_test_node
 
 
@@ -178,3 +184,57 @@ async def test_a_full_sequencer_queue_makes_devices_wait_and_loses_nothing(tmp_p
             assert node.chats.applied - applied >= devices * 256
         for user in (alice, *users):
             await user.aclose()
+
+
+@pytest.mark.engine("lmdb")  # the commit is held with LMDB's write lock; the hub is the same on both
+async def test_the_hub_leaves_frames_in_their_sockets_while_the_sequencer_queue_is_nearly_full(tmp_path):
+    """While the sequencer's queue lacks room for a round of reads, the hub reads nothing:
+    a frame waits in its socket instead of being read into a full queue (and its session
+    handed back to wait on its own). Once the sequencer takes a batch, it is read and
+    applied with everything queued before it; nothing is lost."""
+    async with open_test_node(tmp_path) as node:
+        alice, bob = await new_user(node, "alice"), await new_user(node, "bob")
+        chat = await alice.open_direct(username="bob")
+        async with alice.connect() as a, bob.connect() as b:
+            await a.send_text(chat["id"], "first")
+            await b.wait_for("message", text="first")
+            (session,) = node.hub.sessions_of(int(alice.user["id"]))
+            locked, release = trio.Event(), threading.Event()
+            token = trio.lowlevel.current_trio_token()
+
+            def hold_the_write_lock() -> None:  # in a thread: the node's next commit waits for it
+                txn = node.storage.env.begin(write=True)
+                try:
+                    trio.from_thread.run_sync(locked.set, trio_token=token)
+                    release.wait()
+                finally:
+                    txn.abort()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, hold_the_write_lock)
+                try:
+                    await locked.wait()
+                    await a.send_events(_send("held", chat["id"]))  # its commit waits for the lock
+                    await trio.testing.wait_all_tasks_blocked()
+                    applied = node.chats.applied
+                    filler = node.chats.queue_size - ROOM_PER_ROUND + 1
+                    for _ in range(filler):  # without a checkpoint: the sequencer takes none
+                        assert node.chats.submit_nowait(MarkDelivered(int(bob.user["id"]), int(chat["id"]), 1))
+                    frames_in = session.frames_in
+                    await a.send_events(_send("waits", chat["id"]))
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert session.frames_in == frames_in  # not read...
+                    assert select.select([session.ws.fileno()], [], [], 0)[0]  # ...but there
+                finally:
+                    release.set()
+            with trio.fail_after(10):
+                assert (await a.wait_for("ack", client_msg_id="held"))["seq"] == 2
+                assert (await a.wait_for("ack", client_msg_id="waits"))["seq"] == 3
+                await b.wait_for("message", text="held")
+                await b.wait_for("message", text="waits")
+            assert node.chats.applied - applied >= filler + 1
+        await alice.aclose(), await bob.aclose()
+
+
+def _send(client_msg_id: str, chat_id: str) -> dict:
+    return {"type": "send", "client_msg_id": client_msg_id, "chat": chat_id, "kind": "text", "text": client_msg_id}

@@ -192,6 +192,8 @@ class Chats:
         # join the next batch's commit (the newest record of a member wins).
         self._deferred: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
+        self.queue_size = queue_size
+        self._room: trio.Event | None = None  # set when the sequencer takes a batch (`wait_for_room`)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
         self.metrics = Metrics()  # the node's (node/observe.py): batch sizes, fan-out time
@@ -229,6 +231,17 @@ class Chats:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ChatError("unavailable", "the node is shutting down") from None
         return await op.wait()
+
+    def has_room(self, free: int) -> bool:
+        """At least `free` places are free in the sequencer's queue."""
+        return self._send.statistics().current_buffer_used <= self.queue_size - free
+
+    async def wait_for_room(self, free: int) -> None:
+        """Until `has_room(free)`: the read hub reads no socket meanwhile (see there)."""
+        while not self.has_room(free):
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
 
     def submit_nowait(self, op: Operation) -> bool:
         """Queue an operation here without waiting; False if the queue is full."""
@@ -270,6 +283,9 @@ class Chats:
                         ops.append(self._recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                if self._room is not None:
+                    self._room.set()
+                    self._room = None
                 await self._process(ops)
 
     async def _flush_deferred(self) -> None:

@@ -9,6 +9,13 @@ when it is ready this task reads each ready socket and runs its frames' handlers
 most finish without an await (a `send` queued for the sequencer, a `received`, a
 `ping`).
 
+The hub reads only while the sequencer's queue has room for what a round of reads may offer
+it (`ROOM_PER_ROUND`); otherwise it waits for the sequencer's next batch, and the frames
+wait in the sockets. A saturated node thus keeps reading in the hub: were a frame read into
+a full queue, its session would be handed back to its own task to wait for room, a path
+that costs several times as much per message and pushed a saturated node into taking it
+for most frames (bench/README.md).
+
 A session is watched only while it is between messages (`Session.read_ready`); anything
 else (a handler that must await, a frame of several events, a ping, a close, the end of
 the connection, a protocol error) is handed back to the session's own task, which reads
@@ -25,11 +32,15 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
+    from .chats import Chats
     from .session import Session
 
 log = logging.getLogger(__name__)
 
 READY_PER_ROUND = 128  # sockets handled per wake-up before other tasks get a turn
+# Free places the sequencer's queue must have before a round of reads: room for what the
+# round's frames offer to it, so that a full queue rarely hands a session back.
+ROOM_PER_ROUND = 1024
 _WATCHED = select.EPOLLIN | select.EPOLLRDHUP
 
 
@@ -37,7 +48,8 @@ class ReadHub:
     """The node's read loop for chat sockets. Run `serve` in a nursery that outlives the
     sessions; `close` ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, sequencer: Chats | None = None) -> None:
+        self._sequencer = sequencer
         self._epoll = select.epoll()
         self._sessions: dict[int, Session] = {}  # descriptor -> its session, registered
         self._active: set[int] = set()  # ... of which these are watched now
@@ -85,11 +97,14 @@ class ReadHub:
     async def serve(self) -> None:
         with self._scope:
             epoll = self._epoll
+            sequencer = self._sequencer
             while True:
                 try:
                     await trio.lowlevel.wait_readable(epoll.fileno())
                 except trio.ClosedResourceError:  # `close`
                     return
+                if sequencer is not None and not sequencer.has_room(ROOM_PER_ROUND):
+                    await sequencer.wait_for_room(ROOM_PER_ROUND)
                 for fd, _ in epoll.poll(0, READY_PER_ROUND):
                     session = self._sessions.get(fd)
                     if session is None or fd not in self._active:
