@@ -14,6 +14,7 @@ much CPU the rest of the machine used meanwhile (`others_cpu_pct`, % of one core
     python -m bench.run [--engines lmdb,postgresql] [--runs 3] [--pairs 100] [--latency-pairs 500]
                         [--latency-rates 1000,2000,5000,10000] [--idle 2000] [--baseline DIR]
                         [--phases idle,reconnects,throughput,latency] [--profile PREFIX [--profiler perf]]
+                        [--output FILE]
 
 Two kinds of 1-1 traffic, labelled as such: *batched* (ten messages per frame, one
 `received` per frame, closed loop: the throughput figure) and *one per frame* (one
@@ -379,6 +380,11 @@ def chat_positions(url: str, pairs) -> dict[str, int]:
 
 
 PROFILERS = ("py-spy", "perf")
+# What the node's kernel time is spent on, as perf names the entry points.
+KERNEL_ENTRY_POINTS = ("ksys_read", "ksys_write", "__x64_sys_fdatasync", "__x64_sys_pwrite64", "__x64_sys_writev",
+                       "__x64_sys_epoll_wait", "__x64_sys_futex", "__x64_sys_brk", "asm_exc_page_fault", "schedule",
+                       "__x64_sys_recvfrom", "__x64_sys_sendto", "asm_sysvec_apic_timer_interrupt")
+
 
 
 class Profiler:
@@ -413,12 +419,6 @@ class Profiler:
             "# share of the samples by library\n" + "\n".join(
                 line for line in by_library.stdout.splitlines() if "%" in line and not line.startswith("#"))
             + "\n# kernel entry points (with what they call)\n" + "\n".join(entries) + "\n")
-
-
-# What the node's kernel time is spent on, as perf names the entry points.
-KERNEL_ENTRY_POINTS = ("ksys_read", "ksys_write", "__x64_sys_fdatasync", "__x64_sys_pwrite64", "__x64_sys_writev",
-                       "__x64_sys_epoll_wait", "__x64_sys_futex", "__x64_sys_brk", "asm_exc_page_fault", "schedule",
-                       "__x64_sys_recvfrom", "__x64_sys_sendto", "asm_sysvec_apic_timer_interrupt")
 
 
 def _profile(pid: int, seconds: float, path: str | None, tool: str = "py-spy") -> Profiler | None:
@@ -734,7 +734,8 @@ def run_all(args: argparse.Namespace) -> dict:
     for label in labels:
         for r in results[label]["latency"]:
             r.pop("_samples", None)
-    return {"engines": engines, "args": {**vars(args), "phases": sorted(args.phases)}, "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"engines": engines, "args": {**vars(args), "phases": sorted(args.phases), "output": str(args.output)},
+            "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _latency_cell(s: dict) -> str:
@@ -831,6 +832,9 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=2000, help="idle connections for the memory figure")
     parser.add_argument("--reconnects", type=int, default=100,
                         help="concurrent clients for the token-login (reconnect) rate; 0 skips it")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json",
+                        help="where the raw results go (a measurement of one change: elsewhere, so that "
+                             "the last full run stays on record)")
     parser.add_argument("--profile", default=None,
                         help="sample the node during each measurement, writing to files named from this prefix")
     parser.add_argument("--profiler", choices=PROFILERS, default="py-spy",
@@ -845,8 +849,8 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     pin(1)
     report = run_all(args)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
     print("\n" + table(report, args))
     print(ratios(report, args))
 
