@@ -380,11 +380,11 @@ def chat_positions(url: str, pairs) -> dict[str, int]:
 
 
 PROFILERS = ("py-spy", "perf")
+
 # What the node's kernel time is spent on, as perf names the entry points.
 KERNEL_ENTRY_POINTS = ("ksys_read", "ksys_write", "__x64_sys_fdatasync", "__x64_sys_pwrite64", "__x64_sys_writev",
                        "__x64_sys_epoll_wait", "__x64_sys_futex", "__x64_sys_brk", "asm_exc_page_fault", "schedule",
                        "__x64_sys_recvfrom", "__x64_sys_sendto", "asm_sysvec_apic_timer_interrupt")
-
 
 
 class Profiler:

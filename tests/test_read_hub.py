@@ -217,9 +217,10 @@ async def test_the_hub_leaves_frames_in_their_sockets_while_the_sequencer_queue_
                     await a.send_events(_send("held", chat["id"]))  # its commit waits for the lock
                     await trio.testing.wait_all_tasks_blocked()
                     applied = node.chats.applied
-                    filler = node.chats.queue_size - ROOM_PER_ROUND + 1
+                    filler = node.chats.room() - ROOM_PER_ROUND + 1
                     for _ in range(filler):  # without a checkpoint: the sequencer takes none
                         assert node.chats.submit_nowait(MarkDelivered(int(bob.user["id"]), int(chat["id"]), 1))
+                    assert node.chats.room() == ROOM_PER_ROUND - 1
                     frames_in = session.frames_in
                     await a.send_events(_send("waits", chat["id"]))
                     await trio.testing.wait_all_tasks_blocked()

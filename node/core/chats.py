@@ -192,7 +192,6 @@ class Chats:
         # join the next batch's commit (the newest record of a member wins).
         self._deferred: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._send, self._recv = trio.open_memory_channel[Operation](queue_size)
-        self.queue_size = queue_size
         self._room: trio.Event | None = None  # set when the sequencer takes a batch (`wait_for_room`)
         self.applied = 0
         self.dedupe_purged = 0  # idempotency records dropped after storage.dedupe_retention
@@ -232,13 +231,15 @@ class Chats:
             raise ChatError("unavailable", "the node is shutting down") from None
         return await op.wait()
 
-    def has_room(self, free: int) -> bool:
-        """At least `free` places are free in the sequencer's queue."""
-        return self._send.statistics().current_buffer_used <= self.queue_size - free
+    def room(self) -> int:
+        """Free places in the sequencer's queue."""
+        queue = self._send.statistics()
+        return int(queue.max_buffer_size) - queue.current_buffer_used  # (bounded: an int)
 
     async def wait_for_room(self, free: int) -> None:
-        """Until `has_room(free)`: the read hub reads no socket meanwhile (see there)."""
-        while not self.has_room(free):
+        """Until the queue has `free` places: the sequencer's next batches make them (the
+        read hub reads no socket meanwhile, see there)."""
+        while self.room() < free:
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()

@@ -103,7 +103,7 @@ class ReadHub:
                     await trio.lowlevel.wait_readable(epoll.fileno())
                 except trio.ClosedResourceError:  # `close`
                     return
-                if sequencer is not None and not sequencer.has_room(ROOM_PER_ROUND):
+                if sequencer is not None and sequencer.room() < ROOM_PER_ROUND:
                     await sequencer.wait_for_room(ROOM_PER_ROUND)
                 for fd, _ in epoll.poll(0, READY_PER_ROUND):
                     session = self._sessions.get(fd)
