@@ -59,10 +59,10 @@ proxies:
 	  $(APT_INSTALL) nginx caddy; }
 
 # --durations: the slowest tests are listed at the end, to keep an eye on the suite's time.
-# The tests run in TEST_WORKERS processes (pytest-xdist), each taking whole test files: on two
-# cores the suite takes about 20 minutes, against about 29 in one process. TEST_WORKERS=0
-# runs everything in one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs the tests in two processes (pytest-xdist), each taking whole test files:
+# about 20 minutes on two cores, against about 29 in one. It stays off by default: with two
+# headless Chromiums at once, a browser test saw its page lose focus once in four runs.
+TEST_WORKERS ?= 0
 test: $(STAMP) browser postgres netns proxies
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
