@@ -50,20 +50,30 @@ def names_in_list(page) -> list[str]:
     return page.locator("#chat-list .chat-row .chat-name").all_inner_texts()
 
 
-def message_from(node, sender: str, to_chat_title: str, text: str) -> None:
-    """`sender` sends `text` over the REST-free path: the chat socket of the Python client."""
+def as_member(node, user: str, chat_title: str, act) -> None:
+    """`await act(client, chat_id)` with the Python client logged in as `user`, in `user`'s
+    chat called `chat_title`."""
     import trio
 
     from node.client import ChatClient
 
     async def go():
         async with ChatClient(node.url) as client:
-            await client.login(sender, "correct horse battery")
-            chat = next(c for c in await client.chats(hidden=True) if c["title"] == to_chat_title)
-            async with client.connect() as conn:
-                await conn.send_text(chat["id"], text)
+            await client.login(user, "correct horse battery")
+            chat = next(c for c in await client.chats(hidden=True) if c["title"] == chat_title)
+            await act(client, chat["id"])
 
     trio.run(go)
+
+
+def message_from(node, sender: str, to_chat_title: str, text: str) -> None:
+    """`sender` sends `text` over the REST-free path: the chat socket of the Python client."""
+
+    async def act(client, chat_id):
+        async with client.connect() as conn:
+            await conn.send_text(chat_id, text)
+
+    as_member(node, sender, to_chat_title, act)
 
 
 def test_mute_pin_archive_and_mark_unread_from_the_chat_menu(pages, names, node):
@@ -181,6 +191,39 @@ def test_the_chat_menu_by_keyboard_and_by_a_long_press_on_a_phone(pages, names):
     shot(phone, "42-chat-menu-phone")
     phone.keyboard.press("Escape")
     expect(phone.locator("#popup-menu")).to_have_count(0)
+
+
+def test_a_menu_gives_the_focus_back_to_a_row_redrawn_while_it_was_open(pages, names, node):
+    """News redraws the chat list and the messages it changes: a menu opened from the
+    keyboard on a chat or a message gives the focus back to that chat's or message's new
+    row, not to the page."""
+    alice, bob = names("alice", "bob")
+    a = pages.login(alice)
+    open_direct(a, bob)
+    send(a, "are you there?")
+    menu = a.locator("#popup-menu")
+
+    item = row(a, "Bob").locator(".chat-item")
+    item.focus()
+    a.keyboard.press("Shift+F10")
+    expect(menu.get_by_role("menuitem").first).to_be_focused()
+    message_from(node, bob, "Alice", "yes, here")
+    expect(row(a, "Bob").locator(".preview")).to_have_text("yes, here")  # the list was redrawn
+    expect(menu.get_by_role("menuitem").first).to_be_focused()
+    a.keyboard.press("Escape")
+    expect(menu).to_have_count(0)
+    expect(item).to_be_focused()
+
+    mine = a.locator("#message-list .msg[data-seq]", has_text="are you there?")
+    mine.locator(".bubble").focus()
+    a.keyboard.press("ContextMenu")
+    expect(menu).to_be_visible()
+    seq = int(mine.get_attribute("data-seq"))
+    as_member(node, bob, "Alice", lambda client, chat_id: client.react(chat_id, seq, "👍"))
+    expect(mine.locator(".reactions .reaction")).to_have_count(1)  # the message was redrawn
+    a.keyboard.press("Escape")
+    expect(menu).to_have_count(0)
+    expect(mine.locator(".bubble")).to_be_focused()
 
 
 def test_clear_and_delete_a_chat_for_me(pages, names, node):

@@ -193,11 +193,10 @@ export class ChatListView {
     const rows = chats.map((chat) => this.item(chat));
     if (!this.query && this.showArchived) rows.unshift(this.archiveHeader());
     else if (!this.query && archived.length) rows.unshift(this.archiveRow(archived));
-    const focused = document.activeElement && this.list.contains(document.activeElement) ? document.activeElement.dataset : null;
+    const focused = this.rowSelector(document.activeElement);
     this.list.replaceChildren(...rows);
-    if (focused && (focused.chat || focused.row)) { // the keyboard focus stays on its row when the list is redrawn
-      const selector = focused.chat ? `[data-chat="${focused.chat}"]${focused.menu ? '[data-menu]' : ':not([data-menu])'}` : `[data-row="${focused.row}"]`;
-      const again = this.list.querySelector(selector);
+    if (focused) { // the keyboard focus stays on its row when the list is redrawn
+      const again = this.list.querySelector(focused);
       if (again) again.focus({ preventScroll: true });
     }
     $('#chat-list-empty').hidden = chats.length > 0 || !!this.query || this.showArchived || archived.length > 0;
@@ -232,9 +231,20 @@ export class ChatListView {
     }, h('span', { class: 'archive-icon' }, icon('back')), h('span', { class: 'chat-name' }, 'Archived chats')));
   }
 
+  /** A selector that finds `element`'s counterpart in the list once redrawn, or null. */
+  rowSelector(element) {
+    if (!element || !this.list.contains(element)) return null;
+    const { chat, menu, row } = element.dataset;
+    if (chat) return `[data-chat="${chat}"]${menu ? '[data-menu]' : ':not([data-menu])'}`;
+    return row ? `[data-row="${row}"]` : null;
+  }
+
   openChatMenu(chat, at) {
     const items = chatMenuItems(this.actionsContext, chat);
-    openMenu({ items, at, label: `Chat options for ${chatTitle(chat)}` });
+    const opener = document.activeElement;
+    const selector = this.rowSelector(opener);
+    const returnFocus = () => (opener.isConnected || !selector ? opener : this.list.querySelector(selector));
+    openMenu({ items, at, label: `Chat options for ${chatTitle(chat)}`, returnFocus });
   }
 
   item(chat) {

@@ -584,7 +584,16 @@ export class ConversationView {
       });
     }
     const header = deleted || !active ? null : this.reactionBarFor(entry);
-    openMenu({ items, at, label: 'Message actions', header });
+    openMenu({ items, at, label: 'Message actions', header, returnFocus: this.focusBackTo(entry) });
+  }
+
+  /** Where a menu opened on a message gives the focus back: the element it was opened from,
+   * or, if the message was redrawn meanwhile (a reaction, an edit), its new bubble. */
+  focusBackTo(entry) {
+    const opener = document.activeElement;
+    const inMessage = opener && opener.closest && opener.closest(`#message-list [data-seq="${entry.seq}"]`);
+    return () => (opener.isConnected || !inMessage ? opener
+      : this.list.querySelector(`[data-seq="${entry.seq}"] .bubble`));
   }
 
   async copy(entry) {
@@ -623,7 +632,7 @@ export class ConversationView {
 
   /** The quick reactions over a message (a React button, or the message's menu). */
   openReactionBar(entry, anchor) {
-    openMenu({ items: [], at: anchor, label: 'React', header: this.reactionBarFor(entry) });
+    openMenu({ items: [], at: anchor, label: 'React', header: this.reactionBarFor(entry), returnFocus: this.focusBackTo(entry) });
   }
 
   reactionBarFor(entry) {

@@ -13,7 +13,9 @@ let current = null; // {root, returnFocus, onClose}
 /**
  * Open a menu. `items`: {label, icon?, danger?, checked?, onSelect} objects, `'-'` for a
  * separator, falsy ones skipped. `at`: {x, y} (a pointer) or an element to sit under.
- * `header`: a node shown above the items (the reactions bar). Returns the menu element.
+ * `header`: a node shown above the items (the reactions bar). `returnFocus`: where the focus
+ * goes back when it closes: an element, or a function that finds it then (a list redrawn
+ * while the menu was open has replaced the row it was opened from). Returns the menu element.
  */
 export function openMenu({ items, at, label, header = null, returnFocus = document.activeElement, onClose = null }) {
   closeMenu(false);
@@ -31,7 +33,7 @@ export function openMenu({ items, at, label, header = null, returnFocus = docume
       onclick: (e) => {
         e.stopPropagation();
         closeMenu(false);
-        if (returnFocus && returnFocus.isConnected) returnFocus.focus({ preventScroll: true });
+        focusBack(returnFocus);
         item.onSelect();
       },
     }, item.icon ? icon(item.icon) : h('span', { class: 'menu-icon-space' }), h('span', null, item.label));
@@ -62,8 +64,13 @@ export function closeMenu(restoreFocus = true) {
   root.remove();
   document.removeEventListener('pointerdown', onOutside, true);
   window.removeEventListener('resize', onResize);
-  if (restoreFocus && returnFocus && returnFocus.isConnected) returnFocus.focus({ preventScroll: true });
+  if (restoreFocus) focusBack(returnFocus);
   if (onClose) onClose();
+}
+
+function focusBack(returnFocus) {
+  const target = typeof returnFocus === 'function' ? returnFocus() : returnFocus;
+  if (target && target.isConnected) target.focus({ preventScroll: true });
 }
 
 export function menuOpen() {
