@@ -59,10 +59,9 @@ proxies:
 	  $(APT_INSTALL) nginx caddy; }
 
 # --durations: the slowest tests are listed at the end, to keep an eye on the suite's time.
-# TEST_WORKERS=2 runs the tests in two processes (pytest-xdist), each taking whole test files:
-# about 20 minutes on two cores, against about 29 in one. It stays off by default: with two
-# headless Chromiums at once, a browser test saw its page lose focus once in four runs.
-TEST_WORKERS ?= 0
+# The tests run in two processes (pytest-xdist), each taking whole test files: about 17-20
+# minutes on two cores, against about 29 in one (TEST_WORKERS=0).
+TEST_WORKERS ?= 2
 test: $(STAMP) browser postgres netns proxies
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
