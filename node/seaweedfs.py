@@ -2,8 +2,8 @@
 the S3-compatible object store of chatnode's media tests (tests/s3server.py) and of `make
 cluster` (tools/local_cluster.py). The node itself never starts one.
 
-One process runs master, volume, filer and S3 gateway on 127.0.0.1 (and opens gRPC ports
-at each port + 10000). A bare `weed server -s3` with no identities configured accepts any
+One process runs master, volume, filer and S3 gateway on 127.0.0.1, each with a gRPC port
+too (by default its port + 10000, as weed itself would pick). A bare `weed server -s3` with no identities configured accepts any
 credentials: fine on loopback, never elsewhere.
 """
 
@@ -52,12 +52,15 @@ def free_port_pairs(count: int) -> list[int]:
 
 class Weed:
     """One `weed server -s3` keeping its data in `data` and appending its output to `log`;
-    `ports` are the S3 gateway's, the master's, the volume server's and the filer's. It is
+    `ports` are the S3 gateway's, the master's, the volume server's and the filer's, and
+    `grpc_ports` their gRPC ports in the same order (by default each port + 10000). It is
     only ever signalled by the PID it was started with."""
 
-    def __init__(self, data: Path, log: Path, ports: Sequence[int], *, volumes: int) -> None:
+    def __init__(self, data: Path, log: Path, ports: Sequence[int], *, volumes: int,
+                 grpc_ports: Sequence[int] | None = None) -> None:
         self.data, self.log = data, log
         self.s3_port, self.master_port, self.volume_port, self.filer_port = ports
+        self.grpc_ports = tuple(grpc_ports) if grpc_ports is not None else tuple(p + 10000 for p in ports)
         self.volumes = volumes
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -70,11 +73,14 @@ class Weed:
         S3 gateway lists the buckets. RuntimeError, with the end of the log, if it exits or
         does not answer within `timeout` seconds."""
         self.data.mkdir(parents=True, exist_ok=True)
+        s3_grpc, master_grpc, volume_grpc, filer_grpc = self.grpc_ports
         with open(self.log, "ab") as log:  # the child keeps its own copy
             process = self.process = subprocess.Popen(
                 [str(WEED), "server", f"-dir={self.data}", "-s3", f"-s3.port={self.s3_port}",
                  f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
-                 f"-filer.port={self.filer_port}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                 f"-filer.port={self.filer_port}", f"-s3.port.grpc={s3_grpc}",
+                 f"-master.port.grpc={master_grpc}", f"-volume.port.grpc={volume_grpc}",
+                 f"-filer.port.grpc={filer_grpc}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                  "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024",
                  f"-volume.max={self.volumes}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
+from ports import free_port
 
-from node.seaweedfs import WEED, Weed, available, free_port_pairs
+from node.seaweedfs import WEED, Weed, available
 
 START_TIMEOUT = 60.0  # seconds for the S3 endpoint to answer
 
@@ -33,7 +34,8 @@ START_TIMEOUT = 60.0  # seconds for the S3 endpoint to answer
 class S3Server:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="chatnode-s3-"))
-        self.weed = Weed(self.root / "data", self.root / "log", free_port_pairs(4), volumes=100)
+        self.weed = Weed(self.root / "data", self.root / "log", [free_port() for _ in range(4)], volumes=100,
+                         grpc_ports=[free_port() for _ in range(4)])
         self._names = itertools.count(1)
         self._client: Any = None
 
