@@ -59,9 +59,10 @@ proxies:
 	  $(APT_INSTALL) nginx caddy; }
 
 # --durations: the slowest tests are listed at the end, to keep an eye on the suite's time.
-# The tests run in two processes (pytest-xdist), each taking whole test files: about 17-20
-# minutes on two cores, against about 29 in one (TEST_WORKERS=0).
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs the tests in two processes (pytest-xdist), each taking whole test files:
+# about 17-18 minutes on two cores, against about 29 in one. It stays off by default: the
+# rolling-restart test's bound on retried sends (5) was exceeded once (6) with two at once.
+TEST_WORKERS ?= 0
 test: $(STAMP) browser postgres netns proxies
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
