@@ -4,9 +4,10 @@ A port found free is bound only once its server starts, and nothing else may tak
 between. So the ports handed out lie below the kernel's range of ephemeral ports
 (`ip_local_port_range`), which it gives to `bind(0)` and to the source of every outgoing
 connection: no client's connection and no other program's `bind(0)` can take one
-meanwhile. Each pytest-xdist worker hands out a block of its own, so two workers never
-pick the same port; within a process none is handed out twice (until its block has gone
-round once), not even to two servers of one config.
+meanwhile. They also lie above the ports browsers refuse to connect to. Each pytest-xdist
+worker hands out a block of its own, so two workers never pick the same port; within a
+process none is handed out twice (until its block has gone round once), not even to two
+servers of one config.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import os
 import socket
 
-LOWEST = 10_000  # below: ports that well-known services may listen on
+# Below: ports that well-known services may listen on, and the last one browsers refuse to
+# connect to (10080, on Chromium's list of unsafe ports).
+LOWEST = 11_000
 
 
 def _ephemeral_start() -> int:
