@@ -3,8 +3,8 @@ the S3-compatible object store of chatnode's media tests (tests/s3server.py) and
 cluster` (tools/local_cluster.py). The node itself never starts one.
 
 One process runs master, volume, filer and S3 gateway on 127.0.0.1, each with a gRPC port
-too (by default its port + 10000, as weed itself would pick). A bare `weed server -s3` with no identities configured accepts any
-credentials: fine on loopback, never elsewhere.
+too (by default its port + 10000, as weed itself would pick). A bare `weed server -s3` with
+no identities configured accepts any credentials: fine on loopback, never elsewhere.
 """
 
 from __future__ import annotations

@@ -241,10 +241,9 @@ export class ChatListView {
 
   openChatMenu(chat, at) {
     const items = chatMenuItems(this.actionsContext, chat);
-    const opener = document.activeElement;
-    const selector = this.rowSelector(opener);
-    const returnFocus = () => (opener.isConnected || !selector ? opener : this.list.querySelector(selector));
-    openMenu({ items, at, label: `Chat options for ${chatTitle(chat)}`, returnFocus });
+    const selector = this.rowSelector(document.activeElement);
+    const findAgain = selector && (() => this.list.querySelector(selector));
+    openMenu({ items, at, label: `Chat options for ${chatTitle(chat)}`, findAgain });
   }
 
   item(chat) {

@@ -584,16 +584,15 @@ export class ConversationView {
       });
     }
     const header = deleted || !active ? null : this.reactionBarFor(entry);
-    openMenu({ items, at, label: 'Message actions', header, returnFocus: this.focusBackTo(entry) });
+    openMenu({ items, at, label: 'Message actions', header, findAgain: this.bubbleAgain(entry) });
   }
 
-  /** Where a menu opened on a message gives the focus back: the element it was opened from,
-   * or, if the message was redrawn meanwhile (a reaction, an edit), its new bubble. */
-  focusBackTo(entry) {
+  /** For a menu opened from within a message: its new bubble, should a reaction or an edit
+   * redraw the message while the menu is open (see openMenu's `findAgain`). */
+  bubbleAgain(entry) {
     const opener = document.activeElement;
-    const inMessage = opener && opener.closest && opener.closest(`#message-list [data-seq="${entry.seq}"]`);
-    return () => (opener.isConnected || !inMessage ? opener
-      : this.list.querySelector(`[data-seq="${entry.seq}"] .bubble`));
+    if (!opener || !opener.closest(`#message-list [data-seq="${entry.seq}"]`)) return null;
+    return () => this.list.querySelector(`[data-seq="${entry.seq}"] .bubble`);
   }
 
   async copy(entry) {
@@ -632,7 +631,7 @@ export class ConversationView {
 
   /** The quick reactions over a message (a React button, or the message's menu). */
   openReactionBar(entry, anchor) {
-    openMenu({ items: [], at: anchor, label: 'React', header: this.reactionBarFor(entry), returnFocus: this.focusBackTo(entry) });
+    openMenu({ items: [], at: anchor, label: 'React', header: this.reactionBarFor(entry), findAgain: this.bubbleAgain(entry) });
   }
 
   reactionBarFor(entry) {

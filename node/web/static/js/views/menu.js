@@ -8,16 +8,17 @@ import { h, icon } from '../dom.js';
 const LONG_PRESS = 500; // ms a finger rests before the menu opens
 const MOVE_TOLERANCE = 10; // px a resting finger may move
 
-let current = null; // {root, returnFocus, onClose}
+let current = null; // {root, returnFocus, findAgain, onClose}
 
 /**
  * Open a menu. `items`: {label, icon?, danger?, checked?, onSelect} objects, `'-'` for a
  * separator, falsy ones skipped. `at`: {x, y} (a pointer) or an element to sit under.
- * `header`: a node shown above the items (the reactions bar). `returnFocus`: where the focus
- * goes back when it closes: an element, or a function that finds it then (a list redrawn
- * while the menu was open has replaced the row it was opened from). Returns the menu element.
+ * `header`: a node shown above the items (the reactions bar). The focus goes back to
+ * `returnFocus` when it closes; if a redraw replaced that element meanwhile (news redrew the
+ * list it was in), to what `findAgain()` returns: its counterpart in the new rows.
+ * Returns the menu element.
  */
-export function openMenu({ items, at, label, header = null, returnFocus = document.activeElement, onClose = null }) {
+export function openMenu({ items, at, label, header = null, returnFocus = document.activeElement, findAgain = null, onClose = null }) {
   closeMenu(false);
   const buttons = [];
   const rows = [];
@@ -33,7 +34,7 @@ export function openMenu({ items, at, label, header = null, returnFocus = docume
       onclick: (e) => {
         e.stopPropagation();
         closeMenu(false);
-        focusBack(returnFocus);
+        focusBack(returnFocus, findAgain);
         item.onSelect();
       },
     }, item.icon ? icon(item.icon) : h('span', { class: 'menu-icon-space' }), h('span', null, item.label));
@@ -45,7 +46,7 @@ export function openMenu({ items, at, label, header = null, returnFocus = docume
   const root = h('div', { class: 'menu', id: 'popup-menu' }, header, list);
   document.body.append(root);
   place(root, at);
-  current = { root, returnFocus, onClose };
+  current = { root, returnFocus, findAgain, onClose };
   const headerButtons = header ? [...header.querySelectorAll('button')] : [];
   root.addEventListener('keydown', (e) => onKey(e, buttons, headerButtons));
   root.addEventListener('contextmenu', (e) => e.preventDefault());
@@ -59,17 +60,17 @@ export function openMenu({ items, at, label, header = null, returnFocus = docume
 
 export function closeMenu(restoreFocus = true) {
   if (!current) return;
-  const { root, returnFocus, onClose } = current;
+  const { root, returnFocus, findAgain, onClose } = current;
   current = null;
   root.remove();
   document.removeEventListener('pointerdown', onOutside, true);
   window.removeEventListener('resize', onResize);
-  if (restoreFocus) focusBack(returnFocus);
+  if (restoreFocus) focusBack(returnFocus, findAgain);
   if (onClose) onClose();
 }
 
-function focusBack(returnFocus) {
-  const target = typeof returnFocus === 'function' ? returnFocus() : returnFocus;
+function focusBack(returnFocus, findAgain) {
+  const target = returnFocus && !returnFocus.isConnected && findAgain ? findAgain() : returnFocus;
   if (target && target.isConnected) target.focus({ preventScroll: true });
 }
 
